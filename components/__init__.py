@@ -1,0 +1,1 @@
+"""dockyard: Pulumi component resources for isolated AI coding agent environments."""

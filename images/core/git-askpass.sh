@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Git credentials from the secret file (R-IMG-3), so HTTPS pushes work without the
+# token ever being stored in git config, the environment of `docker inspect`, or logs.
+#
+# Two protocols, one script:
+#   GIT_ASKPASS:        git-askpass "Username for 'https://github.com': "  -> username
+#                       git-askpass "Password for 'https://…@github.com': " -> token
+#   credential helper:  git-askpass get  (key=value lines on stdin/stdout); store and
+#                       erase are ignored because the secret file is the only store.
+#
+#   DOCKYARD_GIT_TOKEN_FILE  token file (default /run/secrets/GITHUB_TOKEN)
+#   DOCKYARD_GIT_USERNAME    username sent with the token (default x-access-token)
+set -euo pipefail
+
+token_file="${DOCKYARD_GIT_TOKEN_FILE:-${DOCKYARD_SECRETS_DIR:-/run/secrets}/GITHUB_TOKEN}"
+username="${DOCKYARD_GIT_USERNAME:-x-access-token}"
+
+read_token() {
+  [ -f "$token_file" ] || {
+    echo "ERROR: git token file $token_file does not exist" >&2
+    exit 1
+  }
+  [ -r "$token_file" ] || {
+    echo "ERROR: git token file $token_file is not readable by $(id -un)" >&2
+    exit 1
+  }
+  local token
+  token="$(head -n 1 "$token_file" | tr -d '\r')"
+  [ -n "$token" ] || {
+    echo "ERROR: git token file $token_file is empty" >&2
+    exit 1
+  }
+  printf '%s' "$token"
+}
+
+case "${1:-}" in
+  get)
+    # Drain git's request; only https hosts get the token.
+    protocol=""
+    while IFS= read -r line && [ -n "$line" ]; do
+      case "$line" in protocol=*) protocol="${line#protocol=}" ;; esac
+    done
+    [ "$protocol" = "https" ] || exit 0
+    printf 'username=%s\n' "$username"
+    printf 'password=%s\n' "$(read_token)"
+    ;;
+  store | erase) cat >/dev/null ;;
+  Username*) printf '%s\n' "$username" ;;
+  Password*) printf '%s\n' "$(read_token)" ;;
+  *)
+    echo "ERROR: unexpected prompt '${1:-}' (expected git's Username/Password prompt or get/store/erase)" >&2
+    exit 1
+    ;;
+esac
