@@ -99,7 +99,7 @@ lint: setup-dev ## ruff, shellcheck, hadolint, yamllint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/shellcheck images/*/*.sh .ci/run
-	$(BIN)/hadolint images/*/Dockerfile
+	$(BIN)/hadolint images/*/Dockerfile tests/images/*/Dockerfile
 	$(BIN)/yamllint --strict .
 
 bench: setup-dev base-image certs ## Run the benchmarks (never part of `make test`)

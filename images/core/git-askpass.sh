@@ -41,12 +41,16 @@ case "${1:-}" in
       case "$line" in protocol=*) protocol="${line#protocol=}" ;; esac
     done
     [ "$protocol" = "https" ] || exit 0
-    printf 'username=%s\n' "$username"
-    printf 'password=%s\n' "$(read_token)"
+    # Assigned first: set -e does not see a failure inside printf's "$(...)".
+    token="$(read_token)"
+    printf 'username=%s\npassword=%s\n' "$username" "$token"
     ;;
   store | erase) cat >/dev/null ;;
   Username*) printf '%s\n' "$username" ;;
-  Password*) printf '%s\n' "$(read_token)" ;;
+  Password*)
+    token="$(read_token)"
+    printf '%s\n' "$token"
+    ;;
   *)
     echo "ERROR: unexpected prompt '${1:-}' (expected git's Username/Password prompt or get/store/erase)" >&2
     exit 1

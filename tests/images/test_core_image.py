@@ -1,0 +1,322 @@
+"""The core image's promises (R-IMG-1..5, R-ENV-5, R-ENV-7), checked on the real engine."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import docker
+import pytest
+from docker.types import Mount
+
+from tests.images.conftest import AgentRunner, wait_ready
+from tests.support.engine import exec_ok, last_health_output, wait_healthy
+from tests.support.images import build_image, history_ids
+
+pytestmark = pytest.mark.docker
+
+IMAGE_SIZE_BUDGET = 1_000_000_000  # bytes, both CLIs included (issue: <= 1.0 GB)
+TOKEN = "ghp_dockyardTestToken0123456789abcdef"
+
+
+def run_once(client: docker.DockerClient, image: str, cmd: list[str], **kwargs: object) -> str:
+    output = client.containers.run(image, cmd, entrypoint=[], remove=True, **kwargs)
+    return output.decode().strip()
+
+
+# --- Contents -------------------------------------------------------------------------
+
+
+def test_agent_clis_answer_version(docker_client: docker.DockerClient, core_image: str) -> None:
+    out = run_once(docker_client, core_image, ["bash", "-c", "claude --version; codex --version"])
+    claude, codex = out.splitlines()
+    labels = docker_client.images.get(core_image).labels
+    assert claude.startswith(labels["dockyard.claude-code.version"]), claude
+    assert codex == f"codex-cli {labels['dockyard.codex.version']}", codex
+
+
+def test_runtime_tools_are_installed(docker_client: docker.DockerClient, core_image: str) -> None:
+    script = (
+        "for t in git tmux curl python3 node npm rg; do command -v $t >/dev/null || echo $t; done"
+    )
+    assert run_once(docker_client, core_image, ["bash", "-c", script]) == "", "missing tools"
+    assert run_once(docker_client, core_image, ["npm", "--version"]).startswith("10.")
+
+
+def test_runs_as_agent_uid_1000_without_sudo(
+    docker_client: docker.DockerClient, core_image: str
+) -> None:
+    out = run_once(
+        docker_client, core_image, ["bash", "-c", "id -u; id -un; pwd; command -v sudo || true"]
+    )
+    assert out.splitlines() == ["1000", "agent", "/workspace"]
+
+
+def test_image_config_declares_health_check_user_and_workdir(
+    docker_client: docker.DockerClient, core_image: str
+) -> None:
+    config = docker_client.images.get(core_image).attrs["Config"]
+    health = config["Healthcheck"]
+    problems = []
+    if health["Test"] != ["CMD", "/usr/local/bin/dockyard-healthcheck"]:
+        problems.append(f"health test {health['Test']}")
+    if (health["Interval"], health["Timeout"], health["Retries"]) != (60 * 10**9, 10 * 10**9, 3):
+        problems.append(f"health timing {health}")
+    if config["User"] != "1000:1000":
+        problems.append(f"user {config['User']!r}")
+    if config["WorkingDir"] != "/workspace":
+        problems.append(f"workdir {config['WorkingDir']!r}")
+    assert not problems, problems
+
+
+def test_image_size_within_budget(docker_client: docker.DockerClient, core_image: str) -> None:
+    size = docker_client.images.get(core_image).attrs["Size"]
+    print(f"core image size: {size / 1e6:.0f} MB")
+    assert size <= IMAGE_SIZE_BUDGET, f"core image is {size / 1e6:.0f} MB, budget 1000 MB"
+
+
+def test_extra_ca_is_trusted_by_system_store(
+    docker_client: docker.DockerClient, core_image: str
+) -> None:
+    """Every certs/*.crt in the build context ends up in the system bundle Node reads."""
+    from tests.support.images import CORE_CONTEXT
+
+    extra = sorted(CORE_CONTEXT.joinpath("certs").glob("*.crt"))
+    if not extra:
+        pytest.skip("no extra CA in images/core/certs (CI always passes the host bundle)")
+    first_cert = re.search(
+        r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----",
+        extra[0].read_text(),
+        re.S,
+    )
+    assert first_cert, f"{extra[0]} holds no PEM certificate"
+    bundle = run_once(docker_client, core_image, ["cat", "/etc/ssl/certs/ca-certificates.crt"])
+    assert first_cert.group(0).splitlines()[1] in bundle
+    env = docker_client.images.get(core_image).attrs["Config"]["Env"]
+    assert "NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt" in env
+
+
+# --- Startup (R-IMG-2) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["claude", "codex"])
+def test_startup_links_config_starts_tmux_and_writes_ready(
+    runner: AgentRunner, backend: str
+) -> None:
+    container = runner.start_ready(backend=backend)
+    checks = {
+        "tmux session main": "tmux has-session -t main",
+        "tmux main in /workspace": "test \"$(tmux display -p -t main '#{pane_current_path}')\" = /workspace",
+        "~/.claude -> config volume": 'test "$(readlink ~/.claude)" = /config/claude',
+        "~/.codex -> config volume": 'test "$(readlink ~/.codex)" = /config/codex',
+        "CLAUDE_CONFIG_DIR in config": "tmux show-environment -g CLAUDE_CONFIG_DIR | grep -qx CLAUDE_CONFIG_DIR=/config/claude",
+        "codex sandbox off in container": "grep -qx 'sandbox_mode = \"danger-full-access\"' /config/codex/config.toml",
+        "ready marker is a UTC time": "grep -qE '^[0-9]{4}-[0-9]{2}-[0-9]{2}T.*Z$' /tmp/ready",
+        "no root processes": "! ps -eo user= | grep -qv '^agent$'",
+    }
+    failed = [
+        label
+        for label, script in checks.items()
+        if container.exec_run(["bash", "-c", script]).exit_code != 0
+    ]
+    assert not failed, f"{backend}: failed checks {failed}\n{container.logs().decode()}"
+
+
+def test_existing_codex_config_is_kept_and_sandbox_setting_prepended(runner: AgentRunner) -> None:
+    config = runner.volume()
+    seed = runner.client.containers.run(
+        runner.image,
+        ["bash", "-c", "printf '[tui]\\ntheme = \"dark\"\\n' > /config/codex/config.toml"],
+        entrypoint=[],
+        mounts=[Mount("/config", config, type="volume")],
+        remove=True,
+    )
+    assert seed == b""
+    container = runner.start_ready(
+        backend="codex", mounts=[Mount("/config", config, type="volume")]
+    )
+    text = exec_ok(container, ["cat", "/config/codex/config.toml"])
+    assert text.index('sandbox_mode = "danger-full-access"') < text.index("[tui]")
+    assert 'theme = "dark"' in text
+    # Idempotent: a restart does not add the seed twice.
+    container.restart(timeout=10)
+    wait_ready(container)
+    again = exec_ok(container, ["cat", "/config/codex/config.toml"])
+    settings = [line for line in again.splitlines() if line.startswith("sandbox_mode")]
+    assert settings == ['sandbox_mode = "danger-full-access"'], again
+
+
+def test_entrypoint_fails_fast_when_cli_missing(runner: AgentRunner) -> None:
+    container = runner.start(backend="codex", env={"PATH": "/usr/bin:/bin"})
+    assert container.wait(timeout=30)["StatusCode"] == 1
+    logs = container.logs().decode()
+    assert "ERROR: the codex CLI is not installed in this image" in logs, logs
+
+
+def test_entrypoint_rejects_unknown_backend(runner: AgentRunner) -> None:
+    container = runner.start(backend="gemini")
+    assert container.wait(timeout=30)["StatusCode"] == 1
+    logs = container.logs().decode()
+    assert "ERROR: DOCKYARD_BACKEND='gemini' is not supported (allowed: claude, codex)" in logs
+
+
+def test_secret_files_are_exported_to_agent_but_not_to_inspect_or_logs(
+    runner: AgentRunner,
+) -> None:
+    secret = "sk-ant-canary-5f1c9a7e"
+    container = runner.start_ready(secrets={"ANTHROPIC_API_KEY": secret})
+    shown = exec_ok(container, ["tmux", "show-environment", "-g", "ANTHROPIC_API_KEY"])
+    assert shown.strip() == f"ANTHROPIC_API_KEY={secret}"
+    mode = exec_ok(container, ["stat", "-c", "%a %U", "/run/secrets/ANTHROPIC_API_KEY"])
+    assert mode.strip() == "400 agent"
+    container.reload()
+    assert secret not in json.dumps(container.attrs)
+    assert secret not in container.logs().decode()
+    # The entrypoint exported it after exec, so PID 1's initial environment never had it.
+    assert secret not in exec_ok(container, ["cat", "/proc/1/environ"])
+
+
+# --- Health (R-ENV-7) --------------------------------------------------------------------
+
+
+def test_healthy_with_workspace_mounted(runner: AgentRunner) -> None:
+    container = runner.start_ready()
+    wait_healthy(container, "healthy")
+    assert last_health_output(container).startswith("healthy: workspace ")
+
+
+def test_unhealthy_when_workspace_mount_missing(runner: AgentRunner) -> None:
+    container = runner.start_ready(workspace=None)
+    wait_healthy(container, "unhealthy")
+    assert last_health_output(container) == "unhealthy: workspace mount /workspace is missing"
+
+
+def test_unhealthy_when_workspace_disk_over_90_percent(runner: AgentRunner) -> None:
+    container = runner.start_ready(workspace="tmpfs:4m")
+    wait_healthy(container, "healthy")
+    exec_ok(container, ["bash", "-c", "head -c 3900k /dev/zero > /workspace/fill"])
+    wait_healthy(container, "unhealthy")
+    output = last_health_output(container)
+    assert re.fullmatch(r"unhealthy: workspace disk 9\d% used \(limit 90%\)", output), output
+
+
+def test_disk_threshold_is_configurable(runner: AgentRunner) -> None:
+    container = runner.start_ready(workspace="tmpfs:4m", env={"DOCKYARD_HEALTH_DISK_MAX_PCT": "50"})
+    exec_ok(container, ["bash", "-c", "head -c 2600k /dev/zero > /workspace/fill"])
+    wait_healthy(container, "unhealthy")
+    assert "(limit 50%)" in last_health_output(container)
+
+
+def test_unhealthy_when_agent_cli_removed(runner: AgentRunner) -> None:
+    container = runner.start_ready(backend="codex")
+    wait_healthy(container, "healthy")
+    exec_ok(container, ["rm", "/opt/agents/bin/codex"], user="root")
+    wait_healthy(container, "unhealthy")
+    assert last_health_output(container) == "unhealthy: agent CLI 'codex' is missing"
+
+
+# --- Stop and checkpoint -------------------------------------------------------------------
+
+
+def test_sigterm_writes_checkpoint_and_exits_0_in_time(runner: AgentRunner) -> None:
+    workspace, checkpoints = runner.volume(), runner.volume()
+    mounts = [Mount("/checkpoints", checkpoints, type="volume")]
+    env = {"DOCKYARD_SESSION_ID": "sess-1"}
+    container = runner.start_ready(workspace=workspace, mounts=mounts, env=env)
+    exec_ok(container, ["bash", "-c", "mkdir -p src && echo 'print(1)' > src/app.py"])
+
+    started = time.monotonic()
+    container.stop(timeout=10)
+    elapsed = time.monotonic() - started
+    container.reload()
+    state = container.attrs["State"]
+    assert state["ExitCode"] == 0, container.logs().decode()
+    assert elapsed < 10, f"stop took {elapsed:.1f}s: Docker would have killed it"
+    assert not state["OOMKilled"]
+
+    listing = runner.client.containers.run(
+        runner.image,
+        [
+            "bash",
+            "-c",
+            "cd /checkpoints/sess-1/latest && cat session.json && tar -tzf workspace.tar.gz",
+        ],
+        entrypoint=[],
+        mounts=mounts,
+        remove=True,
+    ).decode()
+    session = json.loads(listing[: listing.rindex("}") + 1])
+    assert session["sessionId"] == "sess-1"
+    assert session["workspaceTarball"] == "written"
+    assert "./src/app.py" in listing
+
+
+def test_new_container_restores_empty_workspace_from_checkpoint(runner: AgentRunner) -> None:
+    checkpoints = runner.volume()
+    mounts = [Mount("/checkpoints", checkpoints, type="volume")]
+    env = {"DOCKYARD_SESSION_ID": "sess-2"}
+    first = runner.start_ready(mounts=mounts, env=env)
+    exec_ok(first, ["bash", "-c", "echo keep-me > notes.txt"])
+    first.stop(timeout=10)
+
+    second = runner.start_ready(mounts=mounts, env=env)  # fresh, empty workspace volume
+    assert exec_ok(second, ["cat", "/workspace/notes.txt"]).strip() == "keep-me"
+
+
+# --- Git credentials (R-IMG-3) ---------------------------------------------------------------
+
+
+def test_askpass_and_credential_helper_answer_from_secret_file(runner: AgentRunner) -> None:
+    container = runner.start_ready(secrets={"GITHUB_TOKEN": TOKEN})
+    user = exec_ok(container, ["git-askpass", "Username for 'https://github.com': "])
+    password = exec_ok(container, ["git-askpass", "Password for 'https://x@github.com': "])
+    assert (user.strip(), password.strip()) == ("x-access-token", TOKEN)
+    # git itself resolves credentials through the helper configured in /etc/gitconfig.
+    filled = exec_ok(
+        container,
+        ["bash", "-c", "printf 'protocol=https\\nhost=git.example\\n\\n' | git credential fill"],
+    )
+    assert f"password={TOKEN}" in filled.splitlines()
+    # Nothing of it is stored in git config, the container's config, or the logs.
+    assert TOKEN not in exec_ok(container, ["git", "config", "--list", "--show-origin"])
+    container.reload()
+    assert TOKEN not in json.dumps(container.attrs)
+    assert TOKEN not in container.logs().decode()
+
+
+def test_askpass_fails_clearly_without_token_file(runner: AgentRunner) -> None:
+    container = runner.start_ready()
+    result = container.exec_run(["git-askpass", "Password for 'https://github.com': "], demux=True)
+    stdout, stderr = result.output
+    assert result.exit_code == 1
+    assert stdout is None
+    assert (
+        stderr.decode().strip() == "ERROR: git token file /run/secrets/GITHUB_TOKEN does not exist"
+    )
+
+
+# --- Layer order (R-IMG-5) ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bumping_codex_version_reuses_every_layer_below_agent_layers(
+    docker_client: docker.DockerClient, core_image: str
+) -> None:
+    bumped = build_image(docker_client, "dockyard-core", {"CODEX_VERSION": "0.166.0"})
+    old, new = history_ids(docker_client, core_image), history_ids(docker_client, bumped)
+    agent_copies = [i for i, (_, step) in enumerate(old) if "in /opt/agents/" in step]
+    assert len(agent_copies) == 2, f"expected claude and codex COPY steps, got {agent_copies}"
+    claude_step, codex_step = agent_copies
+    for index in range(codex_step):
+        assert old[index][0] == new[index][0], f"step {index} rebuilt: {old[index][1][:80]}"
+    assert old[codex_step][0] != new[codex_step][0], "codex layer was not rebuilt"
+    assert claude_step < codex_step
+    version = run_once(docker_client, bumped, ["codex", "--version"])
+    assert version == "codex-cli 0.166.0"
+
+
+def test_stop_timeout_budget_is_enforced(runner: AgentRunner) -> None:
+    container = runner.start(env={"DOCKYARD_CHECKPOINT_BUDGET": "30"})
+    assert container.wait(timeout=30)["StatusCode"] == 1
+    assert "DOCKYARD_CHECKPOINT_BUDGET='30' is not allowed" in container.logs().decode()

@@ -1,0 +1,1 @@
+"""Shared test plumbing: the Docker engine, labelled test objects, cached image builds."""
