@@ -8,8 +8,6 @@ classic builder, which is the path pulumi-docker's default takes too.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +15,8 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+
+from components.image import build_inputs_digest
 
 REPO = Path(__file__).resolve().parents[2]
 CORE_CONTEXT = REPO / "images" / "core"
@@ -26,17 +26,6 @@ CACHE_LABEL = "dockyard.test-cache"
 
 class ImageBuildError(RuntimeError):
     """A build failed; the message carries the tail of the build log."""
-
-
-def context_digest(context: Path, build_args: Mapping[str, str], base_id: str) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in context.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(context).as_posix().encode() + b"\0")
-        digest.update(oct(path.stat().st_mode & 0o777).encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    digest.update(json.dumps(sorted(build_args.items())).encode())
-    digest.update(base_id.encode())
-    return digest.hexdigest()[:16]
 
 
 def base_image_id(client: docker.DockerClient, ref: str) -> str:
@@ -58,7 +47,7 @@ def build_image(
     """Return a tag of ``context`` built with ``build_args``, building only when needed."""
     args = dict(build_args or {})
     base_id = base_image_id(client, args.get("BASE_IMAGE", DEFAULT_BASE))
-    tag = f"{repository}:test-{context_digest(context, args, base_id)}"
+    tag = f"{repository}:test-{build_inputs_digest(context, args, base_id)}"
     try:
         client.images.get(tag)
         return tag

@@ -1,0 +1,258 @@
+"""AgentEnvironment: one isolated environment per agent session (R-ENV-1..9, R-MAN-1).
+
+Children, all parented to the component and named after it:
+  <name>-net          its own bridge network
+  <name>-workspace    named volumes: /workspace, /config, /checkpoints
+  <name>-config
+  <name>-checkpoints
+  <name>-container    the agent container (non-root, no capabilities, limits, health)
+  <name>-runtime      local.Command: cgroup pids cap (pulumi-docker has no input for it)
+                      and the container's creation time, read back from the engine
+  <name>-manifest     local.Command: writes the v1 manifest file, removes it on destroy
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_command as command
+import pulumi_docker as docker
+
+from components import manifest as manifest_contract
+from components.config import Healthcheck, ResolvedLimits, Volume
+from components.image import REPO_ROOT
+
+AGENT_UID = "1000"
+HEALTHCHECK_COMMAND = ["CMD", "/usr/local/bin/dockyard-healthcheck"]
+SECRETS_DIR = "/run/secrets"
+MANAGED_LABEL = "dockyard.managed"
+STOP_TIMEOUT_S = 10  # the entrypoint's checkpoint is budgeted to fit inside it
+
+# `docker update` is the only way to set the cgroup pids limit on an existing container;
+# the nproc ulimit is no substitute (it counts a uid's processes across all containers).
+RUNTIME_SCRIPT = (
+    'docker update --pids-limit "$DOCKYARD_PIDS_LIMIT" "$DOCKYARD_CONTAINER_ID" >/dev/null'
+    " && docker inspect --format '{{.Created}}' \"$DOCKYARD_CONTAINER_ID\""
+)
+
+
+@dataclass(frozen=True)
+class AgentEnvironmentArgs:
+    """Flat, already-validated inputs for one environment (see components.config)."""
+
+    stack: str
+    session_id: str
+    backend: str
+    image_id: pulumi.Input[str]
+    image_ref: pulumi.Input[str]
+    cwd: str
+    manifest_dir: str
+    """Absolute directory the manifest file goes to."""
+    limits: ResolvedLimits
+    healthcheck: Healthcheck
+    ports: Sequence[int] = ()
+    volumes: Sequence[Volume] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    """Secret name -> Pulumi secret output; delivered only as a file upload."""
+    gpu: str | Sequence[str] | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    docker_host: str | None = None
+
+
+def resource_prefix(stack: str, session_id: str) -> str:
+    """Engine-side name shared by the container, network and volumes of a session."""
+    safe_stack = "".join(c if c.isalnum() or c in "_.-" else "-" for c in stack)
+    return f"dockyard-{safe_stack}-{session_id}"
+
+
+class AgentEnvironment(pulumi.ComponentResource):
+    container_id: pulumi.Output[str]
+    container_name: pulumi.Output[str]
+    manifest: pulumi.Output[dict]
+    manifest_path: str
+
+    def __init__(
+        self, name: str, args: AgentEnvironmentArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("dockyard:index:AgentEnvironment", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        prefix = resource_prefix(args.stack, args.session_id)
+        labels = {
+            **args.labels,
+            "dockyard.environment": prefix,
+            "dockyard.session": args.session_id,
+            "dockyard.backend": args.backend,
+            "dockyard.stack": args.stack,
+            MANAGED_LABEL: "true",
+        }
+
+        network = docker.Network(
+            f"{name}-net",
+            name=prefix,
+            driver="bridge",
+            labels=_labels(docker.NetworkLabelArgs, labels),
+            opts=child,
+        )
+        volumes = {
+            role: docker.Volume(
+                f"{name}-{role}",
+                name=f"{prefix}-{role}",
+                labels=_labels(docker.VolumeLabelArgs, {**labels, "dockyard.volume": role}),
+                opts=child,
+            )
+            for role in ("workspace", "config", "checkpoints")
+        }
+
+        container = docker.Container(
+            f"{name}-container",
+            name=prefix,
+            image=args.image_id,
+            hostname=args.session_id,
+            user=f"{AGENT_UID}:{AGENT_UID}",
+            working_dir="/workspace",
+            restart="unless-stopped",
+            must_run=True,
+            stop_timeout=STOP_TIMEOUT_S,
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network.name)],
+            ports=[docker.ContainerPortArgs(internal=port) for port in args.ports],
+            volumes=[
+                *(
+                    docker.ContainerVolumeArgs(
+                        container_path=f"/{role}", volume_name=volume.name, read_only=False
+                    )
+                    for role, volume in volumes.items()
+                ),
+                *(_declared_volume(v) for v in args.volumes),
+            ],
+            envs=[
+                f"DOCKYARD_BACKEND={args.backend}",
+                f"DOCKYARD_SESSION_ID={args.session_id}",
+                *(f"{key}={value}" for key, value in args.env.items()),
+            ],
+            uploads=[
+                docker.ContainerUploadArgs(
+                    file=f"{SECRETS_DIR}/{secret_name}",
+                    content=value,
+                    permissions="0400",
+                    owner=AGENT_UID,
+                    group=AGENT_UID,
+                )
+                for secret_name, value in args.secrets.items()
+            ],
+            labels=_labels(docker.ContainerLabelArgs, labels),
+            cpus=_cpus_text(args.limits.cpus),
+            memory=args.limits.memory,
+            ulimits=[
+                docker.ContainerUlimitArgs(
+                    name="nofile", soft=args.limits.nofile_soft, hard=args.limits.nofile_hard
+                )
+            ],
+            # The entrypoint runs as the agent and needs no capability at all.
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+            security_opts=["no-new-privileges:true"],
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=HEALTHCHECK_COMMAND,
+                interval=args.healthcheck.interval,
+                timeout=args.healthcheck.timeout,
+                retries=args.healthcheck.retries,
+                start_period=args.healthcheck.start_period,
+                start_interval=args.healthcheck.start_interval,
+            ),
+            **_gpu_inputs(args.gpu),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(volumes.values())),
+        )
+
+        engine_env = {"DOCKER_HOST": args.docker_host} if args.docker_host else {}
+        runtime = command.local.Command(
+            f"{name}-runtime",
+            create=RUNTIME_SCRIPT,
+            environment={
+                **engine_env,
+                "DOCKYARD_CONTAINER_ID": container.id,
+                "DOCKYARD_PIDS_LIMIT": str(args.limits.pids),
+            },
+            triggers=[container.id, args.limits.pids],
+            opts=child,
+        )
+
+        requested_env = [*args.env.keys(), *args.secrets.keys()]
+        self.manifest = pulumi.Output.all(
+            container.id, container.name, container.ports, runtime.stdout, args.image_ref
+        ).apply(
+            lambda values: manifest_contract.build(
+                environment_id=prefix,
+                session_id=args.session_id,
+                backend=args.backend,
+                created_at=values[3],
+                cwd=args.cwd,
+                image=values[4],
+                container_id=values[0],
+                container_name=values[1],
+                ports=values[2],
+                requested_ports=list(args.ports),
+                requested_volumes=[v.spec for v in args.volumes],
+                requested_env=requested_env,
+            )
+        )
+        self.manifest_path = f"{args.manifest_dir.rstrip('/')}/{args.session_id}.json"
+        writer = f"{shlex.quote(sys.executable)} -m components.manifest"
+        command.local.Command(
+            f"{name}-manifest",
+            create=f"{writer} write",
+            delete=f"{writer} remove",
+            dir=str(REPO_ROOT),
+            environment={
+                "DOCKYARD_MANIFEST": self.manifest.apply(json.dumps),
+                "DOCKYARD_MANIFEST_PATH": self.manifest_path,
+            },
+            opts=child,
+        )
+
+        self.container_id = container.id
+        self.container_name = container.name
+        self.register_outputs(
+            {
+                "containerId": self.container_id,
+                "containerName": self.container_name,
+                "manifest": self.manifest,
+                "manifestPath": self.manifest_path,
+            }
+        )
+
+
+def _labels(kind: type, labels: Mapping[str, str]) -> list:
+    return [kind(label=key, value=value) for key, value in sorted(labels.items())]
+
+
+def _declared_volume(volume: Volume) -> docker.ContainerVolumeArgs:
+    if volume.is_bind:
+        return docker.ContainerVolumeArgs(
+            container_path=volume.target, host_path=volume.source, read_only=volume.read_only
+        )
+    return docker.ContainerVolumeArgs(
+        container_path=volume.target, volume_name=volume.source, read_only=volume.read_only
+    )
+
+
+def _cpus_text(cpus: float) -> str:
+    return f"{cpus:g}"
+
+
+def _gpu_inputs(gpu: str | Sequence[str] | None) -> dict:
+    if gpu is None:
+        return {}
+    if gpu == "all":
+        return {"gpus": "all"}
+    return {
+        "device_requests": [
+            docker.ContainerDeviceRequestArgs(
+                driver="nvidia", device_ids=list(gpu), capabilities=["gpu"]
+            )
+        ]
+    }

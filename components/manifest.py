@@ -1,0 +1,177 @@
+"""Manifest contract v1 (R-MAN-1, R-MAN-2): built from resolved outputs, validated
+against the JSON Schema shipped beside this module, written atomically.
+
+``python -m components.manifest write|remove`` is what the environment's
+``local.Command`` runs: the manifest and its path arrive in the environment variables
+``DOCKYARD_MANIFEST`` and ``DOCKYARD_MANIFEST_PATH``, never in shell text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+CONTAINER_CWD = "/workspace"
+
+
+class ManifestError(ValueError):
+    """A manifest does not satisfy contract v1."""
+
+
+@cache
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def validate(manifest: Mapping[str, Any], source: str = "manifest") -> None:
+    """Raise :class:`ManifestError` naming every violation of the v1 schema."""
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors]
+        raise ManifestError(f"{source} is not a valid v1 manifest:\n  " + "\n  ".join(lines))
+
+
+def iso_millis(timestamp: str) -> str:
+    """Docker's RFC 3339 time with nanoseconds -> ISO-8601 UTC with milliseconds."""
+    match = re.fullmatch(
+        r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", timestamp.strip()
+    )
+    if not match:
+        raise ManifestError(f"createdAt: {timestamp!r} is not an RFC 3339 time")
+    base, fraction, zone = match.groups()
+    parsed = datetime.fromisoformat(
+        f"{base}.{(fraction or '0')[:6].ljust(6, '0')}{'+00:00' if zone == 'Z' else zone}"
+    )
+    return (
+        parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{parsed.microsecond // 1000:03d}Z"
+    )
+
+
+def port_mappings(ports: Iterable[Any]) -> list[dict[str, int]]:
+    """Container port -> host port as the engine resolved them (provider ``ports`` output)."""
+    mappings = []
+    for port in ports or []:
+        internal = _field(port, "internal")
+        external = _field(port, "external")
+        if internal is None or not external:
+            raise ManifestError(f"port {port!r} has no host port resolved by the engine")
+        mappings.append({"containerPort": int(internal), "hostPort": int(external)})
+    return sorted(mappings, key=lambda m: m["containerPort"])
+
+
+def _field(item: Any, name: str) -> Any:
+    return item.get(name) if isinstance(item, Mapping) else getattr(item, name, None)
+
+
+def build(
+    *,
+    environment_id: str,
+    session_id: str,
+    backend: str,
+    created_at: str,
+    cwd: str,
+    image: str,
+    container_id: str,
+    container_name: str,
+    ports: Iterable[Any],
+    requested_ports: Sequence[int],
+    requested_volumes: Sequence[str],
+    requested_env: Sequence[str],
+) -> dict[str, Any]:
+    manifest = {
+        "version": 1,
+        "environmentId": environment_id,
+        "sessionId": session_id,
+        "backend": backend,
+        "createdAt": iso_millis(created_at),
+        "cwd": cwd,
+        "image": image,
+        "container": {
+            "id": container_id,
+            "name": container_name,
+            "cwd": CONTAINER_CWD,
+            "portMappings": port_mappings(ports),
+        },
+        "requested": {
+            "ports": list(requested_ports),
+            "volumes": list(requested_volumes),
+            "env": list(dict.fromkeys(requested_env)),
+        },
+    }
+    validate(manifest, f"manifest of {session_id}")
+    return manifest
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a manifest file; errors name the file."""
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such manifest file") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    validate(manifest, str(path))
+    return manifest
+
+
+def write(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
+    """Validate, then replace ``path`` atomically (readers never see half a file)."""
+    validate(manifest, str(path))
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove(path: str | os.PathLike[str]) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args not in (["write"], ["remove"]):
+        print(
+            "usage: python -m components.manifest write|remove  (reads DOCKYARD_MANIFEST, DOCKYARD_MANIFEST_PATH)",
+            file=sys.stderr,
+        )
+        return 2
+    path = os.environ.get("DOCKYARD_MANIFEST_PATH", "")
+    if not path.startswith("/"):
+        print(f"ERROR: DOCKYARD_MANIFEST_PATH={path!r} is not an absolute path", file=sys.stderr)
+        return 2
+    try:
+        if args == ["write"]:
+            write(path, json.loads(os.environ.get("DOCKYARD_MANIFEST", "")))
+            print(path)
+        else:
+            remove(path)
+    except (ManifestError, json.JSONDecodeError, OSError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
