@@ -399,11 +399,13 @@ def parse(
     stack: str,
     cwd: str,
     secret_keys: Iterable[str] = (),
+    check_secrets: bool = True,
 ) -> StackConfig:
     """Validate the ``dockyard:`` config of ``stack``.
 
     ``raw`` maps full keys (``dockyard:environments``) to decoded values, as Pulumi holds
-    them; ``secret_keys`` names the keys stored with ``--secret``. Raises
+    them; ``secret_keys`` names the keys stored with ``--secret``. ``check_secrets=False``
+    skips "secret not set" (for previews that never read a secret). Raises
     :class:`ConfigError` with every problem found.
     """
     secret_keys = set(secret_keys)
@@ -435,7 +437,7 @@ def parse(
         config = StackConfig.model_validate(data)
     except ValidationError as exc:
         problems.extend(_messages(exc))
-    problems.extend(_cross_checks(data, secret_values))
+    problems.extend(_cross_checks(data, secret_values, check_secrets))
     if problems:
         raise ConfigError(stack, sorted(problems, key=_natural))
     assert config is not None
@@ -530,7 +532,9 @@ def _natural(problem: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
-def _cross_checks(data: Mapping[str, Any], secret_values: Mapping[str, bool]) -> list[str]:
+def _cross_checks(
+    data: Mapping[str, Any], secret_values: Mapping[str, bool], check_secrets: bool
+) -> list[str]:
     """Checks across fields, on the raw data so they run even when other fields fail."""
     problems: list[str] = []
     envs = data.get("environments")
@@ -621,7 +625,7 @@ def _cross_checks(data: Mapping[str, Any], secret_values: Mapping[str, bool]) ->
                         "outside dockyard.*, which dockyard sets itself)"
                     )
         secrets = env.get("secrets")
-        if isinstance(secrets, list):
+        if isinstance(secrets, list) and check_secrets:
             for position, name in enumerate(secrets):
                 if isinstance(name, str) and ENV_NAME.match(name) and name not in secret_values:
                     problems.append(
@@ -683,7 +687,7 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def from_stack_file(path: str, *, cwd: str) -> tuple[dict[str, Any], set[str]]:
+def from_stack_file(path: str) -> tuple[dict[str, Any], set[str]]:
     """Raw config and secret keys of a ``Pulumi.<stack>.yaml`` (for tests and tooling)."""
     import yaml
 

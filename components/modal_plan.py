@@ -1,0 +1,139 @@
+"""Preview the Modal sandbox equivalent of a manifest (R-MAN-3). Creates nothing.
+
+    python -m components.modal_plan MANIFEST [--stack stacks/Pulumi.team.yaml]
+                                            [--cpus N] [--memory SIZE] [--gpu all|IDS]
+
+The v1 manifest does not carry limits; they come from ``--stack`` (the environment's
+resolved limits and GPU request in that stack) or the flags, else dockyard's defaults.
+Values of environment variables are never in a manifest: the preview names a Modal
+secret that must provide them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from components import config as stack_config
+from components import manifest as manifest_contract
+
+
+def plan(
+    manifest: dict[str, Any], cpus: float, memory_mb: int, gpu: str | Sequence[str] | None
+) -> str:
+    """Python source of the equivalent ``modal.Sandbox.create`` call, with notes."""
+    session = manifest["sessionId"]
+    notes: list[str] = []
+    image = manifest["image"]
+    if "/" not in image.split(":")[0] or image.startswith("dockyard-"):
+        notes.append(
+            f"image {image} is a local tag: push it to a registry Modal can pull "
+            "(e.g. ghcr.io/<owner>/dockyard-core, see the core-image workflow)"
+        )
+    volumes: list[str] = [
+        f'"/workspace": modal.Volume.from_name("{manifest["environmentId"]}-workspace", '
+        "create_if_missing=True)"
+    ]
+    for spec in manifest["requested"]["volumes"]:
+        source, target, *mode = spec.split(":")
+        if source.startswith("/"):
+            notes.append(f"bind mount {spec} has no Modal equivalent: copy {source} into a Volume")
+            continue
+        read_only = ".read_only()" if mode == ["ro"] else ""
+        volumes.append(
+            f'"{target}": modal.Volume.from_name("{source}", create_if_missing=True){read_only}'
+        )
+    env_names = manifest["requested"]["env"]
+    secrets = (
+        f'[modal.Secret.from_name("{manifest["environmentId"]}")],  # must provide: {", ".join(env_names)}'
+        if env_names
+        else "[],"
+    )
+    gpu_text = "None" if gpu is None else repr("any" if gpu == "all" else f"any:{len(gpu)}")
+    ports = [m["containerPort"] for m in manifest["container"]["portMappings"]] or manifest[
+        "requested"
+    ]["ports"]
+    lines = [
+        f"# Modal sandbox preview for session {session} ({manifest['backend']}). Preview only: nothing is created.",
+        *(f"# NOTE: {note}" for note in notes),
+        "import modal",
+        "",
+        'app = modal.App.lookup("dockyard", create_if_missing=True)',
+        "sandbox = modal.Sandbox.create(",
+        '    "/usr/local/bin/dockyard-entrypoint",',
+        "    app=app,",
+        f'    image=modal.Image.from_registry("{image}"),',
+        '    workdir="/workspace",',
+        f"    encrypted_ports={ports},",
+        f"    cpu={cpus:g},",
+        f"    memory={memory_mb},",
+        f"    gpu={gpu_text},",
+        "    volumes={",
+        *(f"        {v}," for v in volumes),
+        "    },",
+        f"    secrets={secrets}",
+        f'    env={{"DOCKYARD_BACKEND": "{manifest["backend"]}", "DOCKYARD_SESSION_ID": "{session}"}},',
+        ")",
+    ]
+    return "\n".join(lines)
+
+
+def _limits_from_stack(path: str, session: str) -> tuple[float, int, Any]:
+    raw, secret_keys = stack_config.from_stack_file(path)
+    stack = os.path.basename(path).removeprefix("Pulumi.").removesuffix(".yaml")
+    # A preview reads no secret values, so unset ones are not an error here.
+    cfg = stack_config.parse(
+        raw, stack=stack, cwd="/", secret_keys=secret_keys, check_secrets=False
+    )
+    for env in cfg.environments:
+        if env.session_id == session:
+            limits = cfg.limits_of(env)
+            return limits.cpus, limits.memory, env.gpu
+    raise SystemExit(f"ERROR: {path} has no environment with sessionId {session!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m components.modal_plan", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("manifest", help="a v1 manifest file")
+    parser.add_argument("--stack", help="stack file to take the environment's limits and GPU from")
+    parser.add_argument("--cpus", type=float)
+    parser.add_argument("--memory", help="MB or with a unit: 8192, 8g")
+    parser.add_argument("--gpu", help="all, or comma-separated device ids")
+    args = parser.parse_args(argv)
+    try:
+        manifest = manifest_contract.load(args.manifest)
+    except manifest_contract.ManifestError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    defaults = stack_config.ResolvedLimits()
+    cpus, memory, gpu = float(defaults.cpus), defaults.memory, None
+    if args.stack:
+        try:
+            cpus, memory, gpu = _limits_from_stack(args.stack, manifest["sessionId"])
+        except stack_config.ConfigError as exc:
+            print(f"ERROR: {exc}", file=sys.stderr)
+            return 1
+    try:
+        overrides = stack_config.Limits.model_validate(
+            {k: v for k, v in {"cpus": args.cpus, "memory": args.memory}.items() if v is not None}
+        )
+    except ValidationError as exc:
+        print(f"ERROR: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 1
+    cpus = overrides.cpus or cpus
+    memory = overrides.memory or memory
+    if args.gpu:
+        gpu = "all" if args.gpu == "all" else args.gpu.split(",")
+    print(plan(manifest, cpus, memory, gpu))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
