@@ -67,11 +67,7 @@ def unwrap(value: Any) -> Any:
 
 def test_resources_per_environment_are_parented_to_their_component(full: ProgramRun) -> None:
     for session in ("alpha", "beta"):
-        children = [
-            u
-            for u in full.urns
-            if u.endswith(f"::env-{session}") is False and f"::env-{session}-" in u
-        ]
+        children = [u for u in full.urns if f"::env-{session}-" in u]
         kinds = sorted(u.split("$")[-1].split("::")[0] for u in children)
         assert kinds == [
             COMMAND,
@@ -109,7 +105,8 @@ def test_volumes_mount_own_named_volumes_and_declared_ones(full: ProgramRun) -> 
         {"containerPath": "/home/agent/.cache", "volumeName": "cache", "readOnly": False},
     ]
     names = {r.inputs["name"] for r in full.of_type("docker:index/volume:Volume")}
-    assert "dockyard-dev-beta-workspace" in names and "dockyard-dev-alpha-workspace" in names
+    assert "dockyard-dev-beta-workspace" in names
+    assert "dockyard-dev-alpha-workspace" in names
 
 
 def test_limits_reach_the_container_and_the_pids_command(full: ProgramRun) -> None:
