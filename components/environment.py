@@ -31,6 +31,7 @@ AGENT_UID = "1000"
 HEALTHCHECK_COMMAND = ["CMD", "/usr/local/bin/dockyard-healthcheck"]
 SECRETS_DIR = "/run/secrets"
 MANAGED_LABEL = "dockyard.managed"
+CPU_PERIOD_US = 100_000
 STOP_TIMEOUT_S = 10  # the entrypoint's checkpoint is budgeted to fit inside it
 
 # `docker update` is the only way to set the cgroup pids limit on an existing container;
@@ -146,7 +147,11 @@ class AgentEnvironment(pulumi.ComponentResource):
                 for secret_name, value in args.secrets.items()
             ],
             labels=_labels(docker.ContainerLabelArgs, labels),
-            cpus=_cpus_text(args.limits.cpus),
+            # A CFS quota, not `cpus`: the engine rejects `cpus` above the host's core
+            # count ("Range of CPUs is from 0.01 to 2.00"), so the 4-CPU default would fail
+            # on a 2-core host. A quota above the host's cores simply does not bind.
+            cpu_period=CPU_PERIOD_US,
+            cpu_quota=round(args.limits.cpus * CPU_PERIOD_US),
             memory=args.limits.memory,
             ulimits=[
                 docker.ContainerUlimitArgs(
@@ -238,10 +243,6 @@ def _declared_volume(volume: Volume) -> docker.ContainerVolumeArgs:
     return docker.ContainerVolumeArgs(
         container_path=volume.target, volume_name=volume.source, read_only=volume.read_only
     )
-
-
-def _cpus_text(cpus: float) -> str:
-    return f"{cpus:g}"
 
 
 def _gpu_inputs(gpu: str | Sequence[str] | None) -> dict:

@@ -111,14 +111,18 @@ def test_volumes_mount_own_named_volumes_and_declared_ones(full: ProgramRun) -> 
 
 def test_limits_reach_the_container_and_the_pids_command(full: ProgramRun) -> None:
     container = container_of(full, "alpha")
-    assert (container["cpus"], container["memory"]) == ("2.5", 6144.0)
+    assert (container["cpuPeriod"], container["cpuQuota"], container["memory"]) == (
+        100000.0,
+        250000.0,
+        6144.0,
+    )
     assert container["ulimits"] == [{"name": "nofile", "soft": 4096.0, "hard": 8192.0}]
     runtime = full.named("env-alpha-runtime").inputs
     assert runtime["environment"]["DOCKYARD_PIDS_LIMIT"] == "500"
     assert "docker update --pids-limit" in runtime["create"]
     assert "$DOCKYARD_CONTAINER_ID" in runtime["create"]  # values by environment, not text
     defaults = container_of(full, "beta")
-    assert (defaults["cpus"], defaults["memory"]) == ("4", 8192.0)
+    assert (defaults["cpuQuota"], defaults["memory"]) == (400000.0, 8192.0)
     assert defaults["ulimits"] == [{"name": "nofile", "soft": 1024.0, "hard": 2048.0}]
     assert full.named("env-beta-runtime").inputs["environment"]["DOCKYARD_PIDS_LIMIT"] == "1000"
 

@@ -1,0 +1,449 @@
+"""A Pulumi ``Mocks`` that realises every declared resource on the real Docker engine.
+
+Why it exists: the Pulumi CLI (the engine) and its provider plugins (pulumi-docker,
+pulumi-command) download from outside and cannot be installed on CI machines. This
+harness stands in for both. The real program (``__main__.py``) runs unchanged under
+``pulumi.runtime.set_mocks``; each resource it registers reaches :meth:`new_resource`,
+which performs the operation the provider would perform, with exactly the declared
+inputs, and returns the engine's real outputs (ids, names, resolved host ports). What
+the program declares is thereby proven to run; ``pulumi up`` remains the user's path.
+
+It also stands in for the engine's diff: the state persists across runs of the same
+stack, so an unchanged resource is left alone (same outputs), a changed container is
+replaced (the provider marks these inputs ForceNew), a changed ``local.Command`` re-runs
+its ``create`` (pulumi-command's update without an ``update`` command). :meth:`destroy`
+tears down in reverse creation order, running each command's ``delete``.
+
+Supported resource types and inputs are listed in ``SUPPORTED``; anything else raises
+:class:`HarnessError` — an input the harness cannot honour must never pass silently.
+Secrets arrive wrapped (Pulumi's secret signature) and are unwrapped only to be applied.
+
+The container sequence follows the provider (kreuzwerker/terraform-provider-docker):
+create on the default network, disconnect ``bridge``, connect each
+``networks_advanced`` network, upload files, start, read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import subprocess
+import tarfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+import pulumi
+from docker.types import DeviceRequest, Ulimit
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+
+SUPPORTED: dict[str, set[str]] = {
+    # buildOnPreview: the SDK's default; the harness only ever performs `up`.
+    "docker:index/image:Image": {"imageName", "build", "skipPush", "buildOnPreview"},
+    "docker:index/remoteImage:RemoteImage": {"name", "keepLocally"},
+    "docker:index/network:Network": {"name", "driver", "labels"},
+    "docker:index/volume:Volume": {"name", "labels"},
+    "docker:index/container:Container": {
+        "name",
+        "image",
+        "hostname",
+        "user",
+        "workingDir",
+        "restart",
+        "mustRun",
+        "stopTimeout",
+        "networksAdvanced",
+        "ports",
+        "volumes",
+        "envs",
+        "uploads",
+        "labels",
+        "cpuPeriod",
+        "cpuQuota",
+        "memory",
+        "ulimits",
+        "capabilities",
+        "securityOpts",
+        "healthcheck",
+        "gpus",
+        "deviceRequests",
+    },
+    "command:local:Command": {"create", "delete", "environment", "triggers", "dir"},
+    "pulumi:providers:docker": {"host"},
+}
+COMPONENT_PREFIX = "dockyard:index:"
+BUILD_KEYS = {"context", "dockerfile", "args", "builderVersion"}
+START_INTERVAL_MIN_API = (1, 44)
+
+
+class HarnessError(RuntimeError):
+    """The harness cannot realise a declared resource faithfully."""
+
+
+@dataclass
+class Realised:
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    id: str
+    outputs: dict[str, Any]
+    undo: Callable[[], None] | None = None
+
+
+@dataclass
+class HarnessState:
+    """What exists on the engine for one stack, in creation order."""
+
+    resources: dict[str, Realised] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)
+    """Every harness action, for tests that check nothing leaks into it."""
+
+
+def unwrap(value: Any) -> Any:
+    if isinstance(value, dict):
+        if SECRET_SIG in value:
+            return unwrap(value.get("value"))
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def duration_ns(text: str | None) -> int:
+    if not text:
+        return 0
+    match = re.fullmatch(r"(\d+)(ms|s|m|h)", text)
+    if not match:
+        raise HarnessError(f"duration {text!r} is not <number><ms|s|m|h>")
+    scale = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}[match.group(2)]
+    return int(match.group(1)) * scale
+
+
+class DockerRealisingMocks(pulumi.runtime.Mocks):
+    def __init__(self, client: docker.DockerClient, state: HarnessState) -> None:
+        self.client = client
+        self.state = state
+        self._lock = threading.Lock()
+        version = client.version().get("ApiVersion", "1.0")
+        self.api_version = tuple(int(p) for p in version.split(".")[:2])
+
+    # --- Pulumi mock protocol -------------------------------------------------------
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        if args.typ.startswith(COMPONENT_PREFIX):
+            return f"{args.typ}::{args.name}", {}  # components group children; nothing to realise
+        supported = SUPPORTED.get(args.typ)
+        if supported is None:
+            raise HarnessError(f"resource type {args.typ} ({args.name}) is not supported")
+        unknown = sorted(set(args.inputs) - supported)
+        if unknown:
+            raise HarnessError(f"{args.typ} {args.name}: inputs {unknown} are not supported")
+        inputs = unwrap(dict(args.inputs))
+        with self._lock:
+            previous = self.state.resources.get(args.name)
+        if previous is not None and previous.type == args.typ:
+            if previous.inputs == inputs:
+                return previous.id, previous.outputs
+            if args.typ == "command:local:Command":
+                return self._record(
+                    args, inputs, *self._command(args.name, inputs), replace=previous
+                )
+            self._undo(previous)
+        handler = {
+            "docker:index/image:Image": self._image,
+            "docker:index/remoteImage:RemoteImage": self._remote_image,
+            "docker:index/network:Network": self._network,
+            "docker:index/volume:Volume": self._volume,
+            "docker:index/container:Container": self._container,
+            "command:local:Command": lambda name, i: self._command(name, i),
+            "pulumi:providers:docker": self._provider,
+        }[args.typ]
+        return self._record(args, inputs, *handler(args.name, inputs))
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
+        raise HarnessError(f"function {args.token} is not supported")
+
+    # --- Teardown -----------------------------------------------------------------------
+
+    def destroy(self) -> None:
+        """Undo everything in reverse creation order; collect failures, raise at the end."""
+        failures = []
+        for realised in reversed(list(self.state.resources.values())):
+            try:
+                self._undo(realised)
+            except Exception as exc:  # keep tearing down the rest
+                failures.append(f"{realised.type} {realised.name}: {exc}")
+        if failures:
+            raise HarnessError("teardown failed:\n  " + "\n  ".join(failures))
+
+    def _undo(self, realised: Realised) -> None:
+        if realised.undo is not None:
+            realised.undo()
+        with self._lock:
+            self.state.resources.pop(realised.name, None)
+
+    def _record(
+        self,
+        args: pulumi.runtime.MockResourceArgs,
+        inputs: dict[str, Any],
+        resource_id: str,
+        outputs: dict[str, Any],
+        undo: Callable[[], None] | None,
+        replace: Realised | None = None,
+    ) -> tuple[str, dict]:
+        realised = Realised(args.typ, args.name, inputs, resource_id, outputs, undo)
+        with self._lock:
+            if replace is not None:
+                self.state.resources.pop(replace.name, None)
+            self.state.resources[args.name] = realised
+            self.state.log.append(f"realised {args.typ} {args.name} id={resource_id}")
+        # Outputs go back to the program with the declared (still wrapped) inputs.
+        return resource_id, {**args.inputs, **outputs}
+
+    # --- Resource types -------------------------------------------------------------------
+
+    def _provider(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict, None]:
+        host = inputs.get("host")
+        local = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        if host and host != local:
+            raise HarnessError(f"provider {name}: host {host} is not this test's engine ({local})")
+        return f"provider-{name}", {}, None
+
+    def _image(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict, None]:
+        build = inputs["build"]
+        unknown = sorted(set(build) - BUILD_KEYS)
+        if unknown:
+            raise HarnessError(f"image {name}: build inputs {unknown} are not supported")
+        if build.get("builderVersion", "BuilderV1") != "BuilderV1":
+            raise HarnessError(f"image {name}: only the classic builder is available here")
+        tag = inputs["imageName"]
+        try:
+            # The tag carries a digest of the build inputs, so an existing tag is this build.
+            image = self.client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            context = build["context"]
+            dockerfile = os.path.relpath(build.get("dockerfile", f"{context}/Dockerfile"), context)
+            log = []
+            for chunk in self.client.api.build(
+                path=context,
+                dockerfile=dockerfile,
+                tag=tag,
+                buildargs=build.get("args") or {},
+                rm=True,
+                forcerm=True,
+                decode=True,
+            ):
+                log.extend(chunk.get("stream", "").splitlines())
+                if "error" in chunk:
+                    raise HarnessError(
+                        f"image {name}: build failed: {chunk['error']}\n" + "\n".join(log[-30:])
+                    ) from None
+            image = self.client.images.get(tag)
+        # Images are a build cache, kept across runs like the provider's keep-locally.
+        return image.id, {"imageName": tag, "repoDigest": ""}, None
+
+    def _remote_image(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict, None]:
+        try:
+            image = self.client.images.get(inputs["name"])
+        except docker.errors.ImageNotFound:
+            image = self.client.images.pull(inputs["name"])
+        digests = image.attrs.get("RepoDigests") or [""]
+        return image.id, {"imageId": image.id, "repoDigest": digests[0]}, None
+
+    def _network(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict, Callable[[], None]]:
+        network = self.client.networks.create(
+            inputs["name"],
+            driver=inputs.get("driver", "bridge"),
+            labels=_labels(inputs),
+            check_duplicate=True,
+        )
+
+        def undo() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.networks.get(network.id).remove()
+
+        return network.id, {"name": inputs["name"]}, undo
+
+    def _volume(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict, Callable[[], None]]:
+        volume = self.client.volumes.create(inputs["name"], labels=_labels(inputs))
+
+        def undo() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.volumes.get(volume.name).remove(force=True)
+
+        return volume.name, {"name": volume.name, "mountpoint": volume.attrs["Mountpoint"]}, undo
+
+    def _container(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict, Callable[[], None]]:
+        api = self.client.api
+        health = inputs.get("healthcheck")
+        healthcheck = None
+        if health:
+            # 0 means "inherit from the image", as in Docker's API.
+            healthcheck = {
+                "Test": health["tests"],
+                "Interval": duration_ns(health.get("interval")),
+                "Timeout": duration_ns(health.get("timeout")),
+                "Retries": int(health.get("retries", 0)),
+                "StartPeriod": duration_ns(health.get("startPeriod")),
+            }
+            if health.get("startInterval"):
+                # What Docker's Go client (the provider's) does on engines older than API 1.44.
+                if self.api_version < START_INTERVAL_MIN_API:
+                    raise HarnessError(
+                        f"container {name}: healthcheck startInterval needs engine API >= 1.44, "
+                        f"this engine has {'.'.join(map(str, self.api_version))}"
+                    )
+                healthcheck["StartInterval"] = duration_ns(health["startInterval"])
+        binds, volume_binds = [], []
+        for volume in inputs.get("volumes", []):
+            source = volume.get("hostPath") or volume.get("volumeName")
+            mode = "ro" if volume.get("readOnly") else "rw"
+            (binds if volume.get("hostPath") else volume_binds).append(
+                f"{source}:{volume['containerPath']}:{mode}"
+            )
+        ports = [int(p["internal"]) for p in inputs.get("ports", [])]
+        device_requests = [
+            DeviceRequest(
+                driver=r.get("driver", ""),
+                device_ids=r.get("deviceIds"),
+                capabilities=[r.get("capabilities", [])],
+            )
+            for r in inputs.get("deviceRequests", [])
+        ]
+        if inputs.get("gpus"):
+            device_requests.append(DeviceRequest(count=-1, capabilities=[["gpu"]]))
+        host_config = api.create_host_config(
+            port_bindings=dict.fromkeys(ports),  # None: a random free host port
+            binds=binds + volume_binds,
+            restart_policy={"Name": inputs["restart"]} if inputs.get("restart") else None,
+            cpu_period=int(inputs["cpuPeriod"]) if inputs.get("cpuPeriod") else None,
+            cpu_quota=int(inputs["cpuQuota"]) if inputs.get("cpuQuota") else None,
+            mem_limit=int(inputs["memory"]) * 1024 * 1024 if inputs.get("memory") else None,
+            ulimits=[
+                Ulimit(name=u["name"], soft=int(u["soft"]), hard=int(u["hard"]))
+                for u in inputs.get("ulimits", [])
+            ],
+            cap_drop=inputs.get("capabilities", {}).get("drops"),
+            cap_add=inputs.get("capabilities", {}).get("adds"),
+            security_opt=inputs.get("securityOpts"),
+            device_requests=device_requests or None,
+        )
+        created = api.create_container(
+            inputs["image"],
+            name=inputs["name"],
+            hostname=inputs.get("hostname"),
+            user=inputs.get("user", ""),
+            working_dir=inputs.get("workingDir"),
+            environment=inputs.get("envs", []),
+            labels=_labels(inputs),
+            ports=ports,
+            host_config=host_config,
+            healthcheck=healthcheck,
+            stop_timeout=int(inputs["stopTimeout"]) if inputs.get("stopTimeout") else None,
+        )
+        container_id = created["Id"]
+
+        def undo() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(container_id, force=True, v=False)
+
+        try:
+            networks = [n["name"] for n in inputs.get("networksAdvanced", [])]
+            if networks:
+                api.disconnect_container_from_network(container_id, "bridge")
+                for network in networks:
+                    api.connect_container_to_network(container_id, network)
+            uploads = inputs.get("uploads", [])
+            if uploads:
+                assert api.put_archive(container_id, "/", _upload_tar(uploads))
+            if inputs.get("mustRun", True):
+                api.start(container_id)
+            attrs = api.inspect_container(container_id)
+        except Exception:
+            undo()  # nothing half-created is left
+            raise
+        return (
+            container_id,
+            {"name": attrs["Name"].lstrip("/"), "ports": _read_ports(attrs, inputs)},
+            undo,
+        )
+
+    def _command(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict, Callable[[], None]]:
+        environment = {**os.environ, **(inputs.get("environment") or {})}
+        result = subprocess.run(
+            ["/bin/sh", "-c", inputs["create"]],
+            cwd=inputs.get("dir"),
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise HarnessError(
+                f"command {name}: create exited {result.returncode}: {result.stderr.strip()}"
+            )
+        delete = inputs.get("delete")
+
+        def undo() -> None:
+            if delete:
+                subprocess.run(
+                    ["/bin/sh", "-c", delete],
+                    cwd=inputs.get("dir"),
+                    env=environment,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=True,
+                )
+
+        outputs = {"stdout": result.stdout.rstrip("\n"), "stderr": result.stderr.rstrip("\n")}
+        return f"{name}-{abs(hash(result.stdout)) & 0xFFFFFFFF:08x}", outputs, undo
+
+
+def _labels(inputs: dict[str, Any]) -> dict[str, str]:
+    return {item["label"]: item["value"] for item in inputs.get("labels", [])}
+
+
+def _upload_tar(uploads: list[dict[str, Any]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for upload in uploads:
+            unknown = set(upload) - {"file", "content", "permissions", "owner", "group"}
+            if unknown:
+                raise HarnessError(f"upload inputs {sorted(unknown)} are not supported")
+            data = upload["content"].encode()
+            info = tarfile.TarInfo(upload["file"].lstrip("/"))
+            info.size = len(data)
+            info.mode = int(upload.get("permissions", "0644"), 8)
+            info.uid = int(upload.get("owner", "0"))
+            info.gid = int(upload.get("group", "0"))
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _read_ports(attrs: dict[str, Any], inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The provider's ``ports`` output: each declared port with the host port the engine
+    bound (first binding, as the provider reads it)."""
+    bound = attrs["NetworkSettings"]["Ports"] or {}
+    ports = []
+    for port in inputs.get("ports", []):
+        internal = int(port["internal"])
+        bindings = bound.get(f"{internal}/tcp") or []
+        if not bindings:
+            raise HarnessError(f"container {inputs['name']}: port {internal} was not published")
+        ports.append(
+            {
+                "internal": internal,
+                "external": int(bindings[0]["HostPort"]),
+                "ip": bindings[0]["HostIp"],
+                "protocol": "tcp",
+            }
+        )
+    return ports

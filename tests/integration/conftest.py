@@ -1,0 +1,113 @@
+"""Stacks realised on the real engine through the Docker-realising harness."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from components.config import from_stack_file
+from tests.harness.docker_mocks import DockerRealisingMocks, HarnessState
+from tests.support.engine import RUN_ID
+from tests.support.program import REPO, ProgramRun, run_program
+
+CANARIES = {
+    "ANTHROPIC_API_KEY": f"sk-ant-canary-{RUN_ID}-a1",
+    "OPENAI_API_KEY": f"sk-openai-canary-{RUN_ID}-b2",
+    "GITHUB_TOKEN": f"ghp_canary_{RUN_ID}_c3",
+}
+
+
+@dataclass
+class Deployed:
+    """One stack on the engine: ``up`` runs the program (again), ``destroy`` undoes it."""
+
+    client: docker.DockerClient
+    stack: str
+    cwd: Path
+    values: dict[str, Any]
+    secrets: dict[str, str]
+    state: HarnessState = field(default_factory=HarnessState)
+    run: ProgramRun | None = None
+
+    def up(self, values: Mapping[str, Any] | None = None) -> ProgramRun:
+        if values is not None:
+            self.values = dict(values)
+        mocks = DockerRealisingMocks(self.client, self.state)
+        self.run = run_program(mocks, self.values, self.secrets, stack=self.stack)
+        return self.run
+
+    @property
+    def manifests(self) -> dict[str, dict[str, Any]]:
+        assert self.run is not None
+        return self.run.exports()
+
+    def container(self, session: str) -> docker.models.containers.Container:
+        return self.client.containers.get(self.manifests[session]["container"]["id"])
+
+    def manifest_file(self, session: str) -> Path:
+        return self.cwd / ".companion" / "cloud" / "environments" / f"{session}.json"
+
+    def destroy(self) -> None:
+        DockerRealisingMocks(self.client, self.state).destroy()
+
+    def leftovers(self) -> list[str]:
+        selector = {"label": f"dockyard.stack={self.stack}"}
+        found = [
+            f"container {c.name}" for c in self.client.containers.list(all=True, filters=selector)
+        ]
+        found += [f"network {n.name}" for n in self.client.networks.list(filters=selector)]
+        found += [f"volume {v.name}" for v in self.client.volumes.list(filters=selector)]
+        return found
+
+    def force_cleanup(self) -> None:
+        """Safety net after a failed test: remove whatever carries this stack's label."""
+        selector = {"label": f"dockyard.stack={self.stack}"}
+        for container in self.client.containers.list(all=True, filters=selector):
+            container.remove(force=True)
+        for network in self.client.networks.list(filters=selector):
+            with contextlib.suppress(docker.errors.APIError):
+                network.remove()
+        for volume in self.client.volumes.list(filters=selector):
+            with contextlib.suppress(docker.errors.APIError):
+                volume.remove(force=True)
+
+
+def stack_values(name: str) -> dict[str, Any]:
+    raw, _ = from_stack_file(str(REPO / "stacks" / f"Pulumi.{name}.yaml"))
+    return {key.split(":", 1)[1]: value for key, value in raw.items()}
+
+
+@pytest.fixture(scope="module")
+def deploy(
+    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """Factory: deploy(label, values, secrets) -> Deployed, torn down after the module."""
+    deployed: list[Deployed] = []
+
+    def make(
+        label: str, values: Mapping[str, Any], secrets: Mapping[str, str] | None = None
+    ) -> Deployed:
+        cwd = tmp_path_factory.mktemp(f"project-{label}")
+        # Each run gets its own stack name, so nothing collides with a user's stacks.
+        stack = f"it{label}{RUN_ID[:6]}"
+        all_values = {"cwd": str(cwd), "image": {"tag": "it"}, **values}
+        target = Deployed(docker_client, stack, cwd, all_values, dict(secrets or {}))
+        deployed.append(target)
+        target.up()
+        return target
+
+    try:
+        yield make
+    finally:
+        for target in deployed:
+            try:
+                target.destroy()
+            finally:
+                target.force_cleanup()
