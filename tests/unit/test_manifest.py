@@ -216,3 +216,11 @@ def test_modal_plan_rejects_a_bad_manifest(
     path.write_text('{"version": 1}')
     assert modal_plan.main([str(path)]) == 1
     assert capsys.readouterr().err.startswith(f"ERROR: {path} is not a valid v1 manifest:")
+
+
+def test_readme_example_manifest_is_valid() -> None:
+    readme = (REPO / "README.md").read_text()
+    block = (
+        readme.split("<!-- example-manifest -->", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    )
+    contract.validate(json.loads(block), "README example manifest")
