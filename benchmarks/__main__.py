@@ -1,0 +1,28 @@
+"""`python -m benchmarks [NAME ...]`: run all benchmarks, or the named ones."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = ["program_eval"]
+
+
+def main(argv: list[str]) -> int:
+    names = argv or BENCHMARKS
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        print(
+            f"ERROR: unknown benchmark(s) {unknown} (allowed: {', '.join(BENCHMARKS)})",
+            file=sys.stderr,
+        )
+        return 2
+    status = 0
+    for name in names:
+        print(f"== {name}")
+        status |= importlib.import_module(f"benchmarks.{name}").main()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
