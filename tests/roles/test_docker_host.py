@@ -1,0 +1,63 @@
+"""docker_host on this machine: .ci/run prepares CI's engine with the role; this reruns it
+and checks it is idempotent and its configuration is in effect."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.roles.conftest import LOCAL, run_playbook
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.skipif(
+        os.environ.get("DOCKYARD_HOST_ROLE_TEST") != "1",
+        reason="reconfigures this machine's own Docker engine; .ci/run sets DOCKYARD_HOST_ROLE_TEST=1",
+    ),
+]
+
+
+def test_second_run_changes_nothing_and_config_is_live(docker_client: docker.DockerClient) -> None:
+    run = run_playbook(
+        "docker-host.yml",
+        inventory="localhost,",
+        connection="local",
+        extra_vars={**LOCAL, "docker_host_bootstrap_base_image": True},
+    )
+    assert run.changed() == {"localhost": 0}, run.output[-3000:]
+    daemon = json.loads(Path("/etc/docker/daemon.json").read_text())
+    assert daemon == {
+        "default-ulimits": {"nofile": {"Hard": 2048, "Name": "nofile", "Soft": 1024}},
+        "live-restore": True,
+        "log-driver": "json-file",
+        "log-opts": {"max-file": "3", "max-size": "10m"},
+    }
+    info = docker_client.info()
+    assert info["LiveRestoreEnabled"] is True
+    assert info["LoggingDriver"] == "json-file"
+    docker_client.images.get("debian:bookworm-slim")
+
+
+def test_bad_variables_fail_before_any_change() -> None:
+    run = run_playbook(
+        "docker-host.yml",
+        inventory="localhost,",
+        connection="local",
+        extra_vars={
+            **LOCAL,
+            "docker_host_package_source": "snap",
+            "docker_host_log_max_file": "many",
+        },
+        check=False,
+    )
+    assert run.rc != 0
+    assert (
+        "value of docker_host_package_source must be one of: distro, docker, got: snap"
+        in run.output
+    )
+    assert "docker_host_log_max_file" in run.output
+    assert run.changed() == {"localhost": 0}
