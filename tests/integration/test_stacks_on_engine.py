@@ -13,8 +13,8 @@ from typing import Any
 import docker
 import pytest
 
-from tests.integration.conftest import CANARIES, Deployed, stack_values
 from tests.support.engine import exec_ok, health_status, last_health_output, wait_for
+from tests.support.stacks import CANARIES, Deployed, stack_values
 
 pytestmark = pytest.mark.docker
 

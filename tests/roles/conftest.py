@@ -115,7 +115,7 @@ class TargetFleet:
 
     def inventory(self, containers: Sequence[Container], user: str = "root") -> Path:
         """An INI inventory of ``containers`` reached with ``docker exec`` as ``user``."""
-        lines = ["[targets]"]
+        lines = ["[dockyard]"]
         lines += [
             f"{c.name} ansible_connection=community.docker.docker ansible_user={user} "
             "ansible_python_interpreter=/usr/bin/python3"

@@ -1,22 +1,23 @@
-"""Stacks realised on the real engine through the Docker-realising harness."""
+"""A stack realised on the real engine through the harness, for tests that need running
+environments (integration and role tests)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
-import pytest
 
 from components.config import from_stack_file
 from tests.harness.docker_mocks import DockerRealisingMocks, HarnessState
 from tests.support.engine import RUN_ID
 from tests.support.program import REPO, ProgramRun, run_program
 
+# Unique per test run, so a hit can only come from this run's secrets.
 CANARIES = {
     "ANTHROPIC_API_KEY": f"sk-ant-canary-{RUN_ID}-a1",
     "OPENAI_API_KEY": f"sk-openai-canary-{RUN_ID}-b2",
@@ -82,32 +83,3 @@ class Deployed:
 def stack_values(name: str) -> dict[str, Any]:
     raw, _ = from_stack_file(str(REPO / "stacks" / f"Pulumi.{name}.yaml"))
     return {key.split(":", 1)[1]: value for key, value in raw.items()}
-
-
-@pytest.fixture(scope="module")
-def deploy(
-    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
-    """Factory: deploy(label, values, secrets) -> Deployed, torn down after the module."""
-    deployed: list[Deployed] = []
-
-    def make(
-        label: str, values: Mapping[str, Any], secrets: Mapping[str, str] | None = None
-    ) -> Deployed:
-        cwd = tmp_path_factory.mktemp(f"project-{label}")
-        # Each run gets its own stack name, so nothing collides with a user's stacks.
-        stack = f"it{label}{RUN_ID[:6]}"
-        all_values = {"cwd": str(cwd), "image": {"tag": "it"}, **values}
-        target = Deployed(docker_client, stack, cwd, all_values, dict(secrets or {}))
-        deployed.append(target)
-        target.up()
-        return target
-
-    try:
-        yield make
-    finally:
-        for target in deployed:
-            try:
-                target.destroy()
-            finally:
-                target.force_cleanup()
