@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""dockyard health report and refresh policy (R-HOST-3).
+
+For every dockyard environment on this Docker host: container status, health status and
+failing streak, age in hours, memory use / limit / %, workspace disk use %. Writes a JSON
+report (atomically) and one log line per environment. With --refresh, an environment
+past a threshold (age, disk, memory, failed checks) is recreated keeping its volumes:
+
+  stop (its entrypoint checkpoints) -> rename aside -> create the same container from its
+  own configuration (image, env, labels, mounts, limits, pids cap, network) -> carry the
+  /run/secrets files over in memory -> start -> remove the old one.
+
+If any step fails the old container is renamed back and started; the report says why.
+Pulumi's state still names the old container id afterwards: run `pulumi refresh` (or
+pass --manifest-dir so the manifest file is updated for apps that read it).
+
+stdlib only; talks to the engine over its unix socket (DOCKER_HOST=unix://... or the
+default /var/run/docker.sock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "label": "dockyard.managed=true",
+    "report_file": "/var/lib/dockyard/health/report.json",
+    "max_age_hours": 72.0,
+    "max_disk_pct": 80.0,
+    "max_memory_pct": 90.0,
+    "max_failed_checks": 3,
+    "refresh": False,
+    "workspace": "/workspace",
+    "manifest_dir": "",
+}
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+class Engine:
+    """Minimal Docker Engine API client over the unix socket."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        expect: Sequence[int] = (200, 201, 204, 304),
+    ) -> Any:
+        connection = _UnixConnection(self.socket_path)
+        headers = {"Host": "docker"}
+        payload = raw
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif raw is not None:
+            headers["Content-Type"] = "application/x-tar"
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        connection.close()
+        if response.status not in expect:
+            message = data.decode(errors="replace").strip()
+            raise EngineError(f"{method} {path}: {response.status} {message}")
+        if response.getheader("Content-Type", "").startswith("application/json") and data:
+            return json.loads(data)
+        return data
+
+    def containers(self, label: str) -> list[dict[str, Any]]:
+        filters = urllib.parse.quote(json.dumps({"label": [label]}))
+        return self.request("GET", f"/containers/json?all=1&filters={filters}")
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        return self.request("GET", f"/containers/{ref}/json")
+
+    def stats(self, ref: str) -> dict[str, Any]:
+        return self.request("GET", f"/containers/{ref}/stats?stream=false")
+
+    def exec(self, ref: str, cmd: list[str], user: str = "1000") -> tuple[int, str]:
+        created = self.request(
+            "POST",
+            f"/containers/{ref}/exec",
+            {"Cmd": cmd, "User": user, "AttachStdout": True, "AttachStderr": True},
+        )
+        raw = self.request("POST", f"/exec/{created['Id']}/start", {"Detach": False, "Tty": True})
+        code = self.request("GET", f"/exec/{created['Id']}/json")["ExitCode"]
+        return int(code if code is not None else 1), raw.decode(errors="replace")
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=120)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(120)
+        self.sock.connect(self.path)
+
+
+@dataclass
+class Status:
+    name: str
+    id: str
+    status: str
+    health: str
+    failing_streak: int
+    age_hours: float
+    memory_used_mb: float | None
+    memory_limit_mb: float | None
+    memory_pct: float | None
+    disk_pct: float | None
+    refresh_reasons: list[str] = field(default_factory=list)
+    action: str = "none"
+
+
+def collect(engine: Engine, label: str, workspace: str, now: datetime) -> list[Status]:
+    statuses = []
+    for summary in sorted(engine.containers(label), key=lambda c: c["Names"][0]):
+        info = engine.inspect(summary["Id"])
+        state = info["State"]
+        health = state.get("Health") or {}
+        created = _parse_time(info["Created"])
+        used = limit = pct = disk = None
+        if state["Status"] == "running":
+            used, limit, pct = _memory(engine.stats(info["Id"]), info)
+            disk = _disk_pct(engine, info["Id"], workspace)
+        statuses.append(
+            Status(
+                name=info["Name"].lstrip("/"),
+                id=info["Id"],
+                status=state["Status"],
+                health=health.get("Status", "none"),
+                failing_streak=int(health.get("FailingStreak", 0)),
+                age_hours=round((now - created).total_seconds() / 3600, 2),
+                memory_used_mb=used,
+                memory_limit_mb=limit,
+                memory_pct=pct,
+                disk_pct=disk,
+            )
+        )
+    return statuses
+
+
+def _parse_time(value: str) -> datetime:
+    base, _, rest = value.partition(".")
+    fraction = "".join(ch for ch in rest if ch.isdigit())[:6]
+    return datetime.fromisoformat(f"{base}.{fraction or '0'}").replace(tzinfo=UTC)
+
+
+def _memory(stats: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[float, float, float]:
+    memory = stats.get("memory_stats") or {}
+    usage = float(memory.get("usage", 0))
+    # What `docker stats` shows: page cache that can be dropped does not count.
+    cache = (memory.get("stats") or {}).get(
+        "total_inactive_file", (memory.get("stats") or {}).get("inactive_file", 0)
+    )
+    used = max(usage - float(cache), 0.0)
+    limit = float(info["HostConfig"].get("Memory") or memory.get("limit") or 0)
+    pct = round(100 * used / limit, 2) if limit else 0.0
+    return round(used / 2**20, 1), round(limit / 2**20, 1), pct
+
+
+def _disk_pct(engine: Engine, ref: str, workspace: str) -> float | None:
+    code, out = engine.exec(ref, ["df", "-P", workspace])
+    if code != 0:
+        return None
+    fields = out.strip().splitlines()[-1].split()
+    return float(fields[4].rstrip("%"))
+
+
+def evaluate(status: Status, config: Mapping[str, Any]) -> list[str]:
+    """Why this environment needs a refresh (empty: it does not)."""
+    reasons = []
+    if status.age_hours > float(config["max_age_hours"]):
+        reasons.append(f"age {status.age_hours:.1f} h > {config['max_age_hours']:g} h")
+    if status.disk_pct is not None and status.disk_pct > float(config["max_disk_pct"]):
+        reasons.append(f"disk {status.disk_pct:g}% > {config['max_disk_pct']:g}%")
+    if status.memory_pct is not None and status.memory_pct > float(config["max_memory_pct"]):
+        reasons.append(f"memory {status.memory_pct:g}% > {config['max_memory_pct']:g}%")
+    if status.failing_streak >= int(config["max_failed_checks"]):
+        reasons.append(
+            f"{status.failing_streak} failed health checks >= {config['max_failed_checks']}"
+        )
+    return reasons
+
+
+# --- Refresh --------------------------------------------------------------------------
+
+
+def refresh(engine: Engine, name: str) -> str:
+    """Recreate container ``name`` from its own configuration, keeping volumes and secret
+    files. Returns the new container id."""
+    old = engine.inspect(name)
+    # A tar of /run/secrets (200), or a JSON error when the container has none (404).
+    found = engine.request(
+        "GET", f"/containers/{old['Id']}/archive?path=/run/secrets", expect=(200, 404)
+    )
+    secrets = found if isinstance(found, bytes) else b""
+    engine.request("POST", f"/containers/{old['Id']}/stop?t=10")
+    aside = f"{name}-refresh-{int(time.time())}"
+    engine.request("POST", f"/containers/{old['Id']}/rename?name={aside}")
+    new_id = ""
+    try:
+        networks = old["NetworkSettings"]["Networks"]
+        first = next(iter(networks), None)
+        body = {**old["Config"], "Image": old["Image"], "HostConfig": old["HostConfig"]}
+        if first:
+            body["NetworkingConfig"] = {
+                "EndpointsConfig": {first: {"Aliases": networks[first].get("Aliases")}}
+            }
+            body["HostConfig"] = {**old["HostConfig"], "NetworkMode": first}
+        created = engine.request(
+            "POST", f"/containers/create?name={urllib.parse.quote(name)}", body
+        )
+        new_id = created["Id"]
+        for network in list(networks)[1:]:
+            engine.request("POST", f"/networks/{network}/connect", {"Container": new_id})
+        if secrets:
+            engine.request("PUT", f"/containers/{new_id}/archive?path=/run", raw=secrets)
+        engine.request("POST", f"/containers/{new_id}/start")
+    except EngineError:
+        if new_id:
+            engine.request("DELETE", f"/containers/{new_id}?force=1", expect=(204, 404))
+        engine.request("POST", f"/containers/{old['Id']}/rename?name={urllib.parse.quote(name)}")
+        engine.request("POST", f"/containers/{old['Id']}/start")
+        raise
+    engine.request("DELETE", f"/containers/{old['Id']}")
+    return new_id
+
+
+def update_manifest(manifest_dir: str, old_id: str, new_id: str, created: str) -> str | None:
+    """Point the manifest of ``old_id`` at the new container; return its path."""
+    if not manifest_dir or not os.path.isdir(manifest_dir):
+        return None
+    for name in sorted(os.listdir(manifest_dir)):
+        path = os.path.join(manifest_dir, name)
+        if not name.endswith(".json"):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        if manifest.get("container", {}).get("id") != old_id:
+            continue
+        manifest["container"]["id"] = new_id
+        manifest["createdAt"] = (
+            _parse_time(created).strftime("%Y-%m-%dT%H:%M:%S.")
+            + f"{_parse_time(created).microsecond // 1000:03d}Z"
+        )
+        _write_json(path, manifest)
+        return path
+    return None
+
+
+# --- Report -------------------------------------------------------------------------------
+
+
+def _write_json(path: str, data: Any) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def log_line(status: Status) -> str:
+    memory = (
+        "n/a"
+        if status.memory_pct is None
+        else f"{status.memory_pct:g}% ({status.memory_used_mb:g}/{status.memory_limit_mb:g} MB)"
+    )
+    disk = "n/a" if status.disk_pct is None else f"{status.disk_pct:g}%"
+    verdict = (
+        "ok"
+        if not status.refresh_reasons
+        else "refresh needed: " + "; ".join(status.refresh_reasons)
+    )
+    return (
+        f"dockyard-health name={status.name} status={status.status} health={status.health} "
+        f"age_h={status.age_hours:g} memory={memory} disk={disk} verdict={verdict} action={status.action}"
+    )
+
+
+def load_config(path: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    config = dict(DEFAULTS)
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            config.update(json.load(handle))
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown keys {unknown} (allowed: {', '.join(sorted(DEFAULTS))})")
+    for key in ("max_age_hours", "max_disk_pct", "max_memory_pct", "max_failed_checks"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"{key}: {value!r} is not allowed (allowed: a positive number)")
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="JSON config file")
+    parser.add_argument("--label", help="select environments by this label (key=value)")
+    parser.add_argument("--report-file")
+    parser.add_argument("--manifest-dir")
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        default=None,
+        help="recreate environments past a threshold",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the report as JSON instead of log lines"
+    )
+    parser.add_argument("--max-age-hours", type=float)
+    parser.add_argument("--max-disk-pct", type=float)
+    parser.add_argument("--max-memory-pct", type=float)
+    parser.add_argument("--max-failed-checks", type=int)
+    args = parser.parse_args(argv)
+    overridable = (
+        "label",
+        "report_file",
+        "refresh",
+        "manifest_dir",
+        "max_age_hours",
+        "max_disk_pct",
+        "max_memory_pct",
+        "max_failed_checks",
+    )
+    try:
+        config = load_config(args.config, {key: getattr(args, key) for key in overridable})
+    except (ValueError, OSError, json.JSONDecodeError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        print(
+            f"ERROR: DOCKER_HOST={host} is not a unix socket (run this on the Docker host)",
+            file=sys.stderr,
+        )
+        return 2
+    engine = Engine(host.removeprefix("unix://"))
+    now = datetime.now(UTC)
+    statuses = collect(engine, config["label"], config["workspace"], now)
+    failures = 0
+    for status in statuses:
+        status.refresh_reasons = evaluate(status, config)
+        if not status.refresh_reasons:
+            continue
+        if not config["refresh"]:
+            status.action = "reported"
+            continue
+        try:
+            new_id = refresh(engine, status.name)
+        except EngineError as exc:
+            status.action = f"refresh failed: {exc}"
+            failures += 1
+            continue
+        status.action = f"refreshed as {new_id[:12]}"
+        update_manifest(
+            config["manifest_dir"], status.id, new_id, engine.inspect(new_id)["Created"]
+        )
+    report = {
+        "generatedAt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "thresholds": {
+            k: config[k]
+            for k in ("max_age_hours", "max_disk_pct", "max_memory_pct", "max_failed_checks")
+        },
+        "refresh": bool(config["refresh"]),
+        "environments": [asdict(s) for s in statuses],
+    }
+    _write_json(config["report_file"], report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for status in statuses:
+            print(log_line(status))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
