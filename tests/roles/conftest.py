@@ -91,13 +91,15 @@ class TargetFleet:
     inventory_dir: Path
     containers: list[Container]
 
-    def start(self, count: int = 1, **kwargs: Any) -> list[Container]:
+    def start(
+        self, count: int = 1, labels: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> list[Container]:
         started = []
         for _ in range(count):
             container = self.client.containers.run(
                 self.image,
                 name=unique_name("target"),
-                labels=LABELS,
+                labels={**LABELS, **(labels or {})},
                 detach=True,
                 environment={"DOCKYARD_BACKEND": "claude"},
                 tmpfs={"/workspace": "rw,size=16m,uid=1000,gid=1000"},

@@ -98,7 +98,8 @@ class FakeDocker:
         if args[1] == "stats":
             return "".join(f"{n} {c['cpu']}%\n" for n, c in self.containers.items())
         if args[1] == "top":
-            return "COMMAND\n" + "\n".join(self.containers[args[2]]["procs"]) + "\n"
+            procs = self.containers[args[2]]["procs"]
+            return "PID COMMAND\n" + "".join(f"{100 + i} {p}\n" for i, p in enumerate(procs))
         if args[1] == "exec":
             clients = self.containers[args[4]]["clients"]
             if clients is None:

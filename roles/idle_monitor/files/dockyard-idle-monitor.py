@@ -128,8 +128,10 @@ def read_environments(docker: str, label: str, runner: Runner = run) -> list[Rea
         cpu[name] = float(percent.strip().rstrip("%") or 0)
     readings = []
     for name in names:
-        processes = runner([docker, "top", name, "-eo", "comm"]).split()[1:]
-        agents = sum(1 for command in processes if command in AGENT_COMMANDS)
+        # `docker top` requires the PID column; the command name is the second one.
+        rows = runner([docker, "top", name, "-o", "pid,comm"]).splitlines()[1:]
+        commands = [row.split(None, 1)[1].strip() for row in rows if len(row.split(None, 1)) == 2]
+        agents = sum(1 for command in commands if command in AGENT_COMMANDS)
         clients = _tmux_clients(docker, name, runner)
         readings.append(Reading(name, agents, clients, cpu.get(name, 0.0)))
     return readings
