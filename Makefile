@@ -95,12 +95,13 @@ test: setup-dev certs ## Lint, then run unit, image and integration tests
 	  if [ $$rc -eq 5 ]; then echo "pytest selected no tests (exit 5): treated as success"; rc=0; fi; \
 	  exit $$rc
 
-lint: setup-dev ## ruff, shellcheck, hadolint, yamllint
+lint: setup-dev ## ruff, shellcheck, hadolint, yamllint, ansible-lint (production profile)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/shellcheck images/*/*.sh .ci/run
 	$(BIN)/hadolint images/*/Dockerfile tests/images/*/Dockerfile
 	$(BIN)/yamllint --strict .
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-lint --offline --strict -q
 
 bench: setup-dev base-image certs ## Run the benchmarks (never part of `make test`)
 	@if [ -d benchmarks ]; then $(BIN)/python -m benchmarks; else echo "no benchmarks yet"; fi

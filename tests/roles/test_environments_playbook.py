@@ -229,3 +229,25 @@ def test_bad_manifest_is_reported_with_its_file(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert f"{manifests}/broken.json is not a valid v1 manifest" in result.stderr
+
+
+def test_bad_variables_fail_before_the_token_or_any_file_is_written(fleet: TargetFleet) -> None:
+    (target,) = fleet.start()
+    inventory = fleet.inventory([target])
+    before = exec_ok(target, ["bash", "-c", "find /config /home/agent -newer /etc/hostname | sort"])
+    run = run_playbook(
+        "environments.yml",
+        inventory=inventory,
+        extra_vars={
+            "agent_config_project_name": "demo",
+            "agent_config_mcp_servers": ["not", "a", "dict"],
+            "git_credentials_token": "ghp_should_never_land_5a6b",
+        },
+        check=False,
+    )
+    assert run.rc != 0
+    assert "argument 'agent_config_mcp_servers' is of type" in run.output
+    assert "ghp_should_never_land_5a6b" not in run.output
+    assert run.changed() == {target.name: 0}
+    after = exec_ok(target, ["bash", "-c", "find /config /home/agent -newer /etc/hostname | sort"])
+    assert after == before
