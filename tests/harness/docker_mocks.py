@@ -67,6 +67,7 @@ SUPPORTED: dict[str, set[str]] = {
         "cpuPeriod",
         "cpuQuota",
         "memory",
+        "memorySwap",
         "ulimits",
         "capabilities",
         "securityOpts",
@@ -325,6 +326,9 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
             cpu_period=int(inputs["cpuPeriod"]) if inputs.get("cpuPeriod") else None,
             cpu_quota=int(inputs["cpuQuota"]) if inputs.get("cpuQuota") else None,
             mem_limit=int(inputs["memory"]) * 1024 * 1024 if inputs.get("memory") else None,
+            memswap_limit=int(inputs["memorySwap"]) * 1024 * 1024
+            if inputs.get("memorySwap")
+            else None,
             ulimits=[
                 Ulimit(name=u["name"], soft=int(u["soft"]), hard=int(u["hard"]))
                 for u in inputs.get("ulimits", [])

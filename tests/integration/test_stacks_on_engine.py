@@ -146,6 +146,7 @@ def test_engine_applies_limits_and_hardening(trio: Deployed, bind_source: Path) 
     codex = trio.container("t-codex")
     host = codex.attrs["HostConfig"]
     assert host["Memory"] == MEMORY_MB * 1024 * 1024
+    assert host["MemorySwap"] == MEMORY_MB * 1024 * 1024  # no swap on top
     assert (host["CpuPeriod"], host["CpuQuota"]) == (100_000, 100_000)
     assert host["PidsLimit"] == PIDS
     assert host["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]

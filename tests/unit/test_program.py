@@ -111,11 +111,12 @@ def test_volumes_mount_own_named_volumes_and_declared_ones(full: ProgramRun) -> 
 
 def test_limits_reach_the_container_and_the_pids_command(full: ProgramRun) -> None:
     container = container_of(full, "alpha")
-    assert (container["cpuPeriod"], container["cpuQuota"], container["memory"]) == (
-        100000.0,
-        250000.0,
-        6144.0,
-    )
+    assert (
+        container["cpuPeriod"],
+        container["cpuQuota"],
+        container["memory"],
+        container["memorySwap"],
+    ) == (100000.0, 250000.0, 6144.0, 6144.0)
     assert container["ulimits"] == [{"name": "nofile", "soft": 4096.0, "hard": 8192.0}]
     runtime = full.named("env-alpha-runtime").inputs
     assert runtime["environment"]["DOCKYARD_PIDS_LIMIT"] == "500"

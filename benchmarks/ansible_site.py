@@ -1,0 +1,108 @@
+"""`playbooks/site.yml` on a local container host: first run and idempotent second run.
+
+The host is a fresh container from the core image per run (docker connection, as the
+role tests do); docker_host is skipped (it manages this machine's engine). Baseline in
+the same run: a playbook of one `ping` task on the same kind of host — Ansible's own
+fixed cost (start-up, connection, fact gathering) that no role can go below.
+
+Budget: second (idempotent) run <= 20 s.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RUNS, engine, summary, table, verdict, write_result
+
+BUDGET_SECOND_S = 20.0
+VARIABLES = {
+    "ansible_become": False,
+    "dockyard_docker_hosts": "dockyard",
+    "idle_monitor_poweroff_command": ["/bin/true"],
+}
+BASELINE = """\
+- name: Baseline
+  hosts: dockyard
+  tasks:
+    - name: Ping
+      ansible.builtin.ping:
+"""
+
+
+def main() -> int:
+    client = engine()
+    from tests.roles.conftest import TargetFleet, run_playbook
+    from tests.support.images import build_image
+
+    image = build_image(client, "dockyard-core")
+    first, second, baseline, changed = [], [], [], []
+    with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
+        fleet = TargetFleet(client, image, Path(tmp), [])
+        baseline_book = Path(tmp) / "baseline.yml"
+        baseline_book.write_text(BASELINE)
+        try:
+            for _ in range(RUNS):
+                (host,) = fleet.start()
+                inventory = fleet.inventory([host])
+                args = ["--skip-tags", "docker_host"]
+                start = time.perf_counter()
+                run_playbook(str(baseline_book), inventory=inventory)
+                baseline.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                run_playbook("site.yml", inventory=inventory, extra_vars=VARIABLES, args=args)
+                first.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                again = run_playbook(
+                    "site.yml", inventory=inventory, extra_vars=VARIABLES, args=args
+                )
+                second.append(time.perf_counter() - start)
+                changed.append(again.changed()[host.name])
+                host.remove(force=True, v=True)
+                fleet.containers.remove(host)
+        finally:
+            for container in fleet.containers:
+                container.remove(force=True, v=True)
+    base = summary(baseline)["median"]
+    rows: list[list[Any]] = [
+        ["baseline (ping)", base, summary(baseline)["min"], summary(baseline)["max"], "1.00"],
+        [
+            "site.yml first run",
+            summary(first)["median"],
+            summary(first)["min"],
+            summary(first)["max"],
+            f"{summary(first)['median'] / base:.2f}",
+        ],
+        [
+            "site.yml second run",
+            summary(second)["median"],
+            summary(second)["min"],
+            summary(second)["max"],
+            f"{summary(second)['median'] / base:.2f}",
+        ],
+    ]
+    print(f"Ansible site.yml on a container host (seconds, median/min/max of {RUNS})")
+    print(table(["what", "median", "min", "max", "x baseline"], rows))
+    print(
+        f"second run {summary(second)['median']:.1f} s, changed={changed} — "
+        f"{verdict(summary(second)['median'], BUDGET_SECOND_S)} the {BUDGET_SECOND_S:.0f} s budget"
+    )
+    path = write_result(
+        "ansible_site",
+        {
+            "baseline_ping_s": summary(baseline),
+            "first_run_s": summary(first),
+            "second_run_s": summary(second),
+            "second_run_changed": changed,
+            "budget_second_s": BUDGET_SECOND_S,
+        },
+    )
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
