@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 BENCHMARKS = ["env_ready", "scale", "image", "program_eval", "ansible_site"]
 
 
+def _stop(signum: int, _frame: object) -> None:
+    # Unwind through the benchmarks' `finally` blocks, which remove what they created.
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, _stop)
     names = argv or BENCHMARKS
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:

@@ -14,9 +14,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from benchmarks.common import RUNS, engine, summary, table, verdict, write_result
+from benchmarks.common import RUNS, engine, stat_row, summary, table, verdict, write_result
 
 BUDGET_SECOND_S = 20.0
 VARIABLES = {
@@ -67,22 +66,10 @@ def main() -> int:
             for container in fleet.containers:
                 container.remove(force=True, v=True)
     base = summary(baseline)["median"]
-    rows: list[list[Any]] = [
-        ["baseline (ping)", base, summary(baseline)["min"], summary(baseline)["max"], "1.00"],
-        [
-            "site.yml first run",
-            summary(first)["median"],
-            summary(first)["min"],
-            summary(first)["max"],
-            f"{summary(first)['median'] / base:.2f}",
-        ],
-        [
-            "site.yml second run",
-            summary(second)["median"],
-            summary(second)["min"],
-            summary(second)["max"],
-            f"{summary(second)['median'] / base:.2f}",
-        ],
+    rows = [
+        stat_row("baseline (ping)", baseline, base),
+        stat_row("site.yml first run", first, base),
+        stat_row("site.yml second run", second, base),
     ]
     print(f"Ansible site.yml on a container host (seconds, median/min/max of {RUNS})")
     print(table(["what", "median", "min", "max", "x baseline"], rows))

@@ -83,3 +83,10 @@ def parse_engine_time(value: str) -> float:
 
 def verdict(value: float, budget: float) -> str:
     return "meets" if value <= budget else "MISSES"
+
+
+def stat_row(label: str, samples: Sequence[float], baseline: float | None = None) -> list[Any]:
+    """A table row: label, median, min, max and, given a baseline median, the ratio."""
+    stats = summary(samples)
+    ratio = f"{stats['median'] / baseline:.2f}" if baseline else ""
+    return [label, stats["median"], stats["min"], stats["max"], ratio]

@@ -26,6 +26,7 @@ from benchmarks.common import (
     RUNS,
     engine,
     parse_engine_time,
+    stat_row,
     summary,
     table,
     timed,
@@ -98,7 +99,7 @@ def main() -> int:
         for _ in range(RUNS)
     ]
     results: dict[str, Any] = {"bare_docker_run_s": summary(bare), "backends": {}}
-    rows = [["bare docker run --rm true", summary(bare)["median"], "", "", "1.00"]]
+    rows = [stat_row("bare docker run --rm true", bare, summary(bare)["median"])]
     for backend in BACKENDS:
         ready, healthy = [], []
         for run in range(RUNS):
@@ -113,24 +114,8 @@ def main() -> int:
             "budget_ratio": BUDGET_RATIO,
             "meets_budget": ratio <= BUDGET_RATIO,
         }
-        rows.append(
-            [
-                f"{backend}: create -> ready",
-                summary(ready)["median"],
-                summary(ready)["min"],
-                summary(ready)["max"],
-                f"{ratio:.2f}",
-            ]
-        )
-        rows.append(
-            [
-                f"{backend}: create -> healthy",
-                summary(healthy)["median"],
-                summary(healthy)["min"],
-                summary(healthy)["max"],
-                f"{summary(healthy)['median'] / summary(bare)['median']:.2f}",
-            ]
-        )
+        rows.append(stat_row(f"{backend}: create -> ready", ready, summary(bare)["median"]))
+        rows.append(stat_row(f"{backend}: create -> healthy", healthy, summary(bare)["median"]))
     print(f"Environment ready time (seconds, median/min/max of {RUNS}; ratio vs bare median)")
     print(table(["what", "median", "min", "max", "x bare"], rows))
     for backend, figures in results["backends"].items():

@@ -142,6 +142,29 @@ def test_manifest_files_equal_what_the_engine_reports(dev: Deployed, trio: Deplo
     assert dev_manifest["backend"] == "claude"
 
 
+def test_docs_example_manifest_is_what_the_dev_stack_produces(dev: Deployed) -> None:
+    """docs/manifest.md shows a dev-stack manifest; only run-specific values may differ."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "manifest.md").read_text()
+    example = json.loads(
+        doc.split("<!-- example-manifest -->", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    )
+    real = dev.manifests["dev"]
+
+    def shape(manifest: dict[str, Any]) -> dict[str, Any]:
+        container = manifest["container"]
+        return {
+            "keys": sorted(manifest),
+            "container_keys": sorted(container),
+            "fixed": [manifest[k] for k in ("version", "sessionId", "backend", "requested")],
+            "cwd": container["cwd"],
+            "container_ports": sorted(m["containerPort"] for m in container["portMappings"]),
+            "name_is_id": manifest["environmentId"] == container["name"],
+            "image_repo": manifest["image"].split(":", 1)[0],
+        }
+
+    assert shape(example) == shape(real)
+
+
 def test_engine_applies_limits_and_hardening(trio: Deployed, bind_source: Path) -> None:
     codex = trio.container("t-codex")
     host = codex.attrs["HostConfig"]
