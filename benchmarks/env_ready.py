@@ -17,13 +17,11 @@ Budget: ready <= 1.3x bare for both backends (seed target: < 5 s absolute).
 from __future__ import annotations
 
 import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
     RUNS,
+    deployed,
     engine,
     parse_engine_time,
     stat_row,
@@ -33,58 +31,32 @@ from benchmarks.common import (
     verdict,
     write_result,
 )
+from tests.support.engine import READY_MARKER, is_ready, wait_for
 
 BUDGET_RATIO = 1.3
 SEED_TARGET_S = 5.0
 BACKENDS = ("claude", "codex")
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"ERROR: timed out waiting for {what}")
-
-
 def _one_environment(client: Any, backend: str, run: int) -> tuple[float, float]:
-    from tests.support.stacks import Deployed
+    values = {
+        "healthcheck": {"interval": "1s", "startPeriod": "30s"},
+        "environments": [{"sessionId": "bench", "backend": backend, "ports": [3000]}],
+    }
+    with deployed(client, f"bench{backend[:2]}{run}", values) as target:
+        container = target.container("bench")
+        wait_for(lambda: is_ready(container), 60, interval=0.05, what="the ready marker")
+        marker = container.exec_run(["cat", READY_MARKER]).output.decode().strip()
 
-    with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as cwd:
-        stack = f"bench{backend[:2]}{run}{int(time.time()) % 100000}"
-        values = {
-            "cwd": cwd,
-            "image": {"tag": "bench"},
-            "healthcheck": {"interval": "1s", "startPeriod": "30s"},
-            "environments": [{"sessionId": "bench", "backend": backend, "ports": [3000]}],
-        }
-        target = Deployed(client, stack, Path(cwd), values, {})
-        try:
-            target.up()
-            container = target.container("bench")
-            _wait(
-                lambda: container.exec_run(["test", "-f", "/tmp/ready"]).exit_code == 0,
-                60,
-                "the ready marker",
-            )
-            marker = container.exec_run(["cat", "/tmp/ready"]).output.decode().strip()
+        def healthy() -> bool:
+            container.reload()
+            return container.attrs["State"].get("Health", {}).get("Status") == "healthy"
 
-            def healthy() -> bool:
-                container.reload()
-                return container.attrs["State"].get("Health", {}).get("Status") == "healthy"
-
-            _wait(healthy, 60, "healthy")
-            created = parse_engine_time(container.attrs["Created"])
-            passing = [e for e in container.attrs["State"]["Health"]["Log"] if e["ExitCode"] == 0]
-            ready = parse_engine_time(marker) - created
-            first_healthy = parse_engine_time(passing[0]["End"]) - created
-            return ready, first_healthy
-        finally:
-            try:
-                target.destroy()
-            finally:
-                target.force_cleanup()
+        wait_for(healthy, 60, interval=0.05, what="healthy")
+        created = parse_engine_time(container.attrs["Created"])
+        passing = [e for e in container.attrs["State"]["Health"]["Log"] if e["ExitCode"] == 0]
+        target.destroy()
+    return parse_engine_time(marker) - created, parse_engine_time(passing[0]["End"]) - created
 
 
 def main() -> int:

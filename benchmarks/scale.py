@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RUNS, engine, summary, table, timed, verdict, write_result
+from benchmarks.common import RUNS, deployed, engine, summary, table, timed, verdict, write_result
+from tests.support.engine import is_ready
 
 SIZES = (20, 50)
 BUDGET_CREATE_20_S = 15.0
@@ -38,57 +37,39 @@ def _idle_mb(container: Any) -> float:
     return (memory["usage"] - cache) / (1024 * 1024)
 
 
-def _ready(container: Any) -> bool:
-    return container.exec_run(["test", "-f", "/tmp/ready"]).exit_code == 0
-
-
 def _environments(client: Any, size: int, run: int) -> dict[str, float]:
-    from tests.support.stacks import Deployed
-
-    with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as cwd:
-        stack = f"benchscale{size}r{run}{int(time.time()) % 100000}"
-        values = {
-            "cwd": cwd,
-            "image": {"tag": "bench"},
-            "limits": {"cpus": 1, "memory": "512m"},
-            "environments": [
-                {
-                    "sessionId": f"s{i:02d}",
-                    "backend": "claude" if i % 2 else "codex",
-                    "ports": [3000],
-                }
-                for i in range(size)
-            ],
+    values = {
+        "limits": {"cpus": 1, "memory": "512m"},
+        "environments": [
+            {"sessionId": f"s{i:02d}", "backend": "claude" if i % 2 else "codex", "ports": [3000]}
+            for i in range(size)
+        ],
+    }
+    start = time.perf_counter()
+    with deployed(client, f"benchscale{size}r{run}", values) as target:
+        containers = [target.container(s) for s in target.manifests]
+        pending = list(containers)
+        while pending:
+            pending = [c for c in pending if not is_ready(c)]
+            if time.perf_counter() - start > 300:
+                raise SystemExit(f"ERROR: {len(pending)} environments not ready after 300 s")
+        created = time.perf_counter() - start
+        ports = {
+            m["hostPort"]
+            for manifest in target.manifests.values()
+            for m in manifest["container"]["portMappings"]
         }
-        target = Deployed(client, stack, Path(cwd), values, {})
-        try:
-            start = time.perf_counter()
-            target.up()
-            containers = [target.container(s) for s in target.manifests]
-            pending = list(containers)
-            while pending:
-                pending = [c for c in pending if not _ready(c)]
-                if time.perf_counter() - start > 300:
-                    raise SystemExit(f"ERROR: {len(pending)} environments not ready after 300 s")
-            created = time.perf_counter() - start
-            ports = {
-                m["hostPort"]
-                for manifest in target.manifests.values()
-                for m in manifest["container"]["portMappings"]
-            }
-            assert len(ports) == size, "host ports collided"
-            time.sleep(SETTLE_S)
-            with ThreadPoolExecutor(8) as pool:
-                idle = list(pool.map(_idle_mb, containers))
-            teardown = timed(target.destroy)
-            return {
-                "create_s": created,
-                "idle_mb_median": statistics.median(idle),
-                "idle_mb_max": max(idle),
-                "teardown_s": teardown,
-            }
-        finally:
-            target.force_cleanup()
+        assert len(ports) == size, "host ports collided"
+        time.sleep(SETTLE_S)
+        with ThreadPoolExecutor(8) as pool:
+            idle = list(pool.map(_idle_mb, containers))
+        teardown = timed(target.destroy)
+    return {
+        "create_s": created,
+        "idle_mb_median": statistics.median(idle),
+        "idle_mb_max": max(idle),
+        "teardown_s": teardown,
+    }
 
 
 def _bare(client: Any, image: str, size: int) -> dict[str, float]:

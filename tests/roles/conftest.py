@@ -17,7 +17,7 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from tests.support.engine import LABELS, unique_name, wait_for
+from tests.support.engine import LABELS, is_ready, unique_name, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -109,7 +109,7 @@ class TargetFleet:
             started.append(container)
         for container in started:
             wait_for(
-                lambda c=container: c.exec_run(["test", "-f", "/tmp/ready"]).exit_code == 0,
+                lambda c=container: is_ready(c),
                 30,
                 what=f"{container.name} ready",
             )

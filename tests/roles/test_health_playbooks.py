@@ -13,7 +13,7 @@ from docker.models.containers import Container
 
 from tests.images.conftest import secrets_tar
 from tests.roles.conftest import LOCAL, run_playbook
-from tests.support.engine import LABELS, exec_ok, unique_name, wait_for
+from tests.support.engine import LABELS, exec_ok, is_ready, unique_name, wait_for
 from tests.support.stacks import Deployed
 
 pytestmark = pytest.mark.docker
@@ -59,9 +59,7 @@ def filled(stack: Deployed, docker_client: docker.DockerClient, core_image: str)
     )
     container.put_archive("/", secrets_tar({"GITHUB_TOKEN": TOKEN}))
     container.start()
-    wait_for(
-        lambda: container.exec_run(["test", "-f", "/tmp/ready"]).exit_code == 0, 30, what="ready"
-    )
+    wait_for(lambda: is_ready(container), 30, what="ready")
     exec_ok(
         container,
         [
@@ -154,7 +152,7 @@ def test_refresh_recreates_only_what_is_past_a_threshold(
     with pytest.raises(docker.errors.NotFound):
         filled.reload()
     wait_for(
-        lambda: fresh.exec_run(["test", "-f", "/tmp/ready"]).exit_code == 0,
+        lambda: is_ready(fresh),
         30,
         what="refreshed env ready",
     )

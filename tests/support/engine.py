@@ -56,6 +56,14 @@ def remove_labelled(client: docker.DockerClient, run_id: str = RUN_ID) -> None:
         volume.remove(force=True)
 
 
+READY_MARKER = "/tmp/ready"
+
+
+def is_ready(container: Container) -> bool:
+    """The entrypoint has finished: CLI checked, tmux session up, marker written."""
+    return container.exec_run(["test", "-f", READY_MARKER]).exit_code == 0
+
+
 def wait_for(
     predicate: Callable[[], bool],
     timeout: float,
