@@ -70,6 +70,7 @@ for env in cfg.environments:
             healthcheck=cfg.healthcheck,
             ports=env.ports,
             volumes=env.volumes,
+            workspace_host_path=env.workspace_host_path,
             env=env.env,
             secrets={name: secrets_config.require_secret(name) for name in env.secrets},
             gpu=env.gpu,

@@ -43,6 +43,15 @@ SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 DURATION = re.compile(r"^(\d+)(ms|s|m|h)$")
 DOCKER_HOST = re.compile(r"^(unix|tcp|ssh|npipe)://\S+$")
 MAX_VALUE_LENGTH = 4096
+# Host paths no environment may mount, whatever bindRoots says: the engine's socket and
+# state are root on the host.
+FORBIDDEN_BIND_SOURCES = (
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/var/lib/docker",
+    "/run/containerd",
+    "/var/run/containerd",
+)
 
 
 class ConfigError(ValueError):
@@ -265,6 +274,20 @@ class Environment(_Model):
     labels: dict[str, Text] = Field(default_factory=dict)
     profile: str | None = None
     image: str | None = None
+    workspace_host_path: str | None = None
+    """Host directory the workspace volume binds to (e.g. on a quota'd filesystem)."""
+
+    @field_validator("workspace_host_path", mode="before")
+    @classmethod
+    def _workspace_host_path(cls, value: Any) -> Any:
+        if value is not None and (
+            not isinstance(value, str)
+            or not value.startswith("/")
+            or _has_traversal(value)
+            or len(value) > MAX_VALUE_LENGTH
+        ):
+            raise _fail("an absolute host directory without '..' or '.' components")
+        return value
 
     @field_validator("session_id", mode="before")
     @classmethod
@@ -340,6 +363,8 @@ class StackConfig(_Model):
     stack: str
     cwd: str
     manifest_dir: str = DEFAULT_MANIFEST_DIR
+    bind_roots: list[str] = Field(default_factory=list)
+    """Host directories bind mounts may come from, besides ``cwd``."""
     docker_host: str | None = None
     profile: str = "standard"
     profiles: dict[str, Profile] = Field(default_factory=dict)
@@ -354,6 +379,21 @@ class StackConfig(_Model):
     def _absolute_cwd(cls, value: Any) -> Any:
         if not isinstance(value, str) or not value.startswith("/") or _has_traversal(value):
             raise _fail("an absolute host directory without '..' components")
+        return value
+
+    @field_validator("bind_roots", mode="before")
+    @classmethod
+    def _bind_roots(cls, value: Any) -> Any:
+        allowed = "a list of absolute host directories without '..' or '.' components"
+        if not isinstance(value, list):
+            raise _fail(allowed)
+        for index, root in enumerate(value):
+            if not isinstance(root, str) or not root.startswith("/") or _has_traversal(root):
+                raise PydanticCustomError(
+                    "dockyard_item",
+                    "{allowed}",
+                    {"allowed": allowed, "index": index, "value": root},
+                )
         return value
 
     @field_validator("manifest_dir", mode="before")
@@ -580,6 +620,7 @@ def _cross_checks(
                 "each container path mounted once",
             )
         )
+        problems.extend(_bind_source_checks(path, env, data))
         profile_name = env.get("profile", stack_profile)
         if "profile" in env and profile_name not in profiles:
             problems.append(
@@ -633,6 +674,66 @@ def _cross_checks(
                         f"in this stack's config; run `pulumi config set --secret {name} <value>`)"
                     )
     return problems
+
+
+def _bind_source_checks(path: str, env: Mapping[str, Any], data: Mapping[str, Any]) -> list[str]:
+    """Bind sources (declared volumes and the workspace host path) must lie under the
+    project directory or a listed bind root, and never be the engine's socket or state."""
+    cwd = data.get("cwd")
+    roots = [cwd] if isinstance(cwd, str) else []
+    raw_roots = data.get("bindRoots")
+    if isinstance(raw_roots, list):
+        roots += [r for r in raw_roots if isinstance(r, str) and r.startswith("/")]
+    roots = [os.path.normpath(r) for r in roots]
+    allowed_roots = ", ".join(repr(r) for r in roots) or "none"
+    sources: list[tuple[str, str]] = []
+    volumes = env.get("volumes")
+    if isinstance(volumes, list):
+        for index, spec in enumerate(volumes):
+            try:
+                volume = parse_volume(spec)
+            except PydanticCustomError:
+                continue  # the field validator reports it
+            if volume.is_bind:
+                sources.append((f"{path}.volumes[{index}]", spec))
+    workspace = env.get("workspaceHostPath")
+    if isinstance(workspace, str) and workspace.startswith("/") and not _has_traversal(workspace):
+        sources.append((f"{path}.workspaceHostPath", workspace))
+    problems = []
+    for key, value in sources:
+        source = os.path.normpath(value.split(":", 1)[0])
+        if any(_is_under(source, forbidden) for forbidden in FORBIDDEN_BIND_SOURCES) or any(
+            _is_under(forbidden, source) for forbidden in FORBIDDEN_BIND_SOURCES
+        ):
+            problems.append(
+                f"{key}: {_render(value)} is not allowed (allowed: host paths that neither are "
+                f"nor contain the Docker engine's socket or state: "
+                f"{', '.join(FORBIDDEN_BIND_SOURCES)})"
+            )
+        elif not any(_is_under(source, root) for root in roots):
+            problems.append(
+                f"{key}: {_render(value)} is not allowed (allowed: a host path under the "
+                f"project directory or a bindRoots entry: {allowed_roots})"
+            )
+        elif (
+            key.endswith("workspaceHostPath") and _local_engine(data) and not os.path.isdir(source)
+        ):
+            # The engine would only notice when the container starts, after the network
+            # and volumes exist; on a local engine we can say it now.
+            problems.append(
+                f"{key}: {_render(value)} is not allowed (allowed: an existing host directory, "
+                "writable by the agent, uid 1000)"
+            )
+    return problems
+
+
+def _local_engine(data: Mapping[str, Any]) -> bool:
+    host = data.get("dockerHost")
+    return host is None or (isinstance(host, str) and host.startswith("unix://"))
+
+
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _volume_target(spec: Any) -> Any:

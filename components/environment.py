@@ -58,6 +58,8 @@ class AgentEnvironmentArgs:
     healthcheck: Healthcheck
     ports: Sequence[int] = ()
     volumes: Sequence[Volume] = ()
+    workspace_host_path: str | None = None
+    """Host directory the workspace volume binds to; None: the engine's volume storage."""
     env: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     """Secret name -> Pulumi secret output; delivered only as a file upload."""
@@ -105,6 +107,13 @@ class AgentEnvironment(pulumi.ComponentResource):
                 f"{name}-{role}",
                 name=f"{prefix}-{role}",
                 labels=_labels(docker.VolumeLabelArgs, {**labels, "dockyard.volume": role}),
+                # Still a named volume (labelled, listed, removed with the environment),
+                # but its data lives in the given host directory, which outlives it.
+                driver_opts=(
+                    {"type": "none", "o": "bind", "device": args.workspace_host_path}
+                    if role == "workspace" and args.workspace_host_path
+                    else None
+                ),
                 opts=child,
             )
             for role in ("workspace", "config", "checkpoints")

@@ -102,12 +102,13 @@ if [ -d "$secrets_dir" ] && [ -r "$secrets_dir" ]; then
 fi
 
 # --- Fail fast when the agent CLI does not answer -------------------------------------
+# The check runs while the workspace and tmux come up (it is the slowest start step);
+# the ready marker is written only after it answered, and a failure stops everything.
 command -v "$backend" >/dev/null 2>&1 ||
   die "the $backend CLI is not installed in this image (PATH=$PATH)"
-if ! version="$(timeout 20 "$backend" --version 2>&1)"; then
-  die "'$backend --version' failed: ${version:-no output}"
-fi
-log "backend $backend ${version%%$'\n'*}; $secret_count secret(s) exported"
+version_file="$(mktemp)"
+timeout 20 "$backend" --version >"$version_file" 2>&1 &
+version_pid=$!
 
 # --- Checkpoints (R-ENV-8 layout: checkpoints/<session>/<UTC stamp>/) ------------------
 latest_checkpoint() {
@@ -191,6 +192,14 @@ rm -f "$ready_file"
 tmux kill-session -t main 2>/dev/null || true
 tmux new-session -d -s main -c "$workspace" -x 200 -y 50
 tmux has-session -t main || die "tmux session 'main' did not start"
+if ! wait "$version_pid"; then
+  version="$(cat "$version_file")"
+  tmux kill-server 2>/dev/null || true
+  die "'$backend --version' failed: ${version:-no output}"
+fi
+version="$(head -n 1 "$version_file")"
+rm -f "$version_file"
+log "backend $backend $version; $secret_count secret(s) exported"
 date -u +%Y-%m-%dT%H:%M:%S.%3NZ >"$ready_file"
 log "ready: tmux session 'main' in $workspace"
 

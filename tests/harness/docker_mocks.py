@@ -48,7 +48,7 @@ SUPPORTED: dict[str, set[str]] = {
     "docker:index/image:Image": {"imageName", "build", "skipPush", "buildOnPreview"},
     "docker:index/remoteImage:RemoteImage": {"name", "keepLocally"},
     "docker:index/network:Network": {"name", "driver", "labels"},
-    "docker:index/volume:Volume": {"name", "labels"},
+    "docker:index/volume:Volume": {"name", "labels", "driverOpts"},
     "docker:index/container:Container": {
         "name",
         "image",
@@ -272,7 +272,9 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
         return network.id, {"name": inputs["name"]}, undo
 
     def _volume(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict, Callable[[], None]]:
-        volume = self.client.volumes.create(inputs["name"], labels=_labels(inputs))
+        volume = self.client.volumes.create(
+            inputs["name"], driver_opts=inputs.get("driverOpts") or None, labels=_labels(inputs)
+        )
 
         def undo() -> None:
             with contextlib.suppress(docker.errors.NotFound):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import docker
 import pytest
@@ -152,6 +153,26 @@ def test_entrypoint_fails_fast_when_cli_missing(runner: AgentRunner) -> None:
     assert container.wait(timeout=30)["StatusCode"] == 1
     logs = container.logs().decode()
     assert "ERROR: the codex CLI is not installed in this image" in logs, logs
+
+
+def test_entrypoint_fails_fast_when_cli_does_not_answer(
+    runner: AgentRunner, tmp_path: Path
+) -> None:
+    # The version check runs alongside the tmux start; a failure must still stop the
+    # container before the ready marker, with the CLI's own output in the message.
+    fake = tmp_path / "codex"
+    fake.write_text("#!/bin/sh\necho 'codex: broken install' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    container = runner.start(
+        backend="codex",
+        env={"PATH": "/fake:/usr/local/bin:/usr/bin:/bin"},
+        # The file itself is mounted: the agent cannot traverse pytest's 0700 tmp dirs.
+        mounts=[Mount("/fake/codex", str(fake), type="bind", read_only=True)],
+    )
+    assert container.wait(timeout=30)["StatusCode"] == 1
+    logs = container.logs().decode()
+    assert "ERROR: 'codex --version' failed: codex: broken install" in logs, logs
+    assert "ready:" not in logs, logs
 
 
 def test_entrypoint_rejects_unknown_backend(runner: AgentRunner) -> None:

@@ -25,6 +25,7 @@ PIDS = 200
 def trio_values(bind_source: Path) -> dict[str, Any]:
     return {
         "healthcheck": {"interval": "2s", "startPeriod": "5s"},
+        "bindRoots": [str(bind_source)],
         "environments": [
             {
                 "sessionId": "t-claude",

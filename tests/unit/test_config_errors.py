@@ -133,7 +133,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     (
         "same target twice",
-        env(volumes=["/a:/data", "cache:/data/"]),
+        env(volumes=["/home/u/project/a:/data", "cache:/data/"]),
         [
             f"{E}.volumes[1]: 'cache:/data/' is not allowed (allowed: each container path "
             "mounted once; volumes[0] has it already)"
@@ -338,7 +338,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
         env(port=[3000]),
         [
             f"{E}.port: unknown key (allowed: backend, env, gpu, image, labels, limits, ports, "
-            "profile, secrets, sessionId, volumes)"
+            "profile, secrets, sessionId, volumes, workspaceHostPath)"
         ],
     ),
     (

@@ -30,6 +30,7 @@ CANARIES = {
 }
 
 FULL = {
+    "bindRoots": ["/srv"],
     "environments": [
         {
             "sessionId": "alpha",
@@ -48,7 +49,7 @@ FULL = {
             "labels": {"team": "platform"},
         },
         {"sessionId": "beta", "ports": [8080]},
-    ]
+    ],
 }
 
 

@@ -2,15 +2,20 @@
 """dockyard health report and refresh policy (R-HOST-3).
 
 For every dockyard environment on this Docker host: container status, health status and
-failing streak, age in hours, memory use / limit / %, workspace disk use %. Writes a JSON
-report (atomically) and one log line per environment. With --refresh, an environment
-past a threshold (age, disk, memory, failed checks) is recreated keeping its volumes:
+failing streak, age in hours, memory use / limit / %, workspace disk use %, processes
+OOM-killed by its memory limit. Writes a JSON report (atomically) and one log line per
+environment. With --refresh, an environment past a threshold (age, disk, memory, failed
+checks) is recreated keeping its volumes:
 
   stop (its entrypoint checkpoints) -> rename aside -> create the same container from its
   own configuration (image, env, labels, mounts, limits, pids cap, network) -> carry the
   /run/secrets files over in memory -> start -> remove the old one.
 
 If any step fails the old container is renamed back and started; the report says why.
+An environment that exited non-zero (killed, crashed) is started again with --refresh:
+`docker kill` counts as a manual stop for the engine's restart policy, a clean stop
+(the entrypoint's checkpoint path, e.g. the idle monitor's `docker stop`) exits 0 and is
+left alone.
 Pulumi's state still names the old container id afterwards: run `pulumi refresh` (or
 pass --manifest-dir so the manifest file is updated for apps that read it).
 
@@ -127,6 +132,8 @@ class Status:
     memory_limit_mb: float | None
     memory_pct: float | None
     disk_pct: float | None
+    oom_kills: int | None = None
+    exit_code: int = 0
     refresh_reasons: list[str] = field(default_factory=list)
     action: str = "none"
 
@@ -138,10 +145,12 @@ def collect(engine: Engine, label: str, workspace: str, now: datetime) -> list[S
         state = info["State"]
         health = state.get("Health") or {}
         created = _parse_time(info["Created"])
-        used = limit = pct = disk = None
+        used = limit = pct = disk = oom = None
         if state["Status"] == "running":
             used, limit, pct = _memory(engine.stats(info["Id"]), info)
-            disk = _disk_pct(engine, info["Id"], workspace)
+            disk, oom = _inside(engine, info["Id"], workspace)
+        elif state.get("OOMKilled"):
+            oom = 1
         statuses.append(
             Status(
                 name=info["Name"].lstrip("/"),
@@ -154,6 +163,8 @@ def collect(engine: Engine, label: str, workspace: str, now: datetime) -> list[S
                 memory_limit_mb=limit,
                 memory_pct=pct,
                 disk_pct=disk,
+                oom_kills=oom,
+                exit_code=int(state.get("ExitCode") or 0),
             )
         )
     return statuses
@@ -178,17 +189,43 @@ def _memory(stats: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[float, f
     return round(used / 2**20, 1), round(limit / 2**20, 1), pct
 
 
-def _disk_pct(engine: Engine, ref: str, workspace: str) -> float | None:
-    code, out = engine.exec(ref, ["df", "-P", workspace])
+# One exec per environment: workspace disk use, then the memory cgroup's OOM-kill counter
+# (cgroup v2 memory.events, or v1 memory.oom_control; both say `oom_kill N`).
+INSIDE_SCRIPT = (
+    'df -P "$1" | tail -n 1; '
+    "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null; "
+    "true"
+)
+
+
+def _inside(engine: Engine, ref: str, workspace: str) -> tuple[float | None, int | None]:
+    """Workspace disk use % and OOM kills, measured in the container (None: unknown, e.g.
+    the exec could not start because the environment is at its process cap)."""
+    try:
+        code, out = engine.exec(ref, ["sh", "-c", INSIDE_SCRIPT, "sh", workspace])
+    except EngineError:
+        return None, None
     if code != 0:
-        return None
-    fields = out.strip().splitlines()[-1].split()
-    return float(fields[4].rstrip("%"))
+        return None, None
+    lines = out.strip().splitlines()
+    disk = oom = None
+    if lines and len(fields := lines[0].split()) >= 5 and fields[4].rstrip("%").isdigit():
+        disk = float(fields[4].rstrip("%"))
+    for line in lines[1:]:
+        key, _, value = line.strip().partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            oom = int(value)
+    return disk, oom
 
 
 def evaluate(status: Status, config: Mapping[str, Any]) -> list[str]:
     """Why this environment needs a refresh (empty: it does not)."""
     reasons = []
+    if status.status in ("exited", "dead") and status.exit_code != 0:
+        reasons.append(
+            f"exited with code {status.exit_code} (killed or crashed; a clean stop exits 0)"
+        )
+        return reasons
     if status.age_hours > float(config["max_age_hours"]):
         reasons.append(f"age {status.age_hours:.1f} h > {config['max_age_hours']:g} h")
     if status.disk_pct is not None and status.disk_pct > float(config["max_disk_pct"]):
@@ -287,6 +324,7 @@ def log_line(status: Status) -> str:
         else f"{status.memory_pct:g}% ({status.memory_used_mb:g}/{status.memory_limit_mb:g} MB)"
     )
     disk = "n/a" if status.disk_pct is None else f"{status.disk_pct:g}%"
+    oom = "n/a" if status.oom_kills is None else str(status.oom_kills)
     verdict = (
         "ok"
         if not status.refresh_reasons
@@ -294,7 +332,7 @@ def log_line(status: Status) -> str:
     )
     return (
         f"dockyard-health name={status.name} status={status.status} health={status.health} "
-        f"age_h={status.age_hours:g} memory={memory} disk={disk} verdict={verdict} action={status.action}"
+        f"age_h={status.age_hours:g} memory={memory} disk={disk} oom_kills={oom} verdict={verdict} action={status.action}"
     )
 
 
@@ -366,6 +404,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if not config["refresh"]:
             status.action = "reported"
+            continue
+        if status.status in ("exited", "dead"):
+            try:
+                engine.request("POST", f"/containers/{status.id}/start")
+            except EngineError as exc:
+                status.action = f"restart failed: {exc}"
+                failures += 1
+            else:
+                status.action = "restarted"
             continue
         try:
             new_id = refresh(engine, status.name)
