@@ -134,6 +134,7 @@ class Status:
     disk_pct: float | None
     oom_kills: int | None = None
     exit_code: int = 0
+    manifest: str = "unchanged"
     refresh_reasons: list[str] = field(default_factory=list)
     action: str = "none"
 
@@ -283,8 +284,11 @@ def refresh(engine: Engine, name: str) -> str:
     return new_id
 
 
-def update_manifest(manifest_dir: str, old_id: str, new_id: str, created: str) -> str | None:
-    """Point the manifest of ``old_id`` at the new container; return its path."""
+def sync_manifest(manifest_dir: str, old_id: str, info: Mapping[str, Any]) -> str | None:
+    """Make the manifest of container ``old_id`` describe ``info`` (the same container or
+    its replacement): id, creation time and the published host ports as the engine has
+    them now — a restart allocates new random host ports. Returns the path when the file
+    was rewritten."""
     if not manifest_dir or not os.path.isdir(manifest_dir):
         return None
     for name in sorted(os.listdir(manifest_dir)):
@@ -293,16 +297,36 @@ def update_manifest(manifest_dir: str, old_id: str, new_id: str, created: str) -
             continue
         with open(path, encoding="utf-8") as handle:
             manifest = json.load(handle)
-        if manifest.get("container", {}).get("id") != old_id:
+        container = manifest.get("container", {})
+        if container.get("id") != old_id:
             continue
-        manifest["container"]["id"] = new_id
+        before = json.dumps(manifest, sort_keys=True)
+        created = _parse_time(info["Created"])
+        container["id"] = info["Id"]
         manifest["createdAt"] = (
-            _parse_time(created).strftime("%Y-%m-%dT%H:%M:%S.")
-            + f"{_parse_time(created).microsecond // 1000:03d}Z"
+            created.strftime("%Y-%m-%dT%H:%M:%S.") + f"{created.microsecond // 1000:03d}Z"
         )
+        published = _host_ports(info)
+        if info["State"]["Running"] and published:
+            container["portMappings"] = [
+                {"containerPort": m["containerPort"], "hostPort": published[m["containerPort"]]}
+                for m in container.get("portMappings", [])
+                if m["containerPort"] in published
+            ]
+        if json.dumps(manifest, sort_keys=True) == before:
+            return None
         _write_json(path, manifest)
         return path
     return None
+
+
+def _host_ports(info: Mapping[str, Any]) -> dict[int, int]:
+    ports = (info.get("NetworkSettings") or {}).get("Ports") or {}
+    return {
+        int(key.split("/")[0]): int(bindings[0]["HostPort"])
+        for key, bindings in ports.items()
+        if bindings and key.endswith("/tcp")
+    }
 
 
 # --- Report -------------------------------------------------------------------------------
@@ -398,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     now = datetime.now(UTC)
     statuses = collect(engine, config["label"], config["workspace"], now)
     failures = 0
+    replaced: dict[str, str] = {}
     for status in statuses:
         status.refresh_reasons = evaluate(status, config)
         if not status.refresh_reasons:
@@ -421,9 +446,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             failures += 1
             continue
         status.action = f"refreshed as {new_id[:12]}"
-        update_manifest(
-            config["manifest_dir"], status.id, new_id, engine.inspect(new_id)["Created"]
-        )
+        replaced[status.id] = new_id
+    # Every run, not only after an action: the engine's restart policy also allocates
+    # new host ports, and apps read ports from the manifest.
+    for status in statuses:
+        try:
+            info = engine.inspect(replaced.get(status.id, status.id))
+        except EngineError:
+            continue
+        if sync_manifest(config["manifest_dir"], status.id, info):
+            status.manifest = "updated"
     report = {
         "generatedAt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "thresholds": {
