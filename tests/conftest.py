@@ -54,6 +54,7 @@ def deploy(
     finally:
         for target in deployed:
             try:
+                target.drop_replacements()
                 target.destroy()
             finally:
                 target.force_cleanup()

@@ -72,7 +72,7 @@ def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def stack(small_disk: Path, deploy: Any, docker_client: docker.DockerClient) -> Iterator[Deployed]:
+def stack(small_disk: Path, deploy: Any) -> Deployed:
     values = {
         # Fast probes so the faults show up in seconds, not minutes.
         "healthcheck": {"interval": "1s", "timeout": "5s", "retries": 3, "startPeriod": "2s"},
@@ -91,15 +91,7 @@ def stack(small_disk: Path, deploy: Any, docker_client: docker.DockerClient) -> 
     for session in deployed.manifests:
         container = deployed.container(session)
         wait_for(lambda c=container: is_ready(c), 60, what=f"{session} ready")
-    yield deployed
-    # A health refresh replaces containers behind the state's back (users run
-    # `pulumi refresh`); drop the replacements so the stack's own teardown can run.
-    known = {r.id for r in deployed.state.resources.values()}
-    for container in docker_client.containers.list(
-        all=True, filters={"label": f"dockyard.stack={deployed.stack}"}
-    ):
-        if container.id not in known:
-            container.remove(force=True)
+    return deployed
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,16 @@ class Deployed:
         found += [f"volume {v.name}" for v in self.client.volumes.list(filters=selector)]
         return found
 
+    def drop_replacements(self) -> None:
+        """Remove containers of this stack the harness did not create — what a health
+        refresh put in place behind the state's back (users run `pulumi refresh`) — so
+        the stack's own teardown can remove its networks."""
+        known = {r.id for r in self.state.resources.values()}
+        selector = {"label": f"dockyard.stack={self.stack}"}
+        for container in self.client.containers.list(all=True, filters=selector):
+            if container.id not in known:
+                container.remove(force=True)
+
     def force_cleanup(self) -> None:
         """Safety net after a failed test: remove whatever carries this stack's label."""
         selector = {"label": f"dockyard.stack={self.stack}"}
