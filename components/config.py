@@ -41,7 +41,14 @@ VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,126}[a-z0-9])?$")
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 DURATION = re.compile(r"^(\d+)(ms|s|m|h)$")
-DOCKER_HOST = re.compile(r"^(unix|tcp|ssh|npipe)://\S+$")
+# The host reaches the provider and local commands' environment (never a shell line),
+# but it is still held to what a Docker host URL can be.
+DOCKER_HOST = re.compile(
+    r"^(unix:///[A-Za-z0-9._/-]+"
+    r"|npipe:////\./pipe/[A-Za-z0-9._-]+"
+    r"|tcp://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):\d{1,5}"
+    r"|ssh://([A-Za-z0-9._-]+@)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(:\d{1,5})?)$"
+)
 MAX_VALUE_LENGTH = 4096
 # Host paths no environment may mount, whatever bindRoots says: the engine's socket and
 # state are root on the host.
