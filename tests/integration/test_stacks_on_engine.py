@@ -14,6 +14,7 @@ import docker
 import pytest
 
 from tests.support.engine import exec_ok, health_status, last_health_output, wait_for
+from tests.support.hardening import assert_hardened
 from tests.support.stacks import CANARIES, Deployed, stack_values
 
 pytestmark = pytest.mark.docker
@@ -206,6 +207,11 @@ def test_engine_applies_limits_and_hardening(trio: Deployed, bind_source: Path) 
     denied = reference.exec_run(["touch", "/workspace/reference/x"], user="root")
     assert denied.exit_code != 0
     assert b"Read-only file system" in denied.output
+
+
+def test_every_environment_is_hardened(dev: Deployed, trio: Deployed) -> None:
+    for stack, session in all_sessions(dev, trio):
+        assert_hardened(stack.container(session), pids=PIDS if session == "t-codex" else 1000)
 
 
 def test_environments_cannot_reach_each_other(trio: Deployed) -> None:

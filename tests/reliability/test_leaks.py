@@ -23,6 +23,7 @@ import pytest
 
 from tests.roles.conftest import LOCAL, run_playbook
 from tests.support.engine import exec_ok, is_ready, wait_for
+from tests.support.hardening import assert_hardened
 from tests.support.stacks import CANARIES, Deployed
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -103,6 +104,8 @@ def test_no_canary_anywhere_it_must_not_be(
 ) -> None:
     found: list[str] = []
     containers = {s: stack.container(s) for s in stack.manifests}
+    for container in containers.values():
+        assert_hardened(container)
 
     # Images: every layer (docker save) and the history.
     for image_id in {c.image.id for c in containers.values()}:
