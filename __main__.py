@@ -71,6 +71,8 @@ for env in cfg.environments:
             ports=env.ports,
             volumes=env.volumes,
             workspace_host_path=env.workspace_host_path,
+            egress=env.egress,
+            egress_rules=env.egress_rules,
             env=env.env,
             secrets={name: secrets_config.require_secret(name) for name in env.secrets},
             gpu=env.gpu,

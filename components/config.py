@@ -29,6 +29,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from components import egress
+
 NAMESPACE = "dockyard"
 DEFAULT_MANIFEST_DIR = ".companion/cloud/environments"
 
@@ -283,6 +285,30 @@ class Environment(_Model):
     image: str | None = None
     workspace_host_path: str | None = None
     """Host directory the workspace volume binds to (e.g. on a quota'd filesystem)."""
+    egress: Literal["open", "allowlist"] = "open"
+    egress_allow: list[str] = Field(default_factory=list)
+    """Allowlist entries as written (presets, domains, IPv4 CIDRs, :port)."""
+
+    @field_validator("egress_allow", mode="before")
+    @classmethod
+    def _egress_allow(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        for index, entry in enumerate(value):
+            try:
+                egress.normalise(entry)
+            except egress.EgressError as exc:
+                raise PydanticCustomError(
+                    "dockyard_item",
+                    "{allowed}",
+                    {"allowed": str(exc), "index": index, "value": entry},
+                ) from None
+        return value
+
+    @property
+    def egress_rules(self) -> list[str]:
+        """The allowlist normalised and presets expanded (what the host enforces)."""
+        return egress.expand(list(self.egress_allow))
 
     @field_validator("workspace_host_path", mode="before")
     @classmethod
@@ -628,6 +654,11 @@ def _cross_checks(
             )
         )
         problems.extend(_bind_source_checks(path, env, data))
+        if env.get("egressAllow") and env.get("egress", "open") == "open":
+            problems.append(
+                f"{path}.egressAllow: {_render(env['egressAllow'])} is not allowed (allowed: "
+                "only with egress: allowlist — an open environment reaches everything)"
+            )
         profile_name = env.get("profile", stack_profile)
         if "profile" in env and profile_name not in profiles:
             problems.append(

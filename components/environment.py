@@ -23,6 +23,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 
+from components import egress
 from components import manifest as manifest_contract
 from components.config import Healthcheck, ResolvedLimits, Volume
 from components.image import REPO_ROOT
@@ -60,6 +61,9 @@ class AgentEnvironmentArgs:
     volumes: Sequence[Volume] = ()
     workspace_host_path: str | None = None
     """Host directory the workspace volume binds to; None: the engine's volume storage."""
+    egress: str = "open"
+    egress_rules: Sequence[str] = ()
+    """Normalised allowlist (components.egress); enforced on the host by egress_guard."""
     env: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     """Secret name -> Pulumi secret output; delivered only as a file upload."""
@@ -93,13 +97,18 @@ class AgentEnvironment(pulumi.ComponentResource):
             "dockyard.backend": args.backend,
             "dockyard.stack": args.stack,
             MANAGED_LABEL: "true",
+            egress.LABEL_MODE: args.egress,
         }
 
         network = docker.Network(
             f"{name}-net",
             name=prefix,
             driver="bridge",
-            labels=_labels(docker.NetworkLabelArgs, labels),
+            # The host's egress guard finds allowlisted networks by these labels.
+            labels=_labels(
+                docker.NetworkLabelArgs,
+                {**labels, **egress.labels(args.egress, list(args.egress_rules))},
+            ),
             opts=child,
         )
         volumes = {

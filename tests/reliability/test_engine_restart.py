@@ -8,27 +8,18 @@ started by the docker_host role — and always starts it again, also on failure.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
+from tests.support import dockerd
 from tests.support.engine import exec_ok, is_ready, wait_for
 from tests.support.stacks import Deployed
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-# The docker_host role's background supervision (roles/docker_host/vars/main.yml).
-PIDFILE = "/run/dockyard-dockerd.pid"
-LOGFILE = "/var/log/dockyard-dockerd.log"
 
 SERVER = """
 import http.server, sys
@@ -41,56 +32,16 @@ http.server.HTTPServer(("0.0.0.0", 8000), Handler).serve_forever()
 """
 
 
-def dockerd_pid() -> int | None:
-    out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=False)
-    pids = [int(p) for p in out.stdout.split()]
-    return pids[0] if pids else None
-
-
-def engine_answers() -> bool:
-    return (
-        subprocess.run(
-            ["docker", "version", "--format", "{{.Server.Version}}"],
-            capture_output=True,
-            check=False,
-        ).returncode
-        == 0
-    )
-
-
-def start_engine(argv: list[str]) -> None:
-    """Start dockerd the way the docker_host role does on hosts without systemd."""
-    subprocess.run(
-        [
-            "start-stop-daemon",
-            "--start",
-            "--background",
-            "--make-pidfile",
-            "--pidfile",
-            PIDFILE,
-            "--output",
-            LOGFILE,
-            "--exec",
-            argv[0],
-            "--",
-            *argv[1:],
-        ],
-        check=True,
-    )
-
-
 @pytest.fixture(scope="module")
 def engine_argv(docker_client: docker.DockerClient) -> list[str]:
     if Path("/run/systemd/system").is_dir():
         pytest.fail(
             "this test restarts a start-stop-daemon supervised engine; this host runs systemd"
         )
-    pid = dockerd_pid()
-    assert pid, "no dockerd process on this machine"
     assert docker_client.info()["LiveRestoreEnabled"], (
         "live-restore is off: run the docker_host role (it sets live-restore: true)"
     )
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().rstrip("\0").split("\0")
+    return dockerd.engine_argv()
 
 
 @pytest.fixture(scope="module")
@@ -119,32 +70,6 @@ def get(port: int) -> str | None:
         return None
 
 
-@contextlib.contextmanager
-def engine_down(argv: list[str]) -> Iterator[dict[str, float]]:
-    """Stops dockerd; the block runs while it is down; it is always started again."""
-    timings: dict[str, float] = {}
-    pid = dockerd_pid()
-    assert pid
-    started = time.perf_counter()
-    os.kill(pid, signal.SIGTERM)
-    try:
-        deadline = time.monotonic() + 60
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not Path(f"/proc/{pid}").exists(), "dockerd did not stop within 60 s"
-        timings["stop"] = time.perf_counter() - started
-        yield timings
-    finally:
-        if not engine_answers():
-            begun = time.perf_counter()
-            start_engine(argv)
-            deadline = time.monotonic() + 90
-            while not engine_answers() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            timings["start"] = time.perf_counter() - begun
-        assert engine_answers(), f"dockerd did not come back; see {LOGFILE}"
-
-
 def test_environments_survive_an_engine_restart(
     stack: Deployed, docker_client: docker.DockerClient, figures: dict, engine_argv: list[str]
 ) -> None:
@@ -156,7 +81,7 @@ def test_environments_survive_an_engine_restart(
         before[session] = (container.id, container.attrs["State"]["Pid"], port)
 
     during: dict[str, Any] = {}
-    with engine_down(engine_argv) as timings:
+    with dockerd.engine_down(engine_argv) as timings:
         # Engine down: the environments' processes keep running (live-restore).
         for session, (_, pid, port) in before.items():
             during[session] = {"alive": Path(f"/proc/{pid}").exists(), "answers": get(port)}

@@ -10,6 +10,11 @@ import pytest
 from components.config import ConfigError, parse
 
 E = "dockyard:environments[0]"
+EGRESS = (
+    "allowed: a preset (anthropic, openai, github, npm, pypi, debian), a domain (covers its "
+    "subdomains), or an IPv4 address or CIDR, each optionally with :port (1-65535); IPv6 is "
+    "always blocked"
+)
 PORT = "(allowed: an integer container port 1-65535)"
 VOLUME = "(allowed: 'host:container[:ro]' or 'name:container[:ro]' with absolute paths)"
 MEMORY = "(allowed: a positive size in MB (8192) or with a unit (512m, 8g))"
@@ -337,9 +342,43 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
         "unknown environment key",
         env(port=[3000]),
         [
-            f"{E}.port: unknown key (allowed: backend, env, gpu, image, labels, limits, ports, "
-            "profile, secrets, sessionId, volumes, workspaceHostPath)"
+            f"{E}.port: unknown key (allowed: backend, egress, egressAllow, env, gpu, image, "
+            "labels, limits, ports, profile, secrets, sessionId, volumes, workspaceHostPath)"
         ],
+    ),
+    # --- egress
+    (
+        "egress mode unknown",
+        env(egress="closed"),
+        [f"{E}.egress: 'closed' is not allowed (allowed: one of 'open' or 'allowlist')"],
+    ),
+    (
+        "egress allow without allowlist",
+        env(egressAllow=["github"]),
+        [
+            f'{E}.egressAllow: ["github"] is not allowed (allowed: only with egress: allowlist '
+            "— an open environment reaches everything)"
+        ],
+    ),
+    *(
+        (
+            f"egress entry {bad!r}",
+            env(egress="allowlist", egressAllow=["github", bad]),
+            [f"{E}.egressAllow[1]: {shown} is not allowed ({EGRESS}{extra})"],
+        )
+        for bad, shown, extra in [
+            ("*.example.com", "'*.example.com'", ""),
+            ("Example.COM", "'Example.COM'", ""),
+            ("example.com:0", "'example.com:0'", ""),
+            ("example.com:https", "'example.com:https'", ""),
+            ("[2001:db8::1]:443", "'[2001:db8::1]:443'", ""),
+            ("2001:db8::/32", "'2001:db8::/32'", ""),
+            ("10.0.0.0/33", "'10.0.0.0/33'", ""),
+            ("0.0.0.0/0", "'0.0.0.0/0'", "; not 0.0.0.0/0 (that is egress: open)"),
+            ("gith\u0443b.com", "'gith\\u0443b.com'", ""),
+            ("example.com; curl evil", "'example.com; curl evil'", ""),
+            (443, "443", ""),
+        ]
     ),
     (
         "docker host scheme",

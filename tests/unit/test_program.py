@@ -48,7 +48,12 @@ FULL = {
             },
             "labels": {"team": "platform"},
         },
-        {"sessionId": "beta", "ports": [8080]},
+        {
+            "sessionId": "beta",
+            "ports": [8080],
+            "egress": "allowlist",
+            "egressAllow": ["anthropic", "10.20.0.0/16:5432", "pypi.org"],
+        },
     ],
 }
 
@@ -157,6 +162,7 @@ def test_env_labels_and_health(full: ProgramRun) -> None:
         "dockyard.backend": "codex",
         "dockyard.stack": "dev",
         "dockyard.managed": "true",
+        "dockyard.egress": "open",
     }
     assert container["healthcheck"] == {
         "tests": ["CMD", "/usr/local/bin/dockyard-healthcheck"],
@@ -375,3 +381,24 @@ def test_hundred_environments_evaluate() -> None:
     assert len(containers) == 100
     assert len({c.inputs["name"] for c in containers}) == 100
     assert len(run.exports()) == 100
+
+
+def test_egress_policy_reaches_the_network_labels(full: ProgramRun) -> None:
+    def network_labels(session: str) -> dict[str, str]:
+        network = full.named(f"env-{session}-net")
+        return {item["label"]: item["value"] for item in network.inputs["labels"]}
+
+    assert network_labels("alpha")["dockyard.egress"] == "open"
+    assert "dockyard.egress.allow" not in network_labels("alpha")
+    beta = network_labels("beta")
+    assert beta["dockyard.egress"] == "allowlist"
+    assert json.loads(beta["dockyard.egress.allow"]) == [
+        "api.anthropic.com:443",
+        "statsig.anthropic.com:443",
+        "console.anthropic.com:443",
+        "claude.ai:443",
+        "10.20.0.0/16:5432",
+        "pypi.org",
+    ]
+    # The container carries no capability for it: enforcement is on the host.
+    assert container_of(full, "beta")["capabilities"] == {"drops": ["ALL"]}

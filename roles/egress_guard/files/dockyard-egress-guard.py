@@ -1,0 +1,368 @@
+#!/usr/bin/env python3
+"""dockyard egress guard: enforce each allowlisted environment's egress on the host.
+
+Finds the Docker networks labelled ``dockyard.egress=allowlist`` (the components put
+the normalised allowlist in ``dockyard.egress.allow``) and makes the host match them:
+
+- one nftables table, ``inet dockyard_egress``, outside every container's reach:
+  traffic entering the host from the network's bridge is dropped unless it goes to an
+  allowed IPv4 network/port or to an address a DNS answer for an allowed name produced;
+  all IPv6 from the bridge is dropped; DNS (any resolver, udp/tcp 53) is redirected to
+  the guard's own forwarder on the bridge gateway, and nothing else on the host answers
+  the network;
+- one dnsmasq forwarder per network, listening on its gateway: it forwards only the
+  allowed names to the upstream resolvers, refuses every other name, drops AAAA answers,
+  and feeds each answered IPv4 address into the network's nftables set (entries expire
+  ``--address-ttl`` seconds after the last answer, so re-resolution keeps them fresh).
+
+Idempotent: the table is only replaced when it is missing (engine restart, rule flush)
+or differs from the desired one, and a forwarder only restarted when its configuration
+changed or it is not running. ``--json`` prints what it did; ``changed`` is true when
+anything was applied. ``--remove`` takes everything down.
+
+stdlib only; needs the docker CLI, nft and dnsmasq; runs as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TABLE = "dockyard_egress"
+LABEL_MODE = "dockyard.egress"
+LABEL_ALLOW = "dockyard.egress.allow"
+
+
+class GuardError(RuntimeError):
+    pass
+
+
+@dataclass
+class Network:
+    id: str
+    name: str
+    bridge: str
+    gateway: str
+    domains: dict[str, list[int | None]] = field(default_factory=dict)
+    cidrs: list[tuple[str, int | None]] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.id[:12]
+
+
+def run(argv: Sequence[str], stdin: str | None = None) -> str:
+    result = subprocess.run(
+        list(argv), input=stdin, capture_output=True, text=True, timeout=120, check=False
+    )
+    if result.returncode != 0:
+        raise GuardError(
+            f"{' '.join(argv[:3])} failed ({result.returncode}): {result.stderr.strip()}"
+        )
+    return result.stdout
+
+
+def parse_rule(rule: str) -> tuple[str, str, int | None]:
+    """('domain'|'cidr', target, port) from a normalised rule; refuses anything else."""
+    target, port = rule, None
+    if rule.count(":") == 1:
+        target, _, port_text = rule.partition(":")
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise GuardError(f"rule {rule!r}: bad port")
+        port = int(port_text)
+    try:
+        return "cidr", str(ipaddress.IPv4Network(target, strict=False)), port
+    except ValueError:
+        pass
+    labels = target.split(".")
+    if len(labels) < 2 or not all(
+        label
+        and len(label) <= 63
+        and all(c.isalnum() or c == "-" for c in label)
+        and label.isascii()
+        for label in labels
+    ):
+        raise GuardError(f"rule {rule!r}: not a domain, IPv4 address or CIDR")
+    return "domain", target.lower(), port
+
+
+def networks() -> list[Network]:
+    ids = run(
+        ["docker", "network", "ls", "-q", "--filter", f"label={LABEL_MODE}=allowlist"]
+    ).split()
+    if not ids:
+        return []
+    found = []
+    for info in json.loads(run(["docker", "network", "inspect", *ids])):
+        options = info.get("Options") or {}
+        bridge = options.get("com.docker.network.bridge.name") or f"br-{info['Id'][:12]}"
+        configs = [
+            c for c in (info.get("IPAM") or {}).get("Config") or [] if "." in c.get("Subnet", "")
+        ]
+        if not configs or not configs[0].get("Gateway"):
+            raise GuardError(f"network {info['Name']}: no IPv4 gateway to serve DNS on")
+        network = Network(info["Id"], info["Name"], bridge, configs[0]["Gateway"].split("/")[0])
+        for rule in json.loads((info.get("Labels") or {}).get(LABEL_ALLOW, "[]")):
+            kind, target, port = parse_rule(str(rule))
+            if kind == "cidr":
+                network.cidrs.append((target, port))
+            else:
+                network.domains.setdefault(target, []).append(port)
+        found.append(network)
+    return sorted(found, key=lambda n: n.name)
+
+
+def _set_name(network: Network, kind: str, port: int | None) -> str:
+    return f"n{network.key}_{kind}_{'any' if port is None else port}"
+
+
+def ruleset(nets: Sequence[Network], address_ttl: int) -> str:
+    """The whole table, declared then replaced in one transaction."""
+    sets, redirect, inbound, outbound = [], [], [], []
+    for net in nets:
+        iif = f'iifname "{net.bridge}"'
+        dns_ports = sorted({p for ports in net.domains.values() for p in ports}, key=str)
+        for port in dns_ports:
+            sets.append(
+                f"  set {_set_name(net, 'dns', port)} {{ type ipv4_addr; flags timeout; "
+                f"timeout {address_ttl}s; }}"
+            )
+        cidr_ports = sorted({p for _, p in net.cidrs}, key=str)
+        for port in cidr_ports:
+            elements = ", ".join(c for c, p in net.cidrs if p == port)
+            sets.append(
+                f"  set {_set_name(net, 'net', port)} {{ type ipv4_addr; flags interval; "
+                f"elements = {{ {elements} }} }}"
+            )
+        redirect.append(
+            f"    {iif} meta l4proto {{ tcp, udp }} th dport 53 dnat ip to {net.gateway}"
+        )
+        inbound += [
+            f"    {iif} ct state established,related accept",
+            f"    {iif} ip daddr {net.gateway} meta l4proto {{ tcp, udp }} th dport 53 accept",
+            f'    {iif} counter drop comment "{net.name}: only the DNS forwarder"',
+        ]
+        outbound += [
+            f"    {iif} ct state established,related accept",
+            f'    {iif} meta nfproto ipv6 counter drop comment "{net.name}: no IPv6"',
+        ]
+        for kind, ports in (("dns", dns_ports), ("net", cidr_ports)):
+            for port in ports:
+                match = "" if port is None else f" meta l4proto {{ tcp, udp }} th dport {port}"
+                outbound.append(f"    {iif} ip daddr @{_set_name(net, kind, port)}{match} accept")
+        outbound.append(f'    {iif} counter drop comment "{net.name}: not on the allowlist"')
+    body = "\n".join(
+        [
+            f"table inet {TABLE} {{",
+            *sets,
+            "  chain dns_redirect {",
+            "    type nat hook prerouting priority dstnat - 10; policy accept;",
+            *redirect,
+            "  }",
+            "  chain egress_in {",
+            "    type filter hook input priority filter - 10; policy accept;",
+            *inbound,
+            "  }",
+            "  chain egress_out {",
+            "    type filter hook forward priority filter - 10; policy accept;",
+            *outbound,
+            "  }",
+            "}",
+        ]
+    )
+    return body + "\n"
+
+
+def dnsmasq_config(net: Network, upstreams: Sequence[str], state_dir: Path, log: bool) -> str:
+    lines = [
+        f"# dockyard egress forwarder for network {net.name} (generated; do not edit)",
+        f"listen-address={net.gateway}",
+        "bind-dynamic",
+        "except-interface=lo",
+        "no-resolv",
+        "no-hosts",
+        "no-poll",
+        "filter-AAAA",
+        "cache-size=1000",
+        f"pid-file={state_dir / (net.key + '.pid')}",
+    ]
+    if log:
+        lines += ["log-queries", f"log-facility={state_dir / (net.key + '.log')}"]
+    for domain, ports in sorted(net.domains.items()):
+        lines += [f"server=/{domain}/{upstream}" for upstream in upstreams]
+        targets = ",".join(
+            f"4#inet#{TABLE}#{_set_name(net, 'dns', port)}" for port in sorted(set(ports), key=str)
+        )
+        lines.append(f"nftset=/{domain}/{targets}")
+    return "\n".join(lines) + "\n"
+
+
+def host_upstreams(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
+    """The host's own IPv4 resolvers (loopback ones cannot be reached from the bridge)."""
+    found = []
+    for line in Path(resolv_conf).read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                address = ipaddress.IPv4Address(parts[1])
+            except ValueError:
+                continue
+            if not address.is_loopback:
+                found.append(str(address))
+    return found
+
+
+def table_present() -> bool:
+    return (
+        subprocess.run(
+            ["nft", "list", "table", "inet", TABLE], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+
+
+def _pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    return pid if cmdline.exists() and b"dnsmasq" in cmdline.read_bytes() else None
+
+
+def _stop(pid_file: Path) -> bool:
+    pid = _pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(50):
+        if _pid(pid_file) is None:
+            break
+        time.sleep(0.1)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def reconcile(
+    upstreams: Sequence[str], state_dir: Path, address_ttl: int, log: bool
+) -> dict[str, object]:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    nets = networks()
+    desired = ruleset(nets, address_ttl)
+    applied = state_dir / "ruleset.nft"
+    actions: list[str] = []
+    table_replaced = not table_present() or not applied.exists() or applied.read_text() != desired
+    if table_replaced:
+        # Declare, delete and define in one transaction: never a moment without rules.
+        run(["nft", "-f", "-"], stdin=f"table inet {TABLE}\ndelete table inet {TABLE}\n{desired}")
+        applied.write_text(desired)
+        actions.append("nftables table applied")
+    wanted = {net.key for net in nets}
+    for net in nets:
+        conf = state_dir / f"{net.key}.conf"
+        pid_file = state_dir / f"{net.key}.pid"
+        text = dnsmasq_config(net, upstreams, state_dir, log)
+        stale = not conf.exists() or conf.read_text() != text
+        # A replaced table lost the resolved addresses: restart so the cache refills them.
+        if stale or table_replaced or _pid(pid_file) is None:
+            _stop(pid_file)
+            conf.write_text(text)
+            run(["dnsmasq", f"--conf-file={conf}"])
+            actions.append(f"forwarder for {net.name} (re)started on {net.gateway}")
+    for conf in state_dir.glob("*.conf"):
+        if conf.stem not in wanted:
+            _stop(state_dir / f"{conf.stem}.pid")
+            conf.unlink()
+            actions.append(f"forwarder {conf.stem} removed (network gone)")
+    return {
+        "changed": bool(actions),
+        "actions": actions,
+        "networks": [
+            {
+                "name": n.name,
+                "bridge": n.bridge,
+                "gateway": n.gateway,
+                "domains": sorted(n.domains),
+                "cidrs": [c if p is None else f"{c}:{p}" for c, p in n.cidrs],
+            }
+            for n in nets
+        ],
+    }
+
+
+def remove(state_dir: Path) -> dict[str, object]:
+    actions = []
+    if table_present():
+        run(["nft", "delete", "table", "inet", TABLE])
+        actions.append("nftables table deleted")
+    if state_dir.is_dir():
+        for pid_file in state_dir.glob("*.pid"):
+            if _stop(pid_file):
+                actions.append(f"forwarder {pid_file.stem} stopped")
+        for leftover in state_dir.iterdir():
+            leftover.unlink()
+    return {"changed": bool(actions), "actions": actions, "networks": []}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        help="IPv4 resolver the forwarders ask (repeatable; default: the host's resolv.conf)",
+    )
+    parser.add_argument("--state-dir", default="/run/dockyard-egress")
+    parser.add_argument(
+        "--address-ttl", type=int, default=3600, help="seconds an answered address stays allowed"
+    )
+    parser.add_argument("--log-queries", action="store_true")
+    parser.add_argument(
+        "--remove", action="store_true", help="delete the table and stop every forwarder"
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        for upstream in args.upstream:
+            ipaddress.IPv4Address(upstream)
+        if not 60 <= args.address_ttl <= 86400:
+            raise GuardError(
+                f"--address-ttl {args.address_ttl} is not allowed (allowed: 60-86400 seconds)"
+            )
+        state_dir = Path(args.state_dir)
+        if args.remove:
+            result = remove(state_dir)
+        else:
+            upstreams = args.upstream or host_upstreams()
+            if not upstreams:
+                raise GuardError(
+                    "no upstream resolver: pass --upstream (the host's resolv.conf has only loopback ones)"
+                )
+            result = reconcile(upstreams, state_dir, args.address_ttl, args.log_queries)
+    except (GuardError, ValueError, OSError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for action in result["actions"] or ["nothing to do"]:  # type: ignore[union-attr]
+            print(f"dockyard-egress-guard: {action}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
