@@ -31,6 +31,7 @@ def test_second_run_changes_nothing_and_config_is_live(docker_client: docker.Doc
     assert run.changed() == {"localhost": 0}, run.output[-3000:]
     daemon = json.loads(Path("/etc/docker/daemon.json").read_text())
     assert daemon == {
+        "default-address-pools": [{"base": "172.16.0.0/12", "size": 24}],
         "default-ulimits": {"nofile": {"Hard": 2048, "Name": "nofile", "Soft": 1024}},
         "live-restore": True,
         "log-driver": "json-file",

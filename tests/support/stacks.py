@@ -4,6 +4,7 @@ environments (integration and role tests)."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,16 +79,29 @@ class Deployed:
                 container.remove(force=True)
 
     def force_cleanup(self) -> None:
-        """Safety net after a failed test: remove whatever carries this stack's label."""
+        """Safety net after a failed test: remove whatever carries this stack's label.
+        Sweeps until a sweep finds nothing: when a run fails, registrations still in
+        flight on other threads can create resources after the first sweep."""
+        for _ in range(10):
+            if not self._sweep():
+                return
+            time.sleep(1)
+
+    def _sweep(self) -> int:
         selector = {"label": f"dockyard.stack={self.stack}"}
+        found = 0
         for container in self.client.containers.list(all=True, filters=selector):
             container.remove(force=True)
+            found += 1
         for network in self.client.networks.list(filters=selector):
             with contextlib.suppress(docker.errors.APIError):
                 network.remove()
+            found += 1
         for volume in self.client.volumes.list(filters=selector):
             with contextlib.suppress(docker.errors.APIError):
                 volume.remove(force=True)
+            found += 1
+        return found
 
 
 def stack_values(name: str) -> dict[str, Any]:
