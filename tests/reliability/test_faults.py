@@ -42,7 +42,19 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 BOMB_PIDS = 200
 HOG_MEMORY_MB = 256
 SMALL_DISK_MB = 48
+ATTACH_ALLOWANCE = 10
 NEIGHBOUR_BOUND_S = 2.0  # the issue's bound for a command in the neighbour
+# Every process forks forever and retries when the cap refuses it, so the cap stays full
+# (the shell classic `:(){ :|:& };:` can collapse once forks fail, and then the probe
+# sometimes gets a process and the test would prove nothing).
+FORK_BOMB = """
+import os, time
+while True:
+    try:
+        os.fork()
+    except OSError:
+        time.sleep(0.01)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -137,21 +149,25 @@ def test_fork_bomb_is_capped_neighbour_answers_and_refresh_recovers(
     bomb = stack.container("bomb")
     neighbour = stack.container("neighbour")
     exec_ok(bomb, ["bash", "-c", "echo precious > /workspace/keep.txt"])
-    bomb.exec_run(["bash", "-c", ":(){ :|:& };:"], detach=True)
+    bomb.exec_run(["python3", "-c", FORK_BOMB], detach=True)
     wait_for(
         lambda: pids_current(bomb) >= BOMB_PIDS - 5,
         30,
         interval=0.5,
         what=lambda: f"the bomb to reach the cap ({pids_current(bomb)} of {BOMB_PIDS})",
     )
-    neighbour_s, host_s = [], []
+    neighbour_s, host_s, pids_seen = [], [], []
     deadline = time.monotonic() + 8
     while time.monotonic() < deadline:
         seconds, code = timed_exec(neighbour, ["true"])
         assert code == 0
         neighbour_s.append(seconds)
         host_s.append(timed_host_command())
-        assert pids_current(bomb) <= BOMB_PIDS
+        # The kernel checks the cap on fork only: processes attached from outside (runc
+        # starting health probes and execs, which then fail) are counted unchecked for a
+        # moment. A handful over the cap, never the bomb's exponential growth.
+        pids_seen.append(pids_current(bomb))
+        assert pids_seen[-1] <= BOMB_PIDS + ATTACH_ALLOWANCE, pids_seen
         time.sleep(0.25)
     assert max(neighbour_s) < NEIGHBOUR_BOUND_S, neighbour_s
     assert neighbour.attrs["State"]["Running"]
@@ -176,6 +192,7 @@ def test_fork_bomb_is_capped_neighbour_answers_and_refresh_recovers(
         round(max(neighbour_s), 3),
         round(sorted(neighbour_s)[len(neighbour_s) // 2], 3),
     )
+    figures["fork bomb: pids in the bombed environment, max seen"] = max(pids_seen)
     figures["fork bomb: host `true` max s"] = round(max(host_s), 3)
     figures["fork bomb: refresh to ready s"] = round(recovered_s, 1)
 
