@@ -81,6 +81,13 @@ def _fail(allowed: str) -> PydanticCustomError:
     return PydanticCustomError("dockyard", "{allowed}", {"allowed": allowed})
 
 
+def _item_fail(allowed: str, index: int, value: Any) -> PydanticCustomError:
+    """Like :func:`_fail`, for one item of a list: the message names ``key[index]``."""
+    return PydanticCustomError(
+        "dockyard_item", "{allowed}", {"allowed": allowed, "index": index, "value": value}
+    )
+
+
 # --- Value types -----------------------------------------------------------------------
 
 
@@ -298,11 +305,7 @@ class Environment(_Model):
             try:
                 egress.normalise(entry)
             except egress.EgressError as exc:
-                raise PydanticCustomError(
-                    "dockyard_item",
-                    "{allowed}",
-                    {"allowed": str(exc), "index": index, "value": entry},
-                ) from None
+                raise _item_fail(str(exc), index, entry) from None
         return value
 
     @property
@@ -339,14 +342,10 @@ class Environment(_Model):
             return value
         for index, name in enumerate(value):
             if not isinstance(name, str) or not ENV_NAME.match(name):
-                raise PydanticCustomError(
-                    "dockyard_item",
-                    "{allowed}",
-                    {
-                        "allowed": "an environment variable name: letters, digits, '_', not starting with a digit",
-                        "index": index,
-                        "value": name,
-                    },
+                raise _item_fail(
+                    "an environment variable name: letters, digits, '_', not starting with a digit",
+                    index,
+                    name,
                 )
         if len(set(value)) != len(value):
             raise _fail("each secret name once")
@@ -422,11 +421,7 @@ class StackConfig(_Model):
             raise _fail(allowed)
         for index, root in enumerate(value):
             if not isinstance(root, str) or not root.startswith("/") or _has_traversal(root):
-                raise PydanticCustomError(
-                    "dockyard_item",
-                    "{allowed}",
-                    {"allowed": allowed, "index": index, "value": root},
-                )
+                raise _item_fail(allowed, index, root)
         return value
 
     @field_validator("manifest_dir", mode="before")

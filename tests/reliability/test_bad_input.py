@@ -28,7 +28,7 @@ import docker
 import pulumi
 import pytest
 
-from tests.roles.conftest import LOCAL, REPO, VENV_BIN, run_playbook
+from tests.roles.conftest import LOCAL, REPO, list_inventory, manifest_inventory, run_playbook
 from tests.support.engine import RUN_ID, exec_ok, is_ready, wait_for
 from tests.support.stacks import Deployed
 
@@ -438,15 +438,9 @@ def test_bad_manifest_is_refused_by_every_consumer(
     assert expected in planner.stderr, planner.stderr
     assert planner.stdout == ""
     # 3. The inventory plugin: the inventory fails, naming the file; no host.
-    inventory = tmp_path / "bad.dockyard_manifests.yml"
-    inventory.write_text(f"plugin: dockyard_manifests\nmanifest_dirs:\n  - {source.parent}\n")
-    listing = subprocess.run(
-        [str(VENV_BIN / "ansible-inventory"), "-i", str(inventory), "--list"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true", "ANSIBLE_NOCOLOR": "1"},
-        check=False,
+    inventory = manifest_inventory(tmp_path / "bad.dockyard_manifests.yml", source.parent)
+    listing = list_inventory(
+        inventory, {"ANSIBLE_INVENTORY_UNPARSED_FAILED": "true", "ANSIBLE_NOCOLOR": "1"}
     )
     assert listing.returncode != 0
     output = " ".join((listing.stdout + listing.stderr).split())

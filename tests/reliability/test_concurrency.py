@@ -13,7 +13,6 @@ import docker
 import pytest
 
 from components.manifest import validate
-from tests.support.engine import is_ready, wait_for
 from tests.support.hardening import assert_hardened
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -37,23 +36,13 @@ def test_twenty_concurrent_environments(
     }
     started = time.perf_counter()
     stack = deploy("twenty", values)
-    containers = {s: stack.container(s) for s in stack.manifests}
-    pending = dict(containers)
-
-    def all_ready() -> bool:
-        for session, container in list(pending.items()):
-            if is_ready(container):
-                del pending[session]
-        return not pending
-
-    wait_for(
-        all_ready, 180, interval=0.2, what=lambda: f"ready: still waiting for {sorted(pending)}"
-    )
+    stack.wait_ready(timeout=180)
     figures["20 concurrent environments: created until all ready s"] = round(
         time.perf_counter() - started, 1
     )
 
     manifests = stack.manifests
+    containers = {s: stack.container(s) for s in manifests}
     assert len(manifests) == COUNT
     host_ports = [
         m["hostPort"]

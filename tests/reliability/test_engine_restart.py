@@ -55,10 +55,9 @@ def stack(deploy: Any) -> Deployed:
         ],
     }
     deployed = deploy("restart", values)
+    deployed.wait_ready()
     for session in deployed.manifests:
-        container = deployed.container(session)
-        wait_for(lambda c=container: is_ready(c), 60, what=f"{session} ready")
-        container.exec_run(["python3", "-c", SERVER, session], detach=True)
+        deployed.container(session).exec_run(["python3", "-c", SERVER, session], detach=True)
     return deployed
 
 

@@ -100,9 +100,7 @@ def stack(small_disk: Path, deploy: Any) -> Deployed:
         ],
     }
     deployed = deploy("faults", values)
-    for session in deployed.manifests:
-        container = deployed.container(session)
-        wait_for(lambda c=container: is_ready(c), 60, what=f"{session} ready")
+    deployed.wait_ready()
     return deployed
 
 

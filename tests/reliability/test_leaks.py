@@ -21,7 +21,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.roles.conftest import LOCAL, run_playbook
+from tests.roles.conftest import LOCAL, manifest_inventory, run_playbook
 from tests.support.engine import exec_ok, is_ready, wait_for
 from tests.support.hardening import assert_hardened
 from tests.support.stacks import CANARIES, Deployed
@@ -52,13 +52,13 @@ def stack(deploy: Any) -> Deployed:
         ],
     }
     deployed = deploy("leaks", values, CANARIES)
+    deployed.wait_ready()
+    # Stop (checkpoint written) and start again: the SIGTERM path is scanned too.
     for session in deployed.manifests:
         container = deployed.container(session)
-        wait_for(lambda c=container: is_ready(c), 60, what=f"{session} ready")
-        # Stop (checkpoint written) and start again: the SIGTERM path is scanned too.
         container.stop(timeout=10)
         container.start()
-        wait_for(lambda c=container: is_ready(c), 60, what=f"{session} ready again")
+    deployed.wait_ready()
     return deployed
 
 
@@ -162,9 +162,8 @@ def test_no_canary_anywhere_it_must_not_be(
         )
 
     # Playbooks, verbose, against these environments and this host.
-    inventory = stack.cwd / "leaks.dockyard_manifests.yml"
-    inventory.write_text(
-        f"plugin: dockyard_manifests\nmanifest_dirs:\n  - {stack.manifest_file('x').parent}\n"
+    inventory = manifest_inventory(
+        stack.cwd / "leaks.dockyard_manifests.yml", stack.manifest_file("x").parent
     )
     envs = run_playbook(
         "environments.yml",

@@ -76,6 +76,28 @@ def run_playbook(
     return run
 
 
+def manifest_inventory(path: Path, manifest_dir: Path) -> Path:
+    """An inventory file for the dockyard_manifests plugin over one manifest directory
+    (the file name must end in dockyard_manifests.yml)."""
+    assert path.name.endswith("dockyard_manifests.yml"), path
+    path.write_text(f"plugin: dockyard_manifests\nmanifest_dirs:\n  - {manifest_dir}\n")
+    return path
+
+
+def list_inventory(
+    inventory: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`ansible-inventory --list` of ``inventory`` from the repository root."""
+    return subprocess.run(
+        [str(VENV_BIN / "ansible-inventory"), "-i", str(inventory), "--list"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
 LOCAL = {
     "ansible_become": False,
     "ansible_python_interpreter": str(VENV_BIN / "python"),

@@ -28,7 +28,7 @@ from docker.models.containers import Container
 
 from tests.roles.conftest import LOCAL, REPO, run_playbook
 from tests.support import dockerd
-from tests.support.engine import RUN_ID, exec_ok, is_ready, wait_for
+from tests.support.engine import RUN_ID, exec_ok
 from tests.support.stacks import Deployed
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -133,9 +133,7 @@ def stack(deploy: Any, upstream: Upstream) -> Deployed:
         ],
     }
     deployed = deploy("egress", values)
-    for session in deployed.manifests:
-        container = deployed.container(session)
-        wait_for(lambda c=container: is_ready(c), 60, what=f"{session} ready")
+    deployed.wait_ready()
     return deployed
 
 

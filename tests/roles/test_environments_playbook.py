@@ -4,13 +4,17 @@ from a stack: agent_config and git_credentials, each run twice (second: changed=
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.roles.conftest import VENV_BIN, TargetFleet, run_playbook
+from tests.roles.conftest import (
+    TargetFleet,
+    list_inventory,
+    manifest_inventory,
+    run_playbook,
+)
 from tests.support.engine import exec_ok
 from tests.support.stacks import CANARIES, Deployed
 
@@ -51,22 +55,14 @@ def envs(deploy: Any) -> Deployed:
 
 @pytest.fixture(scope="module")
 def inventory(envs: Deployed) -> Path:
-    path = envs.cwd / "inventory.dockyard_manifests.yml"
-    path.write_text(
-        "plugin: dockyard_manifests\n"
-        f"manifest_dirs:\n  - {envs.cwd}/.companion/cloud/environments\n"
+    return manifest_inventory(
+        envs.cwd / "inventory.dockyard_manifests.yml", envs.cwd / ".companion/cloud/environments"
     )
-    return path
 
 
 def test_inventory_has_one_host_per_environment(envs: Deployed, inventory: Path) -> None:
-    listing = subprocess.run(
-        [str(VENV_BIN / "ansible-inventory"), "-i", str(inventory), "--list"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    listing = list_inventory(inventory)
+    assert listing.returncode == 0, listing.stderr
     data = json.loads(listing.stdout)
     names = {s: envs.manifests[s]["container"]["name"] for s in envs.manifests}
     assert sorted(data["dockyard"]["hosts"]) == sorted(names.values())
@@ -217,16 +213,8 @@ def test_bad_manifest_is_reported_with_its_file(tmp_path: Path) -> None:
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     (manifests / "broken.json").write_text('{"version": 1, "sessionId": "x"}')
-    inventory = tmp_path / "inv.dockyard_manifests.yml"
-    inventory.write_text(f"plugin: dockyard_manifests\nmanifest_dirs:\n  - {manifests}\n")
-    result = subprocess.run(
-        [str(VENV_BIN / "ansible-inventory"), "-i", str(inventory), "--list"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=Path(__file__).resolve().parents[2],
-        env={"ANSIBLE_INVENTORY_UNPARSED_FAILED": "true", "PATH": str(VENV_BIN) + ":/usr/bin:/bin"},
-    )
+    inventory = manifest_inventory(tmp_path / "inv.dockyard_manifests.yml", manifests)
+    result = list_inventory(inventory, {"ANSIBLE_INVENTORY_UNPARSED_FAILED": "true"})
     assert result.returncode != 0
     assert f"{manifests}/broken.json is not a valid v1 manifest" in result.stderr
 

@@ -15,7 +15,7 @@ import docker.errors
 
 from components.config import from_stack_file
 from tests.harness.docker_mocks import DockerRealisingMocks, HarnessState
-from tests.support.engine import RUN_ID
+from tests.support.engine import RUN_ID, is_ready, wait_for
 from tests.support.program import REPO, ProgramRun, run_program
 
 # Unique per test run, so a hit can only come from this run's secrets.
@@ -52,6 +52,19 @@ class Deployed:
 
     def container(self, session: str) -> docker.models.containers.Container:
         return self.client.containers.get(self.manifests[session]["container"]["id"])
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until every environment of the stack has its ready marker; a failure names the
+        ones still pending."""
+        pending = {s: self.container(s) for s in self.manifests}
+
+        def all_ready() -> bool:
+            for session, container in list(pending.items()):
+                if is_ready(container):
+                    del pending[session]
+            return not pending
+
+        wait_for(all_ready, timeout, interval=0.2, what=lambda: f"ready: {sorted(pending)}")
 
     def manifest_file(self, session: str) -> Path:
         return self.cwd / ".companion" / "cloud" / "environments" / f"{session}.json"
