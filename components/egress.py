@@ -41,7 +41,9 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "debian": ("deb.debian.org:80", "deb.debian.org:443", "security.debian.org:80"),
 }
 
-DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}$")
+DOMAIN = re.compile(
+    r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}", re.ASCII
+)
 ALLOWED = (
     f"a preset ({', '.join(PRESETS)}), a domain (covers its subdomains), or an IPv4 "
     "address or CIDR, each optionally with :port (1-65535); IPv6 is always blocked"
@@ -61,13 +63,13 @@ def normalise(entry: object) -> list[str]:
     host, port = entry, None
     if entry.count(":") == 1:
         host, _, port_text = entry.partition(":")
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not re.fullmatch(r"[0-9]{1,5}", port_text, re.ASCII) or not 1 <= int(port_text) <= 65535:
             raise EgressError(ALLOWED)
         port = int(port_text)
     elif ":" in entry:
         raise EgressError(ALLOWED)  # IPv6 literals: IPv6 egress is blocked outright
     suffix = "" if port is None else f":{port}"
-    if re.fullmatch(r"[0-9./]+", host):
+    if re.fullmatch(r"[0-9./]+", host, re.ASCII):
         try:
             network = ipaddress.IPv4Network(host, strict=False)
         except ValueError:
@@ -75,7 +77,7 @@ def normalise(entry: object) -> list[str]:
         if network.prefixlen == 0:
             raise EgressError(ALLOWED + "; not 0.0.0.0/0 (that is egress: open)")
         return [f"{network.with_prefixlen}{suffix}"]
-    if not DOMAIN.match(host):
+    if len(entry) > 260 or not DOMAIN.fullmatch(host):
         raise EgressError(ALLOWED)
     return [f"{host}{suffix}"]
 

@@ -1,0 +1,191 @@
+"""Turning validation errors into problem lines a user can act on.
+
+Every line reads ``<key path>: <value> is not allowed (allowed: <form>)``. The value is
+shown only where it cannot hold a secret: under ``env``, ``labels``, ``secrets``, image
+``args``, or any key named like a credential, a value is described by its type instead
+(``<a string of 12 characters>``), and so is a mapping key that broke a grammar.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterable
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_camel
+
+from .model import CONVENTIONAL_NAME, NAMESPACE, THIS_KEY
+
+# Containers whose values (and keys) may be credentials.
+SENSITIVE_CONTAINERS = frozenset({"env", "labels", "secrets", "args"})
+# Broader than the plain-env refusal on purpose: redacting too much costs nothing.
+CREDENTIAL_LIKE = re.compile(r"key|token|secret|passw|credential|auth|cookie", re.ASCII | re.I)
+
+# Values that carry a credential wherever they were pasted: URL user info, well-known
+# token prefixes, PEM blocks.
+CREDENTIAL_VALUE = re.compile(
+    r"://[^/\s]*@|\b(sk-|sk_|ghp_|gho_|ghs_|ghu_|github_pat_|glpat-|xox[abpr]-|AKIA|ASIA|AIza)"
+    r"|-----BEGIN",
+    re.ASCII,
+)
+
+_TYPE_NAMES = {
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "none_required": "nothing (null)",
+    "too_long": "fewer items",
+}
+
+
+def describe(value: Any) -> str:
+    """A value by its type and size only: safe to print whatever it holds."""
+    if isinstance(value, bool):
+        return "<a boolean>"
+    if isinstance(value, str):
+        return f"<a string of {len(value)} characters>"
+    if isinstance(value, int | float):
+        return "<a number>"
+    if isinstance(value, list | tuple):
+        return f"<a list of {len(value)} items>"
+    if isinstance(value, dict):
+        return f"<a mapping of {len(value)} keys>"
+    if value is None:
+        return "<null>"
+    return f"<a {type(value).__name__}>"
+
+
+def render(value: Any) -> str:
+    """A short, ASCII-only, single-line rendering that never raises."""
+    try:
+        if isinstance(value, str):
+            text = ascii(value)
+        elif isinstance(value, bool | int | float | list | dict) or value is None:
+            text = json.dumps(value, ensure_ascii=True, allow_nan=True, default=str)
+        else:
+            text = ascii(str(value))
+    except Exception:
+        text = describe(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def key_path(loc: Iterable[int | str]) -> str:
+    path = NAMESPACE + ":"
+    for index, part in enumerate(loc):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("" if index == 0 else ".") + str(part)
+    return path
+
+
+def is_sensitive(loc: Iterable[int | str]) -> bool:
+    return any(
+        isinstance(part, str) and (part in SENSITIVE_CONTAINERS or CREDENTIAL_LIKE.search(part))
+        for part in loc
+    )
+
+
+def looks_like_credential(value: Any) -> bool:
+    return isinstance(value, str) and bool(CREDENTIAL_VALUE.search(value))
+
+
+def shown(value: Any, loc: tuple[int | str, ...]) -> str:
+    if value is THIS_KEY:
+        return "this key"
+    if not is_sensitive(loc) and not looks_like_credential(value):
+        return render(value)
+    # Secret *names* written the conventional way are names, not values: show them.
+    if "secrets" in loc and isinstance(value, str) and CONVENTIONAL_NAME.fullmatch(value):
+        return render(value)
+    return describe(value)
+
+
+def suggest(key: str, known: Iterable[str]) -> str:
+    """A "did you mean" hint for an unknown key: another spelling of a known key first
+    (``workspace_host_path``), then close matches."""
+    candidates = sorted(known)
+    folded = {c.lower().replace("_", "").replace("-", ""): c for c in candidates}
+    same = folded.get(str(key).lower().replace("_", "").replace("-", ""))
+    if same is None:
+        close = difflib.get_close_matches(to_camel(str(key)), candidates, n=1, cutoff=0.75)
+        same = close[0] if close else None
+    return f"; did you mean {same}?" if same else ""
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model a location points into (for the keys an unknown key could have been)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        fields = {f.alias or name: f for name, f in current.model_fields.items()}
+        if part not in fields:
+            return None
+        current = _unwrap(fields[part].annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """list[X] / dict[str, X] / X | None / Annotated[X, ...] -> X, when X is a model."""
+    for _ in range(6):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if not args:
+            return annotation
+        origin = get_origin(annotation)
+        annotation = args[-1] if origin is dict else args[0]
+    return annotation
+
+
+def problems(exc: ValidationError, root: type[BaseModel]) -> list[str]:
+    lines: list[str] = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+        if kind == "dockyard_items":
+            for sub, item, allowed in ctx["items"]:
+                item_loc = (*loc, sub)
+                lines.append(
+                    f"{key_path(item_loc)}: {shown(item, item_loc)} {ctx['verb']} "
+                    f"(allowed: {allowed})"
+                )
+            continue
+        key = key_path(loc)
+        if kind == "missing":
+            lines.append(f"{key}: missing (allowed: a value is required)")
+            continue
+        if kind == "extra_forbidden":
+            model = _model_at(root, loc[:-1])
+            known = [f.alias or n for n, f in model.model_fields.items()] if model else []
+            hint = suggest(str(loc[-1]), known)
+            lines.append(f"{key}: unknown key (allowed: {', '.join(sorted(known))}{hint})")
+            continue
+        if kind == "dockyard":
+            allowed = ctx["allowed"]
+        elif kind == "literal_error":
+            allowed = "one of " + str(ctx.get("expected", ""))
+        else:
+            # Never Python's own wording: a type name, or the documented form.
+            allowed = _TYPE_NAMES.get(kind, "the form documented in docs/stacks.md")
+        lines.append(f"{key}: {shown(value, loc)} is not allowed (allowed: {allowed})")
+    return lines
+
+
+def natural_order(problem: str) -> list[Any]:
+    key = problem.split(": ", 1)[0]
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", key)]

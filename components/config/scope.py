@@ -1,0 +1,40 @@
+"""What rules about one environment need to know about the rest of the stack.
+
+Pydantic validates a stack's fields in declaration order; :class:`StackConfig` records
+each top-level value here once it is valid, and declares ``environments`` last, so an
+environment's rules (bind roots, profiles, secrets set, unique session ids) read typed,
+validated values — never the raw mapping. A value that failed is simply absent: the rules
+that depend on it stay quiet and its own problem is reported where it lives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationInfo
+
+
+@dataclass
+class Scope:
+    secret_names: frozenset[str] = frozenset()
+    """Secret names set in the stack (stored with --secret or not: plain ones are refused
+    on their own)."""
+    check_secrets: bool = True
+    settled: dict[str, Any] = field(default_factory=dict)
+    """Top-level field name -> validated value, filled in declaration order."""
+    sessions: dict[str, int] = field(default_factory=dict)
+    """Session id -> index of the first environment that has it."""
+    environment_index: int = -1
+
+    def known(self, name: str) -> bool:
+        return name in self.settled
+
+    def get(self, name: str) -> Any:
+        return self.settled.get(name)
+
+
+def scope_of(info: ValidationInfo) -> Scope | None:
+    """The stack scope of a validation, or None when a model is validated on its own."""
+    context = info.context
+    return context if isinstance(context, Scope) else None
