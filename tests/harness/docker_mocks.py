@@ -41,7 +41,7 @@ import docker.errors
 import pulumi
 from docker.types import DeviceRequest, Ulimit
 
-SECRET_SIG = "4dabf18193072939515e22adb298388d"
+from tests.support.secrets import unwrap
 
 SUPPORTED: dict[str, set[str]] = {
     # buildOnPreview: the SDK's default; the harness only ever performs `up`.
@@ -104,16 +104,6 @@ class HarnessState:
     resources: dict[str, Realised] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
     """Every harness action, for tests that check nothing leaks into it."""
-
-
-def unwrap(value: Any) -> Any:
-    if isinstance(value, dict):
-        if SECRET_SIG in value:
-            return unwrap(value.get("value"))
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value
 
 
 def duration_ns(text: str | None) -> int:

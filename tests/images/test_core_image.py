@@ -11,7 +11,7 @@ import docker
 import pytest
 from docker.types import Mount
 
-from tests.images.conftest import AgentRunner, wait_ready
+from tests.support.agent_runner import AgentRunner, wait_ready
 from tests.support.engine import exec_ok, last_health_output, wait_healthy
 from tests.support.images import build_image, history_ids
 

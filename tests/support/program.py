@@ -22,9 +22,10 @@ from pulumi.runtime.settings import SETTINGS
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from tests.support.secrets import unwrap
+
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = REPO / "__main__.py"
-SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker for a secret value
 
 
 @dataclass
@@ -125,7 +126,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         number = self._next()
         resource_id = f"{number:064x}"
         if args.typ == "docker:index/container:Container":
-            ports = _unwrap(inputs.get("ports")) or []
+            ports = unwrap(inputs.get("ports")) or []
             outputs["ports"] = [
                 {**port, "external": 32768 + number * 10 + i, "ip": "0.0.0.0", "protocol": "tcp"}
                 for i, port in enumerate(ports)
@@ -145,16 +146,6 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
         return {}, None
-
-
-def _unwrap(value: Any) -> Any:
-    if isinstance(value, dict) and value.get(SECRET_SIG) is not None and "value" in value:
-        return value["value"]
-    return value
-
-
-def is_secret_wrapped(value: Any) -> bool:
-    return isinstance(value, dict) and SECRET_SIG in value
 
 
 def record(
