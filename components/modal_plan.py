@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from components import config as stack_config
 from components import manifest as manifest_contract
+from components.config import messages as config_messages
 
 
 def plan(
@@ -125,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             {k: v for k, v in {"cpus": args.cpus, "memory": args.memory}.items() if v is not None}
         )
     except ValidationError as exc:
-        print(f"ERROR: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        for problem in config_messages.problems(exc, stack_config.Limits):
+            print(f"ERROR: --{problem.removeprefix(stack_config.NAMESPACE + ':')}", file=sys.stderr)
         return 1
     cpus = overrides.cpus or cpus
     memory = overrides.memory or memory

@@ -27,7 +27,7 @@ CREDENTIAL_LIKE = re.compile(r"key|token|secret|passw|credential|auth|cookie", r
 # Values that carry a credential wherever they were pasted: URL user info, well-known
 # token prefixes, PEM blocks.
 CREDENTIAL_VALUE = re.compile(
-    r"://[^/\s]*@|\b(sk-|sk_|ghp_|gho_|ghs_|ghu_|github_pat_|glpat-|xox[abpr]-|AKIA|ASIA|AIza)"
+    r"://[^/\s:@]*:[^/\s@]*@|\b(sk-|sk_|ghp_|gho_|ghs_|ghu_|github_pat_|glpat-|xox[abpr]-|AKIA|ASIA|AIza)"
     r"|-----BEGIN",
     re.ASCII,
 )
