@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,15 @@ import pulumi_docker as docker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORE_CONTEXT = REPO_ROOT / "images" / "core"
+VERSIONS_FILE = REPO_ROOT / "images" / "versions.env"
+"""Pinned build args (versions, base image): the one file every builder reads."""
 VARIANT_ARGS = {"gpu": REPO_ROOT / "images" / "gpu" / "variant.env"}
+
+BUILD_ARG_LINE = re.compile(r"([A-Z][A-Z0-9_]*)=([A-Za-z0-9][A-Za-z0-9._:/@+-]*)", re.ASCII)
+BUILD_ARG_ALLOWED = (
+    "NAME=VALUE: NAME in capitals, digits and '_'; VALUE a version or image reference "
+    "(letters, digits, '.', '_', ':', '/', '@', '+', '-'), no quotes or spaces"
+)
 
 
 def build_inputs_digest(context: Path, build_args: Mapping[str, str], extra: str = "") -> str:
@@ -30,21 +39,46 @@ def build_inputs_digest(context: Path, build_args: Mapping[str, str], extra: str
     return digest.hexdigest()[:16]
 
 
+def read_build_args(path: Path) -> dict[str, str]:
+    """``NAME=VALUE`` lines of a build-args file (``#`` comment lines and blank lines
+    skipped). The format is kept to what Make, Ansible's properties lookup and a
+    workflow's ``build-args`` read alike, so anything else is refused, naming the line."""
+    args: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = BUILD_ARG_LINE.fullmatch(line)
+        if match is None or match.group(1) in args:
+            problem = "repeats a name" if match else "is not allowed"
+            raise ValueError(f"{path}:{number}: {line!r} {problem} (allowed: {BUILD_ARG_ALLOWED})")
+        args[match.group(1)] = match.group(2)
+    return args
+
+
+def pinned_versions() -> dict[str, str]:
+    """The build args pinned in ``images/versions.env`` (agent CLIs, npm, base image)."""
+    return read_build_args(VERSIONS_FILE)
+
+
 def variant_build_args(variant: str) -> dict[str, str]:
     """Build args that select a variant (``images/gpu/variant.env``); none for core."""
     if variant == "core":
         return {}
-    path = VARIANT_ARGS[variant]
-    lines = path.read_text(encoding="utf-8").splitlines()
-    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
-    return {key.strip(): value.strip() for key, value in pairs}
+    return read_build_args(VARIANT_ARGS[variant])
+
+
+def default_build_args(variant: str = "core") -> dict[str, str]:
+    """What a build of ``variant`` gets before a stack's own ``image.args``: the pinned
+    versions, overlaid by the variant's args."""
+    return {**pinned_versions(), **variant_build_args(variant)}
 
 
 @dataclass(frozen=True)
 class AgentImageArgs:
-    """``ref`` set: use that published image. Otherwise build ``images/core`` with the
-    variant's args overlaid by ``build_args``, tagged ``<repository>:<tag_prefix>-<digest>``
-    so a changed input gives a new tag (and replaces the containers using it)."""
+    """``ref`` set: use that published image. Otherwise build ``images/core`` with
+    :func:`default_build_args` of the variant overlaid by ``build_args``, tagged
+    ``<repository>:<tag_prefix>-<digest>`` so a changed input gives a new tag (and
+    replaces the containers using it)."""
 
     variant: str = "core"
     ref: str | None = None
@@ -77,7 +111,7 @@ class AgentImage(pulumi.ComponentResource):
                 lambda values: values[0] or values[1]
             )
         else:
-            build_args = {**variant_build_args(args.variant), **args.build_args}
+            build_args = {**default_build_args(args.variant), **args.build_args}
             digest = build_inputs_digest(CORE_CONTEXT, build_args)
             image_name = f"{args.repository}:{args.tag_prefix}-{digest}"
             image = docker.Image(

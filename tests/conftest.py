@@ -1,17 +1,40 @@
-"""Fixtures shared by every test directory. Docker-backed fixtures connect lazily, so
-unit tests run on machines without an engine."""
+"""Fixtures shared by every test directory, and the run-order switch. Docker-backed
+fixtures connect lazily, so unit tests run on machines without an engine; the helpers
+they call live in tests/support.
+
+``DOCKYARD_TEST_ORDER=reverse`` runs the selected tests in reverse order (``make
+test-isolation`` runs each module alone that way): a test that only passes after another
+one has run fails there.
+
+A run that selects no test exits 5 (pytest's own code). Under CI that fails the build;
+the Makefile forgives it only outside CI, where it usually means a ``-k`` filter that
+matched nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+import os
+from collections.abc import Callable, Iterator
 
 import docker
 import pytest
 
-from tests.support.engine import RUN_ID, connect, remove_labelled
+from tests.support.engine import connect, remove_labelled
 from tests.support.images import build_image
-from tests.support.stacks import Deployed
+from tests.support.stacks import Deployed, StackFactory
+
+TEST_ORDERS = ("forward", "reverse")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    order = os.environ.get("DOCKYARD_TEST_ORDER", "forward")
+    if order not in TEST_ORDERS:
+        raise pytest.UsageError(
+            f"DOCKYARD_TEST_ORDER={order!r} is not allowed (allowed: {', '.join(TEST_ORDERS)})"
+        )
+    if order == "reverse":
+        items.reverse()
 
 
 @pytest.fixture(scope="session")
@@ -26,35 +49,17 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 @pytest.fixture(scope="session")
 def core_image(docker_client: docker.DockerClient) -> str:
-    """The core image built from images/core with its default build args."""
+    """The core image built from images/core with the pinned build args."""
     return build_image(docker_client, "dockyard-core")
 
 
 @pytest.fixture(scope="module")
 def deploy(
     docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
+) -> Iterator[Callable[..., Deployed]]:
     """Factory: deploy(label, values, secrets) -> Deployed, torn down after the module."""
-    deployed: list[Deployed] = []
-
-    def make(
-        label: str, values: Mapping[str, Any], secrets: Mapping[str, str] | None = None
-    ) -> Deployed:
-        cwd = tmp_path_factory.mktemp(f"project-{label}")
-        # Each run gets its own stack name, so nothing collides with a user's stacks.
-        stack = f"it{label}{RUN_ID[:6]}"
-        all_values = {"cwd": str(cwd), "image": {"tag": "it"}, **values}
-        target = Deployed(docker_client, stack, cwd, all_values, dict(secrets or {}))
-        deployed.append(target)
-        target.up()
-        return target
-
+    stacks = StackFactory(docker_client, tmp_path_factory)
     try:
-        yield make
+        yield stacks.deploy
     finally:
-        for target in deployed:
-            try:
-                target.drop_replacements()
-                target.destroy()
-            finally:
-                target.force_cleanup()
+        stacks.teardown()

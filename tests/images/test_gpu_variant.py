@@ -12,21 +12,16 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.support.images import REPO, build_image
+from components.image import variant_build_args
+from tests.support.images import build_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 STANDIN = Path(__file__).parent / "cuda-standin"
 
 
-def variant_args() -> dict[str, str]:
-    lines = (REPO / "images" / "gpu" / "variant.env").read_text().splitlines()
-    pairs = [line.split("=", 1) for line in lines if line and not line.startswith("#")]
-    return dict(pairs)
-
-
 def test_variant_env_selects_a_cuda_base() -> None:
-    args = variant_args()
+    args = variant_build_args("gpu")
     assert set(args) == {"BASE_IMAGE"}
     assert args["BASE_IMAGE"].startswith("nvidia/cuda:")
     assert "-runtime-ubuntu" in args["BASE_IMAGE"]
@@ -34,7 +29,7 @@ def test_variant_env_selects_a_cuda_base() -> None:
 
 def test_core_dockerfile_builds_on_a_cuda_like_base(docker_client: docker.DockerClient) -> None:
     standin = build_image(docker_client, "dockyard-cuda-standin", context=STANDIN)
-    gpu = build_image(docker_client, "dockyard-gpu", {**variant_args(), "BASE_IMAGE": standin})
+    gpu = build_image(docker_client, "dockyard-gpu", {**variant_build_args("gpu"), "BASE_IMAGE": standin})
     script = (
         "id -un; id -u; claude --version; codex --version; "
         "echo $NVIDIA_VISIBLE_DEVICES $NVIDIA_DRIVER_CAPABILITIES; "

@@ -23,7 +23,7 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from tests.reliability.conftest import health_report
+from tests.support.health import health_report
 from tests.support.engine import (
     LABELS,
     exec_ok,

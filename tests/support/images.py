@@ -3,7 +3,8 @@
 The tag is a digest of everything that decides the result (context files and their
 modes, build args, the base image id), so an unchanged image is reused across test
 sessions and any change to an input builds a new one. The docker SDK builds with the
-classic builder, which is the path pulumi-docker's default takes too.
+classic builder, which is the path pulumi-docker's default takes too. Builds of
+images/core get the pinned build args of images/versions.env first, as `pulumi up` does.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import docker
 import docker.errors
 import pytest
 
-from components.image import build_inputs_digest
+from components.image import build_inputs_digest, default_build_args, pinned_versions
 
 REPO = Path(__file__).resolve().parents[2]
 CORE_CONTEXT = REPO / "images" / "core"
-DEFAULT_BASE = "debian:bookworm-slim"
+DEFAULT_BASE = pinned_versions()["BASE_IMAGE"]
 CACHE_LABEL = "dockyard.test-cache"
 
 
@@ -44,8 +45,10 @@ def build_image(
     build_args: Mapping[str, str] | None = None,
     context: Path = CORE_CONTEXT,
 ) -> str:
-    """Return a tag of ``context`` built with ``build_args``, building only when needed."""
-    args = dict(build_args or {})
+    """Return a tag of ``context`` built with ``build_args``, building only when needed.
+    For images/core, ``build_args`` overlay the pinned ones (:func:`default_build_args`)."""
+    pinned = default_build_args() if context == CORE_CONTEXT else {}
+    args = {**pinned, **(build_args or {})}
     base_id = base_image_id(client, args.get("BASE_IMAGE", DEFAULT_BASE))
     tag = f"{repository}:test-{build_inputs_digest(context, args, base_id)}"
     try:

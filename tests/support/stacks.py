@@ -12,6 +12,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import pytest
 
 from components.config import from_stack_file
 from tests.harness.docker_mocks import DockerRealisingMocks, HarnessState
@@ -120,3 +121,47 @@ class Deployed:
 def stack_values(name: str) -> dict[str, Any]:
     raw, _ = from_stack_file(str(REPO / "stacks" / f"Pulumi.{name}.yaml"))
     return {key.split(":", 1)[1]: value for key, value in raw.items()}
+
+
+@dataclass
+class StackFactory:
+    """Deploys stacks for one test module and tears every one of them down at its end.
+
+    Each stack gets its own name (``it<label><run id>``), project directory and engine
+    objects, so a test that replaces or destroys its stack disturbs no other test: give
+    such a test its own ``label``."""
+
+    client: docker.DockerClient
+    tmp_path_factory: pytest.TempPathFactory
+    deployed: dict[str, Deployed] = field(default_factory=dict)
+
+    def deploy(
+        self, label: str, values: Mapping[str, Any], secrets: Mapping[str, str] | None = None
+    ) -> Deployed:
+        """Realise ``values`` (the stack's ``dockyard:`` config) as stack ``label``."""
+        if label in self.deployed:
+            raise ValueError(f"stack label {label!r} is already deployed in this module")
+        cwd = self.tmp_path_factory.mktemp(f"project-{label}")
+        # Each run gets its own stack name, so nothing collides with a user's stacks.
+        stack = f"it{label}{RUN_ID[:6]}"
+        all_values = {"cwd": str(cwd), "image": {"tag": "it"}, **values}
+        target = Deployed(self.client, stack, cwd, all_values, dict(secrets or {}))
+        self.deployed[label] = target
+        target.up()
+        return target
+
+    def teardown(self) -> None:
+        """Destroy every stack, then sweep what carries its label; a failure in one stack
+        does not stop the others' teardown and is raised at the end."""
+        failures = []
+        for label, target in self.deployed.items():
+            try:
+                target.drop_replacements()
+                target.destroy()
+            except Exception as exc:  # keep tearing down the other stacks
+                failures.append(f"{label}: {exc}")
+            finally:
+                target.force_cleanup()
+        self.deployed.clear()
+        if failures:
+            raise RuntimeError("stack teardown failed:\n  " + "\n  ".join(failures))
