@@ -82,6 +82,12 @@ def normalise(entry: object) -> list[str]:
     return [f"{host}{suffix}"]
 
 
+def is_address(rule: str) -> bool:
+    """A normalised rule names an IPv4 address or network (not a domain)."""
+    host = rule.rsplit(":", 1)[0] if rule.count(":") == 1 else rule
+    return bool(re.fullmatch(r"[0-9./]+", host, re.ASCII))
+
+
 def expand(entries: list[object]) -> list[str]:
     """Every entry normalised, presets expanded, duplicates dropped, order kept."""
     rules: list[str] = []

@@ -95,10 +95,15 @@ class ResolvedLimits(_Model):
     nofile_hard: int = 2048
 
 
+Runtime = Literal["runc", "runsc"]
+"""The OCI runtime of an environment: ``runsc`` is gVisor (docs/isolation.md)."""
+
+
 class Profile(_Model):
     cpus: v.Cpus | None = None
     memory: v.MemoryMB | None = None
     gpu: bool = False
+    runtime: Runtime | None = None
 
     @field_validator("gpu", mode="before")
     @classmethod
@@ -261,10 +266,18 @@ def _unique_ports(ports: list[int]) -> list[int]:
     return ports
 
 
+def _on_kubernetes(scope: Scope | None) -> bool:
+    return scope is not None and scope.get("backend") == "kubernetes"
+
+
 def _volume_in_scope(value: Any, info: ValidationInfo) -> Volume:
     """One declared volume; a bind source must also be one the stack allows."""
     volume = parse_volume(value)
     scope = scope_of(info)
+    if volume.is_bind and _on_kubernetes(scope):
+        raise v.refuse(
+            "a named volume (a PersistentVolumeClaim): backend kubernetes has no host paths"
+        )
     if volume.is_bind and scope is not None and (why := _bind_problem(volume.source, scope)):
         raise v.refuse(why)
     return volume
@@ -428,6 +441,8 @@ class Environment(_Model):
     egress: Literal["open", "allowlist"] = "open"
     egress_allow: EgressAllow = Field(default_factory=list)
     """Allowlist entries as written (presets, domains, IPv4 CIDRs, :port)."""
+    runtime: Runtime | None = None
+    """None: the profile's runtime, else runc."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -501,6 +516,10 @@ class Environment(_Model):
         scope = scope_of(info)
         if path is None or scope is None:
             return path
+        if _on_kubernetes(scope):
+            raise v.refuse(
+                "nothing on backend kubernetes: the workspace is a PersistentVolumeClaim"
+            )
         why = _bind_problem(path, scope)
         if why:
             raise v.refuse(why)
@@ -515,6 +534,17 @@ class Environment(_Model):
     def _allowlist_only(cls, entries: list[str], info: ValidationInfo) -> list[str]:
         if entries and info.data.get("egress", "allowlist") == "open":
             raise v.refuse("only with egress: allowlist — an open environment reaches everything")
+        scope = scope_of(info)
+        if _on_kubernetes(scope) and scope is not None and scope.known("kubernetes"):
+            settings: KubernetesSettings = scope.get("kubernetes")
+            if settings.network_policy != "cilium":
+                names = [
+                    (index, entry, KUBERNETES_DOMAINS)
+                    for index, entry in enumerate(entries)
+                    if any(not egress.is_address(rule) for rule in egress.normalise(entry))
+                ]
+                if names:
+                    raise v.refuse_items(names)
         return entries
 
     @model_validator(mode="after")
@@ -567,6 +597,38 @@ class Healthcheck(_Model):
     start_interval: v.Duration | None = None
 
 
+KUBERNETES_DOMAINS = (
+    "IPv4 addresses or CIDRs only: a NetworkPolicy cannot name domains; set "
+    "kubernetes.networkPolicy: cilium for domain rules (CiliumNetworkPolicy toFQDNs)"
+)
+
+
+class KubernetesStorage(_Model):
+    """PersistentVolumeClaim sizes of the R-ENV-8 tree."""
+
+    workspace: v.StorageMB = 10240
+    config: v.StorageMB = 1024
+    checkpoints: v.StorageMB = 2048
+
+
+class KubernetesSettings(_Model):
+    """``backend: kubernetes``: where and how environments become Kubernetes objects."""
+
+    namespace: v.DnsLabel = "dockyard"
+    context: (
+        Annotated[str, BeforeValidator(v.named(v.KUBE_CONTEXT, v.KUBE_CONTEXT_ALLOWED))] | None
+    ) = None
+    """kubeconfig context; None: the current one."""
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    network_policy: Literal["standard", "cilium"] = "standard"
+    storage_class: v.DnsLabel | None = None
+    storage: KubernetesStorage = Field(default_factory=KubernetesStorage)
+    runtime_classes: dict[Runtime, v.DnsLabel] = Field(default_factory=lambda: {"runsc": "gvisor"})
+    """Environment runtime -> RuntimeClass name; runc means the cluster's default."""
+    agent_sandbox: bool = False
+    """Also emit kubernetes-sigs/agent-sandbox Sandbox resources instead of a StatefulSet."""
+
+
 # --- The stack --------------------------------------------------------------------------------
 
 
@@ -580,6 +642,9 @@ class StackConfig(_Model):
 
     stack: str
     cwd: v.HostDir
+    backend: Literal["docker", "kubernetes"] = "docker"
+    """Where environments run: Docker engines, or a Kubernetes cluster."""
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     manifest_dir: v.ManifestDir = DEFAULT_MANIFEST_DIR
     bind_roots: Annotated[list[v.HostDir], v.bounded_list(64)] = Field(default_factory=list)
     """Host directories bind mounts may come from, besides ``cwd``."""
@@ -591,6 +656,15 @@ class StackConfig(_Model):
     limits: Limits = Field(default_factory=Limits)
     healthcheck: Healthcheck = Field(default_factory=Healthcheck)
     environments: Annotated[list[Environment], v.bounded_list(1024)] = Field(default_factory=list)
+
+    @field_validator("docker_host")
+    @classmethod
+    def _docker_only(cls, host: str | None, info: ValidationInfo) -> str | None:
+        if host is not None and info.data.get("backend") == "kubernetes":
+            raise v.refuse(
+                "nothing with backend kubernetes (the cluster comes from kubernetes.context)"
+            )
+        return host
 
     @field_validator("profile")
     @classmethod
@@ -615,6 +689,10 @@ class StackConfig(_Model):
 
     def profile_of(self, env: Environment) -> Profile:
         return self.all_profiles()[env.profile or self.profile]
+
+    def runtime_of(self, env: Environment) -> str:
+        """Environment < profile < runc."""
+        return env.runtime or self.profile_of(env).runtime or "runc"
 
     def limits_of(self, env: Environment) -> ResolvedLimits:
         """Defaults < profile < stack limits < environment limits."""

@@ -25,6 +25,10 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}", re.ASCII)
 # Docker's own volume-name rule needs at least two characters.
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{1,127}", re.ASCII)
 LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,126}[a-z0-9])?", re.ASCII)
+KUBE_CONTEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,252}", re.ASCII)
+KUBE_CONTEXT_ALLOWED = "a kubeconfig context name: letters, digits, '_', '.', ':', '@', '/', '-'"
+# Kubernetes object names (RFC 1123 labels).
+DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
 GPU_DEVICE = re.compile(r"[A-Za-z0-9-]{1,64}", re.ASCII)
 SIZE = re.compile(r"[ ]*([0-9]{1,16}(?:\.[0-9]{1,6})?)[ ]*([kmgt]i?b?|b)?[ ]*", re.ASCII | re.I)
@@ -150,6 +154,24 @@ def memory_mb(value: Any) -> int:
     return int(megabytes)
 
 
+STORAGE_ALLOWED = "a size from 64 MB to 64 TiB: MB as a number (10240) or with a unit (10g, 1t)"
+
+
+@rule(STORAGE_ALLOWED)
+def storage_mb(value: Any) -> int:
+    """A volume size in MB (Kubernetes PersistentVolumeClaims)."""
+    if _is_number(value):
+        megabytes = _finite(value)
+    elif isinstance(value, str) and (match := SIZE.fullmatch(value)):
+        number, unit = float(match.group(1)), (match.group(2) or "m").lower()[:1]
+        megabytes = number * {"b": 1 / 2**20, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024**2}[unit]
+    else:
+        raise refuse(STORAGE_ALLOWED)
+    if not 64 <= megabytes <= 64 * 1024**2:
+        raise refuse(STORAGE_ALLOWED)
+    return int(megabytes)
+
+
 CPUS_ALLOWED = f"a number of CPUs from {MIN_CPUS} to {MAX_CPUS:g}, e.g. 4 or 0.5"
 
 
@@ -249,6 +271,10 @@ session_id = named(SESSION_ID, SESSION_ALLOWED)
 env_name = named(ENV_NAME, ENV_NAME_ALLOWED)
 label_key = named(LABEL_KEY, LABEL_KEY_ALLOWED)
 profile_name = named(PROFILE_NAME, PROFILE_ALLOWED)
+DNS_LABEL_ALLOWED = (
+    "a Kubernetes name: 1-63 lower-case letters, digits, '-', alphanumeric at both ends"
+)
+dns_label = named(DNS_LABEL, DNS_LABEL_ALLOWED)
 
 
 @rule(IMAGE_ALLOWED)
@@ -342,6 +368,8 @@ ImageTag = Annotated[str, BeforeValidator(image_tag)]
 DockerHost = Annotated[str, BeforeValidator(docker_host)]
 HostDir = Annotated[str, BeforeValidator(host_dir)]
 ManifestDir = Annotated[str, BeforeValidator(manifest_dir)]
+StorageMB = Annotated[int, BeforeValidator(storage_mb)]
+DnsLabel = Annotated[str, BeforeValidator(dns_label)]
 
 
 def bounded_list(limit: int = MAX_ITEMS) -> AfterValidator:
