@@ -1,6 +1,7 @@
 """The dev stack and a three-environment stack, realised on the real engine by the
 harness: what `pulumi up` would create runs, isolated, limited, healthy, and leaves
-nothing behind. Tests run in file order; the last ones replace and destroy."""
+nothing behind. The tests that replace or destroy environments deploy stacks of their
+own, so every test passes alone and in any order."""
 
 from __future__ import annotations
 
@@ -280,18 +281,43 @@ def test_rerun_without_changes_changes_nothing(trio: Deployed) -> None:
     assert {name: r.id for name, r in trio.state.resources.items()} == ids
 
 
-def test_workspace_survives_container_replacement(trio: Deployed) -> None:
-    old = trio.container("t-third")
+def test_host_ports_are_distinct_on_the_engine(dev: Deployed, trio: Deployed) -> None:
+    """Every published port got its own host port from the engine, across environments
+    and stacks (read from the engine, not from what the program was handed back)."""
+    bound: dict[str, list[str]] = {}
+    for stack, session in all_sessions(dev, trio):
+        container = stack.container(session)
+        container.reload()
+        for key, bindings in container.attrs["NetworkSettings"]["Ports"].items():
+            # One host port per container port (IPv4 and IPv6 bindings share it).
+            host_ports = {b["HostPort"] for b in bindings or []}
+            assert len(host_ports) == 1, f"{container.name} {key}: bound to {host_ports}"
+            bound.setdefault(host_ports.pop(), []).append(f"{container.name} {key}")
+    assert sum(len(users) for users in bound.values()) == 5, bound  # 2 dev + 3 trio ports
+    shared = {port: users for port, users in bound.items() if len(users) > 1}
+    assert not shared, f"host ports bound more than once: {shared}"
+
+
+def test_workspace_survives_container_replacement(deploy: Any) -> None:
+    stack = deploy(
+        "repl",
+        {
+            "healthcheck": {"interval": "2s", "startPeriod": "5s"},
+            "environments": [{"sessionId": "r-keep"}],
+        },
+    )
+    stack.wait_ready()
+    old = stack.container("r-keep")
     exec_ok(old, ["bash", "-c", "mkdir -p notes && echo 'keep me' > notes/todo.txt"])
-    old_manifest = trio.manifests["t-third"]
-    values = json.loads(json.dumps(trio.values))
-    values["environments"][2]["env"] = {"FEATURE_FLAG": "on"}  # forces a new container
+    old_manifest = stack.manifests["r-keep"]
+    values = json.loads(json.dumps(stack.values))
+    values["environments"][0]["env"] = {"FEATURE_FLAG": "on"}  # forces a new container
     time.sleep(1.1)  # so the replacement's creation time differs at millisecond precision
-    trio.up(values)
-    new = trio.container("t-third")
+    stack.up(values)
+    new = stack.container("r-keep")
     assert new.id != old.id
     assert exec_ok(new, ["cat", "/workspace/notes/todo.txt"]).strip() == "keep me"
-    manifest = json.loads(trio.manifest_file("t-third").read_text())
+    manifest = json.loads(stack.manifest_file("r-keep").read_text())
     assert manifest["container"]["id"] == new.id
     assert manifest["createdAt"] != old_manifest["createdAt"]
     assert "FEATURE_FLAG=on" in new.attrs["Config"]["Env"]
@@ -299,9 +325,21 @@ def test_workspace_survives_container_replacement(trio: Deployed) -> None:
         old.reload()
 
 
-def test_destroy_leaves_nothing_behind(dev: Deployed, trio: Deployed) -> None:
-    for stack in (dev, trio):
-        files = [stack.manifest_file(s) for s in stack.manifests]
-        stack.destroy()
-        assert stack.leftovers() == []
-        assert [f for f in files if f.exists()] == []
+def test_destroy_leaves_nothing_behind(deploy: Any) -> None:
+    stack = deploy(
+        "gone",
+        {
+            "environments": [
+                {"sessionId": "g-one", "ports": [8000], "secrets": ["GITHUB_TOKEN"]},
+                {"sessionId": "g-two", "backend": "codex", "env": {"APP_MODE": "gone"}},
+            ]
+        },
+        {"GITHUB_TOKEN": CANARIES["GITHUB_TOKEN"]},
+    )
+    files = [stack.manifest_file(s) for s in stack.manifests]
+    assert len(files) == 2
+    assert all(f.exists() for f in files), files
+    assert stack.leftovers() != []
+    stack.destroy()
+    assert stack.leftovers() == []
+    assert [f for f in files if f.exists()] == []

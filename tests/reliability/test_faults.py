@@ -1,6 +1,7 @@
 """Faults and abuse inside environments realised through the components on the real
-engine. Each test names what must survive. One stack, one environment per fault, so a
-fault cannot hide behind another; a `neighbour` environment stands next to all of them.
+engine. Each test names what must survive. Every fault gets its own stack (so a fault
+cannot hide behind another, and each test passes alone and in any order); where the
+fault could spill over, a `neighbour` environment stands next to it in that stack.
 
 Recovery goes through the product's own paths: the engine's restart policy, and the
 env_health role's script (`--refresh`), exactly as the host timer runs it.
@@ -23,11 +24,9 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from tests.support.health import health_report
 from tests.support.engine import (
     LABELS,
     exec_ok,
-    health_status,
     is_ready,
     last_health_output,
     unique_name,
@@ -35,6 +34,7 @@ from tests.support.engine import (
     wait_healthy,
 )
 from tests.support.hardening import assert_hardened
+from tests.support.health import health_report
 from tests.support.stacks import Deployed
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -83,25 +83,48 @@ def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         image.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="module")
-def stack(small_disk: Path, deploy: Any) -> Deployed:
-    values = {
-        # Fast probes so the faults show up in seconds, not minutes.
-        "healthcheck": {"interval": "1s", "timeout": "5s", "retries": 3, "startPeriod": "2s"},
-        "limits": {"cpus": 1, "memory": "512m"},
-        "bindRoots": [str(small_disk)],
-        "environments": [
-            {"sessionId": "neighbour"},
-            {"sessionId": "bomb", "limits": {"pids": BOMB_PIDS}},
-            {"sessionId": "hog", "backend": "codex", "limits": {"memory": HOG_MEMORY_MB}},
-            {"sessionId": "disk", "workspaceHostPath": str(small_disk)},
-            {"sessionId": "killed", "ports": [8080]},
-            {"sessionId": "stopped"},
-        ],
-    }
-    deployed = deploy("faults", values)
+def fault_stack(
+    deploy: Any, label: str, environments: list[dict[str, Any]], **values: Any
+) -> Deployed:
+    """A stack of its own for one fault, ready and hardened before the fault starts."""
+    deployed = deploy(
+        label,
+        {
+            # Fast probes so the faults show up in seconds, not minutes.
+            "healthcheck": {"interval": "1s", "timeout": "5s", "retries": 3, "startPeriod": "2s"},
+            "limits": {"cpus": 1, "memory": "512m"},
+            "environments": environments,
+            **values,
+        },
+    )
     deployed.wait_ready()
+    for env in environments:
+        pids = env.get("limits", {}).get("pids", 1000)
+        assert_hardened(deployed.container(env["sessionId"]), pids=pids)
     return deployed
+
+
+def assert_neighbour_untouched(stack: Deployed) -> None:
+    """The fault's neighbour never restarted and stays healthy."""
+    neighbour = stack.container("neighbour")
+    neighbour.reload()
+    assert neighbour.attrs["RestartCount"] == 0
+    assert neighbour.attrs["State"]["Running"]
+    wait_healthy(neighbour, "healthy", timeout=30)
+
+
+@pytest.fixture
+def disk_stack(small_disk: Path, deploy: Any) -> Iterator[Deployed]:
+    stack = fault_stack(
+        deploy,
+        "fdisk",
+        [{"sessionId": "disk", "workspaceHostPath": str(small_disk)}],
+        bindRoots=[str(small_disk)],
+    )
+    yield stack
+    # Its workspace is on the small disk, unmounted when the module ends: let go first.
+    stack.drop_replacements()
+    stack.destroy()
 
 
 @pytest.fixture(scope="module")
@@ -134,16 +157,16 @@ def timed_host_command() -> float:
     return time.perf_counter() - start
 
 
-def test_environments_start_hardened(stack: Deployed) -> None:
-    for session in stack.manifests:
-        assert_hardened(stack.container(session), pids=BOMB_PIDS if session == "bomb" else 1000)
-
-
 def test_fork_bomb_is_capped_neighbour_answers_and_refresh_recovers(
-    stack: Deployed, docker_client: docker.DockerClient, report_file: Path, figures: dict
+    deploy: Any, docker_client: docker.DockerClient, report_file: Path, figures: dict
 ) -> None:
     """Survives: the host, the neighbour (answers within 2 s throughout), the bombed
     environment's workspace (the refresh policy recreates it with the data intact)."""
+    stack = fault_stack(
+        deploy,
+        "fbomb",
+        [{"sessionId": "neighbour"}, {"sessionId": "bomb", "limits": {"pids": BOMB_PIDS}}],
+    )
     bomb = stack.container("bomb")
     neighbour = stack.container("neighbour")
     exec_ok(bomb, ["bash", "-c", "echo precious > /workspace/keep.txt"])
@@ -186,6 +209,7 @@ def test_fork_bomb_is_capped_neighbour_answers_and_refresh_recovers(
     assert exec_ok(fresh, ["cat", "/workspace/keep.txt"]).strip() == "precious"
     assert pids_current(fresh) < 20
     assert_hardened(fresh, pids=BOMB_PIDS)  # the refresh kept the process cap
+    assert_neighbour_untouched(stack)
     figures["fork bomb: neighbour `true` max / median s"] = (
         round(max(neighbour_s), 3),
         round(sorted(neighbour_s)[len(neighbour_s) // 2], 3),
@@ -206,10 +230,18 @@ print("not killed")
 
 
 def test_memory_hog_is_oom_killed_alone_and_reported(
-    stack: Deployed, report_file: Path, figures: dict
+    deploy: Any, report_file: Path, figures: dict
 ) -> None:
     """Survives: the hog's environment (only the hog process dies), the neighbour, the
     host. The health report counts the OOM kill."""
+    stack = fault_stack(
+        deploy,
+        "fhog",
+        [
+            {"sessionId": "neighbour"},
+            {"sessionId": "hog", "backend": "codex", "limits": {"memory": HOG_MEMORY_MB}},
+        ],
+    )
     hog_env = stack.container("hog")
     neighbour = stack.container("neighbour")
     neighbour_marker = exec_ok(neighbour, ["cat", "/tmp/ready"])
@@ -227,17 +259,19 @@ def test_memory_hog_is_oom_killed_alone_and_reported(
     report = health_report(stack.stack, report_file)
     assert report[name_of(stack, "hog")]["oom_kills"] >= 1
     assert report[name_of(stack, "neighbour")]["oom_kills"] == 0
+    assert_neighbour_untouched(stack)
     figures["memory hog: killed after s"] = round(killed_after, 2)
 
 
 def test_disk_filler_turns_unhealthy_and_refresh_keeps_data(
-    stack: Deployed,
+    disk_stack: Deployed,
     docker_client: docker.DockerClient,
     small_disk: Path,
     report_file: Path,
 ) -> None:
     """Survives: the host's disk (the workspace sits on its own small filesystem), the
     workspace data (refresh keeps it), and the report says why, clearly."""
+    stack = disk_stack
     disk = stack.container("disk")
     exec_ok(disk, ["bash", "-c", "echo precious > /workspace/keep.txt"])
     host_before = shutil.disk_usage("/var/lib/docker").used
@@ -271,10 +305,11 @@ def test_disk_filler_turns_unhealthy_and_refresh_keeps_data(
 
 
 def test_killed_environment_comes_back_with_tmux_marker_and_data(
-    stack: Deployed, docker_client: docker.DockerClient, report_file: Path, figures: dict
+    deploy: Any, report_file: Path, figures: dict
 ) -> None:
     """A crash (the container's init killed) is restarted by the engine's policy; a
     `docker kill`, which the engine treats as a manual stop, by the health policy."""
+    stack = fault_stack(deploy, "fkill", [{"sessionId": "killed", "ports": [8080]}])
     container = stack.container("killed")
     exec_ok(
         container,
@@ -343,8 +378,9 @@ def _assert_intact(container: Container) -> None:
 
 
 def test_sigterm_writes_a_checkpoint_that_a_new_container_restores(
-    stack: Deployed, docker_client: docker.DockerClient, figures: dict
+    deploy: Any, docker_client: docker.DockerClient, figures: dict
 ) -> None:
+    stack = fault_stack(deploy, "fstop", [{"sessionId": "stopped"}])
     container = stack.container("stopped")
     exec_ok(container, ["bash", "-c", "mkdir -p src && echo 'def f(): pass' > src/app.py"])
     started = time.perf_counter()
@@ -400,10 +436,3 @@ def _in_volumes(
     finally:
         with contextlib.suppress(docker.errors.APIError):
             helper.remove(force=True)
-
-
-def test_nothing_outside_the_stack_was_touched(stack: Deployed) -> None:
-    neighbour = stack.container("neighbour")
-    neighbour.reload()
-    assert neighbour.attrs["RestartCount"] == 0
-    assert health_status(neighbour) == "healthy"

@@ -86,17 +86,23 @@ def tar_members(chunks: Iterable[bytes]) -> Iterator[tuple[str, bytes]]:
                 yield member.name, handle.read() if handle else b""
 
 
-def test_the_scan_finds_a_planted_canary(stack: Deployed) -> None:
+def test_the_scan_finds_a_planted_canary(
+    stack: Deployed, docker_client: docker.DockerClient
+) -> None:
     """The scan can fail: a canary written where it must not be is found."""
-    container = stack.container("leak-codex")
+    # By name, not by the stack's state: the scan below refreshes the environments, and
+    # this test must hold whichever runs first.
+    container = docker_client.containers.get(f"dockyard-{stack.stack}-leak-codex")
     exec_ok(
         container,
         ["bash", "-c", 'printf "%s" "$(cat /run/secrets/OPENAI_API_KEY)" > /config/codex/oops'],
     )
-    chunks, _ = container.get_archive("/config")
-    planted = [h for name, data in tar_members(chunks) for h in hits(name, data)]
+    try:
+        chunks, _ = container.get_archive("/config")
+        planted = [h for name, data in tar_members(chunks) for h in hits(name, data)]
+    finally:
+        exec_ok(container, ["rm", "/config/codex/oops"])
     assert planted == ["OPENAI_API_KEY in config/codex/oops"]
-    exec_ok(container, ["rm", "/config/codex/oops"])
 
 
 def test_no_canary_anywhere_it_must_not_be(

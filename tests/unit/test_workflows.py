@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.image import VARIANT_ARGS
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -147,14 +149,11 @@ def test_core_image_tags_schedule_and_gpu_variant() -> None:
         "type=sha,format=long,prefix=",
     ]
     assert steps["Build and push"]["with"]["context"] == "images/core"
+    # Build args come from the versions and variant files (tests/unit/test_contracts.py
+    # runs the step), never from the workflow's own text.
+    assert steps["Build and push"]["with"]["build-args"] == "${{ steps.args.outputs.args }}"
     assert job["permissions"] == {"contents": "read", "packages": "write"}
-    variants = {m["variant"]: m["base_image"] for m in job["strategy"]["matrix"]["include"]}
-    gpu_env = dict(
-        line.split("=", 1)
-        for line in (ROOT / "images" / "gpu" / "variant.env").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
-    assert variants == {"core": "debian:bookworm-slim", "gpu": gpu_env["BASE_IMAGE"]}
+    assert job["strategy"]["matrix"] == {"variant": ["core", *VARIANT_ARGS]}
 
 
 def test_pulumi_previews_pull_requests_and_updates_the_default_branch() -> None:
