@@ -18,15 +18,15 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 
-from components import egress
-from components import manifest as manifest_contract
-from components.config import Healthcheck, ResolvedLimits, Volume
-from components.image import REPO_ROOT
+from . import egress
+from . import manifest as manifest_contract
+from .config import Healthcheck, ResolvedLimits, Volume
 
 AGENT_UID = "1000"
 HEALTHCHECK_COMMAND = ["CMD", "/usr/local/bin/dockyard-healthcheck"]
@@ -227,12 +227,13 @@ class AgentEnvironment(pulumi.ComponentResource):
             )
         )
         self.manifest_path = f"{args.manifest_dir.rstrip('/')}/{args.session_id}.json"
-        writer = f"{shlex.quote(sys.executable)} -m components.manifest"
+        writer = f"{shlex.quote(sys.executable)} -m {__package__}.manifest"
         command.local.Command(
             f"{name}-manifest",
             create=f"{writer} write",
             delete=f"{writer} remove",
-            dir=str(REPO_ROOT),
+            # The package's parent: `-m <package>.manifest` resolves from a checkout too.
+            dir=str(Path(__file__).resolve().parents[1]),
             environment={
                 "DOCKYARD_MANIFEST": self.manifest.apply(json.dumps),
                 "DOCKYARD_MANIFEST_PATH": self.manifest_path,

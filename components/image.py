@@ -13,11 +13,23 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
+from .assets import AssetError, images_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CORE_CONTEXT = REPO_ROOT / "images" / "core"
-VERSIONS_FILE = REPO_ROOT / "images" / "versions.env"
+
+
+def _images_root() -> Path:
+    try:
+        return images_dir()
+    except AssetError:
+        return REPO_ROOT / "images"  # missing: AgentImage says so when a build needs it
+
+
+IMAGES_DIR = _images_root()
+CORE_CONTEXT = IMAGES_DIR / "core"
+VERSIONS_FILE = IMAGES_DIR / "versions.env"
 """Pinned build args (versions, base image): the one file every builder reads."""
-VARIANT_ARGS = {"gpu": REPO_ROOT / "images" / "gpu" / "variant.env"}
+VARIANT_ARGS = {"gpu": IMAGES_DIR / "gpu" / "variant.env"}
 
 BUILD_ARG_LINE = re.compile(r"([A-Z][A-Z0-9_]*)=([A-Za-z0-9][A-Za-z0-9._:/@+-]*)", re.ASCII)
 BUILD_ARG_ALLOWED = (
@@ -56,8 +68,9 @@ def read_build_args(path: Path) -> dict[str, str]:
 
 
 def pinned_versions() -> dict[str, str]:
-    """The build args pinned in ``images/versions.env`` (agent CLIs, npm, base image)."""
-    return read_build_args(VERSIONS_FILE)
+    """The build args pinned in ``images/versions.env`` (agent CLIs, npm, base image);
+    none when only an explicit build context is at hand."""
+    return read_build_args(VERSIONS_FILE) if VERSIONS_FILE.is_file() else {}
 
 
 def variant_build_args(variant: str) -> dict[str, str]:
@@ -85,6 +98,8 @@ class AgentImageArgs:
     build_args: Mapping[str, str] = field(default_factory=dict)
     repository: str = "dockyard-core"
     tag_prefix: str = "local"
+    context: str | None = None
+    """A build context directory with a Dockerfile; None: the one dockyard ships."""
 
 
 class AgentImage(pulumi.ComponentResource):
@@ -111,15 +126,22 @@ class AgentImage(pulumi.ComponentResource):
                 lambda values: values[0] or values[1]
             )
         else:
+            context = Path(args.context) if args.context else CORE_CONTEXT
+            if not (context / "Dockerfile").is_file():
+                raise AssetError(
+                    f"no Dockerfile in the image build context {context}: give "
+                    "AgentImageArgs(context=...) a directory with one, reinstall the dockyard "
+                    "wheel (it ships images/core), or use a published image (ref=...)"
+                )
             build_args = {**default_build_args(args.variant), **args.build_args}
-            digest = build_inputs_digest(CORE_CONTEXT, build_args)
+            digest = build_inputs_digest(context, build_args)
             image_name = f"{args.repository}:{args.tag_prefix}-{digest}"
             image = docker.Image(
                 f"{name}-build",
                 image_name=image_name,
                 build=docker.DockerBuildArgs(
-                    context=str(CORE_CONTEXT),
-                    dockerfile=str(CORE_CONTEXT / "Dockerfile"),
+                    context=str(context),
+                    dockerfile=str(context / "Dockerfile"),
                     args=build_args,
                     # The classic builder: no buildx needed, air-gapped sites cannot pull
                     # a BuildKit frontend.

@@ -1,6 +1,11 @@
 """Manifest contract v1 (R-MAN-1, R-MAN-2): built from resolved outputs, validated
 against the JSON Schema shipped beside this module, written atomically.
 
+Readers accept every manifest the schema accepts (the contract's own reference example
+included, whose container id is ``abc123``); dockyard's writer is stricter and writes
+only what the engine reported: the full container id, and the container name as the
+environment id.
+
 ``python -m components.manifest write|remove`` is what the environment's
 ``local.Command`` runs: the manifest and its path arrive in the environment variables
 ``DOCKYARD_MANIFEST`` and ``DOCKYARD_MANIFEST_PATH``, never in shell text.
@@ -17,16 +22,50 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import jsonschema
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 CONTAINER_CWD = "/workspace"
+FULL_CONTAINER_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 class ManifestError(ValueError):
     """A manifest does not satisfy contract v1."""
+
+
+class PortMapping(TypedDict):
+    containerPort: int
+    hostPort: int
+
+
+class ManifestContainer(TypedDict):
+    id: str
+    name: str
+    cwd: str
+    portMappings: list[PortMapping]
+
+
+class ManifestRequest(TypedDict):
+    ports: list[int]
+    volumes: list[str]
+    env: list[str]
+
+
+class Manifest(TypedDict):
+    version: Literal[1]
+    environmentId: str
+    sessionId: str
+    backend: Literal["claude", "codex"]
+    createdAt: str
+    cwd: str
+    image: str
+    container: ManifestContainer
+    requested: ManifestRequest
+
+
+"""Contract v1 (R-MAN-2) as a type: what dockyard writes and the schema validates."""
 
 
 @cache
@@ -41,6 +80,28 @@ def validate(manifest: Mapping[str, Any], source: str = "manifest") -> None:
     if errors:
         lines = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors]
         raise ManifestError(f"{source} is not a valid v1 manifest:\n  " + "\n  ".join(lines))
+
+
+def check_written(manifest: Mapping[str, Any], source: str = "manifest") -> None:
+    """Validate against the schema, then the rules dockyard's writer adds to it; raise
+    :class:`ManifestError` naming every violation."""
+    validate(manifest, source)
+    problems = []
+    container = manifest["container"]
+    if not FULL_CONTAINER_ID.fullmatch(container["id"]):
+        problems.append(
+            f"container/id: {container['id']!r} is not allowed (allowed: the engine's full "
+            "container id, 64 lowercase hex digits)"
+        )
+    if manifest["environmentId"] != container["name"]:
+        problems.append(
+            f"environmentId: {manifest['environmentId']!r} is not allowed (allowed: the "
+            f"container name, {container['name']!r})"
+        )
+    if problems:
+        raise ManifestError(
+            f"{source} is not a manifest dockyard writes:\n  " + "\n  ".join(problems)
+        )
 
 
 def iso_millis(timestamp: str) -> str:
@@ -110,7 +171,7 @@ def build(
             "env": list(dict.fromkeys(requested_env)),
         },
     }
-    validate(manifest, f"manifest of {session_id}")
+    check_written(manifest, f"manifest of {session_id}")
     return manifest
 
 
@@ -127,8 +188,9 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def write(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
-    """Validate, then replace ``path`` atomically (readers never see half a file)."""
-    validate(manifest, str(path))
+    """Check as dockyard writes (:func:`check_written`), then replace ``path``
+    atomically (readers never see half a file)."""
+    check_written(manifest, str(path))
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)

@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from components import config as stack_config
-from components import manifest as manifest_contract
-from components.config import messages as config_messages
+from . import config as stack_config
+from . import manifest as manifest_contract
+from .config import messages as config_messages
 
 
 def plan(
