@@ -218,7 +218,55 @@ def test_modal_plan_rejects_a_bad_manifest(
     assert capsys.readouterr().err.startswith(f"ERROR: {path} is not a valid v1 manifest:")
 
 
-def test_docs_example_manifest_is_valid() -> None:
+def test_docs_example_manifest_is_one_dockyard_writes() -> None:
     doc = (REPO / "docs" / "manifest.md").read_text()
     block = doc.split("<!-- example-manifest -->", 1)[1].split("```json", 1)[1].split("```", 1)[0]
-    contract.validate(json.loads(block), "docs/manifest.md example manifest")
+    contract.check_written(json.loads(block), "docs/manifest.md example manifest")
+
+
+def test_writer_takes_only_what_the_engine_reports_readers_take_the_schema(
+    tmp_path: Path,
+) -> None:
+    short = example()
+    short["container"]["id"] = CONTAINER_ID[:12]  # what `docker ps` shows
+    contract.validate(short)  # a reader takes it: the schema allows short ids
+    target = tmp_path / "dev.json"
+    with pytest.raises(contract.ManifestError) as info:
+        contract.write(target, short)
+    assert str(info.value) == (
+        f"{target} is not a manifest dockyard writes:\n  container/id: "
+        f"'{CONTAINER_ID[:12]}' is not allowed (allowed: the engine's full container id, "
+        "64 lowercase hex digits)"
+    )
+    assert not target.exists()
+    renamed = example(environmentId="dockyard-dev-other")
+    with pytest.raises(contract.ManifestError, match=r"environmentId: 'dockyard-dev-other'"):
+        contract.check_written(renamed)
+    cli = run_cli(
+        "write", env={"DOCKYARD_MANIFEST": json.dumps(short), "DOCKYARD_MANIFEST_PATH": str(target)}
+    )
+    assert cli.returncode == 1
+    assert "container/id" in cli.stderr
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("sessionId",), "dev\n"),
+        (("environmentId",), "dockyard-dev-dev\n"),
+        (("container", "name"), "dockyard-dev-dev\n"),
+        (("container", "id"), CONTAINER_ID + "\n"),
+        (("createdAt",), "2026-02-13T00:00:00.123Z\n"),
+        (("requested", "env"), ["NODE_ENV\n"]),
+    ],
+)
+def test_schema_refuses_a_trailing_newline(path: tuple[str, ...], value: Any) -> None:
+    """Python's `$` also matches before a final newline; the schema's patterns must not."""
+    manifest = example()
+    node = manifest
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(contract.ManifestError, match="does not match"):
+        contract.validate(manifest)

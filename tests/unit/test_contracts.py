@@ -1,0 +1,512 @@
+"""Contract tests: wherever one fact crosses a boundary (Python, shell, Make, Ansible, a
+GitHub workflow, a Dockerfile, a JSON Schema, the docs), each side is read *as that side
+reads it* — the shell's own regex engine, Ansible's own templating, the workflow's own
+step — and the answers are compared. A fact with one source is shown to reach every
+reader; a copy that has to stay (a Dockerfile ARG default) is shown to equal its source.
+
+Image side, the facts pinned here:
+- pinned build args (agent CLI versions, npm, base image): images/versions.env, as read
+  by components/image.py, `make image`, the core-image workflow and the agent_tooling
+  role's defaults; equal to the Dockerfile's ARG defaults, the base image defaults of
+  images/base/bootstrap.sh and the docker_host role, and docs/core-image.md; accepted
+  by the role's own value checks;
+- session ids: components.config.SESSION_ID == the manifest schema's sessionId (under
+  Python's jsonschema and ECMA-262) == the entrypoint's check;
+- environment variable names: components.config.ENV_NAME == the schema's requested.env;
+  the entrypoint's secret-file check takes every one of them;
+- environment ids and container names: every one dockyard derives is accepted by the
+  schema, whose container.name is Docker's own name grammar;
+- manifest contract v1: the reference example validates as is; dockyard's writer is
+  stricter than the schema and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from components import config
+from components import manifest as contract
+from components.environment import resource_prefix
+from components.image import VARIANT_ARGS, default_build_args, pinned_versions, read_build_args
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+ENTRYPOINT = REPO / "images" / "core" / "entrypoint.sh"
+DOCKERFILE = REPO / "images" / "core" / "Dockerfile"
+AGENT_TOOLING = REPO / "roles" / "agent_tooling"
+
+
+def schema_property(*path: str) -> dict[str, Any]:
+    node = contract.schema()
+    for key in path:
+        node = node["properties"][key] if key != "items" else node["items"]
+    return node
+
+
+# --- Image versions: images/versions.env ------------------------------------------------
+
+
+def test_versions_file_holds_the_pinned_build_args() -> None:
+    pinned = pinned_versions()
+    assert set(pinned) >= {"BASE_IMAGE", "NPM_VERSION", "CLAUDE_CODE_VERSION", "CODEX_VERSION"}
+    # The variants overlay it: a name they share is one they mean to change.
+    for variant, path in VARIANT_ARGS.items():
+        assert set(read_build_args(path)) <= set(pinned), f"{variant}: unknown build args"
+
+
+def test_versions_file_format_is_refused_when_readers_would_differ(tmp_path: Path) -> None:
+    """The strict format is what keeps Make, Ansible and the workflow reading one value."""
+    for line in ('CODEX_VERSION="0.169.0"', "CODEX_VERSION = 0.169.0", "codex=1", "X=$(id)"):
+        path = tmp_path / "versions.env"
+        path.write_text(f"# pinned\n{line}\n")
+        with pytest.raises(ValueError, match=r"versions.env:2: .* is not allowed \(allowed: "):
+            read_build_args(path)
+    path.write_text("A=1\nA=2\n")
+    with pytest.raises(ValueError, match=r"versions.env:2: 'A=2' repeats a name"):
+        read_build_args(path)
+
+
+def test_dockerfile_arg_defaults_equal_the_pinned_versions() -> None:
+    """Defaults stay so a plain `docker build images/core` works; they must not drift."""
+    declared: dict[str, list[str]] = {}
+    for match in re.finditer(r"^ARG ([A-Z][A-Z0-9_]*)=(\S+)$", DOCKERFILE.read_text(), re.M):
+        declared.setdefault(match.group(1), []).append(match.group(2))
+    for name, value in pinned_versions().items():
+        assert name in declared, f"images/versions.env pins {name}, no ARG of the Dockerfile"
+        assert set(declared[name]) == {value}, f"Dockerfile ARG {name}={declared[name]}"
+
+
+def test_make_image_passes_the_pinned_versions() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"BASE_IMAGE", "IMAGE", "MAKEFLAGS"}}
+    dry = subprocess.run(
+        ["make", "--no-print-directory", "-n", "image"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    command = " ".join(dry.stdout.replace("\\\n", " ").split())
+    build = command[command.index("docker build") :]
+    passed = dict(arg.split("=", 1) for arg in re.findall(r"--build-arg (\S+)", build))
+    assert passed == pinned_versions()
+    assert len(re.findall(r"--build-arg ", build)) == len(passed), build  # each once
+
+
+@pytest.mark.parametrize("variant", ["core", *VARIANT_ARGS])
+def test_core_image_workflow_builds_with_the_files_build_args(variant: str, tmp_path: Path) -> None:
+    """The workflow's own step, run as GitHub runs it (bash -eo pipefail)."""
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "core-image.yml").read_text())
+    steps = workflow["jobs"]["build"]["steps"]
+    step = next(s for s in steps if s.get("id") == "args")
+    assert step["env"] == {"VARIANT": "${{ matrix.variant }}"}
+    output = tmp_path / "github_output"
+    subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+        cwd=REPO,
+        env={"PATH": os.environ["PATH"], "VARIANT": variant, "GITHUB_OUTPUT": str(output)},
+        check=True,
+    )
+    match = re.fullmatch(r"args<<(\S+)\n(.*)\n\1\n", output.read_text(), re.S)
+    assert match, output.read_text()
+    lines = match.group(2).splitlines()
+    args = dict(line.split("=", 1) for line in lines)
+    assert len(args) == len(lines), f"a build arg is passed twice: {lines}"
+    assert args == default_build_args(variant)
+
+
+def render_role_vars(role: str, names: Iterable[str], **context: str) -> dict[str, Any]:
+    """``names`` from the role's defaults, templated by Ansible itself with ``context``
+    (e.g. role_path, as inside the role, or only playbook_dir, as in the playbooks'
+    up-front validation)."""
+    expression = "{{ {" + ", ".join(f"'{n}': {n}" for n in names) + "} | to_json }}"
+    command = [
+        str(VENV_BIN / "ansible"),
+        "localhost",
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-m",
+        "ansible.builtin.debug",
+        "-a",
+        f"msg={expression}",
+        "-e",
+        f"@{REPO / 'roles' / role / 'defaults' / 'main.yml'}",
+    ]
+    if "playbook_dir" in context:
+        command += ["--playbook-dir", context.pop("playbook_dir")]
+    for key, value in context.items():
+        command += ["-e", f"{key}={value}"]
+    run = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ANSIBLE_STDOUT_CALLBACK": "json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"},
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return dict(json.loads(result["msg"]))
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"role_path": str(AGENT_TOOLING)},
+        {"playbook_dir": str(REPO / "playbooks")},
+    ],
+    ids=["inside the role", "playbook validation"],
+)
+def test_agent_tooling_defaults_read_the_versions_file(context: dict[str, str]) -> None:
+    names = {"agent_tooling_claude_version": "CLAUDE_CODE_VERSION"}
+    names["agent_tooling_codex_version"] = "CODEX_VERSION"
+    rendered = render_role_vars("agent_tooling", names, **context)
+    pinned = pinned_versions()
+    assert rendered == {var: pinned[arg] for var, arg in names.items()}
+
+
+def test_agent_tooling_keeps_no_copy_of_the_versions() -> None:
+    specs = yaml.safe_load((AGENT_TOOLING / "meta" / "argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    defaults = (AGENT_TOOLING / "defaults" / "main.yml").read_text()
+    checks = yaml.safe_load((AGENT_TOOLING / "meta" / "value_checks.yml").read_text())
+    for var, arg in (
+        ("agent_tooling_claude_version", "CLAUDE_CODE_VERSION"),
+        ("agent_tooling_codex_version", "CODEX_VERSION"),
+    ):
+        assert "default" not in options[var], f"argument_specs states a default for {var}"
+        assert pinned_versions()[arg] not in defaults, f"defaults/main.yml copies {arg}"
+        # The role's own format check takes the pinned version (it names a directory).
+        assert re.search(checks[var]["pattern"], pinned_versions()[arg]), checks[var]
+
+
+def test_base_image_defaults_elsewhere_equal_the_pinned_one() -> None:
+    base = pinned_versions()["BASE_IMAGE"]
+    bootstrap = (REPO / "images" / "base" / "bootstrap.sh").read_text()
+    assert re.findall(r'tag="\$\{DOCKYARD_BASE_TAG:-([^}]+)\}"', bootstrap) == [base]
+    rendered = render_role_vars(
+        "docker_host", ["docker_host_base_image_tag"], role_path=str(REPO / "roles" / "docker_host")
+    )
+    assert rendered == {"docker_host_base_image_tag": base}
+
+
+def test_core_image_doc_states_the_pinned_versions() -> None:
+    doc = (REPO / "docs" / "core-image.md").read_text()
+    stated: list[tuple[str, str]] = []
+    for name in pinned_versions():
+        stated += [(name, v) for v in re.findall(rf"\| `{name}` \| `([^`]+)` \|", doc)]
+        stated += [(name, v) for v in re.findall(rf"`{name}`, default ([^\s)]+)", doc)]
+    assert {name for name, _ in stated} >= {"CLAUDE_CODE_VERSION", "CODEX_VERSION", "NPM_VERSION"}
+    assert [(n, v) for n, v in stated if pinned_versions()[n] != v] == []
+
+
+# --- Names and patterns: config <-> entrypoint <-> manifest schema ------------------------
+#
+# Each source's pattern is read as text, and examples are generated from its structure (a
+# sequence of character classes with bounds): every class boundary, the characters just
+# outside each range, look-alikes outside ASCII, each length bound and one past it, and
+# the newline tricks. Every source then judges the union of all sources' examples, each
+# with its own engine.
+
+HOSTILE = [" ", "\t", "\n", "/", ":", "$", "é", "\u0661", "\u212a", "\uff21", "\u00b2"]
+"""Whitespace, path and shell characters; 'é'; an Arabic-Indic digit, which Python's
+``\\d`` takes; the Kelvin sign, which case-insensitive matching folds to 'k'; a
+full-width 'A'; a superscript two."""
+
+CLASS_ITEM = re.compile(r"\[((?:\\.|[^\]\\])+)\](?:\{(\d+),(\d+)\}|([*+]))?")
+
+
+@dataclass(frozen=True)
+class ClassItem:
+    members: frozenset[str]
+    near: frozenset[str]
+    low: int
+    high: int | None
+
+
+def class_members(text: str) -> tuple[set[str], set[str]]:
+    """The characters of a bracket class and those just outside each of its ranges."""
+    members: set[str] = set()
+    edges: set[str] = set()
+    chars = re.findall(r"\\.|.", text)
+    chars = [c[-1] for c in chars]
+    i = 0
+    while i < len(chars):
+        if i + 2 < len(chars) and chars[i + 1] == "-":
+            low, high = ord(chars[i]), ord(chars[i + 2])
+            members.update(chr(c) for c in range(low, high + 1))
+            edges.update({chr(low - 1), chr(high + 1)})
+            i += 3
+        else:
+            members.add(chars[i])
+            edges.update({chr(ord(chars[i]) - 1), chr(ord(chars[i]) + 1)})
+            i += 1
+    return members, edges - members
+
+
+def parse_simple_pattern(pattern: str) -> list[ClassItem]:
+    body = pattern.removeprefix("^")
+    for end in ("$(?!\\n)", "$"):
+        if body.endswith(end):
+            body = body.removesuffix(end)
+            break
+    items, pos = [], 0
+    while pos < len(body):
+        match = CLASS_ITEM.match(body, pos)
+        assert match, (
+            f"{pattern!r}: cannot read {body[pos:]!r} (the example generator reads [class]{{m,n}} sequences)"
+        )
+        members, near = class_members(match.group(1))
+        if match.group(2):
+            low, high = int(match.group(2)), int(match.group(3))
+        else:
+            low, high = {"*": (0, None), "+": (1, None), None: (1, 1)}[match.group(4)]
+        items.append(ClassItem(frozenset(members), frozenset(near), low, high))
+        pos = match.end()
+    return items
+
+
+def examples_from(pattern: str) -> set[str]:
+    items = parse_simple_pattern(pattern)
+    sample = [min(item.members) for item in items]
+
+    def build(counts: list[int], replace: tuple[int, str] | None = None) -> str:
+        parts = [sample[i] * n for i, n in enumerate(counts)]
+        if replace is not None:
+            index, char = replace
+            parts[index] = char + parts[index][1:]
+        return "".join(parts)
+
+    base = [max(item.low, 1) for item in items]
+    examples = {"", build([item.low for item in items]), build(base)}
+    for index, item in enumerate(items):
+        for char in sorted(item.members | item.near | set(HOSTILE)):
+            examples.add(build(base, (index, char)))
+        for length in filter(None, (item.high,)):
+            for n in (length, length + 1):
+                examples.add(build([n if i == index else c for i, c in enumerate(base)]))
+    plain = build(base)
+    examples |= {plain + "\n", "\n" + plain, plain + " ", plain[:1] + "\n" + plain[1:] + "x"}
+    return {e for e in examples if "\0" not in e}
+
+
+def bash_regex(source: Path, variable: str) -> str:
+    """The regex a script's ``[[ "$variable" =~ ... ]]`` (or ``[[ ! ... ]]``) checks."""
+    found = re.findall(rf'\[\[ !? ?"\${variable}" =~ (\S+) \]\]', source.read_text())
+    assert len(found) == 1, f"{source.name}: expected one check of ${variable}, found {found}"
+    return str(found[0])
+
+
+def bash_judge(regex: str) -> Callable[[list[str]], list[bool]]:
+    """Bash's own [[ =~ ]] (POSIX ERE) in the image's locale, one process for all."""
+
+    def judge(candidates: list[str]) -> list[bool]:
+        script = 're="$1"; while IFS= read -r -d "" s; do [[ $s =~ $re ]] && echo 1 || echo 0; done'
+        run = subprocess.run(
+            ["bash", "-c", script, "judge", regex],
+            input="".join(c + "\0" for c in candidates),
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ["PATH"], "LC_ALL": "C.UTF-8"},
+            check=True,
+        )
+        return [line == "1" for line in run.stdout.splitlines()]
+
+    return judge
+
+
+def ecma_judge(pattern: str) -> Callable[[list[str]], list[bool]]:
+    """ECMA-262, the dialect JSON Schema names (node's RegExp with the u flag), which the
+    reference application's TypeScript validators use."""
+
+    def judge(candidates: list[str]) -> list[bool]:
+        node = shutil.which("node")
+        if node is None:
+            pytest.fail(
+                "node is missing: the ECMA-262 side of the schema needs it (apt-get install nodejs)"
+            )
+        script = (
+            "const [p, c] = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+            "const r = new RegExp(p, 'u');"
+            "process.stdout.write(JSON.stringify(c.map((s) => r.test(s))));"
+        )
+        run = subprocess.run(
+            [node, "-e", script],
+            input=json.dumps([pattern, candidates]),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return [bool(x) for x in json.loads(run.stdout)]
+
+    return judge
+
+
+def python_judge(accepts: Callable[[str], bool]) -> Callable[[list[str]], list[bool]]:
+    return lambda candidates: [accepts(c) for c in candidates]
+
+
+def schema_accepts(subschema: dict[str, Any]) -> Callable[[str], bool]:
+    return jsonschema.Draft202012Validator(subschema).is_valid
+
+
+def config_accepts_session(session: str) -> bool:
+    """The whole rule path: components.config.parse, as `pulumi preview` runs it."""
+    raw = {"dockyard:environments": [{"sessionId": session}]}
+    try:
+        config.parse(raw, stack="dev", cwd="/p")
+    except config.ConfigError:
+        return False
+    return True
+
+
+def verdicts(
+    judges: dict[str, Callable[[list[str]], list[bool]]], candidates: list[str]
+) -> dict[str, dict[str, bool]]:
+    results = {name: judge(candidates) for name, judge in judges.items()}
+    for name, result in results.items():
+        assert len(result) == len(candidates), f"{name} judged {len(result)} of {len(candidates)}"
+    return {c: {name: results[name][i] for name in judges} for i, c in enumerate(candidates)}
+
+
+def session_sources() -> dict[str, str]:
+    return {
+        "config": config.SESSION_ID.pattern,
+        "schema": schema_property("sessionId")["pattern"],
+        "entrypoint": bash_regex(ENTRYPOINT, "session"),
+    }
+
+
+def test_session_id_means_the_same_in_config_entrypoint_and_schema() -> None:
+    sources = session_sources()
+    candidates = sorted(set().union(*(examples_from(p) for p in sources.values())))
+    judged = verdicts(
+        {
+            "config.SESSION_ID": python_judge(lambda s: bool(config.SESSION_ID.fullmatch(s))),
+            "config.parse": python_judge(config_accepts_session),
+            "schema (jsonschema)": python_judge(schema_accepts(schema_property("sessionId"))),
+            "schema (ECMA-262)": ecma_judge(sources["schema"]),
+            "entrypoint (bash)": bash_judge(sources["entrypoint"]),
+        },
+        candidates,
+    )
+    disagreements = {c: v for c, v in judged.items() if len(set(v.values())) > 1}
+    assert disagreements == {}, f"sources: {sources}"
+    accepted = {c for c, v in judged.items() if all(v.values())}
+    refused = {c for c, v in judged.items() if not any(v.values())}
+    # The examples reach both sides of every boundary.
+    assert max(map(len, accepted)) == 63
+    assert 64 in {len(c) for c in refused}
+    assert {c + "\n" for c in accepted} & refused
+    assert [h for h in HOSTILE if not any(h in c for c in refused)] == []
+
+
+def test_env_names_mean_the_same_in_config_and_schema() -> None:
+    schema_pattern = schema_property("requested", "env", "items")["pattern"]
+    entrypoint = bash_regex(ENTRYPOINT, "name")
+    candidates = sorted(examples_from(config.ENV_NAME.pattern) | examples_from(schema_pattern))
+    judged = verdicts(
+        {
+            "config.ENV_NAME": python_judge(lambda s: bool(config.ENV_NAME.fullmatch(s))),
+            "schema (jsonschema)": python_judge(
+                schema_accepts(schema_property("requested", "env", "items"))
+            ),
+            "schema (ECMA-262)": ecma_judge(schema_pattern),
+            "entrypoint (bash)": bash_judge(entrypoint),
+        },
+        candidates,
+    )
+    disagreements = {}
+    for candidate, verdict in judged.items():
+        entry = verdict.pop("entrypoint (bash)")
+        if len(set(verdict.values())) > 1:
+            disagreements[candidate] = verdict
+        # The entrypoint reads secret files dockyard wrote: it must take every name the
+        # config takes; past the config's length bound it may take more.
+        elif entry != verdict["config.ENV_NAME"] and (not entry or len(candidate) <= 255):
+            disagreements[candidate] = {**verdict, "entrypoint (bash)": entry}
+    assert disagreements == {}
+    assert {255, 256} <= {len(c) for c in candidates}
+
+
+DOCKER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+"""The engine's own container-name grammar (moby daemon/names: RestrictedNamePattern)."""
+PULUMI_STACK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+"""What Pulumi accepts as a stack name (its backends refuse longer or other names)."""
+
+
+def test_every_derived_environment_id_is_a_valid_manifest_and_container_name() -> None:
+    sessions = [
+        s for s in examples_from(config.SESSION_ID.pattern) if config.SESSION_ID.fullmatch(s)
+    ]
+    stacks = [p.stem.removeprefix("Pulumi.") for p in (REPO / "stacks").glob("Pulumi.*.yaml")]
+    stacks += ["a", "x" * 100, "team.prod_2-eu", "-", "."]
+    assert all(PULUMI_STACK_NAME.fullmatch(s) for s in stacks)
+    environment_id = schema_accepts(schema_property("environmentId"))
+    container_name = schema_accepts(schema_property("container", "name"))
+    refused = [
+        prefix
+        for stack in stacks
+        for session in sessions
+        if not (
+            environment_id(prefix := resource_prefix(stack, session))
+            and container_name(prefix)
+            and DOCKER_NAME.fullmatch(prefix)
+        )
+    ]
+    assert refused == []
+
+
+def test_schema_container_name_is_dockers_name_grammar() -> None:
+    pattern = schema_property("container", "name")["pattern"]
+    accepts = schema_accepts(schema_property("container", "name"))
+    differ = [
+        c
+        for c in examples_from(pattern)
+        | examples_from(DOCKER_NAME.pattern.removesuffix("+") + "{1,254}")
+        if len(c) <= 255 and accepts(c) != bool(DOCKER_NAME.fullmatch(c))
+    ]
+    assert differ == []
+
+
+# --- Manifest contract v1 ---------------------------------------------------------------
+
+
+def reference_example() -> dict[str, Any]:
+    doc = (REPO / "docs" / "manifest.md").read_text()
+    block = doc.split("<!-- reference-manifest -->", 1)[1].split("```json", 1)[1]
+    return dict(json.loads(block.split("```", 1)[0]))
+
+
+def test_contract_reference_example_validates_as_is() -> None:
+    example = reference_example()
+    # The contract's own values, the ones an earlier schema refused among them.
+    assert example["container"]["id"] == "abc123"
+    assert example["createdAt"] == "2026-02-13T00:00:00.000Z"
+    contract.validate(example, "docs/manifest.md reference example")
+
+
+def test_dockyards_writer_is_stricter_than_the_schema_and_says_why() -> None:
+    with pytest.raises(contract.ManifestError) as info:
+        contract.check_written(reference_example(), "reference.json")
+    assert str(info.value).splitlines()[1:] == [
+        "  container/id: 'abc123' is not allowed (allowed: the engine's full container id, "
+        "64 lowercase hex digits)",
+        "  environmentId: 'session-123' is not allowed (allowed: the container name, "
+        "'companion-abc123')",
+    ]
