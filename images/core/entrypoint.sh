@@ -41,8 +41,8 @@ case "$backend" in
   *) die "DOCKYARD_BACKEND='$backend' is not supported (allowed: claude, codex)" ;;
 esac
 # The session id names a folder in the checkpoint volume: keep it a plain name.
-[[ "$session" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$ ]] ||
-  die "DOCKYARD_SESSION_ID='$session' is not a valid session id (allowed: [A-Za-z0-9][A-Za-z0-9_.-]*, at most 128 characters)"
+[[ "$session" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$ ]] ||
+  die "DOCKYARD_SESSION_ID='$session' is not a valid session id (allowed: [A-Za-z0-9][A-Za-z0-9_.-]*, at most 63 characters)"
 [[ "$budget" =~ ^[0-9]+$ && "$budget" -ge 1 && "$budget" -le 9 ]] ||
   die "DOCKYARD_CHECKPOINT_BUDGET='$budget' is not allowed (allowed: whole seconds 1-9, inside Docker's 10 s stop timeout)"
 [[ "$keep" =~ ^[0-9]+$ && "$keep" -ge 1 ]] ||
