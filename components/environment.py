@@ -70,6 +70,8 @@ class AgentEnvironmentArgs:
     gpu: str | Sequence[str] | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     docker_host: str | None = None
+    runtime: str = "runc"
+    """OCI runtime: runc (the engine's default) or runsc (gVisor, registered on the host)."""
 
 
 def resource_prefix(stack: str, session_id: str) -> str:
@@ -136,6 +138,8 @@ class AgentEnvironment(pulumi.ComponentResource):
             user=f"{AGENT_UID}:{AGENT_UID}",
             working_dir="/workspace",
             restart="unless-stopped",
+            # Only when asked: runc is the engine's default and stays out of the inputs.
+            runtime=None if args.runtime == "runc" else args.runtime,
             must_run=True,
             stop_timeout=STOP_TIMEOUT_S,
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network.name)],

@@ -17,6 +17,7 @@ from .config import StackConfig
 from .environment import AgentEnvironment, AgentEnvironmentArgs
 from .image import AgentImage, AgentImageArgs
 
+TENANT_LABEL = "dockyard.tenant"
 SecretReader = Callable[[str], pulumi.Output[str]]
 
 
@@ -72,7 +73,7 @@ def run(cfg: StackConfig, secret: SecretReader = _config_secret) -> dict[str, Ag
                 image_id=image.image_id,
                 image_ref=image.image_ref,
                 cwd=cfg.cwd,
-                manifest_dir=cfg.manifest_path,
+                manifest_dir=cfg.manifest_dir_of(env),
                 limits=cfg.limits_of(env),
                 healthcheck=cfg.healthcheck,
                 ports=env.ports,
@@ -83,8 +84,9 @@ def run(cfg: StackConfig, secret: SecretReader = _config_secret) -> dict[str, Ag
                 env=env.env,
                 secrets={name: secret(name) for name in env.secrets},
                 gpu=env.gpu,
-                labels=env.labels,
+                labels={**env.labels, **({TENANT_LABEL: env.tenant} if env.tenant else {})},
                 docker_host=cfg.docker_host,
+                runtime=cfg.runtime_of(env),
             ),
             opts=provider_opts,
         )

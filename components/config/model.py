@@ -443,6 +443,8 @@ class Environment(_Model):
     """Allowlist entries as written (presets, domains, IPv4 CIDRs, :port)."""
     runtime: Runtime | None = None
     """None: the profile's runtime, else runc."""
+    tenant: v.Tenant | None = None
+    """Whose session this is: a label, a manifest subfolder, a quota scope, an audit field."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -629,6 +631,22 @@ class KubernetesSettings(_Model):
     """Also emit kubernetes-sigs/agent-sandbox Sandbox resources instead of a StatefulSet."""
 
 
+class QuotaCaps(_Model):
+    """Caps on what environments on one Docker host reserve; None: no cap."""
+
+    environments: v.Count | None = None
+    cpus: v.Cpus | None = None
+    memory: v.MemoryMB | None = None
+    """Total memory limit of the environments, in MB (sizes with units allowed)."""
+
+
+class Quotas(QuotaCaps):
+    """Per Docker host caps, counted from the engine (every stack and process counts),
+    and per-tenant caps inside them."""
+
+    tenants: dict[v.Tenant, QuotaCaps] = Field(default_factory=dict)
+
+
 # --- The stack --------------------------------------------------------------------------------
 
 
@@ -655,6 +673,7 @@ class StackConfig(_Model):
     gpu_image: ImageSource = Field(default_factory=ImageSource)
     limits: Limits = Field(default_factory=Limits)
     healthcheck: Healthcheck = Field(default_factory=Healthcheck)
+    quotas: Quotas = Field(default_factory=Quotas)
     environments: Annotated[list[Environment], v.bounded_list(1024)] = Field(default_factory=list)
 
     @field_validator("docker_host")
@@ -701,6 +720,10 @@ class StackConfig(_Model):
     @property
     def manifest_path(self) -> str:
         return os.path.join(self.cwd, self.manifest_dir)
+
+    def manifest_dir_of(self, env: Environment) -> str:
+        """Where an environment's manifest goes: a tenant's own subfolder if it has one."""
+        return os.path.join(self.manifest_path, env.tenant) if env.tenant else self.manifest_path
 
 
 TOP_LEVEL_KEYS = sorted(to_camel(name) for name in StackConfig.model_fields if name != "stack")

@@ -29,6 +29,7 @@ KUBE_CONTEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,252}", re.ASCII)
 KUBE_CONTEXT_ALLOWED = "a kubeconfig context name: letters, digits, '_', '.', ':', '@', '/', '-'"
 # Kubernetes object names (RFC 1123 labels).
 DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+TENANT = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?", re.ASCII)
 PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
 GPU_DEVICE = re.compile(r"[A-Za-z0-9-]{1,64}", re.ASCII)
 SIZE = re.compile(r"[ ]*([0-9]{1,16}(?:\.[0-9]{1,6})?)[ ]*([kmgt]i?b?|b)?[ ]*", re.ASCII | re.I)
@@ -275,6 +276,8 @@ DNS_LABEL_ALLOWED = (
     "a Kubernetes name: 1-63 lower-case letters, digits, '-', alphanumeric at both ends"
 )
 dns_label = named(DNS_LABEL, DNS_LABEL_ALLOWED)
+TENANT_ALLOWED = "a tenant name: 1-32 lower-case letters, digits, '-', alphanumeric at both ends"
+tenant = named(TENANT, TENANT_ALLOWED)
 
 
 @rule(IMAGE_ALLOWED)
@@ -370,6 +373,8 @@ HostDir = Annotated[str, BeforeValidator(host_dir)]
 ManifestDir = Annotated[str, BeforeValidator(manifest_dir)]
 StorageMB = Annotated[int, BeforeValidator(storage_mb)]
 DnsLabel = Annotated[str, BeforeValidator(dns_label)]
+Tenant = Annotated[str, BeforeValidator(tenant)]
+Count = Annotated[int, BeforeValidator(bounded_int(0, 100_000))]
 
 
 def bounded_list(limit: int = MAX_ITEMS) -> AfterValidator:

@@ -74,6 +74,7 @@ SUPPORTED: dict[str, set[str]] = {
         "healthcheck",
         "gpus",
         "deviceRequests",
+        "runtime",
     },
     "command:local:Command": {"create", "delete", "environment", "triggers", "dir"},
     "pulumi:providers:docker": {"host"},
@@ -329,6 +330,7 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
             cap_add=inputs.get("capabilities", {}).get("adds"),
             security_opt=inputs.get("securityOpts"),
             device_requests=device_requests or None,
+            runtime=inputs.get("runtime"),
         )
         created = api.create_container(
             inputs["image"],

@@ -345,7 +345,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
         env(port=[3000]),
         [
             f"{E}.port: unknown key (allowed: backend, egress, egressAllow, env, gpu, image, "
-            "labels, limits, ports, profile, runtime, secrets, sessionId, volumes, "
+            "labels, limits, ports, profile, runtime, secrets, sessionId, tenant, volumes, "
             "workspaceHostPath; "
             "did you mean ports?)"
         ],
