@@ -1,0 +1,437 @@
+"""``dockyard``: sessions from the command line.
+
+Exit codes (also in docs/sessions.md): 0 done; 1 failed (engine, driver, Pulumi);
+2 invalid input (a request, stack file or flag — every problem listed); 3 a quota would
+be passed; 4 no such session. ``--json`` prints data as JSON on stdout and nothing else
+there; progress and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import modal_plan
+from .config import ConfigError, from_stack_file, parse
+from .sessions import DriverError, QuotaError, SessionNotFound, Sessions
+from .sessions import audit as audit_log
+
+OK, FAILED, INVALID, QUOTA, NOT_FOUND = 0, 1, 2, 3, 4
+
+app = typer.Typer(
+    name="dockyard",
+    help="Isolated container environments for AI coding agent sessions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+plan_app = typer.Typer(
+    help="Preview the next deployment phase (creates nothing).", no_args_is_help=True
+)
+image_app = typer.Typer(help="The host's core image.", no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
+app.add_typer(image_app, name="image")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+TenantOption = Annotated[str | None, typer.Option("--tenant", help="The session's tenant.")]
+
+
+def _fail(code: int, lines: list[str] | str, as_json: bool) -> NoReturn:
+    problems = [lines] if isinstance(lines, str) else lines
+    if as_json:
+        print(json.dumps({"error": {"code": code, "problems": problems}}))
+    else:
+        for line in problems:
+            err.print(f"[red]ERROR[/red]: {line}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors(as_json: bool) -> Iterator[None]:
+    """Map the API's errors to exit codes and messages."""
+    try:
+        yield
+    except ConfigError as error:
+        _fail(INVALID, error.problems, as_json)
+    except QuotaError as error:
+        _fail(QUOTA, str(error), as_json)
+    except SessionNotFound as error:
+        _fail(NOT_FOUND, str(error.args[0] if error.args else error), as_json)
+    except DriverError as error:
+        _fail(FAILED, str(error), as_json)
+
+
+def _progress(as_json: bool) -> Callable[[str], None]:
+    """Engine output as it comes, on stderr (stdout stays the result, JSON or table)."""
+
+    def show(line: str) -> None:
+        err.print(line.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+
+    return show
+
+
+def _sessions() -> Sessions:
+    try:
+        return Sessions.default()
+    except DriverError as error:
+        _fail(FAILED, str(error), False)
+
+
+def _emit(data: Any, as_json: bool, table: Callable[[Any], None]) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=False))
+    else:
+        table(data)
+
+
+def _manifest_table(manifest: dict[str, Any]) -> None:
+    grid = Table(show_header=False, box=None)
+    grid.add_row("session", manifest["sessionId"])
+    grid.add_row("backend", manifest["backend"])
+    grid.add_row(
+        "container", f"{manifest['container']['name']} ({manifest['container']['id'][:12]})"
+    )
+    grid.add_row("image", manifest["image"])
+    grid.add_row("cwd", manifest["cwd"])
+    ports = ", ".join(
+        f"{p['containerPort']} -> {p['hostPort']}" for p in manifest["container"]["portMappings"]
+    )
+    grid.add_row("ports", ports or "-")
+    grid.add_row("created", manifest["createdAt"])
+    out.print(grid)
+
+
+def _read_request(path: str) -> dict[str, Any]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            "request", [f"--request {path}: cannot be read ({exc.strerror})"]
+        ) from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            "request", [f"--request {path}: not JSON (line {exc.lineno}: {exc.msg})"]
+        ) from None
+    if not isinstance(document, dict):
+        raise ConfigError("request", [f"--request {path}: not a JSON object"])
+    return document
+
+
+def _request_from_flags(
+    request_file: str | None,
+    session: str | None,
+    cwd: str | None,
+    backend: str | None,
+    image: str | None,
+    ports: list[int],
+    volumes: list[str],
+    env: list[str],
+    secrets: list[str],
+    tenant: str | None,
+    profile: str | None,
+) -> dict[str, Any]:
+    request = _read_request(request_file) if request_file else {}
+    container = (
+        dict(request.get("container") or {}) if isinstance(request.get("container"), dict) else {}
+    )
+    for key, value in (
+        ("sessionId", session),
+        ("backend", backend),
+        ("tenant", tenant),
+        ("profile", profile),
+    ):
+        if value is not None:
+            request[key] = value
+    if cwd is not None or "cwd" not in request:
+        request["cwd"] = str(Path(cwd or os.getcwd()).resolve())
+    if image is not None:
+        container["image"] = image
+    if ports:
+        container["ports"] = ports
+    if volumes:
+        container["volumes"] = volumes
+    if env:
+        variables = dict(container.get("env") or {})
+        for item in env:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError("request", ["--env: expects NAME=value (allowed: NAME=value)"])
+            variables[name] = value
+        container["env"] = variables
+    if secrets:
+        request["secrets"] = secrets
+    if container or "container" in request:
+        request["container"] = container
+    return request
+
+
+@app.command()
+def up(
+    request_file: Annotated[
+        str | None, typer.Option("--request", "-r", help="A request JSON file ('-': stdin).")
+    ] = None,
+    session: Annotated[str | None, typer.Option("--session", "-s", help="Session id.")] = None,
+    cwd: Annotated[str | None, typer.Option(help="Project directory (default: here).")] = None,
+    backend: Annotated[str | None, typer.Option(help="claude or codex.")] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Image reference (default: the host's).")
+    ] = None,
+    port: Annotated[
+        list[int] | None, typer.Option("--port", "-p", help="Container port to publish (repeat).")
+    ] = None,
+    volume: Annotated[
+        list[str] | None, typer.Option("--volume", "-v", help="source:target[:ro] (repeat).")
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="NAME=value (repeat).")
+    ] = None,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option("--secret", help="Secret name, value from the environment (repeat)."),
+    ] = None,
+    tenant: TenantOption = None,
+    profile: Annotated[str | None, typer.Option(help="Resource profile.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a session (or converge an existing one) and print its manifest."""
+    with _errors(as_json):
+        request = _request_from_flags(
+            request_file,
+            session,
+            cwd,
+            backend,
+            image,
+            port or [],
+            volume or [],
+            env or [],
+            secret or [],
+            tenant,
+            profile,
+        )
+        sessions = _sessions()
+        with err.status("creating the session…") if err.is_terminal and not as_json else _null():
+            manifest = sessions.create(request, progress=_progress(as_json))
+        _emit(manifest, as_json, _manifest_table)
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield
+
+
+@app.command()
+def down(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """Destroy a session: container, network, volumes, manifest and its stack."""
+    with _errors(as_json):
+        _sessions().destroy(session, tenant, progress=_progress(as_json))
+        _emit(
+            {"sessionId": session, "destroyed": True},
+            as_json,
+            lambda d: out.print(f"destroyed {session}"),
+        )
+
+
+@app.command("ls")
+def list_sessions(tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """List this machine's sessions."""
+    with _errors(as_json):
+        rows = _sessions().list(tenant)
+
+        def table(data: list[dict[str, Any]]) -> None:
+            grid = Table("session", "tenant", "container", "ports", "created")
+            for row in data:
+                ports = ", ".join(
+                    f"{p['containerPort']}->{p['hostPort']}" for p in row.get("ports", [])
+                )
+                grid.add_row(
+                    row["sessionId"],
+                    row["tenant"] or "-",
+                    row.get("container", "?"),
+                    ports or "-",
+                    row["createdAt"],
+                )
+            out.print(grid)
+
+        _emit(rows, as_json, table)
+
+
+@app.command()
+def show(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """Print a session's manifest."""
+    with _errors(as_json):
+        _emit(_sessions().get(session, tenant), as_json, _manifest_table)
+
+
+def _docker(host: str) -> list[str]:
+    docker = shutil.which("docker")
+    if docker is None:
+        raise DriverError("the docker CLI is not on PATH")
+    return [docker, *([] if host == "local" else ["-H", host])]
+
+
+@app.command()
+def attach(session: str, tenant: TenantOption = None) -> None:
+    """Attach to the session's tmux session `main` (docker exec)."""
+    with _errors(False):
+        sessions = _sessions()
+        record = sessions.audit_attach(session, tenant)
+        manifest = sessions.get(session, tenant)
+        argv = [
+            *_docker(record.host),
+            "exec",
+            "-it",
+            manifest["container"]["id"],
+            "tmux",
+            "attach",
+            "-t",
+            "main",
+        ]
+        os.execv(argv[0], argv)  # noqa: S606 - an argv list, no shell: the terminal becomes docker's
+
+
+@app.command()
+def logs(
+    session: str,
+    tenant: TenantOption = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+    tail: Annotated[int | None, typer.Option(help="Last N lines.")] = None,
+) -> None:
+    """Print the session container's logs."""
+    with _errors(False):
+        sessions = _sessions()
+        record = sessions.registry.find(session, tenant)
+        manifest = sessions.get(session, tenant)
+        argv = [
+            *_docker(record.host),
+            "logs",
+            *(["--follow"] if follow else []),
+            *(["--tail", str(tail)] if tail is not None else []),
+            manifest["container"]["id"],
+        ]
+        os.execv(argv[0], argv)  # noqa: S606 - an argv list, no shell: the terminal becomes docker's
+
+
+@app.command()
+def refresh(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """Recreate the session's container, keeping its workspace."""
+    with _errors(as_json):
+        manifest = _sessions().refresh(session, tenant, progress=_progress(as_json))
+        _emit(manifest, as_json, _manifest_table)
+
+
+@app.command()
+def validate(
+    request_file: Annotated[
+        str | None, typer.Option("--request", "-r", help="A request JSON file ('-': stdin).")
+    ] = None,
+    stack: Annotated[
+        str | None, typer.Option("--stack", help="A stacks/Pulumi.<stack>.yaml file.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check a request or a stack file; list every problem at once. Creates nothing."""
+    if (request_file is None) == (stack is None):
+        _fail(INVALID, "give exactly one of --request FILE or --stack FILE", as_json)
+    with _errors(as_json):
+        if stack is not None:
+            try:
+                raw, secret_keys = from_stack_file(stack)
+            except (OSError, ValueError) as exc:
+                raise ConfigError("stack", [f"--stack {stack}: cannot be read ({exc})"]) from None
+            name = Path(stack).name.removeprefix("Pulumi.").removesuffix(".yaml")
+            parse(
+                raw,
+                stack=name,
+                cwd=str(Path(stack).resolve().parent),
+                secret_keys=secret_keys,
+                check_secrets=False,
+            )
+            result = {"valid": True, "stack": name}
+        else:
+            session_plan, _ = _sessions().plan(_read_request(str(request_file)))
+            result = {
+                "valid": True,
+                "sessionId": session_plan.session_id,
+                "stack": session_plan.stack_name,
+            }
+        _emit(result, as_json, lambda d: out.print("valid"))
+
+
+@plan_app.command("modal")
+def plan_modal(
+    manifest: str,
+    stack: Annotated[str | None, typer.Option(help="Stack file for limits and GPU.")] = None,
+    cpus: Annotated[float | None, typer.Option()] = None,
+    memory: Annotated[str | None, typer.Option()] = None,
+    gpu: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Preview the Modal sandbox equivalent of a manifest (R-MAN-3)."""
+    argv = [manifest]
+    for flag, value in (("--stack", stack), ("--cpus", cpus), ("--memory", memory), ("--gpu", gpu)):
+        if value is not None:
+            argv += [flag, str(value)]
+    code = modal_plan.main(argv)
+    raise typer.Exit(INVALID if code else OK)
+
+
+@image_app.command("build")
+def image_build(as_json: JsonFlag = False) -> None:
+    """Build the core image once on this host; sessions use it from then on."""
+    with _errors(as_json):
+        reference = _sessions().build_image(progress=_progress(as_json))
+        _emit({"imageRef": reference}, as_json, lambda d: out.print(reference))
+
+
+@app.command()
+def audit(
+    session: Annotated[str | None, typer.Option(help="Only this session.")] = None,
+    tenant: TenantOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show the audit trail (JSON lines of every lifecycle action)."""
+    sessions = _sessions()
+    entries = audit_log.read(sessions.where.audit_log, session=session, tenant=tenant)
+
+    def table(data: list[dict[str, Any]]) -> None:
+        grid = Table("time", "actor", "action", "session", "tenant", "result", "ms")
+        for entry in data:
+            grid.add_row(
+                *(
+                    str(entry.get(k) if entry.get(k) is not None else "-")
+                    for k in (
+                        "time",
+                        "actor",
+                        "action",
+                        "session",
+                        "tenant",
+                        "result",
+                        "duration_ms",
+                    )
+                )
+            )
+        out.print(grid)
+
+    _emit(entries, as_json, table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""Sessions from an application: one Pulumi stack per session.
+
+``create(request)`` validates a request (the reference app's shape plus dockyard's own
+keys) on top of the host settings, checks the host's quotas, and applies the same
+program as ``__main__.py`` to a stack of its own, so sessions created at once never wait
+on one stack's lock. Every lifecycle action is written to the audit trail.
+
+    from dockyard import sessions
+    manifest = sessions.create({"sessionId": "s1", "cwd": "/srv/app", "backend": "claude",
+                                "container": {"ports": [3000]}, "secrets": ["ANTHROPIC_API_KEY"]})
+
+Secret values never travel in the request: ``create(request, secrets={...})`` or the
+caller's environment supplies them (``NAME``; for a tenant's session only
+``<TENANT>_NAME``, so one tenant never gets another's keys).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import manifest as manifest_contract
+from ..config import ConfigError, parse
+from . import audit, driver, quotas, registry
+from .request import SessionPlan, plan
+from .settings import Paths, load_settings, paths
+
+__all__ = [
+    "ConfigError",
+    "Sessions",
+    "create",
+    "destroy",
+    "get",
+    "list",
+    "refresh",
+]
+
+SessionNotFound = registry.SessionNotFound
+QuotaError = quotas.QuotaError
+DriverError = driver.DriverError
+Progress = Callable[[str], None]
+IMAGE_RECORD = "image.json"
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def secret_variable(name: str, tenant: str | None) -> str:
+    """The environment variable a secret is read from when not passed explicitly."""
+    return f"{tenant.upper().replace('-', '_')}_{name}" if tenant else name
+
+
+@dataclass
+class Sessions:
+    """The API bound to one machine's paths and driver (module functions use a default)."""
+
+    where: Paths
+    engine: driver.Driver
+
+    @classmethod
+    def default(cls) -> Sessions:
+        where = paths()
+        return cls(where, driver.load(where))
+
+    # --- helpers -------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> registry.Registry:
+        return registry.Registry(self.where.index)
+
+    def _secrets(
+        self, request: Mapping[str, Any], given: Mapping[str, str] | None
+    ) -> dict[str, str]:
+        names = request.get("secrets") if isinstance(request, Mapping) else None
+        tenant = request.get("tenant") if isinstance(request, Mapping) else None
+        values: dict[str, str] = {}
+        for name in names if isinstance(names, builtins.list) else []:
+            if not isinstance(name, str):
+                continue
+            if given is not None and name in given:
+                values[name] = given[name]
+                continue
+            variable = secret_variable(name, tenant if isinstance(tenant, str) else None)
+            if os.environ.get(variable):
+                values[name] = os.environ[variable]
+        return values
+
+    def _with_image(self, request: Mapping[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+        """Settings with the host's built image when neither side names one."""
+        container = request.get("container") if isinstance(request, Mapping) else None
+        asked = isinstance(container, Mapping) and container.get("image")
+        image = settings.get("image")
+        if asked or (isinstance(image, Mapping) and image.get("ref")):
+            return settings
+        record = self.where.state / IMAGE_RECORD
+        if not record.is_file():
+            raise ConfigError(
+                str(request.get("sessionId", "request")),
+                [
+                    "request.container.image: missing (allowed: an image reference; or set "
+                    "image.ref in the host settings; or build the core image once on this "
+                    "host with `dockyard image build`)"
+                ],
+            )
+        built = json.loads(record.read_text(encoding="utf-8"))
+        return {**settings, "image": {**(image or {}), "ref": built["imageRef"]}}
+
+    def plan(
+        self, request: Mapping[str, Any], secrets: Mapping[str, str] | None = None
+    ) -> tuple[SessionPlan, dict[str, str]]:
+        """Validate without creating anything (what ``dockyard validate`` runs)."""
+        settings = load_settings(self.where)
+        values = self._secrets(request, secrets)
+        try:
+            settings = self._with_image(request, settings)
+            result = plan(request, settings, secret_names=set(values))
+        except ConfigError as error:
+            tenant = request.get("tenant") if isinstance(request, Mapping) else None
+            raise ConfigError(
+                error.stack, [_session_secret_hint(p, tenant) for p in error.problems]
+            ) from None
+        return result, values
+
+    def _record(self, session: str, tenant: str | None) -> registry.Record:
+        return self.registry.find(session, tenant)
+
+    def _audit(self, action: str, **fields: Any) -> Any:
+        return audit.recorded(self.where.audit_log, action, **fields)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def create(
+        self,
+        request: Mapping[str, Any],
+        secrets: Mapping[str, str] | None = None,
+        progress: Progress = _quiet,
+    ) -> manifest_contract.Manifest:
+        """Create the session, or converge it if it exists (no duplicate container).
+        A failed first create leaves nothing behind and raises with the reason."""
+        fields = {
+            "session": request.get("sessionId") if isinstance(request, Mapping) else None,
+            "tenant": request.get("tenant") if isinstance(request, Mapping) else None,
+        }
+        with self._audit("create", **fields) as entry:
+            try:
+                session_plan, values = self.plan(request, secrets)
+            except ConfigError as error:
+                entry["detail"] = "invalid request"
+                raise error from None
+            host = session_plan.config.docker_host or "local"
+            entry.update(host=host, stack=session_plan.stack_name)
+            existed = any(r.stack_name == session_plan.stack_name for r in self.registry.all())
+            with self._reserved(session_plan, host, entry):
+                try:
+                    result = self.engine.up(session_plan, values, progress)
+                except BaseException:
+                    if not existed:
+                        with contextlib.suppress(Exception):
+                            self.engine.destroy(session_plan, progress)
+                    raise
+            manifest_contract.validate(result, f"session {session_plan.session_id}")
+            self.registry.save(
+                registry.Record(
+                    session_id=session_plan.session_id,
+                    tenant=session_plan.tenant,
+                    stack_name=session_plan.stack_name,
+                    cwd=session_plan.config.cwd,
+                    manifest_path=session_plan.manifest_path,
+                    host=host,
+                    request=json.loads(json.dumps(request, default=str)),
+                    created_at=str(result["createdAt"]),
+                )
+            )
+            return result  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def _reserved(self, session_plan: SessionPlan, host: str, entry: dict[str, Any]) -> Any:
+        caps = session_plan.config.quotas
+        if (
+            all(getattr(caps, n) is None for n in ("environments", "cpus", "memory"))
+            and not caps.tenants
+        ):
+            yield
+            return
+        import docker
+
+        client = (
+            docker.DockerClient(
+                base_url=session_plan.config.docker_host or None, use_ssh_client=True
+            )
+            if session_plan.config.docker_host
+            else docker.from_env()
+        )
+        try:
+            limits = session_plan.config.limits_of(session_plan.environment)
+            request = quotas.Request(
+                host=host,
+                stack=session_plan.config.stack,
+                session=session_plan.session_id,
+                tenant=session_plan.tenant,
+                cpus=limits.cpus,
+                memory=limits.memory,
+            )
+            try:
+                reservation = quotas.Reservations(self.where.reservations).reserve(
+                    caps, client, request, session_plan.stack_name
+                )
+                reservation.__enter__()
+            except quotas.QuotaError as error:
+                entry["detail"] = str(error)
+                raise
+            try:
+                yield
+            finally:
+                reservation.__exit__(None, None, None)
+        finally:
+            client.close()
+
+    def get(self, session: str, tenant: str | None = None) -> manifest_contract.Manifest:
+        record = self._record(session, tenant)
+        try:
+            return manifest_contract.load(record.manifest_path)  # type: ignore[return-value]
+        except (OSError, manifest_contract.ManifestError) as exc:
+            raise SessionNotFound(
+                f"session {session!r}: its manifest cannot be read ({exc})"
+            ) from None
+
+    def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        rows = []
+        for record in self.registry.all(tenant):
+            row: dict[str, Any] = {
+                "sessionId": record.session_id,
+                "tenant": record.tenant,
+                "stack": record.stack_name,
+                "host": record.host,
+                "cwd": record.cwd,
+                "createdAt": record.created_at,
+                "manifest": record.manifest_path,
+            }
+            with contextlib.suppress(OSError, manifest_contract.ManifestError):
+                manifest = manifest_contract.load(record.manifest_path)
+                row["container"] = manifest["container"]["name"]
+                row["ports"] = manifest["container"]["portMappings"]
+            rows.append(row)
+        return rows
+
+    def refresh(
+        self,
+        session: str,
+        tenant: str | None = None,
+        secrets: Mapping[str, str] | None = None,
+        progress: Progress = _quiet,
+    ) -> manifest_contract.Manifest:
+        """Recreate the session's container, keeping its workspace and other volumes."""
+        record = self._record(session, tenant)
+        with self._audit(
+            "refresh",
+            session=session,
+            tenant=record.tenant,
+            host=record.host,
+            stack=record.stack_name,
+        ):
+            session_plan, values = self.plan(record.request, secrets)
+            result = self.engine.recreate(session_plan, values, progress)
+            manifest_contract.validate(result, f"session {session}")
+            return result  # type: ignore[return-value]
+
+    def destroy(self, session: str, tenant: str | None = None, progress: Progress = _quiet) -> None:
+        record = self._record(session, tenant)
+        with self._audit(
+            "destroy",
+            session=session,
+            tenant=record.tenant,
+            host=record.host,
+            stack=record.stack_name,
+        ):
+            session_plan, _ = self.plan(record.request, dict.fromkeys(_names(record.request), ""))
+            self.engine.destroy(session_plan, progress)
+            self.registry.remove(record.stack_name)
+            Path(record.manifest_path).unlink(missing_ok=True)
+
+    def build_image(self, progress: Progress = _quiet) -> str:
+        """Build the host's core image once (``dockyard image build``); sessions without
+        an image of their own use it from then on. Returns the image reference."""
+        settings = load_settings(self.where)
+        raw = {f"dockyard:{k}": v for k, v in settings.items() if k != "environments"}
+        with self._audit("image-build") as entry:
+            config = parse(raw, stack="images", cwd=str(self.where.state))
+            entry["host"] = config.docker_host or "local"
+            reference = self.engine.build_image(config, progress)
+            self.where.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (self.where.state / IMAGE_RECORD).write_text(json.dumps({"imageRef": reference}))
+            return reference
+
+    def audit_attach(self, session: str, tenant: str | None = None) -> registry.Record:
+        """Record an attach (the CLI runs ``docker exec`` itself)."""
+        record = self._record(session, tenant)
+        with self._audit(
+            "attach",
+            session=session,
+            tenant=record.tenant,
+            host=record.host,
+            stack=record.stack_name,
+        ):
+            return record
+
+
+def _names(request: Mapping[str, Any]) -> list[str]:
+    names = request.get("secrets")
+    return [n for n in names if isinstance(n, str)] if isinstance(names, builtins.list) else []
+
+
+def _session_secret_hint(problem: str, tenant: Any) -> str:
+    """A stack's "run pulumi config set --secret" hint, said the way sessions get secrets."""
+    if " is not set (allowed: a secret in this stack's config" not in problem:
+        return problem
+    head = problem.split(" (allowed: ", 1)[0]
+    name = head.rsplit(": ", 1)[1].strip("'") if ": " in head else "<NAME>"
+    variable = secret_variable(name, tenant if isinstance(tenant, str) else None)
+    return (
+        f"{head} (allowed: a secret the caller supplies: create(request, secrets={{...}}) "
+        f"or the environment variable {variable})"
+    )
+
+
+def _default() -> Sessions:
+    return Sessions.default()
+
+
+def create(
+    request: Mapping[str, Any],
+    secrets: Mapping[str, str] | None = None,
+    progress: Progress = _quiet,
+) -> manifest_contract.Manifest:
+    return _default().create(request, secrets, progress)
+
+
+def get(session: str, tenant: str | None = None) -> manifest_contract.Manifest:
+    return _default().get(session, tenant)
+
+
+def list(tenant: str | None = None) -> list[dict[str, Any]]:
+    return _default().list(tenant)
+
+
+def refresh(session: str, tenant: str | None = None) -> manifest_contract.Manifest:
+    return _default().refresh(session, tenant)
+
+
+def destroy(session: str, tenant: str | None = None) -> None:
+    _default().destroy(session, tenant)

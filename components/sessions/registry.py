@@ -1,0 +1,74 @@
+"""The sessions this machine created: one small JSON file per session stack.
+
+A record holds what ``get``, ``refresh`` and ``destroy`` need to find the session again
+(its request, tenant, stack and manifest path). Requests hold names, never secret values
+(plain ``env`` cannot carry secret-looking names; secrets travel separately).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+class SessionNotFound(LookupError):
+    """No session of that id (and tenant) on this machine."""
+
+
+@dataclass(frozen=True)
+class Record:
+    session_id: str
+    tenant: str | None
+    stack_name: str
+    cwd: str
+    manifest_path: str
+    host: str
+    request: dict[str, Any]
+    created_at: str
+
+
+class Registry:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, stack_name: str) -> Path:
+        return self.directory / f"{stack_name}.json"
+
+    def save(self, record: Record) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".record-")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(record), handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self._path(record.stack_name))
+
+    def remove(self, stack_name: str) -> None:
+        self._path(stack_name).unlink(missing_ok=True)
+
+    def all(self, tenant: str | None = None) -> list[Record]:
+        records = []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                record = Record(**json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError):
+                continue
+            if tenant is None or record.tenant == tenant:
+                records.append(record)
+        return records
+
+    def find(self, session_id: str, tenant: str | None = None) -> Record:
+        matches = [r for r in self.all(tenant) if r.session_id == session_id]
+        if not matches:
+            scope = f" of tenant {tenant}" if tenant else ""
+            raise SessionNotFound(f"no session {session_id!r}{scope} on this machine")
+        if len(matches) > 1:
+            tenants = ", ".join(sorted(str(r.tenant) for r in matches))
+            raise SessionNotFound(
+                f"session {session_id!r} exists for several tenants ({tenants}): name the tenant"
+            )
+        return matches[0]
