@@ -11,6 +11,7 @@ import docker
 import pytest
 from docker.types import Mount
 
+from components.image import pinned_versions
 from tests.support.agent_runner import AgentRunner, wait_ready
 from tests.support.engine import exec_ok, last_health_output, wait_healthy
 from tests.support.images import build_image, history_ids
@@ -29,12 +30,17 @@ def run_once(client: docker.DockerClient, image: str, cmd: list[str], **kwargs: 
 # --- Contents -------------------------------------------------------------------------
 
 
-def test_agent_clis_answer_version(docker_client: docker.DockerClient, core_image: str) -> None:
+def test_agent_clis_answer_the_pinned_versions(
+    docker_client: docker.DockerClient, core_image: str
+) -> None:
     out = run_once(docker_client, core_image, ["bash", "-c", "claude --version; codex --version"])
     claude, codex = out.splitlines()
+    pinned = pinned_versions()
+    assert claude == f"{pinned['CLAUDE_CODE_VERSION']} (Claude Code)", claude
+    assert codex == f"codex-cli {pinned['CODEX_VERSION']}", codex
     labels = docker_client.images.get(core_image).labels
-    assert claude.startswith(labels["dockyard.claude-code.version"]), claude
-    assert codex == f"codex-cli {labels['dockyard.codex.version']}", codex
+    assert labels["dockyard.claude-code.version"] == pinned["CLAUDE_CODE_VERSION"]
+    assert labels["dockyard.codex.version"] == pinned["CODEX_VERSION"]
 
 
 def test_runtime_tools_are_installed(docker_client: docker.DockerClient, core_image: str) -> None:
@@ -42,7 +48,8 @@ def test_runtime_tools_are_installed(docker_client: docker.DockerClient, core_im
         "for t in git tmux curl python3 node npm rg; do command -v $t >/dev/null || echo $t; done"
     )
     assert run_once(docker_client, core_image, ["bash", "-c", script]) == "", "missing tools"
-    assert run_once(docker_client, core_image, ["npm", "--version"]).startswith("10.")
+    npm = run_once(docker_client, core_image, ["npm", "--version"])
+    assert npm == pinned_versions()["NPM_VERSION"]
 
 
 def test_runs_as_agent_uid_1000_without_sudo(

@@ -29,7 +29,9 @@ def test_variant_env_selects_a_cuda_base() -> None:
 
 def test_core_dockerfile_builds_on_a_cuda_like_base(docker_client: docker.DockerClient) -> None:
     standin = build_image(docker_client, "dockyard-cuda-standin", context=STANDIN)
-    gpu = build_image(docker_client, "dockyard-gpu", {**variant_build_args("gpu"), "BASE_IMAGE": standin})
+    gpu = build_image(
+        docker_client, "dockyard-gpu", {**variant_build_args("gpu"), "BASE_IMAGE": standin}
+    )
     script = (
         "id -un; id -u; claude --version; codex --version; "
         "echo $NVIDIA_VISIBLE_DEVICES $NVIDIA_DRIVER_CAPABILITIES; "
