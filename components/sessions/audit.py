@@ -86,7 +86,8 @@ def recorded(log: Path, action: str, **fields: Any) -> Iterator[dict[str, Any]]:
     try:
         yield entry
     except BaseException as exc:
-        entry.update(result="error", detail=type(exc).__name__)
+        entry["result"] = "error"
+        entry.setdefault("detail", type(exc).__name__)
         raise
     else:
         entry.setdefault("result", "ok")
