@@ -34,7 +34,7 @@ BASELINE = """\
 
 def main() -> int:
     client = engine()
-    from tests.roles.conftest import TargetFleet, run_playbook
+    from tests.support.ansible import TargetFleet, run_playbook
     from tests.support.images import build_image
 
     image = build_image(client, "dockyard-core")

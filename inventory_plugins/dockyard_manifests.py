@@ -59,6 +59,18 @@ options:
 """
 
 SAFE_GROUP = re.compile(r"[^A-Za-z0-9_]")
+ID_PREFIX = "dockyard-"
+
+
+def stack_of(environment_id, session_id):
+    """The stack of an environment dockyard created, read back from its id (the inverse of
+    components.environment.resource_prefix: dockyard-<stack>-<session>); None for an
+    environment whose id has another shape (another writer of contract v1)."""
+    suffix = f"-{session_id}"
+    if not (environment_id.startswith(ID_PREFIX) and environment_id.endswith(suffix)):
+        return None
+    stack = environment_id[len(ID_PREFIX) : -len(suffix)]
+    return stack or None
 
 
 class InventoryModule(BaseInventoryPlugin):
@@ -124,14 +136,14 @@ class InventoryModule(BaseInventoryPlugin):
                 )
             seen[host] = source
             session = manifest["sessionId"]
-            stack = manifest["environmentId"].removeprefix("dockyard-").removesuffix(f"-{session}")
-            backend_group = manifest["backend"]
-            stack_group = "stack_" + SAFE_GROUP.sub("_", stack)
-            for group in (backend_group, stack_group):
-                self.inventory.add_group(group)
+            stack = stack_of(manifest["environmentId"], session)
+            groups = [manifest["backend"]]
+            if stack is not None:
+                groups.append("stack_" + SAFE_GROUP.sub("_", stack))
             self.inventory.add_host(host, group="dockyard")
-            self.inventory.add_child(backend_group, host)
-            self.inventory.add_child(stack_group, host)
+            for group in groups:
+                self.inventory.add_group(group)
+                self.inventory.add_child(group, host)
             variables = {
                 "ansible_connection": "community.docker.docker",
                 "ansible_user": self.get_option("remote_user"),

@@ -21,7 +21,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.roles.conftest import LOCAL, manifest_inventory, run_playbook
+from tests.support.ansible import LOCAL, manifest_inventory, run_playbook
 from tests.support.engine import exec_ok, is_ready, wait_for
 from tests.support.hardening import assert_hardened
 from tests.support.stacks import CANARIES, Deployed

@@ -10,7 +10,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.roles.conftest import LOCAL, run_playbook
+from tests.support.ansible import LOCAL, run_playbook
 
 pytestmark = [
     pytest.mark.docker,

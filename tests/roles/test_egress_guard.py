@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from docker.models.containers import Container
 
-from tests.roles.conftest import LOCAL, REPO, run_playbook
 from tests.support import dockerd
+from tests.support.ansible import LOCAL, REPO, run_playbook
 from tests.support.engine import RUN_ID, exec_ok
 from tests.support.stacks import Deployed
 

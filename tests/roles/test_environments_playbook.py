@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.roles.conftest import (
+from tests.support.ansible import (
     TargetFleet,
     list_inventory,
     manifest_inventory,

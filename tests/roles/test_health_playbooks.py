@@ -11,8 +11,8 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from tests.roles.conftest import LOCAL, run_playbook
 from tests.support.agent_runner import secrets_tar
+from tests.support.ansible import LOCAL, run_playbook
 from tests.support.engine import LABELS, exec_ok, is_ready, unique_name, wait_for
 from tests.support.stacks import Deployed
 

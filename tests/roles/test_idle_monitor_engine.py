@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.roles.conftest import TargetFleet
+from tests.support.ansible import TargetFleet
 from tests.support.engine import RUN_ID, exec_ok, wait_for
 from tests.support.scripts import load_script
 

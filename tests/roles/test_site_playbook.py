@@ -1,14 +1,25 @@
 """playbooks/site.yml on a real host stand-in: a container from the core image, reached
 over the docker connection as root. docker_host is proven on the CI machine itself
-(tests/roles/test_docker_host.py); here the other host roles run twice."""
+(tests/roles/test_docker_host.py); here the other host roles run.
+
+The roles compare the host with their desired state in one call and skip their change
+tasks when nothing differs (roles/host_common); the drift test proves that skipping is
+honest: whatever is changed by hand between two runs is put back by the next one."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import docker
 import pytest
+from docker.models.containers import Container
 
-from tests.roles.conftest import TargetFleet, run_playbook
+from components.image import pinned_versions
+from tests.support.ansible import REPO, PlaybookRun, TargetFleet, run_playbook
 from tests.support.engine import exec_ok
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -23,18 +34,46 @@ VARIABLES = {
     "idle_monitor_action": "poweroff",
     "idle_monitor_poweroff_command": ["/usr/local/bin/site-test-poweroff"],
 }
+ARGS = ["--skip-tags", "docker_host", "-e", "dockyard_docker_hosts=dockyard"]
+LIBEXEC = "/usr/local/libexec/dockyard"
 
 
-def test_site_playbook_prepares_a_host_and_is_idempotent(fleet: TargetFleet) -> None:
-    (host,) = fleet.start()
-    inventory = fleet.inventory([host])
-    args = ["--skip-tags", "docker_host", "-e", "dockyard_docker_hosts=dockyard"]
-    first = run_playbook("site.yml", inventory=inventory, extra_vars=VARIABLES, args=args)
-    second = run_playbook("site.yml", inventory=inventory, extra_vars=VARIABLES, args=args)
-    assert first.changed()[host.name] > 0
-    assert second.changed() == {host.name: 0}, second.output[-4000:]
+@dataclass
+class Prepared:
+    host: Container
+    inventory: Path
+    first: PlaybookRun
+    second: PlaybookRun
 
-    versions = exec_ok(
+    def run(self) -> PlaybookRun:
+        return run_playbook("site.yml", inventory=self.inventory, extra_vars=VARIABLES, args=ARGS)
+
+
+@pytest.fixture(scope="module")
+def prepared(
+    docker_client: docker.DockerClient, core_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prepared]:
+    """One host, site.yml run twice; the tests of this module share it."""
+    fleet = TargetFleet(docker_client, core_image, tmp_path_factory.mktemp("site"), [])
+    try:
+        (host,) = fleet.start()
+        inventory = fleet.inventory([host])
+        first = run_playbook("site.yml", inventory=inventory, extra_vars=VARIABLES, args=ARGS)
+        second = run_playbook("site.yml", inventory=inventory, extra_vars=VARIABLES, args=ARGS)
+        yield Prepared(host, inventory, first, second)
+    finally:
+        for container in fleet.containers:
+            container.remove(force=True, v=True)
+
+
+def sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()  # noqa: S324 - a content id, as Ansible's
+
+
+def assert_prepared(host: Container) -> None:
+    """Everything site.yml promises on this host, read from the host itself."""
+    versions = pinned_versions()
+    found = exec_ok(
         host,
         [
             "bash",
@@ -42,10 +81,12 @@ def test_site_playbook_prepares_a_host_and_is_idempotent(fleet: TargetFleet) -> 
             "/usr/local/sbin/claude --version 2>/dev/null; /usr/local/sbin/codex --version 2>/dev/null",
         ],
     )
-    assert versions.splitlines() == ["2.1.330 (Claude Code)", "codex-cli 0.169.0"]
-    assert (
-        exec_ok(host, ["readlink", "/usr/local/sbin/codex"]).strip()
-        == "/opt/site-test-agents/codex/0.169.0/bin/codex"
+    assert found.splitlines() == [
+        f"{versions['CLAUDE_CODE_VERSION']} (Claude Code)",
+        f"codex-cli {versions['CODEX_VERSION']}",
+    ]
+    assert exec_ok(host, ["readlink", "/usr/local/sbin/codex"]).strip() == (
+        f"/opt/site-test-agents/codex/{versions['CODEX_VERSION']}/bin/codex"
     )
 
     health = json.loads(exec_ok(host, ["cat", "/etc/dockyard/health.json"]))
@@ -65,32 +106,103 @@ def test_site_playbook_prepares_a_host_and_is_idempotent(fleet: TargetFleet) -> 
         "poweroff",
         ["/usr/local/bin/site-test-poweroff"],
     )
-    # No systemd in the container: both run from cron.
+    # No systemd in the container: both run from cron, their output to syslog.
     cron = exec_ok(
         host, ["bash", "-c", "cat /etc/cron.d/dockyard-health /etc/cron.d/dockyard-idle-monitor"]
     )
     assert (
-        "*/10 * * * * root /usr/bin/python3 /usr/local/libexec/dockyard/health-report --config /etc/dockyard/health.json"
-        in cron
-    )
+        f"*/10 * * * * root /usr/bin/python3 {LIBEXEC}/health-report --config /etc/dockyard/health.json"
+        " 2>&1 | logger -t dockyard-health\n"
+    ) in cron
     assert (
-        "* * * * * root /usr/bin/python3 /usr/local/libexec/dockyard/idle-monitor --config /etc/dockyard/idle-monitor.json"
-        in cron
-    )
+        f"* * * * * root /usr/bin/python3 {LIBEXEC}/idle-monitor --config /etc/dockyard/idle-monitor.json"
+        " 2>&1 | logger -t dockyard-idle-monitor\n"
+    ) in cron
     modes = exec_ok(
         host,
         [
-            "stat",
+            "bash",
             "-c",
-            "%n %a %U",
-            "/usr/local/libexec/dockyard/health-report",
-            "/usr/local/libexec/dockyard/idle-monitor",
+            f"cd {LIBEXEC} && stat -c '%n %a %U' health-report idle-monitor dockyard_host.py"
+            " manifest.schema.json && sha1sum dockyard_host.py manifest.schema.json",
         ],
     )
     assert modes.splitlines() == [
-        "/usr/local/libexec/dockyard/health-report 755 root",
-        "/usr/local/libexec/dockyard/idle-monitor 755 root",
+        "health-report 755 root",
+        "idle-monitor 755 root",
+        "dockyard_host.py 644 root",
+        "manifest.schema.json 644 root",
+        f"{sha1(REPO / 'roles/host_common/files/dockyard_host.py')}  dockyard_host.py",
+        f"{sha1(REPO / 'components/manifest.schema.json')}  manifest.schema.json",
     ]
+    # The installed scripts run from where they are, with the library beside them, under
+    # the host's python3 (which has no jsonschema: the stdlib validator is the one used).
+    exec_ok(
+        host,
+        [
+            "bash",
+            "-c",
+            f"python3 {LIBEXEC}/health-report --config /etc/dockyard/health.json --check-config"
+            f" && python3 {LIBEXEC}/idle-monitor --config /etc/dockyard/idle-monitor.json --check-config"
+            f' && cd / && python3 -c \'import sys; sys.path[:0] = ["{LIBEXEC}"];'
+            ' import dockyard_host as h; assert h.VALIDATOR == "stdlib", h.VALIDATOR;'
+            " assert h.schema_path().parent.as_posix() == sys.path[0]'",
+        ],
+    )
+
+
+def test_site_playbook_prepares_a_host_and_is_idempotent(prepared: Prepared) -> None:
+    host = prepared.host
+    assert prepared.first.changed()[host.name] > 0
+    assert prepared.second.changed() == {host.name: 0}, prepared.second.output[-4000:]
+    assert_prepared(host)
+
+
+# What an unchanged host costs: fact gathering and one comparison per role (the only
+# round trips), the rest runs on the controller. A task added to this path is a cost on
+# every run of every host: it belongs here only on purpose (benchmarks/ansible_site.py).
+UNCHANGED_PATH = [
+    "Gathering Facts",
+    "Validate the variables of every role in this play",
+    "Validate the formats of the variables given to these roles",
+    "agent_tooling : Validating arguments against arg spec 'main'",
+    "agent_tooling : Fail on a platform without agent CLI builds",
+    "agent_tooling : Decide the pinned state of the agent tooling",
+    "host_common : Validating arguments against arg spec 'state'",
+    "host_common : Compare the host with the state this role manages",
+    "env_health : Validating arguments against arg spec 'main'",
+    "host_common : Validating arguments against arg spec 'main'",
+    "host_common : Compare the host with the state this role manages",
+    "idle_monitor : Validating arguments against arg spec 'main'",
+    "host_common : Validating arguments against arg spec 'main'",
+    "host_common : Compare the host with the state this role manages",
+]
+
+
+def test_a_second_run_compares_once_per_role_and_changes_nothing(prepared: Prepared) -> None:
+    ran = [name.split(" - ")[0] for name in prepared.second.tasks_run()]
+    assert ran == UNCHANGED_PATH, prepared.second.output[-6000:]
+
+
+DRIFT = [
+    "rm /usr/local/sbin/claude",
+    "ln -sfn /bin/true /usr/local/sbin/codex",
+    "echo '{}' > /etc/dockyard/health.json",
+    f"chmod 0700 {LIBEXEC}/idle-monitor",
+    f"echo '# edited' >> {LIBEXEC}/dockyard_host.py",
+    f"rm {LIBEXEC}/manifest.schema.json",
+    "rm /etc/cron.d/dockyard-health",
+    "chown nobody /etc/dockyard/idle-monitor.json",
+]
+
+
+def test_drift_between_runs_is_repaired(prepared: Prepared) -> None:
+    host = prepared.host
+    exec_ok(host, ["bash", "-euc", " && ".join(DRIFT)], user="root")
+    repair = prepared.run()
+    assert repair.changed()[host.name] > 0, repair.output[-4000:]
+    assert_prepared(host)
+    assert prepared.run().changed() == {host.name: 0}
 
 
 def test_bad_role_variables_fail_before_any_change(fleet: TargetFleet) -> None:
@@ -104,7 +216,7 @@ def test_bad_role_variables_fail_before_any_change(fleet: TargetFleet) -> None:
             "idle_monitor_action": "hibernate",
             "env_health_max_failed_checks": "three",
         },
-        args=["--skip-tags", "docker_host", "-e", "dockyard_docker_hosts=dockyard"],
+        args=ARGS,
         check=False,
     )
     assert run.rc != 0
@@ -120,7 +232,7 @@ def test_bad_role_variables_fail_before_any_change(fleet: TargetFleet) -> None:
             "bash",
             "-c",
             "ls -d /etc/dockyard/health.json /etc/dockyard/idle-monitor.json /opt/site-test-agents"
-            " /usr/local/libexec/dockyard 2>/dev/null | wc -l",
+            f" {LIBEXEC} 2>/dev/null | wc -l",
         ],
     )
     assert written.strip() == "0"

@@ -22,6 +22,9 @@ Image side, the facts pinned here:
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -41,6 +44,7 @@ from components import config
 from components import manifest as contract
 from components.environment import resource_prefix
 from components.image import VARIANT_ARGS, default_build_args, pinned_versions, read_build_args
+from tests.support.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -510,3 +514,372 @@ def test_dockyards_writer_is_stricter_than_the_schema_and_says_why() -> None:
         "  environmentId: 'session-123' is not allowed (allowed: the container name, "
         "'companion-abc123')",
     ]
+
+
+# --- Host side ----------------------------------------------------------------------------
+#
+# Facts between the components, the host library (roles/host_common/files/dockyard_host.py),
+# the host scripts, the roles, the playbooks and the inventory plugin:
+# - label names: the labels the components set == dockyard_host.LABELS; the host scripts
+#   hold no label string of their own; every selector in roles, playbooks and the inventory
+#   plugin names one of them; the default selector of every role and script is
+#   dockyard_host.MANAGED_SELECTOR;
+# - label grammar: dockyard_host.LABEL_KEY gives components.config.LABEL_KEY's verdict;
+#   the roles' *_label value checks, applied as Ansible applies them, give
+#   dockyard_host.parse_selector's verdict and state its allowed text;
+# - environment ids: the inventory plugin reads back the stack resource_prefix wrote;
+# - role variables: defaults/main.yml == meta/argument_specs.yml for every role and entry
+#   point (same names, all prefixed and described, literal defaults equal, templated ones
+#   not copied, types and choices agree);
+# - host-script defaults: the health report's and idle monitor's DEFAULTS (what their CLI
+#   falls back to) and the egress guard's argparse defaults == the role defaults they stand
+#   for, and the configuration each role writes has exactly the keys its script reads;
+# - the health report fields the table template and the playbook read exist;
+# - the manifest schema: the host's stdlib validator knows every keyword the shipped schema
+#   uses and gives jsonschema's verdict, naming the same places, on a corpus.
+
+HOST_SCRIPTS = {
+    "env_health": "dockyard-health.py",
+    "idle_monitor": "dockyard-idle-monitor.py",
+    "egress_guard": "dockyard-egress-guard.py",
+}
+health_script = load_script("env_health", HOST_SCRIPTS["env_health"])
+idle_script = load_script("idle_monitor", HOST_SCRIPTS["idle_monitor"])
+egress_script = load_script("egress_guard", HOST_SCRIPTS["egress_guard"])
+host = health_script.host  # the library exactly as the scripts import it
+LABELISH = re.compile(r"dockyard\.[a-z0-9][a-z0-9._/-]*")
+ROLES = sorted(p.name for p in (REPO / "roles").iterdir() if (p / "defaults").is_dir())
+
+
+def string_constants(path: Path) -> set[str]:
+    return {
+        node.value
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+
+
+def component_labels() -> set[str]:
+    """Every label key in the components' code: strings shaped like one, except the
+    Kubernetes annotations (constants named *_ANNOTATION), which are not engine labels."""
+    found = set()
+    for path in (REPO / "components").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        annotations = {
+            id(node.value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and "ANNOTATION" in t.id for t in node.targets)
+        }
+        found |= {
+            node.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and LABELISH.fullmatch(node.value)
+            and id(node) not in annotations
+        }
+    return found
+
+
+def role_defaults(role: str) -> dict[str, Any]:
+    return yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text()) or {}
+
+
+def role_vars(role: str) -> dict[str, Any]:
+    return yaml.safe_load((REPO / "roles" / role / "vars" / "main.yml").read_text()) or {}
+
+
+def entry_points(role: str) -> dict[str, Any]:
+    specs = yaml.safe_load((REPO / "roles" / role / "meta" / "argument_specs.yml").read_text())
+    return dict(specs["argument_specs"])
+
+
+def test_host_library_knows_exactly_the_labels_the_components_set() -> None:
+    emitted = component_labels()
+    assert {"dockyard.managed", "dockyard.session", "dockyard.stack"} <= emitted
+    assert emitted == host.LABELS, (
+        f"only the components: {sorted(emitted - host.LABELS)}; "
+        f"only dockyard_host.LABELS: {sorted(host.LABELS - emitted)}"
+    )
+    assert host.MANAGED_SELECTOR == host.LABEL_MANAGED + "=true"
+
+
+def test_host_scripts_take_their_labels_from_the_library() -> None:
+    copies = {
+        filename: sorted(t for t in string_constants(REPO / "roles" / role / "files" / filename)
+                         if LABELISH.fullmatch(t.split("=", 1)[0]))
+        for role, filename in HOST_SCRIPTS.items()
+    }  # fmt: skip
+    assert copies == {filename: [] for filename in HOST_SCRIPTS.values()}
+    assert health_script.DEFAULTS["label"] == host.MANAGED_SELECTOR
+    assert idle_script.DEFAULTS["label"] == host.MANAGED_SELECTOR
+    assert (egress_script.LABEL_MODE, egress_script.LABEL_ALLOW) == (
+        host.LABEL_EGRESS,
+        host.LABEL_EGRESS_ALLOW,
+    )
+
+
+def test_every_selector_in_roles_playbooks_and_inventory_names_a_dockyard_label() -> None:
+    selector = re.compile(r"(?<![\w.])(dockyard\.[a-z0-9][a-z0-9._/-]*)=")
+    found: dict[str, set[str]] = {}
+    for top in ("roles", "playbooks", "inventory_plugins"):
+        for path in (REPO / top).rglob("*"):
+            if path.suffix in {".yml", ".yaml", ".j2", ".py"} and path.is_file():
+                for key in selector.findall(path.read_text(encoding="utf-8")):
+                    found.setdefault(key, set()).add(str(path.relative_to(REPO)))
+    assert host.LABEL_MANAGED in found  # the defaults below are among them
+    assert {key: files for key, files in found.items() if key not in host.LABELS} == {}
+    label_defaults = {
+        f"{role}:{name}": value
+        for role in ROLES
+        for name, value in role_defaults(role).items()
+        if name.endswith("_label")
+    }
+    assert label_defaults
+    assert set(label_defaults.values()) == {host.MANAGED_SELECTOR}, label_defaults
+
+
+LABEL_KEY_CORPUS = [
+    "a", "0", "a0", "a.b", "a/b", "a_b", "a-b", "a" * 128, "a" * 129, "a" + "." * 126 + "b",
+    "", "A", "aB", ".a", "a.", "-a", "a-", "_a", "a b", "a\n", "a\t", "a:b", "a=b", "é",
+    "a\u0661", "\u212a", "dockyard.managed\n", "dockyard..x", "dockyard.x/y",
+]  # fmt: skip
+
+
+def test_label_key_grammar_is_the_configurations() -> None:
+    corpus = LABEL_KEY_CORPUS + sorted(host.LABELS)
+    differ = {
+        key: {"config": bool(config.LABEL_KEY.fullmatch(key)), "host": ok}
+        for key in corpus
+        if (ok := bool(host.LABEL_KEY.fullmatch(key))) != bool(config.LABEL_KEY.fullmatch(key))
+    }
+    assert differ == {}
+    assert all(host.LABEL_KEY.fullmatch(key) for key in host.LABELS)
+    assert {True, False} == {bool(host.LABEL_KEY.fullmatch(key)) for key in corpus}
+
+
+def selector_accepted(text: str) -> bool:
+    try:
+        host.parse_selector(text)
+    except host.ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("role", ["env_health", "idle_monitor"])
+def test_label_value_checks_are_the_host_librarys_selector_grammar(role: str) -> None:
+    check = yaml.safe_load((REPO / "roles" / role / "meta" / "value_checks.yml").read_text())[
+        f"{role}_label"
+    ]
+    assert check["allowed"] == host.SELECTOR_ALLOWED
+    corpus = [f"{key}=v" for key in LABEL_KEY_CORPUS] + LABEL_KEY_CORPUS
+    corpus += [f"{key}={value}" for key in sorted(host.LABELS)
+               for value in ("true", "team.prod_2", "a:b/c-d", "", "v" * 255, "v" * 256,
+                             "x y", "x;id", "b=c", "é", "t\n")]  # fmt: skip
+    # playbooks/tasks/validate-roles.yml: `value is regex(pattern)`, which is re.search.
+    differ = {
+        text: {"value check": ok, "dockyard_host": selector_accepted(text)}
+        for text in corpus
+        if (ok := bool(re.search(check["pattern"], text))) != selector_accepted(text)
+    }
+    assert differ == {}
+    assert selector_accepted(host.MANAGED_SELECTOR)
+    assert not selector_accepted(host.MANAGED_SELECTOR + "\n")
+
+
+def test_inventory_plugin_reads_back_the_stack_of_every_environment_id() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "dockyard_manifests_plugin", REPO / "inventory_plugins" / "dockyard_manifests.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    stacks = ["dev", "a", "team.prod_2-eu", "x" * 100, "-", "dockyard", "a-b-c"]
+    sessions = ["s", "a-b", "dev", "x" * 63, "0.9_z"]
+    wrong = {
+        (stack, session): found
+        for stack in stacks
+        for session in sessions
+        if (found := plugin.stack_of(resource_prefix(stack, session), session)) != stack
+    }
+    assert wrong == {}
+    example = reference_example()
+    assert plugin.stack_of(example["environmentId"], example["sessionId"]) is None
+
+
+def spec_accepts(option: dict[str, Any], value: Any) -> bool:
+    kind = option.get("type", "str")
+    if kind in ("str", "path"):
+        return isinstance(value, str)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "dict":
+        return isinstance(value, dict)
+    if kind == "list":
+        element = {"type": option.get("elements", "raw")}
+        return isinstance(value, list) and all(spec_accepts(element, item) for item in value)
+    return kind == "raw"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_defaults_are_what_the_argument_specs_say(role: str) -> None:
+    defaults = role_defaults(role)
+    points = entry_points(role)
+    assert set(points["main"]["options"]) == set(defaults), "main: not the defaults' names"
+    problems = []
+    for point, spec in points.items():
+        for name, option in spec["options"].items():
+            where = f"{role} {point} {name}"
+            if not name.startswith(f"{role}_"):
+                problems.append(f"{where}: not prefixed with {role}_")
+            if name not in defaults:
+                problems.append(f"{where}: not in defaults/main.yml")
+                continue
+            if not option.get("description"):
+                problems.append(f"{where}: no description")
+            value = defaults[name]
+            if isinstance(value, str) and "{{" in value:
+                # Templated: a default in the spec could only be a copy that drifts.
+                if "default" in option:
+                    problems.append(f"{where}: copies a templated default")
+                if option.get("type", "str") not in ("str", "path"):
+                    problems.append(f"{where}: a template is a str, not {option['type']}")
+                continue
+            if option.get("default", value) != value or "default" not in option:
+                problems.append(f"{where}: spec default {option.get('default')!r} != {value!r}")
+            if not spec_accepts(option, value):
+                problems.append(f"{where}: {value!r} is not of type {option.get('type', 'str')}")
+            if "choices" in option and value not in option["choices"]:
+                problems.append(f"{where}: {value!r} not in {option['choices']}")
+    assert problems == []
+
+
+# Script configuration keys no role variable stands for (the script's own fixed values).
+SCRIPT_ONLY = {"env_health": {"workspace"}, "idle_monitor": {"docker"}}
+
+
+@pytest.mark.parametrize(
+    ("role", "script"), [("env_health", health_script), ("idle_monitor", idle_script)]
+)
+def test_host_script_defaults_are_the_role_defaults(role: str, script: Any) -> None:
+    defaults = role_defaults(role)
+    # What the script falls back to when its CLI and config say nothing.
+    if role == "env_health":
+        args = script.build_parser().parse_args([])
+        effective = script.load_config(None, {k: getattr(args, k) for k in script.OVERRIDABLE})
+    else:
+        effective = script.load_config(None)
+    assert effective == script.DEFAULTS
+    keys = set(script.DEFAULTS) - SCRIPT_ONLY[role]
+    assert {f"{role}_{key}" for key in keys} <= set(defaults)
+    differ: dict[str, Any] = {}
+    for key in sorted(keys):
+        value = defaults[f"{role}_{key}"]
+        try:  # the role's default, given to the script, is the script's own default
+            taken = host.load_config(None, script.DEFAULTS, {key: value})[key]
+        except host.ConfigError as exc:
+            differ[key] = str(exc)
+            continue
+        if taken != effective[key]:
+            differ[key] = {"script": effective[key], "role": value}
+    assert differ == {}
+    # The configuration the role writes: exactly the keys the script reads.
+    assert set(role_vars(role)[f"{role}_config"]) == keys
+
+
+def test_egress_guard_cli_defaults_are_the_role_defaults() -> None:
+    defaults, variables = role_defaults("egress_guard"), role_vars("egress_guard")
+    parser = egress_script.build_parser()
+    cli = {action.dest: action.default for action in parser._actions}
+    assert {
+        "upstream": cli["upstream"],
+        "address_ttl": cli["address_ttl"],
+        "log_queries": cli["log_queries"],
+        "state_dir": cli["state_dir"],
+    } == {
+        "upstream": defaults["egress_guard_upstream_dns"],
+        "address_ttl": defaults["egress_guard_address_ttl_seconds"],
+        "log_queries": defaults["egress_guard_log_queries"],
+        "state_dir": variables["egress_guard_state_dir"],
+    }
+
+
+def test_health_report_fields_read_by_the_playbook_and_table_exist() -> None:
+    fields = {f.name for f in dataclasses.fields(health_script.Status)}
+    template = (REPO / "playbooks" / "templates" / "health-table.j2").read_text()
+    used = set(re.findall(r"\benv\.([a-z_]+)", template))
+    report_tasks = (REPO / "roles" / "env_health" / "tasks" / "report.yml").read_text()
+    used |= set(re.findall(r"(?:select|reject)attr\('([a-z_]+)'", report_tasks))
+    assert {"name", "action", "manifest", "refresh_reasons"} <= used
+    assert used - fields == set()
+
+
+def manifest_corpus() -> list[Any]:
+    """The reference example, and one mutation of it per field and way to be wrong: a
+    wrong type, a value the field's pattern or range refuses, a required key gone, an
+    extra key at every level, repeated list items."""
+    base = reference_example()
+    corpus: list[Any] = [base, [], "manifest", None]
+
+    def paths(node: Any, at: tuple[Any, ...] = ()) -> Iterable[tuple[Any, ...]]:
+        yield at
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []  # fmt: skip
+        for key, child in children:
+            yield from paths(child, (*at, key))
+
+    def replaced(at: tuple[Any, ...], value: Any) -> Any:
+        copy = json.loads(json.dumps(base))
+        node = copy
+        for key in at[:-1]:
+            node = node[key]
+        node[at[-1]] = value
+        return copy
+
+    wrong = [None, True, 1, 1.5, -1, 0, 70000, "", "x\n", "abc123", "ABC", "../x", [], {}, [1, 1]]
+    for at in paths(base):
+        if not at:
+            continue
+        corpus += [replaced(at, value) for value in wrong]
+        if isinstance(at[-1], str):
+            without = json.loads(json.dumps(base))
+            node = without
+            for key in at[:-1]:
+                node = node[key]
+            del node[at[-1]]
+            corpus.append(without)
+        current = base
+        for key in at:
+            current = current[key]
+        if isinstance(current, dict):
+            corpus.append(replaced(at, {**current, "extra": 1}))
+    corpus.append({**base, "extra": 1})
+    corpus.append(replaced(("requested", "ports"), [3000, 3000.0]))
+    corpus.append(replaced(("version",), 1.0))
+    return corpus
+
+
+def problem_places(problems: list[str]) -> set[str]:
+    return {line.split(": ", 1)[0] for line in problems}
+
+
+def test_host_stdlib_validator_gives_jsonschemas_verdict_on_the_shipped_schema() -> None:
+    corpus = manifest_corpus()
+    assert len(corpus) > 200
+    differ = []
+    for manifest in corpus:
+        stdlib = host.manifest_problems(manifest, validator="stdlib")
+        reference = host.manifest_problems(manifest, validator="jsonschema")
+        if problem_places(stdlib) != problem_places(reference):
+            differ.append((manifest, stdlib, reference))
+    assert differ == [], differ[:3]
+    verdicts = {bool(host.manifest_problems(m, validator="stdlib")) for m in corpus}
+    assert verdicts == {True, False}
+    # A keyword it cannot check is an error, never a rule silently skipped.
+    with pytest.raises(host.SchemaError, match=r"keywords \['format'\] are not allowed"):
+        host.manifest_problems("x", {"type": "string", "format": "date"}, validator="stdlib")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,8 +101,8 @@ class FakeDocker:
             return "PID COMMAND\n" + "".join(f"{100 + i} {p}\n" for i, p in enumerate(procs))
         if args[1] == "exec":
             clients = self.containers[args[4]]["clients"]
-            if clients is None:
-                raise subprocess.CalledProcessError(1, args)
+            if clients is None:  # no tmux server: `tmux list-clients` fails
+                raise idle.host.CommandError(args, 1, "no server running on /tmp/tmux-1000/default")
             return "\n".join(f"/dev/pts/{i}" for i in range(clients))
         self.actions.append(args)
         return ""
@@ -162,8 +161,15 @@ def test_dry_run_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[s
         ({"idle_minute": 5}, "unknown keys ['idle_minute']"),
         (
             {"poweroff_command": "systemctl poweroff"},
-            "poweroff_command must be a non-empty argv list",
+            'poweroff_command: "systemctl poweroff" is not allowed (allowed: a list)',
         ),
+        (
+            {"poweroff_command": []},
+            "poweroff_command: [] is not allowed (allowed: a non-empty argv list of strings)",
+        ),
+        ({"idle_minutes": "30"}, 'idle_minutes: "30" is not allowed (allowed: a whole number)'),
+        ({"idle_minutes": 0}, "idle_minutes 0 / cpu_threshold 5.0 are not allowed"),
+        ({"label": "dockyard.managed=true\n"}, 'label selector: "dockyard.managed=true\\n"'),
     ],
 )
 def test_bad_config_is_refused(
@@ -171,5 +177,29 @@ def test_bad_config_is_refused(
 ) -> None:
     path = tmp_path / "c.json"
     path.write_text(json.dumps(config))
-    assert idle.main(["--config", str(path)], runner=FakeDocker({})) == 2
+    fake = FakeDocker({})
+    assert idle.main(["--config", str(path)], runner=fake) == 2
     assert message in capsys.readouterr().err
+    assert fake.actions == []
+
+
+def test_check_config_reads_nothing_from_the_engine(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({**idle.DEFAULTS, "poweroff_command": ["/bin/true"]}))
+
+    def no_engine(argv: Sequence[str]) -> str:
+        raise AssertionError(f"--check-config ran {argv}")
+
+    assert idle.main(["--config", str(path), "--check-config"], runner=no_engine) == 0
+
+
+def test_an_engine_that_cannot_be_read_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"state_file": str(tmp_path / "s.json"), "docker": "/nonexistent"}))
+    assert idle.main(["--config", str(path)]) == 1
+    assert "ERROR: cannot read the environments: /nonexistent ps --filter failed (127)" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "s.json").exists()

@@ -37,12 +37,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Installed, dockyard_host.py sits beside this script (sys.path[0]); in the repository it
+# is the host_common role's file (appended, so an installed copy always wins).
+sys.path.append(str(Path(__file__).resolve().parents[2] / "host_common" / "files"))
+import dockyard_host as host
+
 TABLE = "dockyard_egress"
-LABEL_MODE = "dockyard.egress"
-LABEL_ALLOW = "dockyard.egress.allow"
+LABEL_MODE = host.LABEL_EGRESS
+LABEL_ALLOW = host.LABEL_EGRESS_ALLOW
+# The role's defaults (roles/egress_guard) are the same values; a contract test keeps
+# them equal.
+DEFAULT_STATE_DIR = "/run/dockyard-egress"
+DEFAULT_ADDRESS_TTL = 3600
 
 
-class GuardError(RuntimeError):
+class GuardError(host.HostError):
     pass
 
 
@@ -61,14 +70,10 @@ class Network:
 
 
 def run(argv: Sequence[str], stdin: str | None = None) -> str:
-    result = subprocess.run(
-        list(argv), input=stdin, capture_output=True, text=True, timeout=120, check=False
-    )
-    if result.returncode != 0:
-        raise GuardError(
-            f"{' '.join(argv[:3])} failed ({result.returncode}): {result.stderr.strip()}"
-        )
-    return result.stdout
+    try:
+        return host.run(argv, stdin=stdin)
+    except host.CommandError as exc:
+        raise GuardError(str(exc)) from None
 
 
 def parse_rule(rule: str) -> tuple[str, str, int | None]:
@@ -318,7 +323,7 @@ def remove(state_dir: Path) -> dict[str, object]:
     return {"changed": bool(actions), "actions": actions, "networks": []}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--upstream",
@@ -326,16 +331,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="IPv4 resolver the forwarders ask (repeatable; default: the host's resolv.conf)",
     )
-    parser.add_argument("--state-dir", default="/run/dockyard-egress")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     parser.add_argument(
-        "--address-ttl", type=int, default=3600, help="seconds an answered address stays allowed"
+        "--address-ttl",
+        type=int,
+        default=DEFAULT_ADDRESS_TTL,
+        help="seconds an answered address stays allowed",
     )
     parser.add_argument("--log-queries", action="store_true")
     parser.add_argument(
         "--remove", action="store_true", help="delete the table and stop every forwarder"
     )
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         for upstream in args.upstream:
             ipaddress.IPv4Address(upstream)

@@ -26,20 +26,28 @@ default /var/run/docker.sock).
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import os
-import socket
 import sys
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+# Installed, dockyard_host.py sits beside this script (sys.path[0]); in the repository it
+# is the host_common role's file (appended, so an installed copy always wins).
+sys.path.append(str(Path(__file__).resolve().parents[2] / "host_common" / "files"))
+import dockyard_host as host
+
+Engine = host.Engine
+EngineError = host.EngineError
+
+# The role's defaults (roles/env_health/defaults/main.yml) are the same values; a
+# contract test keeps them equal.
 DEFAULTS: dict[str, Any] = {
-    "label": "dockyard.managed=true",
+    "label": host.MANAGED_SELECTOR,
     "report_file": "/var/lib/dockyard/health/report.json",
     "max_age_hours": 72.0,
     "max_disk_pct": 80.0,
@@ -49,75 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "workspace": "/workspace",
     "manifest_dir": "",
 }
-
-
-class EngineError(RuntimeError):
-    pass
-
-
-class Engine:
-    """Minimal Docker Engine API client over the unix socket."""
-
-    def __init__(self, socket_path: str) -> None:
-        self.socket_path = socket_path
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        raw: bytes | None = None,
-        expect: Sequence[int] = (200, 201, 204, 304),
-    ) -> Any:
-        connection = _UnixConnection(self.socket_path)
-        headers = {"Host": "docker"}
-        payload = raw
-        if body is not None:
-            payload = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        elif raw is not None:
-            headers["Content-Type"] = "application/x-tar"
-        connection.request(method, path, body=payload, headers=headers)
-        response = connection.getresponse()
-        data = response.read()
-        connection.close()
-        if response.status not in expect:
-            message = data.decode(errors="replace").strip()
-            raise EngineError(f"{method} {path}: {response.status} {message}")
-        if response.getheader("Content-Type", "").startswith("application/json") and data:
-            return json.loads(data)
-        return data
-
-    def containers(self, label: str) -> list[dict[str, Any]]:
-        filters = urllib.parse.quote(json.dumps({"label": [label]}))
-        return self.request("GET", f"/containers/json?all=1&filters={filters}")
-
-    def inspect(self, ref: str) -> dict[str, Any]:
-        return self.request("GET", f"/containers/{ref}/json")
-
-    def stats(self, ref: str) -> dict[str, Any]:
-        return self.request("GET", f"/containers/{ref}/stats?stream=false")
-
-    def exec(self, ref: str, cmd: list[str], user: str = "1000") -> tuple[int, str]:
-        created = self.request(
-            "POST",
-            f"/containers/{ref}/exec",
-            {"Cmd": cmd, "User": user, "AttachStdout": True, "AttachStderr": True},
-        )
-        raw = self.request("POST", f"/exec/{created['Id']}/start", {"Detach": False, "Tty": True})
-        code = self.request("GET", f"/exec/{created['Id']}/json")["ExitCode"]
-        return int(code if code is not None else 1), raw.decode(errors="replace")
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=120)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(120)
-        self.sock.connect(self.path)
+THRESHOLDS = ("max_age_hours", "max_disk_pct", "max_memory_pct", "max_failed_checks")
 
 
 @dataclass
@@ -145,7 +85,7 @@ def collect(engine: Engine, label: str, workspace: str, now: datetime) -> list[S
         info = engine.inspect(summary["Id"])
         state = info["State"]
         health = state.get("Health") or {}
-        created = _parse_time(info["Created"])
+        created = host.parse_engine_time(info["Created"])
         used = limit = pct = disk = oom = None
         if state["Status"] == "running":
             used, limit, pct = _memory(engine.stats(info["Id"]), info)
@@ -169,12 +109,6 @@ def collect(engine: Engine, label: str, workspace: str, now: datetime) -> list[S
             )
         )
     return statuses
-
-
-def _parse_time(value: str) -> datetime:
-    base, _, rest = value.partition(".")
-    fraction = "".join(ch for ch in rest if ch.isdigit())[:6]
-    return datetime.fromisoformat(f"{base}.{fraction or '0'}").replace(tzinfo=UTC)
 
 
 def _memory(stats: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -284,40 +218,35 @@ def refresh(engine: Engine, name: str) -> str:
     return new_id
 
 
-def sync_manifest(manifest_dir: str, old_id: str, info: Mapping[str, Any]) -> str | None:
+def sync_manifest(manifest_dir: str, old_id: str, info: Mapping[str, Any]) -> str:
     """Make the manifest of container ``old_id`` describe ``info`` (the same container or
     its replacement): id, creation time and the published host ports as the engine has
-    them now — a restart allocates new random host ports. Returns the path when the file
-    was rewritten."""
-    if not manifest_dir or not os.path.isdir(manifest_dir):
-        return None
-    for name in sorted(os.listdir(manifest_dir)):
-        path = os.path.join(manifest_dir, name)
-        if not name.endswith(".json"):
-            continue
-        with open(path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-        container = manifest.get("container", {})
-        if container.get("id") != old_id:
-            continue
-        before = json.dumps(manifest, sort_keys=True)
-        created = _parse_time(info["Created"])
+    them now — a restart allocates new random host ports. The result is validated against
+    the manifest schema before it replaces the file (dockyard_host.rewrite_manifest).
+
+    Returns "unchanged" (no manifest, or already true), "updated", or "refused: <why>"
+    when the rewritten manifest would not be valid (the file is left as it was)."""
+    path = host.manifest_for_container(manifest_dir, old_id)
+    if path is None:
+        return "unchanged"
+    published = _host_ports(info)
+
+    def describe_now(manifest: dict[str, Any]) -> None:
+        container = manifest["container"]
         container["id"] = info["Id"]
-        manifest["createdAt"] = (
-            created.strftime("%Y-%m-%dT%H:%M:%S.") + f"{created.microsecond // 1000:03d}Z"
-        )
-        published = _host_ports(info)
+        manifest["createdAt"] = host.iso_millis(host.parse_engine_time(info["Created"]))
         if info["State"]["Running"] and published:
             container["portMappings"] = [
                 {"containerPort": m["containerPort"], "hostPort": published[m["containerPort"]]}
                 for m in container.get("portMappings", [])
                 if m["containerPort"] in published
             ]
-        if json.dumps(manifest, sort_keys=True) == before:
-            return None
-        _write_json(path, manifest)
-        return path
-    return None
+
+    try:
+        return "updated" if host.rewrite_manifest(path, describe_now) else "unchanged"
+    except (host.ManifestError, KeyError, TypeError) as exc:
+        reason = str(exc).splitlines()
+        return f"refused: {path}: {' '.join(line.strip() for line in reason)[:300]}"
 
 
 def _host_ports(info: Mapping[str, Any]) -> dict[int, int]:
@@ -330,15 +259,6 @@ def _host_ports(info: Mapping[str, Any]) -> dict[int, int]:
 
 
 # --- Report -------------------------------------------------------------------------------
-
-
-def _write_json(path: str, data: Any) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def log_line(status: Status) -> str:
@@ -361,22 +281,21 @@ def log_line(status: Status) -> str:
 
 
 def load_config(path: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    config = dict(DEFAULTS)
-    if path:
-        with open(path, encoding="utf-8") as handle:
-            config.update(json.load(handle))
-    config.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(config) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown keys {unknown} (allowed: {', '.join(sorted(DEFAULTS))})")
-    for key in ("max_age_hours", "max_disk_pct", "max_memory_pct", "max_failed_checks"):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ValueError(f"{key}: {value!r} is not allowed (allowed: a positive number)")
+    config = host.load_config(path, DEFAULTS, overrides)
+    host.parse_selector(config["label"])
+    for key in THRESHOLDS:
+        if config[key] <= 0:
+            raise host.ConfigError(
+                f"{key}: {config[key]!r} is not allowed (allowed: a positive number)"
+            )
     return config
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+OVERRIDABLE = ("label", "report_file", "refresh", "manifest_dir", *THRESHOLDS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options left out fall back to --config, then to DEFAULTS (None means not given)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="JSON config file")
     parser.add_argument("--label", help="select environments by this label (key=value)")
@@ -395,30 +314,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-disk-pct", type=float)
     parser.add_argument("--max-memory-pct", type=float)
     parser.add_argument("--max-failed-checks", type=int)
-    args = parser.parse_args(argv)
-    overridable = (
-        "label",
-        "report_file",
-        "refresh",
-        "manifest_dir",
-        "max_age_hours",
-        "max_disk_pct",
-        "max_memory_pct",
-        "max_failed_checks",
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the configuration and exit"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config, {key: getattr(args, key) for key in overridable})
-    except (ValueError, OSError, json.JSONDecodeError) as exc:
+        config = load_config(args.config, {key: getattr(args, key) for key in OVERRIDABLE})
+        engine = Engine.from_env()
+    except (host.HostError, OSError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if not host.startswith("unix://"):
-        print(
-            f"ERROR: DOCKER_HOST={host} is not a unix socket (run this on the Docker host)",
-            file=sys.stderr,
-        )
-        return 2
-    engine = Engine(host.removeprefix("unix://"))
+    if args.check_config:
+        return 0
     now = datetime.now(UTC)
     statuses = collect(engine, config["label"], config["workspace"], now)
     failures = 0
@@ -454,18 +365,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             info = engine.inspect(replaced.get(status.id, status.id))
         except EngineError:
             continue
-        if sync_manifest(config["manifest_dir"], status.id, info):
-            status.manifest = "updated"
+        status.manifest = sync_manifest(config["manifest_dir"], status.id, info)
+        if status.manifest.startswith("refused"):
+            failures += 1
     report = {
         "generatedAt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "thresholds": {
-            k: config[k]
-            for k in ("max_age_hours", "max_disk_pct", "max_memory_pct", "max_failed_checks")
-        },
+        "thresholds": {k: config[k] for k in THRESHOLDS},
         "refresh": bool(config["refresh"]),
+        "manifestValidator": host.VALIDATOR,
         "environments": [asdict(s) for s in statuses],
     }
-    _write_json(config["report_file"], report)
+    host.write_json_atomic(config["report_file"], report)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

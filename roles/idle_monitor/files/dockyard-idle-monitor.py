@@ -16,23 +16,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Installed, dockyard_host.py sits beside this script (sys.path[0]); in the repository it
+# is the host_common role's file (appended, so an installed copy always wins).
+sys.path.append(str(Path(__file__).resolve().parents[2] / "host_common" / "files"))
+import dockyard_host as host
 
 AGENT_COMMANDS = frozenset({"claude", "codex"})
 ACTIONS = ("stop", "poweroff")
-DEFAULTS = {
+# The role's defaults (roles/idle_monitor/defaults/main.yml) are the same values; a
+# contract test keeps them equal.
+DEFAULTS: dict[str, object] = {
     "idle_minutes": 30,
     "cpu_threshold": 5.0,
     "action": "stop",
     "poweroff_command": ["systemctl", "poweroff"],
     "state_file": "/var/lib/dockyard/idle-monitor.json",
     "docker": "docker",
-    "label": "dockyard.managed=true",
+    "label": host.MANAGED_SELECTOR,
 }
 
 
@@ -110,11 +117,8 @@ def decide(
 # --- Reading the engine -------------------------------------------------------------------
 
 
-Runner = Callable[[Sequence[str]], str]
-
-
-def run(argv: Sequence[str]) -> str:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=True, timeout=60).stdout
+Runner = host.Runner
+run = host.run
 
 
 def read_environments(docker: str, label: str, runner: Runner = run) -> list[Reading]:
@@ -142,7 +146,7 @@ def _tmux_clients(docker: str, name: str, runner: Runner) -> int:
         out = runner(
             [docker, "exec", "-u", "1000", name, "tmux", "list-clients", "-F", "#{client_name}"]
         )
-    except subprocess.CalledProcessError:
+    except host.CommandError:
         return 0  # no tmux server: nobody attached
     return len([line for line in out.splitlines() if line.strip()])
 
@@ -160,44 +164,57 @@ def load_state(path: str) -> dict[str, float]:
 
 
 def save_state(path: str, state: Mapping[str, float]) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(dict(state), handle, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    host.write_atomic(path, json.dumps(dict(state), indent=2, sort_keys=True) + "\n")
 
 
-def load_config(path: str | None) -> dict[str, object]:
-    config = dict(DEFAULTS)
-    if path:
-        with open(path, encoding="utf-8") as handle:
-            config.update(json.load(handle))
-    unknown = sorted(set(config) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown} (allowed: {', '.join(sorted(DEFAULTS))})")
+def load_config(path: str | None) -> dict[str, Any]:
+    config = host.load_config(path, DEFAULTS)
+    host.parse_selector(config["label"])
     if config["action"] not in ACTIONS:
-        raise ValueError(
-            f"{path}: action {config['action']!r} is not allowed (allowed: {', '.join(ACTIONS)})"
+        raise host.ConfigError(
+            f"action {config['action']!r} is not allowed (allowed: {', '.join(ACTIONS)})"
         )
-    if not isinstance(config["poweroff_command"], list) or not config["poweroff_command"]:
-        raise ValueError(f"{path}: poweroff_command must be a non-empty argv list")
+    command = config["poweroff_command"]
+    if not command or not all(isinstance(arg, str) and arg for arg in command):
+        raise host.ConfigError(
+            f"poweroff_command: {json.dumps(command)} is not allowed (allowed: a non-empty "
+            "argv list of strings)"
+        )
+    if config["idle_minutes"] <= 0 or config["cpu_threshold"] < 0:
+        raise host.ConfigError(
+            f"idle_minutes {config['idle_minutes']!r} / cpu_threshold {config['cpu_threshold']!r}"
+            " are not allowed (allowed: idle_minutes > 0, cpu_threshold >= 0)"
+        )
     return config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="JSON config file")
+    parser.add_argument("--dry-run", action="store_true", help="decide and print, change nothing")
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the configuration and exit"
+    )
+    return parser
 
 
 def main(
     argv: Sequence[str] | None = None, runner: Runner = run, clock: Callable[[], float] = time.time
 ) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="JSON config file")
-    parser.add_argument("--dry-run", action="store_true", help="decide and print, change nothing")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
-    except (ValueError, OSError, json.JSONDecodeError) as exc:
+    except (host.HostError, OSError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
+    if args.check_config:
+        return 0
     now = clock()
-    readings = read_environments(str(config["docker"]), str(config["label"]), runner)
+    try:
+        readings = read_environments(str(config["docker"]), str(config["label"]), runner)
+    except host.HostError as exc:
+        print(f"ERROR: cannot read the environments: {exc}", file=sys.stderr)
+        return 1
     decision = decide(
         readings,
         load_state(str(config["state_file"])),

@@ -1,0 +1,538 @@
+"""dockyard host library: what the host scripts (health report, idle monitor, egress
+guard) share, so that each fact is written once on the host side too.
+
+- Label names and the label grammar: the same strings the Pulumi components put on
+  every environment (tests/unit/test_contracts.py fails when the two drift apart).
+- Engine access: the Engine API over the unix socket (:class:`Engine`) and the docker
+  CLI or any other command (:func:`run`).
+- Config loading: a JSON object over the script's defaults; unknown keys and values of
+  the wrong type are refused, naming the key, the value and what is allowed.
+- Atomic writes: a temporary file in the same directory, fsync'd, renamed over the
+  target, then the directory fsync'd, so readers see the old file or the new one and a
+  power cut loses neither.
+- The manifest rewrite: a manifest changed on the host (new container id after a
+  refresh, new host ports after a restart) is validated against the shipped contract v1
+  schema before it replaces the file. The schema is installed beside this module. With
+  the ``jsonschema`` package importable the host validates with it; hosts rarely have
+  it, so otherwise a small validator of the keywords the shipped schema uses does the
+  same job (:data:`VALIDATOR` says which; a schema keyword it does not know is an error,
+  never silently skipped).
+
+Stdlib only: the host scripts run under the system python3.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+# --- Labels ------------------------------------------------------------------------------
+
+# What the components (components/environment.py, egress.py, program.py) put on every
+# environment's container, network and volumes.
+LABEL_MANAGED = "dockyard.managed"
+LABEL_ENVIRONMENT = "dockyard.environment"
+LABEL_SESSION = "dockyard.session"
+LABEL_BACKEND = "dockyard.backend"
+LABEL_STACK = "dockyard.stack"
+LABEL_TENANT = "dockyard.tenant"
+LABEL_VOLUME = "dockyard.volume"
+LABEL_EGRESS = "dockyard.egress"
+LABEL_EGRESS_ALLOW = "dockyard.egress.allow"
+LABELS = frozenset(
+    {
+        LABEL_MANAGED,
+        LABEL_ENVIRONMENT,
+        LABEL_SESSION,
+        LABEL_BACKEND,
+        LABEL_STACK,
+        LABEL_TENANT,
+        LABEL_VOLUME,
+        LABEL_EGRESS,
+        LABEL_EGRESS_ALLOW,
+    }
+)
+MANAGED_VALUE = "true"
+# Every dockyard environment, and nothing else.
+MANAGED_SELECTOR = f"{LABEL_MANAGED}={MANAGED_VALUE}"
+
+# A label key: the grammar the stack configuration accepts for user labels
+# (components.config.LABEL_KEY), full-matched, ASCII only.
+LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,126}[a-z0-9])?", re.ASCII)
+# A label selector as the scripts take it (docker's `label=` filter): a key, or
+# key=value with a value that is a name, a session id, a stack, "true" ...
+SELECTOR_VALUE = re.compile(r"[A-Za-z0-9._/:-]{0,255}", re.ASCII)
+SELECTOR_ALLOWED = (
+    "a label key (lower-case letters, digits, '.', '_', '/', '-'; at most 128) or key=value "
+    "(value: letters, digits, '.', '_', '/', ':', '-'; at most 255)"
+)
+
+
+class HostError(RuntimeError):
+    """Something on the host is not as a script needs it; the message says what."""
+
+
+class ConfigError(HostError, ValueError):
+    """A configuration value is not allowed."""
+
+
+def parse_selector(text: str) -> tuple[str, str | None]:
+    """``key`` or ``key=value`` -> (key, value or None); anything else is a ConfigError."""
+    if not isinstance(text, str):
+        raise ConfigError(f"label selector: {text!r} is not allowed (allowed: {SELECTOR_ALLOWED})")
+    key, sep, value = text.partition("=")
+    if not LABEL_KEY.fullmatch(key) or (sep and not SELECTOR_VALUE.fullmatch(value)):
+        raise ConfigError(
+            f"label selector: {json.dumps(text)[:120]} is not allowed (allowed: {SELECTOR_ALLOWED})"
+        )
+    return key, (value if sep else None)
+
+
+# --- Engine access -----------------------------------------------------------------------
+
+
+class EngineError(HostError):
+    """The Docker engine refused or failed a request."""
+
+
+class CommandError(HostError):
+    """A command exited non-zero."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        super().__init__(f"{' '.join(argv[:3])} failed ({returncode}): {stderr.strip()}")
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+Runner = Callable[[Sequence[str]], str]
+
+
+def run(argv: Sequence[str], stdin: str | None = None, timeout: float = 120) -> str:
+    """Run a command (docker, nft, dnsmasq ...); its stdout, or CommandError (also when
+    it cannot be started at all)."""
+    try:
+        result = subprocess.run(
+            list(argv), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except OSError as exc:
+        raise CommandError(argv, 127, f"cannot run {argv[0]}: {exc.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise CommandError(argv, 124, f"no answer within {timeout:g} s") from None
+    if result.returncode != 0:
+        raise CommandError(argv, result.returncode, result.stderr)
+    return result.stdout
+
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+
+class Engine:
+    """Minimal Docker Engine API client over the unix socket."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Engine:
+        """The engine DOCKER_HOST names (default the local socket); only unix sockets:
+        the scripts run on the Docker host itself."""
+        host = environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+        if not host.startswith("unix://"):
+            raise HostError(
+                f"DOCKER_HOST={host} is not a unix socket (allowed: unix:///path; run this on "
+                "the Docker host)"
+            )
+        return cls(host.removeprefix("unix://"))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        expect: Sequence[int] = (200, 201, 204, 304),
+    ) -> Any:
+        connection = _UnixConnection(self.socket_path)
+        headers = {"Host": "docker"}
+        payload = raw
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif raw is not None:
+            headers["Content-Type"] = "application/x-tar"
+        try:
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        except OSError as exc:
+            raise EngineError(f"{method} {path}: {exc}") from None
+        finally:
+            connection.close()
+        if response.status not in expect:
+            message = data.decode(errors="replace").strip()
+            raise EngineError(f"{method} {path}: {response.status} {message}")
+        if response.getheader("Content-Type", "").startswith("application/json") and data:
+            return json.loads(data)
+        return data
+
+    def containers(self, selector: str) -> list[dict[str, Any]]:
+        """Every container (running or not) carrying the label ``selector``."""
+        parse_selector(selector)
+        filters = urllib.parse.quote(json.dumps({"label": [selector]}))
+        return self.request("GET", f"/containers/json?all=1&filters={filters}")
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        return self.request("GET", f"/containers/{ref}/json")
+
+    def stats(self, ref: str) -> dict[str, Any]:
+        return self.request("GET", f"/containers/{ref}/stats?stream=false")
+
+    def exec(self, ref: str, cmd: list[str], user: str = "1000") -> tuple[int, str]:
+        created = self.request(
+            "POST",
+            f"/containers/{ref}/exec",
+            {"Cmd": cmd, "User": user, "AttachStdout": True, "AttachStderr": True},
+        )
+        raw = self.request("POST", f"/exec/{created['Id']}/start", {"Detach": False, "Tty": True})
+        code = self.request("GET", f"/exec/{created['Id']}/json")["ExitCode"]
+        return int(code if code is not None else 1), raw.decode(errors="replace")
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=120)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(120)
+        self.sock.connect(self.socket_path)
+
+
+def parse_engine_time(value: str) -> datetime:
+    """The engine's RFC 3339 time (nanoseconds, UTC) as an aware datetime."""
+    base, _, rest = value.partition(".")
+    fraction = "".join(ch for ch in rest if ch.isdigit())[:6]
+    return datetime.fromisoformat(f"{base}.{fraction or '0'}").replace(tzinfo=UTC)
+
+
+def iso_millis(moment: datetime) -> str:
+    """The manifest's time format: ISO-8601 UTC with milliseconds."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+# --- Config ------------------------------------------------------------------------------
+
+
+def _kind(default: Any) -> tuple[Callable[[Any], bool], str]:
+    if isinstance(default, bool):
+        return (lambda v: isinstance(v, bool)), "true or false"
+    if isinstance(default, int):
+        return (lambda v: isinstance(v, int) and not isinstance(v, bool)), "a whole number"
+    if isinstance(default, float):
+        return (
+            lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ), "a number"
+    if isinstance(default, str):
+        return (lambda v: isinstance(v, str)), "a string"
+    if isinstance(default, list):
+        return (lambda v: isinstance(v, list)), "a list"
+    if isinstance(default, dict):
+        return (lambda v: isinstance(v, dict)), "an object"
+    return (lambda _v: True), "any value"
+
+
+def load_config(
+    path: str | None,
+    defaults: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``defaults``, then the JSON object in ``path`` (if given), then the ``overrides``
+    that are not None. Every key must be one of the defaults' and every value of the
+    default's type (an int where a float is expected becomes a float)."""
+    config = dict(defaults)
+    source = path or "config"
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                loaded = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"{path}: a JSON {type(loaded).__name__} is not allowed (allowed: a JSON object)"
+            )
+        config.update(loaded)
+    config.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown keys {unknown} (allowed: {', '.join(sorted(defaults))})"
+        )
+    for key, default in defaults.items():
+        accepts, allowed = _kind(default)
+        if not accepts(config[key]):
+            raise ConfigError(
+                f"{source}: {key}: {json.dumps(config[key])[:120]} is not allowed (allowed: {allowed})"
+            )
+        if isinstance(default, float):
+            config[key] = float(config[key])
+    return config
+
+
+# --- Atomic writes -----------------------------------------------------------------------
+
+
+def write_atomic(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``text``: readers see the old or the new file, never half of
+    one, and both the data and the rename are on disk when this returns."""
+    target = Path(path)
+    directory = target.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # The rename itself lives in the directory: without this a crash can lose it.
+    directory_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any, mode: int = 0o644) -> None:
+    """:func:`write_atomic` of ``data`` as indented JSON (the manifest writer's format)."""
+    write_atomic(path, json.dumps(data, indent=2) + "\n", mode)
+
+
+# --- Manifests ---------------------------------------------------------------------------
+
+SCHEMA_NAME = "manifest.schema.json"
+_HERE = Path(__file__).resolve().parent
+# Installed (and staged by playbooks/health.yml): beside this module. Run from the
+# repository (tests): the components' own copy, the one the role installs.
+SCHEMA_CANDIDATES = (_HERE / SCHEMA_NAME,) + (
+    (_HERE.parents[2] / "components" / SCHEMA_NAME,)
+    if (_HERE.parent.name, _HERE.parent.parent.name) == ("host_common", "roles")
+    else ()
+)
+
+
+class ManifestError(HostError, ValueError):
+    """A manifest is not a valid contract v1 manifest (or cannot be read)."""
+
+
+class SchemaError(HostError):
+    """The schema uses something the stdlib validator cannot check."""
+
+
+def schema_path() -> Path:
+    for candidate in SCHEMA_CANDIDATES:
+        if candidate.is_file():
+            return candidate
+    raise HostError(
+        f"{SCHEMA_NAME} not found (looked in {', '.join(str(c.parent) for c in SCHEMA_CANDIDATES)})"
+    )
+
+
+@cache
+def manifest_schema() -> dict[str, Any]:
+    return json.loads(schema_path().read_text(encoding="utf-8"))
+
+
+try:
+    import jsonschema as _jsonschema
+except ImportError:  # the usual case on a host: the system python3 without it
+    _jsonschema = None
+
+VALIDATOR = "jsonschema" if _jsonschema is not None else "stdlib"
+"""Which validator :func:`validate_manifest` uses on this host."""
+
+
+def manifest_problems(
+    manifest: Any, schema: Mapping[str, Any] | None = None, validator: str | None = None
+) -> list[str]:
+    """Every violation of the schema (default: the shipped manifest schema), as
+    ``path: message`` lines; empty when the manifest is valid."""
+    schema = manifest_schema() if schema is None else schema
+    if (validator or VALIDATOR) == "jsonschema":
+        if _jsonschema is None:
+            raise HostError("validator jsonschema is not allowed here (allowed: stdlib)")
+        checker = _jsonschema.Draft202012Validator(schema)
+        errors = sorted(checker.iter_errors(manifest), key=lambda e: list(e.absolute_path))
+        return [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors]
+    problems: list[str] = []
+    _check(manifest, schema, (), problems)
+    return problems
+
+
+def validate_manifest(manifest: Any, source: str = "manifest") -> None:
+    """Raise :class:`ManifestError` naming every violation of the schema."""
+    problems = manifest_problems(manifest)
+    if problems:
+        raise ManifestError(f"{source} is not a valid v1 manifest:\n  " + "\n  ".join(problems))
+
+
+def rewrite_manifest(
+    path: str | os.PathLike[str], change: Callable[[dict[str, Any]], None]
+) -> bool:
+    """Apply ``change`` to the manifest in ``path``; when that changed anything, validate
+    the result against the schema and replace the file atomically. Returns whether the
+    file was rewritten; an invalid result raises :class:`ManifestError` and the file is
+    left as it was."""
+    manifest = read_manifest(path)
+    before = json.dumps(manifest, sort_keys=True)
+    change(manifest)
+    if json.dumps(manifest, sort_keys=True) == before:
+        return False
+    validate_manifest(manifest, str(path))
+    write_json_atomic(path, manifest)
+    return True
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read it ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path}: a JSON {type(manifest).__name__} is not a manifest")
+    return manifest
+
+
+def manifest_for_container(manifest_dir: str, container_id: str) -> Path | None:
+    """The manifest file in ``manifest_dir`` that describes container ``container_id``."""
+    directory = Path(manifest_dir)
+    if not manifest_dir or not directory.is_dir():
+        return None
+    for path in sorted(directory.glob("*.json")):
+        try:
+            manifest = read_manifest(path)
+        except ManifestError:
+            continue  # not ours to judge here: the inventory plugin names broken files
+        container = manifest.get("container")
+        if isinstance(container, dict) and container.get("id") == container_id:
+            return path
+    return None
+
+
+# The keywords the stdlib validator checks, and those that only annotate.
+_ANNOTATIONS = frozenset({"$schema", "$id", "$comment", "title", "description", "examples"})
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    # JSON Schema counts 3.0 as an integer, as jsonschema does.
+    "integer": lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, float) and v.is_integer())
+    ),
+}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: true is not 1, 1 is 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if _TYPES["number"](a) and _TYPES["number"](b):
+        return bool(a == b)
+    return type(a) is type(b) and a == b
+
+
+_KEYWORDS = frozenset(
+    {
+        "type", "const", "enum", "pattern", "minLength", "maxLength", "minimum", "maximum",
+        "required", "properties", "additionalProperties", "items", "minItems", "maxItems",
+        "uniqueItems",
+    }
+)  # fmt: skip
+
+
+def _check(value: Any, schema: Mapping[str, Any], at: tuple[Any, ...], problems: list[str]) -> None:
+    where = "/".join(map(str, at)) or "(top)"
+    unknown = set(schema) - _ANNOTATIONS - _KEYWORDS
+    if unknown:
+        raise SchemaError(
+            f"schema at {where}: keywords {sorted(unknown)} are not allowed "
+            f"(allowed for the stdlib validator: {', '.join(sorted(_KEYWORDS))})"
+        )
+    problem = problems.append
+    if "type" in schema:
+        names = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(_TYPES[name](value) for name in names):
+            problem(f"{where}: {_show(value)} is not of type {' or '.join(map(repr, names))}")
+    if "const" in schema and not _same(value, schema["const"]):
+        problem(f"{where}: {_show(schema['const'])} was expected")
+    if "enum" in schema and not any(_same(value, option) for option in schema["enum"]):
+        problem(f"{where}: {_show(value)} is not one of {schema['enum']!r}")
+    if isinstance(value, str):
+        # JSON Schema patterns are unanchored searches: what the schema anchors is anchored.
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            problem(f"{where}: {_show(value)} does not match {schema['pattern']!r}")
+        if len(value) < schema.get("minLength", 0):
+            problem(f"{where}: {_show(value)} is shorter than {schema['minLength']}")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            problem(f"{where}: {_show(value)} is longer than {schema['maxLength']}")
+    if _TYPES["number"](value):
+        if "minimum" in schema and value < schema["minimum"]:
+            problem(f"{where}: {value!r} is less than the minimum of {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            problem(f"{where}: {value!r} is greater than the maximum of {schema['maximum']}")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        for key in schema.get("required", []):
+            if key not in value:
+                problem(f"{where}: {key!r} is a required property")
+        for key, item in value.items():
+            if key in properties:
+                _check(item, properties[key], (*at, key), problems)
+            elif schema.get("additionalProperties") is False:
+                problem(f"{where}: additional property {key!r} is not allowed")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                _check(item, schema["additionalProperties"], (*at, key), problems)
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            problem(f"{where}: fewer than {schema['minItems']} items")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            problem(f"{where}: more than {schema['maxItems']} items")
+        if schema.get("uniqueItems") and any(
+            _same(a, b) for i, a in enumerate(value) for b in value[i + 1 :]
+        ):
+            problem(f"{where}: {_show(value)} has non-unique elements")
+        for index, item in enumerate(value):
+            if "items" in schema:
+                _check(item, schema["items"], (*at, index), problems)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value)[:80]

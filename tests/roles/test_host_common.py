@@ -1,0 +1,159 @@
+"""roles/host_common on this machine, without touching it: its comparison module against
+files in a temporary directory, and its schedule templates rendered by Ansible itself
+(systemd units checked by systemd-analyze, the cron line read back as /bin/sh would)."""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import os
+import pwd
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.ansible import REPO, run_module
+
+ROLE = REPO / "roles" / "host_common"
+SCHEDULE = {
+    "name": "dockyard-demo",
+    "description": "demo job",
+    # A space, a systemd specifier, a variable and a quote: each must reach the script as is.
+    "command": ["/usr/bin/python3", "/opt/demo dir/job.py", "--ratio", "50%", "$HOME", "it's"],
+    "interval_minutes": 120,
+    "boot_delay": "5min",
+    "after": ["nftables.service"],
+}
+
+
+def render(template: str, tmp_path: Path, schedule: dict[str, Any]) -> str:
+    dest = tmp_path / template.removeprefix("dockyard-job.")
+    result = run_module(
+        "ansible.builtin.template",
+        {"src": str(ROLE / "templates" / template), "dest": str(dest)},
+        extra_vars={"host_common_schedule": schedule},
+    )
+    assert not result.get("failed"), result
+    return dest.read_text()
+
+
+def test_systemd_units_are_valid_and_pass_the_command_through(tmp_path: Path) -> None:
+    service = render("dockyard-job.service.j2", tmp_path, SCHEDULE)
+    timer = render("dockyard-job.timer.j2", tmp_path, SCHEDULE)
+    assert (
+        'ExecStart=/usr/bin/python3 "/opt/demo dir/job.py" --ratio 50%% $$HOME "it\'s"\n'
+    ) in service
+    assert "SyslogIdentifier=dockyard-demo\n" in service
+    assert "After=docker.service nftables.service\n" in service
+    assert "OnUnitActiveSec=120min\n" in timer
+    assert "OnBootSec=5min\n" in timer
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed here")
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / "dockyard-demo.service").write_text(service)
+    (units / "dockyard-demo.timer").write_text(timer)
+    check = subprocess.run(
+        ["systemd-analyze", "verify", str(units / "dockyard-demo.timer")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "dockyard-demo" not in check.stderr, check.stderr
+
+
+@pytest.mark.parametrize(
+    ("minutes", "when"),
+    [(1, "* *"), (15, "*/15 *"), (60, "0 *"), (120, "0 */2"), (1440, "0 */24")],
+)
+def test_cron_line_runs_the_command_as_given(tmp_path: Path, minutes: int, when: str) -> None:
+    text = render("dockyard-job.cron.j2", tmp_path, {**SCHEDULE, "interval_minutes": minutes})
+    (line,) = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert text.endswith("\n")
+    assert line.startswith(f"{when} * * * root ")
+    command = line.removeprefix(f"{when} * * * root ")
+    assert command.endswith(" 2>&1 | logger -t dockyard-demo")
+    # cron turns an unescaped % into a newline, then hands the line to /bin/sh.
+    assert "%" not in command.replace("\\%", "")
+    words = command.removesuffix(" 2>&1 | logger -t dockyard-demo").replace("\\%", "%")
+    assert shlex.split(words) == SCHEDULE["command"]
+
+
+def sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 - Ansible's file checksum
+
+
+def compare(**state: Any) -> list[str]:
+    owner = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    result = run_module(
+        "dockyard_host_state",
+        {"owner": owner, "group": group, **state},
+        module_path=ROLE / "library",
+    )
+    assert not result.get("failed"), result
+    assert result["changed"] is False
+    return list(result["drift"])
+
+
+def test_comparison_names_every_kind_of_drift_and_none_once_repaired(tmp_path: Path) -> None:
+    directory, config, link = tmp_path / "etc", tmp_path / "etc" / "job.json", tmp_path / "job"
+    directory.mkdir(mode=0o700)
+    config.write_text('{"edited": true}\n')
+    config.chmod(0o600)
+    link.symlink_to("/bin/false")
+    stale = tmp_path / "stale.cron"
+    stale.write_text("* * * * * root true\n")
+    wanted = '{"interval": 15}\n'
+    state = {
+        "packages": ["dpkg", "dockyard-no-such-package"],
+        "directories": [str(directory), str(tmp_path / "missing")],
+        "files": [{"path": str(config), "checksum": sha1(wanted), "mode": "0644"}],
+        "links": [{"path": str(link), "src": "/bin/true"}],
+        "absent": [str(stale)],
+        "checks": [
+            {"argv": ["true"]},
+            {"argv": ["sh", "-c", "echo 1.2.3"], "stdout_contains": "1.2.3"},
+            {"argv": ["sh", "-c", "echo 1.2.2"], "stdout_contains": "1.2.3"},
+            {"argv": ["false"]},
+            {"argv": [str(tmp_path / "no-such-command")]},
+        ],
+    }
+    drift = compare(**state)
+    assert drift[:8] == [
+        "package dockyard-no-such-package is not installed",
+        f"{directory}: mode 0700, not 0755",
+        f"{tmp_path / 'missing'}: not a directory",
+        f"{config}: content differs",
+        f"{config}: mode 0600, not 0644",
+        f"{link}: points at /bin/false, not /bin/true",
+        f"{stale}: should not exist",
+        "sh -c echo 1.2.2: output lacks '1.2.3'",
+    ]
+    assert drift[8] == "false: exit 1"
+    assert drift[9].startswith(f"{tmp_path / 'no-such-command'}: ")
+    assert len(drift) == 10
+
+    directory.chmod(0o755)
+    (tmp_path / "missing").mkdir(mode=0o755)
+    (tmp_path / "missing").chmod(0o755)
+    config.write_text(wanted)
+    config.chmod(0o644)
+    link.unlink()
+    link.symlink_to("/bin/true")
+    stale.unlink()
+    state["packages"] = ["dpkg"]
+    state["checks"] = state["checks"][:2]
+    assert compare(**state) == []
+    # The owner is compared too.
+    group = grp.getgrgid(os.getgid()).gr_name
+    me = f"{pwd.getpwuid(os.getuid()).pw_name}:{group}"
+    assert compare(**state, owner="nobody") == [
+        f"{path}: owned by {me}, not nobody:{group}"
+        for path in (directory, tmp_path / "missing", config)
+    ]
