@@ -24,7 +24,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 
-from . import egress
+from . import egress, hostfile
 from . import manifest as manifest_contract
 from .config import Healthcheck, ResolvedLimits, Volume
 
@@ -40,6 +40,14 @@ STOP_TIMEOUT_S = 10  # the entrypoint's checkpoint is budgeted to fit inside it
 RUNTIME_SCRIPT = (
     'docker update --pids-limit "$DOCKYARD_PIDS_LIMIT" "$DOCKYARD_CONTAINER_ID" >/dev/null'
     " && docker inspect --format '{{.Created}}' \"$DOCKYARD_CONTAINER_ID\""
+)
+# Removing the manifest is one `rm` (the path arrives in the environment, never in the
+# shell text): a Python start per environment, jsonschema included, was most of the time
+# a parallel teardown of many environments took.
+MANIFEST_DELETE = (
+    'case "$DOCKYARD_MANIFEST_PATH" in /*) exec rm -f -- "$DOCKYARD_MANIFEST_PATH" ;; '
+    "*) echo \"ERROR: DOCKYARD_MANIFEST_PATH='$DOCKYARD_MANIFEST_PATH' is not an absolute path\""
+    " >&2; exit 2 ;; esac"
 )
 
 
@@ -72,6 +80,9 @@ class AgentEnvironmentArgs:
     docker_host: str | None = None
     runtime: str = "runc"
     """OCI runtime: runc (the engine's default) or runsc (gVisor, registered on the host)."""
+    host_name: str | None = None
+    """The ``dockerHosts`` name of this environment's engine (several-host stacks): a
+    ``dockyard.host`` label and a ``<sessionId>.host.json`` beside the manifest."""
 
 
 def resource_prefix(stack: str, session_id: str) -> str:
@@ -99,6 +110,7 @@ class AgentEnvironment(pulumi.ComponentResource):
             "dockyard.backend": args.backend,
             "dockyard.stack": args.stack,
             MANAGED_LABEL: "true",
+            **({hostfile.HOST_LABEL: args.host_name} if args.host_name else {}),
             egress.LABEL_MODE: args.egress,
         }
 
@@ -235,7 +247,7 @@ class AgentEnvironment(pulumi.ComponentResource):
         command.local.Command(
             f"{name}-manifest",
             create=f"{writer} write",
-            delete=f"{writer} remove",
+            delete=MANIFEST_DELETE,
             # The package's parent: `-m <package>.manifest` resolves from a checkout too.
             dir=str(Path(__file__).resolve().parents[1]),
             environment={
@@ -244,6 +256,27 @@ class AgentEnvironment(pulumi.ComponentResource):
             },
             opts=child,
         )
+
+        if args.host_name:
+            host_writer = f"{shlex.quote(sys.executable)} -m {__package__}.hostfile"
+            command.local.Command(
+                f"{name}-host",
+                create=f"{host_writer} write",
+                delete=f"{host_writer} remove",
+                dir=str(Path(__file__).resolve().parents[1]),
+                environment={
+                    "DOCKYARD_HOSTFILE": json.dumps(
+                        {
+                            "version": 1,
+                            "sessionId": args.session_id,
+                            "host": args.host_name,
+                            "dockerHost": args.docker_host or "",
+                        }
+                    ),
+                    "DOCKYARD_HOSTFILE_PATH": hostfile.path_for(self.manifest_path),
+                },
+                opts=child,
+            )
 
         self.container_id = container.id
         self.container_name = container.name

@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pulumi
 import pulumi_docker as docker
 
-from .config import StackConfig
+from . import placement
+from .config import Environment, StackConfig
 from .environment import AgentEnvironment, AgentEnvironmentArgs
 from .image import AgentImage, AgentImageArgs
 
@@ -25,30 +26,90 @@ def _config_secret(name: str) -> pulumi.Output[str]:
     return pulumi.Config("dockyard").require_secret(name)
 
 
+def environment_args(
+    cfg: StackConfig,
+    env: Environment,
+    image_id: pulumi.Input[str],
+    image_ref: pulumi.Input[str],
+    secrets: Mapping[str, pulumi.Input[str]],
+    host: str | None = None,
+) -> AgentEnvironmentArgs:
+    """What :class:`AgentEnvironment` gets for ``env`` of ``cfg``. One mapping, shared by
+    this program and the component provider (:mod:`components.provider`), so an
+    environment declared from TypeScript or YAML is built exactly like one in a stack.
+    ``host`` is its ``dockerHosts`` name in a several-host stack."""
+    return AgentEnvironmentArgs(
+        stack=cfg.stack,
+        session_id=env.session_id,
+        backend=env.backend,
+        image_id=image_id,
+        image_ref=image_ref,
+        cwd=cfg.cwd,
+        manifest_dir=cfg.manifest_dir_of(env),
+        limits=cfg.limits_of(env),
+        healthcheck=cfg.healthcheck,
+        ports=env.ports,
+        volumes=env.volumes,
+        workspace_host_path=env.workspace_host_path,
+        egress=env.egress,
+        egress_rules=env.egress_rules,
+        env=env.env,
+        secrets=secrets,
+        gpu=env.gpu,
+        labels={**env.labels, **({TENANT_LABEL: env.tenant} if env.tenant else {})},
+        docker_host=cfg.docker_hosts[host] if host else cfg.docker_host,
+        runtime=cfg.runtime_of(env),
+        host_name=host,
+    )
+
+
 def run(cfg: StackConfig, secret: SecretReader = _config_secret) -> dict[str, AgentEnvironment]:
     """Declare every environment of ``cfg`` and export their manifests.
 
     ``secret`` reads a secret value by name as a Pulumi secret output (the stack's
     secret config by default). Returns the environments by session id.
     """
-    provider_opts = pulumi.ResourceOptions()
+    if cfg.backend == "kubernetes":
+        # pulumi-kubernetes is an optional extra: imported only for this backend.
+        from .kubernetes import declare_kubernetes
+
+        on_cluster = declare_kubernetes(cfg, secret)
+        pulumi.export("environments", {sid: e.manifest for sid, e in on_cluster.items()})
+        pulumi.export("manifestDir", cfg.manifest_path)
+        return on_cluster  # type: ignore[return-value]  # the same .manifest contract
+    # host name (None: the one engine) -> the options that send resources to its engine
+    engines: dict[str | None, pulumi.ResourceOptions] = {None: pulumi.ResourceOptions()}
     if cfg.docker_host:
         # Every resource below goes to this engine, e.g. ssh://agent@team-host.
         provider = docker.Provider("docker-host", host=cfg.docker_host)
-        provider_opts = pulumi.ResourceOptions(providers=[provider])
+        engines[None] = pulumi.ResourceOptions(providers=[provider])
+    placed: dict[str, str | None] = {env.session_id: None for env in cfg.environments}
+    if cfg.docker_hosts:
+        for host, url in sorted(cfg.docker_hosts.items()):
+            engines[host] = pulumi.ResourceOptions(
+                providers=[docker.Provider(f"docker-host-{host}", host=url)]
+            )
+        try:
+            placed.update(placement.place(cfg))
+        except placement.PlacementError as error:
+            raise pulumi.RunError(str(error)) from None
 
-    images: dict[str, AgentImage] = {}
+    images: dict[tuple[str, str | None], AgentImage] = {}
 
-    def image_for(variant: str, ref: str | None) -> AgentImage:
-        """One AgentImage per variant (or per published reference), shared by environments."""
-        key = ref or variant
+    def image_for(variant: str, ref: str | None, host: str | None) -> AgentImage:
+        """One AgentImage per variant (or published reference) and engine, shared by the
+        environments on that engine."""
+        key = (ref or variant, host)
         if key not in images:
             source = cfg.gpu_image if variant == "gpu" else cfg.image
-            images[key] = AgentImage(
+            name = (
                 # Named after what it is, so reordering environments renames nothing.
                 f"image-{variant}"
                 if not ref
-                else f"image-{hashlib.sha256(ref.encode()).hexdigest()[:10]}",
+                else f"image-{hashlib.sha256(ref.encode()).hexdigest()[:10]}"
+            )
+            images[key] = AgentImage(
+                name if host is None else f"{name}-{host}",
                 AgentImageArgs(
                     variant=variant,
                     ref=ref or source.ref,
@@ -56,39 +117,26 @@ def run(cfg: StackConfig, secret: SecretReader = _config_secret) -> dict[str, Ag
                     repository="dockyard-gpu" if variant == "gpu" else "dockyard-core",
                     tag_prefix=source.tag or cfg.stack,
                 ),
-                opts=provider_opts,
+                opts=engines[host],
             )
         return images[key]
 
     environments: dict[str, AgentEnvironment] = {}
     for env in cfg.environments:
         profile = cfg.profile_of(env)
-        image = image_for("gpu" if profile.gpu else "core", env.image)
+        host = placed[env.session_id]
+        image = image_for("gpu" if profile.gpu else "core", env.image, host)
         environments[env.session_id] = AgentEnvironment(
             f"env-{env.session_id}",
-            AgentEnvironmentArgs(
-                stack=cfg.stack,
-                session_id=env.session_id,
-                backend=env.backend,
-                image_id=image.image_id,
-                image_ref=image.image_ref,
-                cwd=cfg.cwd,
-                manifest_dir=cfg.manifest_dir_of(env),
-                limits=cfg.limits_of(env),
-                healthcheck=cfg.healthcheck,
-                ports=env.ports,
-                volumes=env.volumes,
-                workspace_host_path=env.workspace_host_path,
-                egress=env.egress,
-                egress_rules=env.egress_rules,
-                env=env.env,
-                secrets={name: secret(name) for name in env.secrets},
-                gpu=env.gpu,
-                labels={**env.labels, **({TENANT_LABEL: env.tenant} if env.tenant else {})},
-                docker_host=cfg.docker_host,
-                runtime=cfg.runtime_of(env),
+            environment_args(
+                cfg,
+                env,
+                image.image_id,
+                image.image_ref,
+                {name: secret(name) for name in env.secrets},
+                host,
             ),
-            opts=provider_opts,
+            opts=engines[host],
         )
 
     pulumi.export("environments", {sid: e.manifest for sid, e in environments.items()})

@@ -445,6 +445,8 @@ class Environment(_Model):
     """None: the profile's runtime, else runc."""
     tenant: v.Tenant | None = None
     """Whose session this is: a label, a manifest subfolder, a quota scope, an audit field."""
+    host: v.HostName | None = None
+    """A name from ``dockerHosts``; None: placed by quota headroom (or the one host)."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -530,6 +532,19 @@ class Environment(_Model):
             # and volumes exist; on a local engine we can say it now.
             raise v.refuse("an existing host directory, writable by the agent, uid 1000")
         return path
+
+    @field_validator("host")
+    @classmethod
+    def _known_host(cls, name: str | None, info: ValidationInfo) -> str | None:
+        scope = scope_of(info)
+        if name is None or scope is None or not scope.known("docker_hosts"):
+            return name
+        hosts = scope.get("docker_hosts")
+        if not hosts:
+            raise v.refuse("nothing without dockyard:dockerHosts (name the hosts there first)")
+        if name not in hosts:
+            raise v.refuse("one of " + ", ".join(sorted(hosts)))
+        return name
 
     @field_validator("egress_allow")
     @classmethod
@@ -645,6 +660,11 @@ class Quotas(QuotaCaps):
     and per-tenant caps inside them."""
 
     tenants: dict[v.Tenant, QuotaCaps] = Field(default_factory=dict)
+    hosts: dict[v.HostName, QuotaCaps] = Field(default_factory=dict)
+    """Caps of one named host instead of the ones above (``dockerHosts``)."""
+
+    def for_host(self, name: str | None) -> QuotaCaps:
+        return self.hosts.get(name or "", self)
 
 
 # --- The stack --------------------------------------------------------------------------------
@@ -667,6 +687,10 @@ class StackConfig(_Model):
     bind_roots: Annotated[list[v.HostDir], v.bounded_list(64)] = Field(default_factory=list)
     """Host directories bind mounts may come from, besides ``cwd``."""
     docker_host: v.DockerHost | None = None
+    docker_hosts: Annotated[dict[v.HostName, v.DockerHost], v.bounded_list(64)] = Field(
+        default_factory=dict
+    )
+    """Several Docker hosts by name; environments are placed on them (``host``)."""
     profiles: Profiles = Field(default_factory=dict)
     profile: v.ProfileName = "standard"
     image: ImageSource = Field(default_factory=ImageSource)
@@ -684,6 +708,17 @@ class StackConfig(_Model):
                 "nothing with backend kubernetes (the cluster comes from kubernetes.context)"
             )
         return host
+
+    @field_validator("docker_hosts")
+    @classmethod
+    def _one_host_form(cls, hosts: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if hosts and info.data.get("backend") == "kubernetes":
+            raise v.refuse(
+                "nothing with backend kubernetes (the cluster comes from kubernetes.context)"
+            )
+        if hosts and info.data.get("docker_host") is not None:
+            raise v.refuse("either dockerHost (one host) or dockerHosts (several), not both")
+        return hosts
 
     @field_validator("profile")
     @classmethod

@@ -374,6 +374,8 @@ ManifestDir = Annotated[str, BeforeValidator(manifest_dir)]
 StorageMB = Annotated[int, BeforeValidator(storage_mb)]
 DnsLabel = Annotated[str, BeforeValidator(dns_label)]
 Tenant = Annotated[str, BeforeValidator(tenant)]
+HOST_NAME_ALLOWED = "a host name: 1-32 lower-case letters, digits, '-', alphanumeric at both ends"
+HostName = Annotated[str, BeforeValidator(named(TENANT, HOST_NAME_ALLOWED))]
 Count = Annotated[int, BeforeValidator(bounded_int(0, 100_000))]
 
 

@@ -19,31 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..capacity import Use, count
 from ..config import QuotaCaps, Quotas
 
-MANAGED = "dockyard.managed"
-TENANT = "dockyard.tenant"
-SESSION = "dockyard.session"
-STACK = "dockyard.stack"
 STALE_AFTER_S = 3600
 
 
 class QuotaError(RuntimeError):
     """A create would pass a cap; the message names host, cap, use and request."""
-
-
-@dataclass(frozen=True)
-class Use:
-    environments: int = 0
-    cpus: float = 0.0
-    memory: int = 0
-
-    def plus(self, other: Use) -> Use:
-        return Use(
-            self.environments + other.environments,
-            self.cpus + other.cpus,
-            self.memory + other.memory,
-        )
 
 
 @dataclass(frozen=True)
@@ -63,21 +46,7 @@ class Request:
 def engine_use(client: Any, *, exclude: tuple[str, str] | None = None) -> dict[str | None, Use]:
     """Use per tenant (None: no tenant) from the engine's labelled containers; ``exclude``
     is (stack, session) of the environment being converged (it does not count twice)."""
-    totals: dict[str | None, Use] = {}
-    for container in client.api.containers(all=True, filters={"label": f"{MANAGED}=true"}):
-        labels = container.get("Labels") or {}
-        if exclude and (labels.get(STACK), labels.get(SESSION)) == exclude:
-            continue
-        info = client.api.inspect_container(container["Id"])
-        host_config = info.get("HostConfig") or {}
-        period = host_config.get("CpuPeriod") or 100_000
-        quota = host_config.get("CpuQuota") or 0
-        nano = host_config.get("NanoCpus") or 0
-        cpus = quota / period if quota > 0 else nano / 1e9
-        memory = (host_config.get("Memory") or 0) // (1024 * 1024)
-        tenant = labels.get(TENANT) or None
-        totals[tenant] = totals.get(tenant, Use()).plus(Use(1, cpus, memory))
-    return totals
+    return count(client, exclude=exclude).use
 
 
 def _total(by_tenant: dict[str | None, Use]) -> Use:
@@ -89,7 +58,9 @@ def _total(by_tenant: dict[str | None, Use]) -> Use:
 
 def check(quotas: Quotas, use: dict[str | None, Use], request: Request) -> None:
     """Raise :class:`QuotaError` if ``request`` on top of ``use`` passes a cap."""
-    scopes: list[tuple[str, QuotaCaps, Use]] = [(f"host {request.host}", quotas, _total(use))]
+    scopes: list[tuple[str, QuotaCaps, Use]] = [
+        (f"host {request.host}", quotas.for_host(request.host), _total(use))
+    ]
     if request.tenant and request.tenant in quotas.tenants:
         scopes.append(
             (

@@ -1,0 +1,80 @@
+"""What dockyard environments on one Docker engine reserve, counted from the engine.
+
+Every container labelled ``dockyard.managed=true`` counts, whichever stack, session or
+process made it: its CPU quota and memory limit, by tenant. Session quotas and
+several-host placement both read this one count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MANAGED = "dockyard.managed"
+TENANT = "dockyard.tenant"
+SESSION = "dockyard.session"
+STACK = "dockyard.stack"
+
+
+@dataclass(frozen=True)
+class Use:
+    environments: int = 0
+    cpus: float = 0.0
+    memory: int = 0
+    """MB."""
+
+    def plus(self, other: Use) -> Use:
+        return Use(
+            self.environments + other.environments,
+            self.cpus + other.cpus,
+            self.memory + other.memory,
+        )
+
+
+@dataclass
+class EngineState:
+    use: dict[str | None, Use] = field(default_factory=dict)
+    """Use per tenant (None: no tenant)."""
+    sessions: set[tuple[str, str]] = field(default_factory=set)
+    """(stack, session) of the environments on this engine."""
+
+    def add(self, tenant: str | None, amount: Use) -> None:
+        self.use[tenant] = self.use.get(tenant, Use()).plus(amount)
+
+    @property
+    def total(self) -> Use:
+        total = Use()
+        for use in self.use.values():
+            total = total.plus(use)
+        return total
+
+
+def count(client: Any, *, exclude: tuple[str, str] | None = None) -> EngineState:
+    """The engine's dockyard containers; ``exclude`` is a (stack, session) not to count
+    (the environment being converged)."""
+    state = EngineState()
+    for container in client.api.containers(all=True, filters={"label": f"{MANAGED}=true"}):
+        labels = container.get("Labels") or {}
+        key = (labels.get(STACK) or "", labels.get(SESSION) or "")
+        if exclude is not None and key == exclude:
+            continue
+        host_config = client.api.inspect_container(container["Id"]).get("HostConfig") or {}
+        period = host_config.get("CpuPeriod") or 100_000
+        quota = host_config.get("CpuQuota") or 0
+        cpus = quota / period if quota > 0 else (host_config.get("NanoCpus") or 0) / 1e9
+        memory = (host_config.get("Memory") or 0) // (1024 * 1024)
+        state.add(labels.get(TENANT) or None, Use(1, cpus, memory))
+        if all(key):
+            state.sessions.add(key)
+    return state
+
+
+def connect(url: str | None) -> Any:
+    """A Docker SDK client for a host URL (None: the local engine / DOCKER_HOST)."""
+    import docker
+
+    if url is None:
+        return docker.from_env()
+    if url.startswith("ssh://"):
+        return docker.DockerClient(base_url=url, use_ssh_client=True)
+    return docker.DockerClient(base_url=url)
