@@ -103,6 +103,9 @@ def main() -> int:
             ]
             codes = [p.wait(timeout=600) for p in processes]
             concurrent_s = time.perf_counter() - started
+            for process, code in zip(processes, codes, strict=True):
+                if code != 0 and process.stderr is not None:
+                    print(f"a concurrent create failed ({code}):\n{process.stderr.read()[-3000:]}")
         finally:
             for row in sessions.list(tenant):
                 try:

@@ -14,6 +14,9 @@ MANAGED = "dockyard.managed"
 TENANT = "dockyard.tenant"
 SESSION = "dockyard.session"
 STACK = "dockyard.stack"
+# Set by the program on each container: what it reserves (CPUs, MB).
+CPUS_LABEL = "dockyard.limits.cpus"
+MEMORY_LABEL = "dockyard.limits.memory"
 
 
 @dataclass(frozen=True)
@@ -58,15 +61,24 @@ def count(client: Any, *, exclude: tuple[str, str] | None = None) -> EngineState
         key = (labels.get(STACK) or "", labels.get(SESSION) or "")
         if exclude is not None and key == exclude:
             continue
-        host_config = client.api.inspect_container(container["Id"]).get("HostConfig") or {}
-        period = host_config.get("CpuPeriod") or 100_000
-        quota = host_config.get("CpuQuota") or 0
-        cpus = quota / period if quota > 0 else (host_config.get("NanoCpus") or 0) / 1e9
-        memory = (host_config.get("Memory") or 0) // (1024 * 1024)
+        cpus, memory = _reserved(labels)
+        if cpus is None or memory is None:  # made before the labels existed: ask the engine
+            host_config = client.api.inspect_container(container["Id"]).get("HostConfig") or {}
+            period = host_config.get("CpuPeriod") or 100_000
+            quota = host_config.get("CpuQuota") or 0
+            cpus = quota / period if quota > 0 else (host_config.get("NanoCpus") or 0) / 1e9
+            memory = (host_config.get("Memory") or 0) // (1024 * 1024)
         state.add(labels.get(TENANT) or None, Use(1, cpus, memory))
         if all(key):
             state.sessions.add(key)
     return state
+
+
+def _reserved(labels: dict[str, str]) -> tuple[float | None, int | None]:
+    try:
+        return float(labels[CPUS_LABEL]), int(labels[MEMORY_LABEL])
+    except (KeyError, ValueError):
+        return None, None
 
 
 def connect(url: str | None) -> Any:

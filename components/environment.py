@@ -24,7 +24,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 
-from . import egress, hostfile
+from . import capacity, egress, hostfile
 from . import manifest as manifest_contract
 from .config import Healthcheck, ResolvedLimits, Volume
 
@@ -180,7 +180,15 @@ class AgentEnvironment(pulumi.ComponentResource):
                 )
                 for secret_name, value in args.secrets.items()
             ],
-            labels=_labels(docker.ContainerLabelArgs, labels),
+            # What it reserves, so quotas and placement count a host with one list call.
+            labels=_labels(
+                docker.ContainerLabelArgs,
+                {
+                    **labels,
+                    capacity.CPUS_LABEL: f"{args.limits.cpus:g}",
+                    capacity.MEMORY_LABEL: str(args.limits.memory),
+                },
+            ),
             # A CFS quota, not `cpus`: the engine rejects `cpus` above the host's core
             # count ("Range of CPUs is from 0.01 to 2.00"), so the 4-CPU default would fail
             # on a 2-core host. A quota above the host's cores simply does not bind.

@@ -154,6 +154,8 @@ def test_env_labels_and_health(full: ProgramRun) -> None:
         "dockyard.stack": "dev",
         "dockyard.managed": "true",
         "dockyard.egress": "open",
+        "dockyard.limits.cpus": "2.5",
+        "dockyard.limits.memory": "6144",
     }
     assert container["healthcheck"] == {
         "tests": ["CMD", "/usr/local/bin/dockyard-healthcheck"],
@@ -238,7 +240,7 @@ def test_manifests_follow_contract_v1(full: ProgramRun) -> None:
 def test_manifest_command_writes_to_configured_dir_via_environment(full: ProgramRun) -> None:
     command = full.named("env-alpha-manifest").inputs
     assert command["create"].endswith("-m components.manifest write")
-    assert command["delete"].endswith("-m components.manifest remove")
+    assert 'rm -f -- "$DOCKYARD_MANIFEST_PATH"' in command["delete"]
     environment = command["environment"]
     assert (
         environment["DOCKYARD_MANIFEST_PATH"] == f"{REPO}/.companion/cloud/environments/alpha.json"

@@ -51,6 +51,9 @@ LABEL_TENANT = "dockyard.tenant"
 LABEL_VOLUME = "dockyard.volume"
 LABEL_EGRESS = "dockyard.egress"
 LABEL_EGRESS_ALLOW = "dockyard.egress.allow"
+LABEL_HOST = "dockyard.host"
+LABEL_LIMITS_CPUS = "dockyard.limits.cpus"
+LABEL_LIMITS_MEMORY = "dockyard.limits.memory"
 LABELS = frozenset(
     {
         LABEL_MANAGED,
@@ -62,6 +65,9 @@ LABELS = frozenset(
         LABEL_VOLUME,
         LABEL_EGRESS,
         LABEL_EGRESS_ALLOW,
+        LABEL_HOST,
+        LABEL_LIMITS_CPUS,
+        LABEL_LIMITS_MEMORY,
     }
 )
 MANAGED_VALUE = "true"
