@@ -48,8 +48,10 @@ def _headroom(caps: QuotaCaps, use: Use, request: Use) -> float | None:
     return min(fractions) if fractions else 1.0 - after.environments / 1e6
 
 
-def place(cfg: StackConfig, read: Callable[[str], EngineState] = read_engine) -> dict[str, str]:
-    """Session id -> host name for every environment of ``cfg`` (``dockerHosts`` set)."""
+def place(cfg: StackConfig, read: Callable[[str], EngineState] | None = None) -> dict[str, str]:
+    """Session id -> host name for every environment of ``cfg`` (``dockerHosts`` set);
+    ``read`` gives an engine's state by URL (default: ask the engine)."""
+    read = read or read_engine
     hosts = dict(sorted(cfg.docker_hosts.items()))
     engines: Mapping[str, EngineState] = {name: read(url) for name, url in hosts.items()}
     placed: dict[str, str] = {}
