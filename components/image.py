@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +89,31 @@ def default_build_args(variant: str = "core") -> dict[str, str]:
     return {**pinned_versions(), **variant_build_args(variant)}
 
 
+def staged_context(context: Path, extra_ca: Path) -> Path:
+    """A copy of ``context`` with ``extra_ca`` as ``certs/extra-ca.crt``, under the user's
+    cache, named by a digest of both (same inputs, same directory: builds stay cached).
+    The shipped context may be read-only (site-packages), so it is never written to."""
+    if not extra_ca.is_file():
+        raise AssetError(
+            f"extra_ca {extra_ca} is not a file (allowed: a PEM file of CA certificates)"
+        )
+    pem = extra_ca.read_bytes()
+    digest = hashlib.sha256(build_inputs_digest(context, {}).encode() + pem).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dockyard"
+    staged = cache / f"context-{digest}"
+    if not (staged / "Dockerfile").is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=cache, prefix=".context-"))
+        shutil.copytree(context, partial, dirs_exist_ok=True)
+        (partial / "certs").mkdir(exist_ok=True)
+        (partial / "certs" / "extra-ca.crt").write_bytes(pem)
+        try:
+            partial.rename(staged)
+        except OSError:  # another process staged it first: same inputs, same content
+            shutil.rmtree(partial, ignore_errors=True)
+    return staged
+
+
 @dataclass(frozen=True)
 class AgentImageArgs:
     """``ref`` set: use that published image. Otherwise build ``images/core`` with
@@ -100,6 +128,9 @@ class AgentImageArgs:
     tag_prefix: str = "local"
     context: str | None = None
     """A build context directory with a Dockerfile; None: the one dockyard ships."""
+    extra_ca: str | None = None
+    """A PEM file of extra CA certificates (a TLS-intercepting proxy's) to build with:
+    the context is staged with it as ``certs/extra-ca.crt`` (R-IMG-4)."""
 
 
 class AgentImage(pulumi.ComponentResource):
@@ -133,6 +164,8 @@ class AgentImage(pulumi.ComponentResource):
                     "AgentImageArgs(context=...) a directory with one, reinstall the dockyard "
                     "wheel (it ships images/core), or use a published image (ref=...)"
                 )
+            if args.extra_ca:
+                context = staged_context(context, Path(args.extra_ca))
             build_args = {**default_build_args(args.variant), **args.build_args}
             digest = build_inputs_digest(context, build_args)
             image_name = f"{args.repository}:{args.tag_prefix}-{digest}"

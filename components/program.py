@@ -116,6 +116,7 @@ def run(cfg: StackConfig, secret: SecretReader = _config_secret) -> dict[str, Ag
                     build_args=source.args,
                     repository="dockyard-gpu" if variant == "gpu" else "dockyard-core",
                     tag_prefix=source.tag or cfg.stack,
+                    extra_ca=source.extra_ca,
                 ),
                 opts=engines[host],
             )

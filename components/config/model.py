@@ -601,6 +601,8 @@ class ImageSource(_Model):
     ref: v.ImageReference | None = None
     tag: v.ImageTag | None = None
     args: BuildArgs = Field(default_factory=dict)
+    extra_ca: v.HostDir | None = None
+    """A PEM file of extra CA certificates to build with (a TLS-intercepting proxy's)."""
 
 
 class Healthcheck(_Model):

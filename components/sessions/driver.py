@@ -61,7 +61,10 @@ def images_program(config: StackConfig) -> AgentImage:
     image = AgentImage(
         "image-core",
         AgentImageArgs(
-            variant="core", build_args=config.image.args, tag_prefix=config.image.tag or "host"
+            variant="core",
+            build_args=config.image.args,
+            tag_prefix=config.image.tag or "host",
+            extra_ca=config.image.extra_ca,
         ),
     )
     import pulumi
