@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,22 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif args.typ == "docker:index/remoteImage:RemoteImage":
             outputs["imageId"] = f"sha256:{number:064x}"
             outputs["repoDigest"] = f"{inputs['name'].split(':')[0]}@sha256:{number:064x}"
+        elif args.typ.startswith("kubernetes:") and isinstance(inputs.get("metadata"), dict):
+            # What the API server adds to every object, and the node ports it allocates.
+            outputs["metadata"] = {
+                **inputs["metadata"],
+                "uid": str(uuid.UUID(int=number)),
+                "creationTimestamp": "2026-11-22T10:00:00Z",
+                "resourceVersion": str(number),
+            }
+            if args.typ == "kubernetes:core/v1:Service" and inputs["spec"]["type"] == "NodePort":
+                outputs["spec"] = {
+                    **inputs["spec"],
+                    "ports": [
+                        {**port, "nodePort": 30000 + (number * 10 + i) % 2768}
+                        for i, port in enumerate(inputs["spec"]["ports"])
+                    ],
+                }
         self.run.resources.append(Registered(args.typ, args.name, inputs, resource_id, outputs))
         return resource_id, outputs
 
