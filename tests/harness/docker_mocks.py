@@ -12,7 +12,10 @@ It also stands in for the engine's diff: the state persists across runs of the s
 stack, so an unchanged resource is left alone (same outputs), a changed container is
 replaced (the provider marks these inputs ForceNew), a changed ``local.Command`` re-runs
 its ``create`` (pulumi-command's update without an ``update`` command). :meth:`destroy`
-tears down in reverse creation order, running each command's ``delete``.
+tears down as ``pulumi destroy`` does: a resource goes once everything that depends on
+it has gone, and everything whose dependents have gone goes at the same time (Pulumi's
+``--parallel`` is unbounded by default; here as many at once as the Docker client has
+connections), running each command's ``delete``.
 
 Supported resource types and inputs are listed in ``SUPPORTED``; anything else raises
 :class:`HarnessError` — an input the harness cannot honour must never pass silently.
@@ -32,7 +35,8 @@ import re
 import subprocess
 import tarfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +86,10 @@ SUPPORTED: dict[str, set[str]] = {
 COMPONENT_PREFIX = "dockyard:index:"
 BUILD_KEYS = {"context", "dockerfile", "args", "builderVersion"}
 START_INTERVAL_MIN_API = (1, 44)
+ENGINE_ID = re.compile(r"(sha256:)?[0-9a-f]{32,}")
+DESTROY_PARALLEL = 10
+"""Operations at once in :meth:`DockerRealisingMocks.destroy`: the docker SDK's default
+connection pool per client, so no worker waits for a connection or opens a stray one."""
 
 
 class HarnessError(RuntimeError):
@@ -163,14 +171,43 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
 
     # --- Teardown -----------------------------------------------------------------------
 
-    def destroy(self) -> None:
-        """Undo everything in reverse creation order; collect failures, raise at the end."""
-        failures = []
-        for realised in reversed(list(self.state.resources.values())):
-            try:
-                self._undo(realised)
-            except Exception as exc:  # keep tearing down the rest
-                failures.append(f"{realised.type} {realised.name}: {exc}")
+    def destroy(self, parallel: int = DESTROY_PARALLEL) -> None:
+        """Undo everything, dependents before what they depend on and independent
+        resources at the same time; collect failures, raise at the end."""
+        resources = list(self.state.resources.values())
+        waiting_on = {r.name: 0 for r in resources}  # dependents not yet undone
+        depends_on: dict[str, list[Realised]] = {}
+        for resource in resources:
+            depends_on[resource.name] = dependencies(resource, resources)
+            for dependency in depends_on[resource.name]:
+                waiting_on[dependency.name] += 1
+        failures: list[str] = []
+        with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="harness-destroy") as pool:
+            running: dict[Future[None], Realised] = {}
+
+            def submit(ready: Iterable[Realised]) -> None:
+                for resource in ready:
+                    del pending[resource.name]
+                    running[pool.submit(self._undo, resource)] = resource
+
+            # Newest first among the ready ones, as the serial teardown went.
+            pending = {r.name: r for r in reversed(resources)}
+            submit([r for r in pending.values() if waiting_on[r.name] == 0])
+            while running or pending:
+                if not running:  # a dependency cycle (cannot come from Pulumi): break it
+                    submit([next(iter(pending.values()))])
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    resource = running.pop(future)
+                    error = future.exception()
+                    if error is not None:  # keep tearing down the rest
+                        failures.append(f"{resource.type} {resource.name}: {error}")
+                    released = []
+                    for dependency in depends_on[resource.name]:
+                        waiting_on[dependency.name] -= 1
+                        if waiting_on[dependency.name] == 0 and dependency.name in pending:
+                            released.append(dependency)
+                    submit(released)
         if failures:
             raise HarnessError("teardown failed:\n  " + "\n  ".join(failures))
 
@@ -403,6 +440,45 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
 
         outputs = {"stdout": result.stdout.rstrip("\n"), "stderr": result.stderr.rstrip("\n")}
         return f"{name}-{abs(hash(result.stdout)) & 0xFFFFFFFF:08x}", outputs, undo
+
+
+def dependencies(resource: Realised, resources: Iterable[Realised]) -> list[Realised]:
+    """What ``resource`` uses, as Pulumi records it from the outputs that flowed into its
+    inputs: the networks, volumes and image a container names, and any resource whose
+    id appears in an input (a command's environment carries the container id)."""
+    used_names: set[tuple[str, str]] = set()
+    if resource.type == "docker:index/container:Container":
+        inputs = resource.inputs
+        used_names |= {
+            ("docker:index/network:Network", n["name"]) for n in inputs.get("networksAdvanced", [])
+        }
+        used_names |= {
+            ("docker:index/volume:Volume", v["volumeName"])
+            for v in inputs.get("volumes", [])
+            if v.get("volumeName")
+        }
+    text = "\n".join(_strings(resource.inputs))
+    return [
+        other
+        for other in resources
+        if other is not resource
+        and (
+            (other.type, str(other.outputs.get("name", ""))) in used_names
+            # Engine ids (containers, images) are long hex strings: a hit is that id.
+            or (ENGINE_ID.fullmatch(other.id) is not None and other.id in text)
+        )
+    ]
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 def _labels(inputs: dict[str, Any]) -> dict[str, str]:

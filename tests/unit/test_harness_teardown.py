@@ -1,0 +1,155 @@
+"""The harness tears a stack down as `pulumi destroy` does: dependents first, everything
+else at the same time. Checked on recorded undo calls, without an engine."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.harness.docker_mocks import (
+    DockerRealisingMocks,
+    HarnessError,
+    HarnessState,
+    Realised,
+    dependencies,
+)
+
+NETWORK = "docker:index/network:Network"
+VOLUME = "docker:index/volume:Volume"
+CONTAINER = "docker:index/container:Container"
+COMMAND = "command:local:Command"
+
+
+class FakeClient:
+    def version(self) -> dict[str, str]:
+        return {"ApiVersion": "1.41"}
+
+
+class Recorder:
+    """Undo callbacks that log start/end and how many ran at once."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+        self.events: list[tuple[str, str]] = []
+        self.running = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def undo(self, name: str, fail: bool = False) -> Any:
+        def run() -> None:
+            with self.lock:
+                self.events.append(("start", name))
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(self.seconds)
+            with self.lock:
+                self.running -= 1
+                self.events.append(("end", name))
+            if fail:
+                raise RuntimeError(f"{name} refused")
+
+        return run
+
+    def finished_before_started(self, first: str, then: str) -> bool:
+        return self.events.index(("end", first)) < self.events.index(("start", then))
+
+
+def environment(state: HarnessState, recorder: Recorder, n: int, fail: str = "") -> None:
+    """One environment's resources, in the order the program registers them."""
+    prefix = f"dockyard-st-s{n}"
+    container_id = f"{n:064x}"
+    resources = [
+        Realised(NETWORK, f"env-{n}-net", {"name": prefix}, f"{n + 100:064x}", {"name": prefix}),
+        *(
+            Realised(
+                VOLUME,
+                f"env-{n}-{role}",
+                {"name": f"{prefix}-{role}"},
+                f"{prefix}-{role}",
+                {"name": f"{prefix}-{role}"},
+            )
+            for role in ("workspace", "config")
+        ),
+        Realised(
+            CONTAINER,
+            f"env-{n}-container",
+            {
+                "name": prefix,
+                "networksAdvanced": [{"name": prefix}],
+                "volumes": [
+                    {"containerPath": f"/{role}", "volumeName": f"{prefix}-{role}"}
+                    for role in ("workspace", "config")
+                ],
+            },
+            container_id,
+            {"name": prefix},
+        ),
+        Realised(
+            COMMAND,
+            f"env-{n}-manifest",
+            {"environment": {"DOCKYARD_MANIFEST": f'{{"container": {{"id": "{container_id}"}}}}'}},
+            f"env-{n}-manifest-0001",
+            {},
+        ),
+    ]
+    for resource in resources:
+        resource.undo = recorder.undo(resource.name, fail=resource.name == fail)
+        state.resources[resource.name] = resource
+
+
+def test_dependencies_are_what_flowed_into_the_inputs() -> None:
+    state, recorder = HarnessState(), Recorder()
+    environment(state, recorder, 1)
+    environment(state, recorder, 2)
+    everything = list(state.resources.values())
+    named = {r.name: r for r in everything}
+    assert {d.name for d in dependencies(named["env-1-container"], everything)} == {
+        "env-1-net",
+        "env-1-workspace",
+        "env-1-config",
+    }
+    assert [d.name for d in dependencies(named["env-2-manifest"], everything)] == [
+        "env-2-container"
+    ]
+    assert dependencies(named["env-1-net"], everything) == []
+
+
+def test_destroy_goes_dependents_first_and_the_rest_at_once() -> None:
+    state, recorder = HarnessState(), Recorder()
+    for n in range(1, 5):
+        environment(state, recorder, n)
+    mocks = DockerRealisingMocks(FakeClient(), state)  # type: ignore[arg-type]
+    mocks.destroy()
+    assert state.resources == {}
+    for n in range(1, 5):
+        assert recorder.finished_before_started(f"env-{n}-manifest", f"env-{n}-container")
+        for used in ("net", "workspace", "config"):
+            assert recorder.finished_before_started(f"env-{n}-container", f"env-{n}-{used}")
+    # Independent undo calls overlap: the four manifests, then the four containers, then
+    # the twelve networks and volumes (up to the pool's size) each went at once.
+    assert recorder.most >= 4, recorder.most
+
+
+def test_destroy_keeps_going_after_a_failure_and_reports_it() -> None:
+    state, recorder = HarnessState(), Recorder(seconds=0.01)
+    environment(state, recorder, 1, fail="env-1-container")
+    environment(state, recorder, 2)
+    everything = set(state.resources)
+    mocks = DockerRealisingMocks(FakeClient(), state)  # type: ignore[arg-type]
+    with pytest.raises(HarnessError, match="env-1-container: env-1-container refused"):
+        mocks.destroy()
+    # Every resource was attempted, what the failed one uses included.
+    assert {name for kind, name in recorder.events if kind == "end"} == everything
+    # What failed stays in the state (a later sweep finds it); the rest is gone.
+    assert list(state.resources) == ["env-1-container"]
+
+
+def test_serial_destroy_is_still_available() -> None:
+    state, recorder = HarnessState(), Recorder(seconds=0.005)
+    environment(state, recorder, 1)
+    DockerRealisingMocks(FakeClient(), state).destroy(parallel=1)  # type: ignore[arg-type]
+    assert recorder.most == 1
+    assert state.resources == {}
