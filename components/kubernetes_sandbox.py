@@ -30,7 +30,6 @@ from .environment import STOP_TIMEOUT_S
 
 SANDBOX_API_VERSION = "agents.x-k8s.io/v1beta1"
 EXTENSIONS_API_VERSION = "extensions.agents.x-k8s.io/v1beta1"
-POOL_LABEL = "dockyard.pool"
 
 
 @dataclass(frozen=True)
@@ -59,11 +58,11 @@ class AgentSandboxPool(pulumi.ComponentResource):
         super().__init__("dockyard:index:AgentSandboxPool", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         pool = objects.object_name(f"dockyard-{args.stack}-pool", objects.WORKLOAD_NAME_MAX)
+        # The sessions' label set; dockyard.environment names the pool, not a session.
         labels = {
             objects.ENVIRONMENT_LABEL: pool,
             objects.STACK_LABEL: objects.label_value(args.stack),
             objects.MANAGED_LABEL: "true",
-            POOL_LABEL: "true",
         }
         metadata = {
             "name": pool,
