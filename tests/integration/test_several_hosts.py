@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +33,11 @@ STACK = f"hosts{RUN_ID[:6]}"
 @pytest.fixture(scope="module")
 def engine2(core_image: str) -> Iterator[Engine]:
     root = Path(tempfile.mkdtemp(prefix="dockyard-e2-", dir="/var/tmp"))
-    with second_engine(root, [core_image]) as engine:
-        yield engine
+    try:
+        with second_engine(root, [core_image]) as engine:
+            yield engine
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class TwoHosts:
