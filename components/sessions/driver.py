@@ -13,13 +13,24 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import program
-from ..config import StackConfig
-from ..image import AgentImage, AgentImageArgs
 from .request import SessionPlan
 from .settings import Paths
+
+if TYPE_CHECKING:
+    from ..config import StackConfig
+    from ..image import AgentImage
+
+# The program and the image component import the Pulumi provider SDKs (about half a
+# second): loaded only when a driver applies something, so `dockyard ls` stays quick.
+
+
+def _program() -> Any:
+    from .. import program
+
+    return program
+
 
 Progress = Callable[[str], None]
 
@@ -58,6 +69,8 @@ IMAGES_STACK = "images"
 
 def images_program(config: StackConfig) -> AgentImage:
     """The host's core image, once, for every session (tag prefix ``host``)."""
+    from ..image import AgentImage, AgentImageArgs
+
     image = AgentImage(
         "image-core",
         AgentImageArgs(
@@ -122,7 +135,7 @@ class PulumiDriver:
     def up(
         self, plan: SessionPlan, secrets: Mapping[str, str], progress: Progress
     ) -> dict[str, Any]:
-        stack = self._stack(plan, lambda: program.run(plan.config) and None)
+        stack = self._stack(plan, lambda: _program().run(plan.config) and None)
         for name, value in secrets.items():
             stack.set_config(f"dockyard:{name}", self.auto.ConfigValue(value=value, secret=True))
         result = stack.up(on_output=progress)
@@ -131,7 +144,7 @@ class PulumiDriver:
     def recreate(
         self, plan: SessionPlan, secrets: Mapping[str, str], progress: Progress
     ) -> dict[str, Any]:
-        stack = self._stack(plan, lambda: program.run(plan.config) and None)
+        stack = self._stack(plan, lambda: _program().run(plan.config) and None)
         result = stack.up(on_output=progress, replace=[container_urn(plan)])
         return dict(result.outputs["environments"].value[plan.session_id])
 
