@@ -63,3 +63,16 @@ def deploy(
         yield stacks.deploy
     finally:
         stacks.teardown()
+
+
+@pytest.fixture
+def deploy_own(
+    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Deployed]]:
+    """Like ``deploy``, torn down as soon as the test ends: for a test that replaces,
+    breaks or destroys what it deploys, so its stack is its alone."""
+    stacks = StackFactory(docker_client, tmp_path_factory)
+    try:
+        yield stacks.deploy
+    finally:
+        stacks.teardown()

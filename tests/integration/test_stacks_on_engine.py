@@ -298,8 +298,8 @@ def test_host_ports_are_distinct_on_the_engine(dev: Deployed, trio: Deployed) ->
     assert not shared, f"host ports bound more than once: {shared}"
 
 
-def test_workspace_survives_container_replacement(deploy: Any) -> None:
-    stack = deploy(
+def test_workspace_survives_container_replacement(deploy_own: Any) -> None:
+    stack = deploy_own(
         "repl",
         {
             "healthcheck": {"interval": "2s", "startPeriod": "5s"},
@@ -325,8 +325,8 @@ def test_workspace_survives_container_replacement(deploy: Any) -> None:
         old.reload()
 
 
-def test_destroy_leaves_nothing_behind(deploy: Any) -> None:
-    stack = deploy(
+def test_destroy_leaves_nothing_behind(deploy_own: Any) -> None:
+    stack = deploy_own(
         "gone",
         {
             "environments": [

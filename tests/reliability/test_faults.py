@@ -86,7 +86,8 @@ def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def fault_stack(
     deploy: Any, label: str, environments: list[dict[str, Any]], **values: Any
 ) -> Deployed:
-    """A stack of its own for one fault, ready and hardened before the fault starts."""
+    """A stack of its own for one fault (``deploy_own``: gone when the test ends), ready
+    and hardened before the fault starts."""
     deployed = deploy(
         label,
         {
@@ -111,20 +112,6 @@ def assert_neighbour_untouched(stack: Deployed) -> None:
     assert neighbour.attrs["RestartCount"] == 0
     assert neighbour.attrs["State"]["Running"]
     wait_healthy(neighbour, "healthy", timeout=30)
-
-
-@pytest.fixture
-def disk_stack(small_disk: Path, deploy: Any) -> Iterator[Deployed]:
-    stack = fault_stack(
-        deploy,
-        "fdisk",
-        [{"sessionId": "disk", "workspaceHostPath": str(small_disk)}],
-        bindRoots=[str(small_disk)],
-    )
-    yield stack
-    # Its workspace is on the small disk, unmounted when the module ends: let go first.
-    stack.drop_replacements()
-    stack.destroy()
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +145,12 @@ def timed_host_command() -> float:
 
 
 def test_fork_bomb_is_capped_neighbour_answers_and_refresh_recovers(
-    deploy: Any, docker_client: docker.DockerClient, report_file: Path, figures: dict
+    deploy_own: Any, docker_client: docker.DockerClient, report_file: Path, figures: dict
 ) -> None:
     """Survives: the host, the neighbour (answers within 2 s throughout), the bombed
     environment's workspace (the refresh policy recreates it with the data intact)."""
     stack = fault_stack(
-        deploy,
+        deploy_own,
         "fbomb",
         [{"sessionId": "neighbour"}, {"sessionId": "bomb", "limits": {"pids": BOMB_PIDS}}],
     )
@@ -230,12 +217,12 @@ print("not killed")
 
 
 def test_memory_hog_is_oom_killed_alone_and_reported(
-    deploy: Any, report_file: Path, figures: dict
+    deploy_own: Any, report_file: Path, figures: dict
 ) -> None:
     """Survives: the hog's environment (only the hog process dies), the neighbour, the
     host. The health report counts the OOM kill."""
     stack = fault_stack(
-        deploy,
+        deploy_own,
         "fhog",
         [
             {"sessionId": "neighbour"},
@@ -264,14 +251,21 @@ def test_memory_hog_is_oom_killed_alone_and_reported(
 
 
 def test_disk_filler_turns_unhealthy_and_refresh_keeps_data(
-    disk_stack: Deployed,
-    docker_client: docker.DockerClient,
     small_disk: Path,
+    deploy_own: Any,
+    docker_client: docker.DockerClient,
     report_file: Path,
 ) -> None:
     """Survives: the host's disk (the workspace sits on its own small filesystem), the
     workspace data (refresh keeps it), and the report says why, clearly."""
-    stack = disk_stack
+    # small_disk (module) is set up before deploy_own (this test), so the stack is gone
+    # before the small disk is unmounted.
+    stack = fault_stack(
+        deploy_own,
+        "fdisk",
+        [{"sessionId": "disk", "workspaceHostPath": str(small_disk)}],
+        bindRoots=[str(small_disk)],
+    )
     disk = stack.container("disk")
     exec_ok(disk, ["bash", "-c", "echo precious > /workspace/keep.txt"])
     host_before = shutil.disk_usage("/var/lib/docker").used
@@ -305,11 +299,11 @@ def test_disk_filler_turns_unhealthy_and_refresh_keeps_data(
 
 
 def test_killed_environment_comes_back_with_tmux_marker_and_data(
-    deploy: Any, report_file: Path, figures: dict
+    deploy_own: Any, report_file: Path, figures: dict
 ) -> None:
     """A crash (the container's init killed) is restarted by the engine's policy; a
     `docker kill`, which the engine treats as a manual stop, by the health policy."""
-    stack = fault_stack(deploy, "fkill", [{"sessionId": "killed", "ports": [8080]}])
+    stack = fault_stack(deploy_own, "fkill", [{"sessionId": "killed", "ports": [8080]}])
     container = stack.container("killed")
     exec_ok(
         container,
@@ -378,9 +372,9 @@ def _assert_intact(container: Container) -> None:
 
 
 def test_sigterm_writes_a_checkpoint_that_a_new_container_restores(
-    deploy: Any, docker_client: docker.DockerClient, figures: dict
+    deploy_own: Any, docker_client: docker.DockerClient, figures: dict
 ) -> None:
-    stack = fault_stack(deploy, "fstop", [{"sessionId": "stopped"}])
+    stack = fault_stack(deploy_own, "fstop", [{"sessionId": "stopped"}])
     container = stack.container("stopped")
     exec_ok(container, ["bash", "-c", "mkdir -p src && echo 'def f(): pass' > src/app.py"])
     started = time.perf_counter()
