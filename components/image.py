@@ -16,7 +16,7 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
-from .assets import AssetError, images_dir
+from .assets import PROVENANCE_ARGS, AssetError, images_dir, provenance
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,14 @@ CORE_CONTEXT = IMAGES_DIR / "core"
 VERSIONS_FILE = IMAGES_DIR / "versions.env"
 """Pinned build args (versions, base image): the one file every builder reads."""
 VARIANT_ARGS = {"gpu": IMAGES_DIR / "gpu" / "variant.env"}
+LAYERED_VARIANTS = ("python", "node", "go")
+"""Language runtime variants: ``images/<variant>`` built FROM another image (its
+``BASE_IMAGE`` build arg) — a build of ``images/core`` (or of the GPU variant), or a
+published one."""
+VARIANTS = ("core", *VARIANT_ARGS, *LAYERED_VARIANTS)
+ARG_LINE = re.compile(
+    r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)", re.ASCII | re.MULTILINE | re.IGNORECASE
+)
 
 BUILD_ARG_LINE = re.compile(r"([A-Z][A-Z0-9_]*)=([A-Za-z0-9][A-Za-z0-9._:/@+-]*)", re.ASCII)
 BUILD_ARG_ALLOWED = (
@@ -52,6 +60,14 @@ def build_inputs_digest(context: Path, build_args: Mapping[str, str], extra: str
     digest.update(json.dumps(sorted(build_args.items())).encode())
     digest.update(extra.encode())
     return digest.hexdigest()[:16]
+
+
+def declared_args(context: Path, build_args: Mapping[str, str]) -> dict[str, str]:
+    """The ``build_args`` the context's Dockerfile declares (an ``ARG``): the ones that can
+    change what it builds. A tag's digest covers these only, so bumping a version pinned
+    for another image (a toolchain of one variant) leaves every other tag as it is."""
+    names = set(ARG_LINE.findall((context / "Dockerfile").read_text(encoding="utf-8")))
+    return {name: value for name, value in build_args.items() if name in names}
 
 
 def read_build_args(path: Path) -> dict[str, str]:
@@ -85,8 +101,8 @@ def variant_build_args(variant: str) -> dict[str, str]:
 
 def default_build_args(variant: str = "core") -> dict[str, str]:
     """What a build of ``variant`` gets before a stack's own ``image.args``: the pinned
-    versions, overlaid by the variant's args."""
-    return {**pinned_versions(), **variant_build_args(variant)}
+    versions, overlaid by the variant's args, and the OCI provenance labels' values."""
+    return {**pinned_versions(), **variant_build_args(variant), **provenance()}
 
 
 def staged_context(context: Path, extra_ca: Path) -> Path:
@@ -122,15 +138,23 @@ class AgentImageArgs:
     replaces the containers using it)."""
 
     variant: str = "core"
+    """One of :data:`VARIANTS`. A layered one (python, node, go) is built FROM ``base``,
+    else FROM ``ref``, else FROM a build of ``base_variant``; the other fields apply to
+    both builds."""
     ref: str | None = None
     build_args: Mapping[str, str] = field(default_factory=dict)
-    repository: str = "dockyard-core"
+    repository: str | None = None
+    """None: ``dockyard-<variant>``."""
     tag_prefix: str = "local"
     context: str | None = None
     """A build context directory with a Dockerfile; None: the one dockyard ships."""
     extra_ca: str | None = None
     """A PEM file of extra CA certificates (a TLS-intercepting proxy's) to build with:
     the context is staged with it as ``certs/extra-ca.crt`` (R-IMG-4)."""
+    base: AgentImage | None = None
+    """A layered variant's base, shared with the environments that run it as is."""
+    base_variant: str = "core"
+    """A layered variant's base when neither ``base`` nor ``ref`` is given: core or gpu."""
 
 
 class AgentImage(pulumi.ComponentResource):
@@ -138,21 +162,24 @@ class AgentImage(pulumi.ComponentResource):
     """What the manifest reports: the repo digest where the engine knows one, else the tag."""
     image_id: pulumi.Output[str]
     """What containers use: changes whenever the image does."""
+    tag: str
+    """The built tag, or the published reference: what a layered variant builds FROM."""
 
     def __init__(
         self, name: str, args: AgentImageArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("dockyard:index:AgentImage", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        if args.variant not in ("core", *VARIANT_ARGS):
-            raise ValueError(
-                f"variant {args.variant!r} is not one of core, {', '.join(VARIANT_ARGS)}"
-            )
-        if args.ref:
+        if args.variant not in VARIANTS:
+            raise ValueError(f"variant {args.variant!r} is not one of {', '.join(VARIANTS)}")
+        if args.variant in LAYERED_VARIANTS:
+            self._build_layered(name, args, child)
+        elif args.ref:
             remote = docker.RemoteImage(
                 f"{name}-remote", name=args.ref, keep_locally=True, opts=child
             )
             self.image_id = remote.image_id
+            self.tag = args.ref
             self.image_ref = pulumi.Output.all(remote.repo_digest, args.ref).apply(
                 lambda values: values[0] or values[1]
             )
@@ -167,8 +194,15 @@ class AgentImage(pulumi.ComponentResource):
             if args.extra_ca:
                 context = staged_context(context, Path(args.extra_ca))
             build_args = {**default_build_args(args.variant), **args.build_args}
-            digest = build_inputs_digest(context, build_args)
-            image_name = f"{args.repository}:{args.tag_prefix}-{digest}"
+            digest = build_inputs_digest(
+                context,
+                declared_args(
+                    context, {k: v for k, v in build_args.items() if k not in PROVENANCE_ARGS}
+                ),
+            )
+            image_name = (
+                f"{args.repository or f'dockyard-{args.variant}'}:{args.tag_prefix}-{digest}"
+            )
             image = docker.Image(
                 f"{name}-build",
                 image_name=image_name,
@@ -184,7 +218,56 @@ class AgentImage(pulumi.ComponentResource):
                 opts=child,
             )
             self.image_id = image.image_name
+            self.tag = image_name
             self.image_ref = pulumi.Output.all(image.repo_digest, image.image_name).apply(
                 lambda values: values[0] or values[1]
             )
         self.register_outputs({"imageRef": self.image_ref, "imageId": self.image_id})
+
+    def _build_layered(
+        self, name: str, args: AgentImageArgs, child: pulumi.ResourceOptions
+    ) -> None:
+        """``images/<variant>`` FROM the base: a second build that depends on the base's,
+        tagged by a digest that covers the base's tag (a new core, a new variant)."""
+        base = args.base or AgentImage(
+            f"{name}-base",
+            AgentImageArgs(
+                variant=args.base_variant,
+                ref=args.ref,
+                build_args=args.build_args,
+                tag_prefix=args.tag_prefix,
+                extra_ca=args.extra_ca,
+            ),
+            opts=child,
+        )
+        context = Path(args.context) if args.context else IMAGES_DIR / args.variant
+        if not (context / "Dockerfile").is_file():
+            raise AssetError(
+                f"no Dockerfile in the {args.variant} variant's build context {context}: "
+                "give AgentImageArgs(context=...) a directory with one, or reinstall the "
+                f"dockyard wheel (it ships images/{args.variant})"
+            )
+        if args.extra_ca:
+            context = staged_context(context, Path(args.extra_ca))
+        build_args = declared_args(
+            context, {**pinned_versions(), **args.build_args, "BASE_IMAGE": base.tag}
+        )
+        digest = build_inputs_digest(context, build_args)
+        repository = args.repository or f"dockyard-{args.variant}"
+        image = docker.Image(
+            f"{name}-build",
+            image_name=f"{repository}:{args.tag_prefix}-{digest}",
+            build=docker.DockerBuildArgs(
+                context=str(context),
+                dockerfile=str(context / "Dockerfile"),
+                args=build_args,
+                builder_version=docker.BuilderVersion.BUILDER_V1,
+            ),
+            skip_push=True,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[base]),
+        )
+        self.tag = f"{repository}:{args.tag_prefix}-{digest}"
+        self.image_id = image.image_name
+        self.image_ref = pulumi.Output.all(image.repo_digest, image.image_name).apply(
+            lambda values: values[0] or values[1]
+        )

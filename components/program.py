@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import pulumi
 import pulumi_docker as docker
@@ -94,12 +95,15 @@ def run(cfg: StackConfig, secret: SecretReader = _config_secret) -> dict[str, Ag
         except placement.PlacementError as error:
             raise pulumi.RunError(str(error)) from None
 
-    images: dict[tuple[str, str | None], AgentImage] = {}
+    images: dict[tuple[str, str | None, str], AgentImage] = {}
 
-    def image_for(variant: str, ref: str | None, host: str | None) -> AgentImage:
-        """One AgentImage per variant (or published reference) and engine, shared by the
-        environments on that engine."""
-        key = (ref or variant, host)
+    def image_for(
+        variant: str, ref: str | None, host: str | None, layer: str = "core"
+    ) -> AgentImage:
+        """One AgentImage per variant (or published reference), language variant (layer)
+        and engine, shared by the environments on that engine. A layer (python, node, go)
+        is built FROM the image the environment would run without it."""
+        key = (ref or variant, host, layer)
         if key not in images:
             source = cfg.gpu_image if variant == "gpu" else cfg.image
             name = (
@@ -108,17 +112,27 @@ def run(cfg: StackConfig, secret: SecretReader = _config_secret) -> dict[str, Ag
                 if not ref
                 else f"image-{hashlib.sha256(ref.encode()).hexdigest()[:10]}"
             )
+            args = AgentImageArgs(
+                variant=variant,
+                ref=ref or source.ref,
+                build_args=source.args,
+                repository="dockyard-gpu" if variant == "gpu" else "dockyard-core",
+                tag_prefix=source.tag or cfg.stack,
+                extra_ca=source.extra_ca,
+            )
+            if layer != "core":
+                name = f"{name}-{layer}"
+                args = replace(
+                    args,
+                    variant=layer,
+                    ref=None,
+                    base=image_for(variant, ref, host),
+                    repository=f"dockyard-{layer}"
+                    if variant == "core"
+                    else f"dockyard-{variant}-{layer}",
+                )
             images[key] = AgentImage(
-                name if host is None else f"{name}-{host}",
-                AgentImageArgs(
-                    variant=variant,
-                    ref=ref or source.ref,
-                    build_args=source.args,
-                    repository="dockyard-gpu" if variant == "gpu" else "dockyard-core",
-                    tag_prefix=source.tag or cfg.stack,
-                    extra_ca=source.extra_ca,
-                ),
-                opts=engines[host],
+                name if host is None else f"{name}-{host}", args, opts=engines[host]
             )
         return images[key]
 
@@ -126,7 +140,7 @@ def run(cfg: StackConfig, secret: SecretReader = _config_secret) -> dict[str, Ag
     for env in cfg.environments:
         profile = cfg.profile_of(env)
         host = placed[env.session_id]
-        image = image_for("gpu" if profile.gpu else "core", env.image, host)
+        image = image_for("gpu" if profile.gpu else "core", env.image, host, cfg.variant_of(env))
         environments[env.session_id] = AgentEnvironment(
             f"env-{env.session_id}",
             environment_args(

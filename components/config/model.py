@@ -98,12 +98,17 @@ class ResolvedLimits(_Model):
 Runtime = Literal["runc", "runsc"]
 """The OCI runtime of an environment: ``runsc`` is gVisor (docs/isolation.md)."""
 
+Variant = Literal["core", "python", "node", "go"]
+"""The image variant of an environment: the core image, or a language runtime's layers
+on top of it (docs/core-image.md)."""
+
 
 class Profile(_Model):
     cpus: v.Cpus | None = None
     memory: v.MemoryMB | None = None
     gpu: bool = False
     runtime: Runtime | None = None
+    variant: Variant | None = None
 
     @field_validator("gpu", mode="before")
     @classmethod
@@ -443,6 +448,8 @@ class Environment(_Model):
     """Allowlist entries as written (presets, domains, IPv4 CIDRs, :port)."""
     runtime: Runtime | None = None
     """None: the profile's runtime, else runc."""
+    variant: Variant | None = None
+    """None: the profile's variant, else core."""
     tenant: v.Tenant | None = None
     """Whose session this is: a label, a manifest subfolder, a quota scope, an audit field."""
     host: v.HostName | None = None
@@ -749,6 +756,10 @@ class StackConfig(_Model):
     def runtime_of(self, env: Environment) -> str:
         """Environment < profile < runc."""
         return env.runtime or self.profile_of(env).runtime or "runc"
+
+    def variant_of(self, env: Environment) -> str:
+        """Environment < profile < core."""
+        return env.variant or self.profile_of(env).variant or "core"
 
     def limits_of(self, env: Environment) -> ResolvedLimits:
         """Defaults < profile < stack limits < environment limits."""

@@ -42,6 +42,7 @@ import yaml
 
 from components import config
 from components import manifest as contract
+from components.assets import PROVENANCE_ARGS
 from components.environment import resource_prefix
 from components.image import VARIANT_ARGS, default_build_args, pinned_versions, read_build_args
 from tests.support.scripts import load_script
@@ -129,7 +130,30 @@ def test_core_image_workflow_builds_with_the_files_build_args(variant: str, tmp_
     lines = match.group(2).splitlines()
     args = dict(line.split("=", 1) for line in lines)
     assert len(args) == len(lines), f"a build arg is passed twice: {lines}"
-    assert args == default_build_args(variant)
+    pinned = {k: v for k, v in default_build_args(variant).items() if k not in PROVENANCE_ARGS}
+    assert args == pinned
+    # The provenance labels' values come from their own step, as every build path sets them.
+    step = next(s for s in steps if s.get("id") == "provenance")
+    output.unlink()
+    subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+        cwd=REPO,
+        env={
+            "PATH": os.environ["PATH"],
+            "GITHUB_OUTPUT": str(output),
+            "GITHUB_SHA": "0" * 40,
+            "GITHUB_SERVER_URL": "https://github.com",
+            "GITHUB_REPOSITORY": "acme/dockyard",
+        },
+        check=True,
+    )
+    match = re.fullmatch(r"args<<(\S+)\n(.*)\n\1\n", output.read_text(), re.S)
+    assert match, output.read_text()
+    labels = dict(line.split("=", 1) for line in match.group(2).splitlines())
+    assert sorted(labels) == sorted(PROVENANCE_ARGS)
+    assert labels["DOCKYARD_VERSION"] == (REPO / "components" / "VERSION").read_text().strip()
+    assert labels["DOCKYARD_SOURCE"] == "https://github.com/acme/dockyard"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", labels["DOCKYARD_CREATED"])
 
 
 def render_role_vars(role: str, names: Iterable[str], **context: str) -> dict[str, Any]:

@@ -147,12 +147,32 @@ def test_core_image_tags_schedule_and_gpu_variant() -> None:
         "type=raw,value=latest,enable={{is_default_branch}}",
         "type=ref,event=branch",
         "type=sha,format=long,prefix=",
+        "type=semver,pattern=v{{version}}",
+        "type=semver,pattern={{major}}.{{minor}}",
     ]
-    assert steps["Build and push"]["with"]["context"] == "images/core"
+    build = steps["Build and push"]["with"]
+    assert build["context"] == "images/core"
     # Build args come from the versions and variant files (tests/unit/test_contracts.py
-    # runs the step), never from the workflow's own text.
-    assert steps["Build and push"]["with"]["build-args"] == "${{ steps.args.outputs.args }}"
-    assert job["permissions"] == {"contents": "read", "packages": "write"}
+    # runs the step) and the provenance step, never from the workflow's own text.
+    assert [line.strip() for line in build["build-args"].strip().splitlines()] == [
+        "${{ steps.args.outputs.args }}",
+        "${{ steps.provenance.outputs.args }}",
+    ]
+    assert build["platforms"] == "linux/amd64,linux/arm64"
+    assert (build["sbom"], build["provenance"]) == (True, "mode=max")
+    assert build["push"] == "${{ env.PUBLISH == 'true' }}"
+    assert "refs/tags/v" in job["env"]["PUBLISH"]
+    assert "default_branch" in job["env"]["PUBLISH"]
+    assert "pull_request" in job["env"]["PUBLISH"]
+    assert wf["on"]["push"]["tags"] == ["v*"]
+    sign = steps["Sign the image by digest"]
+    assert sign["run"] == 'cosign sign --yes "${IMAGE}@${DIGEST}"'
+    assert sign["env"]["DIGEST"] == "${{ steps.build.outputs.digest }}"
+    assert job["permissions"] == {
+        "contents": "read",
+        "packages": "write",
+        "id-token": "write",
+    }
     assert job["strategy"]["matrix"] == {"variant": ["core", *VARIANT_ARGS]}
 
 
