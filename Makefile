@@ -79,6 +79,7 @@ base-image: ## Make sure the base image exists: pull it, or bootstrap it from a 
 image: base-image certs ## Build the core image (IMAGE=...) with the versions in images/versions.env
 	DOCKER_BUILDKIT=0 docker build \
 	  $(foreach arg,$(filter-out BASE_IMAGE=%,$(shell grep -E '^[A-Z][A-Z0-9_]*=' $(VERSIONS_FILE))),--build-arg $(arg)) \
+	  $(foreach arg,$(shell $(PYTHON) -c 'import sys; sys.path.insert(0, "."); from components.assets import provenance; print(" ".join(f"{k}={v}" for k, v in provenance().items()))'),--build-arg $(arg)) \
 	  --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) images/core
 
 pulumi-cli: ## Install the Pulumi CLI with its official installer when it is missing
