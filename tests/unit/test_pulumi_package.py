@@ -225,8 +225,10 @@ def test_every_stack_environment_key_is_an_input(schema: dict) -> None:
     inputs = set(schema["resources"][ENVIRONMENT]["inputProperties"])
     # Left out on purpose: image (a per-environment published image; through the package,
     # imageId says what runs) and host (a name from a stack's dockerHosts, placed by the
-    # stack; through the package, dockerHost names the engine itself).
-    missing = {to_camel(f) for f in Environment.model_fields} - {"image", "host"} - inputs
+    # stack; through the package, dockerHost names the engine itself), variant (it picks
+    # the image a stack builds; through the package, AgentImage's variant does).
+    left_out = {"image", "host", "variant"}
+    missing = {to_camel(f) for f in Environment.model_fields} - left_out - inputs
     assert not missing, f"add to components/provider.py AgentEnvironmentInputs: {missing}"
     limits = schema["types"]["dockyard:index:Limits"]["properties"]
     assert set(limits) == {to_camel(f) for f in Limits.model_fields}
