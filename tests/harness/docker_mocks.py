@@ -87,6 +87,9 @@ COMPONENT_PREFIX = "dockyard:index:"
 BUILD_KEYS = {"context", "dockerfile", "args", "builderVersion"}
 START_INTERVAL_MIN_API = (1, 44)
 ENGINE_ID = re.compile(r"(sha256:)?[0-9a-f]{32,}")
+NETWORK = "docker:index/network:Network"
+VOLUME = "docker:index/volume:Volume"
+CONTAINER = "docker:index/container:Container"
 DESTROY_PARALLEL = 10
 """Operations at once in :meth:`DockerRealisingMocks.destroy`: the docker SDK's default
 connection pool per client, so no worker waits for a connection or opens a stray one."""
@@ -443,27 +446,30 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
 
 
 def dependencies(resource: Realised, resources: Iterable[Realised]) -> list[Realised]:
-    """What ``resource`` uses, as Pulumi records it from the outputs that flowed into its
-    inputs: the networks, volumes and image a container names, and any resource whose
-    id appears in an input (a command's environment carries the container id)."""
-    used_names: set[tuple[str, str]] = set()
+    """What ``resource`` uses, as far as its inputs show it (Pulumi records dependencies
+    from the outputs that flowed into a resource's inputs; the mock protocol passes only
+    the inputs): the networks, volumes and image a container names; for a command, every
+    container, network or volume whose name is one of its values; and for any resource,
+    an engine id (container, image) inside one of its values, e.g. a command's
+    environment carrying the container id."""
+    used: set[tuple[str, str]] = set()
+    values = list(_strings(resource.inputs))
     if resource.type == "docker:index/container:Container":
-        inputs = resource.inputs
-        used_names |= {
-            ("docker:index/network:Network", n["name"]) for n in inputs.get("networksAdvanced", [])
-        }
-        used_names |= {
-            ("docker:index/volume:Volume", v["volumeName"])
-            for v in inputs.get("volumes", [])
+        used |= {(NETWORK, n["name"]) for n in resource.inputs.get("networksAdvanced", [])}
+        used |= {
+            (VOLUME, v["volumeName"])
+            for v in resource.inputs.get("volumes", [])
             if v.get("volumeName")
         }
-    text = "\n".join(_strings(resource.inputs))
+    elif resource.type == "command:local:Command":
+        used |= {(kind, value) for kind in (NETWORK, VOLUME, CONTAINER) for value in values}
+    text = "\n".join(values)
     return [
         other
         for other in resources
         if other is not resource
         and (
-            (other.type, str(other.outputs.get("name", ""))) in used_names
+            (other.type, str(other.outputs.get("name", ""))) in used
             # Engine ids (containers, images) are long hex strings: a hit is that id.
             or (ENGINE_ID.fullmatch(other.id) is not None and other.id in text)
         )

@@ -115,6 +115,11 @@ def test_dependencies_are_what_flowed_into_the_inputs() -> None:
         "env-2-container"
     ]
     assert dependencies(named["env-1-net"], everything) == []
+    # A command that names a volume (as a restore into the workspace does) uses it.
+    restore = Realised(
+        COMMAND, "env-1-restore", {"environment": {"VOLUME": "dockyard-st-s1-workspace"}}, "r", {}
+    )
+    assert [d.name for d in dependencies(restore, everything)] == ["env-1-workspace"]
 
 
 def test_destroy_goes_dependents_first_and_the_rest_at_once() -> None:
