@@ -1,30 +1,51 @@
-"""Scale on one host: 20 environments, then 50, through the components (harness).
+"""Scale on one host: 20, 50 and 100 environments through the components (harness).
 
-Per size: time to create all (the Pulumi program registers them concurrently, the
-harness creates each on the engine as Pulumi's engine would), until every ready marker
-exists; idle memory per environment after they settle (cgroup usage minus page cache,
-i.e. what `docker stats` shows); teardown time. Baseline in the same run: the same
-number of bare containers (`docker run -d <image> sleep infinity`) created and removed
-one after another.
+Per size and run: the time from starting the Pulumi program until the last ready marker
+(the markers' own timestamps, so polling adds nothing), seconds per environment, idle
+memory per environment after they settle (cgroup usage minus inactive page cache, what
+`docker stats` shows), and teardown (containers, networks, volumes, manifests — the
+harness destroys as `pulumi destroy` does, in parallel where nothing depends on what
+goes), after which nothing of the stack may be left: no container, network or volume
+with its label, no manifest file.
 
-Budgets (2 cores, image prebuilt): 20 environments ready in <= 15 s; <= 20 MB per idle
-environment.
+Baselines in the same run, one after another as a script would do them:
+- bare: N containers `docker run -d <image> sleep infinity`, removed with `docker rm -f`
+  one by one (and, for comparison, all at once);
+- bare+network: the same, but each container on a network of its own, created just
+  before it (what an environment needs at least) — the engine's network creation is a
+  large part of an environment's cost, and it grows with the number of networks.
+
+Budgets (2 cores, image prebuilt): 100 environments ready in <= 60 s; <= 5 MB per idle
+environment (median); seconds per environment flat from 20 to 100; teardown of 20
+environments <= 2x the bare teardown. Sizes: DOCKYARD_BENCH_SIZES (default 20,50,100).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RUNS, deployed, engine, summary, table, timed, verdict, write_result
-from tests.support.engine import is_ready
+from benchmarks.common import (
+    RUNS,
+    deployed,
+    engine,
+    parse_engine_time,
+    summary,
+    table,
+    timed,
+    verdict,
+    write_result,
+)
 
-SIZES = (20, 50)
-BUDGET_CREATE_20_S = 15.0
-BUDGET_IDLE_MB = 20.0
+SIZES = tuple(int(s) for s in os.environ.get("DOCKYARD_BENCH_SIZES", "20,50,100").split(","))
+BUDGET_READY_100_S = 60.0
+BUDGET_IDLE_MB = 5.0
+BUDGET_TEARDOWN_RATIO = 2.0
 SETTLE_S = 5.0
 LABEL = {"dockyard.bench": "scale"}
 
@@ -34,67 +55,128 @@ def _idle_mb(container: Any) -> float:
     memory = stats["memory_stats"]
     detail = memory.get("stats", {})
     cache = detail.get("total_inactive_file", detail.get("inactive_file", detail.get("cache", 0)))
-    return (memory["usage"] - cache) / (1024 * 1024)
+    return float(memory["usage"] - cache) / (1024 * 1024)
+
+
+def _ready_at(container: Any) -> float | None:
+    """Epoch time of the container's ready marker, or None while it has none."""
+    result = container.exec_run(["cat", "/tmp/ready"])
+    return parse_engine_time(result.output.decode().strip()) if result.exit_code == 0 else None
+
+
+def _leftovers(client: Any, target: Any) -> list[str]:
+    found = list(target.leftovers())
+    manifests = Path(target.cwd) / ".companion" / "cloud" / "environments"
+    found += [f"manifest {p.name}" for p in manifests.glob("*.json")] if manifests.is_dir() else []
+    return found
 
 
 def _environments(client: Any, size: int, run: int) -> dict[str, float]:
     values = {
         "limits": {"cpus": 1, "memory": "512m"},
         "environments": [
-            {"sessionId": f"s{i:02d}", "backend": "claude" if i % 2 else "codex", "ports": [3000]}
+            {"sessionId": f"s{i:03d}", "backend": "claude" if i % 2 else "codex", "ports": [3000]}
             for i in range(size)
         ],
     }
-    start = time.perf_counter()
+    start = time.time()
     with deployed(client, f"benchscale{size}r{run}", values) as target:
         containers = [target.container(s) for s in target.manifests]
-        pending = list(containers)
-        while pending:
-            pending = [c for c in pending if not is_ready(c)]
-            if time.perf_counter() - start > 300:
-                raise SystemExit(f"ERROR: {len(pending)} environments not ready after 300 s")
-        created = time.perf_counter() - start
-        ports = {
-            m["hostPort"]
-            for manifest in target.manifests.values()
-            for m in manifest["container"]["portMappings"]
-        }
-        assert len(ports) == size, "host ports collided"
-        time.sleep(SETTLE_S)
+        ready: dict[str, float] = {}
         with ThreadPoolExecutor(8) as pool:
+            while len(ready) < size:
+                if time.time() - start > 300:
+                    raise SystemExit(
+                        f"ERROR: {size - len(ready)} environments not ready after 300 s"
+                    )
+                pending = [c for c in containers if c.id not in ready]
+                for container, at in zip(pending, pool.map(_ready_at, pending), strict=True):
+                    if at is not None:
+                        ready[container.id] = at
+                if len(ready) < size:
+                    time.sleep(0.5)
+            all_ready = max(ready.values()) - start
+            ports = {
+                m["hostPort"]
+                for manifest in target.manifests.values()
+                for m in manifest["container"]["portMappings"]
+            }
+            assert len(ports) == size, "host ports collided"
+            time.sleep(SETTLE_S)
             idle = list(pool.map(_idle_mb, containers))
         teardown = timed(target.destroy)
+        left = _leftovers(client, target)
+        if left:
+            raise SystemExit(f"ERROR: teardown of {size} environments left {left}")
     return {
-        "create_s": created,
+        "ready_s": all_ready,
+        "s_per_env": all_ready / size,
         "idle_mb_median": statistics.median(idle),
         "idle_mb_max": max(idle),
         "teardown_s": teardown,
     }
 
 
-def _bare(client: Any, image: str, size: int) -> dict[str, float]:
+def _bare(client: Any, image: str, size: int, networks: bool) -> dict[str, float]:
+    """``size`` bare containers started one after another (each on a network of its own,
+    created just before it, when ``networks``), their idle memory, then removal one
+    after another (containers, then networks)."""
+    tag = f"benchbare{int(time.time() * 1000) % 10**8}"
     containers: list[Any] = []
-    try:
-        create = timed(
-            lambda: containers.extend(
-                client.containers.run(
-                    image, entrypoint=["sleep", "infinity"], detach=True, labels=LABEL
-                )
-                for _ in range(size)
+    nets: list[Any] = []
+
+    def start(i: int) -> None:
+        network = None
+        if networks:
+            network = client.networks.create(f"{tag}-{i}", driver="bridge", labels=LABEL)
+            nets.append(network)
+        containers.append(
+            client.containers.run(
+                image,
+                entrypoint=["sleep", "infinity"],
+                detach=True,
+                labels=LABEL,
+                network=network.name if network else None,
             )
         )
+
+    try:
+        create = timed(lambda: [start(i) for i in range(size)])
         time.sleep(SETTLE_S)
-        idle = [_idle_mb(c) for c in containers]
-        teardown = timed(lambda: [c.remove(force=True) for c in containers])
+        idle = statistics.median(_idle_mb(c) for c in containers)
+        teardown = timed(
+            lambda: [c.remove(force=True) for c in containers] + [n.remove() for n in nets]
+        )
         containers.clear()
+        nets.clear()
         return {
-            "create_s": create,
-            "idle_mb_median": statistics.median(idle),
+            "ready_s": create,
+            "s_per_env": create / size,
+            "idle_mb_median": idle,
             "teardown_s": teardown,
         }
     finally:
-        for c in containers:
-            c.remove(force=True)
+        for container in containers:
+            container.remove(force=True)
+        for network in nets:
+            network.remove()
+
+
+def _bare_removed_at_once(client: Any, image: str, size: int) -> float:
+    """Seconds to remove ``size`` bare containers 10 at a time (for comparison: what the
+    engine does when removals do not wait for each other)."""
+    containers = [
+        client.containers.run(image, entrypoint=["sleep", "infinity"], detach=True, labels=LABEL)
+        for _ in range(size)
+    ]
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            return timed(lambda: list(pool.map(lambda c: c.remove(force=True), containers)))
+    finally:
+        for container in client.containers.list(
+            all=True, filters={"label": "dockyard.bench=scale"}
+        ):
+            container.remove(force=True)
 
 
 def main() -> int:
@@ -104,54 +186,81 @@ def main() -> int:
     image = build_image(client, "dockyard-core")
     results: dict[str, Any] = {"sizes": {}}
     rows = []
-    runs = RUNS
     for size in SIZES:
-        env_runs = [_environments(client, size, run) for run in range(runs)]
-        bare_runs = [_bare(client, image, size) for _ in range(runs)]
-        figures = {
-            key: summary([r[key] for r in env_runs])
-            for key in ("create_s", "idle_mb_median", "idle_mb_max", "teardown_s")
-        }
+        env_runs, bare_runs, net_runs, at_once = [], [], [], []
+        for run in range(RUNS):  # interleaved, so a passing load moves all of them alike
+            env_runs.append(_environments(client, size, run))
+            bare_runs.append(_bare(client, image, size, networks=False))
+            net_runs.append(_bare(client, image, size, networks=True))
+            at_once.append(_bare_removed_at_once(client, image, size))
+        env = {key: summary([r[key] for r in env_runs]) for key in env_runs[0]}
         bare = {key: summary([r[key] for r in bare_runs]) for key in bare_runs[0]}
-        results["sizes"][size] = {"environments": figures, "bare": bare}
+        bare["teardown_parallel_s"] = summary(at_once)
+        net = {key: summary([r[key] for r in net_runs]) for key in net_runs[0]}
+        results["sizes"][size] = {"environments": env, "bare": bare, "bare_with_network": net}
         rows.append(
             [
                 size,
-                figures["create_s"]["median"],
-                bare["create_s"]["median"],
-                f"{figures['create_s']['median'] / bare['create_s']['median']:.2f}",
-                figures["idle_mb_median"]["median"],
-                figures["idle_mb_max"]["max"],
+                env["ready_s"]["median"],
+                env["s_per_env"]["median"],
+                bare["s_per_env"]["median"],
+                net["s_per_env"]["median"],
+                f"{env['ready_s']['median'] / net['ready_s']['median']:.2f}",
+                env["idle_mb_median"]["median"],
+                env["idle_mb_max"]["max"],
                 bare["idle_mb_median"]["median"],
-                figures["teardown_s"]["median"],
+                env["teardown_s"]["median"],
                 bare["teardown_s"]["median"],
+                f"{env['teardown_s']['median'] / bare['teardown_s']['median']:.2f}",
+                bare["teardown_parallel_s"]["median"],
+                net["teardown_s"]["median"],
             ]
         )
-    print(f"Scale on one host (median of {runs} runs per size; MB = RSS of an idle environment)")
+    print(f"Scale on one host (median of {RUNS} runs per size; seconds, MB)")
     print(
         table(
             [
                 "envs",
-                "create s",
-                "bare s",
-                "x bare",
+                "ready s",
+                "s/env",
+                "bare s/env",
+                "bare+net s/env",
+                "x bare+net",
                 "idle MB",
                 "max MB",
                 "bare MB",
                 "teardown s",
                 "bare td s",
+                "x bare td",
+                "bare td ∥ s",
+                "bare+net td s",
             ],
             rows,
         )
     )
-    twenty = results["sizes"][20]["environments"]
-    print(
-        f"20 environments ready in {twenty['create_s']['median']:.1f} s — "
-        f"{verdict(twenty['create_s']['median'], BUDGET_CREATE_20_S)} the {BUDGET_CREATE_20_S:.0f} s budget; "
-        f"idle {twenty['idle_mb_median']['median']:.1f} MB per environment — "
-        f"{verdict(twenty['idle_mb_median']['median'], BUDGET_IDLE_MB)} the {BUDGET_IDLE_MB:.0f} MB budget"
-    )
-    results["budgets"] = {"create_20_s": BUDGET_CREATE_20_S, "idle_mb": BUDGET_IDLE_MB}
+    sizes = results["sizes"]
+    if 100 in sizes:
+        ready = sizes[100]["environments"]["ready_s"]["median"]
+        print(
+            f"100 environments ready in {ready:.1f} s — "
+            f"{verdict(ready, BUDGET_READY_100_S)} the {BUDGET_READY_100_S:.0f} s budget"
+        )
+    for size, figures in sizes.items():
+        env = figures["environments"]
+        ratio = env["teardown_s"]["median"] / figures["bare"]["teardown_s"]["median"]
+        print(
+            f"{size}: {env['s_per_env']['median']:.3f} s/env; idle "
+            f"{env['idle_mb_median']['median']:.1f} MB per environment — "
+            f"{verdict(env['idle_mb_median']['median'], BUDGET_IDLE_MB)} the "
+            f"{BUDGET_IDLE_MB:.0f} MB budget; teardown {ratio:.2f}x bare — "
+            f"{verdict(ratio, BUDGET_TEARDOWN_RATIO)} the {BUDGET_TEARDOWN_RATIO:.0f}x budget; "
+            "nothing left behind"
+        )
+    results["budgets"] = {
+        "ready_100_s": BUDGET_READY_100_S,
+        "idle_mb": BUDGET_IDLE_MB,
+        "teardown_ratio": BUDGET_TEARDOWN_RATIO,
+    }
     print(f"written {write_result('scale', results)}")
     return 0
 
