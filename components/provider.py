@@ -72,12 +72,18 @@ class Runtime(Enum):
 
 
 class ImageVariant(Enum):
-    """The image build context dockyard ships."""
+    """An image build context dockyard ships (images/<variant>)."""
 
     CORE = "core"
     """Claude Code and Codex CLI on Debian 12."""
     GPU = "gpu"
     """The core image on a CUDA base."""
+    PYTHON = "python"
+    """A base image (core or gpu) with a Python toolchain."""
+    NODE = "node"
+    """A base image (core or gpu) with a Node.js toolchain."""
+    GO = "go"
+    """A base image (core or gpu) with a Go toolchain."""
 
 
 # --- Input types -------------------------------------------------------------------------------
@@ -179,6 +185,10 @@ class AgentImageInputs(TypedDict, total=False):
     """Tag prefix; the tag ends in a digest of the build inputs (default: the stack's name)."""
     context: str
     """A build context directory with a Dockerfile (default: the one dockyard ships)."""
+    extra_ca: str
+    """A PEM file of extra CA certificates to build with (a TLS-intercepting proxy's)."""
+    base_variant: ImageVariant
+    """For python, node and go: the variant they build FROM, core or gpu (default core)."""
     docker_host: str
     """The engine that builds and keeps the image, e.g. ssh://agent@team-host (default: the local one)."""
 
@@ -260,6 +270,8 @@ class AgentImage(image.AgentImage):
     """What manifests report: the repo digest where the engine knows one, else the tag."""
     image_id: pulumi.Output[str]
     """What containers use: changes whenever the image does."""
+    tag: str
+    """The built tag, or the published reference: what another build can use FROM."""
 
     def __init__(
         self,
@@ -308,7 +320,7 @@ _STACK_KEYS = {
     "healthcheck": "healthcheck",
 }
 _NOT_CONFIG = {"image_id", "image_ref", "stack", "cwd", "secrets"}
-_IMAGE_KEYS = {"ref": "ref", "tag_prefix": "tag", "build_args": "args"}
+_IMAGE_KEYS = {"ref": "ref", "tag_prefix": "tag", "build_args": "args", "extra_ca": "extraCa"}
 
 
 def to_environment_args(name: str, inputs: Mapping[str, Any]) -> environment.AgentEnvironmentArgs:
@@ -352,9 +364,12 @@ def to_image_args(name: str, inputs: Mapping[str, Any]) -> image.AgentImageArgs:
     _require_plain(name, "AgentImage", inputs, allowed_outputs=set())
     variants = [v.value for v in ImageVariant]
     variant = _plain(inputs.get("variant") or ImageVariant.CORE)
+    base_variant = _plain(inputs.get("base_variant") or ImageVariant.CORE)
     problems = []
     if variant not in variants:
         problems.append(f"variant: {variant!r} is not allowed (allowed: {', '.join(variants)})")
+    if base_variant not in ("core", "gpu"):
+        problems.append(f"baseVariant: {base_variant!r} is not allowed (allowed: core, gpu)")
     repository = inputs.get("repository") or f"dockyard-{variant}"
     if not isinstance(repository, str) or not _REPOSITORY.fullmatch(repository):
         problems.append(
@@ -369,7 +384,12 @@ def to_image_args(name: str, inputs: Mapping[str, Any]) -> image.AgentImageArgs:
         raw,
         stack=pulumi.get_stack(),
         cwd=os.getcwd(),
-        renames={r"image\.tag": "tagPrefix", r"image\.args": "buildArgs", r"image\.": ""},
+        renames={
+            r"image\.tag": "tagPrefix",
+            r"image\.args": "buildArgs",
+            r"image\.extraCa": "extraCa",
+            r"image\.": "",
+        },
     )
     problems.extend(config_problems)
     if cfg is None or problems:
@@ -381,6 +401,8 @@ def to_image_args(name: str, inputs: Mapping[str, Any]) -> image.AgentImageArgs:
         repository=repository,
         tag_prefix=cfg.image.tag or cfg.stack,
         context=inputs.get("context"),
+        extra_ca=cfg.image.extra_ca,
+        base_variant=base_variant,
     )
 
 

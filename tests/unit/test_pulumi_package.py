@@ -113,7 +113,7 @@ def test_agent_environment_inputs_and_outputs(schema: dict) -> None:
         "sessionId", "imageId", "imageRef", "backend", "ports", "volumes", "env", "secrets",
         "limits", "profile", "gpu", "labels", "workspaceHostPath", "egress", "egressAllow",
         "runtime", "tenant", "stack", "cwd", "manifestDir", "bindRoots", "dockerHost",
-        "healthcheck",
+        "healthcheck", "backup", "restore",
     }  # fmt: skip
     assert resource["requiredInputs"] == ["imageId", "sessionId"]
     inputs = resource["inputProperties"]
@@ -137,12 +137,14 @@ def test_agent_environment_inputs_and_outputs(schema: dict) -> None:
 def test_agent_image_inputs_and_outputs(schema: dict) -> None:
     resource = schema["resources"][IMAGE]
     assert set(resource["inputProperties"]) == {
-        "variant", "ref", "buildArgs", "repository", "tagPrefix", "context", "dockerHost",
+        "variant", "ref", "buildArgs", "repository", "tagPrefix", "context", "extraCa",
+        "baseVariant", "dockerHost",
     }  # fmt: skip
     assert resource["requiredInputs"] == []
     assert {k: v["type"] for k, v in resource["properties"].items()} == {
         "imageId": "string",
         "imageRef": "string",
+        "tag": "string",
     }
 
 
@@ -217,7 +219,7 @@ def test_enums_offer_exactly_what_dockyard_accepts(schema: dict) -> None:
     assert sorted(_enum_values(schema, "Backend")) == literal("backend")
     assert sorted(_enum_values(schema, "EgressMode")) == literal("egress")
     assert sorted(_enum_values(schema, "Runtime")) == sorted(get_args(Runtime))
-    assert sorted(_enum_values(schema, "ImageVariant")) == sorted(["core", *image.VARIANT_ARGS])
+    assert sorted(_enum_values(schema, "ImageVariant")) == sorted(image.VARIANTS)
 
 
 def test_every_stack_environment_key_is_an_input(schema: dict) -> None:
@@ -276,7 +278,7 @@ def construct(
     return run, {key: run.resolve(value) for key, value in state.items()}
 
 
-STACK_ENVIRONMENT = {
+STACK_ENVIRONMENT: dict[str, Any] = {
     "sessionId": "alpha",
     "backend": "codex",
     "ports": [3000, 5173],
