@@ -6,6 +6,8 @@ Children, all parented to the component and named after it:
   <name>-config
   <name>-checkpoints
   <name>-container    the agent container (non-root, no capabilities, limits, health)
+  <name>-restore      local.Command (``restore: latest`` only): the session's latest backup
+                      into its empty workspace, before the container starts
   <name>-runtime      local.Command: cgroup pids cap (pulumi-docker has no input for it)
                       and the container's creation time, read back from the engine
   <name>-manifest     local.Command: writes the v1 manifest file, removes it on destroy
@@ -83,6 +85,9 @@ class AgentEnvironmentArgs:
     host_name: str | None = None
     """The ``dockerHosts`` name of this environment's engine (several-host stacks): a
     ``dockyard.host`` label and a ``<sessionId>.host.json`` beside the manifest."""
+    restore_from: str | None = None
+    """``restore: latest``: the backup settings (JSON, :class:`components.backup.Settings`)
+    to restore the session's latest snapshot from into its empty workspace."""
 
 
 def resource_prefix(stack: str, session_id: str) -> str:
@@ -141,6 +146,25 @@ class AgentEnvironment(pulumi.ComponentResource):
             )
             for role in ("workspace", "config", "checkpoints")
         }
+
+        # Between the workspace volume and the container, so the agent never sees a
+        # half-restored workspace. Create only: nothing to undo on destroy.
+        restored = []
+        if args.restore_from:
+            restored.append(
+                command.local.Command(
+                    f"{name}-restore",
+                    create=f"{shlex.quote(sys.executable)} -m {__package__}.backup restore-if-empty",
+                    dir=str(Path(__file__).resolve().parents[1]),
+                    environment={
+                        "DOCKYARD_BACKUP": args.restore_from,
+                        "DOCKYARD_BACKUP_VOLUME": volumes["workspace"].name,
+                        "DOCKYARD_BACKUP_STACK": args.stack,
+                        "DOCKYARD_BACKUP_SESSION": args.session_id,
+                    },
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[volumes["workspace"]]),
+                )
+            )
 
         container = docker.Container(
             f"{name}-container",
@@ -215,7 +239,7 @@ class AgentEnvironment(pulumi.ComponentResource):
                 start_interval=args.healthcheck.start_interval,
             ),
             **_gpu_inputs(args.gpu),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(volumes.values())),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*volumes.values(), *restored]),
         )
 
         engine_env = {"DOCKER_HOST": args.docker_host} if args.docker_host else {}

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
@@ -61,6 +62,11 @@ def environment_args(
         docker_host=cfg.docker_hosts[host] if host else cfg.docker_host,
         runtime=cfg.runtime_of(env),
         host_name=host,
+        restore_from=(
+            json.dumps(cfg.backup.model_dump(), sort_keys=True)
+            if cfg.backup is not None and env.restore == "latest"
+            else None
+        ),
     )
 
 

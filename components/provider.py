@@ -71,6 +71,15 @@ class Runtime(Enum):
     """gVisor; must be registered with the engine (docs/isolation.md)."""
 
 
+class Restore(Enum):
+    """What a new environment's empty workspace starts with."""
+
+    NONE = "none"
+    """Nothing."""
+    LATEST = "latest"
+    """The session's latest backup (needs backup)."""
+
+
 class ImageVariant(Enum):
     """An image build context dockyard ships (images/<variant>)."""
 
@@ -117,6 +126,25 @@ class Healthcheck(TypedDict, total=False):
     """Grace period after start (default 30s)."""
     start_interval: str
     """Between probes during the start period; needs engine API 1.44 (Docker 25)."""
+
+
+class Backup(TypedDict, total=False):
+    """Encrypted workspace backups with restic (docs/backup.md)."""
+
+    repository: str
+    """s3:[http[s]://]host[:port]/bucket[/prefix]; each session gets <repository>/<stack>/<session>."""
+    region: str
+    """The storage's region, if it needs one."""
+    credentials_dir: str
+    """The Docker host's private directory of passwords and storage keys (default /etc/dockyard/backup)."""
+    cache_dir: str
+    """restic's cache and the host's locks (default /var/cache/dockyard/backup)."""
+    image: str
+    """The helper image restic runs in (default debian:bookworm-slim)."""
+    restic: str
+    """The restic binary on the Docker host (default /usr/bin/restic)."""
+    on_destroy: bool
+    """A final backup before a session is destroyed (default true)."""
 
 
 class AgentEnvironmentInputs(TypedDict):
@@ -168,6 +196,10 @@ class AgentEnvironmentInputs(TypedDict):
     """The engine, e.g. ssh://agent@team-host (default: the local one)."""
     healthcheck: NotRequired[Healthcheck]
     """Health probe timing."""
+    backup: NotRequired[Backup]
+    """Where the session's backups are (for restore)."""
+    restore: NotRequired[Restore]
+    """At create: latest restores the session's latest backup into its empty workspace (default none)."""
 
 
 class AgentImageInputs(TypedDict, total=False):
@@ -318,6 +350,7 @@ _STACK_KEYS = {
     "bind_roots": "bindRoots",
     "docker_host": "dockerHost",
     "healthcheck": "healthcheck",
+    "backup": "backup",
 }
 _NOT_CONFIG = {"image_id", "image_ref", "stack", "cwd", "secrets"}
 _IMAGE_KEYS = {"ref": "ref", "tag_prefix": "tag", "build_args": "args", "extra_ca": "extraCa"}
@@ -468,7 +501,7 @@ def _schema_to_config(value: Any, key: str) -> Any:
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, Mapping):
-        camel = key in ("limits", "healthcheck")
+        camel = key in ("limits", "healthcheck", "backup")
         return {(_camel(k) if camel else k): _schema_to_config(v, "") for k, v in value.items()}
     if isinstance(value, list):
         if key == "gpu" and value == ["all"]:

@@ -19,8 +19,9 @@ from pydantic.alias_generators import to_camel
 
 from .model import CONVENTIONAL_NAME, NAMESPACE, THIS_KEY
 
-# Containers whose values (and keys) may be credentials.
-SENSITIVE_CONTAINERS = frozenset({"env", "labels", "secrets", "args"})
+# Containers whose values (and keys) may be credentials; a backup repository URL may have
+# a pasted key in it.
+SENSITIVE_CONTAINERS = frozenset({"env", "labels", "secrets", "args", "repository"})
 # Broader than the plain-env refusal on purpose: redacting too much costs nothing.
 CREDENTIAL_LIKE = re.compile(r"key|token|secret|passw|credential|auth|cookie", re.ASCII | re.I)
 

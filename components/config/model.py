@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from .. import egress
+from .. import backup, egress
 from . import values as v
 from .scope import Scope, scope_of
 
@@ -454,6 +454,8 @@ class Environment(_Model):
     """Whose session this is: a label, a manifest subfolder, a quota scope, an audit field."""
     host: v.HostName | None = None
     """A name from ``dockerHosts``; None: placed by quota headroom (or the one host)."""
+    restore: Literal["none", "latest"] = "none"
+    """At create, ``latest`` restores the session's latest backup into its empty workspace."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -552,6 +554,17 @@ class Environment(_Model):
         if name not in hosts:
             raise v.refuse("one of " + ", ".join(sorted(hosts)))
         return name
+
+    @field_validator("restore")
+    @classmethod
+    def _restore_needs_backup(cls, restore: str, info: ValidationInfo) -> str:
+        scope = scope_of(info)
+        unset = scope is not None and scope.known("backup") and scope.get("backup") is None
+        if restore == "latest" and unset:
+            raise v.refuse(
+                "none, or latest with dockyard:backup set (where the session's backups are)"
+            )
+        return restore
 
     @field_validator("egress_allow")
     @classmethod
@@ -676,6 +689,42 @@ class Quotas(QuotaCaps):
         return self.hosts.get(name or "", self)
 
 
+# --- Backups ----------------------------------------------------------------------------------
+
+
+@v.rule(backup.REPOSITORY_ALLOWED)
+def _backup_repository(value: Any) -> str:
+    if not backup.repository_ok(value):
+        raise v.refuse(backup.REPOSITORY_ALLOWED)
+    return str(value)
+
+
+class BackupSettings(_Model):
+    """Encrypted workspace backups with restic (docs/backup.md): one repository per session
+    under ``repository``, each with its own password; passwords and storage keys stay in
+    ``credentialsDir`` on the Docker host, never in the environment."""
+
+    repository: Annotated[str, BeforeValidator(_backup_repository)]
+    region: (
+        Annotated[str, BeforeValidator(v.named(backup.REGION, backup.REGION_ALLOWED))] | None
+    ) = None
+    credentials_dir: v.HostDir = backup.DEFAULT_CREDENTIALS_DIR
+    cache_dir: v.HostDir = backup.DEFAULT_CACHE_DIR
+    image: v.ImageReference = backup.DEFAULT_IMAGE
+    """The helper image restic runs in (the host's restic binary is mounted into it)."""
+    restic: v.HostDir = backup.DEFAULT_RESTIC
+    """The restic binary on the Docker host."""
+    on_destroy: bool = True
+    """Take a final backup before a session is destroyed."""
+
+    @field_validator("on_destroy", mode="before")
+    @classmethod
+    def _strict_bool(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise v.refuse("true or false")
+        return value
+
+
 # --- The stack --------------------------------------------------------------------------------
 
 
@@ -707,6 +756,8 @@ class StackConfig(_Model):
     limits: Limits = Field(default_factory=Limits)
     healthcheck: Healthcheck = Field(default_factory=Healthcheck)
     quotas: Quotas = Field(default_factory=Quotas)
+    backup: BackupSettings | None = None
+    """Encrypted workspace backups; None: none."""
     environments: Annotated[list[Environment], v.bounded_list(1024)] = Field(default_factory=list)
 
     @field_validator("docker_host")
@@ -728,6 +779,31 @@ class StackConfig(_Model):
         if hosts and info.data.get("docker_host") is not None:
             raise v.refuse("either dockerHost (one host) or dockerHosts (several), not both")
         return hosts
+
+    @field_validator("backup")
+    @classmethod
+    def _backup_on_the_host(
+        cls, settings: BackupSettings | None, info: ValidationInfo
+    ) -> BackupSettings | None:
+        if settings is None:
+            return settings
+        # Named under repository, whose value is never echoed (the mapping holds it).
+        if info.data.get("backend") == "kubernetes":
+            why = "none with backend kubernetes: backups read Docker volumes"
+        elif any(
+            host and not host.startswith("unix://")
+            for host in [
+                info.data.get("docker_host"),
+                *(info.data.get("docker_hosts") or {}).values(),
+            ]
+        ):
+            why = (
+                "none with a remote dockerHost or dockerHosts: backups run on the Docker host "
+                "itself (install the workspace_backup role there)"
+            )
+        else:
+            return settings
+        raise v.refuse_items([("repository", settings.repository, why)])
 
     @field_validator("profile")
     @classmethod
