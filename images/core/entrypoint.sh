@@ -232,6 +232,10 @@ if [[ -e "$ready_file" || -L "$ready_file" ]]; then rm -f "$ready_file"; fi
 if [[ -S "${TMUX_TMPDIR:-/tmp}/tmux-$UID/default" ]]; then
   tmux kill-session -t main 2>/dev/null || true
 fi
+# tmux opens login shells, and Debian's /etc/profile resets PATH for them, which would
+# hide the agent CLIs (/opt/agents/bin) and any PATH from config/env in every pane;
+# /etc/profile.d/dockyard-path.sh puts this one back.
+export DOCKYARD_PATH="$PATH"
 # new-session -d returns once the server has created the session (non-zero if not).
 tmux new-session -d -s main -c "$workspace" -x 200 -y 50 ||
   die "tmux session 'main' did not start"

@@ -155,6 +155,12 @@ def test_startup_links_config_starts_tmux_and_writes_ready(
         "codex sandbox off in container": "grep -qx 'sandbox_mode = \"danger-full-access\"' /config/codex/config.toml",
         "ready marker is a UTC time": "grep -qE '^[0-9]{4}-[0-9]{2}-[0-9]{2}T.*Z$' /tmp/ready",
         "no root processes": "! ps -eo user= | grep -qv '^agent$'",
+        # tmux opens login shells; /etc/profile must not hide the CLIs from them.
+        "agent CLI on a login shell's PATH": (
+            "tmux new-window -d \"bash -lc 'command -v $DOCKYARD_BACKEND >/tmp/probe'\";"
+            " for i in $(seq 50); do [ -s /tmp/probe ] && break; sleep 0.1; done;"
+            " grep -qx /opt/agents/bin/$DOCKYARD_BACKEND /tmp/probe"
+        ),
     }
     failed = [
         label
