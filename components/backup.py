@@ -845,8 +845,9 @@ class Backups:
         Nothing is written before the repository has opened and the snapshot is known: a
         wrong password or unreachable storage leaves the workspace as it was. A non-empty
         workspace is refused unless ``force``; then its content is backed up first (to
-        ``into``'s own repository, ``pre-restore``) and replaced. A running environment is
-        stopped for the restore and started again afterwards."""
+        ``into``'s own repository, ``pre-restore``) and replaced. A running environment keeps
+        running (stopping it would give its published ports new host ports); files it
+        writes meanwhile show up as a failed verification."""
         started = time.monotonic()
         with contextlib.ExitStack() as stack:
             stack.enter_context(self._locked(source, wait_s))
@@ -863,26 +864,17 @@ class Backups:
                     "backs the current content up first and replaces it)"
                 )
             previous = None
-            stopped = False
-            if into.running and into.container:
-                self.log(f"session {into.session}: stopping {into.container} for the restore")
-                self._docker("stop", into.container, timeout=180)
-                stopped = True
-            try:
-                if not empty:
-                    saved = self._backup_locked(into, "pre-restore")
-                    previous = saved.snapshot
-                    self.log(f"session {into.session}: its content is saved as snapshot {previous}")
-                    self._wipe(into.volume)
-                self._restic(
-                    source, password, "restore",
-                    ["restore", chosen.id, "--target", "/"],
-                    mounts=[f"{into.volume}:{HELPER_DATA}"],
-                )  # fmt: skip
-                found = self._measure(into.volume)
-            finally:
-                if stopped and into.container:
-                    self._docker("start", into.container, timeout=180)
+            if not empty:
+                saved = self._backup_locked(into, "pre-restore")
+                previous = saved.snapshot
+                self.log(f"session {into.session}: its content is saved as snapshot {previous}")
+                self._wipe(into.volume)
+            self._restic(
+                source, password, "restore",
+                ["restore", chosen.id, "--target", "/"],
+                mounts=[f"{into.volume}:{HELPER_DATA}"],
+            )  # fmt: skip
+            found = self._measure(into.volume)
             if found != expected:
                 raise VerifyError(
                     f"session {into.session}: restored {found[0]} files / {found[1]} bytes, "

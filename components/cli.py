@@ -21,7 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import modal_plan
+from . import backup as backups
+from . import backup_sessions, modal_plan
 from .config import ConfigError, from_stack_file, parse
 from .sessions import DriverError, QuotaError, SessionNotFound, Sessions
 from .sessions import audit as audit_log
@@ -71,6 +72,12 @@ def _errors(as_json: bool) -> Iterator[None]:
     except SessionNotFound as error:
         _fail(NOT_FOUND, str(error.args[0] if error.args else error), as_json)
     except DriverError as error:
+        _fail(FAILED, str(error), as_json)
+    except backups.ConfigError as error:
+        _fail(INVALID, str(error), as_json)
+    except backups.NotFound as error:
+        _fail(NOT_FOUND, str(error), as_json)
+    except backups.BackupError as error:
         _fail(FAILED, str(error), as_json)
 
 
@@ -235,10 +242,19 @@ def _null() -> Iterator[None]:
 
 
 @app.command()
-def down(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+def down(
+    session: str,
+    tenant: TenantOption = None,
+    no_backup: Annotated[
+        bool, typer.Option("--no-backup", help="Skip the final backup (backup.onDestroy).")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
     """Destroy a session: container, network, volumes, manifest and its stack."""
     with _errors(as_json):
-        _sessions().destroy(session, tenant, progress=_progress(as_json))
+        _sessions().destroy(
+            session, tenant, progress=_progress(as_json), final_backup=not no_backup
+        )
         _emit(
             {"sessionId": session, "destroyed": True},
             as_json,
@@ -427,6 +443,87 @@ def audit(
         out.print(grid)
 
     _emit(entries, as_json, table)
+
+
+StackFileOption = Annotated[
+    str | None,
+    typer.Option("--stack", help="A stack's environment: its stacks/Pulumi.<stack>.yaml file."),
+]
+
+
+@app.command("backup")
+def backup_now(
+    session: str,
+    tenant: TenantOption = None,
+    stack: StackFileOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Back the session's workspace up now (encrypted, to its own restic repository)."""
+    with _errors(as_json):
+        who = backup_sessions.target(_sessions(), session, tenant, stack)
+        result = backup_sessions.run_backup(_sessions(), who, progress=_progress(as_json))
+        _emit(
+            backup_sessions.as_dict(result),
+            as_json,
+            lambda r: out.print(
+                f"{session}: snapshot {r['snapshot']} ({r['files']} files, {r['bytes']} bytes, "
+                f"{r['added_bytes']} new)"
+            ),
+        )
+
+
+@app.command()
+def restore(
+    session: str,
+    snapshot: Annotated[str, typer.Option(help="A snapshot id (prefix) or latest.")] = "latest",
+    into: Annotated[
+        str | None, typer.Option("--into", help="Restore into this session's workspace instead.")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(help="Replace a non-empty workspace (its content is backed up first)."),
+    ] = False,
+    tenant: TenantOption = None,
+    stack: StackFileOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Restore a backup into the session's workspace (or --into another's), verified."""
+    with _errors(as_json):
+        sessions = _sessions()
+        who = backup_sessions.target(sessions, session, tenant, stack)
+        other = backup_sessions.target(sessions, into, tenant, stack) if into else None
+        result = backup_sessions.restore(
+            sessions, who, snapshot, other, force, progress=_progress(as_json)
+        )
+        _emit(
+            backup_sessions.as_dict(result),
+            as_json,
+            lambda r: out.print(
+                f"{r['session']}: restored snapshot {r['snapshot'][:8]} of {r['source']} "
+                f"({r['files']} files, {r['bytes']} bytes, verified)"
+            ),
+        )
+
+
+@app.command()
+def snapshots(
+    session: str,
+    tenant: TenantOption = None,
+    stack: StackFileOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the session's backups, oldest first."""
+    with _errors(as_json):
+        who = backup_sessions.target(_sessions(), session, tenant, stack)
+        found = [backup_sessions.as_dict(s) for s in backup_sessions.snapshots(who)]
+
+        def table(rows: list[dict[str, Any]]) -> None:
+            grid = Table("snapshot", "time", "tags")
+            for row in rows:
+                grid.add_row(row["short_id"], row["time"], ", ".join(row["tags"]))
+            out.print(grid)
+
+        _emit(found, as_json, table)
 
 
 def main() -> None:

@@ -268,11 +268,22 @@ class Sessions:
             stack=record.stack_name,
         ):
             session_plan, values = self.plan(record.request, secrets)
+            from .. import backup_sessions  # imports this package: not at module level
+
+            backup_sessions.before_refresh(self, session_plan, progress)
             result = self.engine.recreate(session_plan, values, progress)
             manifest_contract.validate(result, f"session {session}")
             return result  # type: ignore[return-value]
 
-    def destroy(self, session: str, tenant: str | None = None, progress: Progress = _quiet) -> None:
+    def destroy(
+        self,
+        session: str,
+        tenant: str | None = None,
+        progress: Progress = _quiet,
+        final_backup: bool = True,
+    ) -> None:
+        """Remove the session; first its final backup when ``backup.onDestroy`` (a failed
+        one stops the destroy; ``final_backup=False`` skips it)."""
         record = self._record(session, tenant)
         with self._audit(
             "destroy",
@@ -282,6 +293,10 @@ class Sessions:
             stack=record.stack_name,
         ):
             session_plan, _ = self.plan(record.request, dict.fromkeys(_names(record.request), ""))
+            if final_backup:
+                from .. import backup_sessions  # imports this package: not at module level
+
+                backup_sessions.before_destroy(self, session_plan, progress)
             self.engine.destroy(session_plan, progress)
             self.registry.remove(record.stack_name)
             Path(record.manifest_path).unlink(missing_ok=True)
