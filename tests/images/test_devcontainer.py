@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import io
 import json
 import os
 import re
 import subprocess
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -238,14 +240,21 @@ def test_stop_writes_a_checkpoint(
     volume = next(
         m["Name"] for m in container.attrs["Mounts"] if m["Destination"] == "/checkpoints"
     )
-    state = docker_client.containers.run(
+    # Copied out of a never-started helper: reading `cat`'s logs could lose the last line.
+    helper = docker_client.containers.create(
         core_image,
-        entrypoint=["cat", "/checkpoints/devcontainer/latest/session.json"],
+        entrypoint=["true"],
         volumes={volume: {"bind": "/checkpoints", "mode": "ro"}},
         labels=LABELS,
         network_mode="none",
-        remove=True,
     )
-    session = json.loads(state)
+    try:
+        stream, _ = helper.get_archive("/checkpoints/devcontainer/latest/session.json")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+            member = archive.extractfile("session.json")
+            assert member is not None
+            session = json.loads(member.read())
+    finally:
+        helper.remove(force=True)
     assert session["sessionId"] == "devcontainer"
     assert session["workspaceTarball"] == "written"
