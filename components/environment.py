@@ -88,6 +88,9 @@ class AgentEnvironmentArgs:
     restore_from: str | None = None
     """``restore: latest``: the backup settings (JSON, :class:`components.backup.Settings`)
     to restore the session's latest snapshot from into its empty workspace."""
+    publish_address: str = "127.0.0.1"
+    """Host address the published ports bind to: loopback by default, so no other
+    environment's bridge reaches them through the gateway or the host (docs/access.md)."""
 
 
 def resource_prefix(stack: str, session_id: str) -> str:
@@ -179,7 +182,10 @@ class AgentEnvironment(pulumi.ComponentResource):
             must_run=True,
             stop_timeout=STOP_TIMEOUT_S,
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network.name)],
-            ports=[docker.ContainerPortArgs(internal=port) for port in args.ports],
+            ports=[
+                docker.ContainerPortArgs(internal=port, ip=args.publish_address)
+                for port in args.ports
+            ],
             volumes=[
                 *(
                     docker.ContainerVolumeArgs(

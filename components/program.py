@@ -62,6 +62,7 @@ def environment_args(
         docker_host=cfg.docker_hosts[host] if host else cfg.docker_host,
         runtime=cfg.runtime_of(env),
         host_name=host,
+        publish_address=cfg.publish_address,
         restore_from=(
             json.dumps(cfg.backup.model_dump(), sort_keys=True)
             if cfg.backup is not None and env.restore == "latest"

@@ -7,6 +7,7 @@ Keys have exactly one spelling, the documented camelCase; anything else is an un
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from typing import Annotated, Any, Literal
@@ -727,6 +728,16 @@ class BackupSettings(_Model):
 
 # --- The stack --------------------------------------------------------------------------------
 
+PUBLISH_ADDRESS_ALLOWED = "an IPv4 address (127.0.0.1, 0.0.0.0 or one of the host's own)"
+
+
+@v.rule(PUBLISH_ADDRESS_ALLOWED)
+def _publish_address(value: Any) -> str:
+    # Only IPv4: the engine's port forwarding and the egress guard's host drop are IPv4.
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9.]{7,15}", value, re.ASCII):
+        raise v.refuse(PUBLISH_ADDRESS_ALLOWED)
+    return str(ipaddress.IPv4Address(value))
+
 
 class StackConfig(_Model):
     """Everything the program needs, parsed from the ``dockyard:`` namespace.
@@ -758,6 +769,8 @@ class StackConfig(_Model):
     quotas: Quotas = Field(default_factory=Quotas)
     backup: BackupSettings | None = None
     """Encrypted workspace backups; None: none."""
+    publish_address: Annotated[str, BeforeValidator(_publish_address)] = "127.0.0.1"
+    """Host address published ports bind to; loopback keeps them off every bridge (access.md)."""
     environments: Annotated[list[Environment], v.bounded_list(1024)] = Field(default_factory=list)
 
     @field_validator("docker_host")

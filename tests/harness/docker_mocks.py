@@ -342,6 +342,8 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
                 f"{source}:{volume['containerPath']}:{mode}"
             )
         ports = [int(p["internal"]) for p in inputs.get("ports", [])]
+        # The provider's default host address is 0.0.0.0, like `docker run -p PORT`.
+        bind_ips = [p.get("ip") or "0.0.0.0" for p in inputs.get("ports", [])]  # noqa: S104
         device_requests = [
             DeviceRequest(
                 driver=r.get("driver", ""),
@@ -353,7 +355,8 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
         if inputs.get("gpus"):
             device_requests.append(DeviceRequest(count=-1, capabilities=[["gpu"]]))
         host_config = api.create_host_config(
-            port_bindings=dict.fromkeys(ports),  # None: a random free host port
+            # (address, None): a random free host port on that address.
+            port_bindings={port: (ip, None) for port, ip in zip(ports, bind_ips, strict=True)},
             binds=binds + volume_binds,
             restart_policy={"Name": inputs["restart"]} if inputs.get("restart") else None,
             cpu_period=int(inputs["cpuPeriod"]) if inputs.get("cpuPeriod") else None,

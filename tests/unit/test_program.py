@@ -81,7 +81,11 @@ def test_resources_per_environment_are_parented_to_their_component(full: Program
 
 def test_ports_are_published_without_host_ports(full: ProgramRun) -> None:
     ports = container_of(full, "alpha")["ports"]
-    assert ports == [{"internal": 3000.0}, {"internal": 5173.0}]  # host side: engine's choice
+    # Host port: the engine's choice; address: loopback unless dockyard:publishAddress says.
+    assert ports == [
+        {"internal": 3000.0, "ip": "127.0.0.1"},
+        {"internal": 5173.0, "ip": "127.0.0.1"},
+    ]
 
 
 def test_volumes_mount_own_named_volumes_and_declared_ones(full: ProgramRun) -> None:

@@ -20,6 +20,13 @@ or differs from the desired one, and a forwarder only restarted when its configu
 changed or it is not running. ``--json`` prints what it did; ``changed`` is true when
 anything was applied. ``--remove`` takes everything down.
 
+Host fence (every dockyard network, open ones too, unless ``--no-host-fence``): in the
+same table, traffic from an environment's bridge to the host itself is dropped (only
+replies to connections the host opened pass; allowlisted networks keep their DNS
+forwarder), and so is forwarded traffic to link-local 169.254.0.0/16, where a cloud VM's
+metadata service hands out the instance's credentials. Published ports are the
+components' business (they bind to 127.0.0.1, docs/access.md).
+
 stdlib only; needs the docker CLI, nft and dnsmasq; runs as root.
 """
 
@@ -42,13 +49,15 @@ from pathlib import Path
 sys.path.append(str(Path(__file__).resolve().parents[2] / "host_common" / "files"))
 import dockyard_host as host
 
-TABLE = "dockyard_egress"
+DEFAULT_TABLE = "dockyard_egress"
+TABLE = DEFAULT_TABLE
 LABEL_MODE = host.LABEL_EGRESS
 LABEL_ALLOW = host.LABEL_EGRESS_ALLOW
 # The role's defaults (roles/egress_guard) are the same values; a contract test keeps
 # them equal.
 DEFAULT_STATE_DIR = "/run/dockyard-egress"
 DEFAULT_ADDRESS_TTL = 3600
+LINK_LOCAL = "169.254.0.0/16"
 
 
 class GuardError(host.HostError):
@@ -100,10 +109,14 @@ def parse_rule(rule: str) -> tuple[str, str, int | None]:
     return "domain", target.lower(), port
 
 
-def networks() -> list[Network]:
-    ids = run(
-        ["docker", "network", "ls", "-q", "--filter", f"label={LABEL_MODE}=allowlist"]
-    ).split()
+def networks(mode: str = "allowlist", scope: str | None = None) -> list[Network]:
+    """Allowlisted networks, or (mode ``managed``) every dockyard network; ``scope`` (a
+    ``key=value`` label) narrows either to the networks carrying it."""
+    selector = f"{LABEL_MODE}=allowlist" if mode == "allowlist" else host.MANAGED_SELECTOR
+    filters = ["--filter", f"label={selector}"]
+    if scope:
+        filters += ["--filter", f"label={scope}"]
+    ids = run(["docker", "network", "ls", "-q", *filters]).split()
     if not ids:
         return []
     found = []
@@ -130,9 +143,22 @@ def _set_name(network: Network, kind: str, port: int | None) -> str:
     return f"n{network.key}_{kind}_{'any' if port is None else port}"
 
 
-def ruleset(nets: Sequence[Network], address_ttl: int) -> str:
-    """The whole table, declared then replaced in one transaction."""
+def ruleset(nets: Sequence[Network], address_ttl: int, fenced: Sequence[Network] = ()) -> str:
+    """The whole table, declared then replaced in one transaction. ``fenced``: networks
+    kept off the host and link-local (allowlisted ones are already kept off both)."""
     sets, redirect, inbound, outbound = [], [], [], []
+    allowlisted = {net.id for net in nets}
+    for net in fenced:
+        if net.id in allowlisted:
+            continue
+        iif = f'iifname "{net.bridge}"'
+        inbound += [
+            f"    {iif} ct state established,related accept",
+            f'    {iif} counter drop comment "{net.name}: not the host"',
+        ]
+        outbound.append(
+            f'    {iif} ip daddr {LINK_LOCAL} counter drop comment "{net.name}: no link-local"'
+        )
     for net in nets:
         iif = f'iifname "{net.bridge}"'
         dns_ports = sorted({p for ports in net.domains.values() for p in ports}, key=str)
@@ -263,11 +289,16 @@ def _stop(pid_file: Path) -> bool:
 
 
 def reconcile(
-    upstreams: Sequence[str], state_dir: Path, address_ttl: int, log: bool
+    upstreams: Sequence[str],
+    state_dir: Path,
+    address_ttl: int,
+    log: bool,
+    host_fence: bool = True,
+    scope: str | None = None,
 ) -> dict[str, object]:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    nets = networks()
-    desired = ruleset(nets, address_ttl)
+    nets = networks(scope=scope)
+    desired = ruleset(nets, address_ttl, networks("managed", scope) if host_fence else ())
     applied = state_dir / "ruleset.nft"
     actions: list[str] = []
     table_replaced = not table_present() or not applied.exists() or applied.read_text() != desired
@@ -340,6 +371,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-queries", action="store_true")
     parser.add_argument(
+        "--no-host-fence",
+        dest="host_fence",
+        action="store_false",
+        help="leave open environments' traffic to the host and to 169.254.0.0/16 alone",
+    )
+    parser.add_argument(
+        "--scope-label",
+        help="KEY=VALUE: only networks with this label too (tests on a shared engine)",
+    )
+    parser.add_argument(
+        "--table", default=DEFAULT_TABLE, help="nftables table (inet) for the rules"
+    )
+    parser.add_argument(
         "--remove", action="store_true", help="delete the table and stop every forwarder"
     )
     parser.add_argument("--json", action="store_true")
@@ -347,8 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global TABLE  # every rule, set and forwarder names the one table
     args = build_parser().parse_args(argv)
+    TABLE = args.table
     try:
+        if not all(c.isascii() and (c.islower() or c.isdigit() or c == "_") for c in TABLE):
+            raise GuardError(f"--table {TABLE!r} is not allowed (allowed: a-z 0-9 _)")
+        if args.scope_label is not None and "=" not in args.scope_label:
+            raise GuardError(
+                f"--scope-label {args.scope_label!r} is not allowed (allowed: KEY=VALUE)"
+            )
         for upstream in args.upstream:
             ipaddress.IPv4Address(upstream)
         if not 60 <= args.address_ttl <= 86400:
@@ -364,7 +416,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise GuardError(
                     "no upstream resolver: pass --upstream (the host's resolv.conf has only loopback ones)"
                 )
-            result = reconcile(upstreams, state_dir, args.address_ttl, args.log_queries)
+            result = reconcile(
+                upstreams,
+                state_dir,
+                args.address_ttl,
+                args.log_queries,
+                host_fence=args.host_fence,
+                scope=args.scope_label,
+            )
     except (GuardError, ValueError, OSError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
