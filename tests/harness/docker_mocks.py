@@ -343,7 +343,7 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
             )
         ports = [int(p["internal"]) for p in inputs.get("ports", [])]
         # The provider's default host address is 0.0.0.0, like `docker run -p PORT`.
-        bind_ips = [p.get("ip") or "0.0.0.0" for p in inputs.get("ports", [])]  # noqa: S104
+        bind_ips = [p.get("ip") or "0.0.0.0" for p in inputs.get("ports", [])]
         device_requests = [
             DeviceRequest(
                 driver=r.get("driver", ""),
