@@ -297,8 +297,10 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
         )
 
         def undo() -> None:
+            # One API call (not a look-up first): the engine removes networks one at a
+            # time, so every round trip in here adds up over a stack's teardown.
             with contextlib.suppress(docker.errors.NotFound):
-                self.client.networks.get(network.id).remove()
+                self.client.api.remove_network(network.id)
 
         return network.id, {"name": inputs["name"]}, undo
 
@@ -309,7 +311,7 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
 
         def undo() -> None:
             with contextlib.suppress(docker.errors.NotFound):
-                self.client.volumes.get(volume.name).remove(force=True)
+                self.client.api.remove_volume(volume.name, force=True)
 
         return volume.name, {"name": volume.name, "mountpoint": volume.attrs["Mountpoint"]}, undo
 
