@@ -85,12 +85,14 @@ def test_versions_file_format_is_refused_when_readers_would_differ(tmp_path: Pat
 
 
 def test_dockerfile_arg_defaults_equal_the_pinned_versions() -> None:
-    """Defaults stay so a plain `docker build images/core` works; they must not drift."""
+    """Defaults stay so a plain `docker build images/<name>` works; they must not drift.
+    A name is pinned for the Dockerfile that declares it (core, or a variant's)."""
     declared: dict[str, list[str]] = {}
-    for match in re.finditer(r"^ARG ([A-Z][A-Z0-9_]*)=(\S+)$", DOCKERFILE.read_text(), re.M):
-        declared.setdefault(match.group(1), []).append(match.group(2))
+    for dockerfile in sorted(DOCKERFILE.parents[1].glob("*/Dockerfile")):
+        for match in re.finditer(r"^ARG ([A-Z][A-Z0-9_]*)=(\S+)$", dockerfile.read_text(), re.M):
+            declared.setdefault(match.group(1), []).append(match.group(2))
     for name, value in pinned_versions().items():
-        assert name in declared, f"images/versions.env pins {name}, no ARG of the Dockerfile"
+        assert name in declared, f"images/versions.env pins {name}, no ARG of a Dockerfile"
         assert set(declared[name]) == {value}, f"Dockerfile ARG {name}={declared[name]}"
 
 
@@ -107,7 +109,9 @@ def test_make_image_passes_the_pinned_versions() -> None:
     command = " ".join(dry.stdout.replace("\\\n", " ").split())
     build = command[command.index("docker build") :]
     passed = dict(arg.split("=", 1) for arg in re.findall(r"--build-arg (\S+)", build))
-    assert passed == pinned_versions()
+    # The pinned versions, plus the provenance labels' values (as every build path sets).
+    assert {k: v for k, v in passed.items() if k not in PROVENANCE_ARGS} == pinned_versions()
+    assert sorted(k for k in passed if k in PROVENANCE_ARGS) == sorted(PROVENANCE_ARGS)
     assert len(re.findall(r"--build-arg ", build)) == len(passed), build  # each once
 
 
@@ -782,6 +786,23 @@ def test_role_defaults_are_what_the_argument_specs_say(role: str) -> None:
             if "choices" in option and value not in option["choices"]:
                 problems.append(f"{where}: {value!r} not in {option['choices']}")
     assert problems == []
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_defaults_pass_their_own_value_checks(role: str) -> None:
+    """playbooks/tasks/validate-roles.yml checks every variable it can see, and a role's
+    defaults are visible to it: a default its own check refuses fails every run."""
+    path = REPO / "roles" / role / "meta" / "value_checks.yml"
+    checks = yaml.safe_load(path.read_text()) if path.exists() else {}
+    defaults = role_defaults(role)
+    assert set(checks) <= set(defaults), "a value check for a variable the role does not have"
+    refused = {
+        name: defaults[name]
+        for name, check in checks.items()
+        if "{{" not in str(defaults[name])  # templated: checked where it is rendered
+        and not re.search(check["pattern"], str(defaults[name]))
+    }
+    assert refused == {}
 
 
 # Script configuration keys no role variable stands for (the script's own fixed values).
