@@ -99,6 +99,7 @@ def assert_prepared(host: Container) -> None:
         "max_failed_checks": 3,
         "refresh": False,
         "manifest_dir": "",
+        "refresh_backup_command": [],
     }
     idle = json.loads(exec_ok(host, ["cat", "/etc/dockyard/idle-monitor.json"]))
     assert (idle["idle_minutes"], idle["action"], idle["poweroff_command"]) == (

@@ -12,6 +12,9 @@ checks) is recreated keeping its volumes:
   /run/secrets files over in memory -> start -> remove the old one.
 
 If any step fails the old container is renamed back and started; the report says why.
+With a backup command (config ``refresh_backup_command``: the workspace_backup role's hook), the
+workspace is backed up first; a failed backup is reported and the refresh goes on (it
+keeps the volumes).
 An environment that exited non-zero (killed, crashed) is started again with --refresh:
 `docker kill` counts as a manual stop for the engine's restart policy, a clean stop
 (the entrypoint's checkpoint path, e.g. the idle monitor's `docker stop`) exits 0 and is
@@ -56,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "refresh": False,
     "workspace": "/workspace",
     "manifest_dir": "",
+    "refresh_backup_command": [],
 }
 THRESHOLDS = ("max_age_hours", "max_disk_pct", "max_memory_pct", "max_failed_checks")
 
@@ -283,6 +287,7 @@ def log_line(status: Status) -> str:
 def load_config(path: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
     config = host.load_config(path, DEFAULTS, overrides)
     host.parse_selector(config["label"])
+    host.check_command("refresh_backup_command", config["refresh_backup_command"])
     for key in THRESHOLDS:
         if config[key] <= 0:
             raise host.ConfigError(
@@ -350,6 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 status.action = "restarted"
             continue
+        why = host.backup_first(config["refresh_backup_command"], status.name, "refresh")
+        if why:
+            failures += 1
+            print(
+                f"ERROR: dockyard-health: backup of {status.name} before its refresh failed: {why}",
+                file=sys.stderr,
+            )
         try:
             new_id = refresh(engine, status.name)
         except EngineError as exc:

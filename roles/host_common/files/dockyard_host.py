@@ -228,6 +228,43 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self.socket_path)
 
 
+# --- Workspace backups -------------------------------------------------------------------
+
+# A backup of a large workspace to remote storage takes minutes, not run()'s 120 s.
+BACKUP_TIMEOUT_S = 6 * 3600
+
+
+def backup_first(
+    command: Sequence[str], container: str, reason: str, runner: Runner | None = None
+) -> str | None:
+    """Back up ``container``'s workspace before it is stopped, recreated or the host goes
+    down: ``command`` (the workspace_backup role's ``workspace-backup ... hook``) is run
+    with the container and ``--reason REASON`` appended. Returns None when it succeeded
+    or no command is configured (``[]``), else why it failed."""
+    if not command:
+        return None
+    argv = [*command, container, "--reason", reason]
+    try:
+        if runner is None or runner is run:
+            run(argv, timeout=BACKUP_TIMEOUT_S)
+        else:
+            runner(argv)
+    except HostError as exc:
+        return str(exc)
+    return None
+
+
+def check_command(key: str, command: Any, allow_empty: bool = True) -> None:
+    """A configured command: an argv list of non-empty strings (``[]`` for none)."""
+    if not isinstance(command, list) or not all(isinstance(a, str) and a for a in command):
+        raise ConfigError(
+            f"{key}: {json.dumps(command)[:120]} is not allowed (allowed: an argv list of "
+            "non-empty strings)"
+        )
+    if not command and not allow_empty:
+        raise ConfigError(f"{key}: [] is not allowed (allowed: a non-empty argv list)")
+
+
 def parse_engine_time(value: str) -> datetime:
     """The engine's RFC 3339 time (nanoseconds, UTC) as an aware datetime."""
     base, _, rest = value.partition(".")

@@ -9,7 +9,13 @@ previous state and the clock; reading the engine and acting are separate and inj
 so tests drive it with fake readings, a fake clock and a harmless power-off command.
 
 Config (JSON, --config): idle_minutes, cpu_threshold (percent), action ("stop" or
-"poweroff"), poweroff_command (argv list), state_file, docker (CLI path), label.
+"poweroff"), poweroff_command (argv list), state_file, docker (CLI path), label,
+backup_command (argv list; [] for none) and poweroff_without_backup.
+
+With a backup command (the workspace_backup role's hook), each environment's workspace is
+backed up before it is stopped, and every running one before the host is powered off. A
+failed backup is reported (exit 1) and the stop goes on (the volume stays on the host);
+the power-off does not, unless poweroff_without_backup is true.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ DEFAULTS: dict[str, object] = {
     "state_file": "/var/lib/dockyard/idle-monitor.json",
     "docker": "docker",
     "label": host.MANAGED_SELECTOR,
+    "backup_command": [],
+    "poweroff_without_backup": False,
 }
 
 
@@ -180,6 +188,7 @@ def load_config(path: str | None) -> dict[str, Any]:
             f"poweroff_command: {json.dumps(command)} is not allowed (allowed: a non-empty "
             "argv list of strings)"
         )
+    host.check_command("backup_command", config["backup_command"])
     if config["idle_minutes"] <= 0 or config["cpu_threshold"] < 0:
         raise host.ConfigError(
             f"idle_minutes {config['idle_minutes']!r} / cpu_threshold {config['cpu_threshold']!r}"
@@ -230,15 +239,40 @@ def main(
             f"dockyard-idle: dry run: would stop {decision.stop or 'nothing'}; poweroff={decision.poweroff}"
         )
         return 0
+    backup = list(config["backup_command"])  # type: ignore[call-overload]
+    hook_runner = None if runner is run else runner
+    failed: list[str] = []
     for name in decision.stop:
+        why = host.backup_first(backup, name, "idle-stop", hook_runner)
+        if why:
+            failed.append(name)
+            print(
+                f"ERROR: dockyard-idle: backup of {name} before its stop failed: {why}",
+                file=sys.stderr,
+            )
         runner([str(config["docker"]), "stop", name])
         decision.state.pop(name, None)
         print(f"dockyard-idle: stopped {name}")
     save_state(str(config["state_file"]), decision.state)
     if decision.poweroff:
+        for reading in readings:
+            why = host.backup_first(backup, reading.name, "poweroff", hook_runner)
+            if why:
+                failed.append(reading.name)
+                print(
+                    f"ERROR: dockyard-idle: backup of {reading.name} before power-off failed: {why}",
+                    file=sys.stderr,
+                )
+        if failed and not config["poweroff_without_backup"]:
+            print(
+                f"ERROR: dockyard-idle: not powering off: the backup of {', '.join(failed)} "
+                "failed (poweroff_without_backup: true powers off anyway)",
+                file=sys.stderr,
+            )
+            return 1
         print(f"dockyard-idle: all environments idle; running {config['poweroff_command']}")
         runner(list(config["poweroff_command"]))  # type: ignore[arg-type]
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
