@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import docker
 import docker.errors
@@ -134,19 +134,22 @@ class StackFactory:
     client: docker.DockerClient
     tmp_path_factory: pytest.TempPathFactory
     deployed: dict[str, Deployed] = field(default_factory=dict)
+    live: ClassVar[set[str]] = set()
+    """Stack names deployed and not yet torn down, across every factory of the run."""
 
     def deploy(
         self, label: str, values: Mapping[str, Any], secrets: Mapping[str, str] | None = None
     ) -> Deployed:
         """Realise ``values`` (the stack's ``dockyard:`` config) as stack ``label``."""
-        if label in self.deployed:
-            raise ValueError(f"stack label {label!r} is already deployed in this module")
-        cwd = self.tmp_path_factory.mktemp(f"project-{label}")
         # Each run gets its own stack name, so nothing collides with a user's stacks.
         stack = f"it{label}{RUN_ID[:6]}"
+        if stack in self.live:
+            raise ValueError(f"stack label {label!r} is deployed already: give this one its own")
+        cwd = self.tmp_path_factory.mktemp(f"project-{label}")
         all_values = {"cwd": str(cwd), "image": {"tag": "it"}, **values}
         target = Deployed(self.client, stack, cwd, all_values, dict(secrets or {}))
         self.deployed[label] = target
+        self.live.add(stack)
         target.up()
         return target
 
@@ -162,6 +165,7 @@ class StackFactory:
                 failures.append(f"{label}: {exc}")
             finally:
                 target.force_cleanup()
+                self.live.discard(target.stack)
         self.deployed.clear()
         if failures:
             raise RuntimeError("stack teardown failed:\n  " + "\n  ".join(failures))
