@@ -35,6 +35,8 @@ HEALTHCHECK_COMMAND = ["CMD", "/usr/local/bin/dockyard-healthcheck"]
 SECRETS_DIR = "/run/secrets"
 MANAGED_LABEL = "dockyard.managed"
 CPU_PERIOD_US = 100_000
+SSH_PORT = 22
+SSH_CA_PATH = "/etc/dockyard/ssh/user_ca.pub"  # images/core/sshd_config: TrustedUserCAKeys
 STOP_TIMEOUT_S = 10  # the entrypoint's checkpoint is budgeted to fit inside it
 
 # `docker update` is the only way to set the cgroup pids limit on an existing container;
@@ -43,6 +45,10 @@ RUNTIME_SCRIPT = (
     'docker update --pids-limit "$DOCKYARD_PIDS_LIMIT" "$DOCKYARD_CONTAINER_ID" >/dev/null'
     " && docker inspect --format '{{.Created}}' \"$DOCKYARD_CONTAINER_ID\""
 )
+# Debian 12's runsc (0.0~20221219) has no `update`: the engine refuses a pids limit on a
+# running gVisor container, so runsc environments go without one (docs/isolation.md) and
+# the policy pack's pids rule flags them.
+RUNSC_RUNTIME_SCRIPT = "docker inspect --format '{{.Created}}' \"$DOCKYARD_CONTAINER_ID\""
 # Removing the manifest is one `rm` (the path arrives in the environment, never in the
 # shell text): a Python start per environment, jsonschema included, was most of the time
 # a parallel teardown of many environments took.
@@ -88,6 +94,9 @@ class AgentEnvironmentArgs:
     restore_from: str | None = None
     """``restore: latest``: the backup settings (JSON, :class:`components.backup.Settings`)
     to restore the session's latest snapshot from into its empty workspace."""
+    ssh_ca_public_key: str | None = None
+    """``ssh: true``: the stack's SSH user CA (components.ssh); sshd runs, port 22 is
+    published, only certificates from this CA for ``agent@<session>`` open it."""
     publish_address: str = "127.0.0.1"
     """Host address the published ports bind to: loopback by default, so no other
     environment's bridge reaches them through the gateway or the host (docs/access.md)."""
@@ -184,8 +193,13 @@ class AgentEnvironment(pulumi.ComponentResource):
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network.name)],
             ports=[
                 docker.ContainerPortArgs(internal=port, ip=args.publish_address)
-                for port in args.ports
+                for port in _published(args)
             ],
+            # sshd runs as the agent, without capabilities: port 22 needs this namespaced
+            # sysctl (it only lowers the bar inside the environment's own network).
+            sysctls=(
+                {"net.ipv4.ip_unprivileged_port_start": "22"} if args.ssh_ca_public_key else None
+            ),
             volumes=[
                 *(
                     docker.ContainerVolumeArgs(
@@ -198,6 +212,7 @@ class AgentEnvironment(pulumi.ComponentResource):
             envs=[
                 f"DOCKYARD_BACKEND={args.backend}",
                 f"DOCKYARD_SESSION_ID={args.session_id}",
+                *(["DOCKYARD_SSH=1"] if args.ssh_ca_public_key else []),
                 *(f"{key}={value}" for key, value in args.env.items()),
             ],
             uploads=[
@@ -209,6 +224,13 @@ class AgentEnvironment(pulumi.ComponentResource):
                     group=AGENT_UID,
                 )
                 for secret_name, value in args.secrets.items()
+            ]
+            + [
+                docker.ContainerUploadArgs(
+                    file=SSH_CA_PATH, content=key + "\n", permissions="0644", owner="0", group="0"
+                )
+                for key in [args.ssh_ca_public_key]
+                if key
             ],
             # What it reserves, so quotas and placement count a host with one list call.
             labels=_labels(
@@ -251,7 +273,7 @@ class AgentEnvironment(pulumi.ComponentResource):
         engine_env = {"DOCKER_HOST": args.docker_host} if args.docker_host else {}
         runtime = command.local.Command(
             f"{name}-runtime",
-            create=RUNTIME_SCRIPT,
+            create=RUNSC_RUNTIME_SCRIPT if args.runtime == "runsc" else RUNTIME_SCRIPT,
             environment={
                 **engine_env,
                 "DOCKYARD_CONTAINER_ID": container.id,
@@ -326,6 +348,13 @@ class AgentEnvironment(pulumi.ComponentResource):
                 "manifestPath": self.manifest_path,
             }
         )
+
+
+def _published(args: AgentEnvironmentArgs) -> list[int]:
+    ports = list(args.ports)
+    if args.ssh_ca_public_key and SSH_PORT not in ports:
+        ports.append(SSH_PORT)
+    return ports
 
 
 def _labels(kind: type, labels: Mapping[str, str]) -> list:
