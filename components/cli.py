@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import backup as backups
-from . import backup_sessions, modal_plan
+from . import backup_sessions, modal_plan, ssh
 from .config import ConfigError, from_stack_file, parse
 from .sessions import DriverError, QuotaError, SessionNotFound, Sessions
 from .sessions import audit as audit_log
@@ -318,6 +318,61 @@ def attach(session: str, tenant: TenantOption = None) -> None:
             "main",
         ]
         os.execv(argv[0], argv)  # noqa: S606 - an argv list, no shell: the terminal becomes docker's
+
+
+@app.command("ssh", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh_session(
+    ctx: typer.Context,
+    session: str,
+    identity: Annotated[
+        Path, typer.Option("--identity", "-i", help="Your private key; its .pub gets signed.")
+    ] = Path("~/.ssh/id_ed25519"),
+    minutes: Annotated[
+        int, typer.Option(help=f"Certificate lifetime (1-{ssh.MAX_MINUTES} minutes).")
+    ] = ssh.DEFAULT_MINUTES,
+    host: Annotated[
+        str, typer.Option(help="Address the session's ports are published on.")
+    ] = "127.0.0.1",
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Issue the certificate, print the ssh command.")
+    ] = False,
+    tenant: TenantOption = None,
+) -> None:
+    """SSH into a session (ssh: true) with a certificate valid for minutes, bound to your
+    key and the session; extra arguments go to ssh (-L/-R/-D forwards, a command)."""
+    with _errors(False):
+        sessions = _sessions()
+        record = sessions.registry.find(session, tenant)
+        manifest = sessions.get(session, tenant)
+        key = identity.expanduser()
+        try:
+            port = ssh.host_port(manifest)
+            with audit_log.recorded(
+                sessions.where.audit_log,
+                "ssh-certificate",
+                session=session,
+                tenant=record.tenant,
+                host=record.host,
+                stack=record.stack_name,
+                minutes=minutes,
+            ) as entry:
+                cert = ssh.issue(
+                    record.stack_name,
+                    session,
+                    key.with_name(key.name + ".pub"),
+                    minutes,
+                    caller=audit_log.actor(),
+                )
+                entry.update(key_id=cert.key_id, principal=cert.principal)
+            argv = ssh.ssh_argv(
+                key, cert.path, host, port, sessions.where.state / "ssh_known_hosts", ctx.args
+            )
+        except ssh.SshError as error:
+            _fail(FAILED, str(error), False)
+        if print_only:
+            print(" ".join(argv))
+            return
+        os.execv(argv[0], argv)  # noqa: S606 - an argv list, no shell: the terminal becomes ssh's
 
 
 @app.command()

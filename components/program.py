@@ -15,7 +15,7 @@ from dataclasses import replace
 import pulumi
 import pulumi_docker as docker
 
-from . import placement
+from . import placement, ssh
 from .config import Environment, StackConfig
 from .environment import AgentEnvironment, AgentEnvironmentArgs
 from .image import AgentImage, AgentImageArgs
@@ -63,6 +63,7 @@ def environment_args(
         runtime=cfg.runtime_of(env),
         host_name=host,
         publish_address=cfg.publish_address,
+        ssh_ca_public_key=ssh.ensure_ca(cfg.stack) if env.ssh else None,
         restore_from=(
             json.dumps(cfg.backup.model_dump(), sort_keys=True)
             if cfg.backup is not None and env.restore == "latest"

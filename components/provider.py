@@ -200,6 +200,10 @@ class AgentEnvironmentInputs(TypedDict):
     """Where the session's backups are (for restore)."""
     restore: NotRequired[Restore]
     """At create: latest restores the session's latest backup into its empty workspace (default none)."""
+    ssh: NotRequired[bool]
+    """sshd in the environment, certificates from the stack's SSH user CA only (default false)."""
+    publish_address: NotRequired[str]
+    """IPv4 address published ports bind to (default 127.0.0.1; see docs/access.md)."""
 
 
 class AgentImageInputs(TypedDict, total=False):
@@ -351,6 +355,7 @@ _STACK_KEYS = {
     "docker_host": "dockerHost",
     "healthcheck": "healthcheck",
     "backup": "backup",
+    "publish_address": "publishAddress",
 }
 _NOT_CONFIG = {"image_id", "image_ref", "stack", "cwd", "secrets"}
 _IMAGE_KEYS = {"ref": "ref", "tag_prefix": "tag", "build_args": "args", "extra_ca": "extraCa"}

@@ -457,6 +457,8 @@ class Environment(_Model):
     """A name from ``dockerHosts``; None: placed by quota headroom (or the one host)."""
     restore: Literal["none", "latest"] = "none"
     """At create, ``latest`` restores the session's latest backup into its empty workspace."""
+    ssh: bool = False
+    """sshd in the environment, certificates from the stack's user CA only (access.md)."""
 
     @model_validator(mode="wrap")
     @classmethod

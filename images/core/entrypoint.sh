@@ -241,6 +241,22 @@ tmux new-session -d -s main -c "$workspace" -x 200 -y 50 ||
   die "tmux session 'main' did not start"
 mark tmux
 
+# --- SSH (DOCKYARD_SSH=1, docs/access.md) ---------------------------------------------
+# sshd as the agent: it can only ever log in the agent. Host keys in the config volume
+# survive recreation; the principals file lets in certificates for this session only.
+if [ "${DOCKYARD_SSH:-0}" = 1 ]; then
+  ssh_dir="$config_dir/ssh"
+  mkdir -p "$ssh_dir"
+  chmod 0700 "$ssh_dir"
+  [ -f "$ssh_dir/ssh_host_ed25519_key" ] ||
+    ssh-keygen -q -t ed25519 -N '' -C "dockyard $session" -f "$ssh_dir/ssh_host_ed25519_key" ||
+    die "could not create the SSH host key in $ssh_dir"
+  printf 'agent@%s\n' "$session" >"$ssh_dir/principals"
+  [ -s /etc/dockyard/ssh/user_ca.pub ] || die "DOCKYARD_SSH=1 but /etc/dockyard/ssh/user_ca.pub is missing"
+  /usr/sbin/sshd -f /etc/dockyard/sshd_config -E "$ssh_dir/sshd.log" ||
+    die "sshd did not start (see $ssh_dir/sshd.log)"
+fi
+
 version_status=0
 wait "$version_pid" || version_status=$?
 version_text=""

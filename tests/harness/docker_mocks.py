@@ -79,6 +79,7 @@ SUPPORTED: dict[str, set[str]] = {
         "gpus",
         "deviceRequests",
         "runtime",
+        "sysctls",
     },
     "command:local:Command": {"create", "delete", "environment", "triggers", "dir"},
     "pulumi:providers:docker": {"host"},
@@ -376,6 +377,7 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
             security_opt=inputs.get("securityOpts"),
             device_requests=device_requests or None,
             runtime=inputs.get("runtime"),
+            sysctls=inputs.get("sysctls"),
         )
         created = api.create_container(
             inputs["image"],

@@ -1,0 +1,140 @@
+"""SSH into an environment with short-lived certificates (docs/access.md).
+
+One user CA per stack, generated on the host that runs the program and kept there
+(``$DOCKYARD_SSH_DIR/<stack>/user_ca``, default ``/etc/dockyard/ssh``, directory 0700,
+key 0600); only its public half goes into the environments (``TrustedUserCAKeys``).
+An environment accepts a certificate only for principal ``agent@<session id>`` (its
+``AuthorizedPrincipalsFile``), so a certificate opens one session, as the agent user,
+for at most :data:`MAX_MINUTES`. Everything here is ``ssh-keygen``: no key material is
+handled in Python.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DIR = "/etc/dockyard/ssh"
+DIR_ENV = "DOCKYARD_SSH_DIR"
+CA_NAME = "user_ca"
+CONTAINER_PORT = 22
+USER = "agent"
+MAX_MINUTES = 15
+DEFAULT_MINUTES = 15
+# Stack and session names become path parts and principals: plain names only.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
+
+
+class SshError(RuntimeError):
+    pass
+
+
+def principal(session: str) -> str:
+    """The one principal an environment accepts: the agent user of that session."""
+    return f"{USER}@{session}"
+
+
+def ca_dir(stack: str) -> Path:
+    if not NAME.fullmatch(stack):
+        raise SshError(f"stack {stack!r} is not allowed (allowed: {NAME.pattern})")
+    return Path(os.environ.get(DIR_ENV) or DEFAULT_DIR) / stack
+
+
+def _keygen(*args: str) -> str:
+    keygen = shutil.which("ssh-keygen")
+    if keygen is None:
+        raise SshError("ssh-keygen is not on PATH (Debian: apt-get install openssh-client)")
+    result = subprocess.run([keygen, *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SshError(f"ssh-keygen {args[0]} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def ensure_ca(stack: str) -> str:
+    """The stack's CA public key (``ssh-ed25519 ...``), creating the CA on first use."""
+    directory = ca_dir(stack)
+    key = directory / CA_NAME
+    if not key.exists():
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise SshError(
+                f"cannot create the SSH CA directory {directory} ({exc.strerror}); "
+                f"set {DIR_ENV} to a directory this user owns"
+            ) from None
+        _keygen("-q", "-t", "ed25519", "-N", "", "-C", f"dockyard {stack} user CA", "-f", str(key))
+    key.chmod(0o600)
+    return key.with_suffix(".pub").read_text().strip()
+
+
+@dataclass(frozen=True)
+class Certificate:
+    path: Path
+    key_id: str
+    principal: str
+    minutes: int
+
+
+def bounded_minutes(minutes: int) -> int:
+    if not 1 <= minutes <= MAX_MINUTES:
+        raise SshError(f"--minutes {minutes} is not allowed (allowed: 1-{MAX_MINUTES})")
+    return minutes
+
+
+def issue(
+    stack: str,
+    session: str,
+    public_key: Path,
+    minutes: int = DEFAULT_MINUTES,
+    caller: str = "unknown",
+    principal_name: str | None = None,
+    valid: str | None = None,
+) -> Certificate:
+    """Sign the caller's public key for ``agent@<session>``; the certificate lands beside
+    the key (``<key>-cert.pub``, where ssh looks for it). ``valid`` overrides the window
+    (an ``ssh-keygen -V`` interval, for tests of expired certificates)."""
+    if not NAME.fullmatch(session):
+        raise SshError(f"session {session!r} is not allowed (allowed: {NAME.pattern})")
+    minutes = bounded_minutes(minutes)
+    if not public_key.is_file():
+        raise SshError(f"public key {public_key} does not exist")
+    ca = ca_dir(stack) / CA_NAME
+    if not ca.exists():
+        raise SshError(f"stack {stack!r} has no SSH CA at {ca} (no environment with ssh: true)")
+    name = principal_name or principal(session)
+    key_id = f"dockyard:{stack}/{session}:{caller}"
+    # Back-dated a minute for clock skew between the host and the caller.
+    _keygen(
+        "-q", "-s", str(ca), "-I", key_id, "-n", name, "-V", valid or f"-1m:+{minutes}m",
+        "-O", "clear", "-O", "permit-pty", "-O", "permit-port-forwarding",
+        str(public_key),
+    )  # fmt: skip
+    return Certificate(public_key.with_name(public_key.stem + "-cert.pub"), key_id, name, minutes)
+
+
+def ssh_argv(
+    identity: Path, certificate: Path, host: str, port: int, known_hosts: Path, extra: list[str]
+) -> list[str]:
+    """The ssh command for a session's published port (loopback by default)."""
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise SshError("ssh is not on PATH (Debian: apt-get install openssh-client)")
+    return [
+        ssh, "-i", str(identity), "-o", f"CertificateFile={certificate}",
+        "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "StrictHostKeyChecking=accept-new", "-p", str(port),
+        f"{USER}@{host}", *extra,
+    ]  # fmt: skip
+
+
+def host_port(manifest: dict) -> int:
+    for mapping in manifest["container"]["portMappings"]:
+        if mapping["containerPort"] == CONTAINER_PORT:
+            return int(mapping["hostPort"])
+    raise SshError(
+        f"session {manifest['sessionId']!r} has no SSH port (set ssh: true on its environment)"
+    )
