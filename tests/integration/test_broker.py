@@ -1,0 +1,271 @@
+"""The credential broker image (images/broker, docs/isolation.md) on the real engine: a
+stand-in upstream API behind TLS records what it receives; an agent stand-in on the same
+network holds only its environment's token.
+
+Proven here: the real key arrives upstream and the token never leaves the broker; another
+environment's token is refused and nothing is forwarded; the real key is nowhere in the
+agent's container (files, /proc/*/environ, docker inspect); with the broker down the call
+fails and names the broker. Not yet here: the ``credentials: brokered`` stack key that
+would deploy this per environment (docs/isolation.md, "not implemented yet").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from docker.models.containers import Container
+
+from tests.support.engine import LABELS, RUN_ID, exec_ok, remove_image, unique_name, wait_for
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parents[2]
+BROKER_UID = 999  # the Debian caddy package's system user (images/broker/Dockerfile)
+REAL = {
+    "ANTHROPIC_API_KEY": f"sk-ant-real-{RUN_ID}-broker",
+    "OPENAI_API_KEY": f"sk-openai-real-{RUN_ID}-broker",
+}
+
+UPSTREAM = """
+import http.server, json, ssl, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def _record(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode(errors="replace")
+        print(json.dumps({"path": self.path, "headers": dict(self.headers), "body": body}), flush=True)
+        self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers()
+        self.wfile.write(b'{"upstream": "stand-in"}')
+    do_GET = do_POST = _record
+    def log_message(self, *args): pass
+server = http.server.HTTPServer(("0.0.0.0", 8443), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain("/tls/upstream.pem", "/tls/upstream.key")
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+
+CALL = """
+import os, sys, urllib.request, urllib.error
+kind, base = sys.argv[1], os.environ[sys.argv[1] + "_BASE_URL"]
+key = os.environ[kind + "_API_KEY"]
+headers = {"x-api-key": key} if kind == "ANTHROPIC" else {"Authorization": "Bearer " + key}
+request = urllib.request.Request(base + "/v1/messages", data=b'{"model": "m"}', headers=headers)
+try:
+    with urllib.request.urlopen(request, timeout=10) as response:
+        print(response.status, response.read().decode())
+except urllib.error.HTTPError as error:
+    print(error.code, error.read().decode()); sys.exit(3)
+except OSError as error:
+    print(f"broker at {base} unreachable: {error}", file=sys.stderr); sys.exit(4)
+"""
+
+
+def _tls(directory: Path) -> None:
+    """A throwaway CA and a certificate for the upstream's network alias."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=dockyard-test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "upstream.key", "-out", "up.csr",
+        "-subj", "/CN=upstream")  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=DNS:upstream\n")
+    run("x509", "-req", "-in", "up.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "upstream.pem", "-days", "1", "-extfile", "san.ext")  # fmt: skip
+    for name in ("ca.pem", "upstream.pem", "upstream.key"):
+        (directory / name).chmod(0o644)
+
+
+class Setup:
+    def __init__(self, client: docker.DockerClient, image: str, core: str, root: Path) -> None:
+        self.client, self.image, self.core, self.root = client, image, core, root
+        self.network = client.networks.create(unique_name("broker"), labels=LABELS)
+        self.created: list[Container] = []
+
+    def run(self, image: str, alias: str, **kwargs: Any) -> Container:
+        container = self.client.containers.run(
+            image,
+            detach=True,
+            name=unique_name(alias),
+            labels=LABELS,
+            network=self.network.name,
+            **kwargs,
+        )
+        self.created.append(container)
+        # Docker 20.10's run takes no alias: reconnect under one.
+        self.network.disconnect(container)
+        self.network.connect(container, aliases=[alias])
+        return container
+
+    def secrets(self, name: str, values: dict[str, str]) -> Path:
+        directory = self.root / name
+        directory.mkdir()
+        for key, value in values.items():
+            (directory / key).write_text(value)
+            (directory / key).chmod(0o400)
+            os.chown(directory / key, BROKER_UID, BROKER_UID)
+        return directory
+
+    def broker(self, alias: str, token: str) -> Container:
+        secrets = self.secrets(alias, {"DOCKYARD_BROKER_TOKEN": token, **REAL})
+        return self.run(
+            self.image,
+            alias,
+            environment={
+                "DOCKYARD_ANTHROPIC_UPSTREAM": "https://upstream:8443",
+                "DOCKYARD_OPENAI_UPSTREAM": "https://upstream:8443",
+                "DOCKYARD_UPSTREAM_CA": "/tls/ca.pem",
+            },
+            volumes={
+                str(secrets): {"bind": "/run/secrets", "mode": "ro"},
+                str(self.root / "tls"): {"bind": "/tls", "mode": "ro"},
+            },
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+        )
+
+    def cleanup(self) -> None:
+        for container in self.created:
+            container.remove(force=True)
+        self.network.remove()
+
+
+@pytest.fixture(scope="module")
+def setup(
+    docker_client: docker.DockerClient, core_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Setup]:
+    tag = f"dockyard-broker:test-{RUN_ID}"
+    docker_client.images.build(path=str(REPO / "images" / "broker"), tag=tag, rm=True, pull=False)
+    root = tmp_path_factory.mktemp("broker")
+    (root / "tls").mkdir()
+    _tls(root / "tls")
+    (root / "tls").chmod(0o755)
+    state = Setup(docker_client, tag, core_image, root)
+    try:
+        yield state
+    finally:
+        state.cleanup()
+        remove_image(docker_client, tag)
+
+
+@pytest.fixture(scope="module")
+def env_a(setup: Setup) -> dict[str, Any]:
+    """Upstream, environment a's broker and agent stand-in, all on one network."""
+    upstream = setup.run(
+        setup.core, "upstream", entrypoint=["python3", "-c", UPSTREAM], user="1000:1000",
+        volumes={str(setup.root / "tls"): {"bind": "/tls", "mode": "ro"}},
+    )  # fmt: skip
+    token = f"dockyard-env-a-{uuid.uuid4().hex}"
+    broker = setup.broker("broker", token)
+    agent = setup.run(
+        setup.core,
+        "agent",
+        entrypoint=["sleep", "600"],
+        user="1000:1000",
+        environment={
+            "ANTHROPIC_API_KEY": token,
+            "ANTHROPIC_BASE_URL": "http://broker:8081",
+            "OPENAI_API_KEY": token,
+            "OPENAI_BASE_URL": "http://broker:8082",
+        },
+    )
+    wait_for(
+        lambda: _call(agent, "ANTHROPIC")[0] == 0,
+        30,
+        what=lambda: f"broker to answer: {_call(agent, 'ANTHROPIC')} {broker.logs()[-500:]!r}",
+    )
+    return {"upstream": upstream, "broker": broker, "agent": agent, "token": token}
+
+
+def _call(agent: Container, kind: str) -> tuple[int, str]:
+    result = agent.exec_run(["python3", "-c", CALL, kind], demux=False)
+    return result.exit_code, (result.output or b"").decode(errors="replace")
+
+
+def _received(upstream: Container) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for line in upstream.logs(stderr=False).decode().splitlines()
+        if line.startswith("{")
+    ]
+
+
+def test_the_real_key_arrives_and_the_token_never_leaves(env_a: dict[str, Any]) -> None:
+    before = len(_received(env_a["upstream"]))
+    assert _call(env_a["agent"], "ANTHROPIC")[0] == 0
+    assert _call(env_a["agent"], "OPENAI")[0] == 0
+    anthropic, openai = _received(env_a["upstream"])[before:]
+    assert {k.lower(): v for k, v in anthropic["headers"].items()}["x-api-key"] == REAL[
+        "ANTHROPIC_API_KEY"
+    ]
+    assert {k.lower(): v for k, v in openai["headers"].items()}["authorization"] == (
+        f"Bearer {REAL['OPENAI_API_KEY']}"
+    )
+    for request in (anthropic, openai):
+        assert env_a["token"] not in json.dumps(request), request
+        assert request["path"] == "/v1/messages"
+
+
+def test_another_environments_token_is_refused_and_nothing_forwarded(
+    env_a: dict[str, Any],
+) -> None:
+    before = len(_received(env_a["upstream"]))
+    other = f"dockyard-env-b-{uuid.uuid4().hex}"
+    for kind, header in (("ANTHROPIC", "x-api-key: "), ("OPENAI", "Authorization: Bearer ")):
+        script = CALL.replace('os.environ[kind + "_API_KEY"]', repr(other))
+        result = env_a["agent"].exec_run(["python3", "-c", script, kind])
+        assert result.exit_code == 3, (header, result.output)
+        assert b"403" in result.output
+    assert _received(env_a["upstream"])[before:] == []
+
+
+def test_no_real_key_inside_the_agents_container(env_a: dict[str, Any]) -> None:
+    agent: Container = env_a["agent"]
+    agent.reload()
+    inspected = json.dumps(agent.attrs)
+    environs = exec_ok(
+        agent,
+        ["bash", "-c", "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'"],
+        user="root",
+    )
+    files = agent.exec_run(
+        ["grep", "-rIl", "-e", REAL["ANTHROPIC_API_KEY"], "-e", REAL["OPENAI_API_KEY"],
+         "/etc", "/home", "/tmp", "/run", "/root", "/workspace", "/config"],
+        user="root",
+    )  # fmt: skip
+    assert env_a["token"] in environs  # the search does read the agent's environment
+    for name, value in REAL.items():
+        assert value not in inspected, f"{name} in docker inspect"
+        assert value not in environs, f"{name} in /proc/*/environ"
+    assert files.exit_code == 1, f"real key in files: {files.output!r}"
+
+
+def test_broker_down_fails_the_call_clearly(setup: Setup, env_a: dict[str, Any]) -> None:
+    broker: Container = env_a["broker"]
+    broker.stop(timeout=5)
+    try:
+        code, output = _call(env_a["agent"], "ANTHROPIC")
+        assert code == 4, output
+        assert "broker at http://broker:8081 unreachable" in output
+    finally:
+        broker.start()
+        setup.network.disconnect(broker)
+        setup.network.connect(broker, aliases=["broker"])
+
+
+def test_broker_runs_unprivileged(env_a: dict[str, Any]) -> None:
+    broker: Container = env_a["broker"]
+    broker.reload()
+    assert broker.attrs["Config"]["User"] == f"{BROKER_UID}:{BROKER_UID}"
+    assert broker.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    for value in REAL.values():
+        assert value not in json.dumps(broker.attrs), "a real key in the broker's docker inspect"
