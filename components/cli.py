@@ -26,6 +26,7 @@ from . import backup_sessions, modal_plan, ssh
 from .config import ConfigError, from_stack_file, parse
 from .sessions import DriverError, QuotaError, SessionNotFound, Sessions
 from .sessions import audit as audit_log
+from .sessions.request import SESSIONS_STACK
 
 OK, FAILED, INVALID, QUOTA, NOT_FOUND = 0, 1, 2, 3, 4
 
@@ -336,10 +337,13 @@ def ssh_session(
     print_only: Annotated[
         bool, typer.Option("--print", help="Issue the certificate, print the ssh command.")
     ] = False,
+    command: Annotated[
+        str | None, typer.Option("--command", help="Run this instead of a login shell.")
+    ] = None,
     tenant: TenantOption = None,
 ) -> None:
     """SSH into a session (ssh: true) with a certificate valid for minutes, bound to your
-    key and the session; extra arguments go to ssh (-L/-R/-D forwards, a command)."""
+    key and the session; extra arguments are ssh options (-L/-R/-D forwards, -N, -o)."""
     with _errors(False):
         sessions = _sessions()
         record = sessions.registry.find(session, tenant)
@@ -354,18 +358,27 @@ def ssh_session(
                 tenant=record.tenant,
                 host=record.host,
                 stack=record.stack_name,
-                minutes=minutes,
             ) as entry:
+                # The CA is the stack configuration's: one per tenant (or "sessions").
                 cert = ssh.issue(
-                    record.stack_name,
+                    record.tenant or SESSIONS_STACK,
                     session,
                     key.with_name(key.name + ".pub"),
                     minutes,
                     caller=audit_log.actor(),
                 )
-                entry.update(key_id=cert.key_id, principal=cert.principal)
+                # The audit line's free-text field: what was issued, never key material.
+                entry["detail"] = (
+                    f"key id {cert.key_id}, principal {cert.principal}, {cert.minutes} min"
+                )
             argv = ssh.ssh_argv(
-                key, cert.path, host, port, sessions.where.state / "ssh_known_hosts", ctx.args
+                key,
+                cert.path,
+                host,
+                port,
+                sessions.where.state / "ssh_known_hosts",
+                ctx.args,
+                [command] if command else [],
             )
         except ssh.SshError as error:
             _fail(FAILED, str(error), False)

@@ -117,17 +117,24 @@ def issue(
 
 
 def ssh_argv(
-    identity: Path, certificate: Path, host: str, port: int, known_hosts: Path, extra: list[str]
+    identity: Path,
+    certificate: Path,
+    host: str,
+    port: int,
+    known_hosts: Path,
+    options: list[str],
+    command: list[str],
 ) -> list[str]:
-    """The ssh command for a session's published port (loopback by default)."""
+    """The ssh command for a session's published port (loopback by default): ``options``
+    before the destination, ``command`` after it."""
     ssh = shutil.which("ssh")
     if ssh is None:
         raise SshError("ssh is not on PATH (Debian: apt-get install openssh-client)")
     return [
         ssh, "-i", str(identity), "-o", f"CertificateFile={certificate}",
         "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "StrictHostKeyChecking=accept-new", "-p", str(port),
-        f"{USER}@{host}", *extra,
+        "-o", "StrictHostKeyChecking=accept-new", "-p", str(port), *options,
+        f"{USER}@{host}", *command,
     ]  # fmt: skip
 
 

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.docker
 # Bytes, both CLIs and every tool included. The budget is 900 MB; what the image holds
 # cannot go below about 915 MB without dropping a tool or slowing one (the floor is in
 # docs/performance.md), so this guards what was reached against growing back.
-IMAGE_SIZE_LIMIT = 930_000_000
+# sshd for `ssh: true` (issue 20, docs/access.md) added 3.9 MB: sshd, ssh-keygen and their libraries.
+IMAGE_SIZE_LIMIT = 934_000_000
 START_STEPS = ["config", "secrets", "cli-started", "workspace", "tmux", "cli", "ready"]
 TOKEN = "ghp_dockyardTestToken0123456789abcdef"
 
