@@ -788,23 +788,6 @@ def test_role_defaults_are_what_the_argument_specs_say(role: str) -> None:
     assert problems == []
 
 
-@pytest.mark.parametrize("role", ROLES)
-def test_role_defaults_pass_their_own_value_checks(role: str) -> None:
-    """playbooks/tasks/validate-roles.yml checks every variable it can see, and a role's
-    defaults are visible to it: a default its own check refuses fails every run."""
-    path = REPO / "roles" / role / "meta" / "value_checks.yml"
-    checks = yaml.safe_load(path.read_text()) if path.exists() else {}
-    defaults = role_defaults(role)
-    assert set(checks) <= set(defaults), "a value check for a variable the role does not have"
-    refused = {
-        name: defaults[name]
-        for name, check in checks.items()
-        if "{{" not in str(defaults[name])  # templated: checked where it is rendered
-        and not re.search(check["pattern"], str(defaults[name]))
-    }
-    assert refused == {}
-
-
 # Script configuration keys no role variable stands for (the script's own fixed values).
 SCRIPT_ONLY = {"env_health": {"workspace"}, "idle_monitor": {"docker"}}
 
@@ -928,3 +911,30 @@ def test_host_stdlib_validator_gives_jsonschemas_verdict_on_the_shipped_schema()
     # A keyword it cannot check is an error, never a rule silently skipped.
     with pytest.raises(host.SchemaError, match=r"keywords \['format'\] are not allowed"):
         host.manifest_problems("x", {"type": "string", "format": "date"}, validator="stdlib")
+
+
+# --- Packaging ------------------------------------------------------------------------------
+# - every Python package under components/ is shipped in the wheel as dockyard.<name>;
+# - the one version (components/VERSION) is the distribution's.
+
+
+def test_every_package_under_components_is_in_the_wheel() -> None:
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {
+        "dockyard"
+        + "".join(f".{part}" for part in init.parent.relative_to(REPO / "components").parts)
+        for init in (REPO / "components").rglob("__init__.py")
+    }
+    assert found - set(setuptools["packages"]) == set()
+    assert setuptools["package-dir"]["dockyard"] == "components"
+
+
+def test_the_version_has_one_home() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in project["project"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"file": "components/VERSION"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", (REPO / "components" / "VERSION").read_text().strip())
