@@ -13,7 +13,8 @@ Sources, in a file named ``*.dockyard_manifests.yml``::
 Each host is the environment's container name, reached with
 ``community.docker.docker``; groups: ``dockyard``, ``claude``/``codex`` and
 ``stack_<stack>``. Host variables: ``dockyard_manifest`` (the whole manifest),
-``dockyard_session_id``, ``dockyard_backend``, ``dockyard_stack``,
+``dockyard_session_id``, ``dockyard_backend``, ``dockyard_stack`` (None, and no
+``stack_`` group, for an environment another writer of contract v1 named),
 ``dockyard_port_mappings``. A missing or invalid manifest fails, naming the file.
 
 ``remote_user`` defaults to ``agent``: environments drop every capability, so root
@@ -84,7 +85,8 @@ class InventoryModule(BaseInventoryPlugin):
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
-        from components import manifest as contract
+        # The installed package (pip install dockyard; the repository is installed as it too).
+        from dockyard import manifest as contract
 
         found = []
         for directory in self.get_option("manifest_dirs"):

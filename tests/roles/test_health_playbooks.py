@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,13 @@ def stack(deploy: Any) -> Deployed:
     return deploy("health", values)
 
 
-@pytest.fixture(scope="module")
-def filled(stack: Deployed, docker_client: docker.DockerClient, core_image: str) -> Container:
+@pytest.fixture
+def filled(
+    stack: Deployed, docker_client: docker.DockerClient, core_image: str
+) -> Iterator[Container]:
     """An environment whose tmpfs workspace is over 80 % full, with data in its config
-    volume and a secret file; labelled into the stack so the stack's teardown removes it."""
+    volume and a secret file, labelled into the stack. One per test (a refresh replaces
+    it), removed after the test whatever it became."""
     labels = {
         **LABELS,
         "dockyard.managed": "true",
@@ -68,7 +72,14 @@ def filled(stack: Deployed, docker_client: docker.DockerClient, core_image: str)
             "echo keep-me > /config/env/notes.env && head -c 3800k /dev/zero > /workspace/fill",
         ],
     )
-    return container
+    try:
+        yield container
+    finally:
+        for leftover in docker_client.containers.list(
+            all=True, filters={"label": "dockyard.session=h-full", "name": container.name}
+        ):
+            leftover.remove(force=True)
+        volume.remove(force=True)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +135,8 @@ def test_health_report_matches_the_engine(
         )
         assert 0 <= env["age_hours"] < 0.5
         df = exec_ok(container, ["df", "-P", "/workspace"]).splitlines()[-1].split()
-        assert env["disk_pct"] == float(df[4].rstrip("%"))
+        # Read a moment apart; a volume's disk is the engine's, shared with other writers.
+        assert abs(env["disk_pct"] - float(df[4].rstrip("%"))) <= 1, (name, env, df)
     full = by_name[filled.name]
     assert re.fullmatch(r"disk 9\d% > 80%", full["refresh_reasons"][0]), full
     assert full["action"] == "reported"
