@@ -32,7 +32,15 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from tests.support.engine import exec_ok, health_status, is_ready, last_health_output, wait_for
+from tests.support.engine import (
+    LABELS,
+    RUN_ID,
+    exec_ok,
+    health_status,
+    is_ready,
+    last_health_output,
+    wait_for,
+)
 from tests.support.stacks import CANARIES, Deployed
 
 pytestmark = pytest.mark.docker
@@ -329,3 +337,43 @@ def _restarted(container: Container) -> bool:
 )
 def test_coreutils_stat(gvisor: Deployed) -> None:
     exec_ok(gvisor.container("g-claude"), ["bash", "-c", "ls -l /workspace && stat /etc/passwd"])
+
+
+PEER = """
+import socket
+server = socket.socket(); server.bind(("0.0.0.0", 9099)); server.listen(1)
+connection, peer = server.accept()
+print("peer", peer[0], flush=True)
+"""
+
+
+def test_traffic_leaves_through_the_environments_own_network(
+    gvisor: Deployed, docker_client: docker.DockerClient, core_image: str
+) -> None:
+    """With --network=host the sandbox uses the container's network namespace: a peer on
+    the environment's bridge sees the environment's own address, the path the host's
+    egress guard filters (the guard itself is tested in tests/roles/test_egress_guard.py)."""
+    container = gvisor.container("g-claude")
+    network_name, settings = next(iter(container.attrs["NetworkSettings"]["Networks"].items()))
+    peer = docker_client.containers.run(
+        core_image,
+        entrypoint=["python3", "-c", PEER],
+        detach=True,
+        name=f"dockyard-test-gvpeer-{RUN_ID[:8]}",
+        labels=LABELS,
+        network=network_name,
+        user="1000:1000",
+    )
+    try:
+        peer.reload()
+        address = peer.attrs["NetworkSettings"]["Networks"][network_name]["IPAddress"]
+        connect = f"import socket; socket.create_connection(('{address}', 9099), timeout=5)"
+        wait_for(
+            lambda: container.exec_run(["python3", "-c", connect]).exit_code == 0,
+            15,
+            what=f"{container.name} to reach {address}:9099 on its own network",
+        )
+        peer.wait(timeout=10)
+        assert peer.logs().decode().split() == ["peer", settings["IPAddress"]]
+    finally:
+        peer.remove(force=True)
