@@ -249,8 +249,12 @@ class AgentImage(pulumi.ComponentResource):
             )
         if args.extra_ca:
             context = staged_context(context, Path(args.extra_ca))
+        # OS_IMAGE: what the base was built on (the python variant compiles CPython there,
+        # so a new core reuses it); BASE_IMAGE: the base itself.
+        os_image = {**default_build_args(args.base_variant), **args.build_args}["BASE_IMAGE"]
         build_args = declared_args(
-            context, {**pinned_versions(), **args.build_args, "BASE_IMAGE": base.tag}
+            context,
+            {**pinned_versions(), **args.build_args, "OS_IMAGE": os_image, "BASE_IMAGE": base.tag},
         )
         digest = build_inputs_digest(context, build_args)
         repository = args.repository or f"dockyard-{args.variant}"

@@ -135,6 +135,7 @@ def run(cfg: StackConfig, secret: SecretReader = _config_secret) -> dict[str, Ag
                     variant=layer,
                     ref=None,
                     base=image_for(variant, ref, host),
+                    base_variant=variant,
                     repository=f"dockyard-{layer}"
                     if variant == "core"
                     else f"dockyard-{variant}-{layer}",
