@@ -133,7 +133,7 @@ fi
 mark secrets
 
 # --- Fail fast when the agent CLI does not answer -------------------------------------
-# The slowest start step, so it runs while the workspace and tmux come up;
+# It runs while the workspace and tmux come up (with tmux, the longest start steps);
 # the ready marker is written only after it answered, and a failure stops everything.
 command -v "$backend" >/dev/null 2>&1 ||
   die "the $backend CLI is not installed in this image (PATH=$PATH)"
