@@ -188,6 +188,38 @@ def test_a_server_started_inside_gets_a_route_within_10s_and_loses_it(
         watcher.wait(timeout=10)
 
 
+def test_proxy_overhead_against_the_direct_host_port(
+    applied: dict[str, Any], proxy: Proxy, stack: Deployed
+) -> None:
+    """A figure, not a budget (2 shared cores: noisy): median of 20 curl requests each way,
+    each a new TLS connection through Caddy against plain HTTP to the host port."""
+    host = f"{INNER_PORT}-web.{DOMAIN}"
+    bearer = f"Authorization: Bearer {proxy.token(stack, 'web')}"
+    port = stack.manifests["web"]["container"]["portMappings"][0]["hostPort"]
+
+    def median(argv: list[str]) -> float:
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            subprocess.run(argv, capture_output=True, check=True)
+            times.append(time.perf_counter() - started)
+        return sorted(times)[len(times) // 2]
+
+    direct = median(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/"])
+    proxied = median(
+        [
+            "curl", "-sk", "-o", "/dev/null", "-H", bearer,
+            "--resolve", f"{host}:{proxy.https_port}:127.0.0.1",
+            f"https://{host}:{proxy.https_port}/",
+        ]
+    )  # fmt: skip
+    print(
+        f"proxy overhead: direct {direct * 1000:.1f} ms, through Caddy (TLS) "
+        f"{proxied * 1000:.1f} ms, ratio {proxied / direct:.2f}"
+    )
+    assert proxied > 0
+
+
 def test_remove_stops_caddy(applied: dict[str, Any], proxy: Proxy) -> None:
     removed = proxy.apply("--remove")
     assert "caddy stopped" in removed["actions"]
