@@ -22,14 +22,27 @@ pytestmark = [
 
 
 def test_second_run_changes_nothing_and_config_is_live(docker_client: docker.DockerClient) -> None:
+    # The same variables as the run that prepared this host (.ci/run): with gVisor where
+    # the engine has it registered, so the second run is a true rerun.
+    gvisor = "runsc" in (docker_client.info().get("Runtimes") or {})
     run = run_playbook(
         "docker-host.yml",
         inventory="localhost,",
         connection="local",
-        extra_vars={**LOCAL, "docker_host_bootstrap_base_image": True},
+        extra_vars={
+            **LOCAL,
+            "docker_host_bootstrap_base_image": True,
+            "docker_host_gvisor": gvisor,
+        },
     )
     assert run.changed() == {"localhost": 0}, run.output[-3000:]
     daemon = json.loads(Path("/etc/docker/daemon.json").read_text())
+    runtimes = daemon.pop("runtimes", {})
+    if gvisor:
+        assert runtimes["runsc"]["path"] == "/usr/bin/runsc"
+        assert "--platform=ptrace" in runtimes["runsc"]["runtimeArgs"]
+    else:
+        assert runtimes == {}
     assert daemon == {
         "default-address-pools": [{"base": "172.16.0.0/12", "size": 24}],
         "default-ulimits": {"nofile": {"Hard": 2048, "Name": "nofile", "Soft": 1024}},
