@@ -74,6 +74,8 @@ HELPER_CA = "/etc/ssl/certs/ca-certificates.crt"
 HELPER_PRELUDE = (
     'while IFS= read -r line && [ -n "$line" ]; do export "$line"; done; exec "$0" "$@"'
 )
+# What restoring owners, modes and times of another uid's files takes, and no more.
+WRITER_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID")
 STORAGE_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
@@ -478,17 +480,25 @@ class Backups:
         mounts: Sequence[str] = (),
         timeout: float | None = None,
         command: str = "restic",
+        writer: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``command args`` in a helper container (see the module docstring)."""
+        """Run ``command args`` in a helper container (see the module docstring).
+        ``writer``: one that writes a workspace (restore, empty it), as root with only
+        the capabilities that restoring owners and modes takes."""
         settings = self.settings
         name = f"dockyard-backup-{uuid.uuid4().hex[:12]}"
         argv = [
-            *settings.docker, "run", "--rm", "-i", "--name", name,
-            "--user", f"{AGENT_UID}:{AGENT_UID}", "--cap-drop", "ALL",
+            *settings.docker, "run", "--rm", "-i", "--name", name, "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges", "--read-only", "--tmpfs", "/tmp",  # noqa: S108 - the helper's own tmpfs
-            "--network", "host", "--pid", "host", "--uts", "host",
+            "--network", "host", "--uts", "host",
             "-v", f"{settings.restic}:{HELPER_RESTIC}:ro",
         ]  # fmt: skip
+        if writer:
+            # A new volume's root is root's until restic gives it the snapshot's owner.
+            argv += ["--user", "0:0"]
+            argv += [a for cap in WRITER_CAPABILITIES for a in ("--cap-add", cap)]
+        else:
+            argv += ["--user", f"{AGENT_UID}:{AGENT_UID}", "--pid", "host"]
         if Path(settings.ca_file).is_file():
             argv += ["-v", f"{settings.ca_file}:{HELPER_CA}:ro"]
         for variable in PROXY_VARIABLES:
@@ -499,7 +509,8 @@ class Backups:
         options = [word for option in options for word in ("-o", option)]
         if repo is not None:
             argv += ["-e", f"RESTIC_REPOSITORY={repo.url(settings)}"]
-            cache = self._restic_cache()
+            # The cache is the helper uid's; a root writer would leave files it cannot use.
+            cache = None if writer else self._restic_cache()
             if cache is not None:
                 argv += ["-v", f"{cache}:{HELPER_CACHE}", "-e", f"RESTIC_CACHE_DIR={HELPER_CACHE}"]
             else:
@@ -801,6 +812,7 @@ class Backups:
             mounts=[f"{volume}:{HELPER_DATA}:ro"],
             command="find",
             timeout=3600,
+            writer=True,
         )
         if result.returncode != 0:
             raise BackupError(f"volume {volume}: cannot be measured: {_last(result.stderr)}")
@@ -827,6 +839,7 @@ class Backups:
             mounts=[f"{volume}:{HELPER_DATA}"],
             command="find",
             timeout=3600,
+            writer=True,
         )  # fmt: skip
         if result.returncode != 0:
             raise BackupError(f"volume {volume}: cannot be emptied: {_last(result.stderr)}")
@@ -873,6 +886,7 @@ class Backups:
                 source, password, "restore",
                 ["restore", chosen.id, "--target", "/"],
                 mounts=[f"{into.volume}:{HELPER_DATA}"],
+                writer=True,
             )  # fmt: skip
             found = self._measure(into.volume)
             if found != expected:

@@ -74,7 +74,19 @@ def target(
         if not envs:
             raise backup.NotFound(f"stack {name}: no environment {session!r}")
         return Target(config, session, envs[0].tenant, name, config.docker_host or "local")
-    record = sessions.registry.find(session, tenant)
+    from .sessions import SessionNotFound, load_settings
+    from .sessions.request import SESSIONS_STACK
+
+    try:
+        record = sessions.registry.find(session, tenant)
+    except SessionNotFound:
+        # Destroyed (or made elsewhere): its backups are still there, found by the host
+        # settings and the names a session of that tenant has.
+        stack = tenant or SESSIONS_STACK
+        settings = load_settings(sessions.where)
+        raw = {f"dockyard:{k}": v for k, v in settings.items() if k != "environments"}
+        config = parse(raw, stack=stack, cwd=str(sessions.where.state), check_secrets=False)
+        return Target(config, session, tenant, f"{stack}.{session}", "local")
     plan, _ = sessions.plan(record.request, dict.fromkeys(_secret_names(record.request), ""))
     return Target(plan.config, session, record.tenant, record.stack_name, record.host)
 
