@@ -188,6 +188,27 @@ def test_a_server_started_inside_gets_a_route_within_10s_and_loses_it(
         watcher.wait(timeout=10)
 
 
+def test_routes_go_with_the_environment(
+    applied: dict[str, Any], proxy: Proxy, deploy_own: Any
+) -> None:
+    gone = deploy_own(
+        "previewgone",
+        {
+            "limits": {"cpus": 1, "memory": "512m"},
+            "environments": [
+                {"sessionId": "gone", "labels": {SCOPE_KEY: RUN_ID}, "ports": [INNER_PORT]}
+            ],
+        },
+    )
+    host = f"{INNER_PORT}-gone.{DOMAIN}"
+    assert host in [r["host"] for r in proxy.apply()["routes"]]
+    gone.destroy()
+    after = proxy.apply()
+    assert after["changed"] is True
+    assert host not in [r["host"] for r in after["routes"]]
+    assert proxy.get(host) == 0  # no route: no certificate, no answer
+
+
 def test_proxy_overhead_against_the_direct_host_port(
     applied: dict[str, Any], proxy: Proxy, stack: Deployed
 ) -> None:
