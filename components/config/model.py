@@ -526,6 +526,13 @@ class Environment(_Model):
             raise v.refuse(f"only on a gpu profile; profile {name!r} has none — set profile: gpu")
         return gpu
 
+    @field_validator("ssh")
+    @classmethod
+    def _ssh_on_docker(cls, ssh: bool, info: ValidationInfo) -> bool:
+        if ssh and _on_kubernetes(scope_of(info)):
+            raise v.refuse("false on backend kubernetes (SSH is for Docker environments)")
+        return ssh
+
     @field_validator("workspace_host_path")
     @classmethod
     def _workspace_bind(cls, path: str | None, info: ValidationInfo) -> str | None:

@@ -25,3 +25,19 @@ def test_anything_else_is_refused(value: object) -> None:
     message = str(caught.value)
     assert f"dockyard:publishAddress: {value!r} is not allowed" in message
     assert "allowed: an IPv4 address" in message
+
+
+def test_ssh_is_off_by_default_and_refused_on_kubernetes() -> None:
+    env = {"sessionId": "a"}
+    assert (
+        parse({"dockyard:environments": [env]}, stack="s", cwd="/tmp").environments[0].ssh is False
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse(
+            {"dockyard:backend": "kubernetes", "dockyard:environments": [{**env, "ssh": True}]},
+            stack="s",
+            cwd="/tmp",
+        )
+    assert "dockyard:environments[0].ssh: true is not allowed (allowed: false on backend" in str(
+        caught.value
+    )
