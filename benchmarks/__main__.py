@@ -6,7 +6,15 @@ import importlib
 import signal
 import sys
 
-BENCHMARKS = ["env_ready", "scale", "image", "program_eval", "ansible_site", "session_create"]
+BENCHMARKS = [
+    "env_ready",
+    "scale",
+    "image",
+    "program_eval",
+    "ansible_site",
+    "session_create",
+    "backup",
+]
 
 
 def _stop(signum: int, _frame: object) -> None:
