@@ -283,6 +283,25 @@ def test_fence_keeps_environments_off_the_host_and_link_local(envs: Envs, link_l
         assert reach(a, again) == {again: True}
 
 
+def test_a_listed_exception_passes_the_fence(envs: Envs, tmp_path: Any) -> None:
+    a = envs.ports.container("a")
+    gateway = envs.gateway(envs.ports, "a")
+    with (
+        socket.create_server(("0.0.0.0", 0)) as allowed,
+        socket.create_server(("0.0.0.0", 0)) as other,
+    ):
+        allowed_target = f"{gateway}:{allowed.getsockname()[1]}"
+        other_target = f"{gateway}:{other.getsockname()[1]}"
+        state_dir = str(tmp_path / "guard")
+        try:
+            guard(f"--host-exception=gateway:{allowed.getsockname()[1]}", state_dir=state_dir)
+            results = reach(a, allowed_target, other_target)
+        finally:
+            guard("--remove", state_dir=state_dir)
+            sh("nft", "delete", "table", "inet", TABLE, check=False)
+    assert results == {allowed_target: True, other_target: False}
+
+
 def test_remove_leaves_no_table(envs: Envs, tmp_path: Any) -> None:
     state_dir = str(tmp_path / "guard")
     guard(state_dir=state_dir)

@@ -143,22 +143,55 @@ def _set_name(network: Network, kind: str, port: int | None) -> str:
     return f"n{network.key}_{kind}_{'any' if port is None else port}"
 
 
-def ruleset(nets: Sequence[Network], address_ttl: int, fenced: Sequence[Network] = ()) -> str:
+def parse_exception(text: str) -> tuple[str, int | None]:
+    """``ADDRESS[:PORT]`` (``gateway`` = each network's own gateway) a fenced network may
+    still reach on the host or in link-local."""
+    target, _, port_text = text.partition(":")
+    port = None
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise GuardError(f"--host-exception {text!r}: bad port (allowed: 1-65535)")
+        port = int(port_text)
+    if target != "gateway":
+        try:
+            target = str(ipaddress.IPv4Address(target))
+        except ValueError:
+            raise GuardError(
+                f"--host-exception {text!r} is not allowed (allowed: IPv4 address or gateway, "
+                "with an optional :port)"
+            ) from None
+    return target, port
+
+
+def ruleset(
+    nets: Sequence[Network],
+    address_ttl: int,
+    fenced: Sequence[Network] = (),
+    exceptions: Sequence[tuple[str, int | None]] = (),
+) -> str:
     """The whole table, declared then replaced in one transaction. ``fenced``: networks
-    kept off the host and link-local (allowlisted ones are already kept off both)."""
+    kept off the host and link-local (allowlisted ones are already kept off both), but
+    for the ``exceptions``."""
     sets, redirect, inbound, outbound = [], [], [], []
     allowlisted = {net.id for net in nets}
     for net in fenced:
         if net.id in allowlisted:
             continue
         iif = f'iifname "{net.bridge}"'
+        allowed = []
+        for target, port in exceptions:
+            address = net.gateway if target == "gateway" else target
+            match = "" if port is None else f" tcp dport {port}"
+            allowed.append(f"{iif} ip daddr {address}{match} accept")
         inbound += [
             f"    {iif} ct state established,related accept",
+            *(f"    {rule}" for rule in allowed),
             f'    {iif} counter drop comment "{net.name}: not the host"',
         ]
-        outbound.append(
-            f'    {iif} ip daddr {LINK_LOCAL} counter drop comment "{net.name}: no link-local"'
-        )
+        outbound += [
+            *(f"    {rule}" for rule in allowed),
+            f'    {iif} ip daddr {LINK_LOCAL} counter drop comment "{net.name}: no link-local"',
+        ]
     for net in nets:
         iif = f'iifname "{net.bridge}"'
         dns_ports = sorted({p for ports in net.domains.values() for p in ports}, key=str)
@@ -295,10 +328,12 @@ def reconcile(
     log: bool,
     host_fence: bool = True,
     scope: str | None = None,
+    exceptions: Sequence[tuple[str, int | None]] = (),
 ) -> dict[str, object]:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     nets = networks(scope=scope)
-    desired = ruleset(nets, address_ttl, networks("managed", scope) if host_fence else ())
+    fenced = networks("managed", scope) if host_fence else []
+    desired = ruleset(nets, address_ttl, fenced, exceptions)
     applied = state_dir / "ruleset.nft"
     actions: list[str] = []
     table_replaced = not table_present() or not applied.exists() or applied.read_text() != desired
@@ -377,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave open environments' traffic to the host and to 169.254.0.0/16 alone",
     )
     parser.add_argument(
+        "--host-exception",
+        action="append",
+        default=[],
+        help="ADDRESS[:PORT] (or gateway[:PORT]) the fence lets environments reach (repeatable)",
+    )
+    parser.add_argument(
         "--scope-label",
         help="KEY=VALUE: only networks with this label too (tests on a shared engine)",
     )
@@ -423,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.log_queries,
                 host_fence=args.host_fence,
                 scope=args.scope_label,
+                exceptions=[parse_exception(text) for text in args.host_exception],
             )
     except (GuardError, ValueError, OSError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
