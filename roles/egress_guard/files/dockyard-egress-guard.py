@@ -181,7 +181,7 @@ def ruleset(
         allowed = []
         for target, port in exceptions:
             address = net.gateway if target == "gateway" else target
-            match = "" if port is None else f" tcp dport {port}"
+            match = "" if port is None else f" meta l4proto {{ tcp, udp }} th dport {port}"
             allowed.append(f"{iif} ip daddr {address}{match} accept")
         inbound += [
             f"    {iif} ct state established,related accept",
