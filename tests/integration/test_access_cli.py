@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -197,3 +198,27 @@ def _socks_get(socks: int, port: int) -> int:
             return int(s.recv(64).split()[1])
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def _container(client: docker.DockerClient) -> Any:
+    (found,) = client.containers.list(
+        filters={"label": [f"dockyard.stack={TENANT}", f"dockyard.session={SESSION}"]}
+    )
+    return found
+
+
+def test_host_key_survives_recreation(cli: Cli, docker_client: docker.DockerClient) -> None:
+    key = ["cat", "/config/ssh/ssh_host_ed25519_key.pub"]
+    before = _container(docker_client)
+    host_key = before.exec_run(key).output
+    result = cli.run("refresh", SESSION, "--tenant", TENANT, "--json")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: _container(docker_client).id != before.id, 60, interval=0.5, what="recreation")
+    after = _container(docker_client)
+    wait_for(lambda: after.exec_run(key).exit_code == 0, 60, interval=0.5, what="sshd up")
+    assert after.exec_run(key).output == host_key
+    again = subprocess.run(
+        cli.ssh(command="id -un"), capture_output=True, text=True, timeout=60, env=cli.env
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "agent"
