@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from components import hostfile
 from components import manifest as contract
 from tests.harness.docker_mocks import HarnessState
 from tests.harness.multi_engine import MultiEngineMocks
+from tests.support.ansible import REPO, VENV_BIN, list_inventory, manifest_inventory
 from tests.support.engine import RUN_ID, is_ready, wait_for
 from tests.support.program import ProgramRun, run_program
 from tests.support.second_engine import Engine, second_engine
@@ -194,6 +196,42 @@ def test_a_full_host_gets_nothing_new_and_no_room_creates_nothing(hosts: TwoHost
             stack=f"{STACK}x",
         )
     assert sorted(hosts.leftovers()) == before
+
+
+def test_the_inventory_groups_environments_by_host_and_reaches_them(hosts: TwoHosts) -> None:
+    manifests = hosts.cwd / ".companion" / "cloud" / "environments"
+    inventory = manifest_inventory(hosts.cwd / "fleet.dockyard_manifests.yml", manifests)
+    listing = list_inventory(inventory)
+    assert listing.returncode == 0, listing.stderr
+    data = json.loads(listing.stdout)
+    names = {s: m["container"]["name"] for s, m in hosts.manifests().items()}
+    for host in ("one", "two"):
+        expected = sorted(names[s] for s in names if hosts.host_of(s) == host)
+        assert sorted(data[f"host_{host}"]["hosts"]) == expected
+    hostvars = data["_meta"]["hostvars"][names["pinned-two"]]
+    extra = hostvars["ansible_docker_extra_args"]
+    extra = extra.get("__ansible_unsafe", extra) if isinstance(extra, dict) else extra
+    assert extra == f"-H {hosts.urls['two']}"
+    # Reached through that engine: a raw command in the container on the second engine.
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "ansible"),
+            "-i",
+            str(inventory),
+            names["pinned-two"],
+            "-m",
+            "raw",
+            "-a",
+            "hostname",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pinned-two" in result.stdout
 
 
 def test_teardown_leaves_nothing_on_either_engine(hosts: TwoHosts) -> None:

@@ -651,7 +651,7 @@ def test_host_scripts_take_their_labels_from_the_library() -> None:
 def test_every_selector_in_roles_playbooks_and_inventory_names_a_dockyard_label() -> None:
     selector = re.compile(r"(?<![\w.])(dockyard\.[a-z0-9][a-z0-9._/-]*)=")
     found: dict[str, set[str]] = {}
-    for top in ("roles", "playbooks", "inventory_plugins"):
+    for top in ("roles", "playbooks", "plugins"):
         for path in (REPO / top).rglob("*"):
             if path.suffix in {".yml", ".yaml", ".j2", ".py"} and path.is_file():
                 for key in selector.findall(path.read_text(encoding="utf-8")):
@@ -718,7 +718,7 @@ def test_label_value_checks_are_the_host_librarys_selector_grammar(role: str) ->
 
 def test_inventory_plugin_reads_back_the_stack_of_every_environment_id() -> None:
     spec = importlib.util.spec_from_file_location(
-        "dockyard_manifests_plugin", REPO / "inventory_plugins" / "dockyard_manifests.py"
+        "dockyard_manifests_plugin", REPO / "plugins" / "inventory" / "dockyard_manifests.py"
     )
     assert spec is not None
     assert spec.loader is not None

@@ -1,0 +1,213 @@
+"""The Ansible collection dockyard.agents as a user gets it: `ansible-galaxy collection
+build` from the repository root, installed into a temporary collections path, then used
+from outside the repository — the inventory plugin by FQCN over a real environment's
+manifests, and a playbook by FQCN against that environment's container."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.ansible import VENV_BIN
+from tests.support.stacks import CANARIES, Deployed
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parents[2]
+FQCN = "dockyard.agents"
+
+
+@pytest.fixture(scope="module")
+def tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("collection")
+    subprocess.run(
+        [
+            str(VENV_BIN / "ansible-galaxy"),
+            "collection",
+            "build",
+            "--output-path",
+            str(out),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (built,) = out.glob("dockyard-agents-*.tar.gz")
+    return built
+
+
+@pytest.fixture(scope="module")
+def collections(tarball: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("collections")
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "ansible-galaxy"),
+            "collection",
+            "install",
+            "--offline",
+            "--no-deps",
+            "-p",
+            str(path),
+            str(tarball),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def _names(tarball: Path) -> set[str]:
+    with tarfile.open(tarball) as archive:
+        return {member.name for member in archive.getmembers()}
+
+
+def test_the_tarball_holds_the_collection_and_nothing_else(tarball: Path) -> None:
+    names = _names(tarball)
+    version = (REPO / "components" / "VERSION").read_text().strip()
+    assert tarball.name == f"dockyard-agents-{version}.tar.gz"
+    galaxy = yaml.safe_load((REPO / "galaxy.yml").read_text())
+    assert galaxy["version"] == version
+    assert set(galaxy["dependencies"]) == {"community.docker", "community.general"}
+    for needed in (
+        "meta/runtime.yml",
+        "plugins/inventory/dockyard_manifests.py",
+        "plugins/modules/config_merge.py",
+        "playbooks/site.yml",
+        "playbooks/environments.yml",
+        "roles/host_common/files/dockyard_host.py",
+    ):
+        assert needed in names, needed
+    roles = {p.name for p in (REPO / "roles").iterdir() if p.is_dir()}
+    assert {n.split("/")[1] for n in names if n.startswith("roles/") and n.count("/") >= 1} >= roles
+    for unwanted in ("tests/", "benchmarks/", "stacks/", "docs/", "policy/", "provider/"):
+        assert not [n for n in names if n.startswith(unwanted)], unwanted
+    assert not [n for n in names if n.endswith(("Dockerfile", ".crt", ".pem", "__main__.py"))]
+
+
+def test_every_file_a_role_reads_from_the_collection_root_is_shipped(tarball: Path) -> None:
+    """Roles read a few files as `role_path/../../<file>`: each must be in the tarball."""
+    names = _names(tarball)
+    pattern = re.compile(
+        r"role_path[^'\"\n]*?['\"]?\s*(?:~\s*['\"]|\}\})/\.\./\.\./([A-Za-z0-9_./-]+)"
+    )
+    referenced = set()
+    for path in (REPO / "roles").rglob("*.yml"):
+        referenced |= set(pattern.findall(path.read_text()))
+    assert referenced, "the pattern finds the roles' references"
+    assert sorted(referenced - names) == []
+
+
+@pytest.fixture(scope="module")
+def fleet(deploy: Any) -> Deployed:
+    target = deploy(
+        "coll",
+        {
+            "environments": [
+                {"sessionId": "c-claude", "backend": "claude", "secrets": ["GITHUB_TOKEN"]}
+            ]
+        },
+        {"GITHUB_TOKEN": CANARIES["GITHUB_TOKEN"]},
+    )
+    target.wait_ready()
+    return target
+
+
+@pytest.fixture
+def outside(tmp_path: Path, collections: Path) -> dict[str, str]:
+    """An environment for ansible commands run the way a user of the collection runs them:
+    from another directory, with only the installed collection (no checkout config)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ANSIBLE_") or k == "ANSIBLE_NOCOLOR"
+    }
+    env.update(
+        ANSIBLE_COLLECTIONS_PATH=f"{collections}:{VENV_BIN.parent / 'lib'}",
+        ANSIBLE_CONFIG=str(tmp_path / "none.cfg"),
+        PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
+    )
+    (tmp_path / "none.cfg").write_text("[defaults]\nnocows = true\n")
+    return env
+
+
+def _inventory(tmp_path: Path, fleet: Deployed) -> Path:
+    inventory = tmp_path / "team.dockyard_manifests.yml"
+    inventory.write_text(
+        yaml.safe_dump(
+            {
+                "plugin": f"{FQCN}.dockyard_manifests",
+                "manifest_dirs": [str(fleet.cwd / ".companion" / "cloud" / "environments")],
+                "keyed_groups": [{"key": "dockyard_backend", "prefix": "backend"}],
+                "compose": {"agent_home": "'/home/' ~ ansible_user"},
+            }
+        )
+    )
+    return inventory
+
+
+def test_the_inventory_plugin_by_fqcn_lists_real_environments(
+    fleet: Deployed, outside: dict[str, str], tmp_path: Path
+) -> None:
+    inventory = _inventory(tmp_path, fleet)
+    result = subprocess.run(
+        [str(VENV_BIN / "ansible-inventory"), "-i", str(inventory), "--list"],
+        cwd=tmp_path,
+        env=outside,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    name = fleet.manifests["c-claude"]["container"]["name"]
+    assert data["dockyard"]["hosts"] == [name]
+    assert data["backend_claude"]["hosts"] == [name]  # keyed_groups
+    # ansible-core 2.19 marks values a plugin provides as untrusted (never templated).
+    hostvars = {
+        k: v["__ansible_unsafe"] if isinstance(v, dict) and "__ansible_unsafe" in v else v
+        for k, v in data["_meta"]["hostvars"][name].items()
+    }
+    assert hostvars["agent_home"] == "/home/agent"  # compose
+    assert hostvars["dockyard_session_id"] == "c-claude"
+
+
+def test_a_playbook_by_fqcn_configures_the_environment_and_reruns_clean(
+    fleet: Deployed, outside: dict[str, str], tmp_path: Path
+) -> None:
+    inventory = _inventory(tmp_path, fleet)
+    extra = json.dumps({"agent_config_project_name": "collection-check"})
+    runs = []
+    for _ in range(2):
+        result = subprocess.run(
+            [
+                str(VENV_BIN / "ansible-playbook"),
+                "-i",
+                str(inventory),
+                f"{FQCN}.environments",
+                "-e",
+                extra,
+            ],
+            cwd=tmp_path,
+            env=outside,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+        runs.append(result.stdout)
+    assert re.search(r"changed=0\s", runs[1].split("PLAY RECAP", 1)[1]), runs[1][-2000:]
+    container = fleet.container("c-claude")
+    claude_md = container.exec_run(["cat", "/config/claude/CLAUDE.md"]).output.decode()
+    assert "collection-check" in claude_md
