@@ -938,3 +938,15 @@ def test_the_version_has_one_home() -> None:
     assert "version" not in project["project"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"file": "components/VERSION"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", (REPO / "components" / "VERSION").read_text().strip())
+
+
+# --- Audit trail ----------------------------------------------------------------------------
+# - the host scripts' audit lines (dockyard_host.audit) carry the sessions API's fields.
+
+
+def test_host_and_sessions_audit_lines_have_the_same_fields() -> None:
+    from components.sessions import audit
+
+    host = load_script("host_common", "dockyard_host.py")
+    assert tuple(host.AUDIT_FIELDS) == tuple(audit.FIELDS)
+    assert (host.AUDIT_MAX_BYTES, host.AUDIT_KEEP) == (audit.MAX_BYTES, audit.KEEP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -104,6 +105,10 @@ class FakeDocker:
             if clients is None:  # no tmux server: `tmux list-clients` fails
                 raise idle.host.CommandError(args, 1, "no server running on /tmp/tmux-1000/default")
             return "\n".join(f"/dev/pts/{i}" for i in range(clients))
+        if args[1] == "inspect":  # the labels an audit line names the session by
+            return json.dumps(
+                {"dockyard.session": args[-1].removeprefix("env-"), "dockyard.stack": "dev"}
+            )
         self.actions.append(args)
         return ""
 
@@ -124,6 +129,17 @@ def test_main_reads_decides_stops_and_remembers(tmp_path: Path) -> None:
     assert idle.main(["--config", str(config)], runner=fake, clock=lambda: T0 + 31 * MIN) == 0
     assert fake.actions == [["docker", "stop", "env-a"]]
     assert json.loads(state.read_text()) == {"env-b": T0 + 31 * MIN, "env-c": T0 + 31 * MIN}
+    # The stop is in the audit trail, named by the container's labels.
+    lines = [
+        json.loads(line) for line in Path(os.environ["DOCKYARD_AUDIT_LOG"]).read_text().splitlines()
+    ]
+    stops = [e for e in lines if e["action"] == "idle-stop" and e["session"] == "a"]
+    assert stops
+    assert (stops[-1]["stack"], stops[-1]["result"], stops[-1]["actor"]) == (
+        "dev",
+        "ok",
+        "host:dockyard-idle-monitor",
+    )
 
 
 def test_main_powers_off_through_the_configured_command(tmp_path: Path) -> None:

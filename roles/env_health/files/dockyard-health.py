@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "manifest_dir": "",
     "refresh_backup_command": [],
 }
+AUDIT_ACTOR = "host:dockyard-health"
 THRESHOLDS = ("max_age_hours", "max_disk_pct", "max_memory_pct", "max_failed_checks")
 
 
@@ -81,6 +82,7 @@ class Status:
     manifest: str = "unchanged"
     refresh_reasons: list[str] = field(default_factory=list)
     action: str = "none"
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def collect(engine: Engine, label: str, workspace: str, now: datetime) -> list[Status]:
@@ -110,6 +112,7 @@ def collect(engine: Engine, label: str, workspace: str, now: datetime) -> list[S
                 disk_pct=disk,
                 oom_kills=oom,
                 exit_code=int(state.get("ExitCode") or 0),
+                labels=dict(info.get("Config", {}).get("Labels") or {}),
             )
         )
     return statuses
@@ -346,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not config["refresh"]:
             status.action = "reported"
             continue
+        labels = status.labels
+        started = time.monotonic()
         if status.status in ("exited", "dead"):
             try:
                 engine.request("POST", f"/containers/{status.id}/start")
@@ -354,6 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failures += 1
             else:
                 status.action = "restarted"
+            host.audit(
+                "health-restart",
+                actor=AUDIT_ACTOR,
+                labels=labels,
+                result="ok" if status.action == "restarted" else "error",
+                duration_ms=round((time.monotonic() - started) * 1000),
+                detail="; ".join(status.refresh_reasons),
+            )
             continue
         why = host.backup_first(config["refresh_backup_command"], status.name, "refresh")
         if why:
@@ -367,9 +380,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         except EngineError as exc:
             status.action = f"refresh failed: {exc}"
             failures += 1
+            host.audit(
+                "health-refresh",
+                actor=AUDIT_ACTOR,
+                labels=labels,
+                result="error",
+                duration_ms=round((time.monotonic() - started) * 1000),
+                detail=str(exc),
+            )
             continue
         status.action = f"refreshed as {new_id[:12]}"
         replaced[status.id] = new_id
+        host.audit(
+            "health-refresh",
+            actor=AUDIT_ACTOR,
+            labels=labels,
+            duration_ms=round((time.monotonic() - started) * 1000),
+            detail="; ".join(status.refresh_reasons),
+        )
     # Every run, not only after an action: the engine's restart policy also allocates
     # new host ports, and apps read ports from the manifest.
     for status in statuses:
@@ -385,7 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "thresholds": {k: config[k] for k in THRESHOLDS},
         "refresh": bool(config["refresh"]),
         "manifestValidator": host.VALIDATOR,
-        "environments": [asdict(s) for s in statuses],
+        # Labels name the environment in the audit trail; the report keeps its own fields.
+        "environments": [{k: v for k, v in asdict(s).items() if k != "labels"} for s in statuses],
     }
     host.write_json_atomic(config["report_file"], report)
     if args.json:

@@ -254,6 +254,79 @@ def backup_first(
     return None
 
 
+# --- Audit trail -------------------------------------------------------------------------
+# The same JSON lines as the sessions API's trail (components/sessions/audit.py; the
+# fields are checked equal by tests/unit/test_contracts.py), in one host-side log:
+# $DOCKYARD_AUDIT_LOG, else /var/log/dockyard/audit.jsonl.
+
+AUDIT_LOG = "/var/log/dockyard/audit.jsonl"
+AUDIT_FIELDS = (
+    "time",
+    "actor",
+    "action",
+    "session",
+    "tenant",
+    "host",
+    "stack",
+    "result",
+    "duration_ms",
+)
+AUDIT_MAX_BYTES = 10 * 1024 * 1024
+AUDIT_KEEP = 5
+
+
+def audit(
+    action: str,
+    *,
+    actor: str,
+    labels: Mapping[str, str] | None = None,
+    result: str = "ok",
+    duration_ms: int = 0,
+    detail: str | None = None,
+    log: str | None = None,
+) -> None:
+    """Append one audit line for ``action`` on the environment whose container carries
+    ``labels`` (session, tenant, stack come from them). Names and numbers only: never a
+    secret or an environment value. A log that cannot be written is reported on stderr,
+    never fatal to the action it records."""
+    import fcntl
+    import sys
+
+    labels = labels or {}
+    entry: dict[str, Any] = {
+        "time": iso_millis(datetime.now(UTC)),
+        "actor": actor,
+        "action": action,
+        "session": labels.get(LABEL_SESSION),
+        "tenant": labels.get(LABEL_TENANT),
+        "host": socket.gethostname(),
+        "stack": labels.get(LABEL_STACK),
+        "result": result,
+        "duration_ms": duration_ms,
+    }
+    if detail:
+        entry["detail"] = detail[:300]
+    path = Path(log or os.environ.get("DOCKYARD_AUDIT_LOG") or AUDIT_LOG)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.exists() and path.stat().st_size > AUDIT_MAX_BYTES:
+                for index in range(AUDIT_KEEP - 1, 0, -1):
+                    older = path.with_name(f"{path.name}.{index}")
+                    if older.exists():
+                        older.replace(path.with_name(f"{path.name}.{index + 1}"))
+                path.replace(path.with_name(f"{path.name}.1"))
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, (json.dumps(entry) + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        print(f"WARNING: audit log {path}: {exc}", file=sys.stderr)
+
+
 def check_command(key: str, command: Any, allow_empty: bool = True) -> None:
     """A configured command: an argv list of non-empty strings (``[]`` for none)."""
     if not isinstance(command, list) or not all(isinstance(a, str) and a for a in command):

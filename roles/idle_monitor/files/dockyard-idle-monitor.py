@@ -36,6 +36,7 @@ import dockyard_host as host
 
 AGENT_COMMANDS = frozenset({"claude", "codex"})
 ACTIONS = ("stop", "poweroff")
+AUDIT_ACTOR = "host:dockyard-idle-monitor"
 # The role's defaults (roles/idle_monitor/defaults/main.yml) are the same values; a
 # contract test keeps them equal.
 DEFAULTS: dict[str, object] = {
@@ -162,6 +163,16 @@ def _tmux_clients(docker: str, name: str, runner: Runner) -> int:
 # --- Acting -------------------------------------------------------------------------------
 
 
+def _labels(docker: str, name: str, runner: Runner) -> dict[str, str]:
+    """The container's labels (session, tenant, stack for the audit line); {} if unknown."""
+    try:
+        out = runner([docker, "inspect", "--format", "{{json .Config.Labels}}", name])
+        labels = json.loads(out or "{}")
+    except (host.HostError, OSError, ValueError, TypeError):
+        return {}
+    return labels if isinstance(labels, dict) else {}
+
+
 def load_state(path: str) -> dict[str, float]:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -250,9 +261,18 @@ def main(
                 f"ERROR: dockyard-idle: backup of {name} before its stop failed: {why}",
                 file=sys.stderr,
             )
+        started = time.monotonic()
         runner([str(config["docker"]), "stop", name])
         decision.state.pop(name, None)
         print(f"dockyard-idle: stopped {name}")
+        host.audit(
+            "idle-stop",
+            actor=AUDIT_ACTOR,
+            labels=_labels(str(config["docker"]), name, runner),
+            result="error" if name in failed else "ok",
+            duration_ms=round((time.monotonic() - started) * 1000),
+            detail="idle; backup failed" if name in failed else "idle",
+        )
     save_state(str(config["state_file"]), decision.state)
     if decision.poweroff:
         for reading in readings:
@@ -264,6 +284,12 @@ def main(
                     file=sys.stderr,
                 )
         if failed and not config["poweroff_without_backup"]:
+            host.audit(
+                "idle-poweroff",
+                actor=AUDIT_ACTOR,
+                result="error",
+                detail=f"not powered off: backup of {', '.join(failed)} failed",
+            )
             print(
                 f"ERROR: dockyard-idle: not powering off: the backup of {', '.join(failed)} "
                 "failed (poweroff_without_backup: true powers off anyway)",
@@ -271,6 +297,8 @@ def main(
             )
             return 1
         print(f"dockyard-idle: all environments idle; running {config['poweroff_command']}")
+        # Written before the command: after a power-off there is no after.
+        host.audit("idle-poweroff", actor=AUDIT_ACTOR, detail=f"{len(readings)} environments idle")
         runner(list(config["poweroff_command"]))  # type: ignore[arg-type]
     return 1 if failed else 0
 
