@@ -97,8 +97,8 @@ VERSION_CHECKS = {
         ],
     ),
     "go": (
-        "go env GOVERSION GOTOOLCHAIN GOROOT; gofmt -l /dev/null && echo gofmt",
-        [f"go{PINNED['GO_VERSION']}", "local", "/usr/local/go", "gofmt"],
+        "go env GOVERSION GOTOOLCHAIN GOROOT; printf 'package  main\\n' | gofmt",
+        [f"go{PINNED['GO_VERSION']}", "local", "/usr/local/go", "package main"],
     ),
 }
 
