@@ -163,7 +163,7 @@ def test_config_defaults_file_and_flags_in_that_order(tmp_path: Path) -> None:
         ({"max_disk_pct": "80"}, 'max_disk_pct: "80" is not allowed (allowed: a number)'),
         ({"refresh": "yes"}, 'refresh: "yes" is not allowed (allowed: true or false)'),
         ({"max_failed_checks": 2.5}, "max_failed_checks: 2.5 is not allowed (allowed: a whole"),
-        ({"max_age": 1}, "unknown keys ['max_age'] (allowed: label, manifest_dir,"),
+        ({"max_age": 1}, "unknown keys ['max_age'] (allowed: label, log_format, manifest_dir,"),
         ({"label": "x=1; rm -rf /"}, 'label selector: "x=1; rm -rf /" is not allowed'),
     ],
 )
@@ -188,3 +188,32 @@ def test_a_remote_docker_host_is_refused(
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.5:2375")
     assert health.main(["--check-config"]) == 2
     assert "DOCKER_HOST=tcp://10.0.0.5:2375 is not a unix socket" in capsys.readouterr().err
+
+
+def test_metrics_are_prometheus_text_with_escaped_labels() -> None:
+    from datetime import UTC, datetime
+
+    status = health.Status(
+        name="dockyard-dev-a",
+        id="a" * 64,
+        status="running",
+        health="healthy",
+        failing_streak=0,
+        age_hours=1.5,
+        memory_used_mb=100.0,
+        memory_limit_mb=1024.0,
+        memory_pct=9.8,
+        disk_pct=None,
+        oom_kills=2,
+        restarts=1,
+        labels={"dockyard.session": 'a"b\\c', "dockyard.stack": "dev"},
+    )
+    text = health.metrics([status], datetime(2026, 1, 1, tzinfo=UTC))
+    labels = 'environment="dockyard-dev-a",session="a\\"b\\\\c",stack="dev",tenant=""'
+    assert f"dockyard_environment_up{{{labels}}} 1.0\n" in text
+    assert f"dockyard_environment_memory_limit_bytes{{{labels}}} 1073741824.0\n" in text
+    assert f"dockyard_environment_oom_kills_total{{{labels}}} 2.0\n" in text
+    assert f"dockyard_environment_restarts_total{{{labels}}} 1.0\n" in text
+    assert "# TYPE dockyard_environment_oom_kills_total counter" in text
+    assert "dockyard_environment_disk_used_ratio{" not in text  # not measured: no sample
+    assert text.endswith("\n")

@@ -60,6 +60,8 @@ DEFAULTS: dict[str, Any] = {
     "workspace": "/workspace",
     "manifest_dir": "",
     "refresh_backup_command": [],
+    "metrics_file": "/var/lib/dockyard/health/dockyard.prom",
+    "log_format": "text",
 }
 AUDIT_ACTOR = "host:dockyard-health"
 THRESHOLDS = ("max_age_hours", "max_disk_pct", "max_memory_pct", "max_failed_checks")
@@ -79,6 +81,7 @@ class Status:
     disk_pct: float | None
     oom_kills: int | None = None
     exit_code: int = 0
+    restarts: int = 0
     manifest: str = "unchanged"
     refresh_reasons: list[str] = field(default_factory=list)
     action: str = "none"
@@ -112,6 +115,7 @@ def collect(engine: Engine, label: str, workspace: str, now: datetime) -> list[S
                 disk_pct=disk,
                 oom_kills=oom,
                 exit_code=int(state.get("ExitCode") or 0),
+                restarts=int(info.get("RestartCount") or 0),
                 labels=dict(info.get("Config", {}).get("Labels") or {}),
             )
         )
@@ -287,9 +291,77 @@ def log_line(status: Status) -> str:
     )
 
 
+METRICS = (
+    # name, help, value of a Status (None: not measured, the sample is left out)
+    ("up", "1 if the environment's container is running.", lambda s: float(s.status == "running")),
+    (
+        "healthy",
+        "1 if the container's health check says healthy.",
+        lambda s: float(s.health == "healthy"),
+    ),
+    ("age_hours", "Hours since the container was created.", lambda s: s.age_hours),
+    ("memory_used_bytes", "Memory in use.", lambda s: _mb(s.memory_used_mb)),
+    ("memory_limit_bytes", "Memory limit.", lambda s: _mb(s.memory_limit_mb)),
+    (
+        "disk_used_ratio",
+        "Workspace disk use, 0-1.",
+        lambda s: None if s.disk_pct is None else s.disk_pct / 100,
+    ),
+    ("restarts_total", "Times the engine restarted the container.", lambda s: float(s.restarts)),
+    (
+        "oom_kills_total",
+        "Processes the kernel killed for memory.",
+        lambda s: None if s.oom_kills is None else float(s.oom_kills),
+    ),
+)
+
+
+def _mb(value: float | None) -> float | None:
+    return None if value is None else value * 1024 * 1024
+
+
+def _label_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics(statuses: Sequence[Status], now: datetime) -> str:
+    """The report in Prometheus' text format, for node_exporter's textfile collector."""
+    lines = [
+        "# HELP dockyard_health_report_timestamp_seconds When the report ran.",
+        "# TYPE dockyard_health_report_timestamp_seconds gauge",
+        f"dockyard_health_report_timestamp_seconds {now.timestamp():.3f}",
+    ]
+    for name, help_text, value in METRICS:
+        metric = f"dockyard_environment_{name}"
+        kind = "counter" if name.endswith("_total") else "gauge"
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
+        for status in statuses:
+            sample = value(status)
+            if sample is None:
+                continue
+            labels = {
+                "environment": status.name,
+                "session": status.labels.get(host.LABEL_SESSION, ""),
+                "stack": status.labels.get(host.LABEL_STACK, ""),
+                "tenant": status.labels.get(host.LABEL_TENANT, ""),
+            }
+            rendered = ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items())
+            lines.append(f"{metric}{{{rendered}}} {float(sample)!r}")
+    return "\n".join(lines) + "\n"
+
+
 def load_config(path: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
     config = host.load_config(path, DEFAULTS, overrides)
     host.parse_selector(config["label"])
+    if config["log_format"] not in ("text", "json"):
+        raise host.ConfigError(
+            f"log_format: {config['log_format']!r} is not allowed (allowed: text or json)"
+        )
+    if config["metrics_file"] and not config["metrics_file"].startswith("/"):
+        raise host.ConfigError(
+            f"metrics_file: {config['metrics_file']!r} is not allowed (allowed: an absolute "
+            "path, or empty for no metrics)"
+        )
     host.check_command("refresh_backup_command", config["refresh_backup_command"])
     for key in THRESHOLDS:
         if config[key] <= 0:
@@ -417,8 +489,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environments": [{k: v for k, v in asdict(s).items() if k != "labels"} for s in statuses],
     }
     host.write_json_atomic(config["report_file"], report)
+    if config["metrics_file"]:
+        # Atomically: the collector never reads half a file.
+        host.write_atomic(config["metrics_file"], metrics(statuses, now))
     if args.json:
         print(json.dumps(report, indent=2))
+    elif config["log_format"] == "json":
+        for entry in report["environments"]:
+            print(json.dumps({"event": "dockyard-health", "time": report["generatedAt"], **entry}))
     else:
         for status in statuses:
             print(log_line(status))
