@@ -238,6 +238,8 @@ class IdleEngine:
             return "PID COMMAND\n1 bash\n"
         if args[0] == "docker" and args[1] == "exec":
             raise host.CommandError(args, 1, "no server running")
+        if args[0] == "docker" and args[1] == "inspect":  # labels for the audit line
+            return "{}"
         self.actions.append(args)
         if args[0] == "backup-hook" and args[1] in self.failing:
             raise host.CommandError(args, 1, f"ERROR: session {args[1]}: storage unreachable")
