@@ -198,11 +198,6 @@ class Settings:
         values = {k: v for k, v in data.items() if k in known and v is not None}
         return cls(**values, **extra)
 
-    def to_json(self) -> str:
-        data = asdict(self)
-        data.pop("docker")
-        return json.dumps(data, sort_keys=True)
-
     @property
     def endpoint(self) -> str:
         """``host[:port]`` of the storage (for messages: never holds a key)."""

@@ -99,13 +99,13 @@ def test_the_host_has_restic_the_command_its_configuration_and_schedule(
 
 def test_credentials_are_private_to_root_and_never_printed(prepared: Prepared) -> None:
     host = prepared.host
-    assert exec_ok(host, ["stat", "-c", "%a %U:%G", "/etc/dockyard/backup"]).split() == [
+    assert exec_ok(host, ["stat", "-c", "%a %U:%G", "/etc/dockyard/backup"], "root").split() == [
         "700",
         "root:root",
     ]
     keys = "/etc/dockyard/backup/s3-credentials"
-    assert exec_ok(host, ["stat", "-c", "%a %U:%G", keys]).split() == ["600", "root:root"]
-    assert exec_ok(host, ["cat", keys]) == (
+    assert exec_ok(host, ["stat", "-c", "%a %U:%G", keys], "root").split() == ["600", "root:root"]
+    assert exec_ok(host, ["cat", keys], "root") == (
         f"[default]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n"
     )
     # The agent user of the host stand-in cannot even list the directory.
