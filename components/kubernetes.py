@@ -468,4 +468,12 @@ def _images(cfg: StackConfig) -> tuple[dict[str, str], list[str]]:
         f"dockyard:{key}: not set, needed by {', '.join(users)} (allowed: {IMAGE_ALLOWED})"
         for key, users in missing.items()
     ]
+    # A variant is a build on top of the image; the cluster builds nothing.
+    problems += [
+        f"dockyard:environments[{index}].variant: {cfg.variant_of(env)!r} is not allowed "
+        "(allowed: core on backend kubernetes, which builds no image; publish the variant, "
+        f"e.g. ghcr.io/<owner>/dockyard-{cfg.variant_of(env)}, and set the environment's image)"
+        for index, env in enumerate(cfg.environments)
+        if cfg.variant_of(env) != "core" and not env.image
+    ]
     return images, problems

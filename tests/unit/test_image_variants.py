@@ -8,13 +8,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 import yaml
 
 from components.config import ConfigError, parse
 from components.image import LAYERED_VARIANTS, declared_args, pinned_versions
 from components.sessions.request import plan
-from tests.support.program import REPO, ProgramRun, Registered, record
+from tests.support.program import REPO, ProgramRun, RecordingMocks, Registered, record, run_program
 
 IMAGE = "docker:index/image:Image"
 REMOTE = "docker:index/remoteImage:RemoteImage"
@@ -229,3 +230,26 @@ def test_workflow_builds_and_pushes_each_variant_on_its_core() -> None:
     assert "BASE_IMAGE=dockyard-core:base" in variant["build-args"]
     meta = steps["Image tags and labels"]["with"]
     assert meta["images"] == "ghcr.io/${{ github.repository_owner }}/dockyard-${{ matrix.variant }}"
+
+
+def test_kubernetes_refuses_a_variant_it_cannot_build() -> None:
+    run = ProgramRun()
+    with pytest.raises(pulumi.RunError) as info:
+        run_program(
+            RecordingMocks(run),
+            {
+                "backend": "kubernetes",
+                "image": {"ref": "ghcr.io/acme/dockyard-core:1.2"},
+                "environments": [
+                    {"sessionId": "a", "variant": "go"},
+                    {"sessionId": "b", "variant": "go", "image": "ghcr.io/acme/dockyard-go:1.2"},
+                ],
+            },
+            recorder=run,
+        )
+    message = str(info.value)
+    assert "dockyard:environments[0].variant: 'go' is not allowed (allowed: core on backend " in (
+        message
+    )
+    assert "environments[1]" not in message
+    assert run.resources == []
