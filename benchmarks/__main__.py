@@ -14,6 +14,7 @@ BENCHMARKS = [
     "ansible_site",
     "session_create",
     "backup",
+    "preview_proxy",
 ]
 
 
