@@ -14,7 +14,6 @@ matched nothing.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 
 import docker
@@ -28,16 +27,6 @@ TEST_ORDERS = ("forward", "reverse")
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_configure(config: pytest.Config) -> None:
-    # Host scripts run in-process by tests append to the audit trail: into this run's own
-    # file, never the machine's /var/log/dockyard/audit.jsonl (a test that reads a trail
-    # sets its own path).
-    if "DOCKYARD_AUDIT_LOG" not in os.environ:
-        os.environ["DOCKYARD_AUDIT_LOG"] = os.path.join(
-            tempfile.mkdtemp(prefix="dockyard-audit-"), "audit.jsonl"
-        )
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     order = os.environ.get("DOCKYARD_TEST_ORDER", "forward")
     if order not in TEST_ORDERS:
