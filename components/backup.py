@@ -85,6 +85,7 @@ LABEL_MANAGED = "dockyard.managed"
 LABEL_VOLUME = "dockyard.volume"
 LABEL_SESSION = "dockyard.session"
 LABEL_STACK = "dockyard.stack"
+LABEL_TENANT = "dockyard.tenant"
 WORKSPACE_SELECTOR = f"{LABEL_VOLUME}=workspace"
 MANAGED_SELECTOR = f"{LABEL_MANAGED}=true"
 WORKSPACE_MOUNT = "/workspace"
@@ -263,6 +264,7 @@ class Workspace:
     running: bool = False
     finished_at: str = ""
     """When the container last stopped (engine time), "" if running or none."""
+    tenant: str | None = None
 
     @property
     def session(self) -> str:
@@ -454,8 +456,9 @@ class Backups:
                 if (c.get("Config", {}).get("Labels") or {}).get(LABEL_MANAGED) == "true"
             ]  # fmt: skip
             container = users[0] if users else None
+        tenant = labels.get(LABEL_TENANT) or None
         if container is None:
-            return Workspace(name, repo)
+            return Workspace(name, repo, tenant=tenant)
         state = container.get("State") or {}
         running = bool(state.get("Running"))
         return Workspace(
@@ -464,6 +467,7 @@ class Backups:
             container=str(container.get("Name", "")).lstrip("/") or None,
             running=running,
             finished_at="" if running else str(state.get("FinishedAt", "")),
+            tenant=tenant,
         )
 
     def _helper(
@@ -1157,12 +1161,57 @@ def _engine_time(value: str) -> float:
     return moment.timestamp()
 
 
+HostAudit = Callable[..., None]
+ACTOR = "host:workspace-backup"
+
+
+def host_audit() -> HostAudit | None:
+    """The host library's audit trail (``dockyard_host.audit``): installed beside this
+    command by the role; in a checkout, the host_common role's copy. None without it."""
+    try:
+        import dockyard_host  # type: ignore[import-not-found]
+    except ImportError:
+        checkout = Path(__file__).resolve().parents[1] / "roles" / "host_common" / "files"
+        if not (checkout / "dockyard_host.py").is_file():
+            return None
+        sys.path.append(str(checkout))
+        import dockyard_host
+    return dockyard_host.audit  # type: ignore[no-any-return]
+
+
+def _audit_line(
+    audit: HostAudit | None,
+    action: str,
+    workspace: Workspace,
+    started: float,
+    error: BaseException | None = None,
+    detail: str = "",
+) -> None:
+    if audit is None:
+        return
+    labels = {LABEL_SESSION: workspace.session, LABEL_STACK: workspace.repo.stack}
+    if workspace.tenant:
+        labels[LABEL_TENANT] = workspace.tenant
+    audit(
+        action,
+        actor=ACTOR,
+        labels=labels,
+        result="error" if error else "ok",
+        duration_ms=round((time.monotonic() - started) * 1000),
+        detail=str(error) if error else detail,
+    )
+
+
 def scheduled_run(
-    backups: Backups, config: Mapping[str, Any], now: Callable[[], float] = time.time
+    backups: Backups,
+    config: Mapping[str, Any],
+    now: Callable[[], float] = time.time,
+    audit: HostAudit | None = None,
 ) -> int:
     """Back up every workspace (those of stopped environments only when they changed
     since the last backup), then retention and check where due. A failure is reported
-    and retried on the next run; returns the number of failures."""
+    and retried on the next run; returns the number of failures. Each backup and check
+    is a line of the host's audit trail (``audit``)."""
     state_file = Path(backups.settings.cache_dir) / "state.json"
     state = HostState.load(state_file)
     failures = 0
@@ -1173,6 +1222,7 @@ def scheduled_run(
         if stopped and _engine_time(workspace.finished_at) < last:
             print(f"workspace-backup: {key}: unchanged since its last backup (stopped)")
             continue
+        started = time.monotonic()
         try:
             result = backups.backup(workspace, "scheduled", wait_s=0)
         except Busy as error:
@@ -1182,7 +1232,9 @@ def scheduled_run(
             failures += 1
             state.last_failure[key] = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {error}"[:800]
             print(f"ERROR: workspace-backup: {error}", file=sys.stderr)
+            _audit_line(audit, "backup", workspace, started, error)
             continue
+        _audit_line(audit, "backup", workspace, started, detail=_described(result))
         state.last_success[key] = now()
         state.last_failure.pop(key, None)
         print(
@@ -1193,6 +1245,7 @@ def scheduled_run(
             now() - state.last_maintenance.get(key, 0.0)
             >= float(config["maintenance_hours"]) * 3600
         ):
+            started = time.monotonic()
             try:
                 checked = backups.maintain(
                     workspace.repo,
@@ -1204,9 +1257,18 @@ def scheduled_run(
             except BackupError as error:
                 failures += 1
                 print(f"ERROR: workspace-backup: {error}", file=sys.stderr)
+                _audit_line(audit, "backup-check", workspace, started, error)
                 continue
             state.last_maintenance[key] = now()
             verdict = "check clean" if checked.ok else f"CHECK FAILED: {checked.output}"
+            _audit_line(
+                audit,
+                "backup-check",
+                workspace,
+                started,
+                None if checked.ok else BackupError(verdict),
+                f"retention removed {checked.removed_snapshots} snapshots; {verdict}",
+            )
             print(
                 f"workspace-backup: {key}: retention removed {checked.removed_snapshots} snapshots; {verdict}"
             )
@@ -1215,6 +1277,12 @@ def scheduled_run(
     with contextlib.suppress(OSError):
         state.save(state_file)
     return failures
+
+
+def _described(result: BackupResult) -> str:
+    return (
+        f"{result.reason}: snapshot {result.snapshot}, {result.files} files, {result.bytes} bytes"
+    )
 
 
 def _audited(action: str, **fields: Any) -> contextlib.AbstractContextManager[dict[str, Any]]:
@@ -1258,14 +1326,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         backups = Backups(settings, env, log=lambda line: print(f"workspace-backup: {line}"))
         if args.command == "hook":
             workspace = backups.workspace_of_container(args.container)
-            result = backups.backup(workspace, args.reason)
+            started = time.monotonic()
+            try:
+                result = backups.backup(workspace, args.reason)
+            except BackupError as error:
+                _audit_line(host_audit(), "backup", workspace, started, error)
+                raise
+            _audit_line(host_audit(), "backup", workspace, started, detail=_described(result))
             print(
                 f"workspace-backup: {workspace.repo}: snapshot {result.snapshot} before "
                 f"{args.reason} ({result.files} files, {result.bytes} bytes)"
             )
             return 0
         if args.command == "run":
-            return 1 if scheduled_run(backups, config) else 0
+            return 1 if scheduled_run(backups, config, audit=host_audit()) else 0
         build_parser().print_usage(sys.stderr)
         return 2
     except ConfigError as error:

@@ -192,6 +192,8 @@ def host(
                 "DOCKYARD_STATE_DIR": str(state),
                 "DOCKYARD_CONFIG": str(settings),
                 "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
+                # The dockyard command's and the host command's trail, read below.
+                "DOCKYARD_AUDIT_LOG": str(state / "audit.jsonl"),
                 "PYTHONPATH": str(REPO),
                 "NO_PROXY": no_proxy,
                 "no_proxy": no_proxy,
@@ -438,6 +440,16 @@ def test_unreachable_storage_fails_clearly_leaves_the_workspace_and_the_next_run
     state = json.loads((host.cache / "state.json").read_text())
     assert f"{TENANT}/keep" in state["last_success"]
     assert f"{TENANT}/keep" not in state["last_failure"]
+    # The host's own audit lines: the failed run, then the retry.
+    lines = [
+        e
+        for e in host.json("audit", "--session", "keep")
+        if e["actor"] == "host:workspace-backup" and e["action"] == "backup"
+    ]
+    assert [e["result"] for e in lines[-2:]] == ["error", "ok"]
+    assert "is unreachable" in lines[-2]["detail"]
+    assert lines[-1]["detail"].startswith("scheduled: snapshot ")
+    assert lines[-1]["tenant"] == TENANT
     # The first scheduled run also applied retention and ran restic check.
     assert "check clean" in retried.stdout
 

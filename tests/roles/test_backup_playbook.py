@@ -68,6 +68,9 @@ def test_the_host_has_restic_the_command_its_configuration_and_schedule(
     installed = exec_ok(host, ["cat", COMMAND])
     assert installed == (REPO / "components" / "backup.py").read_text()
     assert exec_ok(host, ["stat", "-c", "%a %U", COMMAND]).split() == ["755", "root"]
+    # Beside it, the host library it writes the audit trail with.
+    library = exec_ok(host, ["cat", "/usr/local/libexec/dockyard/dockyard_host.py"])
+    assert library == (REPO / "roles" / "host_common" / "files" / "dockyard_host.py").read_text()
     config = json.loads(exec_ok(host, ["cat", "/etc/dockyard/workspace-backup.json"]))
     assert config == {
         "repository": REPOSITORY,
