@@ -233,14 +233,23 @@ def test_refresh_recreates_and_keeps_the_workspace(
 def test_a_failed_create_leaves_nothing_and_says_why(
     cli: Cli, docker_client: docker.DockerClient
 ) -> None:
-    # The engine refuses an unregistered runtime only at container create: the network
-    # and volumes exist by then and must go again.
-    request = {"sessionId": "broken", "cwd": str(cli.project), "tenant": TENANT, "runtime": "runsc"}
-    if "runsc" in (docker_client.info().get("Runtimes") or {}):
-        pytest.skip("runsc is registered on this engine: nothing fails")
+    # A GPU request passes the configuration, but an engine without a GPU driver refuses
+    # it only when the container starts: the network and volumes exist by then and must
+    # go again.
+    if "nvidia" in (docker_client.info().get("Runtimes") or {}):
+        pytest.skip("this engine has a GPU runtime: the GPU request would not fail")
+    image = json.loads((cli.state / "image.json").read_text())["imageRef"]
+    request = {
+        "sessionId": "broken",
+        "cwd": str(cli.project),
+        "tenant": TENANT,
+        "profile": "gpu",
+        "gpu": "all",
+        "container": {"image": image},
+    }
     result = cli.run("up", "--json", "--request", "-", stdin=json.dumps(request))
     assert result.returncode == 1, (result.stdout, result.stderr)
-    assert "runsc" in result.stderr
+    assert "gpu" in result.stderr.lower()
     assert _leftovers(docker_client, "broken") == []
     assert all(r["sessionId"] != "broken" for r in cli.json("ls"))
     (entry,) = cli.json("audit", "--session", "broken")
