@@ -55,11 +55,18 @@ LABEL = {"dockyard.bench": "scale"}
 
 
 def _idle_mb(container: Any) -> float:
-    stats = container.stats(stream=False)
-    memory = stats["memory_stats"]
-    detail = memory.get("stats", {})
-    cache = detail.get("total_inactive_file", detail.get("inactive_file", detail.get("cache", 0)))
-    return float(memory["usage"] - cache) / (1024 * 1024)
+    # The engine answers with empty memory stats for a moment now and then (a busy
+    # engine, a container it is still attaching to): ask again rather than fail the run.
+    for _ in range(5):
+        memory = container.stats(stream=False)["memory_stats"]
+        if "usage" in memory:
+            detail = memory.get("stats", {})
+            cache = detail.get(
+                "total_inactive_file", detail.get("inactive_file", detail.get("cache", 0))
+            )
+            return float(memory["usage"] - cache) / (1024 * 1024)
+        time.sleep(1)
+    raise SystemExit(f"ERROR: no memory figures from the engine for {container.name}")
 
 
 def _ready_at(container: Any) -> float | None:
@@ -209,12 +216,19 @@ def main() -> int:
             net_runs.append(_bare(client, image, size, networks=True))
             if size == TEARDOWN_SIZE:
                 at_once.append(_bare_removed_at_once(client, image, size))
+            print(
+                f"  {size} run {run + 1}: ready {env_runs[-1]['ready_s']:.1f} s, teardown "
+                f"{env_runs[-1]['teardown_s']:.1f} s; bare {bare_runs[-1]['ready_s']:.1f} s / "
+                f"{bare_runs[-1]['teardown_s']:.1f} s; bare+net {net_runs[-1]['ready_s']:.1f} s",
+                flush=True,
+            )
         env = {key: summary([r[key] for r in env_runs]) for key in env_runs[0]}
         bare = {key: summary([r[key] for r in bare_runs]) for key in bare_runs[0]}
         if at_once:
             bare["teardown_parallel_s"] = summary(at_once)
         net = {key: summary([r[key] for r in net_runs]) for key in net_runs[0]}
         results["sizes"][size] = {"environments": env, "bare": bare, "bare_with_network": net}
+        write_result("scale", results)  # what is done so far survives a later failure
         rows.append(
             [
                 size,
