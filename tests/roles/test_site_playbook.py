@@ -21,6 +21,7 @@ from docker.models.containers import Container
 from components.image import pinned_versions
 from tests.support.ansible import REPO, PlaybookRun, TargetFleet, run_playbook
 from tests.support.engine import exec_ok
+from tests.support.scripts import load_script
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -36,6 +37,18 @@ VARIABLES = {
 }
 ARGS = ["--skip-tags", "docker_host", "-e", "dockyard_docker_hosts=dockyard"]
 LIBEXEC = "/usr/local/libexec/dockyard"
+# What the health configuration must say with VARIABLES (the rest: the role's defaults).
+HEALTH_CONFIG = {
+    "label": "dockyard.managed=true",
+    "report_file": "/var/lib/dockyard/health/report.json",
+    "max_age_hours": 72.0,
+    "max_disk_pct": 70.0,
+    "max_memory_pct": 90.0,
+    "max_failed_checks": 3,
+    "refresh": False,
+    "manifest_dir": "",
+}
+health_script = load_script("env_health", "dockyard-health.py")
 
 
 @dataclass
@@ -90,17 +103,9 @@ def assert_prepared(host: Container) -> None:
     )
 
     health = json.loads(exec_ok(host, ["cat", "/etc/dockyard/health.json"]))
-    assert health == {
-        "label": "dockyard.managed=true",
-        "report_file": "/var/lib/dockyard/health/report.json",
-        "max_age_hours": 72.0,
-        "max_disk_pct": 70.0,
-        "max_memory_pct": 90.0,
-        "max_failed_checks": 3,
-        "refresh": False,
-        "manifest_dir": "",
-        "refresh_backup_command": [],
-    }
+    # Every key the script reads (tests/unit/test_contracts.py pins which), these values.
+    assert set(health) == set(health_script.DEFAULTS) - {"workspace"}
+    assert {key: health[key] for key in HEALTH_CONFIG} == HEALTH_CONFIG
     idle = json.loads(exec_ok(host, ["cat", "/etc/dockyard/idle-monitor.json"]))
     assert (idle["idle_minutes"], idle["action"], idle["poweroff_command"]) == (
         45,

@@ -39,18 +39,25 @@ class PlaybookRun:
     def changed(self) -> dict[str, int]:
         return {host: counters["changed"] for host, counters in self.recap.items()}
 
+    def tasks_changed(self) -> list[str]:
+        """Names of the tasks that reported a change on some host, in order."""
+        return self._tasks("changed")
+
     def tasks_run(self) -> list[str]:
         """Names of the tasks that ran on some host (ok or changed), in order; skipped
         tasks and includes are left out. Needs the default stdout callback."""
-        ran, task = [], None
+        return self._tasks("ok|changed")
+
+    def _tasks(self, statuses: str) -> list[str]:
+        found, task = [], None
         for line in self.output.splitlines():
             header = re.match(r"^TASK \[(.*)\] \*+", line)
             if header:
                 task = header.group(1)
-            elif task is not None and re.match(r"^(ok|changed): \[", line):
-                ran.append(task)
+            elif task is not None and re.match(rf"^({statuses}): \[", line):
+                found.append(task)
                 task = None  # one entry per task, whatever its loop items did
-        return ran
+        return found
 
 
 def run_playbook(

@@ -217,3 +217,14 @@ def test_metrics_are_prometheus_text_with_escaped_labels() -> None:
     assert "# TYPE dockyard_environment_oom_kills_total counter" in text
     assert "dockyard_environment_disk_used_ratio{" not in text  # not measured: no sample
     assert text.endswith("\n")
+
+
+def test_an_engine_that_does_not_answer_is_an_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")
+    report = tmp_path / "report.json"
+    assert health.main(["--report-file", str(report)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: cannot read the environments: GET /containers/json")
+    assert not report.exists()

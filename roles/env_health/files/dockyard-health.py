@@ -411,7 +411,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         return 0
     now = datetime.now(UTC)
-    statuses = collect(engine, config["label"], config["workspace"], now)
+    try:
+        statuses = collect(engine, config["label"], config["workspace"], now)
+    except host.HostError as exc:
+        print(f"ERROR: cannot read the environments: {exc}", file=sys.stderr)
+        return 1
     failures = 0
     replaced: dict[str, str] = {}
     for status in statuses:
