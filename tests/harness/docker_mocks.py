@@ -51,7 +51,7 @@ SUPPORTED: dict[str, set[str]] = {
     # buildOnPreview: the SDK's default; the harness only ever performs `up`.
     "docker:index/image:Image": {"imageName", "build", "skipPush", "buildOnPreview"},
     "docker:index/remoteImage:RemoteImage": {"name", "keepLocally"},
-    "docker:index/network:Network": {"name", "driver", "labels"},
+    "docker:index/network:Network": {"name", "driver", "labels", "internal"},
     "docker:index/volume:Volume": {"name", "labels", "driverOpts"},
     "docker:index/container:Container": {
         "name",
@@ -294,6 +294,7 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
             inputs["name"],
             driver=inputs.get("driver", "bridge"),
             labels=_labels(inputs),
+            internal=bool(inputs.get("internal", False)),
             check_duplicate=True,
         )
 
