@@ -61,6 +61,92 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 RUNS = int(os.environ.get("DOCKYARD_BENCH_RUNS", "5"))
 """Samples per figure (median and spread are reported); at least 5 for the record."""
 
+RUNTIMES = ("runc", "runsc")
+RUNTIMES_VARIABLE = "DOCKYARD_BENCH_RUNTIMES"
+"""Which OCI runtimes a benchmark measures, e.g. ``runc,runsc`` (gVisor: docs/isolation.md)."""
+
+
+def parse_runtimes(value: str | None, default: Sequence[str]) -> tuple[str, ...]:
+    """The runtimes a ``DOCKYARD_BENCH_RUNTIMES`` value names, in its order without
+    repeats; ``default`` when it is unset or empty. ValueError names what is allowed."""
+    if value is None or not value.strip():
+        return tuple(default)
+    names = [name.strip() for name in value.split(",")]
+    if not all(name in RUNTIMES for name in names):
+        raise ValueError(
+            f"{RUNTIMES_VARIABLE}={value!r} is not allowed "
+            f"(allowed: a comma-separated list of {', '.join(RUNTIMES)})"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def usable_runtimes(
+    wanted: Sequence[str], registered: Sequence[str], explicit: bool
+) -> tuple[tuple[str, ...], list[str]]:
+    """(runtimes to measure, notes): a runtime the engine has not registered is an error
+    when asked for by name (``explicit``), and skipped with a note when it only came from
+    the default, so ``make bench`` still runs on an engine without gVisor."""
+    missing = [name for name in wanted if name not in registered]
+    if missing and explicit:
+        raise ValueError(
+            f"{RUNTIMES_VARIABLE} names {', '.join(missing)}, which the engine has not "
+            f"registered (it has: {', '.join(sorted(registered))}); see docs/isolation.md"
+        )
+    notes = [
+        f"runtime {name} skipped: not registered on this engine (docs/isolation.md); "
+        f"set {RUNTIMES_VARIABLE} to choose runtimes"
+        for name in missing
+    ]
+    return tuple(name for name in wanted if name in registered), notes
+
+
+def runtimes(client: Any, default: Sequence[str]) -> tuple[str, ...]:
+    """The runtimes to measure on ``client``'s engine (``DOCKYARD_BENCH_RUNTIMES`` or
+    ``default``); SystemExit with the reason when none can be."""
+    value = os.environ.get(RUNTIMES_VARIABLE)
+    try:
+        wanted = parse_runtimes(value, default)
+        chosen, notes = usable_runtimes(
+            wanted, list(client.info().get("Runtimes", {})), explicit=bool(value and value.strip())
+        )
+    except ValueError as exc:
+        raise SystemExit(f"ERROR: {exc}") from None
+    for note in notes:
+        print(f"  {note}")
+    if not chosen:
+        raise SystemExit(f"ERROR: none of the runtimes {', '.join(wanted)} can be measured")
+    return chosen
+
+
+def on_runtime(values: dict[str, Any], runtime: str) -> dict[str, Any]:
+    """Stack values whose every environment runs on ``runtime`` through the stack's
+    profile (an environment can also name one itself; the benchmarks' do not)."""
+    return {**values, "profiles": {"bench": {"runtime": runtime}}, "profile": "bench"}
+
+
+def parse_sizes(variable: str, value: str | None, default: Sequence[int]) -> tuple[int, ...]:
+    """Environment counts from a comma-separated ``value`` of ``variable`` (``default``
+    when unset or empty); ValueError names the variable, the value and what is allowed."""
+    if value is None or not value.strip():
+        return tuple(default)
+    try:
+        sizes = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise ValueError(
+            f"{variable}={value!r} is not allowed "
+            "(allowed: a comma-separated list of whole numbers >= 1)"
+        )
+    return sizes
+
+
+def ratio(value: float, baseline: float) -> float:
+    """``value`` as a multiple of ``baseline`` (a median of at least one sample > 0)."""
+    if baseline <= 0:
+        raise ValueError(f"baseline {baseline!r} is not a time (allowed: > 0)")
+    return value / baseline
+
 
 def engine() -> Any:
     """A Docker client, or SystemExit with a clear message when no engine answers."""
@@ -90,8 +176,8 @@ def verdict(value: float, budget: float) -> str:
 def stat_row(label: str, samples: Sequence[float], baseline: float | None = None) -> list[Any]:
     """A table row: label, median, min, max and, given a baseline median, the ratio."""
     stats = summary(samples)
-    ratio = f"{stats['median'] / baseline:.2f}" if baseline else ""
-    return [label, stats["median"], stats["min"], stats["max"], ratio]
+    times = f"{ratio(stats['median'], baseline):.2f}" if baseline else ""
+    return [label, stats["median"], stats["min"], stats["max"], times]
 
 
 @contextlib.contextmanager

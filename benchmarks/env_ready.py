@@ -17,7 +17,14 @@ the cheapest thing a container can do. Bare and environment runs are interleaved
 (bare, claude, codex; bare, claude, codex; ...), after one warm-up round that is not
 counted, so a load that comes and goes on a shared machine moves both alike.
 
-Budgets: ready <= 1.15x bare for both backends; first verdict <= 2 s after ready.
+Runtimes: DOCKYARD_BENCH_RUNTIMES (default ``runc,runsc``; a runtime the engine has not
+registered is skipped with a note unless named there). Under each runtime the bare
+baseline runs on it too (``docker run --runtime=runsc``) and the environments get it
+through the stack's profile; the rounds go runtime by runtime inside each round, so runc
+and runsc figures come from the same run, and runsc's are also shown against runc's.
+
+Budgets: ready <= 1.15x bare (same runtime) for both backends; first verdict <= 2 s
+after ready. Issue 19 set them for runc; under runsc they are reported the same way.
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ from benchmarks.common import (
     RUNS,
     deployed,
     engine,
+    on_runtime,
     parse_engine_time,
+    ratio,
+    runtimes,
     stat_row,
     summary,
     table,
@@ -43,33 +53,52 @@ from tests.support.engine import READY_MARKER, wait_for
 BUDGET_RATIO = 1.15
 BUDGET_VERDICT_S = 2.0
 BACKENDS = ("claude", "codex")
+DEFAULT_RUNTIMES = ("runc", "runsc")
 HEALTH_FILE = "/tmp/health"
 STEPS = ("config", "secrets", "cli-started", "workspace", "tmux", "cli", "ready")
 """Entrypoint steps in the order they finish (images/core/entrypoint.sh, timing line)."""
 PHASES = ("engine: create -> started", "engine: started -> entrypoint", *STEPS)
 
 
-def _bare(client: Any, image: str) -> float:
-    return timed(lambda: client.containers.run(image, entrypoint=["true"], remove=True))
+def _bare(client: Any, image: str, runtime: str) -> float:
+    return timed(
+        lambda: client.containers.run(image, entrypoint=["true"], remove=True, runtime=runtime)
+    )
 
 
 def _logs(container: Any) -> str:
     return str(container.logs().decode(errors="replace"))
 
 
-def _timing(logs: str) -> tuple[float, dict[str, float]]:
+def timing(logs: str) -> tuple[float, dict[str, float]]:
     """(entrypoint start epoch, step -> ms since start) from the entrypoint's timing line."""
     line = next(x for x in logs.splitlines() if x.startswith("dockyard: timing "))
     fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
     return float(fields.pop("start")), {step: float(fields[step]) for step in STEPS}
 
 
-def _environment(client: Any, backend: str, run: str, values: dict[str, Any]) -> dict[str, Any]:
-    values = {
-        **values,
-        "environments": [{"sessionId": "bench", "backend": backend, "ports": [3000]}],
+def phases(created: float, started: float, entry: float, steps: dict[str, float]) -> dict:
+    """Seconds per phase, in order: the engine's (create -> started -> the entrypoint's
+    first line), then each entrypoint step since the one before (``steps``: ms since the
+    entrypoint started, as its timing line gives them)."""
+    return {
+        PHASES[0]: started - created,
+        PHASES[1]: entry - started,
+        **{
+            step: (steps[step] - (steps[STEPS[i - 1]] if i else 0.0)) / 1000
+            for i, step in enumerate(STEPS)
+        },
     }
-    with deployed(client, f"bench{backend[:2]}{run}", values) as target:
+
+
+def _environment(
+    client: Any, backend: str, runtime: str, run: str, values: dict[str, Any]
+) -> dict[str, Any]:
+    values = on_runtime(
+        {**values, "environments": [{"sessionId": "bench", "backend": backend, "ports": [3000]}]},
+        runtime,
+    )
+    with deployed(client, f"bench{runtime[-2:]}{backend[:2]}{run}", values) as target:
         container = target.container("bench")
         # The container's log says when it is ready: waiting on it runs nothing inside
         # the container, so the wait cannot slow the start it measures.
@@ -82,23 +111,19 @@ def _environment(client: Any, backend: str, run: str, values: dict[str, Any]) ->
         )
         health = container.exec_run(["cat", HEALTH_FILE]).output.decode().strip()
         container.reload()
+        on = container.attrs["HostConfig"].get("Runtime")
+        if on != runtime:  # the figure would be another runtime's
+            raise SystemExit(f"ERROR: environment asked for runtime {runtime} runs on {on}")
         created = parse_engine_time(container.attrs["Created"])
         started = parse_engine_time(container.attrs["State"]["StartedAt"])
-        entry, steps = _timing(_logs(container))
+        entry, steps = timing(_logs(container))
         stamp, _, first_verdict = health.partition(" ")
         ready = parse_engine_time(marker) - created
         result: dict[str, Any] = {
             "ready": ready,
             "verdict_after_ready": parse_engine_time(stamp) - created - ready,
             "verdict": first_verdict,
-            "phases": {
-                PHASES[0]: started - created,
-                PHASES[1]: entry - started,
-                **{
-                    step: (steps[step] - (steps[STEPS[i - 1]] if i else 0.0)) / 1000
-                    for i, step in enumerate(STEPS)
-                },
-            },
+            "phases": phases(created, started, entry, steps),
         }
         if "healthcheck" in values:  # the engine's own first probe, for the floor
             wait_for(
@@ -113,38 +138,18 @@ def _environment(client: Any, backend: str, run: str, values: dict[str, Any]) ->
     return result
 
 
-def main() -> int:
-    client = engine()
-    from tests.support.images import build_image
-
-    image = build_image(client, "dockyard-core")
-    _bare(client, image)  # warm-up round: page cache, image layers, CLI binaries
-    for backend in BACKENDS:
-        _environment(client, backend, "w", {})
-    bare: list[float] = []
-    runs: dict[str, list[dict[str, Any]]] = {backend: [] for backend in BACKENDS}
-    for run in range(RUNS):
-        bare.append(_bare(client, image))
-        for backend in BACKENDS:
-            runs[backend].append(_environment(client, backend, str(run), {}))
-    floor = {
-        backend: _environment(client, backend, "f", {"healthcheck": {"interval": "2s"}})
-        for backend in BACKENDS
-    }
-
+def _figures(bare: list[float], runs: dict[str, list[dict[str, Any]]], floor: dict) -> dict:
     base = summary(bare)["median"]
-    results: dict[str, Any] = {"bare_docker_run_s": summary(bare), "backends": {}}
-    rows = [stat_row("bare docker run --rm true", bare, base)]
+    figures: dict[str, Any] = {"bare_docker_run_s": summary(bare), "backends": {}}
     for backend, samples in runs.items():
         ready = [s["ready"] for s in samples]
-        after = [s["verdict_after_ready"] for s in samples]
-        ratio = summary(ready)["median"] / base
-        results["backends"][backend] = {
+        times = ratio(summary(ready)["median"], base)
+        figures["backends"][backend] = {
             "ready_s": summary(ready),
-            "ready_vs_bare": ratio,
+            "ready_vs_bare": times,
             "budget_ratio": BUDGET_RATIO,
-            "meets_budget": ratio <= BUDGET_RATIO,
-            "first_verdict_after_ready_s": summary(after),
+            "meets_budget": times <= BUDGET_RATIO,
+            "first_verdict_after_ready_s": summary([s["verdict_after_ready"] for s in samples]),
             "first_verdicts": [s["verdict"] for s in samples],
             "phases_s": {phase: summary([s["phases"][phase] for s in samples]) for phase in PHASES},
             "engine_first_probe_2s_interval": {
@@ -152,37 +157,98 @@ def main() -> int:
                 "after_ready_s": floor[backend]["engine_probe_after_ready"],
             },
         }
-        rows.append(stat_row(f"{backend}: create -> ready", ready, base))
-        rows.append(stat_row(f"{backend}: ready -> first health verdict", after))
-    print(f"Environment ready time (seconds, median/min/max of {RUNS}; ratio vs bare median)")
-    print(table(["what", "median", "min", "max", "x bare"], rows))
+    return figures
+
+
+def main() -> int:
+    client = engine()
+    chosen = runtimes(client, DEFAULT_RUNTIMES)
+    from tests.support.images import build_image
+
+    image = build_image(client, "dockyard-core")
+    for runtime in chosen:  # warm-up round: page cache, image layers, CLI binaries
+        _bare(client, image, runtime)
+        for backend in BACKENDS:
+            _environment(client, backend, runtime, "w", {})
+    bare: dict[str, list[float]] = {runtime: [] for runtime in chosen}
+    runs = {runtime: {backend: [] for backend in BACKENDS} for runtime in chosen}
+    for run in range(RUNS):
+        for runtime in chosen:
+            bare[runtime].append(_bare(client, image, runtime))
+            for backend in BACKENDS:
+                runs[runtime][backend].append(_environment(client, backend, runtime, str(run), {}))
+        print(f"  round {run + 1} of {RUNS} done", flush=True)
+    floor = {
+        runtime: {
+            backend: _environment(
+                client, backend, runtime, "f", {"healthcheck": {"interval": "2s"}}
+            )
+            for backend in BACKENDS
+        }
+        for runtime in chosen
+    }
+    results: dict[str, Any] = {
+        "runtimes": {rt: _figures(bare[rt], runs[rt], floor[rt]) for rt in chosen},
+        "budget_ratio": BUDGET_RATIO,
+        "budget_first_verdict_s": BUDGET_VERDICT_S,
+    }
+
+    reference = chosen[0]
+    rows = []
+    for runtime in chosen:
+        base = summary(bare[runtime])["median"]
+        against = summary(bare[reference])["median"]
+        rows.append(
+            [
+                *stat_row(f"{runtime}: bare docker run --rm true", bare[runtime], base),
+                f"{ratio(base, against):.2f}",
+            ]
+        )
+        for backend, samples in runs[runtime].items():
+            ready = [s["ready"] for s in samples]
+            against = summary([s["ready"] for s in runs[reference][backend]])["median"]
+            rows.append(
+                [
+                    *stat_row(f"{runtime}: {backend} create -> ready", ready, base),
+                    f"{ratio(summary(ready)['median'], against):.2f}",
+                ]
+            )
+            after = [s["verdict_after_ready"] for s in samples]
+            rows.append([*stat_row(f"{runtime}: {backend} ready -> first verdict", after), ""])
+    print(
+        f"Environment ready time (seconds, median/min/max of {RUNS}; ratio of medians vs "
+        f"bare on the same runtime, and vs the same thing on {reference})"
+    )
+    print(table(["what", "median", "min", "max", "x bare", f"x {reference}"], rows))
+    columns = [(rt, b) for rt in chosen for b in BACKENDS]
     print("\nWhere the time goes (median ms per step; steps of the entrypoint in order)")
     print(
         table(
-            ["step", *BACKENDS],
+            ["step", *(f"{rt} {b}" for rt, b in columns)],
             [
                 [
                     phase,
                     *(
-                        f"{statistics.median(s['phases'][phase] for s in runs[b]) * 1000:.1f}"
-                        for b in BACKENDS
+                        f"{statistics.median(s['phases'][phase] for s in runs[rt][b]) * 1000:.1f}"
+                        for rt, b in columns
                     ),
                 ]
                 for phase in PHASES
             ],
         )
     )
-    for backend, figures in results["backends"].items():
-        probe = figures["engine_first_probe_2s_interval"]
-        print(
-            f"{backend}: ready {figures['ready_vs_bare']:.2f}x bare — "
-            f"{verdict(figures['ready_vs_bare'], BUDGET_RATIO)} the {BUDGET_RATIO}x budget; "
-            f"first verdict {figures['first_verdict_after_ready_s']['median']:.3f} s after "
-            f"ready — {verdict(figures['first_verdict_after_ready_s']['max'], BUDGET_VERDICT_S)} "
-            f"the {BUDGET_VERDICT_S:.0f} s budget (every run); engine's first probe with a 2 s "
-            f"interval: {probe['after_start_s']:.2f} s after start"
-        )
-    results["budget_first_verdict_s"] = BUDGET_VERDICT_S
+    for runtime, figures in results["runtimes"].items():
+        for backend, f in figures["backends"].items():
+            probe = f["engine_first_probe_2s_interval"]
+            print(
+                f"{runtime} {backend}: ready {f['ready_vs_bare']:.2f}x bare — "
+                f"{verdict(f['ready_vs_bare'], BUDGET_RATIO)} the {BUDGET_RATIO}x budget; "
+                f"first verdict {f['first_verdict_after_ready_s']['median']:.3f} s after ready "
+                f"(max {f['first_verdict_after_ready_s']['max']:.3f}) — "
+                f"{verdict(f['first_verdict_after_ready_s']['max'], BUDGET_VERDICT_S)} the "
+                f"{BUDGET_VERDICT_S:.0f} s budget (every run); engine's first probe with a "
+                f"2 s interval: {probe['after_start_s']:.2f} s after start"
+            )
     print(f"written {write_result('env_ready', results)}")
     return 0
 

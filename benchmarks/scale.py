@@ -20,6 +20,13 @@ Baselines in the same run, one after another as a script would do them:
 Budgets (2 cores, image prebuilt): 100 environments ready in <= 60 s; <= 5 MB per idle
 environment (median); seconds per environment flat from 20 to 100; teardown of 20
 environments <= 2x the bare teardown. Sizes: DOCKYARD_BENCH_SIZES (default 20,50,100).
+
+Runtimes: DOCKYARD_BENCH_RUNTIMES (default ``runc``; e.g. ``runc,runsc``). gVisor
+(``runsc``, docs/isolation.md) runs only at the sizes of DOCKYARD_BENCH_RUNSC_SIZES
+(default 20: each sandbox is a few host processes of its own, and 100 of them on 2 cores
+measure the ptrace platform more than dockyard); there its bare baselines run on runsc
+too, the environments get it through the stack's profile, and the same size's runc
+figures come from the same run. The budgets are issue 19's, set for runc.
 """
 
 from __future__ import annotations
@@ -36,7 +43,11 @@ from benchmarks.common import (
     RUNS,
     deployed,
     engine,
+    on_runtime,
     parse_engine_time,
+    parse_sizes,
+    ratio,
+    runtimes,
     summary,
     table,
     timed,
@@ -44,7 +55,7 @@ from benchmarks.common import (
     write_result,
 )
 
-SIZES = tuple(int(s) for s in os.environ.get("DOCKYARD_BENCH_SIZES", "20,50,100").split(","))
+DEFAULT_RUNTIMES = ("runc",)
 BUDGET_READY_100_S = 60.0
 BUDGET_IDLE_MB = 5.0
 BUDGET_TEARDOWN_RATIO = 2.0
@@ -54,17 +65,35 @@ SETTLE_S = 5.0
 LABEL = {"dockyard.bench": "scale"}
 
 
+def sizes_of(runtime: str) -> tuple[int, ...]:
+    """The environment counts measured on ``runtime`` (module docstring); ValueError
+    names the variable, its value and what is allowed."""
+    if runtime == "runsc":
+        return parse_sizes(
+            "DOCKYARD_BENCH_RUNSC_SIZES", os.environ.get("DOCKYARD_BENCH_RUNSC_SIZES"), (20,)
+        )
+    return parse_sizes(
+        "DOCKYARD_BENCH_SIZES", os.environ.get("DOCKYARD_BENCH_SIZES"), (20, 50, 100)
+    )
+
+
+def idle_mb(memory_stats: dict[str, Any]) -> float | None:
+    """MB in use without inactive page cache (what `docker stats` shows; cgroup v1 or v2
+    field names), or None when the engine gave no figures."""
+    if "usage" not in memory_stats:
+        return None
+    detail = memory_stats.get("stats", {})
+    cache = detail.get("total_inactive_file", detail.get("inactive_file", detail.get("cache", 0)))
+    return float(memory_stats["usage"] - cache) / (1024 * 1024)
+
+
 def _idle_mb(container: Any) -> float:
     # The engine answers with empty memory stats for a moment now and then (a busy
     # engine, a container it is still attaching to): ask again rather than fail the run.
     for _ in range(5):
-        memory = container.stats(stream=False)["memory_stats"]
-        if "usage" in memory:
-            detail = memory.get("stats", {})
-            cache = detail.get(
-                "total_inactive_file", detail.get("inactive_file", detail.get("cache", 0))
-            )
-            return float(memory["usage"] - cache) / (1024 * 1024)
+        mb = idle_mb(container.stats(stream=False)["memory_stats"])
+        if mb is not None:
+            return mb
         time.sleep(1)
     raise SystemExit(f"ERROR: no memory figures from the engine for {container.name}")
 
@@ -82,7 +111,7 @@ def _leftovers(client: Any, target: Any) -> list[str]:
     return found
 
 
-def _environments(client: Any, size: int, run: int) -> dict[str, float]:
+def _environments(client: Any, runtime: str, size: int, run: int) -> dict[str, float]:
     values = {
         "limits": {"cpus": 1, "memory": "512m"},
         "environments": [
@@ -91,8 +120,13 @@ def _environments(client: Any, size: int, run: int) -> dict[str, float]:
         ],
     }
     began = time.time()
-    with deployed(client, f"benchscale{size}r{run}", values) as target:
+    with deployed(
+        client, f"benchscale{runtime[-2:]}{size}r{run}", on_runtime(values, runtime)
+    ) as target:
         containers = [target.container(s) for s in target.manifests]
+        wrong = [c.name for c in containers if c.attrs["HostConfig"].get("Runtime") != runtime]
+        if wrong:  # the figures would be another runtime's
+            raise SystemExit(f"ERROR: {wrong} do not run on {runtime}")
         # From the stack's first network, the first thing `pulumi up` creates on the
         # engine: what came before is the Python program starting and finding the image
         # (built once, or again if images/core changed meanwhile), not the environments.
@@ -136,7 +170,7 @@ def _environments(client: Any, size: int, run: int) -> dict[str, float]:
     }
 
 
-def _bare(client: Any, image: str, size: int, networks: bool) -> dict[str, float]:
+def _bare(client: Any, image: str, runtime: str, size: int, networks: bool) -> dict[str, float]:
     """``size`` bare containers started one after another (each on a network of its own,
     created just before it, when ``networks``), their idle memory, then removal one
     after another (containers, then networks)."""
@@ -156,6 +190,7 @@ def _bare(client: Any, image: str, size: int, networks: bool) -> dict[str, float
                 detach=True,
                 labels=LABEL,
                 network=network.name if network else None,
+                runtime=runtime,
             )
         )
 
@@ -187,11 +222,13 @@ def _sweep(client: Any) -> None:
         network.remove()
 
 
-def _bare_removed_at_once(client: Any, image: str, size: int) -> float:
+def _bare_removed_at_once(client: Any, image: str, runtime: str, size: int) -> float:
     """Seconds to remove ``size`` bare containers 10 at a time (for comparison: what the
     engine does when removals do not wait for each other)."""
     containers = [
-        client.containers.run(image, entrypoint=["sleep", "infinity"], detach=True, labels=LABEL)
+        client.containers.run(
+            image, entrypoint=["sleep", "infinity"], detach=True, labels=LABEL, runtime=runtime
+        )
         for _ in range(size)
     ]
     try:
@@ -201,112 +238,158 @@ def _bare_removed_at_once(client: Any, image: str, size: int) -> float:
         _sweep(client)
 
 
+def _row(runtime: str, size: int, figures: dict[str, Any]) -> list[Any]:
+    env, bare, net = figures["environments"], figures["bare"], figures["bare_with_network"]
+    return [
+        runtime,
+        size,
+        env["ready_s"]["median"],
+        env["s_per_env"]["median"],
+        bare["s_per_env"]["median"],
+        net["s_per_env"]["median"],
+        f"{ratio(env['ready_s']['median'], net['ready_s']['median']):.2f}",
+        env["idle_mb_median"]["median"],
+        env["idle_mb_max"]["max"],
+        bare["idle_mb_median"]["median"],
+        env["teardown_s"]["median"],
+        bare["teardown_s"]["median"],
+        f"{ratio(env['teardown_s']['median'], bare['teardown_s']['median']):.2f}",
+        bare["teardown_parallel_s"]["median"] if "teardown_parallel_s" in bare else "",
+        net["teardown_s"]["median"],
+    ]
+
+
+HEADERS = [
+    "runtime",
+    "envs",
+    "ready s",
+    "s/env",
+    "bare s/env",
+    "bare+net s/env",
+    "x bare+net",
+    "idle MB",
+    "max MB",
+    "bare MB",
+    "teardown s",
+    "bare td s",
+    "x bare td",
+    "bare td ∥ s",
+    "bare+net td s",
+]
+
+
+def _measure(client: Any, image: str, runtime: str, size: int, run: int) -> dict[str, Any]:
+    measured = {
+        "environments": _environments(client, runtime, size, run),
+        "bare": _bare(client, image, runtime, size, networks=False),
+        "bare_with_network": _bare(client, image, runtime, size, networks=True),
+    }
+    if size == TEARDOWN_SIZE:
+        measured["at_once"] = _bare_removed_at_once(client, image, runtime, size)
+    env, bare, net = measured["environments"], measured["bare"], measured["bare_with_network"]
+    print(
+        f"  {runtime} {size} run {run + 1}: ready {env['ready_s']:.1f} s, teardown "
+        f"{env['teardown_s']:.1f} s; bare {bare['ready_s']:.1f} s / {bare['teardown_s']:.1f} s; "
+        f"bare+net {net['ready_s']:.1f} s",
+        flush=True,
+    )
+    return measured
+
+
+def _summaries(measured: list[dict[str, Any]]) -> dict[str, Any]:
+    figures = {
+        kind: {key: summary([m[kind][key] for m in measured]) for key in measured[0][kind]}
+        for kind in ("environments", "bare", "bare_with_network")
+    }
+    if "at_once" in measured[0]:
+        figures["bare"]["teardown_parallel_s"] = summary([m["at_once"] for m in measured])
+    return figures
+
+
 def main() -> int:
     client = engine()
+    chosen = runtimes(client, DEFAULT_RUNTIMES)
+    try:
+        plan = {runtime: sizes_of(runtime) for runtime in chosen}
+    except ValueError as exc:
+        raise SystemExit(f"ERROR: {exc}") from None
     from tests.support.images import build_image
 
     image = build_image(client, "dockyard-core")
-    results: dict[str, Any] = {"sizes": {}}
-    rows = []
-    for size in SIZES:
-        env_runs, bare_runs, net_runs, at_once = [], [], [], []
-        for run in range(RUNS):  # interleaved, so a passing load moves all of them alike
-            env_runs.append(_environments(client, size, run))
-            bare_runs.append(_bare(client, image, size, networks=False))
-            net_runs.append(_bare(client, image, size, networks=True))
-            if size == TEARDOWN_SIZE:
-                at_once.append(_bare_removed_at_once(client, image, size))
-            print(
-                f"  {size} run {run + 1}: ready {env_runs[-1]['ready_s']:.1f} s, teardown "
-                f"{env_runs[-1]['teardown_s']:.1f} s; bare {bare_runs[-1]['ready_s']:.1f} s / "
-                f"{bare_runs[-1]['teardown_s']:.1f} s; bare+net {net_runs[-1]['ready_s']:.1f} s",
-                flush=True,
-            )
-        env = {key: summary([r[key] for r in env_runs]) for key in env_runs[0]}
-        bare = {key: summary([r[key] for r in bare_runs]) for key in bare_runs[0]}
-        if at_once:
-            bare["teardown_parallel_s"] = summary(at_once)
-        net = {key: summary([r[key] for r in net_runs]) for key in net_runs[0]}
-        results["sizes"][size] = {"environments": env, "bare": bare, "bare_with_network": net}
-        write_result("scale", results)  # what is done so far survives a later failure
-        rows.append(
-            [
-                size,
-                env["ready_s"]["median"],
-                env["s_per_env"]["median"],
-                bare["s_per_env"]["median"],
-                net["s_per_env"]["median"],
-                f"{env['ready_s']['median'] / net['ready_s']['median']:.2f}",
-                env["idle_mb_median"]["median"],
-                env["idle_mb_max"]["max"],
-                bare["idle_mb_median"]["median"],
-                env["teardown_s"]["median"],
-                bare["teardown_s"]["median"],
-                f"{env['teardown_s']['median'] / bare['teardown_s']['median']:.2f}",
-                bare["teardown_parallel_s"]["median"] if at_once else "",
-                net["teardown_s"]["median"],
-            ]
-        )
-    print(f"Scale on one host (median of {RUNS} runs per size; seconds, MB)")
-    print(
-        table(
-            [
-                "envs",
-                "ready s",
-                "s/env",
-                "bare s/env",
-                "bare+net s/env",
-                "x bare+net",
-                "idle MB",
-                "max MB",
-                "bare MB",
-                "teardown s",
-                "bare td s",
-                "x bare td",
-                "bare td ∥ s",
-                "bare+net td s",
-            ],
-            rows,
-        )
-    )
-    sizes = results["sizes"]
-    if 100 in sizes:
-        ready = sizes[100]["environments"]["ready_s"]["median"]
-        print(
-            f"100 environments ready in {ready:.1f} s — "
-            f"{verdict(ready, BUDGET_READY_100_S)} the {BUDGET_READY_100_S:.0f} s budget"
-        )
-    for size, figures in sizes.items():
-        env = figures["environments"]
-        ratio = env["teardown_s"]["median"] / figures["bare"]["teardown_s"]["median"]
-        teardown = f"teardown {ratio:.2f}x bare"
-        if size == TEARDOWN_SIZE:
-            teardown += f" — {verdict(ratio, BUDGET_TEARDOWN_RATIO)} the {BUDGET_TEARDOWN_RATIO:.0f}x budget"
-        print(
-            f"{size}: {env['s_per_env']['median']:.3f} s/env; idle "
-            f"{env['idle_mb_median']['median']:.1f} MB per environment — "
-            f"{verdict(env['idle_mb_median']['median'], BUDGET_IDLE_MB)} the "
-            f"{BUDGET_IDLE_MB:.0f} MB budget; {teardown}; nothing left behind"
-        )
-    if len(sizes) > 1:
-        small, large = min(sizes), max(sizes)
-        growth = (
-            sizes[large]["environments"]["s_per_env"]["median"]
-            / sizes[small]["environments"]["s_per_env"]["median"]
-        )
-        bare_growth = (
-            sizes[large]["bare_with_network"]["s_per_env"]["median"]
-            / sizes[small]["bare_with_network"]["s_per_env"]["median"]
-        )
-        print(
-            f"s/env at {large} / at {small}: {growth:.2f} "
-            f"(bare containers with a network each: {bare_growth:.2f})"
-        )
-    results["budgets"] = {
-        "ready_100_s": BUDGET_READY_100_S,
-        "idle_mb": BUDGET_IDLE_MB,
-        "teardown_ratio": BUDGET_TEARDOWN_RATIO,
+    results: dict[str, Any] = {
+        "budgets": {
+            "ready_100_s": BUDGET_READY_100_S,
+            "idle_mb": BUDGET_IDLE_MB,
+            "teardown_ratio": BUDGET_TEARDOWN_RATIO,
+        },
+        "runtimes": {runtime: {"sizes": {}} for runtime in chosen},
     }
+    rows = []
+    for size in sorted({size for sizes in plan.values() for size in sizes}):
+        here = [runtime for runtime in chosen if size in plan[runtime]]
+        measured: dict[str, list[dict[str, Any]]] = {runtime: [] for runtime in here}
+        for run in range(RUNS):  # interleaved, so a passing load moves all of them alike
+            for runtime in here:
+                measured[runtime].append(_measure(client, image, runtime, size, run))
+        for runtime in here:
+            figures = _summaries(measured[runtime])
+            results["runtimes"][runtime]["sizes"][size] = figures
+            rows.append(_row(runtime, size, figures))
+        write_result("scale", results)  # what is done so far survives a later failure
+    print(f"Scale on one host (median of {RUNS} runs per size; seconds, MB)")
+    print(table(HEADERS, rows))
+    for runtime in chosen:
+        sizes = results["runtimes"][runtime]["sizes"]
+        if 100 in sizes:
+            ready = sizes[100]["environments"]["ready_s"]["median"]
+            print(
+                f"{runtime}: 100 environments ready in {ready:.1f} s — "
+                f"{verdict(ready, BUDGET_READY_100_S)} the {BUDGET_READY_100_S:.0f} s budget"
+            )
+        for size, figures in sizes.items():
+            env = figures["environments"]
+            times = ratio(env["teardown_s"]["median"], figures["bare"]["teardown_s"]["median"])
+            teardown = f"teardown {times:.2f}x bare"
+            if size == TEARDOWN_SIZE:
+                teardown += (
+                    f" — {verdict(times, BUDGET_TEARDOWN_RATIO)} the "
+                    f"{BUDGET_TEARDOWN_RATIO:.0f}x budget"
+                )
+            print(
+                f"{runtime} {size}: {env['s_per_env']['median']:.3f} s/env; idle "
+                f"{env['idle_mb_median']['median']:.1f} MB per environment — "
+                f"{verdict(env['idle_mb_median']['median'], BUDGET_IDLE_MB)} the "
+                f"{BUDGET_IDLE_MB:.0f} MB budget; {teardown}; nothing left behind"
+            )
+        if len(sizes) > 1:
+            small, large = min(sizes), max(sizes)
+            growth = ratio(
+                sizes[large]["environments"]["s_per_env"]["median"],
+                sizes[small]["environments"]["s_per_env"]["median"],
+            )
+            bare_growth = ratio(
+                sizes[large]["bare_with_network"]["s_per_env"]["median"],
+                sizes[small]["bare_with_network"]["s_per_env"]["median"],
+            )
+            print(
+                f"{runtime}: s/env at {large} / at {small}: {growth:.2f} "
+                f"(bare containers with a network each: {bare_growth:.2f})"
+            )
+    if "runc" in chosen and "runsc" in chosen:
+        for size, figures in results["runtimes"]["runsc"]["sizes"].items():
+            runc = results["runtimes"]["runc"]["sizes"].get(size)
+            if runc:
+                env = ratio(
+                    figures["environments"]["ready_s"]["median"],
+                    runc["environments"]["ready_s"]["median"],
+                )
+                bare = ratio(
+                    figures["bare"]["ready_s"]["median"], runc["bare"]["ready_s"]["median"]
+                )
+                print(
+                    f"runsc / runc at {size}: environments ready {env:.2f}x, "
+                    f"bare containers {bare:.2f}x (same run)"
+                )
     print(f"written {write_result('scale', results)}")
     return 0
 
