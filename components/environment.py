@@ -5,6 +5,8 @@ Children, all parented to the component and named after it:
   <name>-workspace    named volumes: /workspace, /config, /checkpoints
   <name>-config
   <name>-checkpoints
+  <name>-broker       CredentialBroker (``credentials: brokered`` only): holds the keys the
+                      environment would otherwise get, on a network only the two share
   <name>-container    the agent container (non-root, no capabilities, limits, health)
   <name>-restore      local.Command (``restore: latest`` only): the session's latest backup
                       into its empty workspace, before the container starts
@@ -26,6 +28,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 
+from . import broker as credential_broker
 from . import capacity, egress, hostfile
 from . import manifest as manifest_contract
 from .config import Healthcheck, ResolvedLimits, Volume
@@ -37,6 +40,9 @@ MANAGED_LABEL = "dockyard.managed"
 CPU_PERIOD_US = 100_000
 SSH_PORT = 22
 SSH_CA_PATH = "/etc/dockyard/ssh/user_ca.pub"  # images/core/sshd_config: TrustedUserCAKeys
+IDENTITY_LABELS = ("dockyard.environment", "dockyard.session", "dockyard.stack")
+"""What names an environment's resources; a broker carries these, not ``dockyard.managed``
+(it is no environment: quotas, health reports and idle checks do not count it)."""
 STOP_TIMEOUT_S = 10  # the entrypoint's checkpoint is budgeted to fit inside it
 
 # `docker update` is the only way to set the cgroup pids limit on an existing container;
@@ -97,6 +103,9 @@ class AgentEnvironmentArgs:
     ssh_ca_public_key: str | None = None
     """``ssh: true``: the stack's SSH user CA (components.ssh); sshd runs, port 22 is
     published, only certificates from this CA for ``agent@<session>`` open it."""
+    broker: credential_broker.BrokerPlan | None = None
+    """``credentials: brokered``: the keys named in it stay with a broker; the environment
+    gets its token in their place, and base URLs at the broker (docs/isolation.md)."""
     publish_address: str = "127.0.0.1"
     """Host address the published ports bind to: loopback by default, so no other
     environment's bridge reaches them through the gateway or the host (docs/access.md)."""
@@ -178,6 +187,37 @@ class AgentEnvironment(pulumi.ComponentResource):
                 )
             )
 
+        networks = [docker.ContainerNetworksAdvancedArgs(name=network.name)]
+        secrets = dict(args.secrets)
+        broker_env: list[str] = []
+        broker_files: list[docker.ContainerUploadArgs] = []
+        if args.broker is not None:
+            broker = credential_broker.CredentialBroker(
+                f"{name}-broker",
+                credential_broker.CredentialBrokerArgs(
+                    environment_id=prefix,
+                    plan=args.broker,
+                    labels={k: labels[k] for k in IDENTITY_LABELS},
+                ),
+                opts=child,
+            )
+            # Its own network first: an internal one never takes the default route.
+            networks.append(docker.ContainerNetworksAdvancedArgs(name=broker.network_name))
+            secrets.update(dict.fromkeys(args.broker.keys, broker.token))
+            broker_env = credential_broker.environment_variables(
+                broker.host, args.broker.services, args.broker.upstreams
+            )
+            if "openai" in args.broker.services:
+                broker_files.append(
+                    docker.ContainerUploadArgs(
+                        file=credential_broker.CODEX_SYSTEM_CONFIG,
+                        content=credential_broker.codex_config(broker.host),
+                        permissions="0644",
+                        owner="0",
+                        group="0",
+                    )
+                )
+
         container = docker.Container(
             f"{name}-container",
             name=prefix,
@@ -190,7 +230,7 @@ class AgentEnvironment(pulumi.ComponentResource):
             runtime=None if args.runtime == "runc" else args.runtime,
             must_run=True,
             stop_timeout=STOP_TIMEOUT_S,
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network.name)],
+            networks_advanced=networks,
             ports=[
                 docker.ContainerPortArgs(internal=port, ip=args.publish_address)
                 for port in _published(args)
@@ -213,6 +253,7 @@ class AgentEnvironment(pulumi.ComponentResource):
                 f"DOCKYARD_BACKEND={args.backend}",
                 f"DOCKYARD_SESSION_ID={args.session_id}",
                 *(["DOCKYARD_SSH=1"] if args.ssh_ca_public_key else []),
+                *broker_env,
                 *(f"{key}={value}" for key, value in args.env.items()),
             ],
             uploads=[
@@ -223,7 +264,7 @@ class AgentEnvironment(pulumi.ComponentResource):
                     owner=AGENT_UID,
                     group=AGENT_UID,
                 )
-                for secret_name, value in args.secrets.items()
+                for secret_name, value in secrets.items()
             ]
             + [
                 docker.ContainerUploadArgs(
@@ -231,7 +272,8 @@ class AgentEnvironment(pulumi.ComponentResource):
                 )
                 for key in [args.ssh_ca_public_key]
                 if key
-            ],
+            ]
+            + broker_files,
             # What it reserves, so quotas and placement count a host with one list call.
             labels=_labels(
                 docker.ContainerLabelArgs,

@@ -15,6 +15,7 @@ from dataclasses import replace
 import pulumi
 import pulumi_docker as docker
 
+from . import broker as credential_broker
 from . import placement, ssh
 from .config import Environment, StackConfig
 from .environment import AgentEnvironment, AgentEnvironmentArgs
@@ -35,11 +36,13 @@ def environment_args(
     image_ref: pulumi.Input[str],
     secrets: Mapping[str, pulumi.Input[str]],
     host: str | None = None,
+    broker_image: pulumi.Input[str] | None = None,
 ) -> AgentEnvironmentArgs:
     """What :class:`AgentEnvironment` gets for ``env`` of ``cfg``. One mapping, shared by
     this program and the component provider (:mod:`components.provider`), so an
     environment declared from TypeScript or YAML is built exactly like one in a stack.
-    ``host`` is its ``dockerHosts`` name in a several-host stack."""
+    ``host`` is its ``dockerHosts`` name in a several-host stack; ``broker_image`` the
+    broker image shared on its engine (None: a brokered environment builds its own)."""
     return AgentEnvironmentArgs(
         stack=cfg.stack,
         session_id=env.session_id,
@@ -63,12 +66,38 @@ def environment_args(
         runtime=cfg.runtime_of(env),
         host_name=host,
         publish_address=cfg.publish_address,
+        broker=broker_plan(cfg, env, secrets, broker_image),
         ssh_ca_public_key=ssh.ensure_ca(cfg.stack) if env.ssh else None,
         restore_from=(
             json.dumps(cfg.backup.model_dump(), sort_keys=True)
             if cfg.backup is not None and env.restore == "latest"
             else None
         ),
+    )
+
+
+def broker_plan(
+    cfg: StackConfig,
+    env: Environment,
+    secrets: Mapping[str, pulumi.Input[str]],
+    image_id: pulumi.Input[str] | None,
+) -> credential_broker.BrokerPlan | None:
+    """``credentials: brokered``: which of the environment's secrets its broker holds,
+    and where it forwards them (``dockyard:broker``)."""
+    if env.credentials != "brokered":
+        return None
+    ca_pem = None
+    if cfg.broker.ca_file:
+        with open(cfg.broker.ca_file, encoding="utf-8") as handle:
+            ca_pem = handle.read()
+    return credential_broker.BrokerPlan(
+        keys={n: v for n, v in secrets.items() if n in credential_broker.SERVICE_OF},
+        upstreams=cfg.broker.model_dump(exclude={"ca_file"}),
+        ca_pem=ca_pem,
+        image_id=image_id,
+        build_args=cfg.image.args,
+        tag_prefix=cfg.image.tag or cfg.stack,
+        extra_ca=cfg.image.extra_ca,
     )
 
 
@@ -145,6 +174,23 @@ def run(cfg: StackConfig, secret: SecretReader = _config_secret) -> dict[str, Ag
             )
         return images[key]
 
+    brokers: dict[str | None, AgentImage] = {}
+
+    def broker_image_for(env: Environment, host: str | None) -> pulumi.Input[str] | None:
+        """One broker image per engine, for the brokered environments on it."""
+        if env.credentials != "brokered":
+            return None
+        if host not in brokers:
+            args = credential_broker.broker_image_args(
+                cfg.image.tag or cfg.stack, cfg.image.args, cfg.image.extra_ca
+            )
+            brokers[host] = AgentImage(
+                "image-broker" if host is None else f"image-broker-{host}",
+                args,
+                opts=engines[host],
+            )
+        return brokers[host].image_id
+
     environments: dict[str, AgentEnvironment] = {}
     for env in cfg.environments:
         profile = cfg.profile_of(env)
@@ -159,6 +205,7 @@ def run(cfg: StackConfig, secret: SecretReader = _config_secret) -> dict[str, Ag
                 image.image_ref,
                 {name: secret(name) for name in env.secrets},
                 host,
+                broker_image_for(env, host),
             ),
             opts=engines[host],
         )

@@ -71,6 +71,15 @@ class Runtime(Enum):
     """gVisor; must be registered with the engine (docs/isolation.md)."""
 
 
+class Credentials(Enum):
+    """Where the API keys and the git token are kept (docs/isolation.md)."""
+
+    FILES = "files"
+    """Files in the environment (/run/secrets), exported to its CLIs."""
+    BROKERED = "brokered"
+    """With a broker outside the environment; the environment holds only its token."""
+
+
 class Restore(Enum):
     """What a new environment's empty workspace starts with."""
 
@@ -147,6 +156,19 @@ class Backup(TypedDict, total=False):
     """A final backup before a session is destroyed (default true)."""
 
 
+class Broker(TypedDict, total=False):
+    """Where credential brokers forward to (credentials brokered)."""
+
+    anthropic: str
+    """https URL without a path (default https://api.anthropic.com)."""
+    openai: str
+    """https URL without a path (default https://api.openai.com)."""
+    git: str
+    """https URL of the git host (default https://github.com)."""
+    ca_file: str
+    """PEM file of the CAs trusted upstream instead of the system's."""
+
+
 class AgentEnvironmentInputs(TypedDict):
     """An environment as a stack file's environment entry declares it, plus the stack-wide settings it needs."""
 
@@ -204,6 +226,10 @@ class AgentEnvironmentInputs(TypedDict):
     """sshd in the environment, certificates from the stack's SSH user CA only (default false)."""
     publish_address: NotRequired[str]
     """IPv4 address published ports bind to (default 127.0.0.1; see docs/access.md)."""
+    credentials: NotRequired[Credentials]
+    """Where the API keys and git token are kept (default files)."""
+    broker: NotRequired[Broker]
+    """Upstreams of the credential broker (credentials brokered)."""
 
 
 class AgentImageInputs(TypedDict, total=False):
@@ -356,6 +382,7 @@ _STACK_KEYS = {
     "healthcheck": "healthcheck",
     "backup": "backup",
     "publish_address": "publishAddress",
+    "broker": "broker",
 }
 _NOT_CONFIG = {"image_id", "image_ref", "stack", "cwd", "secrets"}
 _IMAGE_KEYS = {"ref": "ref", "tag_prefix": "tag", "build_args": "args", "extra_ca": "extraCa"}

@@ -15,6 +15,8 @@ config and stack files). Secret values never enter the model: it holds secret *n
 
 from .errors import ConfigError
 from .model import (
+    BROKER_ENV,
+    BROKERED_SECRETS,
     BUILTIN_PROFILES,
     DEFAULT_MANIFEST_DIR,
     FORBIDDEN_BIND_SOURCES,
@@ -22,6 +24,7 @@ from .model import (
     RESERVED_LABEL_PREFIX,
     RESERVED_MOUNTS,
     TOP_LEVEL_KEYS,
+    BrokerSettings,
     Environment,
     Healthcheck,
     ImageSource,
@@ -50,6 +53,8 @@ from .values import (
 SECRET_NAME_PATTERN = SECRET_NAME
 
 __all__ = [
+    "BROKERED_SECRETS",
+    "BROKER_ENV",
     "BUILTIN_PROFILES",
     "DEFAULT_MANIFEST_DIR",
     "DOCKER_HOST",
@@ -65,6 +70,7 @@ __all__ = [
     "SESSION_ID",
     "TOP_LEVEL_KEYS",
     "VOLUME_NAME",
+    "BrokerSettings",
     "ConfigError",
     "Environment",
     "Healthcheck",

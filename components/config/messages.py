@@ -98,6 +98,10 @@ def is_sensitive(loc: Iterable[int | str]) -> bool:
     )
 
 
+WORD_CHOICES = frozenset({"credentials"})
+WORD = re.compile(r"[a-z]{1,16}", re.ASCII)
+
+
 def looks_like_credential(value: Any) -> bool:
     return isinstance(value, str) and bool(CREDENTIAL_VALUE.search(value))
 
@@ -106,6 +110,10 @@ def shown(value: Any, loc: tuple[int | str, ...]) -> str:
     if value is THIS_KEY:
         return "this key"
     if not is_sensitive(loc) and not looks_like_credential(value):
+        return render(value)
+    # A choice among words (credentials: files|brokered) named like a credential: a
+    # short lower-case word is a mistyped choice, shown; anything else is described.
+    if loc and loc[-1] in WORD_CHOICES and isinstance(value, str) and WORD.fullmatch(value):
         return render(value)
     # Secret *names* written the conventional way are names, not values: show them.
     if "secrets" in loc and isinstance(value, str) and CONVENTIONAL_NAME.fullmatch(value):

@@ -46,6 +46,20 @@ RESERVED_LABEL_PREFIX = "dockyard."
 THIS_KEY = object()
 CONVENTIONAL_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}", re.ASCII)
 RESERVED_ENV_PREFIX = "DOCKYARD_"
+# credentials: brokered — the secrets a broker holds instead of the environment, each with
+# the service it stands in for, and the variables it sets in the environment.
+BROKERED_SECRETS = {
+    "ANTHROPIC_API_KEY": "anthropic",
+    "OPENAI_API_KEY": "openai",
+    "GITHUB_TOKEN": "git",
+}
+BROKER_ENV = (
+    "ANTHROPIC_BASE_URL",
+    "OPENAI_BASE_URL",
+    "GIT_CONFIG_COUNT",
+    "GIT_CONFIG_KEY_0",
+    "GIT_CONFIG_VALUE_0",
+)
 
 
 class _Model(BaseModel):
@@ -459,6 +473,9 @@ class Environment(_Model):
     """At create, ``latest`` restores the session's latest backup into its empty workspace."""
     ssh: bool = False
     """sshd in the environment, certificates from the stack's user CA only (access.md)."""
+    credentials: Literal["files", "brokered"] = "files"
+    """``brokered``: the API keys and the git token stay with a broker outside the
+    environment, which holds only a per-environment token (docs/isolation.md)."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -525,6 +542,38 @@ class Environment(_Model):
         if profile is not None and not profile.gpu:
             raise v.refuse(f"only on a gpu profile; profile {name!r} has none — set profile: gpu")
         return gpu
+
+    @field_validator("credentials")
+    @classmethod
+    def _brokered_keys(cls, mode: str, info: ValidationInfo) -> str:
+        if mode != "brokered":
+            return mode
+        if _on_kubernetes(scope_of(info)):
+            raise v.refuse("files on backend kubernetes (the broker is for Docker environments)")
+        if "secrets" in info.data and not set(info.data["secrets"]) & set(BROKERED_SECRETS):
+            raise v.refuse(
+                "files, or brokered with at least one of "
+                + ", ".join(BROKERED_SECRETS)
+                + " under secrets (what the broker would hold)"
+            )
+        return mode
+
+    @model_validator(mode="after")
+    def _broker_sets_its_variables(self) -> Environment:
+        taken = sorted(set(self.env) & set(BROKER_ENV)) if self.credentials == "brokered" else []
+        if taken:
+            raise v.refuse_items(
+                [
+                    (
+                        f"env.{name}",
+                        THIS_KEY,
+                        "no variable the broker sets with credentials: brokered "
+                        f"({', '.join(BROKER_ENV)})",
+                    )
+                    for name in taken
+                ]
+            )
+        return self
 
     @field_validator("ssh")
     @classmethod
@@ -735,6 +784,35 @@ class BackupSettings(_Model):
         return value
 
 
+# --- The credential broker ----------------------------------------------------------------------
+
+
+class BrokerSettings(_Model):
+    """Where the brokers of ``credentials: brokered`` environments forward to, and whom
+    they trust there (docs/isolation.md). Defaults: the public APIs, the system CAs."""
+
+    anthropic: v.Upstream = "https://api.anthropic.com"
+    openai: v.Upstream = "https://api.openai.com"
+    git: v.Upstream = "https://github.com"
+    ca_file: v.HostDir | None = None
+    """A PEM file of the CAs the brokers trust upstream instead of the system's, read on
+    the machine that runs the program (e.g. a TLS-intercepting proxy's bundle)."""
+
+    @field_validator("ca_file")
+    @classmethod
+    def _pem_file(cls, path: str | None) -> str | None:
+        if path is None:
+            return path
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(1 << 20)
+        except OSError:
+            raise v.refuse("an existing, readable PEM file of CA certificates") from None
+        if b"-----BEGIN CERTIFICATE-----" not in head:
+            raise v.refuse("a PEM file of CA certificates (no BEGIN CERTIFICATE block found)")
+        return path
+
+
 # --- The stack --------------------------------------------------------------------------------
 
 PUBLISH_ADDRESS_ALLOWED = "an IPv4 address (127.0.0.1, 0.0.0.0 or one of the host's own)"
@@ -780,6 +858,8 @@ class StackConfig(_Model):
     """Encrypted workspace backups; None: none."""
     publish_address: Annotated[str, BeforeValidator(_publish_address)] = "127.0.0.1"
     """Host address published ports bind to; loopback keeps them off every bridge (access.md)."""
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    """Upstreams of the credential brokers (``credentials: brokered`` environments)."""
     environments: Annotated[list[Environment], v.bounded_list(1024)] = Field(default_factory=list)
 
     @field_validator("docker_host")

@@ -309,6 +309,29 @@ def docker_host(value: Any) -> str:
     return value
 
 
+UPSTREAM_ALLOWED = (
+    "an https:// URL of a host name or IPv4 address with an optional :port (1-65535), "
+    "no user, path, query or fragment, e.g. https://api.anthropic.com"
+)
+_UPSTREAM = re.compile(
+    r"https://(?P<host>[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}"
+    r"[a-z0-9])?){0,126})(?::(?P<port>[0-9]{1,5}))?/?",
+    re.ASCII,
+)
+
+
+@rule(UPSTREAM_ALLOWED)
+def upstream(value: Any) -> str:
+    """An API the credential broker forwards to: TLS only (the key travels in a header),
+    and no path, which Caddy's reverse proxy cannot take in an upstream address."""
+    if not isinstance(value, str) or len(value) > 262 or not (match := _UPSTREAM.fullmatch(value)):
+        raise refuse(UPSTREAM_ALLOWED)
+    port_text = match.group("port")
+    if port_text is not None and not 1 <= int(port_text) <= 65535:
+        raise refuse(UPSTREAM_ALLOWED)
+    return value.rstrip("/")
+
+
 # --- Paths: normalised before anything compares them --------------------------------------------
 
 
@@ -370,6 +393,7 @@ ImageReference = Annotated[str, BeforeValidator(image_reference)]
 ImageTag = Annotated[str, BeforeValidator(image_tag)]
 DockerHost = Annotated[str, BeforeValidator(docker_host)]
 HostDir = Annotated[str, BeforeValidator(host_dir)]
+Upstream = Annotated[str, BeforeValidator(upstream)]
 ManifestDir = Annotated[str, BeforeValidator(manifest_dir)]
 StorageMB = Annotated[int, BeforeValidator(storage_mb)]
 DnsLabel = Annotated[str, BeforeValidator(dns_label)]

@@ -10,6 +10,10 @@
 #
 #   DOCKYARD_GIT_TOKEN_FILE  token file (default /run/secrets/GITHUB_TOKEN)
 #   DOCKYARD_GIT_USERNAME    username sent with the token (default x-access-token)
+#   DOCKYARD_GIT_BROKER      host:port of the environment's credential broker
+#                            (credentials: brokered): plain http to it gets the token too —
+#                            the file then holds the environment's token, not the real
+#                            one, and the broker is reachable only on its own network
 set -euo pipefail
 
 token_file="${DOCKYARD_GIT_TOKEN_FILE:-${DOCKYARD_SECRETS_DIR:-/run/secrets}/GITHUB_TOKEN}"
@@ -35,12 +39,21 @@ read_token() {
 
 case "${1:-}" in
   get)
-    # Drain git's request; only https hosts get the token.
-    protocol=""
+    # Drain git's request.
+    protocol="" host=""
     while IFS= read -r line && [ -n "$line" ]; do
-      case "$line" in protocol=*) protocol="${line#protocol=}" ;; esac
+      case "$line" in
+        protocol=*) protocol="${line#protocol=}" ;;
+        host=*) host="${line#host=}" ;;
+      esac
     done
-    [ "$protocol" = "https" ] || exit 0
+    # Only https hosts get the token, and the broker (plain http on its own network).
+    broker="${DOCKYARD_GIT_BROKER:-}"
+    case "$protocol" in
+      https) ;;
+      http) [ -n "$broker" ] && [ "$host" = "$broker" ] || exit 0 ;;
+      *) exit 0 ;;
+    esac
     # Assigned first: set -e does not see a failure inside printf's "$(...)".
     token="$(read_token)"
     printf 'username=%s\npassword=%s\n' "$username" "$token"
@@ -48,6 +61,22 @@ case "${1:-}" in
   store | erase) cat >/dev/null ;;
   Username*) printf '%s\n' "$username" ;;
   Password*)
+    # The same rule as the helper: git names the URL in the prompt ('http://user@host').
+    url="${1#*\'}" url="${url%\'*}"
+    case "$url" in
+      https://*) ;;
+      http://*)
+        hostport="${url#http://}" hostport="${hostport#*@}" hostport="${hostport%%/*}"
+        [ -n "${DOCKYARD_GIT_BROKER:-}" ] && [ "$hostport" = "$DOCKYARD_GIT_BROKER" ] || {
+          echo "ERROR: no token for $url (only https:// hosts and the environment's broker)" >&2
+          exit 1
+        }
+        ;;
+      *)
+        echo "ERROR: no token for '$url' (only https:// hosts and the environment's broker)" >&2
+        exit 1
+        ;;
+    esac
     token="$(read_token)"
     printf '%s\n' "$token"
     ;;

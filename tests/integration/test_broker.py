@@ -5,8 +5,8 @@ network holds only its environment's token.
 Proven here: the real key arrives upstream and the token never leaves the broker; another
 environment's token is refused and nothing is forwarded; the real key is nowhere in the
 agent's container (files, /proc/*/environ, docker inspect); with the broker down the call
-fails and names the broker. Not yet here: the ``credentials: brokered`` stack key that
-would deploy this per environment (docs/isolation.md, "not implemented yet").
+fails and names the broker. The ``credentials: brokered`` stack key that deploys it per
+environment is proven end to end in test_broker_on_engine.py.
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ def test_agent_environment_inputs_and_outputs(schema: dict) -> None:
         "sessionId", "imageId", "imageRef", "backend", "ports", "volumes", "env", "secrets",
         "limits", "profile", "gpu", "labels", "workspaceHostPath", "egress", "egressAllow",
         "runtime", "tenant", "stack", "cwd", "manifestDir", "bindRoots", "dockerHost",
-        "healthcheck", "backup", "restore", "ssh", "publishAddress",
+        "healthcheck", "backup", "restore", "ssh", "publishAddress", "credentials", "broker",
     }  # fmt: skip
     assert resource["requiredInputs"] == ["imageId", "sessionId"]
     inputs = resource["inputProperties"]

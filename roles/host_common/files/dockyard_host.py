@@ -54,6 +54,8 @@ LABEL_EGRESS_ALLOW = "dockyard.egress.allow"
 LABEL_HOST = "dockyard.host"
 LABEL_LIMITS_CPUS = "dockyard.limits.cpus"
 LABEL_LIMITS_MEMORY = "dockyard.limits.memory"
+# A credential broker (credentials: brokered): not an environment, so never managed.
+LABEL_BROKER = "dockyard.broker"
 LABELS = frozenset(
     {
         LABEL_MANAGED,
@@ -68,6 +70,7 @@ LABELS = frozenset(
         LABEL_HOST,
         LABEL_LIMITS_CPUS,
         LABEL_LIMITS_MEMORY,
+        LABEL_BROKER,
     }
 )
 MANAGED_VALUE = "true"
