@@ -10,6 +10,7 @@ Children, all parented to the component and named after it:
   <name>-image      the broker image (images/broker), unless the program shares one
   <name>-container  Caddy (images/broker): takes the environment's token where the CLI
                     sends its key, sets the real key, forwards over TLS
+  <name>-pids       local.Command: the container's cgroup pids cap
 
 The environment holds only its token, derived from the keys and the environment's engine
 name (HMAC-SHA256): unguessable without the keys, the same on every ``pulumi up`` (no
@@ -24,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
+import pulumi_command as command
 import pulumi_docker as docker
 
 from .assets import images_dir
@@ -44,6 +46,12 @@ UPSTREAM_ENV = {
 }
 BROKER_LABEL = "dockyard.broker"
 MEMORY_MB = 128
+PIDS_LIMIT = 128  # Caddy is one Go process; its threads count too
+# `docker update` is the only way to set the cgroup pids limit on an existing container
+# (pulumi-docker has no input for it); the environment's runtime command runs it too.
+PIDS_SCRIPT = (
+    'docker update --pids-limit "$DOCKYARD_PIDS_LIMIT" "$DOCKYARD_CONTAINER_ID" >/dev/null'
+)
 CPU_PERIOD_US = 100_000
 CPU_QUOTA_US = 50_000  # half a CPU: Caddy proxying one agent's calls needs far less
 TOKEN_CONTEXT = b"dockyard-broker-token-v1\0"
@@ -106,6 +114,8 @@ class CredentialBrokerArgs:
     plan: BrokerPlan
     labels: Mapping[str, str] = field(default_factory=dict)
     """The environment's identifying labels (stack, session, environment)."""
+    docker_host: str | None = None
+    """The engine's URL when it is not the local one (for the pids command)."""
 
 
 class CredentialBroker(pulumi.ComponentResource):
@@ -188,6 +198,17 @@ class CredentialBroker(pulumi.ComponentResource):
             memory_swap=MEMORY_MB,
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
             security_opts=["no-new-privileges:true"],
+            opts=child,
+        )
+        command.local.Command(
+            f"{name}-pids",
+            create=PIDS_SCRIPT,
+            environment={
+                **({"DOCKER_HOST": args.docker_host} if args.docker_host else {}),
+                "DOCKYARD_CONTAINER_ID": container.id,
+                "DOCKYARD_PIDS_LIMIT": str(PIDS_LIMIT),
+            },
+            triggers=[container.id],
             opts=child,
         )
         self.network_name = network.name

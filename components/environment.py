@@ -48,8 +48,8 @@ STOP_TIMEOUT_S = 10  # the entrypoint's checkpoint is budgeted to fit inside it
 # `docker update` is the only way to set the cgroup pids limit on an existing container;
 # the nproc ulimit is no substitute (it counts a uid's processes across all containers).
 RUNTIME_SCRIPT = (
-    'docker update --pids-limit "$DOCKYARD_PIDS_LIMIT" "$DOCKYARD_CONTAINER_ID" >/dev/null'
-    " && docker inspect --format '{{.Created}}' \"$DOCKYARD_CONTAINER_ID\""
+    credential_broker.PIDS_SCRIPT
+    + " && docker inspect --format '{{.Created}}' \"$DOCKYARD_CONTAINER_ID\""
 )
 # Debian 12's runsc (0.0~20221219) has no `update`: the engine refuses a pids limit on a
 # running gVisor container, so runsc environments go without one (docs/isolation.md) and
@@ -198,6 +198,7 @@ class AgentEnvironment(pulumi.ComponentResource):
                     environment_id=prefix,
                     plan=args.broker,
                     labels={k: labels[k] for k in IDENTITY_LABELS},
+                    docker_host=args.docker_host,
                 ),
                 opts=child,
             )

@@ -310,6 +310,8 @@ def test_broker_is_no_environment(setup: Setup, docker_client: docker.DockerClie
     broker.reload()
     assert broker.attrs["Config"]["User"] == "999:999"
     assert broker.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    assert broker.attrs["HostConfig"]["PidsLimit"] == 128
+    assert broker.attrs["HostConfig"]["Memory"] == 128 * 1024 * 1024
     assert "dockyard.managed" not in broker.labels
     managed = docker_client.containers.list(
         filters={"label": ["dockyard.managed=true", f"dockyard.stack={setup.stack.stack}"]}

@@ -111,6 +111,9 @@ def test_the_broker_holds_the_keys_as_its_own_files(run: ProgramRun) -> None:
     assert labels["dockyard.broker"] == "true"
     assert labels["dockyard.session"] == "held"
     assert "dockyard.managed" not in labels  # not an environment: no quota, health or idle
+    pids = run.named("env-held-broker-pids").inputs
+    assert "docker update --pids-limit" in pids["create"]
+    assert pids["environment"]["DOCKYARD_PIDS_LIMIT"] == str(broker.PIDS_LIMIT)
     envs = _envs(run, "env-held-broker-container")
     assert envs["DOCKYARD_GIT_UPSTREAM"] == "https://git.example.com:8443"
     assert envs["DOCKYARD_ANTHROPIC_UPSTREAM"] == "https://api.anthropic.com"

@@ -460,3 +460,23 @@ def test_the_served_pack_catches_a_weakened_stack(
         "env-dev-container: docker-container-pids-limit:" in d and "no pids limit" in d
         for d in found
     ), found
+
+
+def test_a_brokered_stack_passes_the_pack_brokers_included(
+    analyzer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A credential broker is a container too: hardened, limited, pids-capped."""
+    stack = tmp_path / "Pulumi.brokered.yaml"
+    stack.write_text(
+        "config:\n"
+        "  dockyard:environments:\n"
+        "    - sessionId: held\n"
+        "      credentials: brokered\n"
+        "      secrets: [ANTHROPIC_API_KEY, OPENAI_API_KEY, GITHUB_TOKEN]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    recorded = run_stack_file(stack, monkeypatch)
+    containers = [r.analyze.urn for r in recorded if r.analyze.type == CONTAINER]
+    assert len(containers) == 2, containers
+    assert any(urn.endswith("::env-held-broker-container") for urn in containers)
+    assert diagnostics(analyzer, recorded) == []
