@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 from docker.models.containers import Container
 
 from tests.support.engine import LABELS, RUN_ID, exec_ok, remove_image, unique_name, wait_for
+from tests.support.tls import make_ca_and_server_cert
 
 pytestmark = pytest.mark.docker
 
@@ -66,23 +66,6 @@ except urllib.error.HTTPError as error:
 except OSError as error:
     print(f"broker at {base} unreachable: {error}", file=sys.stderr); sys.exit(4)
 """
-
-
-def _tls(directory: Path) -> None:
-    """A throwaway CA and a certificate for the upstream's network alias."""
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "1", "-subj", "/CN=dockyard-test-ca")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "upstream.key", "-out", "up.csr",
-        "-subj", "/CN=upstream")  # fmt: skip
-    (directory / "san.ext").write_text("subjectAltName=DNS:upstream\n")
-    run("x509", "-req", "-in", "up.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "upstream.pem", "-days", "1", "-extfile", "san.ext")  # fmt: skip
-    for name in ("ca.pem", "upstream.pem", "upstream.key"):
-        (directory / name).chmod(0o644)
 
 
 class Setup:
@@ -147,7 +130,7 @@ def setup(
     docker_client.images.build(path=str(REPO / "images" / "broker"), tag=tag, rm=True, pull=False)
     root = tmp_path_factory.mktemp("broker")
     (root / "tls").mkdir()
-    _tls(root / "tls")
+    make_ca_and_server_cert(root / "tls", "upstream")
     (root / "tls").chmod(0o755)
     state = Setup(docker_client, tag, core_image, root)
     try:

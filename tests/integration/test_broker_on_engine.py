@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -24,6 +22,7 @@ from docker.models.containers import Container
 
 from tests.support.engine import LABELS, RUN_ID, exec_ok, unique_name, wait_for
 from tests.support.stacks import Deployed
+from tests.support.tls import make_ca_and_server_cert
 
 pytestmark = pytest.mark.docker
 
@@ -76,24 +75,6 @@ except OSError as error:
 """
 
 
-def _tls(directory: Path) -> None:
-    """A throwaway CA and a certificate for the upstream's network alias."""
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "1", "-subj", "/CN=dockyard-test-ca")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "upstream.key", "-out", "up.csr",
-        "-subj", "/CN=upstream")  # fmt: skip
-    (directory / "san.ext").write_text("subjectAltName=DNS:upstream\n")
-    run("x509", "-req", "-in", "up.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "upstream.pem", "-days", "1", "-extfile", "san.ext")  # fmt: skip
-    for name in ("ca.pem", "upstream.pem", "upstream.key"):
-        (directory / name).chmod(0o644)
-    directory.chmod(0o755)
-
-
 class Setup:
     def __init__(self, client: docker.DockerClient, stack: Deployed, upstream: Container) -> None:
         self.client, self.stack, self.upstream = client, stack, upstream
@@ -127,7 +108,7 @@ def setup(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Setup]:
     tls = tmp_path_factory.mktemp("broker-tls")
-    _tls(tls)
+    make_ca_and_server_cert(tls, "upstream")
     values = {
         "broker": {
             "anthropic": UPSTREAM_URL,
