@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -680,7 +681,7 @@ class ImageSource(_Model):
     ref: v.ImageReference | None = None
     tag: v.ImageTag | None = None
     args: BuildArgs = Field(default_factory=dict)
-    extra_ca: v.HostDir | None = None
+    extra_ca: v.HostFile | None = None
     """A PEM file of extra CA certificates to build with (a TLS-intercepting proxy's)."""
 
 
@@ -787,6 +788,9 @@ class BackupSettings(_Model):
 # --- The credential broker ----------------------------------------------------------------------
 
 
+CA_FILE_MAX = 4 << 20  # a full system bundle is about 200 KiB
+
+
 class BrokerSettings(_Model):
     """Where the brokers of ``credentials: brokered`` environments forward to, and whom
     they trust there (docs/isolation.md). Defaults: the public APIs, the system CAs."""
@@ -794,7 +798,7 @@ class BrokerSettings(_Model):
     anthropic: v.Upstream = "https://api.anthropic.com"
     openai: v.Upstream = "https://api.openai.com"
     git: v.Upstream = "https://github.com"
-    ca_file: v.HostDir | None = None
+    ca_file: v.HostFile | None = None
     """A PEM file of the CAs the brokers trust upstream instead of the system's, read on
     the machine that runs the program (e.g. a TLS-intercepting proxy's bundle)."""
 
@@ -803,11 +807,16 @@ class BrokerSettings(_Model):
     def _pem_file(cls, path: str | None) -> str | None:
         if path is None:
             return path
+        allowed = f"an existing, readable PEM file of CA certificates (a regular file, at most {CA_FILE_MAX // 1024} KiB)"
         try:
+            # A regular file of bounded size: never a FIFO or device a read would block on.
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > CA_FILE_MAX:
+                raise v.refuse(allowed)
             with open(path, "rb") as handle:
-                head = handle.read(1 << 20)
+                head = handle.read(CA_FILE_MAX)
         except OSError:
-            raise v.refuse("an existing, readable PEM file of CA certificates") from None
+            raise v.refuse(allowed) from None
         if b"-----BEGIN CERTIFICATE-----" not in head:
             raise v.refuse("a PEM file of CA certificates (no BEGIN CERTIFICATE block found)")
         return path

@@ -362,6 +362,16 @@ def host_dir(value: Any) -> str:
     return normalise_absolute(value)
 
 
+HOST_FILE_ALLOWED = "an absolute file path without '.' or '..' components or control characters"
+
+
+@rule(HOST_FILE_ALLOWED)
+def host_file(value: Any) -> str:
+    if not isinstance(value, str) or value.endswith("/"):
+        raise refuse(HOST_FILE_ALLOWED)
+    return normalise_absolute(value)
+
+
 MANIFEST_DIR_ALLOWED = (
     "a directory path (relative to cwd, or absolute) without '.' or '..' components "
     "or control characters"
@@ -393,6 +403,7 @@ ImageReference = Annotated[str, BeforeValidator(image_reference)]
 ImageTag = Annotated[str, BeforeValidator(image_tag)]
 DockerHost = Annotated[str, BeforeValidator(docker_host)]
 HostDir = Annotated[str, BeforeValidator(host_dir)]
+HostFile = Annotated[str, BeforeValidator(host_file)]
 Upstream = Annotated[str, BeforeValidator(upstream)]
 ManifestDir = Annotated[str, BeforeValidator(manifest_dir)]
 StorageMB = Annotated[int, BeforeValidator(storage_mb)]

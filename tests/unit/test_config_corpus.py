@@ -718,7 +718,80 @@ WORDING: list[Case] = [
     ("wording", "cwd a number", {"dockyard:cwd": 7}, [("dockyard:cwd", "absolute host directory")]),
 ]
 
-BAD: list[Case] = [*SPELLING, *PATTERNS, *PATHS, *CRASHES, *SECRETS, *BOUNDS, *IMAGES, *WORDING]
+# credentials: brokered and dockyard:broker, spread over the classes above.
+BROKER: list[Case] = [
+    (
+        "patterns",
+        "broker upstream over plain http",
+        {"dockyard:broker": {"anthropic": "http://api.anthropic.com"}},
+        [("dockyard:broker.anthropic", "an https:// URL")],
+    ),
+    (
+        "patterns",
+        "broker upstream with a path, a query, an IPv6 literal, full-width letters",
+        {
+            "dockyard:broker": {
+                "openai": "https://api.openai.com/v1",
+                "anthropic": "https://api.anthropic.com?x=1",
+                "git": "https://[::1]:443",
+            }
+        },
+        [
+            ("dockyard:broker.openai", "no user, path, query"),
+            ("dockyard:broker.anthropic", "no user, path, query"),
+            ("dockyard:broker.git", "an https:// URL"),
+        ],
+    ),
+    (
+        "secrets",
+        "broker upstream with user info",
+        {"dockyard:broker": {"git": f"https://x-access-token:{CANARY}@github.com"}},
+        [("dockyard:broker.git", "an https:// URL")],
+    ),
+    (
+        "secrets",
+        "a key pasted as the credentials mode",
+        env(credentials=f"sk-ant-api03-{CANARY}"),
+        [(f"{E}.credentials", "one of 'files' or 'brokered'")],
+    ),
+    (
+        "paths",
+        "broker CA from a device a read would block on",
+        {"dockyard:broker": {"caFile": "/dev/stdin"}},
+        [("dockyard:broker.caFile", "a regular file")],
+    ),
+    (
+        "paths",
+        "broker CA with a parent component",
+        {"dockyard:broker": {"caFile": "/etc/ssl/../ssl/certs/ca-certificates.crt"}},
+        [("dockyard:broker.caFile", "an absolute file path")],
+    ),
+    (
+        "wording",
+        "brokered without any key to hold",
+        env(credentials="brokered", secrets=[]),
+        [(f"{E}.credentials", "at least one of ANTHROPIC_API_KEY, OPENAI_API_KEY, GITHUB_TOKEN")],
+    ),
+    (
+        "spelling",
+        "credential (singular) and broker.ca_file",
+        {**env(credential="brokered"), "dockyard:broker": {"ca_file": "/x"}},
+        [
+            (f"{E}.credential", "did you mean credentials?"),
+            ("dockyard:broker.ca_file", "did you mean caFile?"),
+        ],
+    ),
+    (
+        "crashes",
+        "broker is a list, credentials a number",
+        {"dockyard:broker": ["https://x.example"], **env(credentials=1)},
+        [("dockyard:broker", "allowed"), (f"{E}.credentials", "one of 'files' or 'brokered'")],
+    ),
+]
+
+BAD: list[Case] = [
+    *SPELLING, *PATTERNS, *PATHS, *CRASHES, *SECRETS, *BOUNDS, *IMAGES, *WORDING, *BROKER
+]  # fmt: skip
 
 
 def _parse(raw: dict[str, Any]) -> StackConfig:
