@@ -62,6 +62,43 @@ def test_runtime_tools_are_installed(docker_client: docker.DockerClient, core_im
     assert npm == pinned_versions()["NPM_VERSION"]
 
 
+PYTHON_STDLIB_CHECK = """
+import importlib, inspect, json, os, sys, traceback
+zipped = [p for p in sys.path if p.endswith(".zip")][0]
+names = ["asyncio", "email.message", "http.client", "urllib.request", "logging", "sqlite3",
+         "ctypes", "multiprocessing", "unittest", "xml.etree.ElementTree", "zoneinfo",
+         "tomllib", "importlib.metadata", "venv", "encodings.idna", "pdb", "decimal", "ssl"]
+modules = [importlib.import_module(name) for name in names]
+assert json.__file__.startswith(zipped), json.__file__
+assert inspect.getsource(json.dumps).startswith("def dumps("), "no source from the zip"
+try:
+    json.loads("{")
+except ValueError:
+    assert "scan_once" in traceback.format_exc(), "traceback without source lines"
+assert os.__file__ == os.path.join(os.path.dirname(zipped), "python3.11", "os.py")
+print("ok", len(modules))
+"""
+
+
+def test_python_standard_library_works_from_its_zip(
+    docker_client: docker.DockerClient, core_image: str
+) -> None:
+    """The pure-Python standard library lives in pythonXY.zip (size budget): everything
+    imports, inspect and the traceback module read its sources, venv still builds."""
+    out = run_once(docker_client, core_image, ["python3", "-c", PYTHON_STDLIB_CHECK])
+    assert out == "ok 18", out
+    venv = run_once(
+        docker_client,
+        core_image,
+        [
+            "bash",
+            "-c",
+            "python3 -m venv --without-pip /tmp/v && /tmp/v/bin/python -c 'import json'",
+        ],
+    )
+    assert venv == ""
+
+
 def test_runs_as_agent_uid_1000_without_sudo(
     docker_client: docker.DockerClient, core_image: str
 ) -> None:
