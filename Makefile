@@ -34,7 +34,7 @@ PULUMI_INSTALL_PAGE := https://www.pulumi.com/docs/iac/download-install/
 PASSPHRASE_FILE ?= $(HOME)/.config/dockyard/pulumi-passphrase
 export PATH := $(CURDIR)/$(BIN):$(PULUMI_HOME_BIN):$(PATH)
 
-.PHONY: help setup setup-dev up down test test-isolation lint bench base-image certs image pulumi-cli stack
+.PHONY: help setup setup-dev up down test test-runsc test-isolation lint bench base-image certs image pulumi-cli stack
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -130,6 +130,17 @@ test: setup-dev certs ## Lint, then run unit, image and integration tests
 	@if docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then $(MAKE) --no-print-directory base-image; fi
 	$(MAKE) --no-print-directory lint
 	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; $(PYTEST_RC); exit $$rc
+
+# The environment, reliability and egress guard suites again with every environment on
+# gVisor (DOCKYARD_TEST_RUNTIME=runsc, read in tests/support/stacks.py; the engine needs
+# the runsc runtime: docker_host_gvisor). Tests that restart the engine are left out:
+# `make test` proves restarts on runc, and the shared engine is not restarted twice.
+RUNSC_TESTS ?= tests/integration/test_stacks_on_engine.py tests/reliability tests/roles/test_egress_guard.py
+RUNSC_SKIP := --ignore=tests/reliability/test_engine_restart.py \
+	--deselect=tests/roles/test_egress_guard.py::test_rules_survive_an_engine_restart
+test-runsc: setup-dev certs ## Run the environment, reliability and egress guard suites on gVisor
+	@if docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then $(MAKE) --no-print-directory base-image; fi
+	@rc=0; DOCKYARD_TEST_RUNTIME=runsc $(BIN)/pytest $(RUNSC_SKIP) $(PYTEST_ARGS) $(RUNSC_TESTS) || rc=$$?; $(PYTEST_RC); exit $$rc
 
 # Each test module alone, its tests in $(TEST_ORDER) order (DOCKYARD_TEST_ORDER): a module
 # that leans on what another module, or an earlier test, left behind fails here.

@@ -9,6 +9,9 @@ one has run fails there.
 A run that selects no test exits 5 (pytest's own code). Under CI that fails the build;
 the Makefile forgives it only outside CI, where it usually means a ``-k`` filter that
 matched nothing.
+
+``DOCKYARD_TEST_RUNTIME=runsc`` deploys every environment of the stacks the tests deploy
+on gVisor (tests/support/stacks.py; ``make test-runsc``); the run's header names it.
 """
 
 from __future__ import annotations
@@ -21,9 +24,15 @@ import pytest
 
 from tests.support.engine import connect, remove_labelled
 from tests.support.images import build_image
-from tests.support.stacks import Deployed, StackFactory
+from tests.support.stacks import Deployed, StackFactory, deploy_runtime
 
 TEST_ORDERS = ("forward", "reverse")
+STACK_FIXTURES = {"deploy", "deploy_own"}
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    # Also refuses a runtime the harness does not know before any test runs.
+    return f"dockyard: environments deployed on runtime {deploy_runtime()}"
 
 
 @pytest.hookimpl(trylast=True)
@@ -35,6 +44,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
     if order == "reverse":
         items.reverse()
+    if deploy_runtime() != "runc":
+        # A test that deploys no stack runs nothing on the runtime: it would only repeat
+        # the runc run (role variables, manifests, refused configs), so it is left out.
+        kept = [item for item in items if STACK_FIXTURES & set(getattr(item, "fixturenames", ()))]
+        left = [item for item in items if item not in kept]
+        if left:
+            config.hook.pytest_deselected(items=left)
+            items[:] = kept
 
 
 @pytest.fixture(scope="session")

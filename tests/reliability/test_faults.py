@@ -35,7 +35,13 @@ from tests.support.engine import (
 )
 from tests.support.hardening import assert_hardened
 from tests.support.health import health_report
-from tests.support.stacks import Deployed
+from tests.support.stacks import (
+    RUNSC_NO_PIDS_LIMIT,
+    RUNSC_OOM_KILLS_SANDBOX,
+    Deployed,
+    deploy_runtime,
+    runsc_cannot,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -144,6 +150,9 @@ def timed_host_command() -> float:
     return time.perf_counter() - start
 
 
+# Skipped, not run as an expected failure: without a pids limit the bomb's processes
+# (~8 host tasks each under ptrace) would exhaust the shared host's pids.
+@pytest.mark.skipif(deploy_runtime() == "runsc", reason=RUNSC_NO_PIDS_LIMIT)
 def test_fork_bomb_is_capped_neighbour_answers_and_refresh_recovers(
     deploy_own: Any, docker_client: docker.DockerClient, report_file: Path, figures: dict
 ) -> None:
@@ -216,6 +225,7 @@ print("not killed")
 """
 
 
+@runsc_cannot(RUNSC_OOM_KILLS_SANDBOX)
 def test_memory_hog_is_oom_killed_alone_and_reported(
     deploy_own: Any, report_file: Path, figures: dict
 ) -> None:

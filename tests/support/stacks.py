@@ -4,6 +4,7 @@ environments (integration and role tests)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,75 @@ from components.config import from_stack_file
 from tests.harness.docker_mocks import DockerRealisingMocks, HarnessState
 from tests.support.engine import RUN_ID, is_ready, wait_for
 from tests.support.program import REPO, ProgramRun, run_program
+
+RUNTIME_VARIABLE = "DOCKYARD_TEST_RUNTIME"
+RUNTIMES = ("runc", "runsc")
+# What Debian 12's runsc (0.0~20221219, ptrace platform, host network) cannot keep, as
+# measured in docs/isolation.md ("Limits of runsc as packaged in Debian 12").
+RUNSC_NO_PIDS_LIMIT = (
+    "runsc 0.0~20221219 has no `update`: the engine cannot give a running gVisor container "
+    "a pids limit, so runsc environments have none (docs/isolation.md)"
+)
+RUNSC_NO_STATX = (
+    "runsc 0.0~20221219 answers coreutils 9.1's statx with EINVAL: `ls -l` and `stat` fail "
+    "on every path (docs/isolation.md)"
+)
+# Measured by running the reliability suite on runsc (Debian 12 VM, Docker 20.10); not
+# yet in docs/isolation.md:
+RUNSC_OOM_KILLS_SANDBOX = (
+    "runsc 0.0~20221219 enforces the memory limit on the whole sandbox: one process over "
+    "it gets the sandbox (Sentry) OOM-killed by the host — every process of the environment "
+    "dies and the engine's restart policy restarts it; the exec sees 'WaitPID failed: EOF'"
+)
+RUNSC_PROC_ENVIRON_READABLE = (
+    "runsc 0.0~20221219 shows /proc/<pid>/environ as mode 0444: another uid in the sandbox "
+    "reads the agent's environment, secrets the tmux session exports included (runc: "
+    "Permission denied)"
+)
+
+
+def deploy_runtime() -> str:
+    """The OCI runtime every environment a test deploys runs on: ``DOCKYARD_TEST_RUNTIME``
+    (``make test-runsc`` sets ``runsc``), default ``runc``. Read here only, so the same
+    suites prove the same promises on either runtime."""
+    runtime = os.environ.get(RUNTIME_VARIABLE) or "runc"
+    if runtime not in RUNTIMES:
+        raise pytest.UsageError(
+            f"{RUNTIME_VARIABLE}={runtime!r} is not allowed (allowed: {', '.join(RUNTIMES)})"
+        )
+    return runtime
+
+
+def on_runtime(values: Mapping[str, Any], runtime: str) -> dict[str, Any]:
+    """``values`` with ``runtime`` on every environment that names none itself or through
+    its profile: a test that picks a runtime on purpose keeps it."""
+    result = dict(values)
+    environments = values.get("environments")
+    if runtime == "runc" or not isinstance(environments, list):
+        return result
+    profiles = values.get("profiles") if isinstance(values.get("profiles"), dict) else {}
+    default_profile = values.get("profile", "standard")
+    changed = []
+    for env in environments:
+        if isinstance(env, dict) and "runtime" not in env:
+            profile = profiles.get(env.get("profile", default_profile))
+            if not (isinstance(profile, dict) and "runtime" in profile):
+                env = {**env, "runtime": runtime}
+        changed.append(env)
+    result["environments"] = changed
+    return result
+
+
+def runsc_cannot(reason: str) -> pytest.MarkDecorator:
+    """Strict expected failure of a check runsc as packaged cannot keep (``reason``, as
+    measured): a runsc that keeps it turns the mark into a failure to remove."""
+    return pytest.mark.xfail(deploy_runtime() == "runsc", reason=reason, strict=True)
+
+
+def runs_on_gvisor(container: docker.models.containers.Container) -> bool:
+    """What the engine says the container runs on, not what the run asked for."""
+    return container.attrs["HostConfig"].get("Runtime") == "runsc"
+
 
 # Unique per test run, so a hit can only come from this run's secrets.
 CANARIES = {
@@ -146,12 +216,22 @@ class StackFactory:
         if stack in self.live:
             raise ValueError(f"stack label {label!r} is deployed already: give this one its own")
         cwd = self.tmp_path_factory.mktemp(f"project-{label}")
-        all_values = {"cwd": str(cwd), "image": {"tag": "it"}, **values}
+        runtime = deploy_runtime()
+        self._require_runtime(runtime)
+        all_values = on_runtime({"cwd": str(cwd), "image": {"tag": "it"}, **values}, runtime)
         target = Deployed(self.client, stack, cwd, all_values, dict(secrets or {}))
         self.deployed[label] = target
         self.live.add(stack)
         target.up()
         return target
+
+    def _require_runtime(self, runtime: str) -> None:
+        # A run asked for gVisor proves nothing on runc: fail, never fall back.
+        if runtime != "runc" and runtime not in self.client.info().get("Runtimes", {}):
+            pytest.fail(
+                f"{RUNTIME_VARIABLE}={runtime} but the engine has no {runtime} runtime: "
+                "register it with the docker_host role (docker_host_gvisor: true)"
+            )
 
     def teardown(self) -> None:
         """Destroy every stack, then sweep what carries its label; a failure in one stack
