@@ -225,7 +225,7 @@ print("not killed")
 """
 
 
-@runsc_cannot(RUNSC_OOM_KILLS_SANDBOX)
+@runsc_cannot(RUNSC_OOM_KILLS_SANDBOX, run=False)
 def test_memory_hog_is_oom_killed_alone_and_reported(
     deploy_own: Any, report_file: Path, figures: dict
 ) -> None:
