@@ -16,6 +16,8 @@ KUBERNETES = {"dockyard:backend": "kubernetes"}
 HOST_PATH_REFUSALS = (
     "a named volume (a PersistentVolumeClaim): backend kubernetes has no host paths",
     "nothing on backend kubernetes: the workspace is a PersistentVolumeClaim",
+    # Not a host path, but as Docker-only: the credential broker.
+    "files on backend kubernetes (the broker is for Docker environments)",
 )
 
 
@@ -56,7 +58,8 @@ def test_host_paths_are_the_only_difference() -> None:
     for case in BAD:
         if _problems(case[2]) != _problems({**KUBERNETES, **case[2]}):
             differing.append(case[1])
-    # Bind sources and workspaceHostPath in the corpus; nothing else may change.
+    # Bind sources, workspaceHostPath and the (Docker-only) credential broker in the
+    # corpus; nothing else may change.
     assert differing == [
         "//-prefixed engine socket",
         "///-prefixed engine state below",
@@ -64,6 +67,7 @@ def test_host_paths_are_the_only_difference() -> None:
         "sibling of cwd sharing its prefix",
         "bind root that contains the socket still refuses it",
         "binding / contains the engine state",
+        "brokered without any key to hold",
     ]
 
 
