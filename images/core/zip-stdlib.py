@@ -4,9 +4,8 @@ directory and imports from it (zipimport); tracebacks, ``inspect`` and ``pdb`` s
 the sources from it. About 15 MB less image for Debian's Python 3.11, same import speed
 (docs/core-image.md). Run once, as root, in the layer that installs python3.
 
-Stays a directory: C extensions (``lib-dynload``), ``os.py`` (the landmark by which Python
-finds its prefix), and packages that read files next to their modules (venv's activate
-scripts). ``apt-get install --reinstall libpython3.11-stdlib`` restores the files.
+Stays a directory: C extensions (``lib-dynload``), the files named in ``KEEP_FILES``, and
+packages that read files next to their modules (venv's activate scripts). ``apt-get install --reinstall libpython3.11-stdlib`` restores the files.
 """
 
 import importlib.util
@@ -19,7 +18,9 @@ import zipfile
 STDLIB = os.path.dirname(os.__file__)
 TARGET = os.path.join(os.path.dirname(STDLIB), "python{}{}.zip".format(*sys.version_info[:2]))
 KEEP_DIRS = {"lib-dynload", "site-packages", "dist-packages", "__pycache__"}
-KEEP_FILES = {"os.py"}
+# os.py: the landmark by which Python finds its prefix. py_compile.py and compileall.py:
+# Debian's py3compile runs them by path when any python3-* package is installed.
+KEEP_FILES = {"os.py", "py_compile.py", "compileall.py"}
 DOCS = (".py", ".rst", ".txt")
 
 

@@ -97,6 +97,14 @@ def test_python_standard_library_works_from_its_zip(
         ],
     )
     assert venv == ""
+    # What Debian's py3compile runs (by path) whenever a python3-* package is installed.
+    compiled = run_once(
+        docker_client,
+        core_image,
+        ["bash", "-c", "echo 'x = 1' >/tmp/m.py && python3 /usr/lib/python3.11/py_compile.py "
+         "/tmp/m.py && python3 -m compileall -q /tmp/m.py && ls /tmp/__pycache__"],
+    )  # fmt: skip
+    assert compiled == "m.cpython-311.pyc", compiled
 
 
 def test_runs_as_agent_uid_1000_without_sudo(
