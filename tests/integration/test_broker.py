@@ -23,7 +23,7 @@ import pytest
 from docker.models.containers import Container
 
 from tests.support.engine import LABELS, RUN_ID, exec_ok, remove_image, unique_name, wait_for
-from tests.support.tls import make_ca_and_server_cert
+from tests.support.upstream import UPSTREAM, call, make_ca_and_server_cert, received
 
 pytestmark = pytest.mark.docker
 
@@ -33,39 +33,6 @@ REAL = {
     "ANTHROPIC_API_KEY": f"sk-ant-real-{RUN_ID}-broker",
     "OPENAI_API_KEY": f"sk-openai-real-{RUN_ID}-broker",
 }
-
-UPSTREAM = """
-import http.server, json, ssl, sys
-class Handler(http.server.BaseHTTPRequestHandler):
-    def _record(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode(errors="replace")
-        print(json.dumps({"path": self.path, "headers": dict(self.headers), "body": body}), flush=True)
-        self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers()
-        self.wfile.write(b'{"upstream": "stand-in"}')
-    do_GET = do_POST = _record
-    def log_message(self, *args): pass
-server = http.server.HTTPServer(("0.0.0.0", 8443), Handler)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain("/tls/upstream.pem", "/tls/upstream.key")
-server.socket = context.wrap_socket(server.socket, server_side=True)
-server.serve_forever()
-"""
-
-CALL = """
-import os, sys, urllib.request, urllib.error
-kind, base = sys.argv[1], os.environ[sys.argv[1] + "_BASE_URL"]
-key = os.environ[kind + "_API_KEY"]
-headers = {"x-api-key": key} if kind == "ANTHROPIC" else {"Authorization": "Bearer " + key}
-request = urllib.request.Request(base + "/v1/messages", data=b'{"model": "m"}', headers=headers)
-try:
-    with urllib.request.urlopen(request, timeout=10) as response:
-        print(response.status, response.read().decode())
-except urllib.error.HTTPError as error:
-    print(error.code, error.read().decode()); sys.exit(3)
-except OSError as error:
-    print(f"broker at {base} unreachable: {error}", file=sys.stderr); sys.exit(4)
-"""
 
 
 class Setup:
@@ -169,24 +136,15 @@ def env_a(setup: Setup) -> dict[str, Any]:
     return {"upstream": upstream, "broker": broker, "agent": agent, "token": token}
 
 
-def _call(agent: Container, kind: str) -> tuple[int, str]:
-    result = agent.exec_run(["python3", "-c", CALL, kind], demux=False)
-    return result.exit_code, (result.output or b"").decode(errors="replace")
-
-
-def _received(upstream: Container) -> list[dict[str, Any]]:
-    return [
-        json.loads(line)
-        for line in upstream.logs(stderr=False).decode().splitlines()
-        if line.startswith("{")
-    ]
+def _call(agent: Container, kind: str, *key: str) -> tuple[int, str]:
+    return call(agent, kind, "/v1/messages", *key)
 
 
 def test_the_real_key_arrives_and_the_token_never_leaves(env_a: dict[str, Any]) -> None:
-    before = len(_received(env_a["upstream"]))
+    before = len(received(env_a["upstream"]))
     assert _call(env_a["agent"], "ANTHROPIC")[0] == 0
     assert _call(env_a["agent"], "OPENAI")[0] == 0
-    anthropic, openai = _received(env_a["upstream"])[before:]
+    anthropic, openai = received(env_a["upstream"])[before:]
     assert {k.lower(): v for k, v in anthropic["headers"].items()}["x-api-key"] == REAL[
         "ANTHROPIC_API_KEY"
     ]
@@ -201,14 +159,13 @@ def test_the_real_key_arrives_and_the_token_never_leaves(env_a: dict[str, Any]) 
 def test_another_environments_token_is_refused_and_nothing_forwarded(
     env_a: dict[str, Any],
 ) -> None:
-    before = len(_received(env_a["upstream"]))
+    before = len(received(env_a["upstream"]))
     other = f"dockyard-env-b-{uuid.uuid4().hex}"
     for kind, header in (("ANTHROPIC", "x-api-key: "), ("OPENAI", "Authorization: Bearer ")):
-        script = CALL.replace('os.environ[kind + "_API_KEY"]', repr(other))
-        result = env_a["agent"].exec_run(["python3", "-c", script, kind])
-        assert result.exit_code == 3, (header, result.output)
-        assert b"403" in result.output
-    assert _received(env_a["upstream"])[before:] == []
+        code, output = _call(env_a["agent"], kind, other)
+        assert code == 3, (header, output)
+        assert "403" in output
+    assert received(env_a["upstream"])[before:] == []
 
 
 def test_no_real_key_inside_the_agents_container(env_a: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from docker.models.containers import Container
 
 from tests.support.engine import LABELS, RUN_ID, exec_ok, unique_name, wait_for
 from tests.support.stacks import Deployed
-from tests.support.tls import make_ca_and_server_cert
+from tests.support.upstream import UPSTREAM, call, make_ca_and_server_cert, received
 
 pytestmark = pytest.mark.docker
 
@@ -32,47 +32,6 @@ REAL = {
     "GITHUB_TOKEN": f"ghp_real_{RUN_ID}_brokered",
 }
 UPSTREAM_URL = "https://upstream:8443"
-
-UPSTREAM = """
-import http.server, json, ssl
-class Handler(http.server.BaseHTTPRequestHandler):
-    def _record(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode(errors="replace")
-        print(json.dumps({"method": self.command, "path": self.path,
-                          "headers": dict(self.headers), "body": body}), flush=True)
-        # A CLI gets an error it does not retry (a 400), so its call ends at once.
-        cli = not self.headers.get("User-Agent", "").startswith("Python-urllib")
-        self.send_response(400 if cli else 200)
-        self.send_header("Content-Type", "application/json"); self.end_headers()
-        self.wfile.write(b'{"type": "error", "error": {"type": "invalid_request_error",'
-                         b' "message": "stand-in"}}' if cli else b'{"upstream": "stand-in"}')
-    do_GET = do_POST = _record
-    def log_message(self, *args): pass
-server = http.server.ThreadingHTTPServer(("0.0.0.0", 8443), Handler)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain("/tls/upstream.pem", "/tls/upstream.key")
-server.socket = context.wrap_socket(server.socket, server_side=True)
-server.serve_forever()
-"""
-
-# What a CLI does: the key from where the environment keeps it, the base URL it was given.
-CALL = """
-import os, sys, urllib.request, urllib.error
-kind = sys.argv[1]
-base = os.environ[kind + "_BASE_URL"]
-key = sys.argv[2] if len(sys.argv) > 2 else open("/run/secrets/" + kind + "_API_KEY").read()
-headers = {"x-api-key": key} if kind == "ANTHROPIC" else {"Authorization": "Bearer " + key}
-path = "/v1/messages" if kind == "ANTHROPIC" else "/responses"
-request = urllib.request.Request(base + path, data=b'{"model": "m"}', headers=headers)
-try:
-    with urllib.request.urlopen(request, timeout=10) as response:
-        print(response.status, response.read().decode())
-except urllib.error.HTTPError as error:
-    print(error.code, error.read().decode()); sys.exit(3)
-except OSError as error:
-    print(f"broker at {base} unreachable: {error}", file=sys.stderr); sys.exit(4)
-"""
 
 
 class Setup:
@@ -86,15 +45,11 @@ class Setup:
         return self.client.containers.get(f"dockyard-{self.stack.stack}-{session}-broker")
 
     def received(self) -> list[dict[str, Any]]:
-        return [
-            json.loads(line)
-            for line in self.upstream.logs(stderr=False).decode().splitlines()
-            if line.startswith("{")
-        ]
+        return received(self.upstream)
 
     def call(self, session: str, kind: str, *key: str) -> tuple[int, str]:
-        result = self.env(session).exec_run(["python3", "-c", CALL, kind, *key], user="1000")
-        return result.exit_code, (result.output or b"").decode(errors="replace")
+        path = "/v1/messages" if kind == "ANTHROPIC" else "/responses"
+        return call(self.env(session), kind, path, *key, user="1000")
 
     def token(self, session: str) -> str:
         return exec_ok(self.env(session), ["cat", "/run/secrets/ANTHROPIC_API_KEY"], user="1000")
