@@ -62,10 +62,18 @@ def problems_on_gvisor(
     for line in lines[1:]:
         if line.startswith("pids "):
             problems.append(f"a pids cgroup file inside ({line}): gVisor showed none")
-        elif line.startswith("socket "):
-            problems.append(f"engine socket visible inside at {line.split()[1]}")
-        elif line.startswith("secret "):
-            _, path, mode, owner = line.split()
-            if (mode, owner) != ("400", str(agent_uid)):
-                problems.append(f"secret {path} has mode {mode}, owner {owner}")
+        elif problem := socket_or_secret_problem(line, agent_uid):
+            problems.append(problem)
     return problems
+
+
+def socket_or_secret_problem(line: str, agent_uid: int | str) -> str | None:
+    """A ``socket <path>`` or ``secret <path> <mode> <owner>`` line the in-container probe
+    printed, as a problem (None when it is none); the same on every runtime."""
+    if line.startswith("socket "):
+        return f"engine socket visible inside at {line.split()[1]}"
+    if line.startswith("secret "):
+        _, path, mode, owner = line.split()
+        if (mode, owner) != ("400", str(agent_uid)):
+            return f"secret {path} has mode {mode}, owner {owner}"
+    return None

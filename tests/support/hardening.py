@@ -10,7 +10,7 @@ from __future__ import annotations
 from docker.models.containers import Container
 
 from tests.support.engine import exec_ok
-from tests.support.gvisor import problems_on_gvisor
+from tests.support.gvisor import problems_on_gvisor, socket_or_secret_problem
 
 AGENT_UID = 1000
 DOCUMENTED_CAPABILITIES: frozenset[str] = frozenset()
@@ -76,12 +76,8 @@ def assert_hardened(
     if (measured[1], measured[2]) != (str(nofile[0]), str(nofile[1])):
         problems.append(f"nofile inside is {measured[1]}/{measured[2]}, not {nofile}")
     for line in measured[3:]:
-        if line.startswith("socket "):
-            problems.append(f"engine socket visible inside at {line.split()[1]}")
-        elif line.startswith("secret "):
-            _, path, mode, owner = line.split()
-            if (mode, owner) != ("400", str(AGENT_UID)):
-                problems.append(f"secret {path} has mode {mode}, owner {owner}")
+        if problem := socket_or_secret_problem(line, AGENT_UID):
+            problems.append(problem)
     # /proc/1/limits, not `ulimit` in the exec'd shell: what the entrypoint and the agent
     # under it get. An exec'd process here sometimes sees soft == hard (observed on
     # Docker 20.10: runc's Go init raising its own soft limit races the spec's).
