@@ -39,6 +39,7 @@ from tests.support.engine import (
     health_status,
     is_ready,
     last_health_output,
+    restarted_and_ready,
     wait_for,
 )
 from tests.support.stacks import CANARIES, Deployed
@@ -308,7 +309,7 @@ def test_sigterm_checkpoint_and_restart_policy(deploy_own: Any, runsc_runtime: d
     container.reload()
     os.kill(container.attrs["State"]["Pid"], 9)
     wait_for(
-        lambda: _restarted(container) and is_ready(container),
+        lambda: restarted_and_ready(container, 1),
         90,
         what="the engine's restart policy to bring the gVisor sandbox back",
     )
@@ -322,11 +323,6 @@ def test_sigterm_checkpoint_and_restart_policy(deploy_own: Any, runsc_runtime: d
     assert container.attrs["State"]["ExitCode"] == 0, logs[-2000:]
     assert "written (workspace tarball written)" in logs, logs[-2000:]
     assert "stopped cleanly" in logs
-
-
-def _restarted(container: Container) -> bool:
-    container.reload()
-    return container.attrs["RestartCount"] >= 1 and container.status == "running"
 
 
 @pytest.mark.xfail(

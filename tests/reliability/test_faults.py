@@ -29,6 +29,8 @@ from tests.support.engine import (
     exec_ok,
     is_ready,
     last_health_output,
+    ready_since_start,
+    restarted_and_ready,
     unique_name,
     wait_for,
     wait_healthy,
@@ -325,7 +327,7 @@ def test_killed_environment_comes_back_with_tmux_marker_and_data(
     os.kill(container.attrs["State"]["Pid"], 9)
     started = time.perf_counter()
     wait_for(
-        lambda: _restarted(container, 1) and is_ready(container),
+        lambda: restarted_and_ready(container, 1),
         60,
         what="the engine's restart policy to bring it back",
     )
@@ -350,7 +352,7 @@ def test_killed_environment_comes_back_with_tmux_marker_and_data(
         "exited with code 137 (killed or crashed; a clean stop exits 0)"
     ]
     assert entry["action"] == "restarted"
-    wait_for(lambda: is_ready(container), 60, what="the killed environment ready again")
+    wait_for(lambda: ready_since_start(container), 60, what="the killed environment ready again")
     figures["docker kill: health policy to ready s"] = round(time.perf_counter() - started, 2)
     _assert_intact(container)
     _assert_manifest_true(stack, container)
@@ -368,11 +370,6 @@ def _assert_manifest_true(stack: Deployed, container: Container) -> None:
     assert {m["containerPort"]: m["hostPort"] for m in manifest["container"]["portMappings"]} == (
         engine
     )
-
-
-def _restarted(container: Container, count: int) -> bool:
-    container.reload()
-    return container.attrs["RestartCount"] >= count and container.status == "running"
 
 
 def _assert_intact(container: Container) -> None:

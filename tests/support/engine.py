@@ -8,6 +8,7 @@ leaves nothing behind once the session ends.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import time
 import uuid
@@ -62,6 +63,36 @@ READY_MARKER = "/tmp/ready"
 def is_ready(container: Container) -> bool:
     """The entrypoint has finished: CLI checked, tmux session up, marker written."""
     return container.exec_run(["test", "-f", READY_MARKER]).exit_code == 0
+
+
+def _utc(stamp: str) -> datetime.datetime:
+    # The engine's RFC 3339 with nanoseconds (trailing zeros trimmed), or the marker's ms.
+    day, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.datetime.fromisoformat(f"{day}.{(fraction + '000000')[:6]}+00:00")
+
+
+def ready_since_start(container: Container) -> bool:
+    """``container`` runs and the entrypoint of its current start has written the ready
+    marker. The marker is in the container layer, so after a restart the previous start's
+    is still there until the entrypoint removes it: only a marker written at or after
+    this start counts."""
+    container.reload()
+    if container.status != "running":
+        return False
+    marker = container.exec_run(["cat", READY_MARKER])
+    if marker.exit_code != 0:
+        return False
+    written = marker.output.decode(errors="replace").strip()
+    started = _utc(container.attrs["State"]["StartedAt"])
+    # The marker has milliseconds (truncated): compare at that precision.
+    return _utc(written) >= started.replace(microsecond=started.microsecond // 1000 * 1000)
+
+
+def restarted_and_ready(container: Container, restarts: int) -> bool:
+    """The engine's restart policy restarted ``container`` at least ``restarts`` times and
+    this start is ready (:func:`ready_since_start`)."""
+    container.reload()
+    return container.attrs["RestartCount"] >= restarts and ready_since_start(container)
 
 
 def wait_for(
