@@ -83,10 +83,10 @@ base-image: ## Make sure the base image exists: pull it, or bootstrap it from a 
 # The classic builder, as pulumi-docker's default and the tests use: no buildx needed, and
 # air-gapped sites cannot pull a BuildKit frontend. The pinned values are plain tokens
 # (components/image.py refuses anything else), so they pass unquoted.
-image: base-image certs ## Build the core image (IMAGE=...) with the versions in images/versions.env
+image: setup base-image certs ## Build the core image (IMAGE=...) with the versions in images/versions.env
 	DOCKER_BUILDKIT=0 docker build \
 	  $(foreach arg,$(filter-out BASE_IMAGE=%,$(shell grep -E '^[A-Z][A-Z0-9_]*=' $(VERSIONS_FILE))),--build-arg $(arg)) \
-	  $(foreach arg,$(shell $(PYTHON) -c 'import sys; sys.path.insert(0, "."); from components.assets import provenance; print(" ".join(f"{k}={v}" for k, v in provenance().items()))'),--build-arg $(arg)) \
+	  $(foreach arg,$(shell $(BIN)/python -c 'from dockyard.assets import provenance; print(" ".join(f"{k}={v}" for k, v in provenance().items()))'),--build-arg $(arg)) \
 	  --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) images/core
 
 pulumi-cli: ## Install the Pulumi CLI with its official installer when it is missing

@@ -1,16 +1,16 @@
 """dockyard: one isolated agent environment per session of this stack.
 
-The configuration is read and validated once (components.config); a bad value stops the
+The configuration is read and validated once (dockyard.config); a bad value stops the
 program before any resource is registered, listing every problem of the stack. The
-program itself is components.program.run, shared with the per-session Automation API.
+program itself is dockyard.program.run, shared with the per-session Automation API.
 """
 
 from __future__ import annotations
 
 import pulumi
 
-from components import config as stack_config
-from components import program
+from dockyard import config as stack_config
+from dockyard import program
 
 try:
     cfg = stack_config.from_pulumi()

@@ -86,7 +86,7 @@ def clocked(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, A
 
 
 def main() -> int:
-    from components import backup
+    from dockyard import backup
     from tests.support.s3 import s3_server
 
     client = engine()

@@ -93,7 +93,7 @@ def _build_variant(
 
 def variants(client: Any, core: str) -> dict[str, Any]:
     """Size and toolchain-bump rebuild time of each variant built on ``core``."""
-    from components.image import LAYERED_VARIANTS, pinned_versions
+    from dockyard.image import LAYERED_VARIANTS, pinned_versions
     from tests.support.images import REPO, build_image
 
     core_mb = client.images.get(core).attrs["Size"] / 1e6

@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    from components.sessions import Sessions
-    from components.sessions.settings import paths
+    from dockyard.sessions import Sessions
+    from dockyard.sessions.settings import paths
     from tests.harness.sessions import HarnessDriver
     from tests.support.images import build_image
 

@@ -1,9 +1,9 @@
 """Workspace backups of sessions and stack environments, for the ``dockyard`` command and
 the sessions API: the settings from the stack configuration (``dockyard:backup``, or the
 host settings' ``backup:`` for sessions), the workspace found on the engine by its labels,
-and one audit line per backup and restore (:func:`components.sessions.audit.recorded`).
+and one audit line per backup and restore (:func:`dockyard.sessions.audit.recorded`).
 
-The engine itself is :mod:`components.backup` (restic in a helper container).
+The engine itself is :mod:`dockyard.backup` (restic in a helper container).
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ def broker_image_args(
 @dataclass(frozen=True)
 class CredentialBrokerArgs:
     environment_id: str
-    """The environment's engine name (components.environment.resource_prefix)."""
+    """The environment's engine name (dockyard.environment.resource_prefix)."""
     plan: BrokerPlan
     labels: Mapping[str, str] = field(default_factory=dict)
     """The environment's identifying labels (stack, session, environment)."""

@@ -67,7 +67,7 @@ MANIFEST_DELETE = (
 
 @dataclass(frozen=True)
 class AgentEnvironmentArgs:
-    """Flat, already-validated inputs for one environment (see components.config)."""
+    """Flat, already-validated inputs for one environment (see dockyard.config)."""
 
     stack: str
     session_id: str
@@ -85,7 +85,7 @@ class AgentEnvironmentArgs:
     """Host directory the workspace volume binds to; None: the engine's volume storage."""
     egress: str = "open"
     egress_rules: Sequence[str] = ()
-    """Normalised allowlist (components.egress); enforced on the host by egress_guard."""
+    """Normalised allowlist (dockyard.egress); enforced on the host by egress_guard."""
     env: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     """Secret name -> Pulumi secret output; delivered only as a file upload."""
@@ -98,10 +98,10 @@ class AgentEnvironmentArgs:
     """The ``dockerHosts`` name of this environment's engine (several-host stacks): a
     ``dockyard.host`` label and a ``<sessionId>.host.json`` beside the manifest."""
     restore_from: str | None = None
-    """``restore: latest``: the backup settings (JSON, :class:`components.backup.Settings`)
+    """``restore: latest``: the backup settings (JSON, :class:`dockyard.backup.Settings`)
     to restore the session's latest snapshot from into its empty workspace."""
     ssh_ca_public_key: str | None = None
-    """``ssh: true``: the stack's SSH user CA (components.ssh); sshd runs, port 22 is
+    """``ssh: true``: the stack's SSH user CA (dockyard.ssh); sshd runs, port 22 is
     published, only certificates from this CA for ``agent@<session>`` open it."""
     broker: credential_broker.BrokerPlan | None = None
     """``credentials: brokered``: the keys named in it stay with a broker; the environment

@@ -61,7 +61,7 @@ IMAGE_ALLOWED = (
 
 @dataclass(frozen=True)
 class KubernetesEnvironmentArgs:
-    """Flat, already-validated inputs for one environment (see components.config)."""
+    """Flat, already-validated inputs for one environment (see dockyard.config)."""
 
     stack: str
     session_id: str
@@ -263,7 +263,7 @@ class KubernetesEnvironment(pulumi.ComponentResource):
             )
         )
         self.manifest_path = f"{args.manifest_dir.rstrip('/')}/{args.session_id}.json"
-        # The same writer as the Docker backend's (components.environment).
+        # The same writer as the Docker backend's (dockyard.environment).
         writer = f"{shlex.quote(sys.executable)} -m {__package__}.manifest"
         command.local.Command(
             f"{name}-manifest",

@@ -1,7 +1,7 @@
 """Kubernetes object bodies for one environment: names, labels, the Pod spec, probes,
 resources and network policies, as plain dictionaries in the API's own camelCase.
 
-Nothing here registers a resource: :mod:`components.kubernetes` wraps these bodies in
+Nothing here registers a resource: :mod:`dockyard.kubernetes` wraps these bodies in
 pulumi-kubernetes resources, and the tests validate them against the official OpenAPI
 schemas. Values may be Pulumi outputs (the image reference); everything else is data.
 """

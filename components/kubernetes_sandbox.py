@@ -2,7 +2,7 @@
 (``kubernetes.agentSandbox: true``; docs/kubernetes.md).
 
 The stack's declared sessions are ``Sandbox`` objects of their own
-(:class:`components.kubernetes.KubernetesEnvironment`): each has its own claims, Secret
+(:class:`dockyard.kubernetes.KubernetesEnvironment`): each has its own claims, Secret
 and Service, which a claim on a shared template cannot carry. The template and its warm
 pool serve sessions started later through ``SandboxClaim`` (the agent-sandbox SDKs):
 pre-started Pods of the stack's default image, profile and runtime, each with its own

@@ -6,7 +6,7 @@ included, whose container id is ``abc123``); dockyard's writer is stricter and w
 only what the engine reported: the full container id, and the container name as the
 environment id.
 
-``python -m components.manifest write|remove`` is what the environment's
+``python -m dockyard.manifest write|remove`` is what the environment's
 ``local.Command`` runs: the manifest and its path arrive in the environment variables
 ``DOCKYARD_MANIFEST`` and ``DOCKYARD_MANIFEST_PATH``, never in shell text.
 """
@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args not in (["write"], ["remove"]):
         print(
-            "usage: python -m components.manifest write|remove  (reads DOCKYARD_MANIFEST, DOCKYARD_MANIFEST_PATH)",
+            "usage: python -m dockyard.manifest write|remove  (reads DOCKYARD_MANIFEST, DOCKYARD_MANIFEST_PATH)",
             file=sys.stderr,
         )
         return 2

@@ -1,6 +1,6 @@
 """Preview the Modal sandbox equivalent of a manifest (R-MAN-3). Creates nothing.
 
-    python -m components.modal_plan MANIFEST [--stack stacks/Pulumi.team.yaml]
+    python -m dockyard.modal_plan MANIFEST [--stack stacks/Pulumi.team.yaml]
                                             [--cpus N] [--memory SIZE] [--gpu all|IDS]
 
 The v1 manifest does not carry limits; they come from ``--stack`` (the environment's
@@ -100,7 +100,7 @@ def _limits_from_stack(path: str, session: str) -> tuple[float, int, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m components.modal_plan", description=__doc__.split("\n")[0]
+        prog="python -m dockyard.modal_plan", description=__doc__.split("\n")[0]
     )
     parser.add_argument("manifest", help="a v1 manifest file")
     parser.add_argument("--stack", help="stack file to take the environment's limits and GPU from")

@@ -1,8 +1,8 @@
 """The dockyard Pulumi program, as one function.
 
 ``__main__.py`` (``pulumi up`` on a stack file) and the per-session Automation API
-(:mod:`components.sessions`) both call :func:`run` with a validated
-:class:`~components.config.StackConfig`: one program, two ways in.
+(:mod:`dockyard.sessions`) both call :func:`run` with a validated
+:class:`~dockyard.config.StackConfig`: one program, two ways in.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def environment_args(
     broker_image: pulumi.Input[str] | None = None,
 ) -> AgentEnvironmentArgs:
     """What :class:`AgentEnvironment` gets for ``env`` of ``cfg``. One mapping, shared by
-    this program and the component provider (:mod:`components.provider`), so an
+    this program and the component provider (:mod:`dockyard.provider`), so an
     environment declared from TypeScript or YAML is built exactly like one in a stack.
     ``host`` is its ``dockerHosts`` name in a several-host stack; ``broker_image`` the
     broker image shared on its engine (None: a brokered environment builds its own)."""

@@ -11,8 +11,8 @@ validated values (``ResolvedLimits``, parsed ``Volume`` objects, ``gpu: str | li
 package schema needs one type per input, no unions, typed maps. So the classes here take
 flat ``TypedDict`` inputs spelled like a stack file's environment entry (``sessionId``,
 ``limits.nofileSoft``, ``egressAllow``...), validate them with the stack configuration's
-own rules (:func:`components.config.parse`: same checks, same messages), map them with
-the stack program's own mapping (:func:`components.program.environment_args`) and build
+own rules (:func:`dockyard.config.parse`: same checks, same messages), map them with
+the stack program's own mapping (:func:`dockyard.program.environment_args`) and build
 the very same components: an environment from TypeScript is the environment a stack file
 declares.
 

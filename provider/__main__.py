@@ -1,14 +1,9 @@
 """Entry point of dockyard's component provider (``main`` in PulumiPlugin.yaml).
 
-Pulumi runs ``python provider <engine address> ...``: the checkout root goes on the path
-so ``components`` imports from this checkout, whether or not the wheel is installed.
+Pulumi runs ``python provider <engine address> ...`` in the plugin's virtualenv, which it
+creates from requirements.txt (this checkout, installed as ``dockyard``).
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from components.provider import main
+from dockyard.provider import main
 
 main()

@@ -1,5 +1,5 @@
 """Drivers apply a validated session plan. ``PulumiDriver`` is the product's: the
-Automation API, one stack per session, running :func:`components.program.run` inline.
+Automation API, one stack per session, running :func:`dockyard.program.run` inline.
 
 The Automation API needs the Pulumi CLI; this layer is kept thin (what it is given is
 unit-tested) and the manual check with a real CLI is in docs/sessions.md. Another driver

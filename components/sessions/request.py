@@ -5,7 +5,7 @@ env}}`` to ``POST /api/sessions/create``; dockyard accepts that as is, plus its 
 environment keys at the top level (``secrets``, ``limits``, ``egress``, ``labels``,
 ``tenant``…). Nothing is validated here that the stack model does not already say: the
 request becomes the ``dockyard:`` config of a one-environment stack (host settings +
-this environment) and :func:`components.config.parse` judges it, so a request gets the
+this environment) and :func:`dockyard.config.parse` judges it, so a request gets the
 same rules and the same messages as a stack file, with key paths named as the request
 spells them (``request.container.ports[1]``).
 """

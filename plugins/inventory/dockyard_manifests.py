@@ -85,7 +85,7 @@ HOST_LIBRARY = (
 
 def stack_of(environment_id, session_id):
     """The stack of an environment dockyard created, read back from its id (the inverse of
-    components.environment.resource_prefix: dockyard-<stack>-<session>); None for an
+    dockyard.environment.resource_prefix: dockyard-<stack>-<session>); None for an
     environment whose id has another shape (another writer of contract v1)."""
     suffix = f"-{session_id}"
     if not (environment_id.startswith(ID_PREFIX) and environment_id.endswith(suffix)):

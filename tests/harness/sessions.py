@@ -3,7 +3,7 @@ Docker-realising harness, for the places the Pulumi CLI cannot go (CI machines h
 
 ``DOCKYARD_DRIVER=tests.harness.sessions:HarnessDriver`` makes the ``dockyard`` command
 and ``dockyard.sessions`` use it: the same plan and the same program
-(``components.program.run``) reach :class:`DockerRealisingMocks` instead of the Automation
+(``dockyard.program.run``) reach :class:`DockerRealisingMocks` instead of the Automation
 API. Each session stack's harness state is kept in ``<state>/harness/<stack>.json``
 (mode 0600) so ``up`` in one process and ``down`` in another see the same resources, as
 Pulumi's state would. Secret file contents are stored only as SHA-256 digests: enough to
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import os
 import subprocess
@@ -33,22 +32,18 @@ from pulumi.runtime.settings import SETTINGS
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from components.config import StackConfig
-from components.sessions.driver import IMAGES_STACK, PROJECT
-from components.sessions.request import SessionPlan
-from components.sessions.settings import Paths
+from dockyard import program as stack_program
+from dockyard.config import StackConfig
+from dockyard.sessions import driver as session_driver
+from dockyard.sessions.driver import IMAGES_STACK, PROJECT
+from dockyard.sessions.request import SessionPlan
+from dockyard.sessions.settings import Paths
 from tests.harness.docker_mocks import DockerRealisingMocks, HarnessState, Realised
 from tests.support.secrets import unwrap
 
 CONTAINER = "docker:index/container:Container"
 # One program per process at a time: Pulumi's runtime settings are process-global.
 _RUN_LOCK = threading.Lock()
-
-
-def _package(obj: Any) -> Any:
-    """The package the caller's plan came from: ``dockyard`` (installed CLI) or
-    ``components`` (a checkout), so the program and the plan are the same code."""
-    return importlib.import_module(type(obj).__module__.split(".")[0])
 
 
 def _digested(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -185,11 +180,7 @@ class HarnessDriver:
         return dict(
             self._run(
                 plan.stack_name,
-                lambda: (
-                    importlib.import_module(_package(plan).__name__ + ".program")
-                    .run(plan.config)[plan.session_id]
-                    .manifest
-                ),
+                lambda: stack_program.run(plan.config)[plan.session_id].manifest,
                 secrets,
             )
         )
@@ -215,5 +206,6 @@ class HarnessDriver:
 
     def build_image(self, config: StackConfig, progress: Callable[[str], None]) -> str:
         progress("harness: building the core image")
-        driver = importlib.import_module(_package(config).__name__ + ".sessions.driver")
-        return str(self._run(IMAGES_STACK, lambda: driver.images_program(config).image_id, {}))
+        return str(
+            self._run(IMAGES_STACK, lambda: session_driver.images_program(config).image_id, {})
+        )

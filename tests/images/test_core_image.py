@@ -12,7 +12,7 @@ import docker
 import pytest
 from docker.types import Mount
 
-from components.image import pinned_versions
+from dockyard.image import pinned_versions
 from tests.support.agent_runner import AgentRunner, wait_ready
 from tests.support.engine import (
     exec_ok,

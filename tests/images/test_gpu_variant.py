@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from components.image import variant_build_args
+from dockyard.image import variant_build_args
 from tests.support.images import build_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

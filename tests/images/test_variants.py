@@ -17,7 +17,7 @@ from typing import Any
 import docker
 import pytest
 
-from components.image import LAYERED_VARIANTS, pinned_versions
+from dockyard.image import LAYERED_VARIANTS, pinned_versions
 from tests.support.engine import LABELS, exec_ok, unique_name
 from tests.support.hardening import assert_hardened
 from tests.support.images import REPO, build_image, history_ids

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.config import ConfigError, parse
+from dockyard.config import ConfigError, parse
 
 
 def test_default_is_loopback() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from components import ssh
+from dockyard import ssh
 from tests.support.engine import exec_ok, wait_for
 from tests.support.stacks import Deployed
 

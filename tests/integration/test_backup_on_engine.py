@@ -30,7 +30,7 @@ import docker.errors
 import pytest
 from docker.models.containers import Container
 
-from components import backup
+from dockyard import backup
 from tests.support.engine import RUN_ID, is_ready, wait_for
 from tests.support.s3 import Gate, MotoServer, s3_server
 from tests.support.scripts import load_script

@@ -21,7 +21,7 @@ from typing import Any
 import docker
 import pytest
 
-from components import manifest as contract
+from dockyard import manifest as contract
 from tests.support.engine import RUN_ID, is_ready, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -17,8 +17,8 @@ import docker
 import pulumi
 import pytest
 
-from components import hostfile
-from components import manifest as contract
+from dockyard import hostfile
+from dockyard import manifest as contract
 from tests.harness.docker_mocks import HarnessState
 from tests.harness.multi_engine import MultiEngineMocks
 from tests.support.ansible import REPO, VENV_BIN, list_inventory, manifest_inventory

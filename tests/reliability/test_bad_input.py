@@ -4,7 +4,7 @@ Three doors, one table each:
 - stack configs, run through the real program with the harness on the real engine
   (what `pulumi up` would do): the exact problem line, a failed run, and no container,
   network, volume or manifest file of the stack afterwards;
-- manifests, fed to every consumer (`components.manifest write`, the Modal planner, the
+- manifests, fed to every consumer (`dockyard.manifest write`, the Modal planner, the
   inventory plugin): exact message, non-zero exit, no file written, no host listed;
 - role variables, through playbooks/site.yml and environments.yml: the exact message,
   a failed run with changed=0, no file written.
@@ -427,7 +427,7 @@ def test_bad_manifest_is_refused_by_every_consumer(
     # 1. The writer (the components' manifest command): refuses, writes nothing.
     target = tmp_path / "out" / "alice.json"
     writer = _python(
-        ["-m", "components.manifest", "write"],
+        ["-m", "dockyard.manifest", "write"],
         {"DOCKYARD_MANIFEST": text, "DOCKYARD_MANIFEST_PATH": str(target)},
     )
     assert writer.returncode == 1
@@ -437,7 +437,7 @@ def test_bad_manifest_is_refused_by_every_consumer(
     source = tmp_path / "in" / "alice.json"
     source.parent.mkdir()
     source.write_text(text)
-    planner = _python(["-m", "components.modal_plan", str(source)])
+    planner = _python(["-m", "dockyard.modal_plan", str(source)])
     assert planner.returncode == 1
     assert expected in planner.stderr, planner.stderr
     assert planner.stdout == ""

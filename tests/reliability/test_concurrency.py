@@ -12,7 +12,7 @@ from typing import Any
 import docker
 import pytest
 
-from components.manifest import validate
+from dockyard.manifest import validate
 from tests.support.hardening import assert_hardened
 from tests.support.stacks import deploy_runtime
 

@@ -18,7 +18,7 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from components.image import pinned_versions
+from dockyard.image import pinned_versions
 from tests.support.ansible import REPO, PlaybookRun, TargetFleet, run_playbook
 from tests.support.engine import exec_ok
 from tests.support.scripts import load_script

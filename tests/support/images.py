@@ -17,7 +17,7 @@ import docker
 import docker.errors
 import pytest
 
-from components.image import build_inputs_digest, default_build_args, pinned_versions
+from dockyard.image import build_inputs_digest, default_build_args, pinned_versions
 
 REPO = Path(__file__).resolve().parents[2]
 CORE_CONTEXT = REPO / "images" / "core"

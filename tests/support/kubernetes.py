@@ -100,7 +100,7 @@ STACK_FILE = REPO / "stacks" / "Pulumi.k8s.yaml"
 def realised(name: str) -> ProgramRun:
     """The program run of one of :data:`STACKS` (or ``"file"``: stacks/Pulumi.k8s.yaml)."""
     if name == "file":
-        from components.config import from_stack_file
+        from dockyard.config import from_stack_file
 
         raw, _ = from_stack_file(str(STACK_FILE))
         values = {key.split(":", 1)[1]: value for key, value in raw.items()}

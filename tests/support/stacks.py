@@ -15,7 +15,7 @@ import docker
 import docker.errors
 import pytest
 
-from components.config import from_stack_file
+from dockyard.config import from_stack_file
 from tests.harness.docker_mocks import DockerRealisingMocks, HarnessState
 from tests.support.engine import RUN_ID, is_ready, wait_for
 from tests.support.program import REPO, ProgramRun, run_program

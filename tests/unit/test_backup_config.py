@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from components import backup
-from components.config import ConfigError, parse
-from components.program import environment_args
-from components.sessions.request import plan
+from dockyard import backup
+from dockyard.config import ConfigError, parse
+from dockyard.program import environment_args
+from dockyard.sessions.request import plan
 
 CWD = "/home/u/project"
 CANARY = "c4n4ry"

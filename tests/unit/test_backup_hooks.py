@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from components import backup
+from dockyard import backup
 from tests.support.scripts import load_script
 
 idle = load_script("idle_monitor", "dockyard-idle-monitor.py")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components import backup
+from dockyard import backup
 from tests.support.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]

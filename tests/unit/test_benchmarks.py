@@ -63,7 +63,7 @@ def test_runtime_reaches_every_environment_through_the_stack_profile() -> None:
 
 
 def test_runtime_profile_is_a_valid_stack() -> None:
-    from components.config import parse
+    from dockyard.config import parse
 
     values = common.on_runtime({"environments": [{"sessionId": "a", "backend": "codex"}]}, "runsc")
     config = parse({f"dockyard:{k}": v for k, v in values.items()}, stack="dev", cwd="/tmp")

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from components import broker
-from components.config import ConfigError, parse
+from dockyard import broker
+from dockyard.config import ConfigError, parse
 from tests.support.program import ProgramRun, record
 from tests.support.secrets import is_secret_wrapped, unwrap
 

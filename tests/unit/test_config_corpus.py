@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from components.config import ConfigError, StackConfig, from_stack_file, parse
+from dockyard.config import ConfigError, StackConfig, from_stack_file, parse
 
 CWD = "/home/u/project"
 E = "dockyard:environments[0]"

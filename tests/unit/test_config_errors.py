@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from components.config import ConfigError, Environment, parse
+from dockyard.config import ConfigError, Environment, parse
 
 # Every key an environment has, as the message lists them (its own test: the keys
 # themselves are documented, docs/stacks.md, tests/unit/test_docs.py).

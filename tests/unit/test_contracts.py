@@ -10,9 +10,9 @@ Image side, the facts pinned here:
   role's defaults; equal to the Dockerfile's ARG defaults, the base image defaults of
   images/base/bootstrap.sh and the docker_host role, and docs/core-image.md; accepted
   by the role's own value checks;
-- session ids: components.config.SESSION_ID == the manifest schema's sessionId (under
+- session ids: dockyard.config.SESSION_ID == the manifest schema's sessionId (under
   Python's jsonschema and ECMA-262) == the entrypoint's check;
-- environment variable names: components.config.ENV_NAME == the schema's requested.env;
+- environment variable names: dockyard.config.ENV_NAME == the schema's requested.env;
   the entrypoint's secret-file check takes every one of them;
 - environment ids and container names: every one dockyard derives is accepted by the
   schema, whose container.name is Docker's own name grammar;
@@ -40,11 +40,11 @@ import jsonschema
 import pytest
 import yaml
 
-from components import config
-from components import manifest as contract
-from components.assets import PROVENANCE_ARGS
-from components.environment import resource_prefix
-from components.image import VARIANT_ARGS, default_build_args, pinned_versions, read_build_args
+from dockyard import config
+from dockyard import manifest as contract
+from dockyard.assets import PROVENANCE_ARGS
+from dockyard.environment import resource_prefix
+from dockyard.image import VARIANT_ARGS, default_build_args, pinned_versions, read_build_args
 from tests.support.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -398,7 +398,7 @@ def schema_accepts(subschema: dict[str, Any]) -> Callable[[str], bool]:
 
 
 def config_accepts_session(session: str) -> bool:
-    """The whole rule path: components.config.parse, as `pulumi preview` runs it."""
+    """The whole rule path: dockyard.config.parse, as `pulumi preview` runs it."""
     raw = {"dockyard:environments": [{"sessionId": session}]}
     try:
         config.parse(raw, stack="dev", cwd="/p")
@@ -552,7 +552,7 @@ def test_dockyards_writer_is_stricter_than_the_schema_and_says_why() -> None:
 #   hold no label string of their own; every selector in roles, playbooks and the inventory
 #   plugin names one of them; the default selector of every role and script is
 #   dockyard_host.MANAGED_SELECTOR;
-# - label grammar: dockyard_host.LABEL_KEY gives components.config.LABEL_KEY's verdict;
+# - label grammar: dockyard_host.LABEL_KEY gives dockyard.config.LABEL_KEY's verdict;
 #   the roles' *_label value checks, applied as Ansible applies them, give
 #   dockyard_host.parse_selector's verdict and state its allowed text;
 # - environment ids: the inventory plugin reads back the stack resource_prefix wrote;
@@ -945,7 +945,7 @@ def test_the_version_has_one_home() -> None:
 
 
 def test_host_and_sessions_audit_lines_have_the_same_fields() -> None:
-    from components.sessions import audit
+    from dockyard.sessions import audit
 
     host = load_script("host_common", "dockyard_host.py")
     assert tuple(host.AUDIT_FIELDS) == tuple(audit.FIELDS)

@@ -11,8 +11,8 @@ import pytest
 from pydantic import BaseModel
 from pydantic.alias_generators import to_camel
 
-from components import config
-from components import manifest as contract
+from dockyard import config
+from dockyard import manifest as contract
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = sorted((REPO / "docs").glob("*.md"))

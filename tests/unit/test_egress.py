@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from components import egress
+from dockyard import egress
 from tests.support.scripts import load_script
 
 guard = load_script("egress_guard", "dockyard-egress-guard.py")

@@ -12,9 +12,9 @@ import pulumi
 import pytest
 import yaml
 
-from components.config import ConfigError, parse
-from components.image import LAYERED_VARIANTS, declared_args, pinned_versions
-from components.sessions.request import plan
+from dockyard.config import ConfigError, parse
+from dockyard.image import LAYERED_VARIANTS, declared_args, pinned_versions
+from dockyard.sessions.request import plan
 from tests.support.program import REPO, ProgramRun, RecordingMocks, Registered, record, run_program
 
 IMAGE = "docker:index/image:Image"

@@ -12,10 +12,10 @@ from typing import Any
 import pulumi
 import pytest
 
-from components import kubernetes_objects as objects
-from components import manifest as manifest_contract
-from components import modal_plan
-from components.config import Healthcheck, ResolvedLimits
+from dockyard import kubernetes_objects as objects
+from dockyard import manifest as manifest_contract
+from dockyard import modal_plan
+from dockyard.config import Healthcheck, ResolvedLimits
 from tests.support.kubernetes import (
     CANARIES,
     CILIUM_POLICY,
@@ -561,8 +561,8 @@ def test_manifest_v1_from_the_api_servers_answers(full: ProgramRun) -> None:
 
 def test_manifest_is_written_by_the_same_command(full: ProgramRun) -> None:
     command = full.named("env-alpha-manifest").inputs
-    assert command["create"].endswith("-m components.manifest write")
-    assert command["delete"].endswith("-m components.manifest remove")
+    assert command["create"].endswith("-m dockyard.manifest write")
+    assert command["delete"].endswith("-m dockyard.manifest remove")
     environment = command["environment"]
     assert environment["DOCKYARD_MANIFEST_PATH"] == (
         f"{REPO}/.companion/cloud/environments/alpha.json"

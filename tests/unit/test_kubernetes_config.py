@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from components.config import ConfigError
+from dockyard.config import ConfigError
 from tests.unit.test_config_corpus import BAD, CANARY, PYTHON_WORDING, VALID, _parse
 
 KUBERNETES = {"dockyard:backend": "kubernetes"}

@@ -24,8 +24,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from components.kubernetes import CILIUM_API_VERSION
-from components.kubernetes_sandbox import EXTENSIONS_API_VERSION, SANDBOX_API_VERSION
+from dockyard.kubernetes import CILIUM_API_VERSION
+from dockyard.kubernetes_sandbox import EXTENSIONS_API_VERSION, SANDBOX_API_VERSION
 from tests.support.kubernetes import STACKS, objects_of, pod_specs, realised
 
 PINNED = "1.33.0"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from components import manifest as contract
-from components import modal_plan
+from dockyard import manifest as contract
+from dockyard import modal_plan
 from tests.support.program import REPO
 
 CONTAINER_ID = "3f2a" * 16
@@ -121,7 +121,7 @@ def test_write_is_atomic_and_remove_is_idempotent(tmp_path: Path) -> None:
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "components.manifest", *args],
+        [sys.executable, "-m", "dockyard.manifest", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

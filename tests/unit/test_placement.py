@@ -8,9 +8,9 @@ from typing import Any
 import pulumi
 import pytest
 
-from components import hostfile, placement
-from components.capacity import EngineState, Use
-from components.config import parse
+from dockyard import hostfile, placement
+from dockyard.capacity import EngineState, Use
+from dockyard.config import parse
 from tests.support.program import record
 
 HOSTS = {"east": "unix:///run/east.sock", "west": "unix:///run/west.sock"}

@@ -38,7 +38,7 @@ from pulumi_policy.policy import PolicyCustomTimeouts
 from pulumi_policy.proxy import unknown_checking_proxy
 
 import tests.support.program as program_support
-from components.config import FORBIDDEN_BIND_SOURCES, from_stack_file
+from dockyard.config import FORBIDDEN_BIND_SOURCES, from_stack_file
 from tests.support.program import REPO, ProgramRun, RecordingMocks, run_program
 
 POLICY_DIR = REPO / "policy"

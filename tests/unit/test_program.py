@@ -10,9 +10,9 @@ from typing import Any
 import pulumi
 import pytest
 
-from components import manifest as manifest_contract
-from components.config import from_stack_file, parse
-from components.image import default_build_args
+from dockyard import manifest as manifest_contract
+from dockyard.config import from_stack_file, parse
+from dockyard.image import default_build_args
 from tests.support.program import REPO, ProgramRun, RecordingMocks, record, run_program
 from tests.support.secrets import is_secret_wrapped, unwrap
 
@@ -243,7 +243,7 @@ def test_manifests_follow_contract_v1(full: ProgramRun) -> None:
 
 def test_manifest_command_writes_to_configured_dir_via_environment(full: ProgramRun) -> None:
     command = full.named("env-alpha-manifest").inputs
-    assert command["create"].endswith("-m components.manifest write")
+    assert command["create"].endswith("-m dockyard.manifest write")
     assert 'rm -f -- "$DOCKYARD_MANIFEST_PATH"' in command["delete"]
     environment = command["environment"]
     assert (

@@ -32,11 +32,11 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 from pydantic.alias_generators import to_camel
 
-from components import environment, image, provider
-from components import manifest as manifest_contract
-from components.assets import version
-from components.config import Environment, Healthcheck, Limits
-from components.config.model import Runtime
+from dockyard import environment, image, provider
+from dockyard import manifest as manifest_contract
+from dockyard.assets import version
+from dockyard.config import Environment, Healthcheck, Limits
+from dockyard.config.model import Runtime
 from tests.support.program import REPO, ProgramRun, RecordingMocks, record
 from tests.support.secrets import is_secret_wrapped, unwrap
 
@@ -486,5 +486,5 @@ def test_construct_reports_bad_inputs_as_a_component_error() -> None:
 
 def test_entry_point_file_matches_plugin_manifest(plugin: dict[str, Any]) -> None:
     entry = (REPO / plugin["main"] / "__main__.py").read_text(encoding="utf-8")
-    assert "from components.provider import main" in entry
+    assert "from dockyard.provider import main" in entry
     assert Path(provider.__file__).name == "provider.py"

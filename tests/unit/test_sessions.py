@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from components.config import ConfigError, Quotas
-from components.sessions import QuotaError, Sessions, audit, quotas
-from components.sessions.driver import PulumiDriver, container_urn
-from components.sessions.request import plan
-from components.sessions.settings import paths
+from dockyard.config import ConfigError, Quotas
+from dockyard.sessions import QuotaError, Sessions, audit, quotas
+from dockyard.sessions.driver import PulumiDriver, container_urn
+from dockyard.sessions.request import plan
+from dockyard.sessions.settings import paths
 
 CWD = "/srv/app"
 REFERENCE = {

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.image import VARIANT_ARGS
+from dockyard.image import VARIANT_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))

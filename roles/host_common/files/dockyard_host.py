@@ -78,7 +78,7 @@ MANAGED_VALUE = "true"
 MANAGED_SELECTOR = f"{LABEL_MANAGED}={MANAGED_VALUE}"
 
 # A label key: the grammar the stack configuration accepts for user labels
-# (components.config.LABEL_KEY), full-matched, ASCII only.
+# (dockyard.config.LABEL_KEY), full-matched, ASCII only.
 LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,126}[a-z0-9])?", re.ASCII)
 # A label selector as the scripts take it (docker's `label=` filter): a key, or
 # key=value with a value that is a name, a session id, a stack, "true" ...
