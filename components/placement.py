@@ -11,6 +11,7 @@ stack and process), the same count the session quotas use.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 
 from .capacity import EngineState, Use, connect, count
@@ -50,10 +51,13 @@ def _headroom(caps: QuotaCaps, use: Use, request: Use) -> float | None:
 
 def place(cfg: StackConfig, read: Callable[[str], EngineState] | None = None) -> dict[str, str]:
     """Session id -> host name for every environment of ``cfg`` (``dockerHosts`` set);
-    ``read`` gives an engine's state by URL (default: ask the engine)."""
+    ``read`` gives an engine's state by URL (default: ask the engine). The states ``read``
+    returns are not changed: placement counts the environments it places on copies."""
     read = read or read_engine
     hosts = dict(sorted(cfg.docker_hosts.items()))
-    engines: Mapping[str, EngineState] = {name: read(url) for name, url in hosts.items()}
+    engines: Mapping[str, EngineState] = {
+        name: copy.deepcopy(read(url)) for name, url in hosts.items()
+    }
     placed: dict[str, str] = {}
     for env in cfg.environments:
         if env.host is not None:

@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -57,10 +63,73 @@ def test_a_placed_environment_never_moves() -> None:
     assert placed == {"a": "west"}
 
 
+# Seven new environments, mixed tenants and sizes, on two partly busy hosts: every choice
+# depends on the ones before it (headroom after them), so a host picked at random, by hash
+# order or by anything but the rule matches this plan with a chance of 1 in 128.
+SAME_STATE_ENVIRONMENTS = [
+    {"sessionId": f"s{i}", "tenant": ("acme", "beta")[i % 2], "limits": {"cpus": 1 + i % 3}}
+    for i in range(7)
+]
+SAME_STATE_PLAN = {
+    "s0": "west",
+    "s1": "east",
+    "s2": "west",
+    "s3": "east",
+    "s4": "west",
+    "s5": "east",
+    "s6": "west",
+}
+
+
+def same_state_engines() -> Any:
+    """A fresh read each call: nothing one plan counts can leak into the next."""
+    return engines(east=busy(3, cpus=2), west=busy(2, cpus=2))
+
+
 def test_the_same_state_gives_the_same_plan() -> None:
-    config = cfg([{"sessionId": f"s{i}"} for i in range(7)])
-    read = engines(east=busy(3), west=busy(3))
-    assert placement.place(config, read) == placement.place(config, read)
+    config = cfg(SAME_STATE_ENVIRONMENTS, quotas={"environments": 8, "cpus": 24})
+    first = placement.place(config, same_state_engines())
+    second = placement.place(config, same_state_engines())
+    assert first == SAME_STATE_PLAN
+    assert second == SAME_STATE_PLAN
+
+
+def test_placing_leaves_the_engine_states_it_read_unchanged() -> None:
+    config = cfg(SAME_STATE_ENVIRONMENTS, quotas={"environments": 8, "cpus": 24})
+    east, west = busy(3, cpus=2), busy(2, cpus=2)
+    before = (copy.deepcopy(east), copy.deepcopy(west))
+    read = engines(east=east, west=west)
+    assert placement.place(config, read) == SAME_STATE_PLAN
+    assert (east, west) == before
+    # The same objects read again give the same plan (nothing was counted twice).
+    assert placement.place(config, read) == SAME_STATE_PLAN
+
+
+def test_the_plan_does_not_depend_on_the_hash_seed() -> None:
+    """Set and dict orders built from strings change with PYTHONHASHSEED: each process
+    places the same stack and must print the same (literal) plan."""
+    script = (
+        "import json, sys\n"
+        "from tests.unit.test_placement import cfg, same_state_engines, SAME_STATE_ENVIRONMENTS\n"
+        "from dockyard import placement\n"
+        "config = cfg(SAME_STATE_ENVIRONMENTS, quotas={'environments': 8, 'cpus': 24})\n"
+        "print(json.dumps(placement.place(config, same_state_engines())))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    plans = {}
+    for seed in ("0", "1", "2", "12345"):
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=root,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        plans[seed] = json.loads(done.stdout)
+    assert plans == dict.fromkeys(plans, SAME_STATE_PLAN)
 
 
 def test_per_host_and_tenant_caps_are_respected() -> None:
