@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.ansible import REPO, run_module
+from tests.support.engine import require_docker
 
 ROLE = REPO / "roles" / "host_common"
 SCHEDULE = {
@@ -52,7 +53,12 @@ def test_systemd_units_are_valid_and_pass_the_command_through(tmp_path: Path) ->
     assert "OnUnitActiveSec=120min\n" in timer
     assert "OnBootSec=5min\n" in timer
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed here")
+        # A skip on a developer's machine; under CI (.ci/run installs Debian's systemd
+        # package for it) the units must be verified.
+        message = "systemd-analyze is not installed here (apt-get install systemd)"
+        if os.environ.get("CI") == "true" or require_docker():
+            pytest.fail(message)
+        pytest.skip(message)
     units = tmp_path / "units"
     units.mkdir()
     (units / "dockyard-demo.service").write_text(service)
