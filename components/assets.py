@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
+from .errors import Failed
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-class AssetError(RuntimeError):
+class AssetError(Failed):
     """A shipped file cannot be found; the message says where it was looked for."""
 
 

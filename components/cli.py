@@ -24,11 +24,10 @@ from rich.table import Table
 from . import backup as backups
 from . import backup_sessions, modal_plan, ssh
 from .config import ConfigError, from_stack_file, parse
-from .sessions import DriverError, QuotaError, SessionNotFound, Sessions
+from .errors import FAILED, INVALID, NOT_FOUND, OK, DockyardError
+from .sessions import DriverError, Sessions
 from .sessions import audit as audit_log
 from .sessions.request import SESSIONS_STACK
-
-OK, FAILED, INVALID, QUOTA, NOT_FOUND = 0, 1, 2, 3, 4
 
 app = typer.Typer(
     name="dockyard",
@@ -63,23 +62,14 @@ def _fail(code: int, lines: list[str] | str, as_json: bool) -> NoReturn:
 
 @contextmanager
 def _errors(as_json: bool) -> Iterator[None]:
-    """Map the API's errors to exit codes and messages."""
+    """Every failure a user can act on is a DockyardError: its exit code and its lines."""
     try:
         yield
-    except ConfigError as error:
-        _fail(INVALID, error.problems, as_json)
-    except QuotaError as error:
-        _fail(QUOTA, str(error), as_json)
-    except SessionNotFound as error:
-        _fail(NOT_FOUND, str(error.args[0] if error.args else error), as_json)
-    except DriverError as error:
-        _fail(FAILED, str(error), as_json)
-    except backups.ConfigError as error:
-        _fail(INVALID, str(error), as_json)
-    except backups.NotFound as error:
-        _fail(NOT_FOUND, str(error), as_json)
-    except backups.BackupError as error:
-        _fail(FAILED, str(error), as_json)
+    except DockyardError as error:
+        _fail(error.exit_code, error.problems, as_json)
+    except backups.BackupError as error:  # until the restic engine joins the error root
+        code = NOT_FOUND if isinstance(error, backups.NotFound) else FAILED
+        _fail(INVALID if isinstance(error, backups.ConfigError) else code, str(error), as_json)
 
 
 def _progress(as_json: bool) -> Callable[[str], None]:

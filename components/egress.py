@@ -16,6 +16,8 @@ import ipaddress
 import json
 import re
 
+from .errors import InvalidInput
+
 MODES = ("open", "allowlist")
 LABEL_MODE = "dockyard.egress"
 LABEL_ALLOW = "dockyard.egress.allow"
@@ -50,7 +52,7 @@ ALLOWED = (
 )
 
 
-class EgressError(ValueError):
+class EgressError(InvalidInput, ValueError):
     """An entry that is not allowed; the message says what is."""
 
 

@@ -26,12 +26,14 @@ from typing import Any, Literal, TypedDict
 
 import jsonschema
 
+from .errors import InvalidInput
+
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 CONTAINER_CWD = "/workspace"
 FULL_CONTAINER_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
-class ManifestError(ValueError):
+class ManifestError(InvalidInput, ValueError):
     """A manifest does not satisfy contract v1."""
 
 

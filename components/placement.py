@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping
 
 from .capacity import EngineState, Use, connect, count
 from .config import Environment, QuotaCaps, StackConfig
+from .errors import QuotaExceeded
 
 
-class PlacementError(RuntimeError):
+class PlacementError(QuotaExceeded):
     """No host can take an environment; the message names each host's use."""
 
 

@@ -32,12 +32,13 @@ import pulumi_docker as docker
 from . import environment, image
 from .assets import version
 from .config import ConfigError, StackConfig, parse
+from .errors import InvalidInput
 from .program import environment_args
 
 PACKAGE = "dockyard"
 
 
-class InputError(ValueError):
+class InputError(InvalidInput, ValueError):
     """A component's inputs are invalid; one line per problem, each naming the input."""
 
 

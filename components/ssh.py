@@ -18,6 +18,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import Failed
+
 DEFAULT_DIR = "/etc/dockyard/ssh"
 DIR_ENV = "DOCKYARD_SSH_DIR"
 CA_NAME = "user_ca"
@@ -29,8 +31,8 @@ DEFAULT_MINUTES = 15
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
 
 
-class SshError(RuntimeError):
-    pass
+class SshError(Failed):
+    """A certificate or CA operation failed; the message says which and why."""
 
 
 def principal(session: str) -> str:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import Failed
 from .request import SessionPlan
 from .settings import Paths
 
@@ -35,7 +36,7 @@ def _program() -> Any:
 Progress = Callable[[str], None]
 
 
-class DriverError(RuntimeError):
+class DriverError(Failed):
     """The driver could not apply a plan (the message says why)."""
 
 

@@ -21,11 +21,12 @@ from typing import Any
 
 from ..capacity import Use, count
 from ..config import QuotaCaps, Quotas
+from ..errors import QuotaExceeded
 
 STALE_AFTER_S = 3600
 
 
-class QuotaError(RuntimeError):
+class QuotaError(QuotaExceeded):
     """A create would pass a cap; the message names host, cap, use and request."""
 
 

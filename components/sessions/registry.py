@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import NotFound
 
-class SessionNotFound(LookupError):
+
+class SessionNotFound(NotFound, LookupError):
     """No session of that id (and tenant) on this machine."""
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from dockyard.config import ConfigError, Quotas
 from dockyard.sessions import QuotaError, Sessions, audit, quotas
-from dockyard.sessions.driver import PulumiDriver, container_urn
+from dockyard.sessions.driver import DriverError, PulumiDriver, container_urn
 from dockyard.sessions.request import plan
 from dockyard.sessions.settings import paths
 
@@ -498,5 +498,5 @@ def test_the_pulumi_driver_says_when_there_is_no_passphrase(
 ) -> None:
     monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE", raising=False)
     driver = PulumiDriver(paths(), automation=FakeAutomation())
-    with pytest.raises(RuntimeError, match="no Pulumi passphrase"):
+    with pytest.raises(DriverError, match="no Pulumi passphrase"):
         driver.up(plan(REFERENCE, {}), {}, print)

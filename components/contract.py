@@ -1,0 +1,77 @@
+"""The facts every layer of dockyard and every host script agree on (standard library only).
+
+Labels on engine objects, the configuration namespace, who the agent is inside an
+environment, where things are mounted, the stop budget, and the grammar of names that
+cross into engine objects, manifests and host files. The host library
+(:mod:`dockyard.host`) reads this module too, so a root host script and the package can
+never disagree about which containers are dockyard's.
+
+Nothing here imports anything outside the standard library: this is the bottom layer.
+"""
+
+from __future__ import annotations
+
+import re
+
+# --- Configuration ------------------------------------------------------------------------
+NAMESPACE = "dockyard"
+"""The Pulumi configuration namespace (``dockyard:<key>``); only dockyard.config spells it."""
+
+# --- Labels on containers, networks and volumes -------------------------------------------
+LABEL_MANAGED = "dockyard.managed"
+MANAGED_VALUE = "true"
+MANAGED_SELECTOR = f"{LABEL_MANAGED}={MANAGED_VALUE}"
+LABEL_ENVIRONMENT = "dockyard.environment"
+LABEL_SESSION = "dockyard.session"
+LABEL_BACKEND = "dockyard.backend"
+LABEL_STACK = "dockyard.stack"
+LABEL_TENANT = "dockyard.tenant"
+LABEL_VOLUME = "dockyard.volume"
+LABEL_EGRESS = "dockyard.egress"
+LABEL_EGRESS_ALLOW = "dockyard.egress.allow"
+LABEL_HOST = "dockyard.host"
+LABEL_LIMITS_CPUS = "dockyard.limits.cpus"
+LABEL_LIMITS_MEMORY = "dockyard.limits.memory"
+LABEL_BROKER = "dockyard.broker"
+LABELS = frozenset(
+    {
+        LABEL_MANAGED,
+        LABEL_ENVIRONMENT,
+        LABEL_SESSION,
+        LABEL_BACKEND,
+        LABEL_STACK,
+        LABEL_TENANT,
+        LABEL_VOLUME,
+        LABEL_EGRESS,
+        LABEL_EGRESS_ALLOW,
+        LABEL_HOST,
+        LABEL_LIMITS_CPUS,
+        LABEL_LIMITS_MEMORY,
+        LABEL_BROKER,
+    }
+)
+"""Every label key dockyard writes; anything else under ``dockyard.`` is a user's."""
+IDENTITY_LABELS = (LABEL_ENVIRONMENT, LABEL_SESSION, LABEL_STACK)
+WORKSPACE_VOLUME = "workspace"
+WORKSPACE_SELECTOR = f"{LABEL_VOLUME}={WORKSPACE_VOLUME}"
+
+# --- Inside an environment ------------------------------------------------------------------
+AGENT_UID = 1000
+"""The agent user's uid (and gid) in every image: images/core/Dockerfile creates it."""
+AGENT_USER = "agent"
+WORKSPACE_MOUNT = "/workspace"
+SECRETS_DIR = "/run/secrets"
+READY_FILE = "/tmp/ready"  # noqa: S108 - the marker inside the environment, not a host file
+HEALTHCHECK_PATH = "/usr/local/bin/dockyard-healthcheck"
+STOP_TIMEOUT_S = 10
+"""Seconds between SIGTERM and SIGKILL: the entrypoint's checkpoint is budgeted inside it."""
+
+# --- Names --------------------------------------------------------------------------------------
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", re.ASCII)
+"""A session id: a valid container name, at most 63 characters (full match)."""
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}", re.ASCII)
+"""An environment variable name (full match)."""
+LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,126}[a-z0-9])?", re.ASCII)
+"""A label key dockyard accepts in configuration and selectors (full match)."""
+SELECTOR_VALUE = re.compile(r"[A-Za-z0-9._/:-]{0,255}", re.ASCII)
+"""A label value in a host selector (full match)."""

@@ -1,0 +1,88 @@
+"""The one error root every face reports from.
+
+Every failure a user can act on is a :class:`DockyardError`: it carries the exit code the
+CLI returns, the HTTP status the API answers, and the lines the user reads (the same text
+on every face). Subclasses say which kind of failure it is; the modules that raise them
+keep their own names (``ConfigError``, ``QuotaError``, ``SessionNotFound``...) so callers
+can catch precisely, while a face only ever catches the root.
+
+Exit codes (docs/sessions.md): 0 done; 1 failed (engine, driver, Pulumi, storage); 2 invalid
+input (every problem listed); 3 a quota would be passed; 4 no such thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+OK = 0
+FAILED = 1
+INVALID = 2
+QUOTA = 3
+NOT_FOUND = 4
+
+
+class DockyardError(Exception):
+    """Something a user asked for did not happen; ``problems`` says why, one line each."""
+
+    exit_code: ClassVar[int] = FAILED
+    http_status: ClassVar[int] = 502
+    kind: ClassVar[str] = "failed"
+
+    def __init__(self, message: str, problems: Sequence[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self._problems = list(problems) if problems is not None else None
+
+    @property
+    def problems(self) -> list[str]:
+        """The lines a user reads: each problem on its own line (at least one)."""
+        return list(self._problems) if self._problems else [self.message]
+
+    def __str__(self) -> str:
+        return self.message
+
+    def as_dict(self) -> dict[str, object]:
+        """The error object every face prints with ``--json`` or answers over HTTP."""
+        return {"code": self.exit_code, "kind": self.kind, "problems": self.problems}
+
+
+class Failed(DockyardError):
+    """The engine, the driver, Pulumi or storage did not do what was asked."""
+
+
+class InvalidInput(DockyardError):
+    """A request, stack file, setting or flag is not allowed; every problem is listed."""
+
+    exit_code = INVALID
+    http_status = 422
+    kind = "invalid"
+
+
+class QuotaExceeded(DockyardError):
+    """A create would pass a cap; the message names host, cap, use and request."""
+
+    exit_code = QUOTA
+    http_status = 429
+    kind = "quota"
+
+
+class NotFound(DockyardError):
+    """No such session, snapshot or backup (or one the caller may not see)."""
+
+    exit_code = NOT_FOUND
+    http_status = 404
+    kind = "not-found"
+
+
+class Conflict(DockyardError):
+    """The thing exists already, or is busy with another operation."""
+
+    exit_code = FAILED
+    http_status = 409
+    kind = "conflict"
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The exit code for ``error``: its own for a :class:`DockyardError`, else failed."""
+    return error.exit_code if isinstance(error, DockyardError) else FAILED
