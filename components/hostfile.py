@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+
+from .files import write_json_atomic
 
 SUFFIX = ".host.json"
 HOST_LABEL = "dockyard.host"
@@ -49,16 +50,7 @@ def validate(data: Mapping[str, Any]) -> None:
 
 def write(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
     validate(data)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".host-")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(dict(data), handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
+    write_json_atomic(path, dict(data))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

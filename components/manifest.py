@@ -17,7 +17,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
@@ -27,6 +26,7 @@ from typing import Any, Literal, TypedDict
 import jsonschema
 
 from .errors import InvalidInput
+from .files import write_json_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 CONTAINER_CWD = "/workspace"
@@ -193,20 +193,7 @@ def write(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
     """Check as dockyard writes (:func:`check_written`), then replace ``path``
     atomically (readers never see half a file)."""
     check_written(manifest, str(path))
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, dict(manifest))
 
 
 def remove(path: str | os.PathLike[str]) -> None:

@@ -8,13 +8,12 @@ A record holds what ``get``, ``refresh`` and ``destroy`` need to find the sessio
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import NotFound
+from ..files import write_json_atomic
 
 
 class SessionNotFound(NotFound, LookupError):
@@ -41,13 +40,9 @@ class Registry:
         return self.directory / f"{stack_name}.json"
 
     def save(self, record: Record) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".record-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(asdict(record), handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self._path(record.stack_name))
+        write_json_atomic(
+            self._path(record.stack_name), asdict(record), 0o600, sort_keys=True, dir_mode=0o700
+        )
 
     def remove(self, stack_name: str) -> None:
         self._path(stack_name).unlink(missing_ok=True)

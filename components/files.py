@@ -1,0 +1,57 @@
+"""The one way dockyard replaces a file (standard library only; the host scripts use it too).
+
+Readers see the old file or the new one, never half of one; the data and the rename are on
+disk when :func:`write_atomic` returns; a failure leaves the old file and no temporary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(
+    path: str | os.PathLike[str], text: str, mode: int = 0o644, *, dir_mode: int | None = None
+) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) at permission ``mode``; missing parent
+    directories are created (at ``dir_mode`` when given)."""
+    target = Path(path)
+    directory = target.parent
+    if dir_mode is None:
+        directory.mkdir(parents=True, exist_ok=True)
+    else:
+        directory.mkdir(parents=True, exist_ok=True, mode=dir_mode)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # The rename itself lives in the directory: without this a crash can lose it.
+    directory_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
+
+
+def write_json_atomic(
+    path: str | os.PathLike[str],
+    data: Any,
+    mode: int = 0o644,
+    *,
+    sort_keys: bool = False,
+    dir_mode: int | None = None,
+) -> None:
+    """:func:`write_atomic` of ``data`` as indented JSON with a final newline."""
+    write_atomic(
+        path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", mode, dir_mode=dir_mode
+    )
