@@ -5,6 +5,11 @@ guard) share, so that each fact is written once on the host side too.
   every environment (tests/unit/test_contracts.py fails when the two drift apart).
 - Engine access: the Engine API over the unix socket (:class:`Engine`) and the docker
   CLI or any other command (:func:`run`).
+- Bounded reads: an environment's agent is hostile, so everything a (root) host script
+  reads from it or through the engine is bounded in bytes and in total time, never per
+  read: :func:`run`, :meth:`Engine.request` and :meth:`Engine.exec_bounded` stop at their
+  cap or deadline, kill what they started (an exec's processes in the container too) and
+  say which bound was hit (:class:`Overrun`).
 - Config loading: a JSON object over the script's defaults; unknown keys and values of
   the wrong type are refused, naming the key, the value and what is allowed.
 - Atomic writes: a temporary file in the same directory, fsync'd, renamed over the
@@ -23,16 +28,21 @@ Stdlib only: the host scripts run under the system python3.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
 import os
 import re
+import selectors
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -116,8 +126,25 @@ class EngineError(HostError):
     """The Docker engine refused or failed a request."""
 
 
+# --- Bounds on what is read ----------------------------------------------------------------
+# Defaults; callers that read from an environment pass tighter ones.
+RUN_MAX_BYTES = 16 * 2**20  # stdout + stderr of one command
+REQUEST_MAX_BYTES = 64 * 2**20  # one Engine API response body
+REQUEST_DEADLINE_S = 120.0  # one Engine API request, connect to last byte
+EXEC_MAX_BYTES = 2**20  # one exec's output
+EXEC_DEADLINE_S = 30.0  # one exec, create to exit
+_CHUNK = 65536
+
+
+class Overrun(HostError):
+    """A read went past its byte cap or its deadline; what was started was killed.
+    ``bound`` says which ("output over N bytes", "no end within N s")."""
+
+    bound: str = ""
+
+
 class CommandError(HostError):
-    """A command exited non-zero."""
+    """A command exited non-zero (or was killed at a bound: see :class:`CommandOverrun`)."""
 
     def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
         super().__init__(f"{' '.join(argv[:3])} failed ({returncode}): {stderr.strip()}")
@@ -126,23 +153,101 @@ class CommandError(HostError):
         self.stderr = stderr
 
 
+class CommandOverrun(CommandError, Overrun):
+    """A command went past its output cap or deadline and was killed (its whole process
+    group). Return code 124 (time, as timeout(1)) or 125 (bytes)."""
+
+    def __init__(self, argv: Sequence[str], bound: str, time_up: bool) -> None:
+        super().__init__(argv, 124 if time_up else 125, f"{bound}; killed")
+        self.bound = bound
+
+
 Runner = Callable[[Sequence[str]], str]
 
 
-def run(argv: Sequence[str], stdin: str | None = None, timeout: float = 120) -> str:
+def run(
+    argv: Sequence[str],
+    stdin: str | None = None,
+    timeout: float = 120,
+    max_bytes: int = RUN_MAX_BYTES,
+) -> str:
     """Run a command (docker, nft, dnsmasq ...); its stdout, or CommandError (also when
-    it cannot be started at all)."""
+    it cannot be started at all). ``timeout`` bounds the whole run and ``max_bytes`` the
+    stdout and stderr read together: past either the command's process group is killed
+    and :class:`CommandOverrun` raised. Output is decoded as UTF-8 (bad bytes replaced)."""
     try:
-        result = subprocess.run(
-            list(argv), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: killed as one on overrun
         )
     except OSError as exc:
         raise CommandError(argv, 127, f"cannot run {argv[0]}: {exc.strerror}") from None
-    except subprocess.TimeoutExpired:
-        raise CommandError(argv, 124, f"no answer within {timeout:g} s") from None
-    if result.returncode != 0:
-        raise CommandError(argv, result.returncode, result.stderr)
-    return result.stdout
+    deadline = time.monotonic() + timeout
+    out, err = bytearray(), bytearray()
+    pending = memoryview(stdin.encode() if stdin is not None else b"")
+    overrun: str | None = None
+    time_up = False
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ, out)
+        selector.register(proc.stderr, selectors.EVENT_READ, err)
+        if proc.stdin is not None:
+            if pending:
+                os.set_blocking(proc.stdin.fileno(), False)
+                selector.register(proc.stdin, selectors.EVENT_WRITE)
+            else:
+                proc.stdin.close()
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                overrun, time_up = f"no end within {timeout:g} s", True
+                break
+            for key, _ in selector.select(remaining):
+                if key.fileobj is proc.stdin:
+                    try:
+                        pending = pending[os.write(key.fd, pending[:_CHUNK]) :]
+                    except BrokenPipeError:
+                        pending = pending[:0]
+                    if not pending:
+                        selector.unregister(key.fileobj)
+                        proc.stdin.close()
+                    continue
+                chunk = os.read(key.fd, _CHUNK)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                key.data.extend(chunk)
+                if len(out) + len(err) > max_bytes:
+                    overrun = f"output over {max_bytes} bytes"
+                    break
+            if overrun:
+                break
+        if overrun is None:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                overrun, time_up = f"no end within {timeout:g} s", True
+    if overrun is not None:
+        _kill_group(proc)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    if overrun is not None:
+        raise CommandOverrun(argv, overrun, time_up)
+    stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+    if proc.returncode != 0:
+        raise CommandError(argv, proc.returncode, stderr)
+    return stdout
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
@@ -173,8 +278,36 @@ class Engine:
         body: Any = None,
         raw: bytes | None = None,
         expect: Sequence[int] = (200, 201, 204, 304),
+        *,
+        max_bytes: int = REQUEST_MAX_BYTES,
+        deadline_s: float = REQUEST_DEADLINE_S,
     ) -> Any:
-        connection = _UnixConnection(self.socket_path)
+        """One Engine API request: the JSON it answers, else the raw bytes. The response
+        is read in chunks, at most ``max_bytes`` of it, and the whole request (connect to
+        last byte) takes at most ``deadline_s``; past either :class:`EngineOverrun`."""
+        status, content_type, data = self._bounded(
+            method, path, body, raw, max_bytes=max_bytes, deadline_s=deadline_s
+        )
+        if status not in expect:
+            message = data.decode(errors="replace").strip()[:1000]
+            raise EngineError(f"{method} {path}: {status} {message}")
+        if content_type.startswith("application/json") and data:
+            return json.loads(data)
+        return bytes(data)
+
+    def _bounded(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        raw: bytes | None,
+        *,
+        max_bytes: int,
+        deadline_s: float,
+        partial: bytearray | None = None,
+    ) -> tuple[int, str, bytearray]:
+        deadline = time.monotonic() + deadline_s
+        connection = _UnixConnection(self.socket_path, timeout=deadline_s)
         headers = {"Host": "docker"}
         payload = raw
         if body is not None:
@@ -182,20 +315,39 @@ class Engine:
             headers["Content-Type"] = "application/json"
         elif raw is not None:
             headers["Content-Type"] = "application/x-tar"
+        data = bytearray() if partial is None else partial
         try:
             connection.request(method, path, body=payload, headers=headers)
+            # getresponse() lets go of connection.sock when the answer is read to close.
+            sock = connection.sock
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             response = connection.getresponse()
-            data = response.read()
-        except OSError as exc:
-            raise EngineError(f"{method} {path}: {exc}") from None
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                chunk = response.read1(_CHUNK)
+                if not chunk:
+                    break
+                data.extend(chunk)
+                if len(data) > max_bytes:
+                    raise EngineOverrun(
+                        f"{method} {_path_only(path)}: answer over {max_bytes} bytes",
+                        f"output over {max_bytes} bytes",
+                        time_up=False,
+                    )
+        except TimeoutError:
+            raise EngineOverrun(
+                f"{method} {_path_only(path)}: no end within {deadline_s:g} s",
+                f"no end within {deadline_s:g} s",
+                time_up=True,
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise EngineError(f"{method} {_path_only(path)}: {exc}") from None
         finally:
             connection.close()
-        if response.status not in expect:
-            message = data.decode(errors="replace").strip()
-            raise EngineError(f"{method} {path}: {response.status} {message}")
-        if response.getheader("Content-Type", "").startswith("application/json") and data:
-            return json.loads(data)
-        return data
+        return response.status, response.getheader("Content-Type", ""), data
 
     def containers(self, selector: str) -> list[dict[str, Any]]:
         """Every container (running or not) carrying the label ``selector``."""
@@ -210,24 +362,189 @@ class Engine:
         return self.request("GET", f"/containers/{ref}/stats?stream=false")
 
     def exec(self, ref: str, cmd: list[str], user: str = "1000") -> tuple[int, str]:
+        """(exit code, output) of ``cmd`` in the container, within the default bounds of
+        :meth:`exec_bounded`; past them :class:`EngineOverrun`."""
+        result = self.exec_bounded(ref, cmd, user=user)
+        if result.problem is not None:
+            raise EngineOverrun(
+                f"exec in {ref[:12]}: {result.problem}",
+                result.problem,
+                time_up=result.problem.startswith("no end"),
+            )
+        return int(result.code if result.code is not None else 1), result.output
+
+    def exec_bounded(
+        self,
+        ref: str,
+        cmd: list[str],
+        *,
+        user: str = "1000",
+        deadline_s: float = EXEC_DEADLINE_S,
+        max_bytes: int = EXEC_MAX_BYTES,
+        inside_timeout: bool = True,
+    ) -> ExecResult:
+        """Run ``cmd`` in container ``ref`` (as ``user``, on a tty: stdout and stderr
+        together) and read at most ``max_bytes`` of its output within ``deadline_s`` in
+        all (create to exit). Past either bound the client side is closed and the exec's
+        processes are killed: from the host (its pid and every descendant, once the pid
+        is checked to be in the container's pid namespace) and, with ``inside_timeout``,
+        by ``timeout -s KILL`` run inside around ``cmd`` (which the image must have;
+        coreutils and busybox both do). The result's ``problem`` names the bound hit."""
+        deadline = time.monotonic() + deadline_s
+        argv = (
+            ["timeout", "-s", "KILL", str(math.ceil(deadline_s)), *cmd] if inside_timeout else cmd
+        )
         created = self.request(
             "POST",
             f"/containers/{ref}/exec",
-            {"Cmd": cmd, "User": user, "AttachStdout": True, "AttachStderr": True},
+            {"Cmd": argv, "User": user, "AttachStdout": True, "AttachStderr": True},
+            deadline_s=deadline_s,
         )
-        raw = self.request("POST", f"/exec/{created['Id']}/start", {"Detach": False, "Tty": True})
-        code = self.request("GET", f"/exec/{created['Id']}/json")["ExitCode"]
-        return int(code if code is not None else 1), raw.decode(errors="replace")
+        exec_id = created["Id"]
+        output = bytearray()
+        try:
+            self._bounded(
+                "POST",
+                f"/exec/{exec_id}/start",
+                {"Detach": False, "Tty": True},
+                None,
+                max_bytes=max_bytes,
+                deadline_s=max(deadline - time.monotonic(), 0.001),
+                partial=output,
+            )
+            while True:  # the stream can end (stdout closed) before the process does
+                info = self.request(
+                    "GET", f"/exec/{exec_id}/json", deadline_s=max(deadline - time.monotonic(), 1)
+                )
+                if not info.get("Running"):
+                    code = info.get("ExitCode")
+                    return ExecResult(
+                        int(code) if code is not None else None,
+                        output[:max_bytes].decode(errors="replace"),
+                        None if code is not None else "no exit code",
+                    )
+                if time.monotonic() >= deadline:
+                    raise EngineOverrun("", "", time_up=True)
+                time.sleep(0.05)
+        except EngineOverrun as exc:
+            bound = f"no end within {deadline_s:g} s" if exc.time_up else exc.bound
+            killed = self.kill_exec(exec_id)
+            return ExecResult(
+                None, output[:max_bytes].decode(errors="replace"), f"{bound}; {killed}"
+            )
+
+    def kill_exec(self, exec_id: str) -> str:
+        """Kill a running exec's process and its descendants from the host (root's view
+        of the container's processes); says what was done. Nothing is killed unless the
+        exec's pid is in the pid namespace of its container's init (never a host process
+        that reuses the number; with a sandboxed runtime such as gVisor the pid is the
+        sandbox's own and the in-container ``timeout`` is what kills it)."""
+        try:
+            info = self.request("GET", f"/exec/{exec_id}/json", deadline_s=10)
+            if not info.get("Running"):
+                return "it had exited"
+            pid = int(info.get("Pid") or 0)
+            init = int(self.inspect(info["ContainerID"])["State"].get("Pid") or 0)
+        except (HostError, KeyError, TypeError, ValueError) as exc:
+            return f"not killed from the host ({exc})"
+        return kill_process_tree(pid, init)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What :meth:`Engine.exec_bounded` got: the exit code (None when the exec did not end
+    within its bounds), the output read (at most the cap), and why it is not a result
+    (``problem``: the bound hit and what was killed; None when it ended normally)."""
+
+    code: int | None
+    output: str
+    problem: str | None
+
+
+class EngineOverrun(EngineError, Overrun):
+    """An Engine API read went past its byte cap or deadline (``time_up``)."""
+
+    def __init__(self, message: str, bound: str, *, time_up: bool) -> None:
+        super().__init__(message)
+        self.bound = bound
+        self.time_up = time_up
+
+
+def _path_only(path: str) -> str:
+    return path.partition("?")[0]
+
+
+def _ppids() -> dict[int, int]:
+    """pid -> parent pid of every process the host's /proc shows."""
+    parents = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat.rpartition(b")")[2].split()
+        if len(fields) > 1 and fields[1].isdigit():
+            parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def kill_process_tree(pid: int, init: int) -> str:
+    """SIGKILL process ``pid`` and its descendants, provided ``pid`` is in the same pid
+    namespace as ``init`` (a container's first process) and is not ``init`` itself.
+    Signals go through pidfds, so a number reused meanwhile is never hit."""
+    if pid <= 1 or init <= 1 or pid == init:
+        return f"not killed from the host (pid {pid} is not an exec's)"
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return "it had exited"
+    try:
+        try:
+            same = os.readlink(f"/proc/{pid}/ns/pid") == os.readlink(f"/proc/{init}/ns/pid")
+        except OSError:
+            same = False
+        if not same:
+            return "not killed from the host (its pid is not in the container's pid namespace)"
+        signal.pidfd_send_signal(pidfd, signal.SIGSTOP)  # no new children from here on
+        parents = _ppids()
+        tree, frontier = [], [pid]
+        while frontier:
+            parent = frontier.pop()
+            children = [child for child, ppid in parents.items() if ppid == parent]
+            tree += children
+            frontier += children
+        killed = 1
+        for child in tree:
+            try:
+                child_fd = os.pidfd_open(child)
+            except OSError:
+                continue
+            try:
+                signal.pidfd_send_signal(child_fd, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+            finally:
+                os.close(child_fd)
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return f"killed {killed} process(es) of the exec"
+    except OSError as exc:
+        return f"not killed from the host ({exc.strerror})"
+    finally:
+        os.close(pidfd)
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=120)
+    def __init__(self, path: str, timeout: float = REQUEST_DEADLINE_S) -> None:
+        super().__init__("localhost", timeout=timeout)
         self.socket_path = path
 
     def connect(self) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(120)
+        self.sock.settimeout(self.timeout)
         self.sock.connect(self.socket_path)
 
 
