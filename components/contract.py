@@ -75,3 +75,40 @@ LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,126}[a-z0-9])?", re.ASCII)
 """A label key dockyard accepts in configuration and selectors (full match)."""
 SELECTOR_VALUE = re.compile(r"[A-Za-z0-9._/:-]{0,255}", re.ASCII)
 """A label value in a host selector (full match)."""
+
+# --- Backups (the restic engine, the host backup command and the configuration agree) ---------
+_BACKUP_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:]{2,39}\])"
+BACKUP_REPOSITORY = re.compile(
+    rf"s3:(?:(?P<scheme>https?)://)?(?P<host>{_BACKUP_HOST})(?::(?P<port>[0-9]{{1,5}}))?"
+    r"/(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?P<prefix>(?:/[A-Za-z0-9_.-]{1,128}){0,16})/?",
+    re.ASCII,
+)
+"""A backup repository location (full match; see :func:`backup_repository_ok` for the rest)."""
+BACKUP_REPOSITORY_ALLOWED = (
+    "an S3-compatible restic location s3:[http[s]://]host[:port]/bucket[/prefix] (bucket "
+    "3-63 of a-z 0-9 . -; no user name or key in it: keys go in the credentials directory)"
+)
+BACKUP_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,31}", re.ASCII)
+"""A storage region (full match)."""
+BACKUP_REGION_ALLOWED = "a region name of lower-case letters, digits and '-' (e.g. us-east-1, auto)"
+BACKUP_CREDENTIALS_DIR = "/etc/dockyard/backup"
+"""Default: the host directory of repository passwords and storage keys (0700)."""
+BACKUP_CACHE_DIR = "/var/cache/dockyard/backup"
+BACKUP_IMAGE = "debian:bookworm-slim"
+"""Default: the helper image restic runs in."""
+BACKUP_RESTIC = "/usr/bin/restic"
+"""Default: the restic binary on the Docker host."""
+
+
+def backup_repository_ok(value: object) -> bool:
+    """``value`` is an allowed backup repository location (BACKUP_REPOSITORY_ALLOWED)."""
+    if not isinstance(value, str) or len(value) > 512:
+        return False
+    match = BACKUP_REPOSITORY.fullmatch(value)
+    if match is None:
+        return False
+    port = match.group("port")
+    segments = match.group("prefix").split("/")
+    return (port is None or 1 <= int(port) <= 65535) and not any(
+        part in (".", "..") for part in segments
+    )

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from .. import backup, egress
+from .. import contract, egress
 from . import values as v
 from .scope import Scope, scope_of
 
@@ -752,10 +752,10 @@ class Quotas(QuotaCaps):
 # --- Backups ----------------------------------------------------------------------------------
 
 
-@v.rule(backup.REPOSITORY_ALLOWED)
+@v.rule(contract.BACKUP_REPOSITORY_ALLOWED)
 def _backup_repository(value: Any) -> str:
-    if not backup.repository_ok(value):
-        raise v.refuse(backup.REPOSITORY_ALLOWED)
+    if not contract.backup_repository_ok(value):
+        raise v.refuse(contract.BACKUP_REPOSITORY_ALLOWED)
     return str(value)
 
 
@@ -766,13 +766,16 @@ class BackupSettings(_Model):
 
     repository: Annotated[str, BeforeValidator(_backup_repository)]
     region: (
-        Annotated[str, BeforeValidator(v.named(backup.REGION, backup.REGION_ALLOWED))] | None
+        Annotated[
+            str, BeforeValidator(v.named(contract.BACKUP_REGION, contract.BACKUP_REGION_ALLOWED))
+        ]
+        | None
     ) = None
-    credentials_dir: v.HostDir = backup.DEFAULT_CREDENTIALS_DIR
-    cache_dir: v.HostDir = backup.DEFAULT_CACHE_DIR
-    image: v.ImageReference = backup.DEFAULT_IMAGE
+    credentials_dir: v.HostDir = contract.BACKUP_CREDENTIALS_DIR
+    cache_dir: v.HostDir = contract.BACKUP_CACHE_DIR
+    image: v.ImageReference = contract.BACKUP_IMAGE
     """The helper image restic runs in (the host's restic binary is mounted into it)."""
-    restic: v.HostDir = backup.DEFAULT_RESTIC
+    restic: v.HostDir = contract.BACKUP_RESTIC
     """The restic binary on the Docker host."""
     on_destroy: bool = True
     """Take a final backup before a session is destroyed."""
