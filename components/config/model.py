@@ -25,7 +25,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from .. import contract, egress
+from .. import contract
+from . import egress
 from . import values as v
 from .scope import Scope, scope_of
 
