@@ -7,38 +7,39 @@ path, the bad value (unless it could hold a secret) and what is allowed (R-STK-2
 Nothing here touches a resource, so a bad configuration fails before anything is
 registered.
 
-The package is split by job: ``values`` (value types and patterns), ``model`` (the typed
-model: the only place a rule lives), ``scope`` (what an environment's rules know of the
-rest of the stack), ``messages`` (problem lines, redaction) and ``sources`` (Pulumi's
-config and stack files). Secret values never enter the model: it holds secret *names*.
+The package is split by subject: ``values`` (value types and patterns), the typed model
+where every rule lives — ``base`` (the model base), ``sections`` (the settings sections),
+``names`` and ``mounts`` (an environment's keyed mappings and mounts), ``environment``
+(one session's environment) and ``stack`` (the whole stack) —, ``egress`` (allowlist
+entries), ``scope`` (what an environment's rules know of the rest of the stack),
+``messages`` (problem lines, redaction) and ``sources`` (one entry per source: a stack
+file, Pulumi's config, host settings plus a request). Secret values never enter the
+model: it holds secret *names*.
 """
 
+from .base import NAMESPACE
+from .environment import BROKER_ENV, BROKERED_SECRETS, Environment
 from .errors import ConfigError
-from .model import (
-    BROKER_ENV,
-    BROKERED_SECRETS,
+from .mounts import FORBIDDEN_BIND_SOURCES, RESERVED_MOUNTS, Volume, parse_volume
+from .names import RESERVED_LABEL_PREFIX
+from .sections import (
     BUILTIN_PROFILES,
-    DEFAULT_MANIFEST_DIR,
-    FORBIDDEN_BIND_SOURCES,
-    NAMESPACE,
-    RESERVED_LABEL_PREFIX,
-    RESERVED_MOUNTS,
-    TOP_LEVEL_KEYS,
+    BackupSettings,
     BrokerSettings,
-    Environment,
     Healthcheck,
     ImageSource,
+    KubernetesSettings,
     Limits,
     Profile,
     QuotaCaps,
     Quotas,
     ResolvedLimits,
-    StackConfig,
-    Volume,
-    parse_volume,
+    Runtime,
+    Variant,
     resolve_limits,
 )
 from .sources import decode, from_pulumi, from_stack_file, parse
+from .stack import DEFAULT_MANIFEST_DIR, TOP_LEVEL_KEYS, StackConfig
 from .values import (
     DOCKER_HOST,
     ENV_NAME,
@@ -70,17 +71,21 @@ __all__ = [
     "SESSION_ID",
     "TOP_LEVEL_KEYS",
     "VOLUME_NAME",
+    "BackupSettings",
     "BrokerSettings",
     "ConfigError",
     "Environment",
     "Healthcheck",
     "ImageSource",
+    "KubernetesSettings",
     "Limits",
     "Profile",
     "QuotaCaps",
     "Quotas",
     "ResolvedLimits",
+    "Runtime",
     "StackConfig",
+    "Variant",
     "Volume",
     "decode",
     "from_pulumi",

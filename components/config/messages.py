@@ -17,7 +17,7 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
-from .model import CONVENTIONAL_NAME, NAMESPACE, THIS_KEY
+from .base import CONVENTIONAL_NAME, NAMESPACE, THIS_KEY
 
 # Containers whose values (and keys) may be credentials; a backup repository URL may have
 # a pasted key in it.

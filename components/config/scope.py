@@ -38,3 +38,14 @@ def scope_of(info: ValidationInfo) -> Scope | None:
     """The stack scope of a validation, or None when a model is validated on its own."""
     context = info.context
     return context if isinstance(context, Scope) else None
+
+
+def on_kubernetes(scope: Scope | None) -> bool:
+    """The stack's backend is Kubernetes (known and valid)."""
+    return scope is not None and scope.get("backend") == "kubernetes"
+
+
+def local_engine(scope: Scope) -> bool:
+    """The stack's (one) Docker engine is this machine's: paths can be checked here."""
+    host = scope.get("docker_host")
+    return scope.known("docker_host") and (host is None or host.startswith("unix://"))

@@ -16,9 +16,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import messages
+from .base import NAMESPACE
 from .errors import ConfigError
-from .model import NAMESPACE, TOP_LEVEL_KEYS, StackConfig
 from .scope import Scope
+from .stack import TOP_LEVEL_KEYS, StackConfig
 from .values import ENV_NAME
 
 KEY_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}", re.ASCII)

@@ -18,13 +18,12 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
 
+from ..contract import ENV_NAME, LABEL_KEY, SESSION_ID
+
 # --- Patterns: always used with .fullmatch; ASCII classes only --------------------------------
 
-SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", re.ASCII)
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}", re.ASCII)
 # Docker's own volume-name rule needs at least two characters.
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{1,127}", re.ASCII)
-LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,126}[a-z0-9])?", re.ASCII)
 KUBE_CONTEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,252}", re.ASCII)
 KUBE_CONTEXT_ALLOWED = "a kubeconfig context name: letters, digits, '_', '.', ':', '@', '/', '-'"
 # Kubernetes object names (RFC 1123 labels).

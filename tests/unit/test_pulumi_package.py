@@ -36,7 +36,7 @@ from dockyard import environment, image, provider
 from dockyard import manifest as manifest_contract
 from dockyard.assets import version
 from dockyard.config import Environment, Healthcheck, Limits
-from dockyard.config.model import Runtime
+from dockyard.config import Runtime
 from tests.support.program import REPO, ProgramRun, RecordingMocks, record
 from tests.support.secrets import is_secret_wrapped, unwrap
 

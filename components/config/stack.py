@@ -1,0 +1,181 @@
+"""The stack: everything the program needs, parsed from the configuration namespace.
+
+Field order matters: each top-level value is recorded in the validation scope once valid,
+and ``environments`` comes last so its rules can read them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from . import values as v
+from .base import Model
+from .environment import Environment
+from .scope import scope_of
+from .sections import (
+    BUILTIN_PROFILES,
+    BackupSettings,
+    BrokerSettings,
+    Healthcheck,
+    ImageSource,
+    KubernetesSettings,
+    Limits,
+    Profile,
+    Profiles,
+    Quotas,
+    ResolvedLimits,
+    resolve_limits,
+)
+
+DEFAULT_MANIFEST_DIR = ".companion/cloud/environments"
+
+PUBLISH_ADDRESS_ALLOWED = "an IPv4 address (127.0.0.1, 0.0.0.0 or one of the host's own)"
+
+
+@v.rule(PUBLISH_ADDRESS_ALLOWED)
+def _publish_address(value: Any) -> str:
+    # Only IPv4: the engine's port forwarding and the egress guard's host drop are IPv4.
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9.]{7,15}", value, re.ASCII):
+        raise v.refuse(PUBLISH_ADDRESS_ALLOWED)
+    return str(ipaddress.IPv4Address(value))
+
+
+class StackConfig(Model):
+    """Everything the program needs, parsed from the ``dockyard:`` namespace.
+
+    Field order matters: each top-level value is recorded in the validation scope once
+    valid, and ``environments`` comes last so its rules can read them."""
+
+    model_config = ConfigDict(validate_default=True)
+
+    stack: str
+    cwd: v.HostDir
+    backend: Literal["docker", "kubernetes"] = "docker"
+    """Where environments run: Docker engines, or a Kubernetes cluster."""
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    manifest_dir: v.ManifestDir = DEFAULT_MANIFEST_DIR
+    bind_roots: Annotated[list[v.HostDir], v.bounded_list(64)] = Field(default_factory=list)
+    """Host directories bind mounts may come from, besides ``cwd``."""
+    docker_host: v.DockerHost | None = None
+    docker_hosts: Annotated[dict[v.HostName, v.DockerHost], v.bounded_list(64)] = Field(
+        default_factory=dict
+    )
+    """Several Docker hosts by name; environments are placed on them (``host``)."""
+    profiles: Profiles = Field(default_factory=dict)
+    profile: v.ProfileName = "standard"
+    image: ImageSource = Field(default_factory=ImageSource)
+    gpu_image: ImageSource = Field(default_factory=ImageSource)
+    limits: Limits = Field(default_factory=Limits)
+    healthcheck: Healthcheck = Field(default_factory=Healthcheck)
+    quotas: Quotas = Field(default_factory=Quotas)
+    backup: BackupSettings | None = None
+    """Encrypted workspace backups; None: none."""
+    publish_address: Annotated[str, BeforeValidator(_publish_address)] = "127.0.0.1"
+    """Host address published ports bind to; loopback keeps them off every bridge (access.md)."""
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    """Upstreams of the credential brokers (``credentials: brokered`` environments)."""
+    environments: Annotated[list[Environment], v.bounded_list(1024)] = Field(default_factory=list)
+
+    @field_validator("docker_host")
+    @classmethod
+    def _docker_only(cls, host: str | None, info: ValidationInfo) -> str | None:
+        if host is not None and info.data.get("backend") == "kubernetes":
+            raise v.refuse(
+                "nothing with backend kubernetes (the cluster comes from kubernetes.context)"
+            )
+        return host
+
+    @field_validator("docker_hosts")
+    @classmethod
+    def _one_host_form(cls, hosts: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if hosts and info.data.get("backend") == "kubernetes":
+            raise v.refuse(
+                "nothing with backend kubernetes (the cluster comes from kubernetes.context)"
+            )
+        if hosts and info.data.get("docker_host") is not None:
+            raise v.refuse("either dockerHost (one host) or dockerHosts (several), not both")
+        return hosts
+
+    @field_validator("backup")
+    @classmethod
+    def _backup_on_the_host(
+        cls, settings: BackupSettings | None, info: ValidationInfo
+    ) -> BackupSettings | None:
+        if settings is None:
+            return settings
+        # Named under repository, whose value is never echoed (the mapping holds it).
+        if info.data.get("backend") == "kubernetes":
+            why = "none with backend kubernetes: backups read Docker volumes"
+        elif any(
+            host and not host.startswith("unix://")
+            for host in [
+                info.data.get("docker_host"),
+                *(info.data.get("docker_hosts") or {}).values(),
+            ]
+        ):
+            why = (
+                "none with a remote dockerHost or dockerHosts: backups run on the Docker host "
+                "itself (install the workspace_backup role there)"
+            )
+        else:
+            return settings
+        raise v.refuse_items([("repository", settings.repository, why)])
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str, info: ValidationInfo) -> str:
+        scope = scope_of(info)
+        if scope is not None and scope.known("profiles"):
+            known = {**BUILTIN_PROFILES, **scope.get("profiles")}
+            if name not in known:
+                raise v.refuse("one of " + ", ".join(sorted(known)))
+        return name
+
+    @field_validator("*")
+    @classmethod
+    def _settle(cls, value: Any, info: ValidationInfo) -> Any:
+        scope = scope_of(info)
+        if scope is not None and info.field_name is not None:
+            scope.settled[info.field_name] = value
+        return value
+
+    def all_profiles(self) -> dict[str, Profile]:
+        return {**BUILTIN_PROFILES, **self.profiles}
+
+    def profile_of(self, env: Environment) -> Profile:
+        return self.all_profiles()[env.profile or self.profile]
+
+    def runtime_of(self, env: Environment) -> str:
+        """Environment < profile < runc."""
+        return env.runtime or self.profile_of(env).runtime or "runc"
+
+    def variant_of(self, env: Environment) -> str:
+        """Environment < profile < core."""
+        return env.variant or self.profile_of(env).variant or "core"
+
+    def limits_of(self, env: Environment) -> ResolvedLimits:
+        """Defaults < profile < stack limits < environment limits."""
+        return resolve_limits(self.profile_of(env), self.limits, env.limits)
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.cwd, self.manifest_dir)
+
+    def manifest_dir_of(self, env: Environment) -> str:
+        """Where an environment's manifest goes: a tenant's own subfolder if it has one."""
+        return os.path.join(self.manifest_path, env.tenant) if env.tenant else self.manifest_path
+
+
+TOP_LEVEL_KEYS = sorted(to_camel(name) for name in StackConfig.model_fields if name != "stack")
