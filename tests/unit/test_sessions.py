@@ -11,13 +11,21 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pulumi
 import pytest
+from pulumi.runtime import config as runtime_config
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.settings import SETTINGS
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
 
+from dockyard import program as stack_program
 from dockyard.config import ConfigError, Quotas
 from dockyard.sessions import QuotaError, Sessions, audit, quotas
-from dockyard.sessions.driver import DriverError, PulumiDriver, container_urn
+from dockyard.sessions.driver import PROJECT, DriverError, PulumiDriver, container_urn
 from dockyard.sessions.request import plan
 from dockyard.sessions.settings import paths
+from tests.support.program import ProgramRun, RecordingMocks
 
 CWD = "/srv/app"
 REFERENCE = {
@@ -485,10 +493,6 @@ def test_the_pulumi_driver_uses_one_stack_per_session_with_make_ups_defaults(
     assert auto.calls[-1] == ("up", None)
     driver.recreate(session_plan, {}, print)
     assert auto.calls[-1] == ("up", [container_urn(session_plan)])
-    assert container_urn(session_plan) == (
-        "urn:pulumi:sessions.s1::dockyard-sessions::dockyard:index:AgentEnvironment$"
-        "docker:index/container:Container::env-s1-container"
-    )
     driver.destroy(session_plan, print)
     assert auto.calls[-2:] == [("destroy", None), ("remove_stack", "sessions.s1")]
 
@@ -500,3 +504,39 @@ def test_the_pulumi_driver_says_when_there_is_no_passphrase(
     driver = PulumiDriver(paths(), automation=FakeAutomation())
     with pytest.raises(DriverError, match="no Pulumi passphrase"):
         driver.up(plan(REFERENCE, {}), {}, print)
+
+
+@pytest.mark.parametrize(
+    ("request_", "secrets"),
+    [
+        (REFERENCE, {}),
+        # A brokered session has a second container (its broker): the URN must not be it.
+        ({**REFERENCE, "credentials": "brokered", "secrets": ["ANTHROPIC_API_KEY"]},
+         {"ANTHROPIC_API_KEY": "sk-x"}),
+    ],
+)  # fmt: skip
+def test_the_replace_target_is_the_sessions_own_container_as_the_program_registers_it(
+    request_: dict[str, Any], secrets: dict[str, str]
+) -> None:
+    """``pulumi up --replace`` takes the URN the driver computes: it must be a URN the
+    program registers for the session's stack, and that resource the environment's
+    container (not a broker's, not a command's)."""
+    session_plan = plan(request_, {}, secret_names=set(secrets))
+    run = ProgramRun()
+    mocks = RecordingMocks(run)
+    monitor = MockMonitor(mocks)
+    pulumi.runtime.set_mocks(
+        mocks, project=PROJECT, stack=session_plan.stack_name, preview=False, monitor=monitor
+    )
+    runtime_config.set_all_config(
+        {f"dockyard:{k}": v for k, v in secrets.items()}, [f"dockyard:{k}" for k in secrets]
+    )
+    SETTINGS.rpc_manager.clear()
+    SETTINGS.outputs.clear()
+    _sync_await(run_pulumi_func(lambda: stack_program.run(session_plan.config)))
+    urn = container_urn(session_plan)
+    assert urn in monitor.resources, sorted(monitor.resources)
+    (target,) = [r for r in run.resources if r.id == monitor.resources[urn].id]
+    labels = {item["label"]: item["value"] for item in target.inputs["labels"]}
+    assert target.type == "docker:index/container:Container"
+    assert (labels.get("dockyard.managed"), labels.get("dockyard.session")) == ("true", "s1")
