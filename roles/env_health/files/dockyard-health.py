@@ -22,6 +22,14 @@ left alone.
 Pulumi's state still names the old container id afterwards: run `pulumi refresh` (or
 pass --manifest-dir so the manifest file is updated for apps that read it).
 
+Everything read from an environment is bounded (the agent inside is hostile): the
+in-container probe gets ``probe_timeout_seconds`` in all and PROBE_MAX_BYTES of output,
+after which it is killed (inside and from the host) and that environment is reported
+with ``probe: unknown: <why>`` while the report goes on with the next one; every other
+engine read has its own cap and deadline, and refresh reads the /run/secrets tar (a
+directory the agent can write) in chunks up to SECRETS_MAX_BYTES, refusing the refresh
+beyond that before anything is stopped.
+
 stdlib only; talks to the engine over its unix socket (DOCKER_HOST=unix://... or the
 default /var/run/docker.sock).
 """
@@ -62,7 +70,15 @@ DEFAULTS: dict[str, Any] = {
     "refresh_backup_command": [],
     "metrics_file": "/var/lib/dockyard/health/dockyard.prom",
     "log_format": "text",
+    "probe_timeout_seconds": 20.0,
 }
+# The probe prints two short lines; anything past this is not a probe's answer.
+PROBE_MAX_BYTES = 64 * 1024
+# Secret files are keys and tokens: a tar of them far over this is not secrets.
+SECRETS_MAX_BYTES = 8 * 2**20
+# Engine reads per environment (inspect, stats, archive): the engine answers these, but a
+# wedged container must not hold the report either.
+ENGINE_DEADLINE_S = 60.0
 AUDIT_ACTOR = "host:dockyard-health"
 THRESHOLDS = ("max_age_hours", "max_disk_pct", "max_memory_pct", "max_failed_checks")
 
@@ -85,20 +101,46 @@ class Status:
     manifest: str = "unchanged"
     refresh_reasons: list[str] = field(default_factory=list)
     action: str = "none"
+    # "ok", or "unknown: <why>" when the environment could not be measured (its probe
+    # overran its bounds and was killed, could not start, or the engine failed to answer).
+    probe: str = "ok"
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def collect(engine: Engine, label: str, workspace: str, now: datetime) -> list[Status]:
+def collect(
+    engine: Engine,
+    label: str,
+    workspace: str,
+    now: datetime,
+    probe_timeout: float = DEFAULTS["probe_timeout_seconds"],
+) -> list[Status]:
+    """One Status per environment. An environment that cannot be read (it vanished, the
+    engine does not answer for it in time, its probe overran) gets ``probe: unknown``
+    and the others are still read."""
     statuses = []
     for summary in sorted(engine.containers(label), key=lambda c: c["Names"][0]):
-        info = engine.inspect(summary["Id"])
+        try:
+            info = engine.inspect(summary["Id"])
+        except EngineError as exc:
+            statuses.append(_unreadable(summary, now, f"unknown: inspect: {exc}"))
+            continue
         state = info["State"]
         health = state.get("Health") or {}
         created = host.parse_engine_time(info["Created"])
         used = limit = pct = disk = oom = None
+        probe = "ok"
         if state["Status"] == "running":
-            used, limit, pct = _memory(engine.stats(info["Id"]), info)
-            disk, oom = _inside(engine, info["Id"], workspace)
+            try:
+                stats = engine.request(
+                    "GET",
+                    f"/containers/{info['Id']}/stats?stream=false",
+                    deadline_s=ENGINE_DEADLINE_S,
+                )
+            except EngineError as exc:
+                probe = f"unknown: stats: {exc}"
+            else:
+                used, limit, pct = _memory(stats, info)
+                disk, oom, probe = _inside(engine, info["Id"], workspace, probe_timeout)
         elif state.get("OOMKilled"):
             oom = 1
         statuses.append(
@@ -116,10 +158,30 @@ def collect(engine: Engine, label: str, workspace: str, now: datetime) -> list[S
                 oom_kills=oom,
                 exit_code=int(state.get("ExitCode") or 0),
                 restarts=int(info.get("RestartCount") or 0),
+                probe=probe,
                 labels=dict(info.get("Config", {}).get("Labels") or {}),
             )
         )
     return statuses
+
+
+def _unreadable(summary: Mapping[str, Any], now: datetime, why: str) -> Status:
+    """What the container list says of an environment that could not be inspected."""
+    created = datetime.fromtimestamp(int(summary.get("Created") or 0), UTC)
+    return Status(
+        name=str((summary.get("Names") or ["/?"])[0]).lstrip("/"),
+        id=str(summary["Id"]),
+        status=str(summary.get("State") or "unknown"),
+        health="unknown",
+        failing_streak=0,
+        age_hours=round((now - created).total_seconds() / 3600, 2),
+        memory_used_mb=None,
+        memory_limit_mb=None,
+        memory_pct=None,
+        disk_pct=None,
+        probe=why,
+        labels=dict(summary.get("Labels") or {}),
+    )
 
 
 def _memory(stats: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -144,16 +206,28 @@ INSIDE_SCRIPT = (
 )
 
 
-def _inside(engine: Engine, ref: str, workspace: str) -> tuple[float | None, int | None]:
-    """Workspace disk use % and OOM kills, measured in the container (None: unknown, e.g.
-    the exec could not start because the environment is at its process cap)."""
+def _inside(
+    engine: Engine, ref: str, workspace: str, timeout: float
+) -> tuple[float | None, int | None, str]:
+    """Workspace disk use %, OOM kills and the probe verdict, measured in the container.
+    The probe runs as the agent, so the agent can stop it, hold its output open or write
+    into it: it gets ``timeout`` seconds in all and PROBE_MAX_BYTES of output, then it is
+    killed and the verdict says ``unknown: <why>`` (also when the exec cannot start, e.g.
+    the environment is at its process cap)."""
     try:
-        code, out = engine.exec(ref, ["sh", "-c", INSIDE_SCRIPT, "sh", workspace])
-    except EngineError:
-        return None, None
-    if code != 0:
-        return None, None
-    lines = out.strip().splitlines()
+        result = engine.exec_bounded(
+            ref,
+            ["sh", "-c", INSIDE_SCRIPT, "sh", workspace],
+            deadline_s=timeout,
+            max_bytes=PROBE_MAX_BYTES,
+        )
+    except EngineError as exc:
+        return None, None, f"unknown: probe could not run: {exc}"
+    if result.problem is not None:
+        return None, None, f"unknown: probe {result.problem}"
+    if result.code != 0:
+        return None, None, f"unknown: probe exited {result.code}"
+    lines = result.output.strip().splitlines()
     disk = oom = None
     if lines and len(fields := lines[0].split()) >= 5 and fields[4].rstrip("%").isdigit():
         disk = float(fields[4].rstrip("%"))
@@ -161,7 +235,7 @@ def _inside(engine: Engine, ref: str, workspace: str) -> tuple[float | None, int
         key, _, value = line.strip().partition(" ")
         if key == "oom_kill" and value.strip().isdigit():
             oom = int(value)
-    return disk, oom
+    return disk, oom, "ok"
 
 
 def evaluate(status: Status, config: Mapping[str, Any]) -> list[str]:
@@ -193,9 +267,21 @@ def refresh(engine: Engine, name: str) -> str:
     files. Returns the new container id."""
     old = engine.inspect(name)
     # A tar of /run/secrets (200), or a JSON error when the container has none (404).
-    found = engine.request(
-        "GET", f"/containers/{old['Id']}/archive?path=/run/secrets", expect=(200, 404)
-    )
+    # The agent owns that directory: read at most SECRETS_MAX_BYTES of it, in chunks, and
+    # refuse the refresh beyond that while nothing has been stopped yet.
+    try:
+        found = engine.request(
+            "GET",
+            f"/containers/{old['Id']}/archive?path=/run/secrets",
+            expect=(200, 404),
+            max_bytes=SECRETS_MAX_BYTES,
+            deadline_s=ENGINE_DEADLINE_S,
+        )
+    except host.EngineOverrun as exc:
+        raise EngineError(
+            f"/run/secrets of {name}: {exc.bound} as a tar (allowed: at most "
+            f"{SECRETS_MAX_BYTES} bytes within {ENGINE_DEADLINE_S:g} s; nothing was stopped)"
+        ) from None
     secrets = found if isinstance(found, bytes) else b""
     engine.request("POST", f"/containers/{old['Id']}/stop?t=10")
     aside = f"{name}-refresh-{int(time.time())}"
@@ -287,7 +373,8 @@ def log_line(status: Status) -> str:
     )
     return (
         f"dockyard-health name={status.name} status={status.status} health={status.health} "
-        f"age_h={status.age_hours:g} memory={memory} disk={disk} oom_kills={oom} verdict={verdict} action={status.action}"
+        f"age_h={status.age_hours:g} memory={memory} disk={disk} oom_kills={oom} "
+        f"probe={status.probe} verdict={verdict} action={status.action}"
     )
 
 
@@ -308,6 +395,11 @@ METRICS = (
         lambda s: None if s.disk_pct is None else s.disk_pct / 100,
     ),
     ("restarts_total", "Times the engine restarted the container.", lambda s: float(s.restarts)),
+    (
+        "measured",
+        "1 if the environment could be measured; 0 if its probe overran its bounds or failed.",
+        lambda s: float(s.probe == "ok"),
+    ),
     (
         "oom_kills_total",
         "Processes the kernel killed for memory.",
@@ -363,6 +455,11 @@ def load_config(path: str | None, overrides: Mapping[str, Any]) -> dict[str, Any
             "path, or empty for no metrics)"
         )
     host.check_command("refresh_backup_command", config["refresh_backup_command"])
+    if not 0 < config["probe_timeout_seconds"] <= 300:
+        raise host.ConfigError(
+            f"probe_timeout_seconds: {config['probe_timeout_seconds']!r} is not allowed "
+            "(allowed: more than 0, at most 300)"
+        )
     for key in THRESHOLDS:
         if config[key] <= 0:
             raise host.ConfigError(
@@ -412,7 +509,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     now = datetime.now(UTC)
     try:
-        statuses = collect(engine, config["label"], config["workspace"], now)
+        statuses = collect(
+            engine, config["label"], config["workspace"], now, config["probe_timeout_seconds"]
+        )
     except host.HostError as exc:
         print(f"ERROR: cannot read the environments: {exc}", file=sys.stderr)
         return 1

@@ -10,7 +10,15 @@ so tests drive it with fake readings, a fake clock and a harmless power-off comm
 
 Config (JSON, --config): idle_minutes, cpu_threshold (percent), action ("stop" or
 "poweroff"), poweroff_command (argv list), state_file, docker (CLI path), label,
-backup_command (argv list; [] for none) and poweroff_without_backup.
+backup_command (argv list; [] for none), poweroff_without_backup and
+probe_timeout_seconds.
+
+The tmux probe runs inside the environment as the agent, which is hostile: it can hold the
+probe's output open or flood it. The probe runs under ``timeout -s KILL`` inside, and the
+host reads at most PROBE_MAX_BYTES of it within probe_timeout_seconds (plus the docker
+CLI's own start-up) before killing the CLI; an environment whose probe overran counts as
+busy with an ``unknown`` reason (never stopped on a guess) and the others are read as
+usual.
 
 With a backup command (the workspace_backup role's hook), each environment's workspace is
 backed up before it is stopped, and every running one before the host is powered off. A
@@ -21,7 +29,9 @@ the power-off does not, unless poweroff_without_backup is true.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,7 +59,12 @@ DEFAULTS: dict[str, object] = {
     "label": host.MANAGED_SELECTOR,
     "backup_command": [],
     "poweroff_without_backup": False,
+    "probe_timeout_seconds": 10.0,
 }
+# `tmux list-clients` prints one short line per client; more is not its answer.
+PROBE_MAX_BYTES = 64 * 1024
+# What the docker CLI itself takes to start an exec, on top of the probe's own deadline.
+CLI_SLACK_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -60,9 +75,13 @@ class Reading:
     agent_processes: int
     tmux_clients: int
     cpu_percent: float
+    # Why it could not be read (its probe overran and was killed); it then counts as busy.
+    unknown: str | None = None
 
     def busy(self, cpu_threshold: float) -> str | None:
         """Why it is busy, or None."""
+        if self.unknown:
+            return f"unknown: {self.unknown}"
         if self.agent_processes:
             return f"{self.agent_processes} agent process(es)"
         if self.tmux_clients:
@@ -130,7 +149,22 @@ Runner = host.Runner
 run = host.run
 
 
-def read_environments(docker: str, label: str, runner: Runner = run) -> list[Reading]:
+def read_environments(
+    docker: str,
+    label: str,
+    runner: Runner = run,
+    probe_timeout: float = float(DEFAULTS["probe_timeout_seconds"]),  # type: ignore[arg-type]
+    probe_runner: Runner | None = None,
+) -> list[Reading]:
+    """One Reading per running environment. ``probe_runner`` runs the in-environment
+    probe (default: ``runner``, or, for the real :func:`run`, run bounded to
+    PROBE_MAX_BYTES and ``probe_timeout`` + CLI_SLACK_S)."""
+    if probe_runner is None:
+        probe_runner = (
+            functools.partial(run, timeout=probe_timeout + CLI_SLACK_S, max_bytes=PROBE_MAX_BYTES)
+            if runner is run
+            else runner
+        )
     names = runner([docker, "ps", "--filter", f"label={label}", "--format", "{{.Names}}"]).split()
     if not names:
         return []
@@ -145,19 +179,29 @@ def read_environments(docker: str, label: str, runner: Runner = run) -> list[Rea
         rows = runner([docker, "top", name, "-o", "pid,comm"]).splitlines()[1:]
         commands = [row.split(None, 1)[1].strip() for row in rows if len(row.split(None, 1)) == 2]
         agents = sum(1 for command in commands if command in AGENT_COMMANDS)
-        clients = _tmux_clients(docker, name, runner)
-        readings.append(Reading(name, agents, clients, cpu.get(name, 0.0)))
+        clients, unknown = _tmux_clients(docker, name, probe_runner, probe_timeout)
+        readings.append(Reading(name, agents, clients, cpu.get(name, 0.0), unknown))
     return readings
 
 
-def _tmux_clients(docker: str, name: str, runner: Runner) -> int:
+# timeout(1)'s exit when it killed the command (124; 137 when KILL was the signal sent).
+TIMED_OUT = (124, 137)
+
+
+def _tmux_clients(docker: str, name: str, runner: Runner, timeout: float) -> tuple[int, str | None]:
+    """(attached tmux clients, None), or (0, why) when the probe overran its bounds."""
+    inside = ["timeout", "-s", "KILL", str(math.ceil(timeout))]
+    argv = [docker, "exec", "-u", "1000", name, *inside, "tmux", "list-clients"]
+    argv += ["-F", "#{client_name}"]
     try:
-        out = runner(
-            [docker, "exec", "-u", "1000", name, "tmux", "list-clients", "-F", "#{client_name}"]
-        )
-    except host.CommandError:
-        return 0  # no tmux server: nobody attached
-    return len([line for line in out.splitlines() if line.strip()])
+        out = runner(argv)
+    except host.Overrun as exc:
+        return 0, f"tmux probe {exc.bound}"
+    except host.CommandError as exc:
+        if exc.returncode in TIMED_OUT:
+            return 0, f"tmux probe killed inside after {math.ceil(timeout)} s"
+        return 0, None  # no tmux server: nobody attached
+    return len([line for line in out.splitlines() if line.strip()]), None
 
 
 # --- Acting -------------------------------------------------------------------------------
@@ -205,6 +249,11 @@ def load_config(path: str | None) -> dict[str, Any]:
             f"idle_minutes {config['idle_minutes']!r} / cpu_threshold {config['cpu_threshold']!r}"
             " are not allowed (allowed: idle_minutes > 0, cpu_threshold >= 0)"
         )
+    if not 0 < config["probe_timeout_seconds"] <= 300:
+        raise host.ConfigError(
+            f"probe_timeout_seconds: {config['probe_timeout_seconds']!r} is not allowed "
+            "(allowed: more than 0, at most 300)"
+        )
     return config
 
 
@@ -231,7 +280,12 @@ def main(
         return 0
     now = clock()
     try:
-        readings = read_environments(str(config["docker"]), str(config["label"]), runner)
+        readings = read_environments(
+            str(config["docker"]),
+            str(config["label"]),
+            runner,
+            float(config["probe_timeout_seconds"]),  # type: ignore[arg-type]
+        )
     except host.HostError as exc:
         print(f"ERROR: cannot read the environments: {exc}", file=sys.stderr)
         return 1
