@@ -29,6 +29,7 @@ import pulumi_command as command
 import pulumi_docker as docker
 
 from .assets import images_dir
+from .contract import LABEL_BROKER
 from .image import AgentImage, AgentImageArgs
 
 BROKER_UID = "999"  # the Debian caddy package's system user (images/broker/Dockerfile)
@@ -44,7 +45,6 @@ UPSTREAM_ENV = {
     "openai": "DOCKYARD_OPENAI_UPSTREAM",
     "git": "DOCKYARD_GIT_UPSTREAM",
 }
-BROKER_LABEL = "dockyard.broker"
 MEMORY_MB = 128
 PIDS_LIMIT = 128  # Caddy is one Go process; its threads count too
 # `docker update` is the only way to set the cgroup pids limit on an existing container
@@ -134,7 +134,7 @@ class CredentialBroker(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         plan = args.plan
         self.host = f"{args.environment_id}-broker"
-        labels = {**args.labels, BROKER_LABEL: "true"}
+        labels = {**args.labels, LABEL_BROKER: "true"}
 
         network = docker.Network(
             f"{name}-net",

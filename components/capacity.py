@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-MANAGED = "dockyard.managed"
-TENANT = "dockyard.tenant"
-SESSION = "dockyard.session"
-STACK = "dockyard.stack"
-# Set by the program on each container: what it reserves (CPUs, MB).
-CPUS_LABEL = "dockyard.limits.cpus"
-MEMORY_LABEL = "dockyard.limits.memory"
+from .contract import (
+    LABEL_LIMITS_CPUS,
+    LABEL_LIMITS_MEMORY,
+    LABEL_MANAGED,
+    LABEL_SESSION,
+    LABEL_STACK,
+    LABEL_TENANT,
+)
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,9 @@ def count(client: Any, *, exclude: tuple[str, str] | None = None) -> EngineState
     """The engine's dockyard containers; ``exclude`` is a (stack, session) not to count
     (the environment being converged)."""
     state = EngineState()
-    for container in client.api.containers(all=True, filters={"label": f"{MANAGED}=true"}):
+    for container in client.api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=true"}):
         labels = container.get("Labels") or {}
-        key = (labels.get(STACK) or "", labels.get(SESSION) or "")
+        key = (labels.get(LABEL_STACK) or "", labels.get(LABEL_SESSION) or "")
         if exclude is not None and key == exclude:
             continue
         cpus, memory = _reserved(labels)
@@ -68,7 +69,7 @@ def count(client: Any, *, exclude: tuple[str, str] | None = None) -> EngineState
             quota = host_config.get("CpuQuota") or 0
             cpus = quota / period if quota > 0 else (host_config.get("NanoCpus") or 0) / 1e9
             memory = (host_config.get("Memory") or 0) // (1024 * 1024)
-        state.add(labels.get(TENANT) or None, Use(1, cpus, memory))
+        state.add(labels.get(LABEL_TENANT) or None, Use(1, cpus, memory))
         if all(key):
             state.sessions.add(key)
     return state
@@ -76,7 +77,7 @@ def count(client: Any, *, exclude: tuple[str, str] | None = None) -> EngineState
 
 def _reserved(labels: dict[str, str]) -> tuple[float | None, int | None]:
     try:
-        return float(labels[CPUS_LABEL]), int(labels[MEMORY_LABEL])
+        return float(labels[LABEL_LIMITS_CPUS]), int(labels[LABEL_LIMITS_MEMORY])
     except (KeyError, ValueError):
         return None, None
 

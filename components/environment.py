@@ -17,7 +17,6 @@ Children, all parented to the component and named after it:
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -29,21 +28,33 @@ import pulumi_command as command
 import pulumi_docker as docker
 
 from . import broker as credential_broker
-from . import capacity, egress, hostfile
+from . import egress, storage
 from . import manifest as manifest_contract
 from .config import Healthcheck, ResolvedLimits, Volume
+from .contract import (
+    AGENT_UID,
+    HEALTHCHECK_PATH,
+    IDENTITY_LABELS,
+    LABEL_BACKEND,
+    LABEL_EGRESS,
+    LABEL_ENVIRONMENT,
+    LABEL_HOST,
+    LABEL_LIMITS_CPUS,
+    LABEL_LIMITS_MEMORY,
+    LABEL_MANAGED,
+    LABEL_SESSION,
+    LABEL_STACK,
+    LABEL_VOLUME,
+    MANAGED_VALUE,
+    SECRETS_DIR,
+    STOP_TIMEOUT_S,
+)
+from .manifest_file import declare_host_file, declare_manifest_file, manifest_path
 
-AGENT_UID = "1000"
-HEALTHCHECK_COMMAND = ["CMD", "/usr/local/bin/dockyard-healthcheck"]
-SECRETS_DIR = "/run/secrets"
-MANAGED_LABEL = "dockyard.managed"
+HEALTHCHECK_COMMAND = ["CMD", HEALTHCHECK_PATH]
 CPU_PERIOD_US = 100_000
 SSH_PORT = 22
 SSH_CA_PATH = "/etc/dockyard/ssh/user_ca.pub"  # images/core/sshd_config: TrustedUserCAKeys
-IDENTITY_LABELS = ("dockyard.environment", "dockyard.session", "dockyard.stack")
-"""What names an environment's resources; a broker carries these, not ``dockyard.managed``
-(it is no environment: quotas, health reports and idle checks do not count it)."""
-STOP_TIMEOUT_S = 10  # the entrypoint's checkpoint is budgeted to fit inside it
 
 # `docker update` is the only way to set the cgroup pids limit on an existing container;
 # the nproc ulimit is no substitute (it counts a uid's processes across all containers).
@@ -55,14 +66,6 @@ RUNTIME_SCRIPT = (
 # running gVisor container, so runsc environments go without one (docs/isolation.md) and
 # the policy pack's pids rule flags them.
 RUNSC_RUNTIME_SCRIPT = "docker inspect --format '{{.Created}}' \"$DOCKYARD_CONTAINER_ID\""
-# Removing the manifest is one `rm` (the path arrives in the environment, never in the
-# shell text): a Python start per environment, jsonschema included, was most of the time
-# a parallel teardown of many environments took.
-MANIFEST_DELETE = (
-    'case "$DOCKYARD_MANIFEST_PATH" in /*) exec rm -f -- "$DOCKYARD_MANIFEST_PATH" ;; '
-    "*) echo \"ERROR: DOCKYARD_MANIFEST_PATH='$DOCKYARD_MANIFEST_PATH' is not an absolute path\""
-    " >&2; exit 2 ;; esac"
-)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class AgentEnvironmentArgs:
     publish_address: str = "127.0.0.1"
     """Host address the published ports bind to: loopback by default, so no other
     environment's bridge reaches them through the gateway or the host (docs/access.md)."""
+    disks: storage.DiskBounds | None = field(default_factory=storage.DiskBounds)
+    """Size bounds of every writable path (dockyard.storage); None: unbounded."""
 
 
 def resource_prefix(stack: str, session_id: str) -> str:
@@ -131,13 +136,13 @@ class AgentEnvironment(pulumi.ComponentResource):
         prefix = resource_prefix(args.stack, args.session_id)
         labels = {
             **args.labels,
-            "dockyard.environment": prefix,
-            "dockyard.session": args.session_id,
-            "dockyard.backend": args.backend,
-            "dockyard.stack": args.stack,
-            MANAGED_LABEL: "true",
-            **({hostfile.HOST_LABEL: args.host_name} if args.host_name else {}),
-            egress.LABEL_MODE: args.egress,
+            LABEL_ENVIRONMENT: prefix,
+            LABEL_SESSION: args.session_id,
+            LABEL_BACKEND: args.backend,
+            LABEL_STACK: args.stack,
+            LABEL_MANAGED: MANAGED_VALUE,
+            **({LABEL_HOST: args.host_name} if args.host_name else {}),
+            LABEL_EGRESS: args.egress,
         }
 
         network = docker.Network(
@@ -151,21 +156,26 @@ class AgentEnvironment(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        # Every writable path gets a size bound (dockyard.storage, docs/stacks.md).
+        disks = storage.declare(
+            f"{name}-disks", prefix, args.disks, args.image_id, args.docker_host,
+            workspace_bound_elsewhere=bool(args.workspace_host_path), opts=child,
+        )  # fmt: skip
         volumes = {
             role: docker.Volume(
                 f"{name}-{role}",
                 name=f"{prefix}-{role}",
-                labels=_labels(docker.VolumeLabelArgs, {**labels, "dockyard.volume": role}),
+                labels=_labels(docker.VolumeLabelArgs, {**labels, LABEL_VOLUME: role}),
                 # Still a named volume (labelled, listed, removed with the environment),
                 # but its data lives in the given host directory, which outlives it.
                 driver_opts=(
                     {"type": "none", "o": "bind", "device": args.workspace_host_path}
                     if role == "workspace" and args.workspace_host_path
-                    else None
+                    else disks.volume_options(role)
                 ),
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(disks.depends_on)),
             )
-            for role in ("workspace", "config", "checkpoints")
+            for role in ("workspace", "config", "checkpoints", *disks.extra_roles)
         }
 
         # Between the workspace volume and the container, so the agent never sees a
@@ -175,7 +185,7 @@ class AgentEnvironment(pulumi.ComponentResource):
             restored.append(
                 command.local.Command(
                     f"{name}-restore",
-                    create=f"{shlex.quote(sys.executable)} -m {__package__}.backup restore-if-empty",
+                    create=f"{shlex.quote(sys.executable)} -m {__package__}.sessions.backups restore-if-empty",
                     dir=str(Path(__file__).resolve().parents[1]),
                     environment={
                         "DOCKYARD_BACKUP": args.restore_from,
@@ -244,7 +254,9 @@ class AgentEnvironment(pulumi.ComponentResource):
             volumes=[
                 *(
                     docker.ContainerVolumeArgs(
-                        container_path=f"/{role}", volume_name=volume.name, read_only=False
+                        container_path=storage.mount_path(role),
+                        volume_name=volume.name,
+                        read_only=False,
                     )
                     for role, volume in volumes.items()
                 ),
@@ -262,8 +274,8 @@ class AgentEnvironment(pulumi.ComponentResource):
                     file=f"{SECRETS_DIR}/{secret_name}",
                     content=value,
                     permissions="0400",
-                    owner=AGENT_UID,
-                    group=AGENT_UID,
+                    owner=str(AGENT_UID),
+                    group=str(AGENT_UID),
                 )
                 for secret_name, value in secrets.items()
             ]
@@ -280,8 +292,8 @@ class AgentEnvironment(pulumi.ComponentResource):
                 docker.ContainerLabelArgs,
                 {
                     **labels,
-                    capacity.CPUS_LABEL: f"{args.limits.cpus:g}",
-                    capacity.MEMORY_LABEL: str(args.limits.memory),
+                    LABEL_LIMITS_CPUS: f"{args.limits.cpus:g}",
+                    LABEL_LIMITS_MEMORY: str(args.limits.memory),
                 },
             ),
             # A CFS quota, not `cpus`: the engine rejects `cpus` above the host's core
@@ -296,8 +308,10 @@ class AgentEnvironment(pulumi.ComponentResource):
             ulimits=[
                 docker.ContainerUlimitArgs(
                     name="nofile", soft=args.limits.nofile_soft, hard=args.limits.nofile_hard
-                )
+                ),
+                *disks.ulimits(docker.ContainerUlimitArgs),
             ],
+            tmpfs=disks.tmpfs,
             # The entrypoint runs as the agent and needs no capability at all.
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
             security_opts=["no-new-privileges:true"],
@@ -345,40 +359,11 @@ class AgentEnvironment(pulumi.ComponentResource):
                 requested_env=requested_env,
             )
         )
-        self.manifest_path = f"{args.manifest_dir.rstrip('/')}/{args.session_id}.json"
-        writer = f"{shlex.quote(sys.executable)} -m {__package__}.manifest"
-        command.local.Command(
-            f"{name}-manifest",
-            create=f"{writer} write",
-            delete=MANIFEST_DELETE,
-            # The package's parent: `-m <package>.manifest` resolves from a checkout too.
-            dir=str(Path(__file__).resolve().parents[1]),
-            environment={
-                "DOCKYARD_MANIFEST": self.manifest.apply(json.dumps),
-                "DOCKYARD_MANIFEST_PATH": self.manifest_path,
-            },
-            opts=child,
-        )
-
+        self.manifest_path = manifest_path(args.manifest_dir, args.session_id)
+        declare_manifest_file(name, self.manifest, self.manifest_path, child)
         if args.host_name:
-            host_writer = f"{shlex.quote(sys.executable)} -m {__package__}.hostfile"
-            command.local.Command(
-                f"{name}-host",
-                create=f"{host_writer} write",
-                delete=f"{host_writer} remove",
-                dir=str(Path(__file__).resolve().parents[1]),
-                environment={
-                    "DOCKYARD_HOSTFILE": json.dumps(
-                        {
-                            "version": 1,
-                            "sessionId": args.session_id,
-                            "host": args.host_name,
-                            "dockerHost": args.docker_host or "",
-                        }
-                    ),
-                    "DOCKYARD_HOSTFILE_PATH": hostfile.path_for(self.manifest_path),
-                },
-                opts=child,
+            declare_host_file(
+                name, args.session_id, args.host_name, args.docker_host, self.manifest_path, child
             )
 
         self.container_id = container.id

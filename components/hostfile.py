@@ -24,7 +24,6 @@ import jsonschema
 from .files import write_json_atomic
 
 SUFFIX = ".host.json"
-HOST_LABEL = "dockyard.host"
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "dockyard environment host (sibling of a v1 manifest)",

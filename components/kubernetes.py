@@ -26,15 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pulumi
-import pulumi_command as command
 import pulumi_kubernetes as k8s
 
 from . import kubernetes_objects as objects
@@ -48,9 +44,9 @@ from .config import (
     Volume,
     resolve_limits,
 )
-from .environment import STOP_TIMEOUT_S
+from .contract import LABEL_TENANT, LABEL_VOLUME, STOP_TIMEOUT_S
 from .kubernetes_sandbox import SANDBOX_API_VERSION, AgentSandboxPool, AgentSandboxPoolArgs
-from .program import TENANT_LABEL
+from .manifest_file import declare_manifest_file, manifest_path
 
 CILIUM_API_VERSION = "cilium.io/v2"
 IMAGE_ALLOWED = (
@@ -137,7 +133,7 @@ class KubernetesEnvironment(pulumi.ComponentResource):
         pvcs = [
             k8s.core.v1.PersistentVolumeClaim(
                 f"{name}-{volume}",
-                metadata=metadata(claim, **{objects.VOLUME_LABEL: volume}),
+                metadata=metadata(claim, **{LABEL_VOLUME: volume}),
                 spec=objects.claim_spec(sizes[volume], args.storage_class),
                 opts=child,
             )
@@ -262,20 +258,8 @@ class KubernetesEnvironment(pulumi.ComponentResource):
                 requested_env=requested_env,
             )
         )
-        self.manifest_path = f"{args.manifest_dir.rstrip('/')}/{args.session_id}.json"
-        # The same writer as the Docker backend's (dockyard.environment).
-        writer = f"{shlex.quote(sys.executable)} -m {__package__}.manifest"
-        command.local.Command(
-            f"{name}-manifest",
-            create=f"{writer} write",
-            delete=f"{writer} remove",
-            dir=str(Path(__file__).resolve().parents[1]),
-            environment={
-                "DOCKYARD_MANIFEST": self.manifest.apply(json.dumps),
-                "DOCKYARD_MANIFEST_PATH": self.manifest_path,
-            },
-            opts=child,
-        )
+        self.manifest_path = manifest_path(args.manifest_dir, args.session_id)
+        declare_manifest_file(name, self.manifest, self.manifest_path, child)
 
         self.register_outputs(
             {
@@ -442,7 +426,7 @@ def declare_kubernetes(
                 env=env.env,
                 secrets={name: secret(name) for name in env.secrets},
                 gpu=env.gpu,
-                labels={**env.labels, **({TENANT_LABEL: env.tenant} if env.tenant else {})},
+                labels={**env.labels, **({LABEL_TENANT: env.tenant} if env.tenant else {})},
             ),
             opts=opts,
         )

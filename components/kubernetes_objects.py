@@ -18,12 +18,21 @@ from typing import Any
 from . import egress
 from .config import Healthcheck, ResolvedLimits, Volume
 from .config.values import duration_ms
+from .contract import (
+    AGENT_UID,
+    HEALTHCHECK_PATH,
+    LABEL_BACKEND,
+    LABEL_EGRESS,
+    LABEL_ENVIRONMENT,
+    LABEL_MANAGED,
+    LABEL_SESSION,
+    LABEL_STACK,
+    MANAGED_VALUE,
+    READY_FILE,
+    SECRETS_DIR,
+)
 
-AGENT_UID = 1000
 CONTAINER_NAME = "agent"
-HEALTHCHECK = "/usr/local/bin/dockyard-healthcheck"
-READY_FILE = "/tmp/ready"  # noqa: S108 - the marker inside the environment, not a host file
-SECRETS_DIR = "/run/secrets"
 SECRET_FILE_MODE = 0o400
 ROLES = ("workspace", "config", "checkpoints")
 """The R-ENV-8 tree: one PersistentVolumeClaim each, mounted at /<role>."""
@@ -43,12 +52,6 @@ HASH_LENGTH = 6
 
 # Labels every object of an environment carries (the Docker backend's set) and the
 # annotations that keep what a label value cannot hold.
-ENVIRONMENT_LABEL = "dockyard.environment"
-SESSION_LABEL = "dockyard.session"
-STACK_LABEL = "dockyard.stack"
-BACKEND_LABEL = "dockyard.backend"
-MANAGED_LABEL = "dockyard.managed"
-VOLUME_LABEL = "dockyard.volume"
 USER_LABELS_ANNOTATION = "dockyard.labels"
 LIMITS_ANNOTATION = "dockyard.limits"
 SECRETS_REVISION_ANNOTATION = "dockyard.secrets-revision"
@@ -107,7 +110,7 @@ def environment_name(stack: str, session_id: str) -> str:
 
 def selector_labels(name: str) -> dict[str, str]:
     """What the Service and the policies select the environment's Pod by."""
-    return {ENVIRONMENT_LABEL: name}
+    return {LABEL_ENVIRONMENT: name}
 
 
 def environment_metadata(
@@ -130,14 +133,14 @@ def environment_metadata(
             for key, value in user_labels.items()
             if is_qualified_name(key) and LABEL_VALUE.fullmatch(value)
         },
-        ENVIRONMENT_LABEL: name,
-        SESSION_LABEL: label_value(session_id),
-        STACK_LABEL: label_value(stack),
-        BACKEND_LABEL: backend,
-        MANAGED_LABEL: "true",
-        egress.LABEL_MODE: egress_mode,
+        LABEL_ENVIRONMENT: name,
+        LABEL_SESSION: label_value(session_id),
+        LABEL_STACK: label_value(stack),
+        LABEL_BACKEND: backend,
+        LABEL_MANAGED: MANAGED_VALUE,
+        LABEL_EGRESS: egress_mode,
     }
-    annotations = {SESSION_LABEL: session_id, STACK_LABEL: stack}
+    annotations = {LABEL_SESSION: session_id, LABEL_STACK: stack}
     if user_labels:
         annotations[USER_LABELS_ANNOTATION] = json.dumps(dict(user_labels), sort_keys=True)
     return labels, annotations
@@ -203,7 +206,7 @@ def probes(healthcheck: Healthcheck) -> dict[str, dict[str, Any]]:
     timeout = seconds(healthcheck.timeout)
     start_every = seconds(healthcheck.start_interval or healthcheck.interval)
     start_budget = math.ceil(duration_ms(healthcheck.start_period) / 1000 / start_every)
-    health = {"exec": {"command": [HEALTHCHECK]}, "timeoutSeconds": timeout}
+    health = {"exec": {"command": [HEALTHCHECK_PATH]}, "timeoutSeconds": timeout}
     return {
         "startupProbe": {
             **health,

@@ -26,7 +26,7 @@ import pulumi_kubernetes as k8s
 
 from . import kubernetes_objects as objects
 from .config import Healthcheck, ResolvedLimits
-from .environment import STOP_TIMEOUT_S
+from .contract import LABEL_ENVIRONMENT, LABEL_MANAGED, LABEL_STACK, LABEL_VOLUME, STOP_TIMEOUT_S
 
 SANDBOX_API_VERSION = "agents.x-k8s.io/v1beta1"
 EXTENSIONS_API_VERSION = "extensions.agents.x-k8s.io/v1beta1"
@@ -60,15 +60,15 @@ class AgentSandboxPool(pulumi.ComponentResource):
         pool = objects.object_name(f"dockyard-{args.stack}-pool", objects.WORKLOAD_NAME_MAX)
         # The sessions' label set; dockyard.environment names the pool, not a session.
         labels = {
-            objects.ENVIRONMENT_LABEL: pool,
-            objects.STACK_LABEL: objects.label_value(args.stack),
-            objects.MANAGED_LABEL: "true",
+            LABEL_ENVIRONMENT: pool,
+            LABEL_STACK: objects.label_value(args.stack),
+            LABEL_MANAGED: "true",
         }
         metadata = {
             "name": pool,
             "namespace": args.namespace,
             "labels": labels,
-            "annotations": {objects.STACK_LABEL: args.stack},
+            "annotations": {LABEL_STACK: args.stack},
         }
         pod = objects.pod_spec(
             image=args.image,
@@ -96,7 +96,7 @@ class AgentSandboxPool(pulumi.ComponentResource):
                     {
                         "metadata": {
                             "name": role,
-                            "labels": {**labels, objects.VOLUME_LABEL: role},
+                            "labels": {**labels, LABEL_VOLUME: role},
                         },
                         "spec": objects.claim_spec(args.storage_mb[role], args.storage_class),
                     }

@@ -18,10 +18,10 @@ import pulumi_docker as docker
 from . import broker as credential_broker
 from . import placement, ssh
 from .config import Environment, StackConfig
+from .contract import LABEL_TENANT
 from .environment import AgentEnvironment, AgentEnvironmentArgs
 from .image import AgentImage, AgentImageArgs
 
-TENANT_LABEL = "dockyard.tenant"
 SecretReader = Callable[[str], pulumi.Output[str]]
 
 
@@ -61,7 +61,7 @@ def environment_args(
         env=env.env,
         secrets=secrets,
         gpu=env.gpu,
-        labels={**env.labels, **({TENANT_LABEL: env.tenant} if env.tenant else {})},
+        labels={**env.labels, **({LABEL_TENANT: env.tenant} if env.tenant else {})},
         docker_host=cfg.docker_hosts[host] if host else cfg.docker_host,
         runtime=cfg.runtime_of(env),
         host_name=host,

@@ -16,6 +16,7 @@ from dockyard import kubernetes_objects as objects
 from dockyard import manifest as manifest_contract
 from dockyard import modal_plan
 from dockyard.config import Healthcheck, ResolvedLimits
+from dockyard.manifest_file import MANIFEST_DELETE
 from tests.support.kubernetes import (
     CANARIES,
     CILIUM_POLICY,
@@ -562,7 +563,7 @@ def test_manifest_v1_from_the_api_servers_answers(full: ProgramRun) -> None:
 def test_manifest_is_written_by_the_same_command(full: ProgramRun) -> None:
     command = full.named("env-alpha-manifest").inputs
     assert command["create"].endswith("-m dockyard.manifest write")
-    assert command["delete"].endswith("-m dockyard.manifest remove")
+    assert command["delete"] == MANIFEST_DELETE  # one writer resource for both backends
     environment = command["environment"]
     assert environment["DOCKYARD_MANIFEST_PATH"] == (
         f"{REPO}/.companion/cloud/environments/alpha.json"
