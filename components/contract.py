@@ -33,6 +33,9 @@ LABEL_HOST = "dockyard.host"
 LABEL_LIMITS_CPUS = "dockyard.limits.cpus"
 LABEL_LIMITS_MEMORY = "dockyard.limits.memory"
 LABEL_BROKER = "dockyard.broker"
+LABEL_CREDENTIALS = "dockyard.credentials"
+"""On an environment's container: its ``credentials`` mode, ``files`` or ``brokered`` (host
+tools that deliver secrets, e.g. the git_credentials role, refuse a brokered one)."""
 LABELS = frozenset(
     {
         LABEL_MANAGED,
@@ -48,6 +51,7 @@ LABELS = frozenset(
         LABEL_LIMITS_CPUS,
         LABEL_LIMITS_MEMORY,
         LABEL_BROKER,
+        LABEL_CREDENTIALS,
     }
 )
 """Every label key dockyard writes; anything else under ``dockyard.`` is a user's."""

@@ -36,6 +36,7 @@ from .contract import (
     HEALTHCHECK_PATH,
     IDENTITY_LABELS,
     LABEL_BACKEND,
+    LABEL_CREDENTIALS,
     LABEL_EGRESS,
     LABEL_ENVIRONMENT,
     LABEL_HOST,
@@ -292,6 +293,7 @@ class AgentEnvironment(pulumi.ComponentResource):
                 docker.ContainerLabelArgs,
                 {
                     **labels,
+                    LABEL_CREDENTIALS: "brokered" if args.broker is not None else "files",
                     LABEL_LIMITS_CPUS: f"{args.limits.cpus:g}",
                     LABEL_LIMITS_MEMORY: str(args.limits.memory),
                 },

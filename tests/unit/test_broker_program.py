@@ -73,6 +73,18 @@ def test_a_broker_per_brokered_environment_and_none_for_files(run: ProgramRun) -
         ), name
 
 
+def test_the_container_label_says_the_credentials_mode(run: ProgramRun) -> None:
+    """Host tools that deliver secrets (the git_credentials role) read the mode from the
+    engine, not from anything inside the environment."""
+    modes = {
+        session: {
+            i["label"]: i["value"] for i in run.named(f"env-{session}-container").inputs["labels"]
+        }.get("dockyard.credentials")
+        for session in ("held", "other", "plain")
+    }
+    assert modes == {"held": "brokered", "other": "brokered", "plain": "files"}
+
+
 def test_the_environment_holds_its_token_not_the_keys(run: ProgramRun) -> None:
     uploads = _uploads(run, "env-held-container")
     token = uploads["/run/secrets/ANTHROPIC_API_KEY"]["content"]

@@ -158,6 +158,7 @@ def test_env_labels_and_health(full: ProgramRun) -> None:
         "dockyard.stack": "dev",
         "dockyard.managed": "true",
         "dockyard.egress": "open",
+        "dockyard.credentials": "files",
         "dockyard.limits.cpus": "2.5",
         "dockyard.limits.memory": "6144",
     }

@@ -66,6 +66,8 @@ LABEL_LIMITS_CPUS = "dockyard.limits.cpus"
 LABEL_LIMITS_MEMORY = "dockyard.limits.memory"
 # A credential broker (credentials: brokered): not an environment, so never managed.
 LABEL_BROKER = "dockyard.broker"
+# On an environment's container: its credentials mode, "files" or "brokered".
+LABEL_CREDENTIALS = "dockyard.credentials"
 LABELS = frozenset(
     {
         LABEL_MANAGED,
@@ -81,6 +83,7 @@ LABELS = frozenset(
         LABEL_LIMITS_CPUS,
         LABEL_LIMITS_MEMORY,
         LABEL_BROKER,
+        LABEL_CREDENTIALS,
     }
 )
 MANAGED_VALUE = "true"
