@@ -3,20 +3,26 @@ its own high ports, admin endpoint, data directory and configuration, and routes
 this test's environments (``--scope-label``). Requests go through curl ``--resolve``.
 
 What must hold: 401 without a token, 200 with the environment's own token (bearer or the
-login cookie), 401 with another session's; a server started inside the environment gets
+login cookie), 401 with another session's; a browser request from another origin (another
+session's page: same site, sibling host) is refused, a WebSocket upgrade only with the
+route's own Origin; the app (an echo server inside the environment) never sees dockyard's
+token or cookie but sees its own cookies; a server started inside the environment gets
 a route within 10 s and loses it after it stops; a second run changes nothing; routes
-go with the environment; ``--remove`` stops Caddy."""
+go with the environment; ``--remove`` stops Caddy. The proxy's overhead is a benchmark
+(``benchmarks/preview_proxy.py``), not a test."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +54,50 @@ PROXY = REPO / "roles" / "preview_proxy" / "files" / "dockyard-preview-proxy.py"
 DOMAIN = "preview.test"
 SCOPE_KEY = "it.preview"
 INNER_PORT = 8000
+ECHO_PORT = 8001
 LATE_PORT = 8100
+COOKIE = "__Host-dockyard_preview"
+# The app: answers every request (and a WebSocket upgrade, with one text frame) with the
+# request line and headers it received, and appends them to a log inside the container.
+ECHO_APP = r"""
+import base64, hashlib, json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        seen = json.dumps({"method": self.command, "path": self.path,
+                           "headers": [[k, v] for k, v in self.headers.items()]})
+        with open("/tmp/echo.log", "a") as log:
+            log.write(seen + "\n")
+        body = seen.encode()
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            key = self.headers["Sec-WebSocket-Key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            accept = base64.b64encode(hashlib.sha1(key.encode()).digest()).decode()
+            self.send_header("Sec-WebSocket-Accept", accept)
+            self.end_headers()
+            self.wfile.write(bytes([0x81, 126]) + len(body).to_bytes(2, "big") + body)
+            self.wfile.write(bytes([0x88, 0]))
+            self.close_connection = True
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Echo).serve_forever()
+"""
 
 
 def free_port() -> int:
@@ -76,14 +125,65 @@ class Proxy:
         name = stack.container(session).name
         return (self.token_dir / f"{name}.token").read_text().strip()
 
-    def get(self, host: str, *headers: str) -> int:
-        argv = [
-            "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
-            "--resolve", f"{host}:{self.https_port}:127.0.0.1",
-            *(part for h in headers for part in ("-H", h)),
-            f"https://{host}:{self.https_port}/",
+    def origin(self, host: str) -> str:
+        return f"https://{host}:{self.https_port}"
+
+    def _curl(self, host: str, path: str, headers: Sequence[str], *extra: str) -> list[str]:
+        return [
+            "curl", "-sk", "--max-time", "5", "--resolve", f"{host}:{self.https_port}:127.0.0.1",
+            *(part for h in headers for part in ("-H", h)), *extra,
+            f"{self.origin(host)}{path}",
         ]  # fmt: skip
+
+    def get(self, host: str, *headers: str, path: str = "/", method: str = "GET") -> int:
+        """The status of one request (0: no answer)."""
+        argv = self._curl(
+            host, path, headers, "-o", "/dev/null", "-w", "%{http_code}", "-X", method
+        )
         return int(subprocess.run(argv, capture_output=True, text=True, check=False).stdout or 0)
+
+    def seen(self, host: str, *headers: str, path: str = "/") -> dict[str, Any]:
+        """What the echo app received for a request that must succeed (curl --fail)."""
+        argv = self._curl(host, path, headers, "--fail")
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{argv[-1]} {headers}: curl {result.returncode}"
+        return dict(json.loads(result.stdout))
+
+    def login(self, host: str, query: str) -> tuple[int, dict[str, str]]:
+        """Status and (lower-cased) headers of a visit to ``/?<query>``."""
+        argv = self._curl(host, f"/?{query}", (), "-o", "/dev/null", "-D", "-")
+        lines = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        status, *fields = lines.strip().splitlines() or ["HTTP/2 0"]
+        headers = dict(f.split(":", 1) for f in fields if ":" in f)
+        return int(status.split()[1]), {k.lower(): v.strip() for k, v in headers.items()}
+
+    def upgrade(self, host: str, *headers: str) -> tuple[int, bytes]:
+        """A WebSocket upgrade over TLS (HTTP/1.1): the status and what followed it."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # Caddy's internal CA
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = "\r\n".join(
+            [
+                "GET / HTTP/1.1", f"Host: {host}:{self.https_port}", "Upgrade: websocket",
+                "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+                *headers, "", "",
+            ]
+        )  # fmt: skip
+        with (
+            socket.create_connection(("127.0.0.1", self.https_port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            tls.sendall(request.encode())
+            data = b""
+            while b"\r\n\r\n" not in data and (chunk := tls.recv(65536)):
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            if status == 101:  # the app sends one frame and closes
+                while chunk := tls.recv(65536):
+                    rest += chunk
+            return status, rest
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +194,7 @@ def stack(deploy: Any) -> Deployed:
         {
             "limits": {"cpus": 1, "memory": "512m"},
             "environments": [
-                {"sessionId": "web", "labels": labels, "ports": [INNER_PORT]},
+                {"sessionId": "web", "labels": labels, "ports": [INNER_PORT, ECHO_PORT]},
                 {"sessionId": "other", "labels": labels, "ports": [INNER_PORT]},
             ],
         },
@@ -104,6 +204,9 @@ def stack(deploy: Any) -> Deployed:
         deployed.container(session).exec_run(
             ["python3", "-m", "http.server", str(INNER_PORT)], user="1000:1000", detach=True
         )
+    deployed.container("web").exec_run(
+        ["python3", "-c", ECHO_APP, str(ECHO_PORT)], user="1000:1000", detach=True
+    )
     return deployed
 
 
@@ -140,6 +243,28 @@ def applied(stack: Deployed, proxy: Proxy) -> dict[str, Any]:
     return first
 
 
+@pytest.fixture(scope="module")
+def echo(applied: dict[str, Any], proxy: Proxy, stack: Deployed) -> str:
+    """The echo app's preview host, answering through the proxy."""
+    host = f"{ECHO_PORT}-web.{DOMAIN}"
+    bearer = f"Authorization: Bearer {proxy.token(stack, 'web')}"
+    wait_for(lambda: proxy.get(host, bearer) == 200, 30, interval=0.5, what="the echo app")
+    return host
+
+
+def app_log(stack: Deployed) -> str:
+    result = stack.container("web").exec_run(["cat", "/tmp/echo.log"])
+    assert result.exit_code == 0, result.output
+    return str(result.output.decode())
+
+
+def headers_of(seen: dict[str, Any]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for name, value in seen["headers"]:
+        found.setdefault(name.lower(), []).append(value)
+    return found
+
+
 def test_routes_for_each_published_port(applied: dict[str, Any]) -> None:
     hosts = [r["host"] for r in applied["routes"]]
     assert f"{INNER_PORT}-web.{DOMAIN}" in hosts
@@ -167,10 +292,132 @@ def test_token_is_required_and_only_the_sessions_own_opens(
     assert proxy.get(host) == 401
     assert proxy.get(host, "Authorization: Bearer wrong") == 401
     assert proxy.get(host, f"Authorization: Bearer {other}") == 401
-    assert proxy.get(host, f"Cookie: dockyard_preview={other}") == 401
+    assert proxy.get(host, f"Cookie: {COOKIE}={other}") == 401
+    assert proxy.get(host, f"Cookie: x{COOKIE}={own}") == 401  # another cookie's name
+    assert proxy.get(host, f"Cookie: {COOKIE}={own}x") == 401
     assert proxy.get(host, f"Authorization: Bearer {own}") == 200
-    assert proxy.get(host, f"Cookie: dockyard_preview={own}") == 200
+    assert proxy.get(host, f"Cookie: {COOKIE}={own}") == 200
+    assert proxy.get(host, f"Cookie: a=1; {COOKIE}={own}; b=2") == 200
     assert proxy.get(f"{INNER_PORT}-other.{DOMAIN}", f"Authorization: Bearer {other}") == 200
+
+
+def browser(site: str, mode: str, dest: str = "empty") -> tuple[str, ...]:
+    """The Sec-Fetch-* headers a current browser adds to a request."""
+    return (f"Sec-Fetch-Site: {site}", f"Sec-Fetch-Mode: {mode}", f"Sec-Fetch-Dest: {dest}")
+
+
+def test_another_sessions_page_cannot_reach_this_sessions_routes(
+    echo: str, proxy: Proxy, stack: Deployed
+) -> None:
+    """A page on session ``other``'s preview host (same site, another origin) makes the
+    browser send ``web``'s cookie to ``web``'s route: refused before the app, whatever
+    the request's kind; the same requests from ``web``'s own pages are served, and so
+    is a link from anywhere (a top-level GET navigation) and a client without Sec-Fetch."""
+    cookie = f"Cookie: {COOKIE}={proxy.token(stack, 'web')}"
+    own = f"Origin: {proxy.origin(echo)}"
+    foreign = f"Origin: {proxy.origin(f'{INNER_PORT}-other.{DOMAIN}')}"
+    refused = {
+        "fetch-no-cors": (browser("same-site", "no-cors"), "GET"),
+        "fetch-cors": ((*browser("same-site", "cors"), foreign), "GET"),
+        "post-no-cors": ((*browser("same-site", "no-cors"), foreign), "POST"),
+        "subresource": (browser("same-site", "no-cors", "image"), "GET"),
+        "form-post": ((*browser("same-site", "navigate", "document"), foreign), "POST"),
+        "frame": (browser("same-site", "navigate", "iframe"), "GET"),
+        "cross-site-fetch": (browser("cross-site", "no-cors"), "GET"),
+        "no-sec-fetch-post": ((foreign,), "POST"),
+        "no-sec-fetch-null-origin": (("Origin: null",), "POST"),
+    }
+    answers = {
+        case: proxy.get(echo, cookie, *headers, path=f"/refused-{case}", method=method)
+        for case, (headers, method) in refused.items()
+    }
+    assert answers == dict.fromkeys(refused, 403)
+    served = {
+        "same-origin-fetch": ((*browser("same-origin", "cors"), own), "GET"),
+        "same-origin-post": ((*browser("same-origin", "no-cors"), own), "POST"),
+        "same-origin-post-no-referrer": (
+            (*browser("same-origin", "navigate"), "Origin: null"),
+            "POST",
+        ),
+        "link-from-a-sibling": (browser("same-site", "navigate", "document"), "GET"),
+        "link-from-anywhere": (browser("cross-site", "navigate", "document"), "GET"),
+        "typed-url": (browser("none", "navigate", "document"), "GET"),
+        "no-sec-fetch-own-origin": ((own,), "POST"),
+        "no-sec-fetch": ((), "GET"),
+    }
+    answers = {
+        case: proxy.get(echo, cookie, *headers, path=f"/served-{case}", method=method)
+        for case, (headers, method) in served.items()
+    }
+    assert answers == dict.fromkeys(served, 200)
+    log = app_log(stack)
+    assert "/refused-" not in log
+    assert all(f"/served-{case}" in log for case in served)
+
+
+def test_a_websocket_upgrade_needs_the_routes_own_origin(
+    echo: str, proxy: Proxy, stack: Deployed
+) -> None:
+    token = proxy.token(stack, "web")
+    cookie, bearer = f"Cookie: {COOKIE}={token}", f"Authorization: Bearer {token}"
+    own = f"Origin: {proxy.origin(echo)}"
+    foreign = f"Origin: {proxy.origin(f'{INNER_PORT}-other.{DOMAIN}')}"
+    assert proxy.upgrade(echo, cookie, foreign, *browser("same-site", "websocket"))[0] == 403
+    assert proxy.upgrade(echo, cookie, foreign)[0] == 403  # a browser without Sec-Fetch
+    assert proxy.upgrade(echo, bearer, foreign, *browser("same-origin", "websocket"))[0] == 403
+    assert proxy.upgrade(echo, cookie, "Origin: null")[0] == 403
+    status, frames = proxy.upgrade(echo, cookie, own, *browser("same-origin", "websocket"))
+    assert status == 101
+    assert frames[:1] == b"\x81", frames  # the app's text frame came through
+    assert proxy.upgrade(echo, bearer)[0] == 101  # a client that sends no Origin
+    assert proxy.upgrade(echo, own)[0] == 401  # the origin is no token
+
+
+def test_the_app_never_sees_dockyards_token_or_cookie_but_sees_its_own(
+    echo: str, proxy: Proxy, stack: Deployed
+) -> None:
+    token, other = proxy.token(stack, "web"), proxy.token(stack, "other")
+    bearer = f"Authorization: Bearer {token}"
+    ours = f"{COOKIE}={token}"
+    for cookies, expected in [
+        (f"app=1; {ours}; theme=dark", "app=1; theme=dark"),
+        (f"{ours}; app=1", "app=1"),
+        (f"app=1;{ours}", "app=1"),
+        (f"app=1; {ours}; {ours}", "app=1"),
+    ]:
+        seen = headers_of(proxy.seen(echo, f"Cookie: {cookies}"))
+        assert seen["cookie"] == [expected], cookies
+        seen = headers_of(proxy.seen(echo, bearer, f"Cookie: {cookies}"))
+        assert seen["cookie"] == [expected], cookies
+        assert "authorization" not in seen
+    # The app's own Authorization passes when the cookie authenticates.
+    seen = headers_of(proxy.seen(echo, f"Cookie: {ours}", "Authorization: Basic YXBwOmFwcA=="))
+    assert seen["authorization"] == ["Basic YXBwOmFwcA=="]
+    # WebSocket upgrades are stripped the same way.
+    status, frames = proxy.upgrade(echo, bearer, f"Cookie: app=1; {ours}")
+    assert status == 101
+    assert b'"app=1"' in frames
+    assert token.encode() not in frames
+    # The query parameter: the right token logs in (host-only __Host- cookie, redirect
+    # without it); any other spelling or value is refused; neither reaches the app.
+    status, headers = proxy.login(echo, f"dockyard_token={token}&page=2")
+    assert status == 302, headers
+    assert headers["location"] == "/"
+    attributes = [a.strip() for a in headers["set-cookie"].split(";")]
+    assert attributes[0] == ours
+    assert sorted(attributes[1:]) == ["HttpOnly", "Path=/", "SameSite=Lax", "Secure"]
+    for query in [
+        f"dockyard_token={other}", "dockyard_token=wrong", f"Dockyard%5Ftoken={token}",
+        f"a=1;dockyard_token={token}", f"x=1&DOCKYARD_TOKEN={token}",
+    ]:  # fmt: skip
+        assert proxy.get(echo, bearer, path=f"/?{query}") == 401, query
+    log = app_log(stack)
+    assert "app=1; theme=dark" in log  # the log holds what the app received above
+    for secret in (token, other):
+        assert secret not in log
+    assert COOKIE not in log
+    assert "dockyard_token" not in log.lower()
+    assert "dockyard%5ftoken" not in log.lower()
 
 
 def test_a_server_started_inside_gets_a_route_within_10s_and_loses_it(
@@ -218,38 +465,6 @@ def test_routes_go_with_the_environment(
     assert after["changed"] is True
     assert host not in [r["host"] for r in after["routes"]]
     assert proxy.get(host) == 0  # no route: no certificate, no answer
-
-
-def test_proxy_overhead_against_the_direct_host_port(
-    applied: dict[str, Any], proxy: Proxy, stack: Deployed
-) -> None:
-    """A figure, not a budget (2 shared cores: noisy): median of 20 curl requests each way,
-    each a new TLS connection through Caddy against plain HTTP to the host port."""
-    host = f"{INNER_PORT}-web.{DOMAIN}"
-    bearer = f"Authorization: Bearer {proxy.token(stack, 'web')}"
-    port = stack.manifests["web"]["container"]["portMappings"][0]["hostPort"]
-
-    def median(argv: list[str]) -> float:
-        times = []
-        for _ in range(20):
-            started = time.perf_counter()
-            subprocess.run(argv, capture_output=True, check=True)
-            times.append(time.perf_counter() - started)
-        return sorted(times)[len(times) // 2]
-
-    direct = median(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/"])
-    proxied = median(
-        [
-            "curl", "-sk", "-o", "/dev/null", "-H", bearer,
-            "--resolve", f"{host}:{proxy.https_port}:127.0.0.1",
-            f"https://{host}:{proxy.https_port}/",
-        ]
-    )  # fmt: skip
-    print(
-        f"proxy overhead: direct {direct * 1000:.1f} ms, through Caddy (TLS) "
-        f"{proxied * 1000:.1f} ms, ratio {proxied / direct:.2f}"
-    )
-    assert proxied > 0
 
 
 def test_remove_stops_caddy(applied: dict[str, Any], proxy: Proxy) -> None:

@@ -10,10 +10,16 @@ Keeps one Caddy (Debian's package) in step with the running dockyard environment
   a route to the container's own address — so a dev server started later is reachable
   one watch interval after it starts and loses its route one interval after it stops;
 - every route needs that environment's token: ``Authorization: Bearer <token>``, or a
-  ``dockyard_preview`` cookie set by visiting any of its URLs once with
+  ``__Host-dockyard_preview`` cookie set by visiting any of its URLs once with
   ``?dockyard_token=<token>`` (host-only cookie: it opens only that host name). Anything
   else gets 401 and never reaches the app. One token per environment, generated here
   and kept in ``--token-dir`` (0600), so one session's token never opens another's.
+- preview hosts are sibling names of one site, so a page served by one session could
+  make the browser send another session's cookie: browser requests from another origin
+  are refused (403) unless they are top-level GET/HEAD navigations (see ``caddyfile``);
+- dockyard's token never reaches the app: the bearer header and dockyard's cookie are
+  removed before forwarding (the app's own cookies pass), and a request carrying the
+  query parameter is answered by Caddy (login redirect, or 401) and never forwarded.
 - TLS from Caddy's internal CA (``tls internal``); Caddy redirects HTTP to HTTPS and
   passes WebSocket upgrades through ``reverse_proxy``.
 
@@ -45,9 +51,12 @@ LABEL_SESSION = "dockyard.session"
 LABEL_DISCOVER = "dockyard-preview.discover"
 DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}", re.ASCII)
-COOKIE = "dockyard_preview"
+# ``__Host-``: browsers accept it only with Secure, Path=/ and no Domain, so no sibling
+# preview host (another session's app) can plant or shadow it for this host.
+COOKIE = "__Host-dockyard_preview"
 QUERY = "dockyard_token"
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
+TOKEN = re.compile(r"[A-Za-z0-9_-]{32,}", re.ASCII)  # token_urlsafe: safe inside a regexp
 
 
 class ProxyError(RuntimeError):
@@ -96,7 +105,11 @@ def token_for(token_dir: Path, environment: str) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    token = path.read_text().strip()
+    if not TOKEN.fullmatch(token):
+        # It goes into Caddy's configuration (and a regexp): never an arbitrary string.
+        raise ProxyError(f"{path}: not a token (allowed: 32 or more of A-Z a-z 0-9 _ -)")
+    return token
 
 
 def routes(domain: str, discover: bool, scope: str | None) -> tuple[list[Route], list[str]]:
@@ -135,9 +148,58 @@ def routes(domain: str, discover: bool, scope: str | None) -> tuple[list[Route],
     return sorted(found, key=lambda r: r.host), skipped
 
 
+# One browser request in the site of the preview hosts but from another origin (another
+# session's page): Sec-Fetch-Site says so on every request of current browsers. Only a
+# top-level GET/HEAD navigation may come from anywhere (a link); a same-site form POST,
+# frame, fetch, subresource or WebSocket would carry this host's cookie (SameSite Lax
+# and Strict alike: sibling hosts are one site) and is refused. Non-browser clients send
+# no Sec-Fetch-* and are not affected (they need the token anyway).
+CROSS_ORIGIN_FETCH = [
+    "  @cross_origin_fetch {",
+    "    header Sec-Fetch-Site *",
+    "    not header Sec-Fetch-Site same-origin",
+    "    not {",
+    "      header Sec-Fetch-Mode navigate",
+    "      header Sec-Fetch-Dest document",
+    "      method GET HEAD",
+    "    }",
+    "  }",
+]
+# The same for browsers without Sec-Fetch-* (Origin is sent on CORS, non-GET and WebSocket
+# requests): an Origin other than the route's own is refused unless the browser vouches
+# same-origin (a same-origin POST under Referrer-Policy: no-referrer says Origin: null).
+# A WebSocket upgrade's Origin must always be the route's own.
+OWN_ORIGIN = "https://{http.request.hostport}"
+FOREIGN_ORIGIN = [
+    "  @foreign_origin {",
+    "    header Origin *",
+    f"    not header Origin {OWN_ORIGIN}",
+    "    not header Sec-Fetch-Site same-origin",
+    "  }",
+    "  @foreign_upgrade {",
+    "    header Upgrade *",
+    "    header Origin *",
+    f"    not header Origin {OWN_ORIGIN}",
+    "  }",
+]
+# Any spelling of the query parameter (Caddy's query matcher decodes names; apps may
+# split on ';'): such a request is never forwarded, whatever token it carries.
+PARAMETER_IN_QUERY = '`{http.request.uri.query}.matches("(?i)dockyard(_|%5f)token")`'
+# Removes every dockyard cookie from the Cookie header and keeps the app's cookies in
+# order: at the start with the separator after it, elsewhere with the one before it.
+# Caddy 2.6's Caddyfile reads an empty replacement as "set the header to the pattern",
+# so the replacement is "$1": Go's regexp expands the absent group 1 to nothing.
+STRIP_COOKIE = (
+    f'    request_header Cookie `^\\s*{COOKIE}=[^;]*(?:;\\s*|$)|;\\s*{COOKIE}=[^;]*` "$1"'
+)
+
+
 def caddyfile(
     found: Sequence[Route], tokens: dict[str, str], http_port: int, https_port: int, admin: str
 ) -> str:
+    """Caddy's configuration: per route, refuse cross-origin browser requests (403), log
+    in by the query parameter (cookie + redirect), proxy with the bearer header or the
+    cookie (each stripped first), 401 otherwise. Tokens must match ``TOKEN``."""
     lines = [
         "# dockyard preview proxy (generated; do not edit)",
         "{",
@@ -149,20 +211,40 @@ def caddyfile(
     ]
     for route in found:
         token = tokens[route.environment]
+        if not TOKEN.fullmatch(token):
+            raise ProxyError(f"token of {route.environment} is not a token (see --token-dir)")
         lines += [
             f"https://{route.host} {{",
             "  tls internal",
+            *CROSS_ORIGIN_FETCH,
+            *FOREIGN_ORIGIN,
             f'  @bearer header Authorization "Bearer {token}"',
-            f"  @cookie header Cookie *{COOKIE}={token}*",
+            f"  @cookie header_regexp Cookie `(?:^|;)\\s*{COOKIE}={token}\\s*(?:;|$)`",
             f"  @login query {QUERY}={token}",
+            f"  @token_in_query expression {PARAMETER_IN_QUERY}",
+            "  handle @cross_origin_fetch {",
+            '    respond "403 Forbidden: a request from another origin" 403',
+            "  }",
+            "  handle @foreign_origin {",
+            '    respond "403 Forbidden: a request from another origin" 403',
+            "  }",
+            "  handle @foreign_upgrade {",
+            '    respond "403 Forbidden: a WebSocket from another origin" 403',
+            "  }",
             "  handle @login {",
             f'    header Set-Cookie "{COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Lax"',
             "    redir {path} 302",
             "  }",
+            "  handle @token_in_query {",
+            '    respond "401 Unauthorized: a dockyard preview token is required" 401',
+            "  }",
             "  handle @bearer {",
+            "    request_header -Authorization",
+            STRIP_COOKIE,
             f"    reverse_proxy {route.upstream}",
             "  }",
             "  handle @cookie {",
+            STRIP_COOKIE,
             f"    reverse_proxy {route.upstream}",
             "  }",
             "  handle {",
