@@ -21,12 +21,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import backup as backups
-from . import backup_sessions, modal_plan, ssh
+from . import modal_plan, ssh
 from .config import ConfigError, from_stack_file, parse
-from .errors import FAILED, INVALID, NOT_FOUND, OK, DockyardError
+from .errors import FAILED, INVALID, OK, DockyardError
 from .sessions import DriverError, Sessions
 from .sessions import audit as audit_log
+from .sessions import backups as backup_sessions
 from .sessions.request import SESSIONS_STACK
 
 app = typer.Typer(
@@ -67,9 +67,6 @@ def _errors(as_json: bool) -> Iterator[None]:
         yield
     except DockyardError as error:
         _fail(error.exit_code, error.problems, as_json)
-    except backups.BackupError as error:  # until the restic engine joins the error root
-        code = NOT_FOUND if isinstance(error, backups.NotFound) else FAILED
-        _fail(INVALID if isinstance(error, backups.ConfigError) else code, str(error), as_json)
 
 
 def _progress(as_json: bool) -> Callable[[str], None]:
@@ -361,17 +358,18 @@ def ssh_session(
                 entry["detail"] = (
                     f"key id {cert.key_id}, principal {cert.principal}, {cert.minutes} min"
                 )
+            options, remote = ssh.split_command(list(ctx.args), sys.argv)
+            if command and remote:
+                raise ssh.SshOptionError("give the remote command once: --command CMD or -- CMD")
             argv = ssh.ssh_argv(
                 key,
                 cert.path,
                 host,
                 port,
                 sessions.where.state / "ssh_known_hosts",
-                ctx.args,
-                [command] if command else [],
+                options,
+                [command] if command else remote,
             )
-        except ssh.SshError as error:
-            _fail(FAILED, str(error), False)
         if print_only:
             print(" ".join(argv))
             return

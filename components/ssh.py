@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Failed
+from .errors import Failed, InvalidInput
 
 DEFAULT_DIR = "/etc/dockyard/ssh"
 DIR_ENV = "DOCKYARD_SSH_DIR"
@@ -33,6 +33,10 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
 
 class SshError(Failed):
     """A certificate or CA operation failed; the message says which and why."""
+
+
+class SshOptionError(InvalidInput):
+    """An ssh option or argument that is not allowed; the message names it."""
 
 
 def principal(session: str) -> str:
@@ -118,6 +122,46 @@ def issue(
     return Certificate(public_key.with_name(public_key.stem + "-cert.pub"), key_id, name, minutes)
 
 
+# The sshd inside an environment runs as the agent, which can replace it: anything the
+# client forwards into the session (the user's agent, their X display) is the agent's.
+NO_FORWARDING = (
+    "-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "ForwardX11Trusted=no",
+    "-o", "PermitLocalCommand=no",
+)  # fmt: skip
+# ssh's single-letter flags: those that take no value, and those that take one.
+_FLAGS = frozenset("46AaCfGgKkMNnqsTtVvXxYy")
+_WITH_VALUE = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
+_REFUSED_FLAGS = {
+    "A": "-A (agent forwarding)",
+    "X": "-X (X11 forwarding)",
+    "Y": "-Y (X11 forwarding)",
+}
+_REFUSED_OPTIONS = ("forwardagent", "forwardx11", "permitlocalcommand", "localcommand")
+
+
+def refused_options(options: list[str]) -> list[str]:
+    """The ssh options in ``options`` that would forward the caller's agent or display
+    into the environment (or run a local command): each named, to be refused."""
+    refused: list[str] = []
+    words = iter(options)
+    for word in words:
+        if not word.startswith("-") or word.startswith("--") or word == "-":
+            continue
+        letters = word[1:]
+        for index, letter in enumerate(letters):
+            if letter in _REFUSED_FLAGS:
+                refused.append(_REFUSED_FLAGS[letter])
+            if letter in _WITH_VALUE:
+                value = letters[index + 1 :] or next(words, "")
+                key = value.split("=", 1)[0].split(None, 1)[0].strip().lower() if value else ""
+                if letter == "o" and key in _REFUSED_OPTIONS:
+                    refused.append(f"-o {key}")
+                break
+            if letter not in _FLAGS:
+                break
+    return refused
+
+
 def ssh_argv(
     identity: Path,
     certificate: Path,
@@ -128,16 +172,35 @@ def ssh_argv(
     command: list[str],
 ) -> list[str]:
     """The ssh command for a session's published port (loopback by default): ``options``
-    before the destination, ``command`` after it."""
+    before the destination, ``command`` after it. Agent and X11 forwarding are off, and
+    options that would turn them on are refused (:class:`SshError` naming them)."""
+    refused = refused_options(options)
+    if refused:
+        raise SshOptionError(
+            f"ssh options {', '.join(refused)} are not allowed: the environment's sshd runs as "
+            "the agent, so whatever is forwarded into it is the agent's "
+            "(allowed: port forwards -L/-R/-D, -N, -v, and -o options other than forwarding)"
+        )
     ssh = shutil.which("ssh")
     if ssh is None:
         raise SshError("ssh is not on PATH (Debian: apt-get install openssh-client)")
     return [
         ssh, "-i", str(identity), "-o", f"CertificateFile={certificate}",
         "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "StrictHostKeyChecking=accept-new", "-p", str(port), *options,
+        "-o", "StrictHostKeyChecking=accept-new", *NO_FORWARDING, "-p", str(port), *options,
         f"{USER}@{host}", *command,
     ]  # fmt: skip
+
+
+def split_command(extra: list[str], argv: list[str]) -> tuple[list[str], list[str]]:
+    """``dockyard ssh S [ssh options] -- CMD...``: the click parser drops ``--`` from the
+    extra arguments, so where it stood is read from the process's own ``argv``."""
+    if "--" not in argv:
+        return extra, []
+    after = argv[argv.index("--") + 1 :]
+    if not after or extra[len(extra) - len(after) :] != after:
+        return extra, []
+    return extra[: len(extra) - len(after)], after
 
 
 def host_port(manifest: dict) -> int:
