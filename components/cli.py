@@ -336,40 +336,40 @@ def ssh_session(
         record = sessions.registry.find(session, tenant)
         manifest = sessions.get(session, tenant)
         key = identity.expanduser()
-        try:
-            port = ssh.host_port(manifest)
-            with audit_log.recorded(
-                sessions.where.audit_log,
-                "ssh-certificate",
-                session=session,
-                tenant=record.tenant,
-                host=record.host,
-                stack=record.stack_name,
-            ) as entry:
-                # The CA is the stack configuration's: one per tenant (or "sessions").
-                cert = ssh.issue(
-                    record.tenant or SESSIONS_STACK,
-                    session,
-                    key.with_name(key.name + ".pub"),
-                    minutes,
-                    caller=audit_log.actor(),
-                )
-                # The audit line's free-text field: what was issued, never key material.
-                entry["detail"] = (
-                    f"key id {cert.key_id}, principal {cert.principal}, {cert.minutes} min"
-                )
-            options, remote = ssh.split_command(list(ctx.args), sys.argv)
-            if command and remote:
-                raise ssh.SshOptionError("give the remote command once: --command CMD or -- CMD")
-            argv = ssh.ssh_argv(
-                key,
-                cert.path,
-                host,
-                port,
-                sessions.where.state / "ssh_known_hosts",
-                options,
-                [command] if command else remote,
+        options, remote = ssh.split_command(list(ctx.args), sys.argv)
+        if command and remote:
+            raise ssh.SshOptionError("give the remote command once: --command CMD or -- CMD")
+        ssh.check_options(options)  # before a certificate is issued
+        port = ssh.host_port(manifest)
+        with audit_log.recorded(
+            sessions.where.audit_log,
+            "ssh-certificate",
+            session=session,
+            tenant=record.tenant,
+            host=record.host,
+            stack=record.stack_name,
+        ) as entry:
+            # The CA is the stack configuration's: one per tenant (or "sessions").
+            cert = ssh.issue(
+                record.tenant or SESSIONS_STACK,
+                session,
+                key.with_name(key.name + ".pub"),
+                minutes,
+                caller=audit_log.actor(),
             )
+            # The audit line's free-text field: what was issued, never key material.
+            entry["detail"] = (
+                f"key id {cert.key_id}, principal {cert.principal}, {cert.minutes} min"
+            )
+        argv = ssh.ssh_argv(
+            key,
+            cert.path,
+            host,
+            port,
+            sessions.where.state / "ssh_known_hosts",
+            options,
+            [command] if command else remote,
+        )
         if print_only:
             print(" ".join(argv))
             return

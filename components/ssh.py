@@ -162,6 +162,17 @@ def refused_options(options: list[str]) -> list[str]:
     return refused
 
 
+def check_options(options: list[str]) -> None:
+    """Refuse (:class:`SshOptionError`, naming each) options that forward into the environment."""
+    refused = refused_options(options)
+    if refused:
+        raise SshOptionError(
+            f"ssh options {', '.join(refused)} are not allowed: the environment's sshd runs as "
+            "the agent, so whatever is forwarded into it is the agent's "
+            "(allowed: port forwards -L/-R/-D, -N, -v, and -o options other than forwarding)"
+        )
+
+
 def ssh_argv(
     identity: Path,
     certificate: Path,
@@ -173,14 +184,8 @@ def ssh_argv(
 ) -> list[str]:
     """The ssh command for a session's published port (loopback by default): ``options``
     before the destination, ``command`` after it. Agent and X11 forwarding are off, and
-    options that would turn them on are refused (:class:`SshError` naming them)."""
-    refused = refused_options(options)
-    if refused:
-        raise SshOptionError(
-            f"ssh options {', '.join(refused)} are not allowed: the environment's sshd runs as "
-            "the agent, so whatever is forwarded into it is the agent's "
-            "(allowed: port forwards -L/-R/-D, -N, -v, and -o options other than forwarding)"
-        )
+    options that would turn them on are refused (:func:`check_options`)."""
+    check_options(options)
     ssh = shutil.which("ssh")
     if ssh is None:
         raise SshError("ssh is not on PATH (Debian: apt-get install openssh-client)")
