@@ -12,7 +12,6 @@ secret that must provide them.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -85,17 +84,18 @@ def plan(
 
 
 def _limits_from_stack(path: str, session: str) -> tuple[float, int, Any]:
-    raw, secret_keys = stack_config.from_stack_file(path)
-    stack = os.path.basename(path).removeprefix("Pulumi.").removesuffix(".yaml")
     # A preview reads no secret values, so unset ones are not an error here.
-    cfg = stack_config.parse(
-        raw, stack=stack, cwd="/", secret_keys=secret_keys, check_secrets=False
-    )
+    cfg = stack_config.stack_file(path, cwd="/", check_secrets=False, label=f"--stack {path}")
     for env in cfg.environments:
         if env.session_id == session:
             limits = cfg.limits_of(env)
             return limits.cpus, limits.memory, env.gpu
     raise SystemExit(f"ERROR: {path} has no environment with sessionId {session!r}")
+
+
+def _flag(loc: config_messages.Loc) -> str:
+    """A limit named as the flag that set it (``--memory``)."""
+    return "--" + stack_config.key_path(loc, prefix="")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             {k: v for k, v in {"cpus": args.cpus, "memory": args.memory}.items() if v is not None}
         )
     except ValidationError as exc:
-        for problem in config_messages.problems(exc, stack_config.Limits):
-            print(f"ERROR: --{problem.removeprefix(stack_config.NAMESPACE + ':')}", file=sys.stderr)
+        for problem in config_messages.problems(exc, stack_config.Limits, name=_flag):
+            print(f"ERROR: {problem}", file=sys.stderr)
         return 1
     cpus = overrides.cpus or cpus
     memory = overrides.memory or memory

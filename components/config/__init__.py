@@ -20,6 +20,7 @@ model: it holds secret *names*.
 from .base import NAMESPACE
 from .environment import BROKER_ENV, BROKERED_SECRETS, Environment
 from .errors import ConfigError
+from .messages import KeyName, key_path
 from .mounts import FORBIDDEN_BIND_SOURCES, RESERVED_MOUNTS, Volume, parse_volume
 from .names import RESERVED_LABEL_PREFIX
 from .sections import (
@@ -38,7 +39,19 @@ from .sections import (
     Variant,
     resolve_limits,
 )
-from .sources import decode, from_pulumi, from_stack_file, parse
+from .sources import (
+    MISSING,
+    config_key,
+    decode,
+    from_host_settings,
+    from_pulumi,
+    from_request,
+    from_stack_file,
+    host_settings,
+    parse,
+    stack_file,
+    stack_name,
+)
 from .stack import DEFAULT_MANIFEST_DIR, TOP_LEVEL_KEYS, StackConfig
 from .values import (
     DOCKER_HOST,
@@ -63,6 +76,7 @@ __all__ = [
     "FORBIDDEN_BIND_SOURCES",
     "IMAGE_REFERENCE",
     "LABEL_KEY",
+    "MISSING",
     "NAMESPACE",
     "RESERVED_LABEL_PREFIX",
     "RESERVED_MOUNTS",
@@ -77,6 +91,7 @@ __all__ = [
     "Environment",
     "Healthcheck",
     "ImageSource",
+    "KeyName",
     "KubernetesSettings",
     "Limits",
     "Profile",
@@ -87,10 +102,17 @@ __all__ = [
     "StackConfig",
     "Variant",
     "Volume",
+    "config_key",
     "decode",
+    "from_host_settings",
     "from_pulumi",
+    "from_request",
     "from_stack_file",
+    "host_settings",
+    "key_path",
     "parse",
     "parse_volume",
     "resolve_limits",
+    "stack_file",
+    "stack_name",
 ]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
@@ -81,14 +82,45 @@ def render(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def key_path(loc: Iterable[int | str]) -> str:
-    path = NAMESPACE + ":"
+Loc = tuple[int | str, ...]
+"""Where a value is in the stack's model: top-level key, then keys and list positions."""
+KeyName = Callable[[Loc], str]
+"""How a source names a location to its user: the input of parsing that decides every key
+path a problem shows (a stack's ``dockyard:environments[0].ports[1]``, a request's
+``request.container.ports[1]``, a flag's ``--memory``)."""
+
+
+def key_path(loc: Iterable[int | str], prefix: str = NAMESPACE + ":") -> str:
+    """``loc`` spelled the stack's way after ``prefix``: ``dockyard:environments[0].ports[1]``.
+
+    The stack's own naming (the default :data:`KeyName`); the empty location is the
+    namespace itself."""
+    path = prefix
     for index, part in enumerate(loc):
         if isinstance(part, int):
             path += f"[{part}]"
         else:
             path += ("" if index == 0 else ".") + str(part)
-    return path
+    return path if path != NAMESPACE + ":" else NAMESPACE
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem line, and where it sorts: by the stack's key path whatever the naming,
+    so every source lists the same problems in the same order."""
+
+    order: list[Any]
+    text: str
+
+
+def problem(loc: Loc, text: str, name: KeyName = key_path) -> Problem:
+    """``<key>: <text>``, the key named by ``name``."""
+    return Problem(order=natural_order(f"{key_path(loc)}: {text}"), text=f"{name(loc)}: {text}")
+
+
+def lines(found: Iterable[Problem]) -> list[str]:
+    """The problem lines in the stack's key order."""
+    return [p.text for p in sorted(found, key=lambda p: p.order)]
 
 
 def is_sensitive(loc: Iterable[int | str]) -> bool:
@@ -161,28 +193,39 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
-def problems(exc: ValidationError, root: type[BaseModel]) -> list[str]:
-    lines: list[str] = []
+def problems(exc: ValidationError, root: type[BaseModel], name: KeyName = key_path) -> list[str]:
+    """One line per problem of ``exc`` (in the order pydantic found them), keys named by
+    ``name``."""
+    return [p.text for p in located(exc, root, name)]
+
+
+def located(exc: ValidationError, root: type[BaseModel], name: KeyName = key_path) -> list[Problem]:
+    """Every problem of ``exc`` as a :class:`Problem`, keys named by ``name``."""
+    found: list[Problem] = []
     for error in exc.errors():
         loc = tuple(error["loc"])
         kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
         if kind == "dockyard_items":
             for sub, item, allowed in ctx["items"]:
                 item_loc = (*loc, sub)
-                lines.append(
-                    f"{key_path(item_loc)}: {shown(item, item_loc)} {ctx['verb']} "
-                    f"(allowed: {allowed})"
+                found.append(
+                    problem(
+                        item_loc,
+                        f"{shown(item, item_loc)} {ctx['verb']} (allowed: {allowed})",
+                        name,
+                    )
                 )
             continue
-        key = key_path(loc)
         if kind == "missing":
-            lines.append(f"{key}: missing (allowed: a value is required)")
+            found.append(problem(loc, "missing (allowed: a value is required)", name))
             continue
         if kind == "extra_forbidden":
             model = _model_at(root, loc[:-1])
             known = [f.alias or n for n, f in model.model_fields.items()] if model else []
             hint = suggest(str(loc[-1]), known)
-            lines.append(f"{key}: unknown key (allowed: {', '.join(sorted(known))}{hint})")
+            found.append(
+                problem(loc, f"unknown key (allowed: {', '.join(sorted(known))}{hint})", name)
+            )
             continue
         if kind == "dockyard":
             allowed = ctx["allowed"]
@@ -191,8 +234,8 @@ def problems(exc: ValidationError, root: type[BaseModel]) -> list[str]:
         else:
             # Never Python's own wording: a type name, or the documented form.
             allowed = _TYPE_NAMES.get(kind, "the form documented in docs/stacks.md")
-        lines.append(f"{key}: {shown(value, loc)} is not allowed (allowed: {allowed})")
-    return lines
+        found.append(problem(loc, f"{shown(value, loc)} is not allowed (allowed: {allowed})", name))
+    return found
 
 
 def natural_order(problem: str) -> list[Any]:

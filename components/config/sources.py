@@ -1,8 +1,19 @@
-"""Where a stack's configuration comes from: Pulumi's config, or a stack file.
+"""Where a stack's configuration comes from: one entry per source, each giving a StackConfig.
 
-:func:`parse` is the only entry point that validates: it separates secret names from
-settings, validates the settings with the typed model (which holds every rule), and
-raises :class:`ConfigError` with every problem of the stack at once.
+- :func:`parse`: Pulumi's shape, full keys (``dockyard:environments``) and the keys stored
+  as secrets; :func:`from_pulumi` reads the running stack's and parses them;
+- :func:`stack_file`: a ``Pulumi.<stack>.yaml`` (:func:`from_stack_file` reads one into
+  Pulumi's shape);
+- :func:`from_host_settings`: a host's settings (stack keys without the namespace), for
+  what needs the host's configuration but no session;
+- :func:`from_request`: a host's settings plus one environment: a one-environment stack.
+
+All of them end in one validation: secret names are separated from settings, the settings
+are validated with the typed model (which holds every rule), and :class:`ConfigError` lists
+every problem at once. How a source names its keys to its user is an input (``name``, a
+:data:`~.messages.KeyName`): a request's problems read ``request.container.ports[1]`` from
+the start, never by rewriting the stack's messages afterwards. Only this package spells the
+namespace (:data:`dockyard.contract.NAMESPACE`).
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,15 +30,109 @@ from pydantic import ValidationError
 from . import messages
 from .base import NAMESPACE
 from .errors import ConfigError
+from .messages import KeyName, Problem, key_path
 from .scope import Scope
 from .stack import TOP_LEVEL_KEYS, StackConfig
 from .values import ENV_NAME
 
 KEY_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}", re.ASCII)
+ENVIRONMENTS = "environments"
 
 
 def _is_secret_name(name: str) -> bool:
     return bool(ENV_NAME.fullmatch(name)) and name.upper() == name and not name.isdigit()
+
+
+def config_key(name: str) -> str:
+    """The full Pulumi config key of a stack key or secret name (``dockyard:<name>``)."""
+    return f"{NAMESPACE}:{name}"
+
+
+def host_settings(document: Mapping[Any, Any]) -> dict[str, Any]:
+    """A host settings document's keys as stack keys: written with or without the
+    namespace (``dockerHost`` or ``dockyard:dockerHost``)."""
+    return {str(key).removeprefix(NAMESPACE + ":"): value for key, value in document.items()}
+
+
+def _validated(
+    settings: Mapping[str, Any],
+    *,
+    stack: str,
+    cwd: Any,
+    stored_secrets: Iterable[str],
+    check_secrets: bool,
+    name: KeyName,
+    found: list[Problem] | None = None,
+) -> tuple[StackConfig | None, list[Problem]]:
+    """The one validation every source ends in: ``settings`` maps stack keys (no namespace)
+    and secret names to values; ``stored_secrets`` are the names stored as secrets."""
+    stored = set(stored_secrets)
+    problems: list[Problem] = list(found or [])
+    data: dict[str, Any] = {"stack": stack, "cwd": cwd}
+    secret_names: set[str] = set()
+    for key, value in settings.items():
+        if _is_secret_name(key):
+            secret_names.add(key)
+            if key not in stored:
+                problems.append(
+                    messages.problem(
+                        (key,),
+                        "<redacted> is stored as plain config (allowed: secrets only; run "
+                        f"`pulumi config set --secret {key} <value>`)",
+                        name,
+                    )
+                )
+        elif key in TOP_LEVEL_KEYS:
+            data[key] = value
+        else:
+            # A key is shown when it reads like a configuration key, not a pasted value.
+            plain = KEY_LIKE.fullmatch(key) and not messages.looks_like_credential(key)
+            problems.append(
+                messages.problem(
+                    (key if plain else "<this key>",),
+                    f"unknown key (allowed: {', '.join(config_key(k) for k in TOP_LEVEL_KEYS)}, "
+                    "or an UPPER_CASE secret name set with `pulumi config set --secret`"
+                    f"{messages.suggest(key, TOP_LEVEL_KEYS)})",
+                    name,
+                )
+            )
+    scope = Scope(secret_names=frozenset(secret_names), check_secrets=check_secrets)
+    try:
+        return StackConfig.model_validate(data, context=scope), problems
+    except ValidationError as exc:
+        problems.extend(messages.located(exc, StackConfig, name))
+    except Exception as exc:  # a rule that escaped its guard: still a problem, never a traceback
+        problems.append(
+            messages.problem(
+                (),
+                f"the configuration could not be read ({type(exc).__name__}); "
+                "(allowed: the forms documented in docs/stacks.md)",
+                name,
+            )
+        )
+    return None, problems
+
+
+def _checked(
+    settings: Mapping[str, Any],
+    *,
+    stack: str,
+    cwd: Any,
+    stored_secrets: Iterable[str] = (),
+    check_secrets: bool = True,
+    name: KeyName = key_path,
+) -> StackConfig:
+    config, problems = _validated(
+        settings,
+        stack=stack,
+        cwd=cwd,
+        stored_secrets=stored_secrets,
+        check_secrets=check_secrets,
+        name=name,
+    )
+    if problems or config is None:
+        raise ConfigError(stack, messages.lines(problems))
+    return config
 
 
 def parse(
@@ -36,60 +142,35 @@ def parse(
     cwd: str,
     secret_keys: Iterable[str] = (),
     check_secrets: bool = True,
+    name: KeyName = key_path,
 ) -> StackConfig:
-    """Validate the ``dockyard:`` config of ``stack``.
+    """Validate the namespace's config of ``stack``, in Pulumi's shape.
 
     ``raw`` maps full keys (``dockyard:environments``) to decoded values, as Pulumi holds
-    them; ``secret_keys`` names the keys stored with ``--secret``. ``check_secrets=False``
-    skips "secret not set" (for previews that never read a secret). Raises
-    :class:`ConfigError` with every problem found.
+    them (keys of other namespaces are not ours); ``secret_keys`` names the keys stored
+    with ``--secret``. ``check_secrets=False`` skips "secret not set" (for previews that
+    never read a secret). Raises :class:`ConfigError` with every problem found.
     """
     secret_keys = {str(key) for key in secret_keys}
-    problems: list[str] = []
-    data: dict[str, Any] = {"stack": stack, "cwd": cwd}
-    secret_names: set[str] = set()
+    settings: dict[str, Any] = {}
     for key, value in raw.items():
-        namespace, _, name = str(key).partition(":")
-        if namespace != NAMESPACE:
-            continue
-        if _is_secret_name(name):
-            secret_names.add(name)
-            if key not in secret_keys:
-                problems.append(
-                    f"{NAMESPACE}:{name}: <redacted> is stored as plain config (allowed: secrets "
-                    f"only; run `pulumi config set --secret {name} <value>`)"
-                )
-        elif name in TOP_LEVEL_KEYS:
-            data[name] = value
-        else:
-            # A key is shown when it reads like a configuration key, not a pasted value.
-            plain = KEY_LIKE.fullmatch(name) and not messages.looks_like_credential(name)
-            problems.append(
-                f"{NAMESPACE}:{name if plain else '<this key>'}: unknown key (allowed: "
-                f"{', '.join(NAMESPACE + ':' + k for k in TOP_LEVEL_KEYS)}, or an UPPER_CASE "
-                "secret name set with `pulumi config set --secret`"
-                f"{messages.suggest(name, TOP_LEVEL_KEYS)})"
-            )
-    scope = Scope(secret_names=frozenset(secret_names), check_secrets=check_secrets)
-    config: StackConfig | None = None
-    try:
-        config = StackConfig.model_validate(data, context=scope)
-    except ValidationError as exc:
-        problems.extend(messages.problems(exc, StackConfig))
-    except Exception as exc:  # a rule that escaped its guard: still a problem, never a traceback
-        problems.append(
-            f"{NAMESPACE}: the configuration could not be read ({type(exc).__name__}); "
-            "(allowed: the forms documented in docs/stacks.md)"
-        )
-    if problems:
-        raise ConfigError(stack, sorted(problems, key=messages.natural_order))
-    assert config is not None
-    return config
+        namespace, _, short = str(key).partition(":")
+        if namespace == NAMESPACE:
+            settings[short] = value
+    stored = {short for short in settings if config_key(short) in secret_keys}
+    return _checked(
+        settings,
+        stack=stack,
+        cwd=cwd,
+        stored_secrets=stored,
+        check_secrets=check_secrets,
+        name=name,
+    )
 
 
 def from_pulumi() -> StackConfig:
-    """Parse the running stack's ``dockyard:`` config. The only reader of Pulumi config."""
-    import pulumi
+    """Parse the running stack's config. The only reader of Pulumi config."""
+    import pulumi  # late: the Pulumi SDK loads only where a Pulumi program runs
     from pulumi.runtime import config as runtime_config
 
     raw: dict[str, Any] = {}
@@ -112,7 +193,8 @@ def decode(value: Any) -> Any:
 
 
 def from_stack_file(path: str) -> tuple[dict[str, Any], set[str]]:
-    """Raw config and secret keys of a ``Pulumi.<stack>.yaml`` (for tests and tooling)."""
+    """Raw config and secret keys of a ``Pulumi.<stack>.yaml``, in Pulumi's shape (a key
+    without a namespace is ours)."""
     import yaml
 
     with open(path, encoding="utf-8") as handle:
@@ -121,8 +203,102 @@ def from_stack_file(path: str) -> tuple[dict[str, Any], set[str]]:
     secret_keys: set[str] = set()
     config = document.get("config") if isinstance(document, dict) else None
     for key, value in (config if isinstance(config, dict) else {}).items():
-        full = str(key) if ":" in str(key) else f"{NAMESPACE}:{key}"
+        full = str(key) if ":" in str(key) else config_key(str(key))
         if isinstance(value, dict) and set(value) == {"secure"}:
             secret_keys.add(full)
         raw[full] = value
     return raw, secret_keys
+
+
+def stack_name(path: str) -> str:
+    """The stack a ``Pulumi.<stack>.yaml`` is for."""
+    return Path(path).name.removeprefix("Pulumi.").removesuffix(".yaml")
+
+
+def stack_file(
+    path: str,
+    *,
+    check_secrets: bool = True,
+    cwd: str | None = None,
+    label: str | None = None,
+) -> StackConfig:
+    """The stack of a ``Pulumi.<stack>.yaml``: named after the file, its project directory
+    the file's (unless ``cwd``). A file that cannot be read is a :class:`ConfigError` whose
+    line names it as ``label`` (e.g. the flag that gave it), else by its path."""
+    try:
+        raw, secret_keys = from_stack_file(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("stack", [f"{label or path}: cannot be read ({exc})"]) from None
+    return parse(
+        raw,
+        stack=stack_name(path),
+        cwd=str(Path(path).resolve().parent) if cwd is None else cwd,
+        secret_keys=secret_keys,
+        check_secrets=check_secrets,
+    )
+
+
+def from_host_settings(
+    settings: Mapping[str, Any],
+    *,
+    stack: str,
+    cwd: str,
+    check_secrets: bool = False,
+    name: KeyName = key_path,
+) -> StackConfig:
+    """A host's settings (stack keys without the namespace) as a stack without
+    environments: what an image build or a destroyed session's backups need."""
+    return _checked(
+        {k: v for k, v in settings.items() if k != ENVIRONMENTS},
+        stack=stack,
+        cwd=cwd,
+        check_secrets=check_secrets,
+        name=name,
+    )
+
+
+MISSING: Any = object()
+"""A request without a project directory (``cwd``)."""
+
+
+def from_request(
+    settings: Mapping[str, Any],
+    environment: Mapping[str, Any],
+    *,
+    stack: str,
+    cwd: Any = MISSING,
+    secret_names: Iterable[str] = (),
+    name: KeyName = key_path,
+) -> StackConfig:
+    """A host's ``settings`` (stack keys without the namespace) plus one ``environment``
+    (the environment model's keys): a one-environment stack, judged by the same rules as
+    a stack file. ``cwd`` is the request's project directory; ``secret_names`` the secrets
+    the caller can supply (checked like a stack's). Every key is named by ``name``.
+    Raises :class:`ConfigError` naming every problem at once: the request's own (host
+    settings that declare environments, no ``cwd``) first, then the stack's in key order.
+    """
+    first: list[str] = []
+    if ENVIRONMENTS in settings:
+        first.append(
+            f"{name((ENVIRONMENTS,))}: not allowed (allowed: host-wide keys only; "
+            "sessions come from requests)"
+        )
+    data = {k: v for k, v in settings.items() if k != ENVIRONMENTS}
+    data[ENVIRONMENTS] = [environment]
+    if cwd is not MISSING:
+        data["cwd"] = cwd
+    else:
+        first.append(f"{name(('cwd',))}: missing (allowed: the absolute project directory)")
+    supplied = set(secret_names)
+    data.update(dict.fromkeys(supplied, "<supplied>"))
+    config, problems = _validated(
+        data,
+        stack=stack,
+        cwd=data.get("cwd", "/") if isinstance(data.get("cwd"), str) else "/",
+        stored_secrets=supplied,
+        check_secrets=True,
+        name=name,
+    )
+    if first or problems or config is None:
+        raise ConfigError(stack, [*first, *messages.lines(problems)])
+    return config

@@ -4,10 +4,11 @@ The reference app sends ``{sessionId, cwd, backend, container: {image, ports, vo
 env}}`` to ``POST /api/sessions/create``; dockyard accepts that as is, plus its own
 environment keys at the top level (``secrets``, ``limits``, ``egress``, ``labels``,
 ``tenant``…). Nothing is validated here that the stack model does not already say: the
-request becomes the ``dockyard:`` config of a one-environment stack (host settings +
-this environment) and :func:`dockyard.config.parse` judges it, so a request gets the
-same rules and the same messages as a stack file, with key paths named as the request
-spells them (``request.container.ports[1]``).
+request's keys are sorted into one environment and
+:func:`dockyard.config.from_request` judges it on top of the host settings as a
+one-environment stack, so a request gets the same rules and the same messages as a stack
+file, with key paths named as the request spells them (:func:`request_key`:
+``request.container.ports[1]``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ConfigError, Environment, StackConfig, parse
-from ..config.messages import suggest
+from ..config import MISSING, ConfigError, Environment, StackConfig, from_request
+from ..config.messages import Loc, key_path, suggest
 
 CONTAINER_KEYS = ("image", "ports", "volumes", "env")
 TOP_KEYS = ("sessionId", "cwd", "backend", "container")
@@ -56,17 +57,20 @@ class SessionPlan:
         return f"{self.config.manifest_dir_of(self.environment)}/{self.session_id}.json"
 
 
-def _path_for_request(problem: str) -> str:
-    """``dockyard:environments[0].ports[1]: …`` -> ``request.container.ports[1]: …``."""
-    prefix = "dockyard:environments[0]"
-    if problem.startswith(prefix):
-        rest = problem[len(prefix) :]
-        key = re.match(r"\.([A-Za-z]+)", rest)
-        nested = "container." if key and key.group(1) in CONTAINER_KEYS else ""
-        return f"request.{nested}{rest[1:]}" if rest.startswith(".") else f"request{rest}"
-    if problem.startswith("dockyard:cwd:"):
-        return "request.cwd:" + problem[len("dockyard:cwd:") :]
-    return "host settings " + problem
+def request_key(loc: Loc) -> str:
+    """How a request names a location of its one-environment stack: the environment's keys
+    as the request spells them (``request.container.ports[1]``, ``request.egressAllow[0]``),
+    its ``cwd`` as ``request.cwd``, anything else as the host settings key it came from."""
+    if loc[:2] == ("environments", 0):
+        rest = loc[2:]
+        if not rest:
+            return "request"
+        head = re.match(r"[A-Za-z]+", str(rest[0]))
+        nested = "container." if head and head.group() in CONTAINER_KEYS else ""
+        return key_path(rest, prefix=f"request.{nested}")
+    if loc == ("cwd",):
+        return "request.cwd"
+    return "host settings " + key_path(loc)
 
 
 def plan(
@@ -76,7 +80,7 @@ def plan(
     secret_names: set[str] | frozenset[str] = frozenset(),
 ) -> SessionPlan:
     """Validate ``request`` on top of the host ``settings`` (stack keys without the
-    ``dockyard:`` prefix). Raises :class:`ConfigError` naming every problem at once.
+    namespace). Raises :class:`ConfigError` naming every problem at once.
     ``secret_names`` are the secrets the caller can supply (checked like a stack's)."""
     problems: list[str] = []
     if not isinstance(request, Mapping):
@@ -109,30 +113,19 @@ def plan(
                 f"request.{_shown_key(key)}: unknown key (allowed: {', '.join(allowed)}"
                 f"{suggest(str(key), allowed)})"
             )
-    if "environments" in settings:
-        problems.append(
-            "host settings dockyard:environments: not allowed (allowed: host-wide keys only; "
-            "sessions come from requests)"
-        )
     tenant = environment.get("tenant")
     stack = tenant if isinstance(tenant, str) and tenant else SESSIONS_STACK
-    raw = {f"dockyard:{k}": v for k, v in settings.items() if k != "environments"}
-    raw["dockyard:environments"] = [environment]
-    if "cwd" in request:
-        raw["dockyard:cwd"] = request["cwd"]
-    else:
-        problems.append("request.cwd: missing (allowed: the absolute project directory)")
-    for name in secret_names:
-        raw[f"dockyard:{name}"] = "<supplied>"
     try:
-        config = parse(
-            raw,
+        config = from_request(
+            settings,
+            environment,
             stack=stack,
-            cwd=raw.get("dockyard:cwd", "/") if isinstance(raw.get("dockyard:cwd"), str) else "/",
-            secret_keys={f"dockyard:{n}" for n in secret_names},
+            cwd=request.get("cwd", MISSING),
+            secret_names=secret_names,
+            name=request_key,
         )
     except ConfigError as error:
-        problems.extend(_path_for_request(p) for p in error.problems)
+        problems.extend(error.problems)
         config = None
     if problems or config is None:
         raise ConfigError(str(request.get("sessionId", "request")), problems)

@@ -1,6 +1,6 @@
 """Where sessions keep their state and how a host is configured for them.
 
-Host settings are the stack keys of ``docs/stacks.md`` without the ``dockyard:`` prefix
+Host settings are the stack keys of ``docs/stacks.md``, the namespace prefix optional
 (``dockerHost``, ``image``, ``quotas``, ``profiles``, ``limits``…), in a YAML file:
 ``$DOCKYARD_CONFIG``, else ``~/.config/dockyard/settings.yaml`` if it exists, else none.
 State (Pulumi's file backend, the session index, quota reservations) lives in
@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError
+from ..config import ConfigError, host_settings
 
 
 @dataclass(frozen=True)
@@ -81,4 +81,4 @@ def load_settings(where: Paths) -> dict[str, Any]:
             "host settings",
             [f"{where.config_file}: a {type(document).__name__} (allowed: a YAML mapping)"],
         )
-    return {str(key).removeprefix("dockyard:"): value for key, value in document.items()}
+    return host_settings(document)
