@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..config import config_key
 from ..errors import Failed
 from .request import SessionPlan
 from .settings import Paths
@@ -138,7 +139,7 @@ class PulumiDriver:
     ) -> dict[str, Any]:
         stack = self._stack(plan, lambda: _program().run(plan.config) and None)
         for name, value in secrets.items():
-            stack.set_config(f"dockyard:{name}", self.auto.ConfigValue(value=value, secret=True))
+            stack.set_config(config_key(name), self.auto.ConfigValue(value=value, secret=True))
         result = stack.up(on_output=progress)
         return dict(result.outputs["environments"].value[plan.session_id])
 
