@@ -11,7 +11,8 @@ environment id.
 ``DOCKYARD_MANIFEST`` and ``DOCKYARD_MANIFEST_PATH``, never in shell text.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: the component provider reads these TypedDicts
+# (their annotations must be real types, not strings, for its schema analyzer).
 
 import json
 import os
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 import jsonschema
 
@@ -38,11 +39,15 @@ class ManifestError(InvalidInput, ValueError):
 
 
 class PortMapping(TypedDict):
+    """A published port as the engine resolved it."""
+
     containerPort: int
     hostPort: int
 
 
 class ManifestContainer(TypedDict):
+    """The agent container."""
+
     id: str
     name: str
     cwd: str
@@ -50,16 +55,21 @@ class ManifestContainer(TypedDict):
 
 
 class ManifestRequest(TypedDict):
+    """What the environment asked for."""
+
     ports: list[int]
     volumes: list[str]
     env: list[str]
+    """Names only: variables and secrets."""
 
 
 class Manifest(TypedDict):
-    version: Literal[1]
+    """Manifest contract v1: what the environment is and how to reach it."""
+
+    version: int
     environmentId: str
     sessionId: str
-    backend: Literal["claude", "codex"]
+    backend: str
     createdAt: str
     cwd: str
     image: str

@@ -33,6 +33,7 @@ from . import environment, image
 from .assets import version
 from .config import ConfigError, StackConfig, parse
 from .errors import InvalidInput
+from .manifest import Manifest
 from .program import environment_args
 
 PACKAGE = "dockyard"
@@ -256,47 +257,7 @@ class AgentImageInputs(TypedDict, total=False):
     """The engine that builds and keeps the image, e.g. ssh://agent@team-host (default: the local one)."""
 
 
-# --- Output types: manifest contract v1 (components/manifest.schema.json) ----------------------
-# Field names are the manifest's own JSON keys, so the component's manifest dict maps 1:1.
-
-
-class PortMapping(TypedDict):
-    """A published port as the engine resolved it."""
-
-    containerPort: int
-    hostPort: int
-
-
-class ManifestContainer(TypedDict):
-    """The agent container."""
-
-    id: str
-    name: str
-    cwd: str
-    portMappings: list[PortMapping]
-
-
-class ManifestRequest(TypedDict):
-    """What the environment asked for."""
-
-    ports: list[int]
-    volumes: list[str]
-    env: list[str]
-    """Names only: variables and secrets."""
-
-
-class Manifest(TypedDict):
-    """Manifest contract v1: what the environment is and how to reach it."""
-
-    version: int
-    environmentId: str
-    sessionId: str
-    backend: str
-    createdAt: str
-    cwd: str
-    image: str
-    container: ManifestContainer
-    requested: ManifestRequest
+# --- Output types: manifest contract v1 (dockyard.manifest: one type for every face) -----------
 
 
 # --- Components ----------------------------------------------------------------------------------
