@@ -113,8 +113,6 @@ class AgentEnvironmentArgs:
     publish_address: str = "127.0.0.1"
     """Host address the published ports bind to: loopback by default, so no other
     environment's bridge reaches them through the gateway or the host (docs/access.md)."""
-    disks: storage.DiskBounds | None = field(default_factory=storage.DiskBounds)
-    """Size bounds of every writable path (dockyard.storage); None: unbounded."""
 
 
 def resource_prefix(stack: str, session_id: str) -> str:
@@ -159,7 +157,7 @@ class AgentEnvironment(pulumi.ComponentResource):
         )
         # Every writable path gets a size bound (dockyard.storage, docs/stacks.md).
         disks = storage.declare(
-            f"{name}-disks", prefix, args.disks, args.image_id, args.docker_host,
+            f"{name}-disks", prefix, storage.bounds_of(args.limits), args.image_id, args.docker_host,
             workspace_bound_elsewhere=bool(args.workspace_host_path), opts=child,
         )  # fmt: skip
         volumes = {

@@ -25,6 +25,51 @@ from .names import BuildArgs
 
 # --- Limits and profiles --------------------------------------------------------------------
 
+DISK_MIN_MB = 16
+DISK_MAX_MB = 16 * 1024 * 1024  # ext4's largest file with 4 KiB blocks
+DISK_ALLOWED = (
+    f"a size from {DISK_MIN_MB} MB to 16 TiB: MB as a number (20480) or with a unit (512m, 20g)"
+)
+
+
+@v.rule(DISK_ALLOWED)
+def _disk_mb(value: Any) -> int:
+    megabytes = v.memory_mb(value) if not isinstance(value, bool) else -1
+    if not DISK_MIN_MB <= megabytes <= DISK_MAX_MB:
+        raise v.refuse(DISK_ALLOWED)
+    return megabytes
+
+
+DiskMB = Annotated[int, BeforeValidator(_disk_mb)]
+
+
+class DiskLimits(Model):
+    """Size bounds of an environment's writable paths (dockyard.storage): the ext4
+    filesystems of /workspace, /config, /checkpoints and $HOME, and each tmpfs (/tmp,
+    /var/tmp). Every field optional, so a profile, the stack or an environment sets a part."""
+
+    workspace: DiskMB | None = None
+    config: DiskMB | None = None
+    checkpoints: DiskMB | None = None
+    home: DiskMB | None = None
+    tmp: DiskMB | None = None
+
+
+class ResolvedDisk(Model):
+    """Defaults of the ``standard`` profile (MB)."""
+
+    workspace: int = 20480
+    config: int = 512
+    checkpoints: int = 4096
+    home: int = 4096
+    tmp: int = 1024
+
+    def under(self, part: DiskLimits | None) -> ResolvedDisk:
+        if part is None:
+            return self
+        given = {k: value for k, value in part.model_dump().items() if value is not None}
+        return self.model_copy(update=given)
+
 
 class Limits(Model):
     """Resource limits; every field optional so a stack or environment overrides a part."""
@@ -34,6 +79,7 @@ class Limits(Model):
     pids: v.Pids | None = None
     nofile_soft: v.Nofile | None = None
     nofile_hard: v.Nofile | None = None
+    disk: DiskLimits | None = None
 
     @field_validator("nofile_hard")
     @classmethod
@@ -46,8 +92,13 @@ class Limits(Model):
     def over(self, base: ResolvedLimits) -> ResolvedLimits:
         merged = base.model_dump(by_alias=True)
         merged.update(
-            {k: value for k, value in self.model_dump(by_alias=True).items() if value is not None}
+            {
+                k: value
+                for k, value in self.model_dump(by_alias=True).items()
+                if value is not None and k != "disk"
+            }
         )
+        merged["disk"] = base.disk.under(self.disk)
         return ResolvedLimits.model_validate(merged)
 
 
@@ -59,6 +110,7 @@ class ResolvedLimits(Model):
     pids: int = 1000
     nofile_soft: int = 1024
     nofile_hard: int = 2048
+    disk: ResolvedDisk = Field(default_factory=ResolvedDisk)
 
 
 Runtime = Literal["runc", "runsc"]
@@ -75,6 +127,8 @@ class Profile(Model):
     gpu: bool = False
     runtime: Runtime | None = None
     variant: Variant | None = None
+    disk: DiskLimits | None = None
+    """Disk bounds of the profile's environments (limits.disk overrides a part)."""
 
     @field_validator("gpu", mode="before")
     @classmethod
@@ -84,10 +138,11 @@ class Profile(Model):
         return value
 
 
+LARGE_DISK = DiskLimits(workspace=102400, checkpoints=16384, home=8192, tmp=2048)
 BUILTIN_PROFILES: dict[str, Profile] = {
-    "standard": Profile(cpus=4, memory=8192),
-    "large": Profile(cpus=4, memory=16384),
-    "gpu": Profile(cpus=4, memory=16384, gpu=True),
+    "standard": Profile(cpus=4, memory=8192, disk=DiskLimits()),
+    "large": Profile(cpus=4, memory=16384, disk=LARGE_DISK),
+    "gpu": Profile(cpus=4, memory=16384, gpu=True, disk=LARGE_DISK),
 }
 
 
@@ -95,7 +150,7 @@ def resolve_limits(profile: Profile | None, stack: Limits | None, env: Limits) -
     """Defaults < profile < stack limits < environment limits."""
     base = ResolvedLimits()
     if profile is not None:
-        base = Limits(cpus=profile.cpus, memory=profile.memory).over(base)
+        base = Limits(cpus=profile.cpus, memory=profile.memory, disk=profile.disk).over(base)
     if stack is not None:
         base = stack.over(base)
     return env.over(base)

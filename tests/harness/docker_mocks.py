@@ -80,6 +80,7 @@ SUPPORTED: dict[str, set[str]] = {
         "deviceRequests",
         "runtime",
         "sysctls",
+        "tmpfs",
     },
     "command:local:Command": {"create", "delete", "environment", "triggers", "dir"},
     "pulumi:providers:docker": {"host"},
@@ -379,6 +380,7 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
             device_requests=device_requests or None,
             runtime=inputs.get("runtime"),
             sysctls=inputs.get("sysctls"),
+            tmpfs=inputs.get("tmpfs"),
         )
         created = api.create_container(
             inputs["image"],

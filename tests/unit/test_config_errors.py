@@ -288,7 +288,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "unknown limit",
         env(limits={"swap": "1g"}),
-        [f"{E}.limits.swap: unknown key (allowed: cpus, memory, nofileHard, nofileSoft, pids)"],
+        [f"{E}.limits.swap: unknown key (allowed: cpus, disk, memory, nofileHard, nofileSoft, pids)"],
     ),
     # --- gpu and profiles
     (

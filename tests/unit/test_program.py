@@ -69,11 +69,13 @@ def test_resources_per_environment_are_parented_to_their_component(full: Program
         assert kinds == [
             COMMAND,
             COMMAND,
+            COMMAND,  # the disk images (dockyard.storage)
             CONTAINER,
             "docker:index/network:Network",
             "docker:index/volume:Volume",
             "docker:index/volume:Volume",
             "docker:index/volume:Volume",
+            "docker:index/volume:Volume",  # $HOME, bounded
         ], children
         assert all("dockyard:index:AgentEnvironment$" in u for u in children), children
     assert any(u.endswith("dockyard:index:AgentImage::image-core") for u in full.urns)
@@ -102,6 +104,7 @@ def test_volumes_mount_own_named_volumes_and_declared_ones(full: ProgramRun) -> 
             "volumeName": "dockyard-dev-alpha-checkpoints",
             "readOnly": False,
         },
+        {"containerPath": "/home/agent", "volumeName": "dockyard-dev-alpha-home", "readOnly": False},
         {"containerPath": "/workspace/src", "hostPath": "/srv/src", "readOnly": True},
         {"containerPath": "/home/agent/.cache", "volumeName": "cache", "readOnly": False},
     ]
@@ -118,14 +121,14 @@ def test_limits_reach_the_container_and_the_pids_command(full: ProgramRun) -> No
         container["memory"],
         container["memorySwap"],
     ) == (100000.0, 250000.0, 6144.0, 6144.0)
-    assert container["ulimits"] == [{"name": "nofile", "soft": 4096.0, "hard": 8192.0}]
+    assert container["ulimits"][0] == {"name": "nofile", "soft": 4096.0, "hard": 8192.0}
     runtime = full.named("env-alpha-runtime").inputs
     assert runtime["environment"]["DOCKYARD_PIDS_LIMIT"] == "500"
     assert "docker update --pids-limit" in runtime["create"]
     assert "$DOCKYARD_CONTAINER_ID" in runtime["create"]  # values by environment, not text
     defaults = container_of(full, "beta")
     assert (defaults["cpuQuota"], defaults["memory"]) == (400000.0, 8192.0)
-    assert defaults["ulimits"] == [{"name": "nofile", "soft": 1024.0, "hard": 2048.0}]
+    assert defaults["ulimits"][0] == {"name": "nofile", "soft": 1024.0, "hard": 2048.0}
     assert full.named("env-beta-runtime").inputs["environment"]["DOCKYARD_PIDS_LIMIT"] == "1000"
 
 

@@ -1,0 +1,268 @@
+"""Size bounds for every writable path of an environment (issue 25 item 4, R-SEC-1).
+
+The engine's overlay2 on ext4 cannot cap a container layer (``--storage-opt size`` needs
+XFS with project quotas), and the local volume driver mounts with mount(2), so ``o=loop``
+is refused ("data: loop: invalid argument", measured on Docker 20.10). What bounds what:
+
+- ``/workspace``, ``/config``, ``/checkpoints`` and ``$HOME`` (``/home/agent``): each a
+  named volume of the local driver mounting an ext4 filesystem that lives in a sparse
+  image file on the engine's host (``<disks dir>/<environment>/<role>.img``), attached to
+  a loop device. The volume names a stable path (``<role>.dev``, a symlink to the loop
+  device), because the loop device's number is only known once attached and changes
+  after a reboot. A write past the size gets ENOSPC inside; the host spends at most the
+  size. ``$HOME`` starts empty (lost+found is removed), so the engine seeds it from the
+  image on first use like any new named volume.
+- ``/tmp``, ``/var/tmp``: tmpfs with ``size=``; their pages count against the
+  container's memory limit too.
+- Every file anywhere: the ``fsize`` rlimit (RLIMIT_FSIZE) is the largest bound, so no
+  file can be longer than any filesystem it could live on: ``truncate -s 8T`` gets EFBIG.
+  It also keeps sparse files, which ext4 allows beyond its size, from growing what a
+  backup reads.
+
+The image files and loop devices are made where the engine runs, by a short-lived helper
+container on that engine (``docker run`` through ``DOCKER_HOST``, so an ``ssh://``
+engine works the same), with only the capabilities losetup and mkfs need and device
+access limited to loop devices. One ``local.Command`` per environment: ``create`` makes
+and attaches the images (an existing image is re-attached, never re-made: its data
+stays), ``delete`` detaches them and removes the directory. :data:`ATTACH_ALL_SCRIPT`
+re-attaches every image after a host reboot (loop devices do not survive one), before
+the engine starts the environments.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_command as command
+
+from .config import ResolvedLimits
+
+AGENT_UID = 1000
+DISKS_DIR = "/var/lib/dockyard/disks"
+"""Where the image files live on the engine's host (one directory per environment)."""
+DISK_ROLES = ("workspace", "config", "checkpoints", "home")
+"""Volumes backed by a bounded filesystem (``home`` is mounted at :data:`HOME`)."""
+HOME = "/home/agent"
+TMPFS_PATHS = ("/tmp", "/var/tmp", "/run/lock")  # noqa: S108 - paths inside the environment
+"""The image's world-writable directories (Debian's): each a tmpfs of ``tmp_mb``."""
+MIN_DISK_MB = 16
+"""Below this mkfs.ext4 leaves too little room for a journal and a few files."""
+MAX_DISK_MB = 16 * 1024 * 1024
+"""16 TiB: ext4's largest file with 4 KiB blocks; no bound beyond it means anything."""
+MIN_TMP_MB = 1
+
+# The helper's rights: losetup needs CAP_SYS_ADMIN and the loop devices (block major 7,
+# loop-control 10:237); mkfs writes the image files as root. Nothing else.
+HELPER_CAPABILITIES = ("SYS_ADMIN", "DAC_OVERRIDE", "CHOWN", "FOWNER")
+HELPER_DEVICE_RULES = ("b 7:* rwm", "c 10:237 rwm")
+
+# $1 = the environment's directory, then role:MiB pairs. An image is made once (in a
+# temporary name, so a failed mkfs leaves nothing that looks finished) and re-attached
+# whenever it has no loop device; the symlink always names the device it has now.
+CREATE_SCRIPT = r"""
+set -eu
+dir=$1; shift
+umask 077
+mkdir -p "$dir"
+for spec in "$@"; do
+  role=${spec%%:*}; mib=${spec#*:}
+  img="$dir/$role.img"
+  if [ ! -f "$img" ]; then
+    rm -f "$img.new"
+    truncate -s "${mib}M" "$img.new"
+    mkfs.ext4 -q -F -m 0 -E root_owner=1000:1000,nodiscard,lazy_itable_init=1 "$img.new"
+    debugfs -w -R 'rmdir lost+found' "$img.new" >/dev/null 2>&1
+    mv "$img.new" "$img"
+  fi
+  dev=$(losetup -j "$img" | sed -n '1s/:.*//p')
+  [ -n "$dev" ] || dev=$(losetup --find --show "$img")
+  ln -sfn "$dev" "$dir/$role.dev"
+done
+"""
+DELETE_SCRIPT = r"""
+set -eu
+dir=$1
+[ -d "$dir" ] || exit 0
+for img in "$dir"/*.img "$dir"/*.img.new; do
+  [ -e "$img" ] || continue
+  for dev in $(losetup -j "$img" | sed 's/:.*//'); do losetup -d "$dev"; done
+done
+rm -rf -- "$dir"
+"""
+ATTACH_ALL_SCRIPT = r"""
+set -eu
+root=$1
+for img in "$root"/*/*.img; do
+  [ -f "$img" ] || continue
+  dev=$(losetup -j "$img" | sed -n '1s/:.*//p')
+  [ -n "$dev" ] || dev=$(losetup --find --show "$img")
+  ln -sfn "$dev" "${img%.img}.dev"
+done
+"""
+
+
+@dataclass(frozen=True)
+class DiskBounds:
+    """Sizes in MiB of an environment's writable paths. ``tmp_mb`` is each tmpfs
+    (/tmp, /var/tmp); the others are the ext4 filesystems of the named volumes."""
+
+    workspace_mb: int = 20 * 1024
+    config_mb: int = 512
+    checkpoints_mb: int = 4 * 1024
+    home_mb: int = 4 * 1024
+    tmp_mb: int = 1024
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{key}: {value!r} is not allowed (allowed: a whole number of MiB from {low} to {high})"
+            for key, low, high in (
+                *((f"{role}_mb", MIN_DISK_MB, MAX_DISK_MB) for role in DISK_ROLES),
+                ("tmp_mb", MIN_TMP_MB, MAX_DISK_MB),
+            )
+            for value in [getattr(self, key)]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+        ]
+        if problems:
+            raise ValueError("disk bounds: " + "; ".join(problems))
+
+    def size_mb(self, role: str) -> int:
+        return int(getattr(self, f"{role}_mb"))
+
+    @property
+    def largest_file_bytes(self) -> int:
+        """The ``fsize`` rlimit: the largest filesystem a file could live on."""
+        return max(self.size_mb(role) for role in (*DISK_ROLES, "tmp")) * 1024 * 1024
+
+
+def bounds_of(limits: ResolvedLimits) -> DiskBounds:
+    """An environment's bounds from its resolved ``limits.disk`` (profile < stack <
+    environment, dockyard.config)."""
+    disk = limits.disk
+    return DiskBounds(
+        workspace_mb=disk.workspace,
+        config_mb=disk.config,
+        checkpoints_mb=disk.checkpoints,
+        home_mb=disk.home,
+        tmp_mb=disk.tmp,
+    )
+
+
+def disk_dir(environment_id: str) -> str:
+    return f"{DISKS_DIR}/{environment_id}"
+
+
+def volume_options(environment_id: str, role: str) -> dict[str, str]:
+    """``driver_opts`` of a bounded volume: the engine mounts the loop device the
+    ``<role>.dev`` link names (nodev, nosuid: the agent's files are data)."""
+    return {
+        "type": "ext4",
+        "device": f"{disk_dir(environment_id)}/{role}.dev",
+        "o": "nodev,nosuid",
+    }
+
+
+def tmpfs_mounts(bounds: DiskBounds) -> dict[str, str]:
+    """The container's ``tmpfs`` input: each path capped at ``tmp_mb``."""
+    options = f"size={bounds.tmp_mb}m,mode=1777,nodev,nosuid"
+    return dict.fromkeys(TMPFS_PATHS, options)
+
+
+def helper_command(image: str, script: str, *args: str) -> str:
+    """Shell text running ``script`` in a helper container on the engine. Everything
+    interpolated is quoted; the engine is the one ``DOCKER_HOST`` names."""
+    argv = [
+        "docker", "run", "--rm", "--network", "none", "--user", "0:0",
+        "--cap-drop", "ALL",
+        *(a for cap in HELPER_CAPABILITIES for a in ("--cap-add", cap)),
+        *(a for rule in HELPER_DEVICE_RULES for a in ("--device-cgroup-rule", rule)),
+        "--security-opt", "no-new-privileges",
+        "--memory", "256m", "--pids-limit", "64",
+        "-v", "/dev:/dev", "-v", f"{DISKS_DIR}:{DISKS_DIR}",
+        "--entrypoint", "/bin/sh", image, "-c", script, "disks", *args,
+    ]  # fmt: skip
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def images_command(
+    name: str,
+    environment_id: str,
+    bounds: DiskBounds,
+    helper_image: pulumi.Input[str],
+    roles: Sequence[str],
+    docker_host: str | None,
+    opts: pulumi.ResourceOptions,
+) -> command.local.Command:
+    """The ``local.Command`` that makes and attaches the images of ``roles`` on the
+    engine (``create``) and detaches and removes them (``delete``). ``helper_image``: an
+    image on that engine with sh, truncate, mkfs.ext4, debugfs and losetup (the
+    environment's own: Debian's e2fsprogs and mount are in every dockyard image)."""
+    directory = disk_dir(environment_id)
+    specs = [f"{role}:{bounds.size_mb(role)}" for role in roles]
+    image = pulumi.Output.from_input(helper_image)
+    return command.local.Command(
+        name,
+        create=image.apply(lambda i: helper_command(i, CREATE_SCRIPT, directory, *specs)),
+        delete=image.apply(lambda i: helper_command(i, DELETE_SCRIPT, directory)),
+        environment={"DOCKER_HOST": docker_host} if docker_host else None,
+        # A new size re-runs create: an existing image keeps its size and data (growing
+        # one is docs/stacks.md's procedure).
+        triggers=[json.dumps(specs)],
+        opts=opts,
+    )
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """What an environment declares from its bounds (all empty when it has none)."""
+
+    environment_id: str
+    bounds: DiskBounds | None
+    roles: tuple[str, ...] = ()
+    depends_on: tuple[pulumi.Resource, ...] = ()
+
+    @property
+    def extra_roles(self) -> tuple[str, ...]:
+        """Volumes beyond workspace/config/checkpoints: ``home`` when bounded."""
+        return ("home",) if self.bounds is not None else ()
+
+    def volume_options(self, role: str) -> dict[str, str] | None:
+        return volume_options(self.environment_id, role) if role in self.roles else None
+
+    @property
+    def tmpfs(self) -> dict[str, str] | None:
+        return tmpfs_mounts(self.bounds) if self.bounds is not None else None
+
+    def ulimits(self, kind: type) -> list:
+        """The fsize rlimit (``kind``: pulumi_docker.ContainerUlimitArgs)."""
+        if self.bounds is None:
+            return []
+        largest = self.bounds.largest_file_bytes
+        return [kind(name="fsize", soft=largest, hard=largest)]
+
+
+def mount_path(role: str) -> str:
+    return HOME if role == "home" else f"/{role}"
+
+
+def declare(
+    name: str,
+    environment_id: str,
+    bounds: DiskBounds | None,
+    helper_image: pulumi.Input[str],
+    docker_host: str | None,
+    *,
+    workspace_bound_elsewhere: bool,
+    opts: pulumi.ResourceOptions,
+) -> Bounded:
+    """The environment's bounded filesystems (none when ``bounds`` is None). A workspace
+    bound to a host directory (``workspaceHostPath``) stays that directory: its own
+    filesystem is its bound."""
+    if bounds is None:
+        return Bounded(environment_id, None)
+    roles = tuple(r for r in DISK_ROLES if not (r == "workspace" and workspace_bound_elsewhere))
+    images = images_command(name, environment_id, bounds, helper_image, roles, docker_host, opts)
+    return Bounded(environment_id, bounds, roles, (images,))

@@ -1,0 +1,136 @@
+"""Every writable path of an environment has a size bound (issue 25 item 4), on the engine.
+
+Two environments through the real program and the harness, with small bounds from the
+stack (``limits.disk``): fillers inside one (fallocate in /tmp, dd in $HOME, a big file
+in /workspace, /config, /checkpoints, a sparse 8T truncate) stop at their bound with
+ENOSPC/EFBIG while the neighbour keeps writing; the workspace keeps its data and its
+bound across a container restart; nothing of an environment (loop device, image file,
+volume) is left after destroy.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockyard import storage
+from tests.support.engine import exec_ok, wait_for
+from tests.support.stacks import Deployed
+
+pytestmark = [pytest.mark.docker]
+
+DISK = {"workspace": "64m", "config": "32m", "checkpoints": "32m", "home": "48m", "tmp": "40m"}
+MB = 1024 * 1024
+
+
+def run_as_agent(env: Deployed, session: str, script: str) -> tuple[int, str]:
+    result = env.container(session).exec_run(["bash", "-c", script], user="1000")
+    return result.exit_code, (result.output or b"").decode(errors="replace")
+
+
+def loop_devices(directory: str) -> list[str]:
+    """Loop devices the host has attached to an image under ``directory``."""
+    listed = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
+    name = Path(directory).name
+    return [line for line in listed.stdout.splitlines() if f"/{name}/" in line]
+
+
+@pytest.fixture(scope="module")
+def stack(deploy: Any) -> Deployed:
+    deployed = deploy(
+        "disk",
+        {
+            "limits": {"cpus": 1, "memory": "512m", "disk": DISK},
+            "environments": [{"sessionId": "filler"}, {"sessionId": "neighbour"}],
+        },
+    )
+    deployed.wait_ready()
+    return deployed
+
+
+@pytest.mark.parametrize(
+    ("path", "bound_mb"),
+    [
+        ("/tmp", 40),
+        ("/var/tmp", 40),
+        ("$HOME", 48),
+        ("/workspace", 64),
+        ("/config", 32),
+        ("/checkpoints", 32),
+    ],
+)
+def test_a_filler_stops_at_the_bound_and_the_neighbour_keeps_writing(
+    stack: Deployed, path: str, bound_mb: int
+) -> None:
+    code, out = run_as_agent(
+        stack,
+        "filler",
+        f"(fallocate -l 500G {path}/f) 2>&1; echo fallocate=$?; rm -f {path}/f; "
+        f"dd if=/dev/zero of={path}/d bs=1M count=4096 2>&1 | grep -o 'No space left on device'; "
+        f"du -sm {path}/d | cut -f1; df -B1M --output=size {path} | tail -1; rm -f {path}/d",
+    )
+    lines = out.strip().splitlines()
+    assert "fallocate=0" not in out, out
+    assert "No space left on device" in out, out  # dd's
+    written_mb, size_mb = int(lines[-2]), int(lines[-1])
+    assert size_mb <= bound_mb, f"{path}: a filesystem of {size_mb} MB, bound {bound_mb}: {out}"
+    assert written_mb <= bound_mb, f"{path}: {written_mb} MB written past a {bound_mb} MB bound"
+    # The neighbour is not affected: it writes 8 MB into the same path.
+    code, out = run_as_agent(
+        stack, "neighbour", f"dd if=/dev/zero of={path}/n bs=1M count=8 && rm {path}/n"
+    )
+    assert code == 0, f"neighbour cannot write {path}: {out}"
+
+
+def test_a_sparse_file_cannot_outgrow_the_largest_bound(stack: Deployed) -> None:
+    _, out = run_as_agent(stack, "filler", "truncate -s 8T /workspace/z; echo rc=$?")
+    assert "rc=0" not in out, out
+    assert "File too large" in out or "File size limit exceeded" in out, out
+    _, out = run_as_agent(stack, "filler", "ls -la /workspace/z 2>&1 || true")
+    size = int(out.split()[4]) if out.startswith("-") else 0
+    assert size <= 64 * MB, out
+
+
+def test_no_agent_writable_path_is_left_in_the_container_layer(stack: Deployed) -> None:
+    """Enumerated, not listed: every path on the container's root filesystem that the
+    agent can write, or owns, must be on a bounded mount (not on the overlay)."""
+    _, out = run_as_agent(
+        stack,
+        "filler",
+        "find / -xdev \\( -path /proc -o -path /sys \\) -prune -o "
+        "! -type l \\( -writable -o -user 1000 \\) -print 2>/dev/null; "
+        "echo MOUNTS; cut -d' ' -f5 /proc/self/mountinfo",
+    )
+    found, mounts = out.split("MOUNTS\n")
+    mount_points = set(mounts.split())
+    # A mount point is listed by -xdev but not entered: what is on it is bounded.
+    unbounded = [
+        p for p in found.split() if p not in mount_points and not p.startswith("/run/secrets")
+    ]
+    assert unbounded == [], f"writable by the agent on the container layer: {unbounded}"
+
+
+def test_the_workspace_keeps_data_and_bound_across_a_restart(stack: Deployed) -> None:
+    exec_ok(stack.container("neighbour"), ["sh", "-c", "echo kept > /workspace/k"], user="1000")
+    container = stack.container("neighbour")
+    container.restart(timeout=10)
+    wait_for(lambda: container.reload() or container.status == "running", 60, what="restart")
+    out = exec_ok(container, ["sh", "-c", "cat /workspace/k; df -B1M --output=size /workspace"])
+    assert out.split()[0] == "kept", out
+    assert int(out.split()[-1]) <= 64, out
+
+
+def test_destroy_leaves_no_loop_device_image_or_volume(deploy_own: Any) -> None:
+    deployed = deploy_own(
+        "diskgone", {"limits": {"disk": DISK}, "environments": [{"sessionId": "x"}]}
+    )
+    directory = storage.disk_dir(deployed.container("x").labels["dockyard.environment"])
+    assert Path(directory).is_dir(), "no images were made"
+    assert loop_devices(directory), "no loop device was attached"
+    deployed.destroy()
+    assert deployed.leftovers() == []
+    assert not Path(directory).exists(), f"{directory} is left"
+    assert loop_devices(directory) == [], "a loop device is left"
