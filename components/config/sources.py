@@ -268,12 +268,14 @@ def from_request(
     stack: str,
     cwd: Any = MISSING,
     secret_names: Iterable[str] = (),
+    check_secrets: bool = True,
     name: KeyName = key_path,
 ) -> StackConfig:
     """A host's ``settings`` (stack keys without the namespace) plus one ``environment``
     (the environment model's keys): a one-environment stack, judged by the same rules as
     a stack file. ``cwd`` is the request's project directory; ``secret_names`` the secrets
-    the caller can supply (checked like a stack's). Every key is named by ``name``.
+    the caller can supply (checked like a stack's; ``check_secrets=False`` skips "secret
+    not set" as :func:`parse` does). Every key is named by ``name``.
     Raises :class:`ConfigError` naming every problem at once: the request's own (host
     settings that declare environments, no ``cwd``) first, then the stack's in key order.
     """
@@ -296,7 +298,7 @@ def from_request(
         stack=stack,
         cwd=data.get("cwd", "/") if isinstance(data.get("cwd"), str) else "/",
         stored_secrets=supplied,
-        check_secrets=True,
+        check_secrets=check_secrets,
         name=name,
     )
     if first or problems or config is None:
