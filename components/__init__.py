@@ -1,8 +1,10 @@
 """dockyard: Pulumi component resources for isolated AI coding agent environments.
 
 Installed, this package is imported as ``dockyard`` (in a checkout the folder is
-``components/``). The public names are loaded on first use, so ``import dockyard.config``
-stays light (no Pulumi provider SDKs)::
+``components/``). The public names, ``__version__`` among them, are loaded on first use:
+importing the package takes the standard library alone, so ``import dockyard.config`` stays
+light (no Pulumi provider SDKs) and the host scripts import ``dockyard.host`` from the copy
+of the package's stdlib modules the roles install on Docker hosts::
 
     from dockyard import AgentEnvironment, AgentImage, Manifest
 """
@@ -11,10 +13,6 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
-
-from .assets import version
-
-__version__ = version()
 
 _EXPORTS = {
     "AgentEnvironment": ".environment",
@@ -29,6 +27,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    __version__: str
     from .config import ConfigError, StackConfig
     from .config import parse as parse_config
     from .environment import AgentEnvironment, AgentEnvironmentArgs
@@ -50,6 +49,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read on first use: assets is not among the host modules
+        version: str = importlib.import_module(".assets", __name__).version()
+        globals()[name] = version
+        return version
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,7 @@ from typing import Any
 
 from .. import manifest as manifest_contract
 from ..config import ConfigError, parse
-from . import audit, driver, quotas, registry
+from . import audit, backups, driver, quotas, registry
 from .request import SessionPlan, plan
 from .settings import Paths, load_settings, paths
 
@@ -268,9 +268,7 @@ class Sessions:
             stack=record.stack_name,
         ):
             session_plan, values = self.plan(record.request, secrets)
-            from .. import backup_sessions  # imports this package: not at module level
-
-            backup_sessions.before_refresh(self, session_plan, progress)
+            backups.before_refresh(self, session_plan, progress)
             result = self.engine.recreate(session_plan, values, progress)
             manifest_contract.validate(result, f"session {session}")
             return result  # type: ignore[return-value]
@@ -294,9 +292,7 @@ class Sessions:
         ):
             session_plan, _ = self.plan(record.request, dict.fromkeys(_names(record.request), ""))
             if final_backup:
-                from .. import backup_sessions  # imports this package: not at module level
-
-                backup_sessions.before_destroy(self, session_plan, progress)
+                backups.before_destroy(self, session_plan, progress)
             self.engine.destroy(session_plan, progress)
             self.registry.remove(record.stack_name)
             Path(record.manifest_path).unlink(missing_ok=True)

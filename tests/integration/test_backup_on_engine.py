@@ -39,6 +39,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKYARD = Path(sys.executable).with_name("dockyard")
+# The host command as roles/workspace_backup installs it: the launcher of
+# dockyard.workspace_backup (here the checkout's package, in the virtualenv).
+LAUNCHER = REPO / "roles" / "workspace_backup" / "files" / "dockyard-workspace-backup.py"
 TENANT = f"b{RUN_ID[:8]}"
 BUCKET = f"dockyard-{RUN_ID[:8]}"
 KEY_ID = f"AKIAB{RUN_ID[:10].upper()}"
@@ -109,7 +112,7 @@ class Host:
     def host_command(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The role's command, as the schedule and the hooks run it."""
         return subprocess.run(
-            [sys.executable, str(REPO / "components" / "backup.py"), "--config",
+            [sys.executable, str(LAUNCHER), "--config",
              str(self.host_config), *args],
             env=self.env, capture_output=True, text=True, timeout=900, check=False,
         )  # fmt: skip
@@ -117,7 +120,7 @@ class Host:
     def hook(self) -> list[str]:
         return [
             sys.executable,
-            str(REPO / "components" / "backup.py"),
+            str(LAUNCHER),
             "--config",
             str(self.host_config),
             "hook",

@@ -105,7 +105,30 @@ def test_every_file_a_role_reads_from_the_collection_root_is_shipped(tarball: Pa
     for path in (REPO / "roles").rglob("*.yml"):
         referenced |= set(pattern.findall(path.read_text()))
     assert referenced, "the pattern finds the roles' references"
-    assert sorted(referenced - names) == []
+    # A directory (host_common's package files) is checked file by file below.
+    files = {r for r in referenced if not r.endswith("/")}
+    assert sorted(files - names) == []
+
+
+def package_files() -> list[str]:
+    """The package's host modules host_common installs (and the collection carries)."""
+    variables = yaml.safe_load((REPO / "roles" / "host_common" / "vars" / "main.yml").read_text())
+    return list(variables["host_common_package_files"])
+
+
+def test_the_collection_carries_the_host_modules_from_their_one_home(tarball: Path) -> None:
+    """components/ in the tarball is exactly host_common's package files, each byte for
+    byte the repository's own: no second copy, and nothing else of the package."""
+    expected = {f"components/{path}" for path in package_files()}
+    with tarfile.open(tarball) as archive:
+        shipped = {
+            m.name: archive.extractfile(m).read()  # type: ignore[union-attr]
+            for m in archive.getmembers()
+            if m.isfile() and m.name.startswith("components/")
+        }
+    assert sorted(set(shipped) ^ expected) == []
+    differ = [name for name, data in shipped.items() if data != (REPO / name).read_bytes()]
+    assert differ == []
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +234,64 @@ def test_a_playbook_by_fqcn_configures_the_environment_and_reruns_clean(
     container = fleet.container("c-claude")
     claude_md = container.exec_run(["cat", "/config/claude/CLAUDE.md"]).output.decode()
     assert "collection-check" in claude_md
+
+
+def test_every_playbook_is_addressable_by_its_collection_name(tarball: Path) -> None:
+    """A collection playbook is named by its file name, which must be an identifier; the one
+    hyphenated name kept for old command lines only imports its addressable twin."""
+    names = {Path(n).name for n in _names(tarball) if re.fullmatch(r"playbooks/[^/]+\.yml", n)}
+    assert "docker_host.yml" in names
+    aliases = {n for n in names if not n[: -len(".yml")].isidentifier()}
+    assert aliases == {"docker-host.yml"}
+    (play,) = yaml.safe_load((REPO / "playbooks" / "docker-host.yml").read_text())
+    assert play["ansible.builtin.import_playbook"] == "docker_host.yml"
+
+
+def test_the_docker_host_playbook_runs_by_fqcn_and_validates_first(
+    outside: dict[str, str], tmp_path: Path
+) -> None:
+    """`ansible-playbook dockyard.agents.docker_host` from outside the repository: found,
+    and its up-front validation (which reads the roles next to the collection's playbooks)
+    refuses a misspelled variable before any task of the role runs. Check mode, so even a
+    validation that let it through would change nothing on this machine."""
+    command = [
+        str(VENV_BIN / "ansible-playbook"),
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        f"{FQCN}.docker_host",
+    ]
+    listed = subprocess.run(
+        [*command, "--list-tasks"],
+        cwd=tmp_path,
+        env=outside,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]
+    assert "docker_host : Install the Docker engine" in listed.stdout
+    extra = {
+        "ansible_become": False,
+        "ansible_python_interpreter": str(VENV_BIN / "python"),
+        "docker_host_log_max_fiel": 5,
+        "docker_host_api_timeout": 0,
+    }
+    run = subprocess.run(
+        [*command, "--check", "-e", json.dumps(extra)],
+        cwd=tmp_path,
+        env=outside,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-3000:]
+    assert (
+        "docker_host_log_max_fiel: not a variable of the role docker_host"
+        " (did you mean docker_host_log_max_file?)" in output
+    ), output[-3000:]
+    assert "docker_host_api_timeout" in output
+    assert "Install the Docker engine" not in output

@@ -11,10 +11,12 @@ import pwd
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.support.ansible import REPO, run_module
 from tests.support.engine import require_docker
@@ -163,3 +165,65 @@ def test_comparison_names_every_kind_of_drift_and_none_once_repaired(tmp_path: P
         f"{path}: owned by {me}, not nobody:{group}"
         for path in (directory, tmp_path / "missing", config)
     ]
+
+
+# --- The package's host modules ------------------------------------------------------------
+
+
+def package_files() -> list[str]:
+    variables = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    return list(variables["host_common_package_files"])
+
+
+def install_package(root: Path) -> Path:
+    """host_common's package files copied as it installs them: <root>/dockyard/..."""
+    for path in package_files():
+        dest = root / "dockyard" / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / "components" / path, dest)
+    return root
+
+
+def test_the_package_files_are_closed_under_imports_and_stdlib_only(tmp_path: Path) -> None:
+    """Every module host_common installs imports, from that copy alone, under a Python
+    without site-packages (as the host's system python3 without dockyard installed)."""
+    root = install_package(tmp_path)
+    modules = [
+        "dockyard." + p.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for p in package_files()
+        if p.endswith(".py")
+    ]
+    code = (
+        f"import importlib, sys; sys.path.insert(0, {str(root)!r}); "
+        f"[importlib.import_module(m) for m in {modules!r}]; "
+        "import dockyard; print(dockyard.__file__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str(root / "dockyard" / "__init__.py")
+
+
+def test_the_backup_launcher_runs_the_installed_package(tmp_path: Path) -> None:
+    """The workspace_backup role's command beside the package tree, as on a host: the
+    script's directory (sys.path[0]) holds dockyard/, no site-packages."""
+    root = install_package(tmp_path)
+    launcher = root / "workspace-backup"
+    shutil.copyfile(
+        REPO / "roles" / "workspace_backup" / "files" / "dockyard-workspace-backup.py", launcher
+    )
+    config = tmp_path / "c.json"
+    config.write_text('{"repository": "s3:https://h.example/bucket"}')
+    ok = subprocess.run(
+        [sys.executable, "-E", "-s", "-S", str(launcher), "--config", str(config), "--check-config"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    config.write_text('{"repository": "s3:https://h.example/bucket", "keep_dayly": 1}')
+    bad = subprocess.run(
+        [sys.executable, "-E", "-s", "-S", str(launcher), "--config", str(config), "--check-config"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "unknown keys ['keep_dayly']" in bad.stderr

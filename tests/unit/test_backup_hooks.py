@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from dockyard import backup
+from dockyard import workspace_backup as command
 from tests.support.scripts import load_script
 
 idle = load_script("idle_monitor", "dockyard-idle-monitor.py")
@@ -187,11 +188,11 @@ def test_secret_files_others_can_read_are_refused(settings: backup.Settings) -> 
     keys.chmod(0o644)
     engines = backup.Backups(settings, environ={}, runner=FakeEngine({}))
     with pytest.raises(backup.PasswordError, match="mode 0644 lets others in"):
-        engines._storage_keys()
+        engines.files.storage_keys()
     keys.chmod(0o600)
     Path(settings.credentials_dir).chmod(0o755)
     with pytest.raises(backup.PasswordError, match="mode 0755"):
-        engines._credentials_dir()
+        engines.files.credentials_dir()
 
 
 def test_a_remote_engine_is_refused(settings: backup.Settings) -> None:
@@ -302,8 +303,8 @@ def test_backup_command_must_be_an_argv_list(tmp_path: Path, command: Any) -> No
 
 
 def test_the_host_state_file_survives_a_rewrite(tmp_path: Path) -> None:
-    state = backup.HostState(last_success={"t/s1": T0}, last_failure={"t/s2": "x"})
+    state = command.HostState(last_success={"t/s1": T0}, last_failure={"t/s2": "x"})
     path = tmp_path / "state.json"
     state.save(path)
-    assert backup.HostState.load(path) == state
+    assert command.HostState.load(path) == state
     assert not any(name.startswith(".state.") for name in os.listdir(tmp_path))

@@ -1,7 +1,8 @@
-"""roles/workspace_backup against what it installs: components/backup.py as the host's
-``workspace-backup`` command. The role's defaults are the command's defaults, the
-configuration it writes has exactly the keys the command reads, its value checks accept
-exactly what the command accepts, and the command's label names are the host library's."""
+"""roles/workspace_backup against what it installs: dockyard.workspace_backup (with the
+package's host modules) as the host's ``workspace-backup`` command. The role's defaults are
+the command's defaults, the configuration it writes has exactly the keys the command reads,
+its value checks accept exactly what the command accepts, and the engine's label names are
+the contract's, which the host library reads too."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from dockyard import backup
+from dockyard import backup, contract
+from dockyard import workspace_backup as command
+from dockyard.backup import engine, model
 from tests.support.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,23 +33,27 @@ def test_role_defaults_are_the_commands_defaults() -> None:
     defaults = role_file("defaults", "main.yml")
     differ = {
         key: {"command": value, "role": defaults.get(f"workspace_backup_{key}")}
-        for key, value in backup.HOST_DEFAULTS.items()
+        for key, value in command.HOST_DEFAULTS.items()
         if key not in FIXED and defaults.get(f"workspace_backup_{key}") != value
     }
     assert differ == {}
-    assert backup.HOST_DEFAULTS["restic"] == "/usr/bin/restic"
+    assert command.HOST_DEFAULTS["restic"] == "/usr/bin/restic"
 
 
 def test_the_configuration_written_has_exactly_the_keys_the_command_reads() -> None:
     written = role_file("vars", "main.yml")["workspace_backup_config"]
-    assert set(written) == set(backup.HOST_DEFAULTS)
-    assert written["restic"] == backup.HOST_DEFAULTS["restic"]
+    assert set(written) == set(command.HOST_DEFAULTS)
+    assert written["restic"] == command.HOST_DEFAULTS["restic"]
 
 
-def test_the_role_installs_the_components_module_and_its_checks_run_it() -> None:
+def test_the_role_installs_the_packages_command_and_its_checks_run_it() -> None:
     variables = role_file("vars", "main.yml")
-    assert variables["workspace_backup_module"].endswith("/../../components/backup.py")
     tasks = (ROLE / "tasks" / "main.yml").read_text()
+    # The launcher runs the package's command; host_common installs the package beside it.
+    launcher = (ROLE / "files" / "dockyard-workspace-backup.py").read_text()
+    assert "from dockyard.workspace_backup import main" in launcher
+    assert "src: dockyard-workspace-backup.py" in tasks
+    assert 'host_common_library_dir: "{{ workspace_backup_script | dirname }}"' in tasks
     assert "workspace_backup_command + ['--check-config']" in tasks
     assert "workspace_backup_command + ['run']" in tasks
     # The hook the docs tell inventories to give the idle monitor and the refresh path.
@@ -60,7 +67,7 @@ def test_the_role_installs_the_components_module_and_its_checks_run_it() -> None
     docs = (REPO / "docs" / "backup.md").read_text()
     assert f"idle_monitor_backup_command: [{', '.join(hook)}]" in docs
     assert f"env_health_refresh_backup_command: [{', '.join(hook)}]" in docs
-    parser = backup.build_parser()
+    parser = command.build_parser()
     args = parser.parse_args(["--config", "/c.json", "hook", "env-1", "--reason", "idle-stop"])
     assert (args.command, args.container, args.reason) == ("hook", "env-1", "idle-stop")
 
@@ -123,27 +130,21 @@ def test_value_checks_are_the_commands_grammar(key: str, corpus: list[str], comm
 
 def _selector_ok(text: str) -> bool:
     try:
-        backup._check_selector(text)
+        backup.check_selector(text)
     except backup.ConfigError:
         return False
     return True
 
 
-def test_label_names_and_grammar_are_the_host_librarys() -> None:
-    assert (
-        backup.LABEL_MANAGED,
-        backup.LABEL_VOLUME,
-        backup.LABEL_SESSION,
-        backup.LABEL_STACK,
-    ) == (
-        host.LABEL_MANAGED,
-        host.LABEL_VOLUME,
-        host.LABEL_SESSION,
-        host.LABEL_STACK,
-    )
-    assert backup.MANAGED_SELECTOR == host.MANAGED_SELECTOR
-    assert backup.LABEL_KEY.pattern == host.LABEL_KEY.pattern
-    assert backup.SELECTOR_VALUE.pattern == host.SELECTOR_VALUE.pattern
+def test_label_names_and_grammar_are_the_contracts() -> None:
+    # One spelling: the engine and the command read the contract, as the host library does.
+    for name in ("LABEL_MANAGED", "LABEL_VOLUME", "LABEL_SESSION", "LABEL_STACK"):
+        assert getattr(engine, name) is getattr(contract, name), name
+    assert engine.MANAGED_SELECTOR is contract.MANAGED_SELECTOR
+    assert command.MANAGED_SELECTOR is contract.MANAGED_SELECTOR
+    assert model.LABEL_KEY is contract.LABEL_KEY
+    assert model.SELECTOR_VALUE is contract.SELECTOR_VALUE
+    assert host.MANAGED_SELECTOR == contract.MANAGED_SELECTOR
 
 
 def test_host_configuration_is_checked_like_the_role_documents(tmp_path: Path) -> None:
@@ -152,17 +153,17 @@ def test_host_configuration_is_checked_like_the_role_documents(tmp_path: Path) -
         '{"repository": "s3:https://h.example/bucket", "keep_last": 0, "keep_daily": 0, "keep_weekly": 0}'
     )
     with pytest.raises(backup.ConfigError, match="all 0"):
-        backup.load_host_config(str(path))
+        command.load_host_config(str(path))
     path.write_text('{"repository": "s3:https://h.example/bucket", "keep_dayly": 3}')
     with pytest.raises(backup.ConfigError, match=r"unknown keys \['keep_dayly'\]"):
-        backup.load_host_config(str(path))
+        command.load_host_config(str(path))
     path.write_text('{"repository": "s3:https://h.example/bucket", "label": "x=1; id"}')
     with pytest.raises(backup.ConfigError, match="label selector"):
-        backup.load_host_config(str(path))
+        command.load_host_config(str(path))
     path.write_text('{"repository": "s3:https://h.example/bucket"}')
-    settings, config = backup.load_host_config(str(path))
+    settings, config = command.load_host_config(str(path))
     assert settings.repository == "s3:https://h.example/bucket"
-    assert config["keep_last"] == backup.HOST_DEFAULTS["keep_last"]
-    assert backup.main(["--config", str(path), "--check-config"]) == 0
+    assert config["keep_last"] == command.HOST_DEFAULTS["keep_last"]
+    assert command.main(["--config", str(path), "--check-config"]) == 0
     path.write_text('{"repository": ""}')
-    assert backup.main(["--config", str(path), "--check-config"]) == 2
+    assert command.main(["--config", str(path), "--check-config"]) == 2

@@ -1,27 +1,49 @@
-"""Workspace backups of sessions and stack environments, for the ``dockyard`` command and
-the sessions API: the settings from the stack configuration (``dockyard:backup``, or the
-host settings' ``backup:`` for sessions), the workspace found on the engine by its labels,
-and one audit line per backup and restore (:func:`dockyard.sessions.audit.recorded`).
+"""Session backups and restores: for the ``dockyard`` command, the sessions API and the
+Pulumi program's restore at create. The settings come from the stack configuration
+(``dockyard:backup``, or the host settings' ``backup:`` for sessions), the workspace is
+found on the engine by its labels, and every backup and restore is one line of the
+sessions' audit trail (:func:`dockyard.sessions.audit.recorded`).
 
-The engine itself is :mod:`dockyard.backup` (restic in a helper container).
+The engine itself is :mod:`dockyard.backup` (restic in a helper container; it knows
+nothing of sessions). ``python -m dockyard.sessions.backups restore-if-empty`` is the
+command a new environment with ``restore: latest`` runs between its workspace volume and
+its container (:mod:`dockyard.environment`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from . import backup
-from .config import ConfigError, StackConfig, from_stack_file, parse
-
-if TYPE_CHECKING:
-    from .sessions import Sessions
-    from .sessions.request import SessionPlan
+from .. import backup
+from ..config import ConfigError, StackConfig, from_stack_file, parse
+from ..errors import DockyardError
+from . import audit
+from .registry import Registry, SessionNotFound
+from .request import SESSIONS_STACK, SessionPlan
+from .settings import Paths, load_settings, paths
 
 Progress = Callable[[str], None]
+
+
+class SessionsLike(Protocol):
+    """What backups need of :class:`dockyard.sessions.Sessions` (which calls them)."""
+
+    where: Paths
+
+    @property
+    def registry(self) -> Registry: ...
+
+    def plan(
+        self, request: Mapping[str, Any], secrets: Mapping[str, str] | None = None
+    ) -> tuple[SessionPlan, dict[str, str]]: ...
+
 
 NOT_CONFIGURED = (
     "dockyard:backup: missing (allowed: a backup repository in the host settings' backup: "
@@ -53,7 +75,7 @@ def settings_of(config: StackConfig) -> backup.Settings:
 
 
 def target(
-    sessions: Sessions, session: str, tenant: str | None = None, stack_file: str | None = None
+    sessions: SessionsLike, session: str, tenant: str | None = None, stack_file: str | None = None
 ) -> Target:
     """The session of this machine's registry, or the environment ``session`` of the
     stack file ``stack_file`` (stacks are not in the registry)."""
@@ -74,9 +96,6 @@ def target(
         if not envs:
             raise backup.NotFound(f"stack {name}: no environment {session!r}")
         return Target(config, session, envs[0].tenant, name, config.docker_host or "local")
-    from .sessions import SessionNotFound, load_settings
-    from .sessions.request import SESSIONS_STACK
-
     try:
         record = sessions.registry.find(session, tenant)
     except SessionNotFound:
@@ -100,9 +119,7 @@ def _engine(settings: backup.Settings, progress: Progress) -> backup.Backups:
     return backup.Backups(settings, log=progress)
 
 
-def _recorded(sessions: Sessions, action: str, who: Target) -> Any:
-    from .sessions import audit
-
+def _recorded(sessions: SessionsLike, action: str, who: Target) -> Any:
     return audit.recorded(
         sessions.where.audit_log,
         action,
@@ -114,7 +131,7 @@ def _recorded(sessions: Sessions, action: str, who: Target) -> Any:
 
 
 def run_backup(
-    sessions: Sessions,
+    sessions: SessionsLike,
     who: Target,
     reason: str = "manual",
     progress: Progress = lambda _line: None,
@@ -136,7 +153,7 @@ def snapshots(who: Target) -> list[backup.Snapshot]:
 
 
 def restore(
-    sessions: Sessions,
+    sessions: SessionsLike,
     who: Target,
     snapshot: str = "latest",
     into: Target | None = None,
@@ -173,7 +190,7 @@ def restore(
         return result
 
 
-def before_destroy(sessions: Sessions, plan: SessionPlan, progress: Progress) -> None:
+def before_destroy(sessions: SessionsLike, plan: SessionPlan, progress: Progress) -> None:
     """The final backup ``destroy`` takes first (``backup.onDestroy``). A failure stops
     the destroy: nothing is destroyed, and the message says how to go on."""
     config = plan.config
@@ -194,7 +211,7 @@ def before_destroy(sessions: Sessions, plan: SessionPlan, progress: Progress) ->
         ) from None
 
 
-def before_refresh(sessions: Sessions, plan: SessionPlan, progress: Progress) -> None:
+def before_refresh(sessions: SessionsLike, plan: SessionPlan, progress: Progress) -> None:
     """A backup before the container is recreated. The workspace volume is kept either
     way, so a failed backup is reported and the refresh goes on."""
     config = plan.config
@@ -211,3 +228,57 @@ def before_refresh(sessions: Sessions, plan: SessionPlan, progress: Progress) ->
 
 def as_dict(result: Any) -> dict[str, Any]:
     return dataclasses.asdict(result)
+
+
+# --- Restore at create -------------------------------------------------------------------------
+
+
+def restore_at_create(environ: Mapping[str, str]) -> int:
+    """``restore: latest``: the latest snapshot into the new, empty workspace volume
+    (settings, volume, stack and session from the ``DOCKYARD_BACKUP*`` variables the
+    environment's Pulumi command sets); audited as ``restore``. Returns the exit code."""
+    try:
+        settings = backup.Settings.from_mapping(json.loads(environ.get("DOCKYARD_BACKUP", "")))
+    except (json.JSONDecodeError, TypeError):
+        print("ERROR: DOCKYARD_BACKUP is not the backup settings as JSON", file=sys.stderr)
+        return 2
+    repo = backup.Repo(
+        environ.get("DOCKYARD_BACKUP_STACK", ""), environ.get("DOCKYARD_BACKUP_SESSION", "")
+    )
+    workspace = backup.Workspace(environ.get("DOCKYARD_BACKUP_VOLUME", ""), repo)
+    engine = backup.Backups(settings, environ, log=lambda line: print(f"dockyard-restore: {line}"))
+    log = paths(environ).audit_log
+    with audit.recorded(log, "restore", session=repo.session, stack=repo.stack) as entry:
+        restored = engine.restore_if_empty(workspace)
+        entry["detail"] = (
+            f"latest snapshot {restored.snapshot[:8]}: {restored.files} files, "
+            f"{restored.bytes} bytes"
+            if restored
+            else "nothing to restore"
+        )
+    if restored is not None:
+        print(
+            f"dockyard-restore: session {repo.session}: restored snapshot {restored.snapshot[:8]} "
+            f"({restored.files} files, {restored.bytes} bytes, verified)"
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """``restore-if-empty`` (the only command): 0 done, else the error root's code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args != ["restore-if-empty"]:
+        print(
+            f"ERROR: arguments {args!r} are not allowed (allowed: restore-if-empty)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return restore_at_create(dict(os.environ if environ is None else environ))
+    except DockyardError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
