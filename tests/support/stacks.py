@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ import docker
 import docker.errors
 import pytest
 
+from dockyard import storage
 from dockyard.config import from_stack_file
+from dockyard.environment import resource_prefix
 from tests.harness.docker_mocks import DockerRealisingMocks, HarnessState
 from tests.support.engine import RUN_ID, is_ready, wait_for
 from tests.support.program import REPO, ProgramRun, run_program
@@ -152,6 +155,7 @@ class Deployed:
         ]
         found += [f"network {n.name}" for n in self.client.networks.list(filters=selector)]
         found += [f"volume {v.name}" for v in self.client.volumes.list(filters=selector)]
+        found += [f"disk images {d}" for d in disk_dirs(self.stack)]
         return found
 
     def drop_replacements(self) -> None:
@@ -187,7 +191,21 @@ class Deployed:
             with contextlib.suppress(docker.errors.APIError):
                 volume.remove(force=True)
             found += 1
+        for directory in disk_dirs(self.stack):  # loop devices and images (dockyard.storage)
+            subprocess.run(
+                ["sh", "-c", storage.DELETE_SCRIPT, "sweep", str(directory)],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            found += 1
         return found
+
+
+def disk_dirs(stack: str) -> list[Path]:
+    """The disk image directories of ``stack``'s environments on this (the engine's) host."""
+    root = Path(storage.DISKS_DIR)
+    return sorted(root.glob(f"{resource_prefix(stack, '')}*")) if root.is_dir() else []
 
 
 def stack_values(name: str) -> dict[str, Any]:
