@@ -322,6 +322,8 @@ def test_another_sessions_page_cannot_reach_this_sessions_routes(
         "post-no-cors": ((*browser("same-site", "no-cors"), foreign), "POST"),
         "subresource": (browser("same-site", "no-cors", "image"), "GET"),
         "form-post": ((*browser("same-site", "navigate", "document"), foreign), "POST"),
+        # The same without Origin (no browser omits it on a POST): refused for its method.
+        "form-post-no-origin": (browser("same-site", "navigate", "document"), "POST"),
         "frame": (browser("same-site", "navigate", "iframe"), "GET"),
         "cross-site-fetch": (browser("cross-site", "no-cors"), "GET"),
         "no-sec-fetch-post": ((foreign,), "POST"),
