@@ -93,3 +93,105 @@ def test_host_upstreams_skip_loopback(tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
     conf.write_text("nameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver ::1\nsearch x\n")
     assert guard.host_upstreams(str(conf)) == ["10.0.0.2"]
+
+
+def _net(net_id: str, name: str, driver: str = "bridge", **labels: str) -> dict:
+    return {
+        "Id": net_id * 8,
+        "Name": name,
+        "Driver": driver,
+        "Options": {"com.docker.network.bridge.name": "docker0"} if name == "bridge" else {},
+        "IPAM": {"Config": [{"Subnet": f"172.{len(name)}.0.0/24"}]},
+        "Labels": labels,
+    }
+
+
+def _container(name: str, mode: str, *networks: dict) -> dict:
+    return {
+        "Id": name * 8,
+        "Names": [f"/{name}"],
+        "HostConfig": {"NetworkMode": mode},
+        "NetworkSettings": {"Networks": {n["Name"]: {"NetworkID": n["Id"]} for n in networks}},
+    }
+
+
+def test_the_fence_follows_every_attachment_whatever_its_labels() -> None:
+    """Issue 25.1: the broker's internal network (no dockyard label), an extra network,
+    the default bridge and a network shared through ``container:`` are all fenced; host
+    networking and a driver without a bridge are reported, ``none`` is nothing to fence."""
+    own = _net("a1b2", "dockyard-s-a", **{"dockyard.managed": "true"})
+    broker = _net("c3d4", "dockyard-s-a-broker")
+    extra = _net("e5f6", "anything-added-later")
+    default = _net("0a0b", "bridge")
+    shared_net = _net("1c1d", "someone-elses")
+    host_net, none_net = _net("2e2f", "host", "host"), _net("3a3b", "none", "null")
+    macvlan = _net("4c4d", "lan", "macvlan")
+    listed = [own, broker, extra, default, shared_net, host_net, none_net, macvlan]
+    containers = [
+        _container("env", "dockyard-s-a", own, broker, extra),
+        _container("plain", "default", default),
+        _container(
+            "sidecar",
+            "container:other",
+        ),
+        _container("hostnet", "host", host_net),
+        _container("isolated", "none", none_net),
+        _container("onlan", "lan", macvlan),
+    ]
+    shared = {"other": _container("other", "someone-elses", shared_net)}
+    nets, problems, strays = guard.attached(containers, listed, shared)
+    assert strays == []  # no allowlisted environment among them
+    assert sorted((n.name, n.bridge) for n in nets) == [
+        ("anything-added-later", f"br-{extra['Id'][:12]}"),
+        ("bridge", "docker0"),
+        ("dockyard-s-a", f"br-{own['Id'][:12]}"),
+        ("dockyard-s-a-broker", f"br-{broker['Id'][:12]}"),
+        ("someone-elses", f"br-{shared_net['Id'][:12]}"),
+    ]
+    assert problems == [
+        "hostnet: network host (driver host) cannot be fenced (allowed: bridge)",
+        "onlan: network lan (driver macvlan) cannot be fenced (allowed: bridge)",
+    ]
+    # A container whose namespace owner is gone is reported, not skipped silently.
+    _, missing, _ = guard.attached([_container("sidecar", "container:gone")], listed, {})
+    assert missing == ["sidecar: shares the network of container:gone, which is not found"]
+
+
+def test_fenced_networks_without_an_ipam_gateway_take_the_engines_default() -> None:
+    info = _net("5e5f", "made-by-hand")
+    info["IPAM"]["Config"] = [{"Subnet": "fd00:1::/64"}, {"Subnet": "10.9.8.0/24"}]
+    (net,), _, _ = guard.attached([_container("c", "made-by-hand", info)], [info])
+    assert net.gateway == "10.9.8.1"
+    text = guard.ruleset([], 3600, [net], [("gateway", 3128)])
+    assert (
+        f'iifname "{net.bridge}" ip daddr 10.9.8.1 meta l4proto {{ tcp, udp }} th dport 3128 accept'
+        in text
+    )
+    assert f'iifname "{net.bridge}" counter drop comment "made-by-hand: not the host"' in text
+    assert f'iifname "{net.bridge}" ip daddr 169.254.0.0/16 counter drop' in text
+
+
+def test_an_allowlisted_environment_leaves_only_through_its_allowlist() -> None:
+    """On any other network it is attached to (the default bridge sorts first and would
+    take its default route), its addresses may reach that bridge's neighbours, nothing
+    beyond."""
+    own = _net("a1b2", "dockyard-s-a", **{"dockyard.egress": "allowlist"})
+    default = _net("0a0b", "bridge")
+    env = _container("env", "dockyard-s-a", own, default)
+    env["Labels"] = {"dockyard.egress": "allowlist"}
+    env["NetworkSettings"]["Networks"]["bridge"].update(
+        IPAddress="172.17.0.5", GlobalIPv6Address="fd00:0:0:0::5"
+    )
+    env["NetworkSettings"]["Networks"]["dockyard-s-a"].update(IPAddress="172.12.0.2")
+    _, _, strays = guard.attached([env], [own, default])
+    assert [(s.network.name, s.address, s.container) for s in strays] == [
+        ("bridge", "172.17.0.5", "env"),
+        ("bridge", "fd00::5", "env"),
+    ]
+    text = guard.ruleset([], 3600, [], (), strays)
+    out = text.split("chain egress_out")[1]
+    assert (
+        'iifname "docker0" oifname != "docker0" ip saddr 172.17.0.5 counter drop '
+        'comment "env: allowlisted, not on bridge"' in out
+    )
+    assert 'iifname "docker0" oifname != "docker0" ip6 saddr fd00::5 counter drop' in out

@@ -20,14 +20,20 @@ or differs from the desired one, and a forwarder only restarted when its configu
 changed or it is not running. ``--json`` prints what it did; ``changed`` is true when
 anything was applied. ``--remove`` takes everything down.
 
-Host fence (every dockyard network, open ones too, unless ``--no-host-fence``): in the
-same table, traffic from an environment's bridge to the host itself is dropped (only
-replies to connections the host opened pass; allowlisted networks keep their DNS
-forwarder), and so is forwarded traffic to link-local 169.254.0.0/16, where a cloud VM's
-metadata service hands out the instance's credentials. Published ports are the
-components' business (they bind to 127.0.0.1, docs/access.md).
+Host fence (unless ``--no-host-fence``): every network any managed environment container
+is attached to, as the engine records the containers' attachments — its own network, a
+broker's internal network, extra networks, whatever is attached later (the next run picks
+it up), open environments too, whatever the networks' labels say. In the same table,
+traffic from such a bridge to the host itself is dropped (only replies to connections the
+host opened pass; allowlisted networks keep their DNS forwarder), and so is forwarded
+traffic to link-local 169.254.0.0/16, where a cloud VM's metadata service hands out the
+instance's credentials. An attachment the fence cannot cover (host networking, a driver
+without a bridge on this host) is applied around, reported under ``unfenced`` and fails
+the run (exit 1). Published ports are the components' business (they bind to 127.0.0.1,
+docs/access.md).
 
-stdlib only; needs the docker CLI, nft and dnsmasq; runs as root.
+stdlib only; needs the engine's socket (DOCKER_HOST, default the local one), nft and
+dnsmasq; runs as root.
 """
 
 from __future__ import annotations
@@ -40,9 +46,11 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # Installed, dockyard_host.py sits beside this script (sys.path[0]); in the repository it
 # is the host_common role's file (appended, so an installed copy always wins).
@@ -109,27 +117,59 @@ def parse_rule(rule: str) -> tuple[str, str, int | None]:
     return "domain", target.lower(), port
 
 
-def networks(mode: str = "allowlist", scope: str | None = None) -> list[Network]:
-    """Allowlisted networks, or (mode ``managed``) every dockyard network; ``scope`` (a
-    ``key=value`` label) narrows either to the networks carrying it."""
-    selector = f"{LABEL_MODE}=allowlist" if mode == "allowlist" else host.MANAGED_SELECTOR
-    filters = ["--filter", f"label={selector}"]
-    if scope:
-        filters += ["--filter", f"label={scope}"]
-    ids = run(["docker", "network", "ls", "-q", *filters]).split()
-    if not ids:
-        return []
+def engine() -> host.Engine:
+    try:
+        return host.Engine.from_env()
+    except host.HostError as exc:
+        raise GuardError(str(exc)) from None
+
+
+def _get(path: str) -> Any:
+    try:
+        return engine().request("GET", path)
+    except host.HostError as exc:
+        raise GuardError(str(exc)) from None
+
+
+def _label_filter(*selectors: str | None) -> str:
+    return urllib.parse.quote(json.dumps({"label": [s for s in selectors if s]}))
+
+
+def _gateway(info: dict[str, Any]) -> str | None:
+    """The network's IPv4 gateway: IPAM's, else the bridge driver's default (the first
+    address of the subnet, which the engine takes when none was given)."""
+    for config in (info.get("IPAM") or {}).get("Config") or []:
+        subnet = config.get("Subnet", "")
+        if "." not in subnet:
+            continue
+        if config.get("Gateway"):
+            return str(config["Gateway"]).split("/")[0]
+        return str(next(ipaddress.IPv4Network(subnet, strict=False).hosts()))
+    return None
+
+
+def _network(info: dict[str, Any]) -> Network:
+    options = info.get("Options") or {}
+    bridge = options.get("com.docker.network.bridge.name") or f"br-{info['Id'][:12]}"
+    return Network(info["Id"], info["Name"], bridge, _gateway(info) or "")
+
+
+def networks(
+    scope: str | None = None, listed: Sequence[dict[str, Any]] | None = None
+) -> list[Network]:
+    """The allowlisted networks (label ``dockyard.egress=allowlist``), with their rules;
+    ``scope`` (a ``key=value`` label) narrows them to the networks carrying it."""
+    if listed is None:
+        listed = _get("/networks")
     found = []
-    for info in json.loads(run(["docker", "network", "inspect", *ids])):
-        options = info.get("Options") or {}
-        bridge = options.get("com.docker.network.bridge.name") or f"br-{info['Id'][:12]}"
-        configs = [
-            c for c in (info.get("IPAM") or {}).get("Config") or [] if "." in c.get("Subnet", "")
-        ]
-        if not configs or not configs[0].get("Gateway"):
+    for info in listed:
+        labels = info.get("Labels") or {}
+        if labels.get(LABEL_MODE) != "allowlist" or not _has_label(labels, scope):
+            continue
+        network = _network(info)
+        if not network.gateway:
             raise GuardError(f"network {info['Name']}: no IPv4 gateway to serve DNS on")
-        network = Network(info["Id"], info["Name"], bridge, configs[0]["Gateway"].split("/")[0])
-        for rule in json.loads((info.get("Labels") or {}).get(LABEL_ALLOW, "[]")):
+        for rule in json.loads(labels.get(LABEL_ALLOW, "[]")):
             kind, target, port = parse_rule(str(rule))
             if kind == "cidr":
                 network.cidrs.append((target, port))
@@ -137,6 +177,127 @@ def networks(mode: str = "allowlist", scope: str | None = None) -> list[Network]
                 network.domains.setdefault(target, []).append(port)
         found.append(network)
     return sorted(found, key=lambda n: n.name)
+
+
+def _has_label(labels: dict[str, str], selector: str | None) -> bool:
+    if not selector:
+        return True
+    key, _, value = selector.partition("=")
+    return labels.get(key) == value
+
+
+# Drivers whose containers reach the host through a Linux bridge on it, which the fence
+# matches by name; "null" (network none) gives a container no interface but loopback.
+FENCEABLE_DRIVERS = {"bridge"}
+NO_INTERFACE_DRIVERS = {"null"}
+
+
+@dataclass(frozen=True)
+class Stray:
+    """An address an allowlisted environment holds on a network that is not its
+    allowlisted one: nothing from it may leave that bridge (it would bypass the list)."""
+
+    network: Network
+    address: str
+    container: str
+
+
+def attached(
+    containers: Sequence[dict[str, Any]],
+    listed: Sequence[dict[str, Any]],
+    shared: dict[str, dict[str, Any]] | None = None,
+) -> tuple[list[Network], list[str], list[Stray]]:
+    """Every network the given environment containers are attached to, as the engine
+    records it (``NetworkSettings.Networks``; a container that joins another's network
+    namespace with ``container:<id>`` is on that one's networks, from ``shared``), whatever
+    the networks' labels: ``(fenceable networks, problems, strays)``. A problem is an
+    attachment the fence cannot cover (host networking, a driver without a bridge on this
+    host); a stray is an allowlisted environment's address on a network without an
+    allowlist."""
+    by_id = {info["Id"]: info for info in listed}
+    by_name = {info["Name"]: info for info in listed}
+    shared = shared or {}
+    found: dict[str, Network] = {}
+    problems: list[str] = []
+    strays: dict[tuple[str, str], Stray] = {}
+    for container in containers:
+        name = (container.get("Names") or [container.get("Name") or container["Id"][:12]])[0]
+        name = name.lstrip("/")
+        allowlisted = (
+            (container.get("Labels") or (container.get("Config") or {}).get("Labels")) or {}
+        ).get(LABEL_MODE) == "allowlist"
+        mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
+        sources = [container]
+        if mode.startswith("container:"):
+            other = shared.get(mode.removeprefix("container:"))
+            if other is None:
+                problems.append(f"{name}: shares the network of {mode}, which is not found")
+                continue
+            sources.append(other)
+        for source in sources:
+            attachments = ((source.get("NetworkSettings") or {}).get("Networks")) or {}
+            for net_name, endpoint in attachments.items():
+                endpoint = endpoint or {}
+                info = by_id.get(endpoint.get("NetworkID") or "") or by_name.get(net_name)
+                if info is None:
+                    continue  # removed since the container was listed
+                driver = info.get("Driver") or ""
+                if driver in NO_INTERFACE_DRIVERS:
+                    continue
+                if driver not in FENCEABLE_DRIVERS:
+                    problems.append(
+                        f"{name}: network {info['Name']} (driver {driver}) cannot be fenced "
+                        f"(allowed: {', '.join(sorted(FENCEABLE_DRIVERS))})"
+                    )
+                    continue
+                network = found.setdefault(info["Id"], _network(info))
+                if allowlisted and (info.get("Labels") or {}).get(LABEL_MODE) != "allowlist":
+                    for key in ("IPAddress", "GlobalIPv6Address"):
+                        if endpoint.get(key):
+                            address = str(ipaddress.ip_address(endpoint[key]))
+                            strays[(network.id, address)] = Stray(network, address, name)
+    return (
+        sorted(found.values(), key=lambda n: n.name),
+        sorted(set(problems)),
+        sorted(strays.values(), key=lambda s: (s.network.name, s.address)),
+    )
+
+
+def fenced_networks(
+    scope: str | None = None, listed: Sequence[dict[str, Any]] | None = None
+) -> tuple[list[Network], list[str], list[Stray]]:
+    """What the host fence covers: every network a managed environment container (running
+    or not) is attached to, read from the containers on the engine — broker networks,
+    extra networks, anything attached later — plus networks labelled managed that no
+    container has joined yet. ``scope`` narrows to containers and networks carrying it.
+    Also the strays (:func:`attached`)."""
+    if listed is None:
+        listed = _get("/networks")
+    containers = _get(
+        f"/containers/json?all=1&filters={_label_filter(host.MANAGED_SELECTOR, scope)}"
+    )
+    shared = {}
+    for container in containers:
+        mode = str((container.get("HostConfig") or {}).get("NetworkMode") or "")
+        if mode.startswith("container:"):
+            ref = mode.removeprefix("container:")
+            try:
+                shared[ref] = engine().inspect(ref)
+            except host.HostError:
+                continue  # reported as not found
+    nets, problems, strays = attached(containers, listed, shared)
+    ids = {net.id for net in nets}
+    managed_key, _, managed_value = host.MANAGED_SELECTOR.partition("=")
+    for info in listed:
+        labels = info.get("Labels") or {}
+        if (
+            info["Id"] not in ids
+            and labels.get(managed_key) == managed_value
+            and _has_label(labels, scope)
+            and info.get("Driver") in FENCEABLE_DRIVERS
+        ):
+            nets.append(_network(info))
+    return sorted(nets, key=lambda n: n.name), problems, strays
 
 
 def _set_name(network: Network, kind: str, port: int | None) -> str:
@@ -168,12 +329,21 @@ def ruleset(
     address_ttl: int,
     fenced: Sequence[Network] = (),
     exceptions: Sequence[tuple[str, int | None]] = (),
+    strays: Sequence[Stray] = (),
 ) -> str:
     """The whole table, declared then replaced in one transaction. ``fenced``: networks
     kept off the host and link-local (allowlisted ones are already kept off both), but
-    for the ``exceptions``."""
+    for the ``exceptions``. ``strays``: allowlisted environments' addresses on other
+    networks, whose traffic may stay on that bridge and go nowhere else."""
     sets, redirect, inbound, outbound = [], [], [], []
     allowlisted = {net.id for net in nets}
+    for stray in strays:
+        family = "ip6" if ":" in stray.address else "ip"
+        outbound.append(
+            f'    iifname "{stray.network.bridge}" oifname != "{stray.network.bridge}" '
+            f"{family} saddr {stray.address} counter drop "
+            f'comment "{stray.container}: allowlisted, not on {stray.network.name}"'
+        )
     for net in fenced:
         if net.id in allowlisted:
             continue
@@ -331,9 +501,10 @@ def reconcile(
     exceptions: Sequence[tuple[str, int | None]] = (),
 ) -> dict[str, object]:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    nets = networks(scope=scope)
-    fenced = networks("managed", scope) if host_fence else []
-    desired = ruleset(nets, address_ttl, fenced, exceptions)
+    listed = _get("/networks")
+    nets = networks(scope, listed)
+    fenced, problems, strays = fenced_networks(scope, listed) if host_fence else ([], [], [])
+    desired = ruleset(nets, address_ttl, fenced, exceptions, strays)
     applied = state_dir / "ruleset.nft"
     actions: list[str] = []
     table_replaced = not table_present() or not applied.exists() or applied.read_text() != desired
@@ -343,6 +514,7 @@ def reconcile(
         applied.write_text(desired)
         actions.append("nftables table applied")
     wanted = {net.key for net in nets}
+    wanted_ids = {net.id for net in nets}
     for net in nets:
         conf = state_dir / f"{net.key}.conf"
         pid_file = state_dir / f"{net.key}.pid"
@@ -362,6 +534,8 @@ def reconcile(
     return {
         "changed": bool(actions),
         "actions": actions,
+        "fenced": [n.name for n in fenced if n.id not in wanted_ids],
+        "unfenced": problems,
         "networks": [
             {
                 "name": n.name,
@@ -386,7 +560,13 @@ def remove(state_dir: Path) -> dict[str, object]:
                 actions.append(f"forwarder {pid_file.stem} stopped")
         for leftover in state_dir.iterdir():
             leftover.unlink()
-    return {"changed": bool(actions), "actions": actions, "networks": []}
+    return {
+        "changed": bool(actions),
+        "actions": actions,
+        "fenced": [],
+        "unfenced": [],
+        "networks": [],
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -474,7 +654,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         for action in result["actions"] or ["nothing to do"]:  # type: ignore[union-attr]
             print(f"dockyard-egress-guard: {action}")
-    return 0
+    # Everything else is applied; an attachment the fence cannot cover fails the run
+    # (the role's task, the timer's unit) so it is seen.
+    for problem in result["unfenced"]:  # type: ignore[union-attr]
+        print(f"ERROR: not fenced: {problem}", file=sys.stderr)
+    return 1 if result["unfenced"] else 0
 
 
 if __name__ == "__main__":
