@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import manifest as manifest_contract
-from ..config import ConfigError, parse
+from ..config import ConfigError, from_host_settings
 from . import audit, backups, driver, quotas, registry
 from .request import SessionPlan, plan
 from .settings import Paths, load_settings, paths
@@ -301,9 +301,10 @@ class Sessions:
         """Build the host's core image once (``dockyard image build``); sessions without
         an image of their own use it from then on. Returns the image reference."""
         settings = load_settings(self.where)
-        raw = {f"dockyard:{k}": v for k, v in settings.items() if k != "environments"}
         with self._audit("image-build") as entry:
-            config = parse(raw, stack="images", cwd=str(self.where.state))
+            config = from_host_settings(
+                settings, stack="images", cwd=str(self.where.state), check_secrets=True
+            )
             entry["host"] = config.docker_host or "local"
             reference = self.engine.build_image(config, progress)
             self.where.state.mkdir(parents=True, exist_ok=True, mode=0o700)
