@@ -1,6 +1,6 @@
 """Ansible inventory plugin: one host per dockyard environment, from manifests (R-HOST-4).
 
-Sources, in a file named ``*.dockyard_manifests.yml``::
+Sources, in a file whose name ends in ``dockyard_manifests.yml`` (or ``.yaml``)::
 
     plugin: dockyard.agents.dockyard_manifests   # or dockyard_manifests, in a checkout
     manifest_dirs:                  # <cwd>/.companion/cloud/environments of each project
@@ -37,6 +37,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from ansible.errors import AnsibleParserError
@@ -48,6 +49,8 @@ short_description: dockyard environments as hosts, from manifests or stack outpu
 description:
   - One host per environment manifest (contract v1), reached over the docker connection.
   - Environments of several-host stacks are grouped by host and reached through its engine.
+  - The inventory file's name must end in C(dockyard_manifests.yml) or C(dockyard_manifests.yaml)
+    (for example C(team.dockyard_manifests.yml)); any other file is left to other plugins.
 extends_documentation_fragment:
   - constructed
 options:
@@ -72,6 +75,28 @@ options:
     description: User for docker exec (environments drop all capabilities; root there owns nothing useful).
     type: str
     default: agent
+"""
+
+EXAMPLES = r"""
+# team.dockyard_manifests.yml (the name must end in dockyard_manifests.yml or .yaml):
+# every environment of one project, then
+#   ansible-playbook -i team.dockyard_manifests.yml dockyard.agents.environments
+plugin: dockyard.agents.dockyard_manifests
+manifest_dirs:
+  - /home/me/shop/.companion/cloud/environments
+---
+# fleet.dockyard_manifests.yml: a stack's environments on a remote engine, from
+#   pulumi stack output --json -s team > /srv/dockyard/team-outputs.json
+# grouped by backend (backend_claude, backend_codex), with a variable per host.
+plugin: dockyard.agents.dockyard_manifests
+stack_outputs:
+  - /srv/dockyard/team-outputs.json
+docker_host: ssh://agent@agents.team.example
+keyed_groups:
+  - key: dockyard_backend
+    prefix: backend
+compose:
+  agent_home: "'/home/' ~ ansible_user"
 """
 
 SAFE_GROUP = re.compile(r"[^A-Za-z0-9_]")
@@ -99,6 +124,8 @@ def _host_library():
     if spec is None or spec.loader is None or not HOST_LIBRARY.is_file():
         raise AnsibleParserError(f"dockyard's host library is missing ({HOST_LIBRARY})")
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs: its dataclasses look their module up in sys.modules.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -295,3 +295,49 @@ def test_the_docker_host_playbook_runs_by_fqcn_and_validates_first(
     ), output[-3000:]
     assert "docker_host_api_timeout" in output
     assert "Install the Docker engine" not in output
+
+
+def test_the_inventory_plugin_documents_its_examples_and_file_name(
+    outside: dict[str, str], tmp_path: Path
+) -> None:
+    """`ansible-doc` of the installed plugin shows EXAMPLES and the file-name rule, the
+    examples use only documented options, and the rule is the one the plugin applies:
+    the first example, pointed at a real directory, is read under both documented
+    suffixes and ignored under any other name."""
+    doc = subprocess.run(
+        [str(VENV_BIN / "ansible-doc"), "-t", "inventory", "--json", f"{FQCN}.dockyard_manifests"],
+        cwd=tmp_path,
+        env=outside,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    entry = json.loads(doc.stdout)[f"{FQCN}.dockyard_manifests"]
+    description = " ".join(entry["doc"]["description"])
+    assert "dockyard_manifests.yml" in description
+    assert "dockyard_manifests.yaml" in description
+    examples = list(yaml.safe_load_all(entry["examples"]))
+    assert len(examples) >= 2
+    documented = set(entry["doc"]["options"])
+    for example in examples:
+        assert set(example) <= documented, set(example) - documented
+        assert example["plugin"] == f"{FQCN}.dockyard_manifests"
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    first = {**examples[0], "manifest_dirs": [str(manifests)]}
+    for name, read in (
+        ("team.dockyard_manifests.yml", True),
+        ("team.dockyard_manifests.yaml", True),
+        ("team.yml", False),
+    ):
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(first))
+        listed = subprocess.run(
+            [str(VENV_BIN / "ansible-inventory"), "-i", str(path), "--list"],
+            cwd=tmp_path,
+            env={**outside, "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert (listed.returncode == 0) is read, (name, listed.stderr[-6000:])
