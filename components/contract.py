@@ -81,9 +81,10 @@ SELECTOR_VALUE = re.compile(r"[A-Za-z0-9._/:-]{0,255}", re.ASCII)
 """A label value in a host selector (full match)."""
 
 # --- Backups (the restic engine, the host backup command and the configuration agree) ---------
-_BACKUP_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:]{2,39}\])"
+NETWORK_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:]{2,39}\])"
+"""A host name, IPv4 address or bracketed IPv6 address, as regex text to build patterns with."""
 BACKUP_REPOSITORY = re.compile(
-    rf"s3:(?:(?P<scheme>https?)://)?(?P<host>{_BACKUP_HOST})(?::(?P<port>[0-9]{{1,5}}))?"
+    rf"s3:(?:(?P<scheme>https?)://)?(?P<host>{NETWORK_HOST})(?::(?P<port>[0-9]{{1,5}}))?"
     r"/(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?P<prefix>(?:/[A-Za-z0-9_.-]{1,128}){0,16})/?",
     re.ASCII,
 )

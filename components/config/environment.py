@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from .. import contract
 from . import egress
 from . import values as v
 from .base import CONVENTIONAL_NAME, THIS_KEY, Model
@@ -25,12 +26,13 @@ from .mounts import Volumes, bind_problem
 from .names import EnvVars, Labels, SecretNames
 from .scope import local_engine, on_kubernetes, scope_of
 from .sections import (
-    BUILTIN_PROFILES,
     KUBERNETES_DOMAINS,
     KubernetesSettings,
     Limits,
     Runtime,
     Variant,
+    known_profile,
+    known_profiles,
     resolve_limits,
 )
 
@@ -194,12 +196,7 @@ class Environment(Model):
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, name: str | None, info: ValidationInfo) -> str | None:
-        scope = scope_of(info)
-        if name is not None and scope is not None and scope.known("profiles"):
-            known = {**BUILTIN_PROFILES, **scope.get("profiles")}
-            if name not in known:
-                raise v.refuse("one of " + ", ".join(sorted(known)))
-        return name
+        return name if name is None else known_profile(name, scope_of(info))
 
     @field_validator("gpu")
     @classmethod
@@ -210,7 +207,7 @@ class Environment(Model):
         if "profile" not in info.data:
             return gpu  # the profile itself is refused
         name = info.data["profile"] or scope.get("profile")
-        profile = {**BUILTIN_PROFILES, **scope.get("profiles")}.get(name or "")
+        profile = known_profiles(scope).get(name or "")
         if profile is not None and not profile.gpu:
             raise v.refuse(f"only on a gpu profile; profile {name!r} has none — set profile: gpu")
         return gpu
@@ -270,7 +267,9 @@ class Environment(Model):
         if local_engine(scope) and not os.path.isdir(path):
             # The engine would only notice when the container starts, after the network
             # and volumes exist; on a local engine we can say it now.
-            raise v.refuse("an existing host directory, writable by the agent, uid 1000")
+            raise v.refuse(
+                f"an existing host directory, writable by the agent, uid {contract.AGENT_UID}"
+            )
         return path
 
     @field_validator("host")
@@ -322,7 +321,7 @@ class Environment(Model):
             return self
         if self.limits.nofile_soft is not None and self.limits.nofile_hard is not None:
             return self  # checked on the environment's own limits
-        profiles = {**BUILTIN_PROFILES, **scope.get("profiles")}
+        profiles = known_profiles(scope)
         resolved = resolve_limits(
             profiles.get(self.profile or scope.get("profile")), scope.get("limits"), self.limits
         )

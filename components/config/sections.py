@@ -22,6 +22,7 @@ from .. import contract
 from . import values as v
 from .base import Model
 from .names import BuildArgs
+from .scope import Scope
 
 # --- Limits and profiles --------------------------------------------------------------------
 
@@ -124,18 +125,11 @@ on top of it (docs/core-image.md)."""
 class Profile(Model):
     cpus: v.Cpus | None = None
     memory: v.MemoryMB | None = None
-    gpu: bool = False
+    gpu: v.StrictBool = False
     runtime: Runtime | None = None
     variant: Variant | None = None
     disk: DiskLimits | None = None
     """Disk bounds of the profile's environments (limits.disk overrides a part)."""
-
-    @field_validator("gpu", mode="before")
-    @classmethod
-    def _strict_bool(cls, value: Any) -> Any:
-        if not isinstance(value, bool):
-            raise v.refuse("true or false")
-        return value
 
 
 LARGE_DISK = DiskLimits(workspace=102400, checkpoints=16384, home=8192, tmp=2048)
@@ -144,6 +138,20 @@ BUILTIN_PROFILES: dict[str, Profile] = {
     "large": Profile(cpus=4, memory=16384, disk=LARGE_DISK),
     "gpu": Profile(cpus=4, memory=16384, gpu=True, disk=LARGE_DISK),
 }
+
+
+def known_profiles(scope: Scope) -> dict[str, Profile]:
+    """The built-in profiles and the stack's own (once the stack's are known valid)."""
+    return {**BUILTIN_PROFILES, **scope.get("profiles")}
+
+
+def known_profile(name: str, scope: Scope | None) -> str:
+    """``name`` if it is a profile of the stack; quiet while the stack's are unknown."""
+    if scope is not None and scope.known("profiles"):
+        known = known_profiles(scope)
+        if name not in known:
+            raise v.refuse("one of " + ", ".join(sorted(known)))
+    return name
 
 
 def resolve_limits(profile: Profile | None, stack: Limits | None, env: Limits) -> ResolvedLimits:
@@ -268,15 +276,8 @@ class BackupSettings(Model):
     """The helper image restic runs in (the host's restic binary is mounted into it)."""
     restic: v.HostDir = contract.BACKUP_RESTIC
     """The restic binary on the Docker host."""
-    on_destroy: bool = True
+    on_destroy: v.StrictBool = True
     """Take a final backup before a session is destroyed."""
-
-    @field_validator("on_destroy", mode="before")
-    @classmethod
-    def _strict_bool(cls, value: Any) -> Any:
-        if not isinstance(value, bool):
-            raise v.refuse("true or false")
-        return value
 
 
 # --- The credential broker ----------------------------------------------------------------------

@@ -36,6 +36,7 @@ from .sections import (
     Profiles,
     Quotas,
     ResolvedLimits,
+    known_profile,
     resolve_limits,
 )
 
@@ -136,12 +137,7 @@ class StackConfig(Model):
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, name: str, info: ValidationInfo) -> str:
-        scope = scope_of(info)
-        if scope is not None and scope.known("profiles"):
-            known = {**BUILTIN_PROFILES, **scope.get("profiles")}
-            if name not in known:
-                raise v.refuse("one of " + ", ".join(sorted(known)))
-        return name
+        return known_profile(name, scope_of(info))
 
     @field_validator("*")
     @classmethod

@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from ..contract import ENV_NAME, LABEL_KEY, SESSION_ID
+from ..contract import ENV_NAME, LABEL_KEY, NETWORK_HOST, SESSION_ID
 
 # --- Patterns: always used with .fullmatch; ASCII classes only --------------------------------
 
@@ -46,12 +46,11 @@ IMAGE_REFERENCE = re.compile(
     re.ASCII,
 )
 IMAGE_TAG = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,100}", re.ASCII)
-_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:]{2,39}\])"
 DOCKER_HOST = re.compile(
     r"unix://(?P<socket>/[A-Za-z0-9._/-]{1,255})"
     r"|npipe:////\./pipe/[A-Za-z0-9._-]{1,128}"
-    rf"|tcp://{_HOST}:(?P<tcp_port>[0-9]{{1,5}})"
-    rf"|ssh://(?:[A-Za-z0-9._-]{{1,64}}@)?{_HOST}(?::(?P<ssh_port>[0-9]{{1,5}}))?",
+    rf"|tcp://{NETWORK_HOST}:(?P<tcp_port>[0-9]{{1,5}})"
+    rf"|ssh://(?:[A-Za-z0-9._-]{{1,64}}@)?{NETWORK_HOST}(?::(?P<ssh_port>[0-9]{{1,5}}))?",
     re.ASCII,
 )
 
@@ -103,6 +102,16 @@ def rule(allowed: str) -> Callable[[Callable[[Any], T]], Callable[[Any], T]]:
         return guarded
 
     return wrap
+
+
+def _strict_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise refuse("true or false")
+    return value
+
+
+StrictBool = Annotated[bool, BeforeValidator(_strict_bool)]
+"""true or false, never a string or number that reads like one."""
 
 
 def _is_number(value: Any) -> bool:

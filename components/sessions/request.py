@@ -20,6 +20,7 @@ from typing import Any
 
 from ..config import MISSING, ConfigError, Environment, StackConfig, from_request
 from ..config.messages import Loc, key_path, suggest
+from ..config.sources import KEY_LIKE
 
 CONTAINER_KEYS = ("image", "ports", "volumes", "env")
 TOP_KEYS = ("sessionId", "cwd", "backend", "container")
@@ -135,4 +136,4 @@ def plan(
 
 def _shown_key(key: Any) -> str:
     text = str(key)
-    return text if re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", text, re.ASCII) else "<this key>"
+    return text if KEY_LIKE.fullmatch(text) else "<this key>"
