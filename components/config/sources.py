@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 from . import messages
@@ -170,7 +171,8 @@ def parse(
 
 def from_pulumi() -> StackConfig:
     """Parse the running stack's config. The only reader of Pulumi config."""
-    import pulumi  # late: the Pulumi SDK loads only where a Pulumi program runs
+    # Late: the Pulumi SDK is slow to load and only a running Pulumi program needs it.
+    import pulumi
     from pulumi.runtime import config as runtime_config
 
     raw: dict[str, Any] = {}
@@ -195,8 +197,6 @@ def decode(value: Any) -> Any:
 def from_stack_file(path: str) -> tuple[dict[str, Any], set[str]]:
     """Raw config and secret keys of a ``Pulumi.<stack>.yaml``, in Pulumi's shape (a key
     without a namespace is ours)."""
-    import yaml
-
     with open(path, encoding="utf-8") as handle:
         document = yaml.safe_load(handle) or {}
     raw: dict[str, Any] = {}
