@@ -11,19 +11,30 @@ the program declares is thereby proven to run; ``pulumi up`` remains the user's 
 It also stands in for the engine's diff: the state persists across runs of the same
 stack, so an unchanged resource is left alone (same outputs), a changed container is
 replaced (the provider marks these inputs ForceNew), a changed ``local.Command`` re-runs
-its ``create`` (pulumi-command's update without an ``update`` command). :meth:`destroy`
+its ``create`` (pulumi-command's update without an ``update`` command), and one whose
+``triggers`` changed is replaced: the new ``create`` runs, then the old resource's
+``delete`` (pulumi-command marks ``triggers`` replace-on-change; Pulumi replaces
+create-before-delete unless told otherwise). A resource whose URN is in ``replace`` is
+replaced even when unchanged (``pulumi up --replace URN``); the URN comes from
+:class:`UrnMonitor`, which must be the run's monitor for that. :meth:`destroy`
 tears down as ``pulumi destroy`` does: a resource goes once everything that depends on
 it has gone, and everything whose dependents have gone goes at the same time (Pulumi's
 ``--parallel`` is unbounded by default; here as many at once as the Docker client has
 connections), running each command's ``delete``.
 
-Supported resource types and inputs are listed in ``SUPPORTED``; anything else raises
-:class:`HarnessError` — an input the harness cannot honour must never pass silently.
+Supported resource types and inputs are listed in ``SUPPORTED``, and the sub-keys of
+each nested block in ``NESTED``; anything else raises :class:`HarnessError` — an input
+the harness cannot honour must never pass silently. Values it honours only in part are
+checked too (``ALLOWED_VALUES``: ``gpus`` is ``all`` only, as in the provider; a port's
+protocol is tcp or udp, published as given).
 Secrets arrive wrapped (Pulumi's secret signature) and are unwrapped only to be applied.
 
 The container sequence follows the provider (kreuzwerker/terraform-provider-docker):
 create on the default network, disconnect ``bridge``, connect each
-``networks_advanced`` network, upload files, start, read back.
+``networks_advanced`` network (aliases, IPv4 address), upload files, start (always: the
+provider's ``start`` defaults to true whatever ``mustRun`` says), read back; with
+``mustRun`` (default true) a container that is not running by then fails the create
+and is removed, as the provider's "exited after creation" does.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ import docker
 import docker.errors
 import pulumi
 from docker.types import DeviceRequest, Ulimit
+from pulumi.runtime.mocks import MockMonitor
 
 from tests.support.secrets import unwrap
 
@@ -85,8 +97,42 @@ SUPPORTED: dict[str, set[str]] = {
     "command:local:Command": {"create", "delete", "environment", "triggers", "dir"},
     "pulumi:providers:docker": {"host"},
 }
+LABEL_KEYS = {"label", "value"}
+NESTED: dict[str, dict[str, set[str]]] = {
+    # Each nested block (an object, or a list of objects) of a type: the sub-keys the
+    # harness honours. The provider's others (ports[].* beyond these, volumes[].
+    # fromContainer, networksAdvanced[].ipv6Address, healthcheck keys it does not know,
+    # uploads[].source/contentBase64/executable, ...) are refused.
+    "docker:index/image:Image": {
+        "build": {"context", "dockerfile", "args", "builderVersion"},
+    },
+    "docker:index/network:Network": {"labels": LABEL_KEYS},
+    "docker:index/volume:Volume": {"labels": LABEL_KEYS},
+    "docker:index/container:Container": {
+        "ports": {"internal", "external", "ip", "protocol"},
+        "networksAdvanced": {"name", "aliases", "ipv4Address"},
+        "volumes": {"containerPath", "hostPath", "volumeName", "readOnly"},
+        "uploads": {"file", "content", "permissions", "owner", "group"},
+        "labels": LABEL_KEYS,
+        "ulimits": {"name", "soft", "hard"},
+        "capabilities": {"adds", "drops"},
+        "healthcheck": {"tests", "interval", "timeout", "retries", "startPeriod", "startInterval"},
+        "deviceRequests": {"driver", "count", "deviceIds", "capabilities", "options"},
+    },
+}
+ALLOWED_VALUES: dict[tuple[str, str], set[str]] = {
+    # The provider: "Currently, only the value `all` is supported."
+    ("docker:index/container:Container", "gpus"): {"all"},
+    ("docker:index/container:Container", "ports[].protocol"): {"tcp", "udp"},
+    ("docker:index/container:Container", "restart"): {
+        "no",
+        "on-failure",
+        "always",
+        "unless-stopped",
+    },
+}
 COMPONENT_PREFIX = "dockyard:index:"
-BUILD_KEYS = {"context", "dockerfile", "args", "builderVersion"}
+BUILD_KEYS = NESTED["docker:index/image:Image"]["build"]
 START_INTERVAL_MIN_API = (1, 44)
 ENGINE_ID = re.compile(r"(sha256:)?[0-9a-f]{32,}")
 NETWORK = "docker:index/network:Network"
@@ -99,6 +145,66 @@ connection pool per client, so no worker waits for a connection or opens a stray
 
 class HarnessError(RuntimeError):
     """The harness cannot realise a declared resource faithfully."""
+
+
+class UrnMonitor(MockMonitor):
+    """Pulumi's mock monitor, telling a :class:`DockerRealisingMocks` the URN of the
+    resource it is about to realise (``MockResourceArgs`` carries no parent, so the mocks
+    alone cannot know it): what ``replace`` is matched against."""
+
+    def RegisterResource(self, request: Any) -> Any:
+        mocks = self.mocks
+        if isinstance(mocks, DockerRealisingMocks):
+            mocks.registering.urn = self.make_urn(request.parent, request.type, request.name)
+        try:
+            return super().RegisterResource(request)
+        finally:
+            if isinstance(mocks, DockerRealisingMocks):
+                mocks.registering.urn = None
+
+
+def check_nested(typ: str, name: str, inputs: dict[str, Any]) -> None:
+    """Refuse a nested sub-key the harness does not honour, or a value it honours only in
+    part; the message names the resource, the key, what was given and what is allowed."""
+    problems = []
+    for key, allowed in NESTED.get(typ, {}).items():
+        value = inputs.get(key)
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            where = f"{key}[{index}]" if isinstance(value, list) else key
+            if not isinstance(item, dict):
+                problems.append(f"{where} is {type(item).__name__}, not an object")
+                continue
+            unknown = sorted(set(item) - allowed)
+            if unknown:
+                problems.append(
+                    f"{where}: sub-keys {unknown} are not supported (supported: {sorted(allowed)})"
+                )
+    for (kind, path), allowed in ALLOWED_VALUES.items():
+        if kind != typ:
+            continue
+        key, _, sub = path.partition("[].")
+        values = (
+            [item.get(sub) for item in inputs.get(key) or [] if isinstance(item, dict)]
+            if sub
+            else [inputs.get(key)]
+        )
+        for value in values:
+            if value is not None and value not in allowed:
+                problems.append(f"{path} {value!r} is not supported (supported: {sorted(allowed)})")
+    if typ == CONTAINER:
+        for index, volume in enumerate(inputs.get("volumes") or []):
+            if isinstance(volume, dict) and bool(volume.get("hostPath")) == bool(
+                volume.get("volumeName")
+            ):
+                problems.append(
+                    f"volumes[{index}]: exactly one of hostPath and volumeName is supported "
+                    "(no anonymous volume, no both)"
+                )
+    if problems:
+        raise HarnessError(f"{typ} {name}: " + "; ".join(problems))
 
 
 @dataclass
@@ -131,9 +237,18 @@ def duration_ns(text: str | None) -> int:
 
 
 class DockerRealisingMocks(pulumi.runtime.Mocks):
-    def __init__(self, client: docker.DockerClient, state: HarnessState) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        state: HarnessState,
+        replace: Iterable[str] = (),
+    ) -> None:
         self.client = client
         self.state = state
+        self.replace = frozenset(replace)
+        """URNs to replace even when unchanged (``pulumi up --replace``)."""
+        self.registering = threading.local()
+        """The URN being registered on this thread (set by :class:`UrnMonitor`)."""
         self._lock = threading.Lock()
         version = client.version().get("ApiVersion", "1.0")
         self.api_version = tuple(int(p) for p in version.split(".")[:2])
@@ -150,12 +265,21 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
         if unknown:
             raise HarnessError(f"{args.typ} {args.name}: inputs {unknown} are not supported")
         inputs = unwrap(dict(args.inputs))
+        check_nested(args.typ, args.name, inputs)
         with self._lock:
             previous = self.state.resources.get(args.name)
         if previous is not None and previous.type == args.typ:
-            if previous.inputs == inputs:
+            forced = self.forced_replace()
+            if previous.inputs == inputs and not forced:
                 return previous.id, previous.outputs
             if args.typ == "command:local:Command":
+                if forced or previous.inputs.get("triggers") != inputs.get("triggers"):
+                    # Replace, create-before-delete: the new create, then the old delete.
+                    result = self._record(args, inputs, *self._command(args.name, inputs))
+                    if previous.undo is not None:
+                        previous.undo()
+                    return result
+                # An update: pulumi-command runs `create` again (no `update` command).
                 return self._record(
                     args, inputs, *self._command(args.name, inputs), replace=previous
                 )
@@ -170,6 +294,10 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
             "pulumi:providers:docker": self._provider,
         }[args.typ]
         return self._record(args, inputs, *handler(args.name, inputs))
+
+    def forced_replace(self) -> bool:
+        """Whether the resource being registered is one ``replace`` names."""
+        return getattr(self.registering, "urn", None) in self.replace
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
         raise HarnessError(f"function {args.token} is not supported")
@@ -251,9 +379,6 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
 
     def _image(self, name: str, inputs: dict[str, Any]) -> tuple[str, dict, None]:
         build = inputs["build"]
-        unknown = sorted(set(build) - BUILD_KEYS)
-        if unknown:
-            raise HarnessError(f"image {name}: build inputs {unknown} are not supported")
         if build.get("builderVersion", "BuilderV1") != "BuilderV1":
             raise HarnessError(f"image {name}: only the classic builder is available here")
         tag = inputs["imageName"]
@@ -346,22 +471,29 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
             (binds if volume.get("hostPath") else volume_binds).append(
                 f"{source}:{volume['containerPath']}:{mode}"
             )
-        ports = [int(p["internal"]) for p in inputs.get("ports", [])]
-        # The provider's default host address is 0.0.0.0, like `docker run -p PORT`.
-        bind_ips = [p.get("ip") or "0.0.0.0" for p in inputs.get("ports", [])]
+        # "PORT/PROTOCOL" -> (host address, host port or None: a random free one). The
+        # provider's defaults: protocol tcp, address 0.0.0.0 (like `docker run -p PORT`).
+        port_bindings: dict[str, tuple[str, int | None]] = {}
+        for port in inputs.get("ports", []):
+            key = f"{int(port['internal'])}/{port.get('protocol') or 'tcp'}"
+            if key in port_bindings:
+                raise HarnessError(f"container {name}: port {key} is declared twice")
+            external = int(port["external"]) if port.get("external") else None
+            port_bindings[key] = (port.get("ip") or "0.0.0.0", external)
         device_requests = [
             DeviceRequest(
                 driver=r.get("driver", ""),
+                count=int(r.get("count") or 0),
                 device_ids=r.get("deviceIds"),
                 capabilities=[r.get("capabilities", [])],
+                options=r.get("options") or {},
             )
             for r in inputs.get("deviceRequests", [])
         ]
-        if inputs.get("gpus"):
+        if inputs.get("gpus") == "all":
             device_requests.append(DeviceRequest(count=-1, capabilities=[["gpu"]]))
         host_config = api.create_host_config(
-            # (address, None): a random free host port on that address.
-            port_bindings={port: (ip, None) for port, ip in zip(ports, bind_ips, strict=True)},
+            port_bindings=port_bindings,
             binds=binds + volume_binds,
             restart_policy={"Name": inputs["restart"]} if inputs.get("restart") else None,
             cpu_period=int(inputs["cpuPeriod"]) if inputs.get("cpuPeriod") else None,
@@ -390,7 +522,7 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
             working_dir=inputs.get("workingDir"),
             environment=inputs.get("envs", []),
             labels=_labels(inputs),
-            ports=ports,
+            ports=[(int(k.split("/")[0]), k.split("/")[1]) for k in port_bindings],
             host_config=host_config,
             healthcheck=healthcheck,
             stop_timeout=int(inputs["stopTimeout"]) if inputs.get("stopTimeout") else None,
@@ -402,23 +534,34 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
                 api.remove_container(container_id, force=True, v=False)
 
         try:
-            networks = [n["name"] for n in inputs.get("networksAdvanced", [])]
+            networks = inputs.get("networksAdvanced", [])
             if networks:
                 api.disconnect_container_from_network(container_id, "bridge")
                 for network in networks:
-                    api.connect_container_to_network(container_id, network)
+                    api.connect_container_to_network(
+                        container_id,
+                        network["name"],
+                        aliases=network.get("aliases") or None,
+                        ipv4_address=network.get("ipv4Address") or None,
+                    )
             uploads = inputs.get("uploads", [])
             if uploads:
                 assert api.put_archive(container_id, "/", _upload_tar(uploads))
-            if inputs.get("mustRun", True):
-                api.start(container_id)
+            api.start(container_id)
             attrs = api.inspect_container(container_id)
+            state = attrs.get("State") or {}
+            if inputs.get("mustRun", True) and not state.get("Running"):
+                raise HarnessError(
+                    f"container {name}: exited after creation (status {state.get('Status')!r}, "
+                    f"exit code {state.get('ExitCode')!r}, error {state.get('Error')!r})"
+                )
+            ports = _read_ports(attrs, inputs)
         except Exception:
             undo()  # nothing half-created is left
             raise
         return (
             container_id,
-            {"name": attrs["Name"].lstrip("/"), "ports": _read_ports(attrs, inputs)},
+            {"name": attrs["Name"].lstrip("/"), "ports": ports},
             undo,
         )
 
@@ -505,9 +648,6 @@ def _upload_tar(uploads: list[dict[str, Any]]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for upload in uploads:
-            unknown = set(upload) - {"file", "content", "permissions", "owner", "group"}
-            if unknown:
-                raise HarnessError(f"upload inputs {sorted(unknown)} are not supported")
             data = upload["content"].encode()
             info = tarfile.TarInfo(upload["file"].lstrip("/"))
             info.size = len(data)
@@ -525,15 +665,24 @@ def _read_ports(attrs: dict[str, Any], inputs: dict[str, Any]) -> list[dict[str,
     ports = []
     for port in inputs.get("ports", []):
         internal = int(port["internal"])
-        bindings = bound.get(f"{internal}/tcp") or []
+        protocol = port.get("protocol") or "tcp"
+        bindings = bound.get(f"{internal}/{protocol}") or []
         if not bindings:
-            raise HarnessError(f"container {inputs['name']}: port {internal} was not published")
+            raise HarnessError(
+                f"container {inputs['name']}: port {internal}/{protocol} was not published"
+            )
+        external = int(bindings[0]["HostPort"])
+        if port.get("external") and int(port["external"]) != external:
+            raise HarnessError(
+                f"container {inputs['name']}: port {internal}/{protocol} was published on "
+                f"{external}, not on the declared {int(port['external'])}"
+            )
         ports.append(
             {
                 "internal": internal,
-                "external": int(bindings[0]["HostPort"]),
+                "external": external,
                 "ip": bindings[0]["HostIp"],
-                "protocol": "tcp",
+                "protocol": protocol,
             }
         )
     return ports

@@ -27,7 +27,6 @@ import docker.errors
 import pulumi
 import pulumi.runtime
 from pulumi.runtime import config as runtime_config
-from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.settings import SETTINGS
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
@@ -35,10 +34,16 @@ from pulumi.runtime.sync_await import _sync_await
 from dockyard import program as stack_program
 from dockyard.config import StackConfig
 from dockyard.sessions import driver as session_driver
-from dockyard.sessions.driver import IMAGES_STACK, PROJECT
+from dockyard.sessions.driver import IMAGES_STACK, PROJECT, container_urn
 from dockyard.sessions.request import SessionPlan
 from dockyard.sessions.settings import Paths
-from tests.harness.docker_mocks import DockerRealisingMocks, HarnessState, Realised
+from tests.harness.docker_mocks import (
+    DockerRealisingMocks,
+    HarnessError,
+    HarnessState,
+    Realised,
+    UrnMonitor,
+)
 from tests.support.secrets import unwrap
 
 CONTAINER = "docker:index/container:Container"
@@ -74,6 +79,7 @@ class PersistentMocks(DockerRealisingMocks):
             and previous.type == args.typ
             and previous.undo is not None
             and previous.inputs == _digested(unwrap(dict(args.inputs)))
+            and not self.forced_replace()
         ):
             return previous.id, previous.outputs
         return super().new_resource(args)
@@ -153,12 +159,21 @@ class HarnessDriver:
 
     # --- running the program ---------------------------------------------------------------
 
-    def _run(self, stack_name: str, body: Callable[[], Any], secrets: Mapping[str, str]) -> Any:
+    def _run(
+        self,
+        stack_name: str,
+        body: Callable[[], Any],
+        secrets: Mapping[str, str],
+        replace: frozenset[str] = frozenset(),
+    ) -> Any:
+        """Run ``body`` as the stack's program; ``replace``: URNs replaced even when
+        unchanged (``pulumi up --replace``), each of which the program must register."""
         with _RUN_LOCK:
             state = self._load(stack_name)
-            mocks = PersistentMocks(self.client, state)
+            mocks = PersistentMocks(self.client, state, replace=replace)
+            monitor = UrnMonitor(mocks)
             pulumi.runtime.set_mocks(
-                mocks, project=PROJECT, stack=stack_name, preview=False, monitor=MockMonitor(mocks)
+                mocks, project=PROJECT, stack=stack_name, preview=False, monitor=monitor
             )
             runtime_config.set_all_config(
                 {f"dockyard:{k}": v for k, v in secrets.items()},
@@ -169,7 +184,14 @@ class HarnessDriver:
             result: dict[str, Any] = {}
             try:
                 _sync_await(run_pulumi_func(lambda: result.update(value=body())))
-                return _sync_await(pulumi.Output.from_input(result["value"]).future())
+                value = _sync_await(pulumi.Output.from_input(result["value"]).future())
+                unknown = sorted(replace - set(monitor.resources))
+                if unknown:
+                    raise HarnessError(
+                        f"replace targets {unknown} are not resources of the program; it "
+                        f"registered {sorted(monitor.resources)}"
+                    )
+                return value
             finally:
                 self._save(stack_name, state)
 
@@ -188,13 +210,18 @@ class HarnessDriver:
     def recreate(
         self, plan: SessionPlan, secrets: Mapping[str, str], progress: Callable[[str], None]
     ) -> dict[str, Any]:
-        state = self._load(plan.stack_name)
-        for realised in list(state.resources.values()):
-            if realised.type == CONTAINER and realised.undo is not None:
-                realised.undo()
-                del state.resources[realised.name]
-        self._save(plan.stack_name, state)
-        return self.up(plan, secrets, progress)
+        # What the Pulumi driver asks of `pulumi up --replace`: only the session's
+        # container is replaced (and what depends on its id, by the program's own diff).
+        target = container_urn(plan)
+        progress(f"harness: replacing {target}")
+        return dict(
+            self._run(
+                plan.stack_name,
+                lambda: stack_program.run(plan.config)[plan.session_id].manifest,
+                secrets,
+                replace=frozenset({target}),
+            )
+        )
 
     def destroy(self, plan: SessionPlan, progress: Callable[[str], None]) -> None:
         progress(f"harness: destroying {plan.stack_name}")
