@@ -193,6 +193,12 @@ class Backups:
             "--security-opt", "no-new-privileges", "--read-only", "--tmpfs", "/tmp",  # noqa: S108 - the helper's own tmpfs
             "--network", "host", "--uts", "host",
             "-v", f"{settings.restic}:{HELPER_RESTIC}:ro",
+            # Bounded like an environment: a workspace full of holes or a hostile snapshot
+            # costs at most this, never the host (docs/backup.md).
+            "--cpu-period", "100000", "--cpu-quota", str(round(settings.helper_cpus * 100000)),
+            "--memory", f"{settings.helper_memory_mb}m",
+            "--memory-swap", f"{settings.helper_memory_mb}m",
+            "--pids-limit", str(settings.helper_pids),
         ]  # fmt: skip
         if writer:
             # A new volume's root is root's until restic gives it the snapshot's owner.
@@ -219,14 +225,22 @@ class Backups:
             stdin = "".join(f"{k}={v}\n" for k, v in self.files.storage_keys().items())
         for mount in mounts:
             argv += ["-v", mount]
-        argv += [settings.image, "sh", "-c", HELPER_PRELUDE, command]
+        limit = timeout or settings.timeout_s
+        # The helper ends itself at the limit (TERM, then KILL 10 s later), so it cannot
+        # outlive a caller that was killed before its own timeout fired.
+        argv += [settings.image, "timeout", "-k", "10", f"{limit:.0f}"]
+        argv += ["sh", "-c", HELPER_PRELUDE, command]
         argv += [*(options if command == "restic" else []), *args]
         stdin += "\n" + (f"{password}\n" if password is not None else "")
-        limit = timeout or settings.timeout_s
+        what = f"session {repo.session}: " if repo else ""
+        overrun = BackupError(f"{what}{command} {args[0]} did not finish within {limit:g} s")
+        started = time.monotonic()
         try:
-            return self.runner(
-                argv, input=stdin, capture_output=True, text=True, timeout=limit, check=False
-            )
+            # The helper's own `timeout` fires first; this one is for an engine that hangs.
+            result = self.runner(
+                argv, input=stdin, capture_output=True, text=True, timeout=limit + 60,
+                check=False,
+            )  # fmt: skip
         except FileNotFoundError:
             raise BackupError(f"the docker CLI ({argv[0]}) is not installed") from None
         except subprocess.TimeoutExpired:
@@ -235,10 +249,11 @@ class Backups:
                     [*settings.docker, "kill", name], capture_output=True, text=True,
                     timeout=60, check=False,
                 )  # fmt: skip
-            what = f"session {repo.session}: " if repo else ""
-            raise BackupError(
-                f"{what}{command} {args[0]} did not finish within {limit:g} s"
-            ) from None
+            raise overrun from None
+        # 124: `timeout` stopped it; 137: killed after the grace period.
+        if result.returncode in (124, 137) and time.monotonic() - started >= limit:
+            raise overrun
+        return result
 
     def _restic(
         self, repo: Repo, password: str, action: str, args: Sequence[str], **kwargs: Any
@@ -396,6 +411,21 @@ class Backups:
         if result.returncode != 0:
             raise BackupError(f"volume {volume}: cannot be emptied: {last(result.stderr)}")
 
+    def _sparsify(self, volume: str) -> None:
+        """Give restored files their holes back: restic 0.14 writes a sparse file's holes
+        as zeros (``restore --sparse`` came with 0.15), so every run of zeros of 4 KiB
+        and more in a file above 1 MiB is punched out again (``fallocate --dig-holes``)."""
+        result = self._helper(
+            [HELPER_DATA, "-xdev", "-type", "f", "-size", "+1M",
+             "-exec", "fallocate", "--dig-holes", "{}", "+"],
+            mounts=[f"{volume}:{HELPER_DATA}"],
+            command="find",
+            timeout=3600,
+            writer=True,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise BackupError(f"volume {volume}: holes not restored: {last(result.stderr)}")
+
     def restore(
         self,
         source: Repo,
@@ -440,6 +470,7 @@ class Backups:
                 mounts=[f"{into.volume}:{HELPER_DATA}"],
                 writer=True,
             )  # fmt: skip
+            self._sparsify(into.volume)
             found = self._measure(into.volume)
             if found != expected:
                 raise VerifyError(
@@ -466,6 +497,7 @@ class Backups:
         args = [
             "backup", HELPER_DATA, "--json", "--host", repo.session,
             "--tag", "dockyard", "--tag", reason,
+            "--exclude-larger-than", f"{self.settings.max_file_mb}M",
         ]  # fmt: skip
         mounts = [f"{workspace.volume}:{HELPER_DATA}:ro"]
         try:

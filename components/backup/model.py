@@ -124,9 +124,32 @@ class Settings:
     ca_file: str = DEFAULT_CA_FILE
     docker: tuple[str, ...] = ("docker",)
     timeout_s: float = 6 * 3600
+    """Wall-clock bound of one helper run: enforced inside the helper too (``timeout``),
+    so a helper whose caller died still ends."""
+    helper_cpus: float = 1.0
+    helper_memory_mb: int = 1024
+    helper_pids: int = 256
+    max_file_mb: int = 100 * 1024
+    """Files longer than this are left out of a backup: environments cannot write one
+    (the fsize rlimit is their largest disk bound, dockyard.storage), and restic 0.14 reads
+    a sparse file's holes as data (an 8 TiB ``truncate`` would take hours)."""
 
     def __post_init__(self) -> None:
         problems = []
+        for key, low, high in (
+            ("timeout_s", 1, 7 * 24 * 3600),
+            ("helper_cpus", 0.01, 1024),
+            ("helper_memory_mb", 64, 1024 * 1024),
+            ("helper_pids", 16, 1_000_000),
+            ("max_file_mb", 1, 16 * 1024 * 1024),
+        ):
+            value = getattr(self, key)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (low <= value <= high)
+            ):
+                problems.append(f"{key}: {value!r} is not allowed (allowed: {low} to {high})")
         if not repository_ok(self.repository):
             # Never echoed: a pasted URL may carry a key.
             problems.append(f"repository: <a value> is not allowed (allowed: {REPOSITORY_ALLOWED})")
