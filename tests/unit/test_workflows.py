@@ -4,6 +4,8 @@ checked by real linters, and each linter is shown to catch a broken workflow."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -79,8 +81,23 @@ def _load(name: str) -> dict:
     return data
 
 
-def test_the_three_workflows_exist() -> None:
-    assert [p.name for p in WORKFLOWS] == ["checks.yml", "core-image.yml", "pulumi.yml"]
+def test_the_four_workflows_exist() -> None:
+    assert [p.name for p in WORKFLOWS] == [
+        "checks.yml",
+        "core-image.yml",
+        "pulumi.yml",
+        "release.yml",
+    ]
+
+
+def test_every_action_is_pinned_by_full_commit_sha() -> None:
+    unpinned = [
+        f"{path.name}: {ref}"
+        for path in WORKFLOWS
+        for ref in re.findall(r"uses:\s*(\S+)", path.read_text())
+        if not re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", ref)
+    ]
+    assert unpinned == []
 
 
 def test_workflows_match_the_github_schema() -> None:
@@ -199,3 +216,117 @@ def test_checks_run_the_readme_test_command() -> None:
     runs = [s["run"] for s in wf["jobs"]["test"]["steps"] if "run" in s]
     assert runs == ["make lint", "make test"]
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_release_builds_three_artifacts_on_a_version_tag_and_publishes_them() -> None:
+    """release.yml: only a `v*` tag runs it; nothing has a permission it does not use; the
+    versions come from components/VERSION (never written into the workflow); PyPI by
+    trusted publishing (OIDC in an environment, no token); the release gets all three."""
+    text = (ROOT / ".github" / "workflows" / "release.yml").read_text()
+    wf = _load("release.yml")
+    assert wf["on"] == {"push": {"tags": ["v*"]}}
+    assert wf["permissions"] == {}
+    jobs = wf["jobs"]
+    assert {name: job["permissions"] for name, job in jobs.items()} == {
+        "build": {"contents": "read"},
+        "pypi": {"id-token": "write"},
+        "github-release": {"contents": "write"},
+    }
+    assert jobs["pypi"]["needs"] == "build"
+    assert jobs["github-release"]["needs"] == "build"
+    version = (ROOT / "components" / "VERSION").read_text().strip()
+    assert version not in text, "the workflow reads the version, never states it"
+    build = {s["name"]: s for s in jobs["build"]["steps"]}
+    tag_check = build["Check the tag is the version"]
+    assert tag_check["env"] == {"TAG": "${{ github.ref_name }}"}
+    assert 'version="$(cat components/VERSION)"' in tag_check["run"]
+    assert '"v$version"' in tag_check["run"]
+    assert "galaxy.yml" in tag_check["run"]
+    assert "python -m build --outdir dist/python ." in build["Build the wheel and the sdist"]["run"]
+    assert (
+        "ansible-galaxy collection build --output-path dist/collection ."
+        in build["Build the Ansible collection"]["run"]
+    )
+    artifacts = build["Check the three artifacts"]["run"]
+    for name in (
+        "dist/python/dockyard-$version-py3-none-any.whl",
+        "dist/python/dockyard-$version.tar.gz",
+        "dist/collection/dockyard-agents-$version.tar.gz",
+    ):
+        assert name in artifacts
+    uploads = {
+        s["with"]["name"]: s["with"]["path"]
+        for s in jobs["build"]["steps"]
+        if "upload-artifact" in s.get("uses", "")
+    }
+    assert uploads == {"python": "dist/python/", "collection": "dist/collection/"}
+    pypi = jobs["pypi"]
+    assert pypi["environment"]["name"] == "pypi"
+    (publish,) = [s for s in pypi["steps"] if "pypa/gh-action-pypi-publish@" in s.get("uses", "")]
+    assert set(publish.get("with", {})) == {"packages-dir"}  # no password, no token
+    (fetch,) = [s for s in pypi["steps"] if "download-artifact" in s.get("uses", "")]
+    assert fetch["with"]["name"] == "python"  # never the collection to PyPI
+    release = {s["name"]: s for s in jobs["github-release"]["steps"]}
+    assert release["Fetch the three artifacts"]["with"] == {"path": "dist/", "merge-multiple": True}
+    attach = release["Attach them to the release"]
+    assert attach["env"]["TAG"] == "${{ github.ref_name }}"
+    assert 'gh release upload "$TAG" dist/*' in attach["run"]
+    assert 'gh release create "$TAG" dist/*' in attach["run"]
+    assert "secrets." not in text
+
+
+@pytest.mark.slow
+def test_the_release_build_steps_make_the_three_artifacts_and_refuse_a_wrong_tag(
+    tmp_path: Path,
+) -> None:
+    """The build job's own shell steps, run here on a copy of the checkout with a fresh
+    Python (the wheel step installs its pinned `build` from the package index, as on the
+    runner; the collection step uses this virtualenv's ansible-galaxy): the tag check passes
+    for v<components/VERSION> and fails for another tag, and the artifact check finds the
+    three files the build steps made."""
+    steps = {s["name"]: s for s in _load("release.yml")["jobs"]["build"]["steps"]}
+    work = tmp_path / "checkout"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, work / name)
+    fresh = tmp_path / "python"
+    subprocess.run([str(VENV_BIN / "python"), "-m", "venv", str(fresh)], check=True)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "ansible-galaxy").symlink_to(VENV_BIN / "ansible-galaxy")
+    path = f"{fresh / 'bin'}:{tools}:/usr/bin:/bin"
+
+    def run(step: str, *, skip_pip: bool = False, **extra: str) -> subprocess.CompletedProcess[str]:
+        script = steps[step]["run"]
+        if skip_pip:
+            script = "\n".join(line for line in script.splitlines() if "pip install" not in line)
+        return subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=work,
+            env={**os.environ, "PATH": path, **extra},
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+
+    version = (ROOT / "components" / "VERSION").read_text().strip()
+    assert run("Check the tag is the version", TAG=f"v{version}").returncode == 0
+    wrong = run("Check the tag is the version", TAG="v9.9.9")
+    assert wrong.returncode == 1
+    assert f"tag v9.9.9 is not v{version}" in wrong.stderr
+    done = run("Build the wheel and the sdist")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    done = run("Build the Ansible collection", skip_pip=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    check = run("Check the three artifacts")
+    assert check.returncode == 0, check.stderr
+    assert len(check.stdout.splitlines()) == 3
