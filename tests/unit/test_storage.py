@@ -1,0 +1,152 @@
+"""Disk bounds under mocks (issue 25 item 4): what the program declares for every writable
+path of an environment, from the stack's ``limits.disk`` and the profiles' defaults."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+
+from dockyard import storage
+from tests.support.program import ProgramRun, RecordingMocks, record, run_program
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def hosted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("hosted-workspace")
+    os.chown(directory, 1000, 1000)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def run(hosted_dir: Path) -> ProgramRun:
+    values = {
+        "bindRoots": [str(hosted_dir.parent)],
+        "limits": {"disk": {"workspace": "2g", "tmp": "64m"}},
+        "environments": [
+            {"sessionId": "small", "limits": {"disk": {"home": 100}}},
+            {"sessionId": "big", "profile": "large"},
+            {"sessionId": "hosted", "workspaceHostPath": str(hosted_dir)},
+        ],
+    }
+    return record(values, {})
+
+
+def images(run: ProgramRun, session: str) -> dict[str, Any]:
+    return run.named(f"env-{session}-disks").inputs
+
+
+def helper_argv(text: str) -> list[str]:
+    return shlex.split(text)
+
+
+def test_sizes_come_from_defaults_profile_stack_and_environment(run: ProgramRun) -> None:
+    small = helper_argv(images(run, "small")["create"])
+    # stack workspace 2g, environment home 100 MB, standard profile's config/checkpoints
+    assert small[-4:] == ["workspace:2048", "config:512", "checkpoints:4096", "home:100"], small
+    big = helper_argv(images(run, "big")["create"])
+    # large profile: workspace 100 GiB, but the stack's 2g wins (stack < environment only)
+    assert big[-4:] == ["workspace:2048", "config:512", "checkpoints:16384", "home:8192"], big
+
+
+def test_a_workspace_bound_to_a_host_directory_stays_that_directory(
+    run: ProgramRun, hosted_dir: Path
+) -> None:
+    hosted = helper_argv(images(run, "hosted")["create"])
+    assert not any(a.startswith("workspace:") for a in hosted), hosted
+    volume = run.named("env-hosted-workspace").inputs
+    assert volume["driverOpts"] == {"type": "none", "o": "bind", "device": str(hosted_dir)}
+
+
+def test_bounded_volumes_mount_the_loop_device_link(run: ProgramRun) -> None:
+    prefix = "dockyard-dev-small"
+    for role in storage.DISK_ROLES:
+        volume = run.named(f"env-small-{role}").inputs
+        assert volume["driverOpts"] == {
+            "type": "ext4",
+            "device": f"{storage.DISKS_DIR}/{prefix}/{role}.dev",
+            "o": "nodev,nosuid",
+        }, volume
+    container = run.named("env-small-container").inputs
+    mounts = {v["containerPath"]: v.get("volumeName") for v in container["volumes"]}
+    assert mounts["/home/agent"] == f"{prefix}-home"
+    assert {mounts[f"/{r}"] for r in ("workspace", "config", "checkpoints")} == {
+        f"{prefix}-{r}" for r in ("workspace", "config", "checkpoints")
+    }
+
+
+def test_container_layer_paths_are_capped_tmpfs_and_no_file_outgrows_the_largest_bound(
+    run: ProgramRun,
+) -> None:
+    container = run.named("env-small-container").inputs
+    assert container["tmpfs"] == dict.fromkeys(
+        ("/tmp", "/var/tmp", "/run/lock"), "size=64m,mode=1777,nodev,nosuid"
+    )
+    fsize = [u for u in container["ulimits"] if u["name"] == "fsize"]
+    assert fsize == [{"name": "fsize", "soft": 4096.0 * MIB, "hard": 4096.0 * MIB}]
+
+
+def test_the_helper_has_only_what_losetup_and_mkfs_need(run: ProgramRun) -> None:
+    argv = helper_argv(images(run, "small")["create"])
+    caps = [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-add"]
+    assert sorted(caps) == sorted(storage.HELPER_CAPABILITIES)
+    assert "--privileged" not in argv
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    rules = [argv[i + 1] for i, a in enumerate(argv) if a == "--device-cgroup-rule"]
+    assert rules == ["b 7:* rwm", "c 10:237 rwm"]
+    assert argv[argv.index("--network") + 1] == "none"
+    delete = helper_argv(images(run, "small")["delete"])
+    assert delete[-1] == f"{storage.DISKS_DIR}/dockyard-dev-small"
+
+
+def test_volumes_wait_for_the_images(run: ProgramRun) -> None:
+    # The mocks see a volume only after what it depends on resolved: the images come first.
+    order = [r.name for r in run.resources]
+    assert order.index("env-small-disks") < order.index("env-small-workspace")
+
+
+def test_a_remote_engine_gets_the_helper_through_docker_host() -> None:
+    values = {
+        "dockerHost": "ssh://deploy@203.0.113.7",
+        "environments": [{"sessionId": "far"}],
+    }
+    far = record(values, {})
+    assert images(far, "far")["environment"] == {"DOCKER_HOST": "ssh://deploy@203.0.113.7"}
+
+
+@pytest.mark.parametrize(
+    ("disk", "message"),
+    [
+        (
+            {"workspace": "8"},
+            "dockyard:limits.disk.workspace: '8' is not allowed (allowed: a size from 16 MB "
+            "to 16 TiB",
+        ),
+        ({"tmp": "17t"}, "dockyard:limits.disk.tmp: '17t' is not allowed"),
+        ({"home": True}, "dockyard:limits.disk.home: true is not allowed"),
+        ({"swap": "1g"}, "dockyard:limits.disk.swap: unknown key (allowed: checkpoints, config,"),
+    ],
+)
+def test_bad_disk_bounds_are_refused_naming_key_value_and_allowed(
+    disk: dict[str, Any], message: str
+) -> None:
+    run = ProgramRun()
+    with pytest.raises(pulumi.RunError) as info:
+        run_program(
+            RecordingMocks(run),
+            {"limits": {"disk": disk}, "environments": [{"sessionId": "a"}]},
+            recorder=run,
+        )
+    assert message in str(info.value)
+    assert run.resources == []
+
+
+def test_disk_bounds_refuse_sizes_outside_what_ext4_holds() -> None:
+    with pytest.raises(ValueError, match=r"workspace_mb: 8 is not allowed \(allowed: a whole"):
+        storage.DiskBounds(workspace_mb=8)
