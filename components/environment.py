@@ -184,7 +184,7 @@ class AgentEnvironment(pulumi.ComponentResource):
             restored.append(
                 command.local.Command(
                     f"{name}-restore",
-                    create=f"{shlex.quote(sys.executable)} -m {__package__}.sessions.backups restore-if-empty",
+                    create=f"{shlex.quote(sys.executable)} -m {__package__}.sessions.restore_at_create restore-if-empty",
                     dir=str(Path(__file__).resolve().parents[1]),
                     environment={
                         "DOCKYARD_BACKUP": args.restore_from,

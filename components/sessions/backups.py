@@ -5,29 +5,24 @@ found on the engine by its labels, and every backup and restore is one line of t
 sessions' audit trail (:func:`dockyard.sessions.audit.recorded`).
 
 The engine itself is :mod:`dockyard.backup` (restic in a helper container; it knows
-nothing of sessions). ``python -m dockyard.sessions.backups restore-if-empty`` is the
-command a new environment with ``restore: latest`` runs between its workspace volume and
-its container (:mod:`dockyard.environment`).
+nothing of sessions). The restore a new environment with ``restore: latest`` runs at create
+is :mod:`dockyard.sessions.restore_at_create`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from .. import backup
 from ..config import ConfigError, StackConfig, from_stack_file, parse
-from ..errors import DockyardError
 from . import audit
 from .registry import Registry, SessionNotFound
 from .request import SESSIONS_STACK, SessionPlan
-from .settings import Paths, load_settings, paths
+from .settings import Paths, load_settings
 
 Progress = Callable[[str], None]
 
@@ -228,57 +223,3 @@ def before_refresh(sessions: SessionsLike, plan: SessionPlan, progress: Progress
 
 def as_dict(result: Any) -> dict[str, Any]:
     return dataclasses.asdict(result)
-
-
-# --- Restore at create -------------------------------------------------------------------------
-
-
-def restore_at_create(environ: Mapping[str, str]) -> int:
-    """``restore: latest``: the latest snapshot into the new, empty workspace volume
-    (settings, volume, stack and session from the ``DOCKYARD_BACKUP*`` variables the
-    environment's Pulumi command sets); audited as ``restore``. Returns the exit code."""
-    try:
-        settings = backup.Settings.from_mapping(json.loads(environ.get("DOCKYARD_BACKUP", "")))
-    except (json.JSONDecodeError, TypeError):
-        print("ERROR: DOCKYARD_BACKUP is not the backup settings as JSON", file=sys.stderr)
-        return 2
-    repo = backup.Repo(
-        environ.get("DOCKYARD_BACKUP_STACK", ""), environ.get("DOCKYARD_BACKUP_SESSION", "")
-    )
-    workspace = backup.Workspace(environ.get("DOCKYARD_BACKUP_VOLUME", ""), repo)
-    engine = backup.Backups(settings, environ, log=lambda line: print(f"dockyard-restore: {line}"))
-    log = paths(environ).audit_log
-    with audit.recorded(log, "restore", session=repo.session, stack=repo.stack) as entry:
-        restored = engine.restore_if_empty(workspace)
-        entry["detail"] = (
-            f"latest snapshot {restored.snapshot[:8]}: {restored.files} files, "
-            f"{restored.bytes} bytes"
-            if restored
-            else "nothing to restore"
-        )
-    if restored is not None:
-        print(
-            f"dockyard-restore: session {repo.session}: restored snapshot {restored.snapshot[:8]} "
-            f"({restored.files} files, {restored.bytes} bytes, verified)"
-        )
-    return 0
-
-
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """``restore-if-empty`` (the only command): 0 done, else the error root's code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args != ["restore-if-empty"]:
-        print(
-            f"ERROR: arguments {args!r} are not allowed (allowed: restore-if-empty)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        return restore_at_create(dict(os.environ if environ is None else environ))
-    except DockyardError as error:
-        print(f"ERROR: {error}", file=sys.stderr)
-        return error.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
