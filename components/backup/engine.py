@@ -417,7 +417,7 @@ class Backups:
         and more in a file above 1 MiB is punched out again (``fallocate --dig-holes``)."""
         result = self._helper(
             [HELPER_DATA, "-xdev", "-type", "f", "-size", "+1M",
-             "-exec", "fallocate", "--dig-holes", "{}", "+"],
+             "-exec", "fallocate", "--dig-holes", "{}", ";"],  # one file per call
             mounts=[f"{volume}:{HELPER_DATA}"],
             command="find",
             timeout=3600,
