@@ -111,7 +111,11 @@ def main() -> int:
                 container.exec_run(
                     ["python3", "-m", "http.server", str(port)], user="1000:1000", detach=True
                 )
-                wait_for(lambda p=port: status(p) == 200, 30, interval=0.1, what=f"route {port}")
+
+                def routed(p: int = port) -> bool:
+                    return status(p) == 200
+
+                wait_for(routed, 30, interval=0.1, what=f"route {port}")
                 route.append(time.monotonic() - started)
             host_port = target.manifests["web"]["container"]["portMappings"][0]["hostPort"]
             host = f"{PORT}-web.{DOMAIN}"

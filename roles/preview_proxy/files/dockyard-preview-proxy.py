@@ -371,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        for action in result["actions"] or ["nothing to do"]:  # type: ignore[union-attr]
+        actions = result["actions"]
+        for action in (actions if isinstance(actions, list) else []) or ["nothing to do"]:
             print(f"dockyard-preview-proxy: {action}")
     return 0
 
