@@ -45,6 +45,7 @@ from .backup import (
 from .contract import LABEL_SESSION, LABEL_STACK, LABEL_TENANT, MANAGED_SELECTOR
 from .errors import DockyardError
 from .files import write_json_atomic
+from .host.audit_trail import audit as host_audit
 
 # The role's defaults (roles/workspace_backup/defaults/main.yml) are the same values;
 # tests/unit/test_backup_role.py keeps them equal.
@@ -141,21 +142,8 @@ def _engine_time(value: str) -> float:
 
 
 HostAudit = Callable[..., None]
+"""Writes one line of the host's audit trail (:func:`dockyard.host.audit_trail.audit`)."""
 ACTOR = "host:workspace-backup"
-
-
-def host_audit() -> HostAudit | None:
-    """The host library's audit trail (``dockyard_host.audit``): installed beside this
-    command by the role; in a checkout, the host_common role's copy. None without it."""
-    try:
-        import dockyard_host  # type: ignore[import-not-found]
-    except ImportError:
-        checkout = Path(__file__).resolve().parents[1] / "roles" / "host_common" / "files"
-        if not (checkout / "dockyard_host.py").is_file():
-            return None
-        sys.path.append(str(checkout))
-        import dockyard_host
-    return dockyard_host.audit  # type: ignore[no-any-return]
 
 
 def _audit_line(
@@ -294,16 +282,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             try:
                 result = backups.backup(workspace, args.reason)
             except BackupError as error:
-                _audit_line(host_audit(), "backup", workspace, started, error)
+                _audit_line(host_audit, "backup", workspace, started, error)
                 raise
-            _audit_line(host_audit(), "backup", workspace, started, detail=_described(result))
+            _audit_line(host_audit, "backup", workspace, started, detail=_described(result))
             print(
                 f"workspace-backup: {workspace.repo}: snapshot {result.snapshot} before "
                 f"{args.reason} ({result.files} files, {result.bytes} bytes)"
             )
             return 0
         if args.command == "run":
-            return 1 if scheduled_run(backups, config, audit=host_audit()) else 0
+            return 1 if scheduled_run(backups, config, audit=host_audit) else 0
         build_parser().print_usage(sys.stderr)
         return 2
     except DockyardError as error:

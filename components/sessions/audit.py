@@ -1,29 +1,28 @@
-"""The audit trail: one JSON line per lifecycle action, appended under a lock, rotated.
+"""The sessions' audit trail: one JSON line per lifecycle action (:func:`recorded` around
+it), read back filtered (:func:`read`).
 
-Line fields: ``time`` (UTC, ISO 8601 with milliseconds), ``actor`` (the CI actor if one is
-set, else the OS user), ``action``, ``session``, ``tenant``, ``host``, ``stack``,
-``result`` (``ok`` or ``error``), ``duration_ms``, and ``detail`` (a short reason on
-errors). Values are names and numbers only: no request body, env value or secret is
-ever written. Host scripts (health refresh, idle stop and power-off) append the same
-lines through the host library.
+Lines are written by the one audit writer, :func:`dockyard.host.audit_trail.append` (fields,
+locking, rotation), which the host scripts (health refresh, idle stop and power-off,
+workspace backups) write their lines with too. ``actor`` is the CI actor if one is set,
+else the OS user. Values are names and numbers only: no request body, env value or secret
+is ever written.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import json
 import os
 import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-MAX_BYTES = 10 * 1024 * 1024
-KEEP = 5
-FIELDS = ("time", "actor", "action", "session", "tenant", "host", "stack", "result", "duration_ms")
+from ..host.audit_trail import FIELDS, KEEP, MAX_BYTES, append, now
+
+__all__ = ["FIELDS", "KEEP", "MAX_BYTES", "actor", "append", "now", "read", "recorded"]
+
 # CI systems name who triggered a run; a person at a terminal is the OS user.
 CI_ACTOR_VARIABLES = ("GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILDKITE_BUILD_CREATOR", "CI_ACTOR")
 
@@ -37,44 +36,6 @@ def actor(environ: Mapping[str, str] | None = None) -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid:{os.getuid()}"
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def append(log: Path, entry: Mapping[str, Any]) -> None:
-    """Append one line; rotate first when the log is over :data:`MAX_BYTES`."""
-    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    line = json.dumps({k: entry.get(k) for k in (*FIELDS, "detail") if k in entry}, sort_keys=False)
-    with _locked(log):
-        with contextlib.suppress(FileNotFoundError):
-            if log.stat().st_size > MAX_BYTES:
-                _rotate(log)
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, (line + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _rotate(log: Path) -> None:
-    for index in range(KEEP - 1, 0, -1):
-        older = log.with_name(f"{log.name}.{index}")
-        if older.exists():
-            older.replace(log.with_name(f"{log.name}.{index + 1}"))
-    log.replace(log.with_name(f"{log.name}.1"))
-
-
-@contextlib.contextmanager
-def _locked(log: Path) -> Iterator[None]:
-    with open(log.with_name(log.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

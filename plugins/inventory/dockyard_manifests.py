@@ -27,8 +27,9 @@ that engine). A missing or invalid manifest fails, naming the file.
 inside one cannot write the agent's files (nor anything else it does not own).
 
 Manifests are validated against the shipped schema with dockyard's stdlib host library
-(``roles/host_common/files/dockyard_host.py``, beside this plugin in the collection and
-in a checkout): the plugin runs in Ansible's own Python and needs no dockyard package.
+(``dockyard.host``: ``components/host/`` with the modules it imports, which the collection
+carries from the package): the plugin runs in Ansible's own Python and needs no dockyard
+package installed.
 """
 
 from __future__ import annotations
@@ -102,10 +103,12 @@ compose:
 SAFE_GROUP = re.compile(r"[^A-Za-z0-9_]")
 ID_PREFIX = "dockyard-"
 HOST_SUFFIX = ".host.json"
-# The host library: two directories up from this file, in a checkout and in the collection.
-HOST_LIBRARY = (
-    Path(__file__).resolve().parents[2] / "roles" / "host_common" / "files" / "dockyard_host.py"
-)
+# The package's host modules (dockyard.host and what it imports, standard library only):
+# components/, two directories up from this file, in a checkout and in the collection (which
+# carries them from there). Loaded under a name of their own, so a dockyard installed in
+# Ansible's Python (another version, perhaps) is never mixed in.
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / "components"
+PACKAGE_NAME = "_dockyard_collection_package"
 
 
 def stack_of(environment_id, session_id):
@@ -120,14 +123,21 @@ def stack_of(environment_id, session_id):
 
 
 def _host_library():
-    spec = importlib.util.spec_from_file_location("dockyard_host", HOST_LIBRARY)
-    if spec is None or spec.loader is None or not HOST_LIBRARY.is_file():
-        raise AnsibleParserError(f"dockyard's host library is missing ({HOST_LIBRARY})")
-    module = importlib.util.module_from_spec(spec)
-    # Registered before it runs: its dataclasses look their module up in sys.modules.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """dockyard.host, from the package's files in this checkout or collection."""
+    library = PACKAGE_DIR / "host" / "__init__.py"
+    if not library.is_file():
+        raise AnsibleParserError(f"dockyard's host library is missing ({library})")
+    if PACKAGE_NAME not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            PACKAGE_NAME, PACKAGE_DIR / "__init__.py", submodule_search_locations=[str(PACKAGE_DIR)]
+        )
+        if spec is None or spec.loader is None:
+            raise AnsibleParserError(f"dockyard's package cannot be loaded from {PACKAGE_DIR}")
+        package = importlib.util.module_from_spec(spec)
+        # Registered before it runs: its modules import each other through sys.modules.
+        sys.modules[PACKAGE_NAME] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{PACKAGE_NAME}.host")
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):

@@ -85,7 +85,7 @@ def test_the_tarball_holds_the_collection_and_nothing_else(tarball: Path) -> Non
         "plugins/modules/config_merge.py",
         "playbooks/site.yml",
         "playbooks/environments.yml",
-        "roles/host_common/files/dockyard_host.py",
+        "components/host/__init__.py",
     ):
         assert needed in names, needed
     roles = {p.name for p in (REPO / "roles").iterdir() if p.is_dir()}

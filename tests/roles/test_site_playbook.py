@@ -16,6 +16,7 @@ from pathlib import Path
 
 import docker
 import pytest
+import yaml
 from docker.models.containers import Container
 
 from dockyard.image import pinned_versions
@@ -126,22 +127,26 @@ def assert_prepared(host: Container) -> None:
     ) in cron
     modes = exec_ok(
         host,
-        [
-            "bash",
-            "-c",
-            f"cd {LIBEXEC} && stat -c '%n %a %U' health-report idle-monitor dockyard_host.py"
-            " manifest.schema.json && sha1sum dockyard_host.py manifest.schema.json",
-        ],
+        ["bash", "-c", f"cd {LIBEXEC} && stat -c '%n %a %U' health-report idle-monitor dockyard"],
     )
     assert modes.splitlines() == [
         "health-report 755 root",
         "idle-monitor 755 root",
-        "dockyard_host.py 644 root",
-        "manifest.schema.json 644 root",
-        f"{sha1(REPO / 'roles/host_common/files/dockyard_host.py')}  dockyard_host.py",
-        f"{sha1(REPO / 'components/manifest.schema.json')}  manifest.schema.json",
+        "dockyard 755 root",
     ]
-    # The installed scripts run from where they are, with the library beside them, under
+    # Beside the scripts, the package's host modules as host_common installs them: each the
+    # repository's own file (its one home), root's and 0644; the retired single-file
+    # library is gone.
+    files = package_files()
+    listing = exec_ok(
+        host,
+        ["bash", "-c", f"cd {LIBEXEC}/dockyard && stat -c '%n %a %U' {' '.join(files)}"
+         f" && sha1sum {' '.join(files)} && ! test -e {LIBEXEC}/dockyard_host.py"],
+    )  # fmt: skip
+    assert listing.splitlines() == [f"{path} 644 root" for path in files] + [
+        f"{sha1(REPO / 'components' / path)}  {path}" for path in files
+    ]
+    # The installed scripts run from where they are, with the package beside them, under
     # the host's python3 (which has no jsonschema: the stdlib validator is the one used).
     exec_ok(
         host,
@@ -151,10 +156,16 @@ def assert_prepared(host: Container) -> None:
             f"python3 {LIBEXEC}/health-report --config /etc/dockyard/health.json --check-config"
             f" && python3 {LIBEXEC}/idle-monitor --config /etc/dockyard/idle-monitor.json --check-config"
             f' && cd / && python3 -c \'import sys; sys.path[:0] = ["{LIBEXEC}"];'
-            ' import dockyard_host as h; assert h.VALIDATOR == "stdlib", h.VALIDATOR;'
-            " assert h.schema_path().parent.as_posix() == sys.path[0]'",
+            ' from dockyard import host as h; assert h.VALIDATOR == "stdlib", h.VALIDATOR;'
+            ' assert h.schema_path().parent.as_posix() == sys.path[0] + "/dockyard";'
+            " assert h.__file__.startswith(sys.path[0])'",
         ],
     )
+
+
+def package_files() -> list[str]:
+    variables = yaml.safe_load((REPO / "roles" / "host_common" / "vars" / "main.yml").read_text())
+    return list(variables["host_common_package_files"])
 
 
 def test_site_playbook_prepares_a_host_and_is_idempotent(prepared: Prepared) -> None:
@@ -195,8 +206,9 @@ DRIFT = [
     "ln -sfn /bin/true /usr/local/sbin/codex",
     "echo '{}' > /etc/dockyard/health.json",
     f"chmod 0700 {LIBEXEC}/idle-monitor",
-    f"echo '# edited' >> {LIBEXEC}/dockyard_host.py",
-    f"rm {LIBEXEC}/manifest.schema.json",
+    f"echo '# edited' >> {LIBEXEC}/dockyard/host/engine.py",
+    f"echo '# retired' > {LIBEXEC}/dockyard_host.py",
+    f"rm {LIBEXEC}/dockyard/manifest.schema.json",
     "rm /etc/cron.d/dockyard-health",
     "chown nobody /etc/dockyard/idle-monitor.json",
 ]

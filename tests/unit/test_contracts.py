@@ -546,15 +546,15 @@ def test_dockyards_writer_is_stricter_than_the_schema_and_says_why() -> None:
 
 # --- Host side ----------------------------------------------------------------------------
 #
-# Facts between the components, the host library (roles/host_common/files/dockyard_host.py),
-# the host scripts, the roles, the playbooks and the inventory plugin:
-# - label names: the labels the components set == dockyard_host.LABELS; the host scripts
+# Facts between the components, the host library (dockyard.host, which reads its labels from
+# dockyard.contract), the host scripts, the roles, the playbooks and the inventory plugin:
+# - label names: the labels the components set == dockyard.host.LABELS; the host scripts
 #   hold no label string of their own; every selector in roles, playbooks and the inventory
 #   plugin names one of them; the default selector of every role and script is
-#   dockyard_host.MANAGED_SELECTOR;
-# - label grammar: dockyard_host.LABEL_KEY gives dockyard.config.LABEL_KEY's verdict;
+#   dockyard.host.MANAGED_SELECTOR;
+# - label grammar: dockyard.host.LABEL_KEY gives dockyard.config.LABEL_KEY's verdict;
 #   the roles' *_label value checks, applied as Ansible applies them, give
-#   dockyard_host.parse_selector's verdict and state its allowed text;
+#   dockyard.host.parse_selector's verdict and state its allowed text;
 # - environment ids: the inventory plugin reads back the stack resource_prefix wrote;
 # - role variables: defaults/main.yml == meta/argument_specs.yml for every role and entry
 #   point (same names, all prefixed and described, literal defaults equal, templated ones
@@ -628,7 +628,7 @@ def test_host_library_knows_exactly_the_labels_the_components_set() -> None:
     assert {"dockyard.managed", "dockyard.session", "dockyard.stack"} <= emitted
     assert emitted == host.LABELS, (
         f"only the components: {sorted(emitted - host.LABELS)}; "
-        f"only dockyard_host.LABELS: {sorted(host.LABELS - emitted)}"
+        f"only dockyard.host.LABELS: {sorted(host.LABELS - emitted)}"
     )
     assert host.MANAGED_SELECTOR == host.LABEL_MANAGED + "=true"
 
@@ -707,7 +707,7 @@ def test_label_value_checks_are_the_host_librarys_selector_grammar(role: str) ->
                              "x y", "x;id", "b=c", "é", "t\n")]  # fmt: skip
     # playbooks/tasks/validate-roles.yml: `value is regex(pattern)`, which is re.search.
     differ = {
-        text: {"value check": ok, "dockyard_host": selector_accepted(text)}
+        text: {"value check": ok, "dockyard.host": selector_accepted(text)}
         for text in corpus
         if (ok := bool(re.search(check["pattern"], text))) != selector_accepted(text)
     }
@@ -938,15 +938,3 @@ def test_the_version_has_one_home() -> None:
     assert "version" not in project["project"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"file": "components/VERSION"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", (REPO / "components" / "VERSION").read_text().strip())
-
-
-# --- Audit trail ----------------------------------------------------------------------------
-# - the host scripts' audit lines (dockyard_host.audit) carry the sessions API's fields.
-
-
-def test_host_and_sessions_audit_lines_have_the_same_fields() -> None:
-    from dockyard.sessions import audit
-
-    host = load_script("host_common", "dockyard_host.py")
-    assert tuple(host.AUDIT_FIELDS) == tuple(audit.FIELDS)
-    assert (host.AUDIT_MAX_BYTES, host.AUDIT_KEEP) == (audit.MAX_BYTES, audit.KEEP)

@@ -21,6 +21,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 from dockyard import program as stack_program
 from dockyard.config import ConfigError, Quotas
+from dockyard.host import audit_trail
 from dockyard.sessions import QuotaError, Sessions, audit, quotas
 from dockyard.sessions.driver import PROJECT, DriverError, PulumiDriver, container_urn
 from dockyard.sessions.request import plan
@@ -400,7 +401,7 @@ def test_quota_refusal_creates_nothing(home: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_audit_lines_rotate_and_filter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit, "MAX_BYTES", 300)
+    monkeypatch.setattr(audit_trail, "MAX_BYTES", 300)  # the one writer's (dockyard.host)
     log = tmp_path / "audit.jsonl"
     for i in range(20):
         audit.append(

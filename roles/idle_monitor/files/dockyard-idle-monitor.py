@@ -36,13 +36,11 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-# Installed, dockyard_host.py sits beside this script (sys.path[0]); in the repository it
-# is the host_common role's file (appended, so an installed copy always wins).
-sys.path.append(str(Path(__file__).resolve().parents[2] / "host_common" / "files"))
-import dockyard_host as host
+# Installed, the package's host modules sit beside this script as dockyard/ (its directory
+# is sys.path[0]; host_common installs them); in the repository, the checkout's package.
+from dockyard import host
 
 AGENT_COMMANDS = frozenset({"claude", "codex"})
 ACTIONS = ("stop", "poweroff")

@@ -1,0 +1,111 @@
+"""The audit trail's one writer: one JSON line per lifecycle action, appended under a lock,
+rotated (standard library only). The sessions layer (:mod:`dockyard.sessions.audit`) and
+the host scripts (health refresh and restart, idle stop and power-off, workspace backups)
+write their lines through :func:`append`, so the two trails cannot drift apart.
+
+Line fields, in this order: ``time`` (UTC, ISO 8601 with milliseconds), ``actor``,
+``action``, ``session``, ``tenant``, ``host``, ``stack``, ``result`` (``ok`` or
+``error``), ``duration_ms``, and ``detail`` (a short reason). Values are names and numbers
+only: no request body, environment value or secret is ever written. The log is 0600 in a
+0700 directory; over :data:`MAX_BYTES` it is rotated to ``.1`` … ``.KEEP`` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..contract import LABEL_SESSION, LABEL_STACK, LABEL_TENANT
+
+FIELDS = ("time", "actor", "action", "session", "tenant", "host", "stack", "result", "duration_ms")
+MAX_BYTES = 10 * 1024 * 1024
+KEEP = 5
+HOST_LOG = "/var/log/dockyard/audit.jsonl"
+"""The host scripts' log, unless ``$DOCKYARD_AUDIT_LOG`` names another."""
+DETAIL_MAX = 300
+"""A host script's ``detail`` (an error message) is cut to this many characters."""
+
+
+def now() -> str:
+    """The line's ``time``: UTC, ISO 8601 with milliseconds (``2026-12-06T17:15:37.123Z``)."""
+    moment = datetime.now(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def append(log: str | os.PathLike[str], entry: Mapping[str, Any]) -> None:
+    """Append one line of ``entry``'s :data:`FIELDS` and ``detail`` (those it has, in that
+    order); rotate first when the log is over :data:`MAX_BYTES`."""
+    path = Path(log)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    line = json.dumps({k: entry.get(k) for k in (*FIELDS, "detail") if k in entry})
+    with _locked(path):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size > MAX_BYTES:
+                _rotate(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (line + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _rotate(log: Path) -> None:
+    for index in range(KEEP - 1, 0, -1):
+        older = log.with_name(f"{log.name}.{index}")
+        if older.exists():
+            older.replace(log.with_name(f"{log.name}.{index + 1}"))
+    log.replace(log.with_name(f"{log.name}.1"))
+
+
+@contextlib.contextmanager
+def _locked(log: Path) -> Iterator[None]:
+    with open(log.with_name(log.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def audit(
+    action: str,
+    *,
+    actor: str,
+    labels: Mapping[str, str] | None = None,
+    result: str = "ok",
+    duration_ms: int = 0,
+    detail: str | None = None,
+    log: str | None = None,
+) -> None:
+    """A host script's line for ``action`` on the environment whose container carries
+    ``labels`` (session, tenant, stack come from them), in ``log``, else
+    ``$DOCKYARD_AUDIT_LOG``, else :data:`HOST_LOG`. A log that cannot be written is
+    reported on stderr, never fatal to the action it records."""
+    labels = labels or {}
+    entry: dict[str, Any] = {
+        "time": now(),
+        "actor": actor,
+        "action": action,
+        "session": labels.get(LABEL_SESSION),
+        "tenant": labels.get(LABEL_TENANT),
+        "host": socket.gethostname(),
+        "stack": labels.get(LABEL_STACK),
+        "result": result,
+        "duration_ms": duration_ms,
+    }
+    if detail:
+        entry["detail"] = detail[:DETAIL_MAX]
+    path = log or os.environ.get("DOCKYARD_AUDIT_LOG") or HOST_LOG
+    try:
+        append(path, entry)
+    except OSError as exc:
+        print(f"WARNING: audit log {path}: {exc}", file=sys.stderr)
