@@ -7,12 +7,13 @@ is refused ("data: loop: invalid argument", measured on Docker 20.10). What boun
 - ``/workspace``, ``/config``, ``/checkpoints`` and ``$HOME`` (``/home/agent``): each a
   named volume of the local driver mounting an ext4 filesystem that lives in a sparse
   image file on the engine's host (``<disks dir>/<environment>/<role>.img``), attached to
-  a loop device. The volume names a stable path (``<role>.dev``, a symlink to the loop
-  device), because the loop device's number is only known once attached and changes
-  after a reboot. A write past the size gets ENOSPC inside; the host spends at most the
+  a loop device. The volume names a stable path (``/run/dockyard/disks/<environment>/
+  <role>.dev``, a symlink to the loop device), because the loop device's number is only
+  known once attached and changes after a reboot; /run empties at a reboot, so a stale
+  link cannot name a device that now holds another environment's image. A write past the size gets ENOSPC inside; the host spends at most the
   size. ``$HOME`` starts empty (lost+found is removed), so the engine seeds it from the
   image on first use like any new named volume.
-- ``/tmp``, ``/var/tmp``: tmpfs with ``size=``; their pages count against the
+- ``/tmp``, ``/var/tmp``, ``/run/lock`` (the image's world-writable directories): tmpfs with ``size=``; their pages count against the
   container's memory limit too.
 - Every file anywhere: the ``fsize`` rlimit (RLIMIT_FSIZE) is the largest bound, so no
   file can be longer than any filesystem it could live on: ``truncate -s 8T`` gets EFBIG.
@@ -33,6 +34,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +46,10 @@ from .config import ResolvedLimits
 
 AGENT_UID = 1000
 DISKS_DIR = "/var/lib/dockyard/disks"
+LINKS_DIR = "/run/dockyard/disks"
+"""Where the ``<role>.dev`` links live: /run is emptied by a reboot, so a link can never
+name a loop device that, after a reboot, holds another environment's image (the mount
+fails until :func:`attach_all` re-attaches and re-links)."""
 """Where the image files live on the engine's host (one directory per environment)."""
 DISK_ROLES = ("workspace", "config", "checkpoints", "home")
 """Volumes backed by a bounded filesystem (``home`` is mounted at :data:`HOME`)."""
@@ -60,14 +67,14 @@ MIN_TMP_MB = 1
 HELPER_CAPABILITIES = ("SYS_ADMIN", "DAC_OVERRIDE", "CHOWN", "FOWNER")
 HELPER_DEVICE_RULES = ("b 7:* rwm", "c 10:237 rwm")
 
-# $1 = the environment's directory, then role:MiB pairs. An image is made once (in a
+# $1 = the environment's image directory, $2 its link directory, then role:MiB pairs. An image is made once (in a
 # temporary name, so a failed mkfs leaves nothing that looks finished) and re-attached
 # whenever it has no loop device; the symlink always names the device it has now.
 CREATE_SCRIPT = r"""
 set -eu
-dir=$1; shift
+dir=$1; links=$2; shift 2
 umask 077
-mkdir -p "$dir"
+mkdir -p "$dir" "$links"
 for spec in "$@"; do
   role=${spec%%:*}; mib=${spec#*:}
   img="$dir/$role.img"
@@ -80,12 +87,13 @@ for spec in "$@"; do
   fi
   dev=$(losetup -j "$img" | sed -n '1s/:.*//p')
   [ -n "$dev" ] || dev=$(losetup --find --show "$img")
-  ln -sfn "$dev" "$dir/$role.dev"
+  ln -sfn "$dev" "$links/$role.dev"
 done
 """
 DELETE_SCRIPT = r"""
 set -eu
-dir=$1
+dir=$1; links=$2
+rm -rf -- "$links"
 [ -d "$dir" ] || exit 0
 for img in "$dir"/*.img "$dir"/*.img.new; do
   [ -e "$img" ] || continue
@@ -95,12 +103,15 @@ rm -rf -- "$dir"
 """
 ATTACH_ALL_SCRIPT = r"""
 set -eu
-root=$1
+root=$1; links=$2
+umask 077
 for img in "$root"/*/*.img; do
   [ -f "$img" ] || continue
+  env=${img%/*}; env=${env##*/}; role=${img##*/}; role=${role%.img}
   dev=$(losetup -j "$img" | sed -n '1s/:.*//p')
   [ -n "$dev" ] || dev=$(losetup --find --show "$img")
-  ln -sfn "$dev" "${img%.img}.dev"
+  mkdir -p "$links/$env"
+  ln -sfn "$dev" "$links/$env/$role.dev"
 done
 """
 
@@ -155,12 +166,16 @@ def disk_dir(environment_id: str) -> str:
     return f"{DISKS_DIR}/{environment_id}"
 
 
+def link_dir(environment_id: str) -> str:
+    return f"{LINKS_DIR}/{environment_id}"
+
+
 def volume_options(environment_id: str, role: str) -> dict[str, str]:
     """``driver_opts`` of a bounded volume: the engine mounts the loop device the
     ``<role>.dev`` link names (nodev, nosuid: the agent's files are data)."""
     return {
         "type": "ext4",
-        "device": f"{disk_dir(environment_id)}/{role}.dev",
+        "device": f"{link_dir(environment_id)}/{role}.dev",
         "o": "nodev,nosuid",
     }
 
@@ -181,7 +196,7 @@ def helper_command(image: str, script: str, *args: str) -> str:
         *(a for rule in HELPER_DEVICE_RULES for a in ("--device-cgroup-rule", rule)),
         "--security-opt", "no-new-privileges",
         "--memory", "256m", "--pids-limit", "64",
-        "-v", "/dev:/dev", "-v", f"{DISKS_DIR}:{DISKS_DIR}",
+        "-v", "/dev:/dev", "-v", f"{DISKS_DIR}:{DISKS_DIR}", "-v", f"{LINKS_DIR}:{LINKS_DIR}",
         "--entrypoint", "/bin/sh", image, "-c", script, "disks", *args,
     ]  # fmt: skip
     return " ".join(shlex.quote(a) for a in argv)
@@ -200,13 +215,13 @@ def images_command(
     engine (``create``) and detaches and removes them (``delete``). ``helper_image``: an
     image on that engine with sh, truncate, mkfs.ext4, debugfs and losetup (the
     environment's own: Debian's e2fsprogs and mount are in every dockyard image)."""
-    directory = disk_dir(environment_id)
+    places = (disk_dir(environment_id), link_dir(environment_id))
     specs = [f"{role}:{bounds.size_mb(role)}" for role in roles]
     image = pulumi.Output.from_input(helper_image)
     return command.local.Command(
         name,
-        create=image.apply(lambda i: helper_command(i, CREATE_SCRIPT, directory, *specs)),
-        delete=image.apply(lambda i: helper_command(i, DELETE_SCRIPT, directory)),
+        create=image.apply(lambda i: helper_command(i, CREATE_SCRIPT, *places, *specs)),
+        delete=image.apply(lambda i: helper_command(i, DELETE_SCRIPT, *places)),
         environment={"DOCKER_HOST": docker_host} if docker_host else None,
         # A new size re-runs create: an existing image keeps its size and data (growing
         # one is docs/stacks.md's procedure).
@@ -266,3 +281,61 @@ def declare(
     roles = tuple(r for r in DISK_ROLES if not (r == "workspace" and workspace_bound_elsewhere))
     images = images_command(name, environment_id, bounds, helper_image, roles, docker_host, opts)
     return Bounded(environment_id, bounds, roles, (images,))
+
+
+# --- After a reboot ------------------------------------------------------------------------
+
+MANAGED_FILTER = "label=dockyard.managed=true"
+MOUNT_FAILED = "failed to mount local volume"
+
+
+def _docker(*args: str, timeout: float = 120) -> str:
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"docker {args[0]}: {result.stderr.strip()[-500:]}")
+    return result.stdout
+
+
+def attach_all(image: str | None = None) -> list[str]:
+    """Re-attach every environment's images on the engine ``DOCKER_HOST`` names (loop
+    devices do not survive a reboot), then start the environments the engine could not
+    start for want of them. Returns the names started. ``image``: the helper's image
+    (default: the image of a dockyard environment on that engine)."""
+    containers = _docker("ps", "-a", "-q", "--filter", MANAGED_FILTER).split()
+    if not containers:
+        return []
+    states = json.loads(_docker("inspect", *containers))
+    helper = image or states[0]["Image"]
+    subprocess.run(
+        ["sh", "-c", helper_command(helper, ATTACH_ALL_SCRIPT, DISKS_DIR, LINKS_DIR)],
+        check=True,
+        timeout=300,
+    )
+    started = []
+    for state in states:
+        if not state["State"]["Running"] and MOUNT_FAILED in state["State"].get("Error", ""):
+            _docker("start", state["Id"])
+            started.append(state["Name"].lstrip("/"))
+    return started
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dockyard.storage attach [IMAGE]``: run at boot, once the engine answers
+    (the docker_host role's dockyard-disks service)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] != "attach" or len(args) > 2:
+        print("ERROR: usage: python -m dockyard.storage attach [IMAGE]", file=sys.stderr)
+        return 2
+    try:
+        started = attach_all(args[1] if len(args) == 2 else None)
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        print(f"ERROR: re-attaching the disk images failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"dockyard: disk images attached; started {len(started)}: {' '.join(started)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

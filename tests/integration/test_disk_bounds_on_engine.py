@@ -10,10 +10,13 @@ volume) is left after destroy.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import docker
+import docker.errors
 import pytest
 
 from dockyard import storage
@@ -139,4 +142,32 @@ def test_destroy_leaves_no_loop_device_image_or_volume(deploy_own: Any) -> None:
     deployed.destroy()
     assert deployed.leftovers() == []
     assert not Path(directory).exists(), f"{directory} is left"
+    assert not Path(storage.link_dir(Path(directory).name)).exists(), "links are left"
     assert loop_devices(directory) == [], "a loop device is left"
+
+
+def test_after_a_reboot_nothing_mounts_until_the_images_are_attached_again(
+    deploy_own: Any, docker_client: docker.DockerClient
+) -> None:
+    """A reboot, as the engine sees it: loop devices gone, /run emptied. The container
+    cannot start (never on another environment's device); ``attach_all`` re-attaches the
+    images and starts it, with its data."""
+    deployed = deploy_own(
+        "diskboot", {"limits": {"disk": DISK}, "environments": [{"sessionId": "b"}]}
+    )
+    deployed.wait_ready()
+    container = deployed.container("b")
+    exec_ok(container, ["sh", "-c", "echo kept > /workspace/k && echo mine > $HOME/h"], user="1000")
+    container.stop(timeout=10)
+    environment_id = container.labels["dockyard.environment"]
+    for line in loop_devices(storage.disk_dir(environment_id)):
+        subprocess.run(["losetup", "-d", line.split(":")[0]], check=True)
+    shutil.rmtree(storage.link_dir(environment_id))
+    with pytest.raises(docker.errors.APIError, match="failed to mount local volume"):
+        container.start()
+    started = storage.attach_all()
+    assert container.name in started, started
+    container.reload()
+    assert container.status == "running"
+    out = exec_ok(container, ["sh", "-c", "cat /workspace/k $HOME/h"], user="1000")
+    assert out.split() == ["kept", "mine"], out

@@ -193,7 +193,14 @@ class Deployed:
             found += 1
         for directory in disk_dirs(self.stack):  # loop devices and images (dockyard.storage)
             subprocess.run(
-                ["sh", "-c", storage.DELETE_SCRIPT, "sweep", str(directory)],
+                [
+                    "sh",
+                    "-c",
+                    storage.DELETE_SCRIPT,
+                    "sweep",
+                    str(directory),
+                    storage.link_dir(directory.name),
+                ],
                 capture_output=True,
                 timeout=60,
                 check=False,

@@ -70,7 +70,7 @@ def test_bounded_volumes_mount_the_loop_device_link(run: ProgramRun) -> None:
         volume = run.named(f"env-small-{role}").inputs
         assert volume["driverOpts"] == {
             "type": "ext4",
-            "device": f"{storage.DISKS_DIR}/{prefix}/{role}.dev",
+            "device": f"{storage.LINKS_DIR}/{prefix}/{role}.dev",
             "o": "nodev,nosuid",
         }, volume
     container = run.named("env-small-container").inputs
@@ -102,7 +102,10 @@ def test_the_helper_has_only_what_losetup_and_mkfs_need(run: ProgramRun) -> None
     assert rules == ["b 7:* rwm", "c 10:237 rwm"]
     assert argv[argv.index("--network") + 1] == "none"
     delete = helper_argv(images(run, "small")["delete"])
-    assert delete[-1] == f"{storage.DISKS_DIR}/dockyard-dev-small"
+    assert delete[-2:] == [
+        f"{storage.DISKS_DIR}/dockyard-dev-small",
+        f"{storage.LINKS_DIR}/dockyard-dev-small",
+    ]
 
 
 def test_volumes_wait_for_the_images(run: ProgramRun) -> None:
