@@ -34,7 +34,7 @@ PULUMI_INSTALL_PAGE := https://www.pulumi.com/docs/iac/download-install/
 PASSPHRASE_FILE ?= $(HOME)/.config/dockyard/pulumi-passphrase
 export PATH := $(CURDIR)/$(BIN):$(PULUMI_HOME_BIN):$(PATH)
 
-.PHONY: help setup setup-dev up down test test-runsc test-isolation lint bench base-image certs image pulumi-cli stack
+.PHONY: help setup setup-dev up shell-setup down test test-runsc test-isolation lint bench base-image certs image pulumi-cli stack
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -115,6 +115,15 @@ stack: setup pulumi-cli
 up: stack base-image certs ## Set everything up and run `pulumi up` on the dev stack
 	@if [ -z "$${PULUMI_CONFIG_PASSPHRASE:-}$${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then export PULUMI_CONFIG_PASSPHRASE_FILE="$(PASSPHRASE_FILE)"; fi; \
 	  pulumi up --stack $(STACK) $(PULUMI_ARGS)
+	@echo "In your shell, before dockyard, pulumi config set --secret or pulumi stack output:"
+	@$(MAKE) --no-print-directory shell-setup
+
+# What `make up` exported only for itself, as lines for the user's shell: the passphrase
+# file it generated (unless the user has their own) and where dockyard and pulumi are.
+shell-setup: ## Print the export lines a shell needs for dockyard and pulumi after make up
+	@if [ -z "$${PULUMI_CONFIG_PASSPHRASE:-}$${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then \
+	  echo 'export PULUMI_CONFIG_PASSPHRASE_FILE="$(PASSPHRASE_FILE)"'; fi
+	@echo 'export PATH="$(CURDIR)/$(BIN):$(PULUMI_HOME_BIN):$$PATH"'
 
 down: stack ## Destroy the stack's environments (volumes included)
 	@if [ -z "$${PULUMI_CONFIG_PASSPHRASE:-}$${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then export PULUMI_CONFIG_PASSPHRASE_FILE="$(PASSPHRASE_FILE)"; fi; \
