@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from dockyard import config
+from dockyard import config, manifest, modal_plan
 from dockyard.config import ConfigError, from_host_settings, from_request, key_path, parse
 from dockyard.config.messages import Loc
 from dockyard.sessions.request import request_key
+from tests.unit.test_manifest import example
 
 REPO = Path(__file__).resolve().parents[2]
 CWD = "/home/u/project"
@@ -167,6 +168,23 @@ def test_parse_is_the_pulumi_shape_of_the_same_validation() -> None:
     assert problems == again
 
 
+def test_the_modal_planner_names_a_bad_limit_as_its_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "dev.json"
+    manifest.write(path, example())
+    assert modal_plan.main([str(path), "--cpus", "0", "--memory", "1k"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": ", 2)[1] for line in lines] == ["--cpus", "--memory"], lines
+    assert lines[0] == (
+        "ERROR: --cpus: 0.0 is not allowed (allowed: a number of CPUs from 0.01 to 1024, "
+        "e.g. 4 or 0.5)"
+    )
+    missing = tmp_path / "Pulumi.gone.yaml"
+    assert modal_plan.main([str(path), "--stack", str(missing)]) == 1
+    assert f"--stack {missing}: cannot be read (" in capsys.readouterr().err
+
+
 # Files outside dockyard.config that still spell the configuration namespace, and why.
 # Each is to go: a stack key is config.config_key(name), a key in a message is
 # config.key_path(loc), stack-shaped input goes through an entry (from_request,
@@ -177,7 +195,10 @@ STILL_SPELLED = {
     "kubernetes.py": "issue 24: two problem lines spell their keys (lead)",
     "sessions/backups.py": "issue 24: backup split in progress (use from_host_settings, key_path)",
 }
-NAMESPACE_SPELLED = re.compile(r"\bdockyard:(?!index:)")
+# A key in the namespace: "dockyard:" then a key, or the end of an f-string's literal part
+# (a key follows from a placeholder); "dockyard:index:..." are Pulumi type tokens and
+# "dockyard: ..." a log line's prefix.
+NAMESPACE_SPELLED = re.compile(r"\bdockyard:(?!index:)(?=[A-Za-z_\[{]|\Z)")
 
 
 def _spells_the_namespace(path: Path) -> bool:
