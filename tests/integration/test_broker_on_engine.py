@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,7 +23,14 @@ from docker.models.containers import Container
 
 from tests.support.engine import LABELS, RUN_ID, exec_ok, unique_name, wait_for
 from tests.support.stacks import Deployed
-from tests.support.upstream import UPSTREAM, call, make_ca_and_server_cert, received
+from tests.support.upstream import (
+    UPSTREAM,
+    addresses,
+    call,
+    connect,
+    make_ca_and_server_cert,
+    received,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -212,12 +220,27 @@ def test_another_environments_token_is_refused_and_its_broker_unreachable(setup:
     assert code == 3, output
     assert output.startswith("403"), output
     assert setup.received()[before:] == []
-    # The peer's broker is on a network the held environment is not on.
+    # The peer's broker is on a network the held environment is not on: its name does
+    # not resolve there, and its addresses (internal network and uplink) do not connect.
     peer_host = f"dockyard-{setup.stack.stack}-peer-broker"
     result = setup.env("held").exec_run(
         ["python3", "-c", f"import socket; socket.getaddrinfo({peer_host!r}, 8081)"], user="1000"
     )
     assert result.exit_code != 0, result.output
+    held_broker = addresses(setup.broker("held"))
+    peer_broker = addresses(setup.broker("peer"))
+    assert sorted(peer_broker) == sorted(
+        f"dockyard-{setup.stack.stack}-peer-broker{suffix}" for suffix in ("", "-uplink")
+    ), peer_broker
+    # Controls: the probe connects from an environment to its own broker's address, and
+    # the peer's broker listens on the address its own environment uses.
+    own = held_broker[f"dockyard-{setup.stack.stack}-held-broker"]
+    assert connect(setup.env("held"), own, 8081) == (0, "connected\n")
+    peer_internal = peer_broker[f"dockyard-{setup.stack.stack}-peer-broker"]
+    assert connect(setup.env("peer"), peer_internal, 8081) == (0, "connected\n")
+    for network, address in peer_broker.items():
+        code, output = connect(setup.env("held"), address, 8081)
+        assert code == 5, f"the held environment reached the peer's broker on {network}: {output}"
 
 
 def test_broker_down_fails_clearly_and_nothing_goes_direct(setup: Setup) -> None:
@@ -230,11 +253,20 @@ def test_broker_down_fails_clearly_and_nothing_goes_direct(setup: Setup) -> None
         assert f"broker at http://dockyard-{setup.stack.stack}-held-broker:8081 unreachable" in (
             output
         )
-        # No way around it: the upstream is not on the environment's networks.
+        # No way around it: the upstream is not on the environment's networks, by name
+        # or by any of its addresses (on both brokers' uplinks).
         direct = setup.env("held").exec_run(
             ["python3", "-c", "import socket; socket.getaddrinfo('upstream', 8443)"], user="1000"
         )
         assert direct.exit_code != 0
+        upstream = addresses(setup.upstream)
+        assert len(upstream) == 2, upstream
+        for network, address in upstream.items():
+            # Control: the stand-in listens there (the host reaches the uplink bridges).
+            with socket.create_connection((address, 8443), timeout=5):
+                pass
+            code, output = connect(setup.env("held"), address, 8443)
+            assert code == 5, f"the environment reached the upstream on {network}: {output}"
         assert setup.received()[before:] == []
     finally:
         broker.start()

@@ -61,6 +61,31 @@ def call(container: Container, kind: str, path: str, *key: str, user: str = "") 
     return result.exit_code, (result.output or b"").decode(errors="replace")
 
 
+# `CONNECT HOST PORT`: a plain TCP connect (no DNS when HOST is an address). Exit 0: it
+# connected; 5: it did not (the error printed).
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+except OSError as error:
+    print(f"{type(error).__name__}: {error}"); sys.exit(5)
+print("connected")
+"""
+
+
+def connect(container: Container, host: str, port: int, user: str = "1000") -> tuple[int, str]:
+    """A TCP connect from inside ``container`` to ``host:port``: (exit code, output)."""
+    result = container.exec_run(["python3", "-c", CONNECT, host, str(port)], user=user)
+    return result.exit_code, (result.output or b"").decode(errors="replace")
+
+
+def addresses(container: Container) -> dict[str, str]:
+    """Network name -> the container's IPv4 address on it."""
+    container.reload()
+    networks = container.attrs["NetworkSettings"]["Networks"]
+    return {name: net["IPAddress"] for name, net in networks.items() if net.get("IPAddress")}
+
+
 def received(upstream: Container) -> list[dict[str, Any]]:
     """Every request the stand-in recorded, oldest first."""
     return [
