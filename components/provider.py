@@ -22,7 +22,7 @@ annotations at run time (``inspect.get_annotations``) and cannot resolve strings
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any, NotRequired, TypedDict
 
@@ -31,7 +31,7 @@ import pulumi_docker as docker
 
 from . import environment, image
 from .assets import version
-from .config import ConfigError, StackConfig, parse
+from .config import ConfigError, StackConfig, from_host_settings, from_request, key_path
 from .errors import InvalidInput
 from .manifest import Manifest
 from .program import environment_args
@@ -356,20 +356,23 @@ def to_environment_args(name: str, inputs: Mapping[str, Any]) -> environment.Age
     _require_plain(name, "AgentEnvironment", inputs, allowed_outputs={"image_id", "image_ref"})
     secrets = dict(inputs.get("secrets") or {})
     entry: dict[str, Any] = {"secrets": list(secrets)}
-    raw: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
     for key, value in inputs.items():
         if key in _NOT_CONFIG:
             continue
         if key in _STACK_KEYS:
-            raw[f"dockyard:{_STACK_KEYS[key]}"] = _schema_to_config(value, key)
+            settings[_STACK_KEYS[key]] = _schema_to_config(value, key)
         else:
             entry[_camel(key)] = _schema_to_config(value, key)
-    raw["dockyard:environments"] = [entry]
     cfg, problems = _checked(
-        raw,
-        stack=inputs.get("stack") or pulumi.get_stack(),
-        cwd=inputs.get("cwd") or os.getcwd(),
-        renames={r"environments\[0\]\.": ""},
+        lambda: from_request(
+            settings,
+            entry,
+            stack=inputs.get("stack") or pulumi.get_stack(),
+            cwd=inputs.get("cwd") or os.getcwd(),
+            check_secrets=False,
+            name=_environment_input,
+        )
     )
     if cfg is None:
         raise InputError(_report("AgentEnvironment", name, problems))
@@ -404,19 +407,17 @@ def to_image_args(name: str, inputs: Mapping[str, Any]) -> image.AgentImageArgs:
             "dockyard-core or registry.example.com/team/agents: lower-case, no tag)"
         )
     source = {config: inputs[key] for key, config in _IMAGE_KEYS.items() if key in inputs}
-    raw: dict[str, Any] = {"dockyard:image": source}
+    settings: dict[str, Any] = {"image": source}
     if "docker_host" in inputs:
-        raw["dockyard:dockerHost"] = inputs["docker_host"]
+        settings["dockerHost"] = inputs["docker_host"]
     cfg, config_problems = _checked(
-        raw,
-        stack=pulumi.get_stack(),
-        cwd=os.getcwd(),
-        renames={
-            r"image\.tag": "tagPrefix",
-            r"image\.args": "buildArgs",
-            r"image\.extraCa": "extraCa",
-            r"image\.": "",
-        },
+        lambda: from_host_settings(
+            settings,
+            stack=pulumi.get_stack(),
+            cwd=os.getcwd(),
+            check_secrets=False,
+            name=_image_input,
+        )
     )
     problems.extend(config_problems)
     if cfg is None or problems:
@@ -440,21 +441,32 @@ _REPOSITORY = re.compile(
 )
 
 
-def _checked(
-    raw: dict[str, Any], *, stack: str, cwd: str, renames: Mapping[str, str]
-) -> tuple[StackConfig | None, list[str]]:
-    """The stack configuration's verdict on ``raw``: the parsed config, or its problems
-    with config keys renamed to input names."""
+def _checked(parse: Callable[[], StackConfig]) -> tuple[StackConfig | None, list[str]]:
+    """The stack configuration's verdict: the parsed config, or its problems (keys
+    named as inputs by the entry's naming function)."""
     try:
-        return parse(raw, stack=stack, cwd=cwd, check_secrets=False), []
+        return parse(), []
     except ConfigError as error:
-        lines = []
-        for problem in error.problems:
-            line = re.sub(r"^dockyard:", "", problem)
-            for pattern, replacement in renames.items():
-                line = re.sub("^" + pattern, replacement, line)
-            lines.append(line)
-        return None, lines
+        return None, error.problems
+
+
+# Image settings named as the AgentImage inputs that carry them.
+_IMAGE_INPUTS = {"tag": "tagPrefix", "args": "buildArgs"}
+
+
+def _environment_input(loc: tuple[int | str, ...]) -> str:
+    """An AgentEnvironment input's key: the environment's keys as they are, stack keys
+    in the configuration's spelling, without the namespace."""
+    if loc[:2] == ("environments", 0) and len(loc) > 2:
+        loc = loc[2:]
+    return key_path(loc, prefix="")
+
+
+def _image_input(loc: tuple[int | str, ...]) -> str:
+    """An AgentImage input's key (``tagPrefix``, ``buildArgs.X``, ``extraCa``...)."""
+    if loc[:1] == ("image",) and len(loc) > 1 and isinstance(loc[1], str):
+        loc = (_IMAGE_INPUTS.get(loc[1], loc[1]), *loc[2:])
+    return key_path(loc, prefix="")
 
 
 def _report(component: str, name: str, problems: list[str]) -> str:
