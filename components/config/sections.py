@@ -33,15 +33,7 @@ DISK_ALLOWED = (
 )
 
 
-@v.rule(DISK_ALLOWED)
-def _disk_mb(value: Any) -> int:
-    megabytes = v.memory_mb(value) if not isinstance(value, bool) else -1
-    if not DISK_MIN_MB <= megabytes <= DISK_MAX_MB:
-        raise v.refuse(DISK_ALLOWED)
-    return megabytes
-
-
-DiskMB = Annotated[int, BeforeValidator(_disk_mb)]
+DiskMB = Annotated[int, BeforeValidator(v.sized(DISK_MIN_MB, DISK_MAX_MB, DISK_ALLOWED))]
 
 
 class DiskLimits(Model):

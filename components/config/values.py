@@ -148,37 +148,35 @@ MEMORY_ALLOWED = (
 )
 
 
-@rule(MEMORY_ALLOWED)
-def memory_mb(value: Any) -> int:
-    """Memory in MB from an integer (MB) or a size with a unit (``512m``, ``8g``, ``8GiB``)."""
-    if _is_number(value):
-        megabytes = _finite(value)
-    elif isinstance(value, str) and (match := SIZE.fullmatch(value)):
-        number, unit = float(match.group(1)), (match.group(2) or "m").lower()[:1]
-        megabytes = number * {"b": 1 / 2**20, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024**2}[unit]
-    else:
-        raise refuse(MEMORY_ALLOWED)
-    if not MIN_MEMORY_MB <= megabytes <= MAX_MEMORY_MB:
-        raise refuse(MEMORY_ALLOWED)
-    return int(megabytes)
+_UNIT_MB = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024**2}
 
+
+def sized(low: int, high: int, allowed: str) -> Callable[[Any], int]:
+    """A size check in MB from ``low`` to ``high``: an integer (MB) or a size with a unit
+    (``512m``, ``8g``, ``8GiB``); anything else, or out of range, is refused as ``allowed``."""
+
+    @rule(allowed)
+    def size_mb(value: Any) -> int:
+        if _is_number(value):
+            megabytes = _finite(value)
+        elif isinstance(value, str) and (match := SIZE.fullmatch(value)):
+            number, unit = float(match.group(1)), (match.group(2) or "m").lower()[:1]
+            megabytes = number * _UNIT_MB[unit]
+        else:
+            raise refuse(allowed)
+        if not low <= megabytes <= high:
+            raise refuse(allowed)
+        return int(megabytes)
+
+    return size_mb
+
+
+memory_mb = sized(MIN_MEMORY_MB, MAX_MEMORY_MB, MEMORY_ALLOWED)
+"""Memory in MB."""
 
 STORAGE_ALLOWED = "a size from 64 MB to 64 TiB: MB as a number (10240) or with a unit (10g, 1t)"
-
-
-@rule(STORAGE_ALLOWED)
-def storage_mb(value: Any) -> int:
-    """A volume size in MB (Kubernetes PersistentVolumeClaims)."""
-    if _is_number(value):
-        megabytes = _finite(value)
-    elif isinstance(value, str) and (match := SIZE.fullmatch(value)):
-        number, unit = float(match.group(1)), (match.group(2) or "m").lower()[:1]
-        megabytes = number * {"b": 1 / 2**20, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024**2}[unit]
-    else:
-        raise refuse(STORAGE_ALLOWED)
-    if not 64 <= megabytes <= 64 * 1024**2:
-        raise refuse(STORAGE_ALLOWED)
-    return int(megabytes)
+storage_mb = sized(64, 64 * 1024**2, STORAGE_ALLOWED)
+"""A volume size in MB (Kubernetes PersistentVolumeClaims)."""
 
 
 CPUS_ALLOWED = f"a number of CPUs from {MIN_CPUS} to {MAX_CPUS:g}, e.g. 4 or 0.5"
