@@ -96,7 +96,7 @@ def problems(output: str) -> list[str]:
     """The list the last task fails with."""
     match = re.search(r"FAILED! => (\{.*\})\s*$", output, re.M)
     assert match, output[-3000:]
-    return json.loads(match.group(1))["msg"]
+    return json.loads(match.group(1))["msg"].splitlines()
 
 
 def typo(name: str, prefix: str) -> str:
