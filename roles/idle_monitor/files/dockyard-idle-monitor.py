@@ -157,12 +157,14 @@ def read_environments(
     """One Reading per running environment. ``probe_runner`` runs the in-environment
     probe (default: ``runner``, or, for the real :func:`run`, run bounded to
     PROBE_MAX_BYTES and ``probe_timeout`` + CLI_SLACK_S)."""
+    killer: Callable[[str], str] | None = None
     if probe_runner is None:
-        probe_runner = (
-            functools.partial(run, timeout=probe_timeout + CLI_SLACK_S, max_bytes=PROBE_MAX_BYTES)
-            if runner is run
-            else runner
-        )
+        probe_runner = runner
+        if runner is run:
+            probe_runner = functools.partial(
+                run, timeout=probe_timeout + CLI_SLACK_S, max_bytes=PROBE_MAX_BYTES
+            )
+            killer = kill_probe
     names = runner([docker, "ps", "--filter", f"label={label}", "--format", "{{.Names}}"]).split()
     if not names:
         return []
@@ -177,7 +179,7 @@ def read_environments(
         rows = runner([docker, "top", name, "-o", "pid,comm"]).splitlines()[1:]
         commands = [row.split(None, 1)[1].strip() for row in rows if len(row.split(None, 1)) == 2]
         agents = sum(1 for command in commands if command in AGENT_COMMANDS)
-        clients, unknown = _tmux_clients(docker, name, probe_runner, probe_timeout)
+        clients, unknown = _tmux_clients(docker, name, probe_runner, probe_timeout, killer)
         readings.append(Reading(name, agents, clients, cpu.get(name, 0.0), unknown))
     return readings
 
@@ -186,20 +188,52 @@ def read_environments(
 TIMED_OUT = (124, 137)
 
 
-def _tmux_clients(docker: str, name: str, runner: Runner, timeout: float) -> tuple[int, str | None]:
-    """(attached tmux clients, None), or (0, why) when the probe overran its bounds."""
+TMUX_PROBE = ["tmux", "list-clients", "-F", "#{client_name}"]
+
+
+def _tmux_clients(
+    docker: str,
+    name: str,
+    runner: Runner,
+    timeout: float,
+    killer: Callable[[str], str] | None = None,
+) -> tuple[int, str | None]:
+    """(attached tmux clients, None), or (0, why) when the probe overran its bounds. The
+    probe runs under ``timeout -s KILL`` inside; the agent can stop that too, so after an
+    overrun ``killer`` kills what is left of it from the host."""
     inside = ["timeout", "-s", "KILL", str(math.ceil(timeout))]
-    argv = [docker, "exec", "-u", "1000", name, *inside, "tmux", "list-clients"]
-    argv += ["-F", "#{client_name}"]
+    argv = [docker, "exec", "-u", "1000", name, *inside, *TMUX_PROBE]
     try:
         out = runner(argv)
     except host.Overrun as exc:
-        return 0, f"tmux probe {exc.bound}"
+        killed = killer(name) if killer is not None else "not killed from the host"
+        return 0, f"tmux probe {exc.bound}; docker CLI killed; {killed}"
     except host.CommandError as exc:
         if exc.returncode in TIMED_OUT:
             return 0, f"tmux probe killed inside after {math.ceil(timeout)} s"
         return 0, None  # no tmux server: nobody attached
     return len([line for line in out.splitlines() if line.strip()]), None
+
+
+def kill_probe(name: str) -> str:
+    """Kill, from the host, the tmux probe execs still running in container ``name`` (the
+    engine's exec records: only an exec of exactly this probe is touched)."""
+    try:
+        engine = host.Engine.from_env()
+        killed = []
+        for exec_id in engine.inspect(name).get("ExecIDs") or []:
+            info = engine.request("GET", f"/exec/{exec_id}/json", deadline_s=10)
+            process = info.get("ProcessConfig") or {}
+            arguments = process.get("arguments") or []
+            if (
+                info.get("Running")
+                and process.get("entrypoint") == "timeout"
+                and arguments[3:] == TMUX_PROBE
+            ):
+                killed.append(engine.kill_exec(exec_id))
+    except host.HostError as exc:
+        return f"not killed from the host ({exc})"
+    return "; ".join(killed) or "nothing of it left running"
 
 
 # --- Acting -------------------------------------------------------------------------------
