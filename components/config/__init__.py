@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .messages import KeyName, key_path
 from .mounts import FORBIDDEN_BIND_SOURCES, RESERVED_MOUNTS, Volume, parse_volume
 from .names import RESERVED_LABEL_PREFIX
+from .scope import SecretHint, stack_secret_hint
 from .sections import (
     BUILTIN_PROFILES,
     BackupSettings,
@@ -99,6 +100,7 @@ __all__ = [
     "Quotas",
     "ResolvedLimits",
     "Runtime",
+    "SecretHint",
     "StackConfig",
     "Variant",
     "Volume",
@@ -115,4 +117,5 @@ __all__ = [
     "resolve_limits",
     "stack_file",
     "stack_name",
+    "stack_secret_hint",
 ]

@@ -183,8 +183,7 @@ class Environment(Model):
             (
                 index,
                 name,
-                "a secret in this stack's config; run `pulumi config set --secret "
-                f"{name if CONVENTIONAL_NAME.fullmatch(name) else '<NAME>'} <value>`",
+                scope.secret_hint(name if CONVENTIONAL_NAME.fullmatch(name) else "<NAME>"),
             )
             for index, name in enumerate(names)
             if name not in scope.secret_names

@@ -9,10 +9,20 @@ that depend on it stay quiet and its own problem is reported where it lives.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationInfo
+
+SecretHint = Callable[[str], str]
+"""How a source tells its user to supply a secret: the secret's name (or ``<NAME>`` when
+the name is not written the conventional way) -> what is allowed."""
+
+
+def stack_secret_hint(name: str) -> str:
+    """A stack's secrets are its Pulumi config's secret values."""
+    return f"a secret in this stack's config; run `pulumi config set --secret {name} <value>`"
 
 
 @dataclass
@@ -21,6 +31,8 @@ class Scope:
     """Secret names set in the stack (stored with --secret or not: plain ones are refused
     on their own)."""
     check_secrets: bool = True
+    secret_hint: SecretHint = stack_secret_hint
+    """What a "secret not set" problem says is allowed (the source decides)."""
     settled: dict[str, Any] = field(default_factory=dict)
     """Top-level field name -> validated value, filled in declaration order."""
     sessions: dict[str, int] = field(default_factory=dict)

@@ -32,7 +32,7 @@ from . import messages
 from .base import NAMESPACE
 from .errors import ConfigError
 from .messages import KeyName, Problem, key_path
-from .scope import Scope
+from .scope import Scope, SecretHint, stack_secret_hint
 from .stack import TOP_LEVEL_KEYS, StackConfig
 from .values import ENV_NAME
 
@@ -63,12 +63,12 @@ def _validated(
     stored_secrets: Iterable[str],
     check_secrets: bool,
     name: KeyName,
-    found: list[Problem] | None = None,
+    secret_hint: SecretHint = stack_secret_hint,
 ) -> tuple[StackConfig | None, list[Problem]]:
     """The one validation every source ends in: ``settings`` maps stack keys (no namespace)
     and secret names to values; ``stored_secrets`` are the names stored as secrets."""
     stored = set(stored_secrets)
-    problems: list[Problem] = list(found or [])
+    problems: list[Problem] = []
     data: dict[str, Any] = {"stack": stack, "cwd": cwd}
     secret_names: set[str] = set()
     for key, value in settings.items():
@@ -97,7 +97,9 @@ def _validated(
                     name,
                 )
             )
-    scope = Scope(secret_names=frozenset(secret_names), check_secrets=check_secrets)
+    scope = Scope(
+        secret_names=frozenset(secret_names), check_secrets=check_secrets, secret_hint=secret_hint
+    )
     try:
         return StackConfig.model_validate(data, context=scope), problems
     except ValidationError as exc:
@@ -270,12 +272,14 @@ def from_request(
     secret_names: Iterable[str] = (),
     check_secrets: bool = True,
     name: KeyName = key_path,
+    secret_hint: SecretHint = stack_secret_hint,
 ) -> StackConfig:
     """A host's ``settings`` (stack keys without the namespace) plus one ``environment``
     (the environment model's keys): a one-environment stack, judged by the same rules as
     a stack file. ``cwd`` is the request's project directory; ``secret_names`` the secrets
     the caller can supply (checked like a stack's; ``check_secrets=False`` skips "secret
-    not set" as :func:`parse` does). Every key is named by ``name``.
+    not set" as :func:`parse` does; ``secret_hint`` says how the caller supplies one).
+    Every key is named by ``name``.
     Raises :class:`ConfigError` naming every problem at once: the request's own (host
     settings that declare environments, no ``cwd``) first, then the stack's in key order.
     """
@@ -300,6 +304,7 @@ def from_request(
         stored_secrets=supplied,
         check_secrets=check_secrets,
         name=name,
+        secret_hint=secret_hint,
     )
     if first or problems or config is None:
         raise ConfigError(stack, [*first, *messages.lines(problems)])

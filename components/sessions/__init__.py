@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -118,15 +119,10 @@ class Sessions:
         """Validate without creating anything (what ``dockyard validate`` runs)."""
         settings = load_settings(self.where)
         values = self._secrets(request, secrets)
-        try:
-            settings = self._with_image(request, settings)
-            result = plan(request, settings, secret_names=set(values))
-        except ConfigError as error:
-            tenant = request.get("tenant") if isinstance(request, Mapping) else None
-            raise ConfigError(
-                error.stack, [_session_secret_hint(p, tenant) for p in error.problems]
-            ) from None
-        return result, values
+        settings = self._with_image(request, settings)
+        tenant = request.get("tenant") if isinstance(request, Mapping) else None
+        hint = functools.partial(_session_secret_hint, tenant=tenant)
+        return plan(request, settings, secret_names=set(values), secret_hint=hint), values
 
     def _record(self, session: str, tenant: str | None) -> registry.Record:
         return self.registry.find(session, tenant)
@@ -329,16 +325,12 @@ def _names(request: Mapping[str, Any]) -> list[str]:
     return [n for n in names if isinstance(n, str)] if isinstance(names, builtins.list) else []
 
 
-def _session_secret_hint(problem: str, tenant: Any) -> str:
-    """A stack's "run pulumi config set --secret" hint, said the way sessions get secrets."""
-    if " is not set (allowed: a secret in this stack's config" not in problem:
-        return problem
-    head = problem.split(" (allowed: ", 1)[0]
-    name = head.rsplit(": ", 1)[1].strip("'") if ": " in head else "<NAME>"
+def _session_secret_hint(name: str, tenant: Any) -> str:
+    """How a session's caller supplies the secret ``name`` (the config's secret hint)."""
     variable = secret_variable(name, tenant if isinstance(tenant, str) else None)
     return (
-        f"{head} (allowed: a secret the caller supplies: create(request, secrets={{...}}) "
-        f"or the environment variable {variable})"
+        "a secret the caller supplies: create(request, secrets={...}) "
+        f"or the environment variable {variable}"
     )
 
 

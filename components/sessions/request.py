@@ -18,7 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import MISSING, ConfigError, Environment, StackConfig, from_request
+from ..config import (
+    MISSING,
+    ConfigError,
+    Environment,
+    SecretHint,
+    StackConfig,
+    from_request,
+    stack_secret_hint,
+)
 from ..config.messages import Loc, key_path, suggest
 from ..config.sources import KEY_LIKE
 
@@ -79,10 +87,12 @@ def plan(
     settings: Mapping[str, Any],
     *,
     secret_names: set[str] | frozenset[str] = frozenset(),
+    secret_hint: SecretHint = stack_secret_hint,
 ) -> SessionPlan:
     """Validate ``request`` on top of the host ``settings`` (stack keys without the
     namespace). Raises :class:`ConfigError` naming every problem at once.
-    ``secret_names`` are the secrets the caller can supply (checked like a stack's)."""
+    ``secret_names`` are the secrets the caller can supply (checked like a stack's);
+    ``secret_hint`` says how the caller supplies a missing one."""
     problems: list[str] = []
     if not isinstance(request, Mapping):
         raise ConfigError("request", ["request: not a JSON object (allowed: a mapping)"])
@@ -124,6 +134,7 @@ def plan(
             cwd=request.get("cwd", MISSING),
             secret_names=secret_names,
             name=request_key,
+            secret_hint=secret_hint,
         )
     except ConfigError as error:
         problems.extend(error.problems)

@@ -168,6 +168,23 @@ def test_parse_is_the_pulumi_shape_of_the_same_validation() -> None:
     assert problems == again
 
 
+def test_how_to_supply_a_secret_is_an_input_too() -> None:
+    environment = {"sessionId": "s1", "secrets": ["GITHUB_TOKEN", "lower_name"]}
+    stack = _problems(lambda: from_request({}, environment, stack="s", cwd=CWD))
+    assert stack == [
+        "dockyard:environments[0].secrets[0]: 'GITHUB_TOKEN' is not set (allowed: a secret in "
+        "this stack's config; run `pulumi config set --secret GITHUB_TOKEN <value>`)",
+        "dockyard:environments[0].secrets[1]: <a string of 10 characters> is not set (allowed: "
+        "a secret in this stack's config; run `pulumi config set --secret <NAME> <value>`)",
+    ]
+    hinted = _problems(
+        lambda: from_request(
+            {}, environment, stack="s", cwd=CWD, secret_hint=lambda name: f"pass {name}"
+        )
+    )
+    assert [p.split(" (allowed: ")[1] for p in hinted] == ["pass GITHUB_TOKEN)", "pass <NAME>)"]
+
+
 def test_the_modal_planner_names_a_bad_limit_as_its_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

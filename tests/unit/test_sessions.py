@@ -201,6 +201,24 @@ def test_a_tenants_secrets_are_scoped(home: Path, monkeypatch: pytest.MonkeyPatc
 # --- lifecycle with a fake driver ----------------------------------------------------------------
 
 
+def test_a_missing_secret_says_how_a_sessions_caller_supplies_it(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    monkeypatch.delenv("ACME_CO_GITHUB_TOKEN", raising=False)
+    request = {**REFERENCE, "tenant": "acme-co", "secrets": ["GITHUB_TOKEN", "lower_name"]}
+    with pytest.raises(ConfigError) as info:
+        _sessions(home, FakeDriver()).plan(request)
+    supply = "a secret the caller supplies: create(request, secrets={...}) or the environment"
+    assert info.value.problems == [
+        f"request.secrets[0]: 'GITHUB_TOKEN' is not set (allowed: {supply} variable "
+        "ACME_CO_GITHUB_TOKEN)",
+        # A name not written the conventional way may be a pasted value: never echoed.
+        f"request.secrets[1]: <a string of 10 characters> is not set (allowed: {supply} "
+        "variable ACME_CO_<NAME>)",
+    ]
+
+
 def test_create_records_get_list_refresh_destroy(home: Path) -> None:
     driver = FakeDriver()
     sessions = _sessions(home, driver)
