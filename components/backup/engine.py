@@ -103,6 +103,18 @@ class Backups:
             raise BackupError(f"docker {' '.join(args[:2])} failed: {last(result.stderr)}")
         return result.stdout
 
+    def _inspect_present(self, kind: str, names: Sequence[str]) -> list[dict[str, Any]]:
+        """Like :meth:`_inspect`, leaving out what went away since it was listed (a backup
+        helper that mounted the volume is removed as it exits)."""
+        try:
+            return self._inspect(kind, names)
+        except BackupError:
+            found = []
+            for name in names:
+                with contextlib.suppress(BackupError):
+                    found += self._inspect(kind, [name])
+            return found
+
     def _inspect(self, kind: str, names: Sequence[str]) -> list[dict[str, Any]]:
         if not names:
             return []
@@ -154,7 +166,7 @@ class Backups:
         if container is None:
             ids = self._docker("ps", "-a", "-q", "--filter", f"volume={name}").split()
             users = [
-                c for c in self._inspect("container", ids)
+                c for c in self._inspect_present("container", ids)
                 if (c.get("Config", {}).get("Labels") or {}).get(LABEL_MANAGED) == MANAGED_VALUE
             ]  # fmt: skip
             container = users[0] if users else None

@@ -171,3 +171,24 @@ def test_after_a_reboot_nothing_mounts_until_the_images_are_attached_again(
     assert container.status == "running"
     out = exec_ok(container, ["sh", "-c", "cat /workspace/k $HOME/h"], user="1000")
     assert out.split() == ["kept", "mine"], out
+
+
+def test_prune_removes_the_images_a_label_sweep_left_behind(
+    deploy_own: Any, docker_client: docker.DockerClient
+) -> None:
+    deployed = deploy_own(
+        "diskorphan", {"limits": {"disk": DISK}, "environments": [{"sessionId": "o"}]}
+    )
+    environment_id = deployed.container("o").labels["dockyard.environment"]
+    directory = storage.disk_dir(environment_id)
+    selector = {"label": f"dockyard.stack={deployed.stack}"}
+    for container in docker_client.containers.list(all=True, filters=selector):
+        container.remove(force=True)
+    for volume in docker_client.volumes.list(filters=selector):
+        volume.remove(force=True)
+    assert Path(directory).is_dir()
+    pruned = storage.prune(prefix=environment_id, min_age_minutes=0)
+    assert pruned == [environment_id]
+    assert not Path(directory).exists()
+    assert loop_devices(directory) == []
+    assert not Path(storage.link_dir(environment_id)).exists()
