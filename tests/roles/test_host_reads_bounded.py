@@ -25,9 +25,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 import pytest
 from docker.models.containers import Container
 
@@ -133,6 +135,16 @@ finally:
         peak = [line.split()[1] for line in status if line.startswith("VmHWM:")]
         handle.write(peak[0] if peak else "")
 """
+
+
+@pytest.fixture(autouse=True)
+def _remove_what_a_refresh_made(docker_client: docker.DockerClient) -> Iterator[None]:
+    """The fleet removes the containers it started; a refresh (should one happen when
+    this test fails) makes new ones under the same labels."""
+    yield
+    for container in docker_client.containers.list(all=True, filters={"label": LABEL}):
+        if container.labels.get(LABEL, "").startswith(RUN_ID):
+            container.remove(force=True, v=True)
 
 
 @dataclass
