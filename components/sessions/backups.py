@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from .. import backup
-from ..config import ConfigError, StackConfig, from_stack_file, parse
+from ..config import ConfigError, StackConfig, from_host_settings
+from ..config import stack_file as read_stack_file
 from . import audit
 from .registry import Registry, SessionNotFound
 from .request import SESSIONS_STACK, SessionPlan
@@ -75,18 +75,8 @@ def target(
     """The session of this machine's registry, or the environment ``session`` of the
     stack file ``stack_file`` (stacks are not in the registry)."""
     if stack_file is not None:
-        try:
-            raw, secret_keys = from_stack_file(stack_file)
-        except (OSError, ValueError) as exc:
-            raise ConfigError("stack", [f"--stack {stack_file}: cannot be read ({exc})"]) from None
-        name = Path(stack_file).name.removeprefix("Pulumi.").removesuffix(".yaml")
-        config = parse(
-            raw,
-            stack=name,
-            cwd=str(Path(stack_file).resolve().parent),
-            secret_keys=secret_keys,
-            check_secrets=False,
-        )
+        config = read_stack_file(stack_file, check_secrets=False, label=f"--stack {stack_file}")
+        name = config.stack
         envs = [e for e in config.environments if e.session_id == session]
         if not envs:
             raise backup.NotFound(f"stack {name}: no environment {session!r}")
@@ -98,8 +88,7 @@ def target(
         # settings and the names a session of that tenant has.
         stack = tenant or SESSIONS_STACK
         settings = load_settings(sessions.where)
-        raw = {f"dockyard:{k}": v for k, v in settings.items() if k != "environments"}
-        config = parse(raw, stack=stack, cwd=str(sessions.where.state), check_secrets=False)
+        config = from_host_settings(settings, stack=stack, cwd=str(sessions.where.state))
         return Target(config, session, tenant, f"{stack}.{session}", "local")
     plan, _ = sessions.plan(record.request, dict.fromkeys(_secret_names(record.request), ""))
     return Target(plan.config, session, record.tenant, record.stack_name, record.host)
