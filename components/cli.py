@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import modal_plan, ssh
-from .config import ConfigError, from_stack_file, parse
+from .config import ConfigError, stack_file
 from .errors import FAILED, INVALID, OK, DockyardError
 from .sessions import DriverError, Sessions
 from .sessions import audit as audit_log
@@ -421,18 +421,7 @@ def validate(
         _fail(INVALID, "give exactly one of --request FILE or --stack FILE", as_json)
     with _errors(as_json):
         if stack is not None:
-            try:
-                raw, secret_keys = from_stack_file(stack)
-            except (OSError, ValueError) as exc:
-                raise ConfigError("stack", [f"--stack {stack}: cannot be read ({exc})"]) from None
-            name = Path(stack).name.removeprefix("Pulumi.").removesuffix(".yaml")
-            parse(
-                raw,
-                stack=name,
-                cwd=str(Path(stack).resolve().parent),
-                secret_keys=secret_keys,
-                check_secrets=False,
-            )
+            name = stack_file(stack, check_secrets=False, label=f"--stack {stack}").stack
             result = {"valid": True, "stack": name}
         else:
             session_plan, _ = _sessions().plan(_read_request(str(request_file)))

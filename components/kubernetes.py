@@ -42,6 +42,7 @@ from .config import (
     ResolvedLimits,
     StackConfig,
     Volume,
+    key_path,
     resolve_limits,
 )
 from .contract import LABEL_TENANT, LABEL_VOLUME, STOP_TIMEOUT_S
@@ -449,12 +450,13 @@ def _images(cfg: StackConfig) -> tuple[dict[str, str], list[str]]:
     if cfg.kubernetes.agent_sandbox and not cfg.image.ref:
         missing.setdefault("image.ref", []).append("kubernetes.agentSandbox (its SandboxTemplate)")
     problems = [
-        f"dockyard:{key}: not set, needed by {', '.join(users)} (allowed: {IMAGE_ALLOWED})"
+        f"{key_path(key.split('.'))}: not set, needed by {', '.join(users)} "
+        f"(allowed: {IMAGE_ALLOWED})"
         for key, users in missing.items()
     ]
     # A variant is a build on top of the image; the cluster builds nothing.
     problems += [
-        f"dockyard:environments[{index}].variant: {cfg.variant_of(env)!r} is not allowed "
+        f"{key_path(['environments', index, 'variant'])}: {cfg.variant_of(env)!r} is not allowed "
         "(allowed: core on backend kubernetes, which builds no image; publish the variant, "
         f"e.g. ghcr.io/<owner>/dockyard-{cfg.variant_of(env)}, and set the environment's image)"
         for index, env in enumerate(cfg.environments)

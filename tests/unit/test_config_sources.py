@@ -208,7 +208,6 @@ def test_the_modal_planner_names_a_bad_limit_as_its_flag(
 # from_host_settings, stack_file) with a KeyName for its own key names.
 STILL_SPELLED = {
     "ssh.py": "a certificate's key id (dockyard:<stack>/<session>:<caller>), not configuration",
-    "kubernetes.py": "issue 24: two problem lines spell their keys (lead)",
     "sessions/backups.py": "issue 24: backup split in progress (use from_host_settings, key_path)",
 }
 # A key in the namespace: "dockyard:" then a key, or the end of an f-string's literal part
