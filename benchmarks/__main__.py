@@ -15,6 +15,7 @@ BENCHMARKS = [
     "session_create",
     "backup",
     "preview_proxy",
+    "disk_bounds",
 ]
 
 
