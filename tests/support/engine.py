@@ -55,6 +55,12 @@ def remove_labelled(client: docker.DockerClient, run_id: str = RUN_ID) -> None:
         network.remove()
     for volume in client.volumes.list(filters=selector):
         volume.remove(force=True)
+    # Disk images whose environment's volumes a label sweep removed (dockyard.storage):
+    # only those older than 10 minutes, so another run's create in flight is never touched.
+    with contextlib.suppress(Exception):
+        from dockyard import storage
+
+        storage.prune()
 
 
 READY_MARKER = "/tmp/ready"
