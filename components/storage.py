@@ -244,12 +244,36 @@ def images_command(
     return command.local.Command(
         name,
         create=image.apply(lambda i: helper_command(i, CREATE_SCRIPT, *places, *specs)),
-        delete=image.apply(lambda i: helper_command(i, DELETE_SCRIPT, *places)),
+        delete=image.apply(
+            lambda i: guarded_delete(
+                [f"{environment_id}-{role}" for role in roles],
+                helper_command(i, DELETE_SCRIPT, *places),
+            )
+        ),
         environment={"DOCKER_HOST": docker_host} if docker_host else None,
-        # A new size re-runs create: an existing image keeps its size and data (growing
-        # one is docs/stacks.md's procedure).
-        triggers=[json.dumps(specs)],
+        # No triggers: a replacement (create, then the old delete) must never happen to
+        # images that hold data. A new size or image re-runs create, which keeps every
+        # existing image as it is (growing one is docs/stacks.md's procedure).
         opts=opts,
+    )
+
+
+VOLUMES_GONE_WAIT_S = 30
+
+
+def guarded_delete(volumes: Sequence[str], delete: str) -> str:
+    """``delete`` once none of ``volumes`` exists on the engine (at destroy they go first;
+    waits up to :data:`VOLUMES_GONE_WAIT_S`). Still there: the images are kept and the
+    command says so (``prune`` removes them once the volumes are gone)."""
+    names = " ".join(shlex.quote(v) for v in volumes)
+    return (
+        f"i=0; while :; do left=; for v in {names}; do "
+        'docker volume inspect "$v" >/dev/null 2>&1 && left="$left $v"; done; '
+        '[ -z "$left" ] && break; i=$((i+1)); '
+        f"if [ $i -ge {VOLUMES_GONE_WAIT_S} ]; then "
+        'echo "dockyard: volumes$left still exist: their disk images are kept '
+        '(python -m dockyard.storage prune removes them once the volumes are gone)" >&2; '
+        f"exit 0; fi; sleep 1; done; {delete}"
     )
 
 

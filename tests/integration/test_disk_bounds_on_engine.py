@@ -192,3 +192,17 @@ def test_prune_removes_the_images_a_label_sweep_left_behind(
     assert not Path(directory).exists()
     assert loop_devices(directory) == []
     assert not Path(storage.link_dir(environment_id)).exists()
+
+
+def test_a_new_size_or_image_keeps_the_data_and_the_size(deploy_own: Any) -> None:
+    """Changing ``limits.disk`` re-runs the images' create, which never replaces an
+    image that holds data (a replacement's create-then-delete would wipe it)."""
+    values = {"limits": {"disk": DISK}, "environments": [{"sessionId": "r"}]}
+    deployed = deploy_own("diskresize", values)
+    deployed.wait_ready()
+    exec_ok(deployed.container("r"), ["sh", "-c", "echo kept > /workspace/k"], user="1000")
+    deployed.up({**deployed.values, "limits": {"disk": {**DISK, "workspace": "128m"}}})
+    container = deployed.container("r")
+    out = exec_ok(container, ["sh", "-c", "cat /workspace/k; df -B1M --output=size /workspace"])
+    assert out.split()[0] == "kept", out
+    assert int(out.split()[-1]) <= 64, f"an existing image keeps its size: {out}"
