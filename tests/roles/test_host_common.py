@@ -52,7 +52,9 @@ def test_systemd_units_are_valid_and_pass_the_command_through(tmp_path: Path) ->
     ) in service
     assert "SyslogIdentifier=dockyard-demo\n" in service
     assert "After=docker.service nftables.service\n" in service
-    assert "OnUnitActiveSec=120min\n" in timer
+    # The cron line's wall-clock schedule (every 2 hours on the hour), not 120 min after
+    # each run: one meaning for both schedulers.
+    assert "OnCalendar=*-*-* 00/2:00:00\n" in timer
     assert "OnBootSec=5min\n" in timer
     if shutil.which("systemd-analyze") is None:
         # A skip on a developer's machine; under CI (.ci/run installs Debian's systemd
@@ -73,6 +75,77 @@ def test_systemd_units_are_valid_and_pass_the_command_through(tmp_path: Path) ->
     )
     assert check.returncode == 0, check.stderr
     assert "dockyard-demo" not in check.stderr, check.stderr
+
+
+@pytest.mark.parametrize(
+    ("minutes", "calendar"),
+    [(1, "*:*:00"), (15, "*:00/15:00"), (60, "*:00:00"), (120, "00/2:00:00"), (1440, "00:00:00")],
+)
+def test_timer_runs_on_the_cron_lines_schedule(tmp_path: Path, minutes: int, calendar: str) -> None:
+    timer = render("dockyard-job.timer.j2", tmp_path, {**SCHEDULE, "interval_minutes": minutes})
+    assert f"OnCalendar=*-*-* {calendar}\n" in timer
+    if shutil.which("systemd-analyze") is not None:
+        # systemd's own reading of the expression: the next elapses are `minutes` apart.
+        check = subprocess.run(
+            ["systemd-analyze", "calendar", "--iterations=3", f"*-*-* {calendar}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "Next elapse" in check.stdout
+
+
+@pytest.mark.parametrize("minutes", [7, 45, 90, 100, 0, 1441])
+def test_an_interval_cron_cannot_express_is_refused(tmp_path: Path, minutes: int) -> None:
+    """A 90-minute job would run hourly from cron and every 90 min from a timer: refused
+    under either scheduler, by the role itself (not only the site playbook's pre-check)."""
+    for scheduler in ("cron", "systemd"):
+        playbook = tmp_path / f"schedule-{scheduler}.yml"
+        playbook.write_text(
+            yaml.safe_dump(
+                [
+                    {
+                        "hosts": "localhost",
+                        "gather_facts": False,
+                        "tasks": [
+                            {
+                                "ansible.builtin.include_role": {
+                                    "name": "host_common",
+                                    "tasks_from": "state",
+                                },
+                                "vars": {
+                                    "host_common_schedule": {
+                                        **SCHEDULE,
+                                        "interval_minutes": minutes,
+                                    },
+                                    "host_common_scheduler": scheduler,
+                                },
+                            }
+                        ],
+                    }
+                ]
+            )
+        )
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "ansible-playbook"),
+                "-i",
+                "localhost,",
+                "-c",
+                "local",
+                str(playbook),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+        )
+        assert result.returncode != 0, result.stdout
+        assert f"dockyard-demo: interval_minutes {minutes} is not allowed" in result.stdout, (
+            result.stdout
+        )
+        assert "allowed: minutes that divide the hour" in result.stdout
 
 
 @pytest.mark.parametrize(
