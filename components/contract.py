@@ -80,6 +80,69 @@ LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,126}[a-z0-9])?", re.ASCII)
 SELECTOR_VALUE = re.compile(r"[A-Za-z0-9._/:-]{0,255}", re.ASCII)
 """A label value in a host selector (full match)."""
 
+# --- Session namespaces and engine names (issue 25 item 10) ---------------------------------
+UNTENANTED_STACK = "sessions"
+"""The stack of sessions without a tenant: their Pulumi stacks ``sessions.<sessionId>``, their
+engine names ``dockyard-sessions-<sessionId>``, SSH CA and backup repositories ``sessions/``."""
+RESERVED_TENANTS = {
+    UNTENANTED_STACK: "the namespace of sessions without a tenant",
+}
+"""Names no tenant may take, and why: each is a namespace a tenant's session would share."""
+RESERVED_TENANTS_ALLOWED = "other than " + ", ".join(
+    f"{name!r} (reserved: {why})" for name, why in RESERVED_TENANTS.items()
+)
+TENANT_NAMES = "t."
+"""Engine names of a tenant's session start ``dockyard-t.<tenant>.``: a tenant name has no
+'.', so the first '.' after the tenant ends it, and no ``dockyard-<stack>-`` name (a stack
+file's, an untenanted session's or a tenant's session created before this scheme) has a '.'
+right after one letter ``t``: the map (tenant, session) -> name is one-to-one across both."""
+SHARED_VOLUME_MARK = "._"
+"""A shared named volume is ``<namespace>._<name>``: a session id starts with a letter or a
+digit, so no session's own names can start that way."""
+OWNED_VOLUME_INFIX = "-vol-"
+"""A session's own named volume is ``<environment id>-vol-<name>`` (no fixed volume role
+starts with ``vol-``)."""
+NAMING_LEGACY = "v1"
+NAMING_CURRENT = "v2"
+NAMINGS = (NAMING_LEGACY, NAMING_CURRENT)
+"""v1: ``dockyard-<stack>-<session>`` for every session and named volumes by their bare name
+(sessions created before issue 25; they keep their engine objects). v2: a tenant's
+session is ``dockyard-t.<tenant>.<session>``, named volumes belong to their session unless
+the stack lists them in ``sharedVolumes``."""
+
+
+def environment_id(stack: str, session_id: str) -> str:
+    """The v1 engine name of an environment (stack files, untenanted sessions, and tenants'
+    sessions created before v2): ``dockyard-<stack>-<session>``."""
+    safe_stack = "".join(c if c.isalnum() or c in "_.-" else "-" for c in stack)
+    return f"dockyard-{safe_stack}-{session_id}"
+
+
+def session_environment_id(tenant: str | None, session_id: str, naming: str) -> str:
+    """The engine name of a session's container and network (prefix of its volumes)."""
+    if tenant and naming != NAMING_LEGACY:
+        return f"dockyard-{TENANT_NAMES}{tenant}.{session_id}"
+    return environment_id(tenant or UNTENANTED_STACK, session_id)
+
+
+def session_namespace(tenant: str | None) -> str:
+    """The engine-name root of a namespace's shared objects (v2)."""
+    return f"dockyard-{TENANT_NAMES}{tenant}" if tenant else f"dockyard-{UNTENANTED_STACK}"
+
+
+def volume_engine_name(
+    tenant: str | None, environment_id: str, name: str, shared: bool, naming: str
+) -> str:
+    """The engine name of a declared named volume ``name``: v1 the bare name; v2 the
+    session's own (``<environment id>-vol-<name>``) unless ``shared``, then the
+    namespace's (``<namespace>._<name>``: shared within one tenant, never across)."""
+    if naming == NAMING_LEGACY:
+        return name
+    if shared:
+        return f"{session_namespace(tenant)}{SHARED_VOLUME_MARK}{name}"
+    return f"{environment_id}{OWNED_VOLUME_INFIX}{name}"
+
+
 # --- Backups (the restic engine, the host backup command and the configuration agree) ---------
 NETWORK_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:]{2,39}\])"
 """A host name, IPv4 address or bracketed IPv6 address, as regex text to build patterns with."""

@@ -49,6 +49,7 @@ from .contract import (
     MANAGED_VALUE,
     SECRETS_DIR,
     STOP_TIMEOUT_S,
+    environment_id,
 )
 from .manifest_file import declare_host_file, declare_manifest_file, manifest_path
 
@@ -110,15 +111,22 @@ class AgentEnvironmentArgs:
     broker: credential_broker.BrokerPlan | None = None
     """``credentials: brokered``: the keys named in it stay with a broker; the environment
     gets its token in their place, and base URLs at the broker (docs/isolation.md)."""
+    environment_id: str | None = None
+    """The engine name of the container and network, prefix of the volumes (the stack's
+    ``environment_id_of``); None: :func:`resource_prefix` of stack and session."""
+    volume_names: Mapping[str, str] = field(default_factory=dict)
+    """Declared named volume -> its engine name (the stack's ``volume_name_of``); one whose
+    engine name starts with the environment id is the session's own: declared here, so it
+    carries the labels and goes with the environment."""
     publish_address: str = "127.0.0.1"
     """Host address the published ports bind to: loopback by default, so no other
     environment's bridge reaches them through the gateway or the host (docs/access.md)."""
 
 
 def resource_prefix(stack: str, session_id: str) -> str:
-    """Engine-side name shared by the container, network and volumes of a session."""
-    safe_stack = "".join(c if c.isalnum() or c in "_.-" else "-" for c in stack)
-    return f"dockyard-{safe_stack}-{session_id}"
+    """Engine-side name shared by the container, network and volumes of a stack file's
+    environment (and of sessions named v1: dockyard.contract.environment_id)."""
+    return environment_id(stack, session_id)
 
 
 class AgentEnvironment(pulumi.ComponentResource):
@@ -132,7 +140,7 @@ class AgentEnvironment(pulumi.ComponentResource):
     ) -> None:
         super().__init__("dockyard:index:AgentEnvironment", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        prefix = resource_prefix(args.stack, args.session_id)
+        prefix = args.environment_id or resource_prefix(args.stack, args.session_id)
         labels = {
             **args.labels,
             LABEL_ENVIRONMENT: prefix,
@@ -175,6 +183,17 @@ class AgentEnvironment(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=list(disks.depends_on)),
             )
             for role in ("workspace", "config", "checkpoints", *disks.extra_roles)
+        }
+        # The session's own named volumes (issue 25.6): labelled, removed with it.
+        owned = {
+            source: docker.Volume(
+                f"{name}-vol-{source}",
+                name=engine_name,
+                labels=_labels(docker.VolumeLabelArgs, {**labels, LABEL_VOLUME: f"vol-{source}"}),
+                opts=child,
+            ).name
+            for source, engine_name in sorted(args.volume_names.items())
+            if engine_name.startswith(f"{prefix}-")
         }
 
         # Between the workspace volume and the container, so the agent never sees a
@@ -259,7 +278,7 @@ class AgentEnvironment(pulumi.ComponentResource):
                     )
                     for role, volume in volumes.items()
                 ),
-                *(_declared_volume(v) for v in args.volumes),
+                *(_declared_volume(v, args.volume_names, owned) for v in args.volumes),
             ],
             envs=[
                 f"DOCKYARD_BACKEND={args.backend}",
@@ -389,13 +408,17 @@ def _labels(kind: type, labels: Mapping[str, str]) -> list:
     return [kind(label=key, value=value) for key, value in sorted(labels.items())]
 
 
-def _declared_volume(volume: Volume) -> docker.ContainerVolumeArgs:
+def _declared_volume(
+    volume: Volume, names: Mapping[str, str], owned: Mapping[str, pulumi.Output[str]]
+) -> docker.ContainerVolumeArgs:
     if volume.is_bind:
         return docker.ContainerVolumeArgs(
             container_path=volume.target, host_path=volume.source, read_only=volume.read_only
         )
     return docker.ContainerVolumeArgs(
-        container_path=volume.target, volume_name=volume.source, read_only=volume.read_only
+        container_path=volume.target,
+        volume_name=owned.get(volume.source) or names.get(volume.source, volume.source),
+        read_only=volume.read_only,
     )
 
 

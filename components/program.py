@@ -56,6 +56,12 @@ def environment_args(
         ports=env.ports,
         volumes=env.volumes,
         workspace_host_path=env.workspace_host_path,
+        environment_id=cfg.environment_id_of(env),
+        volume_names={
+            vol.source: cfg.volume_name_of(env, vol.source)
+            for vol in env.volumes
+            if not vol.is_bind
+        },
         egress=env.egress,
         egress_rules=env.egress_rules,
         env=env.env,

@@ -15,11 +15,19 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
 )
 from pydantic.alias_generators import to_camel
 
+from ..contract import (
+    NAMING_LEGACY,
+    NAMINGS,
+    environment_id,
+    session_environment_id,
+    volume_engine_name,
+)
 from . import values as v
 from .base import Model
 from .environment import Environment
@@ -51,6 +59,13 @@ def _publish_address(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[0-9.]{7,15}", value, re.ASCII):
         raise v.refuse(PUBLISH_ADDRESS_ALLOWED)
     return str(ipaddress.IPv4Address(value))
+
+
+SHARED_VOLUME_ALLOWED = (
+    "a named volume's name: letters, digits, '_', '.', '-', starting with a letter or digit, "
+    "2-128 characters"
+)
+SharedVolume = Annotated[str, BeforeValidator(v.named(v.VOLUME_NAME, SHARED_VOLUME_ALLOWED))]
 
 
 class StackConfig(Model):
@@ -87,7 +102,13 @@ class StackConfig(Model):
     """Host address published ports bind to; loopback keeps them off every bridge (access.md)."""
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     """Upstreams of the credential brokers (``credentials: brokered`` environments)."""
+    shared_volumes: Annotated[list[SharedVolume], v.bounded_list(64)] = Field(default_factory=list)
+    """Named volumes the environments may share. A session's other named volumes are its
+    own; a listed one is shared within the session's tenant (or among untenanted
+    sessions), never across tenants. Host settings and stack files only: a request
+    cannot set it (docs/sessions.md)."""
     environments: Annotated[list[Environment], v.bounded_list(1024)] = Field(default_factory=list)
+    _naming: str = PrivateAttr(default=NAMING_LEGACY)
 
     @field_validator("docker_host")
     @classmethod
@@ -168,6 +189,35 @@ class StackConfig(Model):
     @property
     def manifest_path(self) -> str:
         return os.path.join(self.cwd, self.manifest_dir)
+
+    def with_naming(self, naming: str) -> StackConfig:
+        """This stack with the engine names of ``naming`` (sessions: contract.NAMINGS);
+        a stack file keeps v1, the names it always had."""
+        if naming not in NAMINGS:
+            raise ValueError(f"naming {naming!r} (allowed: {', '.join(NAMINGS)})")
+        named = self.model_copy()
+        named._naming = naming
+        return named
+
+    @property
+    def naming(self) -> str:
+        return self._naming
+
+    def environment_id_of(self, env: Environment) -> str:
+        """The engine name of ``env``'s container and network (prefix of its volumes)."""
+        if self._naming == NAMING_LEGACY:
+            return environment_id(self.stack, env.session_id)
+        return session_environment_id(env.tenant, env.session_id, self._naming)
+
+    def volume_name_of(self, env: Environment, name: str) -> str:
+        """The engine name of ``env``'s declared named volume ``name``."""
+        return volume_engine_name(
+            env.tenant,
+            self.environment_id_of(env),
+            name,
+            name in self.shared_volumes,
+            self._naming,
+        )
 
     def manifest_dir_of(self, env: Environment) -> str:
         """Where an environment's manifest goes: a tenant's own subfolder if it has one."""

@@ -18,7 +18,14 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from ..contract import ENV_NAME, LABEL_KEY, NETWORK_HOST, SESSION_ID
+from ..contract import (
+    ENV_NAME,
+    LABEL_KEY,
+    NETWORK_HOST,
+    RESERVED_TENANTS,
+    RESERVED_TENANTS_ALLOWED,
+    SESSION_ID,
+)
 
 # --- Patterns: always used with .fullmatch; ASCII classes only --------------------------------
 
@@ -283,7 +290,16 @@ DNS_LABEL_ALLOWED = (
 )
 dns_label = named(DNS_LABEL, DNS_LABEL_ALLOWED)
 TENANT_ALLOWED = "a tenant name: 1-32 lower-case letters, digits, '-', alphanumeric at both ends"
-tenant = named(TENANT, TENANT_ALLOWED)
+
+
+@rule(TENANT_ALLOWED)
+def tenant(value: Any) -> str:
+    if not isinstance(value, str) or not TENANT.fullmatch(value):
+        raise refuse(TENANT_ALLOWED)
+    if value in RESERVED_TENANTS:
+        # A reserved name is a namespace the tenant's sessions would share (issue 25.10).
+        raise refuse(f"{TENANT_ALLOWED}, {RESERVED_TENANTS_ALLOWED}")
+    return value
 
 
 @rule(IMAGE_ALLOWED)

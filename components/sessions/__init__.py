@@ -28,6 +28,7 @@ from typing import Any
 
 from .. import manifest as manifest_contract
 from ..config import ConfigError, from_host_settings
+from ..contract import NAMING_CURRENT
 from . import audit, backups, driver, quotas, registry
 from .request import SessionPlan, plan
 from .settings import Paths, load_settings, paths
@@ -114,15 +115,20 @@ class Sessions:
         return {**settings, "image": {**(image or {}), "ref": built["imageRef"]}}
 
     def plan(
-        self, request: Mapping[str, Any], secrets: Mapping[str, str] | None = None
+        self,
+        request: Mapping[str, Any],
+        secrets: Mapping[str, str] | None = None,
+        naming: str = NAMING_CURRENT,
     ) -> tuple[SessionPlan, dict[str, str]]:
-        """Validate without creating anything (what ``dockyard validate`` runs)."""
+        """Validate without creating anything (what ``dockyard validate`` runs); ``naming``:
+        the engine names, v2 for a new session, its record's for an existing one."""
         settings = load_settings(self.where)
         values = self._secrets(request, secrets)
         settings = self._with_image(request, settings)
         tenant = request.get("tenant") if isinstance(request, Mapping) else None
         hint = functools.partial(_session_secret_hint, tenant=tenant)
-        return plan(request, settings, secret_names=set(values), secret_hint=hint), values
+        planned = plan(request, settings, secret_names=set(values), secret_hint=hint, naming=naming)
+        return planned, values
 
     def _record(self, session: str, tenant: str | None) -> registry.Record:
         return self.registry.find(session, tenant)
@@ -150,9 +156,21 @@ class Sessions:
             except ConfigError as error:
                 entry["detail"] = "invalid request"
                 raise error from None
+            existing = [r for r in self.registry.all() if r.stack_name == session_plan.stack_name]
+            existed = bool(existing)
+            if existed and existing[0].naming != session_plan.config.naming:
+                # Converging an existing session keeps the engine names it was created with.
+                session_plan, values = self.plan(request, secrets, naming=existing[0].naming)
             host = session_plan.config.docker_host or "local"
             entry.update(host=host, stack=session_plan.stack_name)
-            existed = any(r.stack_name == session_plan.stack_name for r in self.registry.all())
+            if not existed:
+                try:
+                    self.registry.check_names_free(
+                        session_plan.stack_name, session_plan.environment_id
+                    )
+                except registry.NamesTaken as error:
+                    entry["detail"] = str(error)
+                    raise
             with self._reserved(session_plan, host, entry):
                 try:
                     result = self.engine.up(session_plan, values, progress)
@@ -172,6 +190,7 @@ class Sessions:
                     host=host,
                     request=json.loads(json.dumps(request, default=str)),
                     created_at=str(result["createdAt"]),
+                    naming=session_plan.config.naming,
                 )
             )
             return result  # type: ignore[return-value]
@@ -263,7 +282,7 @@ class Sessions:
             host=record.host,
             stack=record.stack_name,
         ):
-            session_plan, values = self.plan(record.request, secrets)
+            session_plan, values = self.plan(record.request, secrets, naming=record.naming)
             backups.before_refresh(self, session_plan, progress)
             result = self.engine.recreate(session_plan, values, progress)
             manifest_contract.validate(result, f"session {session}")
@@ -286,7 +305,9 @@ class Sessions:
             host=record.host,
             stack=record.stack_name,
         ):
-            session_plan, _ = self.plan(record.request, dict.fromkeys(_names(record.request), ""))
+            session_plan, _ = self.plan(
+                record.request, dict.fromkeys(_names(record.request), ""), naming=record.naming
+            )
             if final_backup:
                 backups.before_destroy(self, session_plan, progress)
             self.engine.destroy(session_plan, progress)

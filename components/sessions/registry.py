@@ -12,12 +12,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotFound
+from ..contract import NAMING_LEGACY, session_environment_id
+from ..errors import Conflict, NotFound
 from ..files import write_json_atomic
 
 
 class SessionNotFound(NotFound, LookupError):
     """No session of that id (and tenant) on this machine."""
+
+
+class NamesTaken(Conflict):
+    """The engine names a new session would get belong to another session here."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,14 @@ class Record:
     host: str
     request: dict[str, Any]
     created_at: str
+    naming: str = NAMING_LEGACY
+    """The engine names it was created with (dockyard.contract.NAMINGS). A record written
+    before issue 25 has no such field: it reads as v1, the names its objects have."""
+
+    @property
+    def environment_id(self) -> str:
+        """The engine name of its container and network (prefix of its volumes)."""
+        return session_environment_id(self.tenant, self.session_id, self.naming)
 
 
 class Registry:
@@ -69,3 +82,17 @@ class Registry:
                 f"session {session_id!r} exists for several tenants ({tenants}): name the tenant"
             )
         return matches[0]
+
+    def check_names_free(self, stack_name: str, environment_id: str) -> None:
+        """Refuse a new session whose engine names a registered session of another
+        (tenant, session) holds: sessions created before issue 25 (v1) alias (a tenant
+        ``sessions-acme``'s ``web`` is ``dockyard-sessions-acme-web``, an untenanted
+        ``acme-web``'s name too); a create must never adopt or orphan their objects."""
+        for record in self.all():
+            if record.stack_name != stack_name and record.environment_id == environment_id:
+                scope = f" of tenant {record.tenant}" if record.tenant else " (no tenant)"
+                raise NamesTaken(
+                    f"engine names {environment_id!r} belong to session "
+                    f"{record.session_id!r}{scope}, created before they became one-to-one: "
+                    "choose another session id (or destroy that session first)"
+                )

@@ -29,6 +29,7 @@ from ..config import (
 )
 from ..config.messages import Loc, key_path, suggest
 from ..config.sources import KEY_LIKE
+from ..contract import NAMING_CURRENT, UNTENANTED_STACK
 
 CONTAINER_KEYS = ("image", "ports", "volumes", "env")
 TOP_KEYS = ("sessionId", "cwd", "backend", "container")
@@ -40,8 +41,9 @@ ENVIRONMENT_KEYS = tuple(
         if (f.alias or n) not in (*CONTAINER_KEYS, "sessionId", "backend")
     )
 )
-SESSIONS_STACK = "sessions"
-"""The stack label of sessions without a tenant (a tenant's sessions carry its name)."""
+SESSIONS_STACK = UNTENANTED_STACK
+"""The stack label of sessions without a tenant (a tenant's sessions carry its name; no
+tenant may be called this: dockyard.contract.RESERVED_TENANTS)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,13 @@ class SessionPlan:
     config: StackConfig
     environment: Environment
     stack_name: str
-    """The Pulumi stack of this session: ``<tenant or 'sessions'>.<sessionId>``."""
+    """The Pulumi stack of this session: ``<tenant or 'sessions'>.<sessionId>`` (a tenant
+    name has no '.', and none is ``sessions``: one stack per (tenant, session))."""
+
+    @property
+    def environment_id(self) -> str:
+        """The engine name of its container and network (prefix of its volumes)."""
+        return self.config.environment_id_of(self.environment)
 
     @property
     def session_id(self) -> str:
@@ -88,11 +96,14 @@ def plan(
     *,
     secret_names: set[str] | frozenset[str] = frozenset(),
     secret_hint: SecretHint = stack_secret_hint,
+    naming: str = NAMING_CURRENT,
 ) -> SessionPlan:
     """Validate ``request`` on top of the host ``settings`` (stack keys without the
     namespace). Raises :class:`ConfigError` naming every problem at once.
     ``secret_names`` are the secrets the caller can supply (checked like a stack's);
-    ``secret_hint`` says how the caller supplies a missing one."""
+    ``secret_hint`` says how the caller supplies a missing one. ``naming`` picks the engine
+    names (dockyard.contract.NAMINGS): v2 for a new session, what its registry record says
+    for an existing one."""
     problems: list[str] = []
     if not isinstance(request, Mapping):
         raise ConfigError("request", ["request: not a JSON object (allowed: a mapping)"])
@@ -141,6 +152,7 @@ def plan(
         config = None
     if problems or config is None:
         raise ConfigError(str(request.get("sessionId", "request")), problems)
+    config = config.with_naming(naming)
     env = config.environments[0]
     return SessionPlan(config=config, environment=env, stack_name=f"{stack}.{env.session_id}")
 
