@@ -37,6 +37,19 @@ FORBIDDEN_BIND_SOURCES = (
     "/var/run/containerd",
 )
 
+DEFAULT_MANIFEST_DIR = ".companion/cloud/environments"
+
+
+def manifest_root(cwd: str, manifest_dir: str) -> str:
+    """The topmost directory that holds only dockyard's manifests and host files: the first
+    component of a relative ``manifestDir`` under ``cwd`` (``<cwd>/.companion``), or an
+    absolute ``manifestDir`` itself. No environment may write below it."""
+    if os.path.isabs(manifest_dir):
+        return os.path.normpath(manifest_dir)
+    first = os.path.normpath(manifest_dir).split(os.sep)[0]
+    return os.path.join(cwd, first)
+
+
 # --- Bind sources ---------------------------------------------------------------------------
 
 
@@ -59,6 +72,16 @@ def bind_problem(source: str, scope: Scope) -> str | None:
             )
     if not scope.known("cwd"):
         return None  # cwd itself is refused; its problem says why
+    root = manifest_root(scope.get("cwd"), scope.get("manifest_dir") or DEFAULT_MANIFEST_DIR)
+    if (v.is_under(root, source) and os.path.dirname(root) != source) or v.is_under(source, root):
+        # The program mounts the manifest root read-only over its place in the bind; that
+        # holds only when the root sits directly in the bound directory: anything between
+        # them the agent could rename, and then write manifests where host tools look.
+        return (
+            f"a host path outside dockyard's manifest directory {root!r} that holds it, if at "
+            f"all, directly below its top: bind {os.path.dirname(root)!r} itself or a path "
+            "beside it (from a deeper bind the agent could move it aside and write manifests)"
+        )
     roots = [scope.get("cwd"), *(scope.get("bind_roots") or [])]
     if not any(v.is_under(source, root) for root in roots):
         return "a host path under the project directory or a bindRoots entry: " + ", ".join(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import glob
+import importlib
 import os
 import re
 import subprocess
@@ -216,15 +217,60 @@ def test_every_relative_link_and_anchor_resolves(page: Path) -> None:
 
 
 def named_paths(page: Path) -> list[tuple[int, str]]:
-    """Backticked tokens that are repository paths: start with a top-level folder (or are
-    a root file that exists in the tree's style: Makefile, galaxy.yml, ...)."""
+    """Backticked tokens that are repository paths: those that start with a top-level
+    folder; `dockyard/...` (the package's import path: components/); and, in a table row
+    whose first cell is a folder (README's layout), the files and folders it names there
+    (`program.py`, `config/`), relative to that folder."""
     found = []
     for number, line in enumerate(page.read_text().splitlines(), 1):
+        cells = line.split("|")
+        folder = re.fullmatch(r"\s*`([\w./-]+/)`\s*", cells[1]) if len(cells) > 2 else None
         for token in re.findall(r"`([^`\s]+)`", line):
-            token = token.rstrip(".,:;")
-            if token.startswith(tuple(TOP)) and not token.startswith(("images/core:", "tests/::")):
-                found.append((number, token.split("::")[0].split(":")[0]))
+            token = token.rstrip(".,:;").split("::")[0].split(":")[0]
+            if token.startswith("dockyard/"):
+                token = "components/" + token.removeprefix("dockyard/")
+            if token.startswith(tuple(TOP)):
+                found.append((number, token))
+            elif folder and re.fullmatch(r"[\w*<>.-]+(\.py|/)", token):
+                found.append((number, folder.group(1) + token))
     return found
+
+
+def named_modules(page: Path) -> list[tuple[int, str]]:
+    """Backticked dotted names in the package: `dockyard.sessions`, `dockyard.program.run`
+    (a name whose first part is a module of components/; container labels such as
+    `dockyard.egress.allow` and the collection's `dockyard.agents.*` are not code)."""
+    from dockyard import contract
+
+    modules = {p.stem for p in (REPO / "components").glob("*.py")}
+    modules |= {p.name for p in (REPO / "components").iterdir() if (p / "__init__.py").exists()}
+    return [
+        (number, token)
+        for number, line in enumerate(page.read_text().splitlines(), 1)
+        for token in re.findall(r"`(dockyard(?:\.[A-Za-z_]\w*)+)`", line)
+        if token.split(".")[1] in modules and token not in contract.LABELS
+    ]
+
+
+def resolves(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_module_a_doc_names_exists(page: Path) -> None:
+    missing = [f"{page.name}:{n}: {t}" for n, t in named_modules(page) if not resolves(t)]
+    assert missing == []
 
 
 # Files a doc tells the user to create (a stack of their own), not files of the repository.
@@ -249,8 +295,17 @@ def test_every_repository_path_a_doc_names_exists(page: Path) -> None:
 
 def test_the_path_check_catches_a_moved_module(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
-    page.write_text("See `components/config.py` and `roles/<role>/meta/argument_specs.yml`.\n")
-    assert [t for _, t in named_paths(page) if not exists(t)] == ["components/config.py"]
+    page.write_text(
+        "See `components/config.py` and `roles/<role>/meta/argument_specs.yml`.\n"
+        "| `components/` | `program.py`, `config/`, `model.py` |\n"
+        "`dockyard/nosuch.py` and `dockyard.config.nosuch` and `dockyard.sessions`\n"
+    )
+    assert [t for _, t in named_paths(page) if not exists(t)] == [
+        "components/config.py",
+        "components/model.py",
+        "components/nosuch.py",
+    ]
+    assert [t for _, t in named_modules(page) if not resolves(t)] == ["dockyard.config.nosuch"]
 
 
 # --- configuration keys and role variables ------------------------------------------------
