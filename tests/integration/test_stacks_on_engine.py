@@ -182,7 +182,11 @@ def test_engine_applies_limits_and_hardening(trio: Deployed, bind_source: Path) 
     assert host["Memory"] == MEMORY_MB * 1024 * 1024
     assert host["MemorySwap"] == MEMORY_MB * 1024 * 1024  # no swap on top
     assert (host["CpuPeriod"], host["CpuQuota"]) == (100_000, 100_000)
-    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]
+    # fsize: the largest disk bound (standard profile: the 20 GiB workspace).
+    assert host["Ulimits"] == [
+        {"Name": "nofile", "Soft": 1024, "Hard": 2048},
+        {"Name": "fsize", "Soft": 20 * 1024**3, "Hard": 20 * 1024**3},
+    ]
     for session in trio.manifests:
         container = trio.container(session)
         host, config = container.attrs["HostConfig"], container.attrs["Config"]
