@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 
-from dockyard import backup
+from dockyard import backup, cli, errors
 from dockyard import workspace_backup as command
 from tests.support.scripts import load_script
 
@@ -308,3 +309,30 @@ def test_the_host_state_file_survives_a_rewrite(tmp_path: Path) -> None:
     state.save(path)
     assert command.HostState.load(path) == state
     assert not any(name.startswith(".state.") for name in os.listdir(tmp_path))
+
+
+# --- the error root -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "code", "status"),
+    [
+        (backup.BackupError("x"), errors.Failed, 1, 502),
+        (backup.StorageError("x"), errors.Failed, 1, 502),
+        (backup.ConfigError("x"), errors.InvalidInput, 2, 422),
+        (backup.NotFound("x"), errors.NotFound, 4, 404),
+        (backup.NotEmpty("x"), errors.Conflict, 1, 409),
+        (backup.Busy("x"), errors.Conflict, 1, 409),
+    ],
+)
+def test_backup_errors_are_kinds_of_the_error_root(
+    error: backup.BackupError, kind: type, code: int, status: int
+) -> None:
+    """Every face reports a backup failure by the root's kind: the CLI's one handler, the
+    host command's exit code, the HTTP status to come."""
+    assert isinstance(error, kind)
+    assert isinstance(error, backup.BackupError)  # callers still catch the engine's root
+    assert (error.exit_code, error.http_status) == (code, status)
+    with pytest.raises(typer.Exit) as caught, cli._errors(as_json=True):
+        raise error
+    assert caught.value.exit_code == code
