@@ -327,8 +327,7 @@ def test_a_new_session_never_takes_an_old_sessions_engine_names(home: Path) -> N
     with pytest.raises(registry.NamesTaken) as info:
         sessions.create(_request(None, "acme-web"))
     assert str(info.value).startswith(
-        "engine names 'dockyard-sessions-acme-web' belong to session 'web' of tenant "
-        "sessions-acme"
+        "engine names 'dockyard-sessions-acme-web' belong to session 'web' of tenant sessions-acme"
     )
     assert driver.calls == []
     assert [r.stack_name for r in sessions.registry.all()] == ["sessions-acme.web"]
