@@ -181,7 +181,7 @@ def test_site_playbook_prepares_a_host_and_is_idempotent(prepared: Prepared) -> 
 UNCHANGED_PATH = [
     "Gathering Facts",
     "Validate the variables of every role in this play",
-    "Validate the formats of the variables given to these roles",
+    "Refuse unknown, malformed and out-of-range variables of these roles",
     "agent_tooling : Validating arguments against arg spec 'main'",
     "agent_tooling : Fail on a platform without agent CLI builds",
     "agent_tooling : Decide the pinned state of the agent tooling",
