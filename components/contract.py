@@ -111,6 +111,27 @@ session is ``dockyard-t.<tenant>.<session>``, named volumes belong to their sess
 the stack lists them in ``sharedVolumes``."""
 
 
+SESSION_ID_RESERVED_ENDINGS = ("-broker", "-broker-uplink", ".host")
+SESSION_ID_RESERVED_PARTS = (OWNED_VOLUME_INFIX,)
+SESSION_ID_V2_ALLOWED = (
+    "a session id that does not end in "
+    + ", ".join(repr(e) for e in SESSION_ID_RESERVED_ENDINGS)
+    + " nor contain "
+    + ", ".join(repr(p) for p in SESSION_ID_RESERVED_PARTS)
+    + " (another session's broker networks, its own volumes and its host file are named so)"
+)
+
+
+def session_id_reserved(session_id: str) -> bool:
+    """A new (v2) session id that would name another session's objects in its namespace:
+    ``<id>-broker`` / ``-broker-uplink`` (a brokered session's container and networks),
+    ``<id>-vol-<name>`` (its own volumes), ``<id>.host.json`` (its host file). With none
+    of these, every engine name of a namespace parses back to one session."""
+    return session_id.endswith(SESSION_ID_RESERVED_ENDINGS) or any(
+        part in session_id for part in SESSION_ID_RESERVED_PARTS
+    )
+
+
 def environment_id(stack: str, session_id: str) -> str:
     """The v1 engine name of an environment (stack files, untenanted sessions, and tenants'
     sessions created before v2): ``dockyard-<stack>-<session>``."""

@@ -151,16 +151,20 @@ class Sessions:
             "tenant": request.get("tenant") if isinstance(request, Mapping) else None,
         }
         with self._audit("create", **fields) as entry:
+            # Converging an existing session keeps the engine names it was created with.
+            existing = [
+                r
+                for r in self.registry.all()
+                if (r.session_id, r.tenant) == (fields["session"], fields["tenant"] or None)
+            ]
+            existed = bool(existing)
             try:
-                session_plan, values = self.plan(request, secrets)
+                session_plan, values = self.plan(
+                    request, secrets, naming=existing[0].naming if existed else NAMING_CURRENT
+                )
             except ConfigError as error:
                 entry["detail"] = "invalid request"
                 raise error from None
-            existing = [r for r in self.registry.all() if r.stack_name == session_plan.stack_name]
-            existed = bool(existing)
-            if existed and existing[0].naming != session_plan.config.naming:
-                # Converging an existing session keeps the engine names it was created with.
-                session_plan, values = self.plan(request, secrets, naming=existing[0].naming)
             host = session_plan.config.docker_host or "local"
             entry.update(host=host, stack=session_plan.stack_name)
             if not existed:

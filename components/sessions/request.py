@@ -29,7 +29,13 @@ from ..config import (
 )
 from ..config.messages import Loc, key_path, suggest
 from ..config.sources import KEY_LIKE
-from ..contract import NAMING_CURRENT, UNTENANTED_STACK
+from ..contract import (
+    NAMING_CURRENT,
+    NAMING_LEGACY,
+    SESSION_ID_V2_ALLOWED,
+    UNTENANTED_STACK,
+    session_id_reserved,
+)
 
 CONTAINER_KEYS = ("image", "ports", "volumes", "env")
 TOP_KEYS = ("sessionId", "cwd", "backend", "container")
@@ -135,6 +141,11 @@ def plan(
                 f"request.{_shown_key(key)}: unknown key (allowed: {', '.join(allowed)}"
                 f"{suggest(str(key), allowed)})"
             )
+    session = environment.get("sessionId")
+    if naming != NAMING_LEGACY and isinstance(session, str) and session_id_reserved(session):
+        problems.append(
+            f"request.sessionId: {session!r} is not allowed (allowed: {SESSION_ID_V2_ALLOWED})"
+        )
     tenant = environment.get("tenant")
     stack = tenant if isinstance(tenant, str) and tenant else SESSIONS_STACK
     try:
