@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ..contract import (
-    AGENT_UID,
     LABEL_MANAGED,
     LABEL_SESSION,
     LABEL_STACK,
@@ -217,7 +216,13 @@ class Backups:
             argv += ["--user", "0:0"]
             argv += [a for cap in WRITER_CAPABILITIES for a in ("--cap-add", cap)]
         else:
-            argv += ["--user", f"{AGENT_UID}:{AGENT_UID}", "--pid", "host"]
+            # Root with one capability: it reads every workspace file, whatever its mode,
+            # and writes nothing it does not own. Not the agent's uid: /proc/<pid>/environ
+            # of a uid-1000 process (restic, holding the storage keys from stdin) is open
+            # to the host's uid 1000, on Debian the first login user (issue 25.9).
+            argv += ["--user", "0:0", "--cap-add", "DAC_READ_SEARCH", "--pid", "host"]
+        # The host's namespaces (network, uts, pid) need it on an engine with userns-remap.
+        argv += ["--userns", "host"]
         if Path(settings.ca_file).is_file():
             argv += ["-v", f"{settings.ca_file}:{HELPER_CA}:ro"]
         for variable in PROXY_VARIABLES:

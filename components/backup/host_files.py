@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from ..contract import AGENT_UID
 from .model import (
     CREDENTIALS_FILE,
+    HELPER_UID,
     STORAGE_VARIABLES,
     Busy,
     ConfigError,
@@ -87,12 +87,13 @@ class HostFiles:
         return keys
 
     def restic_cache(self) -> Path | None:
-        """restic's cache (encrypted blobs only), owned by the helper's uid; None: none."""
+        """restic's cache (encrypted blobs only), owned by the helper's uid (root: no
+        host user's, issue 25.9); None: none."""
         path = Path(self.settings.cache_dir) / "restic"
         try:
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if path.stat().st_uid != AGENT_UID:
-                os.chown(path, AGENT_UID, AGENT_UID)
+            if path.stat().st_uid != HELPER_UID:
+                os.chown(path, HELPER_UID, HELPER_UID)
         except OSError:
             return None
         return path

@@ -47,6 +47,9 @@ HELPER_CA = "/etc/ssl/certs/ca-certificates.crt"
 HELPER_PRELUDE = (
     'while IFS= read -r line && [ -n "$line" ]; do export "$line"; done; exec "$0" "$@"'
 )
+HELPER_UID = 0
+"""The helper's uid: root with DAC_READ_SEARCH only (a reader) or the writer's four
+capabilities, never a uid a host user may have (issue 25.9)."""
 # What restoring owners, modes and times of another uid's files takes, and no more.
 WRITER_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID")
 STORAGE_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")

@@ -122,9 +122,17 @@ def test_a_first_backup_creates_a_private_password_and_passes_secrets_on_stdin_o
         for secret in (password, KEY_ID, SECRET):
             assert secret not in text, f"{secret!r} in the helper's argv: {text}"
         assert f"AWS_ACCESS_KEY_ID={KEY_ID}\nAWS_SECRET_ACCESS_KEY={SECRET}\n\n" in stdin
-        # The helper: the agent's uid, no capabilities, the host's restic read-only.
-        for flag in ("--user 1000:1000", "--cap-drop ALL", "--read-only", "--pid host"):
+        # The helper: root reading only (no host user's uid: issue 25.9), the host's
+        # namespaces also under userns-remap, the host's restic read-only.
+        for flag in (
+            "--user 0:0 --cap-add DAC_READ_SEARCH",
+            "--cap-drop ALL",
+            "--read-only",
+            "--pid host",
+            "--userns host",
+        ):
             assert flag in text
+        assert "--user 1000" not in text
         assert f"{settings.restic}:/usr/local/bin/restic:ro" in argv
         assert "RESTIC_REPOSITORY=s3:http://127.0.0.1:9/bucket/pre/t/s1" in argv
         assert "NO_PROXY=127.0.0.1" in argv
