@@ -39,9 +39,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-merged:
-  description: The document after the merge.
-  type: dict
+changed_keys:
+  description:
+    - Dotted paths of the settings this run set or changed, without their values.
+    - The rest of the file (the user's own settings, tokens among them) is never returned.
+  type: list
+  elements: str
   returned: success
 """
 
@@ -53,6 +56,22 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def changed_paths(before, after, prefix=()):
+    """Dotted paths under which ``after`` differs from ``before`` (leaves, or a whole
+    value where one side is not a mapping)."""
+    paths = []
+    for key, value in after.items():
+        old = before.get(key, _MISSING) if isinstance(before, dict) else _MISSING
+        if isinstance(value, dict) and isinstance(old, dict):
+            paths += changed_paths(old, value, (*prefix, key))
+        elif old is _MISSING or old != value:
+            paths.append(".".join((*prefix, str(key))))
+    return paths
+
+
+_MISSING = object()
 
 
 def deep_merge(base, managed):
@@ -147,7 +166,7 @@ def main():
     file_args = module.load_file_common_arguments(module.params)
     if os.path.exists(path):
         changed = module.set_fs_attributes_if_different(file_args, changed)
-    module.exit_json(changed=changed, merged=merged, path=path)
+    module.exit_json(changed=changed, changed_keys=changed_paths(current, merged), path=path)
 
 
 if __name__ == "__main__":
