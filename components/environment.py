@@ -167,6 +167,7 @@ class AgentEnvironment(pulumi.ComponentResource):
         disks = storage.declare(
             f"{name}-disks", prefix, storage.bounds_of(args.limits), args.image_id, args.docker_host,
             workspace_bound_elsewhere=bool(args.workspace_host_path), opts=child,
+            secret_names=[*args.secrets, *(args.broker.keys if args.broker else ())],
         )  # fmt: skip
         volumes = {
             role: docker.Volume(

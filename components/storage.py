@@ -32,7 +32,9 @@ the engine starts the environments.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -54,6 +56,10 @@ fails until :func:`attach_all` re-attaches and re-links)."""
 DISK_ROLES = ("workspace", "config", "checkpoints", "home")
 """Volumes backed by a bounded filesystem (``home`` is mounted at :data:`HOME`)."""
 HOME = "/home/agent"
+SECRETS_DIR = "/run/secrets"
+SECRETS_ROLE = "secrets"
+"""/run/secrets: a volume per set of secret names (``secrets-<digest>``), so a secret
+dropped from the stack never lingers in a volume that outlives the container."""
 TMPFS_PATHS = ("/tmp", "/var/tmp", "/run/lock")  # noqa: S108 - paths inside the environment
 """The image's world-writable directories (Debian's): each a tmpfs of ``tmp_mb``."""
 MIN_DISK_MB = 16
@@ -83,7 +89,8 @@ for spec in "$@"; do
   if [ ! -f "$img" ]; then
     rm -f "$img.new"
     truncate -s "${mib}M" "$img.new"
-    mkfs.ext4 -q -F -m 0 -E root_owner=1000:1000,nodiscard,lazy_itable_init=1,lazy_journal_init=1 "$img.new"
+    case $role in secrets-*) owner=0:0 ;; *) owner=1000:1000 ;; esac
+    mkfs.ext4 -q -F -m 0 -E root_owner=$owner,nodiscard,lazy_itable_init=1,lazy_journal_init=1 "$img.new"
     debugfs -w -R 'rmdir lost+found' "$img.new" >/dev/null 2>&1
     mv "$img.new" "$img"
   fi
@@ -149,12 +156,13 @@ class DiskBounds:
     checkpoints_mb: int = 4 * 1024
     home_mb: int = 4 * 1024
     tmp_mb: int = 1024
+    secrets_mb: int = MIN_DISK_MB
 
     def __post_init__(self) -> None:
         problems = [
             f"{key}: {value!r} is not allowed (allowed: a whole number of MiB from {low} to {high})"
             for key, low, high in (
-                *((f"{role}_mb", MIN_DISK_MB, MAX_DISK_MB) for role in DISK_ROLES),
+                *((f"{role}_mb", MIN_DISK_MB, MAX_DISK_MB) for role in (*DISK_ROLES, "secrets")),
                 ("tmp_mb", MIN_TMP_MB, MAX_DISK_MB),
             )
             for value in [getattr(self, key)]
@@ -164,7 +172,7 @@ class DiskBounds:
             raise ValueError("disk bounds: " + "; ".join(problems))
 
     def size_mb(self, role: str) -> int:
-        return int(getattr(self, f"{role}_mb"))
+        return int(getattr(self, f"{role.split('-')[0]}_mb"))
 
     @property
     def largest_file_bytes(self) -> int:
@@ -182,6 +190,7 @@ def bounds_of(limits: ResolvedLimits) -> DiskBounds:
         checkpoints_mb=disk.checkpoints,
         home_mb=disk.home,
         tmp_mb=disk.tmp,
+        secrets_mb=disk.secrets,
     )
 
 
@@ -288,8 +297,9 @@ class Bounded:
 
     @property
     def extra_roles(self) -> tuple[str, ...]:
-        """Volumes beyond workspace/config/checkpoints: ``home`` when bounded."""
-        return ("home",) if self.bounds is not None else ()
+        """Volumes beyond workspace/config/checkpoints: ``home`` and ``secrets-<digest>``
+        when bounded."""
+        return tuple(r for r in self.roles if r == "home" or is_secrets_role(r))
 
     def volume_options(self, role: str) -> dict[str, str] | None:
         return volume_options(self.environment_id, role) if role in self.roles else None
@@ -306,7 +316,19 @@ class Bounded:
         return [kind(name="fsize", soft=largest, hard=largest)]
 
 
+def secrets_role(names: Sequence[str]) -> str:
+    """``secrets-<digest of the sorted names>``: names only, never a value."""
+    digest = hashlib.sha256("\n".join(sorted(set(names))).encode()).hexdigest()
+    return f"{SECRETS_ROLE}-{digest[:8]}"
+
+
+def is_secrets_role(role: str) -> bool:
+    return re.fullmatch(rf"{SECRETS_ROLE}-[0-9a-f]{{8}}", role) is not None
+
+
 def mount_path(role: str) -> str:
+    if is_secrets_role(role):
+        return SECRETS_DIR
     return HOME if role == "home" else f"/{role}"
 
 
@@ -319,6 +341,7 @@ def declare(
     *,
     workspace_bound_elsewhere: bool,
     opts: pulumi.ResourceOptions,
+    secret_names: Sequence[str] = (),
 ) -> Bounded:
     """The environment's bounded filesystems (none when ``bounds`` is None). A workspace
     bound to a host directory (``workspaceHostPath``) stays that directory: its own
@@ -326,6 +349,7 @@ def declare(
     if bounds is None:
         return Bounded(environment_id, None)
     roles = tuple(r for r in DISK_ROLES if not (r == "workspace" and workspace_bound_elsewhere))
+    roles += (secrets_role(secret_names),)
     images = images_command(name, environment_id, bounds, helper_image, roles, docker_host, opts)
     return Bounded(environment_id, bounds, roles, (images,))
 
@@ -377,9 +401,8 @@ def prune(
     engine (what a crash or a label sweep between its volumes and its images leaves).
     Returns the environment ids pruned."""
     names = _docker("volume", "ls", "-q").split()
-    keep = sorted(
-        {n.removesuffix(f"-{role}") for n in names for role in DISK_ROLES if n.endswith(f"-{role}")}
-    )
+    suffix = re.compile(rf"-(?:{'|'.join(DISK_ROLES)}|{SECRETS_ROLE}-[0-9a-f]{{8}})$")
+    keep = sorted({suffix.sub("", n) for n in names if suffix.search(n)})
     script = helper_command(
         image, PRUNE_SCRIPT, DISKS_DIR, LINKS_DIR, prefix, str(min_age_minutes), *keep
     )

@@ -38,14 +38,16 @@ DiskMB = Annotated[int, BeforeValidator(v.sized(DISK_MIN_MB, DISK_MAX_MB, DISK_A
 
 class DiskLimits(Model):
     """Size bounds of an environment's writable paths (dockyard.storage): the ext4
-    filesystems of /workspace, /config, /checkpoints and $HOME, and each tmpfs (/tmp,
-    /var/tmp). Every field optional, so a profile, the stack or an environment sets a part."""
+    filesystems of /workspace, /config, /checkpoints, $HOME and /run/secrets, and each
+    tmpfs (/tmp, /var/tmp, /run/lock). Every field optional, so a profile, the stack or an
+    environment sets a part."""
 
     workspace: DiskMB | None = None
     config: DiskMB | None = None
     checkpoints: DiskMB | None = None
     home: DiskMB | None = None
     tmp: DiskMB | None = None
+    secrets: DiskMB | None = None
 
 
 class ResolvedDisk(Model):
@@ -56,6 +58,7 @@ class ResolvedDisk(Model):
     checkpoints: int = 4096
     home: int = 4096
     tmp: int = 1024
+    secrets: int = 16
 
     def under(self, part: DiskLimits | None) -> ResolvedDisk:
         if part is None:

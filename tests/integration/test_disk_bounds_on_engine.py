@@ -20,12 +20,19 @@ import docker.errors
 import pytest
 
 from dockyard import storage
-from tests.support.engine import exec_ok, wait_for
+from tests.support.engine import RUN_ID, exec_ok, wait_for
 from tests.support.stacks import Deployed
 
 pytestmark = [pytest.mark.docker]
 
-DISK = {"workspace": "64m", "config": "32m", "checkpoints": "32m", "home": "48m", "tmp": "40m"}
+DISK = {
+    "workspace": "64m",
+    "config": "32m",
+    "checkpoints": "32m",
+    "home": "48m",
+    "tmp": "40m",
+    "secrets": "16m",
+}
 MB = 1024 * 1024
 
 
@@ -47,8 +54,12 @@ def stack(deploy: Any) -> Deployed:
         "disk",
         {
             "limits": {"cpus": 1, "memory": "512m", "disk": DISK},
-            "environments": [{"sessionId": "filler"}, {"sessionId": "neighbour"}],
+            "environments": [
+                {"sessionId": "filler", "secrets": ["ANTHROPIC_API_KEY"]},
+                {"sessionId": "neighbour", "secrets": ["ANTHROPIC_API_KEY"]},
+            ],
         },
+        {"ANTHROPIC_API_KEY": f"sk-ant-disk-{RUN_ID}"},
     )
     deployed.wait_ready()
     return deployed
@@ -88,6 +99,28 @@ def test_a_filler_stops_at_the_bound_and_the_neighbour_keeps_writing(
     assert code == 0, f"neighbour cannot write {path}: {out}"
 
 
+def test_the_secret_files_the_agent_owns_grow_no_further_than_their_bound(
+    stack: Deployed,
+) -> None:
+    """The uploaded secret files are the agent's (0400): it can make one writable and
+    append to it, up to /run/secrets' own small filesystem, which also keeps the token."""
+    _, out = run_as_agent(
+        stack,
+        "filler",
+        "f=/run/secrets/ANTHROPIC_API_KEY; chmod u+w $f; "
+        "dd if=/dev/zero of=$f bs=1M count=4096 oflag=append conv=notrunc 2>&1 "
+        "| grep -o 'No space left on device'; "
+        "du -sm /run/secrets | cut -f1; df -B1M --output=size /run/secrets | tail -1; "
+        ": > $f; printf ok",
+    )
+    lines = out.strip().splitlines()
+    assert "No space left on device" in out, out
+    assert int(lines[-3]) <= 16, out
+    assert int(lines[-2]) <= 16, out
+    neighbour = exec_ok(stack.container("neighbour"), ["cat", "/run/secrets/ANTHROPIC_API_KEY"])
+    assert neighbour == f"sk-ant-disk-{RUN_ID}", "the neighbour's secret is its own"
+
+
 @pytest.mark.parametrize("path", ["/tmp", "$HOME", "/workspace"])
 def test_a_sparse_file_cannot_outgrow_the_largest_bound(stack: Deployed, path: str) -> None:
     """tmpfs and ext4 with 4 KiB blocks take an 8 TiB sparse file; the fsize rlimit does
@@ -116,9 +149,7 @@ def test_no_agent_writable_path_is_left_in_the_container_layer(stack: Deployed) 
     found, mounts = out.split("MOUNTS\n")
     mount_points = set(mounts.split())
     # A mount point is listed by -xdev but not entered: what is on it is bounded.
-    unbounded = [
-        p for p in found.split() if p not in mount_points and not p.startswith("/run/secrets")
-    ]
+    unbounded = [p for p in found.split() if p not in mount_points]
     assert unbounded == [], f"writable by the agent on the container layer: {unbounded}"
 
 

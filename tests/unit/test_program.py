@@ -11,6 +11,7 @@ import pulumi
 import pytest
 
 from dockyard import manifest as manifest_contract
+from dockyard import storage
 from dockyard.config import from_stack_file, parse
 from dockyard.image import default_build_args
 from tests.support.program import REPO, ProgramRun, RecordingMocks, record, run_program
@@ -76,6 +77,7 @@ def test_resources_per_environment_are_parented_to_their_component(full: Program
             "docker:index/volume:Volume",
             "docker:index/volume:Volume",
             "docker:index/volume:Volume",  # $HOME, bounded
+            "docker:index/volume:Volume",  # /run/secrets, bounded
         ], children
         assert all("dockyard:index:AgentEnvironment$" in u for u in children), children
     assert any(u.endswith("dockyard:index:AgentImage::image-core") for u in full.urns)
@@ -104,7 +106,17 @@ def test_volumes_mount_own_named_volumes_and_declared_ones(full: ProgramRun) -> 
             "volumeName": "dockyard-dev-alpha-checkpoints",
             "readOnly": False,
         },
-        {"containerPath": "/home/agent", "volumeName": "dockyard-dev-alpha-home", "readOnly": False},
+        {
+            "containerPath": "/home/agent",
+            "volumeName": "dockyard-dev-alpha-home",
+            "readOnly": False,
+        },
+        {
+            "containerPath": "/run/secrets",
+            "volumeName": "dockyard-dev-alpha-"
+            + storage.secrets_role(["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]),
+            "readOnly": False,
+        },
         {"containerPath": "/workspace/src", "hostPath": "/srv/src", "readOnly": True},
         {"containerPath": "/home/agent/.cache", "volumeName": "cache", "readOnly": False},
     ]

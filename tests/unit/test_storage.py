@@ -48,11 +48,16 @@ def helper_argv(text: str) -> list[str]:
 
 def test_sizes_come_from_defaults_profile_stack_and_environment(run: ProgramRun) -> None:
     small = helper_argv(images(run, "small")["create"])
+    secrets = f"{storage.secrets_role([])}:16"
     # stack workspace 2g, environment home 100 MB, standard profile's config/checkpoints
-    assert small[-4:] == ["workspace:2048", "config:512", "checkpoints:4096", "home:100"], small
+    assert small[-5:] == [
+        "workspace:2048", "config:512", "checkpoints:4096", "home:100", secrets
+    ], small  # fmt: skip
     big = helper_argv(images(run, "big")["create"])
     # large profile: workspace 100 GiB, but the stack's 2g wins (stack < environment only)
-    assert big[-4:] == ["workspace:2048", "config:512", "checkpoints:16384", "home:8192"], big
+    assert big[-5:] == [
+        "workspace:2048", "config:512", "checkpoints:16384", "home:8192", secrets
+    ], big  # fmt: skip
 
 
 def test_a_workspace_bound_to_a_host_directory_stays_that_directory(
@@ -66,7 +71,7 @@ def test_a_workspace_bound_to_a_host_directory_stays_that_directory(
 
 def test_bounded_volumes_mount_the_loop_device_link(run: ProgramRun) -> None:
     prefix = "dockyard-dev-small"
-    for role in storage.DISK_ROLES:
+    for role in (*storage.DISK_ROLES, storage.secrets_role([])):
         volume = run.named(f"env-small-{role}").inputs
         assert volume["driverOpts"] == {
             "type": "ext4",
@@ -76,6 +81,7 @@ def test_bounded_volumes_mount_the_loop_device_link(run: ProgramRun) -> None:
     container = run.named("env-small-container").inputs
     mounts = {v["containerPath"]: v.get("volumeName") for v in container["volumes"]}
     assert mounts["/home/agent"] == f"{prefix}-home"
+    assert mounts["/run/secrets"] == f"{prefix}-{storage.secrets_role([])}"
     assert {mounts[f"/{r}"] for r in ("workspace", "config", "checkpoints")} == {
         f"{prefix}-{r}" for r in ("workspace", "config", "checkpoints")
     }
@@ -106,6 +112,14 @@ def test_the_helper_has_only_what_losetup_and_mkfs_need(run: ProgramRun) -> None
         f"{storage.DISKS_DIR}/dockyard-dev-small",
         f"{storage.LINKS_DIR}/dockyard-dev-small",
     ]
+
+
+def test_the_secrets_volume_follows_the_set_of_secret_names_never_their_values() -> None:
+    one = storage.secrets_role(["B", "A"])
+    assert one == storage.secrets_role(["A", "B", "A"])
+    assert one != storage.secrets_role(["A"])
+    assert storage.mount_path(one) == "/run/secrets"
+    assert storage.DiskBounds().size_mb(one) == 16
 
 
 def test_volumes_wait_for_the_images(run: ProgramRun) -> None:
