@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -9,19 +10,25 @@ from datetime import datetime
 from pathlib import Path
 
 import docker
+import docker.errors
 import pytest
 from docker.types import Mount
 
-from dockyard.image import pinned_versions
+from dockyard.image import default_build_args, pinned_versions, staged_context
 from tests.support.agent_runner import AgentRunner, wait_ready
 from tests.support.engine import (
+    LABELS,
+    RUN_ID,
     exec_ok,
     health_status,
     last_health_output,
+    remove_image,
+    unique_name,
     wait_for,
     wait_healthy,
 )
-from tests.support.images import build_image, history_ids
+from tests.support.images import CORE_CONTEXT, build_image, history_ids
+from tests.support.upstream import UPSTREAM, make_ca_and_server_cert
 
 pytestmark = pytest.mark.docker
 
@@ -174,25 +181,147 @@ def test_git_works_without_perls_library_and_packages_stay_consistent(
     assert out[2:] == ["consistent", "no perl library"], out
 
 
-def test_extra_ca_is_trusted_by_system_store(
-    docker_client: docker.DockerClient, core_image: str
-) -> None:
-    """Every certs/*.crt in the build context ends up in the system bundle Node reads."""
-    from tests.support.images import CORE_CONTEXT
+TLS_HOST = "tls-test"
+# Exit 0 and the HTTP status when the server's certificate is trusted; otherwise exit 7
+# and the TLS error (curl: exit 60 and its message; Node: the error code).
+CURL_PROBE = f"curl -sS -o /dev/null -w '%{{http_code}}' https://{TLS_HOST}:8443/ 2>&1 || exit 7"
+NODE_PROBE = (
+    f"require('https').get('https://{TLS_HOST}:8443/', r => {{ console.log(r.statusCode); "
+    "process.exit(0) }).on('error', e => { console.log(e.code || e.message); process.exit(7) })"
+)
 
-    extra = sorted(CORE_CONTEXT.joinpath("certs").glob("*.crt"))
-    if not extra:
-        pytest.skip("no extra CA in images/core/certs (CI always passes the host bundle)")
-    first_cert = re.search(
-        r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----",
-        extra[0].read_text(),
-        re.S,
+
+# What Node says when no CA it trusts signed the server's certificate (a TLS error, not
+# a connection error: the server was reached).
+NODE_UNTRUSTED = {
+    "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+    "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+    "SELF_SIGNED_CERT_IN_CHAIN",
+}
+
+
+def _build_with_extra_ca(
+    client: docker.DockerClient, context: Path, tag: str, built: list[str]
+) -> None:
+    """Build ``context`` (the product's staged context) with the pinned args; the id of
+    every image a step made (not a cached one, not a FROM) goes into ``built``, so the
+    test can remove what it built and nothing else."""
+    log: list[str] = []
+    reused = False  # this step's image came from the cache or is a FROM's base
+    for chunk in client.api.build(
+        path=str(context),
+        tag=tag,
+        buildargs=default_build_args(),
+        rm=True,
+        forcerm=True,
+        decode=True,
+    ):
+        for line in chunk.get("stream", "").splitlines():
+            log.append(line)
+            if line.startswith("Step "):
+                reused = " : FROM " in line
+            elif line == " ---> Using cache":
+                reused = True
+            elif (made := re.fullmatch(r" ---> ([0-9a-f]{12})", line)) and not reused:
+                built.append(made.group(1))
+        if "error" in chunk:
+            raise AssertionError(f"build failed: {chunk['error']}\n" + "\n".join(log[-30:]))
+
+
+def _probe(
+    client: docker.DockerClient, image: str, network: str, argv: list[str]
+) -> tuple[int, str]:
+    container = client.containers.run(
+        image, argv, entrypoint=[], detach=True, network=network, labels=LABELS
     )
-    assert first_cert, f"{extra[0]} holds no PEM certificate"
-    bundle = run_once(docker_client, core_image, ["cat", "/etc/ssl/certs/ca-certificates.crt"])
-    assert first_cert.group(0).splitlines()[1] in bundle
-    env = docker_client.images.get(core_image).attrs["Config"]["Env"]
-    assert "NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt" in env
+    try:
+        code = container.wait(timeout=60)["StatusCode"]
+        return code, container.logs().decode(errors="replace").strip()
+    finally:
+        container.remove(force=True)
+
+
+@pytest.mark.slow
+def test_extra_ca_is_trusted_by_curl_and_node(
+    docker_client: docker.DockerClient,
+    core_image: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An image built with a CA as its extra CA (``image.extraCa``, staged into the build
+    context as certs/extra-ca.crt) trusts a server whose certificate that CA signed, in
+    curl and in Node; the same image built without it (the suite's core image) does not.
+
+    The CA is made here and lives for this test only. The site's own extra CA (the TLS
+    proxy's, which the build needs to fetch the CLIs) stays in the bundle beside it."""
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    make_ca_and_server_cert(tls, TLS_HOST)
+    site = CORE_CONTEXT / "certs" / "extra-ca.crt"
+    bundle = tmp_path / "extra-ca.pem"
+    bundle.write_text((site.read_text() if site.is_file() else "") + (tls / "ca.pem").read_text())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # staged_context's copy
+    context = staged_context(CORE_CONTEXT, bundle)
+    tag = f"dockyard-core-extraca:test-{RUN_ID}"
+    built: list[str] = []
+    network = docker_client.networks.create(unique_name("extra-ca"), labels=LABELS)
+    server = None
+    try:
+        _build_with_extra_ca(docker_client, context, tag, built)
+        server = docker_client.containers.run(
+            core_image,
+            ["python3", "-c", UPSTREAM],
+            entrypoint=[],
+            detach=True,
+            name=unique_name("tls-server"),
+            labels=LABELS,
+            user="1000:1000",
+            volumes={str(tls): {"bind": "/tls", "mode": "ro"}},
+        )
+        network.connect(server, aliases=[TLS_HOST])
+        listening = [
+            "python3",
+            "-c",
+            "import socket; socket.create_connection(('127.0.0.1', 8443), 2)",
+        ]
+        wait_for(
+            lambda: server.exec_run(listening).exit_code == 0,
+            60,
+            what=lambda: f"the TLS server to listen: {server.logs()[-500:]!r}",
+        )
+        results = {
+            (name, tool): _probe(docker_client, image, network.name, argv)
+            for name, image in (("with", tag), ("without", core_image))
+            for tool, argv in (
+                ("curl", ["bash", "-c", CURL_PROBE]),
+                ("node", ["node", "-e", NODE_PROBE]),
+            )
+        }
+        # The stand-in answers a non-urllib client 400: any HTTP status means TLS held.
+        assert results[("with", "curl")] == (0, "400"), results
+        assert results[("with", "node")] == (0, "400"), results
+        # The control: without the CA, both refuse the server's certificate.
+        assert results[("without", "curl")][0] == 7, results
+        assert "SSL certificate problem" in results[("without", "curl")][1], results
+        assert results[("without", "node")][0] == 7, results
+        assert results[("without", "node")][1] in NODE_UNTRUSTED, results
+    finally:
+        # Every step runs even when one before it fails (the first error is raised).
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(_remove_built, docker_client, tag, built)
+            cleanup.callback(network.remove)
+            if server is not None:
+                cleanup.callback(server.remove, force=True)
+
+
+def _remove_built(client: docker.DockerClient, tag: str, built: list[str]) -> None:
+    """The image and every stage image the build made, newest first; an image that is
+    tagged (someone else's) or gone is left alone."""
+    remove_image(client, tag)
+    for image_id in reversed(built):
+        with contextlib.suppress(docker.errors.APIError):
+            if not client.images.get(image_id).tags:
+                client.images.remove(image_id, noprune=False)
 
 
 # --- Startup (R-IMG-2) ------------------------------------------------------------------
