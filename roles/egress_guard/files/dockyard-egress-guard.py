@@ -50,7 +50,7 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 # Installed, the package's host modules sit beside this script as dockyard/ (its directory
 # is sys.path[0]; host_common installs them); in the repository, the checkout's package.
@@ -648,16 +648,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (GuardError, ValueError, OSError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
+    actions, unfenced = cast(list[str], result["actions"]), cast(list[str], result["unfenced"])
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        for action in result["actions"] or ["nothing to do"]:  # type: ignore[union-attr]
+        for action in actions or ["nothing to do"]:
             print(f"dockyard-egress-guard: {action}")
     # Everything else is applied; an attachment the fence cannot cover fails the run
     # (the role's task, the timer's unit) so it is seen.
-    for problem in result["unfenced"]:  # type: ignore[union-attr]
+    for problem in unfenced:
         print(f"ERROR: not fenced: {problem}", file=sys.stderr)
-    return 1 if result["unfenced"] else 0
+    return 1 if unfenced else 0
 
 
 if __name__ == "__main__":
