@@ -109,6 +109,23 @@ class ImageVariant(Enum):
 # --- Input types -------------------------------------------------------------------------------
 
 
+class DiskLimits(TypedDict, total=False):
+    """Size bounds in MB of the writable paths; each one left out takes the profile's."""
+
+    workspace: int
+    """/workspace (default 20480)."""
+    config: int
+    """/config (default 512)."""
+    checkpoints: int
+    """/checkpoints (default 4096)."""
+    home: int
+    """$HOME, /home/agent (default 4096)."""
+    tmp: int
+    """Each of /tmp, /var/tmp, /run/lock, a tmpfs (default 1024)."""
+    secrets: int
+    """/run/secrets (default 16)."""
+
+
 class Limits(TypedDict, total=False):
     """Resource limits; each one left out takes the profile's or dockyard's default."""
 
@@ -122,6 +139,8 @@ class Limits(TypedDict, total=False):
     """Open files, soft limit (default 1024)."""
     nofile_hard: int
     """Open files, hard limit (default 2048)."""
+    disk: DiskLimits
+    """Size bounds of every writable path (docs/stacks.md, disk bounds)."""
 
 
 class Healthcheck(TypedDict, total=False):

@@ -330,14 +330,15 @@ def test_package_environment_registers_what_the_stack_program_registers(both: An
     stack_run, package_run, _ = both
     stack, package = _by_name(stack_run), _by_name(package_run)
     assert {(r.type, n) for n, r in package.items()} == {(r.type, n) for n, r in stack.items()}
-    # The component itself, its network, 3 volumes, container and 2 commands.
-    assert len(stack) == 8, sorted(stack)
+    # The component itself, its network, 5 volumes (3, $HOME, /run/secrets), container
+    # and 3 commands (the disk images too).
+    assert len(stack) == 11, sorted(stack)
     for name, resource in stack.items():
         expected, actual = dict(resource.inputs), dict(package[name].inputs)
         if resource.type == "command:local:Command":
             # Engine ids differ between the two runs (the mocks count resources).
             for inputs in (expected, actual):
-                env = dict(unwrap(inputs.pop("environment")))
+                env = dict(unwrap(inputs.pop("environment", {})))
                 env.pop("DOCKYARD_CONTAINER_ID", None)
                 env.pop("DOCKYARD_MANIFEST", None)
                 inputs["environment"] = env
@@ -417,7 +418,7 @@ def test_docker_host_sends_every_docker_resource_to_that_engine(
     assert engine.inputs["host"] == host
     providers = recorded[-1].providers
     docker_resources = [r.name for r in run.resources if r.type.startswith("docker:")]
-    assert len(docker_resources) == 5, docker_resources
+    assert len(docker_resources) == 7, docker_resources  # $HOME and /run/secrets volumes too
     for name in docker_resources:
         assert "::remote-engine::" in providers[name], f"{name} goes to {providers[name]!r}"
     # The pids limit is set with the docker CLI: it must talk to the same engine.
