@@ -10,12 +10,14 @@ it creates is removed when it stops.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 
@@ -35,9 +37,12 @@ def _run(*argv: str) -> None:
 
 
 @contextlib.contextmanager
-def second_engine(root: Path, images: list[str] | None = None) -> Iterator[Engine]:
+def second_engine(
+    root: Path, images: list[str] | None = None, config: Mapping[str, Any] | None = None
+) -> Iterator[Engine]:
     """Start the engine under ``root`` (a fresh directory), load ``images`` from the
-    machine's engine into it, yield it, and stop and remove it afterwards."""
+    machine's engine into it, yield it, and stop and remove it afterwards. ``config``:
+    its daemon.json (e.g. ``{"userns-remap": "default"}``), empty by default."""
     dockerd = shutil.which("dockerd")
     if dockerd is None:
         raise RuntimeError("dockerd is not installed (apt-get install docker.io)")
@@ -45,8 +50,8 @@ def second_engine(root: Path, images: list[str] | None = None) -> Iterator[Engin
     data_root = root / "data"
     for path in (run_dir, data_root):
         path.mkdir(parents=True, exist_ok=True)
-    config = root / "daemon.json"
-    config.write_text("{}\n")
+    config_file = root / "daemon.json"
+    config_file.write_text(json.dumps(dict(config or {})) + "\n")
     socket = run_dir / "docker.sock"
     log = open(root / "dockerd.log", "w")  # noqa: SIM115 - outlives this statement: dockerd writes it
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
@@ -57,7 +62,7 @@ def second_engine(root: Path, images: list[str] | None = None) -> Iterator[Engin
         [
             dockerd,
             "--config-file",
-            str(config),
+            str(config_file),
             "--host",
             f"unix://{socket}",
             "--data-root",
