@@ -163,9 +163,10 @@ test-isolation: setup-dev certs ## Run each test module alone, tests in reverse 
 	done; \
 	if [ $${#failed[@]} -gt 0 ]; then echo "ERROR: failed when run alone: $${failed[*]}" >&2; exit 1; fi
 
-lint: setup-dev ## ruff, shellcheck, hadolint, yamllint, ansible-lint, workflow checks
+lint: setup-dev ## ruff, import layers, shellcheck, hadolint, yamllint, ansible-lint, workflow checks
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/shellcheck images/*/*.sh .ci/run
 	$(BIN)/hadolint images/*/Dockerfile tests/images/*/Dockerfile
 	$(BIN)/yamllint --strict .

@@ -8,6 +8,9 @@ an installed wheel carries the build contexts as package data (``dockyard/_image
 from __future__ import annotations
 
 import importlib.resources
+import os
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import Failed
@@ -56,10 +59,6 @@ def provenance() -> dict[str, str]:
     time in a checkout, else the release version and the packaged VERSION file's time.
     ``DOCKYARD_REVISION`` / ``DOCKYARD_CREATED`` / ``DOCKYARD_SOURCE`` in the environment
     win (CI sets them)."""
-    import os
-    import subprocess
-    from datetime import UTC, datetime
-
     revision, created = f"v{version()}", None
     checkout = PACKAGE_DIR.parent
     if (checkout / ".git").exists():
