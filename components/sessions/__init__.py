@@ -29,7 +29,7 @@ from typing import Any
 from .. import manifest as manifest_contract
 from ..config import ConfigError, from_host_settings
 from ..contract import NAMING_CURRENT
-from . import audit, backups, driver, quotas, registry
+from . import audit, backups, driver, ownership, quotas, registry
 from .request import SessionPlan, plan
 from .settings import Paths, load_settings, paths
 
@@ -176,6 +176,12 @@ class Sessions:
                     entry["detail"] = str(error)
                     raise
             with self._reserved(session_plan, host, entry):
+                if not existed:
+                    try:
+                        self._check_engine_names(session_plan)
+                    except registry.NamesTaken as error:
+                        entry["detail"] = str(error)
+                        raise
                 try:
                     result = self.engine.up(session_plan, values, progress)
                 except BaseException:
@@ -198,6 +204,25 @@ class Sessions:
                 )
             )
             return result  # type: ignore[return-value]
+
+    def _check_engine_names(self, session_plan: SessionPlan) -> None:
+        """Refuse a first create whose engine names hold another's objects (ownership)."""
+        if session_plan.config.backend != "docker":
+            return
+        import docker  # the SDK only when a create runs (start-up of `dockyard ls`)
+
+        try:
+            client = (
+                docker.DockerClient(base_url=session_plan.config.docker_host, use_ssh_client=True)
+                if session_plan.config.docker_host
+                else docker.from_env()
+            )
+        except docker.errors.DockerException:
+            return  # no engine to ask: the driver's create reports it
+        try:
+            ownership.check(session_plan, client)
+        finally:
+            client.close()
 
     @contextlib.contextmanager
     def _reserved(self, session_plan: SessionPlan, host: str, entry: dict[str, Any]) -> Any:

@@ -222,3 +222,39 @@ def test_a_shared_volume_is_shared_within_one_tenant_only(
         cli.down(session, tenant)
     # Shared: it outlives the sessions that used it (removed by the module's sweep).
     assert docker_client.volumes.get(names[0]).name == names[0]
+
+
+def test_a_create_never_adopts_an_object_of_its_names_that_is_anothers(
+    cli: Cli, docker_client: docker.DockerClient
+) -> None:
+    """What no registry here knows (another machine's session on this engine, a stack
+    file's environment, anything unlabelled) but holds a new session's name: the create
+    is refused before anything is made, and that object keeps its contents."""
+    stray = docker_client.volumes.create(
+        f"dockyard-t.{TENANT}.stray-workspace",
+        labels={"dockyard.session": "someone", "dockyard.stack": "elsewhere"},
+    )
+    try:
+        docker_client.containers.run(
+            "debian:bookworm-slim", ["sh", "-c", "echo theirs > /v/file"],
+            volumes={stray.name: {"bind": "/v"}}, remove=True,
+        )  # fmt: skip
+        request = {"sessionId": "stray", "cwd": str(cli.project), "tenant": TENANT}
+        result = cli.run("up", "--json", "--request", "-", stdin=json.dumps(request))
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        (problem,) = json.loads(result.stdout)["error"]["problems"]
+        assert problem.startswith(
+            f"the engine already has a volume named '{stray.name}', and it is session "
+            "'someone' of stack 'elsewhere''s: session 'stray' would adopt it; nothing was "
+            "created"
+        ), problem
+        assert _objects(docker_client, TENANT, "stray") == []
+        assert docker_client.networks.list(names=[f"dockyard-t.{TENANT}.stray"]) == []
+        kept = docker_client.containers.run(
+            "debian:bookworm-slim", ["cat", "/v/file"], volumes={stray.name: {"bind": "/v"}},
+            remove=True,
+        )  # fmt: skip
+        assert kept == b"theirs\n"
+        assert all(r["sessionId"] != "stray" for r in json.loads(cli.run("ls", "--json").stdout))
+    finally:
+        stray.remove(force=True)
