@@ -73,6 +73,9 @@ class Registry:
 
     def find(self, session_id: str, tenant: str | None = None) -> Record:
         matches = [r for r in self.all(tenant) if r.session_id == session_id]
+        if tenant is None and any(r.tenant is None for r in matches):
+            # No tenant named: the untenanted session of that id, never a tenant's alias.
+            matches = [r for r in matches if r.tenant is None]
         if not matches:
             scope = f" of tenant {tenant}" if tenant else ""
             raise SessionNotFound(f"no session {session_id!r}{scope} on this machine")

@@ -363,3 +363,20 @@ def test_a_new_session_never_takes_an_old_sessions_engine_names(home: Path) -> N
     assert [r.stack_name for r in sessions.registry.all()] == ["sessions-acme.web"]
     sessions.create(_request(None, "acme-web2"))  # another id is fine
     assert [c[2] for c in driver.calls] == ["dockyard-sessions-acme-web2"]
+
+
+def test_an_untenanted_session_stays_reachable_beside_a_tenants_of_the_same_id(
+    home: Path,
+) -> None:
+    """`dockyard down web` names the untenanted `web`, even when tenant acme has a `web`
+    too (before: "exists for several tenants", and the untenanted one had no name)."""
+    driver = NamingDriver()
+    sessions = Sessions(paths(), driver)
+    sessions.create(_request(None, "web"))
+    sessions.create(_request("acme", "web"))
+    assert sessions.registry.find("web").stack_name == "sessions.web"
+    assert sessions.registry.find("web", "acme").stack_name == "acme.web"
+    driver.calls.clear()
+    sessions.destroy("web")
+    assert [c[:3] for c in driver.calls] == [("destroy", "sessions.web", "dockyard-sessions-web")]
+    assert [r.stack_name for r in sessions.registry.all()] == ["acme.web"]
