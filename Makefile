@@ -34,7 +34,7 @@ PULUMI_INSTALL_PAGE := https://www.pulumi.com/docs/iac/download-install/
 PASSPHRASE_FILE ?= $(HOME)/.config/dockyard/pulumi-passphrase
 export PATH := $(CURDIR)/$(BIN):$(PULUMI_HOME_BIN):$(PATH)
 
-.PHONY: help setup setup-dev up shell-setup down test test-runsc test-isolation lint bench base-image certs image pulumi-cli stack
+.PHONY: help setup setup-dev up shell-setup down test test-runsc test-isolation lint openapi bench base-image certs image pulumi-cli stack
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -173,6 +173,9 @@ lint: setup-dev ## ruff, import layers, shellcheck, hadolint, yamllint, ansible-
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-lint --offline --strict -q
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/zizmor --offline --quiet .github/workflows/
+
+openapi: setup ## Regenerate the HTTP API's committed OpenAPI document (components/api/openapi.json)
+	$(BIN)/python -m dockyard.api.openapi > components/api/openapi.json
 
 bench: setup-dev base-image certs ## Run the benchmarks (never part of `make test`)
 	@if [ -d benchmarks ]; then $(BIN)/python -m benchmarks; else echo "no benchmarks yet"; fi

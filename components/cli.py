@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import modal_plan, ssh
+from .api.commands import keys_app, serve
 from .config import ConfigError, stack_file
 from .errors import FAILED, INVALID, OK, DockyardError
 from .sessions import DriverError, Sessions
@@ -42,6 +43,8 @@ plan_app = typer.Typer(
 image_app = typer.Typer(help="The host's core image.", no_args_is_help=True)
 app.add_typer(plan_app, name="plan")
 app.add_typer(image_app, name="image")
+app.add_typer(keys_app, name="keys")
+app.command("serve")(serve)
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)

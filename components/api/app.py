@@ -1,0 +1,38 @@
+"""The app factory: routers, the error handler, the request middleware."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from ..sessions import Sessions
+from . import errors, keys, plan, sessions
+from .context import Context, Limits
+from .middleware import RequestMiddleware
+from .principal import TokenBuckets
+from .store import KeyStore
+
+TITLE = "dockyard"
+API_VERSION = "1"
+
+
+def create_app(sessions_api: Sessions, store: KeyStore, limits: Limits | None = None) -> FastAPI:
+    """The HTTP face over ``sessions_api`` with keys from ``store``."""
+    context = Context(sessions_api, store, limits or Limits())
+    app = FastAPI(
+        title=TITLE,
+        version=API_VERSION,
+        summary="Sessions for AI coding agents over HTTP (the service layer "
+        "dockyard.sessions, with API keys per tenant).",
+        openapi_url="/api/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.context = context
+    app.state.buckets = TokenBuckets(context.limits.rate, context.limits.burst)
+    errors.install(app)
+    app.include_router(sessions.router)
+    app.include_router(plan.router)
+    app.include_router(keys.router)
+    # Extension points (issue 27): exec, files, stats, logs, events routers go here.
+    app.add_middleware(RequestMiddleware, context=context)
+    return app

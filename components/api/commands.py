@@ -1,0 +1,219 @@
+"""``dockyard serve`` and ``dockyard keys create|list|revoke`` (mounted by dockyard.cli).
+
+The key store is ``--key-store URL``, else ``$DOCKYARD_API_KEY_STORE``, else SQLite in the
+sessions state directory. ``serve`` listens on loopback unless given TLS (``--tls-cert``
+and ``--tls-key``) and a key store holding a live key: a non-loopback address without
+them is refused before anything listens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+
+from ..errors import DockyardError, InvalidInput
+from ..sessions import Sessions
+from ..sessions.settings import paths
+from .app import create_app
+from .context import Limits
+from .store import KeyStore, default_url
+
+keys_app = typer.Typer(
+    help="API keys of `dockyard serve` (shown once, stored as a digest).", no_args_is_help=True
+)
+
+STORE_VARIABLE = "DOCKYARD_API_KEY_STORE"
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--key-store",
+        help=f"Key store URL (sqlite:///PATH, postgresql+psycopg://…; default ${STORE_VARIABLE}, "
+        "else SQLite in the state directory).",
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def store_url(given: str | None) -> str:
+    return given or os.environ.get(STORE_VARIABLE) or default_url(paths().state)
+
+
+@contextlib.contextmanager
+def _errors(as_json: bool) -> Iterator[None]:
+    try:
+        yield
+    except DockyardError as error:
+        if as_json:
+            print(json.dumps({"error": {"code": error.exit_code, "problems": error.problems}}))
+        else:
+            for line in error.problems:
+                print(f"ERROR: {line}", file=sys.stderr)
+        raise typer.Exit(error.exit_code) from None
+
+
+def _info(info: Any) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "tenant": info.tenant,
+        "admin": info.admin,
+        "createdAt": info.created_at.isoformat(),
+        "lastUsedAt": info.last_used_at.isoformat() if info.last_used_at else None,
+        "revokedAt": info.revoked_at.isoformat() if info.revoked_at else None,
+    }
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str | None, typer.Option(help="The tenant the key acts as.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="An admin key (every tenant).")] = False,
+    key_store: StoreOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a key and print it once (only its digest is kept)."""
+    with _errors(as_json):
+        store = KeyStore(store_url(key_store))
+        try:
+            issued = store.create(tenant, admin)
+        finally:
+            store.close()
+        if as_json:
+            print(json.dumps({**_info(issued.info), "key": issued.key}))
+        else:
+            print(issued.key)
+            print(
+                f"key id {issued.info.id} ({'admin' if admin else f'tenant {tenant}'}): "
+                "keep the key now, it cannot be shown again",
+                file=sys.stderr,
+            )
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    key_store: StoreOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List keys: ids, tenant, created, last used, revoked — never the keys."""
+    with _errors(as_json):
+        store = KeyStore(store_url(key_store))
+        try:
+            rows = [_info(info) for info in store.list(tenant)]
+        finally:
+            store.close()
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        for row in rows:
+            who = "admin" if row["admin"] else f"tenant {row['tenant']}"
+            print(
+                f"{row['id']}  {who}  created {row['createdAt']}  last used "
+                f"{row['lastUsedAt'] or '-'}{'  REVOKED ' + row['revokedAt'] if row['revokedAt'] else ''}"
+            )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, key_store: StoreOption = None, as_json: JsonFlag = False) -> None:
+    """Revoke a key: it answers 401 from then on."""
+    with _errors(as_json):
+        store = KeyStore(store_url(key_store))
+        try:
+            info = store.revoke(key_id)
+        finally:
+            store.close()
+        print(json.dumps(_info(info)) if as_json else f"revoked {info.id}")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(
+    host: str, tls_cert: Path | None, tls_key: Path | None, key_store: str | None, store: KeyStore
+) -> None:
+    """Refuse a non-loopback address without TLS and a key store (every problem at once)."""
+    if is_loopback(host):
+        return
+    problems = []
+    for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path is None or not path.is_file():
+            problems.append(
+                f"{flag}: {'missing' if path is None else f'{str(path)!r} is not a file'} "
+                f"(allowed: a PEM file; --host {host} is not loopback, so TLS is required)"
+            )
+    if not (key_store or os.environ.get(STORE_VARIABLE)):
+        problems.append(
+            f"--key-store: missing (allowed: a key store URL or ${STORE_VARIABLE}; --host {host} "
+            "is not loopback)"
+        )
+    elif not any(info.revoked_at is None for info in store.list()):
+        problems.append(
+            "--key-store: holds no live key (allowed: create one with `dockyard keys create`)"
+        )
+    if problems:
+        raise InvalidInput("serve", problems)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: a free one, printed).")] = 8080,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="PEM certificate.")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key.")] = None,
+    key_store: StoreOption = None,
+    body_limit: Annotated[
+        int, typer.Option(help="Largest request body in bytes.")
+    ] = Limits.body_bytes,
+    rate: Annotated[
+        float, typer.Option(help="Requests per second per key (one replica).")
+    ] = Limits.rate,
+    burst: Annotated[int, typer.Option(help="Requests per key at once.")] = Limits.burst,
+) -> None:
+    """Serve the HTTP API (docs/api.md) until interrupted."""
+    with _errors(False):
+        store = KeyStore(store_url(key_store))
+        check_exposure(host, tls_cert, tls_key, key_store, store)
+        app = create_app(Sessions.default(), store, Limits(body_limit, rate, burst))
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise InvalidInput(
+                "serve", [f"--host {host} --port {port}: cannot listen ({exc.strerror})"]
+            ) from None
+        sock.listen(512)
+        bound = sock.getsockname()[1]
+        tls = tls_cert is not None and tls_key is not None
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            ssl_certfile=str(tls_cert) if tls else None,
+            ssl_keyfile=str(tls_key) if tls else None,
+            server_header=False,
+        )
+        shown = f"[{host}]" if ":" in host else host
+        print(f"dockyard: listening on {'https' if tls else 'http'}://{shown}:{bound}", flush=True)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            store.close()
+    raise typer.Exit(0)
+
+
+__all__ = ["keys_app", "serve"]

@@ -1,0 +1,117 @@
+"""What every request gets, in one place: an id (``X-Request-Id`` on every answer), the
+body size limit, a line in the audit trail (actor ``key:<id>``, or ``anonymous`` before a
+key is known; the method, path, status and request id as its detail — never a body,
+header or query value), and a catch-all that answers 500 with the request id and no
+traceback (the traceback goes to the server's log)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from anyio import to_thread
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import Failed
+from ..sessions import audit
+from .context import Context
+from .errors import REQUEST_ID_HEADER, TooLarge, body
+
+log = logging.getLogger("dockyard.api")
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp, context: Context) -> None:
+        self.app = app
+        self.context = context
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("dockyard", {})
+        state.update(request_id=rid, actor="anonymous")
+        started = time.monotonic()
+        status = {"code": 500, "sent": False}
+        limit = self.context.limits.body_bytes
+
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = TooLarge(
+            "request", [f"request: the body is over {limit} bytes (allowed: at most {limit})"]
+        )
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise too_large
+            return message
+
+        async def tagged_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["sent"] = True
+                headers = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k.lower() != REQUEST_ID_HEADER.lower().encode()
+                ]
+                headers.append((REQUEST_ID_HEADER.lower().encode(), rid.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                await self._answer(too_large.http_status, body(too_large, scope), tagged_send)
+            else:
+                await self.app(scope, limited_receive, tagged_send)
+        except TooLarge as error:
+            if not status["sent"]:
+                await self._answer(error.http_status, body(error, scope), tagged_send)
+        except Exception:
+            log.exception("request %s failed", rid)
+            if not status["sent"]:
+                error = Failed(f"internal error (request {rid}); the server's log has the details")
+                await self._answer(500, body(error, scope), tagged_send)
+        finally:
+            await self._audit(scope, status["code"], started)
+
+    @staticmethod
+    async def _answer(code: int, payload: dict[str, Any], send: Send) -> None:
+        data = json.dumps(payload).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": code,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+    async def _audit(self, scope: Scope, code: int, started: float) -> None:
+        state = scope["dockyard"]
+        entry = {
+            "time": audit.now(),
+            "actor": state.get("actor", "anonymous"),
+            "action": "api",
+            "session": state.get("session"),
+            "tenant": state.get("tenant"),
+            "result": "ok" if code < 400 else "error",
+            "duration_ms": round((time.monotonic() - started) * 1000),
+            "detail": f"{scope['method']} {scope['path']} {code} request {state['request_id']}",
+        }
+        try:
+            await to_thread.run_sync(audit.append, self.context.sessions.where.audit_log, entry)
+        except OSError:
+            log.exception("the audit line of request %s could not be written", state["request_id"])

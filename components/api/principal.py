@@ -1,0 +1,87 @@
+"""Who is calling: a :class:`Principal` resolved once per request from the API key
+(``Authorization: Bearer dk_…``), then charged against the key's rate.
+
+A tenant's key acts only as its tenant: handlers pass :meth:`Principal.scope` to the
+service layer, so another tenant's session is looked up in the caller's tenant and is
+"not found" exactly like a missing one. An admin key may name any tenant, or none.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ..errors import NotFound
+from .context import Context
+from .errors import RateLimited, Unauthorized
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    tenant: str | None
+    admin: bool
+
+    def scope(self, tenant: str | None = None) -> str | None:
+        """The tenant a call acts in: a tenant key's own, whatever was asked; an admin's
+        choice (None: every tenant)."""
+        return tenant if self.admin else self.tenant
+
+    def require_admin(self, what: str) -> None:
+        if not self.admin:
+            # A tenant's key does not learn that admin endpoints exist.
+            raise NotFound(f"no such endpoint: {what}")
+
+
+class TokenBuckets:
+    """Per-key token buckets in this process's memory: right for ONE server replica
+    (several replicas would each allow the rate; share a limiter then)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key_id: str) -> float:
+        """0 if the request may go, else the seconds until it could."""
+        with self._lock:
+            now = time.monotonic()
+            tokens, then = self._buckets.get(key_id, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+            if tokens >= 1:
+                self._buckets[key_id] = (tokens - 1, now)
+                return 0.0
+            self._buckets[key_id] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+
+def context(request: Request) -> Context:
+    return request.app.state.context  # type: ignore[no-any-return]
+
+
+async def principal(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Unauthorized("no API key: send Authorization: Bearer <key>")
+    ctx = context(request)
+    info = await ctx.call(ctx.store.authenticate, presented.strip())
+    if info is None:
+        raise Unauthorized("the API key is unknown or revoked")
+    request.scope.setdefault("dockyard", {})["actor"] = f"key:{info.id}"
+    wait = request.app.state.buckets.take(info.id)
+    if wait:
+        raise RateLimited(
+            f"key {info.id} passed its rate ({ctx.limits.rate:g} requests/s, "
+            f"burst {ctx.limits.burst}): retry in {wait:.1f} s",
+            wait,
+        )
+    return Principal(info.id, info.tenant, info.admin)
+
+
+Caller = Annotated[Principal, Depends(principal)]
+Ctx = Annotated[Context, Depends(context)]

@@ -1,0 +1,205 @@
+"""Sessions over HTTP: create (the reference request shape), list, get, refresh, destroy.
+
+Handlers parse, call the service layer (:class:`dockyard.sessions.Sessions`) in the
+bounded pool, and shape the answer; the caller's tenant comes from its key
+(:meth:`Principal.scope`), never from the body for a tenant's key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request
+from pydantic import BaseModel, Field
+
+from ..errors import InvalidInput
+from ..sessions import registry
+from .principal import Caller, Ctx, Principal
+from .status import engine_state
+
+router = APIRouter(tags=["sessions"])
+
+SECRET_FIELD = "secretValues"  # noqa: S105 - a field name, not a secret
+EXAMPLE = {
+    "sessionId": "s1",
+    "cwd": "/srv/app",
+    "backend": "claude",
+    "container": {"ports": [3000]},
+    "secrets": ["ANTHROPIC_API_KEY"],
+    SECRET_FIELD: {"ANTHROPIC_API_KEY": "<value>"},
+}
+CreateBody = Annotated[
+    dict[str, Any],
+    Body(
+        description=(
+            "The reference request (the body `dockyard up --request` and `dockyard validate "
+            "--request` take), unchanged; optionally `secretValues` {NAME: value} for the "
+            "names in `secrets` — never logged, never echoed, never stored. A name without a "
+            "value here is read from the server's environment (<TENANT>_NAME for a tenant)."
+        ),
+        examples=[EXAMPLE],
+    ),
+]
+TenantQuery = Annotated[
+    str | None, Query(description="Admin keys only: the tenant (a tenant key acts as its own).")
+]
+
+
+class Session(BaseModel):
+    manifest: dict[str, Any]
+    status: str | None = Field(description="The container's state on its engine.")
+    health: str | None = Field(description="Its health check's verdict, if it has one.")
+
+
+class SessionRow(BaseModel):
+    sessionId: str
+    tenant: str | None
+    stack: str
+    host: str
+    cwd: str
+    createdAt: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    container: str | None = None
+    ports: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class SessionPage(BaseModel):
+    items: list[SessionRow]
+    total: int
+    offset: int
+    next: int | None = Field(description="The offset of the next page, if any.")
+
+
+class Destroyed(BaseModel):
+    sessionId: str
+    destroyed: bool
+
+
+def _mark(request: Request, session: str | None, tenant: str | None) -> None:
+    """What the audit line of this request names."""
+    request.scope.setdefault("dockyard", {}).update(session=session, tenant=tenant)
+
+
+def _split_secrets(
+    body: dict[str, Any], caller: Principal
+) -> tuple[dict[str, Any], dict[str, str] | None]:
+    request = {k: v for k, v in body.items() if k != SECRET_FIELD}
+    values = body.get(SECRET_FIELD)
+    problems = []
+    if values is not None and not (
+        isinstance(values, dict) and all(isinstance(v, str) for v in values.values())
+    ):
+        # Never the value: it is a secret.
+        problems.append(
+            f"request.{SECRET_FIELD}: not a mapping of names to strings "
+            "(allowed: {NAME: value} for names in request.secrets)"
+        )
+    if not caller.admin:
+        asked = request.get("tenant")
+        if asked is not None and asked != caller.tenant:
+            problems.append(
+                f"request.tenant: {asked!r} is not this key's tenant (allowed: {caller.tenant!r} "
+                "or leave it out)"
+            )
+        request["tenant"] = caller.tenant
+    if problems:
+        raise InvalidInput("request", problems)
+    return request, values
+
+
+@router.post("/api/sessions/create", status_code=201, summary="Create a session (reference)")
+@router.post("/api/sessions", status_code=201, summary="Create a session")
+async def create(body: CreateBody, request: Request, caller: Caller, ctx: Ctx) -> dict[str, Any]:
+    """Create the session (or converge it if it exists) and answer its manifest."""
+    session_request, values = _split_secrets(body, caller)
+    _mark(request, str(session_request.get("sessionId")), session_request.get("tenant"))
+    return dict(await ctx.call(ctx.sessions.create, session_request, values))
+
+
+def _labels(record: registry.Record) -> dict[str, str]:
+    labels = record.request.get("labels")
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
+def _matches(labels: dict[str, str], wanted: list[str]) -> bool:
+    for item in wanted:
+        key, sep, value = item.partition("=")
+        if key not in labels or (sep and labels[key] != value):
+            return False
+    return True
+
+
+@router.get("/api/sessions", summary="List sessions")
+async def list_sessions(
+    caller: Caller,
+    ctx: Ctx,
+    tenant: TenantQuery = None,
+    label: Annotated[
+        list[str] | None, Query(description="KEY or KEY=VALUE; repeat: all must match.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SessionPage:
+    scope = caller.scope(tenant)
+
+    def rows() -> list[SessionRow]:
+        labels = {r.stack_name: _labels(r) for r in ctx.sessions.registry.all(scope)}
+        found = []
+        for row in ctx.sessions.list(scope):
+            row_labels = labels.get(row["stack"], {})
+            if _matches(row_labels, label or []):
+                found.append(SessionRow(**{**row, "labels": row_labels}))
+        return found
+
+    found = await ctx.call(rows)
+    page = found[offset : offset + limit]
+    more = offset + limit < len(found)
+    return SessionPage(
+        items=page, total=len(found), offset=offset, next=offset + limit if more else None
+    )
+
+
+@router.get("/api/sessions/{session_id}", summary="A session: manifest, status, health")
+async def get(
+    session_id: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
+) -> Session:
+    scope = caller.scope(tenant)
+    _mark(request, session_id, scope)
+
+    def read() -> Session:
+        record = ctx.sessions.registry.find(session_id, scope)
+        manifest = ctx.sessions.get(session_id, scope)
+        state = engine_state(manifest["container"]["id"], record.host)
+        return Session(manifest=dict(manifest), **state)
+
+    return await ctx.call(read)
+
+
+@router.post("/api/sessions/{session_id}/refresh", summary="Recreate a session's container")
+async def refresh(
+    session_id: str,
+    request: Request,
+    caller: Caller,
+    ctx: Ctx,
+    tenant: TenantQuery = None,
+    secrets: Annotated[dict[str, str] | None, Body(alias=SECRET_FIELD, embed=True)] = None,
+) -> dict[str, Any]:
+    """Recreate the container, keeping the workspace; answers the new manifest."""
+    scope = caller.scope(tenant)
+    _mark(request, session_id, scope)
+    return dict(await ctx.call(ctx.sessions.refresh, session_id, scope, secrets))
+
+
+@router.delete("/api/sessions/{session_id}", summary="Destroy a session")
+async def destroy(
+    session_id: str,
+    request: Request,
+    caller: Caller,
+    ctx: Ctx,
+    tenant: TenantQuery = None,
+    final_backup: Annotated[bool, Query(alias="finalBackup")] = True,
+) -> Destroyed:
+    scope = caller.scope(tenant)
+    _mark(request, session_id, scope)
+    await ctx.call(ctx.sessions.destroy, session_id, scope, final_backup=final_backup)
+    return Destroyed(sessionId=session_id, destroyed=True)
