@@ -23,11 +23,25 @@ NOT_FOUND = 4
 
 
 class DockyardError(Exception):
-    """Something a user asked for did not happen; ``problems`` says why, one line each."""
+    """Something a user asked for did not happen; ``problems`` says why, one line each.
+
+    A kind sets its exit code, HTTP status and name in its class line:
+    ``class InvalidInput(DockyardError, code=INVALID, status=422, kind="invalid")``."""
 
     exit_code: ClassVar[int] = FAILED
     http_status: ClassVar[int] = 502
     kind: ClassVar[str] = "failed"
+
+    def __init_subclass__(
+        cls, *, code: int | None = None, status: int | None = None, kind: str | None = None
+    ) -> None:
+        super().__init_subclass__()
+        if code is not None:
+            cls.exit_code = code
+        if status is not None:
+            cls.http_status = status
+        if kind is not None:
+            cls.kind = kind
 
     def __init__(self, message: str, problems: Sequence[str] | None = None) -> None:
         super().__init__(message)
@@ -51,36 +65,20 @@ class Failed(DockyardError):
     """The engine, the driver, Pulumi or storage did not do what was asked."""
 
 
-class InvalidInput(DockyardError):
+class InvalidInput(DockyardError, code=INVALID, status=422, kind="invalid"):
     """A request, stack file, setting or flag is not allowed; every problem is listed."""
 
-    exit_code = INVALID
-    http_status = 422
-    kind = "invalid"
 
-
-class QuotaExceeded(DockyardError):
+class QuotaExceeded(DockyardError, code=QUOTA, status=429, kind="quota"):
     """A create would pass a cap; the message names host, cap, use and request."""
 
-    exit_code = QUOTA
-    http_status = 429
-    kind = "quota"
 
-
-class NotFound(DockyardError):
+class NotFound(DockyardError, code=NOT_FOUND, status=404, kind="not-found"):
     """No such session, snapshot or backup (or one the caller may not see)."""
 
-    exit_code = NOT_FOUND
-    http_status = 404
-    kind = "not-found"
 
-
-class Conflict(DockyardError):
+class Conflict(DockyardError, code=FAILED, status=409, kind="conflict"):
     """The thing exists already, or is busy with another operation."""
-
-    exit_code = FAILED
-    http_status = 409
-    kind = "conflict"
 
 
 def exit_code_of(error: BaseException) -> int:
