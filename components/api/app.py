@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from ..sessions import Sessions
@@ -18,7 +21,16 @@ API_VERSION = "1"
 def create_app(sessions_api: Sessions, store: KeyStore, limits: Limits | None = None) -> FastAPI:
     """The HTTP face over ``sessions_api`` with keys from ``store``."""
     context = Context(sessions_api, store, limits or Limits())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            context.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title=TITLE,
         version=API_VERSION,
         summary="Sessions for AI coding agents over HTTP (the service layer "
