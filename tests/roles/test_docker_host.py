@@ -43,9 +43,9 @@ def test_second_run_changes_nothing_and_config_is_live(docker_client: docker.Doc
         assert "--platform=ptrace" in runtimes["runsc"]["runtimeArgs"]
     else:
         assert runtimes == {}
+    # A host-wide nofile default is opt-in (docker_host_default_nofile): not set here.
     assert daemon == {
         "default-address-pools": [{"base": "172.16.0.0/12", "size": 24}],
-        "default-ulimits": {"nofile": {"Hard": 2048, "Name": "nofile", "Soft": 1024}},
         "live-restore": True,
         "log-driver": "json-file",
         "log-opts": {"max-file": "3", "max-size": "10m"},

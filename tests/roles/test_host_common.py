@@ -133,6 +133,8 @@ def test_an_interval_cron_cannot_express_is_refused(tmp_path: Path, minutes: int
                 "localhost,",
                 "-c",
                 "local",
+                "-e",
+                f"ansible_python_interpreter={sys.executable}",
                 str(playbook),
             ],
             cwd=REPO,
@@ -300,3 +302,50 @@ def test_the_backup_launcher_runs_the_installed_package(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode == 2
     assert "unknown keys ['keep_dayly']" in bad.stderr
+
+
+PLATFORM_PLAYBOOK = """\
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role: {name: host_common, tasks_from: state}
+"""
+
+
+def platform_run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    playbook = tmp_path / "platform.yml"
+    playbook.write_text(PLATFORM_PLAYBOOK)
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            *extra,
+            str(playbook),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+    )
+
+
+def test_a_role_used_alone_gathers_its_facts_and_refuses_other_platforms(tmp_path: Path) -> None:
+    # No facts gathered by the play: the role reads them itself (this machine is Debian).
+    alone = platform_run(tmp_path)
+    assert alone.returncode == 0, alone.stdout
+    assert "TASK [host_common : Gather the facts the roles read when they are missing]" in (
+        alone.stdout
+    )
+    other = platform_run(
+        tmp_path,
+        "-e",
+        '{"ansible_facts": {"os_family": "RedHat", "distribution": "Fedora", "service_mgr": "systemd"}}',
+    )
+    assert other.returncode != 0
+    assert "Fedora (os_family RedHat) is not supported (allowed: the Debian family" in other.stdout
