@@ -35,8 +35,7 @@ from pydantic.alias_generators import to_camel
 from dockyard import environment, image, provider
 from dockyard import manifest as manifest_contract
 from dockyard.assets import version
-from dockyard.config import Environment, Healthcheck, Limits
-from dockyard.config import Runtime
+from dockyard.config import Environment, Healthcheck, Limits, Runtime
 from tests.support.program import REPO, ProgramRun, RecordingMocks, record
 from tests.support.secrets import is_secret_wrapped, unwrap
 
