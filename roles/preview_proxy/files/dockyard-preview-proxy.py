@@ -280,7 +280,12 @@ def reconcile(args: argparse.Namespace) -> dict[str, object]:
         tmp.replace(config)
     running = caddy_up(args.admin)
     caddy = [args.caddy]
-    if not running:
+    if not running and args.service:
+        # Under systemd Caddy is a service of its own: a timer's job (Type=oneshot) would
+        # have every process it leaves behind killed when it exits.
+        run(["systemctl", "start", args.service])
+        actions.append("caddy started")
+    elif not running:
         # Its log to a file: the daemon would hold a pipe open and we would wait forever.
         log = config.with_name("caddy.log")
         with open(log, "ab") as out:
@@ -312,7 +317,14 @@ def reconcile(args: argparse.Namespace) -> dict[str, object]:
 
 def remove(args: argparse.Namespace) -> dict[str, object]:
     actions = []
-    if caddy_up(args.admin):
+    if args.service:
+        active = subprocess.run(
+            ["systemctl", "is-active", "--quiet", args.service], check=False
+        ).returncode
+        if active == 0:
+            run(["systemctl", "stop", args.service])
+            actions.append("caddy stopped")
+    elif caddy_up(args.admin):
         run([args.caddy, "stop", "--address", args.admin])
         actions.append("caddy stopped")
     config = Path(args.config)
@@ -331,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--https-port", type=int, default=443)
     parser.add_argument("--admin", default="127.0.0.1:2019", help="Caddy's admin endpoint")
     parser.add_argument("--caddy", default="/usr/bin/caddy")
+    parser.add_argument(
+        "--service",
+        help="systemd unit that runs Caddy (started when it is not up, stopped by --remove); "
+        "without it, `caddy start` (hosts without systemd)",
+    )
     parser.add_argument("--no-discover", dest="discover", action="store_false")
     parser.add_argument("--scope-label", help="KEY=VALUE: only environments with this label")
     parser.add_argument("--watch", type=float, help="repeat every N seconds (1-60)")
