@@ -12,14 +12,17 @@ import json
 import os
 import shutil
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from . import modal_plan, ssh
 from .api.commands import keys_app, serve
@@ -30,8 +33,68 @@ from .sessions import audit as audit_log
 from .sessions import backups as backup_sessions
 from .sessions.request import SESSIONS_STACK
 
+DEBUG_VARIABLE = "DOCKYARD_DEBUG"
+
+
+class _Faces(TyperGroup):
+    """The root command: every verb, whatever sub-app it is in, runs inside one handler.
+
+    A :class:`DockyardError` prints its lines (or the ``--json`` error object) and exits
+    with its code. Anything else that escapes is a bug of dockyard's (every layer turns
+    what it knows into a DockyardError): the last resort prints one line and exits 1; the
+    traceback only with DOCKYARD_DEBUG=1."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: Any = None,
+        **extra: Any,
+    ) -> Any:
+        self._argv = list(args)
+        return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        as_json = "--json" in getattr(self, "_argv", [])
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as error:
+            # A usage error (exit 2): with --json, the error object like any other.
+            if as_json and hasattr(error, "format_message"):
+                _fail(getattr(error, "exit_code", INVALID), error.format_message(), True)
+            raise
+        except (typer.Exit, typer.Abort):
+            raise  # --help, --version, a verb's own exit
+        except DockyardError as error:
+            _fail(error.exit_code, error.problems, as_json)
+        except Exception as error:
+            _unexpected(error, as_json)
+
+
+def _unexpected(error: BaseException, as_json: bool) -> NoReturn:
+    if os.environ.get(DEBUG_VARIABLE) == "1":
+        traceback.print_exception(error, file=sys.stderr)
+    _fail(
+        FAILED,
+        f"unexpected error ({type(error).__name__}): this is a bug in dockyard; run again "
+        f"with {DEBUG_VARIABLE}=1 for the traceback and report it",
+        as_json,
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            version = metadata.version("dockyard")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed as a package)"
+        print(f"dockyard {version}")
+        raise typer.Exit(OK)
+
+
 app = typer.Typer(
     name="dockyard",
+    cls=_Faces,
     help="Isolated container environments for AI coding agent sessions.",
     no_args_is_help=True,
     add_completion=False,
@@ -46,10 +109,27 @@ app.add_typer(image_app, name="image")
 app.add_typer(keys_app, name="keys")
 app.command("serve")(serve)
 
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print dockyard's version and exit.",
+            callback=_version,
+            is_eager=True,
+            metavar="",
+        ),
+    ] = False,
+) -> None:
+    """Isolated container environments for AI coding agent sessions."""
+
+
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.", metavar="")]
 TenantOption = Annotated[str | None, typer.Option("--tenant", help="The session's tenant.")]
 
 
@@ -237,7 +317,8 @@ def down(
     session: str,
     tenant: TenantOption = None,
     no_backup: Annotated[
-        bool, typer.Option("--no-backup", help="Skip the final backup (backup.onDestroy).")
+        bool,
+        typer.Option("--no-backup", help="Skip the final backup (backup.onDestroy).", metavar=""),
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -325,7 +406,8 @@ def ssh_session(
         str, typer.Option(help="Address the session's ports are published on.")
     ] = "127.0.0.1",
     print_only: Annotated[
-        bool, typer.Option("--print", help="Issue the certificate, print the ssh command.")
+        bool,
+        typer.Option("--print", help="Issue the certificate, print the ssh command.", metavar=""),
     ] = False,
     command: Annotated[
         str | None, typer.Option("--command", help="Run this instead of a login shell.")
@@ -383,7 +465,9 @@ def ssh_session(
 def logs(
     session: str,
     tenant: TenantOption = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.", metavar="")
+    ] = False,
     tail: Annotated[int | None, typer.Option(help="Last N lines.")] = None,
 ) -> None:
     """Print the session container's logs."""
@@ -424,27 +508,46 @@ def validate(
         _fail(INVALID, "give exactly one of --request FILE or --stack FILE", as_json)
     with _errors(as_json):
         if stack is not None:
-            name = stack_file(stack, check_secrets=False, label=f"--stack {stack}").stack
-            result = {"valid": True, "stack": name}
+            config = stack_file(stack, check_secrets=False, label=f"--stack {stack}")
+            # A named secret that is not set yet: the file is valid, the run would stop
+            # (docs/stacks.md); the only difference of the second check is that one.
+            try:
+                stack_file(stack, label=f"--stack {stack}")
+                unset: list[str] = []
+            except ConfigError as error:
+                unset = error.problems
+            for line in unset:
+                err.print(f"[yellow]WARNING[/yellow]: {line}", markup=True, soft_wrap=True)
+            result = {
+                "valid": True,
+                "stack": config.stack,
+                "sessions": [e.session_id for e in config.environments],
+                "warnings": unset,
+            }
         else:
             session_plan, _ = _sessions().plan(_read_request(str(request_file)))
             result = {
                 "valid": True,
-                "sessionId": session_plan.session_id,
                 "stack": session_plan.stack_name,
+                "sessions": [session_plan.session_id],
+                "warnings": [],
             }
         _emit(result, as_json, lambda d: out.print("valid"))
 
 
 @plan_app.command("modal")
 def plan_modal(
-    manifest: str,
+    manifest: Annotated[str, typer.Argument(help="A session's manifest file (v1).")],
     stack: Annotated[str | None, typer.Option(help="Stack file for limits and GPU.")] = None,
-    cpus: Annotated[float | None, typer.Option()] = None,
-    memory: Annotated[str | None, typer.Option()] = None,
-    gpu: Annotated[str | None, typer.Option()] = None,
+    cpus: Annotated[
+        float | None, typer.Option(help="CPUs (default: the stack's, else dockyard's).")
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option(help="Memory: MB or with a unit (8192, 8g).")
+    ] = None,
+    gpu: Annotated[str | None, typer.Option(help=modal_plan.GPU_FLAG_ALLOWED)] = None,
 ) -> None:
-    """Preview the Modal sandbox equivalent of a manifest (R-MAN-3)."""
+    """Preview the Modal sandbox equivalent of a manifest (creates nothing)."""
     argv = [manifest]
     for flag, value in (("--stack", stack), ("--cpus", cpus), ("--memory", memory), ("--gpu", gpu)):
         if value is not None:
@@ -529,7 +632,9 @@ def restore(
     ] = None,
     force: Annotated[
         bool,
-        typer.Option(help="Replace a non-empty workspace (its content is backed up first)."),
+        typer.Option(
+            help="Replace a non-empty workspace (its content is backed up first).", metavar=""
+        ),
     ] = False,
     tenant: TenantOption = None,
     stack: StackFileOption = None,

@@ -1,7 +1,7 @@
-"""Preview the Modal sandbox equivalent of a manifest (R-MAN-3). Creates nothing.
+"""Preview the Modal sandbox equivalent of a manifest. Creates nothing.
 
     python -m dockyard.modal_plan MANIFEST [--stack stacks/Pulumi.team.yaml]
-                                            [--cpus N] [--memory SIZE] [--gpu all|IDS]
+                                            [--cpus N] [--memory SIZE] [--gpu GPU]
 
 The v1 manifest does not carry limits; they come from ``--stack`` (the environment's
 resolved limits and GPU request in that stack) or the flags, else dockyard's defaults.
@@ -12,6 +12,7 @@ secret that must provide them.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,52 @@ from pydantic import ValidationError
 from . import config as stack_config
 from . import manifest as manifest_contract
 from .config import messages as config_messages
+
+MODAL_GPU_TYPES = (
+    "T4",
+    "L4",
+    "A10G",
+    "L40S",
+    "A100",
+    "A100-40GB",
+    "A100-80GB",
+    "H100",
+    "H200",
+    "B200",
+)
+GPU_FLAG_ALLOWED = (
+    "all, comma-separated device ids (0,1 or GPU-<uuid>), or a Modal GPU type "
+    f"({', '.join(MODAL_GPU_TYPES)}), optionally with :COUNT (A100:2)"
+)
+
+
+DEVICE_ID = re.compile(r"[0-9]{1,3}|(GPU|MIG)-[0-9A-Za-z-]{1,60}", re.ASCII)
+
+
+def modal_gpu(gpu: str | Sequence[str]) -> str:
+    """Modal's ``gpu=`` for dockyard's GPU request: a Modal type as given, ``all`` as
+    ``any``, N device ids as ``any:N``."""
+    if gpu == "all":
+        return "any"
+    if isinstance(gpu, str):
+        return gpu
+    return f"any:{len(gpu)}"
+
+
+def parse_gpu_flag(text: str) -> str | list[str]:
+    """``--gpu``: ``all``, device ids, or a Modal GPU type (``A100``, ``H100:2``); anything
+    else is refused (never silently turned into another request)."""
+    if text == "all":
+        return "all"
+    kind, sep, count = text.partition(":")
+    by_upper = {t.upper(): t for t in MODAL_GPU_TYPES}
+    if kind.upper() in by_upper and (not sep or (count.isdigit() and 1 <= int(count) <= 8)):
+        return by_upper[kind.upper()] + (f":{int(count)}" if sep else "")
+    ids = text.split(",")
+    if all(DEVICE_ID.fullmatch(i) for i in ids) and len(set(ids)) == len(ids):
+        return ids
+    shown = text if len(text) <= 40 and text.isascii() and text.isprintable() else "<this value>"
+    raise ValueError(f"--gpu: {shown!r} is not allowed (allowed: {GPU_FLAG_ALLOWED})")
 
 
 def plan(
@@ -54,7 +101,7 @@ def plan(
         if env_names
         else "[],"
     )
-    gpu_text = "None" if gpu is None else repr("any" if gpu == "all" else f"any:{len(gpu)}")
+    gpu_text = "None" if gpu is None else repr(modal_gpu(gpu))
     ports = [m["containerPort"] for m in manifest["container"]["portMappings"]] or manifest[
         "requested"
     ]["ports"]
@@ -104,9 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("manifest", help="a v1 manifest file")
     parser.add_argument("--stack", help="stack file to take the environment's limits and GPU from")
-    parser.add_argument("--cpus", type=float)
+    parser.add_argument("--cpus", type=float, help="CPUs (default: the stack's or dockyard's)")
     parser.add_argument("--memory", help="MB or with a unit: 8192, 8g")
-    parser.add_argument("--gpu", help="all, or comma-separated device ids")
+    parser.add_argument("--gpu", help=GPU_FLAG_ALLOWED)
     args = parser.parse_args(argv)
     try:
         manifest = manifest_contract.load(args.manifest)
@@ -132,7 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpus = overrides.cpus or cpus
     memory = overrides.memory or memory
     if args.gpu:
-        gpu = "all" if args.gpu == "all" else args.gpu.split(",")
+        try:
+            gpu = parse_gpu_flag(args.gpu)
+        except ValueError as exc:
+            print(f"ERROR: {exc}", file=sys.stderr)
+            return 1
     print(plan(manifest, cpus, memory, gpu))
     return 0
 

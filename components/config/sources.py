@@ -196,15 +196,54 @@ def decode(value: Any) -> Any:
     return value
 
 
-def from_stack_file(path: str) -> tuple[dict[str, Any], set[str]]:
+STACK_FILE_KEYS = frozenset({"config", "secretsprovider", "encryptedkey", "encryptionsalt"})
+"""The top-level keys of a ``Pulumi.<stack>.yaml`` (Pulumi's own; ours live under config)."""
+STACK_FILE_FORM = "a YAML mapping with a `config:` mapping of dockyard:<key> entries"
+
+
+def from_stack_file(path: str, label: str | None = None) -> tuple[dict[str, Any], set[str]]:
     """Raw config and secret keys of a ``Pulumi.<stack>.yaml``, in Pulumi's shape (a key
-    without a namespace is ours)."""
+    without a namespace is ours). A file that is not YAML or not a stack file's shape (no
+    ``config:`` mapping, empty, a JSON request) is a :class:`ConfigError` naming the file
+    as ``label`` (else by its path)."""
+    where = label or path
     with open(path, encoding="utf-8") as handle:
-        document = yaml.safe_load(handle) or {}
+        text = handle.read()
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        reason = getattr(exc, "problem", None) or "a syntax error"
+        raise ConfigError(
+            "stack", [f"{where}: not YAML{at}: {reason} (allowed: {STACK_FILE_FORM})"]
+        ) from None
+    if document is None:
+        raise ConfigError("stack", [f"{where}: empty (allowed: {STACK_FILE_FORM})"])
+    if not isinstance(document, dict):
+        raise ConfigError(
+            "stack",
+            [f"{where}: {messages.describe(document)} (allowed: {STACK_FILE_FORM})"],
+        )
+    problems: list[str] = []
+    others = [str(k) for k in document if str(k) not in STACK_FILE_KEYS]
+    if others:
+        ours = any(k.startswith(NAMESPACE + ":") or k in TOP_LEVEL_KEYS for k in others)
+        problems.append(
+            f"{where}: {len(others)} key{'s' if len(others) != 1 else ''} outside `config:`"
+            + (" (dockyard keys belong under `config:`)" if ours else "")
+            + f" (allowed: {STACK_FILE_FORM})"
+        )
+    config = document.get("config")
+    if "config" not in document:
+        problems.append(f"{where}: no `config:` mapping (allowed: {STACK_FILE_FORM})")
+    elif config is not None and not isinstance(config, dict):
+        problems.append(f"{where}: config is {messages.describe(config)} (allowed: a mapping)")
+    if problems:
+        raise ConfigError("stack", problems)
     raw: dict[str, Any] = {}
     secret_keys: set[str] = set()
-    config = document.get("config") if isinstance(document, dict) else None
-    for key, value in (config if isinstance(config, dict) else {}).items():
+    for key, value in (config or {}).items():
         full = str(key) if ":" in str(key) else config_key(str(key))
         if isinstance(value, dict) and set(value) == {"secure"}:
             secret_keys.add(full)
@@ -228,9 +267,14 @@ def stack_file(
     the file's (unless ``cwd``). A file that cannot be read is a :class:`ConfigError` whose
     line names it as ``label`` (e.g. the flag that gave it), else by its path."""
     try:
-        raw, secret_keys = from_stack_file(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError("stack", [f"{label or path}: cannot be read ({exc})"]) from None
+        raw, secret_keys = from_stack_file(path, label)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError("stack", [f"{label or path}: cannot be read ({reason})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            "stack", [f"{label or path}: not UTF-8 text (allowed: {STACK_FILE_FORM})"]
+        ) from None
     return parse(
         raw,
         stack=stack_name(path),

@@ -31,7 +31,7 @@ from ..config import ConfigError, from_host_settings
 from ..contract import NAMING_CURRENT
 from . import audit, backups, driver, ownership, quotas, registry
 from .request import SessionPlan, plan
-from .settings import Paths, load_settings, paths
+from .settings import Paths, load_settings, paths, usable_state
 
 __all__ = [
     "ConfigError",
@@ -68,7 +68,7 @@ class Sessions:
 
     @classmethod
     def default(cls) -> Sessions:
-        where = paths()
+        where = usable_state(paths())
         return cls(where, driver.load(where))
 
     # --- helpers -------------------------------------------------------------------------
@@ -235,13 +235,21 @@ class Sessions:
             return
         import docker
 
-        client = (
-            docker.DockerClient(
-                base_url=session_plan.config.docker_host or None, use_ssh_client=True
-            )
-            if session_plan.config.docker_host
-            else docker.from_env()
+        where = session_plan.config.docker_host or os.environ.get("DOCKER_HOST") or "local"
+        unreachable = (
+            f"the Docker engine ({where}) cannot be reached to count quota use; start it, "
+            "or set dockerHost in the host settings (or DOCKER_HOST) to a running engine"
         )
+        try:
+            client = (
+                docker.DockerClient(
+                    base_url=session_plan.config.docker_host or None, use_ssh_client=True
+                )
+                if session_plan.config.docker_host
+                else docker.from_env()
+            )
+        except docker.errors.DockerException:
+            raise driver.DriverError(unreachable) from None
         try:
             limits = session_plan.config.limits_of(session_plan.environment)
             request = quotas.Request(
@@ -260,6 +268,8 @@ class Sessions:
             except quotas.QuotaError as error:
                 entry["detail"] = str(error)
                 raise
+            except docker.errors.DockerException:
+                raise driver.DriverError(unreachable) from None
             try:
                 yield
             finally:

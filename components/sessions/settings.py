@@ -19,6 +19,28 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, host_settings
+from ..errors import Failed
+
+
+class StateUnusable(Failed):
+    """The state directory cannot be created, read or written."""
+
+
+def usable_state(where: Paths) -> Paths:
+    """``where`` once its state directory exists and this user can read and write it
+    (created with mode 0700 if missing); else :class:`StateUnusable` saying how to fix it."""
+    try:
+        where.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        usable = os.access(where.state, os.R_OK | os.W_OK | os.X_OK)
+        reason = "permission denied"
+    except OSError as exc:
+        usable, reason = False, exc.strerror or type(exc).__name__
+    if not usable:
+        raise StateUnusable(
+            f"the state directory {where.state} cannot be used ({reason}); set "
+            "DOCKYARD_STATE_DIR to a directory you can write, or fix its permissions"
+        )
+    return where
 
 
 @dataclass(frozen=True)

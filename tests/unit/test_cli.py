@@ -40,7 +40,8 @@ def test_validate_a_good_and_a_bad_stack(env: dict[str, str], tmp_path: Path) ->
     code, data, _ = run(
         env, "validate", "--stack", str(REPO / "stacks" / "Pulumi.team.yaml"), "--json"
     )
-    assert (code, data) == (0, {"valid": True, "stack": "team"})
+    assert code == 0
+    assert (data["valid"], data["stack"], len(data["sessions"])) == (True, "team", 4)
     bad = tmp_path / "Pulumi.bad.yaml"
     bad.write_text(
         "config:\n  dockyard:environments:\n    - sessionId: a\n      ports: [0]\n"
@@ -64,7 +65,10 @@ def test_validate_a_request_from_stdin(env: dict[str, str]) -> None:
         "container": {"image": "ubuntu:24.04", "ports": [3000]},
     }
     code, data, _ = run(env, "validate", "--request", "-", "--json", stdin=json.dumps(request))
-    assert (code, data) == (0, {"valid": True, "sessionId": "s1", "stack": "sessions.s1"})
+    assert (code, data) == (
+        0,
+        {"valid": True, "stack": "sessions.s1", "sessions": ["s1"], "warnings": []},
+    )
     code, data, _ = run(env, "validate", "--request", "-", "--json", stdin="{not json")
     assert code == 2
     assert data["error"]["problems"][0].startswith("--request -: not JSON (line 1")
