@@ -16,23 +16,22 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import uvicorn
 
 from ..errors import DockyardError, InvalidInput
 from ..sessions import Sessions
 from ..sessions.settings import paths
-from .app import create_app
-from .context import Limits
-from .store import KeyStore, default_url
+from .settings import STORE_VARIABLE, Limits, default_url
+
+if TYPE_CHECKING:
+    from .store import KeyStore
 
 keys_app = typer.Typer(
     help="API keys of `dockyard serve` (shown once, stored as a digest).", no_args_is_help=True
 )
 
-STORE_VARIABLE = "DOCKYARD_API_KEY_STORE"
 StoreOption = Annotated[
     str | None,
     typer.Option(
@@ -46,6 +45,14 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON
 
 def store_url(given: str | None) -> str:
     return given or os.environ.get(STORE_VARIABLE) or default_url(paths().state)
+
+
+def open_store(given: str | None) -> KeyStore:
+    # Late for start-up speed: SQLAlchemy and Alembic load only when a keys or serve
+    # command runs, never for `dockyard --help` or the other commands.
+    from .store import KeyStore
+
+    return KeyStore(store_url(given))
 
 
 @contextlib.contextmanager
@@ -81,7 +88,7 @@ def keys_create(
 ) -> None:
     """Create a key and print it once (only its digest is kept)."""
     with _errors(as_json):
-        store = KeyStore(store_url(key_store))
+        store = open_store(key_store)
         try:
             issued = store.create(tenant, admin)
         finally:
@@ -105,7 +112,7 @@ def keys_list(
 ) -> None:
     """List keys: ids, tenant, created, last used, revoked — never the keys."""
     with _errors(as_json):
-        store = KeyStore(store_url(key_store))
+        store = open_store(key_store)
         try:
             rows = [_info(info) for info in store.list(tenant)]
         finally:
@@ -125,7 +132,7 @@ def keys_list(
 def keys_revoke(key_id: str, key_store: StoreOption = None, as_json: JsonFlag = False) -> None:
     """Revoke a key: it answers 401 from then on."""
     with _errors(as_json):
-        store = KeyStore(store_url(key_store))
+        store = open_store(key_store)
         try:
             info = store.revoke(key_id)
         finally:
@@ -184,8 +191,13 @@ def serve(
 ) -> None:
     """Serve the HTTP API (docs/api.md) until interrupted."""
     with _errors(False):
-        store = KeyStore(store_url(key_store))
+        store = open_store(key_store)
         check_exposure(host, tls_cert, tls_key, key_store, store)
+        # Late for start-up speed: FastAPI and uvicorn load only when serve runs.
+        import uvicorn
+
+        from .app import create_app
+
         app = create_app(Sessions.default(), store, Limits(body_limit, rate, burst))
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)

@@ -1,4 +1,5 @@
-"""What the server holds for its lifetime: the service layer, the key store, the limits."""
+"""What the server holds for its lifetime: the service layer, the key store, the limits
+(:class:`~.settings.Limits`)."""
 
 from __future__ import annotations
 
@@ -10,22 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..sessions import Sessions
+from .settings import Limits
 from .store import KeyStore
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Limits:
-    body_bytes: int = 1024 * 1024
-    """Largest request body (a request is a few kB; secrets included)."""
-    rate: float = 10.0
-    """Requests per second per key (token bucket refill)."""
-    burst: int = 40
-    """Requests a key may send at once (bucket size)."""
-    workers: int = 16
-    """Service calls (creates, destroys…) running at once; further ones wait their turn
-    without blocking the event loop, so reads keep being answered."""
 
 
 def _own_event_loop() -> None:
@@ -54,3 +43,6 @@ class Context:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["Context", "Limits"]

@@ -36,7 +36,7 @@ class RequestMiddleware:
         state: dict[str, Any] = scope.setdefault("dockyard", {})
         state.update(request_id=rid, actor="anonymous")
         started = time.monotonic()
-        status = {"code": 500, "sent": False}
+        status = {"code": 500, "sent": False, "too_large": False}
         limit = self.context.limits.body_bytes
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
@@ -52,6 +52,9 @@ class RequestMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    # The framework turns an error while it reads the body into its own
+                    # 400; app_send answers 413 in its place.
+                    status["too_large"] = True
                     raise too_large
             return message
 
@@ -68,11 +71,17 @@ class RequestMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        async def app_send(message: Message) -> None:
+            if not status["too_large"]:
+                await tagged_send(message)
+            elif message["type"] == "http.response.start" and not status["sent"]:
+                await self._answer(too_large.http_status, body(too_large, scope), tagged_send)
+
         try:
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
                 await self._answer(too_large.http_status, body(too_large, scope), tagged_send)
             else:
-                await self.app(scope, limited_receive, tagged_send)
+                await self.app(scope, limited_receive, app_send)
         except TooLarge as error:
             if not status["sent"]:
                 await self._answer(error.http_status, body(error, scope), tagged_send)

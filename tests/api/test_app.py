@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,22 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_read(api: Api) -> N
     assert response.json()["error"]["problems"] == [
         "request: the body is over 2000 bytes (allowed: at most 2000)"
     ]
+
+
+@pytest.mark.parametrize("limits", [Limits(body_bytes=2000)])
+async def test_a_chunked_body_is_cut_off_once_it_passes_the_limit(api: Api) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"sessionId": "s", "pad": "'
+        for _ in range(10):
+            yield b"x" * 500
+        yield b'"}'
+
+    response = await api.client.post(
+        "/api/sessions/create", content=chunks(), headers=api.key("acme")
+    )
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["kind"] == "too-large"
 
 
 @pytest.mark.parametrize("limits", [Limits(rate=0.01, burst=3)])

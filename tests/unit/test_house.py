@@ -90,6 +90,13 @@ LATE_INTERNAL = {
     ("dockyard.sessions.driver", "dockyard.image"): (
         "the image component loads pulumi_docker: only an image build pays for it"
     ),
+    ("dockyard.api.commands", "dockyard.api.store"): (
+        "SQLAlchemy and Alembic: only `dockyard keys` and `dockyard serve` pay for them"
+    ),
+    ("dockyard.api.commands", "dockyard.api.app"): (
+        "FastAPI and the routers: only `dockyard serve` pays for them"
+    ),
+    ("dockyard.api.commands", "uvicorn"): "the ASGI server: only `dockyard serve` pays for it",
 }
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ...contract import RESERVED_TENANTS, RESERVED_TENANTS_ALLOWED
 from ...errors import Failed, InvalidInput, NotFound
+from ..settings import default_url
 from .models import ApiKey
 
 __all__ = ["KEY_PREFIX", "IssuedKey", "KeyInfo", "KeyStore", "default_url", "migrate"]
@@ -37,7 +38,6 @@ KEY_PATTERN = re.compile(r"^dk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 TENANT_ALLOWED = "lowercase letters, digits and '-', at most 63, " + RESERVED_TENANTS_ALLOWED
 MIGRATIONS = Path(__file__).with_name("migrations")
-DATABASE = "api-keys.db"
 # A dummy digest compared when no key matches, so a wrong id costs what a wrong secret does.
 _NO_KEY = hashlib.sha256(b"no such key").hexdigest()
 
@@ -45,11 +45,6 @@ _NO_KEY = hashlib.sha256(b"no such key").hexdigest()
 class StoreError(Failed):
     """The key store cannot be opened or written (its URL is never echoed: it may hold a
     password)."""
-
-
-def default_url(state: Path) -> str:
-    """SQLite in the sessions state directory (``<state>/api/api-keys.db``)."""
-    return f"sqlite:///{state / 'api' / DATABASE}"
 
 
 def _digest(secret: str) -> str:
