@@ -10,10 +10,12 @@ import os
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BeforeValidator,
     Field,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
@@ -67,7 +69,36 @@ def _unique_ports(ports: list[int]) -> list[int]:
     return ports
 
 
-Ports = Annotated[list[v.Port], AfterValidator(_unique_ports), v.bounded_list(128)]
+def _ports_at_once(value: Any, handler: ValidatorFunctionWrapHandler) -> list[int]:
+    """Every problem of a port list at once: a bad port does not hide a repeated one."""
+    try:
+        return _unique_ports(handler(value))
+    except ValidationError as exc:
+        if not isinstance(value, list):
+            raise
+        items: dict[int, tuple[int | str, Any, str]] = {}
+        for error in exc.errors():
+            loc = error["loc"]
+            if len(loc) != 1 or not isinstance(loc[0], int):
+                raise
+            allowed = (error.get("ctx") or {}).get("allowed") or "an integer container port"
+            items[loc[0]] = (loc[0], error.get("input"), str(allowed))
+        first: dict[int, int] = {}
+        for index, port in enumerate(value):
+            if index in items or isinstance(port, bool) or not isinstance(port, int):
+                continue
+            if port in first:
+                items[index] = (
+                    index,
+                    port,
+                    f"each container port once; ports[{first[port]}] has it already",
+                )
+            else:
+                first[port] = index
+        raise v.refuse_items([items[i] for i in sorted(items)]) from None
+
+
+Ports = Annotated[list[v.Port], WrapValidator(_ports_at_once), v.bounded_list(128)]
 
 GPU_ALLOWED = "'all' or a list of device ids (e.g. [0, 1] or ['GPU-3a1f...'])"
 

@@ -124,10 +124,21 @@ class Sessions:
         the engine names, v2 for a new session, its record's for an existing one."""
         settings = load_settings(self.where)
         values = self._secrets(request, secrets)
-        settings = self._with_image(request, settings)
+        try:
+            settings = self._with_image(request, settings)
+            first: list[str] = []
+        except ConfigError as error:  # listed with the request's other problems
+            first = error.problems
         tenant = request.get("tenant") if isinstance(request, Mapping) else None
         hint = functools.partial(_session_secret_hint, tenant=tenant)
-        planned = plan(request, settings, secret_names=set(values), secret_hint=hint, naming=naming)
+        planned = plan(
+            request,
+            settings,
+            secret_names=set(values),
+            secret_hint=hint,
+            naming=naming,
+            problems=first,
+        )
         return planned, values
 
     def _record(self, session: str, tenant: str | None) -> registry.Record:

@@ -103,14 +103,15 @@ def plan(
     secret_names: set[str] | frozenset[str] = frozenset(),
     secret_hint: SecretHint = stack_secret_hint,
     naming: str = NAMING_CURRENT,
+    problems: list[str] | None = None,
 ) -> SessionPlan:
     """Validate ``request`` on top of the host ``settings`` (stack keys without the
     namespace). Raises :class:`ConfigError` naming every problem at once.
     ``secret_names`` are the secrets the caller can supply (checked like a stack's);
     ``secret_hint`` says how the caller supplies a missing one. ``naming`` picks the engine
     names (dockyard.contract.NAMINGS): v2 for a new session, what its registry record says
-    for an existing one."""
-    problems: list[str] = []
+    for an existing one. ``problems``: what the caller found already (listed first)."""
+    problems = list(problems or [])
     if not isinstance(request, Mapping):
         raise ConfigError("request", ["request: not a JSON object (allowed: a mapping)"])
     environment: dict[str, Any] = {}

@@ -288,7 +288,9 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "unknown limit",
         env(limits={"swap": "1g"}),
-        [f"{E}.limits.swap: unknown key (allowed: cpus, disk, memory, nofileHard, nofileSoft, pids)"],
+        [
+            f"{E}.limits.swap: unknown key (allowed: cpus, disk, memory, nofileHard, nofileSoft, pids)"
+        ],
     ),
     # --- gpu and profiles
     (
@@ -457,10 +459,11 @@ def test_all_problems_of_a_stack_come_together() -> None:
     with pytest.raises(ConfigError) as info:
         parse(raw, stack="team", cwd="/p")
     keys = [problem.split(": ", 1)[0] for problem in info.value.problems]
-    # A repeated port is judged among valid ports: ports[2] is reported once ports[0] is fixed.
+    # A bad port does not hide a repeated one (issue 26): ports[0] and ports[2] together.
     assert keys == [
         "dockyard:environments[0].backend",
         "dockyard:environments[0].ports[0]",
+        "dockyard:environments[0].ports[2]",
         "dockyard:environments[0].volumes[0]",
         "dockyard:environments[1].env.<key 1>",
         "dockyard:environments[1].limits.memory",
@@ -468,7 +471,7 @@ def test_all_problems_of_a_stack_come_together() -> None:
         "dockyard:environments[2].gpu",
         "dockyard:profle",
     ]
-    assert "(8 problems)" in str(info.value)
+    assert "(9 problems)" in str(info.value)
 
 
 @pytest.mark.parametrize(
