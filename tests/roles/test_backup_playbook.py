@@ -13,6 +13,7 @@ from pathlib import Path
 
 import docker
 import pytest
+import yaml
 from docker.models.containers import Container
 
 from tests.support.ansible import REPO, PlaybookRun, TargetFleet, run_playbook
@@ -34,6 +35,12 @@ VARIABLES = {
 }
 ARGS = ["-e", "dockyard_docker_hosts=dockyard"]
 COMMAND = "/usr/local/libexec/dockyard/workspace-backup"
+LIBRARY = "/usr/local/libexec/dockyard"
+
+
+def package_files() -> list[str]:
+    variables = yaml.safe_load((REPO / "roles" / "host_common" / "vars" / "main.yml").read_text())
+    return list(variables["host_common_package_files"])
 
 
 @dataclass
@@ -66,11 +73,14 @@ def test_the_host_has_restic_the_command_its_configuration_and_schedule(
     host = prepared.host
     assert exec_ok(host, ["restic", "version"]).startswith("restic ")
     installed = exec_ok(host, ["cat", COMMAND])
-    assert installed == (REPO / "components" / "backup.py").read_text()
+    launcher = REPO / "roles" / "workspace_backup" / "files" / "dockyard-workspace-backup.py"
+    assert installed == launcher.read_text()
     assert exec_ok(host, ["stat", "-c", "%a %U", COMMAND]).split() == ["755", "root"]
-    # Beside it, the host library it writes the audit trail with.
-    library = exec_ok(host, ["cat", "/usr/local/libexec/dockyard/dockyard_host.py"])
-    assert library == (REPO / "roles" / "host_common" / "files" / "dockyard_host.py").read_text()
+    # Beside it, the package's host modules (the engine, the command, the host library it
+    # writes the audit trail with), each the repository's own file.
+    for path in package_files():
+        copy = exec_ok(host, ["cat", f"{LIBRARY}/dockyard/{path}"])
+        assert copy == (REPO / "components" / path).read_text(), path
     config = json.loads(exec_ok(host, ["cat", "/etc/dockyard/workspace-backup.json"]))
     assert config == {
         "repository": REPOSITORY,
