@@ -60,9 +60,9 @@ def describe(value: Any) -> str:
     if isinstance(value, int | float):
         return "<a number>"
     if isinstance(value, list | tuple):
-        return f"<a list of {len(value)} items>"
+        return f"<a list of {len(value)} item{'' if len(value) == 1 else 's'}>"
     if isinstance(value, dict):
-        return f"<a mapping of {len(value)} keys>"
+        return f"<a mapping of {len(value)} key{'' if len(value) == 1 else 's'}>"
     if value is None:
         return "<null>"
     return f"<a {type(value).__name__}>"
@@ -141,6 +141,8 @@ def looks_like_credential(value: Any) -> bool:
 def shown(value: Any, loc: tuple[int | str, ...]) -> str:
     if value is THIS_KEY:
         return "this key"
+    if isinstance(value, dict | list | tuple):
+        return describe(value)  # never whole: a mapping or list may hold anything
     if not is_sensitive(loc) and not looks_like_credential(value):
         return render(value)
     # A choice among words (credentials: files|brokered) named like a credential: a

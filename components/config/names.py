@@ -6,41 +6,108 @@ may be a pasted secret); one that follows it but is refused otherwise is named.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import (
     BeforeValidator,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
 )
 
 from . import values as v
-from .base import THIS_KEY
+from .base import CONVENTIONAL_NAME, THIS_KEY
+from .messages import looks_like_credential
+from .scope import scope_of, stack_secret_hint
 
 RESERVED_LABEL_PREFIX = "dockyard."
 RESERVED_ENV_PREFIX = "DOCKYARD_"
 
 
-def _keys_checked(check: Any) -> Any:
-    """A before-validator for a mapping whose keys follow a grammar: every bad key is one
-    problem. A key that breaks the grammar is named by position only (it may be a pasted
-    secret); one that follows it but is refused otherwise is named."""
+CREDENTIAL_KEY = re.compile(
+    r"(^|[._/-])(tokens?|secrets?|passwords?|passwd|api[_-]?keys?|credentials?|private[_-]?keys?"
+    r"|auth)($|[._/-])",
+    re.ASCII | re.I,
+)
+"""A label or build-arg key named like a credential (``com.example.api-token``)."""
+SHOWN_KEY = re.compile(r"[\x21-\x7e]{1,32}", re.ASCII)
 
-    def validate(value: Any) -> Any:
+
+def _plain_key(key: Any, position: int) -> str:
+    """How a refused key is named: as written when it is short printable ASCII that does
+    not look like a credential, else by position (it may be a pasted secret)."""
+    if isinstance(key, str) and SHOWN_KEY.fullmatch(key) and not looks_like_credential(key):
+        return key
+    return f"<key {position + 1}>"
+
+
+def _fix(name: str, info: ValidationInfo) -> str:
+    """How a credential is given instead: as a secret, the way the source supplies one."""
+    scope = scope_of(info)
+    hint = scope.secret_hint if scope is not None else stack_secret_hint
+    shown = name if CONVENTIONAL_NAME.fullmatch(name) else "<NAME>"
+    return f"list {shown} under secrets instead: {hint(shown)}"
+
+
+def _keys_checked(check: Any, where: str) -> Any:
+    """A wrap-validator for a mapping whose keys follow a grammar and whose values are plain
+    configuration (``where`` says who can read them): every bad key, credential-named key
+    and credential-looking value is one problem, listed with the values' own problems."""
+
+    def validate(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
         if not isinstance(value, dict):
-            return value  # the mapping type reports it
+            return handler(value)  # the mapping type reports it
         if len(value) > v.MAX_ITEMS:
             raise v.refuse(f"a mapping of at most {v.MAX_ITEMS} keys")
-        problems = []
-        for position, key in enumerate(value):
+        keys: list[tuple[int | str, Any, str]] = []
+        credentials: list[tuple[int | str, Any, str]] = []
+        for position, (key, item) in enumerate(value.items()):
             allowed, grammatical = check(key)
+            named = key if grammatical else _plain_key(key, position)
             if allowed:
-                problems.append(
-                    (key if grammatical else f"<key {position + 1}>", THIS_KEY, allowed)
+                keys.append((named, THIS_KEY, allowed))
+            elif isinstance(key, str) and (v.SECRET_NAME.search(key) or CREDENTIAL_KEY.search(key)):
+                credentials.append(
+                    (
+                        named,
+                        THIS_KEY,
+                        f"no credential-named key in plain configuration ({where}); "
+                        + _fix(_as_name(key), info),
+                    )
                 )
-        if problems:
-            raise v.refuse_items(problems)
-        return value
+            elif looks_like_credential(item):
+                credentials.append(
+                    (
+                        named,
+                        item,
+                        f"no credential in plain configuration ({where}); "
+                        + _fix(_as_name(str(named)), info),
+                    )
+                )
+        if keys:
+            raise v.refuse_items(keys + credentials)
+        try:
+            result = handler(value)
+        except ValidationError as exc:
+            items = list(credentials)
+            for error in exc.errors():
+                loc = error["loc"]
+                if len(loc) != 1:
+                    raise
+                allowed = (error.get("ctx") or {}).get("allowed") or "a one-line string"
+                items.append((loc[0], error.get("input"), str(allowed)))
+            raise v.refuse_items(items) from None
+        if credentials:
+            raise v.refuse_items(credentials)
+        return result
 
     return validate
+
+
+def _as_name(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", key).upper()
 
 
 KeyCheck = tuple[str | None, bool]
@@ -52,11 +119,6 @@ def _env_key(key: Any) -> KeyCheck:
         return v.ENV_NAME_ALLOWED, False
     if key.startswith(RESERVED_ENV_PREFIX):
         return f"names outside {RESERVED_ENV_PREFIX}*, which dockyard sets itself", True
-    if v.SECRET_NAME.search(key):
-        return (
-            f"secrets only as secret config; list {key} under secrets and run "
-            f"`pulumi config set --secret {key} <value>`"
-        ), True
     return None, True
 
 
@@ -74,9 +136,16 @@ def _arg_key(key: Any) -> KeyCheck:
     return None, True
 
 
-EnvVars = Annotated[dict[str, v.Text], BeforeValidator(_keys_checked(_env_key))]
-Labels = Annotated[dict[str, v.Text], BeforeValidator(_keys_checked(_label_key))]
-BuildArgs = Annotated[dict[str, v.Text], BeforeValidator(_keys_checked(_arg_key))]
+EnvVars = Annotated[
+    dict[str, v.Text],
+    WrapValidator(_keys_checked(_env_key, "visible in docker inspect and to every process")),
+]
+Labels = Annotated[
+    dict[str, v.Text], WrapValidator(_keys_checked(_label_key, "visible in docker inspect"))
+]
+BuildArgs = Annotated[
+    dict[str, v.Text], WrapValidator(_keys_checked(_arg_key, "kept in the image's history"))
+]
 
 
 def _secret_names(value: Any) -> Any:

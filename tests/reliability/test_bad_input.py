@@ -207,7 +207,7 @@ STACK_CASES: list[tuple[str, dict[str, Any], str]] = [
     (
         "secret as env",
         env(env={"ANTHROPIC_API_KEY": "sk-ant-plain"}),
-        f"{E}.env.ANTHROPIC_API_KEY: this key is not allowed (allowed: secrets only as secret config; list ANTHROPIC_API_KEY under secrets and run `pulumi config set --secret ANTHROPIC_API_KEY <value>`)",
+        f"{E}.env.ANTHROPIC_API_KEY: this key is not allowed (allowed: no credential-named key in plain configuration (visible in docker inspect and to every process); list ANTHROPIC_API_KEY under secrets instead: a secret in this stack's config; run `pulumi config set --secret ANTHROPIC_API_KEY <value>`)",
     ),
     (
         "secret name metacharacters",

@@ -75,7 +75,7 @@ SHAPES = {
         json.dumps({"sessionId": "a", "cwd": "/srv", "container": {"image": "u:1"}}),
         "no `config:` mapping",
     ),
-    "a-list": ("- config: {}\n", "<a list of 1 items>"),
+    "a-list": ("- config: {}\n", "<a list of 1 item>"),
     "config-not-a-mapping": ("config: [1, 2]\n", "config is <a list of 2 items>"),
 }
 

@@ -467,7 +467,7 @@ SECRETS: list[Case] = [
     (
         "secrets",
         "gpu image args key with a dash",
-        {"dockyard:gpuImage": {"args": {f"x-{CANARY}": "1"}}},
+        {"dockyard:gpuImage": {"args": {f"x-ghp_{CANARY}": "1"}}},
         [("dockyard:gpuImage.args.<key 1>", "build arg names")],
     ),
     (
@@ -789,8 +789,66 @@ BROKER: list[Case] = [
     ),
 ]
 
+# Plain configuration never carries a credential, and a message never prints one (issue 26).
+LEAKS: list[Case] = [
+    (
+        "leaks",
+        "environments a mapping holding a key",
+        {"dockyard:environments": {"a": 1, "TOKEN": f"sk-ant-{CANARY}"}},
+        [("dockyard:environments", "<a mapping of 2 keys> is not allowed (allowed: a list)")],
+    ),
+    (
+        "leaks",
+        "profiles a list holding a key",
+        {"dockyard:profiles": [f"ghp_{CANARY}", "x"]},
+        [("dockyard:profiles", "<a list of 2 items>")],
+    ),
+    (
+        "leaks",
+        "label value a token",
+        env(labels={"owner": f"ghp_{CANARY}0000"}),
+        [(f"{E}.labels.owner", "no credential in plain configuration (visible in docker inspect)")],
+    ),
+    (
+        "leaks",
+        "label key named like a credential",
+        env(labels={"com.example.api-token": CANARY}),
+        [(f"{E}.labels.com.example.api-token", "no credential-named key in plain configuration")],
+    ),
+    (
+        "leaks",
+        "image arg value a token",
+        {"dockyard:image": {"args": {"NPM_CONFIG": f"glpat-{CANARY}"}}},
+        [("dockyard:image.args.NPM_CONFIG", "(kept in the image's history)")],
+    ),
+    (
+        "leaks",
+        "image arg named like a credential",
+        {"dockyard:image": {"args": {"NPM_TOKEN": CANARY}}},
+        [("dockyard:image.args.NPM_TOKEN", "list NPM_TOKEN under secrets")],
+    ),
+    (
+        "leaks",
+        "env value a URL with a password",
+        env(env={"APP_URL": f"https://u:{CANARY}@example.com"}),
+        [(f"{E}.env.APP_URL", "no credential in plain configuration")],
+    ),
+    (
+        "leaks",
+        "env key named like a credential",
+        env(env={"API_KEY": CANARY}),
+        [(f"{E}.env.API_KEY", "pulumi config set --secret API_KEY <value>")],
+    ),
+    (
+        "leaks",
+        "a harmless bad env key is shown",
+        env(env={"my-var": "x", f"sk-{CANARY}": "y"}),
+        [(f"{E}.env.my-var", "this key is not allowed"), (f"{E}.env.<key 2>", "this key")],
+    ),
+]
+
 BAD: list[Case] = [
-    *SPELLING, *PATTERNS, *PATHS, *CRASHES, *SECRETS, *BOUNDS, *IMAGES, *WORDING, *BROKER
+    *SPELLING, *PATTERNS, *PATHS, *CRASHES, *SECRETS, *BOUNDS, *IMAGES, *WORDING, *BROKER, *LEAKS
 ]  # fmt: skip
 
 
@@ -801,7 +859,7 @@ def _parse(raw: dict[str, Any]) -> StackConfig:
 def test_each_class_has_its_own_cases() -> None:
     sizes = {name: sum(1 for case in BAD if case[0] == name) for name, *_ in BAD}
     assert all(size >= 8 for size in sizes.values()), sizes
-    assert len(sizes) == 8
+    assert len(sizes) == 9
 
 
 @pytest.mark.parametrize(
