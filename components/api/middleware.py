@@ -88,8 +88,10 @@ class RequestMiddleware:
         except Exception:
             log.exception("request %s failed", rid)
             if not status["sent"]:
-                error = Failed(f"internal error (request {rid}); the server's log has the details")
-                await self._answer(500, body(error, scope), tagged_send)
+                failure = Failed(
+                    f"internal error (request {rid}); the server's log has the details"
+                )
+                await self._answer(500, body(failure, scope), tagged_send)
         finally:
             await self._audit(scope, status["code"], started)
 

@@ -145,7 +145,8 @@ async def list_sessions(
     def rows() -> list[SessionRow]:
         labels = {r.stack_name: _labels(r) for r in ctx.sessions.registry.all(scope)}
         found = []
-        for row in ctx.sessions.list(scope):
+        # mypy reads Sessions.list's `list[...]` as the method itself (sessions' own report).
+        for row in ctx.sessions.list(scope):  # type: ignore[attr-defined]
             row_labels = labels.get(row["stack"], {})
             if _matches(row_labels, label or []):
                 found.append(SessionRow(**{**row, "labels": row_labels}))
