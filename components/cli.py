@@ -302,9 +302,30 @@ def up(
             profile,
         )
         sessions = _sessions()
-        with err.status("creating the session…") if err.is_terminal and not as_json else _null():
-            manifest = sessions.create(request, progress=_progress(as_json))
+        try:
+            with (
+                err.status("creating the session…") if err.is_terminal and not as_json else _null()
+            ):
+                manifest = sessions.create(request, progress=_progress(as_json))
+        except ConfigError as error:
+            if "sessionId" in request:
+                raise
+            # No -s and no sessionId in a request file: name the flag a user types.
+            raise ConfigError(
+                error.stack,
+                [
+                    SESSION_FLAG_MISSING if p.startswith(SESSION_MISSING) else p
+                    for p in error.problems
+                ],
+            ) from None
         _emit(manifest, as_json, _manifest_table)
+
+
+SESSION_MISSING = "request.sessionId: missing"
+SESSION_FLAG_MISSING = (
+    "--session (-s): missing (allowed: a session id, e.g. -s my-session, or sessionId in the "
+    "--request file)"
+)
 
 
 @contextmanager

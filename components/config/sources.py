@@ -38,6 +38,8 @@ from .values import ENV_NAME
 
 KEY_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}", re.ASCII)
 ENVIRONMENTS = "environments"
+HOST_EXCLUDED = frozenset({"cwd", ENVIRONMENTS})
+"""Stack keys a host's settings do not have (a request brings its own)."""
 
 
 def _is_secret_name(name: str) -> bool:
@@ -64,15 +66,26 @@ def _validated(
     check_secrets: bool,
     name: KeyName,
     secret_hint: SecretHint = stack_secret_hint,
+    host: bool = False,
 ) -> tuple[StackConfig | None, list[Problem]]:
     """The one validation every source ends in: ``settings`` maps stack keys (no namespace)
-    and secret names to values; ``stored_secrets`` are the names stored as secrets."""
+    and secret names to values; ``stored_secrets`` are the names stored as secrets.
+    ``host``: the settings are a host's (keys without the namespace, no secrets in them)."""
     stored = set(stored_secrets)
     problems: list[Problem] = []
     data: dict[str, Any] = {"stack": stack, "cwd": cwd}
     secret_names: set[str] = set()
     for key, value in settings.items():
-        if _is_secret_name(key):
+        if _is_secret_name(key) and host and key not in stored:
+            problems.append(
+                messages.problem(
+                    (key,),
+                    "<redacted> is a secret in the host settings (allowed: host-wide keys only; "
+                    f"a session's secrets: {secret_hint(key)})",
+                    name,
+                )
+            )
+        elif _is_secret_name(key):
             secret_names.add(key)
             if key not in stored:
                 problems.append(
@@ -88,12 +101,19 @@ def _validated(
         else:
             # A key is shown when it reads like a configuration key, not a pasted value.
             plain = KEY_LIKE.fullmatch(key) and not messages.looks_like_credential(key)
+            if host:
+                known = [k for k in TOP_LEVEL_KEYS if k not in HOST_EXCLUDED]
+                allowed = ", ".join(known)
+            else:
+                known = list(TOP_LEVEL_KEYS)
+                allowed = (
+                    f"{', '.join(config_key(k) for k in known)}, or an UPPER_CASE secret name "
+                    "set with `pulumi config set --secret`"
+                )
             problems.append(
                 messages.problem(
                     (key if plain else "<this key>",),
-                    f"unknown key (allowed: {', '.join(config_key(k) for k in TOP_LEVEL_KEYS)}, "
-                    "or an UPPER_CASE secret name set with `pulumi config set --secret`"
-                    f"{messages.suggest(key, TOP_LEVEL_KEYS)})",
+                    f"unknown key (allowed: {allowed}{messages.suggest(key, known)})",
                     name,
                 )
             )
@@ -124,6 +144,7 @@ def _checked(
     stored_secrets: Iterable[str] = (),
     check_secrets: bool = True,
     name: KeyName = key_path,
+    host: bool = False,
 ) -> StackConfig:
     config, problems = _validated(
         settings,
@@ -132,6 +153,7 @@ def _checked(
         stored_secrets=stored_secrets,
         check_secrets=check_secrets,
         name=name,
+        host=host,
     )
     if problems or config is None:
         raise ConfigError(stack, messages.lines(problems))
@@ -300,6 +322,7 @@ def from_host_settings(
         cwd=cwd,
         check_secrets=check_secrets,
         name=name,
+        host=True,
     )
 
 
@@ -349,6 +372,7 @@ def from_request(
         check_secrets=check_secrets,
         name=name,
         secret_hint=secret_hint,
+        host=True,
     )
     if first or problems or config is None:
         raise ConfigError(stack, [*first, *messages.lines(problems)])

@@ -138,6 +138,11 @@ class Sessions:
             secret_hint=hint,
             naming=naming,
             problems=first,
+            settings_name=(
+                f"host settings {self.where.config_file}"
+                if self.where.config_file
+                else "host settings"
+            ),
         )
         return planned, values
 
@@ -400,8 +405,8 @@ def _session_secret_hint(name: str, tenant: Any) -> str:
     """How a session's caller supplies the secret ``name`` (the config's secret hint)."""
     variable = secret_variable(name, tenant if isinstance(tenant, str) else None)
     return (
-        "a secret the caller supplies: create(request, secrets={...}) "
-        f"or the environment variable {variable}"
+        f"a secret the caller supplies: `dockyard up --secret {name}` with the value in the "
+        f"environment variable {variable}, or create(request, secrets={{...}})"
     )
 
 

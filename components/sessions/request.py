@@ -27,7 +27,7 @@ from ..config import (
     from_request,
     stack_secret_hint,
 )
-from ..config.messages import Loc, key_path, suggest
+from ..config.messages import KeyName, Loc, key_path, suggest
 from ..config.sources import KEY_LIKE
 from ..contract import (
     NAMING_CURRENT,
@@ -80,20 +80,29 @@ class SessionPlan:
         return f"{self.config.manifest_dir_of(self.environment)}/{self.session_id}.json"
 
 
-def request_key(loc: Loc) -> str:
+def request_naming(settings: str = "host settings") -> KeyName:
     """How a request names a location of its one-environment stack: the environment's keys
     as the request spells them (``request.container.ports[1]``, ``request.egressAllow[0]``),
-    its ``cwd`` as ``request.cwd``, anything else as the host settings key it came from."""
-    if loc[:2] == ("environments", 0):
-        rest = loc[2:]
-        if not rest:
-            return "request"
-        head = re.match(r"[A-Za-z]+", str(rest[0]))
-        nested = "container." if head and head.group() in CONTAINER_KEYS else ""
-        return key_path(rest, prefix=f"request.{nested}")
-    if loc == ("cwd",):
-        return "request.cwd"
-    return "host settings " + key_path(loc)
+    its ``cwd`` as ``request.cwd``, anything else as the host settings key it came from, the
+    way that file spells it (``limits.cpus in host settings /etc/dockyard/settings.yaml``)."""
+
+    def name(loc: Loc) -> str:
+        if loc[:2] == ("environments", 0):
+            rest = loc[2:]
+            if not rest:
+                return "request"
+            head = re.match(r"[A-Za-z]+", str(rest[0]))
+            nested = "container." if head and head.group() in CONTAINER_KEYS else ""
+            return key_path(rest, prefix=f"request.{nested}")
+        if loc == ("cwd",):
+            return "request.cwd"
+        return f"{key_path(loc, prefix='') or 'the file'} in {settings}"
+
+    return name
+
+
+request_key = request_naming()
+"""A request's naming when its host settings' file is not known."""
 
 
 def plan(
@@ -104,13 +113,15 @@ def plan(
     secret_hint: SecretHint = stack_secret_hint,
     naming: str = NAMING_CURRENT,
     problems: list[str] | None = None,
+    settings_name: str = "host settings",
 ) -> SessionPlan:
     """Validate ``request`` on top of the host ``settings`` (stack keys without the
     namespace). Raises :class:`ConfigError` naming every problem at once.
     ``secret_names`` are the secrets the caller can supply (checked like a stack's);
     ``secret_hint`` says how the caller supplies a missing one. ``naming`` picks the engine
     names (dockyard.contract.NAMINGS): v2 for a new session, what its registry record says
-    for an existing one. ``problems``: what the caller found already (listed first)."""
+    for an existing one. ``problems``: what the caller found already (listed first);
+    ``settings_name``: how the host settings are named (their file)."""
     problems = list(problems or [])
     if not isinstance(request, Mapping):
         raise ConfigError("request", ["request: not a JSON object (allowed: a mapping)"])
@@ -156,7 +167,7 @@ def plan(
             stack=stack,
             cwd=request.get("cwd", MISSING),
             secret_names=secret_names,
-            name=request_key,
+            name=request_naming(settings_name),
             secret_hint=secret_hint,
         )
     except ConfigError as error:

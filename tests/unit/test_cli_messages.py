@@ -192,3 +192,76 @@ def test_validate_success_has_the_same_keys_for_a_stack_and_a_request(
     from_request = invoke(env, "validate", "--request", "-", "--json", stdin=json.dumps(request))
     assert (stack.exit_code, from_request.exit_code) == (0, 0)
     assert set(json.loads(stack.stdout)) == set(json.loads(from_request.stdout))
+
+
+# --- item 6: messages that name the fix -----------------------------------------------------
+
+
+def test_a_session_request_gets_the_session_fix_for_a_secret(env: dict[str, str | None]) -> None:
+    request = {
+        "sessionId": "a",
+        "cwd": "/srv",
+        "container": {"image": "ubuntu:24.04", "env": {"API_TOKEN": "x"}},
+        "secrets": ["GH_TOKEN"],
+    }
+    env = {**env, "GH_TOKEN": None}
+    result = invoke(env, "validate", "--request", "-", "--json", stdin=json.dumps(request))
+    assert result.exit_code == 2
+    found = problems_of(result)
+    assert len(found) == 2
+    assert all("pulumi config" not in p for p in found), found
+    assert found[0].startswith("request.container.env.API_TOKEN: this key is not allowed")
+    assert (
+        "`dockyard up --secret API_TOKEN` with the value in the environment variable" in (found[0])
+    )
+    assert found[1] == (
+        "request.secrets[0]: 'GH_TOKEN' is not set (allowed: a secret the caller supplies: "
+        "`dockyard up --secret GH_TOKEN` with the value in the environment variable GH_TOKEN, "
+        "or create(request, secrets={...}))"
+    )
+
+
+def test_up_without_a_session_names_the_flag(env: dict[str, str | None]) -> None:
+    result = invoke(env, "up", "--image", "ubuntu:24.04", "--cwd", "/srv", "--json")
+    assert result.exit_code == 2
+    assert problems_of(result) == [
+        "--session (-s): missing (allowed: a session id, e.g. -s my-session, or sessionId in "
+        "the --request file)"
+    ]
+
+
+def test_host_settings_problems_name_the_file_and_its_keys(
+    env: dict[str, str | None], tmp_path: Path
+) -> None:
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("quotas:\n  environmnets: 3\nbogus: 1\nlimits:\n  cpus: -1\n")
+    request = {"sessionId": "a", "cwd": "/srv", "container": {"image": "ubuntu:24.04"}}
+    result = invoke(
+        {**env, "DOCKYARD_CONFIG": str(settings)},
+        "validate",
+        "--request",
+        "-",
+        "--json",
+        stdin=json.dumps(request),
+    )
+    assert result.exit_code == 2
+    found = problems_of(result)
+    assert [p.split(": ", 1)[0] for p in found] == [
+        f"bogus in host settings {settings}",
+        f"limits.cpus in host settings {settings}",
+        f"quotas.environmnets in host settings {settings}",
+    ]
+    assert all("dockyard:" not in p for p in found), found
+
+
+def test_a_harmless_bad_key_is_shown_a_pasted_one_is_not(env: dict[str, str | None]) -> None:
+    request = {
+        "sessionId": "a",
+        "cwd": "/srv",
+        "container": {"image": "ubuntu:24.04", "env": {"my-var": "1", "sk-ant-c4n4ry": "2"}},
+    }
+    result = invoke(env, "validate", "--request", "-", "--json", stdin=json.dumps(request))
+    assert result.exit_code == 2
+    keys = [p.split(": ", 1)[0] for p in problems_of(result)]
+    assert sorted(keys) == ["request.container.env.<key 2>", "request.container.env.my-var"]
+    assert "c4n4ry" not in result.stdout

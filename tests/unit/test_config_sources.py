@@ -82,15 +82,15 @@ def test_every_naming_lists_the_same_problems_in_the_stacks_key_order() -> None:
     assert len(stack) == len(request) >= 9
     assert [_split(p)[1] for p in stack] == [_split(p)[1] for p in request]
     assert [_split(p)[0] for p in request] == [
-        "host settings dockyard:PLAIN_TOKEN",
-        "host settings dockyard:bogus",
+        "PLAIN_TOKEN in host settings",
+        "bogus in host settings",
         "request.cwd",
         "request.egressAllow[0]",
         "request.container.env.OPENAI_API_KEY",
         "request.limits.swap",
         "request.container.ports[1]",
-        "host settings dockyard:publishAddress",
-        "host settings dockyard:quotas.cpus",
+        "publishAddress in host settings",
+        "quotas.cpus in host settings",
     ]
     # The stack's own naming of the same problems, in the same (natural key) order.
     assert [_split(p)[0] for p in stack][:3] == [
@@ -111,11 +111,11 @@ def test_a_request_names_its_own_problems_first() -> None:
         )
     )
     assert problems[:2] == [
-        "host settings dockyard:environments: not allowed (allowed: host-wide keys only; "
+        "environments in host settings: not allowed (allowed: host-wide keys only; "
         "sessions come from requests)",
         "request.cwd: missing (allowed: the absolute project directory)",
     ]
-    assert problems[2].startswith("host settings dockyard:quotas.cpus: 0 is not allowed")
+    assert problems[2].startswith("quotas.cpus in host settings: 0 is not allowed")
 
 
 def test_the_request_entry_gives_the_same_stack_as_a_stack_file(tmp_path: Path) -> None:

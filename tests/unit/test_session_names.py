@@ -230,7 +230,7 @@ def test_a_reserved_tenant_is_refused_with_key_value_and_what_is_allowed(where: 
             plan(request, settings)
         (problem,) = info.value.problems
         key = problem.split(": ")[0]
-        assert key in ("request.tenant", "host settings dockyard:quotas.tenants.sessions.[key]")
+        assert key in ("request.tenant", "quotas.tenants.sessions.[key] in host settings")
         # The value is named where it is a value (a mapping key is named by its length).
         assert f"{reserved!r} is not allowed" in problem or "[key]" in key
         assert "other than 'sessions' (reserved: the namespace of sessions without" in problem

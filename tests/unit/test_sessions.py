@@ -106,10 +106,9 @@ def test_host_settings_problems_are_named_as_settings() -> None:
     with pytest.raises(ConfigError) as info:
         plan(REFERENCE, {"quotas": {"cpus": 0}, "environments": []})
     assert any(
-        p.startswith("host settings dockyard:quotas.cpus: 0 is not allowed")
-        for p in info.value.problems
+        p.startswith("quotas.cpus in host settings: 0 is not allowed") for p in info.value.problems
     )
-    assert any("dockyard:environments: not allowed" in p for p in info.value.problems)
+    assert any("environments in host settings: not allowed" in p for p in info.value.problems)
 
 
 # --- secrets --------------------------------------------------------------------------------
@@ -209,13 +208,14 @@ def test_a_missing_secret_says_how_a_sessions_caller_supplies_it(
     request = {**REFERENCE, "tenant": "acme-co", "secrets": ["GITHUB_TOKEN", "lower_name"]}
     with pytest.raises(ConfigError) as info:
         _sessions(home, FakeDriver()).plan(request)
-    supply = "a secret the caller supplies: create(request, secrets={...}) or the environment"
+    supply = "a secret the caller supplies: `dockyard up --secret"
+    also = "or create(request, secrets={...})"
     assert info.value.problems == [
-        f"request.secrets[0]: 'GITHUB_TOKEN' is not set (allowed: {supply} variable "
-        "ACME_CO_GITHUB_TOKEN)",
+        f"request.secrets[0]: 'GITHUB_TOKEN' is not set (allowed: {supply} GITHUB_TOKEN` "
+        f"with the value in the environment variable ACME_CO_GITHUB_TOKEN, {also})",
         # A name not written the conventional way may be a pasted value: never echoed.
         f"request.secrets[1]: <a string of 10 characters> is not set (allowed: {supply} "
-        "variable ACME_CO_<NAME>)",
+        f"<NAME>` with the value in the environment variable ACME_CO_<NAME>, {also})",
     ]
 
 
