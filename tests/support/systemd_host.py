@@ -96,6 +96,8 @@ class SystemdHost:
             timeout,
             what=f"{self.container.name}: systemd up",
         )
+        # Its boot may have activated controllers the host never mounted.
+        host_cgroup_mounts_complete()
         state = self.system_state()
         assert state == "running", (
             f"systemd is {state}: "
@@ -128,6 +130,46 @@ class SystemdHost:
             self.container.remove(force=True, v=True)
         with contextlib.suppress(docker.errors.NotFound):
             self.client.volumes.get(self.volume).remove(force=True)
+
+
+def host_cgroup_mounts_complete() -> list[str]:
+    """On a cgroup v1 host, mount every hierarchy the kernel has active but this mount
+    namespace does not show; return the ones mounted.
+
+    systemd in the test host (cgroup tree shared, rw) mounts controllers the host never
+    mounted (hugetlb, perf_event, net_cls,net_prio). That makes them active for every
+    process, so the host engine's containerd then finds a hierarchy in /proc/self/cgroup
+    without a mount and stops reporting container stats ("cannot find cgroup mount
+    destination"): every later test reading `docker stats` would see 0 B. Debian's own
+    cgroupfs-mount (docker.io's init script) mounts them all the same way."""
+    root = Path("/sys/fs/cgroup")
+    if (root / "cgroup.controllers").exists():
+        return []  # cgroup v2: one unified tree, nothing to add
+    mounted = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" - ", 1)
+        if len(fields) == 2 and fields[1].startswith("cgroup "):
+            options = fields[1].split()[-1].split(",")
+            mounted.update(o for o in options if o not in ("rw", "ro") and "=" not in o)
+    added = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, _ = line.split(":", 2)
+        names = [c for c in controllers.split(",") if c and not c.startswith("name=")]
+        if not names or all(name in mounted for name in names):
+            continue
+        target = root / ",".join(names)
+        subprocess.run(["mount", "-o", "remount,rw", str(root)], check=False)
+        target.mkdir(exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "cgroup", "-o", ",".join(names), "cgroup", str(target)], check=True
+        )
+        for name in names:
+            link = root / name
+            if len(names) > 1 and not link.exists():
+                link.symlink_to(target.name)
+        mounted.update(names)
+        added.append(target.name)
+    return added
 
 
 def start(
