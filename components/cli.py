@@ -52,6 +52,7 @@ class _Faces(TyperGroup):
         **extra: Any,
     ) -> Any:
         self._argv = list(args)
+        _flag_help(self)
         return super().make_context(info_name, args, parent, **extra)
 
     def invoke(self, ctx: Any) -> Any:
@@ -69,6 +70,17 @@ class _Faces(TyperGroup):
             _fail(error.exit_code, error.problems, as_json)
         except Exception as error:
             _unexpected(error, as_json)
+
+
+def _flag_help(command: Any) -> None:
+    """Flags (``--help``, ``--json``, every on/off option of every sub-app) are shown
+    without a value type (Typer shows ``<bool>``)."""
+    option = command.get_help_option(typer.Context(command))
+    for param in [*getattr(command, "params", []), option]:
+        if param is not None and getattr(param, "is_flag", False):
+            param.metavar = ""
+    for child in (getattr(command, "commands", None) or {}).values():
+        _flag_help(child)
 
 
 def _unexpected(error: BaseException, as_json: bool) -> NoReturn:

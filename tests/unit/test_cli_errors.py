@@ -11,6 +11,7 @@ DockyardError.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,7 @@ def world(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "settings.yaml").write_text(
         "quotas:\n  environments: 3\nimage:\n  ref: dockyard-core:never-built\n"
     )
+    (tmp_path / "no-quotas.yaml").write_text("image:\n  ref: dockyard-core:never-built\n")
     (tmp_path / "a-file").write_text("not a directory\n")
     (tmp_path / "home").mkdir()
     (tmp_path / "bin").mkdir()
@@ -117,7 +119,7 @@ def _environment(scenario: str, world: dict[str, Path]) -> dict[str, str | None]
             if found:
                 (world["tmp"] / "bin" / tool).symlink_to(found)
         env["PATH"] = str(world["tmp"] / "bin")
-        env["DOCKYARD_CONFIG"] = str(world["settings"])
+        env["DOCKYARD_CONFIG"] = str(world["tmp"] / "no-quotas.yaml")
     return env
 
 
@@ -212,3 +214,29 @@ def test_the_last_resort_is_one_line_and_exit_1(
     assert debug.exit_code == 1
     assert "Traceback" in debug.stderr
     assert "KeyError: 'a bug'" in debug.stderr
+
+
+def test_up_without_the_pulumi_cli_says_so(world: dict[str, Path]) -> None:
+    if shutil.which("docker") is None:
+        pytest.skip("needs the docker CLI to leave out only pulumi")
+    env = _environment("no-pulumi", world)
+    result = CliRunner().invoke(
+        cli.app, ["up", "-s", "s1", "--cwd", str(world["tmp"]), "--json"], env=env
+    )
+    assert result.exit_code == 1, result.output
+    (line,) = json.loads(result.stdout)["error"]["problems"]
+    assert line.startswith("the Pulumi CLI is not installed (https://www.pulumi.com/"), line
+
+
+def _groups_and_verbs() -> list[list[str]]:
+    words = {tuple(w[:i]) for w, _ in VERBS for i in range(len(w) + 1)}
+    return [list(w) for w in sorted(words)]
+
+
+@pytest.mark.parametrize("words", _groups_and_verbs(), ids=lambda w: " ".join(w) or "dockyard")
+def test_every_help_is_for_users(words: list[str]) -> None:
+    """Flags read as flags (no ``<bool>``), and no requirement ids (R-MAN-3) in user help."""
+    result = CliRunner().invoke(cli.app, [*words, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.stdout
+    assert not re.search(r"\bR-[A-Z]+-\d+", result.stdout), result.stdout
