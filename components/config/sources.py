@@ -120,8 +120,9 @@ def _validated(
     scope = Scope(
         secret_names=frozenset(secret_names), check_secrets=check_secrets, secret_hint=secret_hint
     )
+    config: StackConfig | None = None
     try:
-        return StackConfig.model_validate(data, context=scope), problems
+        config = StackConfig.model_validate(data, context=scope)
     except ValidationError as exc:
         problems.extend(messages.located(exc, StackConfig, name))
     except Exception as exc:  # a rule that escaped its guard: still a problem, never a traceback
@@ -133,7 +134,45 @@ def _validated(
                 name,
             )
         )
-    return None, problems
+    problems.extend(_credentials_in_plain(data, problems, name, secret_hint))
+    return config, problems
+
+
+# Mappings whose credentials the model refuses itself (with the key's own fix).
+_CHECKED_MAPPINGS = frozenset({"env", "labels", "args"})
+
+
+def _credentials_in_plain(
+    data: Mapping[str, Any], found: list[Problem], name: KeyName, secret_hint: SecretHint
+) -> list[Problem]:
+    """A credential-looking string anywhere in plain configuration (an image reference, a
+    Docker host URL, a profile...) is a problem of its own, unless its key has one already."""
+    named = {p.text.split(": ", 1)[0] for p in found}
+    extra: list[Problem] = []
+
+    def walk(value: Any, loc: tuple[int | str, ...], depth: int) -> None:
+        if depth > 12 or (loc and loc[-1] in _CHECKED_MAPPINGS):
+            return
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(item, (*loc, str(key)), depth + 1)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, (*loc, index), depth + 1)
+        elif messages.looks_like_credential(value) and name(loc) not in named:
+            extra.append(
+                messages.problem(
+                    loc,
+                    f"{messages.describe(value)} is not allowed (allowed: no credential in "
+                    f"plain configuration; give it as a secret: {secret_hint('<NAME>')})",
+                    name,
+                )
+            )
+
+    for key, value in data.items():
+        if key not in ("stack", "cwd") and not _is_secret_name(key):
+            walk(value, (key,), 0)
+    return extra
 
 
 def _checked(

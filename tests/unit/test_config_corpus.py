@@ -847,6 +847,21 @@ LEAKS: list[Case] = [
     ),
 ]
 
+LEAKS += [
+    (
+        "leaks",
+        "an image reference holding a key",
+        env(image=f"ghcr.io/x/sk-ant-{CANARY}:1"),
+        [(f"{E}.image", "no credential in plain configuration")],
+    ),
+    (
+        "leaks",
+        "a docker host with a password",
+        {"dockyard:dockerHost": f"tcp://u:{CANARY}@host.example:2376"},
+        [("dockyard:dockerHost", "<a string of")],
+    ),
+]
+
 BAD: list[Case] = [
     *SPELLING, *PATTERNS, *PATHS, *CRASHES, *SECRETS, *BOUNDS, *IMAGES, *WORDING, *BROKER, *LEAKS
 ]  # fmt: skip
