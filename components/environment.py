@@ -185,6 +185,12 @@ class AgentEnvironment(pulumi.ComponentResource):
             )
             for role in ("workspace", "config", "checkpoints", *disks.extra_roles)
         }
+        # The bounded filesystems go onto those (plain) volumes' directories.
+        mounted = disks.mount(
+            f"{name}-disk-mounts",
+            {role: volume.name for role, volume in volumes.items()},
+            pulumi.ResourceOptions(parent=self, depends_on=list(volumes.values())),
+        )
         # The session's own named volumes (issue 25.6): labelled, removed with it.
         owned = {
             source: docker.Volume(
@@ -212,7 +218,9 @@ class AgentEnvironment(pulumi.ComponentResource):
                         "DOCKYARD_BACKUP_STACK": args.stack,
                         "DOCKYARD_BACKUP_SESSION": args.session_id,
                     },
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=[volumes["workspace"]]),
+                    opts=pulumi.ResourceOptions(
+                        parent=self, depends_on=[volumes["workspace"], *mounted]
+                    ),
                 )
             )
 
@@ -344,7 +352,9 @@ class AgentEnvironment(pulumi.ComponentResource):
                 start_interval=args.healthcheck.start_interval,
             ),
             **_gpu_inputs(args.gpu),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*volumes.values(), *restored]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[*volumes.values(), *mounted, *restored]
+            ),
         )
 
         engine_env = {"DOCKER_HOST": args.docker_host} if args.docker_host else {}

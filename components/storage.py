@@ -5,12 +5,16 @@ XFS with project quotas), and the local volume driver mounts with mount(2), so `
 is refused ("data: loop: invalid argument", measured on Docker 20.10). What bounds what:
 
 - ``/workspace``, ``/config``, ``/checkpoints`` and ``$HOME`` (``/home/agent``): each a
-  named volume of the local driver mounting an ext4 filesystem that lives in a sparse
+  plain named volume of the local driver on whose directory a helper mounts (on the
+  engine's host, through shared propagation) an ext4 filesystem that lives in a sparse
   image file on the engine's host (``<disks dir>/<environment>/<role>.img``), attached to
-  a loop device. The volume names a stable path (``/run/dockyard/disks/<environment>/
-  <role>.dev``, a symlink to the loop device), because the loop device's number is only
-  known once attached and changes after a reboot; /run empties at a reboot, so a stale
-  link cannot name a device that now holds another environment's image. A write past the size gets ENOSPC inside; the host spends at most the
+  a loop device. No mount options on the volume: engine 20.10 before 20.10.26 loses the
+  local driver's mount count of such a volume across a live-restore engine restart, and
+  then refuses its removal. The helper finds the device through a stable path
+  (``/run/dockyard/disks/<environment>/<role>.dev``, a symlink to the loop device),
+  because the loop device's number is only known once attached and changes after a
+  reboot; /run empties at a reboot, so a stale link cannot name a device that now holds
+  another environment's image. A write past the size gets ENOSPC inside; the host spends at most the
   size. ``$HOME`` starts empty (lost+found is removed), so the engine seeds it from the
   image on first use like any new named volume.
 - ``/tmp``, ``/var/tmp``, ``/run/lock`` (the image's world-writable directories): tmpfs with ``size=``; their pages count against the
@@ -38,7 +42,7 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -124,6 +128,35 @@ for img in "$root"/*/*.img; do
 done
 """
 
+# $1 = the environment's link directory, then the roles: each plain volume's directory is
+# bound at /vol/<role> (rshared), so the ext4 mounted on its _data is the host's mount too.
+# The empty _data underneath is made immutable first: should the filesystem not be
+# mounted (after a reboot, before `attach`), nothing can be written there, not even by
+# root, instead of filling the engine's disk. Already mounted: left as it is.
+MOUNT_SCRIPT = r"""
+set -eu
+links=$1; shift
+for role in "$@"; do
+  data="/vol/$role/_data"
+  if mountpoint -q "$data"; then continue; fi
+  dev=$(readlink -f "$links/$role.dev")
+  [ -b "$dev" ] || { echo "dockyard: $links/$role.dev names no loop device" >&2; exit 1; }
+  [ -z "$(ls -A "$data")" ] || { echo "dockyard: $data is not empty" >&2; exit 1; }
+  chattr +i "$data"
+  mount -t ext4 -o nodev,nosuid "$dev" "$data"
+  echo "mounted $role"
+done
+"""
+UNMOUNT_SCRIPT = r"""
+set -eu
+for role in "$@"; do
+  data="/vol/$role/_data"
+  [ -d "$data" ] || continue
+  while mountpoint -q "$data"; do umount -l "$data"; done
+  chattr -i "$data"
+done
+"""
+
 # $1 images root, $2 links root, $3 a name prefix, $4 minutes, then the environments to
 # keep (those with a volume on the engine). A directory younger than $4 minutes may be a
 # create in flight: kept too.
@@ -202,14 +235,15 @@ def link_dir(environment_id: str) -> str:
     return f"{LINKS_DIR}/{environment_id}"
 
 
-def volume_options(environment_id: str, role: str) -> dict[str, str]:
-    """``driver_opts`` of a bounded volume: the engine mounts the loop device the
-    ``<role>.dev`` link names (nodev, nosuid: the agent's files are data)."""
-    return {
-        "type": "ext4",
-        "device": f"{link_dir(environment_id)}/{role}.dev",
-        "o": "nodev,nosuid",
-    }
+def volume_options(environment_id: str, role: str) -> dict[str, str] | None:
+    """``driver_opts`` of a bounded volume: none. A volume with mount options is counted
+    by the local driver, and engine 20.10 before 20.10.26 loses that count for containers
+    live-restored across an engine restart: once they stop, the volume is refused removal
+    ("volume has active mounts") until the engine restarts again. A plain volume is not
+    counted; the helper mounts the ext4 filesystem on its directory
+    (:data:`MOUNT_SCRIPT`)."""
+    del environment_id, role
+    return None
 
 
 def tmpfs_mounts(bounds: DiskBounds) -> dict[str, str]:
@@ -218,9 +252,23 @@ def tmpfs_mounts(bounds: DiskBounds) -> dict[str, str]:
     return dict.fromkeys(TMPFS_PATHS, options)
 
 
-def helper_command(image: str, script: str, *args: str) -> str:
+def helper_command(
+    image: str,
+    script: str,
+    *args: str,
+    volumes: Mapping[str, str] | None = None,
+    missing_ok: bool = False,
+) -> str:
     """Shell text running ``script`` in a helper container on the engine. Everything
-    interpolated is quoted; the engine is the one ``DOCKER_HOST`` names."""
+    interpolated is quoted; the engine is the one ``DOCKER_HOST`` names. ``volumes``
+    (role → volume name): each volume's directory on the engine is bound at
+    ``/vol/<role>`` with shared propagation, for :data:`MOUNT_SCRIPT` and
+    :data:`UNMOUNT_SCRIPT`; that helper may also mount (no AppArmor profile: Docker's
+    denies mount(2)) and set the immutable flag. ``missing_ok``: a volume that is gone is
+    left out (nothing of it to unmount) instead of failing the command."""
+    volumes = dict(volumes or {})
+    placeholder = {role: f"@{index}@" for index, role in enumerate(volumes)}
+    extra = ["--cap-add", "LINUX_IMMUTABLE", "--security-opt", "apparmor=unconfined"]
     argv = [
         "docker", "run", "--rm", "--network", "none", "--user", "0:0",
         "--cap-drop", "ALL",
@@ -229,9 +277,27 @@ def helper_command(image: str, script: str, *args: str) -> str:
         "--security-opt", "no-new-privileges",
         "--memory", "256m", "--pids-limit", "64",
         "-v", "/dev:/dev", "-v", f"{DISKS_DIR}:{DISKS_DIR}", "-v", f"{LINKS_DIR}:{LINKS_DIR}",
+        *(extra if volumes else []),
+        *(a for role in volumes for a in ("-v", placeholder[role])),
         "--entrypoint", "/bin/sh", image, "-c", script, "disks", *args,
     ]  # fmt: skip
-    return " ".join(shlex.quote(a) for a in argv)
+    text = " ".join(shlex.quote(a) for a in argv)
+    if not volumes:
+        return text
+    # A volume's directory is known on the engine only: read it there first.
+    lookups = "".join(
+        f"v{index}=$(docker volume inspect --format '{{{{.Mountpoint}}}}' "
+        f"{shlex.quote(volumes[role])}{' 2>/dev/null) || v' + index + '=; ' if missing_ok else ') && '}"
+        for role, index in ((r, placeholder[r].strip("@")) for r in volumes)
+    )
+    for role, mark in placeholder.items():
+        index = mark.strip("@")
+        bind = f'"${{v{index}%/_data}}":{shlex.quote(f"/vol/{role}")}:rshared'
+        if missing_ok:  # both words, or neither
+            text = text.replace(f"-v {mark}", f"${{v{index}:+-v}} ${{v{index}:+{bind}}}")
+        else:
+            text = text.replace(mark, bind)
+    return lookups + text
 
 
 def images_command(
@@ -267,6 +333,39 @@ def images_command(
     )
 
 
+def mount_command(
+    name: str,
+    links: str,
+    roles: Sequence[str],
+    volume_names: Sequence[pulumi.Input[str]],
+    helper_image: pulumi.Input[str],
+    docker_host: str | None,
+    opts: pulumi.ResourceOptions,
+) -> command.local.Command:
+    """The ``local.Command`` mounting the images of ``roles`` on their volumes'
+    directories (:data:`MOUNT_SCRIPT`) and unmounting them (:data:`UNMOUNT_SCRIPT`)."""
+
+    def text(values: list[str]) -> tuple[str, str]:
+        image, names = values[0], dict(zip(roles, values[1:], strict=True))
+        return (
+            helper_command(image, MOUNT_SCRIPT, links, *roles, volumes=names),
+            helper_command(image, UNMOUNT_SCRIPT, *roles, volumes=names, missing_ok=True),
+        )
+
+    scripts = pulumi.Output.all(helper_image, *volume_names).apply(text)
+    return command.local.Command(
+        name,
+        create=scripts.apply(lambda t: t[0]),
+        delete=scripts.apply(lambda t: t[1]),
+        # The volume names also as values of their own: what it uses, for any reader.
+        environment={
+            **({"DOCKER_HOST": docker_host} if docker_host else {}),
+            **{f"DOCKYARD_VOLUME_{i}": v for i, v in enumerate(volume_names)},
+        },
+        opts=opts,
+    )
+
+
 VOLUMES_GONE_WAIT_S = 30
 
 
@@ -294,6 +393,26 @@ class Bounded:
     bounds: DiskBounds | None
     roles: tuple[str, ...] = ()
     depends_on: tuple[pulumi.Resource, ...] = ()
+    helper_image: pulumi.Input[str] = ""
+    docker_host: str | None = None
+
+    def mount(
+        self, name: str, volumes: Mapping[str, pulumi.Input[str]], opts: pulumi.ResourceOptions
+    ) -> tuple[pulumi.Resource, ...]:
+        """Mount each bounded filesystem on its (plain) volume's directory on the engine
+        (``create``), unmount it before the volumes go (``delete``). ``volumes``: role →
+        volume name; ``opts`` must depend on the volumes. What the container and anything
+        writing the volumes depend on."""
+        roles = [r for r in self.roles if r in volumes]
+        if not roles:
+            return ()
+        links = link_dir(self.environment_id)
+        return (
+            mount_command(
+                name, links, roles, [volumes[r] for r in roles], self.helper_image,
+                self.docker_host, opts,
+            ),
+        )  # fmt: skip
 
     @property
     def extra_roles(self) -> tuple[str, ...]:
@@ -351,7 +470,7 @@ def declare(
     roles = tuple(r for r in DISK_ROLES if not (r == "workspace" and workspace_bound_elsewhere))
     roles += (secrets_role(secret_names),)
     images = images_command(name, environment_id, bounds, helper_image, roles, docker_host, opts)
-    return Bounded(environment_id, bounds, roles, (images,))
+    return Bounded(environment_id, bounds, roles, (images,), helper_image, docker_host)
 
 
 # --- After a reboot ------------------------------------------------------------------------
@@ -373,9 +492,10 @@ def _docker(*args: str, timeout: float = 120) -> str:
 
 def attach_all(image: str | None = None) -> list[str]:
     """Re-attach every environment's images on the engine ``DOCKER_HOST`` names (loop
-    devices do not survive a reboot), then start the environments the engine could not
-    start for want of them. Returns the names started. ``image``: the helper's image
-    (default: the image of a dockyard environment on that engine)."""
+    devices and mounts do not survive a reboot), mount them on their volumes again, then
+    restart the environments that ran, or could not start, without them. Returns the
+    names (re)started. ``image``: the helper's image (default: the image of a dockyard
+    environment on that engine)."""
     containers = _docker("ps", "-a", "-q", "--filter", MANAGED_FILTER).split()
     if not containers:
         return []
@@ -386,9 +506,44 @@ def attach_all(image: str | None = None) -> list[str]:
         check=True,
         timeout=300,
     )
+    names = _docker("volume", "ls", "-q").split()
+    suffix = re.compile(rf"-({'|'.join(DISK_ROLES)}|{SECRETS_ROLE}-[0-9a-f]{{8}})$")
     started = []
     for state in states:
-        if not state["State"]["Running"] and MOUNT_FAILED in state["State"].get("Error", ""):
+        environment = state["Config"]["Labels"].get("dockyard.environment", "")
+        candidates = {
+            match.group(1): name
+            for name in names
+            if name.startswith(f"{environment}-")
+            and (match := suffix.search(name)) is not None
+            and name == f"{environment}-{match.group(1)}"
+        }
+        # Bounded volumes are the plain ones (a workspaceHostPath volume has options).
+        volumes = {
+            role: name
+            for role, name in candidates.items()
+            if not json.loads(_docker("volume", "inspect", name))[0].get("Options")
+        }
+        if not environment or not volumes:
+            continue
+        mounted = subprocess.run(
+            [
+                "sh",
+                "-c",
+                helper_command(
+                    helper, MOUNT_SCRIPT, link_dir(environment), *volumes, volumes=volumes
+                ),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).stdout.split()
+        running = state["State"]["Running"]
+        if "mounted" in mounted and (running or state["State"].get("Error")):
+            _docker("restart" if running else "start", state["Id"])
+            started.append(state["Name"].lstrip("/"))
+        elif not running and MOUNT_FAILED in state["State"].get("Error", ""):
             _docker("start", state["Id"])
             started.append(state["Name"].lstrip("/"))
     return started

@@ -10,6 +10,7 @@ volume) is left after destroy.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -177,12 +178,13 @@ def test_destroy_leaves_no_loop_device_image_or_volume(deploy_own: Any) -> None:
     assert loop_devices(directory) == [], "a loop device is left"
 
 
-def test_after_a_reboot_nothing_mounts_until_the_images_are_attached_again(
+def test_after_a_reboot_nothing_is_written_until_the_images_are_attached_again(
     deploy_own: Any, docker_client: docker.DockerClient
 ) -> None:
-    """A reboot, as the engine sees it: loop devices gone, /run emptied. The container
-    cannot start (never on another environment's device); ``attach_all`` re-attaches the
-    images and starts it, with its data."""
+    """A reboot, as the engine sees it: mounts and loop devices gone, /run emptied. The
+    volumes' own directories are immutable, so the environment writes nothing (never to
+    the engine's disk, never on another environment's device); ``attach_all``
+    re-attaches and mounts the images and restarts it, with its data."""
     deployed = deploy_own(
         "diskboot", {"limits": {"disk": DISK}, "environments": [{"sessionId": "b"}]}
     )
@@ -191,17 +193,28 @@ def test_after_a_reboot_nothing_mounts_until_the_images_are_attached_again(
     exec_ok(container, ["sh", "-c", "echo kept > /workspace/k && echo mine > $HOME/h"], user="1000")
     container.stop(timeout=10)
     environment_id = container.labels["dockyard.environment"]
+    for line in reversed(Path("/proc/mounts").read_text().splitlines()):
+        if f"/volumes/{environment_id}-" in line.split()[1]:
+            subprocess.run(["umount", line.split()[1]], check=True)
     for line in loop_devices(storage.disk_dir(environment_id)):
         subprocess.run(["losetup", "-d", line.split(":")[0]], check=True)
     shutil.rmtree(storage.link_dir(environment_id))
-    with pytest.raises(docker.errors.APIError, match="failed to mount local volume"):
-        container.start()
+    container.start()  # as the engine does at boot (restart policy)
+    with contextlib.suppress(docker.errors.APIError):  # it may exit, and restart: fine
+        _, out = run_as_agent(deployed, "b", "echo x > /workspace/n; echo rc=$?")
+        assert "rc=0" not in out, f"the workspace was writable without its filesystem: {out}"
+    for volume in docker_client.volumes.list(filters={"label": "dockyard.managed=true"}):
+        if volume.name.startswith(f"{environment_id}-"):
+            data = Path(volume.attrs["Mountpoint"])
+            assert list(data.iterdir()) == [], f"written to the engine's disk: {data}"
     started = storage.attach_all()
     assert container.name in started, started
     container.reload()
     assert container.status == "running"
     out = exec_ok(container, ["sh", "-c", "cat /workspace/k $HOME/h"], user="1000")
     assert out.split() == ["kept", "mine"], out
+    out = exec_ok(container, ["df", "-B1M", "--output=size", "/workspace"])
+    assert int(out.split()[-1]) <= 64, out
 
 
 def test_prune_removes_the_images_a_label_sweep_left_behind(
@@ -215,7 +228,11 @@ def test_prune_removes_the_images_a_label_sweep_left_behind(
     selector = {"label": f"dockyard.stack={deployed.stack}"}
     for container in docker_client.containers.list(all=True, filters=selector):
         container.remove(force=True)
+    # Past destroy's unmount (the filesystems off the volumes), then the volumes gone.
     for volume in docker_client.volumes.list(filters=selector):
+        data = volume.attrs["Mountpoint"]
+        subprocess.run(["umount", "-l", data], capture_output=True, check=False)
+        subprocess.run(["chattr", "-i", data], check=True)
         volume.remove(force=True)
     assert Path(directory).is_dir()
     pruned = storage.prune(prefix=environment_id, min_age_minutes=0)

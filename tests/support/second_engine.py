@@ -14,8 +14,8 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,9 @@ ADDRESS_POOL = "base=10.213.0.0/17,size=24"
 class Engine:
     url: str
     client: docker.DockerClient
+    restart: Callable[[], None] = field(default=lambda: None, compare=False)
+    """Stop dockerd (SIGTERM, as an upgrade does) and start it again with the same
+    configuration; returns once it answers."""
 
 
 def _run(*argv: str) -> None:
@@ -58,57 +61,72 @@ def second_engine(
     _run("ip", "link", "add", BRIDGE, "type", "bridge")
     _run("ip", "addr", "add", BRIDGE_CIDR, "dev", BRIDGE)
     _run("ip", "link", "set", BRIDGE, "up")
-    process = subprocess.Popen(
-        [
-            dockerd,
-            "--config-file",
-            str(config_file),
-            "--host",
-            f"unix://{socket}",
-            "--data-root",
-            str(data_root),
-            "--exec-root",
-            str(run_dir / "exec"),
-            "--pidfile",
-            str(run_dir / "docker.pid"),
-            "--containerd-namespace",
-            "dockyard-e2",
-            "--containerd-plugins-namespace",
-            "dockyard-e2-plugins",
-            "--bridge",
-            BRIDGE,
-            "--default-address-pool",
-            ADDRESS_POOL,
-            "--iptables=false",
-            "--ip-masq=false",
-            "--ip6tables=false",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [
+        dockerd,
+        "--config-file",
+        str(config_file),
+        "--host",
+        f"unix://{socket}",
+        "--data-root",
+        str(data_root),
+        "--exec-root",
+        str(run_dir / "exec"),
+        "--pidfile",
+        str(run_dir / "docker.pid"),
+        "--containerd-namespace",
+        "dockyard-e2",
+        "--containerd-plugins-namespace",
+        "dockyard-e2-plugins",
+        "--bridge",
+        BRIDGE,
+        "--default-address-pool",
+        ADDRESS_POOL,
+        "--iptables=false",
+        "--ip-masq=false",
+        "--ip6tables=false",
+    ]
+    processes = [subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)]
     url = f"unix://{socket}"
     # A fixed API version: the client must not ask the engine before it is up.
     client = docker.DockerClient(base_url=url, timeout=300, version="1.41")
-    try:
+
+    def wait_ready() -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
                 client.ping()
-                break
+                return
             except Exception:
-                if process.poll() is not None or time.monotonic() > deadline:
+                if processes[-1].poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
                         "the second engine did not start:\n"
                         + (root / "dockerd.log").read_text()[-3000:]
                     ) from None
                 time.sleep(0.2)
+
+    def stop() -> None:
+        process = processes[-1]
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def restart() -> None:
+        stop()
+        processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+        wait_ready()
+
+    try:
+        wait_ready()
         for image in images or []:
             saver = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
             assert saver.stdout is not None
             client.images.load(saver.stdout)
             if saver.wait() != 0:
                 raise RuntimeError(f"docker save {image} failed")
-        yield Engine(url, client)
+        yield Engine(url, client, restart)
     finally:
         with contextlib.suppress(Exception):
             for container in client.containers.list(all=True):
@@ -119,12 +137,7 @@ def second_engine(
             for volume in client.volumes.list():
                 volume.remove(force=True)
         client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop()
         log.close()
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
         # Unmount anything the engine left (overlay layers, shm) before removing its root.
