@@ -410,8 +410,8 @@ def attach(session: str, tenant: TenantOption = None) -> None:
     """Attach to the session's tmux session `main` (docker exec)."""
     with _errors(False):
         sessions = _sessions()
+        _, manifest = sessions.locate(session, tenant)  # checked against the engine
         record = sessions.audit_attach(session, tenant)
-        manifest = sessions.get(session, tenant)
         argv = [
             *_docker(record.host),
             "exec",
@@ -451,8 +451,7 @@ def ssh_session(
     key and the session; extra arguments are ssh options (-L/-R/-D forwards, -N, -o)."""
     with _errors(False):
         sessions = _sessions()
-        record = sessions.registry.find(session, tenant)
-        manifest = sessions.get(session, tenant)
+        record, manifest = sessions.locate(session, tenant)  # checked against the engine
         key = identity.expanduser()
         options, remote = ssh.split_command(list(ctx.args), sys.argv)
         if command and remote:
@@ -506,8 +505,7 @@ def logs(
     """Print the session container's logs."""
     with _errors(False):
         sessions = _sessions()
-        record = sessions.registry.find(session, tenant)
-        manifest = sessions.get(session, tenant)
+        record, manifest = sessions.locate(session, tenant)  # checked against the engine
         argv = [
             *_docker(record.host),
             "logs",

@@ -29,7 +29,7 @@ from typing import Any
 from .. import manifest as manifest_contract
 from ..config import ConfigError, from_host_settings
 from ..contract import NAMING_CURRENT
-from . import audit, backups, driver, ownership, quotas, registry
+from . import audit, backups, driver, located, ownership, quotas, registry
 from .request import SessionPlan, plan
 from .settings import Paths, load_settings, paths, usable_state
 
@@ -301,6 +301,29 @@ class Sessions:
             raise SessionNotFound(
                 f"session {session!r}: its manifest cannot be read ({exc})"
             ) from None
+
+    def locate(
+        self, session: str, tenant: str | None = None
+    ) -> tuple[registry.Record, manifest_contract.Manifest]:
+        """The session's record and manifest, the manifest checked against its engine:
+        what attach, ssh and logs act on (:mod:`.located`)."""
+        import docker  # the SDK only for verbs that reach an engine (start-up of `ls`)
+
+        record = self._record(session, tenant)
+        manifest = self.get(session, tenant)
+        try:
+            client = (
+                docker.from_env()
+                if record.host == "local"
+                else docker.DockerClient(base_url=record.host, use_ssh_client=True)
+            )
+            with contextlib.closing(client):
+                located.verify(record, manifest, client)
+        except docker.errors.DockerException as exc:
+            raise DriverError(
+                f"session {session!r}: its engine ({record.host}) cannot be reached: {exc}"
+            ) from None
+        return record, manifest
 
     def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
         rows = []

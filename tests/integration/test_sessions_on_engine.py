@@ -230,6 +230,31 @@ def test_refresh_recreates_and_keeps_the_workspace(
     assert cli.json("show", "p2", "--tenant", TENANT) == after
 
 
+def test_host_tools_refuse_a_manifest_the_engine_contradicts(cli: Cli) -> None:
+    """An agent that can write the project directory could point its manifest at another
+    session's container or ports; attach, ssh and logs check the engine first."""
+    target = cli.project / ".companion" / "cloud" / "environments" / TENANT / "p3.json"
+    honest = target.read_text()
+    other = cli.json("show", "p4", "--tenant", TENANT)
+    forged = {**json.loads(honest), "container": other["container"]}
+    tools = {
+        "logs": ("logs", "p3", "--tenant", TENANT, "--tail", "1"),
+        "attach": ("attach", "p3", "--tenant", TENANT),
+        "ssh": ("ssh", "p3", "--tenant", TENANT, "--print"),
+    }
+    try:
+        target.write_text(json.dumps(forged))
+        for tool, argv in tools.items():
+            result = cli.run(*argv, timeout=60)
+            assert result.returncode == 1, (tool, result.stdout, result.stderr)
+            assert "does not match the engine" in result.stderr, (tool, result.stderr)
+            assert "container id is not the engine's" in result.stderr, (tool, result.stderr)
+            assert "Traceback" not in result.stderr
+    finally:
+        target.write_text(honest)
+    assert cli.run(*tools["logs"], timeout=60).returncode == 0
+
+
 def test_a_failed_create_leaves_nothing_and_says_why(
     cli: Cli, docker_client: docker.DockerClient
 ) -> None:
