@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from ..errors import FAILED, INVALID, NOT_FOUND, DockyardError, InvalidInput
 
-log = logging.getLogger("dockyard.api")
+log = logging.getLogger(__package__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
 

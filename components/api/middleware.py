@@ -20,7 +20,7 @@ from ..sessions import audit
 from .context import Context
 from .errors import REQUEST_ID_HEADER, TooLarge, body
 
-log = logging.getLogger("dockyard.api")
+log = logging.getLogger(__package__)
 
 
 class RequestMiddleware:

@@ -102,6 +102,8 @@ compose:
 
 SAFE_GROUP = re.compile(r"[^A-Za-z0-9_]")
 ID_PREFIX = "dockyard-"
+# dockyard.contract.TENANT_NAMES after the prefix (tests/unit/test_contracts.py keeps it so).
+TENANT_ID_PREFIX = ID_PREFIX + "t."
 HOST_SUFFIX = ".host.json"
 # The package's host modules (dockyard.host and what it imports, standard library only):
 # components/, two directories up from this file, in a checkout and in the collection (which
@@ -113,8 +115,12 @@ PACKAGE_NAME = "_dockyard_collection_package"
 
 def stack_of(environment_id, session_id):
     """The stack of an environment dockyard created, read back from its id (the inverse of
-    dockyard.environment.resource_prefix: dockyard-<stack>-<session>); None for an
+    dockyard.contract's names: ``dockyard-<stack>-<session>``, and a tenant's session
+    ``dockyard-t.<tenant>.<session>``, whose stack group is its tenant); None for an
     environment whose id has another shape (another writer of contract v1)."""
+    tenant_suffix = f".{session_id}"
+    if environment_id.startswith(TENANT_ID_PREFIX) and environment_id.endswith(tenant_suffix):
+        return environment_id[len(TENANT_ID_PREFIX) : -len(tenant_suffix)] or None
     suffix = f"-{session_id}"
     if not (environment_id.startswith(ID_PREFIX) and environment_id.endswith(suffix)):
         return None

@@ -41,6 +41,7 @@ import pytest
 import yaml
 
 from dockyard import config
+from dockyard import contract as facts
 from dockyard import manifest as contract
 from dockyard.assets import PROVENANCE_ARGS
 from dockyard.environment import resource_prefix
@@ -731,6 +732,21 @@ def test_inventory_plugin_reads_back_the_stack_of_every_environment_id() -> None
         for stack in stacks
         for session in sessions
         if (found := plugin.stack_of(resource_prefix(stack, session), session)) != stack
+    }
+    assert wrong == {}
+    # A tenant's session (naming v2): its group is the tenant.
+    assert f"dockyard-{facts.TENANT_NAMES}" == plugin.TENANT_ID_PREFIX
+    tenants = ["acme", "acme-x", "a1"]
+    wrong = {
+        (tenant, session): found
+        for tenant in tenants
+        for session in sessions
+        if (
+            found := plugin.stack_of(
+                facts.session_environment_id(tenant, session, facts.NAMING_CURRENT), session
+            )
+        )
+        != tenant
     }
     assert wrong == {}
     example = reference_example()
