@@ -174,10 +174,9 @@ def _progress(as_json: bool) -> Callable[[str], None]:
 
 
 def _sessions() -> Sessions:
-    try:
-        return Sessions.default()
-    except DriverError as error:
-        _fail(FAILED, str(error), False)
+    # A DriverError (or an unusable state directory) is a DockyardError: the handler prints
+    # it the way the verb was asked (--json: the error object).
+    return Sessions.default()
 
 
 def _emit(data: Any, as_json: bool, table: Callable[[Any], None]) -> None:

@@ -22,6 +22,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from dockyard import cli
+from dockyard.sessions import DriverError
 
 DOCUMENTED_CODES = {0, 1, 2, 3, 4}
 LAST_RESORT = "this is a bug in dockyard"
@@ -240,3 +241,22 @@ def test_every_help_is_for_users(words: list[str]) -> None:
     assert result.exit_code == 0, result.output
     assert "<bool>" not in result.stdout
     assert not re.search(r"\bR-[A-Z]+-\d+", result.stdout), result.stdout
+
+
+def test_a_driver_that_cannot_load_answers_as_asked(
+    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_driver() -> Any:
+        raise DriverError("the driver 'x' cannot be loaded (allowed: pulumi, harness)")
+
+    monkeypatch.setattr(cli.Sessions, "default", no_driver)
+    env = _environment("broken-input", world)
+    for words in (["ls"], ["show", "s1"], ["audit"], ["image", "build"]):
+        result = CliRunner().invoke(cli.app, [*words, "--json"], env=env)
+        assert result.exit_code == 1, words
+        assert json.loads(result.stdout) == {
+            "error": {
+                "code": 1,
+                "problems": ["the driver 'x' cannot be loaded (allowed: pulumi, harness)"],
+            }
+        }, words
