@@ -36,7 +36,11 @@ class SessionsLike(Protocol):
     def registry(self) -> Registry: ...
 
     def plan(
-        self, request: Mapping[str, Any], secrets: Mapping[str, str] | None = None
+        self,
+        request: Mapping[str, Any],
+        secrets: Mapping[str, str] | None = None,
+        *,
+        naming: str = ...,
     ) -> tuple[SessionPlan, dict[str, str]]: ...
 
 
@@ -90,7 +94,9 @@ def target(
         settings = load_settings(sessions.where)
         config = from_host_settings(settings, stack=stack, cwd=str(sessions.where.state))
         return Target(config, session, tenant, f"{stack}.{session}", "local")
-    plan, _ = sessions.plan(record.request, dict.fromkeys(_secret_names(record.request), ""))
+    plan, _ = sessions.plan(
+        record.request, dict.fromkeys(_secret_names(record.request), ""), naming=record.naming
+    )
     return Target(plan.config, session, record.tenant, record.stack_name, record.host)
 
 

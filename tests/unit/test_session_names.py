@@ -31,6 +31,7 @@ from dockyard.contract import (
     volume_engine_name,
 )
 from dockyard.sessions import Sessions, registry
+from dockyard.sessions import backups as session_backups
 from dockyard.sessions.request import plan
 from dockyard.sessions.settings import paths
 
@@ -380,3 +381,16 @@ def test_an_untenanted_session_stays_reachable_beside_a_tenants_of_the_same_id(
     sessions.destroy("web")
     assert [c[:3] for c in driver.calls] == [("destroy", "sessions.web", "dockyard-sessions-web")]
     assert [r.stack_name for r in sessions.registry.all()] == ["acme.web"]
+
+
+def test_a_v1_sessions_backups_are_found_by_its_own_names(home: Path) -> None:
+    """Backups of a session created before the change target its v1 objects, even when its
+    id is one a new session may no longer take (e.g. it ends in -broker)."""
+    sessions = Sessions(paths(), NamingDriver())
+    sessions.create(_request("acme", "x-web", container={"image": "x:1"}))
+    record_file = sessions.registry.directory / "acme.x-web.json"
+    old = json.loads(record_file.read_text())
+    del old["naming"]
+    record_file.write_text(json.dumps(old))
+    target = session_backups.target(sessions, "x-web", "acme")
+    assert target.config.naming == NAMING_LEGACY
