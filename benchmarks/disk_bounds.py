@@ -65,14 +65,19 @@ def main() -> int:
     kept = f"dockyard-bench-disks-{run}"
     kept_places = (storage.disk_dir(kept), storage.link_dir(kept))
     bounded, plain = f"benchdisk-b-{run}", f"benchdisk-p-{run}"
+    mounted = {role: f"{bounded}-{role}" for role in ROLES}
     samples: dict[str, list[float]] = {"bare": [], "images": [], "plain": [], "bounded": []}
     try:
         _sh(storage.helper_command(image, storage.CREATE_SCRIPT, *kept_places, *SPECS))
         for role in ROLES:
-            options = storage.volume_options(kept, role)
-            _run("docker", "volume", "create", *(a for k, v in options.items()
-                 for a in ("-o", f"{k}={v}")), f"{bounded}-{role}")  # fmt: skip
+            _run("docker", "volume", "create", f"{bounded}-{role}")
             _run("docker", "volume", "create", f"{plain}-{role}")
+        # As the program does: the images mounted on the (plain) volumes' directories.
+        _sh(
+            storage.helper_command(
+                image, storage.MOUNT_SCRIPT, kept_places[1], *ROLES, volumes=mounted
+            )
+        )
         for index in range(RUNS + 1):  # the first round warms up and is not counted
             environment_id = f"dockyard-bench-disks-{run}-{index}"
             places = (storage.disk_dir(environment_id), storage.link_dir(environment_id))
@@ -90,6 +95,10 @@ def main() -> int:
                     samples[key].append(value)
                 print(f"  round {index} of {RUNS} done", flush=True)
     finally:
+        unmount = storage.helper_command(
+            image, storage.UNMOUNT_SCRIPT, *ROLES, volumes=mounted, missing_ok=True
+        )
+        subprocess.run(["sh", "-c", unmount], capture_output=True, timeout=300, check=False)
         for prefix in (bounded, plain):
             for role in ROLES:
                 subprocess.run(["docker", "volume", "rm", f"{prefix}-{role}"], capture_output=True)
