@@ -17,6 +17,7 @@ Children, all parented to the component and named after it:
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -49,6 +50,7 @@ from .contract import (
     MANAGED_VALUE,
     SECRETS_DIR,
     STOP_TIMEOUT_S,
+    WORKSPACE_MOUNT,
     environment_id,
 )
 from .manifest_file import declare_host_file, declare_manifest_file, manifest_path
@@ -88,6 +90,9 @@ class AgentEnvironmentArgs:
     volumes: Sequence[Volume] = ()
     workspace_host_path: str | None = None
     """Host directory the workspace volume binds to; None: the engine's volume storage."""
+    manifest_root: str | None = None
+    """The directory holding manifests and host files (dockyard.config's manifest root):
+    mounted read-only over its place wherever a bind of its parent shows it."""
     egress: str = "open"
     egress_rules: Sequence[str] = ()
     """Normalised allowlist (dockyard.egress); enforced on the host by egress_guard."""
@@ -288,6 +293,7 @@ class AgentEnvironment(pulumi.ComponentResource):
                     for role, volume in volumes.items()
                 ),
                 *(_declared_volume(v, args.volume_names, owned) for v in args.volumes),
+                *_manifest_guards(args),
             ],
             envs=[
                 f"DOCKYARD_BACKEND={args.backend}",
@@ -417,6 +423,27 @@ def _published(args: AgentEnvironmentArgs) -> list[int]:
 
 def _labels(kind: type, labels: Mapping[str, str]) -> list:
     return [kind(label=key, value=value) for key, value in sorted(labels.items())]
+
+
+def _manifest_guards(args: AgentEnvironmentArgs) -> list[docker.ContainerVolumeArgs]:
+    """Read-only mounts of the manifest root over its place inside every bind that shows it:
+    host tools read manifests and host files there, so the agent must not write them.
+    (Configuration refuses binds that would hold it deeper than one level.)"""
+    if not args.manifest_root:
+        return []
+    parent, name = os.path.split(args.manifest_root)
+    binds = [(v.source, v.target) for v in args.volumes if v.is_bind]
+    if args.workspace_host_path:
+        binds.append((args.workspace_host_path, WORKSPACE_MOUNT))
+    return [
+        docker.ContainerVolumeArgs(
+            container_path=f"{target.rstrip('/')}/{name}",
+            host_path=args.manifest_root,
+            read_only=True,
+        )
+        for source, target in binds
+        if source == parent
+    ]
 
 
 def _declared_volume(

@@ -62,6 +62,7 @@ def environment_args(
             for vol in env.volumes
             if not vol.is_bind
         },
+        manifest_root=cfg.manifest_root,
         egress=env.egress,
         egress_rules=env.egress_rules,
         env=env.env,

@@ -31,6 +31,7 @@ from ..contract import (
 from . import values as v
 from .base import Model
 from .environment import Environment
+from .mounts import DEFAULT_MANIFEST_DIR, manifest_root
 from .scope import scope_of
 from .sections import (
     BUILTIN_PROFILES,
@@ -47,8 +48,6 @@ from .sections import (
     known_profile,
     resolve_limits,
 )
-
-DEFAULT_MANIFEST_DIR = ".companion/cloud/environments"
 
 PUBLISH_ADDRESS_ALLOWED = "an IPv4 address (127.0.0.1, 0.0.0.0 or one of the host's own)"
 
@@ -189,6 +188,11 @@ class StackConfig(Model):
     @property
     def manifest_path(self) -> str:
         return os.path.join(self.cwd, self.manifest_dir)
+
+    @property
+    def manifest_root(self) -> str:
+        """The directory no environment may write below (see :func:`mounts.manifest_root`)."""
+        return manifest_root(self.cwd, self.manifest_dir)
 
     def with_naming(self, naming: str) -> StackConfig:
         """This stack with the engine names of ``naming`` (sessions: contract.NAMINGS);
