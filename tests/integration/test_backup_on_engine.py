@@ -598,7 +598,12 @@ def test_idle_monitor_backs_up_before_stopping_and_before_power_off(
     )
     count = snapshot_count(host, "copy")
     assert (
-        monitor("d.json", action="stop", label=f"dockyard.environment=dockyard-{TENANT}-copy") == 0
+        monitor(
+            "d.json",
+            action="stop",
+            label=f"dockyard.environment={copy.labels['dockyard.environment']}",
+        )
+        == 0
     )
     copy.reload()
     assert copy.status == "exited"
@@ -629,11 +634,15 @@ def test_health_refresh_backs_up_first(
     host: Host, docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
     count = snapshot_count(host, "keep")
+    # The engine's own name for it (a tenant's session: dockyard-t.<tenant>.keep).
+    keep = docker_client.containers.get(
+        host.json("show", "keep", "--tenant", TENANT)["container"]["id"]
+    )
     config = tmp_path / "health.json"
     config.write_text(
         json.dumps(
             {
-                "label": f"dockyard.environment=dockyard-{TENANT}-keep",
+                "label": f"dockyard.environment={keep.labels['dockyard.environment']}",
                 "report_file": str(tmp_path / "report.json"),
                 "refresh": True,
                 "max_age_hours": 0.0001,
