@@ -22,7 +22,7 @@ import typer
 
 from ..errors import DockyardError, InvalidInput
 from ..sessions import Sessions
-from ..sessions.settings import paths
+from ..sessions.settings import paths, usable_state
 from .settings import STORE_VARIABLE, Limits, default_url
 
 if TYPE_CHECKING:
@@ -44,7 +44,9 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON
 
 
 def store_url(given: str | None) -> str:
-    return given or os.environ.get(STORE_VARIABLE) or default_url(paths().state)
+    """The key store: ``--key-store``, else $DOCKYARD_API_KEY_STORE, else SQLite in the
+    state directory (which must be usable: :class:`StateUnusable` says how to fix it)."""
+    return given or os.environ.get(STORE_VARIABLE) or default_url(usable_state(paths()).state)
 
 
 def open_store(given: str | None) -> KeyStore:
