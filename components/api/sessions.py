@@ -35,7 +35,8 @@ CreateBody = Annotated[
             "The reference request (the body `dockyard up --request` and `dockyard validate "
             "--request` take), unchanged; optionally `secretValues` {NAME: value} for the "
             "names in `secrets` — never logged, never echoed, never stored. A name without a "
-            "value here is read from the server's environment (<TENANT>_NAME for a tenant)."
+            "value here is read from the server's environment (DOCKYARD_TENANT_<TENANT>__NAME "
+            "for a tenant)."
         ),
         examples=[EXAMPLE],
     ),

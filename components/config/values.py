@@ -289,12 +289,17 @@ DNS_LABEL_ALLOWED = (
     "a Kubernetes name: 1-63 lower-case letters, digits, '-', alphanumeric at both ends"
 )
 dns_label = named(DNS_LABEL, DNS_LABEL_ALLOWED)
-TENANT_ALLOWED = "a tenant name: 1-32 lower-case letters, digits, '-', alphanumeric at both ends"
+TENANT_ALLOWED = (
+    "a tenant name: 1-32 lower-case letters, digits, '-' (never two in a row), "
+    "alphanumeric at both ends"
+)
 
 
 @rule(TENANT_ALLOWED)
 def tenant(value: Any) -> str:
-    if not isinstance(value, str) or not TENANT.fullmatch(value):
+    # No '--': a tenant's secret variables (dockyard.sessions.secret_variable) spell '-'
+    # as '_' and end the tenant with '__', which must stay one-to-one.
+    if not isinstance(value, str) or not TENANT.fullmatch(value) or "--" in value:
         raise refuse(TENANT_ALLOWED)
     if value in RESERVED_TENANTS:
         # A reserved name is a namespace the tenant's sessions would share (issue 25.10).

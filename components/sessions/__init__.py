@@ -11,7 +11,7 @@ on one stack's lock. Every lifecycle action is written to the audit trail.
 
 Secret values never travel in the request: ``create(request, secrets={...})`` or the
 caller's environment supplies them (``NAME``; for a tenant's session only
-``<TENANT>_NAME``, so one tenant never gets another's keys).
+``DOCKYARD_TENANT_<TENANT>__NAME``, so one tenant never gets another's keys).
 """
 
 from __future__ import annotations
@@ -54,9 +54,19 @@ def _quiet(_: str) -> None:
     return None
 
 
+TENANT_SECRET_PREFIX = "DOCKYARD_TENANT_"  # noqa: S105 - a variable name prefix, not a value
+
+
 def secret_variable(name: str, tenant: str | None) -> str:
-    """The environment variable a secret is read from when not passed explicitly."""
-    return f"{tenant.upper().replace('-', '_')}_{name}" if tenant else name
+    """The environment variable a secret is read from when not passed explicitly: ``NAME``
+    for an untenanted session, ``DOCKYARD_TENANT_<TENANT>__NAME`` for a tenant's
+    (``acme-co`` -> ``DOCKYARD_TENANT_ACME_CO__GITHUB_TOKEN``). One-to-one over (tenant,
+    name): a tenant has no '_' and no '--', so the first '__' ends it; and a tenant can
+    never name a variable outside its own prefix (tenant ``aws`` asking for
+    ``SECRET_ACCESS_KEY`` does not read the server's ``AWS_SECRET_ACCESS_KEY``)."""
+    if not tenant:
+        return name
+    return f"{TENANT_SECRET_PREFIX}{tenant.upper().replace('-', '_')}__{name}"
 
 
 @dataclass

@@ -190,11 +190,35 @@ def test_a_tenants_secrets_are_scoped(home: Path, monkeypatch: pytest.MonkeyPatc
     request = {**REFERENCE, "tenant": "acme-co", "secrets": ["GITHUB_TOKEN"]}
     with pytest.raises(ConfigError) as info:
         _sessions(home, FakeDriver()).create(request)
-    assert "ACME_CO_GITHUB_TOKEN" in info.value.problems[0]
-    monkeypatch.setenv("ACME_CO_GITHUB_TOKEN", "ghp_acme")
+    assert "DOCKYARD_TENANT_ACME_CO__GITHUB_TOKEN" in info.value.problems[0]
+    monkeypatch.setenv("DOCKYARD_TENANT_ACME_CO__GITHUB_TOKEN", "ghp_acme")
     driver = FakeDriver()
     _sessions(home, driver).create(request)
     assert driver.secrets == {"GITHUB_TOKEN": "ghp_acme"}
+
+
+def test_tenant_secret_variables_are_one_to_one_and_stay_in_their_namespace() -> None:
+    """Issue 25.10's class for secrets: no (tenant, name) reads another tenant's variable or
+    one of the server's own (tenant ``aws`` asking for ``SECRET_ACCESS_KEY``)."""
+    from dockyard.sessions import secret_variable
+
+    tenants = ["acme", "acme-x", "x", "aws", "a-b", "a1", "ab"]
+    names = ["TOKEN", "X_TOKEN", "SECRET_ACCESS_KEY", "B_TOKEN", "_X", "GITHUB_TOKEN"]
+    seen: dict[str, tuple[str | None, str]] = {}
+    for tenant in [None, *tenants]:
+        for name in names:
+            variable = secret_variable(name, tenant)
+            assert seen.setdefault(variable, (tenant, name)) == (tenant, name), variable
+            if tenant:
+                assert variable.startswith("DOCKYARD_TENANT_")
+    assert secret_variable("SECRET_ACCESS_KEY", "aws") != "AWS_SECRET_ACCESS_KEY"
+    assert secret_variable("X_TOKEN", "acme") != secret_variable("TOKEN", "acme-x")
+
+
+def test_a_tenant_may_not_have_two_hyphens_in_a_row() -> None:
+    with pytest.raises(ConfigError) as info:
+        plan({**REFERENCE, "tenant": "acme--co"}, {})
+    assert "never two in a row" in info.value.problems[0]
 
 
 # --- lifecycle with a fake driver ----------------------------------------------------------------
@@ -204,7 +228,7 @@ def test_a_missing_secret_says_how_a_sessions_caller_supplies_it(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("GITHUB_TOKEN", raising=False)
-    monkeypatch.delenv("ACME_CO_GITHUB_TOKEN", raising=False)
+    monkeypatch.delenv("DOCKYARD_TENANT_ACME_CO__GITHUB_TOKEN", raising=False)
     request = {**REFERENCE, "tenant": "acme-co", "secrets": ["GITHUB_TOKEN", "lower_name"]}
     with pytest.raises(ConfigError) as info:
         _sessions(home, FakeDriver()).plan(request)
@@ -212,10 +236,10 @@ def test_a_missing_secret_says_how_a_sessions_caller_supplies_it(
     also = "or create(request, secrets={...})"
     assert info.value.problems == [
         f"request.secrets[0]: 'GITHUB_TOKEN' is not set (allowed: {supply} GITHUB_TOKEN` "
-        f"with the value in the environment variable ACME_CO_GITHUB_TOKEN, {also})",
+        f"with the value in the environment variable DOCKYARD_TENANT_ACME_CO__GITHUB_TOKEN, {also})",
         # A name not written the conventional way may be a pasted value: never echoed.
         f"request.secrets[1]: <a string of 10 characters> is not set (allowed: {supply} "
-        f"<NAME>` with the value in the environment variable ACME_CO_<NAME>, {also})",
+        f"<NAME>` with the value in the environment variable DOCKYARD_TENANT_ACME_CO__<NAME>, {also})",
     ]
 
 
