@@ -12,6 +12,7 @@ input (every problem listed); 3 a quota would be passed; 4 no such thing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -79,6 +80,27 @@ class NotFound(DockyardError, code=NOT_FOUND, status=404, kind="not-found"):
 
 class Conflict(DockyardError, code=FAILED, status=409, kind="conflict"):
     """The thing exists already, or is busy with another operation."""
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9._:/@+ -]{0,64}", re.ASCII)
+_KEY_SHAPED = re.compile(r"sk-|ghp_|gho_|github_pat_|xox[bp]-|AKIA|BEGIN|://[^/@]*:[^/@]*@", re.I)
+
+
+def shown(value: object) -> str:
+    """``value`` as an error message may show it: scalars as they are, a short plain string
+    quoted, anything else (a mapping, a list, a long or key-shaped string) described by type
+    and size only — a pasted secret is never echoed."""
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    if isinstance(value, str):
+        if _PLAIN.fullmatch(value) and not _KEY_SHAPED.search(value):
+            return repr(value)
+        return f"<a string of {len(value)} characters>"
+    if isinstance(value, dict):
+        return f"<a mapping of {len(value)} key{'' if len(value) == 1 else 's'}>"
+    if isinstance(value, list | tuple):
+        return f"<a list of {len(value)} item{'' if len(value) == 1 else 's'}>"
+    return f"<a {type(value).__name__}>"
 
 
 def exit_code_of(error: BaseException) -> int:

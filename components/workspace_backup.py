@@ -43,7 +43,7 @@ from .backup import (
     check_selector,
 )
 from .contract import LABEL_SESSION, LABEL_STACK, LABEL_TENANT, MANAGED_SELECTOR
-from .errors import DockyardError
+from .errors import DockyardError, shown
 from .files import write_json_atomic
 from .host.audit_trail import audit as host_audit
 
@@ -86,10 +86,10 @@ def load_host_config(path: str | None) -> tuple[Settings, dict[str, Any]]:
         value = config[key]
         if isinstance(default, int) and (not isinstance(value, int) or isinstance(value, bool)):
             raise ConfigError(
-                f"{source}: {key}: {value!r} is not allowed (allowed: a whole number)"
+                f"{source}: {key}: {shown(value)} is not allowed (allowed: a whole number)"
             )
         if isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(f"{source}: {key}: {value!r} is not allowed (allowed: a string)")
+            raise ConfigError(f"{source}: {key}: {shown(value)} is not allowed (allowed: a string)")
     for key in ("keep_last", "keep_daily", "keep_weekly"):
         if not 0 <= config[key] <= 100_000:
             raise ConfigError(f"{source}: {key}: {config[key]} is not allowed (allowed: 0-100000)")

@@ -152,12 +152,16 @@ class Settings:
                 or not isinstance(value, int | float)
                 or not (low <= value <= high)
             ):
-                problems.append(f"{key}: {value!r} is not allowed (allowed: {low} to {high})")
+                problems.append(
+                    f"{key}: {errors.shown(value)} is not allowed (allowed: {low} to {high})"
+                )
         if not repository_ok(self.repository):
             # Never echoed: a pasted URL may carry a key.
             problems.append(f"repository: <a value> is not allowed (allowed: {REPOSITORY_ALLOWED})")
-        if self.region and not REGION.fullmatch(self.region):
-            problems.append(f"region: {self.region!r} is not allowed (allowed: {REGION_ALLOWED})")
+        if self.region and not (isinstance(self.region, str) and REGION.fullmatch(self.region)):
+            problems.append(
+                f"region: {errors.shown(self.region)} is not allowed (allowed: {REGION_ALLOWED})"
+            )
         for key in ("credentials_dir", "cache_dir", "restic", "ca_file"):
             value = getattr(self, key)
             if not _absolute(value):
@@ -168,7 +172,9 @@ class Settings:
         if not isinstance(self.image, str) or not re.fullmatch(
             r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,511}", self.image
         ):
-            problems.append(f"image: {self.image!r} is not allowed (allowed: an image reference)")
+            problems.append(
+                f"image: {errors.shown(self.image)} is not allowed (allowed: an image reference)"
+            )
         if problems:
             raise ConfigError("backup settings: " + "; ".join(problems))
 
