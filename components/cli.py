@@ -27,7 +27,7 @@ from typer.core import TyperGroup
 from . import modal_plan, ssh
 from .api.commands import keys_app, serve
 from .config import ConfigError, stack_file
-from .errors import FAILED, INVALID, OK, DockyardError
+from .errors import FAILED, INVALID, KIND_OF_CODE, OK, DockyardError
 from .sessions import DriverError, Sessions
 from .sessions import audit as audit_log
 from .sessions import backups as backup_sessions
@@ -67,7 +67,7 @@ class _Faces(TyperGroup):
         except (typer.Exit, typer.Abort):
             raise  # --help, --version, a verb's own exit
         except DockyardError as error:
-            _fail(error.exit_code, error.problems, as_json)
+            _fail(error.exit_code, error.problems, as_json, error.kind)
         except Exception as error:
             _unexpected(error, as_json)
 
@@ -145,10 +145,13 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON
 TenantOption = Annotated[str | None, typer.Option("--tenant", help="The session's tenant.")]
 
 
-def _fail(code: int, lines: list[str] | str, as_json: bool) -> NoReturn:
+def _fail(code: int, lines: list[str] | str, as_json: bool, kind: str | None = None) -> NoReturn:
     problems = [lines] if isinstance(lines, str) else lines
     if as_json:
-        print(json.dumps({"error": {"code": code, "problems": problems}}))
+        # The error object every face prints (DockyardError.as_dict; the HTTP API adds
+        # its request id).
+        found = kind or KIND_OF_CODE.get(code, "failed")
+        print(json.dumps({"error": {"code": code, "kind": found, "problems": problems}}))
     else:
         for line in problems:
             err.print(f"[red]ERROR[/red]: {line}", markup=True, soft_wrap=True)
@@ -161,7 +164,7 @@ def _errors(as_json: bool) -> Iterator[None]:
     try:
         yield
     except DockyardError as error:
-        _fail(error.exit_code, error.problems, as_json)
+        _fail(error.exit_code, error.problems, as_json, error.kind)
 
 
 def _progress(as_json: bool) -> Callable[[str], None]:

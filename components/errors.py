@@ -103,6 +103,10 @@ def shown(value: object) -> str:
     return f"<a {type(value).__name__}>"
 
 
+KIND_OF_CODE = {FAILED: "failed", INVALID: "invalid", QUOTA: "quota", NOT_FOUND: "not-found"}
+"""The kind a face reports for an exit code it reaches without an error object (usage)."""
+
+
 def exit_code_of(error: BaseException) -> int:
     """The exit code for ``error``: its own for a :class:`DockyardError`, else failed."""
     return error.exit_code if isinstance(error, DockyardError) else FAILED

@@ -63,7 +63,7 @@ def _errors(as_json: bool) -> Iterator[None]:
         yield
     except DockyardError as error:
         if as_json:
-            print(json.dumps({"error": {"code": error.exit_code, "problems": error.problems}}))
+            print(json.dumps({"error": error.as_dict()}))
         else:
             for line in error.problems:
                 print(f"ERROR: {line}", file=sys.stderr)

@@ -140,6 +140,10 @@ def _check(words: list[str], args: list[str], result: Any, as_json: bool) -> Non
         data = json.loads(result.stdout)
         assert set(data) == {"error"}, where
         assert data["error"]["code"] == result.exit_code, where
+        # The same object on every face: the kind beside the code (DockyardError.as_dict).
+        assert data["error"]["kind"] in {"failed", "invalid", "quota", "not-found", "conflict"}, (
+            where
+        )
         problems = data["error"]["problems"]
         assert problems, where
         assert all(isinstance(p, str) and p for p in problems), where
@@ -252,6 +256,7 @@ def test_a_driver_that_cannot_load_answers_as_asked(
         assert json.loads(result.stdout) == {
             "error": {
                 "code": 1,
+                "kind": "failed",
                 "problems": ["the driver 'x' cannot be loaded (allowed: pulumi, harness)"],
             }
         }, words
