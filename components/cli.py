@@ -455,7 +455,7 @@ def ssh_session(
         sessions = _sessions()
         record, manifest = sessions.locate(session, tenant)  # checked against the engine
         key = identity.expanduser()
-        options, remote = ssh.split_command(list(ctx.args), sys.argv)
+        options, remote = ssh.split_command(list(ctx.args))
         if command and remote:
             raise ssh.SshOptionError("give the remote command once: --command CMD or -- CMD")
         ssh.check_options(options)  # before a certificate is issued

@@ -197,15 +197,26 @@ def ssh_argv(
     ]  # fmt: skip
 
 
-def split_command(extra: list[str], argv: list[str]) -> tuple[list[str], list[str]]:
-    """``dockyard ssh S [ssh options] -- CMD...``: the click parser drops ``--`` from the
-    extra arguments, so where it stood is read from the process's own ``argv``."""
-    if "--" not in argv:
-        return extra, []
-    after = argv[argv.index("--") + 1 :]
-    if not after or extra[len(extra) - len(after) :] != after:
-        return extra, []
-    return extra[: len(extra) - len(after)], after
+def split_command(extra: list[str]) -> tuple[list[str], list[str]]:
+    """``dockyard ssh S [ssh options] [--] [command...]``: the ssh options, then the remote
+    command from the first word that is neither an option nor an option's value — how
+    ssh itself reads ``ssh [options] destination [command]``."""
+    words = list(extra)
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if not word.startswith("-") or word == "-":
+            break
+        index += 1
+        letters = word[1:]
+        for position, letter in enumerate(letters):
+            if letter in _WITH_VALUE:
+                if position == len(letters) - 1:
+                    index += 1  # the value is the next word
+                break
+            if letter not in _FLAGS:
+                break
+    return words[:index], words[index:]
 
 
 def host_port(manifest: dict) -> int:

@@ -82,8 +82,16 @@ def test_port_forwards_and_plain_options_pass(options: list[str]) -> None:
     assert ssh.refused_options(options) == []
 
 
-def test_the_remote_command_is_what_follows_the_double_dash() -> None:
-    argv = ["dockyard", "ssh", "s1", "-L", "1:h:2", "--", "git", "log", "--", "file"]
-    extra = ["-L", "1:h:2", "git", "log", "--", "file"]
-    assert ssh.split_command(extra, argv) == (["-L", "1:h:2"], ["git", "log", "--", "file"])
-    assert ssh.split_command(["-N"], ["dockyard", "ssh", "s1", "-N"]) == (["-N"], [])
+def test_the_remote_command_starts_at_the_first_word_that_is_no_option() -> None:
+    # Click drops the `--` that separates dockyard's options from ssh's.
+    assert ssh.split_command(["-L", "1:h:2", "git", "log", "--", "file"]) == (
+        ["-L", "1:h:2"],
+        ["git", "log", "--", "file"],
+    )
+    assert ssh.split_command(["-N"]) == (["-N"], [])
+    assert ssh.split_command(["-o", "ConnectTimeout=10", "-vN", "-p2222", "uname", "-a"]) == (
+        ["-o", "ConnectTimeout=10", "-vN", "-p2222"],
+        ["uname", "-a"],
+    )
+    assert ssh.split_command(["-oBatchMode=yes", "id"]) == (["-oBatchMode=yes"], ["id"])
+    assert ssh.split_command([]) == ([], [])
