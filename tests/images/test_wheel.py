@@ -123,7 +123,7 @@ def test_the_wheel_installs_and_builds_the_image_from_its_own_context(
     assert labels.get("dockyard.claude-code.version")
     # The user's own components/ is theirs: the wheel did not shadow it.
     own = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import dockyard; print(components.OWN)"],
+        [str(venv / "bin" / "python"), "-c", "import components; print(components.OWN)"],
         cwd=project,
         env=env,
         capture_output=True,
