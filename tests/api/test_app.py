@@ -65,7 +65,11 @@ async def test_no_key_a_wrong_key_and_a_revoked_key_answer_401_alike(api: Api) -
         assert response.status_code == 401, (name, response.text)
         assert response.headers["www-authenticate"] == "Bearer"
         answers[name] = response.json()["error"]["problems"]
+    # A key presented: one line whatever is wrong with it (no oracle for which keys exist);
+    # none presented: how to send one.
     assert answers["wrong"] == answers["revoked"] == answers["garbage"]
+    assert answers["none"] != answers["wrong"]
+    assert "Authorization: Bearer" in answers["none"][0]
     assert issued.key not in json.dumps(answers)
 
 
