@@ -49,6 +49,8 @@ import pulumi
 import pulumi_command as command
 
 from .config import ResolvedLimits
+from .contract import MANAGED_SELECTOR
+from .errors import DockyardError, Failed
 
 AGENT_UID = 1000
 DISKS_DIR = "/var/lib/dockyard/disks"
@@ -475,7 +477,7 @@ def declare(
 
 # --- After a reboot ------------------------------------------------------------------------
 
-MANAGED_FILTER = "label=dockyard.managed=true"
+MANAGED_FILTER = f"label={MANAGED_SELECTOR}"
 DEFAULT_HELPER_IMAGE = "debian:bookworm-slim"
 """For ``prune``, which may run where no environment is left to lend its image."""
 MOUNT_FAILED = "failed to mount local volume"
@@ -486,7 +488,7 @@ def _docker(*args: str, timeout: float = 120) -> str:
         ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
     if result.returncode != 0:
-        raise RuntimeError(f"docker {args[0]}: {result.stderr.strip()[-500:]}")
+        raise Failed(f"docker {args[0]}: {result.stderr.strip()[-500:]}")
     return result.stdout
 
 
@@ -589,7 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             pruned = prune(image or DEFAULT_HELPER_IMAGE)
             print(f"dockyard: pruned {len(pruned)}: {' '.join(pruned)}")
-    except (RuntimeError, subprocess.SubprocessError) as exc:
+    except (DockyardError, OSError, ValueError, subprocess.SubprocessError) as exc:
+        # OSError: no docker CLI; ValueError: an engine answer that is not JSON.
         print(f"ERROR: {args[0]} failed: {exc}", file=sys.stderr)
         return 1
     return 0

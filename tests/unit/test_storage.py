@@ -179,3 +179,15 @@ def test_bad_disk_bounds_are_refused_naming_key_value_and_allowed(
 def test_disk_bounds_refuse_sizes_outside_what_ext4_holds() -> None:
     with pytest.raises(ValueError, match=r"workspace_mb: 8 is not allowed \(allowed: a whole"):
         storage.DiskBounds(workspace_mb=8)
+
+
+def test_the_storage_command_answers_in_one_line_without_an_engine(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m dockyard.storage attach|prune` (boot and crash recovery): no docker CLI,
+    or an engine that refuses, is one ERROR line and exit 1, never a traceback."""
+    from dockyard import storage
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert storage.main(["prune"]) == 1
+    assert capsys.readouterr().err.startswith("ERROR: prune failed: ")
