@@ -16,6 +16,7 @@ on gVisor (tests/support/stacks.py; ``make test-runsc``); the run's header names
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Iterator
 
@@ -52,6 +53,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if left:
             config.hook.pytest_deselected(items=left)
             items[:] = kept
+
+
+@pytest.fixture(autouse=True)
+def _an_event_loop_on_the_main_thread() -> None:
+    """Every test starts with a usable event loop on the main thread.
+
+    anyio's test runner (tests/api) closes its loop and leaves the main thread without a
+    current one; Pulumi's synchronous helpers, which the program tests and the harness
+    call, then fail with "There is no current event loop" in every later module."""
+    policy = asyncio.get_event_loop_policy()
+    try:
+        usable = not policy.get_event_loop().is_closed()
+    except RuntimeError:
+        usable = False
+    if not usable:
+        policy.set_event_loop(policy.new_event_loop())
 
 
 @pytest.fixture(scope="session")
