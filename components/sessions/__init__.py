@@ -209,7 +209,8 @@ class Sessions:
                         entry["detail"] = str(error)
                         raise
                 try:
-                    result = self.engine.up(session_plan, values, progress)
+                    with driver.reported("create", session_plan.stack_name):
+                        result = self.engine.up(session_plan, values, progress)
                 except BaseException:
                     if not existed:
                         with contextlib.suppress(Exception):
@@ -372,7 +373,8 @@ class Sessions:
         ):
             session_plan, values = self.plan(record.request, secrets, naming=record.naming)
             backups.before_refresh(self, session_plan, progress)
-            result = self.engine.recreate(session_plan, values, progress)
+            with driver.reported("refresh", session_plan.stack_name):
+                result = self.engine.recreate(session_plan, values, progress)
             manifest_contract.validate(result, f"session {session}")
             return result  # type: ignore[return-value]
 
@@ -398,7 +400,8 @@ class Sessions:
             )
             if final_backup:
                 backups.before_destroy(self, session_plan, progress)
-            self.engine.destroy(session_plan, progress)
+            with driver.reported("destroy", session_plan.stack_name):
+                self.engine.destroy(session_plan, progress)
             self.registry.remove(record.stack_name)
             Path(record.manifest_path).unlink(missing_ok=True)
 
@@ -411,7 +414,8 @@ class Sessions:
                 settings, stack="images", cwd=str(self.where.state), check_secrets=True
             )
             entry["host"] = config.docker_host or "local"
-            reference = self.engine.build_image(config, progress)
+            with driver.reported("image build", "images"):
+                reference = self.engine.build_image(config, progress)
             self.where.state.mkdir(parents=True, exist_ok=True, mode=0o700)
             (self.where.state / IMAGE_RECORD).write_text(json.dumps({"imageRef": reference}))
             return reference

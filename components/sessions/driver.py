@@ -10,13 +10,14 @@ outside the package.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import config_key
-from ..errors import Failed
+from ..errors import DockyardError, Failed
 from .request import SessionPlan
 from .settings import Paths
 
@@ -39,6 +40,22 @@ Progress = Callable[[str], None]
 
 class DriverError(Failed):
     """The driver could not apply a plan (the message says why)."""
+
+
+@contextlib.contextmanager
+def reported(action: str, stack: str) -> Iterator[None]:
+    """A driver call whose failure reaches the user as a :class:`DriverError` naming the
+    action, the stack and the last lines of what the engine or Pulumi said: a driver may
+    raise its own errors (Pulumi's CommandError, the engine's APIError), and none of them
+    may leave a user with "unexpected error" instead of the reason."""
+    try:
+        yield
+    except DockyardError:
+        raise
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = " / ".join(lines[-5:]) if lines else type(exc).__name__
+        raise DriverError(f"{action} of stack {stack} failed: {reason}") from exc
 
 
 class Driver(Protocol):

@@ -274,7 +274,10 @@ def test_a_failed_create_leaves_nothing_and_says_why(
     }
     result = cli.run("up", "--json", "--request", "-", stdin=json.dumps(request))
     assert result.returncode == 1, (result.stdout, result.stderr)
-    assert "gpu" in result.stderr.lower()
+    # The reason, in the error object --json prints (docs/sessions.md), from the driver.
+    (problem,) = json.loads(result.stdout)["error"]["problems"]
+    assert problem.startswith(f"create of stack {TENANT}.broken failed: "), problem
+    assert "gpu" in problem.lower()
     assert _leftovers(docker_client, "broken") == []
     assert all(r["sessionId"] != "broken" for r in cli.json("ls"))
     (entry,) = cli.json("audit", "--session", "broken")

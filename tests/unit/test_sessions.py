@@ -269,7 +269,7 @@ def test_create_records_get_list_refresh_destroy(home: Path) -> None:
 def test_a_failed_first_create_is_undone_and_audited(home: Path) -> None:
     driver = FakeDriver(fail=True)
     sessions = _sessions(home, driver)
-    with pytest.raises(RuntimeError, match="engine said no"):
+    with pytest.raises(DriverError, match="create of stack .* failed: engine said no"):
         sessions.create(REFERENCE)
     assert driver.calls == [("up", "sessions.s1"), ("destroy", "sessions.s1")]
     assert sessions.list() == []
@@ -277,7 +277,7 @@ def test_a_failed_first_create_is_undone_and_audited(home: Path) -> None:
     assert (entry["action"], entry["result"], entry["detail"]) == (
         "create",
         "error",
-        "RuntimeError",
+        "DriverError",  # the driver's own error, reported through the error root
     )
 
 
@@ -286,7 +286,7 @@ def test_a_failed_converge_keeps_the_session(home: Path) -> None:
     sessions = _sessions(home, driver)
     sessions.create(REFERENCE)
     driver.fail = True
-    with pytest.raises(RuntimeError):
+    with pytest.raises(DriverError, match="engine said no"):
         sessions.create(REFERENCE)
     assert ("destroy", "sessions.s1") not in driver.calls
     assert [r["sessionId"] for r in sessions.list()] == ["s1"]
