@@ -269,7 +269,7 @@ def test_create_records_get_list_refresh_destroy(home: Path) -> None:
 def test_a_failed_first_create_is_undone_and_audited(home: Path) -> None:
     driver = FakeDriver(fail=True)
     sessions = _sessions(home, driver)
-    with pytest.raises(DriverError, match="create of stack .* failed: engine said no"):
+    with pytest.raises(DriverError, match=r"create of stack .* failed: engine said no"):
         sessions.create(REFERENCE)
     assert driver.calls == [("up", "sessions.s1"), ("destroy", "sessions.s1")]
     assert sessions.list() == []
