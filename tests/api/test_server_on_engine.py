@@ -23,7 +23,7 @@ from dockyard import manifest as contract
 from dockyard.api.store import default_url
 from dockyard.sessions import audit
 from tests.api.conftest import STORES, fresh_postgres, postgres_url
-from tests.support.engine import RUN_ID, is_ready, wait_for
+from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -79,7 +79,7 @@ def _sweep(client: docker.DockerClient, tenants: tuple[str, ...]) -> None:
         for network in client.networks.list(filters=selector):
             network.remove()
         for volume in client.volumes.list(filters=selector):
-            volume.remove(force=True)
+            remove_volume(volume)
 
 
 def _leftovers(client: docker.DockerClient, tenant: str, session: str) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.support.engine import RUN_ID, wait_for
+from tests.support.engine import RUN_ID, remove_volume, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -65,7 +65,7 @@ def _sweep(client: docker.DockerClient) -> None:
     for network in client.networks.list(filters=selector):
         network.remove()
     for volume in client.volumes.list(filters=selector):
-        volume.remove(force=True)
+        remove_volume(volume)
 
 
 @pytest.fixture(scope="module")

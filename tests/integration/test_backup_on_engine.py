@@ -31,7 +31,7 @@ import pytest
 from docker.models.containers import Container
 
 from dockyard import backup
-from tests.support.engine import RUN_ID, is_ready, wait_for
+from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
 from tests.support.s3 import Gate, MotoServer, s3_server
 from tests.support.scripts import load_script
 
@@ -138,7 +138,7 @@ def _sweep(client: docker.DockerClient) -> None:
     for network in client.networks.list(filters=selector):
         network.remove()
     for volume in client.volumes.list(filters=selector):
-        volume.remove(force=True)
+        remove_volume(volume)
 
 
 @pytest.fixture(scope="module")

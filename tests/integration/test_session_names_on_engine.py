@@ -23,7 +23,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.support.engine import RUN_ID, is_ready, wait_for
+from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -86,11 +86,11 @@ def _sweep(client: docker.DockerClient) -> None:
         for network in client.networks.list(filters=selector):
             network.remove()
         for volume in client.volumes.list(filters=selector):
-            volume.remove(force=True)
+            remove_volume(volume)
     # Shared volumes outlive their sessions (they carry no session's labels): by name.
     for volume in client.volumes.list():
         if SHARED in volume.name or RUN_ID[:8] in volume.name:
-            volume.remove(force=True)
+            remove_volume(volume)
 
 
 def _objects(client: docker.DockerClient, tenant: str | None, session: str) -> list[str]:

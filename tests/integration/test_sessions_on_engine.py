@@ -22,7 +22,7 @@ import docker
 import pytest
 
 from dockyard import manifest as contract
-from tests.support.engine import RUN_ID, is_ready, wait_for
+from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -82,7 +82,7 @@ def _sweep(client: docker.DockerClient) -> None:
     for network in client.networks.list(filters=selector):
         network.remove()
     for volume in client.volumes.list(filters=selector):
-        volume.remove(force=True)
+        remove_volume(volume)
 
 
 def _leftovers(client: docker.DockerClient, session: str) -> list[str]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import docker
 import docker.errors
@@ -46,6 +48,20 @@ def unique_name(prefix: str) -> str:
     return f"dockyard-test-{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def remove_volume(volume: Any) -> None:
+    """Remove a volume the way destroy does: a bounded one (dockyard.storage mounts an ext4
+    image on its directory and marks the directory beneath immutable) is unmounted and
+    released first, so a sweep after a failed test leaves nothing behind."""
+    mountpoint = (volume.attrs or {}).get("Mountpoint")
+    if mountpoint and os.path.isdir(mountpoint):
+        for _ in range(3):  # the bind of the directory and the image mounted on it
+            if subprocess.run(["mountpoint", "-q", mountpoint], check=False).returncode != 0:
+                break
+            subprocess.run(["umount", "-l", mountpoint], capture_output=True, check=False)
+        subprocess.run(["chattr", "-i", mountpoint], capture_output=True, check=False)
+    volume.remove(force=True)
+
+
 def remove_labelled(client: docker.DockerClient, run_id: str = RUN_ID) -> None:
     """Remove every container, then network and volume labelled with this test run."""
     selector = {"label": f"{TEST_LABEL}={run_id}"}
@@ -54,7 +70,8 @@ def remove_labelled(client: docker.DockerClient, run_id: str = RUN_ID) -> None:
     for network in client.networks.list(filters=selector):
         network.remove()
     for volume in client.volumes.list(filters=selector):
-        volume.remove(force=True)
+        with contextlib.suppress(docker.errors.APIError):
+            remove_volume(volume)
     # Disk images whose environment's volumes a label sweep removed (dockyard.storage):
     # only those older than 10 minutes, so another run's create in flight is never touched.
     with contextlib.suppress(Exception):

@@ -20,7 +20,7 @@ from dockyard import storage
 from dockyard.config import from_stack_file
 from dockyard.environment import resource_prefix
 from tests.harness.docker_mocks import DockerRealisingMocks, HarnessState
-from tests.support.engine import RUN_ID, is_ready, wait_for
+from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
 from tests.support.program import REPO, ProgramRun, run_program
 
 RUNTIME_VARIABLE = "DOCKYARD_TEST_RUNTIME"
@@ -189,7 +189,7 @@ class Deployed:
             found += 1
         for volume in self.client.volumes.list(filters=selector):
             with contextlib.suppress(docker.errors.APIError):
-                volume.remove(force=True)
+                remove_volume(volume)
             found += 1
         for directory in disk_dirs(self.stack):  # loop devices and images (dockyard.storage)
             subprocess.run(
