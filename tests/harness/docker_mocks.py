@@ -598,6 +598,10 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
         return f"{name}-{abs(hash(result.stdout)) & 0xFFFFFFFF:08x}", outputs, undo
 
 
+VOLUME_WAIT = 'docker volume inspect "$v"'
+"""What dockyard.storage's guarded delete runs while it waits for the volumes to go."""
+
+
 def dependencies(resource: Realised, resources: Iterable[Realised]) -> list[Realised]:
     """What ``resource`` uses, as far as its inputs show it (Pulumi records dependencies
     from the outputs that flowed into a resource's inputs; the mock protocol passes only
@@ -616,11 +620,24 @@ def dependencies(resource: Realised, resources: Iterable[Realised]) -> list[Real
         }
     elif resource.type == "command:local:Command":
         used |= {(kind, value) for kind in (NETWORK, VOLUME, CONTAINER) for value in values}
+    waits_for: list[Realised] = []
+    if resource.type == VOLUME and (name := str(resource.outputs.get("name", ""))):
+        # A command whose delete waits for this volume to be gone (dockyard.storage's
+        # disk images) was created before it and must be undone after it: the program
+        # says so with depends_on, which the mock protocol does not pass.
+        waits_for = [
+            other
+            for other in resources
+            if other.type == "command:local:Command"
+            and VOLUME_WAIT in str(other.inputs.get("delete", ""))
+            and name in str(other.inputs.get("delete", ""))
+        ]
     text = "\n".join(values)
-    return [
+    return waits_for + [
         other
         for other in resources
         if other is not resource
+        and other not in waits_for
         and (
             (other.type, str(other.outputs.get("name", ""))) in used
             # Engine ids (containers, images) are long hex strings: a hit is that id.
