@@ -12,6 +12,9 @@ import pytest
 
 from tests.support.ansible import LOCAL, run_playbook
 
+DAEMON_JSON = Path("/etc/docker/daemon.json")
+RECORD = Path("/etc/docker/dockyard-daemon-keys.json")
+
 pytestmark = [
     pytest.mark.docker,
     pytest.mark.skipif(
@@ -25,6 +28,7 @@ def test_second_run_changes_nothing_and_config_is_live(docker_client: docker.Doc
     # The same variables as the run that prepared this host (.ci/run): with gVisor where
     # the engine has it registered, so the second run is a true rerun.
     gvisor = "runsc" in (docker_client.info().get("Runtimes") or {})
+    before = json.loads(DAEMON_JSON.read_text())
     run = run_playbook(
         "docker-host.yml",
         inventory="localhost,",
@@ -36,19 +40,27 @@ def test_second_run_changes_nothing_and_config_is_live(docker_client: docker.Doc
         },
     )
     assert run.changed() == {"localhost": 0}, run.output[-3000:]
-    daemon = json.loads(Path("/etc/docker/daemon.json").read_text())
+    daemon = json.loads(DAEMON_JSON.read_text())
+    record = json.loads(RECORD.read_text())
     runtimes = daemon.pop("runtimes", {})
     if gvisor:
         assert runtimes["runsc"]["path"] == "/usr/bin/runsc"
         assert "--platform=ptrace" in runtimes["runsc"]["runtimeArgs"]
     else:
-        assert runtimes == {}
-    # A host-wide nofile default is opt-in (docker_host_default_nofile): not set here.
-    assert daemon == {
+        assert not any(path.startswith("runtimes/") for path in record)
+    # What the role manages, and nothing else: a host-wide nofile default is opt-in
+    # (docker_host_default_nofile), so it is not among the role's keys here.
+    managed = {key: daemon[key] for key in record if "/" not in key}
+    assert managed == {
         "default-address-pools": [{"base": "172.16.0.0/12", "size": 24}],
         "live-restore": True,
         "log-driver": "json-file",
         "log-opts": {"max-file": "3", "max-size": "10m"},
+    }
+    # Keys the role did not write (a machine's own default-ulimits, data-root...) stay as
+    # they were before the run.
+    assert {k: v for k, v in daemon.items() if k not in record} == {
+        k: v for k, v in before.items() if k not in record and k != "runtimes"
     }
     info = docker_client.info()
     assert info["LiveRestoreEnabled"] is True
