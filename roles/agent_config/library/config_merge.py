@@ -1,1 +1,0 @@
-../../../plugins/modules/config_merge.py
