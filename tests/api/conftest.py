@@ -45,7 +45,12 @@ def fresh_postgres(url: str) -> str:
     """The database emptied of the store's tables, so the migrations run from nothing."""
     engine = create_engine(url)
     with engine.begin() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS api_keys, alembic_version"))
+        connection.execute(
+            text(
+                "DROP TABLE IF EXISTS webhook_deliveries, webhooks, event_sources, events, "
+                "api_keys, alembic_version"
+            )
+        )
     engine.dispose()
     return url
 
