@@ -7,18 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import docker
 import docker.errors
+
+from ..capacity import connect
 
 
 def engine_state(container_id: str, host: str) -> dict[str, Any]:
     """``{"status": running|exited|…|missing|unknown, "health": healthy|…|None}``."""
     try:
-        client = (
-            docker.from_env()
-            if host == "local"
-            else docker.DockerClient(base_url=host, use_ssh_client=True)
-        )
+        client = connect(None if host == "local" else host)
     except docker.errors.DockerException:
         return {"status": "unknown", "health": None}
     try:

@@ -21,12 +21,13 @@ import contextlib
 import functools
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import manifest as manifest_contract
+from ..capacity import connect
 from ..config import ConfigError, from_host_settings
 from ..contract import NAMING_CURRENT
 from . import audit, backups, driver, located, ownership, quotas, registry
@@ -162,6 +163,20 @@ class Sessions:
     def _audit(self, action: str, **fields: Any) -> Any:
         return audit.recorded(self.where.audit_log, action, **fields)
 
+    @contextlib.contextmanager
+    def _audited(self, action: str, session: str, tenant: str | None) -> Iterator[registry.Record]:
+        """``action`` on an existing session, in the audit trail with its record's tenant,
+        host and stack; yields the record."""
+        record = self._record(session, tenant)
+        with self._audit(
+            action,
+            session=session,
+            tenant=record.tenant,
+            host=record.host,
+            stack=record.stack_name,
+        ):
+            yield record
+
     # --- lifecycle -----------------------------------------------------------------------
 
     def create(
@@ -239,11 +254,7 @@ class Sessions:
         import docker  # the SDK only when a create runs (start-up of `dockyard ls`)
 
         try:
-            client = (
-                docker.DockerClient(base_url=session_plan.config.docker_host, use_ssh_client=True)
-                if session_plan.config.docker_host
-                else docker.from_env()
-            )
+            client = connect(session_plan.config.docker_host or None)
         except docker.errors.DockerException:
             return  # no engine to ask: the driver's create reports it
         try:
@@ -268,13 +279,7 @@ class Sessions:
             "or set dockerHost in the host settings (or DOCKER_HOST) to a running engine"
         )
         try:
-            client = (
-                docker.DockerClient(
-                    base_url=session_plan.config.docker_host or None, use_ssh_client=True
-                )
-                if session_plan.config.docker_host
-                else docker.from_env()
-            )
+            client = connect(session_plan.config.docker_host or None)
         except docker.errors.DockerException:
             raise driver.DriverError(unreachable) from None
         try:
@@ -323,11 +328,7 @@ class Sessions:
         record = self._record(session, tenant)
         manifest = self.get(session, tenant)
         try:
-            client = (
-                docker.from_env()
-                if record.host == "local"
-                else docker.DockerClient(base_url=record.host, use_ssh_client=True)
-            )
+            client = connect(None if record.host == "local" else record.host)
             with contextlib.closing(client):
                 located.verify(record, manifest, client)
         except docker.errors.DockerException as exc:
@@ -363,14 +364,7 @@ class Sessions:
         progress: Progress = _quiet,
     ) -> manifest_contract.Manifest:
         """Recreate the session's container, keeping its workspace and other volumes."""
-        record = self._record(session, tenant)
-        with self._audit(
-            "refresh",
-            session=session,
-            tenant=record.tenant,
-            host=record.host,
-            stack=record.stack_name,
-        ):
+        with self._audited("refresh", session, tenant) as record:
             session_plan, values = self.plan(record.request, secrets, naming=record.naming)
             backups.before_refresh(self, session_plan, progress)
             with driver.reported("refresh", session_plan.stack_name):
@@ -387,14 +381,7 @@ class Sessions:
     ) -> None:
         """Remove the session; first its final backup when ``backup.onDestroy`` (a failed
         one stops the destroy; ``final_backup=False`` skips it)."""
-        record = self._record(session, tenant)
-        with self._audit(
-            "destroy",
-            session=session,
-            tenant=record.tenant,
-            host=record.host,
-            stack=record.stack_name,
-        ):
+        with self._audited("destroy", session, tenant) as record:
             session_plan, _ = self.plan(
                 record.request, dict.fromkeys(_names(record.request), ""), naming=record.naming
             )
@@ -422,14 +409,7 @@ class Sessions:
 
     def audit_attach(self, session: str, tenant: str | None = None) -> registry.Record:
         """Record an attach (the CLI runs ``docker exec`` itself)."""
-        record = self._record(session, tenant)
-        with self._audit(
-            "attach",
-            session=session,
-            tenant=record.tenant,
-            host=record.host,
-            stack=record.stack_name,
-        ):
+        with self._audited("attach", session, tenant) as record:
             return record
 
 
