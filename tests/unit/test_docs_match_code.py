@@ -409,7 +409,7 @@ def test_every_stack_example_is_valid(block: Block, tmp_path: Path) -> None:
 
 def audit_actions() -> set[str]:
     """Action names the code writes to the audit trail: string arguments of calls to
-    `recorded`, `_audit`, `audit` in the package and the host scripts."""
+    `recorded`, `_audit`, `_audited`, `audit` in the package and the host scripts."""
     found = set()
     sources = [*(REPO / "components").rglob("*.py"), *(REPO / "roles").glob("*/files/*.py")]
     for source in sources:
@@ -417,7 +417,7 @@ def audit_actions() -> set[str]:
             if not isinstance(node, ast.Call):
                 continue
             name = getattr(node.func, "attr", getattr(node.func, "id", ""))
-            if name not in ("recorded", "_audit", "audit"):
+            if name not in ("recorded", "_audit", "_audited", "audit"):
                 continue
             for arg in node.args[:2]:
                 if (
