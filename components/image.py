@@ -180,19 +180,17 @@ class AgentImage(pulumi.ComponentResource):
             )
             self.image_id = remote.image_id
             self.tag = args.ref
-            self.image_ref = pulumi.Output.all(remote.repo_digest, args.ref).apply(
-                lambda values: values[0] or values[1]
-            )
+            self.image_ref = _digest_or(remote.repo_digest, args.ref)
         else:
-            context = Path(args.context) if args.context else CORE_CONTEXT
-            if not (context / "Dockerfile").is_file():
-                raise AssetError(
-                    f"no Dockerfile in the image build context {context}: give "
+            context = _build_context(
+                Path(args.context) if args.context else CORE_CONTEXT,
+                args.extra_ca,
+                missing=(
+                    "no Dockerfile in the image build context {context}: give "
                     "AgentImageArgs(context=...) a directory with one, reinstall the dockyard "
                     "wheel (it ships images/core), or use a published image (ref=...)"
-                )
-            if args.extra_ca:
-                context = staged_context(context, Path(args.extra_ca))
+                ),
+            )
             build_args = {**default_build_args(args.variant), **args.build_args}
             digest = build_inputs_digest(
                 context,
@@ -200,27 +198,9 @@ class AgentImage(pulumi.ComponentResource):
                     context, {k: v for k, v in build_args.items() if k not in PROVENANCE_ARGS}
                 ),
             )
-            image_name = (
-                f"{args.repository or f'dockyard-{args.variant}'}:{args.tag_prefix}-{digest}"
-            )
-            image = docker.Image(
-                f"{name}-build",
-                image_name=image_name,
-                build=docker.DockerBuildArgs(
-                    context=str(context),
-                    dockerfile=str(context / "Dockerfile"),
-                    args=build_args,
-                    # The classic builder: no buildx needed, air-gapped sites cannot pull
-                    # a BuildKit frontend.
-                    builder_version=docker.BuilderVersion.BUILDER_V1,
-                ),
-                skip_push=True,
-                opts=child,
-            )
-            self.image_id = image.image_name
-            self.tag = image_name
-            self.image_ref = pulumi.Output.all(image.repo_digest, image.image_name).apply(
-                lambda values: values[0] or values[1]
+            repository = args.repository or f"dockyard-{args.variant}"
+            self._build(
+                name, f"{repository}:{args.tag_prefix}-{digest}", context, build_args, child
             )
         self.register_outputs({"imageRef": self.image_ref, "imageId": self.image_id})
 
@@ -240,15 +220,15 @@ class AgentImage(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        context = Path(args.context) if args.context else IMAGES_DIR / args.variant
-        if not (context / "Dockerfile").is_file():
-            raise AssetError(
-                f"no Dockerfile in the {args.variant} variant's build context {context}: "
+        context = _build_context(
+            Path(args.context) if args.context else IMAGES_DIR / args.variant,
+            args.extra_ca,
+            missing=(
+                f"no Dockerfile in the {args.variant} variant's build context {{context}}: "
                 "give AgentImageArgs(context=...) a directory with one, or reinstall the "
                 f"dockyard wheel (it ships images/{args.variant})"
-            )
-        if args.extra_ca:
-            context = staged_context(context, Path(args.extra_ca))
+            ),
+        )
         # OS_IMAGE: what the base was built on (the python variant compiles CPython there,
         # so a new core reuses it); BASE_IMAGE: the base itself.
         os_image = {**default_build_args(args.base_variant), **args.build_args}["BASE_IMAGE"]
@@ -258,20 +238,52 @@ class AgentImage(pulumi.ComponentResource):
         )
         digest = build_inputs_digest(context, build_args)
         repository = args.repository or f"dockyard-{args.variant}"
+        self._build(
+            name,
+            f"{repository}:{args.tag_prefix}-{digest}",
+            context,
+            build_args,
+            pulumi.ResourceOptions(parent=self, depends_on=[base]),
+        )
+
+    def _build(
+        self,
+        name: str,
+        image_name: str,
+        context: Path,
+        build_args: Mapping[str, str],
+        opts: pulumi.ResourceOptions,
+    ) -> None:
+        """Build ``context`` as ``image_name``; the image's outputs become this one's."""
         image = docker.Image(
             f"{name}-build",
-            image_name=f"{repository}:{args.tag_prefix}-{digest}",
+            image_name=image_name,
             build=docker.DockerBuildArgs(
                 context=str(context),
                 dockerfile=str(context / "Dockerfile"),
-                args=build_args,
+                args=dict(build_args),
+                # The classic builder: no buildx needed, air-gapped sites cannot pull
+                # a BuildKit frontend.
                 builder_version=docker.BuilderVersion.BUILDER_V1,
             ),
             skip_push=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[base]),
+            opts=opts,
         )
-        self.tag = f"{repository}:{args.tag_prefix}-{digest}"
+        self.tag = image_name
         self.image_id = image.image_name
-        self.image_ref = pulumi.Output.all(image.repo_digest, image.image_name).apply(
-            lambda values: values[0] or values[1]
-        )
+        self.image_ref = _digest_or(image.repo_digest, image.image_name)
+
+
+def _digest_or(repo_digest: pulumi.Input[str], reference: pulumi.Input[str]) -> pulumi.Output[str]:
+    """What manifests report: the repo digest where the engine knows one, else ``reference``."""
+    return pulumi.Output.all(repo_digest, reference).apply(lambda values: values[0] or values[1])
+
+
+def _build_context(context: Path, extra_ca: str | None, *, missing: str) -> Path:
+    """``context``, staged with ``extra_ca`` when given; :class:`AssetError` (``missing``,
+    with ``{context}`` filled in) when it has no Dockerfile."""
+    if not (context / "Dockerfile").is_file():
+        raise AssetError(missing.format(context=context))
+    if extra_ca:
+        return staged_context(context, Path(extra_ca))
+    return context
