@@ -30,7 +30,7 @@ from .. import manifest as manifest_contract
 from ..capacity import connect
 from ..config import ConfigError, from_host_settings
 from ..contract import NAMING_CURRENT
-from . import audit, backups, driver, located, ownership, quotas, registry
+from . import audit, backups, dataplane, driver, located, ownership, quotas, registry
 from .request import SessionPlan, plan
 from .settings import Paths, load_settings, paths, usable_state
 
@@ -336,6 +336,14 @@ class Sessions:
                 f"session {session!r}: its engine ({record.host}) cannot be reached: {exc}"
             ) from None
         return record, manifest
+
+    def workspace(
+        self, session: str, tenant: str | None = None, limits: dataplane.Limits | None = None
+    ) -> dataplane.Workspace:
+        """The session's data plane (exec, signals, files, stats, logs, ports) on its
+        container, located and checked like the host tools' (:mod:`.dataplane`)."""
+        record = self._record(session, tenant)
+        return dataplane.Workspace.open(record, self.get(session, tenant), limits)
 
     def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
         rows = []
