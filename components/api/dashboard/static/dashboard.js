@@ -1,0 +1,58 @@
+// dockyard dashboard: live rows and log tail by polling (every 3 s), copy buttons.
+// Progressive: every page works without this script (forms and links are plain HTML).
+"use strict";
+(function () {
+  var PERIOD = 3000;
+
+  function poll(url, apply) {
+    function tick() {
+      if (document.hidden) { return; }
+      fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+        .then(function (r) {
+          if (r.status === 401) { window.location.assign("/login"); return null; }
+          return r.ok ? r.text() : null;
+        })
+        .then(function (text) { if (text !== null) { apply(text); } })
+        .catch(function () { /* the next tick tries again */ });
+    }
+    window.setInterval(tick, PERIOD);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var table = document.querySelector("table[data-rows]");
+    if (table) {
+      var body = document.getElementById("rows");
+      var updated = document.getElementById("updated");
+      poll(table.getAttribute("data-rows"), function (html) {
+        // The server renders (and escapes) the rows; same origin, same template.
+        body.innerHTML = html;
+        if (updated) { updated.textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC"; }
+      });
+    }
+    var logs = document.getElementById("logs");
+    if (logs) {
+      poll(logs.getAttribute("data-logs"), function (text) {
+        var atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
+        logs.textContent = text;
+        if (atEnd) { logs.scrollTop = logs.scrollHeight; }
+      });
+      logs.scrollTop = logs.scrollHeight;
+    }
+    document.querySelectorAll("button[data-copy]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        var input = document.getElementById(button.getAttribute("data-copy"));
+        var status = button.parentNode.querySelector(".copied");
+        input.select();
+        var done = function () { if (status) { status.textContent = "Copied."; } };
+        if (navigator.clipboard && window.isSecureContext) {
+          navigator.clipboard.writeText(input.value).then(done, function () { document.execCommand("copy"); done(); });
+        } else {
+          document.execCommand("copy");
+          done();
+        }
+      });
+    });
+    var problems = document.getElementById("problems");
+    if (problems) { problems.focus(); }
+  });
+})();
