@@ -31,6 +31,8 @@ from ..capacity import connect
 from ..config import ConfigError, from_host_settings
 from ..contract import NAMING_CURRENT
 from . import audit, backups, dataplane, driver, located, ownership, quotas, registry
+from . import pause as pausing
+from . import snapshots as snapshotting
 from .request import SessionPlan, plan
 from .settings import Paths, load_settings, paths, usable_state
 
@@ -375,6 +377,8 @@ class Sessions:
         with self._audited("refresh", session, tenant) as record:
             session_plan, values = self.plan(record.request, secrets, naming=record.naming)
             backups.before_refresh(self, session_plan, progress)
+            if session_plan.config.backend == "docker":
+                pausing.resume_for(record)  # a paused container stops the normal way
             with driver.reported("refresh", session_plan.stack_name):
                 result = self.engine.recreate(session_plan, values, progress)
             manifest_contract.validate(result, f"session {session}")
@@ -395,6 +399,8 @@ class Sessions:
             )
             if final_backup:
                 backups.before_destroy(self, session_plan, progress)
+            if session_plan.config.backend == "docker":
+                pausing.resume_for(record)  # a paused container stops the normal way
             with driver.reported("destroy", session_plan.stack_name):
                 self.engine.destroy(session_plan, progress)
             self.registry.remove(record.stack_name)
@@ -414,6 +420,41 @@ class Sessions:
             self.where.state.mkdir(parents=True, exist_ok=True, mode=0o700)
             (self.where.state / IMAGE_RECORD).write_text(json.dumps({"imageRef": reference}))
             return reference
+
+    # --- instant sessions (issue 29): pause.py, snapshots.py ---------------------------
+
+    def pause(self, session: str, tenant: str | None = None) -> pausing.State:
+        """Freeze the session's processes, memory kept (:mod:`.pause`)."""
+        return pausing.pause(self, session, tenant)
+
+    def resume(self, session: str, tenant: str | None = None) -> pausing.State:
+        """Thaw a paused session where it was (:mod:`.pause`)."""
+        return pausing.resume(self, session, tenant)
+
+    def snapshot(self, session: str, name: str, tenant: str | None = None) -> snapshotting.Snapshot:
+        """The session's container layer and volumes as ``name`` (:mod:`.snapshots`)."""
+        return snapshotting.take(self, session, name, tenant)
+
+    def snapshots(self, tenant: str | None = None) -> builtins.list[snapshotting.Snapshot]:
+        return snapshotting.listing(self, tenant)
+
+    def remove_snapshot(self, name: str, tenant: str | None = None) -> snapshotting.Snapshot:
+        return snapshotting.remove(self, name, tenant)
+
+    def fork(
+        self,
+        session: str,
+        as_: str,
+        tenant: str | None = None,
+        snapshot: str | None = None,
+        secrets: Mapping[str, str] | None = None,
+        progress: Progress = _quiet,
+    ) -> manifest_contract.Manifest:
+        """A new session ``as_`` with ``session``'s files and installed packages and an
+        identity of its own (:mod:`.snapshots`)."""
+        return snapshotting.fork(  # type: ignore[return-value]
+            self, session, as_, tenant, snapshot, secrets, progress
+        )
 
     def audit_attach(self, session: str, tenant: str | None = None) -> registry.Record:
         """Record an attach (the CLI runs ``docker exec`` itself)."""

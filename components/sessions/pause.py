@@ -1,0 +1,190 @@
+"""Pause and resume a session: the engine's freezer cgroup (``docker pause``/``unpause``).
+
+A paused session keeps every process and its memory exactly as they were; it uses no CPU
+and answers nothing (SSH, previews and exec wait until it is resumed). Both verbs are
+idempotent no-ops when the session already is where it is asked to go (``changed:
+false``, audited with ``already paused`` / ``already running``); a session whose
+container is not running (stopped, restarting, gone) is a :class:`~dockyard.errors.Conflict`
+naming its state. The Kubernetes backend has no pause: a Conflict naming the backend.
+
+Refresh and destroy resume a paused session first (:func:`resume_for`), so its container
+stops the normal way (the entrypoint's checkpoint on SIGTERM runs; a frozen process
+cannot take a signal, and the engine would wait the whole stop timeout and kill it).
+A backup of a paused session reads its volumes as they are (nothing writes them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from ..contract import LABEL_MANAGED, LABEL_SESSION, MANAGED_VALUE
+from ..errors import Conflict, Failed
+from . import audit
+from .registry import Record, Registry
+from .request import SessionPlan
+from .settings import Paths
+
+PAUSED = "paused"
+RUNNING = "running"
+
+
+class SessionsLike(Protocol):
+    """What pause and snapshots need of :class:`dockyard.sessions.Sessions`."""
+
+    where: Paths
+
+    @property
+    def registry(self) -> Registry: ...
+
+    def plan(
+        self,
+        request: Mapping[str, Any],
+        secrets: Mapping[str, str] | None = None,
+        naming: str = ...,
+    ) -> tuple[SessionPlan, dict[str, str]]: ...
+
+
+@dataclass(frozen=True)
+class State:
+    """The answer of pause and resume: where the session is now, and whether this call
+    moved it."""
+
+    sessionId: str
+    status: str
+    changed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def secret_names(request: Mapping[str, Any]) -> list[str]:
+    names = request.get("secrets")
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def plan_of(sessions: SessionsLike, record: Record) -> SessionPlan:
+    """The session's plan as destroy reads it (secret names only, never values)."""
+    planned, _ = sessions.plan(
+        record.request, dict.fromkeys(secret_names(record.request), ""), naming=record.naming
+    )
+    return planned
+
+
+def require_docker(plan: SessionPlan, verb: str) -> None:
+    backend = plan.config.backend
+    if backend != "docker":
+        raise Conflict(
+            f"session {plan.session_id!r}: {verb} is not supported with backend {backend} "
+            "(allowed: sessions of backend docker; the engine's freezer and image commit "
+            "have no Kubernetes equivalent here)"
+        )
+
+
+def connect(host: str) -> Any:
+    """A Docker SDK client of a record's host (``local``: the local engine)."""
+    import docker  # the SDK only for verbs that reach an engine
+
+    try:
+        return (
+            docker.from_env()
+            if host == "local"
+            else docker.DockerClient(base_url=host, use_ssh_client=host.startswith("ssh://"))
+        )
+    except docker.errors.DockerException as exc:
+        raise Failed(f"the engine ({host}) cannot be reached: {exc}") from None
+
+
+def container_of(record: Record, client: Any) -> Any:
+    """The session's container on its engine, found by its registered engine name and
+    checked by the labels dockyard put on it (never by what a manifest says)."""
+    import docker.errors
+
+    where = f"session {record.session_id!r}"
+    try:
+        container = client.containers.get(record.environment_id)
+    except docker.errors.NotFound:
+        raise Conflict(
+            f"{where}: its container {record.environment_id} is not on its engine "
+            f"({record.host}); refresh or destroy the session"
+        ) from None
+    labels = container.attrs.get("Config", {}).get("Labels") or {}
+    if labels.get(LABEL_SESSION) != record.session_id or labels.get(LABEL_MANAGED) != MANAGED_VALUE:
+        raise Conflict(
+            f"{where}: the engine's {record.environment_id} is not labelled as this session's; "
+            "refusing to act on it"
+        )
+    return container
+
+
+@contextlib.contextmanager
+def _engine(sessions: SessionsLike, verb: str, session: str, tenant: str | None) -> Iterator[Any]:
+    """(record, container, audit entry) of ``verb`` on an existing session, audited."""
+    record = sessions.registry.find(session, tenant)
+    with audit.recorded(
+        sessions.where.audit_log,
+        verb,
+        session=session,
+        tenant=record.tenant,
+        host=record.host,
+        stack=record.stack_name,
+    ) as entry:
+        require_docker(plan_of(sessions, record), verb)
+        client = connect(record.host)
+        with contextlib.closing(client):
+            yield record, container_of(record, client), entry
+
+
+def pause(sessions: SessionsLike, session: str, tenant: str | None = None) -> State:
+    """Freeze the session's processes (memory kept). Already paused: no change."""
+    with _engine(sessions, "pause", session, tenant) as (record, container, entry):
+        status = container.status
+        if status == PAUSED:
+            entry["detail"] = "already paused"
+            return State(record.session_id, PAUSED, False)
+        if status != RUNNING:
+            raise Conflict(
+                f"session {record.session_id!r}: its container is {status}, not running; "
+                "only a running session can be paused (allowed: `dockyard refresh` it first)"
+            )
+        container.pause()
+        return State(record.session_id, PAUSED, True)
+
+
+def resume(sessions: SessionsLike, session: str, tenant: str | None = None) -> State:
+    """Thaw a paused session where it was. Already running: no change."""
+    with _engine(sessions, "resume", session, tenant) as (record, container, entry):
+        status = container.status
+        if status == RUNNING:
+            entry["detail"] = "already running"
+            return State(record.session_id, RUNNING, False)
+        if status != PAUSED:
+            raise Conflict(
+                f"session {record.session_id!r}: its container is {status}, not paused; "
+                "only a paused session can be resumed (allowed: `dockyard refresh` it)"
+            )
+        container.unpause()
+        return State(record.session_id, RUNNING, True)
+
+
+def resume_for(record: Record) -> bool:
+    """Before refresh or destroy replaces or removes a session's container: resume
+    it if it is paused, so it stops the normal way. True if it was paused. Anything the
+    engine says is left to the driver's own call to report."""
+    import docker.errors
+
+    try:
+        client = connect(record.host)
+    except Failed:
+        return False
+    with contextlib.closing(client):
+        try:
+            container = container_of(record, client)
+            if container.status == PAUSED:
+                container.unpause()
+                return True
+        except (Conflict, docker.errors.DockerException):
+            return False
+    return False
