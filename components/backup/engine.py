@@ -60,6 +60,8 @@ from .model import (
 from .restic_output import json_list, json_stream, last, summary
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+# find's arguments for the workspace's top entries (a filesystem's lost+found is not one).
+_TOP_ENTRIES = ("-mindepth", "1", "-maxdepth", "1", "!", "-name", "lost+found")
 
 
 class Backups:
@@ -391,57 +393,59 @@ class Backups:
 
     def _measure(self, volume: str) -> tuple[int, int]:
         """(files, bytes) in the workspace volume now."""
-        result = self._helper(
-            [HELPER_DATA, "-type", "f", "-printf", "%s\\n"],
-            mounts=[f"{volume}:{HELPER_DATA}:ro"],
-            command="find",
-            timeout=3600,
-            writer=True,
+        found = self._find(
+            volume, ["-type", "f", "-printf", "%s\\n"], "cannot be measured", read_only=True
         )
-        if result.returncode != 0:
-            raise BackupError(f"volume {volume}: cannot be measured: {last(result.stderr)}")
-        sizes = [int(line) for line in result.stdout.split()]
+        sizes = [int(line) for line in found.split()]
         return len(sizes), sum(sizes)
 
     def is_empty(self, volume: str) -> bool:
         """No entry in the workspace (a filesystem's lost+found does not count)."""
         self._volume_exists(volume)
-        result = self._helper(
-            [HELPER_DATA, "-mindepth", "1", "-maxdepth", "1", "!", "-name", "lost+found",
-             "-print", "-quit"],
-            mounts=[f"{volume}:{HELPER_DATA}:ro"],
-            command="find",
+        found = self._find(
+            volume, [*_TOP_ENTRIES, "-print", "-quit"], "cannot be read",
+            read_only=True, writer=False, timeout=None,
         )  # fmt: skip
-        if result.returncode != 0:
-            raise BackupError(f"volume {volume}: cannot be read: {last(result.stderr)}")
-        return result.stdout.strip() == ""
+        return found.strip() == ""
 
     def _wipe(self, volume: str) -> None:
+        self._find(
+            volume, [*_TOP_ENTRIES, "-exec", "rm", "-rf", "--", "{}", "+"], "cannot be emptied"
+        )
+
+    def _find(
+        self,
+        volume: str,
+        args: Sequence[str],
+        failed: str,
+        *,
+        read_only: bool = False,
+        writer: bool = True,
+        timeout: float | None = 3600,
+    ) -> str:
+        """``find /data args`` in a helper over ``volume``; its output, or
+        :class:`BackupError` saying what the volume ``failed`` at."""
         result = self._helper(
-            [HELPER_DATA, "-mindepth", "1", "-maxdepth", "1", "!", "-name", "lost+found",
-             "-exec", "rm", "-rf", "--", "{}", "+"],
-            mounts=[f"{volume}:{HELPER_DATA}"],
+            [HELPER_DATA, *args],
+            mounts=[f"{volume}:{HELPER_DATA}{':ro' if read_only else ''}"],
             command="find",
-            timeout=3600,
-            writer=True,
-        )  # fmt: skip
+            timeout=timeout,
+            writer=writer,
+        )
         if result.returncode != 0:
-            raise BackupError(f"volume {volume}: cannot be emptied: {last(result.stderr)}")
+            raise BackupError(f"volume {volume}: {failed}: {last(result.stderr)}")
+        return result.stdout
 
     def _sparsify(self, volume: str) -> None:
         """Give restored files their holes back: restic 0.14 writes a sparse file's holes
         as zeros (``restore --sparse`` came with 0.15), so every run of zeros of 4 KiB
         and more in a file above 1 MiB is punched out again (``fallocate --dig-holes``)."""
-        result = self._helper(
-            [HELPER_DATA, "-xdev", "-type", "f", "-size", "+1M",
+        self._find(
+            volume,
+            ["-xdev", "-type", "f", "-size", "+1M",
              "-exec", "fallocate", "--dig-holes", "{}", ";"],  # one file per call
-            mounts=[f"{volume}:{HELPER_DATA}"],
-            command="find",
-            timeout=3600,
-            writer=True,
+            "holes not restored",
         )  # fmt: skip
-        if result.returncode != 0:
-            raise BackupError(f"volume {volume}: holes not restored: {last(result.stderr)}")
 
     def restore(
         self,
