@@ -36,11 +36,28 @@ def write_atomic(
         Path(tmp).unlink(missing_ok=True)
         raise
     # The rename itself lives in the directory: without this a crash can lose it.
-    directory_fd = os.open(directory, os.O_RDONLY)
+    fsync_directory(directory)
+
+
+def write_synced(path: str | os.PathLike[str], text: str, flags: int, mode: int) -> None:
+    """Write ``text`` (UTF-8) to ``path`` opened with ``flags`` (``os.O_WRONLY`` plus
+    ``O_APPEND``, ``O_CREAT``, ``O_EXCL``...; created at permission ``mode``) in one
+    ``write``, on disk when this returns."""
+    fd = os.open(path, flags, mode)
     try:
-        os.fsync(directory_fd)
+        os.write(fd, text.encode())
+        os.fsync(fd)
     finally:
-        os.close(directory_fd)
+        os.close(fd)
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Put ``path``'s entries (a file just created or renamed in it) on disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from ..files import fsync_directory, write_synced
 from .model import (
     CREDENTIALS_FILE,
     HELPER_UID,
@@ -151,13 +152,8 @@ class HostFiles:
         self.private_dir(path.parent.parent, create=True)
         self.private_dir(path.parent, create=True)
         password = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, (password + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(path.parent)
+        write_synced(path, password + "\n", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fsync_directory(path.parent)
         return password
 
 
@@ -170,11 +166,3 @@ def _private(path: Path, info: os.stat_result) -> None:
         )
     if info.st_uid not in (0, os.geteuid()):
         raise PasswordError(f"{path}: owned by uid {info.st_uid} (allowed: root or this user)")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

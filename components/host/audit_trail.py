@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..contract import LABEL_SESSION, LABEL_STACK, LABEL_TENANT
+from ..files import write_synced
 
 FIELDS = ("time", "actor", "action", "session", "tenant", "host", "stack", "result", "duration_ms")
 MAX_BYTES = 10 * 1024 * 1024
@@ -50,12 +51,7 @@ def append(log: str | os.PathLike[str], entry: Mapping[str, Any]) -> None:
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_size > MAX_BYTES:
                 _rotate(path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, (line + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_synced(path, line + "\n", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
 
 def _rotate(log: Path) -> None:
