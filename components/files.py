@@ -9,8 +9,27 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def read_json_object(
+    path: str | os.PathLike[str], error: Callable[[str], Exception]
+) -> dict[str, Any]:
+    """The JSON object in ``path``. Raises ``error(message)``, the message naming the file
+    and why: it cannot be read, is not JSON, or holds another JSON value."""
+    try:
+        loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(loaded, dict):
+        raise error(
+            f"{path}: a JSON {type(loaded).__name__} is not allowed (allowed: a JSON object)"
+        )
+    return loaded
 
 
 def write_atomic(

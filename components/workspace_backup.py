@@ -44,7 +44,7 @@ from .backup import (
 )
 from .contract import LABEL_SESSION, LABEL_STACK, LABEL_TENANT, MANAGED_SELECTOR
 from .errors import DockyardError, shown
-from .files import write_json_atomic
+from .files import read_json_object, write_json_atomic
 from .host.audit_trail import audit as host_audit
 
 # The role's defaults (roles/workspace_backup/defaults/main.yml) are the same values;
@@ -69,15 +69,7 @@ def load_host_config(path: str | None) -> tuple[Settings, dict[str, Any]]:
     """The host command's configuration: HOST_DEFAULTS, then the JSON object in ``path``."""
     config = dict(HOST_DEFAULTS)
     if path:
-        try:
-            loaded = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: not a JSON object")
-        config.update(loaded)
+        config.update(read_json_object(path, ConfigError))
     source = path or "config"
     unknown = sorted(set(config) - set(HOST_DEFAULTS))
     if unknown:

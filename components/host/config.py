@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..contract import LABEL_KEY, SELECTOR_VALUE
+from ..files import read_json_object
 from .errors import ConfigError
 
 # A label selector as the scripts take it (docker's `label=` filter): a key, or
@@ -72,16 +73,7 @@ def load_config(
     config = dict(defaults)
     source = path or "config"
     if path:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                loaded = json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"{path}: a JSON {type(loaded).__name__} is not allowed (allowed: a JSON object)"
-            )
-        config.update(loaded)
+        config.update(read_json_object(path, ConfigError))
     config.update({k: v for k, v in (overrides or {}).items() if v is not None})
     unknown = sorted(set(config) - set(defaults))
     if unknown:

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ..files import write_json_atomic
+from ..files import read_json_object, write_json_atomic
 from .errors import HostError, ManifestError, SchemaError
 
 SCHEMA_NAME = "manifest.schema.json"
@@ -92,15 +92,7 @@ def rewrite_manifest(
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read it ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(manifest, dict):
-        raise ManifestError(f"{path}: a JSON {type(manifest).__name__} is not a manifest")
-    return manifest
+    return read_json_object(path, ManifestError)
 
 
 def manifest_for_container(manifest_dir: str, container_id: str) -> Path | None:
