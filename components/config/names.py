@@ -7,6 +7,7 @@ may be a pasted secret); one that follows it but is refused otherwise is named.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import (
@@ -114,26 +115,27 @@ KeyCheck = tuple[str | None, bool]
 """(what is allowed if the key is refused, whether the key follows the grammar)."""
 
 
-def _env_key(key: Any) -> KeyCheck:
-    if not isinstance(key, str) or not v.ENV_NAME.fullmatch(key):
-        return v.ENV_NAME_ALLOWED, False
-    if key.startswith(RESERVED_ENV_PREFIX):
-        return f"names outside {RESERVED_ENV_PREFIX}*, which dockyard sets itself", True
-    return None, True
+def _key_rule(
+    grammar: re.Pattern[str], allowed: str, reserved: tuple[str, str] | None = None
+) -> Callable[[Any], KeyCheck]:
+    """A mapping's key check: ``grammar`` (``allowed`` says it), and with ``reserved``,
+    (what the keys are called, the prefix dockyard keeps for itself)."""
+
+    def check(key: Any) -> KeyCheck:
+        if not isinstance(key, str) or not grammar.fullmatch(key):
+            return allowed, False
+        if reserved is not None and key.startswith(reserved[1]):
+            return f"{reserved[0]} outside {reserved[1]}*, which dockyard sets itself", True
+        return None, True
+
+    return check
 
 
-def _label_key(key: Any) -> KeyCheck:
-    if not isinstance(key, str) or not v.LABEL_KEY.fullmatch(key):
-        return v.LABEL_KEY_ALLOWED, False
-    if key.startswith(RESERVED_LABEL_PREFIX):
-        return f"keys outside {RESERVED_LABEL_PREFIX}*, which dockyard sets itself", True
-    return None, True
-
-
-def _arg_key(key: Any) -> KeyCheck:
-    if not isinstance(key, str) or not v.ENV_NAME.fullmatch(key):
-        return "build arg names made of letters, digits and '_', not starting with a digit", False
-    return None, True
+_env_key = _key_rule(v.ENV_NAME, v.ENV_NAME_ALLOWED, ("names", RESERVED_ENV_PREFIX))
+_label_key = _key_rule(v.LABEL_KEY, v.LABEL_KEY_ALLOWED, ("keys", RESERVED_LABEL_PREFIX))
+_arg_key = _key_rule(
+    v.ENV_NAME, "build arg names made of letters, digits and '_', not starting with a digit"
+)
 
 
 EnvVars = Annotated[
