@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +62,9 @@ def _validated(
     *,
     stack: str,
     cwd: Any,
-    stored_secrets: Iterable[str],
-    check_secrets: bool,
-    name: KeyName,
+    stored_secrets: Iterable[str] = (),
+    check_secrets: bool = True,
+    name: KeyName = key_path,
     secret_hint: SecretHint = stack_secret_hint,
     host: bool = False,
 ) -> tuple[StackConfig | None, list[Problem]]:
@@ -176,26 +176,13 @@ def _credentials_in_plain(
 
 
 def _checked(
-    settings: Mapping[str, Any],
-    *,
-    stack: str,
-    cwd: Any,
-    stored_secrets: Iterable[str] = (),
-    check_secrets: bool = True,
-    name: KeyName = key_path,
-    host: bool = False,
+    settings: Mapping[str, Any], *, stack: str, first: Sequence[str] = (), **options: Any
 ) -> StackConfig:
-    config, problems = _validated(
-        settings,
-        stack=stack,
-        cwd=cwd,
-        stored_secrets=stored_secrets,
-        check_secrets=check_secrets,
-        name=name,
-        host=host,
-    )
-    if problems or config is None:
-        raise ConfigError(stack, messages.lines(problems))
+    """:func:`_validated` (``options`` are its own), the config or :class:`ConfigError`
+    naming every problem: the source's own (``first``), then the stack's in key order."""
+    config, problems = _validated(settings, stack=stack, **options)
+    if first or problems or config is None:
+        raise ConfigError(stack, [*first, *messages.lines(problems)])
     return config
 
 
@@ -403,9 +390,10 @@ def from_request(
         first.append(f"{name(('cwd',))}: missing (allowed: the absolute project directory)")
     supplied = set(secret_names)
     data.update(dict.fromkeys(supplied, "<supplied>"))
-    config, problems = _validated(
+    return _checked(
         data,
         stack=stack,
+        first=first,
         cwd=data.get("cwd", "/") if isinstance(data.get("cwd"), str) else "/",
         stored_secrets=supplied,
         check_secrets=check_secrets,
@@ -413,6 +401,3 @@ def from_request(
         secret_hint=secret_hint,
         host=True,
     )
-    if first or problems or config is None:
-        raise ConfigError(stack, [*first, *messages.lines(problems)])
-    return config
