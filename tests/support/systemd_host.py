@@ -173,8 +173,12 @@ def host_cgroup_mounts_complete() -> list[str]:
 
 
 def start(
-    client: docker.DockerClient, inventory_dir: Path, group: str = "docker_hosts"
+    client: docker.DockerClient,
+    inventory_dir: Path,
+    group: str = "docker_hosts",
+    mounts: dict[str, dict[str, str]] | None = None,
 ) -> SystemdHost:
+    """``mounts``: more bind mounts ({host path: {"bind": path, "mode": "ro"}})."""
     name = unique_name("systemd-host")
     volume = client.volumes.create(name=f"{name}-engine", labels=LABELS)
     try:
@@ -191,6 +195,7 @@ def start(
             volumes={
                 "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
                 volume.name: {"bind": ENGINE_DATA, "mode": "rw"},
+                **(mounts or {}),
             },
         )
     except Exception:
@@ -210,9 +215,14 @@ def start(
     return host
 
 
-def started(client: docker.DockerClient, inventory_dir: Path) -> Iterator[SystemdHost]:
+def started(
+    client: docker.DockerClient,
+    inventory_dir: Path,
+    group: str = "docker_hosts",
+    mounts: dict[str, dict[str, str]] | None = None,
+) -> Iterator[SystemdHost]:
     """A systemd host for a fixture; removed (with its engine's volume) afterwards."""
-    host = start(client, inventory_dir)
+    host = start(client, inventory_dir, group, mounts)
     try:
         yield host
     finally:
