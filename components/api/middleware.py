@@ -37,7 +37,7 @@ class RequestMiddleware:
         state.update(request_id=rid, actor="anonymous")
         started = time.monotonic()
         status = {"code": 500, "sent": False, "too_large": False}
-        limit = self.context.limits.body_bytes
+        limit = self.context.limits.body_limit(scope["method"], scope["path"])
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
         too_large = TooLarge(

@@ -27,3 +27,11 @@ class Limits:
     workers: int = 16
     """Service calls (creates, destroys…) running at once; further ones wait their turn
     without blocking the event loop, so reads keep being answered."""
+    upload_bytes: int = 1024 * 1024 * 1024
+    """Largest file uploaded to (or read from) a workspace (``PUT …/files``' body)."""
+
+    def body_limit(self, method: str, path: str) -> int:
+        """The body limit of one request: a file upload's, or every other's."""
+        if method == "PUT" and path.startswith("/api/sessions/") and path.endswith("/files"):
+            return self.upload_bytes
+        return self.body_bytes

@@ -28,7 +28,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -676,9 +676,11 @@ class Workspace:
             "disk": {**disk, "percent": _percent(disk.get("used"), disk.get("total"))},
         }
 
-    def logs(self, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
-        """The container's own output (its entrypoint's), as opaque bytes; ``follow`` keeps
-        the stream open. Close the iterator to stop."""
+    def logs(
+        self, tail: int | None = None, follow: bool = False
+    ) -> tuple[Iterator[bytes], Callable[[], None]]:
+        """The container's own output (its entrypoint's) as opaque bytes, and a call that
+        stops it from any thread (``follow`` keeps the stream open until then)."""
         stream = self.api.logs(
             self.container,
             stdout=True,
@@ -688,14 +690,19 @@ class Workspace:
             tail="all" if tail is None else tail,
         )
 
+        def stop() -> None:
+            with contextlib.suppress(Exception):
+                stream.close()
+
         def lines() -> Iterator[bytes]:
             try:
                 yield from stream
+            except OSError:
+                return  # stopped
             finally:
-                with contextlib.suppress(Exception):
-                    stream.close()
+                stop()
 
-        return lines()
+        return lines(), stop
 
     def ports(self) -> dict[str, Any]:
         inspected = self.api.inspect_container(self.container)

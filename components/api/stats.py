@@ -1,0 +1,78 @@
+"""A session's stats (status, age, memory, CPU, disk), its container's logs (tail,
+follow) and its published ports."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from .principal import Caller, Ctx
+from .workspace import SessionId, TenantQuery, iterate, open_workspace
+
+router = APIRouter(tags=["stats"])
+
+
+class Stats(BaseModel):
+    status: str | None = Field(description="The container's state on its engine.")
+    health: str | None
+    startedAt: str | None
+    createdAt: str | None
+    ageSeconds: float | None
+    memory: dict[str, Any] = Field(description="used, limit (bytes) and percent.")
+    cpu: dict[str, Any] = Field(description="percent (of one CPU times online CPUs), onlineCpus.")
+    pids: int | None
+    disk: dict[str, Any] = Field(description="The workspace's total, used, available, percent.")
+
+
+class Port(BaseModel):
+    containerPort: int
+    hostPort: int
+
+
+class Ports(BaseModel):
+    host: str = Field(description="The engine the ports are published on (local or ssh://…).")
+    ports: list[Port]
+
+
+@router.get("/api/sessions/{session_id}/stats", summary="Status, age, memory, CPU, disk")
+async def stats(
+    session_id: SessionId, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
+) -> Stats:
+    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
+    return Stats(**await ctx.call(workspace.stats))
+
+
+@router.get(
+    "/api/sessions/{session_id}/logs",
+    summary="The container's output (tail, follow)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def logs(
+    session_id: SessionId,
+    request: Request,
+    caller: Caller,
+    ctx: Ctx,
+    tenant: TenantQuery = None,
+    tail: Annotated[int | None, Query(ge=0, le=100000, description="Last N lines.")] = None,
+    follow: Annotated[bool, Query(description="Keep the stream open for new output.")] = False,
+) -> StreamingResponse:
+    """The bytes as the container wrote them (the agent's: never interpreted)."""
+    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
+    lines, close = await ctx.call(workspace.logs, tail, follow)
+    return StreamingResponse(
+        iterate(lines, close),
+        media_type="application/octet-stream",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get("/api/sessions/{session_id}/ports", summary="Published ports")
+async def ports(
+    session_id: SessionId, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
+) -> Ports:
+    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
+    return Ports(**await ctx.call(workspace.ports))

@@ -1,0 +1,93 @@
+"""What the data-plane routers (exec, files, stats) share: the caller's session located in
+its tenant, and blocking service iterators driven from the event loop.
+
+Streams run in worker threads of their own (:data:`STREAMS`, not the service pool: a
+command may stream for an hour without holding a create's thread)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from fastapi import Path, Query, Request
+
+from ..sessions import dataplane
+from .context import Context
+from .principal import Principal
+
+T = TypeVar("T")
+STREAMS = anyio.CapacityLimiter(64)
+_END: Any = object()
+
+SessionId = Annotated[str, Path(description="The session's id (in the caller's tenant).")]
+TenantQuery = Annotated[
+    str | None, Query(description="Admin keys only: the tenant (a tenant key acts as its own).")
+]
+PathQuery = Annotated[
+    str,
+    Query(
+        description="A path under /workspace: relative to it, or absolute under it. Never "
+        "through a symlink; '..' is refused.",
+        max_length=dataplane.PATH_MAX,
+    ),
+]
+
+
+def limits(ctx: Context) -> dataplane.Limits:
+    return dataplane.Limits(file_bytes=ctx.limits.upload_bytes)
+
+
+async def open_workspace(
+    request: Request, ctx: Context, caller: Principal, session_id: str, tenant: str | None
+) -> dataplane.Workspace:
+    """The session's workspace in the caller's tenant (another tenant's: not found, as a
+    missing one); the audit line names the session."""
+    scope = caller.scope(tenant)
+    request.scope.setdefault("dockyard", {}).update(session=session_id, tenant=scope)
+    return await ctx.call(ctx.sessions.workspace, session_id, scope, limits(ctx))
+
+
+async def blocking(function: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(function, *args, limiter=STREAMS)
+
+
+async def iterate(items: Iterator[T], close: Callable[[], None] | None = None) -> AsyncIterator[T]:
+    """``items`` pulled one by one in a worker thread. With ``close`` (a call that makes a
+    blocked ``next`` return, e.g. closing its socket), a caller going away abandons the
+    waiting thread and calls it; without, the pending ``next`` is awaited (it returns
+    within a second for exec streams) and the iterator is closed (a command is killed)."""
+    try:
+        while True:
+            item = await anyio.to_thread.run_sync(
+                next, items, _END, limiter=STREAMS, abandon_on_cancel=close is not None
+            )
+            if item is _END:
+                return
+            yield item
+    finally:
+        if close is not None:
+            close()
+        else:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close, items, limiter=STREAMS)
+
+
+def _close(items: Iterator[Any]) -> None:
+    closer = getattr(items, "close", None)
+    if closer is not None:
+        closer()
+
+
+def body_chunks(request: Request) -> Iterator[bytes]:
+    """The request body as it arrives, for a worker thread started by :func:`blocking`."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = anyio.from_thread.run(stream.__anext__)
+        except StopAsyncIteration:
+            return
+        if chunk:
+            yield chunk
