@@ -1,0 +1,180 @@
+"""The dashboard on the real engine: ``dockyard serve`` in a process of its own with the
+harness driver (where the Pulumi CLI would run), driven in headless Chromium. A session
+created from the form turns healthy in the table without a reload, its detail shows its
+log tail, the other tenant never sees it, and it is destroyed after the confirmation
+names it. Everything the test creates carries the run's tenants and is swept."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from dockyard.api.store import default_url
+from tests.browser.conftest import log_in, shoot
+from tests.support.engine import RUN_ID, remove_volume
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKYARD = Path(sys.executable).with_name("dockyard")
+
+
+@dataclass
+class Server:
+    url: str
+    project: Path
+    tenant: str
+    other: str
+    keys: dict[str, str]
+
+
+def _selector(tenant: str, session: str | None = None) -> dict[str, list[str]]:
+    labels = [f"dockyard.stack={tenant}"]
+    if session:
+        labels.append(f"dockyard.session={session}")
+    return {"label": labels}
+
+
+def _leftovers(client: docker.DockerClient, tenant: str, session: str) -> list[str]:
+    selector = _selector(tenant, session)
+    return [
+        *(f"container {c.name}" for c in client.containers.list(all=True, filters=selector)),
+        *(f"network {n.name}" for n in client.networks.list(filters=selector)),
+        *(f"volume {v.name}" for v in client.volumes.list(filters=selector)),
+    ]
+
+
+def _sweep(client: docker.DockerClient, tenants: tuple[str, ...]) -> None:
+    for tenant in tenants:
+        for container in client.containers.list(all=True, filters=_selector(tenant)):
+            container.remove(force=True, v=True)
+        for network in client.networks.list(filters=_selector(tenant)):
+            network.remove()
+        for volume in client.volumes.list(filters=_selector(tenant)):
+            remove_volume(volume)
+
+
+@pytest.fixture(scope="module")
+def server(
+    docker_client: docker.DockerClient,
+    core_image: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    assert DOCKYARD.is_file(), f"the dockyard console script is not installed at {DOCKYARD}"
+    base = tmp_path_factory.mktemp("dashboard")
+    state, project = base / "state", base / "project"
+    state.mkdir()
+    project.mkdir()
+    (state / "image.json").write_text(json.dumps({"imageRef": core_image}))
+    settings = base / "settings.yaml"
+    settings.write_text(json.dumps({"healthcheck": {"interval": "2s"}}))
+    store = default_url(state)
+    env = {
+        **os.environ,
+        "DOCKYARD_STATE_DIR": str(state),
+        "DOCKYARD_CONFIG": str(settings),
+        "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
+        "PYTHONPATH": str(REPO),
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    tenants = (f"d{RUN_ID[:6]}", f"e{RUN_ID[:6]}")
+    keys = {}
+    for tenant in tenants:
+        made = subprocess.run(
+            [str(DOCKYARD), "keys", "create", "--tenant", tenant, "--json", "--key-store", store],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert made.returncode == 0, made.stderr
+        keys[tenant] = json.loads(made.stdout)["key"]
+    log = base / "server.log"
+    process = subprocess.Popen(
+        [str(DOCKYARD), "serve", "--port", "0", "--key-store", store],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+    )
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        assert line.startswith("dockyard: listening on http://127.0.0.1:"), (line, log.read_text())
+        yield Server(line.split(" on ", 1)[1].strip(), project, *tenants, keys)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        print(log.read_text())
+        _sweep(docker_client, tenants)
+
+
+def test_create_watch_ready_open_and_destroy_from_the_browser(
+    browser: Any, server: Server, docker_client: docker.DockerClient
+) -> None:
+    owner = browser.new_context(viewport={"width": 1280, "height": 800})
+    other = browser.new_context()
+    try:
+        page = owner.new_page()
+        page.set_default_timeout(30_000)
+        log_in(page, server.url, server.keys[server.tenant])
+        page.get_by_role("link", name="New session").click()
+        page.get_by_label("Session id").fill("d1")
+        page.get_by_label("Project directory (cwd)").fill(str(server.project))
+        page.get_by_label("Ports").fill("3000")
+        page.get_by_role("button", name="Create session").click()
+        page.wait_for_url(server.url + "/sessions/d1", timeout=240_000)
+        (container,) = docker_client.containers.list(
+            all=True, filters=_selector(server.tenant, "d1")
+        )
+        assert container.labels["dockyard.tenant"] == server.tenant
+        assert page.locator("h1").inner_text().startswith("Session d1")
+
+        # The table turns the session healthy by itself: the page is never reloaded.
+        page.get_by_role("link", name="Sessions").click()
+        page.wait_for_url(server.url + "/")
+        page.evaluate("window.notReloaded = true")
+        page.wait_for_selector('tr[data-session="d1"] .health-healthy', timeout=120_000)
+        assert page.evaluate("window.notReloaded") is True
+        assert page.locator('tr[data-session="d1"] .status-running').count() == 1
+
+        # The other tenant's key never sees it.
+        stranger = other.new_page()
+        log_in(stranger, server.url, server.keys[server.other])
+        assert stranger.locator('tr[data-session="d1"]').count() == 0
+        stranger.goto(server.url + "/sessions/d1")
+        assert stranger.locator("h1").inner_text() == "Not found"
+
+        # Its detail: the log tail the engine holds, refreshed in place.
+        page.get_by_role("link", name="d1", exact=True).click()
+        page.wait_for_url(server.url + "/sessions/d1")
+        logs = container.logs(tail=5).decode("utf-8", "replace").strip().splitlines()
+        if logs:
+            assert logs[-1].strip() in page.get_by_label("Log tail text").inner_text()
+        with page.expect_response(lambda r: r.url.endswith("/sessions/d1/logs")):
+            pass
+        shoot(page, "detail-live")
+
+        page.get_by_role("link", name="Destroy…").click()
+        assert "Destroy session d1?" in page.locator("h1").inner_text()
+        page.get_by_role("button", name="Destroy d1").click()
+        page.wait_for_url("**/?destroyed=d1", timeout=240_000)
+        assert page.get_by_role("status").first.inner_text() == "Session d1 destroyed."
+        assert page.locator('tr[data-session="d1"]').count() == 0
+        assert _leftovers(docker_client, server.tenant, "d1") == []
+    finally:
+        owner.close()
+        other.close()
