@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ..sessions import Sessions
-from . import dashboard, dataplane, errors, keys, plan, sessions
+from . import dashboard, dataplane, errors, instant, keys, plan, sessions
 from .context import Context, Limits
 from .middleware import RequestMiddleware
 from .principal import TokenBuckets
@@ -45,6 +45,7 @@ def create_app(sessions_api: Sessions, store: KeyStore, limits: Limits | None = 
     app.include_router(sessions.router)
     app.include_router(plan.router)
     app.include_router(keys.router)
+    app.include_router(instant.router)  # pause, resume, snapshots, fork (issue 29)
     app.include_router(dataplane.router)  # exec, files, stats, logs, ports
     app.include_router(dashboard.router)  # the dashboard at / (issue 28)
     # Extension points (issue 27): exec, files, stats, logs, events routers go here.

@@ -1,0 +1,146 @@
+"""Instant sessions over HTTP (issue 29): pause, resume, snapshots and forks.
+
+Handlers parse, call the service layer (:meth:`Sessions.pause`, ``resume``, ``snapshot``,
+``snapshots``, ``remove_snapshot``, ``fork``) in the bounded pool and shape the answer; the
+caller's tenant comes from its key, so another tenant's session or snapshot is a 404 like
+a missing one. Pausing a paused session (or resuming a running one) answers 200 with
+``changed: false``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from .principal import Caller, Ctx
+
+router = APIRouter(tags=["instant sessions"])
+
+TenantQuery = Annotated[
+    str | None, Query(description="Admin keys only: the tenant (a tenant key acts as its own).")
+]
+
+
+class SessionState(BaseModel):
+    sessionId: str
+    status: str = Field(description="paused or running, as the engine reports it now.")
+    changed: bool = Field(description="False: it already was (the call changed nothing).")
+
+
+class Snapshot(BaseModel):
+    name: str
+    tenant: str | None
+    session: str = Field(description="The session it was taken of.")
+    kind: str = Field(description="snapshot (image and volumes), or fork (a fork's image).")
+    image: str
+    imageId: str
+    volumes: list[str]
+    createdAt: str
+    host: str
+
+
+class SnapshotBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="The session id grammar; unique within the tenant.")
+
+
+class ForkBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    as_: str = Field(alias="as", description="The new session's id.")
+    snapshot: str | None = Field(
+        default=None, description="Fork from this snapshot (default: one taken now)."
+    )
+    secretValues: dict[str, str] | None = Field(
+        default=None,
+        description="Values for the secret names of the parent's request (never stored).",
+    )
+
+
+def _mark(request: Request, session: str | None, tenant: str | None) -> None:
+    """What the audit line of this request names."""
+    request.scope.setdefault("dockyard", {}).update(session=session, tenant=tenant)
+
+
+@router.post("/api/sessions/{session_id}/pause", summary="Pause a session (memory kept)")
+async def pause(
+    session_id: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
+) -> SessionState:
+    scope = caller.scope(tenant)
+    _mark(request, session_id, scope)
+    state = await ctx.call(ctx.sessions.pause, session_id, scope)
+    return SessionState(**state.as_dict())
+
+
+@router.post("/api/sessions/{session_id}/resume", summary="Resume a paused session")
+async def resume(
+    session_id: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
+) -> SessionState:
+    scope = caller.scope(tenant)
+    _mark(request, session_id, scope)
+    state = await ctx.call(ctx.sessions.resume, session_id, scope)
+    return SessionState(**state.as_dict())
+
+
+@router.post(
+    "/api/sessions/{session_id}/snapshots",
+    status_code=201,
+    summary="Snapshot a session (container layer and volumes)",
+)
+async def snapshot(
+    session_id: str,
+    body: SnapshotBody,
+    request: Request,
+    caller: Caller,
+    ctx: Ctx,
+    tenant: TenantQuery = None,
+) -> Snapshot:
+    scope = caller.scope(tenant)
+    _mark(request, session_id, scope)
+    taken = await ctx.call(ctx.sessions.snapshot, session_id, body.name, scope)
+    return Snapshot(**taken.as_dict())
+
+
+@router.post(
+    "/api/sessions/{session_id}/fork",
+    status_code=201,
+    summary="Fork a session: a new one with its files and packages, its own identity",
+)
+async def fork(
+    session_id: str,
+    body: Annotated[ForkBody, Body()],
+    request: Request,
+    caller: Caller,
+    ctx: Ctx,
+    tenant: TenantQuery = None,
+) -> dict[str, Any]:
+    """Answers the new session's manifest."""
+    scope = caller.scope(tenant)
+    _mark(request, session_id, scope)
+    manifest = await ctx.call(
+        ctx.sessions.fork,
+        session_id,
+        body.as_,
+        scope,
+        snapshot=body.snapshot,
+        secrets=body.secretValues,
+    )
+    return dict(manifest)
+
+
+@router.get("/api/snapshots", summary="List snapshots")
+async def list_snapshots(caller: Caller, ctx: Ctx, tenant: TenantQuery = None) -> list[Snapshot]:
+    scope = caller.scope(tenant)
+    found = await ctx.call(ctx.sessions.snapshots, scope)
+    return [Snapshot(**s.as_dict()) for s in found]
+
+
+@router.delete("/api/snapshots/{name}", summary="Remove a snapshot")
+async def remove_snapshot(
+    name: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
+) -> Snapshot:
+    scope = caller.scope(tenant)
+    _mark(request, None, scope)
+    removed = await ctx.call(ctx.sessions.remove_snapshot, name, scope)
+    return Snapshot(**removed.as_dict())
