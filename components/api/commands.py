@@ -1,4 +1,5 @@
-"""``dockyard serve`` and ``dockyard keys create|list|revoke`` (mounted by dockyard.cli).
+"""``dockyard serve`` and ``dockyard keys create|list|revoke`` (mounted by dockyard.cli;
+errors print through dockyard.terminal, as the CLI's own verbs' do).
 
 The key store is ``--key-store URL``, else ``$DOCKYARD_API_KEY_STORE``, else SQLite in the
 sessions state directory. ``serve`` listens on loopback unless given TLS (``--tls-cert``
@@ -8,21 +9,20 @@ them is refused before anything listens.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import DockyardError, InvalidInput
+from ..errors import InvalidInput
 from ..sessions import Sessions
 from ..sessions.settings import paths, usable_state
+from ..terminal import JsonFlag, errors
 from .settings import STORE_VARIABLE, Limits, default_url
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ StoreOption = Annotated[
         "else SQLite in the state directory).",
     ),
 ]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 def store_url(given: str | None) -> str:
@@ -55,19 +54,6 @@ def open_store(given: str | None) -> KeyStore:
     from .store import KeyStore
 
     return KeyStore(store_url(given))
-
-
-@contextlib.contextmanager
-def _errors(as_json: bool) -> Iterator[None]:
-    try:
-        yield
-    except DockyardError as error:
-        if as_json:
-            print(json.dumps({"error": error.as_dict()}))
-        else:
-            for line in error.problems:
-                print(f"ERROR: {line}", file=sys.stderr)
-        raise typer.Exit(error.exit_code) from None
 
 
 def _info(info: Any) -> dict[str, Any]:
@@ -89,7 +75,7 @@ def keys_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a key and print it once (only its digest is kept)."""
-    with _errors(as_json):
+    with errors(as_json):
         store = open_store(key_store)
         try:
             issued = store.create(tenant, admin)
@@ -113,7 +99,7 @@ def keys_list(
     as_json: JsonFlag = False,
 ) -> None:
     """List keys: ids, tenant, created, last used, revoked — never the keys."""
-    with _errors(as_json):
+    with errors(as_json):
         store = open_store(key_store)
         try:
             rows = [_info(info) for info in store.list(tenant)]
@@ -133,7 +119,7 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, key_store: StoreOption = None, as_json: JsonFlag = False) -> None:
     """Revoke a key: it answers 401 from then on."""
-    with _errors(as_json):
+    with errors(as_json):
         store = open_store(key_store)
         try:
             info = store.revoke(key_id)
@@ -192,7 +178,7 @@ def serve(
     burst: Annotated[int, typer.Option(help="Requests per key at once.")] = Limits.burst,
 ) -> None:
     """Serve the HTTP API (docs/api.md) until interrupted."""
-    with _errors(False):
+    with errors(False):
         store = open_store(key_store)
         check_exposure(host, tls_cert, tls_key, key_store, store)
         # Late for start-up speed: FastAPI and uvicorn load only when serve runs.

@@ -78,7 +78,7 @@ def test_the_wheel_installs_and_builds_the_image_from_its_own_context(
     names = zipfile.ZipFile(wheel).namelist()
     assert "dockyard/py.typed" in names
     assert "dockyard/sessions/__init__.py" in names
-    assert "dockyard/cli.py" in names
+    assert "dockyard/cli/__init__.py" in names
     assert "dockyard/_images/core/Dockerfile" in names
     assert "dockyard/_images/versions.env" in names
     assert not [n for n in names if n.startswith("components/") or n.endswith((".crt", ".pem"))]

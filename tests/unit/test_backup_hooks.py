@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import typer
 
-from dockyard import backup, cli, errors
+from dockyard import backup, errors, terminal
 from dockyard import workspace_backup as command
 from tests.support.scripts import load_script
 
@@ -341,6 +341,6 @@ def test_backup_errors_are_kinds_of_the_error_root(
     assert isinstance(error, kind)
     assert isinstance(error, backup.BackupError)  # callers still catch the engine's root
     assert (error.exit_code, error.http_status) == (code, status)
-    with pytest.raises(typer.Exit) as caught, cli._errors(as_json=True):
+    with pytest.raises(typer.Exit) as caught, terminal.errors(as_json=True):
         raise error
     assert caught.value.exit_code == code

@@ -22,7 +22,8 @@ import typer.main
 from typer.testing import CliRunner
 
 from dockyard import cli
-from dockyard.sessions import DriverError
+from dockyard.sessions import DriverError, Sessions
+from dockyard.sessions import audit as audit_log
 
 DOCUMENTED_CODES = {0, 1, 2, 3, 4}
 LAST_RESORT = "this is a bug in dockyard"
@@ -199,7 +200,7 @@ def test_the_last_resort_is_one_line_and_exit_1(
     def broken(*_: Any, **__: Any) -> Any:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(cli.audit_log, "read", broken)
+    monkeypatch.setattr(audit_log, "read", broken)
     env = _environment("broken-input", world)
     runner = CliRunner()
     result = runner.invoke(cli.app, ["audit", "--json"], env=env)
@@ -248,7 +249,7 @@ def test_a_driver_that_cannot_load_answers_as_asked(
     def no_driver() -> Any:
         raise DriverError("the driver 'x' cannot be loaded (allowed: pulumi, harness)")
 
-    monkeypatch.setattr(cli.Sessions, "default", no_driver)
+    monkeypatch.setattr(Sessions, "default", no_driver)
     env = _environment("broken-input", world)
     for words in (["ls"], ["show", "s1"], ["audit"], ["image", "build"]):
         result = CliRunner().invoke(cli.app, [*words, "--json"], env=env)

@@ -1,0 +1,121 @@
+"""A session's workspace backups and the audit trail: ``backup``, ``restore``,
+``snapshots`` and ``audit`` (the service layer's :mod:`dockyard.sessions.backups` and
+:mod:`dockyard.sessions.audit`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ..sessions import Sessions
+from ..sessions import audit as audit_log
+from ..sessions import backups as backup_sessions
+from ..terminal import errors
+from .options import JsonFlag, StackFileOption, TenantOption
+from .output import emit, grid, out, progress
+
+verbs = typer.Typer()
+"""Merged into the root command by :mod:`dockyard.cli`."""
+
+
+@verbs.command()
+def audit(
+    session: Annotated[str | None, typer.Option(help="Only this session.")] = None,
+    tenant: TenantOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show the audit trail (JSON lines of every lifecycle action)."""
+    with errors(as_json):
+        sessions = Sessions.default()
+        entries = audit_log.read(sessions.where.audit_log, session=session, tenant=tenant)
+        columns = ("time", "actor", "action", "session", "tenant", "result", "duration_ms")
+
+        def table(data: list[dict[str, Any]]) -> None:
+            grid(
+                ("time", "actor", "action", "session", "tenant", "result", "ms"),
+                (
+                    [str(entry.get(k) if entry.get(k) is not None else "-") for k in columns]
+                    for entry in data
+                ),
+            )
+
+        emit(entries, as_json, table)
+
+
+@verbs.command("backup")
+def backup_now(
+    session: str,
+    tenant: TenantOption = None,
+    stack: StackFileOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Back the session's workspace up now (encrypted, to its own restic repository)."""
+    with errors(as_json):
+        sessions = Sessions.default()
+        who = backup_sessions.target(sessions, session, tenant, stack)
+        result = backup_sessions.run_backup(sessions, who, progress=progress(as_json))
+        emit(
+            backup_sessions.as_dict(result),
+            as_json,
+            lambda r: out.print(
+                f"{session}: snapshot {r['snapshot']} ({r['files']} files, {r['bytes']} bytes, "
+                f"{r['added_bytes']} new)"
+            ),
+        )
+
+
+@verbs.command()
+def restore(
+    session: str,
+    snapshot: Annotated[str, typer.Option(help="A snapshot id (prefix) or latest.")] = "latest",
+    into: Annotated[
+        str | None, typer.Option("--into", help="Restore into this session's workspace instead.")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Replace a non-empty workspace (its content is backed up first).", metavar=""
+        ),
+    ] = False,
+    tenant: TenantOption = None,
+    stack: StackFileOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Restore a backup into the session's workspace (or --into another's), verified."""
+    with errors(as_json):
+        sessions = Sessions.default()
+        who = backup_sessions.target(sessions, session, tenant, stack)
+        other = backup_sessions.target(sessions, into, tenant, stack) if into else None
+        result = backup_sessions.restore(
+            sessions, who, snapshot, other, force, progress=progress(as_json)
+        )
+        emit(
+            backup_sessions.as_dict(result),
+            as_json,
+            lambda r: out.print(
+                f"{r['session']}: restored snapshot {r['snapshot'][:8]} of {r['source']} "
+                f"({r['files']} files, {r['bytes']} bytes, verified)"
+            ),
+        )
+
+
+@verbs.command()
+def snapshots(
+    session: str,
+    tenant: TenantOption = None,
+    stack: StackFileOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the session's backups, oldest first."""
+    with errors(as_json):
+        who = backup_sessions.target(Sessions.default(), session, tenant, stack)
+        found = [backup_sessions.as_dict(s) for s in backup_sessions.snapshots(who)]
+        emit(
+            found,
+            as_json,
+            lambda rows: grid(
+                ("snapshot", "time", "tags"),
+                ((r["short_id"], r["time"], ", ".join(r["tags"])) for r in rows),
+            ),
+        )

@@ -1,0 +1,166 @@
+"""A session's life: ``up``, ``down``, ``ls``, ``show``, ``refresh``, and ``validate`` (a
+request or a stack file, checked without creating anything)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ..config import ConfigError, stack_file
+from ..errors import InvalidInput
+from ..sessions import Sessions
+from ..terminal import errors, warn
+from .options import JsonFlag, RequestOption, TenantOption
+from .output import emit, grid, line, manifest_table, ports, progress, working
+from .request import flag_names, read_request, request_from_flags
+
+verbs = typer.Typer()
+"""Merged into the root command by :mod:`dockyard.cli`."""
+
+
+@verbs.command()
+def up(
+    request_file: RequestOption = None,
+    session: Annotated[str | None, typer.Option("--session", "-s", help="Session id.")] = None,
+    cwd: Annotated[str | None, typer.Option(help="Project directory (default: here).")] = None,
+    backend: Annotated[str | None, typer.Option(help="claude or codex.")] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Image reference (default: the host's).")
+    ] = None,
+    port: Annotated[
+        list[int] | None, typer.Option("--port", "-p", help="Container port to publish (repeat).")
+    ] = None,
+    volume: Annotated[
+        list[str] | None, typer.Option("--volume", "-v", help="source:target[:ro] (repeat).")
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="NAME=value (repeat).")
+    ] = None,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option("--secret", help="Secret name, value from the environment (repeat)."),
+    ] = None,
+    tenant: TenantOption = None,
+    profile: Annotated[str | None, typer.Option(help="Resource profile.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a session (or converge an existing one) and print its manifest."""
+    with errors(as_json):
+        request = request_from_flags(
+            request_file,
+            session,
+            cwd,
+            backend,
+            image,
+            port or [],
+            volume or [],
+            env or [],
+            secret or [],
+            tenant,
+            profile,
+        )
+        sessions = Sessions.default()
+        try:
+            with working("creating the session…", as_json):
+                manifest = sessions.create(request, progress=progress(as_json))
+        except ConfigError as error:
+            raise flag_names(error, request) from None
+        emit(manifest, as_json, manifest_table)
+
+
+@verbs.command()
+def down(
+    session: str,
+    tenant: TenantOption = None,
+    no_backup: Annotated[
+        bool,
+        typer.Option("--no-backup", help="Skip the final backup (backup.onDestroy).", metavar=""),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Destroy a session: container, network, volumes, manifest and its stack."""
+    with errors(as_json):
+        Sessions.default().destroy(
+            session, tenant, progress=progress(as_json), final_backup=not no_backup
+        )
+        emit({"sessionId": session, "destroyed": True}, as_json, line(f"destroyed {session}"))
+
+
+@verbs.command("ls")
+def list_sessions(tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """List this machine's sessions."""
+    with errors(as_json):
+        rows = Sessions.default().list(tenant)
+
+        def table(data: list[dict[str, Any]]) -> None:
+            grid(
+                ("session", "tenant", "container", "ports", "created"),
+                (
+                    (
+                        row["sessionId"],
+                        row["tenant"] or "-",
+                        row.get("container", "?"),
+                        ports(row.get("ports", []), "->"),
+                        row["createdAt"],
+                    )
+                    for row in data
+                ),
+            )
+
+        emit(rows, as_json, table)
+
+
+@verbs.command()
+def show(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """Print a session's manifest."""
+    with errors(as_json):
+        emit(Sessions.default().get(session, tenant), as_json, manifest_table)
+
+
+@verbs.command()
+def refresh(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """Recreate the session's container, keeping its workspace."""
+    with errors(as_json):
+        manifest = Sessions.default().refresh(session, tenant, progress=progress(as_json))
+        emit(manifest, as_json, manifest_table)
+
+
+@verbs.command()
+def validate(
+    request_file: RequestOption = None,
+    stack: Annotated[
+        str | None, typer.Option("--stack", help="A stacks/Pulumi.<stack>.yaml file.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check a request or a stack file; list every problem at once. Creates nothing."""
+    with errors(as_json):
+        if (request_file is None) == (stack is None):
+            raise InvalidInput("give exactly one of --request FILE or --stack FILE")
+        if stack is not None:
+            config = stack_file(stack, check_secrets=False, label=f"--stack {stack}")
+            # A named secret that is not set yet: the file is valid, the run would stop
+            # (docs/stacks.md); the only difference of the second check is that one.
+            try:
+                stack_file(stack, label=f"--stack {stack}")
+                unset: list[str] = []
+            except ConfigError as error:
+                unset = error.problems
+            for problem in unset:
+                warn(problem)
+            result = {
+                "valid": True,
+                "stack": config.stack,
+                "sessions": [e.session_id for e in config.environments],
+                "warnings": unset,
+            }
+        else:
+            session_plan, _ = Sessions.default().plan(read_request(str(request_file)))
+            result = {
+                "valid": True,
+                "stack": session_plan.stack_name,
+                "sessions": [session_plan.session_id],
+                "warnings": [],
+            }
+        emit(result, as_json, line("valid"))

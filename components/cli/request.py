@@ -1,0 +1,97 @@
+"""A session request from the command line: a ``--request`` JSON file (or stdin) with the
+flags of ``dockyard up`` over it. The service layer validates it (every problem at once)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+
+SESSION_MISSING = "request.sessionId: missing"
+SESSION_FLAG_MISSING = (
+    "--session (-s): missing (allowed: a session id, e.g. -s my-session, or sessionId in the "
+    "--request file)"
+)
+
+
+def read_request(path: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (``-``: stdin)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            "request", [f"--request {path}: cannot be read ({exc.strerror})"]
+        ) from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            "request", [f"--request {path}: not JSON (line {exc.lineno}: {exc.msg})"]
+        ) from None
+    if not isinstance(document, dict):
+        raise ConfigError("request", [f"--request {path}: not a JSON object"])
+    return document
+
+
+def request_from_flags(
+    request_file: str | None,
+    session: str | None,
+    cwd: str | None,
+    backend: str | None,
+    image: str | None,
+    ports: list[int],
+    volumes: list[str],
+    env: list[str],
+    secrets: list[str],
+    tenant: str | None,
+    profile: str | None,
+) -> dict[str, Any]:
+    """The request file's object (or an empty one) with each given flag set over it."""
+    request = read_request(request_file) if request_file else {}
+    container = (
+        dict(request.get("container") or {}) if isinstance(request.get("container"), dict) else {}
+    )
+    for key, value in (
+        ("sessionId", session),
+        ("backend", backend),
+        ("tenant", tenant),
+        ("profile", profile),
+    ):
+        if value is not None:
+            request[key] = value
+    if cwd is not None or "cwd" not in request:
+        request["cwd"] = str(Path(cwd or os.getcwd()).resolve())
+    if image is not None:
+        container["image"] = image
+    if ports:
+        container["ports"] = ports
+    if volumes:
+        container["volumes"] = volumes
+    if env:
+        variables = dict(container.get("env") or {})
+        for item in env:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError("request", ["--env: expects NAME=value (allowed: NAME=value)"])
+            variables[name] = value
+        container["env"] = variables
+    if secrets:
+        request["secrets"] = secrets
+    if container or "container" in request:
+        request["container"] = container
+    return request
+
+
+def flag_names(error: ConfigError, request: dict[str, Any]) -> ConfigError:
+    """``error`` as a user of the flags reads it: with no ``-s`` and no sessionId in a
+    request file, the missing session names the flag a user types."""
+    if "sessionId" in request:
+        return error
+    return ConfigError(
+        error.stack,
+        [SESSION_FLAG_MISSING if p.startswith(SESSION_MISSING) else p for p in error.problems],
+    )
