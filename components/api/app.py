@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ..sessions import Sessions
-from . import dashboard, dataplane, errors, instant, keys, plan, sessions
+from . import dashboard, dataplane, errors, events, instant, keys, plan, sessions, webhooks
 from .context import Context, Limits
+from .events_settings import EventSettings
 from .middleware import RequestMiddleware
 from .principal import TokenBuckets
 from .store import KeyStore
@@ -18,16 +19,24 @@ TITLE = "dockyard"
 API_VERSION = "1"
 
 
-def create_app(sessions_api: Sessions, store: KeyStore, limits: Limits | None = None) -> FastAPI:
-    """The HTTP face over ``sessions_api`` with keys from ``store``."""
+def create_app(
+    sessions_api: Sessions,
+    store: KeyStore,
+    limits: Limits | None = None,
+    event_settings: EventSettings | None = None,
+) -> FastAPI:
+    """The HTTP face over ``sessions_api`` with keys from ``store``; events from the audit
+    trails ``event_settings`` name (default: from the environment)."""
     context = Context(sessions_api, store, limits or Limits())
+    hub, dispatcher = webhooks.start(store.engine, sessions_api.where.audit_log, event_settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            context.close()
+        async with webhooks.running(hub, dispatcher):
+            try:
+                yield
+            finally:
+                context.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -41,11 +50,14 @@ def create_app(sessions_api: Sessions, store: KeyStore, limits: Limits | None = 
     )
     app.state.context = context
     app.state.buckets = TokenBuckets(context.limits.rate, context.limits.burst)
+    app.state.events, app.state.webhooks = hub, dispatcher.store
     errors.install(app)
     app.include_router(sessions.router)
     app.include_router(plan.router)
     app.include_router(keys.router)
     app.include_router(instant.router)  # pause, resume, snapshots, fork (issue 29)
+    app.include_router(events.router)
+    app.include_router(webhooks.router)
     app.include_router(dataplane.router)  # exec, files, stats, logs, ports
     app.include_router(dashboard.router)  # the dashboard at / (issue 28)
     # Extension points (issue 27): exec, files, stats, logs, events routers go here.

@@ -1,0 +1,550 @@
+"""Webhooks per tenant: ``POST/GET/DELETE /api/webhooks``, their delivery log, and the
+dispatcher that delivers every matching event (:mod:`.events`) signed and retried.
+
+A delivery is a POST of the event's JSON (the SSE ``data``) with the headers:
+
+- ``Dockyard-Event`` (its type), ``Dockyard-Event-Id``, ``Dockyard-Delivery`` (the
+  delivery's id: the same on every retry of it), ``Dockyard-Timestamp`` (Unix seconds of
+  this attempt);
+- ``Dockyard-Signature: sha256=<hex>``: HMAC-SHA256 with the webhook's secret over
+  ``<timestamp>.<body>`` (the timestamp header's value, a dot, the raw body bytes). A
+  receiver recomputes it, compares in constant time and refuses old timestamps (replays).
+
+A 2xx answer delivers it; anything else (another status, a refused connection, a
+timeout) is retried after ``webhook_backoff_s``, doubled each time, up to
+``webhook_attempts`` attempts; then the delivery is ``failed``. Redirects are not followed.
+
+Where a webhook may point (:func:`check_url`): http or https, no user or password in the
+URL, and a host whose every address is public (not loopback, private, link-local, shared,
+multicast, reserved or unspecified; IPv4 inside IPv6 is judged as IPv4), unless it lies in
+a network the admin allows (:data:`~.events_settings.ALLOW_NETWORKS_VARIABLE`). The name is
+resolved again at every attempt and the connection goes to the address that was checked
+(the host name still sent as ``Host`` and TLS server name), so a name that later resolves
+inward (DNS rebinding) reaches nothing inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+from anyio import to_thread
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import InvalidInput, NotFound
+from .events import EVENT_TYPES, Bell, EventHub, EventStore, as_dict
+from .events_settings import EventSettings, Network
+from .principal import Caller, Ctx
+from .store.models import Event, Webhook, WebhookDelivery
+
+log = logging.getLogger(__package__)
+
+SIGNATURE_HEADER = "Dockyard-Signature"
+TIMESTAMP_HEADER = "Dockyard-Timestamp"
+EVENT_HEADER = "Dockyard-Event"
+EVENT_ID_HEADER = "Dockyard-Event-Id"
+DELIVERY_HEADER = "Dockyard-Delivery"
+URL_MAX = 2000
+URL_RULE = (
+    "allowed: an http or https URL without user or password whose host resolves only to "
+    "public addresses, or into a network the server's admin allows in "
+    "DOCKYARD_API_WEBHOOK_ALLOW_NETWORKS"
+)
+Resolver = Callable[[str, int], list[str]]
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The ``Dockyard-Signature`` value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return f"sha256={mac.hexdigest()}"
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (blocking)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _public(address: str, allowed: Sequence[Network]) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if any(ip.version == net.version and ip in net for net in allowed):
+        return True
+    return ip.is_global and not ip.is_multicast
+
+
+def check_url(
+    url: str, allowed: Sequence[Network], resolver: Resolver = resolve
+) -> tuple[httpx.URL, str]:
+    """The parsed URL and the checked address to connect to; :class:`InvalidInput` naming
+    the rule otherwise (the URL is echoed: it is the tenant's own, and never a secret of
+    the server's)."""
+
+    def refused(why: str) -> InvalidInput:
+        return InvalidInput("webhook", [f"request.url: {why} ({URL_RULE})"])
+
+    if len(url) > URL_MAX:
+        raise refused(f"longer than {URL_MAX} characters")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        raise refused("not a URL") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise refused(f"{url!r} is not an http or https URL with a host")
+    if parsed.userinfo:
+        raise refused("a user or password in the URL")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        addresses = resolver(parsed.host, port)
+    except (OSError, UnicodeError):
+        raise refused(f"host {parsed.host!r} does not resolve") from None
+    inward = [a for a in addresses if not _public(a, allowed)]
+    if inward or not addresses:
+        raise refused(f"host {parsed.host!r} resolves to a non-public address {inward[:1]}")
+    return parsed, addresses[0]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+class WebhookStore:
+    """Webhooks and deliveries in the API store."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def create(
+        self, tenant: str | None, url: str, events: list[str], actor: str, most: int
+    ) -> Webhook:
+        with self._session() as session:
+            count = session.scalar(
+                select(func.count()).select_from(Webhook).where(Webhook.tenant == tenant)
+            )
+            if tenant is not None and (count or 0) >= most:
+                raise InvalidInput(
+                    "webhook",
+                    [f"webhooks: tenant {tenant!r} has {count} (allowed: at most {most})"],
+                )
+            row = Webhook(
+                id=secrets.token_hex(8),
+                tenant=tenant,
+                url=url,
+                events=json.dumps(events),
+                secret=f"whsec_{secrets.token_urlsafe(32)}",
+                cursor=int(session.scalar(select(func.max(Event.id))) or 0),
+                created_by=actor,
+                created_at=_now(),
+            )
+            session.add(row)
+            return row
+
+    def find(self, webhook_id: str, tenant: str | None, every_tenant: bool) -> Webhook:
+        with self._session() as session:
+            row = session.get(Webhook, webhook_id)
+            if row is None or (not every_tenant and row.tenant != tenant):
+                raise NotFound(f"no webhook {webhook_id!r}")
+            return row
+
+    def list(self, tenant: str | None, every_tenant: bool) -> list[Webhook]:
+        query = select(Webhook).order_by(Webhook.created_at, Webhook.id)
+        if not every_tenant or tenant is not None:
+            query = query.where(Webhook.tenant == tenant)
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    def delete(self, webhook_id: str, tenant: str | None, every_tenant: bool) -> None:
+        self.find(webhook_id, tenant, every_tenant)
+        with self._session() as session:
+            session.query(WebhookDelivery).filter_by(webhook_id=webhook_id).delete()
+            session.query(Webhook).filter_by(id=webhook_id).delete()
+
+    def deliveries(self, webhook_id: str, limit: int) -> list[tuple[WebhookDelivery, str]]:
+        query = (
+            select(WebhookDelivery, Event.type)
+            .join(Event, Event.id == WebhookDelivery.event_id)
+            .where(WebhookDelivery.webhook_id == webhook_id)
+            .order_by(WebhookDelivery.id.desc())
+            .limit(limit)
+        )
+        with self._session() as session:
+            return [(row, kind) for row, kind in session.execute(query).all()]
+
+    # --- the dispatcher's side ---------------------------------------------------------------
+
+    def fan_out(self) -> int:
+        """Queue every new event for each webhook it matches (idempotent: a (webhook,
+        event) pair is queued once, whichever replica gets there first)."""
+        queued = 0
+        with self._session() as session:
+            newest = int(session.scalar(select(func.max(Event.id))) or 0)
+            hooks = list(session.scalars(select(Webhook).where(Webhook.cursor < newest)))
+            now = _now()
+            for hook in hooks:
+                query = select(Event.id).where(Event.id > hook.cursor, Event.id <= newest)
+                if hook.tenant is not None:
+                    query = query.where(Event.tenant == hook.tenant)
+                wanted = json.loads(hook.events)
+                if wanted:
+                    query = query.where(Event.type.in_(wanted))
+                ids = list(session.scalars(query.order_by(Event.id)))
+                if ids:
+                    insert = (
+                        postgresql.insert
+                        if self.engine.dialect.name == "postgresql"
+                        else sqlite.insert
+                    )
+                    values = [
+                        {
+                            "webhook_id": hook.id,
+                            "event_id": event_id,
+                            "state": "pending",
+                            "attempts": 0,
+                            "next_at": now,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for event_id in ids
+                    ]
+                    session.execute(insert(WebhookDelivery).on_conflict_do_nothing(), values)
+                    queued += len(ids)
+                hook.cursor = newest
+        return queued
+
+    def claim(self, lease_s: float, most: int = 20) -> list[tuple[WebhookDelivery, Webhook, Event]]:
+        """Due deliveries, each claimed for ``lease_s`` (its ``next_at`` moved on only if no
+        other replica moved it first)."""
+        now = _now()
+        claimed = []
+        with self._session() as session:
+            query = (
+                select(WebhookDelivery, Webhook, Event)
+                .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+                .join(Event, Event.id == WebhookDelivery.event_id)
+                .where(WebhookDelivery.state == "pending", WebhookDelivery.next_at <= now)
+                .order_by(WebhookDelivery.next_at, WebhookDelivery.id)
+                .limit(most)
+            )
+            for delivery, hook, event in session.execute(query).all():
+                moved = session.execute(
+                    update(WebhookDelivery)
+                    .where(
+                        WebhookDelivery.id == delivery.id,
+                        WebhookDelivery.next_at == delivery.next_at,
+                    )
+                    .values(next_at=now + timedelta(seconds=lease_s))
+                )
+                if moved.rowcount == 1:  # type: ignore[attr-defined]
+                    claimed.append((delivery, hook, event))
+        return claimed
+
+    def settle(
+        self,
+        delivery_id: int,
+        attempts: int,
+        status: int | None,
+        error: str | None,
+        settings: EventSettings,
+    ) -> None:
+        ok = status is not None and 200 <= status < 300
+        now = _now()
+        state = (
+            "delivered" if ok else "failed" if attempts >= settings.webhook_attempts else "pending"
+        )
+        wait = min(settings.webhook_backoff_s * 2 ** (attempts - 1), 3600.0)
+        with self._session() as session:
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id)
+                .values(
+                    state=state,
+                    attempts=attempts,
+                    last_status=status,
+                    last_error=error,
+                    updated_at=now,
+                    next_at=now + timedelta(seconds=wait),
+                )
+            )
+
+
+class Dispatcher:
+    """Queues and delivers; :meth:`run` is the background task the app's lifespan starts."""
+
+    def __init__(
+        self,
+        store: WebhookStore,
+        settings: EventSettings,
+        bell: Bell,
+        resolver: Resolver = resolve,
+    ) -> None:
+        self.store, self.settings, self.bell, self.resolver = store, settings, bell, resolver
+        self.closing = False
+        self._client: httpx.AsyncClient | None = None
+
+    async def run(self) -> None:
+        self._client = httpx.AsyncClient(
+            timeout=self.settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+        )
+        try:
+            while not self.closing:
+                try:
+                    await self.once()
+                except Exception:
+                    log.exception("webhook delivery round failed")
+                    await asyncio.sleep(1.0)
+                await self.bell.wait(min(0.5, self.settings.webhook_backoff_s))
+        finally:
+            await self._client.aclose()
+
+    async def once(self) -> int:
+        await to_thread.run_sync(self.store.fan_out)
+        lease = self.settings.webhook_timeout_s * 2 + 5
+        due = await to_thread.run_sync(self.store.claim, lease)
+        await asyncio.gather(*(self.deliver(*item) for item in due))
+        return len(due)
+
+    async def deliver(self, delivery: WebhookDelivery, hook: Webhook, event: Event) -> None:
+        body = json.dumps(as_dict(event), ensure_ascii=True, separators=(",", ":")).encode()
+        status: int | None = None
+        error: str | None = None
+        try:
+            url, address = await to_thread.run_sync(
+                check_url, hook.url, self.settings.webhook_allow_networks, self.resolver
+            )
+            target = url.copy_with(host=address)
+            stamp = str(int(time.time()))
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "dockyard-webhooks/1",
+                "Host": url.netloc.decode("ascii"),
+                EVENT_HEADER: event.type,
+                EVENT_ID_HEADER: str(event.id),
+                DELIVERY_HEADER: str(delivery.id),
+                TIMESTAMP_HEADER: stamp,
+                SIGNATURE_HEADER: signature(hook.secret, stamp, body),
+            }
+            assert self._client is not None
+            answer = await self._client.post(
+                target,
+                content=body,
+                headers=headers,
+                extensions={"sni_hostname": url.host} if url.scheme == "https" else {},
+            )
+            status = answer.status_code
+            if not 200 <= status < 300:
+                error = f"answered {status}"
+        except InvalidInput as refused:
+            error = refused.problems[0]
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+        await to_thread.run_sync(
+            self.store.settle, delivery.id, delivery.attempts + 1, status, error, self.settings
+        )
+
+    def close(self) -> None:
+        self.closing = True
+        self.bell.ring()
+
+
+def start(
+    engine: Engine, sessions_log: Path, settings: EventSettings | None = None
+) -> tuple[EventHub, Dispatcher]:
+    """The event source and the dispatcher over the API store's ``engine`` (started by
+    :func:`running`); settings from the environment unless given."""
+    settings = settings or EventSettings.from_env(sessions_log)
+    hub = EventHub(EventStore(engine), settings)
+    return hub, Dispatcher(WebhookStore(engine), settings, hub.bell)
+
+
+@contextlib.asynccontextmanager
+async def running(hub: EventHub, dispatcher: Dispatcher) -> AsyncIterator[None]:
+    """Both background tasks for the app's lifetime (the lifespan), stopped after it."""
+    tasks = [asyncio.create_task(hub.run()), asyncio.create_task(dispatcher.run())]
+    try:
+        yield
+    finally:
+        hub.close()
+        dispatcher.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --- the HTTP face ------------------------------------------------------------------------
+
+router = APIRouter(tags=["webhooks"])
+
+
+class NewWebhook(BaseModel):
+    url: str = Field(max_length=URL_MAX, description="Where events are POSTed.")
+    events: list[str] = Field(
+        default_factory=list, max_length=len(EVENT_TYPES), description="Event types; [] = all."
+    )
+    tenant: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Admin keys: whose events (none: every tenant's). A tenant's key: its own.",
+    )
+
+
+class WebhookOut(BaseModel):
+    id: str
+    tenant: str | None
+    url: str
+    events: list[str]
+    createdAt: datetime
+
+    @classmethod
+    def of(cls, row: Webhook) -> WebhookOut:
+        return cls(
+            id=row.id,
+            tenant=row.tenant,
+            url=row.url,
+            events=json.loads(row.events),
+            createdAt=_aware(row.created_at),
+        )
+
+
+class CreatedWebhook(WebhookOut):
+    secret: str = Field(description="The signing secret: shown this once.")
+
+
+class Delivery(BaseModel):
+    id: int
+    eventId: int
+    eventType: str
+    state: str = Field(description="pending, delivered or failed")
+    attempts: int
+    lastStatus: int | None
+    lastError: str | None
+    nextAttemptAt: datetime | None
+    createdAt: datetime
+    updatedAt: datetime
+
+
+def _stores(request: Request) -> WebhookStore:
+    return request.app.state.webhooks  # type: ignore[no-any-return]
+
+
+@router.post("/api/webhooks", status_code=201, summary="Create a webhook")
+async def create_webhook(
+    new: NewWebhook, request: Request, caller: Caller, ctx: Ctx
+) -> CreatedWebhook:
+    settings: EventSettings = request.app.state.events.settings
+    unknown = [e for e in new.events if e not in EVENT_TYPES]
+    if unknown:
+        raise InvalidInput(
+            "webhook",
+            [
+                f"request.events: {e!r} is not an event type (allowed: {', '.join(EVENT_TYPES)})"
+                for e in unknown
+            ],
+        )
+    await to_thread.run_sync(check_url, new.url, settings.webhook_allow_networks)
+    row = await ctx.call(
+        _stores(request).create,
+        caller.scope(new.tenant),
+        new.url,
+        sorted(set(new.events)),
+        caller.key_id,
+        settings.webhooks_per_tenant,
+    )
+    return CreatedWebhook(**WebhookOut.of(row).model_dump(), secret=row.secret)
+
+
+@router.get("/api/webhooks", summary="List webhooks (never their secrets)")
+async def list_webhooks(
+    request: Request,
+    caller: Caller,
+    ctx: Ctx,
+    tenant: Annotated[
+        str | None, Query(max_length=64, description="Admin keys: one tenant's.")
+    ] = None,
+) -> list[WebhookOut]:
+    rows = await ctx.call(_stores(request).list, caller.scope(tenant), caller.admin)
+    return [WebhookOut.of(row) for row in rows]
+
+
+@router.get("/api/webhooks/{webhook_id}", summary="One webhook")
+async def get_webhook(webhook_id: str, request: Request, caller: Caller, ctx: Ctx) -> WebhookOut:
+    row = await ctx.call(_stores(request).find, webhook_id, caller.scope(), caller.admin)
+    return WebhookOut.of(row)
+
+
+@router.delete("/api/webhooks/{webhook_id}", status_code=204, summary="Delete a webhook")
+async def delete_webhook(webhook_id: str, request: Request, caller: Caller, ctx: Ctx) -> Response:
+    await ctx.call(_stores(request).delete, webhook_id, caller.scope(), caller.admin)
+    return Response(status_code=204)
+
+
+@router.get("/api/webhooks/{webhook_id}/deliveries", summary="A webhook's delivery log")
+async def list_deliveries(
+    webhook_id: str,
+    request: Request,
+    caller: Caller,
+    ctx: Ctx,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[Delivery]:
+    """Newest first: each event sent to the webhook, its state, attempts and last answer."""
+    store = _stores(request)
+    await ctx.call(store.find, webhook_id, caller.scope(), caller.admin)
+    found = await ctx.call(store.deliveries, webhook_id, limit)
+    return [_delivery(row, kind) for row, kind in found]
+
+
+def _delivery(row: WebhookDelivery, kind: str) -> Delivery:
+    pending = row.state == "pending"
+    return Delivery(
+        id=row.id,
+        eventId=row.event_id,
+        eventType=kind,
+        state=row.state,
+        attempts=row.attempts,
+        lastStatus=row.last_status,
+        lastError=row.last_error,
+        nextAttemptAt=_aware(row.next_at) if pending else None,
+        createdAt=_aware(row.created_at),
+        updatedAt=_aware(row.updated_at),
+    )
+
+
+__all__: list[Any] = [
+    "DELIVERY_HEADER",
+    "EVENT_HEADER",
+    "EVENT_ID_HEADER",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "Dispatcher",
+    "WebhookStore",
+    "check_url",
+    "router",
+    "signature",
+]

@@ -1,0 +1,189 @@
+"""Webhooks (issue 27 item 3): per tenant, signed with HMAC-SHA256 over timestamp and body,
+retried with backoff up to a bound, logged; URLs that would reach the host's inside are
+refused unless the admin allows the network. The real server on loopback on SQLite and
+PostgreSQL stores (tests/api/test_events_support.py: its settings allow 127.0.0.0/8, as an
+admin would, so the receiver on loopback can be reached)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dockyard.api.events_settings import networks
+from dockyard.api.store import KeyStore
+from dockyard.api.webhooks import check_url, signature
+from dockyard.errors import InvalidInput
+from dockyard.sessions import audit
+from tests.api.conftest import Api
+from tests.api.test_events_support import Server, receiver, running_server
+
+
+@pytest.fixture
+def server(tmp_path: Path, store: KeyStore) -> Iterator[Server]:
+    with running_server(tmp_path, store) as running:
+        yield running
+
+
+def create_line(server: Server, session: str, tenant: str | None) -> None:
+    with audit.recorded(server.audit_log, "create", session=session, tenant=tenant):
+        pass
+
+
+def deliveries(server: Server, hook: str, key: dict[str, str], done: int) -> list[dict]:
+    """The delivery log once ``done`` deliveries are settled (delivered or failed)."""
+    deadline = time.monotonic() + 15
+    while True:
+        answer = httpx.get(f"{server.url}/api/webhooks/{hook}/deliveries", headers=key)
+        assert answer.status_code == 200, answer.text
+        log = answer.json()
+        if sum(d["state"] != "pending" for d in log) >= done or time.monotonic() > deadline:
+            return log
+        time.sleep(0.05)
+
+
+def test_a_delivery_is_signed_and_retried_after_a_500(server: Server) -> None:
+    acme = server.key("acme")
+    with receiver([500]) as hook_receiver:
+        made = httpx.post(
+            f"{server.url}/api/webhooks",
+            json={"url": hook_receiver.url, "events": ["session.created"]},
+            headers=acme,
+        )
+        assert made.status_code == 201, made.text
+        hook = made.json()
+        assert hook["secret"].startswith("whsec_")
+        assert hook["tenant"] == "acme"
+        create_line(server, "w1", "globex")  # another tenant's: never sent here
+        create_line(server, "w1", "acme")
+        with audit.recorded(server.audit_log, "destroy", session="w1", tenant="acme"):
+            pass  # not in the webhook's filter
+        hook_receiver.wait_for(2)
+        time.sleep(0.5)  # nothing else comes
+        got = list(hook_receiver.got)
+    assert [code for _, _, code in got] == [500, 200]
+    (headers, body, _), (headers2, body2, _) = got
+    assert body == body2
+    assert headers["dockyard-delivery"] == headers2["dockyard-delivery"]
+    event = json.loads(body)
+    assert (event["type"], event["session"], event["tenant"]) == ("session.created", "w1", "acme")
+    assert headers["dockyard-event"] == "session.created"
+    assert headers["dockyard-event-id"] == str(event["id"])
+    for sent_headers, sent_body in ((headers, body), (headers2, body2)):
+        stamp = sent_headers["dockyard-timestamp"]
+        assert abs(int(stamp) - time.time()) < 60
+        mac = hmac.new(hook["secret"].encode(), f"{stamp}.".encode() + sent_body, hashlib.sha256)
+        assert hmac.compare_digest(sent_headers["dockyard-signature"], f"sha256={mac.hexdigest()}")
+        assert signature("whsec_other", stamp, sent_body) != sent_headers["dockyard-signature"]
+    (logged,) = deliveries(server, hook["id"], acme, 1)
+    assert logged["state"] == "delivered"
+    assert logged["attempts"] == 2
+    assert logged["lastStatus"] == 200
+    assert logged["eventId"] == event["id"]
+    assert logged["eventType"] == "session.created"
+
+
+def test_attempts_are_bounded_and_logged_as_failed(server: Server) -> None:
+    acme = server.key("acme")
+    with receiver([500] * 10) as hook_receiver:
+        made = httpx.post(
+            f"{server.url}/api/webhooks", json={"url": hook_receiver.url}, headers=acme
+        )
+        hook = made.json()
+        create_line(server, "w2", "acme")
+        (logged,) = deliveries(server, hook["id"], acme, 1)
+        time.sleep(0.5)
+        attempts = len(hook_receiver.got)
+    # fast_settings: 3 attempts, 0.2 s then 0.4 s apart.
+    assert attempts == 3
+    assert logged["state"] == "failed"
+    assert logged["attempts"] == 3
+    assert logged["lastStatus"] == 500
+    assert logged["lastError"] == "answered 500"
+
+
+def test_a_tenant_sees_and_deletes_only_its_own_webhooks(server: Server) -> None:
+    acme, globex, admin = server.key("acme"), server.key("globex"), server.key(admin=True)
+    url = f"{server.url}/api/webhooks"
+    mine = httpx.post(url, json={"url": "http://127.0.0.1:9/a"}, headers=acme).json()
+    theirs = httpx.post(
+        url, json={"url": "http://127.0.0.1:9/g", "tenant": "acme"}, headers=globex
+    ).json()
+    assert theirs["tenant"] == "globex"  # a tenant's key acts only as its tenant
+    listed = httpx.get(url, headers=acme).json()
+    assert [h["id"] for h in listed] == [mine["id"]]
+    assert "secret" not in listed[0]
+    assert "secret" not in httpx.get(f"{url}/{mine['id']}", headers=acme).json()
+    missing = httpx.get(f"{url}/0000000000000000", headers=globex)
+    for method, path in (
+        ("GET", mine["id"]),
+        ("GET", f"{mine['id']}/deliveries"),
+        ("DELETE", mine["id"]),
+    ):
+        answer = httpx.request(method, f"{url}/{path}", headers=globex)
+        assert answer.status_code == 404, (method, path, answer.text)
+        assert answer.json()["error"]["kind"] == missing.json()["error"]["kind"]
+        assert mine["id"] in answer.json()["error"]["problems"][0]
+    assert {h["id"] for h in httpx.get(url, headers=admin).json()} == {mine["id"], theirs["id"]}
+    assert [h["id"] for h in httpx.get(f"{url}?tenant=globex", headers=admin).json()] == [
+        theirs["id"]
+    ]
+    assert httpx.delete(f"{url}/{mine['id']}", headers=acme).status_code == 204
+    assert httpx.get(url, headers=acme).json() == []
+    assert httpx.get(url, headers=globex).json()[0]["id"] == theirs["id"]
+
+
+@pytest.mark.anyio
+async def test_without_the_admins_allowance_inward_urls_are_refused(api: Api) -> None:
+    """The default settings (no allowed network): loopback, private and metadata addresses
+    and other schemes answer 422 with the rule; nothing is stored."""
+    acme = api.key("acme")
+    for url in (
+        "http://127.0.0.1:8080/hook",
+        "http://localhost/hook",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://10.0.0.5/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://0.0.0.0/hook",
+        "https://user:pw@example.com/hook",
+        "ftp://example.com/hook",
+        "file:///etc/passwd",
+    ):
+        answer = await api.client.post("/api/webhooks", json={"url": url}, headers=acme)
+        assert answer.status_code == 422, (url, answer.text)
+        assert "DOCKYARD_API_WEBHOOK_ALLOW_NETWORKS" in answer.json()["error"]["problems"][0], url
+    bad = await api.client.post(
+        "/api/webhooks", json={"url": "http://127.0.0.1/", "events": ["nope"]}, headers=acme
+    )
+    assert bad.status_code == 422
+    assert "session.created" in bad.json()["error"]["problems"][0]
+    assert (await api.client.get("/api/webhooks", headers=acme)).json() == []
+
+
+def test_the_url_rule_judges_every_address_a_name_resolves_to() -> None:
+    def to(*addresses: str):  # a resolver that answers what the test says
+        return lambda host, port: list(addresses)
+
+    public = "93.184.216.34"
+    parsed, address = check_url("https://hooks.example/x", (), to(public))
+    assert (parsed.host, address) == ("hooks.example", public)
+    for inward in ("127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "fd00::1"):
+        with pytest.raises(InvalidInput):
+            check_url("https://hooks.example/x", (), to(public, inward))  # one is enough
+    with pytest.raises(InvalidInput):
+        check_url("https://hooks.example/x", (), to("::ffff:169.254.169.254"))
+    with pytest.raises(InvalidInput):
+        check_url("https://hooks.example/x", (), to())
+    allowed = networks("10.1.2.0/24")
+    assert check_url("http://hooks.internal/x", allowed, to("10.1.2.3"))[1] == "10.1.2.3"
+    with pytest.raises(InvalidInput):
+        check_url("http://hooks.internal/x", allowed, to("10.1.3.3"))
+    with pytest.raises(InvalidInput):
+        networks("10.0.0.0/8, not-a-network")
