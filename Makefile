@@ -34,7 +34,7 @@ PULUMI_INSTALL_PAGE := https://www.pulumi.com/docs/iac/download-install/
 PASSPHRASE_FILE ?= $(HOME)/.config/dockyard/pulumi-passphrase
 export PATH := $(CURDIR)/$(BIN):$(PULUMI_HOME_BIN):$(PATH)
 
-.PHONY: help setup setup-dev up shell-setup down test test-runsc test-isolation lint openapi bench base-image certs image pulumi-cli stack
+.PHONY: help setup setup-dev up shell-setup down test test-runsc test-isolation lint openapi dashboard-screenshots bench base-image certs image pulumi-cli stack
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -173,6 +173,12 @@ lint: setup-dev ## ruff, import layers, shellcheck, hadolint, yamllint, ansible-
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-lint --offline --strict -q
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/zizmor --offline --quiet .github/workflows/
+
+# The dashboard's pages in headless Chromium (Debian's chromium, Playwright for Python),
+# one screenshot each into docs/dashboard/ (the engine test adds a live session's detail;
+# without a Docker engine it is skipped and its picture kept).
+dashboard-screenshots: setup-dev ## Regenerate the dashboard's screenshots (docs/dashboard.md)
+	DOCKYARD_SCREENSHOTS=docs/dashboard $(BIN)/pytest -q tests/browser/test_dashboard_browser.py tests/browser/test_dashboard_on_engine.py
 
 openapi: setup ## Regenerate the HTTP API's committed OpenAPI document (components/api/openapi.json)
 	$(BIN)/python -m dockyard.api.openapi > components/api/openapi.json
