@@ -30,8 +30,7 @@ import pulumi_docker as docker
 
 from . import broker as credential_broker
 from . import egress, storage
-from . import manifest as manifest_contract
-from .config import Healthcheck, ResolvedLimits, Volume
+from .config import Volume
 from .contract import (
     AGENT_UID,
     HEALTHCHECK_PATH,
@@ -53,6 +52,7 @@ from .contract import (
     WORKSPACE_MOUNT,
     environment_id,
 )
+from .environment_inputs import EnvironmentInputs
 from .manifest_file import declare_host_file, declare_manifest_file, manifest_path
 
 HEALTHCHECK_COMMAND = ["CMD", HEALTHCHECK_PATH]
@@ -72,35 +72,18 @@ RUNTIME_SCRIPT = (
 RUNSC_RUNTIME_SCRIPT = "docker inspect --format '{{.Created}}' \"$DOCKYARD_CONTAINER_ID\""
 
 
-@dataclass(frozen=True)
-class AgentEnvironmentArgs:
-    """Flat, already-validated inputs for one environment (see dockyard.config)."""
+@dataclass(frozen=True, kw_only=True)
+class AgentEnvironmentArgs(EnvironmentInputs):
+    """Flat, already-validated inputs for one environment on a Docker engine: the
+    backends' shared ones (:class:`EnvironmentInputs`) and these."""
 
-    stack: str
-    session_id: str
-    backend: str
     image_id: pulumi.Input[str]
     image_ref: pulumi.Input[str]
-    cwd: str
-    manifest_dir: str
-    """Absolute directory the manifest file goes to."""
-    limits: ResolvedLimits
-    healthcheck: Healthcheck
-    ports: Sequence[int] = ()
-    volumes: Sequence[Volume] = ()
     workspace_host_path: str | None = None
     """Host directory the workspace volume binds to; None: the engine's volume storage."""
     manifest_root: str | None = None
     """The directory holding manifests and host files (dockyard.config's manifest root):
     mounted read-only over its place wherever a bind of its parent shows it."""
-    egress: str = "open"
-    egress_rules: Sequence[str] = ()
-    """Normalised allowlist (dockyard.egress); enforced on the host by egress_guard."""
-    env: Mapping[str, str] = field(default_factory=dict)
-    secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
-    """Secret name -> Pulumi secret output; delivered only as a file upload."""
-    gpu: str | Sequence[str] | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
     docker_host: str | None = None
     runtime: str = "runc"
     """OCI runtime: runc (the engine's default) or runsc (gVisor, registered on the host)."""
@@ -376,23 +359,16 @@ class AgentEnvironment(pulumi.ComponentResource):
             opts=child,
         )
 
-        requested_env = [*args.env.keys(), *args.secrets.keys()]
         self.manifest = pulumi.Output.all(
             container.id, container.name, container.ports, runtime.stdout, args.image_ref
         ).apply(
-            lambda values: manifest_contract.build(
+            lambda values: args.manifest(
                 environment_id=prefix,
-                session_id=args.session_id,
-                backend=args.backend,
                 created_at=values[3],
-                cwd=args.cwd,
                 image=values[4],
                 container_id=values[0],
                 container_name=values[1],
                 ports=values[2],
-                requested_ports=list(args.ports),
-                requested_volumes=[v.spec for v in args.volumes],
-                requested_env=requested_env,
             )
         )
         self.manifest_path = manifest_path(args.manifest_dir, args.session_id)

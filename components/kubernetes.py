@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -37,15 +37,13 @@ from . import kubernetes_objects as objects
 from . import manifest as manifest_contract
 from .config import (
     ConfigError,
-    Healthcheck,
     Limits,
-    ResolvedLimits,
     StackConfig,
-    Volume,
     key_path,
     resolve_limits,
 )
-from .contract import LABEL_TENANT, LABEL_VOLUME, STOP_TIMEOUT_S
+from .contract import LABEL_VOLUME, STOP_TIMEOUT_S
+from .environment_inputs import EnvironmentInputs
 from .kubernetes_sandbox import SANDBOX_API_VERSION, AgentSandboxPool, AgentSandboxPoolArgs
 from .manifest_file import declare_manifest_file, manifest_path
 
@@ -56,21 +54,14 @@ IMAGE_ALLOWED = (
 )
 
 
-@dataclass(frozen=True)
-class KubernetesEnvironmentArgs:
-    """Flat, already-validated inputs for one environment (see dockyard.config)."""
+@dataclass(frozen=True, kw_only=True)
+class KubernetesEnvironmentArgs(EnvironmentInputs):
+    """Flat, already-validated inputs for one environment on a cluster: the backends'
+    shared ones (:class:`EnvironmentInputs`) and these."""
 
-    stack: str
-    session_id: str
-    backend: str
     image: pulumi.Input[str]
     """A published reference: the cluster pulls it."""
-    cwd: str
-    manifest_dir: str
-    """Absolute directory the manifest file goes to."""
     namespace: str
-    limits: ResolvedLimits
-    healthcheck: Healthcheck
     storage_mb: Mapping[str, int]
     """Claim size per R-ENV-8 role (workspace, config, checkpoints), in MiB."""
     volume_mb: int
@@ -82,15 +73,6 @@ class KubernetesEnvironmentArgs:
     """RuntimeClass of the Pod (e.g. gvisor); None: the cluster's default runtime."""
     agent_sandbox: bool = False
     """An agent-sandbox Sandbox instead of the StatefulSet."""
-    ports: Sequence[int] = ()
-    volumes: Sequence[Volume] = ()
-    egress: str = "open"
-    egress_rules: Sequence[str] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-    secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
-    """Secret name -> Pulumi secret output; delivered only as a file."""
-    gpu: str | Sequence[str] | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class KubernetesEnvironment(pulumi.ComponentResource):
@@ -240,23 +222,16 @@ class KubernetesEnvironment(pulumi.ComponentResource):
         self._network_policies(name, workload, args, metadata, child)
 
         self.workload_name = workload
-        requested_env = [*args.env.keys(), *args.secrets.keys()]
         self.manifest = pulumi.Output.all(
             workload_resource.metadata, resolved_ports, args.image
         ).apply(
-            lambda values: manifest_contract.build(
+            lambda values: args.manifest(
                 environment_id=self.pod_name,
-                session_id=args.session_id,
-                backend=args.backend,
                 created_at=_required(values[0], "creationTimestamp", workload),
-                cwd=args.cwd,
                 image=values[2],
                 container_id=container_id(_required(values[0], "uid", workload)),
                 container_name=self.pod_name,
                 ports=values[1],
-                requested_ports=list(args.ports),
-                requested_volumes=[v.spec for v in args.volumes],
-                requested_env=requested_env,
             )
         )
         self.manifest_path = manifest_path(args.manifest_dir, args.session_id)
@@ -403,16 +378,12 @@ def declare_kubernetes(
     for env in cfg.environments:
         environments[env.session_id] = KubernetesEnvironment(
             f"env-{env.session_id}",
-            KubernetesEnvironmentArgs(
-                stack=cfg.stack,
-                session_id=env.session_id,
-                backend=env.backend,
+            KubernetesEnvironmentArgs.of(
+                cfg,
+                env,
+                {name: secret(name) for name in env.secrets},
                 image=images[env.session_id],
-                cwd=cfg.cwd,
-                manifest_dir=cfg.manifest_dir_of(env),
                 namespace=settings.namespace,
-                limits=cfg.limits_of(env),
-                healthcheck=cfg.healthcheck,
                 storage_mb=storage,
                 volume_mb=settings.storage.workspace,
                 storage_class=settings.storage_class,
@@ -420,14 +391,6 @@ def declare_kubernetes(
                 network_policy=settings.network_policy,
                 runtime_class=settings.runtime_classes.get(cfg.runtime_of(env)),
                 agent_sandbox=settings.agent_sandbox,
-                ports=env.ports,
-                volumes=env.volumes,
-                egress=env.egress,
-                egress_rules=env.egress_rules,
-                env=env.env,
-                secrets={name: secret(name) for name in env.secrets},
-                gpu=env.gpu,
-                labels={**env.labels, **({LABEL_TENANT: env.tenant} if env.tenant else {})},
             ),
             opts=opts,
         )

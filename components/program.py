@@ -18,7 +18,6 @@ import pulumi_docker as docker
 from . import broker as credential_broker
 from . import placement, ssh
 from .config import Environment, StackConfig
-from .contract import LABEL_TENANT
 from .environment import AgentEnvironment, AgentEnvironmentArgs
 from .image import AgentImage, AgentImageArgs
 
@@ -43,18 +42,12 @@ def environment_args(
     environment declared from TypeScript or YAML is built exactly like one in a stack.
     ``host`` is its ``dockerHosts`` name in a several-host stack; ``broker_image`` the
     broker image shared on its engine (None: a brokered environment builds its own)."""
-    return AgentEnvironmentArgs(
-        stack=cfg.stack,
-        session_id=env.session_id,
-        backend=env.backend,
+    return AgentEnvironmentArgs.of(
+        cfg,
+        env,
+        secrets,
         image_id=image_id,
         image_ref=image_ref,
-        cwd=cfg.cwd,
-        manifest_dir=cfg.manifest_dir_of(env),
-        limits=cfg.limits_of(env),
-        healthcheck=cfg.healthcheck,
-        ports=env.ports,
-        volumes=env.volumes,
         workspace_host_path=env.workspace_host_path,
         environment_id=cfg.environment_id_of(env),
         volume_names={
@@ -63,12 +56,6 @@ def environment_args(
             if not vol.is_bind
         },
         manifest_root=cfg.manifest_root,
-        egress=env.egress,
-        egress_rules=env.egress_rules,
-        env=env.env,
-        secrets=secrets,
-        gpu=env.gpu,
-        labels={**env.labels, **({LABEL_TENANT: env.tenant} if env.tenant else {})},
         docker_host=cfg.docker_hosts[host] if host else cfg.docker_host,
         runtime=cfg.runtime_of(env),
         host_name=host,
