@@ -40,13 +40,15 @@ checked for documented exit codes and messages without a change there.
 from __future__ import annotations
 
 from ..api.commands import keys_app, serve
-from . import access, backups, image, lifecycle, plan
+from . import access, backups, image, instant, lifecycle, plan
 from .root import app
 
 app.command("serve")(serve)  # the HTTP face's commands (dockyard.api.commands)
 app.add_typer(lifecycle.verbs)
 app.add_typer(access.verbs)
 app.add_typer(backups.verbs)
+app.add_typer(instant.verbs)
+app.add_typer(instant.snapshot_verbs, name="snapshot")
 app.add_typer(plan.verbs, name="plan")
 app.add_typer(image.verbs, name="image")
 app.add_typer(keys_app, name="keys")

@@ -16,6 +16,7 @@ A backup of a paused session reads its volumes as they are (nothing writes them)
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -149,7 +150,7 @@ def pause(sessions: SessionsLike, session: str, tenant: str | None = None) -> St
                 f"session {record.session_id!r}: its container is {status}, not running; "
                 "only a running session can be paused (allowed: `dockyard refresh` it first)"
             )
-        container.pause()
+        freeze(container)
         return State(record.session_id, PAUSED, True)
 
 
@@ -165,8 +166,46 @@ def resume(sessions: SessionsLike, session: str, tenant: str | None = None) -> S
                 f"session {record.session_id!r}: its container is {status}, not paused; "
                 "only a paused session can be resumed (allowed: `dockyard refresh` it)"
             )
-        container.unpause()
+        thaw(container)
         return State(record.session_id, RUNNING, True)
+
+
+FREEZE_TRIES = 6
+"""runc's freeze gives up ("unable to freeze") when a process of the container is in an
+uninterruptible wait for longer than it waits, e.g. disk I/O on a busy host: retried with
+backoff (0.1 s doubling, about 3 s in all) before it is reported."""
+
+
+def freeze(container: Any) -> None:
+    """``container.pause()``, retried while the runtime could not freeze it yet; the
+    engine's refusal becomes a :class:`Failed` naming the session's container."""
+    import docker.errors
+
+    delay = 0.1
+    for attempt in range(FREEZE_TRIES):
+        try:
+            container.pause()
+            return
+        except docker.errors.APIError as exc:
+            transient = "unable to freeze" in str(exc)
+            if not transient or attempt == FREEZE_TRIES - 1:
+                raise Failed(
+                    f"the engine could not pause {container.name}: {exc.explanation or exc}"
+                    + (" (its processes would not freeze: retry)" if transient else "")
+                ) from None
+        time.sleep(delay)
+        delay *= 2
+
+
+def thaw(container: Any) -> None:
+    import docker.errors
+
+    try:
+        container.unpause()
+    except docker.errors.APIError as exc:
+        raise Failed(
+            f"the engine could not resume {container.name}: {exc.explanation or exc}"
+        ) from None
 
 
 def resume_for(record: Record) -> bool:

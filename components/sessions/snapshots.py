@@ -49,7 +49,17 @@ from ..contract import (
 from ..errors import Conflict, Failed, InvalidInput, NotFound
 from ..storage import DISKS_DIR, disk_dir
 from . import audit
-from .pause import PAUSED, RUNNING, SessionsLike, connect, container_of, plan_of, require_docker
+from .pause import (
+    PAUSED,
+    RUNNING,
+    SessionsLike,
+    connect,
+    container_of,
+    freeze,
+    plan_of,
+    require_docker,
+    thaw,
+)
 from .registry import Record
 from .request import SessionPlan
 
@@ -224,12 +234,12 @@ def _quiesced(container: Any) -> Iterator[None]:
             f"its container is {status}: a snapshot is taken of a running or paused session"
         )
     if status == RUNNING:
-        container.pause()
+        freeze(container)
     try:
         yield
     finally:
         if status == RUNNING:
-            container.unpause()
+            thaw(container)
 
 
 def _commit(container: Any, record: Record, name: str, kind: str, volumes: list[str]) -> Any:

@@ -11,6 +11,9 @@ tenant's 404, and a destroy of a paused session leaving nothing behind.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +29,8 @@ from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
+REPO = Path(__file__).resolve().parents[2]
+DOCKYARD = Path(sys.executable).with_name("dockyard")
 TENANT = f"pz{RUN_ID[:8]}"
 OTHER = f"po{RUN_ID[:8]}"
 # The token lives in the shell's memory only; each tick writes "<pid> <token> <count>".
@@ -125,6 +130,31 @@ def test_a_process_and_its_memory_survive_pause_and_resume(
         ("resume", "ok", None),
         ("resume", "ok", "already running"),
     ]
+
+
+def test_the_command_line_pauses_and_resumes(sessions: Sessions) -> None:
+    env = {
+        **os.environ,
+        "DOCKYARD_STATE_DIR": str(sessions.where.state),
+        "DOCKYARD_CONFIG": str(sessions.where.config_file),
+        "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
+        "PYTHONPATH": str(REPO),
+    }
+    answers = []
+    for verb in ("pause", "resume"):
+        done = subprocess.run(
+            [str(DOCKYARD), verb, "frozen", "--tenant", TENANT, "--json"],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        answers.append(json.loads(done.stdout))
+    assert [(a["status"], a["changed"]) for a in answers] == [("paused", True), ("running", True)]
+    done = subprocess.run(
+        [str(DOCKYARD), "pause", "frozen", "--tenant", OTHER, "--json"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 4, done.stdout
+    assert json.loads(done.stdout)["error"]["kind"] == "not-found"
 
 
 def test_another_tenant_and_a_stopped_session(

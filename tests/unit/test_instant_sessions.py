@@ -14,7 +14,7 @@ import pytest
 
 from dockyard.api.app import create_app
 from dockyard.api.store import KeyStore, default_url
-from dockyard.errors import Conflict, InvalidInput, NotFound
+from dockyard.errors import Conflict, Failed, InvalidInput, NotFound
 from dockyard.sessions import Sessions, pause, registry, snapshots
 from dockyard.sessions.settings import paths
 
@@ -276,3 +276,33 @@ async def test_http_routes_act_in_the_keys_tenant(tmp_path: Path) -> None:
         ("snapshots", "acme"),
         ("remove", "base", "acme"),
     ]
+
+
+def test_a_freeze_the_runtime_could_not_do_yet_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    import docker.errors
+
+    monkeypatch.setattr(pause.time, "sleep", lambda _s: None)
+
+    class Stuck(FakeContainer):
+        name = "dockyard-t.acme.s1"
+
+        def __init__(self, failures: int, why: str) -> None:
+            super().__init__("running")
+            self.failures, self.why = failures, why
+
+        def pause(self) -> None:
+            self.calls.append("pause")
+            if len(self.calls) <= self.failures:
+                raise docker.errors.APIError("500", explanation=self.why)
+
+    slow = Stuck(2, "OCI runtime pause failed: unable to freeze: unknown")
+    pause.freeze(slow)
+    assert slow.calls == ["pause"] * 3
+    never = Stuck(99, "OCI runtime pause failed: unable to freeze: unknown")
+    with pytest.raises(Failed, match="would not freeze: retry"):
+        pause.freeze(never)
+    assert len(never.calls) == pause.FREEZE_TRIES
+    other = Stuck(1, "container is not running")
+    with pytest.raises(Failed, match=r"could not pause dockyard-t\.acme\.s1: container is not"):
+        pause.freeze(other)
+    assert other.calls == ["pause"]

@@ -1,0 +1,103 @@
+"""Instant sessions (issue 29): ``pause``, ``resume``, ``fork`` and the ``snapshot`` group
+(``snapshot create|ls|rm``; ``snapshots`` stays the list of a session's restic backups).
+The service layer does the work: :mod:`dockyard.sessions.pause` and
+:mod:`dockyard.sessions.snapshots`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ..sessions import Sessions
+from ..terminal import errors
+from .options import JsonFlag, TenantOption
+from .output import emit, grid, manifest_table, out, progress, working
+
+verbs = typer.Typer()
+"""``pause``, ``resume`` and ``fork``, merged into the root command by :mod:`dockyard.cli`."""
+snapshot_verbs = typer.Typer(
+    help="Snapshots of a session: its container layer and volumes (docs/instant-sessions.md).",
+    no_args_is_help=True,
+)
+"""``dockyard snapshot create|ls|rm``."""
+
+
+def _state(data: dict[str, Any]) -> None:
+    moved = "" if data["changed"] else f" (already {data['status']})"
+    out.print(f"{data['sessionId']}: {data['status']}{moved}")
+
+
+@verbs.command()
+def pause(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """Pause the session: its processes stop where they are, memory kept (no CPU)."""
+    with errors(as_json):
+        emit(Sessions.default().pause(session, tenant).as_dict(), as_json, _state)
+
+
+@verbs.command()
+def resume(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """Resume a paused session where it stopped."""
+    with errors(as_json):
+        emit(Sessions.default().resume(session, tenant).as_dict(), as_json, _state)
+
+
+@verbs.command()
+def fork(
+    session: str,
+    as_: Annotated[str, typer.Option("--as", help="The new session's id.")],
+    snapshot: Annotated[
+        str | None, typer.Option(help="Fork from this snapshot (default: one taken now).")
+    ] = None,
+    tenant: TenantOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create --as NEW with SESSION's files and packages, and an identity of its own.
+
+    Its own id, ports, secrets, network and SSH host key; secret values come from the
+    environment, as for `dockyard up`."""
+    with errors(as_json), working(f"forking {session} as {as_}…", as_json):
+        manifest = Sessions.default().fork(
+            session, as_, tenant, snapshot=snapshot, progress=progress(as_json)
+        )
+        emit(manifest, as_json, manifest_table)
+
+
+def _rows(data: list[dict[str, Any]]) -> None:
+    grid(
+        ("snapshot", "tenant", "of session", "kind", "volumes", "created"),
+        (
+            [
+                r["name"],
+                r["tenant"] or "-",
+                r["session"],
+                r["kind"],
+                ",".join(r["volumes"]) or "-",
+                r["createdAt"],
+            ]
+            for r in data
+        ),
+    )
+
+
+@snapshot_verbs.command("create")
+def create(session: str, name: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """Snapshot SESSION as NAME: its container layer and its workspace, config and home."""
+    with errors(as_json):
+        taken = Sessions.default().snapshot(session, name, tenant).as_dict()
+        emit(taken, as_json, lambda r: _rows([r]))
+
+
+@snapshot_verbs.command("ls")
+def listing(tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """List snapshots (a tenant's, or every one)."""
+    with errors(as_json):
+        emit([s.as_dict() for s in Sessions.default().snapshots(tenant)], as_json, _rows)
+
+
+@snapshot_verbs.command("rm")
+def remove(name: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """Remove a snapshot (refused while a session runs its image)."""
+    with errors(as_json):
+        removed = Sessions.default().remove_snapshot(name, tenant).as_dict()
+        emit(removed, as_json, lambda r: out.print(f"snapshot {r['name']} removed"))
