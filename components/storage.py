@@ -61,6 +61,9 @@ fails until :func:`attach_all` re-attaches and re-links)."""
 """Where the image files live on the engine's host (one directory per environment)."""
 DISK_ROLES = ("workspace", "config", "checkpoints", "home")
 """Volumes backed by a bounded filesystem (``home`` is mounted at :data:`HOME`)."""
+DISK_PATHS = (*DISK_ROLES, "tmp", "secrets")
+"""Every bounded path, as named in ``limits.disk`` (a :class:`DiskBounds` field is
+``<path>_mb``)."""
 HOME = "/home/agent"
 SECRETS_DIR = "/run/secrets"
 SECRETS_ROLE = "secrets"
@@ -218,15 +221,7 @@ class DiskBounds:
 def bounds_of(limits: ResolvedLimits) -> DiskBounds:
     """An environment's bounds from its resolved ``limits.disk`` (profile < stack <
     environment, dockyard.config)."""
-    disk = limits.disk
-    return DiskBounds(
-        workspace_mb=disk.workspace,
-        config_mb=disk.config,
-        checkpoints_mb=disk.checkpoints,
-        home_mb=disk.home,
-        tmp_mb=disk.tmp,
-        secrets_mb=disk.secrets,
-    )
+    return DiskBounds(**{f"{path}_mb": getattr(limits.disk, path) for path in DISK_PATHS})
 
 
 def disk_dir(environment_id: str) -> str:

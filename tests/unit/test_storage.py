@@ -191,3 +191,13 @@ def test_the_storage_command_answers_in_one_line_without_an_engine(
     monkeypatch.setenv("PATH", "/nonexistent")
     assert storage.main(["prune"]) == 1
     assert capsys.readouterr().err.startswith("ERROR: prune failed: ")
+
+
+def test_bounds_follow_every_resolved_disk_size() -> None:
+    from dockyard.config import ResolvedLimits
+    from dockyard.config.sections import ResolvedDisk
+
+    sizes = {"workspace": 30000, "config": 600, "checkpoints": 5000, "home": 700, "tmp": 300}
+    disk = ResolvedDisk(**sizes, secrets=32)
+    bounds = storage.bounds_of(ResolvedLimits(disk=disk))
+    assert {path: bounds.size_mb(path) for path in storage.DISK_PATHS} == {**sizes, "secrets": 32}
