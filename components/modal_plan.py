@@ -15,6 +15,7 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from . import config as stack_config
 from . import manifest as manifest_contract
 from .config import messages as config_messages
+from .errors import DockyardError, InvalidInput, NotFound
 
 MODAL_GPU_TYPES = (
     "T4",
@@ -130,6 +132,17 @@ def plan(
     return "\n".join(lines)
 
 
+def _read_manifest(path: str) -> dict[str, Any]:
+    """The manifest at ``path``: a missing file is not found, an unreadable or invalid one
+    is invalid input (every error names the file)."""
+    if not Path(path).exists():
+        raise NotFound(f"{path}: no such manifest file")
+    try:
+        return manifest_contract.load(path)
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot be read ({exc.strerror})") from None
+
+
 def _limits_from_stack(path: str, session: str) -> tuple[float, int, Any]:
     # A preview reads no secret values, so unset ones are not an error here.
     cfg = stack_config.stack_file(path, cwd="/", check_secrets=False, label=f"--stack {path}")
@@ -137,7 +150,10 @@ def _limits_from_stack(path: str, session: str) -> tuple[float, int, Any]:
         if env.session_id == session:
             limits = cfg.limits_of(env)
             return limits.cpus, limits.memory, env.gpu
-    raise SystemExit(f"ERROR: {path} has no environment with sessionId {session!r}")
+    raise NotFound(
+        f"--stack {path}: no environment with sessionId {session!r} (allowed: a stack file "
+        "that declares the manifest's session)"
+    )
 
 
 def _flag(loc: config_messages.Loc) -> str:
@@ -145,7 +161,40 @@ def _flag(loc: config_messages.Loc) -> str:
     return "--" + stack_config.key_path(loc, prefix="")
 
 
+def preview(
+    manifest_path: str,
+    stack: str | None = None,
+    cpus: float | None = None,
+    memory: str | None = None,
+    gpu: str | None = None,
+) -> str:
+    """The Modal preview of the manifest at ``manifest_path`` (:func:`plan`), its limits
+    and GPU from ``stack``'s environment for the session, then the flags, else dockyard's
+    defaults. Raises a :class:`~dockyard.errors.DockyardError`: :class:`NotFound` for a
+    missing manifest or a stack without its session, :class:`InvalidInput` otherwise."""
+    manifest = _read_manifest(manifest_path)
+    defaults = stack_config.ResolvedLimits()
+    found_cpus, found_memory, found_gpu = float(defaults.cpus), defaults.memory, None
+    if stack:
+        found_cpus, found_memory, found_gpu = _limits_from_stack(stack, manifest["sessionId"])
+    try:
+        overrides = stack_config.Limits.model_validate(
+            {k: v for k, v in {"cpus": cpus, "memory": memory}.items() if v is not None}
+        )
+    except ValidationError as exc:
+        problems = config_messages.problems(exc, stack_config.Limits, name=_flag)
+        raise InvalidInput(problems[0], problems) from None
+    if gpu:
+        try:
+            found_gpu = parse_gpu_flag(gpu)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+    return plan(manifest, overrides.cpus or found_cpus, overrides.memory or found_memory, found_gpu)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dockyard.modal_plan``: the preview on stdout; on a failure its lines on
+    stderr and exit 1."""
     parser = argparse.ArgumentParser(
         prog="python -m dockyard.modal_plan", description=__doc__.split("\n")[0]
     )
@@ -156,35 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gpu", help=GPU_FLAG_ALLOWED)
     args = parser.parse_args(argv)
     try:
-        manifest = manifest_contract.load(args.manifest)
-    except manifest_contract.ManifestError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
+        text = preview(args.manifest, args.stack, args.cpus, args.memory, args.gpu)
+    except DockyardError as error:
+        for line in error.problems:
+            print(f"ERROR: {line}", file=sys.stderr)
         return 1
-    defaults = stack_config.ResolvedLimits()
-    cpus, memory, gpu = float(defaults.cpus), defaults.memory, None
-    if args.stack:
-        try:
-            cpus, memory, gpu = _limits_from_stack(args.stack, manifest["sessionId"])
-        except stack_config.ConfigError as exc:
-            print(f"ERROR: {exc}", file=sys.stderr)
-            return 1
-    try:
-        overrides = stack_config.Limits.model_validate(
-            {k: v for k, v in {"cpus": args.cpus, "memory": args.memory}.items() if v is not None}
-        )
-    except ValidationError as exc:
-        for problem in config_messages.problems(exc, stack_config.Limits, name=_flag):
-            print(f"ERROR: {problem}", file=sys.stderr)
-        return 1
-    cpus = overrides.cpus or cpus
-    memory = overrides.memory or memory
-    if args.gpu:
-        try:
-            gpu = parse_gpu_flag(args.gpu)
-        except ValueError as exc:
-            print(f"ERROR: {exc}", file=sys.stderr)
-            return 1
-    print(plan(manifest, cpus, memory, gpu))
+    print(text)
     return 0
 
 

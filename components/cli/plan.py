@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import modal_plan
-from ..errors import INVALID, OK
+from ..terminal import errors
 
 verbs = typer.Typer(
     help="Preview the next deployment phase (creates nothing).", no_args_is_help=True
@@ -27,9 +27,5 @@ def plan_modal(
     gpu: Annotated[str | None, typer.Option(help=modal_plan.GPU_FLAG_ALLOWED)] = None,
 ) -> None:
     """Preview the Modal sandbox equivalent of a manifest (creates nothing)."""
-    argv = [manifest]
-    for flag, value in (("--stack", stack), ("--cpus", cpus), ("--memory", memory), ("--gpu", gpu)):
-        if value is not None:
-            argv += [flag, str(value)]
-    code = modal_plan.main(argv)
-    raise typer.Exit(INVALID if code else OK)
+    with errors(False):
+        print(modal_plan.preview(manifest, stack, cpus, memory, gpu))

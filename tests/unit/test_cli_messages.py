@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from dockyard import cli
+from dockyard import cli, modal_plan
+from dockyard.errors import NotFound
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -182,6 +183,49 @@ def test_plan_modal_refuses_an_unknown_gpu(
         result.stderr
     )
     assert "A100" in result.stderr
+
+
+def test_plan_modal_a_missing_manifest_is_not_found(
+    env: dict[str, str | None], tmp_path: Path
+) -> None:
+    result = invoke(env, "plan", "modal", str(tmp_path / "gone.json"))
+    assert result.exit_code == 4, result.output
+    assert result.stderr == f"ERROR: {tmp_path / 'gone.json'}: no such manifest file\n"
+    assert result.stdout == ""
+    with pytest.raises(NotFound):  # the library raises the kind, never exits itself
+        modal_plan.preview(str(tmp_path / "gone.json"))
+
+
+def test_plan_modal_a_stack_without_the_session_is_not_found(
+    env: dict[str, str | None], tmp_path: Path
+) -> None:
+    stack = REPO / "stacks" / "Pulumi.team.yaml"  # alice-api, bob-web, ...: not 'dev'
+    result = invoke(env, "plan", "modal", str(_manifest(tmp_path)), "--stack", str(stack))
+    assert result.exit_code == 4, result.output
+    assert result.stderr == (
+        f"ERROR: --stack {stack}: no environment with sessionId 'dev' (allowed: a stack file "
+        "that declares the manifest's session)\n"
+    )
+
+
+def test_plan_modal_an_unreadable_manifest_is_invalid_input(
+    env: dict[str, str | None], tmp_path: Path
+) -> None:
+    result = invoke(env, "plan", "modal", str(tmp_path))  # a directory
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"ERROR: {tmp_path}: cannot be read (Is a directory)\n"
+
+
+@pytest.mark.parametrize("name", ["a[bold]b.json", "a[/]b.json", "a[red]b[/red].json"])
+def test_problem_lines_are_printed_as_text_not_markup(
+    name: str, env: dict[str, str | None], tmp_path: Path
+) -> None:
+    path = tmp_path / name
+    result = invoke(env, "validate", "--request", str(path))
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"ERROR: --request {path}: cannot be read (No such file or directory)\n"
+    )
 
 
 def test_validate_success_has_the_same_keys_for_a_stack_and_a_request(

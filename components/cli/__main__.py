@@ -1,0 +1,5 @@
+"""``python -m dockyard.cli``: the ``dockyard`` command."""
+
+from . import main
+
+main()
