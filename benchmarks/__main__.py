@@ -16,6 +16,7 @@ BENCHMARKS = [
     "backup",
     "preview_proxy",
     "disk_bounds",
+    "dataplane",
 ]
 
 

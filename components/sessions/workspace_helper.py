@@ -198,13 +198,14 @@ def op_read(spec):
 
 
 def read_exact(size):
-    data = b""
-    while len(data) < size:
-        more = os.read(0, size - len(data))
+    data = bytearray(size)
+    view, got = memoryview(data), 0
+    while got < size:
+        more = os.readv(0, [view[got:]])
         if not more:
             return None
-        data += more
-    return data
+        got += more
+    return view
 
 
 def op_write(spec):
@@ -240,7 +241,7 @@ def op_write(spec):
                 data = read_exact(size)
                 if data is None:
                     raise Problem("failed", "the upload was interrupted: nothing was written")
-                while data:
+                while len(data):
                     data = data[os.write(fd, data) :]
             os.fchmod(fd, spec["mode"])
             os.rename(temp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
