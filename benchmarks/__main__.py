@@ -17,6 +17,7 @@ BENCHMARKS = [
     "preview_proxy",
     "disk_bounds",
     "dataplane",
+    "instant",
 ]
 
 
