@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -43,26 +45,47 @@ def audit(
         emit(entries, as_json, table)
 
 
-@verbs.command("backup")
-def backup_now(
-    session: str,
-    tenant: TenantOption = None,
-    stack: StackFileOption = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Back the session's workspace up now (encrypted, to its own restic repository)."""
+@contextmanager
+def _backups_of(
+    session: str, tenant: str | None, stack: str | None, as_json: bool
+) -> Iterator[tuple[Sessions, backup_sessions.Target]]:
+    """The session whose backups a verb acts on, inside the verb's error helper."""
     with errors(as_json):
         sessions = Sessions.default()
-        who = backup_sessions.target(sessions, session, tenant, stack)
-        result = backup_sessions.run_backup(sessions, who, progress=progress(as_json))
-        emit(
-            backup_sessions.as_dict(result),
-            as_json,
-            lambda r: out.print(
-                f"{session}: snapshot {r['snapshot']} ({r['files']} files, {r['bytes']} bytes, "
-                f"{r['added_bytes']} new)"
-            ),
-        )
+        yield sessions, backup_sessions.target(sessions, session, tenant, stack)
+
+
+def _backups_verb(
+    name: str,
+    summary: str,
+    act: Callable[[Sessions, backup_sessions.Target, Callable[[str], None]], Any],
+    show: Callable[[str, Any], None],
+) -> None:
+    """Register ``dockyard NAME SESSION``, a verb on one session's backups (its own restic
+    repository): ``act`` gives the result, ``show`` prints it as a table (else JSON)."""
+
+    @verbs.command(name, help=summary)
+    def verb(
+        session: str,
+        tenant: TenantOption = None,
+        stack: StackFileOption = None,
+        as_json: JsonFlag = False,
+    ) -> None:
+        with _backups_of(session, tenant, stack, as_json) as (sessions, who):
+            emit(act(sessions, who, progress(as_json)), as_json, lambda data: show(session, data))
+
+
+_backups_verb(
+    "backup",
+    "Back the session's workspace up now (encrypted, to its own restic repository).",
+    lambda sessions, who, shown: backup_sessions.as_dict(
+        backup_sessions.run_backup(sessions, who, progress=shown)
+    ),
+    lambda session, r: out.print(
+        f"{session}: snapshot {r['snapshot']} ({r['files']} files, {r['bytes']} bytes, "
+        f"{r['added_bytes']} new)"
+    ),
+)
 
 
 @verbs.command()
@@ -83,9 +106,7 @@ def restore(
     as_json: JsonFlag = False,
 ) -> None:
     """Restore a backup into the session's workspace (or --into another's), verified."""
-    with errors(as_json):
-        sessions = Sessions.default()
-        who = backup_sessions.target(sessions, session, tenant, stack)
+    with _backups_of(session, tenant, stack, as_json) as (sessions, who):
         other = backup_sessions.target(sessions, into, tenant, stack) if into else None
         result = backup_sessions.restore(
             sessions, who, snapshot, other, force, progress=progress(as_json)
@@ -100,22 +121,14 @@ def restore(
         )
 
 
-@verbs.command()
-def snapshots(
-    session: str,
-    tenant: TenantOption = None,
-    stack: StackFileOption = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """List the session's backups, oldest first."""
-    with errors(as_json):
-        who = backup_sessions.target(Sessions.default(), session, tenant, stack)
-        found = [backup_sessions.as_dict(s) for s in backup_sessions.snapshots(who)]
-        emit(
-            found,
-            as_json,
-            lambda rows: grid(
-                ("snapshot", "time", "tags"),
-                ((r["short_id"], r["time"], ", ".join(r["tags"])) for r in rows),
-            ),
-        )
+_backups_verb(
+    "snapshots",
+    "List the session's backups, oldest first.",
+    lambda _sessions, who, _shown: [
+        backup_sessions.as_dict(s) for s in backup_sessions.snapshots(who)
+    ],
+    lambda _session, rows: grid(
+        ("snapshot", "time", "tags"),
+        ((r["short_id"], r["time"], ", ".join(r["tags"])) for r in rows),
+    ),
+)
