@@ -9,6 +9,7 @@ tests' business."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,12 +33,16 @@ def server(tmp_path: Path, store: KeyStore) -> Iterator[Server]:
 
 def verb(server: Server, action: str, session: str, tenant: str | None, **fields: str) -> None:
     """A line as the service layer writes it around a verb."""
+    time.sleep(0.003)
     with audit.recorded(server.audit_log, action, session=session, tenant=tenant) as entry:
         entry.update(fields)
 
 
 def host_line(server: Server, action: str, session: str, tenant: str | None, **kw: str) -> None:
-    """A line as a host script writes it (labels of the environment's container)."""
+    """A line as a host script writes it (labels of the environment's container). Lines of
+    the two trails are merged by their time, which has milliseconds: the pause keeps two
+    lines of different trails out of the same millisecond, where their order is unknown."""
+    time.sleep(0.003)
     labels = {LABEL_SESSION: session, LABEL_STACK: f"{tenant}.{session}"}
     if tenant:
         labels[LABEL_TENANT] = tenant
