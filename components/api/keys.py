@@ -3,13 +3,14 @@ tenant's (another's answers 404). The key itself is in the create answer only.""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from .principal import Caller, Ctx
-from .store import KeyInfo
 
 router = APIRouter(tags=["keys"])
 
@@ -19,24 +20,16 @@ class NewKey(BaseModel):
     admin: bool = Field(default=False, description="An admin key (every tenant, keys).")
 
 
+# A key as the store shows it (its KeyInfo, read by attribute), its fields in camelCase.
 class Key(BaseModel):
+    model_config = ConfigDict(from_attributes=True, alias_generator=to_camel, populate_by_name=True)
+
     id: str
     tenant: str | None
     admin: bool
-    createdAt: datetime
-    lastUsedAt: datetime | None
-    revokedAt: datetime | None
-
-    @classmethod
-    def of(cls, info: KeyInfo) -> Key:
-        return cls(
-            id=info.id,
-            tenant=info.tenant,
-            admin=info.admin,
-            createdAt=info.created_at,
-            lastUsedAt=info.last_used_at,
-            revokedAt=info.revoked_at,
-        )
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
 
 
 class IssuedKey(Key):
@@ -47,17 +40,17 @@ class IssuedKey(Key):
 async def create_key(new: NewKey, request: Request, caller: Caller, ctx: Ctx) -> IssuedKey:
     caller.require_admin(f"{request.method} {request.url.path}")
     issued = await ctx.call(ctx.store.create, new.tenant, new.admin)
-    return IssuedKey(**Key.of(issued.info).model_dump(), key=issued.key)
+    return IssuedKey(**asdict(issued.info), key=issued.key)
 
 
 @router.get("/api/keys", summary="List keys (never the keys themselves)")
 async def list_keys(caller: Caller, ctx: Ctx) -> list[Key]:
     found = await ctx.call(ctx.store.list, None if caller.admin else caller.tenant)
-    return [Key.of(info) for info in found]
+    return [Key.model_validate(info) for info in found]
 
 
 @router.delete("/api/keys/{key_id}", summary="Revoke a key")
 async def revoke_key(key_id: str, caller: Caller, ctx: Ctx) -> Key:
     """An admin revokes any key; a tenant's key only its tenant's (itself included)."""
     info = await ctx.call(ctx.store.revoke, key_id, None if caller.admin else caller.tenant)
-    return Key.of(info)
+    return Key.model_validate(info)

@@ -80,6 +80,9 @@ async def test_keys_list_shows_ids_never_keys_and_only_admins_create(api: Api) -
     key = made.json()["key"]
     listed = await api.client.get("/api/keys", headers=admin)
     assert made.json()["id"] in {row["id"] for row in listed.json()}
+    fields = {"id", "tenant", "admin", "createdAt", "lastUsedAt", "revokedAt"}
+    assert {frozenset(row) for row in listed.json()} == {frozenset(fields)}
+    assert set(made.json()) == {*fields, "key"}
     assert key not in listed.text
     assert key.split("_", 2)[2] not in listed.text
     tenant = {"Authorization": f"Bearer {key}"}
