@@ -39,10 +39,10 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
+from ansible_collections.dockyard.agents.plugins.module_utils.host_package import PACKAGE_DIR
 
 DOCUMENTATION = r"""
 name: dockyard_manifests
@@ -105,11 +105,10 @@ ID_PREFIX = "dockyard-"
 # dockyard.contract.TENANT_NAMES after the prefix (tests/unit/test_contracts.py keeps it so).
 TENANT_ID_PREFIX = ID_PREFIX + "t."
 HOST_SUFFIX = ".host.json"
-# The package's host modules (dockyard.host and what it imports, standard library only):
-# components/, two directories up from this file, in a checkout and in the collection (which
-# carries them from there). Loaded under a name of their own, so a dockyard installed in
-# Ansible's Python (another version, perhaps) is never mixed in.
-PACKAGE_DIR = Path(__file__).resolve().parents[2] / "components"
+# The package's host modules (dockyard.host and what it imports, standard library only),
+# where the collection carries them (module_utils/host_package.py). Loaded under a name of
+# their own, so a dockyard installed in Ansible's Python (another version, perhaps) is never
+# mixed in.
 PACKAGE_NAME = "_dockyard_collection_package"
 
 

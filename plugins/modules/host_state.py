@@ -9,7 +9,7 @@ moved, a check failing) sends the role through its normal tasks, which repair it
 from __future__ import annotations
 
 DOCUMENTATION = r"""
-module: dockyard_host_state
+module: host_state
 short_description: Report how a host differs from the state a dockyard role manages
 description:
   - Checks packages (dpkg status), directories, files (SHA-1 of the content, mode, owner,
@@ -68,7 +68,7 @@ options:
 
 EXAMPLES = r"""
 - name: Compare the host with the health report's desired state
-  dockyard_host_state:
+  dockyard.agents.host_state:
     packages: [python3, cron]
     files:
       - {path: /etc/dockyard/health.json, checksum: "{{ config_text | hash('sha1') }}"}

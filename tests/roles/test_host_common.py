@@ -175,9 +175,9 @@ def compare(**state: Any) -> list[str]:
     owner = pwd.getpwuid(os.getuid()).pw_name
     group = grp.getgrgid(os.getgid()).gr_name
     result = run_module(
-        "dockyard_host_state",
+        "host_state",
         {"owner": owner, "group": group, **state},
-        module_path=ROLE / "library",
+        module_path=REPO / "plugins" / "modules",
     )
     assert not result.get("failed"), result
     assert result["changed"] is False
