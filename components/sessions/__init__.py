@@ -345,7 +345,8 @@ class Sessions:
         """The session's data plane (exec, signals, files, stats, logs, ports) on its
         container, located and checked like the host tools' (:mod:`.dataplane`)."""
         record = self._record(session, tenant)
-        return dataplane.Workspace.open(record, self.get(session, tenant), limits)
+        backend = load_settings(self.where).get("backend")
+        return dataplane.Workspace.open(record, self.get(session, tenant), limits, backend=backend)
 
     def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
         rows = []

@@ -289,20 +289,25 @@ class Workspace:
         manifest: Mapping[str, Any],
         limits: Limits | None = None,
         client: Any = None,
+        backend: str | None = None,
     ) -> Workspace:
+        """The workspace of ``record``'s container, once the engine confirms the manifest
+        (``backend``: the host's, from its settings)."""
         import docker.errors
 
-        if (record.request.get("container") or {}).get("backend") == "kubernetes":
+        if backend == "kubernetes":
             raise Failed(
-                f"session {record.session_id!r} runs on Kubernetes: exec and files need a "
-                "Docker engine (the Kubernetes backend has no exec or archive stream here yet)"
+                f"session {record.session_id!r} runs on Kubernetes: exec, files, stats and "
+                "logs need a Docker engine here (the Kubernetes backend has no exec or "
+                "archive stream in dockyard yet; use kubectl exec / kubectl cp meanwhile)"
             )
         engine = client or client_for(record.host)
         try:
             located.verify(record, manifest, engine)
         except docker.errors.DockerException as exc:
             raise Failed(
-                f"session {record.session_id!r}: its engine ({record.host}) cannot be reached: {exc}"
+                f"session {record.session_id!r}: its engine ({record.host}) cannot be "
+                f"reached: {exc}"
             ) from None
         return cls(record, manifest, engine, limits or Limits())
 

@@ -101,12 +101,10 @@ def run(server: Server, body: dict[str, Any], who: str = "tenant") -> dict[str, 
                 name = line[7:]
             elif line.startswith("data: "):
                 events.append((str(name), json.loads(line[6:])))
-    out = {"events": events, "stdout": "", "stderr": ""}
-    for name, data in events:
-        if name in ("stdout", "stderr"):
-            out[name] += data["data"]
-        elif name == "exit":
-            out["exit"] = data
+    out: dict[str, Any] = {"events": events}
+    for stream in ("stdout", "stderr"):
+        out[stream] = "".join(data["data"] for name, data in events if name == stream)
+    out["exit"] = next((data for name, data in events if name == "exit"), None)
     return out
 
 
@@ -161,6 +159,26 @@ def test_a_timeout_kills_the_command_and_a_signal_reaches_it(
     assert result["exit"]["timedOut"] is True
     assert result["exit"]["code"] == 137
     assert "sleep 300" not in in_container(docker_client, server, "ps", "-eo", "args")
+
+    # A client that goes away mid-stream: its command is killed too.
+    with (
+        httpx.Client(base_url=server.url, timeout=60, trust_env=False) as client,
+        client.stream(
+            "POST",
+            f"/api/sessions/{SESSION}/exec",
+            headers=server.headers("tenant"),
+            json={"command": ["sh", "-c", "echo started; sleep 301"]},
+        ) as response,
+    ):
+        for line in response.iter_lines():
+            if "started" in line:
+                break
+    assert "sleep 301" in in_container(docker_client, server, "ps", "-eo", "args")
+    wait_for(
+        lambda: "sleep 301" not in in_container(docker_client, server, "ps", "-eo", "args"),
+        15,
+        what="the abandoned command killed",
+    )
 
     # A signal by the exec id the stream started with.
     with (

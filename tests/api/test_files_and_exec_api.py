@@ -68,7 +68,7 @@ def owned(api: Api, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         dataplane.Workspace,
         "open",
         classmethod(
-            lambda cls, record, manifest, limits=None: Fake(
+            lambda cls, record, manifest, limits=None, **_: Fake(
                 record, manifest, Engine(), limits or dataplane.Limits()
             )
         ),

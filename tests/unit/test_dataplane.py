@@ -323,3 +323,19 @@ def test_the_helper_reads_stats_and_lists_without_following(planted: dict[str, P
     assert lines[-1]["entry"]["target"] == "../outside"
     code, lines, _ = helper(planted["workspace"], "stat", ("nothing",))
     assert (code, lines[-1]["kind"]) == (1, "not-found")
+
+
+def test_a_kubernetes_session_is_refused_with_the_reason() -> None:
+    record = dataplane.Record(
+        session_id="k1",
+        tenant=None,
+        stack_name="sessions.k1",
+        cwd="/srv",
+        manifest_path="/nonexistent",
+        host="local",
+        request={},
+        created_at="2026-12-06T00:00:00Z",
+    )
+    with pytest.raises(Failed) as caught:
+        dataplane.Workspace.open(record, {}, client=object(), backend="kubernetes")
+    assert "runs on Kubernetes" in str(caught.value.problems[0])
