@@ -13,6 +13,7 @@ from ..sessions import Sessions
 from ..terminal import errors, warn
 from .options import JsonFlag, RequestOption, TenantOption
 from .output import emit, grid, line, manifest_table, ports, progress, working
+from .remote import ServerOption, sessions
 from .request import flag_names, read_request, request_from_flags
 
 verbs = typer.Typer()
@@ -44,6 +45,7 @@ def up(
     tenant: TenantOption = None,
     profile: Annotated[str | None, typer.Option(help="Resource profile.")] = None,
     as_json: JsonFlag = False,
+    server: ServerOption = None,
 ) -> None:
     """Create a session (or converge an existing one) and print its manifest."""
     with errors(as_json):
@@ -60,10 +62,10 @@ def up(
             tenant,
             profile,
         )
-        sessions = Sessions.default()
+        lifecycle = sessions(server)
         try:
             with working("creating the session…", as_json):
-                manifest = sessions.create(request, progress=progress(as_json))
+                manifest = lifecycle.create(request, progress=progress(as_json))
         except ConfigError as error:
             raise flag_names(error, request) from None
         emit(manifest, as_json, manifest_table)
@@ -78,20 +80,23 @@ def down(
         typer.Option("--no-backup", help="Skip the final backup (backup.onDestroy).", metavar=""),
     ] = False,
     as_json: JsonFlag = False,
+    server: ServerOption = None,
 ) -> None:
     """Destroy a session: container, network, volumes, manifest and its stack."""
     with errors(as_json):
-        Sessions.default().destroy(
+        sessions(server).destroy(
             session, tenant, progress=progress(as_json), final_backup=not no_backup
         )
         emit({"sessionId": session, "destroyed": True}, as_json, line(f"destroyed {session}"))
 
 
 @verbs.command("ls")
-def list_sessions(tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
-    """List this machine's sessions."""
+def list_sessions(
+    tenant: TenantOption = None, as_json: JsonFlag = False, server: ServerOption = None
+) -> None:
+    """List this machine's sessions (or the server's)."""
     with errors(as_json):
-        rows = Sessions.default().list(tenant)
+        rows = sessions(server).list(tenant)
 
         def table(data: list[dict[str, Any]]) -> None:
             grid(
@@ -112,17 +117,27 @@ def list_sessions(tenant: TenantOption = None, as_json: JsonFlag = False) -> Non
 
 
 @verbs.command()
-def show(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+def show(
+    session: str,
+    tenant: TenantOption = None,
+    as_json: JsonFlag = False,
+    server: ServerOption = None,
+) -> None:
     """Print a session's manifest."""
     with errors(as_json):
-        emit(Sessions.default().get(session, tenant), as_json, manifest_table)
+        emit(sessions(server).get(session, tenant), as_json, manifest_table)
 
 
 @verbs.command()
-def refresh(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+def refresh(
+    session: str,
+    tenant: TenantOption = None,
+    as_json: JsonFlag = False,
+    server: ServerOption = None,
+) -> None:
     """Recreate the session's container, keeping its workspace."""
     with errors(as_json):
-        manifest = Sessions.default().refresh(session, tenant, progress=progress(as_json))
+        manifest = sessions(server).refresh(session, tenant, progress=progress(as_json))
         emit(manifest, as_json, manifest_table)
 
 
