@@ -439,19 +439,53 @@ def dnsmasq_config(net: Network, upstreams: Sequence[str], state_dir: Path, log:
     return "\n".join(lines) + "\n"
 
 
-def host_upstreams(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
-    """The host's own IPv4 resolvers (loopback ones cannot be reached from the bridge)."""
+RESOLV_CONF = "/etc/resolv.conf"
+# systemd-resolved's own upstreams: /etc/resolv.conf then names only its stub 127.0.0.53.
+RESOLVED_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"
+
+
+def _nameservers(path: str) -> list[ipaddress.IPv4Address] | None:
+    """The IPv4 nameservers ``path`` lists; None when it cannot be read."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return None
     found = []
-    for line in Path(resolv_conf).read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0] == "nameserver":
             try:
-                address = ipaddress.IPv4Address(parts[1])
+                found.append(ipaddress.IPv4Address(parts[1]))
             except ValueError:
                 continue
-            if not address.is_loopback:
-                found.append(str(address))
     return found
+
+
+def host_upstreams(
+    resolv_conf: str = RESOLV_CONF, resolved_conf: str = RESOLVED_RESOLV_CONF
+) -> list[str]:
+    """The host's own IPv4 resolvers. Loopback ones cannot be reached from the bridges: when
+    ``resolv_conf`` names only those (systemd-resolved's stub 127.0.0.53, a local cache), the
+    real upstreams systemd-resolved writes to ``resolved_conf`` are read instead. GuardError
+    names what was read when neither gives one."""
+    listed = _nameservers(resolv_conf)
+    found = [str(a) for a in listed or [] if not a.is_loopback]
+    if found:
+        return found
+    resolved = _nameservers(resolved_conf)
+    found = [str(a) for a in resolved or [] if not a.is_loopback]
+    if found:
+        return found
+    local = ", ".join(str(a) for a in listed or []) or "none"
+    raise GuardError(
+        f"no upstream resolver: {resolv_conf} names no IPv4 resolver but loopback ones ({local})"
+        + (
+            f" and {resolved_conf} (systemd-resolved's upstreams) names none either"
+            if resolved is not None
+            else f" and {resolved_conf} (systemd-resolved's upstreams) does not exist"
+        )
+        + "; set egress_guard_upstream_dns (--upstream ADDRESS)"
+    )
 
 
 def table_present() -> bool:
@@ -632,10 +666,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = remove(state_dir)
         else:
             upstreams = args.upstream or host_upstreams()
-            if not upstreams:
-                raise GuardError(
-                    "no upstream resolver: pass --upstream (the host's resolv.conf has only loopback ones)"
-                )
             result = reconcile(
                 upstreams,
                 state_dir,
