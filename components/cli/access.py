@@ -12,9 +12,7 @@ from typing import Annotated
 import typer
 
 from .. import ssh
-from ..sessions import DriverError, Sessions
-from ..sessions import audit as audit_log
-from ..sessions.request import SESSIONS_STACK
+from ..sessions import DriverError, Sessions, certificates
 from ..terminal import errors
 from .options import TenantOption
 
@@ -81,33 +79,15 @@ def ssh_session(
         if command and remote:
             raise ssh.SshOptionError("give the remote command once: --command CMD or -- CMD")
         ssh.check_options(options)  # before a certificate is issued
-        port = ssh.host_port(manifest)
-        with audit_log.recorded(
-            sessions.where.audit_log,
-            "ssh-certificate",
-            session=session,
-            tenant=record.tenant,
-            host=record.host,
-            stack=record.stack_name,
-        ) as entry:
-            # The CA is the stack configuration's: one per tenant (or "sessions").
-            cert = ssh.issue(
-                record.tenant or SESSIONS_STACK,
-                session,
-                key.with_name(key.name + ".pub"),
-                minutes,
-                caller=audit_log.actor(),
-            )
-            # The audit line's free-text field: what was issued, never key material.
-            entry["detail"] = (
-                f"key id {cert.key_id}, principal {cert.principal}, {cert.minutes} min"
-            )
+        access = certificates.issue(
+            sessions, record, manifest, key.with_name(key.name + ".pub"), minutes
+        )
         argv = ssh.ssh_argv(
             key,
-            cert.path,
+            access.certificate.path,
             host,
-            port,
-            sessions.where.state / "ssh_known_hosts",
+            access.port,
+            access.known_hosts,
             options,
             [command] if command else remote,
         )
