@@ -62,7 +62,8 @@ LABEL_MODE = host.LABEL_EGRESS
 LABEL_ALLOW = host.LABEL_EGRESS_ALLOW
 # The role's defaults (roles/egress_guard) are the same values; a contract test keeps
 # them equal.
-DEFAULT_STATE_DIR = "/run/dockyard-egress"
+# Kept across reboots: --restore applies the last fence and allowlists from it at boot.
+DEFAULT_STATE_DIR = "/var/lib/dockyard/egress"
 DEFAULT_ADDRESS_TTL = 3600
 LINK_LOCAL = "169.254.0.0/16"
 
@@ -582,6 +583,34 @@ def reconcile(
     }
 
 
+def restore(state_dir: Path) -> dict[str, object]:
+    """At boot, before the engine starts containers: the last applied table and forwarders,
+    from the state directory alone (the engine is not running yet, so nothing is read from
+    it). The forwarders bind their gateway addresses when the engine brings the bridges up
+    (bind-dynamic); the next regular run reconciles with the engine's present state."""
+    actions: list[str] = []
+    applied = state_dir / "ruleset.nft"
+    if applied.is_file():
+        run(
+            ["nft", "-f", "-"],
+            stdin=f"table inet {TABLE}\ndelete table inet {TABLE}\n{applied.read_text()}",
+        )
+        actions.append("nftables table restored")
+    for conf in sorted(state_dir.glob("*.conf")) if state_dir.is_dir() else []:
+        pid_file = state_dir / f"{conf.stem}.pid"
+        if _pid(pid_file) is None:
+            pid_file.unlink(missing_ok=True)
+            run(["dnsmasq", f"--conf-file={conf}"])
+            actions.append(f"forwarder {conf.stem} started")
+    return {
+        "changed": bool(actions),
+        "actions": actions,
+        "fenced": [],
+        "unfenced": [],
+        "networks": [],
+    }
+
+
 def remove(state_dir: Path) -> dict[str, object]:
     actions = []
     if table_present():
@@ -640,6 +669,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--remove", action="store_true", help="delete the table and stop every forwarder"
     )
+    parser.add_argument(
+        "--restore",
+        action="store_true",
+        help="at boot, before the engine: apply the last table and start the last forwarders",
+    )
     parser.add_argument("--json", action="store_true")
     return parser
 
@@ -664,6 +698,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         state_dir = Path(args.state_dir)
         if args.remove:
             result = remove(state_dir)
+        elif args.restore:
+            result = restore(state_dir)
         else:
             upstreams = args.upstream or host_upstreams()
             result = reconcile(
