@@ -28,7 +28,7 @@ def create_app(
     """The HTTP face over ``sessions_api`` with keys from ``store``; events from the audit
     trails ``event_settings`` name (default: from the environment)."""
     context = Context(sessions_api, store, limits or Limits())
-    hub, dispatcher = webhooks.start(store.engine, sessions_api.where.audit_log, event_settings)
+    hub, dispatcher = webhooks.start(store.engine, sessions_api, event_settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -6,7 +6,8 @@ and so do the host scripts on their own (health refresh and restart, idle stop, 
 backups; :mod:`dockyard.host.audit_trail`). The server tails those trails
 (:class:`Tail`: byte offsets kept in the store, rotation followed by inode), maps each line
 to zero or more events (:func:`events_of`) and stores them with an id that only grows
-(:class:`EventStore`). A line is one event however often it is read (its SHA-256 is a
+(:class:`EventStore`); ``session.ready`` is the one event the server observes itself, on
+the engine, after a create, refresh or restart (:class:`Readiness`). A line is one event however often it is read (its SHA-256 is a
 unique key), so restarts and several replicas on one host never duplicate it; on
 PostgreSQL one lock orders the inserts, so ids become visible in id order and a stream
 resuming after id N never misses a later-committed smaller id.
@@ -27,7 +28,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,13 +42,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import InvalidInput
-from ..host.audit_trail import KEEP
+from ..host.audit_trail import KEEP, now
 from .events_settings import EventSettings
 from .principal import Caller
 from .store.models import Event, EventSource
 
 EVENT_TYPES = (
     "session.created",
+    "session.ready",
     "session.refreshed",
     "session.restarted",
     "session.unhealthy",
@@ -68,6 +70,8 @@ starts; a refused create's audit line carries it as its ``detail``."""
 LINE_MAX = 64 * 1024
 READ_MAX = 1024 * 1024
 DETAIL_MAX = 1000
+READY_WATCHES = 500
+"""Sessions watched for readiness at once (more creates at once are not watched)."""
 _LOCK_ID = 27003  # the PostgreSQL advisory lock that orders event inserts
 log = logging.getLogger(__package__)
 
@@ -248,10 +252,10 @@ class EventStore:
             row = session.get(EventSource, tail.id)
             return (row.inode, row.offset) if row is not None else (None, 0)
 
-    def ingest(self, reads: list[tuple[Tail, list[Line], int | None, int]]) -> int:
+    def ingest(self, reads: list[tuple[Tail, list[Line], int | None, int]]) -> list[Event]:
         """Store the events of the lines read from every trail (merged in time order) that
         are not stored yet, and each trail's new position, in one transaction; returns
-        how many events were stored."""
+        the events this call stored."""
         now = datetime.now(UTC)
         rows = [row for _, lines, _, _ in reads for line in lines for row in rows_of(line, now)]
         rows.sort(key=lambda row: row.time)  # stable: one trail's lines keep their order
@@ -274,7 +278,7 @@ class EventStore:
                             source = EventSource(id=tail.id, path=str(tail.path), inode=0, offset=0)
                             session.add(source)
                         source.inode, source.offset = inode or 0, offset
-                return len(fresh)
+                return fresh
             except IntegrityError:
                 if attempt == 2:
                     raise
@@ -282,7 +286,32 @@ class EventStore:
                     row for _, lines, _, _ in reads for line in lines for row in rows_of(line, now)
                 ]
                 rows.sort(key=lambda row: row.time)
-        return 0
+        return []
+
+    def derive(self, trigger: Event, kind: str, detail: str | None = None) -> Event | None:
+        """Store an event the server itself observed after ``trigger`` (``session.ready``),
+        once: its key is derived from the trigger's. None if it was stored already."""
+        row = Event(
+            key=hashlib.sha256(f"{trigger.key}:{kind}".encode()).hexdigest(),
+            type=kind,
+            time=now(),
+            session=trigger.session,
+            tenant=trigger.tenant,
+            stack=trigger.stack,
+            host=trigger.host,
+            actor="dockyard-api",
+            result="ok",
+            detail=detail,
+            source="engine",
+            stored_at=datetime.now(UTC),
+        )
+        with self._session() as session:
+            if self.engine.dialect.name == "postgresql":
+                session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
+            if session.scalar(select(Event.id).where(Event.key == row.key)) is not None:
+                return None
+            session.add(row)
+        return row
 
     def newest(self) -> int:
         with self._session() as session:
@@ -312,6 +341,56 @@ class EventStore:
             return list(session.scalars(query))
 
 
+Probe = Callable[[str, str | None], str]
+"""``(session, tenant)`` -> ``ready`` (running, and healthy if it has a health check),
+``waiting`` or ``gone`` (no such session or container any more)."""
+READY_AFTER = ("session.created", "session.refreshed", "session.restarted")
+
+
+class Readiness:
+    """``session.ready``: after a create, refresh or restart stored by this server, the
+    session's container is watched on its engine (every ``ready_poll_s``, at most
+    ``ready_timeout_s``) until it is running and healthy; then the event is stored once
+    (keyed by the trigger's, so replicas never store it twice). A server restarted while it
+    watches does not resume the watch."""
+
+    def __init__(self, hub: EventHub, probe: Probe | None) -> None:
+        self.hub, self.probe = hub, probe
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def follow(self, stored: Iterable[Event]) -> None:
+        if self.probe is None:
+            return
+        for row in stored:
+            if row.type in READY_AFTER and row.session and len(self.tasks) < READY_WATCHES:
+                task = asyncio.get_running_loop().create_task(self._watch(row))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    async def _watch(self, trigger: Event) -> None:
+        assert self.probe is not None
+        settings = self.hub.settings
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.ready_timeout_s
+        while loop.time() < deadline:
+            try:
+                verdict = await to_thread.run_sync(self.probe, trigger.session, trigger.tenant)
+            except Exception:
+                log.exception("readiness of session %s", trigger.session)
+                verdict = "waiting"
+            if verdict == "gone":
+                return
+            if verdict == "ready":
+                if await to_thread.run_sync(self.hub.store.derive, trigger, "session.ready"):
+                    self.hub.bell.ring()
+                return
+            await asyncio.sleep(settings.ready_poll_s)
+
+    def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+
 class Bell:
     """Wakes every waiting stream when events were stored in this process."""
 
@@ -331,14 +410,17 @@ class EventHub:
     """The event source of one server: the tails, the store, the bell; :meth:`run` is the
     background task the app's lifespan starts."""
 
-    def __init__(self, store: EventStore, settings: EventSettings) -> None:
+    def __init__(
+        self, store: EventStore, settings: EventSettings, probe: Probe | None = None
+    ) -> None:
         self.store, self.settings = store, settings
         self.bell = Bell()
+        self.readiness = Readiness(self, probe)
         self.tails: list[Tail] = []
         self.closing = False
         self.last_ingest_ms: float | None = None
 
-    def poll(self) -> int:
+    def poll(self) -> list[Event]:
         """Read every trail once and store what is new (blocking: run in a thread)."""
         if not self.tails:
             for path, source in self.settings.audit_logs:
@@ -351,7 +433,7 @@ class EventHub:
             if (inode, offset) != (tail.inode, tail.offset):
                 reads.append((tail, lines, inode, offset))
         if not reads:
-            return 0
+            return []
         stored = self.store.ingest(reads)
         for tail, _, inode, offset in reads:
             tail.advance(inode, offset)
@@ -360,8 +442,10 @@ class EventHub:
     async def run(self) -> None:
         while not self.closing:
             try:
-                if await to_thread.run_sync(self.poll):
+                stored = await to_thread.run_sync(self.poll)
+                if stored:
                     self.bell.ring()
+                    self.readiness.follow(stored)
             except Exception:  # the store may be away for a while: keep trying
                 log.exception("reading the audit trails failed")
                 await asyncio.sleep(1.0)
@@ -369,6 +453,7 @@ class EventHub:
 
     def close(self) -> None:
         self.closing = True
+        self.readiness.close()
         self.bell.ring()
 
 

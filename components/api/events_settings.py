@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,14 @@ class EventSettings:
     """How often a waiting SSE stream asks the store (events another replica stored)."""
     keepalive_s: float = 15.0
     """An SSE comment line this often keeps proxies from closing an idle stream."""
+    ready_poll_s: float = 0.25
+    """How often a created, refreshed or restarted session's container is checked until
+    it is ready (``session.ready``)."""
+    ready_timeout_s: float = 600.0
+    """How long it is checked at most (a health check's start period included)."""
+    ready_probe: Callable[[str, str | None], str] | None = None
+    """Tells whether a session is ready (:data:`dockyard.api.events.Probe`); None: its
+    engine's answer (:func:`dockyard.api.events_ready.engine_probe`)."""
     webhook_allow_networks: tuple[Network, ...] = ()
     """Non-public networks webhooks may reach (the admin's allowance)."""
     webhook_attempts: int = 6

@@ -37,7 +37,6 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -49,7 +48,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import InvalidInput, NotFound
+from ..sessions import Sessions
 from .events import EVENT_TYPES, Bell, EventHub, EventStore, as_dict
+from .events_ready import engine_probe
 from .events_settings import EventSettings, Network
 from .principal import Caller, Ctx
 from .store.models import Event, Webhook, WebhookDelivery
@@ -375,12 +376,13 @@ class Dispatcher:
 
 
 def start(
-    engine: Engine, sessions_log: Path, settings: EventSettings | None = None
+    engine: Engine, sessions: Sessions, settings: EventSettings | None = None
 ) -> tuple[EventHub, Dispatcher]:
     """The event source and the dispatcher over the API store's ``engine`` (started by
     :func:`running`); settings from the environment unless given."""
-    settings = settings or EventSettings.from_env(sessions_log)
-    hub = EventHub(EventStore(engine), settings)
+    settings = settings or EventSettings.from_env(sessions.where.audit_log)
+    probe = settings.ready_probe or engine_probe(sessions)
+    hub = EventHub(EventStore(engine), settings, probe)
     return hub, Dispatcher(WebhookStore(engine), settings, hub.bell)
 
 

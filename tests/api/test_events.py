@@ -94,6 +94,35 @@ def test_the_events_of_one_session_arrive_in_order_with_growing_ids(server: Serv
     assert all(e.data["id"] == e.id and e.data["type"] == e.type for e in got)
 
 
+def test_ready_follows_created_once_the_engine_says_so(tmp_path: Path, store: KeyStore) -> None:
+    """``session.ready`` comes from the engine's answer (a fake one here; the engine test
+    has the real one): after created, when the probe first says ready; never for a
+    session whose container is gone."""
+    answers = {"s1": ["waiting", "waiting", "ready"], "s2": ["gone"]}
+    asked: list[str] = []
+
+    def probe(session: str, tenant: str | None) -> str:
+        asked.append(session)
+        assert tenant == "acme"
+        return answers[session].pop(0) if len(answers[session]) > 1 else answers[session][0]
+
+    with running_server(tmp_path, store, probe) as server:
+        acme = server.key("acme")
+        with stream(server, acme) as reader:
+            verb(server, "create", "s1", "acme")
+            verb(server, "create", "s2", "acme")
+            got = reader.take(3)
+            assert reader.quiet(0.5) == []
+    assert [(e.type, e.data["session"]) for e in got] == [
+        ("session.created", "s1"),
+        ("session.created", "s2"),
+        ("session.ready", "s1"),
+    ]
+    assert got[2].data["source"] == "engine"
+    assert asked.count("s1") == 3
+    assert asked.count("s2") == 1
+
+
 def test_a_stream_resumes_after_last_event_id_with_nothing_missed_or_repeated(
     server: Server,
 ) -> None:

@@ -20,6 +20,7 @@ import httpx
 import uvicorn
 
 from dockyard.api.app import create_app
+from dockyard.api.events import Probe
 from dockyard.api.events_settings import EventSettings, networks
 from dockyard.api.store import KeyStore
 from dockyard.sessions import Sessions, driver
@@ -42,9 +43,11 @@ class Server:
         return {"Authorization": f"Bearer {self.store.create(tenant, admin).key}"}
 
 
-def fast_settings(sessions_log: Path, host_log: Path) -> EventSettings:
+def fast_settings(sessions_log: Path, host_log: Path, probe: Probe | None = None) -> EventSettings:
     """Fast polls and retries, and the admin's allowance for the loopback receiver."""
     return EventSettings(
+        ready_probe=probe,
+        ready_poll_s=0.05,
         audit_logs=((sessions_log, "sessions"), (host_log, "host")),
         poll_s=0.02,
         store_poll_s=0.2,
@@ -57,12 +60,20 @@ def fast_settings(sessions_log: Path, host_log: Path) -> EventSettings:
 
 
 @contextmanager
-def running_server(base: Path, store: KeyStore) -> Iterator[Server]:
+def running_server(
+    base: Path,
+    store: KeyStore,
+    probe: Probe | None = None,
+    driver_name: str = "dockyard.sessions.driver:PulumiDriver",
+    settings: dict[str, Any] | None = None,
+) -> Iterator[Server]:
     env = state_env(base)
+    if settings is not None:
+        Path(env["DOCKYARD_CONFIG"]).write_text(json.dumps(settings))
     where = paths(env)
-    sessions = Sessions(where, driver.load(where, "dockyard.sessions.driver:PulumiDriver"))
+    sessions = Sessions(where, driver.load(where, driver_name))
     host_log = base / "host-log" / "audit.jsonl"
-    app = create_app(sessions, store, None, fast_settings(where.audit_log, host_log))
+    app = create_app(sessions, store, None, fast_settings(where.audit_log, host_log, probe))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(
