@@ -21,6 +21,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from dockyard.api.status import engine_state
 from dockyard.errors import Conflict, NotFound
 from dockyard.sessions import Sessions, audit
 from dockyard.sessions.settings import paths
@@ -104,6 +105,8 @@ def test_a_process_and_its_memory_survive_pause_and_resume(
     assert paused.as_dict() == {"sessionId": "frozen", "status": "paused", "changed": True}
     container.reload()
     assert container.status == "paused"
+    # What GET /api/sessions/{id} reports as the session's status.
+    assert engine_state(container.id, "local")["status"] == "paused"
     process, token, at_pause = _counter(pid)
     time.sleep(1.0)
     assert _counter(pid) == (process, token, at_pause), "the counter moved while paused"
