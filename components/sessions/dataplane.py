@@ -582,7 +582,11 @@ class Workspace:
                     if sent + len(batch) > size:
                         raise Failed("the file grew while it was read")
                 if batch:
+                    sent += len(batch)
                     yield bytes(batch)
+                if sent != size:
+                    # The answer's Content-Length cannot be met: end it broken, not short.
+                    raise Failed("the file changed while it was read")
             finally:
                 sock.close()
 

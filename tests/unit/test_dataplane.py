@@ -339,3 +339,55 @@ def test_a_kubernetes_session_is_refused_with_the_reason() -> None:
     with pytest.raises(Failed) as caught:
         dataplane.Workspace.open(record, {}, client=object(), backend="kubernetes")
     assert "runs on Kubernetes" in str(caught.value.problems[0])
+
+
+class FakeApi:
+    """The engine's exec endpoints over a socket pair: what the container 'says' is
+    written to the other end beforehand."""
+
+    def __init__(self, said: bytes) -> None:
+        self.ours, self.theirs = socket.socketpair()
+        self.theirs.sendall(said)
+        self.theirs.shutdown(socket.SHUT_WR)
+        self.created: list[list[str]] = []
+
+    def exec_create(self, _container: str, argv: list[str], **_: Any) -> dict[str, str]:
+        self.created.append(argv)
+        return {"Id": "x1"}
+
+    def exec_start(self, _id: str, socket: bool) -> Any:
+        assert socket
+        return self.ours
+
+    def exec_inspect(self, _id: str) -> dict[str, Any]:
+        return {"Running": False, "ExitCode": 0}
+
+
+def fake_workspace(said: bytes) -> dataplane.Workspace:
+    record = dataplane.Record("s1", None, "sessions.s1", "/srv", "/m", "local", {}, "now")
+    client = type("Client", (), {"api": FakeApi(said)})()
+    return dataplane.Workspace(record, {"container": {"id": "c1"}}, client, Limits())
+
+
+def test_a_download_that_comes_short_ends_broken_not_short() -> None:
+    status = frame(2, b'{"ok": true, "size": 10}\n')
+    whole = fake_workspace(status + frame(1, b"0123456789"))
+    size, content = whole.read("a.txt")
+    assert (size, b"".join(content)) == (10, b"0123456789")
+    short = fake_workspace(status + frame(1, b"01234"))
+    size, content = short.read("a.txt")
+    with pytest.raises(Failed):
+        b"".join(content)
+    longer = fake_workspace(status + frame(1, b"0123456789ABC"))
+    with pytest.raises(Failed):
+        b"".join(longer.read("a.txt")[1])
+
+
+def test_a_download_refused_by_the_helper_is_its_error() -> None:
+    refused = fake_workspace(frame(2, b'{"ok": false, "kind": "conflict", "message": "a link"}\n'))
+    with pytest.raises(Conflict) as caught:
+        refused.read("etc/passwd")
+    assert caught.value.problems == ["path /workspace/etc/passwd: a link"]
+    argv = refused.api.created[0]
+    assert argv[:6] == ["/usr/bin/env", "-i", "python3", "-I", "-S", "-c"]
+    assert json.loads(argv[-1])["path"] == ["etc", "passwd"]
