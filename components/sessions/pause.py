@@ -16,6 +16,7 @@ A backup of a paused session reads its volumes as they are (nothing writes them)
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -120,6 +121,20 @@ def container_of(record: Record, client: Any) -> Any:
     return container
 
 
+_CLIENTS: dict[str, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def shared_client(host: str) -> Any:
+    """One client per engine for this process's pauses and resumes: a new client first
+    asks the engine its API version, a round trip a resume should not pay each time (the
+    HTTP face calls it many times). The SDK's client may be shared between threads."""
+    with _CLIENTS_LOCK:
+        if host not in _CLIENTS:
+            _CLIENTS[host] = connect(host)
+        return _CLIENTS[host]
+
+
 @contextlib.contextmanager
 def _engine(sessions: SessionsLike, verb: str, session: str, tenant: str | None) -> Iterator[Any]:
     """(record, container, audit entry) of ``verb`` on an existing session, audited."""
@@ -133,9 +148,7 @@ def _engine(sessions: SessionsLike, verb: str, session: str, tenant: str | None)
         stack=record.stack_name,
     ) as entry:
         require_docker(plan_of(sessions, record), verb)
-        client = connect(record.host)
-        with contextlib.closing(client):
-            yield record, container_of(record, client), entry
+        yield record, container_of(record, shared_client(record.host)), entry
 
 
 def pause(sessions: SessionsLike, session: str, tenant: str | None = None) -> State:

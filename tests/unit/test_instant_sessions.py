@@ -80,6 +80,7 @@ def api(tmp_path: Path) -> Sessions:
 
 def _engine(monkeypatch: pytest.MonkeyPatch, **containers: FakeContainer) -> None:
     monkeypatch.setattr(pause, "connect", lambda host: FakeClient(containers))
+    monkeypatch.setattr(pause, "_CLIENTS", {})
 
 
 def test_pause_and_resume_move_a_session_once_and_are_no_ops_after(
