@@ -3,6 +3,7 @@ request or a stack file, checked without creating anything)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +14,7 @@ from ..sessions import Sessions
 from ..terminal import errors, warn
 from .options import JsonFlag, RequestOption, TenantOption
 from .output import emit, grid, line, manifest_table, ports, progress, working
-from .remote import ServerOption, sessions
+from .remote import Lifecycle, ServerOption, sessions
 from .request import flag_names, read_request, request_from_flags
 
 verbs = typer.Typer()
@@ -116,29 +117,36 @@ def list_sessions(
         emit(rows, as_json, table)
 
 
-@verbs.command()
-def show(
-    session: str,
-    tenant: TenantOption = None,
-    as_json: JsonFlag = False,
-    server: ServerOption = None,
+def _manifest_verb(
+    name: str,
+    summary: str,
+    act: Callable[[Lifecycle, str, str | None, Callable[[str], None]], Any],
 ) -> None:
-    """Print a session's manifest."""
-    with errors(as_json):
-        emit(sessions(server).get(session, tenant), as_json, manifest_table)
+    """Register ``dockyard NAME SESSION``: ``act`` on the session (this machine's, or the
+    server's with ``--server``), then its manifest printed (a table, else JSON)."""
+
+    @verbs.command(name, help=summary)
+    def verb(
+        session: str,
+        tenant: TenantOption = None,
+        as_json: JsonFlag = False,
+        server: ServerOption = None,
+    ) -> None:
+        with errors(as_json):
+            manifest = act(sessions(server), session, tenant, progress(as_json))
+            emit(manifest, as_json, manifest_table)
 
 
-@verbs.command()
-def refresh(
-    session: str,
-    tenant: TenantOption = None,
-    as_json: JsonFlag = False,
-    server: ServerOption = None,
-) -> None:
-    """Recreate the session's container, keeping its workspace."""
-    with errors(as_json):
-        manifest = sessions(server).refresh(session, tenant, progress=progress(as_json))
-        emit(manifest, as_json, manifest_table)
+_manifest_verb(
+    "show",
+    "Print a session's manifest.",
+    lambda found, session, tenant, _shown: found.get(session, tenant),
+)
+_manifest_verb(
+    "refresh",
+    "Recreate the session's container, keeping its workspace.",
+    lambda found, session, tenant, shown: found.refresh(session, tenant, progress=shown),
+)
 
 
 @verbs.command()
