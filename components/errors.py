@@ -101,12 +101,3 @@ def shown(value: object) -> str:
     if isinstance(value, list | tuple):
         return f"<a list of {len(value)} item{'' if len(value) == 1 else 's'}>"
     return f"<a {type(value).__name__}>"
-
-
-KIND_OF_CODE = {FAILED: "failed", INVALID: "invalid", QUOTA: "quota", NOT_FOUND: "not-found"}
-"""The kind a face reports for an exit code it reaches without an error object (usage)."""
-
-
-def exit_code_of(error: BaseException) -> int:
-    """The exit code for ``error``: its own for a :class:`DockyardError`, else failed."""
-    return error.exit_code if isinstance(error, DockyardError) else FAILED
