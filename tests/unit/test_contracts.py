@@ -39,6 +39,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from ansible.plugins.loader import init_plugin_loader
 
 from dockyard import config
 from dockyard import contract as facts
@@ -718,6 +719,9 @@ def test_label_value_checks_are_the_host_librarys_selector_grammar(role: str) ->
 
 
 def test_inventory_plugin_reads_back_the_stack_of_every_environment_id() -> None:
+    # The plugin imports its collection's module_utils: Ansible's collection loader, over
+    # the checkout as dockyard.agents (as ansible-inventory in the checkout has it).
+    init_plugin_loader([str(REPO / "playbooks" / "collections")])
     spec = importlib.util.spec_from_file_location(
         "dockyard_manifests_plugin", REPO / "plugins" / "inventory" / "dockyard_manifests.py"
     )
