@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from .. import capacity
 from ..contract import LABEL_MANAGED, LABEL_SESSION, MANAGED_VALUE
 from ..errors import Conflict, Failed
 from . import audit
@@ -90,11 +91,7 @@ def connect(host: str) -> Any:
     import docker  # the SDK only for verbs that reach an engine
 
     try:
-        return (
-            docker.from_env()
-            if host == "local"
-            else docker.DockerClient(base_url=host, use_ssh_client=host.startswith("ssh://"))
-        )
+        return capacity.connect(None if host == "local" else host)
     except docker.errors.DockerException as exc:
         raise Failed(f"the engine ({host}) cannot be reached: {exc}") from None
 
