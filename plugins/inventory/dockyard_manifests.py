@@ -38,10 +38,14 @@ import importlib.util
 import json
 import os
 import re
+import subprocess
 import sys
+from collections.abc import Mapping, Set
 
 from ansible.errors import AnsibleParserError
+from ansible.module_utils.common.collections import is_sequence
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
+from ansible.utils.unsafe_proxy import wrap_var
 from ansible_collections.dockyard.agents.plugins.module_utils.host_package import PACKAGE_DIR
 
 DOCUMENTATION = r"""
@@ -76,6 +80,13 @@ options:
     description: User for docker exec (environments drop all capabilities; root there owns nothing useful).
     type: str
     default: agent
+  running_only:
+    description:
+      - List only the environments whose container is running, as each container's engine
+        reports it (C(docker ps), one call per engine); a stopped or removed environment is left
+        out instead of failing the play. An engine that does not answer fails the inventory.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -125,6 +136,43 @@ def stack_of(environment_id, session_id):
         return None
     stack = environment_id[len(ID_PREFIX) : -len(suffix)]
     return stack or None
+
+
+TEMPLATE_CHARS = re.compile("[{}]")
+ENGINE_TIMEOUT_S = 30
+
+
+def make_unsafe(value):
+    """``value`` with every string that could start a template marked unsafe, all the way
+    down: manifests and host files are written on hosts and name what environments chose
+    (ansible-core 2.16-2.18 would render a ``{{ ... }}`` in them; 2.19 trusts no plugin
+    value anyway)."""
+    if isinstance(value, Mapping):
+        return {make_unsafe(k): make_unsafe(v) for k, v in value.items()}
+    if isinstance(value, Set):
+        return {make_unsafe(item) for item in value}
+    if is_sequence(value):
+        return type(value)(make_unsafe(item) for item in value)
+    if isinstance(value, str) and TEMPLATE_CHARS.search(value):
+        return wrap_var(value)
+    return value
+
+
+def running_containers(engine):
+    """Names of the running containers of ``engine`` (None: the docker CLI's default)."""
+    command = ["docker"] + (["-H", engine] if engine else []) + ["ps", "--format", "{{.Names}}"]
+    where = engine or "the default Docker engine"
+    try:
+        listed = subprocess.run(
+            command, capture_output=True, text=True, timeout=ENGINE_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AnsibleParserError(f"running_only: cannot ask {where} ({exc})") from None
+    if listed.returncode != 0:
+        raise AnsibleParserError(
+            f"running_only: {where} did not list its containers: {listed.stderr.strip()[-500:]}"
+        )
+    return set(listed.stdout.split())
 
 
 def _host_library():
@@ -227,6 +275,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
     def _add_hosts(self, found):
         seen = {}
         strict = self.get_option("strict")
+        running = {}  # engine -> names of its running containers, asked once
         self.inventory.add_group("dockyard")
         for source, manifest, placement in found:
             name = manifest["container"]["name"]
@@ -235,6 +284,12 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                     f"{source}: container {name} is also described by {seen[name]}"
                 )
             seen[name] = source
+            engine = (placement or {}).get("dockerHost") or self.get_option("docker_host")
+            if self.get_option("running_only"):
+                if engine not in running:
+                    running[engine] = running_containers(engine)
+                if name not in running[engine]:
+                    continue
             session = manifest["sessionId"]
             if placement is not None and placement["sessionId"] != session:
                 raise AnsibleParserError(
@@ -262,11 +317,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 "dockyard_host": placement["host"] if placement else None,
                 "dockyard_docker_host": placement["dockerHost"] if placement else None,
             }
-            engine = (placement or {}).get("dockerHost") or self.get_option("docker_host")
             if engine:
                 variables["ansible_docker_extra_args"] = f"-H {engine}"
             for key, value in variables.items():
-                self.inventory.set_variable(name, key, value)
+                self.inventory.set_variable(name, key, make_unsafe(value))
             # Constructable: compose, groups, keyed_groups over these variables.
             hostvars = self.inventory.get_host(name).get_vars()
             self._set_composite_vars(self.get_option("compose"), hostvars, name, strict=strict)
