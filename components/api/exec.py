@@ -11,19 +11,25 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import contextlib
 import json
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Request
+import anyio
+from anyio import to_thread
+from fastapi import APIRouter, Body, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..errors import DockyardError, InvalidInput
-from ..sessions import dataplane
+from ..sessions import audit, dataplane
+from .context import Context
 from .errors import body
-from .principal import Caller, Ctx
-from .workspace import SessionId, TenantQuery, blocking, iterate, open_workspace
+from .principal import Caller, Ctx, principal
+from .workspace import SessionId, TenantQuery, blocking, iterate, limits, open_workspace
 
 router = APIRouter(tags=["exec"])
 
@@ -162,3 +168,157 @@ async def send_signal(
     workspace = await open_workspace(request, ctx, caller, session_id, tenant)
     await ctx.call(workspace.signal, exec_id, name)
     return Signalled(execId=exec_id, signal=name)
+
+
+class InteractiveBody(ExecBody):
+    tty: bool = Field(default=True, description="Run in a terminal (stdout only).")
+    rows: int = Field(default=24, ge=1, le=1000)
+    cols: int = Field(default=80, ge=1, le=1000)
+
+
+# WebSocket close codes: 4000 + the HTTP status the same failure answers elsewhere.
+def _close_code(error: DockyardError) -> int:
+    return 4000 + int(error.http_status) if 400 <= error.http_status < 600 else 4500
+
+
+@router.websocket("/api/sessions/{session_id}/exec/ws")
+async def interactive(websocket: WebSocket, session_id: str, tenant: str | None = None) -> None:
+    """A command with live stdin, signals and, by default, a terminal. The first message
+    (JSON) is the exec body plus ``tty``, ``rows``, ``cols``. Then: binary messages are
+    stdin; text messages are JSON ``{"eof": true}``, ``{"resize": [rows, cols]}``,
+    ``{"signal": "INT"}``. The server sends ``{"event": "start", "execId"}``, binary
+    output messages (first byte 1 stdout, 2 stderr, then the bytes), and
+    ``{"event": "exit", …}`` before it closes; a failure is ``{"event": "error", "error"}``
+    and close code 4000 + the HTTP status (4404 for another tenant's session)."""
+    ctx: Context = websocket.app.state.context
+    state = websocket.scope.setdefault("dockyard", {})
+    state.update(request_id=uuid.uuid4().hex, actor="anonymous", session=session_id)
+    started = time.monotonic()
+    code = 1000
+    await websocket.accept()
+    try:
+        caller = await principal(websocket)  # type: ignore[arg-type]  # headers, app, scope
+        scope = caller.scope(tenant)
+        state["tenant"] = scope
+        first = InteractiveBody.model_validate(await websocket.receive_json())
+        wanted = _request(first)
+        workspace = await ctx.call(ctx.sessions.workspace, session_id, scope, limits(ctx))
+        wanted = wanted.checked(workspace.limits)
+        events = workspace.exec(
+            wanted, interactive=True, tty=first.tty, size=(first.rows, first.cols)
+        )
+        start = await blocking(next, events)
+        if not isinstance(start, dataplane.Started):
+            raise DockyardError("the exec did not start")
+        await websocket.send_json({"event": "start", "execId": start.exec_id})
+        await _session(websocket, workspace, start, events)
+    except WebSocketDisconnect:
+        code = 1001
+    except DockyardError as error:
+        code = _close_code(error)
+        await _fail(websocket, error, code)
+    except ValueError as error:  # the first message is not an exec body
+        invalid = InvalidInput("exec", [f"request: {str(error).splitlines()[0]}"])
+        code = _close_code(invalid)
+        await _fail(websocket, invalid, code)
+    finally:
+        await _audit(ctx, websocket.scope, code, started)
+
+
+async def _session(
+    websocket: WebSocket,
+    workspace: dataplane.Workspace,
+    start: dataplane.Started,
+    events: Any,
+) -> None:
+    controls = start.controls
+    if controls is None:
+        raise DockyardError("the exec has no input side")
+    outcome: dict[str, BaseException] = {}
+
+    async def guarded(task: Any, group: Any) -> None:
+        # An error ends the session for both tasks; it is re-raised once they are done.
+        try:
+            await task()
+        except (DockyardError, WebSocketDisconnect) as error:
+            outcome.setdefault("error", error)
+        except OSError:
+            pass  # the command's side went away: its exit (or the close) follows
+        group.cancel_scope.cancel()
+
+    async def pump() -> None:
+        async for event in iterate(events):
+            if isinstance(event, dataplane.Output):
+                await websocket.send_bytes(
+                    bytes([1 if event.stream == "stdout" else 2]) + event.data
+                )
+            elif isinstance(event, dataplane.Exit):
+                await websocket.send_json(
+                    {
+                        "event": "exit",
+                        "code": event.code,
+                        "timedOut": event.timed_out,
+                        "truncated": event.truncated,
+                        "durationMs": event.duration_ms,
+                    }
+                )
+
+    async def feed() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            if message.get("bytes") is not None:
+                await blocking(controls.write, message["bytes"])
+                continue
+            try:
+                order = json.loads(message.get("text") or "")
+            except ValueError:
+                order = None
+            if not isinstance(order, dict):
+                raise InvalidInput(
+                    "exec", ["message: not a JSON object (allowed: eof, resize, signal)"]
+                )
+            if order.get("eof"):
+                await blocking(controls.close_stdin)
+            if "resize" in order:
+                size = order["resize"]
+                if not (
+                    isinstance(size, list)
+                    and len(size) == 2
+                    and all(isinstance(n, int) for n in size)
+                ):
+                    raise InvalidInput("exec", ["resize: not [rows, cols]"])
+                await blocking(controls.resize, size[0], size[1])
+            if "signal" in order:
+                await blocking(workspace.signal, start.exec_id, str(order["signal"]))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(guarded, pump, group)
+        group.start_soon(guarded, feed, group)
+    if "error" in outcome:
+        raise outcome["error"]
+    await websocket.close(1000)
+
+
+async def _fail(websocket: WebSocket, error: DockyardError, code: int) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.send_json({"event": "error", **body(error, websocket.scope)})
+        await websocket.close(code)
+
+
+async def _audit(ctx: Context, scope: Any, code: int, started: float) -> None:
+    """The request's audit line, as the HTTP middleware writes it (it sees no WebSocket)."""
+    state = scope["dockyard"]
+    entry = {
+        "time": audit.now(),
+        "actor": state.get("actor", "anonymous"),
+        "action": "api",
+        "session": state.get("session"),
+        "tenant": state.get("tenant"),
+        "result": "ok" if code in (1000, 1001) else "error",
+        "duration_ms": round((time.monotonic() - started) * 1000),
+        "detail": f"WEBSOCKET {scope['path']} {code} request {state['request_id']}",
+    }
+    with contextlib.suppress(OSError):
+        await to_thread.run_sync(audit.append, ctx.sessions.where.audit_log, entry)

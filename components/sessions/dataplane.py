@@ -51,7 +51,7 @@ KILL_GRACE_SECONDS = 2.0
 # The exec launcher: the command's process-group id first on stderr, then the command
 # itself (docker exec starts it as a session leader: pid == pgid == sid).
 LAUNCHER = 'printf "%s\\n" "$$" >&2; exec "$@"'
-PGID_LINE = re.compile(rb"([0-9]{1,10})\n")
+PGID_LINE = re.compile(rb"([0-9]{1,10})\r?\n")
 
 
 class TooLarge(DockyardError, code=2, status=413, kind="too-large"):
@@ -162,9 +162,43 @@ def signal_name(value: str) -> str:
 # --- exec events ------------------------------------------------------------------------
 
 
+class Controls:
+    """An interactive exec's input side: stdin, its end, the terminal's size. Safe to use
+    from another thread than the one reading the output."""
+
+    def __init__(self, api: Any, exec_id: str, sock: socket.socket, tty: bool) -> None:
+        self.api, self.exec_id, self.tty = api, exec_id, tty
+        # A descriptor of its own, blocking: the reader's short timeouts never cut stdin.
+        self.writer = sock.dup()
+        self.writer.settimeout(None)
+        # Input waits for the launcher's first line: a terminal echoes what it gets, and
+        # an echo before that line would hide it.
+        self.ready = threading.Event()
+
+    def write(self, data: bytes) -> None:
+        self.ready.wait(30)
+        self.writer.sendall(data)
+
+    def close_stdin(self) -> None:
+        with contextlib.suppress(OSError):
+            self.writer.shutdown(socket.SHUT_WR)
+
+    def resize(self, rows: int, cols: int) -> None:
+        if not (self.tty and 0 < rows <= 1000 and 0 < cols <= 1000):
+            raise InvalidInput(
+                "resize", [f"resize: {rows}x{cols} (allowed: a terminal, 1 to 1000 each way)"]
+            )
+        self.api.exec_resize(self.exec_id, height=rows, width=cols)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.writer.close()
+
+
 @dataclass(frozen=True)
 class Started:
     exec_id: str
+    controls: Controls | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +222,17 @@ class Exit:
 
 Event = Started | Output | Idle | Exit
 STREAMS = {1: "stdout", 2: "stderr"}
+
+
+class Raw:
+    """A terminal exec's stream: not multiplexed, all of it the terminal's output."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def next(self) -> tuple[int, bytes] | None:
+        data = self.sock.recv(256 * 1024)
+        return (1, data) if data else None
 
 
 class Frames:
@@ -322,6 +367,7 @@ class Workspace:
         stdin: bool,
         env: Mapping[str, str] | None = None,
         cwd: str = WORKSPACE_MOUNT,
+        tty: bool = False,
     ) -> tuple[str, socket.socket]:
         import docker.errors
 
@@ -332,11 +378,12 @@ class Workspace:
                 stdin=stdin,
                 stdout=True,
                 stderr=True,
+                tty=tty,
                 user=f"{AGENT_UID}:{AGENT_UID}",
                 workdir=cwd,
                 environment=dict(env or {}),
             )
-            sock = _raw(self.api.exec_start(created["Id"], socket=True))
+            sock = _raw(self.api.exec_start(created["Id"], socket=True, tty=tty))
         except docker.errors.NotFound:
             raise Conflict(
                 f"session {self.record.session_id!r}: its container is gone; refresh the session"
@@ -354,31 +401,46 @@ class Workspace:
 
     # --- exec --------------------------------------------------------------------------
 
-    def exec(self, request: ExecRequest) -> Iterator[Event]:
+    def exec(
+        self,
+        request: ExecRequest,
+        interactive: bool = False,
+        tty: bool = False,
+        size: tuple[int, int] | None = None,
+    ) -> Iterator[Event]:
         """Run ``request.command`` as the agent user; yields :class:`Started`, then
         :class:`Output` pieces as they come (:class:`Idle` every second of quiet), then one
         :class:`Exit`. A timeout kills the command's process group; so does closing the
-        iterator before the end (the caller went away)."""
+        iterator before the end (the caller went away). ``interactive``: stdin stays open
+        and ``Started.controls`` writes it (``tty``: in a terminal of ``size`` rows, cols;
+        its output all comes as stdout)."""
         checked = request.checked(self.limits)
         timeout = float(checked.timeout or self.limits.default_timeout_seconds)
         started = time.monotonic()
         exec_id, sock = self._exec_socket(
             ["/bin/sh", "-c", LAUNCHER, "sh", *checked.command],
-            stdin=checked.stdin is not None,
+            stdin=interactive or checked.stdin is not None,
             env=checked.env,
             cwd=checked.cwd,
+            tty=tty,
         )
-        frames = Frames(sock)
+        frames: Frames | Raw = Raw(sock) if tty else Frames(sock)
+        marker = "stdout" if tty else "stderr"
+        controls = Controls(self.api, exec_id, sock, tty) if interactive else None
         pgid: int | None = None
-        head = b""  # stderr until the launcher's pgid line
+        head = b""  # the marker stream until the launcher's pgid line
         held: list[Output] = []  # stdout that came before it
         total = 0
         timed_out = truncated = ended = False
         deadline = started + timeout
-        if checked.stdin is not None:
-            threading.Thread(target=_feed, args=(sock, checked.stdin), daemon=True).start()
+        if checked.stdin is not None and controls is None:
+            feeder = Controls(self.api, exec_id, sock, tty)
+            feeder.ready.set()  # no terminal here: nothing echoes
+            threading.Thread(target=_feed, args=(feeder, checked.stdin), daemon=True).start()
         try:
-            yield Started(exec_id)
+            if controls is not None and tty and size is not None:
+                controls.resize(*size)
+            yield Started(exec_id, controls)
             while True:
                 now = time.monotonic()
                 if now >= deadline:
@@ -401,7 +463,7 @@ class Workspace:
                 stream = STREAMS.get(number)
                 if stream is None:
                     continue
-                if pgid is None and stream == "stderr":
+                if pgid is None and stream == marker:
                     head += data
                     if b"\n" not in head and len(head) < 16:
                         continue
@@ -411,6 +473,8 @@ class Workspace:
                     pgid = int(match.group(1))
                     with _RUNNING_LOCK:
                         _RUNNING[exec_id] = _Running(self.container, pgid)
+                    if controls is not None:
+                        controls.ready.set()
                     data = head[match.end() :]
                     yield from held
                     held.clear()
@@ -439,6 +503,8 @@ class Workspace:
                 self._kill(pgid, "KILL")
             with _RUNNING_LOCK:
                 _RUNNING.pop(exec_id, None)
+            if controls is not None:
+                controls.close()
             with contextlib.suppress(OSError):
                 sock.close()
 
@@ -729,10 +795,21 @@ class Workspace:
         }
 
 
-def _feed(sock: socket.socket, data: bytes) -> None:
-    with contextlib.suppress(OSError):
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+def _feed(sock: socket.socket | Controls, data: bytes) -> None:
+    """Write ``data`` as stdin, then end it (a thread of its own for an exec's stdin: a
+    command that writes before it reads must not wait on us)."""
+    try:
+        if isinstance(sock, Controls):
+            sock.write(data)
+            sock.close_stdin()
+        else:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        if isinstance(sock, Controls):
+            sock.close()
 
 
 KINDS: dict[str, type[DockyardError]] = {

@@ -16,6 +16,8 @@ from typing import Any
 import docker
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from dockyard.api.store import default_url
 from tests.api.test_server_on_engine import DOCKYARD, REPO, Server, _sweep
@@ -386,3 +388,54 @@ def test_another_tenants_key_gets_404_on_every_data_plane_endpoint(server: Serve
         ]
     # ... and the owner's key reaches them (the 404s above are the tenant's, not the route's).
     assert server.call("GET", f"/api/sessions/{SESSION}/ports", "tenant").status_code == 200
+
+
+def _ws_url(server: Server, session: str = SESSION) -> str:
+    return server.url.replace("http://", "ws://") + f"/api/sessions/{session}/exec/ws"
+
+
+def _collect(ws: Any) -> tuple[bytes, bytes, dict[str, Any]]:
+    out, err = b"", b""
+    while True:
+        message = ws.recv(timeout=60)
+        if isinstance(message, bytes):
+            if message[:1] == b"\x01":
+                out += message[1:]
+            else:
+                err += message[1:]
+            continue
+        event = json.loads(message)
+        if event["event"] in ("exit", "error"):
+            return out, err, event
+
+
+def test_an_interactive_command_over_a_websocket(server: Server) -> None:
+    with connect(_ws_url(server), additional_headers=server.headers("tenant")) as ws:
+        ws.send(json.dumps({"command": ["sh"], "tty": True, "rows": 30, "cols": 100}))
+        assert json.loads(ws.recv(timeout=60))["event"] == "start"
+        ws.send(b"stty size; tty; echo $((6*7)); exit 5\n")
+        out, _, exit_event = _collect(ws)
+    assert b"30 100" in out
+    assert b"/dev/pts/" in out
+    assert b"42" in out
+    assert exit_event["code"] == 5
+
+    with connect(_ws_url(server), additional_headers=server.headers("tenant")) as ws:
+        ws.send(json.dumps({"command": ["sh", "-c", "wc -c; echo e >&2"], "tty": False}))
+        assert json.loads(ws.recv(timeout=60))["event"] == "start"
+        for _ in range(10):
+            ws.send(b"x" * 1000)
+        ws.send(json.dumps({"eof": True}))
+        out, err, exit_event = _collect(ws)
+    assert (out.strip(), err, exit_event["code"]) == (b"10000", b"e\n", 0)
+
+    answers = []
+    for session in (SESSION, "nosuch"):
+        with connect(_ws_url(server, session), additional_headers=server.headers("other")) as ws:
+            ws.send(json.dumps({"command": ["true"]}))
+            _, _, event = _collect(ws)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=60)
+            answers.append((closed.value.rcvd.code, event["error"]["problems"]))
+    assert answers[0][0] == answers[1][0] == 4404
+    assert answers[0][1] == [p.replace("nosuch", SESSION) for p in answers[1][1]]

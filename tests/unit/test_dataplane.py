@@ -355,7 +355,7 @@ class FakeApi:
         self.created.append(argv)
         return {"Id": "x1"}
 
-    def exec_start(self, _id: str, socket: bool) -> Any:
+    def exec_start(self, _id: str, socket: bool, **_: Any) -> Any:
         assert socket
         return self.ours
 
