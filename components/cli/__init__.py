@@ -34,7 +34,8 @@ makes them ``dockyard group VERB``; the order of these lines is the order of
   for engine output on stderr).
 
 ``tests/unit/test_cli_errors.py`` enumerates the verbs from the app, so a new verb is
-checked for documented exit codes and messages without a change there.
+checked for documented exit codes and messages without a change there;
+``tests/unit/test_cli.py`` fails on a module's Typer left unregistered.
 """
 
 from __future__ import annotations

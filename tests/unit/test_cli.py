@@ -4,14 +4,19 @@ tests/integration/test_sessions_on_engine.py.)"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
+
+from dockyard import cli
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKYARD = Path(sys.executable).with_name("dockyard")
@@ -110,3 +115,18 @@ def test_plan_modal_previews_a_manifest(env: dict[str, str], tmp_path: Path) -> 
     code, out, err = run(env, "plan", "modal", str(path))
     assert code == 0, err
     assert "modal.Sandbox.create" in out or "Sandbox" in out
+
+
+def test_every_verb_module_is_registered_on_the_app() -> None:
+    """A verb module's Typer (``verbs``, or a group) is added to the root app in
+    dockyard/cli/__init__.py: a module whose verbs were never registered fails here."""
+    registered = {id(group.typer_instance) for group in cli.app.registered_groups}
+    unregistered = [
+        f"dockyard.cli.{info.name}.{name}"
+        for info in pkgutil.iter_modules(cli.__path__)
+        if info.name != "__main__"  # runs the command
+        for name, value in vars(importlib.import_module(f"dockyard.cli.{info.name}")).items()
+        if isinstance(value, typer.Typer) and value is not cli.app and id(value) not in registered
+    ]
+    assert not unregistered, f"add these to dockyard/cli/__init__.py: {unregistered}"
+    assert len(registered) >= 5, "the verb modules register their own Typers"
