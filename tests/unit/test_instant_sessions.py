@@ -143,6 +143,18 @@ def test_refresh_and_destroy_resume_a_paused_session_first(
     assert seen == ["running"]
     assert container.calls == ["unpause"]
 
+    container.status = "paused"
+    _engine(monkeypatch, **{"dockyard-t.other.s1": container})
+
+    def recreate(plan: Any, secrets: Any, progress: Any) -> dict[str, Any]:
+        seen.append(container.status)
+        raise RuntimeError("stop here: the manifest is not the point")
+
+    api.engine = SimpleNamespace(recreate=recreate)  # type: ignore[assignment]
+    with pytest.raises(Exception, match="stop here"):
+        api.refresh("s1", "other")
+    assert seen == ["running", "running"]
+
 
 @pytest.mark.parametrize(
     "name",
