@@ -69,6 +69,8 @@ URL_RULE = (
     "DOCKYARD_API_WEBHOOK_ALLOW_NETWORKS"
 )
 Resolver = Callable[[str, int], list[str]]
+IN_FLIGHT = 50
+"""Deliveries under way at once (each at most ``webhook_timeout_s``)."""
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -113,13 +115,15 @@ def check_url(
     if parsed.userinfo:
         raise refused("a user or password in the URL")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    # One answer for "does not resolve" and "resolves inward", and no address named: a
+    # tenant learns nothing about the host's own network or its names from it.
+    inward = refused(f"host {parsed.host!r} does not resolve to public addresses only")
     try:
         addresses = resolver(parsed.host, port)
     except (OSError, UnicodeError):
-        raise refused(f"host {parsed.host!r} does not resolve") from None
-    inward = [a for a in addresses if not _public(a, allowed)]
-    if inward or not addresses:
-        raise refused(f"host {parsed.host!r} resolves to a non-public address {inward[:1]}")
+        raise inward from None
+    if not addresses or not all(_public(a, allowed) for a in addresses):
+        raise inward
     return parsed, addresses[0]
 
 
@@ -309,10 +313,14 @@ class Dispatcher:
         self.store, self.settings, self.bell, self.resolver = store, settings, bell, resolver
         self.closing = False
         self._client: httpx.AsyncClient | None = None
+        self._flying: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         self._client = httpx.AsyncClient(
-            timeout=self.settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+            timeout=self.settings.webhook_timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=IN_FLIGHT),
         )
         try:
             while not self.closing:
@@ -323,13 +331,24 @@ class Dispatcher:
                     await asyncio.sleep(1.0)
                 await self.bell.wait(min(0.5, self.settings.webhook_backoff_s))
         finally:
+            for task in list(self._flying):
+                task.cancel()
+            await asyncio.gather(*self._flying, return_exceptions=True)
             await self._client.aclose()
 
     async def once(self) -> int:
+        """Queue new events, then start the due deliveries without waiting for them (a
+        slow receiver holds only its own delivery, never the others')."""
         await to_thread.run_sync(self.store.fan_out)
+        room = IN_FLIGHT - len(self._flying)
+        if room <= 0:
+            return 0
         lease = self.settings.webhook_timeout_s * 2 + 5
-        due = await to_thread.run_sync(self.store.claim, lease)
-        await asyncio.gather(*(self.deliver(*item) for item in due))
+        due = await to_thread.run_sync(self.store.claim, lease, room)
+        for item in due:
+            task = asyncio.get_running_loop().create_task(self.deliver(*item))
+            self._flying.add(task)
+            task.add_done_callback(self._flying.discard)
         return len(due)
 
     async def deliver(self, delivery: WebhookDelivery, hook: Webhook, event: Event) -> None:
@@ -353,17 +372,23 @@ class Dispatcher:
                 SIGNATURE_HEADER: signature(hook.secret, stamp, body),
             }
             assert self._client is not None
-            answer = await self._client.post(
-                target,
-                content=body,
-                headers=headers,
-                extensions={"sni_hostname": url.host} if url.scheme == "https" else {},
-            )
-            status = answer.status_code
+            # The answer's body is never read (a receiver cannot make the server hold one),
+            # and the whole attempt has one deadline (a receiver dripping bytes included).
+            async with asyncio.timeout(self.settings.webhook_timeout_s):
+                async with self._client.stream(
+                    "POST",
+                    target,
+                    content=body,
+                    headers=headers,
+                    extensions={"sni_hostname": url.host} if url.scheme == "https" else {},
+                ) as answer:
+                    status = answer.status_code
             if not 200 <= status < 300:
                 error = f"answered {status}"
         except InvalidInput as refused:
             error = refused.problems[0]
+        except TimeoutError:
+            error = f"no answer within {self.settings.webhook_timeout_s:g} s"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         await to_thread.run_sync(

@@ -81,7 +81,7 @@ def running_server(
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the API server did not start")
@@ -119,7 +119,7 @@ class SseReader:
 
     def __enter__(self) -> SseReader:
         self._thread.start()
-        if not self.connected.wait(10):
+        if not self.connected.wait(30):
             raise AssertionError(f"no stream from {self.url}: {self.status} {self.error}")
         return self
 
@@ -161,13 +161,13 @@ class SseReader:
             self.error = exc
             self.connected.set()
 
-    def next(self, timeout: float = 10.0) -> SseEvent:
+    def next(self, timeout: float = 30.0) -> SseEvent:
         try:
             return self.events.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError(f"no event within {timeout} s (error: {self.error})") from None
 
-    def take(self, count: int, timeout: float = 10.0) -> list[SseEvent]:
+    def take(self, count: int, timeout: float = 30.0) -> list[SseEvent]:
         return [self.next(timeout) for _ in range(count)]
 
     def quiet(self, seconds: float) -> list[SseEvent]:
@@ -188,7 +188,7 @@ class Receiver:
     got: list[tuple[dict[str, str], bytes, int]] = field(default_factory=list)
     url: str = ""
 
-    def wait_for(self, count: int, timeout: float = 15.0) -> None:
+    def wait_for(self, count: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while len(self.got) < count:
             if time.monotonic() > deadline:
@@ -197,7 +197,10 @@ class Receiver:
 
 
 @contextmanager
-def receiver(answers: list[int] | None = None) -> Iterator[Receiver]:
+def receiver(
+    answers: list[int] | None = None, hold: threading.Event | None = None
+) -> Iterator[Receiver]:
+    """``hold``: each request is answered only once it is set (a slow receiver)."""
     kept = Receiver(list(answers or []))
     lock = threading.Lock()
 
@@ -207,6 +210,8 @@ def receiver(answers: list[int] | None = None) -> Iterator[Receiver]:
             with lock:
                 code = kept.answers.pop(0) if kept.answers else 200
                 kept.got.append(({k.lower(): v for k, v in self.headers.items()}, body, code))
+            if hold is not None:
+                hold.wait(30)
             self.send_response(code)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -221,6 +226,8 @@ def receiver(answers: list[int] | None = None) -> Iterator[Receiver]:
     try:
         yield kept
     finally:
+        if hold is not None:
+            hold.set()
         server.shutdown()
         server.server_close()
         thread.join(5)

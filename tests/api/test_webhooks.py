@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +39,7 @@ def create_line(server: Server, session: str, tenant: str | None) -> None:
 
 def deliveries(server: Server, hook: str, key: dict[str, str], done: int) -> list[dict]:
     """The delivery log once ``done`` deliveries are settled (delivered or failed)."""
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while True:
         answer = httpx.get(f"{server.url}/api/webhooks/{hook}/deliveries", headers=key)
         assert answer.status_code == 200, answer.text
@@ -106,6 +107,29 @@ def test_attempts_are_bounded_and_logged_as_failed(server: Server) -> None:
     assert logged["attempts"] == 3
     assert logged["lastStatus"] == 500
     assert logged["lastError"] == "answered 500"
+
+
+def test_a_slow_receiver_holds_up_no_other_delivery(server: Server) -> None:
+    acme, globex = server.key("acme"), server.key("globex")
+    hold = threading.Event()
+    with receiver(hold=hold) as slow, receiver() as fast:
+        hooks = []
+        for key, url in ((acme, slow.url), (globex, fast.url)):
+            made = httpx.post(f"{server.url}/api/webhooks", json={"url": url}, headers=key)
+            assert made.status_code == 201, made.text
+            hooks.append(made.json()["id"])
+        create_line(server, "x1", "acme")
+        create_line(server, "x1", "globex")
+        slow.wait_for(1)  # and it does not answer while the test runs
+        create_line(server, "x2", "globex")
+        fast.wait_for(2)
+        # The slow delivery is still under way (its first attempt not settled, not timed
+        # out): the fast receiver's second event did not wait for it.
+        log = httpx.get(f"{server.url}/api/webhooks/{hooks[0]}/deliveries", headers=acme).json()
+        assert [(d["state"], d["attempts"]) for d in log] == [("pending", 0)]
+        hold.set()
+    # Deliveries run side by side: a receiver orders by Dockyard-Event-Id if it must.
+    assert sorted(json.loads(body)["session"] for _, body, _ in fast.got) == ["x1", "x2"]
 
 
 def test_a_tenant_sees_and_deletes_only_its_own_webhooks(server: Server) -> None:
