@@ -211,7 +211,7 @@ async def interactive(websocket: WebSocket, session_id: str, tenant: str | None 
         if not isinstance(start, dataplane.Started):
             raise DockyardError("the exec did not start")
         await websocket.send_json({"event": "start", "execId": start.exec_id})
-        await _session(websocket, workspace, start, events)
+        await _session(websocket, workspace, start, events, wanted.stdin)
     except WebSocketDisconnect:
         code = 1001
     except DockyardError as error:
@@ -230,6 +230,7 @@ async def _session(
     workspace: dataplane.Workspace,
     start: dataplane.Started,
     events: Any,
+    stdin: bytes | None,
 ) -> None:
     controls = start.controls
     if controls is None:
@@ -264,6 +265,8 @@ async def _session(
                 )
 
     async def feed() -> None:
+        if stdin:  # the body's stdin first, then the messages'
+            await blocking(controls.write, stdin)
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":

@@ -421,13 +421,15 @@ def test_an_interactive_command_over_a_websocket(server: Server) -> None:
     assert exit_event["code"] == 5
 
     with connect(_ws_url(server), additional_headers=server.headers("tenant")) as ws:
-        ws.send(json.dumps({"command": ["sh", "-c", "wc -c; echo e >&2"], "tty": False}))
+        ws.send(
+            json.dumps({"command": ["sh", "-c", "wc -c; echo e >&2"], "tty": False, "stdin": "yy"})
+        )
         assert json.loads(ws.recv(timeout=60))["event"] == "start"
         for _ in range(10):
             ws.send(b"x" * 1000)
         ws.send(json.dumps({"eof": True}))
         out, err, exit_event = _collect(ws)
-    assert (out.strip(), err, exit_event["code"]) == (b"10000", b"e\n", 0)
+    assert (out.strip(), err, exit_event["code"]) == (b"10002", b"e\n", 0)
 
     answers = []
     for session in (SESSION, "nosuch"):
