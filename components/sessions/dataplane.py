@@ -46,6 +46,8 @@ STATUS_LINE_MAX = 8 * 1024 * 1024
 """Largest status line the file helper may write (a listing of ``list_entries`` names)."""
 IDLE_SECONDS = 1.0
 """How often an exec stream says it is alive while the command is quiet."""
+HELPER_TIMEOUT_SECONDS = 60.0
+"""How long the file helper may stay silent (the agent can stop it: same user)."""
 KILL_GRACE_SECONDS = 2.0
 """After a timeout's kill, how long the stream may still drain before it is cut."""
 # The exec launcher: the command's process-group id first on stderr, then the command
@@ -542,12 +544,14 @@ class Workspace:
         try:
             if stdin is not None:
                 _feed(sock, stdin)
-            sock.settimeout(30)
+            sock.settimeout(HELPER_TIMEOUT_SECONDS)
             frames = Frames(sock)
             while (piece := frames.next()) is not None:
                 target = out if piece[0] == 1 else err
                 if len(target) < STATUS_LINE_MAX:
                     target += piece[1]
+        except TimeoutError:
+            raise _silent() from None
         finally:
             sock.close()
         return bytes(out), bytes(err), self._exit_code(exec_id)
@@ -610,7 +614,7 @@ class Workspace:
             self._helper_argv("read", parts, max=self.limits.file_bytes), stdin=False
         )
         frames = Frames(sock)
-        sock.settimeout(60)
+        sock.settimeout(HELPER_TIMEOUT_SECONDS)
         err, held = bytearray(), []
         try:
             while b"\n" not in err:
@@ -630,6 +634,9 @@ class Workspace:
             size = status.get("size")
             if not isinstance(size, int) or size < 0:
                 raise Failed("the file helper answered no size")
+        except TimeoutError:
+            sock.close()
+            raise _silent() from None
         except BaseException:
             sock.close()
             raise
@@ -653,6 +660,8 @@ class Workspace:
                 if sent != size:
                     # The answer's Content-Length cannot be met: end it broken, not short.
                     raise Failed("the file changed while it was read")
+            except TimeoutError:
+                raise _silent() from None
             finally:
                 sock.close()
 
@@ -673,7 +682,7 @@ class Workspace:
             stdin=True,
         )
         frames = Frames(sock)
-        sock.settimeout(60)
+        sock.settimeout(HELPER_TIMEOUT_SECONDS)
         err = bytearray()
         try:
             while b"\n" not in err:  # the helper's "ready", or its refusal
@@ -710,6 +719,8 @@ class Workspace:
                     rest += piece[1]
             last = (bytes(err).split(b"\n", 1)[1] + bytes(rest)).strip().split(b"\n")[-1]
             found = _status(last, self._exit_code(exec_id), parts)
+        except TimeoutError:
+            raise _silent() from None
         finally:
             sock.close()
         return {"path": shown(parts), "size": int(found.get("size", total))}
@@ -793,6 +804,13 @@ class Workspace:
                 for port, host_port in sorted(engine.items())
             ],
         }
+
+
+def _silent() -> Failed:
+    return Failed(
+        "the file helper in the container stopped answering (the agent can stop or kill "
+        "processes of its user); nothing more was done: retry"
+    )
 
 
 def _feed(sock: socket.socket | Controls, data: bytes) -> None:

@@ -345,10 +345,11 @@ class FakeApi:
     """The engine's exec endpoints over a socket pair: what the container 'says' is
     written to the other end beforehand."""
 
-    def __init__(self, said: bytes) -> None:
+    def __init__(self, said: bytes, end: bool = True) -> None:
         self.ours, self.theirs = socket.socketpair()
         self.theirs.sendall(said)
-        self.theirs.shutdown(socket.SHUT_WR)
+        if end:
+            self.theirs.shutdown(socket.SHUT_WR)
         self.created: list[list[str]] = []
 
     def exec_create(self, _container: str, argv: list[str], **_: Any) -> dict[str, str]:
@@ -363,9 +364,9 @@ class FakeApi:
         return {"Running": False, "ExitCode": 0}
 
 
-def fake_workspace(said: bytes) -> dataplane.Workspace:
+def fake_workspace(said: bytes, end: bool = True) -> dataplane.Workspace:
     record = dataplane.Record("s1", None, "sessions.s1", "/srv", "/m", "local", {}, "now")
-    client = type("Client", (), {"api": FakeApi(said)})()
+    client = type("Client", (), {"api": FakeApi(said, end)})()
     return dataplane.Workspace(record, {"container": {"id": "c1"}}, client, Limits())
 
 
@@ -391,3 +392,17 @@ def test_a_download_refused_by_the_helper_is_its_error() -> None:
     argv = refused.api.created[0]
     assert argv[:6] == ["/usr/bin/env", "-i", "python3", "-I", "-S", "-c"]
     assert json.loads(argv[-1])["path"] == ["etc", "passwd"]
+
+
+def test_a_helper_the_agent_stopped_is_a_clear_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dataplane, "HELPER_TIMEOUT_SECONDS", 0.2)
+    status = frame(2, b'{"ok": true, "size": 10}\n')
+    for workspace, call in (
+        (fake_workspace(b"", end=False), lambda w: w.read("a")),
+        (fake_workspace(b"", end=False), lambda w: w.stat("a")),
+        (fake_workspace(status + frame(1, b"01"), end=False), lambda w: b"".join(w.read("a")[1])),
+        (fake_workspace(b"", end=False), lambda w: w.write("a", [b"x"])),
+    ):
+        with pytest.raises(Failed) as caught:
+            call(workspace)
+        assert "stopped answering" in caught.value.problems[0]
