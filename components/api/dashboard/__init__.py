@@ -301,8 +301,8 @@ async def login(request: Request) -> Response:
         return response
     request.scope.setdefault("dockyard", {})["actor"] = f"key:{info.id}"
     token = _logins(request).open(info.id, info.tenant, info.admin)
-    response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
-    response.set_cookie(
+    redirect = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
+    redirect.set_cookie(
         COOKIE,
         token,
         max_age=LOGIN_TTL,
@@ -311,8 +311,8 @@ async def login(request: Request) -> Response:
         secure=_secure(request),
         path="/",
     )
-    response.delete_cookie(LOGIN_COOKIE, path="/login")
-    return response
+    redirect.delete_cookie(LOGIN_COOKIE, path="/login")
+    return redirect
 
 
 @router.post("/logout")
@@ -353,23 +353,60 @@ def _port_host(record_host: str, request: Request) -> str:
     return urlsplit(record_host).hostname or record_host
 
 
+def _engine_states(host: str) -> dict[str, dict[str, Any]] | None:
+    """Every dockyard container's state on one engine, by name, in ONE list call (the
+    table's rows would otherwise cost an inspect each). Like .status.engine_state, this
+    reads the engine from the face until the service layer has a status verb."""
+    try:
+        client = (
+            docker.from_env()
+            if host == "local"
+            else docker.DockerClient(base_url=host, use_ssh_client=True)
+        )
+    except docker.errors.DockerException:
+        return None
+    try:
+        listed = client.api.containers(all=True, filters={"label": "dockyard.session"})
+    except docker.errors.DockerException:
+        return None  # the engine cannot be asked: every state is unknown
+    finally:
+        client.close()
+    states = {}
+    for item in listed:
+        status = str(item.get("Status") or "")
+        health = next(
+            (h for word, h in HEALTH_WORDS if word in status),
+            None,
+        )
+        for name in item.get("Names") or []:
+            states[name.lstrip("/")] = {"status": item.get("State"), "health": health}
+    return states
+
+
+HEALTH_WORDS = (("(healthy)", "healthy"), ("(unhealthy)", "unhealthy"), ("(health: ", "starting"))
+"""How the engine's list writes a container's health in its status line."""
+
+
 def _rows(ctx: Context, scope: str | None) -> list[dict[str, Any]]:
-    """The table's rows from the service layer (the calls GET /api/sessions and
-    GET /api/sessions/{id} make), with each container's state on its engine."""
+    """The table's rows from the service layer (the calls GET /api/sessions makes), with
+    each container's state on its engine (one list call per engine host)."""
     records = {r.stack_name: r for r in ctx.sessions.registry.all(scope)}
     now = datetime.now(UTC)
+    engines: dict[str, dict[str, dict[str, Any]] | None] = {}
     rows = []
     # mypy reads Sessions.list's `list[...]` as the method itself (sessions' own report).
     for row in ctx.sessions.list(scope):  # type: ignore[attr-defined]
         record = records.get(row["stack"])
         asked = record.request if record else {}
-        state = {"status": "unknown", "health": None}
-        manifest: dict[str, Any] = {}
-        try:
-            manifest = dict(ctx.sessions.get(row["sessionId"], row["tenant"]))
-            state = engine_state(manifest["container"]["id"], row["host"])
-        except DockyardError:
+        if row["host"] not in engines:
+            engines[row["host"]] = _engine_states(row["host"])
+        listed = engines[row["host"]]
+        if listed is None:
+            state = {"status": "unknown", "health": None}
+        elif "container" not in row:  # its manifest cannot be read
             state = {"status": "missing", "health": None}
+        else:
+            state = listed.get(row["container"], {"status": "missing", "health": None})
         age, seconds = _age(row["createdAt"], now)
         rows.append(
             {
@@ -378,7 +415,7 @@ def _rows(ctx: Context, scope: str | None) -> list[dict[str, Any]]:
                 "host": row["host"],
                 "status": state["status"] or "unknown",
                 "health": state["health"] or "",
-                "backend": manifest.get("backend") or asked.get("backend") or "",
+                "backend": asked.get("backend") or "",
                 "variant": asked.get("variant") or asked.get("profile") or "default",
                 "age": age,
                 "seconds": seconds,
@@ -611,7 +648,7 @@ def _logs(ctx: Context, session: str, scope: str | None) -> str:
 
 def _detail(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
     record = ctx.sessions.registry.find(session, scope)
-    manifest = dict(ctx.sessions.get(session, scope))
+    manifest: dict[str, Any] = dict(ctx.sessions.get(session, scope))
     state = engine_state(manifest["container"]["id"], record.host)
     return {"record": record, "manifest": manifest, "state": state}
 
