@@ -368,13 +368,15 @@ class Readiness:
                 task.add_done_callback(self.tasks.discard)
 
     async def _watch(self, trigger: Event) -> None:
-        assert self.probe is not None
+        session, probe = trigger.session, self.probe
+        if session is None or probe is None:
+            return
         settings = self.hub.settings
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.ready_timeout_s
         while loop.time() < deadline:
             try:
-                verdict = await to_thread.run_sync(self.probe, trigger.session, trigger.tenant)
+                verdict = await to_thread.run_sync(probe, session, trigger.tenant)
             except Exception:
                 log.exception("readiness of session %s", trigger.session)
                 verdict = "waiting"

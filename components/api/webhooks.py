@@ -179,7 +179,7 @@ class WebhookStore:
                 raise NotFound(f"no webhook {webhook_id!r}")
             return row
 
-    def list(self, tenant: str | None, every_tenant: bool) -> list[Webhook]:
+    def listed(self, tenant: str | None, every_tenant: bool) -> list[Webhook]:
         query = select(Webhook).order_by(Webhook.created_at, Webhook.id)
         if not every_tenant or tenant is not None:
             query = query.where(Webhook.tenant == tenant)
@@ -516,7 +516,7 @@ async def list_webhooks(
         str | None, Query(max_length=64, description="Admin keys: one tenant's.")
     ] = None,
 ) -> list[WebhookOut]:
-    rows = await ctx.call(_stores(request).list, caller.scope(tenant), caller.admin)
+    rows = await ctx.call(_stores(request).listed, caller.scope(tenant), caller.admin)
     return [WebhookOut.of(row) for row in rows]
 
 
