@@ -16,6 +16,7 @@ A backup of a paused session reads its volumes as they are (nothing writes them)
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -118,6 +119,21 @@ def container_of(record: Record, client: Any) -> Any:
     return container
 
 
+@contextlib.contextmanager
+def frozen_state(where: Paths, record: Record) -> Iterator[None]:
+    """Exclusive, across this machine's processes, over a session's paused-or-running
+    state: a snapshot copies while it holds the session paused, so no pause, resume or
+    other snapshot may change that state meanwhile (they wait)."""
+    directory = where.state / "locks"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(directory / f"{record.stack_name}.freeze", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 _CLIENTS: dict[str, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
@@ -145,7 +161,8 @@ def _engine(sessions: SessionsLike, verb: str, session: str, tenant: str | None)
         stack=record.stack_name,
     ) as entry:
         require_docker(plan_of(sessions, record), verb)
-        yield record, container_of(record, shared_client(record.host)), entry
+        with frozen_state(sessions.where, record):
+            yield record, container_of(record, shared_client(record.host)), entry
 
 
 def pause(sessions: SessionsLike, session: str, tenant: str | None = None) -> State:

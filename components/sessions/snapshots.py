@@ -56,6 +56,7 @@ from .pause import (
     connect,
     container_of,
     freeze,
+    frozen_state,
     plan_of,
     require_docker,
     thaw,
@@ -226,8 +227,17 @@ def _specs() -> list[str]:
 
 
 @contextlib.contextmanager
-def _quiesced(container: Any) -> Iterator[None]:
-    """The session paused for the block (if it ran), as it was afterwards."""
+def _quiesced(sessions: SessionsLike, record: Record, container: Any) -> Iterator[None]:
+    """The session paused for the block (if it ran), as it was afterwards; no pause,
+    resume or other snapshot of it meanwhile (:func:`.pause.frozen_state`)."""
+    with frozen_state(sessions.where, record):
+        container.reload()
+        with _paused(container):
+            yield
+
+
+@contextlib.contextmanager
+def _paused(container: Any) -> Iterator[None]:
     status = container.status
     if status not in (RUNNING, PAUSED):
         raise Conflict(
@@ -311,7 +321,7 @@ def take(sessions: SessionsLike, session: str, name: str, tenant: str | None = N
                     f"snapshot {name!r} exists (allowed: another name, or remove it first)"
                 )
             container = container_of(record, client)
-            with _quiesced(container):
+            with _quiesced(sessions, record, container):
                 image = _commit(container, record, name, KIND_SNAPSHOT, list(COPIED_ROLES))
                 try:
                     _helper(
@@ -471,7 +481,7 @@ def fork(
                         "(allowed: another name, or remove that snapshot first)"
                     )
                 container = container_of(record, client)
-                with _quiesced(container):
+                with _quiesced(sessions, record, container):
                     made = _commit(container, record, as_, KIND_FORK, [])
                     try:
                         _helper(client, container.image.id, COPY_SCRIPT,

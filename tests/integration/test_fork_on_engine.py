@@ -16,7 +16,10 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -32,6 +35,8 @@ from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
+REPO = Path(__file__).resolve().parents[2]
+DOCKYARD = Path(sys.executable).with_name("dockyard")
 TENANT = f"fk{RUN_ID[:8]}"
 OTHER = f"fo{RUN_ID[:8]}"
 TOOL = "/usr/local/bin/forktool"
@@ -181,6 +186,14 @@ def test_snapshots_are_named_listed_tenant_scoped_and_removed(
     assert ("base", "snapshot") in names
     assert ("child", "fork") in names
     assert [s.name for s in sessions.snapshots(OTHER)] == []
+    listed = subprocess.run(
+        [str(DOCKYARD), "snapshot", "ls", "--tenant", TENANT, "--json"],
+        env={**os.environ, "DOCKYARD_STATE_DIR": str(sessions.where.state),
+             "DOCKYARD_CONFIG": str(sessions.where.config_file), "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert {r["name"] for r in json.loads(listed.stdout)} == {"base", "child"}
     with pytest.raises(NotFound):
         sessions.remove_snapshot("base", OTHER)
     with pytest.raises(NotFound):

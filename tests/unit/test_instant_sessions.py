@@ -319,3 +319,27 @@ def test_a_freeze_the_runtime_could_not_do_yet_is_retried(monkeypatch: pytest.Mo
     with pytest.raises(Failed, match=r"could not pause dockyard-t\.acme\.s1: container is not"):
         pause.freeze(other)
     assert other.calls == ["pause"]
+
+
+def test_a_resume_waits_while_a_snapshot_holds_the_session_paused(
+    api: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    container = FakeContainer("paused")
+    _engine(monkeypatch, **{"dockyard-t.acme.s1": container})
+    record = api.registry.find("s1", "acme")
+    done = threading.Event()
+
+    def resume() -> None:
+        api.resume("s1", "acme")
+        done.set()
+
+    with pause.frozen_state(api.where, record):
+        waiter = threading.Thread(target=resume)
+        waiter.start()
+        assert not done.wait(0.5), "resume thawed the session in the middle of a snapshot"
+        assert container.calls == []
+    waiter.join(10)
+    assert done.is_set()
+    assert container.calls == ["unpause"]
