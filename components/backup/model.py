@@ -29,6 +29,41 @@ from ..contract import (
     backup_repository_ok,
 )
 
+# What dockyard.backup offers its callers of this module (the rest is the engine's).
+__all__ = [
+    "CREDENTIALS_FILE",
+    "DEFAULT_CACHE_DIR",
+    "DEFAULT_CA_FILE",
+    "DEFAULT_CREDENTIALS_DIR",
+    "DEFAULT_IMAGE",
+    "DEFAULT_RESTIC",
+    "NAME",
+    "NAME_ALLOWED",
+    "READ_DATA_SUBSET",
+    "REASONS",
+    "REGION",
+    "REGION_ALLOWED",
+    "REPOSITORY",
+    "REPOSITORY_ALLOWED",
+    "BackupError",
+    "BackupResult",
+    "Busy",
+    "CheckResult",
+    "ConfigError",
+    "NotEmpty",
+    "NotFound",
+    "PasswordError",
+    "Repo",
+    "RestoreResult",
+    "Settings",
+    "Snapshot",
+    "StorageError",
+    "VerifyError",
+    "Workspace",
+    "check_selector",
+    "repository_ok",
+]
+
 DEFAULT_CREDENTIALS_DIR = BACKUP_CREDENTIALS_DIR
 DEFAULT_CACHE_DIR = BACKUP_CACHE_DIR
 DEFAULT_IMAGE = BACKUP_IMAGE
