@@ -30,6 +30,11 @@ class Stats(BaseModel):
 class Port(BaseModel):
     containerPort: int
     hostPort: int
+    previewUrl: str | None = Field(
+        default=None,
+        description="Where the preview proxy serves it (with the session's token), when the "
+        "server knows the proxy's domain ($DOCKYARD_PREVIEW_DOMAIN).",
+    )
 
 
 class Ports(BaseModel):

@@ -406,3 +406,16 @@ def test_a_helper_the_agent_stopped_is_a_clear_failure(monkeypatch: pytest.Monke
         with pytest.raises(Failed) as caught:
             call(workspace)
         assert "stopped answering" in caught.value.problems[0]
+
+
+def test_ports_with_the_preview_proxys_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace = fake_workspace(b"")
+    ports = {"3000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49153"}], "53/udp": None}
+    workspace.api.inspect_container = lambda _: {"NetworkSettings": {"Ports": ports}}
+    monkeypatch.delenv(dataplane.PREVIEW_DOMAIN_VARIABLE, raising=False)
+    assert workspace.ports()["ports"] == [{"containerPort": 3000, "hostPort": 49153}]
+    monkeypatch.setenv(dataplane.PREVIEW_DOMAIN_VARIABLE, "preview.example.com")
+    assert workspace.ports()["ports"][0]["previewUrl"] == "https://3000-s1.preview.example.com/"
+    monkeypatch.setenv(dataplane.PREVIEW_DOMAIN_VARIABLE, "evil.com/@x")
+    with pytest.raises(InvalidInput):
+        workspace.ports()
