@@ -160,3 +160,19 @@ def test_create_lists_every_problem_beside_its_field(acme: httpx.Client) -> None
     assert "request.cwd: &#39;relative&#39; is not allowed" in beside["cwd"].group(1)
     assert "request.sessionId" in beside["sessionId"].group(1)
     assert "line 1 has no &#39;=&#39;" in beside["env"].group(1)
+
+
+def test_a_tenant_key_cannot_create_in_another_tenant(served: Served, acme: httpx.Client) -> None:
+    answer = acme.post(
+        "/sessions/new",
+        data={
+            "csrf": csrf_of(acme, "/sessions/new"),
+            "sessionId": "x1",
+            "cwd": "/srv/app",
+            "backend": "claude",
+            "tenant": "blue",
+        },
+    )
+    assert answer.status_code == 422
+    assert "request.tenant: &#39;blue&#39; is not this key&#39;s tenant" in answer.text
+    assert [r.session_id for r in served.sessions.registry.all("blue")] == ["b1"]
