@@ -30,14 +30,14 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,7 +45,7 @@ from ..errors import InvalidInput
 from ..host.audit_trail import KEEP, now
 from .events_settings import EventSettings
 from .principal import Caller
-from .store.models import Event, EventSource
+from .store.models import Event, EventSource, WebhookDelivery
 
 EVENT_TYPES = (
     "session.created",
@@ -72,6 +72,7 @@ READ_MAX = 1024 * 1024
 DETAIL_MAX = 1000
 READY_WATCHES = 500
 """Sessions watched for readiness at once (more creates at once are not watched)."""
+PRUNE_EVERY_S = 3600.0
 _LOCK_ID = 27003  # the PostgreSQL advisory lock that orders event inserts
 log = logging.getLogger(__package__)
 
@@ -313,6 +314,22 @@ class EventStore:
             session.add(row)
         return row
 
+    def prune(self, keep_s: float) -> int:
+        """Forget events stored more than ``keep_s`` seconds ago, with their settled
+        webhook deliveries (an event still to be delivered stays); returns how many."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=keep_s)
+        with self._session() as session:
+            session.execute(
+                delete(WebhookDelivery).where(
+                    WebhookDelivery.state != "pending", WebhookDelivery.updated_at < cutoff
+                )
+            )
+            owed = select(WebhookDelivery.event_id)
+            gone = session.execute(
+                delete(Event).where(Event.stored_at < cutoff, Event.id.not_in(owed))
+            )
+            return int(gone.rowcount or 0)  # type: ignore[attr-defined]
+
     def newest(self) -> int:
         with self._session() as session:
             return int(session.scalar(select(func.max(Event.id))) or 0)
@@ -442,12 +459,17 @@ class EventHub:
         return stored
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        pruned = loop.time()
         while not self.closing:
             try:
                 stored = await to_thread.run_sync(self.poll)
                 if stored:
                     self.bell.ring()
                     self.readiness.follow(stored)
+                if loop.time() - pruned > PRUNE_EVERY_S:
+                    pruned = loop.time()
+                    await to_thread.run_sync(self.store.prune, self.settings.keep_days * 86400)
             except Exception:  # the store may be away for a while: keep trying
                 log.exception("reading the audit trails failed")
                 await asyncio.sleep(1.0)

@@ -39,6 +39,9 @@ class EventSettings:
     """How often a waiting SSE stream asks the store (events another replica stored)."""
     keepalive_s: float = 15.0
     """An SSE comment line this often keeps proxies from closing an idle stream."""
+    keep_days: float = 30.0
+    """Events (and settled webhook deliveries) older than this are forgotten, checked
+    hourly; a stream resuming from an id older than that starts at the oldest kept."""
     ready_poll_s: float = 0.25
     """How often a created, refreshed or restarted session's container is checked until
     it is ready (``session.ready``)."""

@@ -11,14 +11,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
-from dockyard.api.events import EVENT_TYPES, Line, Tail, events_of, frame, rows_of
+from dockyard.api.events import EVENT_TYPES, EventStore, Line, Tail, events_of, frame, rows_of
 from dockyard.api.store import KeyStore
+from dockyard.api.store.models import Event, WebhookDelivery
+from dockyard.api.webhooks import WebhookStore
 from dockyard.contract import LABEL_SESSION, LABEL_STACK, LABEL_TENANT
 from dockyard.host import audit_trail
 from dockyard.sessions import audit
@@ -294,3 +298,40 @@ def test_the_tail_follows_rotation_and_waits_for_whole_lines(
     tail.advance(inode, offset)
     assert [json.loads(line.raw)["session"] for line in lines] == ["b", "c"]
     assert tail.read()[0] == []
+
+
+def test_old_events_are_pruned_unless_a_webhook_still_owes_them(store: KeyStore) -> None:
+    events = EventStore(store.engine)
+    hooks = WebhookStore(store.engine)
+    hook = hooks.create("acme", "http://127.0.0.1:9/", [], "test", 20)
+    tail = Tail(Path("/nonexistent/audit.jsonl"), "sessions", None, 0)
+    lines = [
+        Line(
+            json.dumps(
+                {"action": "create", "result": "ok", "session": s, "tenant": "acme"}
+            ).encode(),
+            "sessions",
+        )
+        for s in ("old-delivered", "old-owed", "new")
+    ]
+    stored = {row.session: row.id for row in events.ingest([(tail, lines, 1, 0)])}
+    assert hooks.fan_out() == 3
+    long_ago = datetime.now(UTC) - timedelta(days=40)
+    with Session(store.engine) as session, session.begin():
+        session.execute(
+            update(Event)
+            .where(Event.session.in_(["old-delivered", "old-owed"]))
+            .values(stored_at=long_ago)
+        )
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.event_id == stored["old-delivered"])
+            .values(state="delivered", updated_at=long_ago)
+        )
+    assert events.prune(30 * 86400) == 1
+    left = events.after(0, tenant="acme", every_tenant=False)
+    assert [row.session for row in left] == ["old-owed", "new"]
+    assert [d.event_id for d, _ in hooks.deliveries(hook.id, 10)] == [
+        stored["new"],
+        stored["old-owed"],
+    ]
