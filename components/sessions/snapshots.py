@@ -39,8 +39,6 @@ from typing import Any
 
 from ..config.values import SESSION_ALLOWED
 from ..contract import (
-    LABEL_MANAGED,
-    MANAGED_VALUE,
     NAMING_CURRENT,
     SESSION_ID,
     UNTENANTED_STACK,
@@ -207,7 +205,8 @@ def _helper(client: Any, image: str, script: str, *args: str) -> None:
                 DISKS_DIR: {"bind": DISKS_DIR, "mode": "rw"},
                 SNAPSHOTS_DIR: {"bind": SNAPSHOTS_DIR, "mode": "rw"},
             },
-            labels={LABEL_MANAGED: MANAGED_VALUE, f"{LABEL_SNAPSHOT}.helper": "1"},
+            # Not dockyard.managed: quotas and host tools count and act on those.
+            labels={f"{LABEL_SNAPSHOT}.helper": "1"},
             remove=True,
             stdout=False,
             stderr=True,
