@@ -372,3 +372,30 @@ async def test_the_async_client_pages_scopes_and_maps_errors_like_the_blocking_o
     assert type(limited.value) is api_client.RateLimited
     assert limited.value.retry_after >= 1
     assert limited.value.exit_code == 1
+
+
+def test_up_through_the_server_sends_the_secret_values_this_shell_holds(served: Served) -> None:
+    """`dockyard up --secret NAME --server URL`: the value of $NAME here goes in the body
+    (the server would otherwise look in its own environment), and is never printed."""
+    env = {
+        **served.env,
+        api_client.KEY_VARIABLE: served.key("--tenant", "acme"),
+        "DOCKYARD_SERVER": served.url,
+    }
+    argv = [str(DOCKYARD), "up", "-s", "s1", "--cwd", "/srv/app", "-p", "0", "--secret", "MY_TOKEN"]
+    answers = {}
+    for held in (None, CANARY):
+        shell = {k: v for k, v in env.items() if k != "MY_TOKEN"}
+        if held:
+            shell["MY_TOKEN"] = held
+        result = subprocess.run(
+            [*argv, "--json"], env=shell, capture_output=True, text=True, check=False, timeout=120
+        )
+        assert result.returncode == 2, result.stderr
+        answers[held] = json.loads(result.stdout)["error"]["problems"]
+        assert CANARY not in result.stdout + result.stderr
+    assert [p.split(":")[0] for p in answers[None]] == [
+        "request.container.ports[0]",
+        "request.secrets[0]",
+    ]
+    assert [p.split(":")[0] for p in answers[CANARY]] == ["request.container.ports[0]"]
