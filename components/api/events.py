@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import InvalidInput
 from ..host.audit_trail import KEEP, now
+from .errors import RateLimited
 from .events_settings import EventSettings
 from .principal import Caller
 from .store.models import Event, EventSource, WebhookDelivery
@@ -435,6 +436,7 @@ class EventHub:
         self.store, self.settings = store, settings
         self.bell = Bell()
         self.readiness = Readiness(self, probe)
+        self.streams = Streams()
         self.tails: list[Tail] = []
         self.closing = False
         self.last_ingest_ms: float | None = None
@@ -569,8 +571,50 @@ async def stream_events(
             await hub.bell.wait(settings.store_poll_s)
             quiet += asyncio.get_running_loop().time() - started
 
-    return StreamingResponse(
-        frames(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return _Stream(frames(), hub.streams.reserve(caller.key_id, settings.streams_per_key))
+
+
+class Streams:
+    """Open streams per key, so one key cannot make the server poll the store for
+    thousands of them (this replica's count)."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, int] = {}
+
+    def reserve(self, key_id: str, most: int) -> Callable[[], None]:
+        if self.open.get(key_id, 0) >= most:
+            raise RateLimited(
+                f"key {key_id} has {most} event streams open (allowed: at most {most} at "
+                "once): close one, or filter one stream by session and types instead",
+                1.0,
+            )
+        self.open[key_id] = self.open.get(key_id, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.open[key_id] -= 1
+                if not self.open[key_id]:
+                    del self.open[key_id]
+
+        return release
+
+
+class _Stream(StreamingResponse):
+    """An SSE response that gives its stream's place back however it ends."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None]) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()

@@ -39,6 +39,8 @@ class EventSettings:
     """How often a waiting SSE stream asks the store (events another replica stored)."""
     keepalive_s: float = 15.0
     """An SSE comment line this often keeps proxies from closing an idle stream."""
+    streams_per_key: int = 20
+    """Event streams one key may hold open at once (then 429)."""
     keep_days: float = 30.0
     """Events (and settled webhook deliveries) older than this are forgotten, checked
     hourly; a stream resuming from an id older than that starts at the oldest kept."""

@@ -200,6 +200,30 @@ def test_a_newline_in_a_value_does_not_forge_an_event(server: Server) -> None:
     assert not any(line.startswith("id: 999") for line in reader.raw)
 
 
+def test_a_key_holds_a_bounded_number_of_streams(server: Server) -> None:
+    acme, other = server.key("acme"), server.key("acme")
+    readers = [stream(server, acme).__enter__() for _ in range(4)]  # fast_settings: 4
+    try:
+        with httpx.stream("GET", f"{server.url}/api/events", headers=acme, timeout=10) as refused:
+            assert refused.status_code == 429  # (a stream's body would never end: not read)
+            refused.read()
+        assert "at most 4" in refused.json()["error"]["problems"][0]
+        assert "retry-after" in refused.headers
+        with stream(server, other):  # another key has its own
+            pass
+        readers.pop().__exit__()
+        deadline = time.monotonic() + 30
+        while True:  # the server lets go of a stream when it notices the client left
+            with stream(server, acme) as again:
+                if again.status == 200:
+                    break
+            assert time.monotonic() < deadline, again.raw
+            time.sleep(0.1)
+    finally:
+        for reader in readers:
+            reader.__exit__()
+
+
 def test_bad_filters_and_resume_ids_are_refused_with_what_is_allowed(server: Server) -> None:
     acme = server.key("acme")
     bad_type = httpx.get(f"{server.url}/api/events?types=session.exploded", headers=acme)

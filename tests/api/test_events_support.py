@@ -47,6 +47,7 @@ def fast_settings(sessions_log: Path, host_log: Path, probe: Probe | None = None
     """Fast polls and retries, and the admin's allowance for the loopback receiver."""
     return EventSettings(
         ready_probe=probe,
+        streams_per_key=4,
         ready_poll_s=0.05,
         audit_logs=((sessions_log, "sessions"), (host_log, "host")),
         poll_s=0.02,
