@@ -365,6 +365,15 @@ Probe = Callable[[str, str | None], str]
 READY_AFTER = ("session.created", "session.refreshed", "session.restarted")
 
 
+def _moment(stamp: str) -> datetime:
+    """An audit line's time (``2026-12-06T17:15:37.123Z``); the epoch if unreadable."""
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.fromtimestamp(0, UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 class Readiness:
     """``session.ready``: after a create, refresh or restart stored by this server, the
     session's container is watched on its engine (every ``ready_poll_s``, at most
@@ -377,10 +386,18 @@ class Readiness:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def follow(self, stored: Iterable[Event]) -> None:
+        """Watch the sessions of ``stored`` triggers, those of the last ``ready_timeout_s``
+        only (a trail read from its start on a first run holds old creates)."""
         if self.probe is None:
             return
+        recent = datetime.now(UTC) - timedelta(seconds=self.hub.settings.ready_timeout_s)
         for row in stored:
-            if row.type in READY_AFTER and row.session and len(self.tasks) < READY_WATCHES:
+            if (
+                row.type in READY_AFTER
+                and row.session
+                and len(self.tasks) < READY_WATCHES
+                and _moment(row.time) > recent
+            ):
                 task = asyncio.get_running_loop().create_task(self._watch(row))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)

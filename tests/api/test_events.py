@@ -102,7 +102,7 @@ def test_ready_follows_created_once_the_engine_says_so(tmp_path: Path, store: Ke
     """``session.ready`` comes from the engine's answer (a fake one here; the engine test
     has the real one): after created, when the probe first says ready; never for a
     session whose container is gone."""
-    answers = {"s1": ["waiting", "waiting", "ready"], "s2": ["gone"]}
+    answers = {"s0": ["ready"], "s1": ["waiting", "waiting", "ready"], "s2": ["gone"]}
     asked: list[str] = []
 
     def probe(session: str, tenant: str | None) -> str:
@@ -113,8 +113,20 @@ def test_ready_follows_created_once_the_engine_says_so(tmp_path: Path, store: Ke
     with running_server(tmp_path, store, probe) as server:
         acme = server.key("acme")
         with stream(server, acme) as reader:
+            # A create of long ago (a trail read from its start holds them): not watched.
+            audit_trail.append(
+                server.audit_log,
+                {
+                    "time": "2026-01-01T00:00:00.000Z",
+                    "action": "create",
+                    "result": "ok",
+                    "session": "s0",
+                    "tenant": "acme",
+                },
+            )
             verb(server, "create", "s1", "acme")
             verb(server, "create", "s2", "acme")
+            assert reader.next().data["session"] == "s0"
             got = reader.take(3)
             assert reader.quiet(0.5) == []
     assert [(e.type, e.data["session"]) for e in got] == [
@@ -125,6 +137,7 @@ def test_ready_follows_created_once_the_engine_says_so(tmp_path: Path, store: Ke
     assert got[2].data["source"] == "engine"
     assert asked.count("s1") == 3
     assert asked.count("s2") == 1
+    assert "s0" not in asked
 
 
 def test_a_stream_resumes_after_last_event_id_with_nothing_missed_or_repeated(
