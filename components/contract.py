@@ -36,7 +36,25 @@ LABEL_BROKER = "dockyard.broker"
 LABEL_CREDENTIALS = "dockyard.credentials"
 """On an environment's container: its ``credentials`` mode, ``files`` or ``brokered`` (host
 tools that deliver secrets, e.g. the git_credentials role, refuse a brokered one)."""
-LABELS = frozenset(
+LABEL_SNAPSHOT = "dockyard.snapshot"
+"""On a snapshot's image (dockyard.sessions.snapshots): its name; the keys below say whose
+it is, of which session, what kind, which volumes were copied and when."""
+LABEL_SNAPSHOT_NAMESPACE = "dockyard.snapshot.namespace"
+LABEL_SNAPSHOT_SESSION = "dockyard.snapshot.session"
+LABEL_SNAPSHOT_KIND = "dockyard.snapshot.kind"
+LABEL_SNAPSHOT_VOLUMES = "dockyard.snapshot.volumes"
+LABEL_SNAPSHOT_CREATED = "dockyard.snapshot.created"
+SNAPSHOT_LABELS = frozenset(
+    {
+        LABEL_SNAPSHOT,
+        LABEL_SNAPSHOT_NAMESPACE,
+        LABEL_SNAPSHOT_SESSION,
+        LABEL_SNAPSHOT_KIND,
+        LABEL_SNAPSHOT_VOLUMES,
+        LABEL_SNAPSHOT_CREATED,
+    }
+)
+LABELS = SNAPSHOT_LABELS | frozenset(
     {
         LABEL_MANAGED,
         LABEL_ENVIRONMENT,

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .. import contract
 from ..config.values import SESSION_ALLOWED
 from ..contract import (
     NAMING_CURRENT,
@@ -64,12 +65,12 @@ from .request import SessionPlan
 
 REPOSITORY = "dockyard-snapshot"
 SNAPSHOTS_DIR = "/var/lib/dockyard/snapshots"
-LABEL_SNAPSHOT = "dockyard.snapshot"
-LABEL_NAMESPACE = "dockyard.snapshot.namespace"
-LABEL_OF = "dockyard.snapshot.session"
-LABEL_KIND = "dockyard.snapshot.kind"
-LABEL_VOLUMES = "dockyard.snapshot.volumes"
-LABEL_CREATED = "dockyard.snapshot.created"
+LABEL_SNAPSHOT = contract.LABEL_SNAPSHOT
+LABEL_NAMESPACE = contract.LABEL_SNAPSHOT_NAMESPACE
+LABEL_OF = contract.LABEL_SNAPSHOT_SESSION
+LABEL_KIND = contract.LABEL_SNAPSHOT_KIND
+LABEL_VOLUMES = contract.LABEL_SNAPSHOT_VOLUMES
+LABEL_CREATED = contract.LABEL_SNAPSHOT_CREATED
 KIND_SNAPSHOT = "snapshot"
 KIND_FORK = "fork"
 COPIED_ROLES = ("workspace", "config", "home")
