@@ -525,6 +525,45 @@ def _stop(pid_file: Path) -> bool:
     return True
 
 
+# Under systemd (--forwarder-unit NAME): each forwarder is the instance NAME@<network key>
+# of a template unit the role installs (dnsmasq in the foreground on <state dir>/<key>.conf),
+# enabled so it starts at boot before the engine: a service of its own, never a process
+# left in the cgroup of the oneshot job that started it (which systemd kills when it exits).
+FORWARDER_UNIT: str | None = None
+
+
+def _unit(key: str) -> str:
+    return f"{FORWARDER_UNIT}@{key}.service"
+
+
+def forwarder_running(state_dir: Path, key: str) -> bool:
+    if FORWARDER_UNIT:
+        active = subprocess.run(
+            ["systemctl", "is-active", "--quiet", _unit(key)], capture_output=True, check=False
+        )
+        return active.returncode == 0
+    return _pid(state_dir / f"{key}.pid") is not None
+
+
+def start_forwarder(state_dir: Path, key: str) -> None:
+    """(Re)start the forwarder of ``key`` on its configuration file."""
+    if FORWARDER_UNIT:
+        run(["systemctl", "enable", "--quiet", _unit(key)])
+        run(["systemctl", "restart", _unit(key)])
+        return
+    _stop(state_dir / f"{key}.pid")
+    run(["dnsmasq", f"--conf-file={state_dir / (key + '.conf')}"])
+
+
+def stop_forwarder(state_dir: Path, key: str) -> bool:
+    if FORWARDER_UNIT:
+        running = forwarder_running(state_dir, key)
+        run(["systemctl", "disable", "--now", "--quiet", _unit(key)])
+        (state_dir / f"{key}.pid").unlink(missing_ok=True)
+        return running
+    return _stop(state_dir / f"{key}.pid")
+
+
 def reconcile(
     upstreams: Sequence[str],
     state_dir: Path,
@@ -551,18 +590,16 @@ def reconcile(
     wanted_ids = {net.id for net in nets}
     for net in nets:
         conf = state_dir / f"{net.key}.conf"
-        pid_file = state_dir / f"{net.key}.pid"
         text = dnsmasq_config(net, upstreams, state_dir, log)
         stale = not conf.exists() or conf.read_text() != text
         # A replaced table lost the resolved addresses: restart so the cache refills them.
-        if stale or table_replaced or _pid(pid_file) is None:
-            _stop(pid_file)
+        if stale or table_replaced or not forwarder_running(state_dir, net.key):
             conf.write_text(text)
-            run(["dnsmasq", f"--conf-file={conf}"])
+            start_forwarder(state_dir, net.key)
             actions.append(f"forwarder for {net.name} (re)started on {net.gateway}")
     for conf in state_dir.glob("*.conf"):
         if conf.stem not in wanted:
-            _stop(state_dir / f"{conf.stem}.pid")
+            stop_forwarder(state_dir, conf.stem)
             conf.unlink()
             actions.append(f"forwarder {conf.stem} removed (network gone)")
     return {
@@ -596,7 +633,10 @@ def restore(state_dir: Path) -> dict[str, object]:
             stdin=f"table inet {TABLE}\ndelete table inet {TABLE}\n{applied.read_text()}",
         )
         actions.append("nftables table restored")
-    for conf in sorted(state_dir.glob("*.conf")) if state_dir.is_dir() else []:
+    # Forwarder units are enabled (WantedBy=docker.service): systemd starts them itself.
+    for conf in (
+        sorted(state_dir.glob("*.conf")) if state_dir.is_dir() and not FORWARDER_UNIT else []
+    ):
         pid_file = state_dir / f"{conf.stem}.pid"
         if _pid(pid_file) is None:
             pid_file.unlink(missing_ok=True)
@@ -617,9 +657,12 @@ def remove(state_dir: Path) -> dict[str, object]:
         run(["nft", "delete", "table", "inet", TABLE])
         actions.append("nftables table deleted")
     if state_dir.is_dir():
-        for pid_file in state_dir.glob("*.pid"):
-            if _stop(pid_file):
-                actions.append(f"forwarder {pid_file.stem} stopped")
+        keys = {p.stem for p in state_dir.glob("*.pid")} | {
+            c.stem for c in state_dir.glob("*.conf")
+        }
+        for key in sorted(keys - {"ruleset"}):
+            if stop_forwarder(state_dir, key):
+                actions.append(f"forwarder {key} stopped")
         for leftover in state_dir.iterdir():
             leftover.unlink()
     return {
@@ -670,6 +713,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--remove", action="store_true", help="delete the table and stop every forwarder"
     )
     parser.add_argument(
+        "--forwarder-unit",
+        help="systemd template unit NAME: run each forwarder as NAME@<network>.service",
+    )
+    parser.add_argument(
         "--restore",
         action="store_true",
         help="at boot, before the engine: apply the last table and start the last forwarders",
@@ -679,12 +726,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global TABLE  # every rule, set and forwarder names the one table
+    global TABLE, FORWARDER_UNIT  # every rule, set and forwarder names the one table
     args = build_parser().parse_args(argv)
     TABLE = args.table
+    FORWARDER_UNIT = args.forwarder_unit
     try:
         if not all(c.isascii() and (c.islower() or c.isdigit() or c == "_") for c in TABLE):
             raise GuardError(f"--table {TABLE!r} is not allowed (allowed: a-z 0-9 _)")
+        unit = args.forwarder_unit
+        if unit is not None and not (
+            unit and all(c.isascii() and (c.isalnum() or c in "-_") for c in unit)
+        ):
+            raise GuardError(f"--forwarder-unit {unit!r} is not allowed (allowed: a-z A-Z 0-9 - _)")
         if args.scope_label is not None and "=" not in args.scope_label:
             raise GuardError(
                 f"--scope-label {args.scope_label!r} is not allowed (allowed: KEY=VALUE)"
