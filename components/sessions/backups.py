@@ -12,36 +12,20 @@ is :mod:`dockyard.sessions.restore_at_create`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from .. import backup
 from ..config import ConfigError, StackConfig, from_host_settings
 from ..config import stack_file as read_stack_file
 from . import audit
-from .registry import Registry, SessionNotFound
+from .registry import SessionNotFound
 from .request import SESSIONS_STACK, SessionPlan
-from .settings import Paths, load_settings
+from .service import SessionsLike
+from .settings import load_settings
 
 Progress = Callable[[str], None]
-
-
-class SessionsLike(Protocol):
-    """What backups need of :class:`dockyard.sessions.Sessions` (which calls them)."""
-
-    where: Paths
-
-    @property
-    def registry(self) -> Registry: ...
-
-    def plan(
-        self,
-        request: Mapping[str, Any],
-        secrets: Mapping[str, str] | None = None,
-        *,
-        naming: str = ...,
-    ) -> tuple[SessionPlan, dict[str, str]]: ...
 
 
 NOT_CONFIGURED = (

@@ -21,34 +21,19 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from .. import capacity
 from ..contract import LABEL_MANAGED, LABEL_SESSION, MANAGED_VALUE
 from ..errors import Conflict, Failed
 from . import audit
-from .registry import Record, Registry
+from .registry import Record
 from .request import SessionPlan
+from .service import SessionsLike
 from .settings import Paths
 
 PAUSED = "paused"
 RUNNING = "running"
-
-
-class SessionsLike(Protocol):
-    """What pause and snapshots need of :class:`dockyard.sessions.Sessions`."""
-
-    where: Paths
-
-    @property
-    def registry(self) -> Registry: ...
-
-    def plan(
-        self,
-        request: Mapping[str, Any],
-        secrets: Mapping[str, str] | None = None,
-        naming: str = ...,
-    ) -> tuple[SessionPlan, dict[str, str]]: ...
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,6 @@ from . import audit
 from .pause import (
     PAUSED,
     RUNNING,
-    SessionsLike,
     connect,
     container_of,
     freeze,
@@ -62,6 +61,7 @@ from .pause import (
 )
 from .registry import Record
 from .request import SessionPlan
+from .service import SessionsLike
 
 REPOSITORY = "dockyard-snapshot"
 SNAPSHOTS_DIR = "/var/lib/dockyard/snapshots"
