@@ -32,6 +32,7 @@ from . import values as v
 from .base import Model
 from .environment import Environment
 from .mounts import DEFAULT_MANIFEST_DIR, manifest_root
+from .pools import Pools, check_pools
 from .scope import scope_of
 from .sections import (
     BUILTIN_PROFILES,
@@ -95,6 +96,8 @@ class StackConfig(Model):
     limits: Limits = Field(default_factory=Limits)
     healthcheck: Healthcheck = Field(default_factory=Healthcheck)
     quotas: Quotas = Field(default_factory=Quotas)
+    pools: Pools = Field(default_factory=list)
+    """Warm pools of ready environments (:mod:`.pools`; host settings)."""
     backup: BackupSettings | None = None
     """Encrypted workspace backups; None: none."""
     publish_address: Annotated[str, BeforeValidator(_publish_address)] = "127.0.0.1"
@@ -158,6 +161,11 @@ class StackConfig(Model):
     @classmethod
     def _known_profile(cls, name: str, info: ValidationInfo) -> str:
         return known_profile(name, scope_of(info))
+
+    @field_validator("pools")
+    @classmethod
+    def _pools(cls, pools: list[Any], info: ValidationInfo) -> list[Any]:
+        return check_pools(pools, info)
 
     @field_validator("*")
     @classmethod
