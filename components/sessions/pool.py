@@ -1,0 +1,221 @@
+"""Warm pool bookkeeping (issue 29 item 1, part): which members exist, which are free,
+who claimed which, and what a refill has to create or re-roll.
+
+State lives under ``<state>/pools`` so every process of a host (the CLI, ``dockyard
+serve``, an application's library calls) sees the same pool:
+
+* ``members/<member>.json`` — a ready member: its pool, the digest of the settings and
+  image it was made with, when. Written whole (temporary file, then rename).
+* ``claims/<member>`` — the claim, made with ``O_CREAT | O_EXCL``: of any number of
+  processes claiming at once exactly one creates the file, so no member is handed out
+  twice. A claim is never removed: a member serves one session ever.
+* ``creating/<member>`` — a member being made (a refill counts it against ``max``).
+
+Members have session ids of the session grammar, ``pool-<16 hex>`` (random: no tenant
+can guess one to take its name first). Nothing here reaches an engine: making members,
+binding a claim to a session and wiring ``Sessions.create`` are not done yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config.pools import Pool
+
+MEMBER_PREFIX = "pool-"
+
+
+def new_member_id() -> str:
+    return MEMBER_PREFIX + secrets.token_hex(8)
+
+
+def digest(pool: Pool, image_ref: str) -> str:
+    """What a member was made from: its pool entry and the image; a change re-rolls it."""
+    text = json.dumps({"pool": pool.model_dump(mode="json"), "image": image_ref}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Member:
+    member: str
+    pool: str
+    """The pool's label, ``backend-variant-profile``."""
+    digest: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    member: Member
+    session: str
+    tenant: str | None
+
+
+@dataclass(frozen=True)
+class RefillPlan:
+    create: dict[str, int] = field(default_factory=dict)
+    """Pool label -> members to make."""
+    reroll: list[Member] = field(default_factory=list)
+    """Unclaimed members of a changed setting or image, or of a pool no longer listed."""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+MEMBER_ID = re.compile(MEMBER_PREFIX + r"[0-9a-f]{16}", re.ASCII)
+
+
+def _valid_member(name: str) -> bool:
+    return bool(MEMBER_ID.fullmatch(name))
+
+
+class PoolStore:
+    """The pool state of one host's state directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def members_dir(self) -> Path:
+        return self.root / "members"
+
+    @property
+    def claims_dir(self) -> Path:
+        return self.root / "claims"
+
+    @property
+    def creating_dir(self) -> Path:
+        return self.root / "creating"
+
+    def _dirs(self) -> None:
+        for where in (self.members_dir, self.claims_dir, self.creating_dir):
+            where.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # --- members ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def creating(self, pool: Pool, member: str) -> Iterator[None]:
+        """Mark ``member`` as being made while the block runs (counted against ``max``)."""
+        if not _valid_member(member):
+            raise ValueError(f"member {member!r} (allowed: {MEMBER_PREFIX}<hex>)")
+        self._dirs()
+        marker = self.creating_dir / member
+        marker.write_text(pool.label, encoding="utf-8")
+        try:
+            yield
+        finally:
+            marker.unlink(missing_ok=True)
+
+    def add(self, pool: Pool, member: str, image_ref: str) -> Member:
+        """Record a member made and ready for ``pool`` built from ``image_ref``."""
+        if not _valid_member(member):
+            raise ValueError(f"member {member!r} (allowed: {MEMBER_PREFIX}<hex>)")
+        self._dirs()
+        if (self.claims_dir / member).exists():
+            raise ValueError(f"member {member!r} was claimed once: a member serves one session")
+        record = Member(member, pool.label, digest(pool, image_ref), _now())
+        temporary = self.members_dir / f".{member}.tmp"
+        temporary.write_text(json.dumps(asdict(record)), encoding="utf-8")
+        os.replace(temporary, self.members_dir / f"{member}.json")
+        return record
+
+    def members(self) -> list[Member]:
+        """Every recorded member, claimed or not, oldest first (unreadable records skipped)."""
+        found = []
+        for path in self.members_dir.glob("*.json") if self.members_dir.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                data = json.loads(path.read_text(encoding="utf-8"))
+                record = Member(
+                    str(data["member"]),
+                    str(data["pool"]),
+                    str(data["digest"]),
+                    str(data["created_at"]),
+                )
+                if record.member == path.stem and _valid_member(record.member):
+                    found.append(record)
+        return sorted(found, key=lambda m: (m.created_at, m.member))
+
+    def claimed(self, member: str) -> bool:
+        return (self.claims_dir / member).exists()
+
+    def free(self, pool: Pool, image_ref: str) -> list[Member]:
+        """Unclaimed members of ``pool`` made from the current settings and image."""
+        wanted = digest(pool, image_ref)
+        return [
+            m
+            for m in self.members()
+            if m.pool == pool.label and m.digest == wanted and not self.claimed(m.member)
+        ]
+
+    def forget(self, member: str) -> None:
+        """Drop a member's record (it was destroyed, or became its session); a claim stays."""
+        (self.members_dir / f"{member}.json").unlink(missing_ok=True)
+
+    # --- claims -------------------------------------------------------------------------
+
+    def claim(self, pool: Pool, image_ref: str, session: str, tenant: str | None) -> Claim | None:
+        """Take a free member of ``pool`` for ``session``, or None when none is free.
+        Atomic across processes: the claim file is created exclusively, so a member two
+        processes race for goes to exactly one; the loser tries the next."""
+        self._dirs()
+        for member in self.free(pool, image_ref):
+            try:
+                descriptor = os.open(
+                    self.claims_dir / member.member, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600
+                )
+            except FileExistsError:
+                continue
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                json.dump({"session": session, "tenant": tenant, "claimedAt": _now()}, handle)
+            return Claim(member, session, tenant)
+        return None
+
+    def claim_of(self, member: str) -> dict[str, Any] | None:
+        path = self.claims_dir / member
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    # --- refill -------------------------------------------------------------------------
+
+    def being_made(self, pool: Pool) -> int:
+        if not self.creating_dir.is_dir():
+            return 0
+        count = 0
+        for marker in self.creating_dir.iterdir():
+            with contextlib.suppress(OSError):
+                count += marker.read_text(encoding="utf-8") == pool.label
+        return count
+
+    def plan(self, pools: Iterable[Pool], image_ref: str) -> RefillPlan:
+        """What a refill does: re-roll unclaimed members of a changed pool or image (or of
+        a pool no longer listed), then make each pool's ready members up to ``min``,
+        never holding more than ``max`` (ready plus being made)."""
+        listed = {pool.label: pool for pool in pools}
+        reroll = [
+            m
+            for m in self.members()
+            if not self.claimed(m.member)
+            and (m.pool not in listed or m.digest != digest(listed[m.pool], image_ref))
+        ]
+        create = {}
+        for label, pool in listed.items():
+            ready = len(self.free(pool, image_ref))
+            held = ready + self.being_made(pool)
+            wanted = min(max(pool.min - ready, 0), max(pool.ceiling - held, 0))
+            if wanted:
+                create[label] = wanted
+        return RefillPlan(create=create, reroll=reroll)
