@@ -34,7 +34,7 @@ PULUMI_INSTALL_PAGE := https://www.pulumi.com/docs/iac/download-install/
 PASSPHRASE_FILE ?= $(HOME)/.config/dockyard/pulumi-passphrase
 export PATH := $(CURDIR)/$(BIN):$(PULUMI_HOME_BIN):$(PATH)
 
-.PHONY: help setup setup-dev up shell-setup down test test-runsc test-isolation lint openapi dashboard-screenshots bench base-image certs image pulumi-cli stack
+.PHONY: help setup setup-dev up shell-setup down test test-runsc test-isolation lint openapi typescript-client dashboard-screenshots bench base-image certs image pulumi-cli stack
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -182,6 +182,9 @@ dashboard-screenshots: setup-dev ## Regenerate the dashboard's screenshots (docs
 
 openapi: setup ## Regenerate the HTTP API's committed OpenAPI document (components/api/openapi.json)
 	$(BIN)/python -m dockyard.api.openapi > components/api/openapi.json
+
+typescript-client: ## Regenerate the TypeScript client's types from openapi.json (npm ci, locked versions)
+	cd components/api/typescript && npm ci --no-audit --no-fund --cache .npm-cache && npm run --silent generate && npm run --silent check
 
 bench: setup-dev base-image certs ## Run the benchmarks (never part of `make test`)
 	@if [ -d benchmarks ]; then $(BIN)/python -m benchmarks; else echo "no benchmarks yet"; fi
