@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from ..errors import DockyardError
 from ..sessions import Sessions
+from ..sessions.status import engine_state
 from .events import Probe
-from .status import engine_state
 
 WAITING = ("running", "created", "restarting", "unknown")
 """Container states that may still become ready (``unknown``: the engine did not answer)."""

@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field
 
 from ..errors import InvalidInput
 from ..sessions import registry
+from ..sessions.status import engine_state
 from .principal import Caller, Ctx, Principal
-from .status import engine_state
 
 router = APIRouter(tags=["sessions"])
 

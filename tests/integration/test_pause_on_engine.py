@@ -21,10 +21,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from dockyard.api.status import engine_state
 from dockyard.errors import Conflict, NotFound
 from dockyard.sessions import Sessions, audit
 from dockyard.sessions.settings import paths
+from dockyard.sessions.status import engine_state
 from tests.harness.sessions import HarnessDriver
 from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
 

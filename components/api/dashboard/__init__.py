@@ -23,18 +23,16 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import docker
-import docker.errors
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ...errors import DockyardError, InvalidInput
+from ...sessions.status import container_logs, engine_state, engine_states
 from ..context import Context
 from ..errors import RateLimited
 from ..principal import Principal
 from ..sessions import _split_secrets
-from ..status import engine_state
 
 router = APIRouter(include_in_schema=False)
 
@@ -353,40 +351,6 @@ def _port_host(record_host: str, request: Request) -> str:
     return urlsplit(record_host).hostname or record_host
 
 
-def _engine_states(host: str) -> dict[str, dict[str, Any]] | None:
-    """Every dockyard container's state on one engine, by name, in ONE list call (the
-    table's rows would otherwise cost an inspect each). Like .status.engine_state, this
-    reads the engine from the face until the service layer has a status verb."""
-    try:
-        client = (
-            docker.from_env()
-            if host == "local"
-            else docker.DockerClient(base_url=host, use_ssh_client=True)
-        )
-    except docker.errors.DockerException:
-        return None
-    try:
-        listed = client.api.containers(all=True, filters={"label": "dockyard.session"})
-    except docker.errors.DockerException:
-        return None  # the engine cannot be asked: every state is unknown
-    finally:
-        client.close()
-    states = {}
-    for item in listed:
-        status = str(item.get("Status") or "")
-        health = next(
-            (h for word, h in HEALTH_WORDS if word in status),
-            None,
-        )
-        for name in item.get("Names") or []:
-            states[name.lstrip("/")] = {"status": item.get("State"), "health": health}
-    return states
-
-
-HEALTH_WORDS = (("(healthy)", "healthy"), ("(unhealthy)", "unhealthy"), ("(health: ", "starting"))
-"""How the engine's list writes a container's health in its status line."""
-
-
 def _rows(ctx: Context, scope: str | None) -> list[dict[str, Any]]:
     """The table's rows from the service layer (the calls GET /api/sessions makes), with
     each container's state on its engine (one list call per engine host)."""
@@ -399,7 +363,7 @@ def _rows(ctx: Context, scope: str | None) -> list[dict[str, Any]]:
         record = records.get(row["stack"])
         asked = record.request if record else {}
         if row["host"] not in engines:
-            engines[row["host"]] = _engine_states(row["host"])
+            engines[row["host"]] = engine_states(row["host"])
         listed = engines[row["host"]]
         if listed is None:
             state = {"status": "unknown", "health": None}
@@ -631,19 +595,7 @@ async def create(request: Request) -> Response:
 def _logs(ctx: Context, session: str, scope: str | None) -> str:
     """The container's last lines (what `dockyard logs --tail N` prints)."""
     record, manifest = ctx.sessions.locate(session, scope)
-    try:
-        client = (
-            docker.from_env()
-            if record.host == "local"
-            else docker.DockerClient(base_url=record.host, use_ssh_client=True)
-        )
-        try:
-            data = client.api.logs(manifest["container"]["id"], tail=LOG_LINES, timestamps=False)
-        finally:
-            client.close()
-    except docker.errors.DockerException as exc:
-        return f"(the logs cannot be read: {type(exc).__name__})"
-    return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+    return container_logs(manifest["container"]["id"], record.host, LOG_LINES)
 
 
 def _detail(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
