@@ -176,6 +176,12 @@ def serve(
         float, typer.Option(help="Requests per second per key (one replica).")
     ] = Limits.rate,
     burst: Annotated[int, typer.Option(help="Requests per key at once.")] = Limits.burst,
+    upload_limit: Annotated[
+        int, typer.Option(help="Largest file upload (PUT …/files) in bytes.")
+    ] = Limits.upload_bytes,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the next part of a body (then 408).")
+    ] = Limits.body_timeout_s,
 ) -> None:
     """Serve the HTTP API (docs/api.md) until interrupted."""
     with errors(False):
@@ -186,7 +192,17 @@ def serve(
 
         from .app import create_app
 
-        app = create_app(Sessions.default(), store, Limits(body_limit, rate, burst))
+        app = create_app(
+            Sessions.default(),
+            store,
+            Limits(
+                body_limit,
+                rate,
+                burst,
+                upload_bytes=upload_limit,
+                body_timeout_s=body_timeout,
+            ),
+        )
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,8 +1,9 @@
 """What every request gets, in one place: an id (``X-Request-Id`` on every answer), the
-body size limit, a line in the audit trail (actor ``key:<id>``, or ``anonymous`` before a
-key is known; the method, path, status and request id as its detail — never a body,
-header or query value), and a catch-all that answers 500 with the request id and no
-traceback (the traceback goes to the server's log)."""
+body size limit (413) and read timeout (408: a client that stops sending its body is let
+go), a line in the audit trail (actor ``key:<id>``, or ``anonymous`` before a key is
+known; the method, path, status and request id as its detail — never a body, header or
+query value), and a catch-all that answers 500 with the request id and no traceback (the
+traceback goes to the server's log)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,24 @@ import time
 import uuid
 from typing import Any
 
+import anyio
 from anyio import to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import Failed
+from ..errors import FAILED, DockyardError, Failed
 from ..sessions import audit
 from .context import Context
 from .errors import REQUEST_ID_HEADER, TooLarge, body
 
 log = logging.getLogger(__package__)
+
+
+class SlowBody(DockyardError):
+    """The client stopped sending its body: nothing came for the read timeout."""
+
+    exit_code = FAILED
+    http_status = 408
+    kind = "request-timeout"
 
 
 class RequestMiddleware:
@@ -36,7 +46,7 @@ class RequestMiddleware:
         state: dict[str, Any] = scope.setdefault("dockyard", {})
         state.update(request_id=rid, actor="anonymous")
         started = time.monotonic()
-        status = {"code": 500, "sent": False, "too_large": False}
+        status: dict[str, Any] = {"code": 500, "sent": False, "refused": None}
         limit = self.context.limits.body_limit(scope["method"], scope["path"])
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
@@ -45,17 +55,35 @@ class RequestMiddleware:
         )
 
         received = 0
+        timeout = self.context.limits.body_timeout_s
+        slow = SlowBody(
+            f"request: no body bytes came for {timeout:g} s (allowed: at most {timeout:g} s "
+            "between two parts of a body; send the body at once)"
+        )
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:
+                # After the body only a disconnect can come (a stream waits for it).
+                return await receive()
+            # A client that stops sending its body (slowloris) is answered 408 and let go,
+            # instead of holding a worker's request open for ever.
+            with anyio.move_on_after(timeout) as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                status["refused"] = slow
+                raise slow
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > limit:
                     # The framework turns an error while it reads the body into its own
                     # 400; app_send answers 413 in its place.
-                    status["too_large"] = True
+                    status["refused"] = too_large
                     raise too_large
+            else:
+                body_done = True
             return message
 
         async def tagged_send(message: Message) -> None:
@@ -72,17 +100,18 @@ class RequestMiddleware:
             await send(message)
 
         async def app_send(message: Message) -> None:
-            if not status["too_large"]:
+            refused = status["refused"]
+            if refused is None:
                 await tagged_send(message)
             elif message["type"] == "http.response.start" and not status["sent"]:
-                await self._answer(too_large.http_status, body(too_large, scope), tagged_send)
+                await self._answer(refused.http_status, body(refused, scope), tagged_send)
 
         try:
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
                 await self._answer(too_large.http_status, body(too_large, scope), tagged_send)
             else:
                 await self.app(scope, limited_receive, app_send)
-        except TooLarge as error:
+        except (TooLarge, SlowBody) as error:
             if not status["sent"]:
                 await self._answer(error.http_status, body(error, scope), tagged_send)
         except Exception:

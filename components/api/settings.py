@@ -28,6 +28,8 @@ class Limits:
     """Service calls (creates, destroys…) running at once; further ones wait their turn
     without blocking the event loop, so reads keep being answered."""
     upload_bytes: int = 1024 * 1024 * 1024
+    body_timeout_s: float = 30.0
+    """Longest wait for the next part of a request body (then 408: a slow client is let go)."""
     """Largest file uploaded to (or read from) a workspace (``PUT …/files``' body)."""
 
     def body_limit(self, method: str, path: str) -> int:
