@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from ..capacity import connect
 from ..contract import AGENT_UID, WORKSPACE_MOUNT
 from ..errors import Conflict, DockyardError, Failed, InvalidInput, NotFound
 from . import located
@@ -300,17 +301,13 @@ _CLIENTS_LOCK = threading.Lock()
 def client_for(host: str) -> Any:
     """One Docker client per engine for the process's lifetime (each new one would ask the
     engine its version first: a round trip per request)."""
-    import docker
+    import docker.errors
 
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(host)
         if client is None:
             try:
-                client = (
-                    docker.from_env()
-                    if host == "local"
-                    else docker.DockerClient(base_url=host, use_ssh_client=True)
-                )
+                client = connect(None if host == "local" else host)
             except docker.errors.DockerException as exc:
                 raise Failed(f"the engine ({host}) cannot be reached: {exc}") from None
             _CLIENTS[host] = client
