@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,9 +37,8 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import InvalidInput
 from ..host.audit_trail import KEEP, now
@@ -47,6 +46,7 @@ from .errors import RateLimited
 from .events_settings import EventSettings
 from .principal import Caller
 from .store.models import Event, EventSource, WebhookDelivery
+from .store.transactions import Transactional
 
 EVENT_TYPES = (
     "session.created",
@@ -237,17 +237,8 @@ class Tail:
         return lines, offset + end + 1
 
 
-class EventStore:
+class EventStore(Transactional):
     """Events in the API store (the key store's database)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
-
-    @contextlib.contextmanager
-    def _session(self) -> Iterator[Session]:
-        with self._sessions.begin() as session:
-            yield session
 
     def position(self, tail: Tail) -> tuple[int | None, int]:
         with self._session() as session:

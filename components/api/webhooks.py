@@ -35,7 +35,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -45,7 +45,6 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import InvalidInput, NotFound
 from ..sessions import Sessions
@@ -54,6 +53,7 @@ from .events_ready import engine_probe
 from .events_settings import EventSettings, Network
 from .principal import Caller, Ctx
 from .store.models import Event, Webhook, WebhookDelivery
+from .store.transactions import Transactional
 
 log = logging.getLogger(__package__)
 
@@ -135,17 +135,8 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-class WebhookStore:
+class WebhookStore(Transactional):
     """Webhooks and deliveries in the API store."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
-
-    @contextlib.contextmanager
-    def _session(self) -> Iterator[Session]:
-        with self._sessions.begin() as session:
-            yield session
 
     def create(
         self, tenant: str | None, url: str, events: list[str], actor: str, most: int
