@@ -19,15 +19,15 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import anyio
-from anyio import to_thread
 from fastapi import APIRouter, Body, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..errors import DockyardError, InvalidInput
-from ..sessions import audit, dataplane
+from ..sessions import dataplane
 from .context import Context
 from .errors import body
+from .middleware import audit_request
 from .principal import Caller, Ctx, principal
 from .workspace import SessionId, TenantQuery, blocking, iterate, limits, open_workspace
 
@@ -222,7 +222,13 @@ async def interactive(websocket: WebSocket, session_id: str, tenant: str | None 
         code = _close_code(invalid)
         await _fail(websocket, invalid, code)
     finally:
-        await _audit(ctx, websocket.scope, code, started)
+        await audit_request(
+            ctx,
+            websocket.scope,
+            ok=code in (1000, 1001),
+            detail=f"WEBSOCKET {websocket.scope['path']} {code}",
+            started=started,
+        )
 
 
 async def _session(
@@ -308,20 +314,3 @@ async def _fail(websocket: WebSocket, error: DockyardError, code: int) -> None:
     with contextlib.suppress(Exception):
         await websocket.send_json({"event": "error", **body(error, websocket.scope)})
         await websocket.close(code)
-
-
-async def _audit(ctx: Context, scope: Any, code: int, started: float) -> None:
-    """The request's audit line, as the HTTP middleware writes it (it sees no WebSocket)."""
-    state = scope["dockyard"]
-    entry = {
-        "time": audit.now(),
-        "actor": state.get("actor", "anonymous"),
-        "action": "api",
-        "session": state.get("session"),
-        "tenant": state.get("tenant"),
-        "result": "ok" if code in (1000, 1001) else "error",
-        "duration_ms": round((time.monotonic() - started) * 1000),
-        "detail": f"WEBSOCKET {scope['path']} {code} request {state['request_id']}",
-    }
-    with contextlib.suppress(OSError):
-        await to_thread.run_sync(audit.append, ctx.sessions.where.audit_log, entry)

@@ -25,6 +25,28 @@ from .errors import REQUEST_ID_HEADER, TooLarge, body
 log = logging.getLogger(__package__)
 
 
+async def audit_request(
+    context: Context, scope: Scope, *, ok: bool, detail: str, started: float
+) -> None:
+    """A request's audit line (the key id as actor; HTTP requests and WebSockets alike):
+    ``detail`` says what was asked, the request id is added."""
+    state = scope["dockyard"]
+    entry = {
+        "time": audit.now(),
+        "actor": state.get("actor", "anonymous"),
+        "action": "api",
+        "session": state.get("session"),
+        "tenant": state.get("tenant"),
+        "result": "ok" if ok else "error",
+        "duration_ms": round((time.monotonic() - started) * 1000),
+        "detail": f"{detail} request {state['request_id']}",
+    }
+    try:
+        await to_thread.run_sync(audit.append, context.sessions.where.audit_log, entry)
+    except OSError:
+        log.exception("the audit line of request %s could not be written", state["request_id"])
+
+
 class SlowBody(DockyardError):
     """The client stopped sending its body: nothing came for the read timeout."""
 
@@ -122,7 +144,9 @@ class RequestMiddleware:
                 )
                 await self._answer(500, body(failure, scope), tagged_send)
         finally:
-            await self._audit(scope, status["code"], started)
+            code = status["code"]
+            detail = f"{scope['method']} {scope['path']} {code}"
+            await audit_request(self.context, scope, ok=code < 400, detail=detail, started=started)
 
     @staticmethod
     async def _answer(code: int, payload: dict[str, Any], send: Send) -> None:
@@ -138,20 +162,3 @@ class RequestMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": data})
-
-    async def _audit(self, scope: Scope, code: int, started: float) -> None:
-        state = scope["dockyard"]
-        entry = {
-            "time": audit.now(),
-            "actor": state.get("actor", "anonymous"),
-            "action": "api",
-            "session": state.get("session"),
-            "tenant": state.get("tenant"),
-            "result": "ok" if code < 400 else "error",
-            "duration_ms": round((time.monotonic() - started) * 1000),
-            "detail": f"{scope['method']} {scope['path']} {code} request {state['request_id']}",
-        }
-        try:
-            await to_thread.run_sync(audit.append, self.context.sessions.where.audit_log, entry)
-        except OSError:
-            log.exception("the audit line of request %s could not be written", state["request_id"])
