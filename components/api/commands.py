@@ -9,11 +9,13 @@ them is refused before anything listens.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -56,6 +58,16 @@ def open_store(given: str | None) -> KeyStore:
     return KeyStore(store_url(given))
 
 
+@contextlib.contextmanager
+def stored(given: str | None) -> Iterator[KeyStore]:
+    """The key store for one command, closed when it ends."""
+    store = open_store(given)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def _info(info: Any) -> dict[str, Any]:
     return {
         "id": info.id,
@@ -76,11 +88,8 @@ def keys_create(
 ) -> None:
     """Create a key and print it once (only its digest is kept)."""
     with errors(as_json):
-        store = open_store(key_store)
-        try:
+        with stored(key_store) as store:
             issued = store.create(tenant, admin)
-        finally:
-            store.close()
         if as_json:
             print(json.dumps({**_info(issued.info), "key": issued.key}))
         else:
@@ -100,11 +109,8 @@ def keys_list(
 ) -> None:
     """List keys: ids, tenant, created, last used, revoked — never the keys."""
     with errors(as_json):
-        store = open_store(key_store)
-        try:
+        with stored(key_store) as store:
             rows = [_info(info) for info in store.list(tenant)]
-        finally:
-            store.close()
         if as_json:
             print(json.dumps(rows, indent=2))
             return
@@ -120,11 +126,8 @@ def keys_list(
 def keys_revoke(key_id: str, key_store: StoreOption = None, as_json: JsonFlag = False) -> None:
     """Revoke a key: it answers 401 from then on."""
     with errors(as_json):
-        store = open_store(key_store)
-        try:
+        with stored(key_store) as store:
             info = store.revoke(key_id)
-        finally:
-            store.close()
         print(json.dumps(_info(info)) if as_json else f"revoked {info.id}")
 
 
