@@ -19,7 +19,7 @@ import contextlib
 import fcntl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -150,36 +150,59 @@ def _engine(sessions: SessionsLike, verb: str, session: str, tenant: str | None)
             yield record, container_of(record, shared_client(record.host)), entry
 
 
+def _move(
+    sessions: SessionsLike,
+    verb: str,
+    session: str,
+    tenant: str | None,
+    *,
+    source: str,
+    target: str,
+    act: Callable[[Any], None],
+    allowed: str,
+) -> State:
+    """Take a session's container from ``source`` to ``target`` with ``act``; already at
+    ``target``: no change (audited as such); anywhere else: a Conflict naming its state."""
+    with _engine(sessions, verb, session, tenant) as (record, container, entry):
+        status = container.status
+        if status == target:
+            entry["detail"] = f"already {target}"
+            return State(record.session_id, target, False)
+        if status != source:
+            raise Conflict(
+                f"session {record.session_id!r}: its container is {status}, not {source}; "
+                f"only a {source} session can be {verb}d (allowed: {allowed})"
+            )
+        act(container)
+        return State(record.session_id, target, True)
+
+
 def pause(sessions: SessionsLike, session: str, tenant: str | None = None) -> State:
     """Freeze the session's processes (memory kept). Already paused: no change."""
-    with _engine(sessions, "pause", session, tenant) as (record, container, entry):
-        status = container.status
-        if status == PAUSED:
-            entry["detail"] = "already paused"
-            return State(record.session_id, PAUSED, False)
-        if status != RUNNING:
-            raise Conflict(
-                f"session {record.session_id!r}: its container is {status}, not running; "
-                "only a running session can be paused (allowed: `dockyard refresh` it first)"
-            )
-        freeze(container)
-        return State(record.session_id, PAUSED, True)
+    return _move(
+        sessions,
+        "pause",
+        session,
+        tenant,
+        source=RUNNING,
+        target=PAUSED,
+        act=freeze,
+        allowed="`dockyard refresh` it first",
+    )
 
 
 def resume(sessions: SessionsLike, session: str, tenant: str | None = None) -> State:
     """Thaw a paused session where it was. Already running: no change."""
-    with _engine(sessions, "resume", session, tenant) as (record, container, entry):
-        status = container.status
-        if status == RUNNING:
-            entry["detail"] = "already running"
-            return State(record.session_id, RUNNING, False)
-        if status != PAUSED:
-            raise Conflict(
-                f"session {record.session_id!r}: its container is {status}, not paused; "
-                "only a paused session can be resumed (allowed: `dockyard refresh` it)"
-            )
-        thaw(container)
-        return State(record.session_id, RUNNING, True)
+    return _move(
+        sessions,
+        "resume",
+        session,
+        tenant,
+        source=PAUSED,
+        target=RUNNING,
+        act=thaw,
+        allowed="`dockyard refresh` it",
+    )
 
 
 FREEZE_TRIES = 6
