@@ -20,6 +20,7 @@ import yaml
 from tests.support import systemd_host
 from tests.support.ansible import REPO, PlaybookRun, run_playbook
 from tests.support.engine import wait_for
+from tests.support.images import DEFAULT_BASE
 from tests.support.systemd_host import ENGINE_DATA, SystemdHost
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -27,7 +28,10 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 # agent_tooling downloads the agent CLIs from npm: proven on the core image
 # (test_site_playbook.py); nothing in it depends on the init system.
 ARGS = ["--skip-tags", "agent_tooling"]
-VARIABLES = {"env_health_interval_minutes": 10}
+# A stand-in for a Python with dockyard installed: records how the boot unit calls it.
+STORAGE_PYTHON = "/usr/local/bin/dockyard-python-standin"
+STORAGE_CALLS = "/var/lib/dockyard-standin-calls"
+VARIABLES = {"env_health_interval_minutes": 10, "docker_host_storage_python": STORAGE_PYTHON}
 MIRROR = "http://127.0.0.1:5999"
 TIMERS = ["dockyard-health.timer", "dockyard-idle-monitor.timer"]
 
@@ -61,6 +65,10 @@ def converged(
     for host in systemd_host.started(docker_client, tmp_path_factory.mktemp("systemd")):
         runtime_path = host.sh("command -v runc").strip()
         host.sh("mkdir -p /etc/docker")
+        host.sh(
+            f"printf '#!/bin/sh\\necho \"$(cut -d. -f1 /proc/uptime) $*\" >> {STORAGE_CALLS}\\n'"
+            f" > {STORAGE_PYTHON} && chmod 755 {STORAGE_PYTHON}"
+        )
         host.sh(
             f"cat > /etc/docker/daemon.json <<'EOF'\n{json.dumps(own_daemon_json(runtime_path))}\nEOF"
         )
@@ -187,6 +195,129 @@ def test_engine_and_timers_come_back_after_a_reboot(
     # Still converged: nothing to change after the reboot.
     again = site(host)
     assert again.changed() == {host.container.name: 0}, again.output[-3000:]
+
+
+EGRESS_VARIABLES = {"egress_guard_upstream_dns": ["192.0.2.53"]}
+FORWARDER = "dockyard-egress-dns@{key}.service"
+BOOT_UNIT = "dockyard-egress-guard-boot.service"
+
+
+@dataclass
+class Egress:
+    runs: list[PlaybookRun]
+    network_key: str
+
+
+@pytest.fixture(scope="module")
+def egress(converged: Converged) -> Egress:
+    """An allowlisted network with a restart-policy container in the host's own engine, then
+    playbooks/egress.yml twice. Its rules live in the host's network namespace only."""
+    host = converged.host
+    host.load_image(DEFAULT_BASE)
+    allow = json.dumps(["example.com:443", "192.0.2.0/24:80"])
+    network = host.sh(
+        "docker network create --label dockyard.egress=allowlist "
+        f"--label 'dockyard.egress.allow={allow}' egress-allow"
+    ).strip()
+    host.exec(
+        "docker", "run", "-d", "--name", "allowed", "--restart", "unless-stopped",
+        "--network", "egress-allow", DEFAULT_BASE, "sleep", "infinity",
+    )  # fmt: skip
+    runs = [
+        run_playbook("egress.yml", inventory=host.inventory, extra_vars=EGRESS_VARIABLES)
+        for _ in range(2)
+    ]
+    return Egress(runs, network[:12])
+
+
+def monotonic(host: SystemdHost, unit: str, prop: str) -> int:
+    return int(host.sh(f"systemctl show -p {prop} --value {unit}").strip())
+
+
+def test_egress_forwarders_are_services_of_their_own(converged: Converged, egress: Egress) -> None:
+    host = converged.host
+    assert egress.runs[1].changed() == {host.container.name: 0}, egress.runs[1].output[-3000:]
+    forwarder = FORWARDER.format(key=egress.network_key)
+    assert host.sh(f"systemctl is-enabled {forwarder} {BOOT_UNIT}").split() == ["enabled"] * 2
+    # The guard's timer job (a oneshot) restarts a forwarder that is down; once the job
+    # has exited the forwarder still runs, in its own unit's cgroup.
+    host.exec("systemctl", "stop", "dockyard-egress-guard.timer")
+    try:
+        host.exec("systemctl", "stop", forwarder)
+        host.exec("systemctl", "start", "dockyard-egress-guard.service")
+        job = host.sh("systemctl show -p Result -p ActiveState dockyard-egress-guard.service")
+        assert "Result=success" in job, job
+        assert "ActiveState=inactive" in job, job
+        assert host.sh(f"systemctl is-active {forwarder}", check=False).strip() == "active"
+        cgroup = host.sh(f"systemctl show -p ControlGroup --value {forwarder}").strip()
+        assert cgroup.endswith("/" + forwarder), cgroup
+        pid = host.sh(f"systemctl show -p MainPID --value {forwarder}").strip()
+        assert "dnsmasq" in host.sh(f"cat /proc/{pid}/cmdline | tr '\\0' ' '")
+    finally:
+        host.exec("systemctl", "start", "dockyard-egress-guard.timer")
+
+
+def test_the_fence_is_in_place_before_the_engine_restarts_containers_at_boot(
+    converged: Converged, egress: Egress
+) -> None:
+    host = converged.host
+    forwarder = FORWARDER.format(key=egress.network_key)
+    host.reboot()
+    # The allowlisted environment came back with the engine (restart policy) ...
+    wait_for(
+        lambda: (
+            host.sh("docker inspect -f '{{.State.Running}}' allowed", check=False).strip() == "true"
+        ),
+        60,
+        what="the allowlisted container after the reboot",
+    )
+    # ... and the table and its forwarder were there before the engine started: restored
+    # at boot, not by the timer (its first run is 30 s after boot).
+    assert "dockyard_egress" in host.sh("nft list tables")
+    engine_start = monotonic(host, "docker.service", "ExecMainStartTimestampMonotonic")
+    restored = monotonic(host, BOOT_UNIT, "ExecMainExitTimestampMonotonic")
+    assert 0 < restored <= engine_start, (restored, engine_start)
+    assert host.sh(f"systemctl is-active {forwarder}").strip() == "active"
+    forwarder_start = monotonic(host, forwarder, "ExecMainStartTimestampMonotonic")
+    assert 0 < forwarder_start <= engine_start, (forwarder_start, engine_start)
+    assert host.sh("systemctl show -p NRestarts --value " + forwarder).strip() == "0"
+    # Still converged, once the timer's first run since boot (30 s after it) is over: two
+    # guards at once would each see the other's work.
+    job = "dockyard-egress-guard.service"
+    wait_for(
+        lambda: (
+            monotonic(host, job, "ExecMainExitTimestampMonotonic") > 0
+            and host.sh(f"systemctl is-active {job}", check=False).strip() != "activating"
+        ),
+        90,
+        what="the guard's first timer job since boot",
+    )
+    again = run_playbook("egress.yml", inventory=host.inventory, extra_vars=EGRESS_VARIABLES)
+    assert again.changed() == {host.container.name: 0}, (
+        again.tasks_changed(),
+        again.output[-3000:],
+    )
+
+
+def test_bounded_disks_are_re_attached_at_boot_once_the_engine_runs(
+    converged: Converged, preview: list[PlaybookRun], egress: Egress
+) -> None:
+    """docker_host's boot unit runs `python -m dockyard.storage attach` (here a stand-in
+    that records its arguments) after docker.service, at every boot (the reboots of the
+    tests before this one; site.yml only enabled it: one call per boot)."""
+    host = converged.host
+    unit = "dockyard-storage-attach.service"
+    assert host.sh(f"systemctl is-enabled {unit}").strip() == "enabled"
+    calls = host.sh(f"cat {STORAGE_CALLS}", check=False).strip().splitlines()
+    if not calls:  # run on its own: no reboot yet (site.yml only enabled the unit)
+        host.reboot()
+        calls = host.sh(f"cat {STORAGE_CALLS}").strip().splitlines()
+    assert calls, "the unit never ran"
+    assert {call.split(" ", 1)[1] for call in calls} == {"-m dockyard.storage attach"}, calls
+    assert host.sh(f"systemctl show -p Result --value {unit}").strip() == "success"
+    engine_up = monotonic(host, "docker.service", "ActiveEnterTimestampMonotonic")
+    attached = monotonic(host, unit, "ExecMainStartTimestampMonotonic")
+    assert 0 < engine_up <= attached, (engine_up, attached)
 
 
 def test_check_mode_on_a_converged_host_succeeds_and_changes_nothing(converged: Converged) -> None:
