@@ -341,6 +341,22 @@ def _headers(key: str | None) -> dict[str, str]:
     return headers
 
 
+def _http_options(
+    server: str | None, key: str | None, timeout: float, transport: Any, verify: bool | str
+) -> tuple[str, dict[str, Any]]:
+    """The checked server URL and the httpx client's options (the same for the blocking
+    and the asyncio client)."""
+    url, key = _settings(server, key)
+    return url, {
+        "base_url": url,
+        "headers": _headers(key),
+        "timeout": timeout,
+        "transport": transport,
+        "verify": verify,
+        "follow_redirects": False,
+    }
+
+
 class Client:
     """The API, blocking. ``server``/``key`` default to $DOCKYARD_SERVER/$DOCKYARD_API_KEY;
     ``transport`` replaces the network (tests, a Unix socket). Use as a context manager or
@@ -355,15 +371,8 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         verify: bool | str = True,
     ) -> None:
-        self.server, key = _settings(server, key)
-        self._http = httpx.Client(
-            base_url=self.server,
-            headers=_headers(key),
-            timeout=timeout,
-            transport=transport,
-            verify=verify,
-            follow_redirects=False,
-        )
+        self.server, options = _http_options(server, key, timeout, transport, verify)
+        self._http = httpx.Client(**options)
 
     def __enter__(self) -> Client:
         return self
@@ -452,15 +461,8 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
         verify: bool | str = True,
     ) -> None:
-        self.server, key = _settings(server, key)
-        self._http = httpx.AsyncClient(
-            base_url=self.server,
-            headers=_headers(key),
-            timeout=timeout,
-            transport=transport,
-            verify=verify,
-            follow_redirects=False,
-        )
+        self.server, options = _http_options(server, key, timeout, transport, verify)
+        self._http = httpx.AsyncClient(**options)
 
     async def __aenter__(self) -> AsyncClient:
         return self
