@@ -183,7 +183,11 @@ def serve(
         int, typer.Option(help="Largest file upload (PUT …/files) in bytes.")
     ] = Limits.upload_bytes,
     body_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for the next part of a body (then 408).")
+        float,
+        typer.Option(
+            help="Seconds to wait for a request's headers (then the connection is closed) "
+            "and for the next part of a body (then 408)."
+        ),
     ] = Limits.body_timeout_s,
 ) -> None:
     """Serve the HTTP API (docs/api.md) until interrupted."""
@@ -194,6 +198,7 @@ def serve(
         import uvicorn
 
         from .app import create_app
+        from .middleware import header_timeout_protocol
 
         app = create_app(
             Sessions.default(),
@@ -225,6 +230,7 @@ def serve(
             ssl_certfile=str(tls_cert) if tls else None,
             ssl_keyfile=str(tls_key) if tls else None,
             server_header=False,
+            http=header_timeout_protocol(body_timeout),
         )
         shown = f"[{host}]" if ":" in host else host
         print(f"dockyard: listening on {'https' if tls else 'http'}://{shown}:{bound}", flush=True)

@@ -1,10 +1,11 @@
 """Abuse over HTTP against the real server on loopback (issue 27 item 7): oversized bodies
 and uploads answered 413, slow clients answered 408 and let go, creates past the quota
 refused (quota or rate limit) leaving nothing on the engine or in the session index, and
-one key's flood never limits another key. Meanwhile other clients keep being answered.
+one key's flood never limits another key, clients that never finish their headers are
+disconnected. Meanwhile other clients keep being answered.
 
 One ``dockyard serve`` for the module (harness driver on the real engine), with small
-limits so the abuse is cheap: bodies 64 kB, uploads 1 MB, 2 s for the next part of a body."""
+limits so the abuse is cheap: bodies 64 kB, uploads 1 MB, 2 s for headers and for the next part of a body."""
 
 from __future__ import annotations
 
@@ -210,6 +211,39 @@ def test_slow_clients_are_let_go_with_408_and_do_not_block_others(
     with server.client("tenant") as client:
         stat = client.get(f"/api/sessions/{session}/files/stat", params={"path": "slow.bin"})
         assert stat.status_code == 404, stat.text
+
+
+def _closed_by_server(sock: socket.socket, trickle: bytes) -> bool:
+    """Send ``trickle`` a byte every 0.2 s; True once the server has closed the connection
+    (at most 15 timeouts' worth of bytes are sent)."""
+    sock.settimeout(0.2)
+    for byte in trickle[: int(BODY_TIMEOUT * 15 / 0.2)]:
+        try:
+            sock.sendall(bytes([byte]))
+            if sock.recv(1) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def test_slow_headers_are_let_go_and_do_not_block_others(server: Running, session: str) -> None:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    trickle = f"GET /api/sessions HTTP/1.1\r\nHost: {host}\r\n".encode() + b"X-Pad: a\r\n" * 400
+    silent = [socket.create_connection((host, int(port))) for _ in range(20)]
+    trickling = socket.create_connection((host, int(port)))
+    try:
+        with Neighbour(server, f"/api/sessions/{session}") as neighbour:
+            assert _closed_by_server(trickling, trickle), "a client trickling headers was kept"
+            for sock in silent:
+                sock.settimeout(BODY_TIMEOUT * 15)
+                assert sock.recv(1) == b"", "a client sending nothing was kept"
+        neighbour.check(at_least=5)
+    finally:
+        for sock in (*silent, trickling):
+            sock.close()
 
 
 def _flood(
