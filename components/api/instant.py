@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from .principal import Caller, Ctx
+from .principal import Caller, Ctx, acting_on
 
 router = APIRouter(tags=["instant sessions"])
 
@@ -58,17 +58,11 @@ class ForkBody(BaseModel):
     )
 
 
-def _mark(request: Request, session: str | None, tenant: str | None) -> None:
-    """What the audit line of this request names."""
-    request.scope.setdefault("dockyard", {}).update(session=session, tenant=tenant)
-
-
 @router.post("/api/sessions/{session_id}/pause", summary="Pause a session (memory kept)")
 async def pause(
     session_id: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
 ) -> SessionState:
-    scope = caller.scope(tenant)
-    _mark(request, session_id, scope)
+    scope = acting_on(request, caller, session_id, tenant)
     state = await ctx.call(ctx.sessions.pause, session_id, scope)
     return SessionState(**state.as_dict())
 
@@ -77,8 +71,7 @@ async def pause(
 async def resume(
     session_id: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
 ) -> SessionState:
-    scope = caller.scope(tenant)
-    _mark(request, session_id, scope)
+    scope = acting_on(request, caller, session_id, tenant)
     state = await ctx.call(ctx.sessions.resume, session_id, scope)
     return SessionState(**state.as_dict())
 
@@ -96,8 +89,7 @@ async def snapshot(
     ctx: Ctx,
     tenant: TenantQuery = None,
 ) -> Snapshot:
-    scope = caller.scope(tenant)
-    _mark(request, session_id, scope)
+    scope = acting_on(request, caller, session_id, tenant)
     taken = await ctx.call(ctx.sessions.snapshot, session_id, body.name, scope)
     return Snapshot(**taken.as_dict())
 
@@ -116,8 +108,7 @@ async def fork(
     tenant: TenantQuery = None,
 ) -> dict[str, Any]:
     """Answers the new session's manifest."""
-    scope = caller.scope(tenant)
-    _mark(request, session_id, scope)
+    scope = acting_on(request, caller, session_id, tenant)
     manifest = await ctx.call(
         ctx.sessions.fork,
         session_id,
@@ -140,7 +131,6 @@ async def list_snapshots(caller: Caller, ctx: Ctx, tenant: TenantQuery = None) -
 async def remove_snapshot(
     name: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
 ) -> Snapshot:
-    scope = caller.scope(tenant)
-    _mark(request, None, scope)
+    scope = acting_on(request, caller, None, tenant)
     removed = await ctx.call(ctx.sessions.remove_snapshot, name, scope)
     return Snapshot(**removed.as_dict())

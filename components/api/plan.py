@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from .. import modal_plan
 from ..sessions import registry
-from .principal import Caller, Ctx
+from .principal import Caller, Ctx, acting_on
 
 router = APIRouter(tags=["plan"])
 
@@ -32,8 +32,7 @@ async def modal(
     session_id: Annotated[str, Query(alias="sessionId")],
     tenant: Annotated[str | None, Query(description="Admin keys only.")] = None,
 ) -> ModalPlan:
-    scope = caller.scope(tenant)
-    request.scope.setdefault("dockyard", {}).update(session=session_id, tenant=scope)
+    scope = acting_on(request, caller, session_id, tenant)
 
     def preview() -> ModalPlan:
         record = ctx.sessions.registry.find(session_id, scope)

@@ -37,6 +37,21 @@ class Principal:
             raise NotFound(f"no such endpoint: {what}")
 
 
+def acting_on(
+    request: Request, caller: Principal, session: str | None, tenant: str | None
+) -> str | None:
+    """The tenant the caller acts in (:meth:`Principal.scope`), named with ``session`` on
+    this request's audit line."""
+    scope = caller.scope(tenant)
+    mark(request, session, scope)
+    return scope
+
+
+def mark(request: Request, session: str | None, tenant: str | None) -> None:
+    """What the audit line of this request names."""
+    request.scope.setdefault("dockyard", {}).update(session=session, tenant=tenant)
+
+
 class TokenBuckets:
     """Per-key token buckets in this process's memory: right for ONE server replica
     (several replicas would each allow the rate; share a limiter then)."""

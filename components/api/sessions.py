@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from ..errors import InvalidInput
 from ..sessions import registry
 from ..sessions.status import engine_state
-from .principal import Caller, Ctx, Principal
+from .principal import Caller, Ctx, Principal, acting_on, mark
 
 router = APIRouter(tags=["sessions"])
 
@@ -76,11 +76,6 @@ class Destroyed(BaseModel):
     destroyed: bool
 
 
-def _mark(request: Request, session: str | None, tenant: str | None) -> None:
-    """What the audit line of this request names."""
-    request.scope.setdefault("dockyard", {}).update(session=session, tenant=tenant)
-
-
 def _split_secrets(
     body: dict[str, Any], caller: Principal
 ) -> tuple[dict[str, Any], dict[str, str] | None]:
@@ -113,7 +108,7 @@ def _split_secrets(
 async def create(body: CreateBody, request: Request, caller: Caller, ctx: Ctx) -> dict[str, Any]:
     """Create the session (or converge it if it exists) and answer its manifest."""
     session_request, values = _split_secrets(body, caller)
-    _mark(request, str(session_request.get("sessionId")), session_request.get("tenant"))
+    mark(request, str(session_request.get("sessionId")), session_request.get("tenant"))
     return dict(await ctx.call(ctx.sessions.create, session_request, values))
 
 
@@ -165,8 +160,7 @@ async def list_sessions(
 async def get(
     session_id: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
 ) -> Session:
-    scope = caller.scope(tenant)
-    _mark(request, session_id, scope)
+    scope = acting_on(request, caller, session_id, tenant)
 
     def read() -> Session:
         record = ctx.sessions.registry.find(session_id, scope)
@@ -187,8 +181,7 @@ async def refresh(
     secrets: Annotated[dict[str, str] | None, Body(alias=SECRET_FIELD, embed=True)] = None,
 ) -> dict[str, Any]:
     """Recreate the container, keeping the workspace; answers the new manifest."""
-    scope = caller.scope(tenant)
-    _mark(request, session_id, scope)
+    scope = acting_on(request, caller, session_id, tenant)
     return dict(await ctx.call(ctx.sessions.refresh, session_id, scope, secrets))
 
 
@@ -201,7 +194,6 @@ async def destroy(
     tenant: TenantQuery = None,
     final_backup: Annotated[bool, Query(alias="finalBackup")] = True,
 ) -> Destroyed:
-    scope = caller.scope(tenant)
-    _mark(request, session_id, scope)
+    scope = acting_on(request, caller, session_id, tenant)
     await ctx.call(ctx.sessions.destroy, session_id, scope, final_backup=final_backup)
     return Destroyed(sessionId=session_id, destroyed=True)

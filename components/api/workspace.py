@@ -16,7 +16,7 @@ from fastapi import Path, Query, Request
 
 from ..sessions import dataplane
 from .context import Context
-from .principal import Principal
+from .principal import Principal, acting_on
 
 T = TypeVar("T")
 STREAMS = anyio.CapacityLimiter(64)
@@ -45,8 +45,7 @@ async def open_workspace(
 ) -> dataplane.Workspace:
     """The session's workspace in the caller's tenant (another tenant's: not found, as a
     missing one); the audit line names the session."""
-    scope = caller.scope(tenant)
-    request.scope.setdefault("dockyard", {}).update(session=session_id, tenant=scope)
+    scope = acting_on(request, caller, session_id, tenant)
     return await ctx.call(ctx.sessions.workspace, session_id, scope, limits(ctx))
 
 
