@@ -180,8 +180,9 @@ lint: setup-dev ## ruff, import layers, shellcheck, hadolint, yamllint, ansible-
 dashboard-screenshots: setup-dev ## Regenerate the dashboard's screenshots (docs/dashboard.md)
 	DOCKYARD_SCREENSHOTS=docs/dashboard $(BIN)/pytest -q tests/browser/test_dashboard_browser.py tests/browser/test_dashboard_on_engine.py
 
-openapi: setup ## Regenerate the HTTP API's committed OpenAPI document (components/api/openapi.json)
+openapi: setup ## Regenerate the HTTP API's committed OpenAPI document (components/api/openapi.json) and the TypeScript client's types
 	$(BIN)/python -m dockyard.api.openapi > components/api/openapi.json
+	$(MAKE) --no-print-directory typescript-client
 
 typescript-client: ## Regenerate the TypeScript client's types from openapi.json (npm ci, locked versions)
 	cd components/api/typescript && npm ci --no-audit --no-fund --cache .npm-cache && npm run --silent generate && npm run --silent check
