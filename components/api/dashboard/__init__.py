@@ -252,10 +252,10 @@ def _secure(request: Request) -> bool:
 # --- login -------------------------------------------------------------------------------
 
 
-@router.get("/login")
-async def login_page(request: Request) -> Response:
+def _login_form(request: Request, status: int = 200, problems: list[str] | None = None) -> Response:
+    """The login page with a fresh CSRF token, also set as the login form's cookie."""
     token = secrets.token_urlsafe(32)
-    response = _page(request, "login.html", login_csrf=token, problems=[])
+    response = _page(request, "login.html", status, login_csrf=token, problems=problems or [])
     response.set_cookie(
         LOGIN_COOKIE,
         token,
@@ -268,6 +268,11 @@ async def login_page(request: Request) -> Response:
     return response
 
 
+@router.get("/login")
+async def login_page(request: Request) -> Response:
+    return _login_form(request)
+
+
 @router.post("/login")
 async def login(request: Request) -> Response:
     form = await _form(request)
@@ -276,27 +281,11 @@ async def login(request: Request) -> Response:
     ctx = _ctx(request)
     info = await ctx.call(ctx.store.authenticate, form.get("key", "").strip())
     if info is None:
-        fresh = secrets.token_urlsafe(32)
-        response = _page(
+        return _login_form(
             request,
-            "login.html",
             401,
-            login_csrf=fresh,
-            problems=[
-                "key: the API key is unknown or revoked (allowed: a key from "
-                "`dockyard keys create`)"
-            ],
+            ["key: the API key is unknown or revoked (allowed: a key from `dockyard keys create`)"],
         )
-        response.set_cookie(
-            LOGIN_COOKIE,
-            fresh,
-            max_age=600,
-            httponly=True,
-            samesite="strict",
-            secure=_secure(request),
-            path="/login",
-        )
-        return response
     request.scope.setdefault("dockyard", {})["actor"] = f"key:{info.id}"
     token = _logins(request).open(info.id, info.tenant, info.admin)
     redirect = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
