@@ -31,7 +31,7 @@ from ...errors import DockyardError, InvalidInput
 from ...sessions.status import container_logs, engine_state, engine_states
 from ..context import Context
 from ..errors import RateLimited
-from ..principal import Principal
+from ..principal import Principal, mark
 from ..sessions import _split_secrets
 
 router = APIRouter(include_in_schema=False)
@@ -234,6 +234,18 @@ def _refused(request: Request, viewer: Viewer | None) -> HTMLResponse:
     )
 
 
+async def _posted(request: Request) -> tuple[Viewer, dict[str, str]] | Response:
+    """A logged-in viewer's posted form whose CSRF token matches, or the response that
+    refuses it (the login page; 403)."""
+    viewer = await _viewer(request)
+    if viewer is None:
+        return _to_login()
+    form = await _form(request)
+    if not _csrf_ok(form, viewer.csrf):
+        return _refused(request, viewer)
+    return viewer, form
+
+
 def _error(request: Request, viewer: Viewer, error: DockyardError) -> HTMLResponse:
     return _page(
         request,
@@ -304,11 +316,10 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    viewer = await _viewer(request)
-    if viewer is None:
-        return _to_login()
-    if not _csrf_ok(await _form(request), viewer.csrf):
-        return _refused(request, viewer)
+    posted = await _posted(request)
+    if isinstance(posted, Response):
+        return posted
+    viewer, _ = posted
     _logins(request).close(viewer.token)
     response = _to_login()
     response.delete_cookie(COOKIE, path="/")
@@ -537,12 +548,10 @@ async def new_page(request: Request) -> Response:
 
 @router.post("/sessions/new")
 async def create(request: Request) -> Response:
-    viewer = await _viewer(request)
-    if viewer is None:
-        return _to_login()
-    form = await _form(request)
-    if not _csrf_ok(form, viewer.csrf):
-        return _refused(request, viewer)
+    posted = await _posted(request)
+    if isinstance(posted, Response):
+        return posted
+    viewer, form = posted
     body, problems = _request_of(form)
     ctx = _ctx(request)
     try:
@@ -608,7 +617,7 @@ async def detail_page(session_id: str, request: Request) -> Response:
     if viewer is None:
         return _to_login()
     scope = _scope_of(request, viewer)
-    request.scope.setdefault("dockyard", {}).update(session=session_id, tenant=scope)
+    mark(request, session_id, scope)
     ctx = _ctx(request)
     try:
         found = await ctx.call(_detail, ctx, session_id, scope)
@@ -655,13 +664,12 @@ async def logs_fragment(session_id: str, request: Request) -> Response:
 
 @router.post("/sessions/{session_id}/refresh")
 async def refresh(session_id: str, request: Request) -> Response:
-    viewer = await _viewer(request)
-    if viewer is None:
-        return _to_login()
-    if not _csrf_ok(await _form(request), viewer.csrf):
-        return _refused(request, viewer)
+    posted = await _posted(request)
+    if isinstance(posted, Response):
+        return posted
+    viewer, _ = posted
     scope = _scope_of(request, viewer)
-    request.scope.setdefault("dockyard", {}).update(session=session_id, tenant=scope)
+    mark(request, session_id, scope)
     ctx = _ctx(request)
     try:
         await ctx.call(ctx.sessions.refresh, session_id, scope)
@@ -696,14 +704,12 @@ async def destroy_page(session_id: str, request: Request) -> Response:
 
 @router.post("/sessions/{session_id}/destroy")
 async def destroy(session_id: str, request: Request) -> Response:
-    viewer = await _viewer(request)
-    if viewer is None:
-        return _to_login()
-    form = await _form(request)
-    if not _csrf_ok(form, viewer.csrf):
-        return _refused(request, viewer)
+    posted = await _posted(request)
+    if isinstance(posted, Response):
+        return posted
+    viewer, form = posted
     scope = _scope_of(request, viewer)
-    request.scope.setdefault("dockyard", {}).update(session=session_id, tenant=scope)
+    mark(request, session_id, scope)
     if form.get("confirm") != session_id:
         return _page(
             request,
