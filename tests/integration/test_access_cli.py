@@ -12,43 +12,33 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import docker
 import pytest
 
+from tests.support.cli import DOCKYARD
+from tests.support.cli import Cli as SupportCli
 from tests.support.engine import RUN_ID, remove_volume, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKYARD = Path(sys.executable).with_name("dockyard")
 TENANT = f"ssh{RUN_ID[:8]}"
 SESSION = "shell"
 SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
 
 
 @dataclass
-class Cli:
-    env: dict[str, str]
+class Cli(SupportCli):
     state: Path
     key: Path
 
-    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(DOCKYARD), *args],
-            env=self.env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
+    timeout: ClassVar[float] = 240
 
     def ssh(self, *extra: str, command: str | None = None) -> list[str]:
         return [
@@ -90,7 +80,7 @@ def cli(
         "DOCKYARD_SSH_DIR": str(base / "ca"),
         "PYTHONPATH": str(REPO),
     }
-    found = Cli(env, state, key)
+    found = Cli(env, None, state, key)
     try:
         request = {"sessionId": SESSION, "cwd": str(project), "ssh": True}
         result = found.run(

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import docker
 import docker.errors
@@ -31,6 +31,7 @@ import pytest
 from docker.models.containers import Container
 
 from dockyard import backup
+from tests.support.cli import DOCKYARD, Cli
 from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
 from tests.support.s3 import Gate, MotoServer, s3_server
 from tests.support.scripts import load_script
@@ -38,7 +39,6 @@ from tests.support.scripts import load_script
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKYARD = Path(sys.executable).with_name("dockyard")
 # The host command as roles/workspace_backup installs it: the launcher of
 # dockyard.workspace_backup (here the checkout's package, in the virtualenv).
 LAUNCHER = REPO / "roles" / "workspace_backup" / "files" / "dockyard-workspace-backup.py"
@@ -52,11 +52,9 @@ health = load_script("env_health", "dockyard-health.py")
 
 
 @dataclass
-class Host:
+class Host(Cli):
     """The machine's side: the dockyard command, its settings, the backup files."""
 
-    env: dict[str, str]
-    project: Path
     state: Path
     credentials: Path
     cache: Path
@@ -64,30 +62,11 @@ class Host:
     server: MotoServer
     gate: Gate
 
+    timeout: ClassVar[float] = 600
+
     @property
     def repository(self) -> str:
         return f"s3:http://127.0.0.1:{self.gate.port}/{BUCKET}/dockyard"
-
-    def run(
-        self, *args: str, stdin: str | None = None, timeout: float = 600
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(DOCKYARD), *args],
-            env=self.env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            cwd=self.project,
-        )
-
-    def json(self, *args: str, stdin: str | None = None) -> Any:
-        result = self.run(*args, "--json", stdin=stdin)
-        assert result.returncode == 0, (
-            f"dockyard {' '.join(args)}: rc {result.returncode}\n{result.stdout}\n{result.stderr}"
-        )
-        return json.loads(result.stdout)
 
     def up(self, session: str, restore: str = "none") -> dict[str, Any]:
         request = {"sessionId": session, "cwd": str(self.project), "tenant": TENANT}

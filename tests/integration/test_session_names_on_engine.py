@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import docker
 import pytest
 
+from tests.support.cli import DOCKYARD
+from tests.support.cli import Cli as SupportCli
 from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKYARD = Path(sys.executable).with_name("dockyard")
 TENANT = f"n{RUN_ID[:8]}"
 TENANT_X = f"{TENANT}-x"
 OTHER = f"o{RUN_ID[:8]}"
@@ -39,22 +38,10 @@ SHARED = f"shared{RUN_ID[:6]}"
 
 
 @dataclass
-class Cli:
-    env: dict[str, str]
-    project: Path
+class Cli(SupportCli):
     settings: Path
 
-    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(DOCKYARD), *args],
-            env=self.env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-            cwd=self.project,
-        )
+    timeout: ClassVar[float] = 300
 
     def up(self, session: str, tenant: str | None, *volumes: str) -> dict[str, Any]:
         request: dict[str, Any] = {

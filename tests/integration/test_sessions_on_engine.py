@@ -11,63 +11,29 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
 
 from dockyard import manifest as contract
+from tests.support.cli import DOCKYARD
+from tests.support.cli import Cli as SupportCli
 from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKYARD = Path(sys.executable).with_name("dockyard")
 TENANT = f"t{RUN_ID[:8]}"
 
 
 @dataclass
-class Cli:
-    env: dict[str, str]
-    project: Path
+class Cli(SupportCli):
     settings: Path
     state: Path
-
-    def run(
-        self, *args: str, stdin: str | None = None, timeout: float = 180
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(DOCKYARD), *args],
-            env=self.env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            cwd=self.project,
-        )
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [str(DOCKYARD), *args],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=self.project,
-        )
-
-    def json(self, *args: str) -> Any:
-        result = self.run(*args, "--json")
-        assert result.returncode == 0, (
-            f"dockyard {' '.join(args)}: rc {result.returncode}\n{result.stdout}\n{result.stderr}"
-        )
-        return json.loads(result.stdout)
 
     def up(self, session: str, *extra: str) -> subprocess.Popen[str]:
         return self.start(
