@@ -198,7 +198,7 @@ def serve(
         import uvicorn
 
         from .app import create_app
-        from .middleware import header_timeout_protocol
+        from .header_timeout import header_timeout_protocol
 
         app = create_app(
             Sessions.default(),
