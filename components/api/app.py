@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ..sessions import Sessions
-from . import dashboard, dataplane, errors, events, instant, keys, plan, sessions, webhooks
+from . import backups, dashboard, dataplane, errors, events, instant, keys, plan, sessions, webhooks
 from .context import Context, Limits
 from .events_settings import EventSettings
 from .middleware import RequestMiddleware
@@ -59,6 +59,7 @@ def create_app(
     app.include_router(events.router)
     app.include_router(webhooks.router)
     app.include_router(dataplane.router)  # exec, files, stats, logs, ports
+    app.include_router(backups.router)  # backups, restore, the audit trail (issue 27)
     app.include_router(dashboard.router)  # the dashboard at / (issue 28)
     # Extension points (issue 27): exec, files, stats, logs, events routers go here.
     app.add_middleware(RequestMiddleware, context=context)

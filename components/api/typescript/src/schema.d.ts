@@ -4,6 +4,23 @@
  */
 
 export interface paths {
+    "/api/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Read the audit trail, oldest first */
+        get: operations["read_audit_api_audit_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/cloud/providers/modal/plan": {
         parameters: {
             query?: never;
@@ -135,6 +152,24 @@ export interface paths {
         post?: never;
         /** Destroy a session */
         delete: operations["destroy_api_sessions__session_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/sessions/{session_id}/backups": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List the session's backups, oldest first */
+        get: operations["list_backups_api_sessions__session_id__backups_get"];
+        put?: never;
+        /** Back the session's workspace up now */
+        post: operations["backup_now_api_sessions__session_id__backups_post"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -328,6 +363,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/sessions/{session_id}/restore": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Restore a backup into the session's workspace (or another's), verified */
+        post: operations["restore_api_sessions__session_id__restore_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/sessions/{session_id}/resume": {
         parameters: {
             query?: never;
@@ -473,6 +525,66 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * AuditLine
+         * @description One line of the audit trail (names and numbers only, never a secret).
+         */
+        AuditLine: {
+            /** Action */
+            action: string;
+            /** Actor */
+            actor?: string | null;
+            /** Detail */
+            detail?: string | null;
+            /** Duration Ms */
+            duration_ms?: number | null;
+            /** Result */
+            result?: string | null;
+            /** Session */
+            session?: string | null;
+            /** Tenant */
+            tenant?: string | null;
+            /** Time */
+            time: string;
+        } & {
+            [key: string]: unknown;
+        };
+        /** BackupResult */
+        BackupResult: {
+            /**
+             * Added Bytes
+             * @description Bytes this backup added to the repository.
+             */
+            added_bytes: number;
+            /** Bytes */
+            bytes: number;
+            /** Files */
+            files: number;
+            /** Reason */
+            reason: string;
+            /** Seconds */
+            seconds: number;
+            /** Session */
+            session: string;
+            /**
+             * Snapshot
+             * @description The new snapshot's id.
+             */
+            snapshot: string;
+            /** Stack */
+            stack: string;
+        };
+        /** BackupSnapshot */
+        BackupSnapshot: {
+            /** Id */
+            id: string;
+            /** Short Id */
+            short_id: string;
+            /** Tags */
+            tags: string[];
+            /** Time */
+            time: string;
+        };
         /** Body_refresh_api_sessions__session_id__refresh_post */
         Body_refresh_api_sessions__session_id__refresh_post: {
             /** Secretvalues */
@@ -757,6 +869,54 @@ export interface components {
             /** Removed */
             removed: string;
         };
+        /** RestoreBody */
+        RestoreBody: {
+            /**
+             * Force
+             * @description Replace a non-empty workspace (its content is backed up first).
+             * @default false
+             */
+            force: boolean;
+            /**
+             * Into
+             * @description Restore into this session's workspace (same tenant) instead of the session's own; both must use the same backup credentials directory.
+             */
+            into?: string | null;
+            /**
+             * Snapshot
+             * @description A snapshot id (prefix) or latest.
+             * @default latest
+             */
+            snapshot: string;
+        };
+        /** RestoreResult */
+        RestoreResult: {
+            /** Bytes */
+            bytes: number;
+            /** Files */
+            files: number;
+            /**
+             * Previous Snapshot
+             * @description With force over a non-empty workspace: what was there.
+             */
+            previous_snapshot?: string | null;
+            /** Seconds */
+            seconds: number;
+            /**
+             * Session
+             * @description The session whose workspace was written.
+             */
+            session: string;
+            /** Snapshot */
+            snapshot: string;
+            /**
+             * Source
+             * @description stack/session whose repository the snapshot came from.
+             */
+            source: string;
+            /** Stack */
+            stack: string;
+        };
         /** Session */
         Session: {
             /**
@@ -962,6 +1122,46 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    read_audit_api_audit_get: {
+        parameters: {
+            query?: {
+                /** @description Only this session. */
+                session?: string | null;
+                /** @description Only this action (create, backup, api...). */
+                action?: string | null;
+                /** @description Only lines at or after this time (ISO 8601). */
+                since?: string | null;
+                /** @description At most this many lines: the newest. */
+                limit?: number;
+                /** @description Admin keys only: the tenant (a tenant key acts as its own). */
+                tenant?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditLine"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     modal_api_cloud_providers_modal_plan_get: {
         parameters: {
             query: {
@@ -1287,6 +1487,74 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Destroyed"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_backups_api_sessions__session_id__backups_get: {
+        parameters: {
+            query?: {
+                /** @description Admin keys only: the tenant (a tenant key acts as its own). */
+                tenant?: string | null;
+            };
+            header?: never;
+            path: {
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupSnapshot"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    backup_now_api_sessions__session_id__backups_post: {
+        parameters: {
+            query?: {
+                /** @description Admin keys only: the tenant (a tenant key acts as its own). */
+                tenant?: string | null;
+            };
+            header?: never;
+            path: {
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupResult"];
                 };
             };
             /** @description Validation Error */
@@ -1746,6 +2014,44 @@ export interface operations {
                     "application/json": {
                         [key: string]: unknown;
                     };
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    restore_api_sessions__session_id__restore_post: {
+        parameters: {
+            query?: {
+                /** @description Admin keys only: the tenant (a tenant key acts as its own). */
+                tenant?: string | null;
+            };
+            header?: never;
+            path: {
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["RestoreBody"] | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RestoreResult"];
                 };
             };
             /** @description Validation Error */
