@@ -11,6 +11,8 @@ chain: Jinja2 templates and one small script (polling for live rows and the log 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -28,6 +30,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ...errors import DockyardError, InvalidInput
+from ...sessions import audit, backups
+from ...sessions import pause as pausing
 from ...sessions.status import container_logs, engine_state, engine_states
 from ..context import Context
 from ..errors import RateLimited
@@ -42,6 +46,8 @@ LOGIN_TTL = 8 * 3600
 """Seconds a login lasts (the key is checked for revocation on every request too)."""
 MAX_LOGINS = 10_000
 LOG_LINES = 200
+AUDIT_LINES = 30
+"""The detail page's audit history: the session's newest lines (page views left out)."""
 FIELDS = (
     "sessionId",
     "cwd",
@@ -69,6 +75,13 @@ FIELD_OF_PATH = {
     "request.secrets": "secrets",
     "request.tenant": "tenant",
 }
+DONE = {
+    "refreshed": "refreshed",
+    "paused": "paused",
+    "resumed": "resumed",
+    "backed-up": "backed up",
+}
+"""What a detail page's notice may say after an action (``?done=``; nothing else is shown)."""
 SORTS = ("session", "tenant", "status", "backend", "age")
 STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
 SECURITY_HEADERS = {
@@ -600,7 +613,73 @@ def _detail(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
     record = ctx.sessions.registry.find(session, scope)
     manifest: dict[str, Any] = dict(ctx.sessions.get(session, scope))
     state = engine_state(manifest["container"]["id"], record.host)
-    return {"record": record, "manifest": manifest, "state": state}
+    try:
+        # The plan destroy and pause read (secret names only): the engine backend and
+        # whether the host settings have a backup repository.
+        config = pausing.plan_of(ctx.sessions, record).config
+        backend, backup_on = config.backend, config.backup is not None
+    except DockyardError:
+        backend, backup_on = None, False
+    return {
+        "record": record,
+        "manifest": manifest,
+        "state": state,
+        "can_pause": backend == "docker" and state["status"] == pausing.RUNNING,
+        "can_resume": backend == "docker" and state["status"] == pausing.PAUSED,
+        "backup_on": backup_on,
+        "history": _history(ctx, record.session_id, record.tenant),
+    }
+
+
+def _history(ctx: Context, session: str, tenant: str | None) -> list[dict[str, Any]]:
+    """The session's audit lines, newest first: its lifecycle actions and every request
+    that changed something (page views and polls, GETs, are left out)."""
+    lines = audit.read(ctx.sessions.where.audit_log, session=session, tenant=tenant)
+    kept = [
+        line
+        for line in lines
+        if (line.get("tenant") or None) == tenant
+        and not (line.get("action") == "api" and str(line.get("detail", "")).startswith("GET "))
+    ]
+    return kept[::-1][:AUDIT_LINES]
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def _bar(used: Any, total: Any) -> dict[str, Any] | None:
+    """A meter's values: ``used`` of ``total`` bytes, written out too."""
+    if not isinstance(used, int) or not isinstance(total, int) or total <= 0:
+        return None
+    used = max(0, used)
+    return {
+        "value": used,
+        "max": total,
+        "percent": round(100.0 * used / total, 1),
+        "text": f"{_size(used)} of {_size(total)} ({100.0 * used / total:.0f}%)",
+    }
+
+
+def _stats(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
+    """The session's stats from the service layer (what GET /api/sessions/{id}/stats
+    answers) with its memory and disk as bars against their limits."""
+    workspace = ctx.sessions.workspace(session, scope)
+    try:
+        stats = workspace.stats()
+    finally:
+        with contextlib.suppress(Exception):
+            workspace.client.close()
+    memory, disk = stats.get("memory") or {}, stats.get("disk") or {}
+    return {
+        **stats,
+        "memory_bar": _bar(memory.get("used"), memory.get("limit")),
+        "disk_bar": _bar(disk.get("used"), disk.get("total")),
+    }
 
 
 def _scope_of(request: Request, viewer: Viewer) -> str | None:
@@ -627,6 +706,15 @@ async def detail_page(session_id: str, request: Request) -> Response:
         logs = await ctx.call(_logs, ctx, session_id, scope)
     except DockyardError as error:  # the page still shows what the service layer knows
         logs = "(no logs: " + "; ".join(error.problems) + ")"
+    stats: dict[str, Any] | None = None
+    stats_problem = ""
+    if found["state"]["status"] in (pausing.RUNNING, pausing.PAUSED):
+        try:
+            stats = await ctx.call(_stats, ctx, session_id, scope)
+        except DockyardError as error:
+            stats_problem = "; ".join(error.problems)
+    else:
+        stats_problem = f"the container is {found['state']['status']}, not running"
     record = found["record"]
     ssh = f"dockyard ssh {session_id}" + (f" --tenant {record.tenant}" if record.tenant else "")
     return _page(
@@ -643,7 +731,13 @@ async def detail_page(session_id: str, request: Request) -> Response:
         ssh=ssh,
         ssh_enabled=bool(record.request.get("ssh")),
         logs=logs,
-        done=request.query_params.get("done", ""),
+        stats=stats,
+        stats_problem=stats_problem,
+        can_pause=found["can_pause"],
+        can_resume=found["can_resume"],
+        backup_on=found["backup_on"],
+        history=found["history"],
+        done=DONE.get(request.query_params.get("done", ""), ""),
     )
 
 
@@ -662,8 +756,26 @@ async def logs_fragment(session_id: str, request: Request) -> Response:
     return Response(text, media_type="text/plain; charset=utf-8", headers=SECURITY_HEADERS)
 
 
-@router.post("/sessions/{session_id}/refresh")
-async def refresh(session_id: str, request: Request) -> Response:
+def _backup(ctx: Context, session: str, scope: str | None) -> Any:
+    """``dockyard backup SESSION``: the service layer's backup of the session's workspace,
+    for a session of the viewer's tenant only (the verb's target would otherwise name a
+    destroyed session's repository: another tenant's answers "not found" here)."""
+    ctx.sessions.registry.find(session, scope)
+    return backups.run_backup(ctx.sessions, backups.target(ctx.sessions, session, scope))
+
+
+def _verbs(ctx: Context) -> dict[str, tuple[Any, str]]:
+    """The detail page's actions: each a service-layer call and the notice it leaves."""
+    return {
+        "refresh": (ctx.sessions.refresh, "refreshed"),
+        "pause": (ctx.sessions.pause, "paused"),
+        "resume": (ctx.sessions.resume, "resumed"),
+        "backup": (functools.partial(_backup, ctx), "backed-up"),
+    }
+
+
+async def _act(session_id: str, verb: str, request: Request) -> Response:
+    """A detail page's action, posted with the login's CSRF token, in the viewer's tenant."""
     posted = await _posted(request)
     if isinstance(posted, Response):
         return posted
@@ -671,13 +783,34 @@ async def refresh(session_id: str, request: Request) -> Response:
     scope = _scope_of(request, viewer)
     mark(request, session_id, scope)
     ctx = _ctx(request)
+    call, done = _verbs(ctx)[verb]
     try:
-        await ctx.call(ctx.sessions.refresh, session_id, scope)
+        await ctx.call(call, session_id, scope)
     except DockyardError as error:
         return _error(request, viewer, error)
     where = f"/sessions/{session_id}" + _suffix(viewer, scope)
-    where += ("&" if "?" in where else "?") + "done=refreshed"
+    where += ("&" if "?" in where else "?") + f"done={done}"
     return RedirectResponse(where, status_code=303, headers=SECURITY_HEADERS)
+
+
+@router.post("/sessions/{session_id}/refresh")
+async def refresh(session_id: str, request: Request) -> Response:
+    return await _act(session_id, "refresh", request)
+
+
+@router.post("/sessions/{session_id}/pause")
+async def pause(session_id: str, request: Request) -> Response:
+    return await _act(session_id, "pause", request)
+
+
+@router.post("/sessions/{session_id}/resume")
+async def resume(session_id: str, request: Request) -> Response:
+    return await _act(session_id, "resume", request)
+
+
+@router.post("/sessions/{session_id}/backup")
+async def backup(session_id: str, request: Request) -> Response:
+    return await _act(session_id, "backup", request)
 
 
 @router.get("/sessions/{session_id}/destroy")

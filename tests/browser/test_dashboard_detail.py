@@ -1,0 +1,272 @@
+"""The detail page's stats bars, audit history and actions (pause/resume, backup now) over
+the seeded sessions (tests/browser/conftest.py: acme has a1 and a2, blue has b1), with
+the engine replaced by fakes of the service layer's calls (no engine is asked): the
+session's engine state, ``Sessions.workspace(...).stats()``, ``Sessions.pause``/``resume``
+and the backup verb. What the page shows and which service call each form makes, with
+which tenant scope, and that every action needs the login's CSRF token."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from dockyard.api import dashboard
+from dockyard.sessions import audit, backups
+from dockyard.sessions import pause as pausing
+from tests.browser.conftest import Served, log_in, seed, shoot
+from tests.browser.test_dashboard_browser import accessible
+from tests.browser.test_dashboard_http import _client, csrf_of
+from tests.browser.test_dashboard_http import log_in as http_log_in
+
+GIB = 1024**3
+
+
+def stats_of(status: str = "running") -> dict[str, Any]:
+    """What Workspace.stats answers (dockyard.sessions.dataplane), for a running session."""
+    return {
+        "status": status,
+        "health": "healthy",
+        "startedAt": "2026-01-01T00:00:01Z",
+        "createdAt": "2026-01-01T00:00:00.000Z",
+        "ageSeconds": 60.0,
+        "memory": {"used": GIB, "limit": 4 * GIB, "percent": 25.0},
+        "cpu": {"percent": 12.5, "onlineCpus": 2},
+        "pids": 7,
+        "disk": {"total": 10 * GIB, "used": 9 * GIB, "available": GIB, "percent": 90.0},
+    }
+
+
+@dataclass
+class Engine:
+    """The fakes' state: each session's container status, and the calls made."""
+
+    status: dict[str, str] = field(default_factory=dict)
+    calls: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeWorkspace:
+    def __init__(self, engine: Engine, session: str) -> None:
+        self.engine, self.session, self.client = engine, session, FakeClient()
+
+    def stats(self) -> dict[str, Any]:
+        return stats_of(self.engine.status[self.session])
+
+
+@pytest.fixture
+def engine(served: Served, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """The service layer's engine calls replaced: every session running, pause/resume
+    and backup recorded (and audited, as the real verbs are), a backup repository in the
+    host settings."""
+    fake = Engine({"a1": "running", "a2": "running", "b1": "running"})
+    sessions = served.sessions
+
+    def engine_state(_container_id: str, _host: str) -> dict[str, Any]:
+        # Seeded manifests share one container id: the page's session picks the status.
+        return {"status": fake.status[current["session"]], "health": "healthy"}
+
+    current: dict[str, str] = {"session": "a1"}
+    real_detail = dashboard._detail
+
+    def detail(ctx: Any, session: str, scope: str | None) -> dict[str, Any]:
+        current["session"] = session
+        return real_detail(ctx, session, scope)
+
+    def workspace(session: str, tenant: str | None = None, limits: Any = None) -> FakeWorkspace:
+        sessions.registry.find(session, tenant)  # another tenant's: not found
+        fake.calls.append(("stats", session, tenant))
+        return FakeWorkspace(fake, session)
+
+    def move(verb: str, source: str, target: str) -> Any:
+        def act(session: str, tenant: str | None = None) -> pausing.State:
+            record = sessions.registry.find(session, tenant)
+            fake.calls.append((verb, session, tenant))
+            with audit.recorded(
+                sessions.where.audit_log, verb, session=session, tenant=record.tenant
+            ):
+                assert fake.status[session] == source
+                fake.status[session] = target
+            return pausing.State(session, target, True)
+
+        return act
+
+    def run_backup(given: Any, who: backups.Target, reason: str = "manual") -> Any:
+        assert given is sessions
+        fake.calls.append(("backup", who.session, who.tenant))
+        with audit.recorded(
+            sessions.where.audit_log, "backup", session=who.session, tenant=who.tenant
+        ) as entry:
+            entry["detail"] = f"{reason}: snapshot 0123abcd, 3 files, 42 bytes"
+        return None
+
+    settings = sessions.where.config_file
+    assert settings is not None
+    settings.write_text(
+        json.dumps(
+            {
+                "healthcheck": {"interval": "5s"},
+                "backup": {"repository": "s3:https://s3.example.test/backups"},
+            }
+        )
+    )
+    monkeypatch.setattr(dashboard, "engine_state", engine_state)
+    monkeypatch.setattr(dashboard, "_detail", detail)
+    monkeypatch.setattr(sessions, "workspace", workspace)
+    monkeypatch.setattr(sessions, "pause", move("pause", "running", "paused"))
+    monkeypatch.setattr(sessions, "resume", move("resume", "paused", "running"))
+    monkeypatch.setattr(backups, "run_backup", run_backup)
+    return fake
+
+
+@pytest.fixture
+def acme(served: Served) -> Iterator[httpx.Client]:
+    with _client(served) as client:
+        assert http_log_in(client, served.keys["acme"]).status_code == 303
+        yield client
+
+
+def test_detail_shows_memory_and_disk_against_their_limits(
+    engine: Engine, acme: httpx.Client
+) -> None:
+    page = acme.get("/sessions/a1")
+    assert page.status_code == 200, page.text
+    text = page.text
+    assert f'<meter id="memory-bar" min="0" max="{4 * GIB}" value="{GIB}"' in text
+    assert "1.0 GiB of 4.0 GiB (25%)" in text
+    assert f'<meter id="disk-bar" min="0" max="{10 * GIB}" value="{9 * GIB}"' in text
+    assert "9.0 GiB of 10.0 GiB (90%)" in text
+    assert "12.5% (of 2 CPUs" in text
+    # Through the service layer's workspace, in the key's tenant.
+    assert ("stats", "a1", "acme") in engine.calls
+
+
+def test_pause_resume_and_backup_need_the_token_and_act_in_the_tenant(
+    served: Served, engine: Engine, acme: httpx.Client
+) -> None:
+    token = csrf_of(acme, "/sessions/a1")
+    for path in ("/sessions/a1/pause", "/sessions/a1/resume", "/sessions/a1/backup"):
+        for csrf in ({}, {"csrf": ""}, {"csrf": token[:-1] + ("A" if token[-1] != "A" else "B")}):
+            refused = acme.post(path, data=csrf)
+            assert refused.status_code == 403, (path, csrf, refused.text)
+            assert "token is missing or wrong" in refused.text
+    assert [c for c in engine.calls if c[0] != "stats"] == []
+    assert engine.status["a1"] == "running"
+
+    page = acme.get("/sessions/a1").text
+    assert 'action="/sessions/a1/pause"' in page
+    assert 'action="/sessions/a1/resume"' not in page  # only where available
+    paused = acme.post("/sessions/a1/pause", data={"csrf": token})
+    assert paused.status_code == 303
+    assert paused.headers["location"] == "/sessions/a1?done=paused"
+    assert engine.status["a1"] == "paused"
+    page = acme.get(paused.headers["location"]).text
+    assert "Session a1 paused." in page
+    assert 'action="/sessions/a1/resume"' in page
+    assert 'action="/sessions/a1/pause"' not in page
+    assert acme.post("/sessions/a1/resume", data={"csrf": token}).status_code == 303
+    assert engine.status["a1"] == "running"
+
+    backed = acme.post("/sessions/a1/backup", data={"csrf": token})
+    assert backed.headers["location"] == "/sessions/a1?done=backed-up"
+    assert "Session a1 backed up." in acme.get(backed.headers["location"]).text
+    assert [c for c in engine.calls if c[0] != "stats"] == [
+        ("pause", "a1", "acme"),
+        ("resume", "a1", "acme"),
+        ("backup", "a1", "acme"),
+    ]
+    # Another tenant's session: not found, word for word a missing one; nothing called.
+    for verb in ("pause", "resume", "backup"):
+        other = acme.post(f"/sessions/b1/{verb}?tenant=blue", data={"csrf": token})
+        missing = acme.post(f"/sessions/nope/{verb}", data={"csrf": token})
+        assert other.status_code == missing.status_code == 404, verb
+        assert other.text.replace("b1", "nope") == missing.text
+    assert engine.status["b1"] == "running"
+    assert len([c for c in engine.calls if c[0] != "stats"]) == 3
+
+
+def test_audit_history_lists_the_sessions_actions_newest_first(
+    served: Served, engine: Engine, acme: httpx.Client
+) -> None:
+    token = csrf_of(acme, "/sessions/a1")
+    acme.post("/sessions/a1/pause", data={"csrf": token})
+    acme.post("/sessions/a1/resume", data={"csrf": token})
+    acme.post("/sessions/a1/backup", data={"csrf": token})
+    acme.post("/sessions/a2/pause", data={"csrf": token})
+    # Another tenant's line for a session of the same name is not a1's history.
+    audit.append(
+        served.sessions.where.audit_log,
+        {"action": "destroy", "actor": "x", "session": "a1", "tenant": "blue", "result": "ok"},
+    )
+    text = acme.get("/sessions/a1").text
+    history = text.split('id="h-audit"', 1)[1].split("</table>", 1)[0]
+    actions = [
+        cell.split("</td>", 1)[0]
+        for cell in history.split("<tr><td>")[1:]
+        for cell in [cell.split("</td><td>", 2)[2]]
+    ]
+    # Newest first: the backup, then the POST that asked for it, and so on.
+    assert actions[:6] == ["api", "backup", "api", "resume", "api", "pause"], actions
+    assert "snapshot 0123abcd" in history
+    assert "POST /sessions/a1/backup 303" in history
+    assert "GET /sessions/a1" not in history  # page views are left out
+    assert "destroy" not in history  # blue's a1
+    assert "/sessions/a2/pause" not in history
+    key_id = served.keys["acme"].split("_")[1]
+    assert f"<code>key:{key_id}</code>" in history
+    # An untenanted session of the same name (an admin's) has none of acme's a1 lines.
+    seed(served.sessions, None, "a1")
+    with _client(served) as admin:
+        http_log_in(admin, served.keys["admin"])
+        page = admin.get("/sessions/a1")
+        assert page.status_code == 200, page.text
+        own = page.text.split('id="h-audit"', 1)[1].split("</section>", 1)[0]
+        assert "Nothing in the audit trail for this session yet." in own, own
+
+
+def test_no_pause_or_backup_where_unavailable(
+    served: Served, engine: Engine, acme: httpx.Client
+) -> None:
+    engine.status["a1"] = "exited"
+    settings = served.sessions.where.config_file
+    assert settings is not None
+    settings.write_text(json.dumps({"healthcheck": {"interval": "5s"}}))
+    text = acme.get("/sessions/a1").text
+    for verb in ("pause", "resume", "backup"):
+        assert f'action="/sessions/a1/{verb}"' not in text, verb
+    assert "the host settings have no backup repository" in text
+    assert "No stats: the container is exited, not running." in text
+    assert not [c for c in engine.calls if c[0] == "stats"]
+
+
+def test_detail_in_the_browser_is_accessible_and_pauses(
+    page: Any, served: Served, engine: Engine
+) -> None:
+    log_in(page, served.url, served.keys["acme"])
+    page.goto(served.url + "/sessions/a1")
+    memory = page.get_by_label("Memory (against its limit)")
+    assert memory.evaluate("m => m.tagName") == "METER"
+    assert memory.get_attribute("value") == str(GIB)
+    assert page.get_by_label("Workspace disk (against its size)").get_attribute("max") == str(
+        10 * GIB
+    )
+    accessible(page)
+    shoot(page, "detail-stats")
+    page.get_by_role("button", name="Pause (freeze its processes, memory kept)").click()
+    page.wait_for_url(served.url + "/sessions/a1?done=paused")
+    assert page.get_by_role("status").filter(has_text="Session a1 paused.").is_visible()
+    assert page.get_by_role("button", name="Resume").is_visible()
+    assert page.locator("table.audit tbody tr").first.inner_text().split("\t")[2] == "api"
+    accessible(page)
+    shoot(page, "detail-paused")
