@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -73,16 +74,18 @@ def engine(served: Served, monkeypatch: pytest.MonkeyPatch) -> Engine:
     fake = Engine({"a1": "running", "a2": "running", "b1": "running"})
     sessions = served.sessions
 
-    def engine_state(_container_id: str, _host: str) -> dict[str, Any]:
-        # Seeded manifests share one container id: the page's session picks the status.
-        return {"status": fake.status[current["session"]], "health": "healthy"}
+    # Each seeded session's container gets an id of its own (the seed gives one to all).
+    ids = {}
+    for record in sessions.registry.all():
+        manifest = json.loads(Path(record.manifest_path).read_text())
+        manifest["container"]["id"] = ids[record.session_id] = record.session_id.encode().hex()
+        Path(record.manifest_path).write_text(json.dumps(manifest))
 
-    current: dict[str, str] = {"session": "a1"}
-    real_detail = dashboard._detail
-
-    def detail(ctx: Any, session: str, scope: str | None) -> dict[str, Any]:
-        current["session"] = session
-        return real_detail(ctx, session, scope)
+    def engine_state(container_id: str, _host: str) -> dict[str, Any]:
+        session = next((s for s, i in ids.items() if i == container_id), None)
+        if session is None:  # seeded by a test after this fixture: not on the engine
+            return {"status": "missing", "health": None}
+        return {"status": fake.status[session], "health": "healthy"}
 
     def workspace(session: str, tenant: str | None = None, limits: Any = None) -> FakeWorkspace:
         sessions.registry.find(session, tenant)  # another tenant's: not found
@@ -122,7 +125,6 @@ def engine(served: Served, monkeypatch: pytest.MonkeyPatch) -> Engine:
         )
     )
     monkeypatch.setattr(dashboard, "engine_state", engine_state)
-    monkeypatch.setattr(dashboard, "_detail", detail)
     monkeypatch.setattr(sessions, "workspace", workspace)
     monkeypatch.setattr(sessions, "pause", move("pause", "running", "paused"))
     monkeypatch.setattr(sessions, "resume", move("resume", "paused", "running"))
@@ -140,16 +142,34 @@ def acme(served: Served) -> Iterator[httpx.Client]:
 def test_detail_shows_memory_and_disk_against_their_limits(
     engine: Engine, acme: httpx.Client
 ) -> None:
-    page = acme.get("/sessions/a1")
-    assert page.status_code == 200, page.text
-    text = page.text
+    # The page comes at once and its script loads the stats (the engine samples ~2 s).
+    later = acme.get("/sessions/a1")
+    assert later.status_code == 200, later.text
+    assert "Reading the stats from the engine" in later.text
+    assert 'data-stats="/sessions/a1/stats"' in later.text
+    assert 'href="/sessions/a1?stats=now"' in later.text
+    assert "<meter" not in later.text
+    assert engine.calls == []
+    fragment = acme.get("/sessions/a1/stats")
+    assert fragment.status_code == 200, fragment.text
+    inline = acme.get("/sessions/a1?stats=now")
+    assert inline.status_code == 200, inline.text
+    for text in (fragment.text, inline.text):
+        check_bars(text)
+    # Through the service layer's workspace, in the key's tenant.
+    assert engine.calls == [("stats", "a1", "acme"), ("stats", "a1", "acme")]
+    # Another tenant's session: not found, as a missing one; the engine is not asked.
+    assert acme.get("/sessions/b1/stats?tenant=blue").status_code == 404
+    assert acme.get("/sessions/nope/stats").status_code == 404
+    assert len(engine.calls) == 2
+
+
+def check_bars(text: str) -> None:
     assert f'<meter id="memory-bar" min="0" max="{4 * GIB}" value="{GIB}"' in text
     assert "1.0 GiB of 4.0 GiB (25%)" in text
     assert f'<meter id="disk-bar" min="0" max="{10 * GIB}" value="{9 * GIB}"' in text
     assert "9.0 GiB of 10.0 GiB (90%)" in text
     assert "12.5% (of 2 CPUs" in text
-    # Through the service layer's workspace, in the key's tenant.
-    assert ("stats", "a1", "acme") in engine.calls
 
 
 def test_pause_resume_and_backup_need_the_token_and_act_in_the_tenant(
@@ -246,7 +266,8 @@ def test_no_pause_or_backup_where_unavailable(
     for verb in ("pause", "resume", "backup"):
         assert f'action="/sessions/a1/{verb}"' not in text, verb
     assert "the host settings have no backup repository" in text
-    assert "No stats: the container is exited, not running." in text
+    stats = acme.get("/sessions/a1/stats").text
+    assert "No stats: the container is exited, not running." in stats
     assert not [c for c in engine.calls if c[0] == "stats"]
 
 
@@ -255,7 +276,8 @@ def test_detail_in_the_browser_is_accessible_and_pauses(
 ) -> None:
     log_in(page, served.url, served.keys["acme"])
     page.goto(served.url + "/sessions/a1")
-    memory = page.get_by_label("Memory (against its limit)")
+    memory = page.get_by_label("Memory (against its limit)")  # loaded by the page's script
+    memory.wait_for()
     assert memory.evaluate("m => m.tagName") == "METER"
     assert memory.get_attribute("value") == str(GIB)
     assert page.get_by_label("Workspace disk (against its size)").get_attribute("max") == str(

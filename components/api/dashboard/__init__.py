@@ -706,15 +706,11 @@ async def detail_page(session_id: str, request: Request) -> Response:
         logs = await ctx.call(_logs, ctx, session_id, scope)
     except DockyardError as error:  # the page still shows what the service layer knows
         logs = "(no logs: " + "; ".join(error.problems) + ")"
-    stats: dict[str, Any] | None = None
-    stats_problem = ""
-    if found["state"]["status"] in (pausing.RUNNING, pausing.PAUSED):
-        try:
-            stats = await ctx.call(_stats, ctx, session_id, scope)
-        except DockyardError as error:
-            stats_problem = "; ".join(error.problems)
-    else:
-        stats_problem = f"the container is {found['state']['status']}, not running"
+    # The engine takes about 2 s to sample a container's stats: the page's script loads
+    # them from /stats after the page; ?stats=now renders them in it (without the script).
+    stats: dict[str, Any] = {"stats": None, "stats_problem": "", "stats_later": True}
+    if request.query_params.get("stats") == "now":
+        stats = await _stats_of(ctx, session_id, scope, found["state"]["status"])
     record = found["record"]
     ssh = f"dockyard ssh {session_id}" + (f" --tenant {record.tenant}" if record.tenant else "")
     return _page(
@@ -731,14 +727,55 @@ async def detail_page(session_id: str, request: Request) -> Response:
         ssh=ssh,
         ssh_enabled=bool(record.request.get("ssh")),
         logs=logs,
-        stats=stats,
-        stats_problem=stats_problem,
+        **stats,
+        stats_now=f"/sessions/{session_id}?"
+        + urlencode(
+            {**({"tenant": scope} if viewer.principal.admin and scope else {}), "stats": "now"}
+        ),
         can_pause=found["can_pause"],
         can_resume=found["can_resume"],
         backup_on=found["backup_on"],
         history=found["history"],
         done=DONE.get(request.query_params.get("done", ""), ""),
     )
+
+
+async def _stats_of(
+    ctx: Context, session: str, scope: str | None, status: str | None
+) -> dict[str, Any]:
+    """The stats part's values: the stats, or why there are none."""
+    if status not in (pausing.RUNNING, pausing.PAUSED):
+        return {"stats": None, "stats_problem": f"the container is {status}, not running"}
+    try:
+        return {"stats": await ctx.call(_stats, ctx, session, scope), "stats_problem": ""}
+    except DockyardError as error:
+        return {"stats": None, "stats_problem": "; ".join(error.problems)}
+
+
+@router.get("/sessions/{session_id}/stats")
+async def stats_fragment(session_id: str, request: Request) -> Response:
+    """The detail page's stats part alone (its script loads it after the page, then
+    every 15 s)."""
+    viewer = await _viewer(request)
+    if viewer is None:
+        return Response(status_code=401, headers=SECURITY_HEADERS)
+    scope = _scope_of(request, viewer)
+    mark(request, session_id, scope)
+    ctx = _ctx(request)
+    try:
+        found = await ctx.call(_state, ctx, session_id, scope)
+    except DockyardError as error:
+        return Response(
+            "\n".join(error.problems), status_code=error.http_status, headers=SECURITY_HEADERS
+        )
+    values = await _stats_of(ctx, session_id, scope, found["status"])
+    return _page(request, "stats.html", viewer=viewer, session=session_id, **values)
+
+
+def _state(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
+    manifest = ctx.sessions.get(session, scope)
+    record = ctx.sessions.registry.find(session, scope)
+    return engine_state(manifest["container"]["id"], record.host)
 
 
 @router.get("/sessions/{session_id}/logs")

@@ -1,10 +1,11 @@
-// dockyard dashboard: live rows and log tail by polling (every 3 s), copy buttons.
+// dockyard dashboard: live rows and log tail by polling (every 3 s), the detail page's
+// stats (after the page, then every 15 s), copy buttons.
 // Progressive: every page works without this script (forms and links are plain HTML).
 "use strict";
 (function () {
   var PERIOD = 3000;
 
-  function poll(url, apply) {
+  function poll(url, apply, period, now) {
     function tick() {
       if (document.hidden) { return; }
       fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
@@ -15,7 +16,8 @@
         .then(function (text) { if (text !== null) { apply(text); } })
         .catch(function () { /* the next tick tries again */ });
     }
-    window.setInterval(tick, PERIOD);
+    window.setInterval(tick, period || PERIOD);
+    if (now) { tick(); }
   }
 
   document.addEventListener("DOMContentLoaded", function () {
@@ -37,6 +39,11 @@
         if (atEnd) { logs.scrollTop = logs.scrollHeight; }
       });
       logs.scrollTop = logs.scrollHeight;
+    }
+    var stats = document.getElementById("stats");
+    if (stats) {
+      // The engine samples for about 2 s: loaded after the page, then every 15 s.
+      poll(stats.getAttribute("data-stats"), function (html) { stats.innerHTML = html; }, 15000, true);
     }
     document.querySelectorAll("button[data-copy]").forEach(function (button) {
       button.addEventListener("click", function () {
