@@ -236,8 +236,10 @@ def test_audit_history_lists_the_sessions_actions_newest_first(
         for cell in history.split("<tr><td>")[1:]
         for cell in [cell.split("</td><td>", 2)[2]]
     ]
-    # Newest first: the backup, then the POST that asked for it, and so on.
-    assert actions[:6] == ["api", "backup", "api", "resume", "api", "pause"], actions
+    # Newest first (a request's own line is written when it ends, so it may follow the
+    # next request's action: only the actions' order and the count are fixed).
+    assert [a for a in actions if a != "api"] == ["backup", "resume", "pause"], actions
+    assert actions.count("api") == 3, actions
     assert "snapshot 0123abcd" in history
     assert "POST /sessions/a1/backup 303" in history
     assert "GET /sessions/a1" not in history  # page views are left out
@@ -289,6 +291,9 @@ def test_detail_in_the_browser_is_accessible_and_pauses(
     page.wait_for_url(served.url + "/sessions/a1?done=paused")
     assert page.get_by_role("status").filter(has_text="Session a1 paused.").is_visible()
     assert page.get_by_role("button", name="Resume").is_visible()
-    assert page.locator("table.audit tbody tr").first.inner_text().split("\t")[2] == "api"
+    newest = page.locator("table.audit tbody tr").evaluate_all(
+        "rows => rows.slice(0, 2).map(r => r.cells[2].textContent)"
+    )
+    assert "pause" in newest, newest
     accessible(page)
     shoot(page, "detail-paused")

@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ...errors import DockyardError, InvalidInput
-from ...sessions import audit, backups
+from ...sessions import audit, backups, host_view
 from ...sessions import pause as pausing
 from ...sessions.status import container_logs, engine_state, engine_states
 from ..context import Context
@@ -900,6 +900,39 @@ async def destroy(session_id: str, request: Request) -> Response:
     return RedirectResponse(
         "/?" + urlencode({"destroyed": session_id}), status_code=303, headers=SECURITY_HEADERS
     )
+
+
+# --- the hosts ---------------------------------------------------------------------------
+
+
+def _hosts(ctx: Context) -> dict[str, Any]:
+    """Each host's engine, quota use against its caps and images in use, and the health
+    report's last run (:mod:`dockyard.sessions.host_view`)."""
+    return {
+        "hosts": host_view.host_views(ctx.sessions),
+        "health": host_view.health_report(),
+        "caps": host_view.CAPS,
+    }
+
+
+@router.get("/host")
+async def host_page(request: Request) -> Response:
+    """Admin keys only: a host's use and caps span every tenant (a tenant's key gets the
+    page of an address that does not exist)."""
+    viewer = await _viewer(request)
+    if viewer is None:
+        return _to_login()
+    if not viewer.principal.admin:
+        return _page(
+            request,
+            "error.html",
+            404,
+            viewer,
+            title="Not found",
+            problems=["no such page: /host"],
+        )
+    ctx = _ctx(request)
+    return _page(request, "host.html", viewer=viewer, **await ctx.call(_hosts, ctx))
 
 
 # --- static ------------------------------------------------------------------------------
