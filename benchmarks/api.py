@@ -1,0 +1,317 @@
+"""The HTTP API's lifecycle and events (issue 27's `api` benchmarks; exec and files are
+benchmarks/dataplane.py), each against a baseline measured in the same run.
+
+The real server (`dockyard serve` on loopback, the harness driver realising sessions on
+this engine — the Pulumi CLI cannot run here), timed from a client in this process:
+
+- create: ``POST /api/sessions`` until its answer (the manifest) vs the Python API's
+  ``Sessions.create`` in this process with the same driver and state, interleaved.
+  Budget: median <= 1.1x the Python API.
+- list: 200 concurrent ``GET /api/sessions`` with 100 sessions registered. The list path
+  reads the registry and each session's manifest file only (no engine call), so the 100
+  are registered directly, each with a copy of a real session's manifest. Budget: p95 <=
+  100 ms; baseline: one request alone.
+- events: a service-layer audit line written (``audit.recorded``, as a verb writes it)
+  until its SSE event arrives on ``GET /api/events``. Budget: p95 <= 200 ms; baseline:
+  the server's poll interval of the trail (``EventSettings.poll_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.common import RUNS, engine, stat_row, table, verdict, write_result
+
+CREATE_BUDGET = 1.1
+LIST_P95_BUDGET_S = 0.100
+EVENT_P95_BUDGET_S = 0.200
+CONCURRENT = 200
+REGISTERED = 100
+EVENTS = int(os.environ.get("DOCKYARD_BENCH_EVENT_RUNS", "30"))
+REPO = Path(__file__).resolve().parents[1]
+DOCKYARD = Path(sys.executable).with_name("dockyard")
+
+
+def p95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    return {
+        "p50": statistics.median(samples),
+        "p95": p95(samples),
+        "max": max(samples),
+        "runs": len(samples),
+    }
+
+
+def main() -> int:
+    from dockyard.api.store import KeyStore
+    from dockyard.sessions import Sessions
+    from dockyard.sessions.settings import paths
+    from tests.harness.sessions import HarnessDriver
+    from tests.support.engine import remove_volume
+    from tests.support.images import build_image
+
+    docker_client = engine()
+    image = build_image(docker_client, "dockyard-core")
+    tenant = f"bapi{int(time.time()) % 100000}"
+    with tempfile.TemporaryDirectory(prefix="dockyard-bench-api-") as base:
+        state, project = Path(base) / "state", Path(base) / "project"
+        state.mkdir()
+        project.mkdir()
+        (state / "image.json").write_text(json.dumps({"imageRef": image}))
+        settings = Path(base) / "settings.yaml"
+        settings.write_text("{}")
+        store_url = f"sqlite:///{state / 'api' / 'api-keys.db'}"
+        (state / "api").mkdir()
+        env = {
+            **os.environ,
+            "DOCKYARD_STATE_DIR": str(state),
+            "DOCKYARD_CONFIG": str(settings),
+            "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
+            "DOCKYARD_AUDIT_LOG": str(Path(base) / "host-audit.jsonl"),
+            "PYTHONPATH": str(REPO),
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+        where = paths(env)  # the server's: the same state and the same audit trail
+        sessions = Sessions(where, HarnessDriver(where))
+        store = KeyStore(store_url)
+        headers = {"Authorization": f"Bearer {store.create(tenant).key}"}
+        store.close()
+        server = subprocess.Popen(
+            [str(DOCKYARD), "serve", "--port", "0", "--key-store", store_url, "--rate", "100000",
+             "--burst", "100000"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        try:
+            line = server.stdout.readline() if server.stdout else ""
+            if " on " not in line:
+                raise SystemExit(f"ERROR: the server did not start ({line!r})")
+            url = line.split(" on ", 1)[1].strip()
+            with httpx.Client(base_url=url, timeout=600, trust_env=False) as client:
+                results = {
+                    "create": measure_create(client, headers, sessions, tenant, str(project)),
+                    "list": measure_list(url, client, headers, sessions, tenant, str(project)),
+                    "events": measure_events(url, headers, sessions, tenant),
+                }
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            for row in sessions.list(tenant):
+                if Path(row["manifest"]).parent.name == "bench-copies":
+                    continue  # registered only: nothing on the engine
+                try:
+                    sessions.destroy(row["sessionId"], tenant)
+                except Exception as exc:  # keep removing the rest
+                    print(f"cleanup: {row['sessionId']}: {exc}", file=sys.stderr)
+            selector = {"label": f"dockyard.stack={tenant}"}
+            for container in docker_client.containers.list(all=True, filters=selector):
+                container.remove(force=True, v=True)
+            for network in docker_client.networks.list(filters=selector):
+                network.remove()
+            for volume in docker_client.volumes.list(filters=selector):
+                remove_volume(volume)
+    report(results)
+    path = write_result("api", results)
+    print(f"results: {path}")
+    verdicts = [results[k]["verdict"] for k in ("create", "list", "events")]
+    return 0 if all(v == "meets" for v in verdicts) else 1
+
+
+def measure_create(
+    client: httpx.Client, headers: dict[str, str], sessions: Any, tenant: str, cwd: str
+) -> dict[str, Any]:
+    """Interleaved creates over HTTP and through the Python API (each destroyed, untimed)."""
+    http: list[float] = []
+    python: list[float] = []
+
+    def over_http(session: str) -> float:
+        started = time.perf_counter()
+        answer = client.post(
+            "/api/sessions", headers=headers, json={"sessionId": session, "cwd": cwd}
+        )
+        took = time.perf_counter() - started
+        if answer.status_code != 201:
+            raise SystemExit(
+                f"ERROR: create over HTTP answered {answer.status_code}: {answer.text}"
+            )
+        client.delete(f"/api/sessions/{session}", headers=headers).raise_for_status()
+        return took
+
+    def in_python(session: str) -> float:
+        started = time.perf_counter()
+        sessions.create({"sessionId": session, "cwd": cwd, "tenant": tenant})
+        took = time.perf_counter() - started
+        sessions.destroy(session, tenant)
+        return took
+
+    over_http("warm-h")
+    in_python("warm-p")
+    for run in range(RUNS):
+        http.append(over_http(f"h{run}"))
+        python.append(in_python(f"p{run}"))
+    ratio = statistics.median(http) / statistics.median(python)
+    return {
+        "http_s": stats(http),
+        "python_api_s": stats(python),
+        "samples": {"http": http, "python": python},
+        "ratio_median": ratio,
+        "budget": CREATE_BUDGET,
+        "verdict": verdict(ratio, CREATE_BUDGET),
+    }
+
+
+def measure_list(
+    url: str,
+    client: httpx.Client,
+    headers: dict[str, str],
+    sessions: Any,
+    tenant: str,
+    cwd: str,
+) -> dict[str, Any]:
+    """100 sessions registered (one real, 99 copies of its record and manifest), then 200
+    concurrent GETs of the list, five rounds."""
+    sessions.create({"sessionId": "real", "cwd": cwd, "tenant": tenant})
+    record = sessions.registry.find("real", tenant)
+    copies = Path(record.manifest_path).parent / "bench-copies"
+    copies.mkdir()
+    for index in range(REGISTERED - 1):
+        session = f"l{index:03d}"
+        manifest = copies / f"{tenant}.{session}.json"
+        shutil.copyfile(record.manifest_path, manifest)
+        sessions.registry.save(
+            dataclasses.replace(
+                record,
+                session_id=session,
+                stack_name=f"{tenant}.{session}",
+                manifest_path=str(manifest),
+                request={**record.request, "sessionId": session},
+            )
+        )
+    alone = []
+    for _ in range(20):
+        started = time.perf_counter()
+        page = client.get("/api/sessions", headers=headers, params={"limit": 500})
+        alone.append(time.perf_counter() - started)
+        page.raise_for_status()
+    if page.json()["total"] != REGISTERED:
+        raise SystemExit(f"ERROR: the list has {page.json()['total']} sessions, not {REGISTERED}")
+    asyncio.run(_concurrent_gets(url, headers))  # warm-up round, not counted
+    concurrent: list[float] = []
+    for _ in range(5):
+        concurrent += asyncio.run(_concurrent_gets(url, headers))
+    worst = p95(concurrent)
+    return {
+        "sessions": REGISTERED,
+        "concurrent": CONCURRENT,
+        "alone_s": stats(alone),
+        "concurrent_s": stats(concurrent),
+        "p95_x_alone_p50": worst / statistics.median(alone),
+        "budget_p95_s": LIST_P95_BUDGET_S,
+        "verdict": verdict(worst, LIST_P95_BUDGET_S),
+    }
+
+
+async def _concurrent_gets(url: str, headers: dict[str, str]) -> list[float]:
+    """200 clients at once, each on its own new connection (kept-alive connections idle
+    past the server's keep-alive time would be closed under the next round), timed from
+    the request's start (connect on loopback included) to the whole answer."""
+    limits = httpx.Limits(max_connections=CONCURRENT, max_keepalive_connections=0)
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, limits=limits, trust_env=False
+    ) as client:
+
+        async def one() -> float:
+            started = time.perf_counter()
+            answer = await client.get("/api/sessions", headers=headers, params={"limit": 500})
+            answer.raise_for_status()
+            return time.perf_counter() - started
+
+        return list(await asyncio.gather(*(one() for _ in range(CONCURRENT))))
+
+
+def measure_events(url: str, headers: dict[str, str], sessions: Any, tenant: str) -> dict[str, Any]:
+    """An audit line as the service layer writes it, until its event is read from SSE."""
+    from dockyard.api.events_settings import EventSettings
+    from dockyard.sessions import audit
+    from tests.api.test_events_support import SseReader
+
+    delays = []
+    with SseReader(f"{url}/api/events?session=evt", headers) as reader:
+        time.sleep(0.5)  # the stream is tailing the trail
+        for _ in range(EVENTS):
+            written = time.monotonic()
+            with audit.recorded(sessions.where.audit_log, "refresh", session="evt", tenant=tenant):
+                pass
+            event = reader.next(10)
+            if event.type != "session.refreshed":
+                raise SystemExit(f"ERROR: expected session.refreshed, got {event.type}")
+            delays.append(event.received - written)
+            time.sleep(0.05)
+    worst = p95(delays)
+    return {
+        "delay_s": stats(delays),
+        "poll_s": EventSettings.poll_s,
+        "budget_p95_s": EVENT_P95_BUDGET_S,
+        "verdict": verdict(worst, EVENT_P95_BUDGET_S),
+    }
+
+
+def report(results: dict[str, Any]) -> None:
+    create, listed, events = results["create"], results["list"], results["events"]
+    python_median = create["python_api_s"]["p50"]
+    print(
+        table(
+            ["figure (s)", "median", "min", "max", "x baseline"],
+            [
+                stat_row("create, Python API (baseline)", create["samples"]["python"]),
+                stat_row("create over HTTP", create["samples"]["http"], python_median),
+            ],
+        )
+    )
+    rows = [
+        ["GET /api/sessions alone (baseline)", *_three(listed["alone_s"])],
+        [f"{CONCURRENT} concurrent GET /api/sessions", *_three(listed["concurrent_s"])],
+        ["audit line -> SSE event", *_three(events["delay_s"])],
+    ]
+    print(table(["figure (s)", "p50", "p95", "max"], rows))
+    print(
+        f"create over HTTP: {create['ratio_median']:.2f}x the Python API (budget "
+        f"{CREATE_BUDGET}x): {create['verdict']}"
+    )
+    print(
+        f"list, {REGISTERED} sessions, {CONCURRENT} concurrent: p95 "
+        f"{listed['concurrent_s']['p95'] * 1000:.0f} ms (budget "
+        f"{LIST_P95_BUDGET_S * 1000:.0f} ms): {listed['verdict']}"
+    )
+    print(
+        f"event delivery: p95 {events['delay_s']['p95'] * 1000:.0f} ms (poll "
+        f"{events['poll_s'] * 1000:.0f} ms; budget {EVENT_P95_BUDGET_S * 1000:.0f} ms): "
+        f"{events['verdict']}"
+    )
+
+
+def _three(values: dict[str, float]) -> list[float]:
+    return [values["p50"], values["p95"], values["max"]]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
