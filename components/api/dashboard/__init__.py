@@ -911,7 +911,6 @@ def _hosts(ctx: Context) -> dict[str, Any]:
     return {
         "hosts": host_view.host_views(ctx.sessions),
         "health": host_view.health_report(),
-        "caps": host_view.CAPS,
     }
 
 
