@@ -166,7 +166,21 @@ def test_create_watch_ready_open_and_destroy_from_the_browser(
             assert logs[-1].strip() in page.get_by_label("Log tail text").inner_text()
         with page.expect_response(lambda r: r.url.endswith("/sessions/d1/logs")):
             pass
+        # Its stats from the engine (the service layer's workspace), loaded after the page.
+        memory = page.get_by_label("Memory (against its limit)")
+        memory.wait_for(timeout=30_000)
+        assert memory.evaluate("m => m.tagName") == "METER"
+        assert int(memory.get_attribute("value") or 0) > 0
         shoot(page, "detail-live")
+        # Pause and resume act on the engine's container.
+        page.get_by_role("button", name="Pause (freeze its processes, memory kept)").click()
+        page.wait_for_url("**done=paused")
+        container.reload()
+        assert container.status == "paused"
+        page.get_by_role("button", name="Resume").click()
+        page.wait_for_url("**done=resumed")
+        container.reload()
+        assert container.status == "running"
 
         page.get_by_role("link", name="Destroy…").click()
         assert "Destroy session d1?" in page.locator("h1").inner_text()
