@@ -287,7 +287,12 @@ def test_detail_in_the_browser_is_accessible_and_pauses(
     )
     accessible(page)
     shoot(page, "detail-stats")
-    page.get_by_role("button", name="Pause (freeze its processes, memory kept)").click()
+    # From the keyboard: Tab reaches the button (the page's order), Enter pauses.
+    pause = page.get_by_role("button", name="Pause (freeze its processes, memory kept)")
+    page.get_by_role("button", name="Refresh (recreate the container, keep the workspace)").focus()
+    page.keyboard.press("Tab")
+    assert pause.evaluate("b => b === document.activeElement")
+    page.keyboard.press("Enter")
     page.wait_for_url(served.url + "/sessions/a1?done=paused")
     assert page.get_by_role("status").filter(has_text="Session a1 paused.").is_visible()
     assert page.get_by_role("button", name="Resume").is_visible()
