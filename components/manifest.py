@@ -187,15 +187,29 @@ def build(
     return manifest
 
 
+_VALID_TEXTS: dict[str, str] = {}
+"""Path -> the text last found valid there. Checking the schema is ~90% of listing
+sessions; a text equal to one already checked is not checked again (keyed on the text
+itself, not on file times, which whoever can write the file can set)."""
+_VALID_TEXTS_MAX = 4096
+
+
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a manifest file; errors name the file."""
+    key = os.fspath(path)
     try:
-        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
+        manifest = json.loads(text)
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such manifest file") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-    validate(manifest, str(path))
+    if _VALID_TEXTS.get(key) != text:
+        _VALID_TEXTS.pop(key, None)
+        validate(manifest, str(path))
+        if len(_VALID_TEXTS) >= _VALID_TEXTS_MAX:
+            _VALID_TEXTS.clear()
+        _VALID_TEXTS[key] = text
     return manifest
 
 

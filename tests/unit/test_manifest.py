@@ -170,6 +170,23 @@ def test_load_names_the_file(tmp_path: Path) -> None:
         contract.load(tmp_path / "missing.json")
 
 
+def test_load_checks_again_whatever_changed_in_the_file(tmp_path: Path) -> None:
+    # load() skips the schema for a text it already found valid at that path; a file
+    # rewritten afterwards (same size, its times set back) is checked again.
+    path = tmp_path / "m.json"
+    contract.write(path, example())
+    before = os.stat(path)
+    assert contract.load(path)["sessionId"] == "dev"
+    bad = path.read_text().replace('"version": 1', '"version": 9')
+    assert len(bad) == len(path.read_text())
+    path.write_text(bad)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(contract.ManifestError, match="version"):
+        contract.load(path)
+    contract.write(path, example())
+    assert contract.load(path)["version"] == 1
+
+
 # --- Modal preview (R-MAN-3) -----------------------------------------------------------------
 
 
