@@ -365,10 +365,12 @@ def test_entrypoint_reports_each_start_step_in_order(runner: AgentRunner) -> Non
     assert list(fields) == START_STEPS, lines[0]
     elapsed = [float(v) for v in fields.values()]
     assert elapsed == sorted(elapsed), f"steps out of order: {lines[0]}"
-    # The start time is the entrypoint's own clock: within a second of the engine's.
+    # The start time is the entrypoint's own clock, taken as it starts: after the engine's
+    # StartedAt and within seconds of it (a loaded machine delays the first line; an image
+    # or build time baked in would be minutes or more off).
     container.reload()
     started = datetime.fromisoformat(container.attrs["State"]["StartedAt"][:26] + "+00:00")
-    assert abs(start - started.timestamp()) < 1, (start, started)
+    assert -0.5 < start - started.timestamp() < 5, (start, started)
 
 
 def test_first_health_verdict_lands_right_after_ready(runner: AgentRunner) -> None:
