@@ -38,7 +38,10 @@ def _missing(what: str) -> None:
     pytest.skip(what)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps its event loop set as the
+# thread's running loop while it is open, and the suite's asyncio tests after this
+# package would find it there ("Cannot run the event loop while another loop is running").
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright

@@ -358,7 +358,14 @@ def test_startup_links_config_starts_tmux_and_writes_ready(
 
 def test_entrypoint_reports_each_start_step_in_order(runner: AgentRunner) -> None:
     container = runner.start_ready(backend="codex")
-    lines = [x for x in container.logs().decode().splitlines() if x.startswith("dockyard: timing ")]
+
+    def timing_lines() -> list[str]:
+        logs = container.logs().decode().splitlines()
+        return [x for x in logs if x.startswith("dockyard: timing ")]
+
+    # The line is written right after the ready marker (off the ready path): wait for it.
+    wait_for(lambda: timing_lines() != [], 10, what="the timing line")
+    lines = timing_lines()
     assert len(lines) == 1, container.logs().decode()
     fields = dict(f.split("=", 1) for f in lines[0].split() if "=" in f)
     start = float(fields.pop("start"))
