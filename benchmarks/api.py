@@ -20,20 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.common import RUNS, engine, stat_row, table, verdict, write_result
+from benchmarks.common import RUNS, engine, session_home, stat_row, table, verdict, write_result
 
 CREATE_BUDGET = 1.1
 LIST_P95_BUDGET_S = 0.100
@@ -70,13 +68,7 @@ def main() -> int:
     docker_client = engine()
     image = build_image(docker_client, "dockyard-core")
     tenant = f"bapi{int(time.time()) % 100000}"
-    with tempfile.TemporaryDirectory(prefix="dockyard-bench-api-") as base:
-        state, project = Path(base) / "state", Path(base) / "project"
-        state.mkdir()
-        project.mkdir()
-        (state / "image.json").write_text(json.dumps({"imageRef": image}))
-        settings = Path(base) / "settings.yaml"
-        settings.write_text("{}")
+    with session_home("dockyard-bench-api-", image) as (base, state, project, settings):
         store_url = f"sqlite:///{state / 'api' / 'api-keys.db'}"
         (state / "api").mkdir()
         env = {
@@ -84,7 +76,7 @@ def main() -> int:
             "DOCKYARD_STATE_DIR": str(state),
             "DOCKYARD_CONFIG": str(settings),
             "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
-            "DOCKYARD_AUDIT_LOG": str(Path(base) / "host-audit.jsonl"),
+            "DOCKYARD_AUDIT_LOG": str(base / "host-audit.jsonl"),
             "PYTHONPATH": str(REPO),
             "NO_PROXY": "127.0.0.1,localhost",
         }

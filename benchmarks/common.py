@@ -201,3 +201,18 @@ def deployed(client: Any, stack: str, values: dict[str, Any]) -> Iterator[Any]:
             yield target
         finally:
             target.force_cleanup()
+
+
+@contextlib.contextmanager
+def session_home(prefix: str, image: str) -> Iterator[tuple[Path, Path, Path, Path]]:
+    """A throwaway dockyard home for a benchmark's sessions: (base, state, project,
+    settings), with the state naming ``image`` as the core image and empty host settings."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as base_dir:
+        base = Path(base_dir)
+        state, project = base / "state", base / "project"
+        state.mkdir()
+        project.mkdir()
+        (state / "image.json").write_text(json.dumps({"imageRef": image}))
+        settings = base / "settings.yaml"
+        settings.write_text("{}")
+        yield base, state, project, settings

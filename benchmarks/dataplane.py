@@ -16,14 +16,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.common import engine, table, verdict, write_result
+from benchmarks.common import engine, session_home, table, verdict, write_result
 
 BUDGET = 1.3
 RUNS = int(os.environ.get("DOCKYARD_BENCH_EXEC_RUNS", "40"))
@@ -63,13 +62,7 @@ def main() -> int:
     docker_client = engine()
     image = build_image(docker_client, "dockyard-core")
     tenant = f"bench{int(time.time()) % 100000}"
-    with tempfile.TemporaryDirectory(prefix="dockyard-bench-dataplane-") as base:
-        state, project = Path(base) / "state", Path(base) / "project"
-        state.mkdir()
-        project.mkdir()
-        (state / "image.json").write_text(json.dumps({"imageRef": image}))
-        settings = Path(base) / "settings.yaml"
-        settings.write_text("{}")
+    with session_home("dockyard-bench-dataplane-", image) as (_base, state, project, settings):
         store = f"sqlite:///{state / 'api' / 'api-keys.db'}"
         env = {
             **os.environ,

@@ -19,17 +19,24 @@ allocated blocks: docs/instant-sessions.md).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RUNS, engine, stat_row, summary, table, timed, verdict, write_result
+from benchmarks.common import (
+    RUNS,
+    engine,
+    session_home,
+    stat_row,
+    summary,
+    table,
+    timed,
+    verdict,
+    write_result,
+)
 
 RESUME_BUDGET_S = 0.05
 FORK_BUDGET_S = 1.0
@@ -56,13 +63,7 @@ def main() -> int:
     client = engine()
     image = build_image(client, "dockyard-core")
     tenant = f"binst{int(time.time()) % 100000}"
-    with tempfile.TemporaryDirectory(prefix="dockyard-bench-instant-") as base:
-        state, project = Path(base) / "state", Path(base) / "project"
-        state.mkdir()
-        project.mkdir()
-        (state / "image.json").write_text(json.dumps({"imageRef": image}))
-        settings = Path(base) / "settings.yaml"
-        settings.write_text("{}")
+    with session_home("dockyard-bench-instant-", image) as (_base, state, project, settings):
         where = paths({"DOCKYARD_STATE_DIR": str(state), "DOCKYARD_CONFIG": str(settings)})
         sessions = Sessions(where, HarnessDriver(where))
 
