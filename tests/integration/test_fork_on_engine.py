@@ -28,10 +28,9 @@ import pytest
 from dockyard.contract import NAMING_CURRENT, session_environment_id
 from dockyard.errors import Conflict, InvalidInput, NotFound
 from dockyard.sessions import Sessions, snapshots
-from dockyard.sessions.settings import paths
 from dockyard.storage import disk_dir
-from tests.harness.sessions import HarnessDriver
-from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
+from tests.support.engine import RUN_ID, is_ready, wait_for
+from tests.support.harness_home import destroy_all, harness_sessions, sweep_tenant
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -43,13 +42,7 @@ TOOL = "/usr/local/bin/forktool"
 
 
 def _sweep(client: docker.DockerClient) -> None:
-    selector = {"label": f"dockyard.stack={TENANT}"}
-    for container in client.containers.list(all=True, filters=selector):
-        container.remove(force=True, v=True)
-    for network in client.networks.list(filters=selector):
-        network.remove()
-    for volume in client.volumes.list(filters=selector):
-        remove_volume(volume)
+    sweep_tenant(client, TENANT)
     for image in client.images.list(filters={"label": f"{snapshots.LABEL_NAMESPACE}={TENANT}"}):
         with contextlib.suppress(docker.errors.APIError):
             client.images.remove(image.id, force=True)
@@ -61,26 +54,15 @@ def sessions(
     docker_client: docker.DockerClient, core_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Sessions]:
     base = tmp_path_factory.mktemp("fork")
-    state, project = base / "state", base / "project"
-    state.mkdir()
-    project.mkdir()
-    (state / "image.json").write_text(json.dumps({"imageRef": core_image}))
-    settings = base / "settings.yaml"
-    settings.write_text(json.dumps({"healthcheck": {"interval": "5s"}}))
-    where = paths({"DOCKYARD_STATE_DIR": str(state), "DOCKYARD_CONFIG": str(settings)})
-    api = Sessions(where, HarnessDriver(where))
-    try:
-        yield api
-    finally:
-        for row in api.list(TENANT):
-            try:
-                api.destroy(row["sessionId"], TENANT)
-            except Exception as exc:  # keep going: the sweep removes the rest
-                print(f"cleanup: {row['sessionId']}: {exc}")
-        for snapshot in api.snapshots(TENANT):
-            with contextlib.suppress(Exception):
-                api.remove_snapshot(snapshot.name, TENANT)
-        _sweep(docker_client)
+    with harness_sessions(base, core_image, {"healthcheck": {"interval": "5s"}}) as api:
+        try:
+            yield api
+        finally:
+            destroy_all(api, TENANT)
+            for snapshot in api.snapshots(TENANT):
+                with contextlib.suppress(Exception):
+                    api.remove_snapshot(snapshot.name, TENANT)
+            _sweep(docker_client)
 
 
 def _run(container: docker.models.containers.Container, script: str, user: str = "agent") -> str:

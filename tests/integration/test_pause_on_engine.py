@@ -23,10 +23,9 @@ import pytest
 
 from dockyard.errors import Conflict, NotFound
 from dockyard.sessions import Sessions, audit
-from dockyard.sessions.settings import paths
 from dockyard.sessions.status import engine_state
-from tests.harness.sessions import HarnessDriver
-from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
+from tests.support.engine import RUN_ID, is_ready, wait_for
+from tests.support.harness_home import destroy_all, harness_sessions, sweep_tenant
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -42,38 +41,17 @@ COUNTER = (
 )
 
 
-def _sweep(client: docker.DockerClient) -> None:
-    selector = {"label": f"dockyard.stack={TENANT}"}
-    for container in client.containers.list(all=True, filters=selector):
-        container.remove(force=True, v=True)
-    for network in client.networks.list(filters=selector):
-        network.remove()
-    for volume in client.volumes.list(filters=selector):
-        remove_volume(volume)
-
-
 @pytest.fixture(scope="module")
 def sessions(
     docker_client: docker.DockerClient, core_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Sessions]:
     base = tmp_path_factory.mktemp("pause")
-    state, project = base / "state", base / "project"
-    state.mkdir()
-    project.mkdir()
-    (state / "image.json").write_text(json.dumps({"imageRef": core_image}))
-    settings = base / "settings.yaml"
-    settings.write_text(json.dumps({"healthcheck": {"interval": "5s"}}))
-    where = paths({"DOCKYARD_STATE_DIR": str(state), "DOCKYARD_CONFIG": str(settings)})
-    api = Sessions(where, HarnessDriver(where))
-    try:
-        yield api
-    finally:
-        for row in api.list(TENANT):
-            try:
-                api.destroy(row["sessionId"], TENANT)
-            except Exception as exc:  # keep going: the sweep removes the rest
-                print(f"cleanup: {row['sessionId']}: {exc}")
-        _sweep(docker_client)
+    with harness_sessions(base, core_image, {"healthcheck": {"interval": "5s"}}) as api:
+        try:
+            yield api
+        finally:
+            destroy_all(api, TENANT)
+            sweep_tenant(docker_client, TENANT)
 
 
 def _request(session: str, project: str) -> dict[str, object]:
