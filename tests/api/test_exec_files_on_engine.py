@@ -20,8 +20,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from dockyard.api.store import default_url
-from tests.api.test_server_on_engine import DOCKYARD, REPO, Server, _sweep
+from tests.api.test_server_on_engine import DOCKYARD, Server, _sweep
 from tests.support.engine import RUN_ID, is_ready, wait_for
+from tests.support.harness_home import make_home
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -37,20 +38,9 @@ def server(
 ) -> Iterator[Server]:
     assert DOCKYARD.is_file(), f"the dockyard console script is not installed at {DOCKYARD}"
     base = tmp_path_factory.mktemp("dataplane")
-    state, project = base / "state", base / "project"
-    state.mkdir()
-    project.mkdir()
-    (state / "image.json").write_text(json.dumps({"imageRef": core_image}))
-    settings = base / "settings.yaml"
-    settings.write_text(json.dumps({"healthcheck": {"interval": "5s"}}))
-    env = {
-        **os.environ,
-        "DOCKYARD_STATE_DIR": str(state),
-        "DOCKYARD_CONFIG": str(settings),
-        "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
-        "PYTHONPATH": str(REPO),
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
+    home = make_home(base, core_image, {"healthcheck": {"interval": "5s"}})
+    state, project, settings = home.state, home.project, home.settings
+    env = home.env()
     tenants = (f"d{RUN_ID[:6]}x", f"e{RUN_ID[:6]}x")
     made = Server("", env, state, settings, project, default_url(state), *tenants, {})
     for who, flags in (("tenant", ["--tenant", tenants[0]]), ("other", ["--tenant", tenants[1]])):

@@ -6,7 +6,6 @@ realised by the harness driver where the Pulumi CLI would run. Once per key stor
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from dockyard.api.store import default_url
 from dockyard.sessions import audit
 from tests.api.conftest import STORES, fresh_postgres, postgres_url
 from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
+from tests.support.harness_home import make_home
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -100,21 +100,10 @@ def server(
 ) -> Iterator[Server]:
     assert DOCKYARD.is_file(), f"the dockyard console script is not installed at {DOCKYARD}"
     base = tmp_path_factory.mktemp(f"api-{request.param}")
-    state, project = base / "state", base / "project"
-    state.mkdir()
-    project.mkdir()
-    (state / "image.json").write_text(json.dumps({"imageRef": core_image}))
-    settings = base / "settings.yaml"
-    settings.write_text(json.dumps({"healthcheck": {"interval": "5s"}}))
+    home = make_home(base, core_image, {"healthcheck": {"interval": "5s"}})
+    state, project, settings = home.state, home.project, home.settings
     store = default_url(state) if request.param == "sqlite" else fresh_postgres(postgres_url())
-    env = {
-        **os.environ,
-        "DOCKYARD_STATE_DIR": str(state),
-        "DOCKYARD_CONFIG": str(settings),
-        "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
-        "PYTHONPATH": str(REPO),
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
+    env = home.env()
     tenants = (f"a{RUN_ID[:6]}{request.param[0]}", f"b{RUN_ID[:6]}{request.param[0]}")
     made = Server("", env, state, settings, project, store, *tenants, {})
     for who, flags in (

@@ -7,7 +7,6 @@ names it. Everything the test creates carries the run's tenants and is swept."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 from dockyard.api.store import default_url
 from tests.browser.conftest import log_in, shoot
 from tests.support.engine import RUN_ID, remove_volume
+from tests.support.harness_home import make_home
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -71,21 +71,10 @@ def server(
 ) -> Iterator[Server]:
     assert DOCKYARD.is_file(), f"the dockyard console script is not installed at {DOCKYARD}"
     base = tmp_path_factory.mktemp("dashboard")
-    state, project = base / "state", base / "project"
-    state.mkdir()
-    project.mkdir()
-    (state / "image.json").write_text(json.dumps({"imageRef": core_image}))
-    settings = base / "settings.yaml"
-    settings.write_text(json.dumps({"healthcheck": {"interval": "2s"}}))
+    home = make_home(base, core_image, {"healthcheck": {"interval": "2s"}})
+    state, project = home.state, home.project
     store = default_url(state)
-    env = {
-        **os.environ,
-        "DOCKYARD_STATE_DIR": str(state),
-        "DOCKYARD_CONFIG": str(settings),
-        "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
-        "PYTHONPATH": str(REPO),
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
+    env = home.env()
     tenants = (f"d{RUN_ID[:6]}", f"e{RUN_ID[:6]}")
     keys = {}
     for tenant in tenants:

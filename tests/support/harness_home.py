@@ -5,8 +5,10 @@ sessions left on the engine."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +18,49 @@ from dockyard.sessions import Sessions
 from dockyard.sessions.settings import paths
 from tests.harness.sessions import HarnessDriver
 from tests.support.engine import remove_volume
+from tests.support.program import REPO
+
+DRIVER = "tests.harness.sessions:HarnessDriver"
+
+
+@dataclass(frozen=True)
+class Home:
+    """A dockyard home under a test's base directory."""
+
+    state: Path
+    project: Path
+    settings: Path
+
+    def env(self) -> dict[str, str]:
+        """The environment a `dockyard` process (serve, the CLI) runs with on this home:
+        the harness driver where Pulumi would run, loopback never through a proxy."""
+        return {
+            **os.environ,
+            "DOCKYARD_STATE_DIR": str(self.state),
+            "DOCKYARD_CONFIG": str(self.settings),
+            "DOCKYARD_DRIVER": DRIVER,
+            "PYTHONPATH": str(REPO),
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+
+
+def make_home(base: Path, image: str, settings: dict[str, Any]) -> Home:
+    """``base``/state (naming ``image`` as the core image), ``base``/project and
+    ``base``/settings.yaml holding ``settings``."""
+    home = Home(base / "state", base / "project", base / "settings.yaml")
+    home.state.mkdir()
+    home.project.mkdir()
+    (home.state / "image.json").write_text(json.dumps({"imageRef": image}))
+    home.settings.write_text(json.dumps(settings))
+    return home
 
 
 @contextmanager
 def harness_sessions(base: Path, image: str, settings: dict[str, Any]) -> Iterator[Sessions]:
     """Sessions under ``base`` (``state/``, ``project/``, ``settings.yaml``) on ``image``;
     whatever is left of them is destroyed at the end by the caller's sweep."""
-    state, project = base / "state", base / "project"
-    state.mkdir()
-    project.mkdir()
-    (state / "image.json").write_text(json.dumps({"imageRef": image}))
-    config = base / "settings.yaml"
-    config.write_text(json.dumps(settings))
-    where = paths({"DOCKYARD_STATE_DIR": str(state), "DOCKYARD_CONFIG": str(config)})
+    home = make_home(base, image, settings)
+    where = paths({"DOCKYARD_STATE_DIR": str(home.state), "DOCKYARD_CONFIG": str(home.settings)})
     yield Sessions(where, HarnessDriver(where))
 
 
