@@ -633,6 +633,10 @@ class Workspace:
                         raise Failed("the file helper's status is over its limit")
                 else:
                     held.append(piece[1])
+                    # Content before its status is never more than the file limit: a
+                    # helper the agent took over cannot make the host hold more.
+                    if sum(map(len, held)) > self.limits.file_bytes:
+                        raise Failed("the file helper sent more than the file limit")
             line = bytes(err).split(b"\n", 1)[0]
             status = _status(line, 0 if b'"ok": true' in line else 1, parts)
             size = status.get("size")
@@ -695,6 +699,8 @@ class Workspace:
                     break
                 if piece[0] == 2:
                     err += piece[1]
+                    if len(err) > STATUS_LINE_MAX:
+                        raise Failed("the file helper's status is over its limit")
             first = bytes(err).split(b"\n", 1)[0]
             if b'"ready": true' not in first:
                 _status(first, self._exit_code(exec_id) or 1, parts)

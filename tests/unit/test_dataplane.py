@@ -4,6 +4,7 @@ temporary directory standing for /workspace, with the links a hostile agent plan
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -406,6 +407,20 @@ def test_a_helper_the_agent_stopped_is_a_clear_failure(monkeypatch: pytest.Monke
         with pytest.raises(Failed) as caught:
             call(workspace)
         assert "stopped answering" in caught.value.problems[0]
+
+
+def test_a_helper_the_agent_took_over_cannot_make_the_host_hold_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Content with no status, past the file limit; a "ready" that never ends its line.
+    flood = fake_workspace(frame(1, b"x" * 20) * 3, end=False)
+    flood.limits = dataclasses.replace(flood.limits, file_bytes=32)
+    with pytest.raises(Failed, match="more than the file limit"):
+        flood.read("a")
+    monkeypatch.setattr(dataplane, "STATUS_LINE_MAX", 16)
+    chatty = fake_workspace(frame(2, b"y" * 20), end=False)
+    with pytest.raises(Failed, match="status is over its limit"):
+        chatty.write("a", [b"x"])
 
 
 def test_ports_with_the_preview_proxys_urls(monkeypatch: pytest.MonkeyPatch) -> None:
