@@ -26,6 +26,7 @@ REQUEST_MAX_BYTES = 64 * 2**20  # one Engine API response body
 REQUEST_DEADLINE_S = 120.0  # one Engine API request, connect to last byte
 EXEC_MAX_BYTES = 2**20  # one exec's output
 EXEC_DEADLINE_S = 30.0  # one exec, create to exit
+PID_SETTLE_S = 2.0  # how long a running exec may show Pid 0 before its pid is recorded
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
@@ -217,10 +218,17 @@ class Engine:
         that reuses the number; with a sandboxed runtime such as gVisor the pid is the
         sandbox's own and the in-container ``timeout`` is what kills it)."""
         try:
-            info = self.request("GET", f"/exec/{exec_id}/json", deadline_s=10)
-            if not info.get("Running"):
-                return "it had exited"
-            pid = int(info.get("Pid") or 0)
+            # The engine marks an exec running before it records its pid: a flood that
+            # hits the cap within milliseconds of the start can find Pid 0 for a moment.
+            settle = time.monotonic() + PID_SETTLE_S
+            while True:
+                info = self.request("GET", f"/exec/{exec_id}/json", deadline_s=10)
+                if not info.get("Running"):
+                    return "it had exited"
+                pid = int(info.get("Pid") or 0)
+                if pid > 0 or time.monotonic() >= settle:
+                    break
+                time.sleep(0.02)
             init = int(self.inspect(info["ContainerID"])["State"].get("Pid") or 0)
         except (HostError, KeyError, TypeError, ValueError) as exc:
             return f"not killed from the host ({exc})"

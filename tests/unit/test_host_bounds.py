@@ -177,6 +177,28 @@ def test_kill_process_tree_kills_the_exec_and_its_descendants(tmp_path: Path) ->
         root.wait()
 
 
+def test_kill_exec_waits_for_the_pid_the_engine_records_after_marking_the_exec_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine says Running before it records the pid: a flood that hits its cap at
+    # once met Pid 0 and was left running (seen on CI). The kill must wait for the pid.
+    answers = [{"Running": True, "Pid": 0, "ContainerID": "c"}] * 3
+    victim = subprocess.Popen(["sleep", "60"])
+    answers.append({"Running": True, "Pid": victim.pid, "ContainerID": "c"})
+    engine = host.Engine.__new__(host.Engine)
+    monkeypatch.setattr(engine, "request", lambda *a, **k: answers.pop(0), raising=False)
+    monkeypatch.setattr(
+        engine, "inspect", lambda _id: {"State": {"Pid": os.getpid()}}, raising=False
+    )
+    try:
+        assert engine.kill_exec("e") == "killed 1 process(es) of the exec"
+        assert victim.wait(5) == -9
+        assert answers == []
+    finally:
+        victim.kill()
+        victim.wait()
+
+
 def test_kill_process_tree_refuses_a_pid_outside_the_containers_namespace() -> None:
     if not shutil.which("unshare"):
         pytest.skip("no unshare(1) here")
