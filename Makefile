@@ -138,7 +138,7 @@ PYTEST_RC = if [ $$rc -eq 5 ] && [ "$${CI:-}" != true ]; then \
 test: setup-dev certs ## Lint, then run unit, image and integration tests
 	@if docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then $(MAKE) --no-print-directory base-image; fi
 	$(MAKE) --no-print-directory lint
-	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; $(PYTEST_RC); exit $$rc
+	@rc=0; $(BIN)/pytest --durations=40 $(PYTEST_ARGS) || rc=$$?; $(PYTEST_RC); exit $$rc
 
 # The environment, reliability and egress guard suites again with every environment on
 # gVisor (DOCKYARD_TEST_RUNTIME=runsc, read in tests/support/stacks.py; the engine needs
@@ -149,7 +149,7 @@ RUNSC_SKIP := --ignore=tests/reliability/test_engine_restart.py \
 	--deselect=tests/roles/test_egress_guard.py::test_rules_survive_an_engine_restart
 test-runsc: setup-dev certs ## Run the environment, reliability and egress guard suites on gVisor
 	@if docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then $(MAKE) --no-print-directory base-image; fi
-	@rc=0; DOCKYARD_TEST_RUNTIME=runsc $(BIN)/pytest $(RUNSC_SKIP) $(PYTEST_ARGS) $(RUNSC_TESTS) || rc=$$?; $(PYTEST_RC); exit $$rc
+	@rc=0; DOCKYARD_TEST_RUNTIME=runsc $(BIN)/pytest --durations=20 $(RUNSC_SKIP) $(PYTEST_ARGS) $(RUNSC_TESTS) || rc=$$?; $(PYTEST_RC); exit $$rc
 
 # Each test module alone, its tests in $(TEST_ORDER) order (DOCKYARD_TEST_ORDER): a module
 # that leans on what another module, or an earlier test, left behind fails here.
