@@ -124,7 +124,7 @@ def engine(served: Served, monkeypatch: pytest.MonkeyPatch) -> Engine:
             }
         )
     )
-    monkeypatch.setattr(dashboard, "engine_state", engine_state)
+    monkeypatch.setattr(dashboard.detail, "engine_state", engine_state)
     monkeypatch.setattr(sessions, "workspace", workspace)
     monkeypatch.setattr(sessions, "pause", move("pause", "running", "paused"))
     monkeypatch.setattr(sessions, "resume", move("resume", "paused", "running"))

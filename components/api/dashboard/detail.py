@@ -1,0 +1,335 @@
+"""One session's page: its manifest, state, log tail, stats, audit history and actions
+(refresh, pause, resume, backup, destroy with a confirmation naming the session)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from ...errors import DockyardError
+from ...sessions import audit, backups
+from ...sessions import pause as pausing
+from ...sessions.status import container_logs, engine_state
+from ..context import Context
+from ..principal import mark
+from .login import posted_form, viewer_of
+from .pages import (
+    SECURITY_HEADERS,
+    ctx_of,
+    error_page,
+    page,
+    port_host,
+    scope_of,
+    suffix_of,
+    to_login,
+)
+
+router = APIRouter(include_in_schema=False)
+
+LOG_LINES = 200
+AUDIT_LINES = 30
+"""The detail page's audit history: the session's newest lines (page views left out)."""
+DONE = {
+    "refreshed": "refreshed",
+    "paused": "paused",
+    "resumed": "resumed",
+    "backed-up": "backed up",
+}
+"""What a detail page's notice may say after an action (``?done=``; nothing else is shown)."""
+
+
+def _logs(ctx: Context, session: str, scope: str | None) -> str:
+    """The container's last lines (what `dockyard logs --tail N` prints)."""
+    record, manifest = ctx.sessions.locate(session, scope)
+    return container_logs(manifest["container"]["id"], record.host, LOG_LINES)
+
+
+def _detail(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
+    record = ctx.sessions.registry.find(session, scope)
+    manifest: dict[str, Any] = dict(ctx.sessions.get(session, scope))
+    state = engine_state(manifest["container"]["id"], record.host)
+    try:
+        # The plan destroy and pause read (secret names only): the engine backend and
+        # whether the host settings have a backup repository.
+        config = pausing.plan_of(ctx.sessions, record).config
+        backend, backup_on = config.backend, config.backup is not None
+    except DockyardError:
+        backend, backup_on = None, False
+    return {
+        "record": record,
+        "manifest": manifest,
+        "state": state,
+        "can_pause": backend == "docker" and state["status"] == pausing.RUNNING,
+        "can_resume": backend == "docker" and state["status"] == pausing.PAUSED,
+        "backup_on": backup_on,
+        "history": _history(ctx, record.session_id, record.tenant),
+    }
+
+
+def _history(ctx: Context, session: str, tenant: str | None) -> list[dict[str, Any]]:
+    """The session's audit lines, newest first: its lifecycle actions and every request
+    that changed something (page views and polls, GETs, are left out)."""
+    lines = audit.read(ctx.sessions.where.audit_log, session=session, tenant=tenant)
+    kept = [
+        line
+        for line in lines
+        if (line.get("tenant") or None) == tenant
+        and not (line.get("action") == "api" and str(line.get("detail", "")).startswith("GET "))
+    ]
+    return kept[::-1][:AUDIT_LINES]
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def _bar(used: Any, total: Any) -> dict[str, Any] | None:
+    """A meter's values: ``used`` of ``total`` bytes, written out too."""
+    if not isinstance(used, int) or not isinstance(total, int) or total <= 0:
+        return None
+    used = max(0, used)
+    return {
+        "value": used,
+        "max": total,
+        "percent": round(100.0 * used / total, 1),
+        "text": f"{_size(used)} of {_size(total)} ({100.0 * used / total:.0f}%)",
+    }
+
+
+def _stats(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
+    """The session's stats from the service layer (what GET /api/sessions/{id}/stats
+    answers) with its memory and disk as bars against their limits."""
+    workspace = ctx.sessions.workspace(session, scope)
+    try:
+        stats = workspace.stats()
+    finally:
+        with contextlib.suppress(Exception):
+            workspace.client.close()
+    memory, disk = stats.get("memory") or {}, stats.get("disk") or {}
+    return {
+        **stats,
+        "memory_bar": _bar(memory.get("used"), memory.get("limit")),
+        "disk_bar": _bar(disk.get("used"), disk.get("total")),
+    }
+
+
+@router.get("/sessions/{session_id}")
+async def detail_page(session_id: str, request: Request) -> Response:
+    viewer = await viewer_of(request)
+    if viewer is None:
+        return to_login()
+    scope = scope_of(request, viewer)
+    mark(request, session_id, scope)
+    ctx = ctx_of(request)
+    try:
+        found = await ctx.call(_detail, ctx, session_id, scope)
+    except DockyardError as error:
+        return error_page(request, viewer, error)
+    try:
+        logs = await ctx.call(_logs, ctx, session_id, scope)
+    except DockyardError as error:  # the page still shows what the service layer knows
+        logs = "(no logs: " + "; ".join(error.problems) + ")"
+    # The engine takes about 2 s to sample a container's stats: the page's script loads
+    # them from /stats after the page; ?stats=now renders them in it (without the script).
+    stats: dict[str, Any] = {"stats": None, "stats_problem": "", "stats_later": True}
+    if request.query_params.get("stats") == "now":
+        stats = await _stats_of(ctx, session_id, scope, found["state"]["status"])
+    record = found["record"]
+    ssh = f"dockyard ssh {session_id}" + (f" --tenant {record.tenant}" if record.tenant else "")
+    return page(
+        request,
+        "detail.html",
+        viewer=viewer,
+        session=session_id,
+        suffix=suffix_of(viewer, scope),
+        record=record,
+        manifest=found["manifest"],
+        manifest_json=json.dumps(found["manifest"], indent=2, sort_keys=True),
+        state=found["state"],
+        host_name=port_host(record.host, request),
+        ssh=ssh,
+        ssh_enabled=bool(record.request.get("ssh")),
+        logs=logs,
+        **stats,
+        stats_now=f"/sessions/{session_id}?"
+        + urlencode(
+            {**({"tenant": scope} if viewer.principal.admin and scope else {}), "stats": "now"}
+        ),
+        can_pause=found["can_pause"],
+        can_resume=found["can_resume"],
+        backup_on=found["backup_on"],
+        history=found["history"],
+        done=DONE.get(request.query_params.get("done", ""), ""),
+    )
+
+
+async def _stats_of(
+    ctx: Context, session: str, scope: str | None, status: str | None
+) -> dict[str, Any]:
+    """The stats part's values: the stats, or why there are none."""
+    if status not in (pausing.RUNNING, pausing.PAUSED):
+        return {"stats": None, "stats_problem": f"the container is {status}, not running"}
+    try:
+        return {"stats": await ctx.call(_stats, ctx, session, scope), "stats_problem": ""}
+    except DockyardError as error:
+        return {"stats": None, "stats_problem": "; ".join(error.problems)}
+
+
+@router.get("/sessions/{session_id}/stats")
+async def stats_fragment(session_id: str, request: Request) -> Response:
+    """The detail page's stats part alone (its script loads it after the page, then
+    every 15 s)."""
+    viewer = await viewer_of(request)
+    if viewer is None:
+        return Response(status_code=401, headers=SECURITY_HEADERS)
+    scope = scope_of(request, viewer)
+    mark(request, session_id, scope)
+    ctx = ctx_of(request)
+    try:
+        found = await ctx.call(_state, ctx, session_id, scope)
+    except DockyardError as error:
+        return Response(
+            "\n".join(error.problems), status_code=error.http_status, headers=SECURITY_HEADERS
+        )
+    values = await _stats_of(ctx, session_id, scope, found["status"])
+    return page(request, "stats.html", viewer=viewer, session=session_id, **values)
+
+
+def _state(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
+    manifest = ctx.sessions.get(session, scope)
+    record = ctx.sessions.registry.find(session, scope)
+    return engine_state(manifest["container"]["id"], record.host)
+
+
+@router.get("/sessions/{session_id}/logs")
+async def logs_fragment(session_id: str, request: Request) -> Response:
+    viewer = await viewer_of(request)
+    if viewer is None:
+        return Response(status_code=401, headers=SECURITY_HEADERS)
+    ctx = ctx_of(request)
+    try:
+        text = await ctx.call(_logs, ctx, session_id, scope_of(request, viewer))
+    except DockyardError as error:
+        return Response(
+            "\n".join(error.problems), status_code=error.http_status, headers=SECURITY_HEADERS
+        )
+    return Response(text, media_type="text/plain; charset=utf-8", headers=SECURITY_HEADERS)
+
+
+def _backup(ctx: Context, session: str, scope: str | None) -> Any:
+    """``dockyard backup SESSION``: the service layer's backup of the session's workspace,
+    for a session of the viewer's tenant only (the verb's target would otherwise name a
+    destroyed session's repository: another tenant's answers "not found" here)."""
+    ctx.sessions.registry.find(session, scope)
+    return backups.run_backup(ctx.sessions, backups.target(ctx.sessions, session, scope))
+
+
+def _verbs(ctx: Context) -> dict[str, tuple[Any, str]]:
+    """The detail page's actions: each a service-layer call and the notice it leaves."""
+    return {
+        "refresh": (ctx.sessions.refresh, "refreshed"),
+        "pause": (ctx.sessions.pause, "paused"),
+        "resume": (ctx.sessions.resume, "resumed"),
+        "backup": (functools.partial(_backup, ctx), "backed-up"),
+    }
+
+
+async def _act(session_id: str, verb: str, request: Request) -> Response:
+    """A detail page's action, posted with the login's CSRF token, in the viewer's tenant."""
+    posted = await posted_form(request)
+    if isinstance(posted, Response):
+        return posted
+    viewer, _ = posted
+    scope = scope_of(request, viewer)
+    mark(request, session_id, scope)
+    ctx = ctx_of(request)
+    call, done = _verbs(ctx)[verb]
+    try:
+        await ctx.call(call, session_id, scope)
+    except DockyardError as error:
+        return error_page(request, viewer, error)
+    where = f"/sessions/{session_id}" + suffix_of(viewer, scope)
+    where += ("&" if "?" in where else "?") + f"done={done}"
+    return RedirectResponse(where, status_code=303, headers=SECURITY_HEADERS)
+
+
+@router.post("/sessions/{session_id}/refresh")
+async def refresh(session_id: str, request: Request) -> Response:
+    return await _act(session_id, "refresh", request)
+
+
+@router.post("/sessions/{session_id}/pause")
+async def pause(session_id: str, request: Request) -> Response:
+    return await _act(session_id, "pause", request)
+
+
+@router.post("/sessions/{session_id}/resume")
+async def resume(session_id: str, request: Request) -> Response:
+    return await _act(session_id, "resume", request)
+
+
+@router.post("/sessions/{session_id}/backup")
+async def backup(session_id: str, request: Request) -> Response:
+    return await _act(session_id, "backup", request)
+
+
+@router.get("/sessions/{session_id}/destroy")
+async def destroy_page(session_id: str, request: Request) -> Response:
+    """The confirmation: it names the session (and its tenant) before anything goes."""
+    viewer = await viewer_of(request)
+    if viewer is None:
+        return to_login()
+    scope = scope_of(request, viewer)
+    ctx = ctx_of(request)
+    try:
+        record = await ctx.call(ctx.sessions.registry.find, session_id, scope)
+    except DockyardError as error:
+        return error_page(request, viewer, error)
+    return page(
+        request,
+        "confirm.html",
+        viewer=viewer,
+        session=session_id,
+        record=record,
+        suffix=suffix_of(viewer, scope),
+    )
+
+
+@router.post("/sessions/{session_id}/destroy")
+async def destroy(session_id: str, request: Request) -> Response:
+    posted = await posted_form(request)
+    if isinstance(posted, Response):
+        return posted
+    viewer, form = posted
+    scope = scope_of(request, viewer)
+    mark(request, session_id, scope)
+    if form.get("confirm") != session_id:
+        return page(
+            request,
+            "error.html",
+            422,
+            viewer,
+            title="Not confirmed",
+            problems=[
+                f"confirm: not the session's name (allowed: {session_id!r}, from the "
+                "confirmation page)"
+            ],
+        )
+    ctx = ctx_of(request)
+    try:
+        await ctx.call(ctx.sessions.destroy, session_id, scope)
+    except DockyardError as error:
+        return error_page(request, viewer, error)
+    return RedirectResponse(
+        "/?" + urlencode({"destroyed": session_id}), status_code=303, headers=SECURITY_HEADERS
+    )
