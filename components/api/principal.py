@@ -83,8 +83,15 @@ async def principal(request: Request) -> Principal:
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         raise Unauthorized("no API key: send Authorization: Bearer <key>")
+    return await authenticated(request, presented.strip())
+
+
+async def authenticated(request: Request, presented: str) -> Principal:
+    """The principal of the API key ``presented`` (however the face received it: the
+    E2B-compatible face reads X-API-Key), charged against the key's rate; its key id is
+    this request's audit actor."""
     ctx = context(request)
-    info = await ctx.call(ctx.store.authenticate, presented.strip())
+    info = await ctx.call(ctx.store.authenticate, presented)
     if info is None:
         raise Unauthorized("the API key is unknown or revoked")
     request.scope.setdefault("dockyard", {})["actor"] = f"key:{info.id}"
