@@ -5,6 +5,12 @@ keeps) and a ceiling (``max``: members it may hold at once, claimed ones being s
 included). Host settings only in practice; the model refuses a pool on Kubernetes, the
 same combination twice, a ceiling under its floor, and ceilings that together pass the
 host's ``quotas.environments`` (members count against the quota like any environment).
+
+Not available yet: nothing makes members and ``create`` never claims one, so a host that
+lists a pool would get none of what it asked for. Until both exist a non-empty ``pools``
+is refused (:data:`NOT_AVAILABLE`) after the entries themselves were checked, so a
+mistake in an entry is still reported with its key. docs/instant-sessions.md#warm-pools
+says what is missing.
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ POOL_CEILING = 100
 """The most members one pool entry may hold."""
 POOL_ENTRIES = 32
 """The most pool entries a host's settings may list."""
+
+NOT_AVAILABLE = (
+    "an empty list: warm pools are not available yet: no member is ever created and "
+    "create never claims one (issue 29 item 1, docs/instant-sessions.md#warm-pools), so "
+    "a pool here would do nothing; remove pools from the host settings"
+)
+"""What a valid, non-empty ``pools`` is refused with until members and claims exist."""
 
 PoolSize = Annotated[int, BeforeValidator(v.bounded_int(0, POOL_CEILING))]
 
@@ -89,7 +102,8 @@ Pools = Annotated[list[Pool], v.bounded_list(POOL_ENTRIES), AfterValidator(_dist
 
 
 def check_pools(pools: list[Pool], info: ValidationInfo) -> list[Pool]:
-    """The stack-wide rules of ``pools`` (the stack's field validator calls this)."""
+    """The stack-wide rules of ``pools`` (the stack's field validator calls this); a
+    non-empty list that passes them is still refused: :data:`NOT_AVAILABLE`."""
     if not pools:
         return pools
     if info.data.get("backend") == "kubernetes":
@@ -102,4 +116,4 @@ def check_pools(pools: list[Pool], info: ValidationInfo) -> list[Pool]:
             f"ceilings (max) that together stay within quotas.environments ({cap}); "
             f"these add up to {total}"
         )
-    return pools
+    raise v.refuse(NOT_AVAILABLE)

@@ -13,7 +13,9 @@ serve``, an application's library calls) sees the same pool:
 
 Members have session ids of the session grammar, ``pool-<16 hex>`` (random: no tenant
 can guess one to take its name first). Nothing here reaches an engine: making members,
-binding a claim to a session and wiring ``Sessions.create`` are not done yet.
+binding a claim to a session and wiring ``Sessions.create`` are not done yet, and until
+they are a non-empty ``pools:`` is refused (:data:`dockyard.config.pools.NOT_AVAILABLE`),
+so this bookkeeping is never mistaken for a working pool.
 """
 
 from __future__ import annotations
