@@ -30,7 +30,7 @@ import pulumi_docker as docker
 
 from . import broker as credential_broker
 from . import egress, storage
-from .config import Volume
+from .config import HELPER_IMAGE, Volume
 from .contract import (
     AGENT_UID,
     HEALTHCHECK_PATH,
@@ -79,6 +79,9 @@ class AgentEnvironmentArgs(EnvironmentInputs):
 
     image_id: pulumi.Input[str]
     image_ref: pulumi.Input[str]
+    helper_image: str = HELPER_IMAGE
+    """The operator's image the root disk helpers run from (``helperImage``), never
+    ``image_id``: that is the tenant's choice (dockyard.storage)."""
     workspace_host_path: str | None = None
     """Host directory the workspace volume binds to; None: the engine's volume storage."""
     manifest_root: str | None = None
@@ -153,7 +156,7 @@ class AgentEnvironment(pulumi.ComponentResource):
         )
         # Every writable path gets a size bound (dockyard.storage, docs/stacks.md).
         disks = storage.declare(
-            f"{name}-disks", prefix, storage.bounds_of(args.limits), args.image_id, args.docker_host,
+            f"{name}-disks", prefix, storage.bounds_of(args.limits), args.helper_image, args.docker_host,
             workspace_bound_elsewhere=bool(args.workspace_host_path), opts=child,
             secret_names=[*args.secrets, *(args.broker.keys if args.broker else ())],
         )  # fmt: skip

@@ -48,6 +48,7 @@ def environment_args(
         secrets,
         image_id=image_id,
         image_ref=image_ref,
+        helper_image=cfg.helper_image,
         workspace_host_path=env.workspace_host_path,
         environment_id=cfg.environment_id_of(env),
         volume_names={

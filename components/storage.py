@@ -27,7 +27,14 @@ is refused ("data: loop: invalid argument", measured on Docker 20.10). What boun
 The image files and loop devices are made where the engine runs, by a short-lived helper
 container on that engine (``docker run`` through ``DOCKER_HOST``, so an ``ssh://``
 engine works the same), with only the capabilities losetup and mkfs need and device
-access limited to loop devices. One ``local.Command`` per environment: ``create`` makes
+access limited to loop devices. The helper runs as root with those rights, so it runs
+only from the operator's image (``helperImage`` in the host settings or stack, default
+:data:`HELPER_IMAGE`), resolved to its image ID on the engine at each run and refused,
+naming the key, when the engine does not hold it: never an environment's image (a
+tenant's choice) or a snapshot (the agent's own layer), whose ``/bin/sh`` would run with
+every disk image in reach. It binds only the directories of the environment it works on
+(paths on the engine's host); removing a directory binds the parent (the entry is the
+parent's), and the host-wide ``attach``/``prune`` bind the roots. One ``local.Command`` per environment: ``create`` makes
 and attaches the images (an existing image is re-attached, never re-made: its data
 stays), ``delete`` detaches them and removes the directory. :data:`ATTACH_ALL_SCRIPT`
 re-attaches every image after a host reboot (loop devices do not survive one), before
@@ -48,7 +55,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_command as command
 
-from .config import ResolvedLimits
+from .config import HELPER_IMAGE, ResolvedLimits
+from .config.values import IMAGE_ALLOWED, image_reference
 from .contract import MANAGED_SELECTOR
 from .errors import DockyardError, Failed
 
@@ -249,20 +257,49 @@ def tmpfs_mounts(bounds: DiskBounds) -> dict[str, str]:
     return dict.fromkeys(TMPFS_PATHS, options)
 
 
+HELPER_KEY = "helperImage"
+Bind = tuple[str, str]
+"""A directory on the engine's host and ``rw`` or ``ro``: bound at the same path inside."""
+
+
+def helper_ref(image: str) -> str:
+    """``image`` if it is an image reference (the ``helperImage`` rule); else Failed
+    naming the key."""
+    try:
+        return image_reference(image)
+    except Exception:  # the rule's refusal (a pydantic error)
+        raise Failed(f"{HELPER_KEY}: {image!r} is not allowed (allowed: {IMAGE_ALLOWED})") from None
+
+
+def missing_helper(image: str, engine: str = "this engine") -> str:
+    """What a helper run says when the engine does not hold the helper image."""
+    return (
+        f"{HELPER_KEY}: {image!r} is not an image on {engine} (allowed: an image the engine "
+        f"holds with sh, coreutils, e2fsprogs and mount, e.g. the default {HELPER_IMAGE}: "
+        "`make base-image`, or the docker_host role's base image); helpers never run from "
+        "an environment's or a snapshot's image"
+    )
+
+
 def helper_command(
     image: str,
     script: str,
     *args: str,
+    binds: Sequence[Bind] = (),
     volumes: Mapping[str, str] | None = None,
     missing_ok: bool = False,
 ) -> str:
-    """Shell text running ``script`` in a helper container on the engine. Everything
+    """Shell text running ``script`` in a helper container on the engine, from the
+    operator's helper ``image`` (``helperImage``), resolved to its image ID on that engine
+    first (missing: ``ERROR: helperImage: ...``, exit 1). ``binds``: the only host
+    directories it sees (besides /dev, for the loop devices). Everything
     interpolated is quoted; the engine is the one ``DOCKER_HOST`` names. ``volumes``
     (role → volume name): each volume's directory on the engine is bound at
     ``/vol/<role>`` with shared propagation, for :data:`MOUNT_SCRIPT` and
     :data:`UNMOUNT_SCRIPT`; that helper may also mount (no AppArmor profile: Docker's
     denies mount(2)) and set the immutable flag. ``missing_ok``: a volume that is gone is
     left out (nothing of it to unmount) instead of failing the command."""
+    image = helper_ref(image)
     volumes = dict(volumes or {})
     placeholder = {role: f"@{index}@" for index, role in enumerate(volumes)}
     extra = ["--cap-add", "LINUX_IMMUTABLE", "--security-opt", "apparmor=unconfined"]
@@ -273,14 +310,19 @@ def helper_command(
         *(a for rule in HELPER_DEVICE_RULES for a in ("--device-cgroup-rule", rule)),
         "--security-opt", "no-new-privileges",
         "--memory", "256m", "--pids-limit", "64",
-        "-v", "/dev:/dev", "-v", f"{DISKS_DIR}:{DISKS_DIR}", "-v", f"{LINKS_DIR}:{LINKS_DIR}",
+        "-v", "/dev:/dev",
+        *(a for path, mode in binds for a in ("-v", f"{path}:{path}:{_mode(mode)}")),
         *(extra if volumes else []),
         *(a for role in volumes for a in ("-v", placeholder[role])),
-        "--entrypoint", "/bin/sh", image, "-c", script, "disks", *args,
+        "--entrypoint", "/bin/sh", IMAGE_MARK, "-c", script, "disks", *args,
     ]  # fmt: skip
-    text = " ".join(shlex.quote(a) for a in argv)
+    resolve = (
+        f"h=$(docker image inspect --format '{{{{.Id}}}}' {shlex.quote(image)} 2>/dev/null) "
+        f"|| {{ echo {shlex.quote('ERROR: ' + missing_helper(image))} >&2; exit 1; }}; "
+    )
+    text = " ".join(shlex.quote(a) for a in argv).replace(IMAGE_MARK, '"$h"')
     if not volumes:
-        return text
+        return resolve + text
     # A volume's directory is known on the engine only: read it there first.
     lookups = "".join(
         f"v{index}=$(docker volume inspect --format '{{{{.Mountpoint}}}}' "
@@ -294,7 +336,16 @@ def helper_command(
             text = text.replace(f"-v {mark}", f"${{v{index}:+-v}} ${{v{index}:+{bind}}}")
         else:
             text = text.replace(mark, bind)
-    return lookups + text
+    return resolve + lookups + text
+
+
+IMAGE_MARK = "@helper-image@"
+
+
+def _mode(mode: str) -> str:
+    if mode not in ("rw", "ro"):
+        raise ValueError(f"bind mode {mode!r} (allowed: rw, ro)")
+    return mode
 
 
 def images_command(
@@ -307,19 +358,22 @@ def images_command(
     opts: pulumi.ResourceOptions,
 ) -> command.local.Command:
     """The ``local.Command`` that makes and attaches the images of ``roles`` on the
-    engine (``create``) and detaches and removes them (``delete``). ``helper_image``: an
-    image on that engine with sh, truncate, mkfs.ext4, debugfs and losetup (the
-    environment's own: Debian's e2fsprogs and mount are in every dockyard image)."""
+    engine (``create``) and detaches and removes them (``delete``). ``helper_image``: the
+    operator's ``helperImage`` (sh, truncate, mkfs.ext4, debugfs and losetup in it), never
+    the environment's own. ``create`` binds the environment's two directories only;
+    ``delete`` their parents (removing a directory is a write to its parent)."""
     places = (disk_dir(environment_id), link_dir(environment_id))
+    own = [(path, "rw") for path in places]
+    roots = [(DISKS_DIR, "rw"), (LINKS_DIR, "rw")]
     specs = [f"{role}:{bounds.size_mb(role)}" for role in roles]
     image = pulumi.Output.from_input(helper_image)
     return command.local.Command(
         name,
-        create=image.apply(lambda i: helper_command(i, CREATE_SCRIPT, *places, *specs)),
+        create=image.apply(lambda i: helper_command(i, CREATE_SCRIPT, *places, *specs, binds=own)),
         delete=image.apply(
             lambda i: guarded_delete(
                 [f"{environment_id}-{role}" for role in roles],
-                helper_command(i, DELETE_SCRIPT, *places),
+                helper_command(i, DELETE_SCRIPT, *places, binds=roots),
             )
         ),
         environment={"DOCKER_HOST": docker_host} if docker_host else None,
@@ -345,7 +399,9 @@ def mount_command(
     def text(values: list[str]) -> tuple[str, str]:
         image, names = values[0], dict(zip(roles, values[1:], strict=True))
         return (
-            helper_command(image, MOUNT_SCRIPT, links, *roles, volumes=names),
+            helper_command(
+                image, MOUNT_SCRIPT, links, *roles, binds=[(links, "ro")], volumes=names
+            ),
             helper_command(image, UNMOUNT_SCRIPT, *roles, volumes=names, missing_ok=True),
         )
 
@@ -473,8 +529,9 @@ def declare(
 # --- After a reboot ------------------------------------------------------------------------
 
 MANAGED_FILTER = f"label={MANAGED_SELECTOR}"
-DEFAULT_HELPER_IMAGE = "debian:bookworm-slim"
-"""For ``prune``, which may run where no environment is left to lend its image."""
+DEFAULT_HELPER_IMAGE = HELPER_IMAGE
+"""For ``attach`` and ``prune`` (run at boot or by hand, without the host settings): the
+``helperImage`` default; a host that sets another passes it as their IMAGE argument."""
 MOUNT_FAILED = "failed to mount local volume"
 
 
@@ -491,15 +548,16 @@ def attach_all(image: str | None = None) -> list[str]:
     """Re-attach every environment's images on the engine ``DOCKER_HOST`` names (loop
     devices and mounts do not survive a reboot), mount them on their volumes again, then
     restart the environments that ran, or could not start, without them. Returns the
-    names (re)started. ``image``: the helper's image (default: the image of a dockyard
-    environment on that engine)."""
+    names (re)started. ``image``: the helper's image (the operator's ``helperImage``,
+    default :data:`DEFAULT_HELPER_IMAGE`; never an environment's image: a tenant's)."""
     containers = _docker("ps", "-a", "-q", "--filter", MANAGED_FILTER).split()
     if not containers:
         return []
     states = json.loads(_docker("inspect", *containers))
-    helper = image or states[0]["Image"]
+    helper = image or DEFAULT_HELPER_IMAGE
+    roots = [(DISKS_DIR, "rw"), (LINKS_DIR, "rw")]
     subprocess.run(
-        ["sh", "-c", helper_command(helper, ATTACH_ALL_SCRIPT, DISKS_DIR, LINKS_DIR)],
+        ["sh", "-c", helper_command(helper, ATTACH_ALL_SCRIPT, DISKS_DIR, LINKS_DIR, binds=roots)],
         check=True,
         timeout=300,
     )
@@ -528,7 +586,12 @@ def attach_all(image: str | None = None) -> list[str]:
                 "sh",
                 "-c",
                 helper_command(
-                    helper, MOUNT_SCRIPT, link_dir(environment), *volumes, volumes=volumes
+                    helper,
+                    MOUNT_SCRIPT,
+                    link_dir(environment),
+                    *volumes,
+                    binds=[(link_dir(environment), "ro")],
+                    volumes=volumes,
                 ),
             ],
             check=True,
@@ -556,8 +619,9 @@ def prune(
     suffix = re.compile(rf"-(?:{'|'.join(DISK_ROLES)}|{SECRETS_ROLE}-[0-9a-f]{{8}})$")
     keep = sorted({suffix.sub("", n) for n in names if suffix.search(n)})
     script = helper_command(
-        image, PRUNE_SCRIPT, DISKS_DIR, LINKS_DIR, prefix, str(min_age_minutes), *keep
-    )
+        image, PRUNE_SCRIPT, DISKS_DIR, LINKS_DIR, prefix, str(min_age_minutes), *keep,
+        binds=[(DISKS_DIR, "rw"), (LINKS_DIR, "rw")],
+    )  # fmt: skip
     result = subprocess.run(
         ["sh", "-c", script],
         capture_output=True,

@@ -26,6 +26,7 @@ from .names import RESERVED_LABEL_PREFIX
 from .scope import SecretHint, stack_secret_hint
 from .sections import (
     BUILTIN_PROFILES,
+    HELPER_IMAGE,
     BackupSettings,
     BrokerSettings,
     Healthcheck,
@@ -75,6 +76,7 @@ __all__ = [
     "DOCKER_HOST",
     "ENV_NAME",
     "FORBIDDEN_BIND_SOURCES",
+    "HELPER_IMAGE",
     "IMAGE_REFERENCE",
     "LABEL_KEY",
     "MISSING",

@@ -243,6 +243,15 @@ class Quotas(QuotaCaps):
         return self.hosts.get(name or "", self)
 
 
+# --- Host-side helpers -----------------------------------------------------------------------
+
+HELPER_IMAGE = "debian:bookworm-slim"
+"""Default ``helperImage``: the base image every dockyard image is built FROM
+(images/versions.env ``BASE_IMAGE``: ``make base-image``, the docker_host role's bootstrap),
+so it is on every engine that builds them; Debian's required packages give the helpers' sh,
+coreutils, e2fsprogs (mkfs.ext4, e2fsck, debugfs, chattr) and mount (losetup, mountpoint)."""
+
+
 # --- Backups ----------------------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ from .pools import Pools, check_pools
 from .scope import scope_of
 from .sections import (
     BUILTIN_PROFILES,
+    HELPER_IMAGE,
     BackupSettings,
     BrokerSettings,
     Healthcheck,
@@ -100,6 +101,11 @@ class StackConfig(Model):
     """Warm pools of ready environments (:mod:`.pools`; host settings)."""
     backup: BackupSettings | None = None
     """Encrypted workspace backups; None: none."""
+    helper_image: v.ImageReference = HELPER_IMAGE
+    """The image dockyard's root helpers on the engine run from (disk images, snapshot and
+    fork copies): the operator's, resolved to its ID on the engine at each use, never an
+    environment's or a snapshot's image (:mod:`dockyard.storage`). Host settings and stack
+    files only: a request cannot set it."""
     publish_address: Annotated[str, BeforeValidator(_publish_address)] = "127.0.0.1"
     """Host address published ports bind to; loopback keeps them off every bridge (access.md)."""
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
