@@ -55,6 +55,8 @@ EVENT_TYPES = (
     "session.restarted",
     "session.unhealthy",
     "session.stopped",
+    "session.paused",
+    "session.resumed",
     "session.destroyed",
     "session.failed",
     "backup.done",
@@ -98,6 +100,10 @@ def events_of(entry: Mapping[str, Any]) -> list[tuple[str, str | None]]:
     if action == "health-restart":
         after = ("session.restarted", None) if ok else ("session.failed", "health restart failed")
         return [("session.unhealthy", detail), after]
+    if action in ("pause", "resume"):
+        # The dashboard's table follows these (a paused row) as it follows the others.
+        done = "session.paused" if action == "pause" else "session.resumed"
+        return [(done, detail)] if ok else [("session.failed", f"{action}: {detail or 'failed'}")]
     if action == "idle-stop":
         return [("session.stopped", detail)]
     if action == "idle-poweroff":
