@@ -31,6 +31,7 @@ from ..capacity import connect
 from ..config import ConfigError, from_host_settings
 from ..contract import NAMING_CURRENT
 from . import audit, backups, dataplane, driver, located, ownership, quotas, registry
+from . import hibernate as hibernating
 from . import pause as pausing
 from . import snapshots as snapshotting
 from .request import SessionPlan, plan
@@ -429,8 +430,13 @@ class Sessions:
         return pausing.pause(self, session, tenant)
 
     def resume(self, session: str, tenant: str | None = None) -> pausing.State:
-        """Thaw a paused session where it was (:mod:`.pause`)."""
-        return pausing.resume(self, session, tenant)
+        """Thaw a paused session, or restore a hibernated one (:mod:`.hibernate`)."""
+        return hibernating.resume(self, session, tenant)
+
+    def hibernate(self, session: str, tenant: str | None = None) -> pausing.State:
+        """Checkpoint the session's processes and memory to disk and stop it, where the
+        host can (:mod:`.hibernate`)."""
+        return hibernating.hibernate(self, session, tenant)
 
     def snapshot(self, session: str, name: str, tenant: str | None = None) -> snapshotting.Snapshot:
         """The session's container layer and volumes as ``name`` (:mod:`.snapshots`)."""

@@ -11,6 +11,10 @@ Refresh and destroy resume a paused session first (:func:`resume_for`), so its c
 stops the normal way (the entrypoint's checkpoint on SIGTERM runs; a frozen process
 cannot take a signal, and the engine would wait the whole stop timeout and kill it).
 A backup of a paused session reads its volumes as they are (nothing writes them).
+
+The service's ``resume`` (:func:`.hibernate.resume`) also starts a hibernated session, and
+:func:`.hibernate.wake` resumes a session for a data-plane call that found it paused or
+hibernated (wake on use: the caller does nothing).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ class State:
     sessionId: str
     status: str
     changed: bool
+    detail: str = ""
+    """How it moved, when there is more to say (a resume from hibernation: restored from
+    its checkpoint, or started cold and why)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,8 +141,9 @@ def shared_client(host: str) -> Any:
 
 
 @contextlib.contextmanager
-def _engine(sessions: SessionsLike, verb: str, session: str, tenant: str | None) -> Iterator[Any]:
-    """(record, container, audit entry) of ``verb`` on an existing session, audited."""
+def acting(sessions: SessionsLike, verb: str, session: str, tenant: str | None) -> Iterator[Any]:
+    """(record, container, audit entry) of ``verb`` on an existing session, audited, under
+    the session's :func:`frozen_state` lock."""
     record = sessions.registry.find(session, tenant)
     with audit.recorded(
         sessions.where.audit_log,
@@ -163,7 +171,7 @@ def _move(
 ) -> State:
     """Take a session's container from ``source`` to ``target`` with ``act``; already at
     ``target``: no change (audited as such); anywhere else: a Conflict naming its state."""
-    with _engine(sessions, verb, session, tenant) as (record, container, entry):
+    with acting(sessions, verb, session, tenant) as (record, container, entry):
         status = container.status
         if status == target:
             entry["detail"] = f"already {target}"
@@ -192,7 +200,8 @@ def pause(sessions: SessionsLike, session: str, tenant: str | None = None) -> St
 
 
 def resume(sessions: SessionsLike, session: str, tenant: str | None = None) -> State:
-    """Thaw a paused session where it was. Already running: no change."""
+    """Thaw a paused session where it was. Already running: no change. (The service's
+    ``resume`` is :func:`.hibernate.resume`: it also starts a hibernated session.)"""
     return _move(
         sessions,
         "resume",

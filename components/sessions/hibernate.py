@@ -1,0 +1,281 @@
+"""Hibernate a session: its processes and memory checkpointed to disk with CRIU through
+the engine's checkpoint (``docker checkpoint create``), its container stopped; ``resume``
+starts it again from that checkpoint (issue 29 item 3).
+
+Only where the host can do it, measured, never assumed: the engine runs in experimental
+mode (its checkpoint endpoints answer 501 otherwise) and, for the local engine, ``criu
+check`` passes. Anywhere else ``hibernate`` is a :class:`~dockyard.errors.Conflict` that
+says what was measured and what the operator can do; nothing is faked. Measured on this
+project's CI machines (Debian 12, kernel 6.18, engine 20.10): the engine is not
+experimental and Debian 12's criu 3.17.1 fails ``criu check`` ("vdso: Failed to fill self
+vdso symtable"), so hibernate answers that Conflict there (docs/instant-sessions.md).
+
+A hibernated session is its container, exited, holding the checkpoint
+:data:`CHECKPOINT`. ``resume`` (:func:`restore`, called by :func:`resume` and by
+:func:`wake`, a wake on use) starts it from the checkpoint; when the restore fails it starts the same
+container cold: the same container has the same volumes, so the session comes back with
+its workspace, config and home (its processes start anew), never without them. The
+checkpoint is removed once the session runs again, either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import Conflict, Failed
+from . import pause as pausing
+from .pause import PAUSED, RUNNING, State
+from .registry import Record
+from .service import SessionsLike
+
+CHECKPOINT = "dockyard-hibernate"
+"""The checkpoint's name on the container (the idle monitor's hibernate uses the same; a
+contract test keeps them equal)."""
+HIBERNATED = "hibernated"
+STOPPED = ("exited", "created")
+CRIU_CHECK_TIMEOUT_S = 30
+SHOWN_BYTES = 600
+"""How much of ``criu check``'s output a refusal quotes (its last lines say why)."""
+
+WHAT_TO_DO = (
+    'what to do: run the engine with "experimental": true in /etc/docker/daemon.json '
+    "(then restart dockerd), and install a CRIU that passes `criu check` on this kernel "
+    "(Debian 12's criu 3.17 fails on kernel 6.x with a vdso error: CRIU 3.19 or later, e.g. "
+    "built from Debian 13's source package); meanwhile `dockyard pause` keeps the "
+    "session's processes and memory in RAM (docs/instant-sessions.md, Hibernate)"
+)
+
+
+@dataclass(frozen=True)
+class Capability:
+    """Whether an engine's host can checkpoint, and each thing measured to say so."""
+
+    able: bool
+    findings: tuple[str, ...]
+
+
+def criu_check() -> tuple[bool, str]:
+    """(passes, what it said) of ``criu check`` on this machine."""
+    path = shutil.which("criu") or next(
+        (p for p in ("/usr/sbin/criu", "/sbin/criu") if os.access(p, os.X_OK)), None
+    )
+    if path is None:
+        return False, "criu is not installed (no `criu` on PATH or in /usr/sbin)"
+    try:
+        done = subprocess.run(
+            [path, "check"],
+            capture_output=True,
+            text=True,
+            timeout=CRIU_CHECK_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"`criu check` could not run: {exc}"
+    said = (done.stdout + done.stderr).strip()
+    if done.returncode == 0:
+        return True, f"`criu check` passes ({said[-SHOWN_BYTES:] or 'no output'})"
+    return False, f"`criu check` fails (exit {done.returncode}): {said[-SHOWN_BYTES:]}"
+
+
+def capability(
+    client: Any, host: str, check: Callable[[], tuple[bool, str]] = criu_check
+) -> Capability:
+    """Measure whether ``client``'s engine can checkpoint: its experimental mode (asked of
+    the engine) and, for the local engine, ``criu check`` on this machine. A remote
+    engine's CRIU cannot be checked from here; its own answer to the checkpoint decides."""
+    import docker.errors
+
+    findings: list[str] = []
+    able = True
+    try:
+        experimental = bool(client.info().get("ExperimentalBuild"))
+    except docker.errors.DockerException as exc:
+        raise Failed(f"the engine ({host}) cannot be reached: {exc}") from None
+    if not experimental:
+        able = False
+        findings.append(f"the engine ({host}) does not run in experimental mode")
+    if host == "local":
+        passes, said = check()
+        able = able and passes
+        findings.append(said)
+    else:
+        findings.append(f"criu on {host} is not checked from here (its engine answers)")
+    return Capability(able, tuple(findings))
+
+
+class Checkpoints:
+    """The engine's checkpoint endpoints for one container (experimental in the engine;
+    the SDK has no methods for them, so its low-level client calls them)."""
+
+    def __init__(self, container: Any) -> None:
+        self.container = container
+        self.api = container.client.api
+
+    def _path(self, template: str, *args: str) -> str:
+        return str(self.api._url(template, self.container.id, *args))
+
+    def names(self) -> list[str]:
+        """The container's checkpoints; [] when the engine cannot list them."""
+        import docker.errors
+
+        try:
+            found = self.api._result(self.api._get(self._path("/containers/{0}/checkpoints")), True)
+        except docker.errors.DockerException:
+            return []
+        return [str(c.get("Name")) for c in found or [] if isinstance(c, dict)]
+
+    def create(self, name: str) -> None:
+        """Checkpoint and stop the container (``Exit``)."""
+        response = self.api._post_json(
+            self._path("/containers/{0}/checkpoints"), data={"CheckpointID": name, "Exit": True}
+        )
+        self.api._raise_for_status(response)
+
+    def remove(self, name: str) -> None:
+        self.api._raise_for_status(
+            self.api._delete(self._path("/containers/{0}/checkpoints/{1}", name))
+        )
+
+    def start(self, checkpoint: str | None) -> None:
+        """Start the container, from ``checkpoint`` when given."""
+        params = {"checkpoint": checkpoint} if checkpoint else {}
+        response = self.api._post(self._path("/containers/{0}/start"), params=params)
+        self.api._raise_for_status(response)
+
+
+def checkpoints_of(container: Any) -> Checkpoints:
+    return Checkpoints(container)
+
+
+def is_hibernated(container: Any) -> bool:
+    """The container is stopped and holds dockyard's checkpoint (a container object
+    without an engine client to ask holds none this module can see)."""
+    if container.status not in STOPPED or getattr(container, "client", None) is None:
+        return False
+    return CHECKPOINT in checkpoints_of(container).names()
+
+
+def _explained(exc: Exception) -> str:
+    return str(getattr(exc, "explanation", None) or exc)
+
+
+def hibernate(
+    sessions: SessionsLike,
+    session: str,
+    tenant: str | None = None,
+    probe: Callable[[Any, str], Capability] | None = None,
+) -> State:
+    """Checkpoint the session's processes and memory to disk and stop its container.
+    Already hibernated: no change. A host that cannot checkpoint: a Conflict saying what
+    was measured and what to do (the session is left as it was)."""
+    import docker.errors
+
+    with pausing.acting(sessions, "hibernate", session, tenant) as (record, container, entry):
+        status = container.status
+        if status in STOPPED and is_hibernated(container):
+            entry["detail"] = f"already {HIBERNATED}"
+            return State(record.session_id, HIBERNATED, False)
+        if status not in (RUNNING, PAUSED):
+            raise Conflict(
+                f"session {record.session_id!r}: its container is {status}, not running; "
+                "only a running or paused session can be hibernated (allowed: `dockyard "
+                "refresh` it first)"
+            )
+        found = (probe or capability)(container.client, record.host)
+        if not found.able:
+            raise Conflict(
+                f"session {record.session_id!r}: hibernate is not available on its host "
+                f"({record.host}): {'; '.join(found.findings)}. The session is left "
+                f"{status}; {WHAT_TO_DO}"
+            )
+        if status == PAUSED:
+            pausing.thaw(container)  # CRIU freezes the processes itself
+        checkpoints = checkpoints_of(container)
+        if CHECKPOINT in checkpoints.names():  # a stale one (a restore that failed)
+            checkpoints.remove(CHECKPOINT)
+        try:
+            checkpoints.create(CHECKPOINT)
+        except docker.errors.APIError as exc:
+            with contextlib.suppress(docker.errors.DockerException):
+                container.reload()
+            raise Failed(
+                f"session {record.session_id!r}: the engine could not checkpoint "
+                f"{container.name}: {_explained(exc)}; the session is left {container.status}"
+            ) from None
+        return State(record.session_id, HIBERNATED, True)
+
+
+def restore(record: Record, container: Any, entry: dict[str, Any]) -> State:
+    """Start a hibernated session from its checkpoint; if that fails, start the same
+    container cold (its volumes: workspace, config, home, as they were). The checkpoint
+    is removed once it runs. Raises Failed only when the container cannot start at all
+    (its volumes are untouched; `dockyard refresh` recreates the container on them)."""
+    import docker.errors
+
+    checkpoints = checkpoints_of(container)
+    try:
+        checkpoints.start(CHECKPOINT)
+        detail = "restored from its checkpoint (processes and memory as they were)"
+    except docker.errors.APIError as exc:
+        why = _explained(exc)
+        try:
+            checkpoints.start(None)
+        except docker.errors.APIError as cold:
+            entry["detail"] = f"restore failed ({why}); cold start failed"
+            raise Failed(
+                f"session {record.session_id!r}: its checkpoint could not be restored ({why}) "
+                f"and its container would not start cold ({_explained(cold)}); its volumes "
+                f"are untouched: `dockyard refresh {record.session_id}` recreates the "
+                "container on them"
+            ) from None
+        detail = (
+            f"restore failed ({why}); started cold with its workspace, config and home "
+            "(processes started anew)"
+        )
+    with contextlib.suppress(docker.errors.DockerException):
+        checkpoints.remove(CHECKPOINT)
+    entry["detail"] = detail
+    return State(record.session_id, RUNNING, True, detail)
+
+
+def resume(
+    sessions: SessionsLike, session: str, tenant: str | None = None, *, woken: str = ""
+) -> State:
+    """Thaw a paused session where it was, or start a hibernated one from its checkpoint
+    (:func:`.restore`: cold, with its volumes, if the restore fails). Already
+    running: no change. ``woken``: what woke it (a call that needed it running), written
+    to the audit line."""
+    with pausing.acting(sessions, "resume", session, tenant) as (record, container, entry):
+        if woken:
+            entry["woken_by"] = woken
+        status = container.status
+        if status == RUNNING:
+            entry["detail"] = f"already {RUNNING}"
+            return State(record.session_id, RUNNING, False)
+        if status == PAUSED:
+            pausing.thaw(container)
+            return State(record.session_id, RUNNING, True)
+        if is_hibernated(container):
+            return restore(record, container, entry)
+        raise Conflict(
+            f"session {record.session_id!r}: its container is {status}, not paused or "
+            f"hibernated; only a paused or hibernated session can be resumed (allowed: "
+            f"`dockyard refresh {record.session_id}` starts it again with its workspace)"
+        )
+
+
+def wake(sessions: SessionsLike, session: str, tenant: str | None, by: str) -> bool:
+    """Resume the session for a call that needs it running (an exec or a file call found
+    it paused or stopped): True if it runs now (woken from pause or hibernation, or
+    already running again), False if it cannot be woken (stopped without a checkpoint,
+    gone: the caller reports its own error). Audited as a ``resume`` with ``woken_by``."""
+    try:
+        return resume(sessions, session, tenant, woken=by).status == RUNNING
+    except Conflict:
+        return False

@@ -1,0 +1,267 @@
+"""Hibernate and resume from hibernation with fakes (issue 29 item 3): the host that
+cannot checkpoint (a Conflict saying what was measured and what to do, the session left as
+it was), the host that can (checkpoint then stop; resume from the checkpoint), and a
+restore that fails (the same container started cold: its volumes, never without them).
+The engine-side refusal on this machine is in tests/integration/test_wake_on_engine.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import docker.errors
+import pytest
+
+from dockyard.errors import Conflict, Failed
+from dockyard.sessions import Sessions, hibernate, pause, registry
+from dockyard.sessions.settings import paths
+
+NAME = "dockyard-t.acme.s1"
+
+
+class FakeEngine:
+    """One container on a fake engine, with checkpoints; records what was asked of it."""
+
+    def __init__(self, status: str, *, restore_fails: str = "", cold_fails: str = "") -> None:
+        self.status = status
+        self.checkpoints: list[str] = []
+        self.calls: list[str] = []
+        self.restore_fails = restore_fails
+        self.cold_fails = cold_fails
+        self.volumes = ["workspace", "config", "home"]  # what the container mounts
+
+
+class FakeContainer:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+        self.name = NAME
+        self.id = "c0ffee"
+        self.client = SimpleNamespace(info=lambda: {"ExperimentalBuild": True})
+        self.attrs = {"Config": {"Labels": {"dockyard.session": "s1", "dockyard.managed": "true"}}}
+
+    @property
+    def status(self) -> str:
+        return self.engine.status
+
+    def reload(self) -> None:
+        return None
+
+    def pause(self) -> None:
+        self.engine.calls.append("pause")
+        self.engine.status = "paused"
+
+    def unpause(self) -> None:
+        self.engine.calls.append("unpause")
+        self.engine.status = "running"
+
+
+class FakeCheckpoints:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+
+    def names(self) -> list[str]:
+        return list(self.engine.checkpoints)
+
+    def create(self, name: str) -> None:
+        self.engine.calls.append(f"checkpoint {name}")
+        assert self.engine.status == "running", "CRIU checkpoints a running container"
+        self.engine.checkpoints.append(name)
+        self.engine.status = "exited"
+
+    def remove(self, name: str) -> None:
+        self.engine.calls.append(f"rm {name}")
+        self.engine.checkpoints.remove(name)
+
+    def start(self, checkpoint: str | None) -> None:
+        self.engine.calls.append(f"start {checkpoint or 'cold'}")
+        failure = self.engine.restore_fails if checkpoint else self.engine.cold_fails
+        if failure:
+            raise docker.errors.APIError(failure, explanation=failure)
+        self.engine.status = "running"
+
+
+class FakeClient:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.containers = SimpleNamespace(get=lambda name: FakeContainer(engine))
+
+    def close(self) -> None:
+        return None
+
+
+ABLE = hibernate.Capability(True, ("the engine is experimental", "`criu check` passes"))
+MEASURED_HERE = hibernate.Capability(
+    False,
+    (
+        "the engine (local) does not run in experimental mode",
+        "`criu check` fails (exit 1): Error (criu/vdso.c:613): vdso: Failed to fill self "
+        "vdso symtable",
+    ),
+)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Sessions:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "image.json").write_text(json.dumps({"imageRef": "dockyard-core:test"}))
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("{}")
+    where = paths({"DOCKYARD_STATE_DIR": str(state), "DOCKYARD_CONFIG": str(settings)})
+    sessions = Sessions(where, SimpleNamespace())  # type: ignore[arg-type]
+    sessions.registry.save(
+        registry.Record(
+            session_id="s1",
+            tenant="acme",
+            stack_name="acme.s1",
+            cwd=str(tmp_path),
+            manifest_path=str(tmp_path / "acme.json"),
+            host="local",
+            request={"sessionId": "s1", "cwd": str(tmp_path), "tenant": "acme"},
+            created_at="2026-12-06T00:00:00Z",
+            naming="v2",
+        )
+    )
+    return sessions
+
+
+def _on(monkeypatch: pytest.MonkeyPatch, engine: FakeEngine, can: hibernate.Capability) -> None:
+    monkeypatch.setattr(pause, "connect", lambda host: FakeClient(engine))
+    monkeypatch.setattr(pause, "_CLIENTS", {})
+    monkeypatch.setattr(hibernate, "checkpoints_of", lambda container: FakeCheckpoints(engine))
+    monkeypatch.setattr(hibernate, "capability", lambda client, host: can)
+
+
+def _audit(api: Sessions) -> list[tuple[str, str, str | None]]:
+    lines = [json.loads(x) for x in api.where.audit_log.read_text().splitlines()]
+    return [(x["action"], x["result"], x.get("detail")) for x in lines]
+
+
+def test_a_host_that_cannot_checkpoint_refuses_saying_why_and_what_to_do(
+    api: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine("running")
+    _on(monkeypatch, engine, MEASURED_HERE)
+    with pytest.raises(Conflict) as refused:
+        api.hibernate("s1", "acme")
+    message = str(refused.value)
+    for said in (
+        "hibernate is not available on its host (local)",
+        "does not run in experimental mode",
+        "vdso: Failed to fill self vdso symtable",
+        "The session is left running",
+        '"experimental": true',
+        "CRIU 3.19 or later",
+        "`dockyard pause`",
+    ):
+        assert said in message
+    assert (engine.status, engine.calls, engine.checkpoints) == ("running", [], [])
+    assert _audit(api) == [("hibernate", "error", "Conflict")]
+
+
+def test_hibernate_checkpoints_then_stops_and_resume_restores(
+    api: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine("paused")
+    _on(monkeypatch, engine, ABLE)
+    assert api.hibernate("s1", "acme") == pause.State("s1", "hibernated", True)
+    assert (engine.status, engine.checkpoints) == ("exited", ["dockyard-hibernate"])
+    # A paused session is thawed first: CRIU freezes the processes itself.
+    assert engine.calls == ["unpause", "checkpoint dockyard-hibernate"]
+    assert api.hibernate("s1", "acme") == pause.State("s1", "hibernated", False)
+    resumed = api.resume("s1", "acme")
+    assert (resumed.status, resumed.changed) == ("running", True)
+    assert resumed.detail.startswith("restored from its checkpoint")
+    assert engine.calls[2:] == ["start dockyard-hibernate", "rm dockyard-hibernate"]
+    assert engine.checkpoints == []
+    assert api.resume("s1", "acme") == pause.State("s1", "running", False)
+    assert [a[:2] for a in _audit(api)] == [
+        ("hibernate", "ok"),
+        ("hibernate", "ok"),
+        ("resume", "ok"),
+        ("resume", "ok"),
+    ]
+
+
+def test_a_failed_restore_comes_back_cold_with_its_volumes(
+    api: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine("running", restore_fails="criu restore: Unexpected rt vDSO area")
+    _on(monkeypatch, engine, ABLE)
+    api.hibernate("s1", "acme")
+    resumed = api.resume("s1", "acme")
+    assert (resumed.status, resumed.changed) == ("running", True)
+    assert "restore failed (criu restore: Unexpected rt vDSO area)" in resumed.detail
+    assert "started cold with its workspace" in resumed.detail
+    # The same container (its volumes) started without the checkpoint; nothing removed
+    # but the checkpoint, so a later resume does not try it again.
+    assert engine.calls[-3:] == ["start dockyard-hibernate", "start cold", "rm dockyard-hibernate"]
+    assert engine.volumes == ["workspace", "config", "home"]
+    assert engine.checkpoints == []
+    assert "started cold" in (_audit(api)[-1][2] or "")
+
+
+def test_a_container_that_will_not_start_at_all_is_failed_naming_refresh(
+    api: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine("running", restore_fails="criu failed", cold_fails="no such device")
+    _on(monkeypatch, engine, ABLE)
+    api.hibernate("s1", "acme")
+    with pytest.raises(Failed, match=r"its volumes are untouched: `dockyard refresh s1`"):
+        api.resume("s1", "acme")
+    assert engine.status == "exited"
+
+
+def test_a_failed_checkpoint_is_reported_and_leaves_the_session(
+    api: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine("running")
+    _on(monkeypatch, engine, ABLE)
+
+    def refuse(name: str) -> None:
+        raise docker.errors.APIError("dump", explanation="criu dump failed: tcp socket")
+
+    monkeypatch.setattr(FakeCheckpoints, "create", lambda self, name: refuse(name))
+    with pytest.raises(
+        Failed, match=r"could not checkpoint .*tcp socket; the session is left running"
+    ):
+        api.hibernate("s1", "acme")
+
+
+def test_only_a_running_or_paused_session_hibernates_and_a_plain_stop_does_not_resume(
+    api: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine("exited")  # stopped, no checkpoint: not hibernated
+    _on(monkeypatch, engine, ABLE)
+    with pytest.raises(Conflict, match="its container is exited, not running"):
+        api.hibernate("s1", "acme")
+    with pytest.raises(Conflict, match=r"not paused or hibernated.*`dockyard refresh s1`"):
+        api.resume("s1", "acme")
+    assert hibernate.wake(api, "s1", "acme", by="exec") is False
+    assert engine.calls == []
+
+
+def test_capability_is_measured_engine_mode_and_criu_check() -> None:
+    def client(experimental: bool) -> Any:
+        return SimpleNamespace(info=lambda: {"ExperimentalBuild": experimental})
+
+    failing = (False, "`criu check` fails (exit 1): vdso: Failed to fill self vdso symtable")
+    here = hibernate.capability(client(False), "local", check=lambda: failing)
+    assert not here.able
+    assert here.findings == (
+        "the engine (local) does not run in experimental mode",
+        failing[1],
+    )
+    assert not hibernate.capability(client(True), "local", check=lambda: failing).able
+    assert hibernate.capability(client(True), "local", check=lambda: (True, "ok")).able
+    remote = hibernate.capability(client(True), "ssh://h", check=lambda: failing)
+    assert remote.able  # its CRIU is not checked from here: the engine's answer decides
+    assert "criu on ssh://h is not checked from here" in remote.findings[0]
+
+
+def test_criu_check_on_this_machine_says_what_it_measured() -> None:
+    passes, said = hibernate.criu_check()
+    # Whatever this machine has, the answer quotes it; a failure names its exit code.
+    assert said.startswith(("`criu check` passes", "`criu check` fails (exit", "criu is not"))
+    assert passes == said.startswith("`criu check` passes")
