@@ -8,7 +8,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ..sessions import Sessions
-from . import backups, dashboard, dataplane, errors, events, instant, keys, plan, sessions, webhooks
+from . import (
+    backups,
+    dashboard,
+    dataplane,
+    e2b,
+    errors,
+    events,
+    instant,
+    keys,
+    plan,
+    sessions,
+    webhooks,
+)
 from .context import Context, Limits
 from .events_settings import EventSettings
 from .middleware import RequestMiddleware
@@ -63,4 +75,5 @@ def create_app(
     app.include_router(dashboard.router)  # the dashboard at / (issue 28)
     # Extension points (issue 27): exec, files, stats, logs, events routers go here.
     app.add_middleware(RequestMiddleware, context=context)
+    e2b.install(app)  # the E2B-compatible routes and sandbox routing, outermost (issue 30)
     return app

@@ -1,0 +1,460 @@
+"""Sandboxes as the public ``e2b`` SDKs see them (issue 30): the verbs behind the
+E2B-compatible face (:mod:`dockyard.api.e2b`), over the sessions service.
+
+A sandbox IS a dockyard session: created with :meth:`Sessions.create` from a request this
+module builds (its template mapped to a backend, variant and profile by :data:`TEMPLATES`),
+destroyed with :meth:`Sessions.destroy`, paused and resumed with the pause module. What
+E2B knows and dockyard does not — the template id, the metadata as given, the deadline and
+the sandbox's access token — is one record per sandbox under ``<state>/e2b/`` (mode 0600,
+written whole), removed with the session.
+
+* Metadata: every pair is kept as given (for answers and list filters); a key that is also
+  a valid label key becomes a label of the session (``docker inspect`` shows labels, so a
+  value that looks like a credential is refused by the request's own rules).
+* Environment variables: delivered as the session's SECRETS (files readable by the agent
+  user, exported by the entrypoint), never as plain container environment: E2B users pass
+  API keys there, and plain environment is visible in ``docker inspect``.
+* Timeout: the sandbox is destroyed at ``endAt`` by :func:`expire` (the server runs it in
+  a loop; ``dockyard serve`` is what serves the SDKs). A paused sandbox has no deadline;
+  connecting (which resumes) sets a new one.
+* The access token (``envdAccessToken``) lets the SDK reach the sandbox's ports through the
+  server's routing without an API key (:func:`by_token`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hmac
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..capacity import connect
+from ..config.names import RESERVED_LABEL_PREFIX
+from ..config.values import LABEL_KEY
+from ..errors import Conflict, Failed, InvalidInput
+from . import pause as pausing
+from .registry import Record, SessionNotFound
+from .service import SessionsLike
+from .status import engine_state
+
+ENVD_PORT = 49983
+"""The in-sandbox daemon's port the SDKs address (their ConnectionConfig.envd_port)."""
+ENVD_VERSION_VARIABLE = "DOCKYARD_E2B_ENVD_VERSION"
+ENVD_VERSION = "0.5.7"
+"""The daemon protocol version answered (the SDK gates features on it; >= 0.1.0)."""
+DEFAULT_TIMEOUT_S = 300
+MAX_TIMEOUT_S = 24 * 3600
+MAX_METADATA = 64
+MAX_TEXT = 1024
+SANDBOX_ID = re.compile(r"[a-z0-9]{1,63}", re.ASCII)
+"""A sandbox id this face makes: one DNS label (``<port>-<id>.<domain>`` host names)."""
+TEMPLATE_LABEL = "e2b.template"
+
+
+@dataclass(frozen=True)
+class Template:
+    backend: str
+    variant: str | None = None
+    """None: the host's default variant (core)."""
+    profile: str | None = None
+    """None: the host's default profile."""
+    about: str = ""
+
+
+TEMPLATES: dict[str, Template] = {
+    "base": Template("claude", about="the SDKs' default: the core image, the host's profile"),
+    "claude": Template("claude", about="the core image with Claude Code"),
+    "codex": Template("codex", about="the core image with Codex CLI"),
+    "python": Template("claude", "python", about="the python runtime variant"),
+    "code-interpreter-v1": Template("claude", "python", about="the python runtime variant"),
+    "node": Template("claude", "node", about="the node runtime variant"),
+    "go": Template("claude", "go", about="the go runtime variant"),
+}
+"""E2B template id -> dockyard backend, variant, profile (docs/e2b.md has this table).
+Besides these names, ``<backend>-<variant>[-<profile>]`` (a warm pool's label, e.g.
+``codex-python-large``) names one directly."""
+POOL_LABEL = re.compile(r"(claude|codex)-(core|python|node|go)(?:-([a-z0-9][a-z0-9_-]{0,62}))?")
+
+
+def template(name: Any) -> Template:
+    """The dockyard environment of an E2B template id (``name:tag`` answers like ``name``)."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("templateID", [_template_problem(name)])
+    base = name.split(":", 1)[0]
+    if base in TEMPLATES:
+        return TEMPLATES[base]
+    matched = POOL_LABEL.fullmatch(base)
+    if matched:
+        return Template(matched.group(1), matched.group(2), matched.group(3), about="by label")
+    raise InvalidInput("templateID", [_template_problem(name)])
+
+
+def _template_problem(name: Any) -> str:
+    shown = repr(name) if isinstance(name, str) and len(name) <= 80 else "this value"
+    return (
+        f"templateID: {shown} is not a template this host serves (allowed: "
+        f"{', '.join(TEMPLATES)}, or <backend>-<variant>[-<profile>] such as "
+        "claude-python-standard; building templates is not supported, see docs/e2b.md)"
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def timeout_seconds(value: Any, key: str = "timeout") -> int:
+    if value is None:
+        return DEFAULT_TIMEOUT_S
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_TIMEOUT_S:
+        raise InvalidInput(
+            key, [f"{key}: {value!r} is not allowed (allowed: whole seconds, 1-{MAX_TIMEOUT_S})"]
+        )
+    return value
+
+
+def _strings(value: Any, key: str) -> dict[str, str]:
+    """A mapping of strings (the values are never shown: they may be secrets)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidInput(key, [f"{key}: not a mapping of strings to strings"])
+    if len(value) > MAX_METADATA or any(
+        len(k) > MAX_TEXT or len(v) > MAX_TEXT for k, v in value.items()
+    ):
+        raise InvalidInput(
+            key,
+            [f"{key}: at most {MAX_METADATA} pairs of at most {MAX_TEXT} characters each"],
+        )
+    return dict(value)
+
+
+@dataclass
+class Sandbox:
+    """What E2B knows of one sandbox (the session holds everything else)."""
+
+    sandboxId: str
+    tenant: str | None
+    templateID: str
+    startedAt: str
+    endAt: str | None
+    """None while paused (a paused sandbox does not expire)."""
+    timeout: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    envdAccessToken: str = ""
+
+    def answer(self, domain: str | None) -> dict[str, Any]:
+        """The SDKs' ``Sandbox`` object (create and connect answer it)."""
+        return {
+            "sandboxID": self.sandboxId,
+            "templateID": self.templateID,
+            "clientID": "dockyard",
+            "envdVersion": os.environ.get(ENVD_VERSION_VARIABLE) or ENVD_VERSION,
+            "envdAccessToken": self.envdAccessToken,
+            "domain": domain,
+        }
+
+    def detail(self, state: str, domain: str | None, limits: Mapping[str, Any]) -> dict[str, Any]:
+        """The SDKs' ``SandboxDetail`` / ``ListedSandbox`` object."""
+        return {
+            **self.answer(domain),
+            "alias": self.templateID,
+            "startedAt": self.startedAt,
+            "endAt": self.endAt or self.startedAt,
+            "cpuCount": int(limits.get("cpus") or 0),
+            "memoryMB": int(limits.get("memory") or 0),
+            "diskSizeMB": 0,
+            "state": state,
+            "metadata": dict(self.metadata),
+        }
+
+
+def _directory(sessions: SessionsLike) -> Path:
+    return sessions.where.state / "e2b"
+
+
+def _path(sessions: SessionsLike, record: Record) -> Path:
+    return _directory(sessions) / f"{record.stack_name}.json"
+
+
+def _save(sessions: SessionsLike, stack_name: str, sandbox: Sandbox) -> None:
+    directory = _directory(sessions)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    final = directory / f"{stack_name}.json"
+    temporary = directory / f".{stack_name}.{secrets.token_hex(4)}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        json.dump(asdict(sandbox), handle, sort_keys=True)
+    temporary.replace(final)
+
+
+def _load(sessions: SessionsLike, record: Record) -> Sandbox | None:
+    try:
+        data = json.loads(_path(sessions, record).read_text(encoding="utf-8"))
+        return Sandbox(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _found(sessions: SessionsLike, sandbox_id: str, tenant: str | None) -> tuple[Record, Sandbox]:
+    """The sandbox's session record and E2B record; a session that is not a sandbox, another
+    tenant's, or a missing one answer the same not-found."""
+    missing = SessionNotFound(f"no sandbox {sandbox_id!r} on this host")
+    try:
+        record = sessions.registry.find(sandbox_id, tenant)
+    except SessionNotFound:
+        raise missing from None
+    sandbox = _load(sessions, record)
+    if sandbox is None or sandbox.tenant != record.tenant:
+        raise missing
+    return record, sandbox
+
+
+def _state(record: Record, sessions: SessionsLike) -> str:
+    try:
+        manifest = json.loads(Path(record.manifest_path).read_text(encoding="utf-8"))
+        status = engine_state(str(manifest["container"]["id"]), record.host)["status"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "running"
+    return "paused" if status == pausing.PAUSED else "running"
+
+
+def _limits(sessions: SessionsLike, record: Record) -> dict[str, Any]:
+    try:
+        planned = pausing.plan_of(sessions, record)
+        limits = planned.config.limits_of(planned.environment)
+        return {"cpus": limits.cpus, "memory": limits.memory}
+    except Exception:  # a record the settings no longer accept: answer without limits
+        return {}
+
+
+# --- the verbs -------------------------------------------------------------------------------
+
+
+def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbox:
+    """A new sandbox for ``tenant`` from the SDK's create body (``templateID``, ``timeout``,
+    ``metadata``, ``envVars``); ``sessions``: :class:`dockyard.sessions.Sessions`."""
+    chosen = template(body.get("templateID"))
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for key, check in (
+        ("timeout", timeout_seconds),
+        ("metadata", _strings),
+        ("envVars", _strings),
+    ):
+        try:
+            values[key] = check(body.get(key), key)
+        except InvalidInput as error:
+            problems.extend(error.problems)
+    if problems:
+        raise InvalidInput("sandbox", problems)
+    sandbox_id = "s" + secrets.token_hex(10)
+    metadata: dict[str, str] = values["metadata"]
+    labels = {
+        k: v
+        for k, v in metadata.items()
+        if LABEL_KEY.fullmatch(k) and not k.startswith(RESERVED_LABEL_PREFIX)
+    }
+    labels[TEMPLATE_LABEL] = str(body["templateID"]).split(":", 1)[0]
+    cwd = _directory(sessions) / "projects" / (tenant or "_")
+    cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env: dict[str, str] = values["envVars"]
+    request: dict[str, Any] = {
+        "sessionId": sandbox_id,
+        "cwd": str(cwd),
+        "backend": chosen.backend,
+        "labels": labels,
+    }
+    if tenant:
+        request["tenant"] = tenant
+    if chosen.variant:
+        request["variant"] = chosen.variant
+    if chosen.profile:
+        request["profile"] = chosen.profile
+    if env:
+        request["secrets"] = sorted(env)
+    started = _now()
+    sessions.create(request, env)
+    record = sessions.registry.find(sandbox_id, tenant)
+    sandbox = Sandbox(
+        sandboxId=sandbox_id,
+        tenant=record.tenant,
+        templateID=str(body["templateID"]),
+        startedAt=_iso(started),
+        endAt=_iso(started + dt.timedelta(seconds=values["timeout"])),
+        timeout=values["timeout"],
+        metadata=metadata,
+        envdAccessToken=secrets.token_urlsafe(24),
+    )
+    try:
+        _save(sessions, record.stack_name, sandbox)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            sessions.destroy(sandbox_id, tenant, final_backup=False)
+        raise
+    return sandbox
+
+
+def get(sessions: SessionsLike, sandbox_id: str, tenant: str | None) -> Sandbox:
+    return _found(sessions, sandbox_id, tenant)[1]
+
+
+def detail(
+    sessions: SessionsLike, sandbox_id: str, tenant: str | None, domain: str | None
+) -> dict[str, Any]:
+    record, sandbox = _found(sessions, sandbox_id, tenant)
+    return sandbox.detail(_state(record, sessions), domain, _limits(sessions, record))
+
+
+def listing(
+    sessions: SessionsLike,
+    tenant: str | None,
+    domain: str | None,
+    metadata: Mapping[str, str] | None = None,
+    states: Iterable[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The tenant's sandboxes (``tenant`` None: an admin's, every tenant's), those whose
+    metadata holds every pair of ``metadata`` and whose state is one of ``states``;
+    oldest first."""
+    wanted = set(states or ("running", "paused"))
+    found = []
+    for record in sessions.registry.all(tenant):
+        sandbox = _load(sessions, record)
+        if sandbox is None or sandbox.tenant != record.tenant:
+            continue
+        if any(sandbox.metadata.get(k) != v for k, v in (metadata or {}).items()):
+            continue
+        state = _state(record, sessions)
+        if state in wanted:
+            found.append(sandbox.detail(state, domain, _limits(sessions, record)))
+    return sorted(found, key=lambda row: (row["startedAt"], row["sandboxID"]))
+
+
+def kill(sessions: Any, sandbox_id: str, tenant: str | None) -> None:
+    record, _ = _found(sessions, sandbox_id, tenant)
+    sessions.destroy(sandbox_id, record.tenant)
+    _path(sessions, record).unlink(missing_ok=True)
+
+
+def set_timeout(sessions: SessionsLike, sandbox_id: str, tenant: str | None, timeout: Any) -> str:
+    """The sandbox now ends ``timeout`` seconds from now (earlier or later than before);
+    answers the new ``endAt``."""
+    seconds = timeout_seconds(timeout)
+    record, sandbox = _found(sessions, sandbox_id, tenant)
+    sandbox.timeout = seconds
+    sandbox.endAt = _iso(_now() + dt.timedelta(seconds=seconds))
+    _save(sessions, record.stack_name, sandbox)
+    return sandbox.endAt
+
+
+def pause(sessions: Any, sandbox_id: str, tenant: str | None) -> bool:
+    """Freeze the sandbox (memory kept) and stop its clock; False: it already was paused."""
+    record, sandbox = _found(sessions, sandbox_id, tenant)
+    state = sessions.pause(sandbox_id, record.tenant)
+    sandbox.endAt = None
+    _save(sessions, record.stack_name, sandbox)
+    return bool(state.changed)
+
+
+def connect_to(sessions: Any, sandbox_id: str, tenant: str | None, timeout: Any) -> Sandbox:
+    """Resume the sandbox if paused; its deadline becomes ``timeout`` seconds from now when
+    that is later than the one it has (connecting never shortens a sandbox's life)."""
+    seconds = timeout_seconds(timeout)
+    record, sandbox = _found(sessions, sandbox_id, tenant)
+    if _state(record, sessions) == "paused":
+        sessions.resume(sandbox_id, record.tenant)
+    wanted = _now() + dt.timedelta(seconds=seconds)
+    if sandbox.endAt is None or _parse(sandbox.endAt) < wanted:
+        sandbox.endAt = _iso(wanted)
+        sandbox.timeout = seconds
+    _save(sessions, record.stack_name, sandbox)
+    return sandbox
+
+
+def expire(sessions: Any, now: dt.datetime | None = None) -> list[str]:
+    """Destroy every sandbox whose deadline has passed (every tenant's); answers the ids.
+    One that fails to go is tried again on the next call."""
+    moment = now or _now()
+    gone = []
+    for record in sessions.registry.all():
+        sandbox = _load(sessions, record)
+        if sandbox is None or sandbox.endAt is None or _parse(sandbox.endAt) > moment:
+            continue
+        try:
+            sessions.destroy(record.session_id, record.tenant)
+        except SessionNotFound:
+            pass
+        except Exception:  # noqa: S112 - the next round tries again; the audit has it
+            continue
+        _path(sessions, record).unlink(missing_ok=True)
+        gone.append(record.session_id)
+    return gone
+
+
+# --- routing ---------------------------------------------------------------------------------
+
+
+def by_token(sessions: SessionsLike, sandbox_id: str, token: str) -> Record | None:
+    """The sandbox whose access token is ``token`` (compared in constant time), else None."""
+    for record in sessions.registry.all():
+        if record.session_id != sandbox_id:
+            continue
+        sandbox = _load(sessions, record)
+        if (
+            sandbox is not None
+            and sandbox.envdAccessToken
+            and hmac.compare_digest(sandbox.envdAccessToken.encode(), token.encode())
+        ):
+            return record
+    return None
+
+
+def record_of(sessions: SessionsLike, sandbox_id: str, tenant: str | None) -> Record:
+    return _found(sessions, sandbox_id, tenant)[0]
+
+
+def address(record: Record) -> str:
+    """The container's own address on its own network: where the server forwards a
+    sandbox's port. Only that container is on that network, so no port reached there is
+    another session's or the host's."""
+    if record.host != "local":
+        raise Failed(
+            f"sandbox {record.session_id!r} runs on {record.host}: routing to a sandbox's "
+            "ports reaches containers of the server's own engine only (see docs/e2b.md)"
+        )
+    manifest = json.loads(Path(record.manifest_path).read_text(encoding="utf-8"))
+    client = connect(None)
+    try:
+        inspected = client.api.inspect_container(str(manifest["container"]["id"]))
+    finally:
+        client.close()
+    state = inspected.get("State") or {}
+    if state.get("Paused"):
+        raise Conflict(f"sandbox {record.session_id!r} is paused: connect to it (resume) first")
+    if not state.get("Running"):
+        raise Conflict(f"sandbox {record.session_id!r} is not running ({state.get('Status')})")
+    networks = (inspected.get("NetworkSettings") or {}).get("Networks") or {}
+    own = networks.get(record.environment_id) or {}
+    ip = own.get("IPAddress")
+    if not ip:
+        raise Failed(
+            f"sandbox {record.session_id!r} has no address on its own network "
+            f"{record.environment_id!r}: its ports cannot be routed to"
+        )
+    return str(ip)
