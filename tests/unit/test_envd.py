@@ -1,0 +1,345 @@
+"""The in-environment daemon (images/core/envd.py) driven by the e2b SDK 2.63 itself.
+
+The daemon runs in a subprocess on the host, as an unprivileged user when the tests run
+as root (it refuses root), with a temporary directory as its home. The SDK's own
+``Sandbox`` talks to it in debug mode with ``sandbox_url`` pointing at it: no control
+plane is involved, so this proves the in-sandbox protocol only (process and filesystem
+Connect RPCs with the SDK's JSON codec, /files uploads and downloads, /health).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from e2b import CommandExitException, FilesystemEventType, Sandbox
+from e2b.connection_config import ConnectionConfig
+from e2b.exceptions import (
+    AuthenticationException,
+    InvalidArgumentException,
+    NotFoundException,
+    SandboxException,
+)
+from packaging.version import Version
+
+ENVD = Path(__file__).resolve().parents[2] / "images" / "core" / "envd.py"
+# The image's interpreter is Debian's; any Python 3.11 the daemon's user can run does.
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+UNPRIVILEGED = 65534  # nobody
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Daemon:
+    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        as_root = os.geteuid() == 0
+        if as_root:
+            os.chown(home, UNPRIVILEGED, UNPRIVILEGED)
+        self.user = pwd.getpwuid(UNPRIVILEGED if as_root else os.getuid()).pw_name
+        run_env = {"PATH": "/usr/bin:/bin", "HOME": str(home), **(env or {})}
+        self.proc = subprocess.Popen(
+            [PYTHON, str(ENVD), "--host=127.0.0.1", f"--port={self.port}"],
+            env=run_env,
+            cwd=home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            user=UNPRIVILEGED if as_root else None,
+            group=UNPRIVILEGED if as_root else None,
+            extra_groups=[] if as_root else None,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 204:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"envd did not answer /health: {self.output()}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def sandbox(self, token: str | None = None) -> Sandbox:
+        headers = {"E2b-Sandbox-Id": "envd-test", "E2b-Sandbox-Port": "49983"}
+        if token is not None:
+            headers["X-Access-Token"] = token
+        config = ConnectionConfig(debug=True, sandbox_url=self.url, extra_sandbox_headers=headers)
+        return Sandbox(
+            sandbox_id="envd-test",
+            sandbox_domain=None,
+            envd_version=Version("0.6.4"),
+            envd_access_token=token,
+            traffic_access_token=None,
+            connection_config=config,
+        )
+
+
+def new_home() -> Path:
+    # Not under pytest's tmp_path: as root that is 0700 and the daemon's user could not
+    # reach its own home.
+    return Path(tempfile.mkdtemp(prefix="dockyard-envd-home-"))
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    home = new_home()
+    running = Daemon(home)
+    yield running
+    running.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sandbox(daemon: Daemon) -> Sandbox:
+    return daemon.sandbox()
+
+
+def test_run_streams_output_to_callbacks_and_reports_the_exit(
+    sandbox: Sandbox, daemon: Daemon
+) -> None:
+    out: list[str] = []
+    err: list[str] = []
+    result = sandbox.commands.run(
+        "echo hi; echo oops >&2", on_stdout=out.append, on_stderr=err.append
+    )
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "hi\n", "oops\n")
+    assert "".join(out) == "hi\n"
+    assert "".join(err) == "oops\n"
+    # Runs as the daemon's own (unprivileged) user, in its home, with env and cwd honoured.
+    who = sandbox.commands.run('id -un; pwd; echo "$GREETING"', envs={"GREETING": "ahoy"})
+    assert who.stdout.split("\n")[:3] == [daemon.user, str(daemon.home), "ahoy"]
+    with pytest.raises(CommandExitException) as failed:
+        sandbox.commands.run("exit 3")
+    assert failed.value.exit_code == 3
+
+
+def test_background_command_is_listed_then_killed(sandbox: Sandbox) -> None:
+    handle = sandbox.commands.run("sleep 60", background=True)
+    assert handle.pid in [p.pid for p in sandbox.commands.list()]
+    # A second client attaches to the running process by pid.
+    attached = sandbox.commands.connect(handle.pid)
+    assert sandbox.commands.kill(handle.pid) is True
+    with pytest.raises(CommandExitException) as killed:
+        handle.wait()
+    assert killed.value.exit_code == -1
+    assert killed.value.error == "signal: killed"
+    with pytest.raises(CommandExitException):
+        attached.wait()
+    assert handle.pid not in [p.pid for p in sandbox.commands.list()]
+    assert sandbox.commands.kill(handle.pid) is False
+
+
+def test_kill_reaches_the_commands_children(sandbox: Sandbox, daemon: Daemon) -> None:
+    marker = daemon.home / "child-survived"
+    handle = sandbox.commands.run(f"(sleep 1; touch {marker}) & wait", background=True)
+    sandbox.commands.kill(handle.pid)
+    with pytest.raises(CommandExitException):
+        handle.wait()
+    time.sleep(1.5)
+    assert not marker.exists(), "the killed command's child ran on"
+
+
+def test_stdin_reaches_the_process_and_close_ends_it(sandbox: Sandbox) -> None:
+    handle = sandbox.commands.run("cat; echo done", background=True, stdin=True)
+    sandbox.commands.send_stdin(handle.pid, "line one\n")
+    sandbox.commands.send_stdin(handle.pid, b"\x00\xffbytes\n")
+    sandbox.commands.close_stdin(handle.pid)
+    result = handle.wait()
+    assert result.stdout.encode("utf-8", "surrogateescape").startswith(b"line one\n")
+    assert result.stdout.endswith("bytes\ndone\n")
+    without = sandbox.commands.run("sleep 5", background=True)
+    with pytest.raises(SandboxException, match="no open stdin"):
+        sandbox.commands.send_stdin(without.pid, "x")
+    sandbox.commands.kill(without.pid)
+
+
+def test_files_write_read_list_stat_move_remove(sandbox: Sandbox, daemon: Daemon) -> None:
+    info = sandbox.files.write("notes/a.txt", "hello")
+    assert info.path == str(daemon.home / "notes" / "a.txt")
+    assert sandbox.files.read("notes/a.txt") == "hello"
+    assert sandbox.files.read(str(daemon.home / "notes" / "a.txt"), format="bytes") == b"hello"
+    sandbox.files.write_files(
+        [{"path": "notes/b.bin", "data": b"\x00\x01"}, {"path": "~/notes/c", "data": "c"}]
+    )
+    assert sorted(e.name for e in sandbox.files.list("notes")) == ["a.txt", "b.bin", "c"]
+    stat = sandbox.files.get_info("notes/a.txt")
+    assert (stat.size, stat.type.value, stat.owner, stat.permissions) == (
+        5,
+        "file",
+        daemon.user,
+        "-rw-r--r--",
+    )
+    assert sandbox.files.make_dir("notes/deep/er") is True
+    assert sandbox.files.make_dir("notes/deep/er") is False
+    assert [
+        e.name for e in sandbox.files.list("notes", depth=3) if e.type and e.type.value == "dir"
+    ] == [
+        "deep",
+        "er",
+    ]
+    moved = sandbox.files.rename("notes/a.txt", "notes/deep/moved.txt")
+    assert moved.path == str(daemon.home / "notes" / "deep" / "moved.txt")
+    assert (sandbox.files.exists("notes/a.txt"), sandbox.files.exists("notes/deep/moved.txt")) == (
+        False,
+        True,
+    )
+    sandbox.files.remove("notes")
+    assert not (daemon.home / "notes").exists()
+    with pytest.raises(NotFoundException):
+        sandbox.files.read("notes/deep/moved.txt")
+    with pytest.raises(NotFoundException):
+        sandbox.files.get_info("notes")
+    with pytest.raises(NotFoundException):
+        sandbox.files.list("notes")
+
+
+def test_files_the_user_cannot_touch_answer_an_error(sandbox: Sandbox) -> None:
+    if os.geteuid() != 0:
+        pytest.skip(
+            "only as root is the daemon's user distinct from the test's"
+        )  # pragma: no cover
+    with pytest.raises(SandboxException, match="permission denied"):
+        sandbox.files.read("/etc/shadow")
+    with pytest.raises(SandboxException, match="permission denied"):
+        sandbox.files.write("/root/planted", "x")
+    assert not os.path.exists("/root/planted")
+
+
+def test_fifty_megabytes_up_and_down_streamed_and_multipart(
+    sandbox: Sandbox, daemon: Daemon
+) -> None:
+    payload = os.urandom(1024 * 1024) * 50
+    digest = hashlib.sha256(payload).hexdigest()
+    # A binary file object goes as a streamed application/octet-stream upload.
+    sandbox.files.write("big/stream.bin", io.BytesIO(payload))
+    # Bytes go as multipart/form-data.
+    sandbox.files.write("big/multi.bin", payload)
+    for name in ("stream.bin", "multi.bin"):
+        assert hashlib.sha256((daemon.home / "big" / name).read_bytes()).hexdigest() == digest
+    assert (
+        hashlib.sha256(bytes(sandbox.files.read("big/multi.bin", format="bytes"))).hexdigest()
+        == digest
+    )
+    streamed = hashlib.sha256()
+    for chunk in sandbox.files.read("big/stream.bin", format="stream"):
+        streamed.update(chunk)
+    assert streamed.hexdigest() == digest
+    sandbox.files.write("big/packed.bin", io.BytesIO(payload[:1000]), gzip=True)
+    assert (daemon.home / "big" / "packed.bin").read_bytes() == payload[:1000]
+    sandbox.files.remove("big")
+
+
+def test_watch_dir_reports_create_write_remove(sandbox: Sandbox, daemon: Daemon) -> None:
+    sandbox.files.make_dir("watched")
+    handle = sandbox.files.watch_dir("watched")
+    sandbox.files.write("watched/f.txt", "1")
+    time.sleep(0.5)
+    sandbox.commands.run("echo more >> ~/watched/f.txt")
+    time.sleep(0.5)
+    sandbox.files.remove("watched/f.txt")
+    time.sleep(0.5)
+    seen = {(e.name, e.type) for e in handle.get_new_events()}
+    handle.stop()
+    assert ("f.txt", FilesystemEventType.CREATE) in seen
+    assert ("f.txt", FilesystemEventType.REMOVE) in seen
+    with pytest.raises(NotFoundException):
+        sandbox.files.watch_dir("no-such-dir")
+
+
+def test_another_user_is_refused_not_silently_mapped(sandbox: Sandbox, daemon: Daemon) -> None:
+    with pytest.raises(SandboxException, match="user 'root' is not available"):
+        sandbox.commands.run("id -u", user="root")
+    with pytest.raises(SandboxException, match="user 'root' is not available"):
+        sandbox.files.read("x", user="root")
+    assert sandbox.commands.run("id -un", user=daemon.user).stdout.strip() == daemon.user  # type: ignore[arg-type]
+
+
+def test_bad_requests_answer_errors_that_say_what_is_allowed(
+    sandbox: Sandbox, daemon: Daemon
+) -> None:
+    with pytest.raises(InvalidArgumentException, match="not an existing directory"):
+        sandbox.commands.run("true", cwd="/no/such/dir")
+    raw = httpx.post(
+        f"{daemon.url}/process.Process/List",
+        content=b"[1]",
+        headers={"Content-Type": "application/json"},
+    )
+    assert raw.status_code == 400
+    assert raw.json()["code"] == "invalid_argument"
+    unknown = httpx.post(f"{daemon.url}/process.Process/Nope", content=b"{}")
+    assert unknown.status_code == 501
+    assert unknown.json()["code"] == "unimplemented"
+    missing = httpx.get(f"{daemon.url}/files", params={"path": "nope"})
+    assert missing.status_code == 404
+    assert "does not exist" in missing.json()["message"]
+
+
+def test_access_token_is_required_when_configured() -> None:
+    token = "s3cret-token"
+    tmp_path = new_home()
+    guarded = Daemon(tmp_path, env={"DOCKYARD_ENVD_ACCESS_TOKEN": token})
+    try:
+        assert httpx.get(f"{guarded.url}/health").status_code == 204
+        with pytest.raises(AuthenticationException):
+            guarded.sandbox().commands.run("true")
+        with pytest.raises(AuthenticationException):
+            guarded.sandbox(token="wrong").files.write("x", "y")
+        assert httpx.get(f"{guarded.url}/files", params={"path": "x"}).status_code == 401
+        assert not (tmp_path / "x").exists()
+        allowed = guarded.sandbox(token=token)
+        # The token is not handed on to the processes the daemon starts.
+        result = allowed.commands.run("echo ${DOCKYARD_ENVD_ACCESS_TOKEN:-unset}")
+        assert result.stdout == "unset\n"
+    finally:
+        guarded.stop()
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_refuses_to_run_as_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to try")  # pragma: no cover
+    ran = subprocess.run(
+        [PYTHON, str(ENVD), "--host=127.0.0.1", f"--port={free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert ran.returncode == 1
+    assert "must not run as root" in ran.stderr
