@@ -1,9 +1,9 @@
-"""Instant sessions over HTTP (issue 29): pause, resume, snapshots and forks.
+"""Instant sessions over HTTP (issue 29): pause, resume, hibernate, snapshots and forks.
 
-Handlers parse, call the service layer (:meth:`Sessions.pause`, ``resume``, ``snapshot``,
-``snapshots``, ``remove_snapshot``, ``fork``) in the bounded pool and shape the answer; the
-caller's tenant comes from its key, so another tenant's session or snapshot is a 404 like
-a missing one. Pausing a paused session (or resuming a running one) answers 200 with
+Handlers parse, call the service layer (:meth:`Sessions.pause`, ``resume``, ``hibernate``,
+``snapshot``, ``snapshots``, ``remove_snapshot``, ``fork``) in the bounded pool and shape
+the answer; the caller's tenant comes from its key, so another tenant's session or
+snapshot is a 404 like a missing one. Pausing a paused session (or resuming a running one) answers 200 with
 ``changed: false``.
 """
 
@@ -25,8 +25,13 @@ TenantQuery = Annotated[
 
 class SessionState(BaseModel):
     sessionId: str
-    status: str = Field(description="paused or running, as the engine reports it now.")
+    status: str = Field(description="paused, running or hibernated, after the call.")
     changed: bool = Field(description="False: it already was (the call changed nothing).")
+    detail: str | None = Field(
+        default=None,
+        description="How a resume from hibernation went: restored from its checkpoint, or "
+        "started cold (with its workspace) and why. Absent otherwise.",
+    )
 
 
 class Snapshot(BaseModel):
@@ -58,7 +63,11 @@ class ForkBody(BaseModel):
     )
 
 
-@router.post("/api/sessions/{session_id}/pause", summary="Pause a session (memory kept)")
+@router.post(
+    "/api/sessions/{session_id}/pause",
+    summary="Pause a session (memory kept)",
+    response_model_exclude_none=True,
+)
 async def pause(
     session_id: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
 ) -> SessionState:
@@ -67,12 +76,31 @@ async def pause(
     return SessionState(**state.as_dict())
 
 
-@router.post("/api/sessions/{session_id}/resume", summary="Resume a paused session")
+@router.post(
+    "/api/sessions/{session_id}/resume",
+    summary="Resume a paused or hibernated session",
+    response_model_exclude_none=True,
+)
 async def resume(
     session_id: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
 ) -> SessionState:
     scope = acting_on(request, caller, session_id, tenant)
     state = await ctx.call(ctx.sessions.resume, session_id, scope)
+    return SessionState(**state.as_dict())
+
+
+@router.post(
+    "/api/sessions/{session_id}/hibernate",
+    summary="Hibernate a session (memory checkpointed to disk, container stopped)",
+    response_model_exclude_none=True,
+)
+async def hibernate(
+    session_id: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
+) -> SessionState:
+    """Where the host cannot checkpoint (no working CRIU, engine not experimental): 409
+    saying what was measured and what to do. `resume` restores a hibernated session."""
+    scope = acting_on(request, caller, session_id, tenant)
+    state = await ctx.call(ctx.sessions.hibernate, session_id, scope)
     return SessionState(**state.as_dict())
 
 

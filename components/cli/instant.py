@@ -1,7 +1,7 @@
-"""Instant sessions (issue 29): ``pause``, ``resume``, ``fork`` and the ``snapshot`` group
+"""Instant sessions (issue 29): ``pause``, ``resume``, ``hibernate``, ``fork`` and the ``snapshot`` group
 (``snapshot create|ls|rm``; ``snapshots`` stays the list of a session's restic backups).
 The service layer does the work: :mod:`dockyard.sessions.pause` and
-:mod:`dockyard.sessions.snapshots`."""
+:mod:`dockyard.sessions.hibernate` and :mod:`dockyard.sessions.snapshots`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .options import JsonFlag, TenantOption
 from .output import emit, grid, manifest_table, out, progress, working
 
 verbs = typer.Typer()
-"""``pause``, ``resume`` and ``fork``, merged into the root command by :mod:`dockyard.cli`."""
+"""``pause``, ``resume``, ``hibernate`` and ``fork``, merged into the root command by :mod:`dockyard.cli`."""
 snapshot_verbs = typer.Typer(
     help="Snapshots of a session: its container layer and volumes (docs/instant-sessions.md).",
     no_args_is_help=True,
@@ -26,6 +26,8 @@ snapshot_verbs = typer.Typer(
 def _state(data: dict[str, Any]) -> None:
     moved = "" if data["changed"] else f" (already {data['status']})"
     out.print(f"{data['sessionId']}: {data['status']}{moved}")
+    if data.get("detail"):
+        out.print(f"  {data['detail']}")
 
 
 @verbs.command()
@@ -37,9 +39,19 @@ def pause(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) 
 
 @verbs.command()
 def resume(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
-    """Resume a paused session where it stopped."""
+    """Resume a paused session where it stopped, or a hibernated one from its checkpoint."""
     with errors(as_json):
         emit(Sessions.default().resume(session, tenant).as_dict(), as_json, _state)
+
+
+@verbs.command()
+def hibernate(session: str, tenant: TenantOption = None, as_json: JsonFlag = False) -> None:
+    """Hibernate the session: processes and memory checkpointed to disk, container stopped.
+
+    Only where the host can checkpoint (CRIU and the engine's experimental mode); elsewhere
+    the answer says what was measured and what to do. `dockyard resume` restores it."""
+    with errors(as_json), working(f"hibernating {session}…", as_json):
+        emit(Sessions.default().hibernate(session, tenant).as_dict(), as_json, _state)
 
 
 @verbs.command()

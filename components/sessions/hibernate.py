@@ -46,9 +46,9 @@ SHOWN_BYTES = 600
 WHAT_TO_DO = (
     'what to do: run the engine with "experimental": true in /etc/docker/daemon.json '
     "(then restart dockerd), and install a CRIU that passes `criu check` on this kernel "
-    "(Debian 12's criu 3.17 fails on kernel 6.x with a vdso error: CRIU 3.19 or later, e.g. "
-    "built from Debian 13's source package); meanwhile `dockyard pause` keeps the "
-    "session's processes and memory in RAM (docs/instant-sessions.md, Hibernate)"
+    "(Debian 12's criu 3.17 fails on kernel 6.18 with a vdso error: a newer CRIU, e.g. "
+    "built from Debian 13's source package, untested here); meanwhile `dockyard pause` "
+    "keeps the session's processes and memory in RAM (docs/instant-sessions.md, Hibernate)"
 )
 
 

@@ -53,7 +53,8 @@ class State:
     its checkpoint, or started cold and why)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Without ``detail`` when there is none (the answer pause and resume always had)."""
+        return {k: v for k, v in asdict(self).items() if k != "detail" or v}
 
 
 def secret_names(request: Mapping[str, Any]) -> list[str]:

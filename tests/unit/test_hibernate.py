@@ -152,7 +152,7 @@ def test_a_host_that_cannot_checkpoint_refuses_saying_why_and_what_to_do(
         "vdso: Failed to fill self vdso symtable",
         "The session is left running",
         '"experimental": true',
-        "CRIU 3.19 or later",
+        "a newer CRIU",
         "`dockyard pause`",
     ):
         assert said in message
@@ -265,3 +265,76 @@ def test_criu_check_on_this_machine_says_what_it_measured() -> None:
     # Whatever this machine has, the answer quotes it; a failure names its exit code.
     assert said.startswith(("`criu check` passes", "`criu check` fails (exit", "criu is not"))
     assert passes == said.startswith("`criu check` passes")
+
+
+def test_the_cli_verb_answers_the_refusal_and_the_restore(
+    api: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from dockyard import cli
+
+    engine = FakeEngine("running")
+    _on(monkeypatch, engine, MEASURED_HERE)
+    monkeypatch.setattr(Sessions, "default", lambda: api)
+    refused = CliRunner().invoke(cli.app, ["hibernate", "s1", "--tenant", "acme", "--json"])
+    assert refused.exit_code == 1, refused.output
+    error = json.loads(refused.stdout)["error"]
+    assert error["kind"] == "conflict"
+    assert "does not run in experimental mode" in error["problems"][0]
+    _on(monkeypatch, engine, ABLE)
+    done = CliRunner().invoke(cli.app, ["hibernate", "s1", "--tenant", "acme", "--json"])
+    assert json.loads(done.stdout) == {"sessionId": "s1", "status": "hibernated", "changed": True}
+    back = CliRunner().invoke(cli.app, ["resume", "s1", "--tenant", "acme"])
+    assert back.exit_code == 0, back.output
+    assert "s1: running" in back.stdout
+    assert "restored from its checkpoint" in back.stdout
+
+
+@pytest.mark.anyio
+async def test_the_http_route_maps_the_refusal_to_409_in_the_keys_tenant(tmp_path: Path) -> None:
+    import httpx
+
+    from dockyard.api.app import create_app
+    from dockyard.api.store import KeyStore, default_url
+
+    calls: list[tuple[str, str, str | None]] = []
+
+    class FakeSessions(Sessions):
+        def hibernate(self, session: str, tenant: str | None = None) -> pause.State:
+            calls.append(("hibernate", session, tenant))
+            if tenant != "acme":
+                raise registry.SessionNotFound(f"no session {session!r} of tenant {tenant}")
+            raise Conflict(f"session {session!r}: hibernate is not available on its host")
+
+        def resume(self, session: str, tenant: str | None = None) -> pause.State:
+            calls.append(("resume", session, tenant))
+            return pause.State(session, "running", True, "restored from its checkpoint")
+
+    where = paths({"DOCKYARD_STATE_DIR": str(tmp_path / "state")})
+    store = KeyStore(default_url(tmp_path / "state"))
+    try:
+        acme = {"Authorization": f"Bearer {store.create('acme').key}"}
+        other = {"Authorization": f"Bearer {store.create('other').key}"}
+        app = create_app(FakeSessions(where, SimpleNamespace()), store)  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            answer = await client.post("/api/sessions/s1/hibernate", headers=acme)
+            assert answer.status_code == 409, answer.text
+            assert "hibernate is not available on its host" in answer.text
+            answer = await client.post("/api/sessions/s1/hibernate", headers=other)
+            assert answer.status_code == 404
+            answer = await client.post("/api/sessions/s1/resume", headers=acme)
+            assert answer.json() == {
+                "sessionId": "s1",
+                "status": "running",
+                "changed": True,
+                "detail": "restored from its checkpoint",
+            }
+    finally:
+        store.close()
+    assert calls == [
+        ("hibernate", "s1", "acme"),
+        ("hibernate", "s1", "other"),
+        ("resume", "s1", "acme"),
+    ]
