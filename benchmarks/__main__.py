@@ -18,6 +18,7 @@ BENCHMARKS = [
     "disk_bounds",
     "dataplane",
     "instant",
+    "claim",
     "api",
 ]
 
