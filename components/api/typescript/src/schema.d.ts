@@ -289,6 +289,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/sessions/{session_id}/hibernate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Hibernate a session (memory checkpointed to disk, container stopped)
+         * @description Where the host cannot checkpoint (no working CRIU, engine not experimental): 409
+         *     saying what was measured and what to do. `resume` restores a hibernated session.
+         */
+        post: operations["hibernate_api_sessions__session_id__hibernate_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/sessions/{session_id}/logs": {
         parameters: {
             query?: never;
@@ -389,7 +410,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Resume a paused session */
+        /** Resume a paused or hibernated session */
         post: operations["resume_api_sessions__session_id__resume_post"];
         delete?: never;
         options?: never;
@@ -521,6 +542,438 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/sandboxes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: list running sandboxes (v1) */
+        get: operations["list_v1_sandboxes_get"];
+        put?: never;
+        /** E2B: create a sandbox (v1) */
+        post: operations["create_sandboxes_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/sandboxes/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (sandbox metrics) */
+        get: operations["answer_sandboxes_metrics_delete"];
+        /** E2B: not supported (sandbox metrics) */
+        put: operations["answer_sandboxes_metrics_delete"];
+        /** E2B: not supported (sandbox metrics) */
+        post: operations["answer_sandboxes_metrics_delete"];
+        /** E2B: not supported (sandbox metrics) */
+        delete: operations["answer_sandboxes_metrics_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (sandbox metrics) */
+        patch: operations["answer_sandboxes_metrics_delete"];
+        trace?: never;
+    };
+    "/sandboxes/{sandbox_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: a sandbox */
+        get: operations["get_sandboxes__sandbox_id__get"];
+        put?: never;
+        post?: never;
+        /** E2B: kill a sandbox */
+        delete: operations["kill_sandboxes__sandbox_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/sandboxes/{sandbox_id}/connect": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** E2B: connect (v1) */
+        post: operations["connect_sandboxes__sandbox_id__connect_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/sandboxes/{sandbox_id}/fork": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (E2B forks (dockyard's own: POST /api/sessions/{id}/fork)) */
+        get: operations["answer_sandboxes__sandbox_id__fork_delete"];
+        /** E2B: not supported (E2B forks (dockyard's own: POST /api/sessions/{id}/fork)) */
+        put: operations["answer_sandboxes__sandbox_id__fork_delete"];
+        /** E2B: not supported (E2B forks (dockyard's own: POST /api/sessions/{id}/fork)) */
+        post: operations["answer_sandboxes__sandbox_id__fork_delete"];
+        /** E2B: not supported (E2B forks (dockyard's own: POST /api/sessions/{id}/fork)) */
+        delete: operations["answer_sandboxes__sandbox_id__fork_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (E2B forks (dockyard's own: POST /api/sessions/{id}/fork)) */
+        patch: operations["answer_sandboxes__sandbox_id__fork_delete"];
+        trace?: never;
+    };
+    "/sandboxes/{sandbox_id}/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (sandbox logs (dockyard's: /api/sessions/{id}/logs)) */
+        get: operations["answer_sandboxes__sandbox_id__logs_delete"];
+        /** E2B: not supported (sandbox logs (dockyard's: /api/sessions/{id}/logs)) */
+        put: operations["answer_sandboxes__sandbox_id__logs_delete"];
+        /** E2B: not supported (sandbox logs (dockyard's: /api/sessions/{id}/logs)) */
+        post: operations["answer_sandboxes__sandbox_id__logs_delete"];
+        /** E2B: not supported (sandbox logs (dockyard's: /api/sessions/{id}/logs)) */
+        delete: operations["answer_sandboxes__sandbox_id__logs_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (sandbox logs (dockyard's: /api/sessions/{id}/logs)) */
+        patch: operations["answer_sandboxes__sandbox_id__logs_delete"];
+        trace?: never;
+    };
+    "/sandboxes/{sandbox_id}/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (sandbox metrics (dockyard's: /api/sessions/{id}/stats)) */
+        get: operations["answer_sandboxes__sandbox_id__metrics_delete"];
+        /** E2B: not supported (sandbox metrics (dockyard's: /api/sessions/{id}/stats)) */
+        put: operations["answer_sandboxes__sandbox_id__metrics_delete"];
+        /** E2B: not supported (sandbox metrics (dockyard's: /api/sessions/{id}/stats)) */
+        post: operations["answer_sandboxes__sandbox_id__metrics_delete"];
+        /** E2B: not supported (sandbox metrics (dockyard's: /api/sessions/{id}/stats)) */
+        delete: operations["answer_sandboxes__sandbox_id__metrics_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (sandbox metrics (dockyard's: /api/sessions/{id}/stats)) */
+        patch: operations["answer_sandboxes__sandbox_id__metrics_delete"];
+        trace?: never;
+    };
+    "/sandboxes/{sandbox_id}/network": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (changing a sandbox's network) */
+        get: operations["answer_sandboxes__sandbox_id__network_delete"];
+        /** E2B: not supported (changing a sandbox's network) */
+        put: operations["answer_sandboxes__sandbox_id__network_delete"];
+        /** E2B: not supported (changing a sandbox's network) */
+        post: operations["answer_sandboxes__sandbox_id__network_delete"];
+        /** E2B: not supported (changing a sandbox's network) */
+        delete: operations["answer_sandboxes__sandbox_id__network_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (changing a sandbox's network) */
+        patch: operations["answer_sandboxes__sandbox_id__network_delete"];
+        trace?: never;
+    };
+    "/sandboxes/{sandbox_id}/pause": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** E2B: pause a sandbox */
+        post: operations["pause_sandboxes__sandbox_id__pause_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/sandboxes/{sandbox_id}/refreshes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * E2B: keep alive
+         * @description Extend the sandbox's life by ``duration`` seconds from now (never shortens it).
+         */
+        post: operations["refresh_sandboxes__sandbox_id__refreshes_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/sandboxes/{sandbox_id}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** E2B: resume */
+        post: operations["connect_sandboxes__sandbox_id__resume_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/sandboxes/{sandbox_id}/snapshots": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (E2B snapshots (dockyard's own: /api/sessions/…)) */
+        get: operations["answer_sandboxes__sandbox_id__snapshots_delete"];
+        /** E2B: not supported (E2B snapshots (dockyard's own: /api/sessions/…)) */
+        put: operations["answer_sandboxes__sandbox_id__snapshots_delete"];
+        /** E2B: not supported (E2B snapshots (dockyard's own: /api/sessions/…)) */
+        post: operations["answer_sandboxes__sandbox_id__snapshots_delete"];
+        /** E2B: not supported (E2B snapshots (dockyard's own: /api/sessions/…)) */
+        delete: operations["answer_sandboxes__sandbox_id__snapshots_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (E2B snapshots (dockyard's own: /api/sessions/…)) */
+        patch: operations["answer_sandboxes__sandbox_id__snapshots_delete"];
+        trace?: never;
+    };
+    "/sandboxes/{sandbox_id}/timeout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** E2B: set the timeout */
+        post: operations["set_timeout_sandboxes__sandbox_id__timeout_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/secrets": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (E2B secrets (pass values in envVars; they become session secrets)) */
+        get: operations["answer_secrets_delete"];
+        /** E2B: not supported (E2B secrets (pass values in envVars; they become session secrets)) */
+        put: operations["answer_secrets_delete"];
+        /** E2B: not supported (E2B secrets (pass values in envVars; they become session secrets)) */
+        post: operations["answer_secrets_delete"];
+        /** E2B: not supported (E2B secrets (pass values in envVars; they become session secrets)) */
+        delete: operations["answer_secrets_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (E2B secrets (pass values in envVars; they become session secrets)) */
+        patch: operations["answer_secrets_delete"];
+        trace?: never;
+    };
+    "/snapshots": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (E2B snapshots) */
+        get: operations["answer_snapshots_delete"];
+        /** E2B: not supported (E2B snapshots) */
+        put: operations["answer_snapshots_delete"];
+        /** E2B: not supported (E2B snapshots) */
+        post: operations["answer_snapshots_delete"];
+        /** E2B: not supported (E2B snapshots) */
+        delete: operations["answer_snapshots_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (E2B snapshots) */
+        patch: operations["answer_snapshots_delete"];
+        trace?: never;
+    };
+    "/templates": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (building and managing templates (use the template table, docs/e2b.md)) */
+        get: operations["answer_templates_delete"];
+        /** E2B: not supported (building and managing templates (use the template table, docs/e2b.md)) */
+        put: operations["answer_templates_delete"];
+        /** E2B: not supported (building and managing templates (use the template table, docs/e2b.md)) */
+        post: operations["answer_templates_delete"];
+        /** E2B: not supported (building and managing templates (use the template table, docs/e2b.md)) */
+        delete: operations["answer_templates_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (building and managing templates (use the template table, docs/e2b.md)) */
+        patch: operations["answer_templates_delete"];
+        trace?: never;
+    };
+    "/v2/sandboxes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: list sandboxes */
+        get: operations["list_v2_v2_sandboxes_get"];
+        put?: never;
+        /** E2B: create a sandbox */
+        post: operations["create_v2_sandboxes_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v2/sandboxes/{sandbox_id}/connect": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** E2B: connect (resumes if paused) */
+        post: operations["connect_v2_sandboxes__sandbox_id__connect_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v2/sandboxes/{sandbox_id}/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (sandbox logs) */
+        get: operations["answer_v2_sandboxes__sandbox_id__logs_delete"];
+        /** E2B: not supported (sandbox logs) */
+        put: operations["answer_v2_sandboxes__sandbox_id__logs_delete"];
+        /** E2B: not supported (sandbox logs) */
+        post: operations["answer_v2_sandboxes__sandbox_id__logs_delete"];
+        /** E2B: not supported (sandbox logs) */
+        delete: operations["answer_v2_sandboxes__sandbox_id__logs_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (sandbox logs) */
+        patch: operations["answer_v2_sandboxes__sandbox_id__logs_delete"];
+        trace?: never;
+    };
+    "/v2/templates": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (building and managing templates) */
+        get: operations["answer_v2_templates_delete"];
+        /** E2B: not supported (building and managing templates) */
+        put: operations["answer_v2_templates_delete"];
+        /** E2B: not supported (building and managing templates) */
+        post: operations["answer_v2_templates_delete"];
+        /** E2B: not supported (building and managing templates) */
+        delete: operations["answer_v2_templates_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (building and managing templates) */
+        patch: operations["answer_v2_templates_delete"];
+        trace?: never;
+    };
+    "/v3/templates": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (building and managing templates) */
+        get: operations["answer_v3_templates_delete"];
+        /** E2B: not supported (building and managing templates) */
+        put: operations["answer_v3_templates_delete"];
+        /** E2B: not supported (building and managing templates) */
+        post: operations["answer_v3_templates_delete"];
+        /** E2B: not supported (building and managing templates) */
+        delete: operations["answer_v3_templates_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (building and managing templates) */
+        patch: operations["answer_v3_templates_delete"];
+        trace?: never;
+    };
+    "/volumes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** E2B: not supported (E2B volumes) */
+        get: operations["answer_volumes_delete"];
+        /** E2B: not supported (E2B volumes) */
+        put: operations["answer_volumes_delete"];
+        /** E2B: not supported (E2B volumes) */
+        post: operations["answer_volumes_delete"];
+        /** E2B: not supported (E2B volumes) */
+        delete: operations["answer_volumes_delete"];
+        options?: never;
+        head?: never;
+        /** E2B: not supported (E2B volumes) */
+        patch: operations["answer_volumes_delete"];
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -591,6 +1044,13 @@ export interface components {
             secretValues?: {
                 [key: string]: string;
             } | null;
+        };
+        /** Connect */
+        Connect: {
+            /** Timeout */
+            timeout?: number | null;
+        } & {
+            [key: string]: unknown;
         };
         /** CreatedWebhook */
         CreatedWebhook: {
@@ -822,6 +1282,38 @@ export interface components {
              */
             tenant?: string | null;
         };
+        /**
+         * NewSandbox
+         * @description What the SDKs post to create (fields dockyard does not serve are refused only when
+         *     set to something other than their default).
+         */
+        NewSandbox: {
+            /** Autopause */
+            autoPause?: boolean | null;
+            /**
+             * Envvars
+             * @description Delivered as the session's secrets (never plain env).
+             */
+            envVars?: {
+                [key: string]: string;
+            } | null;
+            /** Metadata */
+            metadata?: {
+                [key: string]: string;
+            } | null;
+            /**
+             * Templateid
+             * @description A template id of the table in docs/e2b.md.
+             */
+            templateID: string;
+            /**
+             * Timeout
+             * @description Seconds until it is killed.
+             */
+            timeout?: number | null;
+        } & {
+            [key: string]: unknown;
+        };
         /** NewWebhook */
         NewWebhook: {
             /**
@@ -917,6 +1409,54 @@ export interface components {
             /** Stack */
             stack: string;
         };
+        /** SandboxAnswer */
+        SandboxAnswer: {
+            /** Clientid */
+            clientID: string;
+            /** Domain */
+            domain: string | null;
+            /** Envdaccesstoken */
+            envdAccessToken: string;
+            /** Envdversion */
+            envdVersion: string;
+            /** Sandboxid */
+            sandboxID: string;
+            /** Templateid */
+            templateID: string;
+        };
+        /** SandboxDetail */
+        SandboxDetail: {
+            /** Alias */
+            alias: string;
+            /** Clientid */
+            clientID: string;
+            /** Cpucount */
+            cpuCount: number;
+            /** Disksizemb */
+            diskSizeMB: number;
+            /** Domain */
+            domain: string | null;
+            /** Endat */
+            endAt: string;
+            /** Envdaccesstoken */
+            envdAccessToken: string;
+            /** Envdversion */
+            envdVersion: string;
+            /** Memorymb */
+            memoryMB: number;
+            /** Metadata */
+            metadata: {
+                [key: string]: string;
+            };
+            /** Sandboxid */
+            sandboxID: string;
+            /** Startedat */
+            startedAt: string;
+            /** State */
+            state: string;
+            /** Templateid */
+            templateID: string;
+        };
         /** Session */
         Session: {
             /**
@@ -980,11 +1520,16 @@ export interface components {
              * @description False: it already was (the call changed nothing).
              */
             changed: boolean;
+            /**
+             * Detail
+             * @description How a resume from hibernation went: restored from its checkpoint, or started cold (with its workspace) and why. Absent otherwise.
+             */
+            detail?: string | null;
             /** Sessionid */
             sessionId: string;
             /**
              * Status
-             * @description paused or running, as the engine reports it now.
+             * @description paused, running or hibernated, after the call.
              */
             status: string;
         };
@@ -1076,6 +1621,14 @@ export interface components {
              * @description The container's state on its engine.
              */
             status: string | null;
+        };
+        /** Timeout */
+        Timeout: {
+            /**
+             * Timeout
+             * @description Seconds from now until the sandbox is killed.
+             */
+            timeout: number;
         };
         /** ValidationError */
         ValidationError: {
@@ -1879,6 +2432,40 @@ export interface operations {
             };
         };
     };
+    hibernate_api_sessions__session_id__hibernate_post: {
+        parameters: {
+            query?: {
+                /** @description Admin keys only: the tenant (a tenant key acts as its own). */
+                tenant?: string | null;
+            };
+            header?: never;
+            path: {
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionState"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     logs_api_sessions__session_id__logs_get: {
         parameters: {
             query?: {
@@ -2392,6 +2979,1700 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_v1_sandboxes_get: {
+        parameters: {
+            query?: {
+                metadata?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxDetail"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    create_sandboxes_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewSandbox"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxAnswer"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    answer_sandboxes_metrics_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes_metrics_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes_metrics_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes_metrics_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes_metrics_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    get_sandboxes__sandbox_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxDetail"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    kill_sandboxes__sandbox_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    connect_sandboxes__sandbox_id__connect_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["Connect"] | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxAnswer"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__fork_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__fork_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__fork_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__fork_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__fork_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__logs_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__logs_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__logs_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__logs_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__logs_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__metrics_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__metrics_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__metrics_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__metrics_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__metrics_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__network_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__network_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__network_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__network_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__network_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    pause_sandboxes__sandbox_id__pause_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    refresh_sandboxes__sandbox_id__refreshes_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": {
+                    [key: string]: unknown;
+                } | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    connect_sandboxes__sandbox_id__resume_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["Connect"] | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxAnswer"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__snapshots_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__snapshots_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__snapshots_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__snapshots_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_sandboxes__sandbox_id__snapshots_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    set_timeout_sandboxes__sandbox_id__timeout_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["Timeout"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    answer_secrets_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_secrets_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_secrets_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_secrets_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_secrets_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_snapshots_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_snapshots_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_snapshots_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_snapshots_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_snapshots_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    list_v2_v2_sandboxes_get: {
+        parameters: {
+            query?: {
+                metadata?: string | null;
+                /** @description running,paused (comma-separated) */
+                state?: string | null;
+                limit?: number;
+                nextToken?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxDetail"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    create_v2_sandboxes_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewSandbox"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxAnswer"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    connect_v2_sandboxes__sandbox_id__connect_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["Connect"] | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxAnswer"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    answer_v2_sandboxes__sandbox_id__logs_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v2_sandboxes__sandbox_id__logs_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v2_sandboxes__sandbox_id__logs_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v2_sandboxes__sandbox_id__logs_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v2_sandboxes__sandbox_id__logs_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v2_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v2_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v2_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v2_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v2_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v3_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v3_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v3_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v3_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_v3_templates_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_volumes_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_volumes_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_volumes_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_volumes_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    answer_volumes_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
                 };
             };
         };
