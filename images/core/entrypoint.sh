@@ -27,6 +27,7 @@
 #   DOCKYARD_CHECKPOINT_KEEP  checkpoints kept per session (3)
 #   DOCKYARD_RESTORE          1 = restore an empty workspace from the latest checkpoint (1)
 #   DOCKYARD_HEALTH_FILE      latest health verdict, written by dockyard-healthcheck (/tmp/health)
+#   DOCKYARD_ENVD             1 = start the e2b SDKs' daemon (envd.py, port 49983) after ready (1)
 set -euo pipefail
 # Step times for the timing line: bash's own clock, no fork.
 declare -A took=()
@@ -278,6 +279,11 @@ log "ready: tmux session 'main' in $workspace"
 # The first health verdict, at once: before API 1.44 the engine's first probe comes a
 # whole interval (60 s by default) after start. After the marker, so off the ready path.
 dockyard-healthcheck >/dev/null 2>&1 &
+# The e2b SDKs' in-environment daemon on port 49983 (docs/e2b.md), as the agent, unless
+# DOCKYARD_ENVD=0. After the marker too: the SDKs retry until it listens.
+if [ "${DOCKYARD_ENVD:-1}" = 1 ]; then
+  python3 /usr/local/lib/dockyard/envd.py </dev/null &
+fi
 rm -f "$version_file"
 
 # Milliseconds since the entrypoint started, per step, in the order they finished.

@@ -9,6 +9,7 @@ Connect RPCs with the SDK's JSON codec, /files uploads and downloads, /health).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2b import CommandExitException, FilesystemEventType, Sandbox
+from e2b import AsyncSandbox, CommandExitException, FilesystemEventType, Sandbox
 from e2b.connection_config import ConnectionConfig
 from e2b.exceptions import (
     AuthenticationException,
@@ -343,3 +344,35 @@ def test_refuses_to_run_as_root() -> None:
     )
     assert ran.returncode == 1
     assert "must not run as root" in ran.stderr
+
+
+def test_async_sdk_streams_a_command_and_a_directory_watch(daemon: Daemon) -> None:
+    """The async SDK uses the streaming WatchDir RPC (the sync one polls a watcher)."""
+
+    async def scenario() -> tuple[list[str], set[tuple[str, FilesystemEventType]]]:
+        sandbox = AsyncSandbox(
+            sandbox_id="envd-test",
+            sandbox_domain=None,
+            envd_version=Version("0.6.4"),
+            envd_access_token=None,
+            traffic_access_token=None,
+            connection_config=ConnectionConfig(debug=True, sandbox_url=daemon.url),
+        )
+        await sandbox.files.make_dir("streamed")
+        seen: set[tuple[str, FilesystemEventType]] = set()
+        watch = await sandbox.files.watch_dir(
+            "streamed", on_event=lambda e: seen.add((e.name, e.type))
+        )
+        chunks: list[str] = []
+        await sandbox.commands.run(
+            "for i in 1 2 3; do echo $i; touch ~/streamed/f$i; sleep 0.3; done",
+            on_stdout=chunks.append,
+        )
+        await asyncio.sleep(0.5)
+        await watch.stop()
+        return chunks, seen
+
+    chunks, seen = asyncio.run(scenario())
+    # Output arrived as it was printed, not in one piece at the end.
+    assert chunks == ["1\n", "2\n", "3\n"]
+    assert {("f1", FilesystemEventType.CREATE), ("f3", FilesystemEventType.CREATE)} <= seen
