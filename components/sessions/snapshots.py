@@ -15,6 +15,13 @@ A snapshot is two things on the session's engine, both the tenant's:
   copy is ``cp --reflink=auto --sparse=always``: copy-on-write where the engine's
   filesystem has reflinks (XFS, btrfs), else a copy of the allocated blocks only.
 
+The copies are made by a root helper container on the engine (:func:`_helper`) from the
+operator's ``helperImage`` only (resolved to its image ID on that engine at each use),
+never from the session's image (the tenant's choice) or a snapshot image (the agent's own
+layer): their ``/bin/sh`` or ``cp`` would run as root over the disk images. It binds
+only the source (read-only) and destination directories of this copy; removing one binds
+its parent (the tenant's snapshot namespace, or the disks directory for a failed fork).
+
 Not in a snapshot: ``/checkpoints`` (the session's own crash checkpoints), ``/run/secrets``,
 ``/tmp`` (memory), and processes. A session with declared volumes (named, shared or bind)
 or a workspace on a host directory is refused: those are not the session's alone to copy.
@@ -38,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import contract
+from ..config import from_host_settings
 from ..config.values import SESSION_ALLOWED
 from ..contract import (
     NAMING_CURRENT,
@@ -46,7 +54,7 @@ from ..contract import (
     session_id_reserved,
 )
 from ..errors import Conflict, Failed, InvalidInput, NotFound
-from ..storage import DISKS_DIR, disk_dir
+from ..storage import Bind, disk_dir, helper_ref, missing_helper
 from . import audit
 from .pause import (
     PAUSED,
@@ -62,6 +70,7 @@ from .pause import (
 from .registry import Record
 from .request import SessionPlan
 from .service import SessionsLike
+from .settings import load_settings
 
 REPOSITORY = "dockyard-snapshot"
 SNAPSHOTS_DIR = "/var/lib/dockyard/snapshots"
@@ -89,15 +98,19 @@ host key is made anew at the fork's first start; a CLI login is the user's to re
 NAME_ALLOWED = SESSION_ALLOWED
 Progress = Callable[[str], None]
 
-# $1 source directory, $2 destination directory (must not exist: exit 5), then
-# role[:file,file...] specs. Runs as root in a helper on the engine, no network.
+# $1 source directory (bound read-only), $2 destination directory (bound: the engine makes
+# it when missing; holding anything: exit 5), then role[:file,file...] specs. Runs as root
+# in a helper on the engine, no network. The claim (mkdir, kept) is atomic against a
+# concurrent copy to the same place; a copy that fails leaves the destination empty.
 COPY_SCRIPT = r"""
 set -eu
 src=$1; dst=$2; shift 2
 umask 077
 sync
-mkdir -p "$(dirname "$dst")"
-mkdir "$dst" 2>/dev/null || { echo "ERROR: $dst exists" >&2; exit 5; }
+{ [ -z "$(ls -A "$dst")" ] && mkdir "$dst/.claimed"; } 2>/dev/null \
+  || { echo "ERROR: $dst exists" >&2; exit 5; }
+chmod 700 "$dst"
+trap 'rc=$?; [ "$rc" -eq 0 ] || rm -rf -- "$dst"/*.img "$dst"/*.img.new "$dst/.claimed"' EXIT
 for spec in "$@"; do
   role=${spec%%:*}
   [ -f "$src/$role.img" ] || { echo "ERROR: no $role image in $src" >&2; exit 3; }
@@ -113,10 +126,13 @@ for spec in "$@"; do
   mv "$img" "$dst/$role.img"
 done
 """
+# $1 the parent directory (bound), then names of directories in it to remove.
 REMOVE_SCRIPT = r"""
 set -eu
-for dir in "$@"; do
-  case $dir in /var/lib/dockyard/*) rm -rf -- "$dir" ;; *) exit 2 ;; esac
+parent=$1; shift
+for name in "$@"; do
+  case $name in ''|.|..|*/*) echo "ERROR: $name is not a directory name" >&2; exit 2 ;; esac
+  rm -rf -- "${parent:?}/$name"
 done
 """
 
@@ -185,9 +201,48 @@ def refuse_unsupported(plan: SessionPlan, verb: str) -> None:
         raise InvalidInput(f"session {plan.session_id}", problems)
 
 
-def _helper(client: Any, image: str, script: str, *args: str) -> None:
-    """Run ``script`` as root in a short-lived helper on the engine (no network, only the
-    disk and snapshot directories). Exit 5: the destination exists."""
+def helper_image(client: Any, ref: str, host: str) -> str:
+    """The ID on this engine of the operator's helper image ``ref`` (``helperImage``):
+    a helper runs from that, never from a session's or a snapshot's image. Missing:
+    Failed naming the key."""
+    import docker.errors
+
+    ref = helper_ref(ref)
+    try:
+        return str(client.images.get(ref).id)
+    except docker.errors.ImageNotFound:
+        raise Failed(missing_helper(ref, f"engine {host}")) from None
+    except docker.errors.DockerException as exc:
+        raise Failed(f"helperImage: {ref!r} on engine {host}: {exc}") from None
+
+
+def host_helper_ref(sessions: SessionsLike) -> str:
+    """``helperImage`` of the host settings (where no session's plan is at hand)."""
+    settings = load_settings(sessions.where)
+    return from_host_settings(
+        settings, stack="sessions", cwd=str(sessions.where.state)
+    ).helper_image
+
+
+def copy_binds(src: str, dst: str) -> list[Bind]:
+    """What a copy sees: its source read-only, its destination."""
+    return [(src, "ro"), (dst, "rw")]
+
+
+def remove_binds(path: str) -> tuple[list[Bind], str, str]:
+    """(binds, parent, name) to remove the directory ``path``: removing an entry writes
+    its parent, so the parent is bound (and nothing above it)."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    if not parent.startswith("/var/lib/dockyard/") or not name:
+        raise ValueError(f"{path!r}: not a directory under /var/lib/dockyard/")
+    return [(parent, "rw")], parent, name
+
+
+def _helper(client: Any, image: str, script: str, *args: str, binds: list[Bind]) -> None:
+    """Run ``script`` as root in a short-lived helper on the engine from ``image`` (the
+    ID :func:`helper_image` resolved; never a session's or a snapshot's), no network, with
+    only ``binds`` (paths on the engine's host, at the same path inside). Exit 5: the
+    destination exists."""
     import docker.errors
 
     try:
@@ -202,10 +257,7 @@ def _helper(client: Any, image: str, script: str, *args: str) -> None:
             security_opt=["no-new-privileges"],
             mem_limit="256m",
             pids_limit=64,
-            volumes={
-                DISKS_DIR: {"bind": DISKS_DIR, "mode": "rw"},
-                SNAPSHOTS_DIR: {"bind": SNAPSHOTS_DIR, "mode": "rw"},
-            },
+            volumes={path: {"bind": path, "mode": mode} for path, mode in binds},
             # Not dockyard.managed: quotas and host tools count and act on those.
             labels={f"{LABEL_SNAPSHOT}.helper": "1"},
             remove=True,
@@ -312,7 +364,8 @@ def take(sessions: SessionsLike, session: str, name: str, tenant: str | None = N
         stack=record.stack_name,
     ) as entry:  # fmt: skip
         validate_name(name)
-        refuse_unsupported(plan_of(sessions, record), "snapshot")
+        plan = plan_of(sessions, record)
+        refuse_unsupported(plan, "snapshot")
         entry["detail"] = f"snapshot {name}"
         client = connect(record.host)
         with contextlib.closing(client):
@@ -320,15 +373,14 @@ def take(sessions: SessionsLike, session: str, name: str, tenant: str | None = N
                 raise Conflict(
                     f"snapshot {name!r} exists (allowed: another name, or remove it first)"
                 )
+            helper = helper_image(client, plan.config.helper_image, record.host)
             container = container_of(record, client)
             with _quiesced(sessions, record, container):
                 image = _commit(container, record, name, KIND_SNAPSHOT, list(COPIED_ROLES))
+                source, target = disk_dir(record.environment_id), snapshot_dir(record.tenant, name)
                 try:
-                    _helper(
-                        client, container.image.id, COPY_SCRIPT,
-                        disk_dir(record.environment_id), snapshot_dir(record.tenant, name),
-                        *_specs(),
-                    )  # fmt: skip
+                    _helper(client, helper, COPY_SCRIPT, source, target, *_specs(),
+                            binds=copy_binds(source, target))  # fmt: skip
                 except BaseException:
                     with contextlib.suppress(Exception):
                         client.images.remove(image.id, force=True)
@@ -412,9 +464,9 @@ def remove(sessions: SessionsLike, name: str, tenant: str | None = None) -> Snap
                     "destroy them first"
                 )
             if snapshot.volumes:
-                _helper(
-                    client, snapshot.imageId, REMOVE_SCRIPT, snapshot_dir(snapshot.tenant, name)
-                )
+                binds, parent, entry_name = remove_binds(snapshot_dir(snapshot.tenant, name))
+                helper = helper_image(client, host_helper_ref(sessions), snapshot.host)
+                _helper(client, helper, REMOVE_SCRIPT, parent, entry_name, binds=binds)
             client.images.remove(snapshot.image, force=False)
             return snapshot
 
@@ -452,7 +504,8 @@ def fork(
         if snapshot is not None:
             validate_name(snapshot)
         entry["detail"] = f"as {as_}" + (f" from snapshot {snapshot}" if snapshot else "")
-        refuse_unsupported(plan_of(sessions, record), "fork")
+        plan = plan_of(sessions, record)
+        refuse_unsupported(plan, "fork")
         if any(r.session_id == as_ and r.tenant == record.tenant for r in sessions.registry.all()):
             raise Conflict(f"session {as_!r} exists (allowed: a new session id)")
         name = snapshot or as_
@@ -462,6 +515,7 @@ def fork(
         client = connect(record.host)
         made: Any = None
         with contextlib.closing(client):
+            helper = helper_image(client, plan.config.helper_image, record.host)
             if snapshot is not None:
                 image = _image(client, record.tenant, snapshot)
                 if image is None:
@@ -472,8 +526,9 @@ def fork(
                     raise InvalidInput(
                         "snapshot", [f"snapshot: {snapshot!r} holds no volumes (a fork's image)"]
                     )
-                _helper(client, image.id, COPY_SCRIPT, snapshot_dir(record.tenant, snapshot),
-                        target, *_specs())  # fmt: skip
+                source = snapshot_dir(record.tenant, snapshot)
+                _helper(client, helper, COPY_SCRIPT, source, target, *_specs(),
+                        binds=copy_binds(source, target))  # fmt: skip
             else:
                 if _image(client, record.tenant, as_) is not None:
                     raise Conflict(
@@ -483,9 +538,10 @@ def fork(
                 container = container_of(record, client)
                 with _quiesced(sessions, record, container):
                     made = _commit(container, record, as_, KIND_FORK, [])
+                    source = disk_dir(record.environment_id)
                     try:
-                        _helper(client, container.image.id, COPY_SCRIPT,
-                                disk_dir(record.environment_id), target, *_specs())  # fmt: skip
+                        _helper(client, helper, COPY_SCRIPT, source, target, *_specs(),
+                                binds=copy_binds(source, target))  # fmt: skip
                     except BaseException:
                         with contextlib.suppress(Exception):
                             client.images.remove(made.id, force=True)
@@ -495,15 +551,12 @@ def fork(
             except BaseException:
                 # create leaves nothing of its own; the copies and a fork's image are ours.
                 with contextlib.suppress(Exception):
-                    _helper(client, container_image(client, record), REMOVE_SCRIPT, target)
+                    binds, parent, entry_name = remove_binds(target)
+                    _helper(client, helper, REMOVE_SCRIPT, parent, entry_name, binds=binds)
                 if made is not None:
                     with contextlib.suppress(Exception):
                         client.images.remove(made.id, force=True)
                 raise
-
-
-def container_image(client: Any, record: Record) -> str:
-    return str(container_of(record, client).image.id)
 
 
 def _placeholder(record: Record, request: dict[str, Any]) -> Record:
