@@ -376,7 +376,6 @@ HOP_BY_HOP = frozenset(
         "transfer-encoding",
         "upgrade",
         "host",
-        "content-length",
     }
 )
 DOCKYARD_CREDENTIALS = frozenset(

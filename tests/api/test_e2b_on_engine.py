@@ -1,0 +1,265 @@
+"""The public ``e2b`` Python SDK (pinned in pyproject's test extra), unchanged, against a
+real ``dockyard serve`` on loopback and the real engine (sessions realised by the harness
+driver where Pulumi would run): create, list, get_info, set_timeout, the timeout's
+expiry, kill; one tenant's key reaches nothing of another's through the control plane or
+the routing; ``get_host(port)`` and the ``E2B_SANDBOX_URL`` header form reach a server
+started inside the sandbox (with dockyard's own exec), dockyard's credentials stripped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+from e2b import Sandbox, SandboxQuery
+from e2b.exceptions import SandboxException, SandboxNotFoundException
+
+from dockyard.api.store import default_url
+from tests.support.engine import RUN_ID, wait_for
+from tests.support.harness_home import make_home, sweep_tenant
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+DOCKYARD = Path(sys.executable).with_name("dockyard")
+PORT = 8081
+# A tiny server for inside the sandbox: GET /headers answers the headers it received,
+# POST /echo answers the body it received, GET /stream answers 3 chunks.
+SERVER = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def _send(self, body, ctype="application/json"):
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        if self.path == "/stream":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(3):
+                data = f"part{i}\\n".encode()
+                self.wfile.write(b"%x\\r\\n%s\\r\\n" % (len(data), data))
+                self.wfile.flush()
+            self.wfile.write(b"0\\r\\n\\r\\n")
+            return
+        self._send(json.dumps({k.lower(): v for k, v in self.headers.items()}).encode())
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        self._send(self.rfile.read(n), "application/octet-stream")
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+@dataclass
+class Server:
+    url: str
+    env: dict[str, str]
+    tenants: tuple[str, str]
+    keys: dict[str, str]
+
+    def sdk(self, who: str) -> dict[str, Any]:
+        """The SDK's own configuration: nothing else is set."""
+        return {"api_key": self.keys[who], "api_url": self.url, "sandbox_url": self.url}
+
+    def native(self, method: str, path: str, who: str, **kwargs: Any) -> httpx.Response:
+        with httpx.Client(base_url=self.url, timeout=120, trust_env=False) as client:
+            headers = {"Authorization": f"Bearer {self.keys[who]}"}
+            return client.request(method, path, headers=headers, **kwargs)
+
+    def raw(self, path: str, headers: dict[str, str], **kwargs: Any) -> httpx.Response:
+        with httpx.Client(base_url=self.url, timeout=60, trust_env=False) as client:
+            return client.request(kwargs.pop("method", "GET"), path, headers=headers, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server(
+    docker_client: docker.DockerClient, core_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("e2b")
+    home = make_home(base, core_image, {})
+    store = default_url(home.state)
+    env = {**home.env(), "DOCKYARD_E2B_REAP_INTERVAL_S": "0.5"}
+    tenants = (f"e{RUN_ID[:8]}", f"f{RUN_ID[:8]}")
+    keys = {}
+    for who, tenant in zip(("a", "b"), tenants, strict=True):
+        made = subprocess.run(
+            [str(DOCKYARD), "keys", "create", "--tenant", tenant, "--json", "--key-store", store],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert made.returncode == 0, made.stderr
+        keys[who] = json.loads(made.stdout)["key"]
+    log = base / "server.log"
+    process = subprocess.Popen(
+        [str(DOCKYARD), "serve", "--port", "0", "--key-store", store],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+    )
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        assert line.startswith("dockyard: listening on http://127.0.0.1:"), (line, log.read_text())
+        yield Server(line.split(" on ", 1)[1].strip(), env, tenants, keys)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        print(log.read_text())
+        for tenant in tenants:
+            sweep_tenant(docker_client, tenant)
+
+
+def _containers(client: docker.DockerClient, tenant: str, sandbox: str) -> list[str]:
+    selector = {"label": [f"dockyard.stack={tenant}", f"dockyard.session={sandbox}"]}
+    return [c.name for c in client.containers.list(all=True, filters=selector)]
+
+
+def _gone(server: Server, sandbox: str, who: str) -> bool:
+    try:
+        Sandbox.get_info(sandbox, **server.sdk(who))
+    except SandboxNotFoundException:
+        return True
+    return False
+
+
+def _start_server(server: Server, sandbox: str) -> None:
+    """The tiny server, started with dockyard's own exec (the native API, same tenant)."""
+    started = server.native(
+        "POST",
+        f"/api/sessions/{sandbox}/exec",
+        "a",
+        json={
+            "command": [
+                "sh",
+                "-c",
+                f"cat > /tmp/srv.py && (setsid python3 /tmp/srv.py {PORT} "
+                "</dev/null >/tmp/srv.log 2>&1 &)",
+            ],
+            "stdin": SERVER,
+        },
+    )
+    assert started.status_code == 200, started.text
+    assert "event: exit" in started.text, started.text
+
+
+def test_sdk_lifecycle_isolation_and_routing(
+    server: Server, docker_client: docker.DockerClient
+) -> None:
+    a, b = server.tenants
+    sbx = Sandbox.create(
+        "base", timeout=600, metadata={"purpose": "e2b-test", "run": RUN_ID}, **server.sdk("a")
+    )
+    other = Sandbox.create("base", metadata={"run": RUN_ID}, **server.sdk("b"))
+    try:
+        assert _containers(docker_client, a, sbx.sandbox_id), "no container for the sandbox"
+        info = sbx.get_info()
+        assert info.sandbox_id == sbx.sandbox_id
+        assert info.metadata == {"purpose": "e2b-test", "run": RUN_ID}
+        assert info.state.value == "running"
+        assert info.template_id == "base"
+        listed = Sandbox.list(query=SandboxQuery(metadata={"run": RUN_ID}), **server.sdk("a"))
+        assert [s.sandbox_id for s in listed.next_items()] == [sbx.sandbox_id]
+        none = Sandbox.list(query=SandboxQuery(metadata={"run": "other"}), **server.sdk("a"))
+        assert none.next_items() == []
+        before = info.end_at
+        sbx.set_timeout(3600)
+        assert sbx.get_info().end_at > before
+
+        # The other tenant's key: nothing to see, nothing to kill, through the SDK...
+        with pytest.raises(SandboxNotFoundException):
+            Sandbox.get_info(sbx.sandbox_id, **server.sdk("b"))
+        assert Sandbox.kill(sbx.sandbox_id, **server.sdk("b")) is False
+        with pytest.raises(SandboxNotFoundException):
+            Sandbox.set_timeout(sbx.sandbox_id, 1, **server.sdk("b"))
+        seen = Sandbox.list(query=SandboxQuery(metadata={"run": RUN_ID}), **server.sdk("b"))
+        assert [s.sandbox_id for s in seen.next_items()] == [other.sandbox_id]
+        # ...nor through dockyard's own API.
+        assert server.native("GET", f"/api/sessions/{sbx.sandbox_id}", "b").status_code == 404
+        assert sbx.get_info().state.value == "running"
+
+        # Routing: a server started inside, reached by the SDK's own host name...
+        _start_server(server, sbx.sandbox_id)
+        host = sbx.get_host(PORT)
+        assert host.startswith(f"{PORT}-{sbx.sandbox_id}.")
+        key_a = {"Host": host, "X-API-Key": server.keys["a"]}
+        wait_for(lambda: server.raw("/headers", key_a).status_code == 200, 30, what="server inside")
+        seen_headers = server.raw("/headers", {**key_a, "Cookie": "dockyard_session=x; y=1"})
+        assert seen_headers.status_code == 200, seen_headers.text
+        received = seen_headers.json()
+        assert server.keys["a"] not in json.dumps(received), "the API key reached the sandbox"
+        assert received.get("cookie") == "y=1"
+        echoed = server.raw("/echo", key_a, method="POST", content=b"x" * 3_000_000)
+        assert echoed.status_code == 200, echoed.text
+        assert echoed.content == b"x" * 3_000_000
+        streamed = server.raw("/stream", key_a)
+        assert streamed.text == "part0\npart1\npart2\n"
+        # ...and by the header form with the sandbox's own access token (what the SDK sends).
+        token = sbx._envd_access_token  # what Sandbox.create got back (envdAccessToken)
+        assert token
+        by_header = {
+            "E2b-Sandbox-Id": sbx.sandbox_id,
+            "E2b-Sandbox-Port": str(PORT),
+            "X-Access-Token": str(token),
+        }
+        via_header = server.raw("/headers", by_header)
+        assert via_header.status_code == 200, via_header.text
+        assert "x-access-token" not in via_header.json(), "the token reached a non-daemon port"
+        # Refused: no credentials, a wrong token, the other tenant's key or token, a bad port.
+        for headers, code in (
+            ({"Host": host}, 401),
+            ({"Host": host, "X-Access-Token": "nope"}, 404),
+            ({"Host": host, "X-API-Key": server.keys["b"]}, 404),
+            ({**by_header, "X-Access-Token": str(other._envd_access_token)}, 404),
+            ({**by_header, "E2b-Sandbox-Port": "70000"}, 422),
+        ):
+            refused = server.raw("/headers", headers)
+            assert refused.status_code == code, (headers.keys(), refused.text)
+            assert "code" in refused.json()
+            assert "message" in refused.json()
+        missing = server.raw("/headers", {**key_a, "Host": f"{PORT}-snosuch.127.0.0.1"})
+        assert missing.status_code == 404
+
+        # The timeout: set short, the server's loop destroys the sandbox at its deadline.
+        Sandbox.set_timeout(other.sandbox_id, 1, **server.sdk("b"))
+        wait_for(lambda: _gone(server, other.sandbox_id, "b"), 30, what="expiry")
+        assert not _containers(docker_client, b, other.sandbox_id)
+    finally:
+        killed = sbx.kill()
+        Sandbox.kill(other.sandbox_id, **server.sdk("b"))
+    assert killed is True
+    assert not _containers(docker_client, a, sbx.sandbox_id)
+    with pytest.raises(SandboxNotFoundException):
+        sbx.get_info()
+
+
+def test_unknown_template_and_unsupported_endpoints(server: Server) -> None:
+    with pytest.raises(SandboxException) as caught:
+        Sandbox.create("no-such-template", **server.sdk("a"))
+    assert "no-such-template" in str(caught.value)
+    assert "base" in str(caught.value)
+    built = server.raw("/v3/templates", {"X-API-Key": server.keys["a"]}, method="POST")
+    assert built.status_code == 501
+    assert "docs/e2b.md" in built.json()["message"]
+    unauthenticated = server.raw("/v2/sandboxes", {})
+    assert unauthenticated.status_code == 401
+    assert "X-API-Key" in unauthenticated.json()["message"]
