@@ -151,11 +151,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     seed(sessions, "blue", "b1")
     store = KeyStore(default_url(state))
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(sessions, store), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
+    app = create_app(sessions, store)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -172,6 +169,9 @@ def served(tmp_path: Path) -> Iterator[Served]:
     try:
         yield made
     finally:
+        # Open event streams end first (a page may still be open: the server would wait
+        # for it to disconnect before it stops).
+        app.state.events.close()
         server.should_exit = True
         thread.join(timeout=20)
         store.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dockyard.sessions import audit
 from tests.browser.conftest import Served, log_in, shoot
 
 # Every text node's colour against the first opaque background behind it (WCAG 2 ratio).
@@ -72,11 +73,16 @@ def test_log_in_by_keyboard_and_see_only_your_tenant(page: Any, served: Served) 
     # The first Tab reaches the skip link, which moves focus to the content.
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Skip to content"
-    # Sorting by age descending keeps the tenant's rows; the polled rows stay scoped.
+    # Sorting by age descending keeps the tenant's rows; the rows read again after an
+    # event of the stream stay scoped and sorted.
     page.get_by_role("link", name="Session", exact=True).click()
     page.wait_for_url("**order=desc**")
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.session)") == ["a2", "a1"]
-    with page.expect_response(lambda r: "/rows?" in r.url and r.status == 200):
+    log = served.sessions.where.audit_log
+    with (
+        page.expect_response(lambda r: "/rows?" in r.url and r.status == 200),
+        audit.recorded(log, "pause", session="a1", tenant="acme"),
+    ):
         pass
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.session)") == ["a2", "a1"]
 

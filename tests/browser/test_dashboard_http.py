@@ -4,12 +4,14 @@ acme has a1 and a2, blue has b1."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from dockyard.sessions import audit
 from tests.browser.conftest import Served
 
 TOKEN = re.compile(r'name="csrf" value="([^"]+)"')
@@ -179,3 +181,51 @@ def test_a_tenant_key_cannot_create_in_another_tenant(served: Served, acme: http
     assert answer.status_code == 422
     assert "request.tenant: &#39;blue&#39; is not this key&#39;s tenant" in answer.text
     assert [r.session_id for r in served.sessions.registry.all("blue")] == ["b1"]
+
+
+def _frames(client: httpx.Client, path: str, until: str) -> list[dict[str, object]]:
+    """The events of the dashboard's stream at ``path`` up to the one of session ``until``."""
+    seen: list[dict[str, object]] = []
+    with client.stream("GET", path, timeout=httpx.Timeout(15.0)) as stream:
+        assert stream.status_code == 200, stream.read()
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+                if seen[-1]["session"] == until:
+                    return seen
+    raise AssertionError(f"the stream ended before {until}'s event: {seen}")
+
+
+def test_the_pages_event_stream_is_scoped_like_the_table(
+    served: Served, acme: httpx.Client
+) -> None:
+    # The cookie reads the stream the page names, from the newest event at its rendering.
+    page = acme.get("/")
+    start = re.search(r'data-events="/events\?after=(\d+)"', page.text)
+    assert start, page.text
+    log = served.sessions.where.audit_log
+    for tenant, session in (("blue", "b9"), (None, "n9"), ("acme", "a9")):
+        with audit.recorded(log, "pause", session=session, tenant=tenant):
+            pass
+    seen = _frames(acme, f"/events?after={start.group(1)}&tenant=blue", until="a9")
+    # acme's own event only: blue's and the untenanted one came first and were not sent,
+    # whatever tenant the cookie asked for.
+    assert [(e["type"], e["session"], e["tenant"]) for e in seen] == [
+        ("session.paused", "a9", "acme")
+    ]
+    # An admin's login sees every tenant, or the one its filter names, like its table.
+    with _client(served) as admin:
+        assert log_in(admin, served.keys["admin"]).status_code == 303
+        every = _frames(admin, f"/events?after={start.group(1)}", until="a9")
+        assert [e["session"] for e in every] == ["b9", "n9", "a9"]
+        blue = admin.get("/?tenant=blue").text
+        assert f'data-events="/events?tenant=blue&amp;after={int(start.group(1)) + 3}"' in blue
+        with audit.recorded(log, "resume", session="b9", tenant="blue"):
+            pass
+        with audit.recorded(log, "resume", session="a9", tenant="acme"):
+            pass
+        assert [e["session"] for e in _frames(admin, "/events?tenant=acme&after=0", "a9")] == ["a9"]
+    # Without a login: nothing.
+    with _client(served) as stranger:
+        assert stranger.get("/events").status_code == 401

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,12 @@ import docker
 import pytest
 
 from dockyard.api.store import default_url
+from dockyard.sessions import Sessions
+from dockyard.sessions.settings import paths
 from tests.browser.conftest import log_in, shoot
+from tests.harness.sessions import HarnessDriver
 from tests.support.engine import RUN_ID, remove_volume
-from tests.support.harness_home import make_home
+from tests.support.harness_home import Home, destroy_all, make_home
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -35,6 +39,7 @@ class Server:
     tenant: str
     other: str
     keys: dict[str, str]
+    home: Home
 
 
 def _selector(tenant: str, session: str | None = None) -> dict[str, list[str]]:
@@ -99,7 +104,7 @@ def server(
     try:
         line = process.stdout.readline() if process.stdout else ""
         assert line.startswith("dockyard: listening on http://127.0.0.1:"), (line, log.read_text())
-        yield Server(line.split(" on ", 1)[1].strip(), project, *tenants, keys)
+        yield Server(line.split(" on ", 1)[1].strip(), project, *tenants, keys, home)
     finally:
         process.terminate()
         try:
@@ -181,3 +186,70 @@ def test_create_watch_ready_open_and_destroy_from_the_browser(
     finally:
         owner.close()
         other.close()
+
+
+def _changed(page: Any, condition: str, since: float) -> float:
+    """Seconds from ``since`` (wall clock) until ``condition`` (a JS expression) first holds
+    in the page, checked on every animation frame; the page is never reloaded meanwhile."""
+    handle = page.wait_for_function(f"() => ({condition}) && Date.now()", polling="raf")
+    return float(handle.json_value()) / 1000 - since
+
+
+def test_the_table_and_the_detail_follow_the_service_live(browser: Any, server: Server) -> None:
+    """The service layer (as the CLI would) creates, pauses, resumes and destroys a session
+    while the pages are open: each change reaches the DOM from the event stream."""
+    where = paths(
+        {"DOCKYARD_STATE_DIR": str(server.home.state), "DOCKYARD_CONFIG": str(server.home.settings)}
+    )
+    api = Sessions(where, HarnessDriver(where))
+    context = browser.new_context()
+    delays: dict[str, float] = {}
+    row = "document.querySelector('tr[data-session=\"d2\"]')"
+    try:
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        log_in(page, server.url, server.keys[server.tenant])
+        page.evaluate("window.notReloaded = true")
+        api.create(
+            {
+                "sessionId": "d2",
+                "cwd": str(server.project),
+                "backend": "claude",
+                "tenant": server.tenant,
+            },
+            {},
+        )
+        delays["create"] = _changed(page, row, time.time())
+        api.pause("d2", server.tenant)
+        delays["pause"] = _changed(
+            page, f"{row} && {row}.querySelector('.status-paused')", time.time()
+        )
+        assert page.evaluate("window.notReloaded") is True
+
+        page.goto(server.url + "/sessions/d2")
+        page.evaluate("window.notReloaded = true")
+        assert page.locator("#facts .status-paused").count() == 1
+        api.resume("d2", server.tenant)
+        delays["resume (detail)"] = _changed(
+            page, "document.querySelector('#facts .status-running')", time.time()
+        )
+        assert (
+            page.get_by_role("button", name="Pause (freeze its processes, memory kept)").count()
+            == 1
+        )
+        assert page.evaluate("window.notReloaded") is True
+
+        page.goto(server.url + "/")
+        page.evaluate("window.notReloaded = true")
+        page.wait_for_selector('tr[data-session="d2"]')
+        api.destroy("d2", server.tenant)
+        delays["destroy"] = _changed(page, f"!{row}", time.time())
+        assert page.evaluate("window.notReloaded") is True
+    finally:
+        context.close()
+        destroy_all(api, server.tenant)
+    # Figures for docs/performance.md (no timed assert: CI machines are shared).
+    print(
+        "dashboard live delays (service call returned -> DOM changed):",
+        {k: f"{v:.3f} s" for k, v in delays.items()},
+    )

@@ -6,11 +6,12 @@ HttpOnly, ``SameSite=Strict`` cookie (never the key). Every state-changing form 
 the login's CSRF token and is refused without it (the login form its own, double-submit).
 A tenant's key sees only its tenant's sessions (another's answers "not found", as over
 the API); an admin key sees all, with a tenant filter. Pages use no CDN and no build
-chain: Jinja2 templates and one small script (polling for live rows and the log tail).
+chain: Jinja2 templates and one small script (rows and the detail's state follow the event
+stream; the log tail is polled).
 
 One module per job: :mod:`.pages` (templates, shared responses), :mod:`.login` (login,
 viewer, CSRF), :mod:`.table` (the sessions table), :mod:`.create` (the create form),
-:mod:`.detail` (one session and its actions), :mod:`.host` (the host view).
+:mod:`.detail` (one session and its actions), :mod:`.host` (the host view), :mod:`.live` (the pages' event stream).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from importlib import resources
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from . import create, detail, host, login, table
+from . import create, detail, host, live, login, table
 from .pages import SECURITY_HEADERS
 
 STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
 
 router = APIRouter(include_in_schema=False)
 # Order matters: /sessions/new before /sessions/{session_id}.
-for part in (login, table, create, detail, host):
+for part in (login, table, create, detail, host, live):
     router.include_router(part.router)
 
 

@@ -18,6 +18,7 @@ from ...sessions import pause as pausing
 from ...sessions.status import container_logs, engine_state
 from ..context import Context
 from ..principal import mark
+from .live import stream_of
 from .login import posted_form, viewer_of
 from .pages import (
     SECURITY_HEADERS,
@@ -170,6 +171,9 @@ async def detail_page(session_id: str, request: Request) -> Response:
         backup_on=found["backup_on"],
         history=found["history"],
         done=DONE.get(request.query_params.get("done", ""), ""),
+        **await stream_of(
+            request, {"session": session_id, "tenant": scope if viewer.principal.admin else None}
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from ...sessions.status import engine_states
 from ..context import Context
+from .live import stream_of
 from .login import viewer_of
 from .pages import SECURITY_HEADERS, Viewer, ctx_of, page, port_host, to_login
 
@@ -139,18 +140,20 @@ async def sessions_page(request: Request) -> Response:
     viewer = await viewer_of(request)
     if viewer is None:
         return to_login()
+    table = await _table(request, viewer)
     return page(
         request,
         "sessions.html",
         viewer=viewer,
         request_destroyed=request.query_params.get("destroyed", "")[:63],
-        **await _table(request, viewer),
+        **table,
+        **await stream_of(request, {"tenant": table["view"]["tenant"]}),
     )
 
 
 @router.get("/rows")
 async def rows_fragment(request: Request) -> Response:
-    """The table's body alone (the page's script polls it for live rows)."""
+    """The table's body alone (the page's script reads it again when an event arrives)."""
     viewer = await viewer_of(request)
     if viewer is None:
         return Response(status_code=401, headers=SECURITY_HEADERS)

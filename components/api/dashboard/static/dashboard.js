@@ -1,9 +1,49 @@
-// dockyard dashboard: live rows and log tail by polling (every 3 s), the detail page's
-// stats (after the page, then every 15 s), copy buttons.
+// dockyard dashboard: the table's rows and the detail page's state follow the server's
+// event stream (/events, server-sent events; a slow poll only while the stream is down),
+// the log tail is polled (every 3 s), the detail page's stats load after the page (then
+// every 15 s), copy buttons.
 // Progressive: every page works without this script (forms and links are plain HTML).
 "use strict";
 (function () {
   var PERIOD = 3000;
+  var FALLBACK = 30000; // the slow poll while the event stream is down
+
+  function get(url, apply) {
+    return fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) {
+        if (r.status === 401) { window.location.assign("/login"); return null; }
+        return r.ok ? r.text() : null;
+      })
+      .then(function (text) { if (text !== null) { apply(text); } })
+      .catch(function () { /* the next event or tick tries again */ });
+  }
+
+  // refresh() when an event of the stream at `element`'s data-events arrives (one read at
+  // a time; events during a read cause one more), and every FALLBACK ms while it is down.
+  function follow(element, refresh, mode) {
+    var busy = false, again = false, timer = null;
+    function run(event) {
+      if (busy) { again = true; return; }
+      busy = true;
+      Promise.resolve(refresh(event)).then(function () {
+        busy = false;
+        if (again) { again = false; run(null); }
+      });
+    }
+    function fallback(on) {
+      if (on && timer === null) { timer = window.setInterval(function () { if (!document.hidden) { run(null); } }, FALLBACK); }
+      if (!on && timer !== null) { window.clearInterval(timer); timer = null; }
+      if (mode) { mode.textContent = on ? "event stream down: refreshed every 30 s" : "live from the event stream"; }
+    }
+    if (!window.EventSource) { fallback(true); return; }
+    var source = new EventSource(element.getAttribute("data-events"));
+    element.getAttribute("data-event-types").split(",").forEach(function (type) {
+      source.addEventListener(type, run);
+    });
+    source.onopen = function () { fallback(false); };
+    // The browser reconnects by itself (Last-Event-ID, the server's retry); meanwhile, poll.
+    source.onerror = function () { fallback(true); };
+  }
 
   function poll(url, apply, period, now) {
     function tick() {
@@ -25,11 +65,33 @@
     if (table) {
       var body = document.getElementById("rows");
       var updated = document.getElementById("updated");
-      poll(table.getAttribute("data-rows"), function (html) {
-        // The server renders (and escapes) the rows; same origin, same template.
-        body.innerHTML = html;
-        if (updated) { updated.textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC"; }
-      });
+      follow(table, function () {
+        return get(table.getAttribute("data-rows"), function (html) {
+          // The server renders (and escapes) the rows; same origin, same template.
+          body.innerHTML = html;
+          if (updated) { updated.textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC"; }
+        });
+      }, document.getElementById("live-mode"));
+    }
+    var live = document.getElementById("live");
+    if (live && live.getAttribute("data-events")) {
+      follow(live, function (event) {
+        if (event && event.type === "session.destroyed") {
+          live.textContent = "This session was destroyed.";
+          return null;
+        }
+        // The page again, without its one-off notice: its state and actions replace these.
+        var url = new URL(window.location.href);
+        url.searchParams.delete("done");
+        return get(url.toString(), function (html) {
+          var fresh = new DOMParser().parseFromString(html, "text/html");
+          ["facts", "actions"].forEach(function (id) {
+            var now = document.getElementById(id), then = fresh.getElementById(id);
+            if (now && then) { now.replaceWith(then); }
+          });
+          if (event) { live.textContent = "Updated after " + event.type + " at " + new Date().toISOString().slice(11, 19) + " UTC."; }
+        });
+      }, null);
     }
     var logs = document.getElementById("logs");
     if (logs) {
