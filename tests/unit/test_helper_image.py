@@ -1,0 +1,388 @@
+"""Root helpers run only from the operator's ``helperImage`` and see only their own
+directories (issue 25 class, issue 29 review): the disk helper (:mod:`dockyard.storage`)
+and the snapshot/fork copies (:mod:`dockyard.sessions.snapshots`), with fakes for the
+engine. The engine proof is tests/integration/test_helper_image_on_engine.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import stat
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import docker.errors
+import pytest
+
+from dockyard import config, storage
+from dockyard.config import ConfigError, from_host_settings, from_request
+from dockyard.contract import NAMING_CURRENT
+from dockyard.errors import Failed
+from dockyard.sessions import snapshots
+from dockyard.sessions.registry import Record
+from dockyard.sessions.settings import paths
+from tests.support.program import ProgramRun, record
+
+REPO = Path(__file__).resolve().parents[2]
+OPS = "registry.example.com/ops/helper:7"
+TENANT_IMAGE = "evil.example/tenant/agent:1"
+HELPER_ID = "sha256:" + "a" * 64
+SESSION_IMAGE_ID = "sha256:" + "b" * 64
+SNAPSHOT_IMAGE_ID = "sha256:" + "c" * 64
+ENV = "dockyard-dev-far"
+
+
+# --- The setting ------------------------------------------------------------------------------
+
+
+def test_the_default_is_the_base_image_every_dockyard_image_is_built_from() -> None:
+    pinned = dict(
+        line.split("=", 1)
+        for line in (REPO / "images" / "versions.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert pinned["BASE_IMAGE"] == config.HELPER_IMAGE
+    assert from_host_settings({}, stack="s", cwd="/srv").helper_image == pinned["BASE_IMAGE"]
+    assert from_host_settings({"helperImage": OPS}, stack="s", cwd="/srv").helper_image == OPS
+
+
+def test_a_bad_helper_image_is_refused_naming_the_key_and_what_is_allowed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_host_settings({"helperImage": "Bad Image;rm"}, stack="s", cwd="/srv")
+    assert "dockyard:helperImage: 'Bad Image;rm' is not allowed (allowed: an image reference" in (
+        str(caught.value)
+    )
+
+
+def test_a_request_cannot_choose_the_helper_image() -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_request({}, {"sessionId": "s1", "helperImage": TENANT_IMAGE}, stack="s", cwd="/srv")
+    assert "helperImage: unknown key" in str(caught.value)
+
+
+# --- The disk helper, as the program declares it -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run() -> ProgramRun:
+    values = {
+        "helperImage": OPS,
+        "environments": [{"sessionId": "far", "image": TENANT_IMAGE}],
+    }
+    return record(values, {})
+
+
+def _binds(text: str) -> list[str]:
+    argv = shlex.split(text[text.index("docker run") :])
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "-v"]
+
+
+def _commands(run: ProgramRun) -> dict[str, str]:
+    images, mounts = run.named("env-far-disks").inputs, run.named("env-far-disk-mounts").inputs
+    return {
+        "create": images["create"],
+        "delete": images["delete"],
+        "mount": mounts["create"],
+        "unmount": mounts["delete"],
+    }
+
+
+def test_the_disk_helper_runs_the_operators_image_resolved_never_the_environments(
+    run: ProgramRun,
+) -> None:
+    pulled = [r.inputs.get("name") for r in run.of_type("docker:index/remoteImage:RemoteImage")]
+    assert pulled == [TENANT_IMAGE], "the environment itself runs the tenant's image"
+    for what, text in _commands(run).items():
+        assert TENANT_IMAGE not in text, f"{what} names the environment's image"
+        resolve = f"h=$(docker image inspect --format '{{{{.Id}}}}' {OPS} 2>/dev/null) || "
+        assert resolve in text, f"{what}: {text[:200]}"
+        assert text.index(resolve) < text.index("docker run"), what
+        argv = shlex.split(text[text.index("docker run") :])
+        entry = argv.index("--entrypoint")
+        assert argv[entry + 1 : entry + 3] == ["/bin/sh", "$h"], f"{what} runs {argv[entry + 2]}"
+        assert '"$h" -c' in text
+
+
+def test_the_disk_helper_binds_only_this_environments_directories(run: ProgramRun) -> None:
+    disks, links = storage.disk_dir(ENV), storage.link_dir(ENV)
+    commands = _commands(run)
+    assert _binds(commands["create"]) == ["/dev:/dev", f"{disks}:{disks}:rw", f"{links}:{links}:rw"]
+    vols = [b for b in _binds(commands["mount"]) if "/vol/" in b]
+    assert _binds(commands["mount"]) == ["/dev:/dev", f"{links}:{links}:ro", *vols]
+    assert vols
+    assert all(":/vol/" in b for b in vols)
+    assert [b for b in _binds(commands["unmount"]) if "/vol/" not in b] == ["/dev:/dev"]
+    # Removing the directories writes their parents: delete only.
+    roots = [
+        f"{storage.DISKS_DIR}:{storage.DISKS_DIR}:rw",
+        f"{storage.LINKS_DIR}:{storage.LINKS_DIR}:rw",
+    ]
+    assert _binds(commands["delete"]) == ["/dev:/dev", *roots]
+    for what in ("create", "mount", "unmount"):
+        assert not set(_binds(commands[what])) & set(roots), what
+
+
+def test_a_helper_command_refuses_an_image_that_is_no_image_reference() -> None:
+    with pytest.raises(Failed, match=r"helperImage: '--privileged' is not allowed \(allowed: an"):
+        storage.helper_command("--privileged", storage.CREATE_SCRIPT, "a")
+
+
+# --- The generated shell, against a fake docker CLI ----------------------------------------------
+
+FAKE_DOCKER = f"""#!/bin/sh
+echo "$*" >> "$DOCKER_LOG"
+if [ "$1 $2" = "image inspect" ]; then
+  [ "$5" = "{OPS}" ] && {{ echo {HELPER_ID}; exit 0; }}
+  echo "Error: No such image: $5" >&2; exit 1
+fi
+exit 0
+"""
+
+
+def _sh(tmp_path: Path, text: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "docker"
+    fake.write_text(FAKE_DOCKER)
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    log = tmp_path / "docker.log"
+    log.write_text("")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_LOG": str(log)}
+    done = subprocess.run(
+        ["sh", "-c", text], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    return done, log.read_text().splitlines()
+
+
+def test_the_helper_runs_the_image_id_the_engine_resolves(tmp_path: Path) -> None:
+    text = storage.helper_command(OPS, "true", binds=[("/var/lib/dockyard/disks/x", "rw")])
+    done, calls = _sh(tmp_path, text)
+    assert done.returncode == 0, done.stderr
+    runs = [c for c in calls if c.startswith("run ")]
+    assert len(runs) == 1, calls
+    assert f" {HELPER_ID} -c true disks" in runs[0], calls
+
+
+def test_a_missing_helper_image_stops_the_helper_naming_the_key(tmp_path: Path) -> None:
+    text = storage.helper_command("ops/absent:1", "true")
+    done, calls = _sh(tmp_path, text)
+    assert done.returncode == 1
+    assert "ERROR: helperImage: 'ops/absent:1' is not an image on this engine (allowed:" in (
+        done.stderr
+    )
+    assert not [c for c in calls if c.startswith("run ")], calls
+
+
+def test_attach_and_prune_never_borrow_an_environments_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    texts: list[str] = []
+    state = {"Image": SESSION_IMAGE_ID, "Id": "c1", "Name": "/x", "State": {"Running": True},
+             "Config": {"Labels": {"dockyard.environment": ENV}}}  # fmt: skip
+
+    def docker_cli(*args: str, timeout: float = 120) -> str:
+        del timeout
+        if args[:2] == ("volume", "inspect"):
+            return '[{"Options": null}]'
+        answers = {"ps": "c1\n", "inspect": f"[{_json(state)}]", "volume": f"{ENV}-workspace\n"}
+        return answers[args[0]]
+
+    def sh(argv: list[str], **_: Any) -> Any:
+        texts.append(argv[-1])
+        return SimpleNamespace(stdout="")
+
+    monkeypatch.setattr(storage, "_docker", docker_cli)
+    monkeypatch.setattr(storage.subprocess, "run", sh)
+    storage.attach_all()
+    storage.prune()
+    assert len(texts) == 3, texts  # attach all, mount one environment, prune
+    assert all(f" {storage.DEFAULT_HELPER_IMAGE} " in t for t in texts)
+    assert not [t for t in texts if SESSION_IMAGE_ID in t]
+    assert storage.DEFAULT_HELPER_IMAGE == config.HELPER_IMAGE
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+# --- Snapshot and fork copies -------------------------------------------------------------------
+
+
+class FakeImage:
+    def __init__(self, image_id: str, labels: dict[str, str] | None = None) -> None:
+        self.id = image_id
+        self.labels = labels or {}
+        self.tags: list[str] = []
+
+    def reload(self) -> None:
+        pass
+
+
+class FakeClient:
+    """An engine holding the operator's helper image (unless ``helper`` is False), the
+    session's (hostile) image and whatever snapshot images were committed."""
+
+    def __init__(self, helper: bool = True) -> None:
+        self.known: dict[str, FakeImage] = {}
+        if helper:
+            self.known[OPS] = FakeImage(HELPER_ID)
+        self.runs: list[tuple[str, list[str], dict[str, Any]]] = []
+        self.images = SimpleNamespace(get=self._get, remove=lambda *a, **k: None)
+        self.containers = SimpleNamespace(run=self._run)
+
+    def _get(self, ref: str) -> FakeImage:
+        if ref not in self.known:
+            raise docker.errors.ImageNotFound(ref)
+        return self.known[ref]
+
+    def _run(self, image: str, command: list[str], **kwargs: Any) -> None:
+        self.runs.append((image, command, kwargs))
+
+    def close(self) -> None:
+        pass
+
+
+class FakeContainer:
+    status = "running"
+    image = FakeImage(SESSION_IMAGE_ID)
+
+    def __init__(self, client: FakeClient) -> None:
+        self.client = client
+
+    def commit(self, repository: str, tag: str, conf: dict[str, Any], pause: bool) -> FakeImage:
+        del pause
+        made = FakeImage(SNAPSHOT_IMAGE_ID, dict(conf["Labels"]))
+        self.client.known[f"{repository}:{tag}"] = made
+        return made
+
+
+TENANT = "acme"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Any:
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"helperImage: {OPS}\n")
+    where = paths({"DOCKYARD_STATE_DIR": str(tmp_path / "state"), "DOCKYARD_CONFIG": str(settings)})
+    parent = Record(
+        session_id="parent", tenant=TENANT, stack_name="acme.parent", cwd=str(tmp_path),
+        manifest_path="", host="local", request={"sessionId": "parent", "cwd": str(tmp_path)},
+        created_at="", naming=NAMING_CURRENT,
+    )  # fmt: skip
+    registry = SimpleNamespace(find=lambda *_: parent, all=lambda *_: [parent])
+    return SimpleNamespace(where=where, registry=registry, record=parent, created=[])
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch, home: Any) -> FakeClient:
+    client = FakeClient()
+
+    def plan_of(_sessions: Any, rec: Record) -> Any:
+        helper = from_host_settings({"helperImage": OPS}, stack="s", cwd="/srv").helper_image
+        return SimpleNamespace(
+            config=SimpleNamespace(helper_image=helper), environment_id=rec.environment_id
+        )
+
+    monkeypatch.setattr(snapshots, "plan_of", plan_of)
+    monkeypatch.setattr(snapshots, "refuse_unsupported", lambda *_: None)
+    monkeypatch.setattr(snapshots, "connect", lambda _host: client)
+    monkeypatch.setattr(snapshots, "container_of", lambda _rec, c: FakeContainer(c))
+    monkeypatch.setattr(snapshots, "_quiesced", lambda *_: contextlib.nullcontext())
+    return client
+
+
+def _copy_run(run: tuple[str, list[str], dict[str, Any]]) -> tuple[str, dict[str, str], list[str]]:
+    image, command, kwargs = run
+    mounts = {path: spec["mode"] for path, spec in kwargs["volumes"].items()}
+    assert all(path == spec["bind"] for path, spec in kwargs["volumes"].items())
+    return image, mounts, command[3:]
+
+
+def test_a_snapshot_copies_with_the_helper_image_and_only_its_two_directories(
+    home: Any, engine: FakeClient
+) -> None:
+    taken = snapshots.take(home, "parent", "snap", TENANT)
+    assert taken.name == "snap"
+    [run] = engine.runs
+    image, mounts, args = _copy_run(run)
+    assert image == HELPER_ID, "not the session's image"
+    source = storage.disk_dir(home.record.environment_id)
+    target = snapshots.snapshot_dir(TENANT, "snap")
+    assert mounts == {source: "ro", target: "rw"}
+    assert args[:2] == [source, target]
+    assert run[2]["network_mode"] == "none"
+
+
+def test_a_fork_from_a_snapshot_copies_with_the_helper_image_not_the_snapshot(
+    home: Any, engine: FakeClient
+) -> None:
+    snapshots.take(home, "parent", "snap", TENANT)
+    engine.runs.clear()
+    sessions = SimpleNamespace(**vars(home), create=lambda request, *_: {"sessionId": "kid"})
+    assert snapshots.fork(sessions, "parent", "kid", TENANT, snapshot="snap") == {
+        "sessionId": "kid"
+    }
+    [run] = engine.runs
+    image, mounts, _ = _copy_run(run)
+    assert image == HELPER_ID, "not the snapshot's image (the agent's own layer)"
+    kid = Record(**{**vars(home.record), "session_id": "kid"}).environment_id
+    assert mounts == {snapshots.snapshot_dir(TENANT, "snap"): "ro", storage.disk_dir(kid): "rw"}
+
+
+def test_a_failed_fork_removes_its_copies_with_the_helper_binding_one_parent(
+    home: Any, engine: FakeClient
+) -> None:
+    def create(*_: Any) -> Any:
+        raise Failed("create failed")
+
+    sessions = SimpleNamespace(**vars(home), create=create)
+    with pytest.raises(Failed, match="create failed"):
+        snapshots.fork(sessions, "parent", "kid", TENANT)
+    copy, cleanup = engine.runs
+    assert copy[0] == cleanup[0] == HELPER_ID
+    kid = Record(**{**vars(home.record), "session_id": "kid"}).environment_id
+    _, mounts, args = _copy_run(cleanup)
+    assert mounts == {storage.DISKS_DIR: "rw"}
+    assert args == [storage.DISKS_DIR, kid]
+
+
+def test_removing_a_snapshot_uses_the_host_settings_helper_and_its_namespace_only(
+    home: Any, engine: FakeClient
+) -> None:
+    snapshots.take(home, "parent", "snap", TENANT)
+    engine.runs.clear()
+    snapshots.remove(home, "snap", TENANT)
+    [run] = engine.runs
+    image, mounts, args = _copy_run(run)
+    assert image == HELPER_ID, "not the snapshot's image"
+    space = f"{snapshots.SNAPSHOTS_DIR}/{TENANT}"
+    assert mounts == {space: "rw"}
+    assert args == [space, "snap"]
+
+
+def test_no_helper_image_on_the_engine_refuses_naming_the_key_and_runs_nothing(
+    home: Any, engine: FakeClient
+) -> None:
+    del engine.known[OPS]
+    with pytest.raises(Failed) as caught:
+        snapshots.take(home, "parent", "snap", TENANT)
+    assert str(caught.value).startswith(
+        f"helperImage: {OPS!r} is not an image on engine local (allowed: an image the engine holds"
+    )
+    assert engine.runs == []
+
+
+def test_removal_binds_only_a_directory_under_var_lib_dockyard() -> None:
+    assert snapshots.remove_binds("/var/lib/dockyard/snapshots/acme/x") == (
+        [("/var/lib/dockyard/snapshots/acme", "rw")],
+        "/var/lib/dockyard/snapshots/acme",
+        "x",
+    )
+    for bad in ("/etc/x", "/var/lib/dockyard/", "/"):
+        with pytest.raises(ValueError, match="not a directory under /var/lib/dockyard/"):
+            snapshots.remove_binds(bad)
