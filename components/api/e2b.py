@@ -353,13 +353,16 @@ def _unsupported(what: str) -> Callable[[Request], Coroutine[Any, Any, Response]
 
 for _path, _what in UNSUPPORTED:
     for _suffix in ("", "/{rest:path}"):
-        router.add_api_route(
-            _path + _suffix,
-            _unsupported(_what),
-            methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            summary=f"E2B: not supported ({_what})",
-            include_in_schema=not _suffix,
-        )
+        for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            _slug = re.sub(r"[^a-z0-9]+", "_", f"{_path}{_suffix}".lower()).strip("_")
+            router.add_api_route(
+                _path + _suffix,
+                _unsupported(_what),
+                methods=[_method],
+                operation_id=f"e2b_unsupported_{_method.lower()}_{_slug}",
+                summary=f"E2B: not supported ({_what})",
+                include_in_schema=not _suffix and _method in ("GET", "POST"),
+            )
 
 
 # --- routing into a sandbox ----------------------------------------------------------------------

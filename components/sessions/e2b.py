@@ -18,7 +18,8 @@ written whole), removed with the session.
   a loop; ``dockyard serve`` is what serves the SDKs). A paused sandbox has no deadline;
   connecting (which resumes) sets a new one.
 * The access token (``envdAccessToken``) lets the SDK reach the sandbox's ports through the
-  server's routing without an API key (:func:`by_token`).
+  server's routing without an API key (:func:`by_token`); the sandbox's daemon gets it as
+  the secret ``DOCKYARD_ENVD_ACCESS_TOKEN`` and checks it on every call too.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ MAX_TEXT = 1024
 SANDBOX_ID = re.compile(r"[a-z0-9]{1,63}", re.ASCII)
 """A sandbox id this face makes: one DNS label (``<port>-<id>.<domain>`` host names)."""
 TEMPLATE_LABEL = "e2b.template"
+TOKEN_SECRET = "DOCKYARD_ENVD_ACCESS_TOKEN"  # noqa: S105 - a secret's name, not its value
+"""The secret the daemon (images/core/envd.py) reads its access token from."""
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,8 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
             values[key] = check(body.get(key), key)
         except InvalidInput as error:
             problems.extend(error.problems)
+    if TOKEN_SECRET in (values.get("envVars") or {}):
+        problems.append(f"envVars.{TOKEN_SECRET}: set by dockyard (allowed: any other name)")
     if problems:
         raise InvalidInput("sandbox", problems)
     sandbox_id = "s" + secrets.token_hex(10)
@@ -274,7 +279,8 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
     labels[TEMPLATE_LABEL] = str(body["templateID"]).split(":", 1)[0]
     cwd = _directory(sessions) / "projects" / (tenant or "_")
     cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
-    env: dict[str, str] = values["envVars"]
+    token = secrets.token_urlsafe(24)
+    env: dict[str, str] = {**values["envVars"], TOKEN_SECRET: token}
     request: dict[str, Any] = {
         "sessionId": sandbox_id,
         "cwd": str(cwd),
@@ -287,8 +293,7 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
         request["variant"] = chosen.variant
     if chosen.profile:
         request["profile"] = chosen.profile
-    if env:
-        request["secrets"] = sorted(env)
+    request["secrets"] = sorted(env)
     started = _now()
     sessions.create(request, env)
     record = sessions.registry.find(sandbox_id, tenant)
@@ -300,7 +305,7 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
         endAt=_iso(started + dt.timedelta(seconds=values["timeout"])),
         timeout=values["timeout"],
         metadata=metadata,
-        envdAccessToken=secrets.token_urlsafe(24),
+        envdAccessToken=token,
     )
     try:
         _save(sessions, record.stack_name, sandbox)

@@ -197,6 +197,11 @@ def test_sdk_lifecycle_isolation_and_routing(
         assert server.native("GET", f"/api/sessions/{sbx.sandbox_id}", "b").status_code == 404
         assert sbx.get_info().state.value == "running"
 
+        # The daemon in the sandbox (images/core/envd.py), through the header form.
+        out: list[str] = []
+        ran = sbx.commands.run("echo hi", on_stdout=out.append, timeout=60)
+        assert (ran.exit_code, ran.stdout, out) == (0, "hi\n", ["hi\n"])
+
         # Routing: a server started inside, reached by the SDK's own host name...
         _start_server(server, sbx.sandbox_id)
         host = sbx.get_host(PORT)
