@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from alembic import command
@@ -40,6 +40,9 @@ TENANT_ALLOWED = "lowercase letters, digits and '-', at most 63, " + RESERVED_TE
 MIGRATIONS = Path(__file__).with_name("migrations")
 # A dummy digest compared when no key matches, so a wrong id costs what a wrong secret does.
 _NO_KEY = hashlib.sha256(b"no such key").hexdigest()
+LAST_USED_STEP = timedelta(seconds=60)
+"""A key's last use is written at most this often: a write on every request serialised all
+requests on the store's write lock (7-10 ms each on SQLite; issue 27's list benchmark)."""
 
 
 class StoreError(Failed):
@@ -184,5 +187,7 @@ class KeyStore:
             same = hmac.compare_digest(stored, _digest(secret))
             if row is None or not same or row.revoked_at is not None:
                 return None
-            row.last_used_at = _now()
+            now, last = _now(), _aware(row.last_used_at)
+            if last is None or not timedelta(0) <= now - last < LAST_USED_STEP:
+                row.last_used_at = now
             return KeyInfo.of(row)
