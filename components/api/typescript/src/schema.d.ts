@@ -568,17 +568,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (sandbox metrics) */
-        get: operations["answer_sandboxes_metrics_delete"];
+        get: operations["e2b_unsupported_get_sandboxes_metrics"];
+        put?: never;
         /** E2B: not supported (sandbox metrics) */
-        put: operations["answer_sandboxes_metrics_delete"];
-        /** E2B: not supported (sandbox metrics) */
-        post: operations["answer_sandboxes_metrics_delete"];
-        /** E2B: not supported (sandbox metrics) */
-        delete: operations["answer_sandboxes_metrics_delete"];
+        post: operations["e2b_unsupported_post_sandboxes_metrics"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (sandbox metrics) */
-        patch: operations["answer_sandboxes_metrics_delete"];
+        patch?: never;
         trace?: never;
     };
     "/sandboxes/{sandbox_id}": {
@@ -624,17 +621,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (E2B forks (dockyard's own: POST /api/sessions/{id}/fork)) */
-        get: operations["answer_sandboxes__sandbox_id__fork_delete"];
+        get: operations["e2b_unsupported_get_sandboxes_sandbox_id_fork"];
+        put?: never;
         /** E2B: not supported (E2B forks (dockyard's own: POST /api/sessions/{id}/fork)) */
-        put: operations["answer_sandboxes__sandbox_id__fork_delete"];
-        /** E2B: not supported (E2B forks (dockyard's own: POST /api/sessions/{id}/fork)) */
-        post: operations["answer_sandboxes__sandbox_id__fork_delete"];
-        /** E2B: not supported (E2B forks (dockyard's own: POST /api/sessions/{id}/fork)) */
-        delete: operations["answer_sandboxes__sandbox_id__fork_delete"];
+        post: operations["e2b_unsupported_post_sandboxes_sandbox_id_fork"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (E2B forks (dockyard's own: POST /api/sessions/{id}/fork)) */
-        patch: operations["answer_sandboxes__sandbox_id__fork_delete"];
+        patch?: never;
         trace?: never;
     };
     "/sandboxes/{sandbox_id}/logs": {
@@ -645,17 +639,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (sandbox logs (dockyard's: /api/sessions/{id}/logs)) */
-        get: operations["answer_sandboxes__sandbox_id__logs_delete"];
+        get: operations["e2b_unsupported_get_sandboxes_sandbox_id_logs"];
+        put?: never;
         /** E2B: not supported (sandbox logs (dockyard's: /api/sessions/{id}/logs)) */
-        put: operations["answer_sandboxes__sandbox_id__logs_delete"];
-        /** E2B: not supported (sandbox logs (dockyard's: /api/sessions/{id}/logs)) */
-        post: operations["answer_sandboxes__sandbox_id__logs_delete"];
-        /** E2B: not supported (sandbox logs (dockyard's: /api/sessions/{id}/logs)) */
-        delete: operations["answer_sandboxes__sandbox_id__logs_delete"];
+        post: operations["e2b_unsupported_post_sandboxes_sandbox_id_logs"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (sandbox logs (dockyard's: /api/sessions/{id}/logs)) */
-        patch: operations["answer_sandboxes__sandbox_id__logs_delete"];
+        patch?: never;
         trace?: never;
     };
     "/sandboxes/{sandbox_id}/metrics": {
@@ -666,17 +657,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (sandbox metrics (dockyard's: /api/sessions/{id}/stats)) */
-        get: operations["answer_sandboxes__sandbox_id__metrics_delete"];
+        get: operations["e2b_unsupported_get_sandboxes_sandbox_id_metrics"];
+        put?: never;
         /** E2B: not supported (sandbox metrics (dockyard's: /api/sessions/{id}/stats)) */
-        put: operations["answer_sandboxes__sandbox_id__metrics_delete"];
-        /** E2B: not supported (sandbox metrics (dockyard's: /api/sessions/{id}/stats)) */
-        post: operations["answer_sandboxes__sandbox_id__metrics_delete"];
-        /** E2B: not supported (sandbox metrics (dockyard's: /api/sessions/{id}/stats)) */
-        delete: operations["answer_sandboxes__sandbox_id__metrics_delete"];
+        post: operations["e2b_unsupported_post_sandboxes_sandbox_id_metrics"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (sandbox metrics (dockyard's: /api/sessions/{id}/stats)) */
-        patch: operations["answer_sandboxes__sandbox_id__metrics_delete"];
+        patch?: never;
         trace?: never;
     };
     "/sandboxes/{sandbox_id}/network": {
@@ -687,17 +675,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (changing a sandbox's network) */
-        get: operations["answer_sandboxes__sandbox_id__network_delete"];
+        get: operations["e2b_unsupported_get_sandboxes_sandbox_id_network"];
+        put?: never;
         /** E2B: not supported (changing a sandbox's network) */
-        put: operations["answer_sandboxes__sandbox_id__network_delete"];
-        /** E2B: not supported (changing a sandbox's network) */
-        post: operations["answer_sandboxes__sandbox_id__network_delete"];
-        /** E2B: not supported (changing a sandbox's network) */
-        delete: operations["answer_sandboxes__sandbox_id__network_delete"];
+        post: operations["e2b_unsupported_post_sandboxes_sandbox_id_network"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (changing a sandbox's network) */
-        patch: operations["answer_sandboxes__sandbox_id__network_delete"];
+        patch?: never;
         trace?: never;
     };
     "/sandboxes/{sandbox_id}/pause": {
@@ -762,17 +747,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (E2B snapshots (dockyard's own: /api/sessions/…)) */
-        get: operations["answer_sandboxes__sandbox_id__snapshots_delete"];
+        get: operations["e2b_unsupported_get_sandboxes_sandbox_id_snapshots"];
+        put?: never;
         /** E2B: not supported (E2B snapshots (dockyard's own: /api/sessions/…)) */
-        put: operations["answer_sandboxes__sandbox_id__snapshots_delete"];
-        /** E2B: not supported (E2B snapshots (dockyard's own: /api/sessions/…)) */
-        post: operations["answer_sandboxes__sandbox_id__snapshots_delete"];
-        /** E2B: not supported (E2B snapshots (dockyard's own: /api/sessions/…)) */
-        delete: operations["answer_sandboxes__sandbox_id__snapshots_delete"];
+        post: operations["e2b_unsupported_post_sandboxes_sandbox_id_snapshots"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (E2B snapshots (dockyard's own: /api/sessions/…)) */
-        patch: operations["answer_sandboxes__sandbox_id__snapshots_delete"];
+        patch?: never;
         trace?: never;
     };
     "/sandboxes/{sandbox_id}/timeout": {
@@ -800,17 +782,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (E2B secrets (pass values in envVars; they become session secrets)) */
-        get: operations["answer_secrets_delete"];
+        get: operations["e2b_unsupported_get_secrets"];
+        put?: never;
         /** E2B: not supported (E2B secrets (pass values in envVars; they become session secrets)) */
-        put: operations["answer_secrets_delete"];
-        /** E2B: not supported (E2B secrets (pass values in envVars; they become session secrets)) */
-        post: operations["answer_secrets_delete"];
-        /** E2B: not supported (E2B secrets (pass values in envVars; they become session secrets)) */
-        delete: operations["answer_secrets_delete"];
+        post: operations["e2b_unsupported_post_secrets"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (E2B secrets (pass values in envVars; they become session secrets)) */
-        patch: operations["answer_secrets_delete"];
+        patch?: never;
         trace?: never;
     };
     "/snapshots": {
@@ -821,17 +800,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (E2B snapshots) */
-        get: operations["answer_snapshots_delete"];
+        get: operations["e2b_unsupported_get_snapshots"];
+        put?: never;
         /** E2B: not supported (E2B snapshots) */
-        put: operations["answer_snapshots_delete"];
-        /** E2B: not supported (E2B snapshots) */
-        post: operations["answer_snapshots_delete"];
-        /** E2B: not supported (E2B snapshots) */
-        delete: operations["answer_snapshots_delete"];
+        post: operations["e2b_unsupported_post_snapshots"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (E2B snapshots) */
-        patch: operations["answer_snapshots_delete"];
+        patch?: never;
         trace?: never;
     };
     "/templates": {
@@ -842,17 +818,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (building and managing templates (use the template table, docs/e2b.md)) */
-        get: operations["answer_templates_delete"];
+        get: operations["e2b_unsupported_get_templates"];
+        put?: never;
         /** E2B: not supported (building and managing templates (use the template table, docs/e2b.md)) */
-        put: operations["answer_templates_delete"];
-        /** E2B: not supported (building and managing templates (use the template table, docs/e2b.md)) */
-        post: operations["answer_templates_delete"];
-        /** E2B: not supported (building and managing templates (use the template table, docs/e2b.md)) */
-        delete: operations["answer_templates_delete"];
+        post: operations["e2b_unsupported_post_templates"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (building and managing templates (use the template table, docs/e2b.md)) */
-        patch: operations["answer_templates_delete"];
+        patch?: never;
         trace?: never;
     };
     "/v2/sandboxes": {
@@ -898,17 +871,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (sandbox logs) */
-        get: operations["answer_v2_sandboxes__sandbox_id__logs_delete"];
+        get: operations["e2b_unsupported_get_v2_sandboxes_sandbox_id_logs"];
+        put?: never;
         /** E2B: not supported (sandbox logs) */
-        put: operations["answer_v2_sandboxes__sandbox_id__logs_delete"];
-        /** E2B: not supported (sandbox logs) */
-        post: operations["answer_v2_sandboxes__sandbox_id__logs_delete"];
-        /** E2B: not supported (sandbox logs) */
-        delete: operations["answer_v2_sandboxes__sandbox_id__logs_delete"];
+        post: operations["e2b_unsupported_post_v2_sandboxes_sandbox_id_logs"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (sandbox logs) */
-        patch: operations["answer_v2_sandboxes__sandbox_id__logs_delete"];
+        patch?: never;
         trace?: never;
     };
     "/v2/templates": {
@@ -919,17 +889,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (building and managing templates) */
-        get: operations["answer_v2_templates_delete"];
+        get: operations["e2b_unsupported_get_v2_templates"];
+        put?: never;
         /** E2B: not supported (building and managing templates) */
-        put: operations["answer_v2_templates_delete"];
-        /** E2B: not supported (building and managing templates) */
-        post: operations["answer_v2_templates_delete"];
-        /** E2B: not supported (building and managing templates) */
-        delete: operations["answer_v2_templates_delete"];
+        post: operations["e2b_unsupported_post_v2_templates"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (building and managing templates) */
-        patch: operations["answer_v2_templates_delete"];
+        patch?: never;
         trace?: never;
     };
     "/v3/templates": {
@@ -940,17 +907,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (building and managing templates) */
-        get: operations["answer_v3_templates_delete"];
+        get: operations["e2b_unsupported_get_v3_templates"];
+        put?: never;
         /** E2B: not supported (building and managing templates) */
-        put: operations["answer_v3_templates_delete"];
-        /** E2B: not supported (building and managing templates) */
-        post: operations["answer_v3_templates_delete"];
-        /** E2B: not supported (building and managing templates) */
-        delete: operations["answer_v3_templates_delete"];
+        post: operations["e2b_unsupported_post_v3_templates"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (building and managing templates) */
-        patch: operations["answer_v3_templates_delete"];
+        patch?: never;
         trace?: never;
     };
     "/volumes": {
@@ -961,17 +925,14 @@ export interface paths {
             cookie?: never;
         };
         /** E2B: not supported (E2B volumes) */
-        get: operations["answer_volumes_delete"];
+        get: operations["e2b_unsupported_get_volumes"];
+        put?: never;
         /** E2B: not supported (E2B volumes) */
-        put: operations["answer_volumes_delete"];
-        /** E2B: not supported (E2B volumes) */
-        post: operations["answer_volumes_delete"];
-        /** E2B: not supported (E2B volumes) */
-        delete: operations["answer_volumes_delete"];
+        post: operations["e2b_unsupported_post_volumes"];
+        delete?: never;
         options?: never;
         head?: never;
-        /** E2B: not supported (E2B volumes) */
-        patch: operations["answer_volumes_delete"];
+        patch?: never;
         trace?: never;
     };
 }
@@ -2168,9 +2129,9 @@ export interface operations {
             };
             header?: never;
             path: {
+                exec_id: string;
                 /** @description The session's id (in the caller's tenant). */
                 session_id: string;
-                exec_id: string;
             };
             cookie?: never;
         };
@@ -2242,12 +2203,12 @@ export interface operations {
             query: {
                 /** @description A path under /workspace: relative to it, or absolute under it. Never through a symlink; '..' is refused. */
                 path: string;
-                /** @description Admin keys only: the tenant (a tenant key acts as its own). */
-                tenant?: string | null;
                 /** @description Create missing directories. */
                 parents?: boolean;
                 /** @description Permission bits, octal. */
                 mode?: string;
+                /** @description Admin keys only: the tenant (a tenant key acts as its own). */
+                tenant?: string | null;
             };
             header?: never;
             path: {
@@ -2283,10 +2244,10 @@ export interface operations {
             query: {
                 /** @description A path under /workspace: relative to it, or absolute under it. Never through a symlink; '..' is refused. */
                 path: string;
-                /** @description Admin keys only: the tenant (a tenant key acts as its own). */
-                tenant?: string | null;
                 /** @description Remove a directory and its content. */
                 recursive?: boolean;
+                /** @description Admin keys only: the tenant (a tenant key acts as its own). */
+                tenant?: string | null;
             };
             header?: never;
             path: {
@@ -2322,9 +2283,9 @@ export interface operations {
             query?: {
                 /** @description A path under /workspace: relative to it, or absolute under it. Never through a symlink; '..' is refused. */
                 path?: string;
+                limit?: number;
                 /** @description Admin keys only: the tenant (a tenant key acts as its own). */
                 tenant?: string | null;
-                limit?: number;
             };
             header?: never;
             path: {
@@ -2469,12 +2430,12 @@ export interface operations {
     logs_api_sessions__session_id__logs_get: {
         parameters: {
             query?: {
-                /** @description Admin keys only: the tenant (a tenant key acts as its own). */
-                tenant?: string | null;
                 /** @description Last N lines. */
                 tail?: number | null;
                 /** @description Keep the stream open for new output. */
                 follow?: boolean;
+                /** @description Admin keys only: the tenant (a tenant key acts as its own). */
+                tenant?: string | null;
             };
             header?: never;
             path: {
@@ -3047,7 +3008,7 @@ export interface operations {
             };
         };
     };
-    answer_sandboxes_metrics_delete: {
+    e2b_unsupported_get_sandboxes_metrics: {
         parameters: {
             query?: never;
             header?: never;
@@ -3067,67 +3028,7 @@ export interface operations {
             };
         };
     };
-    answer_sandboxes_metrics_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes_metrics_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes_metrics_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes_metrics_delete: {
+    e2b_unsupported_post_sandboxes_metrics: {
         parameters: {
             query?: never;
             header?: never;
@@ -3242,7 +3143,7 @@ export interface operations {
             };
         };
     };
-    answer_sandboxes__sandbox_id__fork_delete: {
+    e2b_unsupported_get_sandboxes_sandbox_id_fork: {
         parameters: {
             query?: never;
             header?: never;
@@ -3262,7 +3163,7 @@ export interface operations {
             };
         };
     };
-    answer_sandboxes__sandbox_id__fork_delete: {
+    e2b_unsupported_post_sandboxes_sandbox_id_fork: {
         parameters: {
             query?: never;
             header?: never;
@@ -3282,7 +3183,7 @@ export interface operations {
             };
         };
     };
-    answer_sandboxes__sandbox_id__fork_delete: {
+    e2b_unsupported_get_sandboxes_sandbox_id_logs: {
         parameters: {
             query?: never;
             header?: never;
@@ -3302,7 +3203,7 @@ export interface operations {
             };
         };
     };
-    answer_sandboxes__sandbox_id__fork_delete: {
+    e2b_unsupported_post_sandboxes_sandbox_id_logs: {
         parameters: {
             query?: never;
             header?: never;
@@ -3322,7 +3223,7 @@ export interface operations {
             };
         };
     };
-    answer_sandboxes__sandbox_id__fork_delete: {
+    e2b_unsupported_get_sandboxes_sandbox_id_metrics: {
         parameters: {
             query?: never;
             header?: never;
@@ -3342,7 +3243,7 @@ export interface operations {
             };
         };
     };
-    answer_sandboxes__sandbox_id__logs_delete: {
+    e2b_unsupported_post_sandboxes_sandbox_id_metrics: {
         parameters: {
             query?: never;
             header?: never;
@@ -3362,7 +3263,7 @@ export interface operations {
             };
         };
     };
-    answer_sandboxes__sandbox_id__logs_delete: {
+    e2b_unsupported_get_sandboxes_sandbox_id_network: {
         parameters: {
             query?: never;
             header?: never;
@@ -3382,247 +3283,7 @@ export interface operations {
             };
         };
     };
-    answer_sandboxes__sandbox_id__logs_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__logs_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__logs_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__metrics_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__metrics_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__metrics_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__metrics_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__metrics_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__network_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__network_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__network_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__network_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__network_delete: {
+    e2b_unsupported_post_sandboxes_sandbox_id_network: {
         parameters: {
             query?: never;
             header?: never;
@@ -3741,7 +3402,7 @@ export interface operations {
             };
         };
     };
-    answer_sandboxes__sandbox_id__snapshots_delete: {
+    e2b_unsupported_get_sandboxes_sandbox_id_snapshots: {
         parameters: {
             query?: never;
             header?: never;
@@ -3761,67 +3422,7 @@ export interface operations {
             };
         };
     };
-    answer_sandboxes__sandbox_id__snapshots_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__snapshots_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__snapshots_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_sandboxes__sandbox_id__snapshots_delete: {
+    e2b_unsupported_post_sandboxes_sandbox_id_snapshots: {
         parameters: {
             query?: never;
             header?: never;
@@ -3874,7 +3475,7 @@ export interface operations {
             };
         };
     };
-    answer_secrets_delete: {
+    e2b_unsupported_get_secrets: {
         parameters: {
             query?: never;
             header?: never;
@@ -3894,7 +3495,7 @@ export interface operations {
             };
         };
     };
-    answer_secrets_delete: {
+    e2b_unsupported_post_secrets: {
         parameters: {
             query?: never;
             header?: never;
@@ -3914,7 +3515,7 @@ export interface operations {
             };
         };
     };
-    answer_secrets_delete: {
+    e2b_unsupported_get_snapshots: {
         parameters: {
             query?: never;
             header?: never;
@@ -3934,7 +3535,7 @@ export interface operations {
             };
         };
     };
-    answer_secrets_delete: {
+    e2b_unsupported_post_snapshots: {
         parameters: {
             query?: never;
             header?: never;
@@ -3954,7 +3555,7 @@ export interface operations {
             };
         };
     };
-    answer_secrets_delete: {
+    e2b_unsupported_get_templates: {
         parameters: {
             query?: never;
             header?: never;
@@ -3974,187 +3575,7 @@ export interface operations {
             };
         };
     };
-    answer_snapshots_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_snapshots_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_snapshots_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_snapshots_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_snapshots_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_templates_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_templates_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_templates_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_templates_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_templates_delete: {
+    e2b_unsupported_post_templates: {
         parameters: {
             query?: never;
             header?: never;
@@ -4277,7 +3698,7 @@ export interface operations {
             };
         };
     };
-    answer_v2_sandboxes__sandbox_id__logs_delete: {
+    e2b_unsupported_get_v2_sandboxes_sandbox_id_logs: {
         parameters: {
             query?: never;
             header?: never;
@@ -4297,7 +3718,7 @@ export interface operations {
             };
         };
     };
-    answer_v2_sandboxes__sandbox_id__logs_delete: {
+    e2b_unsupported_post_v2_sandboxes_sandbox_id_logs: {
         parameters: {
             query?: never;
             header?: never;
@@ -4317,7 +3738,7 @@ export interface operations {
             };
         };
     };
-    answer_v2_sandboxes__sandbox_id__logs_delete: {
+    e2b_unsupported_get_v2_templates: {
         parameters: {
             query?: never;
             header?: never;
@@ -4337,7 +3758,7 @@ export interface operations {
             };
         };
     };
-    answer_v2_sandboxes__sandbox_id__logs_delete: {
+    e2b_unsupported_post_v2_templates: {
         parameters: {
             query?: never;
             header?: never;
@@ -4357,7 +3778,7 @@ export interface operations {
             };
         };
     };
-    answer_v2_sandboxes__sandbox_id__logs_delete: {
+    e2b_unsupported_get_v3_templates: {
         parameters: {
             query?: never;
             header?: never;
@@ -4377,7 +3798,7 @@ export interface operations {
             };
         };
     };
-    answer_v2_templates_delete: {
+    e2b_unsupported_post_v3_templates: {
         parameters: {
             query?: never;
             header?: never;
@@ -4397,7 +3818,7 @@ export interface operations {
             };
         };
     };
-    answer_v2_templates_delete: {
+    e2b_unsupported_get_volumes: {
         parameters: {
             query?: never;
             header?: never;
@@ -4417,247 +3838,7 @@ export interface operations {
             };
         };
     };
-    answer_v2_templates_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_v2_templates_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_v2_templates_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_v3_templates_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_v3_templates_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_v3_templates_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_v3_templates_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_v3_templates_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_volumes_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_volumes_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_volumes_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_volumes_delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                };
-            };
-        };
-    };
-    answer_volumes_delete: {
+    e2b_unsupported_post_volumes: {
         parameters: {
             query?: never;
             header?: never;
