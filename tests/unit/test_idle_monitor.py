@@ -79,9 +79,10 @@ def test_vanished_environments_leave_the_state() -> None:
 
 def test_unknown_action_is_refused() -> None:
     with pytest.raises(
-        ValueError, match=r"action 'hibernate' is not allowed \(allowed: stop, poweroff\)"
+        ValueError,
+        match=r"action 'sleep' is not allowed \(allowed: stop, pause, hibernate, poweroff\)",
     ):
-        decide([], {}, T0, "hibernate")
+        decide([], {}, T0, "sleep")
 
 
 class FakeDocker:
@@ -173,7 +174,10 @@ def test_dry_run_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"action": "sleep"}, "action 'sleep' is not allowed (allowed: stop, poweroff)"),
+        (
+            {"action": "sleep"},
+            "action 'sleep' is not allowed (allowed: stop, pause, hibernate, poweroff)",
+        ),
         ({"idle_minute": 5}, "unknown keys ['idle_minute']"),
         (
             {"poweroff_command": "systemctl poweroff"},

@@ -232,13 +232,14 @@ def test_type_errors_and_name_errors_come_in_one_run(tmp_path: Path) -> None:
     rc, output = validate(
         tmp_path,
         ["idle_monitor", "env_health"],
-        {"idle_monitor_action": "hibernate", "env_health_max_disk_pc": 90},
+        {"idle_monitor_action": "sleep", "env_health_max_disk_pc": 90},
     )
     assert rc != 0
     assert sorted(problems(output)) == [
         "env_health_max_disk_pc: not a variable of the role env_health"
         " (did you mean env_health_max_disk_pct?)",
-        "idle_monitor: value of idle_monitor_action must be one of: stop, poweroff, got: hibernate",
+        "idle_monitor: value of idle_monitor_action must be one of: stop, pause, hibernate,"
+        " poweroff, got: sleep",
     ]
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""dockyard idle monitor (R-HOST-1): stop idle agent environments, or power the host off
-when every environment is idle. Run every minute (systemd timer or cron).
+"""dockyard idle monitor (R-HOST-1): stop, pause or hibernate idle agent environments, or
+power the host off when every environment is idle. Run every minute (systemd timer or cron).
 
 An environment is busy while a `claude` or `codex` process runs in it, a tmux client is
 attached to it, or its CPU use is above a threshold. It is idle once it has not been busy
@@ -8,10 +8,21 @@ for IDLE_MINUTES. The decision (:func:`decide`) is a pure function of readings, 
 previous state and the clock; reading the engine and acting are separate and injectable,
 so tests drive it with fake readings, a fake clock and a harmless power-off command.
 
-Config (JSON, --config): idle_minutes, cpu_threshold (percent), action ("stop" or
-"poweroff"), poweroff_command (argv list), state_file, docker (CLI path), label,
-backup_command (argv list; [] for none), poweroff_without_backup and
+Config (JSON, --config): idle_minutes, cpu_threshold (percent), action ("stop", "pause",
+"hibernate" or "poweroff"), poweroff_command (argv list), state_file, docker (CLI path),
+label, backup_command (argv list; [] for none), poweroff_without_backup and
 probe_timeout_seconds.
+
+Actions on an idle environment (issue 29 item 4): ``stop`` stops its container (its
+processes end; the workspace stays); ``pause`` freezes it (``docker pause``: processes and
+memory kept, no CPU; an API exec or file call wakes it, see docs/instant-sessions.md);
+``hibernate`` checkpoints its processes and memory to disk with CRIU (``docker checkpoint
+create``, the checkpoint dockyard's ``resume`` restores) and stops it. With pause and
+hibernate only running environments are read (a paused one is already suspended).
+``--check-config`` with ``hibernate`` measures whether this host can checkpoint (the
+engine's experimental mode, ``criu check``) and refuses the configuration, saying why,
+where it cannot; a checkpoint that fails at run time is reported (exit 1) and the
+environment is left running.
 
 The tmux probe runs inside the environment as the agent, which is hostile: it can hold the
 probe's output open or flood it. The probe runs under ``timeout -s KILL`` inside, and the
@@ -29,9 +40,12 @@ the power-off does not, unless poweroff_without_backup is true.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,7 +57,13 @@ from typing import Any
 from dockyard import host
 
 AGENT_COMMANDS = frozenset({"claude", "codex"})
-ACTIONS = ("stop", "poweroff")
+ACTIONS = ("stop", "pause", "hibernate", "poweroff")
+# Actions taken on each idle environment one by one (poweroff acts on the host).
+PER_ENVIRONMENT = ("stop", "pause", "hibernate")
+# The checkpoint's name on a hibernated container: dockyard.sessions.hibernate.CHECKPOINT
+# (its `resume` restores it); a contract test keeps them equal.
+CHECKPOINT = "dockyard-hibernate"
+CRIU = ("/usr/sbin/criu", "/sbin/criu", "/usr/local/sbin/criu")
 AUDIT_ACTOR = "host:dockyard-idle-monitor"
 # The role's defaults (roles/idle_monitor/defaults/main.yml) are the same values; a
 # contract test keeps them equal.
@@ -92,6 +112,7 @@ class Reading:
 @dataclass
 class Decision:
     stop: list[str] = field(default_factory=list)
+    """Idle environments to act on: stop, pause or hibernate them (the action's)."""
     poweroff: bool = False
     state: dict[str, float] = field(default_factory=dict)
     """Container name -> last time (epoch s) it was seen busy."""
@@ -107,7 +128,8 @@ def decide(
     cpu_threshold: float,
     action: str,
 ) -> Decision:
-    """Pure: which environments to stop, or whether to power off.
+    """Pure: which environments to stop, pause or hibernate (``stop``), or whether to
+    power off.
 
     A newly seen environment counts as busy now (it gets the full idle period). With
     ``action="poweroff"`` the host goes down only when there is at least one environment
@@ -133,7 +155,7 @@ def decide(
             decision.notes.append(
                 f"{reading.name}: quiet for {idle_for / 60:.0f} of {idle_minutes:g} min"
             )
-    if action == "stop":
+    if action in PER_ENVIRONMENT:
         decision.stop = idle
     elif readings and len(idle) == len(readings):
         decision.poweroff = True
@@ -153,10 +175,11 @@ def read_environments(
     runner: Runner = run,
     probe_timeout: float = float(DEFAULTS["probe_timeout_seconds"]),  # type: ignore[arg-type]
     probe_runner: Runner | None = None,
+    running_only: bool = False,
 ) -> list[Reading]:
-    """One Reading per running environment. ``probe_runner`` runs the in-environment
-    probe (default: ``runner``, or, for the real :func:`run`, run bounded to
-    PROBE_MAX_BYTES and ``probe_timeout`` + CLI_SLACK_S)."""
+    """One Reading per running environment (``running_only``: not the paused ones either).
+    ``probe_runner`` runs the in-environment probe (default: ``runner``, or, for the real
+    :func:`run`, run bounded to PROBE_MAX_BYTES and ``probe_timeout`` + CLI_SLACK_S)."""
     killer: Callable[[str], str] | None = None
     if probe_runner is None:
         probe_runner = runner
@@ -165,7 +188,10 @@ def read_environments(
                 run, timeout=probe_timeout + CLI_SLACK_S, max_bytes=PROBE_MAX_BYTES
             )
             killer = kill_probe
-    names = runner([docker, "ps", "--filter", f"label={label}", "--format", "{{.Names}}"]).split()
+    only = ["--filter", "status=running"] if running_only else []
+    names = runner(
+        [docker, "ps", "--filter", f"label={label}", *only, "--format", "{{.Names}}"]
+    ).split()
     if not names:
         return []
     cpu: dict[str, float] = {}
@@ -262,6 +288,35 @@ def save_state(path: str, state: Mapping[str, float]) -> None:
     host.write_atomic(path, json.dumps(dict(state), indent=2, sort_keys=True) + "\n")
 
 
+def hibernate_problems(docker: str, runner: Runner = run) -> list[str]:
+    """What keeps this host from hibernating (checkpointing) environments, measured:
+    the engine's experimental mode and ``criu check``; [] when it can."""
+    problems = []
+    try:
+        mode = runner([docker, "version", "--format", "{{.Server.Experimental}}"]).strip()
+    except host.HostError as exc:
+        mode = f"unknown ({exc})"
+    if mode != "true":
+        problems.append(
+            f"the engine does not run in experimental mode (Server.Experimental: {mode}; "
+            'set "experimental": true in /etc/docker/daemon.json and restart dockerd)'
+        )
+    criu = shutil.which("criu") or next((c for c in CRIU if os.access(c, os.X_OK)), None)
+    if criu is None:
+        problems.append("criu is not installed (no `criu` on PATH or in /usr/sbin)")
+    else:
+        try:
+            runner([criu, "check"])
+        except host.HostError as exc:
+            said = getattr(exc, "stderr", "") or str(exc)
+            problems.append(
+                f"`criu check` fails: {said.strip()[-400:]} (Debian 12's criu 3.17 fails on "
+                "kernel 6.18 this way: a newer CRIU is needed, e.g. built from Debian 13's "
+                "source package)"
+            )
+    return problems
+
+
 def load_config(path: str | None) -> dict[str, Any]:
     config = host.load_config(path, DEFAULTS)
     host.parse_selector(config["label"])
@@ -289,6 +344,26 @@ def load_config(path: str | None) -> dict[str, Any]:
     return config
 
 
+PAST = {"stop": "stopped", "pause": "paused", "hibernate": "hibernated"}
+
+
+def act(verb: str, docker: str, name: str, runner: Runner) -> str | None:
+    """Stop, pause or hibernate environment ``name``; None when done, else why not (the
+    environment is then left as it was: running). Hibernate replaces a stale checkpoint
+    of dockyard's name (left by a restore that failed) and checkpoints with CRIU, which
+    stops the container."""
+    try:
+        if verb == "hibernate":
+            with contextlib.suppress(host.HostError):
+                runner([docker, "checkpoint", "rm", name, CHECKPOINT])
+            runner([docker, "checkpoint", "create", name, CHECKPOINT])
+        else:
+            runner([docker, verb, name])
+    except host.HostError as exc:
+        return str(exc)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="JSON config file")
@@ -309,6 +384,15 @@ def main(
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
+        if config["action"] == "hibernate":
+            problems = hibernate_problems(str(config["docker"]), runner)
+            if problems:
+                print(
+                    "ERROR: action 'hibernate' is not possible on this host: "
+                    f"{'; '.join(problems)} (allowed here: stop, pause, poweroff)",
+                    file=sys.stderr,
+                )
+                return 2
         return 0
     now = clock()
     try:
@@ -317,6 +401,7 @@ def main(
             str(config["label"]),
             runner,
             float(config["probe_timeout_seconds"]),  # type: ignore[arg-type]
+            running_only=config["action"] in ("pause", "hibernate"),
         )
     except host.HostError as exc:
         print(f"ERROR: cannot read the environments: {exc}", file=sys.stderr)
@@ -331,33 +416,45 @@ def main(
     )
     for note in decision.notes:
         print(f"dockyard-idle: {note}")
+    action = str(config["action"])
+    verb = action if action in PER_ENVIRONMENT else "stop"
     if args.dry_run:
         print(
-            f"dockyard-idle: dry run: would stop {decision.stop or 'nothing'}; poweroff={decision.poweroff}"
+            f"dockyard-idle: dry run: would {verb} {decision.stop or 'nothing'}; "
+            f"poweroff={decision.poweroff}"
         )
         return 0
     backup = list(config["backup_command"])  # type: ignore[call-overload]
     hook_runner = None if runner is run else runner
     failed: list[str] = []
+    docker = str(config["docker"])
     for name in decision.stop:
-        why = host.backup_first(backup, name, "idle-stop", hook_runner)
+        # Stopped and hibernated environments are backed up first (the backup hook's
+        # reason idle-stop); a paused one stays where it is: nothing to back up.
+        why = None if verb == "pause" else host.backup_first(backup, name, "idle-stop", hook_runner)
         if why:
             failed.append(name)
             print(
-                f"ERROR: dockyard-idle: backup of {name} before its stop failed: {why}",
+                f"ERROR: dockyard-idle: backup of {name} before its {verb} failed: {why}",
                 file=sys.stderr,
             )
         started = time.monotonic()
-        runner([str(config["docker"]), "stop", name])
-        decision.state.pop(name, None)
-        print(f"dockyard-idle: stopped {name}")
+        refused = act(verb, docker, name, runner)
+        if refused:
+            failed.append(name)
+            print(f"ERROR: dockyard-idle: {verb} of {name} failed: {refused}", file=sys.stderr)
+        else:
+            decision.state.pop(name, None)
+            print(f"dockyard-idle: {PAST[verb]} {name}")
         host.audit(
-            "idle-stop",
+            f"idle-{verb}",
             actor=AUDIT_ACTOR,
-            labels=_labels(str(config["docker"]), name, runner),
+            labels=_labels(docker, name, runner),
             result="error" if name in failed else "ok",
             duration_ms=round((time.monotonic() - started) * 1000),
-            detail="idle; backup failed" if name in failed else "idle",
+            detail=f"idle; {verb} failed: {refused}"[:500]
+            if refused
+            else ("idle; backup failed" if name in failed else "idle"),
         )
     save_state(str(config["state_file"]), decision.state)
     if decision.poweroff:
