@@ -61,6 +61,12 @@ TOKEN_ENV = "DOCKYARD_ENVD_ACCESS_TOKEN"  # noqa: S105 - a variable name, not a 
 # Envelope size a client may send (requests are small JSON) and chunk sizes on the wire.
 MAX_RPC_BODY = 4 * 1024 * 1024
 CHUNK = 64 * 1024
+# Output events held per stream subscriber (at most CHUNK bytes each) before the process
+# is made to wait for its reader.
+QUEUED_EVENTS = 64
+# Seconds a connection may stall on one read or write (a stream writes at least a
+# keepalive every KEEPALIVE_DEFAULT seconds).
+IO_TIMEOUT = 300
 KEEPALIVE_DEFAULT = 30.0
 # A WatchDir snapshot larger than this is refused (the watch polls the tree).
 MAX_WATCH_ENTRIES = 20000
@@ -206,7 +212,7 @@ class Proc:
         self.end: dict[str, Any] | None = None
 
     def subscribe(self) -> queue.Queue[dict[str, Any] | None]:
-        q: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        q: queue.Queue[dict[str, Any] | None] = queue.Queue(QUEUED_EVENTS)
         with self.lock:
             if self.end is not None:
                 q.put({"end": self.end})
@@ -221,9 +227,21 @@ class Proc:
                 self.subscribers.remove(q)
 
     def publish(self, event: dict[str, Any] | None) -> None:
+        """Hand ``event`` to every subscriber. A full queue (a client reading slower than
+        the process writes) blocks the pipe's reader, so the process blocks on its own
+        output instead of the daemon buffering it without bound; a subscriber that left
+        meanwhile stops counting."""
         with self.lock:
-            for q in self.subscribers:
-                q.put(event)
+            targets = list(self.subscribers)
+        for q in targets:
+            while True:
+                try:
+                    q.put(event, timeout=0.5)
+                    break
+                except queue.Full:
+                    with self.lock:
+                        if q not in self.subscribers:
+                            break
 
 
 class ProcessTable:
@@ -568,6 +586,7 @@ class BodyReader:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = IO_TIMEOUT
     server_version = "dockyard-envd"
     daemon: Daemon  # set on the class by serve()
 
@@ -746,7 +765,14 @@ class Handler(BaseHTTPRequestHandler):
         try:
             identity.check_user(self.user_from_query(query))
             path = identity.resolve(query.get("path", [""])[0])
-            handle = open(path, "rb")  # noqa: SIM115 - streamed below
+            # Non-blocking open: a FIFO must not hold this thread until a writer comes.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                kind = "a directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "not a regular file"
+                os.close(fd)
+                raise RpcError("invalid_argument", f"path '{path}' is {kind} (allowed: a file)")
+            os.set_blocking(fd, True)
+            handle = os.fdopen(fd, "rb")
         except RpcError as err:
             self.http_error(HTTP_STATUS.get(err.code, 400), err.message)
             return
@@ -756,9 +782,6 @@ class Handler(BaseHTTPRequestHandler):
             return
         with handle:
             size = os.fstat(handle.fileno()).st_size
-            if stat.S_ISDIR(os.fstat(handle.fileno()).st_mode):
-                self.http_error(400, f"path '{path}' is a directory (allowed: a file)")
-                return
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(size))
@@ -769,6 +792,9 @@ class Handler(BaseHTTPRequestHandler):
             while left > 0:
                 data = handle.read(min(CHUNK * 4, left))
                 if not data:
+                    # Shrunk while being sent: the client must see a short body, not a
+                    # next response glued to it.
+                    self.close_connection = True
                     break
                 self.wfile.write(data)
                 left -= len(data)

@@ -168,7 +168,13 @@ def test_background_command_is_listed_then_killed(sandbox: Sandbox) -> None:
 
 def test_kill_reaches_the_commands_children(sandbox: Sandbox, daemon: Daemon) -> None:
     marker = daemon.home / "child-survived"
-    handle = sandbox.commands.run(f"(sleep 1; touch {marker}) & wait", background=True)
+    forked = daemon.home / "child-forked"
+    handle = sandbox.commands.run(
+        f"(sleep 1; touch {marker}) & touch {forked}; wait", background=True
+    )
+    deadline = time.monotonic() + 10
+    while not forked.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
     sandbox.commands.kill(handle.pid)
     with pytest.raises(CommandExitException):
         handle.wait()
@@ -306,6 +312,10 @@ def test_bad_requests_answer_errors_that_say_what_is_allowed(
     unknown = httpx.post(f"{daemon.url}/process.Process/Nope", content=b"{}")
     assert unknown.status_code == 501
     assert unknown.json()["code"] == "unimplemented"
+    # A FIFO is refused at once instead of holding a thread until a writer comes.
+    sandbox.commands.run("mkfifo ~/pipe")
+    with pytest.raises(InvalidArgumentException, match="not a regular file"):
+        sandbox.files.read("pipe", request_timeout=5)
     missing = httpx.get(f"{daemon.url}/files", params={"path": "nope"})
     assert missing.status_code == 404
     assert "does not exist" in missing.json()["message"]
