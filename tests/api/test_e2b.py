@@ -1,0 +1,256 @@
+"""The E2B-compatible face without an engine: the template table, the request a sandbox
+becomes, deadlines and their expiry, tenant scoping and tokens (dockyard.sessions.e2b over
+a recording fake of the sessions service), the routing's target and header rules, and the
+HTTP answers in the SDKs' error shape (the app in-process)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockyard.api import e2b as face
+from dockyard.errors import InvalidInput
+from dockyard.sessions import e2b
+from dockyard.sessions.pause import State
+from dockyard.sessions.registry import Record, Registry, SessionNotFound
+from tests.api.conftest import Api
+
+
+@dataclass
+class Where:
+    state: Path
+
+
+@dataclass
+class FakeSessions:
+    """Records what the E2B verbs ask of the sessions service."""
+
+    where: Where
+    created: list[tuple[dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    destroyed: list[tuple[str, str | None]] = field(default_factory=list)
+    fail_destroy: bool = False
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.where.state / "sessions")
+
+    def create(self, request: dict[str, Any], secrets: dict[str, str]) -> None:
+        self.created.append((request, secrets))
+        tenant = request.get("tenant")
+        self.registry.save(
+            Record(
+                session_id=request["sessionId"],
+                tenant=tenant,
+                stack_name=f"{tenant or 'sessions'}.{request['sessionId']}",
+                cwd=request["cwd"],
+                manifest_path=str(self.where.state / "none.json"),
+                host="local",
+                request=request,
+                created_at="2026-12-07T00:00:00.000Z",
+            )
+        )
+
+    def destroy(self, session: str, tenant: str | None = None, **_: Any) -> None:
+        if self.fail_destroy:
+            raise RuntimeError("engine away")
+        record = self.registry.find(session, tenant)
+        self.destroyed.append((session, tenant))
+        self.registry.remove(record.stack_name)
+
+    def pause(self, session: str, tenant: str | None = None) -> State:
+        return State(session, "paused", True)
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> FakeSessions:
+    return FakeSessions(Where(tmp_path / "state"))
+
+
+def test_templates_map_to_backend_variant_profile() -> None:
+    assert e2b.template("base") == e2b.TEMPLATES["base"]
+    assert (e2b.template("base").backend, e2b.template("base").variant) == ("claude", None)
+    assert e2b.template("code-interpreter-v1").variant == "python"
+    assert e2b.template("codex:latest").backend == "codex"
+    by_label = e2b.template("codex-go-large")
+    assert (by_label.backend, by_label.variant, by_label.profile) == ("codex", "go", "large")
+    for bad in ("nosuch", "", None, "claude-ruby", 7):
+        with pytest.raises(InvalidInput) as caught:
+            e2b.template(bad)
+        assert "allowed: base, claude, codex" in caught.value.problems[0]
+        assert "docs/e2b.md" in caught.value.problems[0]
+
+
+def test_create_builds_the_session_request(fake: FakeSessions) -> None:
+    body = {
+        "templateID": "python",
+        "timeout": 120,
+        "metadata": {"team": "web", "userId": "U1"},
+        "envVars": {"OPENAI_API_KEY": "sk-canary", "MODE": "x"},
+    }
+    sandbox = e2b.create(fake, body, "acme")
+    [(request, secrets)] = fake.created
+    assert request["sessionId"] == sandbox.sandboxId
+    assert e2b.SANDBOX_ID.fullmatch(sandbox.sandboxId)
+    assert (request["tenant"], request["backend"], request["variant"]) == (
+        "acme",
+        "claude",
+        "python",
+    )
+    # Valid label keys become labels; all metadata is kept as given.
+    assert request["labels"] == {"team": "web", "e2b.template": "python"}
+    assert sandbox.metadata == {"team": "web", "userId": "U1"}
+    # envVars travel as secrets (names in the request, values apart), with the daemon's token.
+    assert request["secrets"] == sorted(["OPENAI_API_KEY", "MODE", e2b.TOKEN_SECRET])
+    assert "sk-canary" not in repr(request)
+    assert secrets["OPENAI_API_KEY"] == "sk-canary"
+    assert secrets[e2b.TOKEN_SECRET] == sandbox.envdAccessToken
+    assert len(sandbox.envdAccessToken) >= 32
+    assert sandbox.endAt is not None
+    life = e2b._parse(sandbox.endAt) - e2b._parse(sandbox.startedAt)
+    assert life == dt.timedelta(seconds=120)
+    stored = (fake.where.state / "e2b" / f"acme.{sandbox.sandboxId}.json").stat().st_mode
+    assert stored & 0o777 == 0o600
+    assert Path(request["cwd"]).is_dir()
+
+
+def test_create_refuses_bad_input_all_at_once(fake: FakeSessions) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        e2b.create(
+            fake,
+            {"templateID": "base", "timeout": 0, "metadata": {"k": 1}, "envVars": []},
+            "acme",
+        )
+    problems = caught.value.problems
+    assert any(p.startswith("timeout: 0 is not allowed (allowed: whole seconds") for p in problems)
+    assert "metadata: not a mapping of strings to strings" in problems
+    assert "envVars: not a mapping of strings to strings" in problems
+    with pytest.raises(InvalidInput) as caught:
+        e2b.create(fake, {"templateID": "base", "envVars": {e2b.TOKEN_SECRET: "x"}}, None)
+    assert caught.value.problems == [
+        f"envVars.{e2b.TOKEN_SECRET}: set by dockyard (allowed: any other name)"
+    ]
+    for bad in (True, -5, e2b.MAX_TIMEOUT_S + 1, "60"):
+        with pytest.raises(InvalidInput):
+            e2b.timeout_seconds(bad)
+    assert fake.created == []
+
+
+def test_tenants_tokens_timeouts_and_expiry(fake: FakeSessions) -> None:
+    mine = e2b.create(fake, {"templateID": "base", "metadata": {"k": "v"}}, "acme")
+    theirs = e2b.create(fake, {"templateID": "base"}, "other")
+    # Another tenant's sandbox is not found, exactly like a missing one.
+    for sandbox_id in (mine.sandboxId, "snosuch"):
+        with pytest.raises(SessionNotFound, match=f"no sandbox '{sandbox_id}' on this host"):
+            e2b.get(fake, sandbox_id, "other")
+        with pytest.raises(SessionNotFound):
+            e2b.kill(fake, sandbox_id, "other")
+    assert [r["sandboxID"] for r in e2b.listing(fake, "acme", None)] == [mine.sandboxId]
+    assert e2b.listing(fake, "acme", None, {"k": "other"}) == []
+    assert e2b.listing(fake, "acme", None, states=["paused"]) == []
+    assert e2b.by_token(fake, mine.sandboxId, mine.envdAccessToken).tenant == "acme"
+    assert e2b.by_token(fake, mine.sandboxId, theirs.envdAccessToken) is None
+    assert e2b.by_token(fake, mine.sandboxId, "") is None
+
+    now = dt.datetime.now(dt.UTC)
+    e2b.set_timeout(fake, mine.sandboxId, "acme", 3600)
+    assert e2b.expire(fake, now + dt.timedelta(seconds=400)) == [theirs.sandboxId]
+    assert fake.destroyed == [(theirs.sandboxId, "other")]
+    # A failed destroy is tried again on the next round.
+    fake.fail_destroy = True
+    assert e2b.expire(fake, now + dt.timedelta(hours=2)) == []
+    fake.fail_destroy = False
+    # A paused sandbox has no deadline; connecting gives it one again.
+    assert e2b.pause(fake, mine.sandboxId, "acme") is True
+    assert e2b.get(fake, mine.sandboxId, "acme").endAt is None
+    assert e2b.expire(fake, now + dt.timedelta(days=3)) == []
+    connected = e2b.connect_to(fake, mine.sandboxId, "acme", 60)
+    assert connected.endAt is not None
+    assert e2b.expire(fake, now + dt.timedelta(seconds=120)) == [mine.sandboxId]
+    assert list((fake.where.state / "e2b").glob("*.json")) == []
+
+
+def test_routing_target_both_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(face.DOMAIN_VARIABLE, raising=False)
+    assert face.target({"e2b-sandbox-id": "sabc", "e2b-sandbox-port": "8080"}) == (
+        "sabc",
+        "8080",
+    )
+    assert face.target({"e2b-sandbox-id": "sabc"}) == ("sabc", "49983")
+    assert face.target({"host": "3000-sabc.sandbox.example:8443"}) == ("sabc", "3000")
+    assert face.target({"host": "api.example"}) is None
+    assert face.target({"host": "127.0.0.1:8080"}) is None
+    monkeypatch.setenv(face.DOMAIN_VARIABLE, "sandbox.example")
+    assert face.target({"host": "3000-sabc.sandbox.example"}) == ("sabc", "3000")
+    assert face.target({"host": "3000-sabc.elsewhere.example"}) is None
+
+
+def test_forwarded_headers_strip_dockyards_credentials() -> None:
+    raw = [
+        (b"X-API-Key", b"dk_0123456789ab_secret"),
+        (b"Authorization", b"Bearer dk_0123456789ab_secret"),
+        (b"E2b-Sandbox-Id", b"sabc"),
+        (b"E2b-Sandbox-Port", b"49983"),
+        (b"e2b-traffic-access-token", b"t"),
+        (b"X-Access-Token", b"envd-token"),
+        (b"Cookie", b"dockyard_session=abc; app=1"),
+        (b"Connection", b"keep-alive"),
+        (b"Host", b"3000-sabc.example"),
+        (b"Content-Type", b"application/json"),
+    ]
+    to_app = dict(face.forwarded_headers(raw, 3000))
+    assert to_app == {"cookie": "app=1", "content-type": "application/json"}
+    to_daemon = dict(face.forwarded_headers(raw, e2b.ENVD_PORT))
+    assert to_daemon["x-access-token"] == "envd-token"
+    assert "authorization" not in to_daemon
+    basic = dict(face.forwarded_headers([(b"Authorization", b"Basic dXNlcjo=")], 49983))
+    assert basic == {"authorization": "Basic dXNlcjo="}  # envd's user, not a dockyard key
+
+
+@pytest.mark.anyio
+async def test_http_answers_in_the_sdks_error_shape(api: Api) -> None:
+    key = api.store.create("acme", False).key
+    other = api.store.create("zeta", False).key
+    missing = await api.client.get("/v2/sandboxes")
+    assert missing.status_code == 401
+    assert missing.json()["code"] == 401
+    assert "X-API-Key" in missing.json()["message"]
+    assert (
+        await api.client.get("/v2/sandboxes", headers={"X-API-Key": "dk_bad"})
+    ).status_code == 401
+    listed = await api.client.get("/v2/sandboxes", headers={"X-API-Key": key})
+    assert (listed.status_code, listed.json()) == (200, [])
+    unknown = await api.client.post(
+        "/v2/sandboxes", json={"templateID": "nosuch"}, headers={"X-API-Key": key}
+    )
+    assert unknown.status_code == 422
+    assert "'nosuch' is not a template this host serves" in unknown.json()["message"]
+    unserved = await api.client.post(
+        "/v2/sandboxes",
+        json={"templateID": "base", "autoPause": True, "network": {"allowOut": ["x"]}},
+        headers={"X-API-Key": key},
+    )
+    assert unserved.status_code == 501
+    assert "autoPause: not supported" in unserved.json()["message"]
+    for path in ("/v3/templates", "/templates/abc/builds/1", "/volumes", "/sandboxes/s1/fork"):
+        answer = await api.client.post(path, headers={"X-API-Key": key})
+        assert answer.status_code == 501, path
+        assert "docs/e2b.md" in answer.json()["message"]
+    # No such sandbox (another tenant's is the same 404: the engine test has a real one).
+    for method, path in (
+        ("GET", "/sandboxes/sabc"),
+        ("DELETE", "/sandboxes/sabc"),
+        ("POST", "/sandboxes/sabc/pause"),
+        ("POST", "/v2/sandboxes/sabc/connect"),
+    ):
+        seen = await api.client.request(method, path, headers={"X-API-Key": other}, json={})
+        assert seen.status_code == 404, (method, path, seen.text)
+        assert seen.json()["message"] == "no sandbox 'sabc' on this host"
+    timeout = await api.client.post(
+        "/sandboxes/sabc/timeout", json={"timeout": "soon"}, headers={"X-API-Key": key}
+    )
+    assert timeout.status_code == 422
+    assert timeout.json()["code"] == 422
