@@ -5,10 +5,11 @@ every page. Screenshots for docs/dashboard.md when DOCKYARD_SCREENSHOTS is set."
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from dockyard.sessions import audit
-from tests.browser.conftest import Served, log_in, shoot
+from tests.browser.conftest import Served, log_in, seed, shoot
 
 # Every text node's colour against the first opaque background behind it (WCAG 2 ratio).
 CONTRAST = """() => {
@@ -140,3 +141,25 @@ def test_detail_and_the_destroy_confirmation_name_the_session(page: Any, served:
     shoot(page, "destroy-confirm")
     page.get_by_role("link", name="Cancel").click()
     page.wait_for_url(served.url + "/sessions/a2")
+
+
+def test_the_table_renders_500_sessions(page: Any, served: Served) -> None:
+    """500 sessions (records and manifests as the service layer writes them): the page
+    lists them all, sortable; the time to render is printed for docs/performance.md."""
+    for n in range(500):
+        seed(served.sessions, "load", f"s{n:03d}")
+    log_in(page, served.url, served.keys["admin"])
+    started = time.perf_counter()
+    page.goto(served.url + "/?tenant=load&sort=session&order=desc")
+    rendered = time.perf_counter() - started
+    rows = page.locator("tbody#rows tr[data-session]")
+    assert rows.count() == 500
+    assert rows.first.get_attribute("data-session") == "s499"
+    timing = page.evaluate(
+        "(() => { const n = performance.getEntriesByType('navigation')[0];"
+        " return [n.responseStart - n.requestStart, n.domContentLoadedEventEnd - n.startTime]; })()"
+    )
+    print(
+        f"dashboard table, 500 sessions: goto {rendered:.3f} s, server "
+        f"{timing[0] / 1000:.3f} s, DOMContentLoaded {timing[1] / 1000:.3f} s"
+    )
