@@ -347,7 +347,14 @@ class Sessions:
         container, located and checked like the host tools' (:mod:`.dataplane`)."""
         record = self._record(session, tenant)
         backend = load_settings(self.where).get("backend")
-        return dataplane.Workspace.open(record, self.get(session, tenant), limits, backend=backend)
+        workspace = dataplane.Workspace.open(
+            record, self.get(session, tenant), limits, backend=backend
+        )
+        # Wake on use: an exec or file call resumes a paused or hibernated session.
+        workspace.wake = functools.partial(
+            hibernating.wake, self, session, tenant, "exec or file call"
+        )
+        return workspace
 
     def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
         rows = []

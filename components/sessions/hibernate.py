@@ -250,31 +250,37 @@ def resume(
     """Thaw a paused session where it was, or start a hibernated one from its checkpoint
     (:func:`.restore`: cold, with its volumes, if the restore fails). Already
     running: no change. ``woken``: what woke it (a call that needed it running), written
-    to the audit line."""
+    to the audit line's detail."""
     with pausing.acting(sessions, "resume", session, tenant) as (record, container, entry):
+        state = _resumed(record, container, entry)
         if woken:
-            entry["woken_by"] = woken
-        status = container.status
-        if status == RUNNING:
-            entry["detail"] = f"already {RUNNING}"
-            return State(record.session_id, RUNNING, False)
-        if status == PAUSED:
-            pausing.thaw(container)
-            return State(record.session_id, RUNNING, True)
-        if is_hibernated(container):
-            return restore(record, container, entry)
-        raise Conflict(
-            f"session {record.session_id!r}: its container is {status}, not paused or "
-            f"hibernated; only a paused or hibernated session can be resumed (allowed: "
-            f"`dockyard refresh {record.session_id}` starts it again with its workspace)"
-        )
+            said = (f"woken by {woken}", entry.get("detail"))
+            entry["detail"] = "; ".join(x for x in said if x)
+        return state
+
+
+def _resumed(record: Record, container: Any, entry: dict[str, Any]) -> State:
+    status = container.status
+    if status == RUNNING:
+        entry["detail"] = f"already {RUNNING}"
+        return State(record.session_id, RUNNING, False)
+    if status == PAUSED:
+        pausing.thaw(container)
+        return State(record.session_id, RUNNING, True)
+    if is_hibernated(container):
+        return restore(record, container, entry)
+    raise Conflict(
+        f"session {record.session_id!r}: its container is {status}, not paused or "
+        f"hibernated; only a paused or hibernated session can be resumed (allowed: "
+        f"`dockyard refresh {record.session_id}` starts it again with its workspace)"
+    )
 
 
 def wake(sessions: SessionsLike, session: str, tenant: str | None, by: str) -> bool:
     """Resume the session for a call that needs it running (an exec or a file call found
     it paused or stopped): True if it runs now (woken from pause or hibernation, or
     already running again), False if it cannot be woken (stopped without a checkpoint,
-    gone: the caller reports its own error). Audited as a ``resume`` with ``woken_by``."""
+    gone: the caller reports its own error). Audited as a ``resume`` whose detail says what woke it."""
     try:
         return resume(sessions, session, tenant, woken=by).status == RUNNING
     except Conflict:

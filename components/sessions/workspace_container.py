@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,13 @@ def client_for(host: str) -> Any:
 class Container:
     """One session's container, located and checked; every command runs as the agent user."""
 
+    wake: Callable[[], bool] | None = None
+    """Wake on use: called when the engine refuses an exec because the container is not
+    running (409: paused, or stopped by hibernate); it resumes the session if it can
+    (``Sessions.workspace`` sets :func:`.hibernate.wake`) and True means try once more.
+    So every exec and file call reaches a paused session without its caller doing
+    anything; stats and logs (no exec) leave it paused."""
+
     def __init__(
         self, record: Record, manifest: Mapping[str, Any], client: Any, limits: Limits
     ) -> None:
@@ -96,33 +103,39 @@ class Container:
     ) -> tuple[str, socket.socket]:
         import docker.errors
 
-        try:
-            created = self.api.exec_create(
-                self.container,
-                argv,
-                stdin=stdin,
-                stdout=True,
-                stderr=True,
-                tty=tty,
-                user=f"{AGENT_UID}:{AGENT_UID}",
-                workdir=cwd,
-                environment=dict(env or {}),
-            )
-            sock = raw_socket(self.api.exec_start(created["Id"], socket=True, tty=tty))
-        except docker.errors.NotFound:
-            raise Conflict(
-                f"session {self.record.session_id!r}: its container is gone; refresh the session"
-            ) from None
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:
+        woken = False
+        while True:
+            try:
+                created = self.api.exec_create(
+                    self.container,
+                    argv,
+                    stdin=stdin,
+                    stdout=True,
+                    stderr=True,
+                    tty=tty,
+                    user=f"{AGENT_UID}:{AGENT_UID}",
+                    workdir=cwd,
+                    environment=dict(env or {}),
+                )
+                sock = raw_socket(self.api.exec_start(created["Id"], socket=True, tty=tty))
+            except docker.errors.NotFound:
                 raise Conflict(
-                    f"session {self.record.session_id!r}: its container is not running "
-                    f"(`dockyard refresh {self.record.session_id}` starts it again)"
+                    f"session {self.record.session_id!r}: its container is gone; refresh the "
+                    "session"
                 ) from None
-            raise Failed(
-                f"session {self.record.session_id!r}: exec failed: {exc.explanation}"
-            ) from None
-        return created["Id"], sock
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    if not woken and self.wake is not None and self.wake():
+                        woken = True
+                        continue
+                    raise Conflict(
+                        f"session {self.record.session_id!r}: its container is not running "
+                        f"(`dockyard refresh {self.record.session_id}` starts it again)"
+                    ) from None
+                raise Failed(
+                    f"session {self.record.session_id!r}: exec failed: {exc.explanation}"
+                ) from None
+            return created["Id"], sock
 
     def _exit_code(self, exec_id: str) -> int | None:
         for _ in range(50):
