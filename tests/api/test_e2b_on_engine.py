@@ -244,6 +244,16 @@ def test_sdk_lifecycle_isolation_and_routing(
         missing = server.raw("/headers", {**key_a, "Host": f"{PORT}-snosuch.127.0.0.1"})
         assert missing.status_code == 404
 
+        # Pause (memory kept, no deadline) and connect (resumes): the daemon answers again.
+        sbx.pause()
+        assert sbx.get_info().state.value == "paused"
+        assert [s.sandbox_id for s in Sandbox.list(**server.sdk("a")).next_items()] == [
+            sbx.sandbox_id
+        ]
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=600, **server.sdk("a"))
+        assert resumed.get_info().state.value == "running"
+        assert resumed.commands.run("echo again").stdout == "again\n"
+
         # The timeout: set short, the server's loop destroys the sandbox at its deadline.
         Sandbox.set_timeout(other.sandbox_id, 1, **server.sdk("b"))
         wait_for(lambda: _gone(server, other.sandbox_id, "b"), 30, what="expiry")
