@@ -39,6 +39,8 @@ EVENT_P95_BUDGET_S = 0.200
 CONCURRENT = 200
 REGISTERED = 100
 EVENTS = int(os.environ.get("DOCKYARD_BENCH_EVENT_RUNS", "30"))
+PARTS = ("create", "list", "events")
+"""What ``DOCKYARD_BENCH_API_PARTS`` (comma-separated) may name; default all."""
 REPO = Path(__file__).resolve().parents[1]
 DOCKYARD = Path(sys.executable).with_name("dockyard")
 
@@ -65,6 +67,10 @@ def main() -> int:
     from tests.support.engine import remove_volume
     from tests.support.images import build_image
 
+    parts = [p for p in os.environ.get("DOCKYARD_BENCH_API_PARTS", ",".join(PARTS)).split(",") if p]
+    if not parts or set(parts) - set(PARTS):
+        raise SystemExit(f"ERROR: DOCKYARD_BENCH_API_PARTS={parts!r} (allowed: some of {PARTS})")
+    results: dict[str, Any] = {}
     docker_client = engine()
     image = build_image(docker_client, "dockyard-core")
     tenant = f"bapi{int(time.time()) % 100000}"
@@ -77,7 +83,8 @@ def main() -> int:
             "DOCKYARD_CONFIG": str(settings),
             "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
             "DOCKYARD_AUDIT_LOG": str(base / "host-audit.jsonl"),
-            "PYTHONPATH": str(REPO),
+            # An outer PYTHONPATH first: a copy of another revision can be measured.
+            "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)])),
             "NO_PROXY": "127.0.0.1,localhost",
         }
         where = paths(env)  # the server's: the same state and the same audit trail
@@ -99,11 +106,16 @@ def main() -> int:
                 raise SystemExit(f"ERROR: the server did not start ({line!r})")
             url = line.split(" on ", 1)[1].strip()
             with httpx.Client(base_url=url, timeout=600, trust_env=False) as client:
-                results = {
-                    "create": measure_create(client, headers, sessions, tenant, str(project)),
-                    "list": measure_list(url, client, headers, sessions, tenant, str(project)),
-                    "events": measure_events(url, headers, sessions, tenant),
-                }
+                if "create" in parts:
+                    results["create"] = measure_create(
+                        client, headers, sessions, tenant, str(project)
+                    )
+                if "list" in parts:
+                    results["list"] = measure_list(
+                        url, client, headers, sessions, tenant, str(project)
+                    )
+                if "events" in parts:
+                    results["events"] = measure_events(url, headers, sessions, tenant)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -124,7 +136,7 @@ def main() -> int:
     report(results)
     path = write_result("api", results)
     print(f"results: {path}")
-    verdicts = [results[k]["verdict"] for k in ("create", "list", "events")]
+    verdicts = [results[k]["verdict"] for k in results]
     return 0 if all(v == "meets" for v in verdicts) else 1
 
 
@@ -268,37 +280,45 @@ def measure_events(url: str, headers: dict[str, str], sessions: Any, tenant: str
 
 
 def report(results: dict[str, Any]) -> None:
-    create, listed, events = results["create"], results["list"], results["events"]
-    python_median = create["python_api_s"]["p50"]
-    print(
-        table(
-            ["figure (s)", "median", "min", "max", "x baseline"],
-            [
-                stat_row("create, Python API (baseline)", create["samples"]["python"]),
-                stat_row("create over HTTP", create["samples"]["http"], python_median),
-            ],
+    create, listed, events = (results.get(k) for k in PARTS)
+    if create:
+        python_median = create["python_api_s"]["p50"]
+        print(
+            table(
+                ["figure (s)", "median", "min", "max", "x baseline"],
+                [
+                    stat_row("create, Python API (baseline)", create["samples"]["python"]),
+                    stat_row("create over HTTP", create["samples"]["http"], python_median),
+                ],
+            )
         )
-    )
-    rows = [
-        ["GET /api/sessions alone (baseline)", *_three(listed["alone_s"])],
-        [f"{CONCURRENT} concurrent GET /api/sessions", *_three(listed["concurrent_s"])],
-        ["audit line -> SSE event", *_three(events["delay_s"])],
-    ]
-    print(table(["figure (s)", "p50", "p95", "max"], rows))
-    print(
-        f"create over HTTP: {create['ratio_median']:.2f}x the Python API (budget "
-        f"{CREATE_BUDGET}x): {create['verdict']}"
-    )
-    print(
-        f"list, {REGISTERED} sessions, {CONCURRENT} concurrent: p95 "
-        f"{listed['concurrent_s']['p95'] * 1000:.0f} ms (budget "
-        f"{LIST_P95_BUDGET_S * 1000:.0f} ms): {listed['verdict']}"
-    )
-    print(
-        f"event delivery: p95 {events['delay_s']['p95'] * 1000:.0f} ms (poll "
-        f"{events['poll_s'] * 1000:.0f} ms; budget {EVENT_P95_BUDGET_S * 1000:.0f} ms): "
-        f"{events['verdict']}"
-    )
+    rows = []
+    if listed:
+        rows += [
+            ["GET /api/sessions alone (baseline)", *_three(listed["alone_s"])],
+            [f"{CONCURRENT} concurrent GET /api/sessions", *_three(listed["concurrent_s"])],
+        ]
+    if events:
+        rows.append(["audit line -> SSE event", *_three(events["delay_s"])])
+    if rows:
+        print(table(["figure (s)", "p50", "p95", "max"], rows))
+    if create:
+        print(
+            f"create over HTTP: {create['ratio_median']:.2f}x the Python API (budget "
+            f"{CREATE_BUDGET}x): {create['verdict']}"
+        )
+    if listed:
+        print(
+            f"list, {REGISTERED} sessions, {CONCURRENT} concurrent: p95 "
+            f"{listed['concurrent_s']['p95'] * 1000:.0f} ms (budget "
+            f"{LIST_P95_BUDGET_S * 1000:.0f} ms): {listed['verdict']}"
+        )
+    if events:
+        print(
+            f"event delivery: p95 {events['delay_s']['p95'] * 1000:.0f} ms (poll "
+            f"{events['poll_s'] * 1000:.0f} ms; budget {EVENT_P95_BUDGET_S * 1000:.0f} ms): "
+            f"{events['verdict']}"
+        )
 
 
 def _three(values: dict[str, float]) -> list[float]:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, Field
 
 from ..errors import InvalidInput
-from ..sessions import registry
+from ..sessions import listing
 from ..sessions.status import engine_state
 from .principal import Caller, Ctx, Principal, acting_on, mark
 
@@ -112,19 +112,6 @@ async def create(body: CreateBody, request: Request, caller: Caller, ctx: Ctx) -
     return dict(await ctx.call(ctx.sessions.create, session_request, values))
 
 
-def _labels(record: registry.Record) -> dict[str, str]:
-    labels = record.request.get("labels")
-    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
-
-
-def _matches(labels: dict[str, str], wanted: list[str]) -> bool:
-    for item in wanted:
-        key, sep, value = item.partition("=")
-        if key not in labels or (sep and labels[key] != value):
-            return False
-    return True
-
-
 @router.get("/api/sessions", summary="List sessions")
 async def list_sessions(
     caller: Caller,
@@ -137,22 +124,14 @@ async def list_sessions(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> SessionPage:
     scope = caller.scope(tenant)
-
-    def rows() -> list[SessionRow]:
-        labels = {r.stack_name: _labels(r) for r in ctx.sessions.registry.all(scope)}
-        found = []
-        # mypy reads Sessions.list's `list[...]` as the method itself (sessions' own report).
-        for row in ctx.sessions.list(scope):  # type: ignore[attr-defined]
-            row_labels = labels.get(row["stack"], {})
-            if _matches(row_labels, label or []):
-                found.append(SessionRow(**{**row, "labels": row_labels}))
-        return found
-
-    found = await ctx.call(rows)
-    page = found[offset : offset + limit]
-    more = offset + limit < len(found)
-    return SessionPage(
-        items=page, total=len(found), offset=offset, next=offset + limit if more else None
+    found = await ctx.call(listing.page, ctx.sessions, scope, label or (), offset, limit)
+    # The rows are the service layer's own (no client input): not validated again, which
+    # was a tenth of the server's CPU under 200 concurrent lists of 100 (docs/performance.md).
+    return SessionPage.model_construct(
+        items=[SessionRow.model_construct(**row) for row in found.rows],
+        total=found.total,
+        offset=offset,
+        next=found.next,
     )
 
 

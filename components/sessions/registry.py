@@ -7,14 +7,16 @@ A record holds what ``get``, ``refresh`` and ``destroy`` need to find the sessio
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..contract import NAMING_LEGACY, session_environment_id
 from ..errors import Conflict, NotFound
 from ..files import write_json_atomic
+from . import registry_index
 
 
 class SessionNotFound(NotFound, LookupError):
@@ -61,17 +63,15 @@ class Registry:
         self._path(stack_name).unlink(missing_ok=True)
 
     def all(self, tenant: str | None = None) -> list[Record]:
-        records = []
-        for path in sorted(self.directory.glob("*.json")):
-            try:
-                record = Record(**json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError, TypeError):
-                continue
-            if tenant is None or record.tenant == tenant:
-                records.append(record)
-        return records
+        """The records (of ``tenant``), in stack name order; files that are not records
+        are left out. Read through :mod:`.registry_index`: a file is parsed again only
+        when it changed, so the records are shared with other callers in this process —
+        read them, never change them (:meth:`find` gives a record of one's own)."""
+        records = registry_index.load(self.directory, ".json", "record", _parse)
+        return [r for r in records if tenant is None or r.tenant == tenant]
 
     def find(self, session_id: str, tenant: str | None = None) -> Record:
+        """The session's record, its ``request`` a copy the caller may change."""
         matches = [r for r in self.all(tenant) if r.session_id == session_id]
         if tenant is None and any(r.tenant is None for r in matches):
             # No tenant named: the untenanted session of that id, never a tenant's alias.
@@ -84,7 +84,7 @@ class Registry:
             raise SessionNotFound(
                 f"session {session_id!r} exists for several tenants ({tenants}): name the tenant"
             )
-        return matches[0]
+        return replace(matches[0], request=copy.deepcopy(matches[0].request))
 
     def check_names_free(self, stack_name: str, environment_id: str) -> None:
         """Refuse a new session whose engine names a registered session of another
@@ -99,3 +99,10 @@ class Registry:
                     f"{record.session_id!r}{scope}, created before they became one-to-one: "
                     "choose another session id (or destroy that session first)"
                 )
+
+
+def _parse(data: bytes) -> Record:
+    loaded = json.loads(data)
+    if not isinstance(loaded, dict):
+        raise TypeError("a record is a JSON object")
+    return Record(**loaded)
