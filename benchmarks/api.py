@@ -111,9 +111,7 @@ def main() -> int:
                         client, headers, sessions, tenant, str(project)
                     )
                 if "list" in parts:
-                    results["list"] = measure_list(
-                        url, client, headers, sessions, tenant, str(project)
-                    )
+                    results["list"] = measure_list(url, headers, sessions, tenant, str(project))
                 if "events" in parts:
                     results["events"] = measure_events(url, headers, sessions, tenant)
         finally:
@@ -185,7 +183,6 @@ def measure_create(
 
 def measure_list(
     url: str,
-    client: httpx.Client,
     headers: dict[str, str],
     sessions: Any,
     tenant: str,
@@ -211,11 +208,16 @@ def measure_list(
             )
         )
     alone = []
-    for _ in range(20):
-        started = time.perf_counter()
-        page = client.get("/api/sessions", headers=headers, params={"limit": 500})
-        alone.append(time.perf_counter() - started)
-        page.raise_for_status()
+    # Each on a new connection, as in the concurrent rounds: a kept-alive httpx connection
+    # added ~40 ms to every answer here (a delayed-ACK stall; curl and new connections
+    # do not see it), which made the baseline 4x what one request costs.
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=url, timeout=60, limits=fresh, trust_env=False) as once:
+        for _ in range(20):
+            started = time.perf_counter()
+            page = once.get("/api/sessions", headers=headers, params={"limit": 500})
+            alone.append(time.perf_counter() - started)
+            page.raise_for_status()
     if page.json()["total"] != REGISTERED:
         raise SystemExit(f"ERROR: the list has {page.json()['total']} sessions, not {REGISTERED}")
     asyncio.run(_concurrent_gets(url, headers))  # warm-up round, not counted
