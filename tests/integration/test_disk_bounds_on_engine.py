@@ -43,11 +43,19 @@ def run_as_agent(env: Deployed, session: str, script: str) -> tuple[int, str]:
     return result.exit_code, (result.output or b"").decode(errors="replace")
 
 
-def loop_devices(directory: str) -> list[str]:
-    """Loop devices the host has attached to an image under ``directory``."""
+def image_keys(directory: str) -> set[str]:
+    """``[device]:inode`` of each image under ``directory``, as ``losetup -a`` prints them."""
+    return {f"[{s.st_dev}]:{s.st_ino}" for s in (p.stat() for p in Path(directory).glob("*.img"))}
+
+
+def loop_devices(directory: str, keys: set[str] | None = None) -> list[str]:
+    """Loop devices the host has attached to an image under ``directory``, by device and
+    inode (as ``losetup -j`` finds them): the helper binds only that directory, so the
+    kernel names a backing file relative to it (``/workspace.img``). ``keys``: taken
+    before the directory went (:func:`image_keys`)."""
+    keys = image_keys(directory) if keys is None else keys
     listed = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
-    name = Path(directory).name
-    return [line for line in listed.stdout.splitlines() if f"/{name}/" in line]
+    return [line for line in listed.stdout.splitlines() if line.split()[1] in keys]
 
 
 @pytest.fixture(scope="module")
@@ -175,12 +183,13 @@ def test_destroy_leaves_no_loop_device_image_or_volume(deploy_own: Any) -> None:
     )
     directory = storage.disk_dir(deployed.container("x").labels["dockyard.environment"])
     assert Path(directory).is_dir(), "no images were made"
-    assert loop_devices(directory), "no loop device was attached"
+    keys = image_keys(directory)
+    assert loop_devices(directory, keys), "no loop device was attached"
     deployed.destroy()
     assert deployed.leftovers() == []
     assert not Path(directory).exists(), f"{directory} is left"
     assert not Path(storage.link_dir(Path(directory).name)).exists(), "links are left"
-    assert loop_devices(directory) == [], "a loop device is left"
+    assert loop_devices(directory, keys) == [], "a loop device is left"
 
 
 def test_after_a_reboot_nothing_is_written_until_the_images_are_attached_again(
@@ -201,7 +210,9 @@ def test_after_a_reboot_nothing_is_written_until_the_images_are_attached_again(
     for line in reversed(Path("/proc/mounts").read_text().splitlines()):
         if f"/volumes/{environment_id}-" in line.split()[1]:
             subprocess.run(["umount", line.split()[1]], check=True)
-    for line in loop_devices(storage.disk_dir(environment_id)):
+    attached = loop_devices(storage.disk_dir(environment_id))
+    assert attached, "no loop device to detach"
+    for line in attached:
         subprocess.run(["losetup", "-d", line.split(":")[0]], check=True)
     shutil.rmtree(storage.link_dir(environment_id))
     container.start()  # as the engine does at boot (restart policy)
@@ -240,10 +251,12 @@ def test_prune_removes_the_images_a_label_sweep_left_behind(
         subprocess.run(["chattr", "-i", data], check=True)
         volume.remove(force=True)
     assert Path(directory).is_dir()
+    keys = image_keys(directory)
+    assert loop_devices(directory, keys)
     pruned = storage.prune(prefix=environment_id, min_age_minutes=0)
     assert pruned == [environment_id]
     assert not Path(directory).exists()
-    assert loop_devices(directory) == []
+    assert loop_devices(directory, keys) == []
     assert not Path(storage.link_dir(environment_id)).exists()
 
 
