@@ -206,6 +206,8 @@ def test_forwarded_headers_strip_dockyards_credentials() -> None:
     to_daemon = dict(face.forwarded_headers(raw, e2b.ENVD_PORT))
     assert to_daemon["x-access-token"] == "envd-token"
     assert "authorization" not in to_daemon
+    # Any X-API-Key goes, a dockyard key or not (an E2B key meant for e2b.app too).
+    assert face.forwarded_headers([(b"X-API-Key", b"e2b_0123")], 3000) == []
     basic = dict(face.forwarded_headers([(b"Authorization", b"Basic dXNlcjo=")], 49983))
     assert basic == {"authorization": "Basic dXNlcjo="}  # envd's user, not a dockyard key
 
