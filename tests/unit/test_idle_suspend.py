@@ -83,9 +83,12 @@ def test_pause_mode_pauses_instead_of_stopping_and_leaves_paused_ones_alone(
     # Paused, not stopped; no backup before a pause (nothing leaves the host's memory).
     assert fake.actions == [["docker", "pause", "env-a"]]
     assert json.loads(state.read_text()) == {"env-b": T0 + 31 * MIN}
-    # Paused, it is not read again: nothing more is done to it an hour later.
-    assert idle.main(["--config", str(config)], runner=fake, clock=lambda: T0 + 91 * MIN) == 0
+    # Paused, it is not read again: nothing more is done to it, however long it sleeps.
+    for later in (91, 125, 160):
+        now = T0 + later * MIN
+        assert idle.main(["--config", str(config)], runner=fake, clock=lambda t=now: t) == 0
     assert fake.actions == [["docker", "pause", "env-a"]]
+    assert "env-a" not in json.loads(state.read_text())
     paused = [e for e in _audit("idle-pause") if e["session"] == "a"]
     assert paused
     assert (paused[-1]["result"], paused[-1]["detail"]) == ("ok", "idle")
