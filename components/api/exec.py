@@ -28,8 +28,8 @@ from ..sessions import dataplane
 from .context import Context
 from .errors import body
 from .middleware import audit_request
-from .principal import Caller, Ctx, principal
-from .workspace import SessionId, TenantQuery, blocking, iterate, limits, open_workspace
+from .principal import principal
+from .workspace import SessionWorkspace, blocking, iterate, limits
 
 router = APIRouter(tags=["exec"])
 
@@ -129,16 +129,13 @@ async def _events(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def run(
-    session_id: SessionId,
+    session: SessionWorkspace,
     given: Annotated[ExecBody, Body(examples=[EXAMPLE])],
     request: Request,
-    caller: Caller,
-    ctx: Ctx,
-    tenant: TenantQuery = None,
 ) -> StreamingResponse:
     """As the agent user in /workspace: events `start`, `stdout`, `stderr`, `exit`."""
     wanted = _request(given)
-    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
+    workspace = await session.open()
     wanted = wanted.checked(workspace.limits)
     events = workspace.exec(wanted)
     # The first event is taken here: a container that is gone or stopped answers 409
@@ -155,18 +152,10 @@ async def run(
     "/api/sessions/{session_id}/exec/{exec_id}/signal",
     summary="Send a signal to a running command's process group",
 )
-async def send_signal(
-    session_id: SessionId,
-    exec_id: str,
-    given: SignalBody,
-    request: Request,
-    caller: Caller,
-    ctx: Ctx,
-    tenant: TenantQuery = None,
-) -> Signalled:
+async def send_signal(session: SessionWorkspace, exec_id: str, given: SignalBody) -> Signalled:
     name = dataplane.signal_name(given.signal)
-    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
-    await ctx.call(workspace.signal, exec_id, name)
+    workspace = await session.open()
+    await session.ctx.call(workspace.signal, exec_id, name)
     return Signalled(execId=exec_id, signal=name)
 
 

@@ -13,16 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..errors import InvalidInput
-from .principal import Caller, Ctx
-from .workspace import (
-    PathQuery,
-    SessionId,
-    TenantQuery,
-    blocking,
-    body_chunks,
-    iterate,
-    open_workspace,
-)
+from .workspace import PathQuery, SessionWorkspace, blocking, body_chunks, iterate
 
 router = APIRouter(tags=["files"])
 
@@ -69,15 +60,8 @@ def _mode(value: str) -> int:
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-async def download(
-    session_id: SessionId,
-    path: PathQuery,
-    request: Request,
-    caller: Caller,
-    ctx: Ctx,
-    tenant: TenantQuery = None,
-) -> StreamingResponse:
-    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
+async def download(session: SessionWorkspace, path: PathQuery) -> StreamingResponse:
+    workspace = await session.open()
     size, content = await blocking(workspace.read, path)
     return StreamingResponse(
         iterate(content),
@@ -88,19 +72,16 @@ async def download(
 
 @router.put("/api/sessions/{session_id}/files", summary="Upload a file (streamed)")
 async def upload(
-    session_id: SessionId,
+    session: SessionWorkspace,
     path: PathQuery,
     request: Request,
-    caller: Caller,
-    ctx: Ctx,
-    tenant: TenantQuery = None,
     parents: Annotated[bool, Query(description="Create missing directories.")] = False,
     mode: Annotated[str, Query(description="Permission bits, octal.")] = "644",
 ) -> Written:
     """The request body is the file's content; it replaces the file atomically when
     complete (a link at that name is replaced, never written through)."""
     bits = _mode(mode)
-    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
+    workspace = await session.open()
     written: dict[str, Any] = await blocking(
         lambda: workspace.write(path, body_chunks(request), parents=parents, mode=bits)
     )
@@ -109,40 +90,25 @@ async def upload(
 
 @router.delete("/api/sessions/{session_id}/files", summary="Remove a file or directory")
 async def remove(
-    session_id: SessionId,
+    session: SessionWorkspace,
     path: PathQuery,
-    request: Request,
-    caller: Caller,
-    ctx: Ctx,
-    tenant: TenantQuery = None,
     recursive: Annotated[bool, Query(description="Remove a directory and its content.")] = False,
 ) -> Removed:
-    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
-    return Removed(**await ctx.call(workspace.remove, path, recursive))
+    workspace = await session.open()
+    return Removed(**await session.ctx.call(workspace.remove, path, recursive))
 
 
 @router.get("/api/sessions/{session_id}/files/list", summary="List a directory")
 async def listing(
-    session_id: SessionId,
-    request: Request,
-    caller: Caller,
-    ctx: Ctx,
+    session: SessionWorkspace,
     path: PathQuery = ".",
-    tenant: TenantQuery = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> Listing:
-    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
-    return Listing(**await ctx.call(workspace.list, path, limit))
+    workspace = await session.open()
+    return Listing(**await session.ctx.call(workspace.list, path, limit))
 
 
 @router.get("/api/sessions/{session_id}/files/stat", summary="A file's type, size, mode")
-async def stat(
-    session_id: SessionId,
-    path: PathQuery,
-    request: Request,
-    caller: Caller,
-    ctx: Ctx,
-    tenant: TenantQuery = None,
-) -> Entry:
-    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
-    return Entry(**await ctx.call(workspace.stat, path))
+async def stat(session: SessionWorkspace, path: PathQuery) -> Entry:
+    workspace = await session.open()
+    return Entry(**await session.ctx.call(workspace.stat, path))

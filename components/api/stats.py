@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from .principal import Caller, Ctx
-from .workspace import SessionId, TenantQuery, iterate, open_workspace
+from .workspace import SessionWorkspace, iterate
 
 router = APIRouter(tags=["stats"])
 
@@ -43,11 +42,9 @@ class Ports(BaseModel):
 
 
 @router.get("/api/sessions/{session_id}/stats", summary="Status, age, memory, CPU, disk")
-async def stats(
-    session_id: SessionId, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
-) -> Stats:
-    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
-    return Stats(**await ctx.call(workspace.stats))
+async def stats(session: SessionWorkspace) -> Stats:
+    workspace = await session.open()
+    return Stats(**await session.ctx.call(workspace.stats))
 
 
 @router.get(
@@ -57,17 +54,13 @@ async def stats(
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def logs(
-    session_id: SessionId,
-    request: Request,
-    caller: Caller,
-    ctx: Ctx,
-    tenant: TenantQuery = None,
+    session: SessionWorkspace,
     tail: Annotated[int | None, Query(ge=0, le=100000, description="Last N lines.")] = None,
     follow: Annotated[bool, Query(description="Keep the stream open for new output.")] = False,
 ) -> StreamingResponse:
     """The bytes as the container wrote them (the agent's: never interpreted)."""
-    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
-    lines, close = await ctx.call(workspace.logs, tail, follow)
+    workspace = await session.open()
+    lines, close = await session.ctx.call(workspace.logs, tail, follow)
     return StreamingResponse(
         iterate(lines, close),
         media_type="application/octet-stream",
@@ -76,8 +69,6 @@ async def logs(
 
 
 @router.get("/api/sessions/{session_id}/ports", summary="Published ports")
-async def ports(
-    session_id: SessionId, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
-) -> Ports:
-    workspace = await open_workspace(request, ctx, caller, session_id, tenant)
-    return Ports(**await ctx.call(workspace.ports))
+async def ports(session: SessionWorkspace) -> Ports:
+    workspace = await session.open()
+    return Ports(**await session.ctx.call(workspace.ports))

@@ -1,5 +1,6 @@
 """What the data-plane routers (exec, files, stats) share: the caller's session located in
-its tenant, and blocking service iterators driven from the event loop.
+its tenant (:data:`SessionWorkspace`, one dependency for every route), and blocking service
+iterators driven from the event loop.
 
 Streams run in worker threads of their own (:data:`STREAMS`, not the service pool: a
 command may stream for an hour without holding a create's thread)."""
@@ -7,16 +8,17 @@ command may stream for an hour without holding a create's thread)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from fastapi import Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 
 from ..sessions import dataplane
 from .context import Context
-from .principal import Principal, acting_on
+from .principal import Caller, Ctx, Principal, acting_on
 
 T = TypeVar("T")
 STREAMS = anyio.CapacityLimiter(64)
@@ -47,6 +49,35 @@ async def open_workspace(
     missing one); the audit line names the session."""
     scope = acting_on(request, caller, session_id, tenant)
     return await ctx.call(ctx.sessions.workspace, session_id, scope, limits(ctx))
+
+
+@dataclass(frozen=True)
+class Target:
+    """The session a data-plane route names, for the caller in its tenant; :meth:`open`
+    locates its workspace once the route has checked its own input (a bad request is
+    refused before the session is looked up, as it always was)."""
+
+    request: Request
+    ctx: Context
+    caller: Principal
+    session_id: str
+    tenant: str | None
+
+    async def open(self) -> dataplane.Workspace:
+        return await open_workspace(
+            self.request, self.ctx, self.caller, self.session_id, self.tenant
+        )
+
+
+async def _target(
+    session_id: SessionId, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
+) -> Target:
+    return Target(request, ctx, caller, session_id, tenant)
+
+
+SessionWorkspace = Annotated[Target, Depends(_target)]
+"""The session id (path), the tenant (query, admin keys), the caller and the context: what
+every data-plane route takes, declared once."""
 
 
 async def blocking(function: Callable[..., T], *args: Any) -> T:

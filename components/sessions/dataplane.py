@@ -116,12 +116,7 @@ class Workspace(ExecVerbs, StatsVerbs, PortsVerbs):
             ) from None
         return cls(record, manifest, engine, limits or Limits())
 
-    # The helper's knobs as this module names them (set here, they take effect at the
-    # next call, as before the split).
-    @property
-    def helper_timeout(self) -> float:
-        return HELPER_TIMEOUT_SECONDS
-
-    @property
-    def status_line_max(self) -> int:
-        return STATUS_LINE_MAX
+    # The helper's knobs as this module names them: set here, they take effect at the next
+    # call (as before the split).
+    helper_timeout = property(lambda _: HELPER_TIMEOUT_SECONDS)
+    status_line_max = property(lambda _: STATUS_LINE_MAX)
