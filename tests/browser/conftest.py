@@ -122,6 +122,7 @@ class Served:
     store: KeyStore
     sessions: Sessions
     keys: dict[str, str] = field(default_factory=dict)
+    app: Any = None
 
 
 def free_port() -> int:
@@ -152,6 +153,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     store = KeyStore(default_url(state))
     port = free_port()
     app = create_app(sessions, store)
+    # No stats sampler thread: the tests feed the rings (app.state.stats_history) themselves.
+    app.state.stats_interval_s = 0
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -160,7 +163,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         assert time.monotonic() < deadline, "the dashboard's server did not start in 20 s"
         assert thread.is_alive(), "the dashboard's server stopped at start-up"
         time.sleep(0.05)
-    made = Served(f"http://127.0.0.1:{port}", store, sessions)
+    made = Served(f"http://127.0.0.1:{port}", store, sessions, app=app)
     made.keys = {
         "acme": store.create("acme").key,
         "blue": store.create("blue").key,

@@ -5,10 +5,12 @@ every page. Screenshots for docs/dashboard.md when DOCKYARD_SCREENSHOTS is set."
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from dockyard.sessions import audit
+from dockyard.sessions.stats_history import Sample, StatsHistory
 from tests.browser.conftest import Served, log_in, seed, shoot
 
 # Every text node's colour against the first opaque background behind it (WCAG 2 ratio).
@@ -163,3 +165,37 @@ def test_the_table_renders_500_sessions(page: Any, served: Served) -> None:
         f"dashboard table, 500 sessions: goto {rendered:.3f} s, server "
         f"{timing[0] / 1000:.3f} s, DOMContentLoaded {timing[1] / 1000:.3f} s"
     )
+
+
+def test_memory_and_disk_bars_in_the_table_and_the_last_hour_on_the_detail(
+    page: Any, served: Served
+) -> None:
+    """The server's rings (fed by its sampler; here directly) give the table its meters
+    and the detail page its chart over the last hour."""
+    history = StatsHistory()
+    served.app.state.stats_history = history
+    now, gib = time.time(), 1024**3
+    for minutes, memory in ((50, 1), (20, 2), (1, 3)):
+        history.record(
+            "acme", "a1", Sample(now - 60 * minutes, memory * gib, 4 * gib, gib, 8 * gib, 5.0)
+        )
+    history.record("blue", "b1", Sample(now, gib, 2 * gib, gib, 2 * gib, 1.0))
+    log_in(page, served.url, served.keys["acme"])
+    memory = page.get_by_role("meter", name="Memory of a1: 3.0 GiB of 4.0 GiB (75%)")
+    assert memory.get_attribute("value") == str(3 * gib)
+    assert memory.get_attribute("max") == str(4 * gib)
+    assert page.get_by_role("meter", name="Disk of a1: 1.0 GiB of 8.0 GiB (12%)").count() == 1
+    assert page.locator('tr[data-session="a2"]').get_by_text("no sample").count() == 2
+    assert page.get_by_role("meter").count() == 2  # never blue's
+    page.get_by_role("link", name="a1", exact=True).click()
+    chart = page.get_by_role("img", name=re.compile("^The last hour"))
+    assert chart.count() == 1
+    caption = page.locator("#chart-caption").inner_text()
+    assert "Memory: now 75%, lowest 25%, highest 75% of its limit" in caption
+    points = page.locator("polyline.memory").get_attribute("points") or ""
+    xs = [float(p.split(",")[0]) for p in points.split()]
+    assert len(xs) == 3
+    assert xs == sorted(xs)
+    assert 90 < xs[0] < 110  # 50 minutes ago: a sixth of 600 from the left
+    accessible(page)
+    shoot(page, "detail-chart")

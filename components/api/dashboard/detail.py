@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,9 +16,12 @@ from fastapi.responses import RedirectResponse, Response
 from ...errors import DockyardError
 from ...sessions import audit, backups
 from ...sessions import pause as pausing
+from ...sessions.stats_history import sample_of
 from ...sessions.status import container_logs, engine_state
 from ..context import Context
 from ..principal import mark
+from .bars import bar, chart
+from .history import history_of
 from .live import stream_of
 from .login import posted_form, viewer_of
 from .pages import (
@@ -86,27 +90,6 @@ def _history(ctx: Context, session: str, tenant: str | None) -> list[dict[str, A
     return kept[::-1][:AUDIT_LINES]
 
 
-def _size(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"
-
-
-def _bar(used: Any, total: Any) -> dict[str, Any] | None:
-    """A meter's values: ``used`` of ``total`` bytes, written out too."""
-    if not isinstance(used, int) or not isinstance(total, int) or total <= 0:
-        return None
-    used = max(0, used)
-    return {
-        "value": used,
-        "max": total,
-        "percent": round(100.0 * used / total, 1),
-        "text": f"{_size(used)} of {_size(total)} ({100.0 * used / total:.0f}%)",
-    }
-
-
 def _stats(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
     """The session's stats from the service layer (what GET /api/sessions/{id}/stats
     answers) with its memory and disk as bars against their limits."""
@@ -119,8 +102,8 @@ def _stats(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
     memory, disk = stats.get("memory") or {}, stats.get("disk") or {}
     return {
         **stats,
-        "memory_bar": _bar(memory.get("used"), memory.get("limit")),
-        "disk_bar": _bar(disk.get("used"), disk.get("total")),
+        "memory_bar": bar(memory.get("used"), memory.get("limit")),
+        "disk_bar": bar(disk.get("used"), disk.get("total")),
     }
 
 
@@ -142,9 +125,15 @@ async def detail_page(session_id: str, request: Request) -> Response:
         logs = "(no logs: " + "; ".join(error.problems) + ")"
     # The engine takes about 2 s to sample a container's stats: the page's script loads
     # them from /stats after the page; ?stats=now renders them in it (without the script).
-    stats: dict[str, Any] = {"stats": None, "stats_problem": "", "stats_later": True}
+    tenant = found["record"].tenant
+    stats: dict[str, Any] = {
+        "stats": None,
+        "stats_problem": "",
+        "stats_later": True,
+        "chart": _chart(request, session_id, tenant),
+    }
     if request.query_params.get("stats") == "now":
-        stats = await _stats_of(ctx, session_id, scope, found["state"]["status"])
+        stats = await _stats_of(request, session_id, scope, found["state"]["status"], tenant)
     record = found["record"]
     ssh = f"dockyard ssh {session_id}" + (f" --tenant {record.tenant}" if record.tenant else "")
     return page(
@@ -178,15 +167,25 @@ async def detail_page(session_id: str, request: Request) -> Response:
 
 
 async def _stats_of(
-    ctx: Context, session: str, scope: str | None, status: str | None
+    request: Request, session: str, scope: str | None, status: str | None, tenant: str | None
 ) -> dict[str, Any]:
-    """The stats part's values: the stats, or why there are none."""
+    """The stats part's values: the stats (a sample for the session's ring too), or why
+    there are none; and the chart of the ring's last hour."""
+    history, ctx = history_of(request), ctx_of(request)
+    values: dict[str, Any] = {"stats": None, "stats_problem": ""}
     if status not in (pausing.RUNNING, pausing.PAUSED):
-        return {"stats": None, "stats_problem": f"the container is {status}, not running"}
-    try:
-        return {"stats": await ctx.call(_stats, ctx, session, scope), "stats_problem": ""}
-    except DockyardError as error:
-        return {"stats": None, "stats_problem": "; ".join(error.problems)}
+        values["stats_problem"] = f"the container is {status}, not running"
+    else:
+        try:
+            values["stats"] = await ctx.call(_stats, ctx, session, scope)
+            history.record(tenant, session, sample_of(values["stats"], time.time()))
+        except DockyardError as error:
+            values["stats_problem"] = "; ".join(error.problems)
+    return {**values, "chart": _chart(request, session, tenant)}
+
+
+def _chart(request: Request, session: str, tenant: str | None) -> dict[str, Any] | None:
+    return chart(history_of(request).series(tenant, session), time.time())
 
 
 @router.get("/sessions/{session_id}/stats")
@@ -205,14 +204,14 @@ async def stats_fragment(session_id: str, request: Request) -> Response:
         return Response(
             "\n".join(error.problems), status_code=error.http_status, headers=SECURITY_HEADERS
         )
-    values = await _stats_of(ctx, session_id, scope, found["status"])
+    values = await _stats_of(request, session_id, scope, found["status"], found["tenant"])
     return page(request, "stats.html", viewer=viewer, session=session_id, **values)
 
 
 def _state(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
     manifest = ctx.sessions.get(session, scope)
     record = ctx.sessions.registry.find(session, scope)
-    return engine_state(manifest["container"]["id"], record.host)
+    return {**engine_state(manifest["container"]["id"], record.host), "tenant": record.tenant}
 
 
 @router.get("/sessions/{session_id}/logs")

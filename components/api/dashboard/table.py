@@ -12,6 +12,8 @@ from fastapi.responses import Response
 
 from ...sessions.status import engine_states
 from ..context import Context
+from .bars import bar
+from .history import history_of
 from .live import stream_of
 from .login import viewer_of
 from .pages import SECURITY_HEADERS, Viewer, ctx_of, page, port_host, to_login
@@ -108,8 +110,12 @@ async def _table(request: Request, viewer: Viewer) -> dict[str, Any]:
     if view["status"]:
         rows = [r for r in rows if view["status"] in (r["status"], r["health"])]
     rows = _sorted(rows, view["sort"], view["order"] == "desc")
+    history = history_of(request)
     for row in rows:
         row["host_name"] = port_host(row["host"], request)
+        sample = history.latest(row["tenant"], row["session"])
+        row["memory_bar"] = bar(sample.memory_used, sample.memory_limit) if sample else None
+        row["disk_bar"] = bar(sample.disk_used, sample.disk_total) if sample else None
         row["link"] = f"/sessions/{row['session']}" + (
             "?" + urlencode({"tenant": row["tenant"]})
             if viewer.principal.admin and row["tenant"]
