@@ -13,8 +13,7 @@ audited by the service layer, the request by the middleware.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -162,29 +161,12 @@ async def read_audit(
 ) -> list[AuditLine]:
     scope = acting_on(request, caller, session, tenant)
     entries = await ctx.call(
-        audit_log.read, ctx.sessions.where.audit_log, session=session, tenant=scope
+        audit_log.read,
+        ctx.sessions.where.audit_log,
+        session=session,
+        tenant=scope,
+        action=action,
+        since=since,
+        limit=limit,
     )
-    return [AuditLine(**e) for e in _selected(entries, action, since, limit)]
-
-
-def _selected(
-    entries: list[dict[str, Any]], action: str | None, since: datetime | None, limit: int
-) -> list[dict[str, Any]]:
-    """The HTTP query's extra filters over what :func:`audit.read` gave (oldest first)."""
-    kept = [
-        e
-        for e in entries
-        if isinstance(e.get("time"), str)
-        and isinstance(e.get("action"), str)
-        and (action is None or e["action"] == action)
-        and (since is None or _at(e["time"]) >= since)
-    ]
-    return kept[-limit:]
-
-
-def _at(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        moment = datetime.min  # an unreadable time is older than any
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return [AuditLine(**e) for e in entries]

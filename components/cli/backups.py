@@ -25,12 +25,29 @@ verbs = typer.Typer()
 def audit(
     session: Annotated[str | None, typer.Option(help="Only this session.")] = None,
     tenant: TenantOption = None,
+    action: Annotated[
+        str | None, typer.Option(help="Only this action (create, backup, api...).")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only lines at or after this time (ISO 8601; no zone: UTC)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="At most this many lines: the newest.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Show the audit trail (JSON lines of every lifecycle action)."""
     with errors(as_json):
         sessions = Sessions.default()
-        entries = audit_log.read(sessions.where.audit_log, session=session, tenant=tenant)
+        entries = audit_log.read(
+            sessions.where.audit_log,
+            session=session,
+            tenant=tenant,
+            action=action,
+            since=None if since is None else audit_log.moment(since, "--since"),
+            limit=limit,
+        )
         columns = ("time", "actor", "action", "session", "tenant", "result", "duration_ms")
 
         def table(data: list[dict[str, Any]]) -> None:
