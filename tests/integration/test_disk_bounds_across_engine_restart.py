@@ -25,6 +25,7 @@ import docker.errors
 import pytest
 
 from dockyard import storage
+from dockyard.config import HELPER_IMAGE
 from tests.harness.docker_mocks import HarnessState
 from tests.harness.multi_engine import MultiEngineMocks
 from tests.support.engine import RUN_ID, exec_ok, is_ready, wait_for
@@ -45,16 +46,18 @@ def engine2(core_image: str) -> Iterator[Engine]:
     subprocess.run(["mount", "--bind", str(root), str(root)], check=True)
     try:
         subprocess.run(["mount", "--make-rshared", str(root)], check=True)
-        with second_engine(root, [core_image], {"live-restore": True}) as engine:
+        with second_engine(root, [core_image, HELPER_IMAGE], {"live-restore": True}) as engine:
             yield engine
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
         shutil.rmtree(root, ignore_errors=True)
 
 
-def loop_devices(directory: str) -> list[str]:
+def loop_devices(keys: set[str]) -> list[str]:
+    """Loop devices attached to the images whose ``[device]:inode`` are ``keys`` (the
+    kernel names a backing file relative to the directory the helper bound)."""
     listed = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
-    return [line for line in listed.stdout.splitlines() if f"{directory}/" in line]
+    return [line for line in listed.stdout.splitlines() if line.split()[1] in keys]
 
 
 def mounts_of(environment_id: str) -> list[str]:
@@ -87,6 +90,9 @@ def test_destroy_after_an_engine_restart_leaves_nothing_and_the_bounds_hold(
         environment_id = container.labels["dockyard.environment"]
         wait_for(lambda: is_ready(container), 90, what="ready on the second engine")
         exec_ok(container, ["sh", "-c", "echo kept > /workspace/k"], user="1000")
+        images = Path(storage.disk_dir(environment_id)).glob("*.img")
+        keys = {f"[{s.st_dev}]:{s.st_ino}" for s in (p.stat() for p in images)}
+        assert loop_devices(keys), "no loop device was attached"
 
         engine2.restart()
 
@@ -113,7 +119,7 @@ def test_destroy_after_an_engine_restart_leaves_nothing_and_the_bounds_hold(
         assert [v.name for v in client.volumes.list() if environment_id in v.name] == []
         assert not Path(storage.disk_dir(environment_id)).exists(), "images are left"
         assert not Path(storage.link_dir(environment_id)).exists(), "links are left"
-        assert loop_devices(storage.disk_dir(environment_id)) == [], "a loop device is left"
+        assert loop_devices(keys) == [], "a loop device is left"
         assert mounts_of(environment_id) == [], "a mount is left"
     finally:
         # What a failed destroy left (the engine must restart to let go of the volumes).

@@ -19,6 +19,7 @@ import pytest
 
 from dockyard import hostfile
 from dockyard import manifest as contract
+from dockyard.config import HELPER_IMAGE
 from tests.harness.docker_mocks import HarnessState
 from tests.harness.multi_engine import MultiEngineMocks
 from tests.support.ansible import REPO, VENV_BIN, list_inventory, manifest_inventory
@@ -36,7 +37,7 @@ STACK = f"hosts{RUN_ID[:6]}"
 def engine2(core_image: str) -> Iterator[Engine]:
     root = Path(tempfile.mkdtemp(prefix="dockyard-e2-", dir="/var/tmp"))
     try:
-        with second_engine(root, [core_image]) as engine:
+        with second_engine(root, [core_image, HELPER_IMAGE]) as engine:
             yield engine
     finally:
         shutil.rmtree(root, ignore_errors=True)
