@@ -35,6 +35,7 @@ import base64
 import binascii
 import contextlib
 import datetime
+import fcntl
 import grp
 import hmac
 import json
@@ -48,6 +49,7 @@ import stat
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import urllib.parse
@@ -244,6 +246,55 @@ class Proc:
                             break
 
 
+class Pump:
+    """Reads one pipe of a process into its subscribers' events."""
+
+    def __init__(self, proc: Proc, name: str, pipe: Any) -> None:
+        self.proc = proc
+        self.name = name
+        self.fd = pipe.fileno()
+        self.pipe = pipe
+        self.waiting = False  # blocked in read(): everything read so far is handed on
+        self.reads = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while True:
+            self.waiting = True
+            try:
+                data = os.read(self.fd, CHUNK)
+            except OSError:
+                break
+            finally:
+                self.waiting = False
+                self.reads += 1
+            if not data:
+                break
+            if self.proc.end is None:
+                self.proc.publish({"data": {self.name: base64.b64encode(data).decode()}})
+        self.pipe.close()
+
+    def drained(self) -> bool:
+        """True when the pipe is at its end, or empty with the reader waiting on it (twice
+        in a row, 10 ms apart, with no read in between)."""
+        if not self.thread.is_alive():
+            return True
+        before = self.reads
+        if not (self.waiting and pending(self.fd) == 0):
+            return False
+        time.sleep(0.01)
+        return self.waiting and self.reads == before and pending(self.fd) == 0
+
+
+def pending(fd: int) -> int:
+    """Bytes waiting in a pipe (FIONREAD); -1 when it cannot be told."""
+    try:
+        answer = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return -1
+    return int(struct.unpack("i", answer)[0])
+
+
 class ProcessTable:
     def __init__(self, identity: Identity, env: dict[str, str]) -> None:
         self.identity = identity
@@ -313,15 +364,18 @@ class ProcessTable:
         return proc
 
     def run(self, proc: Proc) -> None:
-        """Pump both pipes into events, then the end event; drop the process after."""
-        readers = []
-        for name, pipe in (("stdout", proc.popen.stdout), ("stderr", proc.popen.stderr)):
-            reader = threading.Thread(target=self._pump, args=(proc, name, pipe), daemon=True)
-            reader.start()
-            readers.append(reader)
-        for reader in readers:
-            reader.join()
+        """Pump both pipes into events; once the process exited and what it wrote is read,
+        the end event. A child left running in the background that keeps the pipes open
+        (``server &``) does not hold the end back; what it writes later is dropped."""
+        pumps = [
+            Pump(proc, name, pipe)
+            for name, pipe in (("stdout", proc.popen.stdout), ("stderr", proc.popen.stderr))
+        ]
+        for pump in pumps:
+            pump.thread.start()
         code = proc.popen.wait()
+        while not all(pump.drained() for pump in pumps):
+            time.sleep(0.01)
         if code < 0:
             # What envd (Go) reports: "signal: killed", "signal: terminated".
             name = (signal.strsignal(-code) or f"signal {-code}").lower()
@@ -333,21 +387,13 @@ class ProcessTable:
             proc.end = end
         proc.publish({"end": end})
         proc.publish(None)
+        with proc.lock:
+            proc.subscribers.clear()
+        if proc.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.popen.stdin.close()
         with self.lock:
             self.procs.pop(proc.pid, None)
-
-    @staticmethod
-    def _pump(proc: Proc, name: str, pipe: Any) -> None:
-        fd = pipe.fileno()
-        while True:
-            try:
-                data = os.read(fd, CHUNK)
-            except OSError:
-                break
-            if not data:
-                break
-            proc.publish({"data": {name: base64.b64encode(data).decode()}})
-        pipe.close()
 
     def list(self) -> list[dict[str, Any]]:
         with self.lock:

@@ -10,7 +10,9 @@ Connect RPCs with the SDK's JSON codec, /files uploads and downloads, /health).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import importlib.util
 import io
 import os
 import pwd
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,6 +183,18 @@ def test_kill_reaches_the_commands_children(sandbox: Sandbox, daemon: Daemon) ->
         handle.wait()
     time.sleep(1.5)
     assert not marker.exists(), "the killed command's child ran on"
+
+
+def test_a_child_left_in_the_background_does_not_hold_the_end(sandbox: Sandbox) -> None:
+    # `server &` keeps the pipes open; the command still ends when its shell exits, with
+    # everything the shell wrote (a large burst included).
+    result = sandbox.commands.run("sleep 20 & echo $!; head -c 3000000 /dev/zero | tr '\\0' x")
+    child = int(result.stdout.split("\n", 1)[0])
+    assert len(result.stdout) == len(f"{child}\n") + 3_000_000
+    # Still sleeping (not a zombie nobody reaped) when the command's result came.
+    state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    assert state == "S", f"the background child is in state {state}, not running"
+    os.kill(child, 9)
 
 
 def test_stdin_reaches_the_process_and_close_ends_it(sandbox: Sandbox) -> None:
@@ -386,3 +401,45 @@ def test_async_sdk_streams_a_command_and_a_directory_watch(daemon: Daemon) -> No
     # Output arrived as it was printed, not in one piece at the end.
     assert chunks == ["1\n", "2\n", "3\n"]
     assert {("f1", FilesystemEventType.CREATE), ("f3", FilesystemEventType.CREATE)} <= seen
+
+
+def test_the_end_waits_until_read_output_is_handed_on() -> None:
+    """Pump.drained (the end event's gate): output already read from a pipe but not yet
+    handed to a slow subscriber holds the end; an empty pipe whose writer lives on (a
+    background child) does not."""
+    spec = importlib.util.spec_from_file_location("dockyard_envd", ENVD)
+    assert spec is not None
+    assert spec.loader is not None
+    envd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(envd)
+
+    class SlowProc:
+        end = None
+
+        def __init__(self) -> None:
+            self.gate = threading.Event()
+            self.got: list[bytes] = []
+
+        def publish(self, event: dict[str, dict[str, str]]) -> None:
+            self.gate.wait(10)
+            self.got.append(base64.b64decode(event["data"]["stdout"]))
+
+    proc = SlowProc()
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"x" * 50_000)
+        pump = envd.Pump(proc, "stdout", os.fdopen(read_end, "rb", buffering=0))
+        pump.thread.start()
+        time.sleep(0.1)
+        assert not pump.drained(), "read output not handed on yet must hold the end"
+        proc.gate.set()
+        deadline = time.monotonic() + 5
+        while not pump.drained():
+            assert time.monotonic() < deadline, (
+                "an empty pipe with a live writer must not hold the end"
+            )
+            time.sleep(0.01)
+        assert b"".join(proc.got) == b"x" * 50_000
+    finally:
+        os.close(write_end)
+    pump.thread.join(5)
