@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from .settings import load_settings
 HEALTH_REPORT = Path("/var/lib/dockyard/health/report.json")
 """Where the env_health role's report goes (``env_health_report_file``); the server's
 ``DOCKYARD_HEALTH_REPORT`` names another."""
+HEALTH_REPORT_MAX = 8 * 2**20
+"""The largest health report read (bytes): a report is a few hundred bytes per environment;
+past this it is not read at all, like every other file the host side reads."""
 CAPS = (("environments", ""), ("cpus", " CPUs"), ("memory", " MB"))
 
 
@@ -157,7 +161,8 @@ def health_report(
     env = os.environ if environ is None else environ
     where = path or Path(env.get("DOCKYARD_HEALTH_REPORT") or HEALTH_REPORT)
     try:
-        report = json.loads(where.read_text(encoding="utf-8"))
+        data = _bounded(where, HEALTH_REPORT_MAX)
+        report = json.loads(data) if data is not None else None
     except FileNotFoundError:
         return {
             "path": str(where),
@@ -165,6 +170,14 @@ def health_report(
         }
     except (OSError, ValueError) as exc:
         return {"path": str(where), "error": f"the report cannot be read: {type(exc).__name__}"}
+    if data is None:
+        return {
+            "path": str(where),
+            "error": (
+                f"the report is not a regular file of at most {HEALTH_REPORT_MAX} bytes "
+                "(allowed: the env_health role's JSON report; not read)"
+            ),
+        }
     environments = report.get("environments") if isinstance(report, dict) else None
     if not isinstance(environments, list):
         return {"path": str(where), "error": "the report has no environments list"}
@@ -181,3 +194,19 @@ def health_report(
             if e.get("action") not in (None, "none")
         ),
     }
+
+
+def _bounded(path: Path, limit: int) -> bytes | None:
+    """The file's bytes; None when it is no regular file or holds more than ``limit``
+    (opened without blocking, so a FIFO put in its place cannot hang the reader)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return None if size > limit else b"".join(chunks)
