@@ -56,6 +56,8 @@ name the SDK reached the server by)."""
 REAP_VARIABLE = "DOCKYARD_E2B_REAP_INTERVAL_S"
 REAP_INTERVAL_S = 5.0
 DOCS = "docs/e2b.md"
+DAEMON_WAIT_S = 10.0
+"""How long a call to the daemon's port waits for it to listen (a new sandbox's)."""
 
 
 # --- errors in the SDKs' shape ----------------------------------------------------------------
@@ -564,7 +566,10 @@ class Routing:
         limit = self.context.limits.upload_bytes
         body_read = anyio.Event()
 
+        started: list[bool] = []
+
         async def request_body() -> AsyncIterator[bytes]:
+            started.append(True)
             received = 0
             while True:
                 message = await receive()
@@ -594,7 +599,7 @@ class Routing:
         )
         if not has_body:
             body_read.set()
-        upstream = await self._client.send(outgoing, stream=True)
+        upstream = await self._send(outgoing, port, started)
         try:
             status["code"] = upstream.status_code
             response_headers = [
@@ -628,6 +633,21 @@ class Routing:
                 group.cancel_scope.cancel()
         finally:
             await upstream.aclose()
+
+    async def _send(self, outgoing: httpx.Request, port: int, started: list[bool]) -> Any:
+        """Send; while the sandbox's daemon is not listening yet (it starts right after
+        the ready marker) a refused connection is tried again for a few seconds, as the
+        hosted product's proxy waits for it. Never once the body began to flow."""
+        assert self._client is not None
+        waited = 0.0
+        while True:
+            try:
+                return await self._client.send(outgoing, stream=True)
+            except httpx.ConnectError:
+                if port != sandboxes.ENVD_PORT or started or waited >= DAEMON_WAIT_S:
+                    raise
+            await asyncio.sleep(0.05)
+            waited += 0.05
 
 
 class _BadGateway(DockyardError):
