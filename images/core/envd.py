@@ -35,6 +35,7 @@ import base64
 import binascii
 import contextlib
 import datetime
+import errno
 import fcntl
 import grp
 import hmac
@@ -72,6 +73,8 @@ IO_TIMEOUT = 300
 KEEPALIVE_DEFAULT = 30.0
 # A WatchDir snapshot larger than this is refused (the watch polls the tree).
 MAX_WATCH_ENTRIES = 20000
+# Entries one ListDir answers at most.
+MAX_LIST_ENTRIES = 100000
 WATCH_POLL = 0.2
 E2B_DEFAULT_USER = "user"
 
@@ -115,6 +118,8 @@ def os_error(err: OSError, path: str) -> RpcError:
         return RpcError("invalid_argument", f"path '{path}' is not a directory")
     if isinstance(err, IsADirectoryError):
         return RpcError("invalid_argument", f"path '{path}' is a directory")
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return RpcError("resource_exhausted", f"path '{path}': not enough space ({err.strerror})")
     return RpcError("internal", f"path '{path}': {err.strerror or err}")
 
 
@@ -887,7 +892,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             mapped = os_error(err, query.get("path", [""])[0])
-            self.http_error(HTTP_STATUS.get(mapped.code, 500), mapped.message)
+            # 507 is what the SDKs read as "not enough space" (429 would mean rate limited).
+            status = (
+                507 if mapped.code == "resource_exhausted" else HTTP_STATUS.get(mapped.code, 500)
+            )
+            self.http_error(status, mapped.message)
             return
         except zlib.error:
             body.drain()
@@ -1103,6 +1112,12 @@ def f_list_dir(daemon: Daemon, request: dict[str, Any]) -> Any:
             except OSError:
                 continue
             entries.append(info)
+            if len(entries) > MAX_LIST_ENTRIES:
+                raise RpcError(
+                    "resource_exhausted",
+                    f"'{path}' holds more than {MAX_LIST_ENTRIES} entries to depth {depth} "
+                    "(list a smaller depth or directory)",
+                )
             if at < depth and info["type"] == "FILE_TYPE_DIRECTORY" and not info.get("isSymlink"):
                 level.append((full, at + 1))
     return {"entries": entries}

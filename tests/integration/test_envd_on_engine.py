@@ -22,7 +22,7 @@ import pytest
 from docker.models.containers import Container
 from e2b import Sandbox
 from e2b.connection_config import ConnectionConfig
-from e2b.exceptions import AuthenticationException
+from e2b.exceptions import AuthenticationException, NotEnoughSpaceException
 from packaging.version import Version
 
 from tests.support.agent_runner import AgentRunner, wait_ready
@@ -66,7 +66,9 @@ def test_envd_answers_as_the_agent_after_the_ready_marker(
     runner = AgentRunner(docker_client, core_image)
     try:
         started = time.monotonic()
-        container = runner.start(secrets={"DOCKYARD_ENVD_ACCESS_TOKEN": TOKEN})
+        container = runner.start(
+            secrets={"DOCKYARD_ENVD_ACCESS_TOKEN": TOKEN}, workspace="tmpfs:8m"
+        )
         wait_ready(container)
         container.reload()
         address = container.attrs["NetworkSettings"]["IPAddress"]
@@ -112,6 +114,11 @@ def test_envd_answers_as_the_agent_after_the_ready_marker(
         result = sandbox.commands.run("id -u; echo hi", on_stdout=out.append)
         assert result.stdout == "1000\nhi\n"
         assert "".join(out) == "1000\nhi\n"
+        # Commands see the environment's PATH (the agent CLIs) and its secrets, not the token.
+        seen = sandbox.commands.run(
+            'command -v "$DOCKYARD_BACKEND"; echo "${DOCKYARD_ENVD_ACCESS_TOKEN:-no token}"'
+        )
+        assert seen.stdout == "/opt/agents/bin/claude\nno token\n"
         background = sandbox.commands.run("sleep 60", background=True)
         assert sandbox.commands.kill(background.pid) is True
         payload = os.urandom(4 * 1024 * 1024)
@@ -124,6 +131,10 @@ def test_envd_answers_as_the_agent_after_the_ready_marker(
         down = bytes(sandbox.files.read("/workspace/up.bin", format="bytes"))
         assert hashlib.sha256(down).digest() == hashlib.sha256(payload).digest()
         assert "up.bin" in [entry.name for entry in sandbox.files.list("/workspace")]
+        # A full disk answers what the SDK calls NotEnoughSpace, and leaves no partial file.
+        with pytest.raises(NotEnoughSpaceException):
+            sandbox.files.write("/workspace/too-big.bin", os.urandom(6 * 1024 * 1024))
+        assert "too-big" not in exec_ok(container, ["ls", "-a", "/workspace"])
         # The kernel confines it to what the agent may touch.
         with pytest.raises(Exception, match="permission denied"):
             sandbox.files.write("/etc/planted", "x")
