@@ -5,6 +5,11 @@ modes, build args, the base image id), so an unchanged image is reused across te
 sessions and any change to an input builds a new one. The docker SDK builds with the
 classic builder, which is the path pulumi-docker's default takes too. Builds of
 images/core get the pinned build args of images/versions.env first, as `pulumi up` does.
+
+Nothing is added to what the Dockerfile makes (no label of the suite's own): the core
+image built here is then the very image a stack's ``AgentImage`` builds from the same
+inputs (same id, only another tag), so a layered variant built FROM either one reuses
+the other's layers instead of building the same variant a second time in one run.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from dockyard.image import build_inputs_digest, default_build_args, pinned_versi
 REPO = Path(__file__).resolve().parents[2]
 CORE_CONTEXT = REPO / "images" / "core"
 DEFAULT_BASE = pinned_versions()["BASE_IMAGE"]
-CACHE_LABEL = "dockyard.test-cache"
 
 
 class ImageBuildError(RuntimeError):
@@ -61,7 +65,6 @@ def build_image(
         path=str(context),
         tag=tag,
         buildargs=args,
-        labels={CACHE_LABEL: "1"},
         rm=True,
         forcerm=True,
         decode=True,
