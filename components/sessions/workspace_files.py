@@ -237,18 +237,25 @@ def _status(raw: bytes, code: int | None, parts: tuple[str, ...]) -> dict[str, A
     raise kind("path", [f"path {shown(parts)}: {message}"])
 
 
+def _number(value: Any, low: int, high: int) -> bool:
+    """A number from the helper (the agent may write its answers) that the host can pass on:
+    no bool, no NaN or infinity, none too large for a float or a JSON client."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+
+
 def _entry(entry: Any) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise Failed("the file helper answered an entry that is not an object")
     kind = entry.get("type")
+    size, mode, mtime = entry.get("size"), entry.get("mode"), entry.get("mtime")
     out = {
         "name": str(entry.get("name", ""))[: NAME_MAX * 4],
         "type": kind if kind in ("file", "directory", "symlink", "other") else "other",
-        "size": int(entry["size"]) if isinstance(entry.get("size"), int) else 0,
-        "mode": f"{int(entry['mode']) & 0o7777:04o}"
-        if isinstance(entry.get("mode"), int)
+        "size": size if isinstance(size, int) and _number(size, 0, 2**63 - 1) else 0,
+        "mode": f"{mode & 0o7777:04o}"
+        if isinstance(mode, int) and _number(mode, 0, 2**32)
         else None,
-        "mtime": float(entry["mtime"]) if isinstance(entry.get("mtime"), int | float) else None,
+        "mtime": float(mtime) if _number(mtime, -(2**62), 2**62) else None,
     }
     if out["type"] == "symlink" and isinstance(entry.get("target"), str):
         out["target"] = entry["target"][:PATH_MAX]
