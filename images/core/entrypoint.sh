@@ -27,7 +27,8 @@
 #   DOCKYARD_CHECKPOINT_KEEP  checkpoints kept per session (3)
 #   DOCKYARD_RESTORE          1 = restore an empty workspace from the latest checkpoint (1)
 #   DOCKYARD_HEALTH_FILE      latest health verdict, written by dockyard-healthcheck (/tmp/health)
-#   DOCKYARD_ENVD             1 = start the e2b SDKs' daemon (envd.py, port 49983) after ready (1)
+#   DOCKYARD_ENVD             e2b SDKs' daemon (envd.py, port 49983) after ready: 1, 0, or auto =
+#                             when the secret DOCKYARD_ENVD_ACCESS_TOKEN is there (auto)
 set -euo pipefail
 # Step times for the timing line: bash's own clock, no fork.
 declare -A took=()
@@ -279,9 +280,12 @@ log "ready: tmux session 'main' in $workspace"
 # The first health verdict, at once: before API 1.44 the engine's first probe comes a
 # whole interval (60 s by default) after start. After the marker, so off the ready path.
 dockyard-healthcheck >/dev/null 2>&1 &
-# The e2b SDKs' in-environment daemon on port 49983 (docs/e2b.md), as the agent, unless
-# DOCKYARD_ENVD=0. After the marker too: the SDKs retry until it listens.
-if [ "${DOCKYARD_ENVD:-1}" = 1 ]; then
+# The e2b SDKs' in-environment daemon on port 49983 (docs/e2b.md), as the agent. It runs
+# commands for whoever reaches that port, so by default only where its access token was
+# delivered (an E2B sandbox); DOCKYARD_ENVD=1 forces it, 0 forbids it. After the marker
+# too: the SDKs retry until it listens.
+envd="${DOCKYARD_ENVD:-auto}"
+if [[ "$envd" = 1 || ("$envd" = auto && -n "${DOCKYARD_ENVD_ACCESS_TOKEN:-}") ]]; then
   python3 /usr/local/lib/dockyard/envd.py </dev/null &
 fi
 rm -f "$version_file"
