@@ -28,8 +28,9 @@ appears in an error.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, cast
 from urllib.parse import urlsplit
@@ -214,6 +215,11 @@ class _Call(Generic[T]):
     params: list[tuple[str, str]] = field(default_factory=list)
     body: Any = None
 
+    @property
+    def request(self) -> dict[str, Any]:
+        """The call as httpx's ``request`` arguments (either client)."""
+        return {"method": self.method, "url": self.path, "params": self.params, "json": self.body}
+
     def parse(self, response: httpx.Response) -> T:
         if response.is_success:
             return cast(T, response.json())
@@ -357,10 +363,15 @@ def _http_options(
     }
 
 
-class Client:
-    """The API, blocking. ``server``/``key`` default to $DOCKYARD_SERVER/$DOCKYARD_API_KEY;
-    ``transport`` replaces the network (tests, a Unix socket). Use as a context manager or
-    call :meth:`close`."""
+TransportT = TypeVar("TransportT")
+HttpT = TypeVar("HttpT")
+
+
+class _Connection(Generic[TransportT, HttpT]):
+    """What both clients hold: the checked server URL and their httpx client (``_open``:
+    ``httpx.Client`` or ``httpx.AsyncClient``, with the same options)."""
+
+    _open: Callable[..., HttpT]
 
     def __init__(
         self,
@@ -368,11 +379,28 @@ class Client:
         key: str | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        transport: httpx.BaseTransport | None = None,
+        transport: TransportT | None = None,
         verify: bool | str = True,
     ) -> None:
         self.server, options = _http_options(server, key, timeout, transport, verify)
-        self._http = httpx.Client(**options)
+        self._http: HttpT = self._open(**options)
+
+
+@contextlib.contextmanager
+def _reaching(url: str) -> Iterator[None]:
+    """No answer from the server (connection, TLS, timeout) as :func:`_unreachable`."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        raise _unreachable(url, exc) from None
+
+
+class Client(_Connection[httpx.BaseTransport, httpx.Client]):
+    """The API, blocking. ``server``/``key`` default to $DOCKYARD_SERVER/$DOCKYARD_API_KEY;
+    ``transport`` replaces the network (tests, a Unix socket). Use as a context manager or
+    call :meth:`close`."""
+
+    _open = httpx.Client
 
     def __enter__(self) -> Client:
         return self
@@ -384,12 +412,8 @@ class Client:
         self._http.close()
 
     def _send(self, call: _Call[T]) -> T:
-        try:
-            response = self._http.request(
-                call.method, call.path, params=call.params, json=call.body
-            )
-        except httpx.HTTPError as exc:
-            raise _unreachable(self.server, exc) from None
+        with _reaching(self.server):
+            response = self._http.request(**call.request)
         return call.parse(response)
 
     def create(
@@ -449,20 +473,10 @@ class Client:
         return self._send(_Calls.modal_plan(session, cwd, tenant))
 
 
-class AsyncClient:
+class AsyncClient(_Connection[httpx.AsyncBaseTransport, httpx.AsyncClient]):
     """The API for asyncio: the same methods as :class:`Client`, awaited."""
 
-    def __init__(
-        self,
-        server: str | None = None,
-        key: str | None = None,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        transport: httpx.AsyncBaseTransport | None = None,
-        verify: bool | str = True,
-    ) -> None:
-        self.server, options = _http_options(server, key, timeout, transport, verify)
-        self._http = httpx.AsyncClient(**options)
+    _open = httpx.AsyncClient
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -474,12 +488,8 @@ class AsyncClient:
         await self._http.aclose()
 
     async def _send(self, call: _Call[T]) -> T:
-        try:
-            response = await self._http.request(
-                call.method, call.path, params=call.params, json=call.body
-            )
-        except httpx.HTTPError as exc:
-            raise _unreachable(self.server, exc) from None
+        with _reaching(self.server):
+            response = await self._http.request(**call.request)
         return call.parse(response)
 
     async def create(
