@@ -7,20 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from .. import ssh
 from ..manifest import Manifest
-from . import audit
+from . import audit, hibernate
 from .registry import Record
 from .request import SESSIONS_STACK
-from .settings import Paths
-
-
-class SessionsLike(Protocol):
-    """What issuing needs of :class:`dockyard.sessions.Sessions`."""
-
-    where: Paths
+from .service import SessionsLike
 
 
 @dataclass(frozen=True)
@@ -44,6 +37,8 @@ def issue(
     """A certificate for ``public_key`` on the located session (``Sessions.locate``: the
     record and the manifest checked against the engine)."""
     port = ssh.host_port(dict(manifest))
+    # Wake on SSH: the certificate's holder connects next; a frozen sshd would not answer.
+    hibernate.wake_if_suspended(sessions, record, "ssh certificate")
     with audit.recorded(
         sessions.where.audit_log,
         "ssh-certificate",

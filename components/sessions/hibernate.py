@@ -285,3 +285,17 @@ def wake(sessions: SessionsLike, session: str, tenant: str | None, by: str) -> b
         return resume(sessions, session, tenant, woken=by).status == RUNNING
     except Conflict:
         return False
+
+
+def wake_if_suspended(sessions: SessionsLike, record: Record, by: str) -> bool:
+    """Before something that will need the session running without passing through the
+    data plane (an SSH certificate: its holder connects to the session's sshd next):
+    wake it if it is paused or hibernated. One engine read when it runs (nothing woken,
+    nothing audited); True if it was woken."""
+    try:
+        container = pausing.container_of(record, pausing.shared_client(record.host))
+    except (Conflict, Failed):
+        return False  # the caller's own path reports what is wrong with it
+    if container.status != PAUSED and not is_hibernated(container):
+        return False
+    return wake(sessions, record.session_id, record.tenant, by)

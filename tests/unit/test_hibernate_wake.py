@@ -117,3 +117,27 @@ def test_the_wake_is_a_resume_audited_with_what_woke_it(
             "as they were)",
         ),
     ]
+
+
+def test_an_ssh_certificate_wakes_a_suspended_session_and_leaves_a_running_one_alone(
+    api: Sessions,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    record = api.registry.find("s1", "acme")
+    engine = FakeEngine("running")
+    _on(monkeypatch, engine, ABLE)
+    assert hibernate.wake_if_suspended(api, record, "ssh certificate") is False
+    assert not api.where.audit_log.exists()  # nothing woken, nothing audited
+    engine.status = "paused"
+    assert hibernate.wake_if_suspended(api, record, "ssh certificate") is True
+    assert engine.calls == ["unpause"]
+    api.hibernate("s1", "acme")
+    assert hibernate.wake_if_suspended(api, record, "ssh certificate") is True
+    assert engine.status == "running"
+    engine.status = "exited"  # stopped without a checkpoint: not this path's to start
+    assert hibernate.wake_if_suspended(api, record, "ssh certificate") is False
+    lines = [json.loads(x) for x in api.where.audit_log.read_text().splitlines()]
+    assert [x.get("detail", "").split(";")[0] for x in lines if x["action"] == "resume"] == [
+        "woken by ssh certificate",
+        "woken by ssh certificate",
+    ]
