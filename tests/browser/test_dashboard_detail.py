@@ -16,9 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+from dockyard import backup
 from dockyard.api import dashboard
 from dockyard.sessions import audit, backups
 from dockyard.sessions import pause as pausing
+from dockyard.sessions import snapshots as snapshotting
 from tests.browser.conftest import Served, log_in, seed, shoot
 from tests.browser.test_dashboard_browser import accessible
 from tests.browser.test_dashboard_http import _client, csrf_of
@@ -48,6 +50,7 @@ class Engine:
 
     status: dict[str, str] = field(default_factory=dict)
     calls: list[tuple[str, str, str | None]] = field(default_factory=list)
+    restored: list[tuple[str, str | None, str, bool]] = field(default_factory=list)
 
 
 class FakeClient:
@@ -114,6 +117,30 @@ def engine(served: Served, monkeypatch: pytest.MonkeyPatch) -> Engine:
             entry["detail"] = f"{reason}: snapshot 0123abcd, 3 files, 42 bytes"
         return None
 
+    kept = [
+        backup.Snapshot("0123abcd" * 8, "0123abcd", "2026-01-01T01:00:00Z", ["manual"]),
+        backup.Snapshot("4567ef01" * 8, "4567ef01", "2026-01-01T02:00:00Z", ["destroy"]),
+    ]
+
+    def list_backups(who: backups.Target) -> list[backup.Snapshot]:
+        return kept if who.tenant == "acme" else []
+
+    def restore(
+        given: Any, who: backups.Target, snapshot: str, into: Any, force: bool = False
+    ) -> Any:
+        assert given is sessions
+        assert into is None
+        fake.restored.append((who.session, who.tenant, snapshot, force))
+        return None
+
+    def engine_snapshots(tenant: str | None = None) -> list[snapshotting.Snapshot]:
+        taken = [
+            snapshotting.Snapshot("before-upgrade", "acme", "a1", "snapshot", "i", "sha256:1"),
+            snapshotting.Snapshot("blue-one", "blue", "b1", "snapshot", "i", "sha256:2"),
+            snapshotting.Snapshot("other-a2", "acme", "a2", "snapshot", "i", "sha256:3"),
+        ]
+        return [s for s in taken if tenant is None or s.tenant == tenant]
+
     settings = sessions.where.config_file
     assert settings is not None
     settings.write_text(
@@ -129,6 +156,9 @@ def engine(served: Served, monkeypatch: pytest.MonkeyPatch) -> Engine:
     monkeypatch.setattr(sessions, "pause", move("pause", "running", "paused"))
     monkeypatch.setattr(sessions, "resume", move("resume", "paused", "running"))
     monkeypatch.setattr(backups, "run_backup", run_backup)
+    monkeypatch.setattr(backups, "snapshots", list_backups)
+    monkeypatch.setattr(backups, "restore", restore)
+    monkeypatch.setattr(sessions, "snapshots", engine_snapshots)
     return fake
 
 
@@ -302,3 +332,57 @@ def test_detail_in_the_browser_is_accessible_and_pauses(
     assert "pause" in newest, newest
     accessible(page)
     shoot(page, "detail-paused")
+
+
+def test_backups_and_snapshots_listed_and_a_restore_needs_its_confirmation_and_token(
+    served: Served, engine: Engine, acme: httpx.Client
+) -> None:
+    text = acme.get("/sessions/a1").text
+    listed = text.split('id="h-backups"', 1)[1].split("</section>", 1)[0]
+    # Newest first, each with its restore link.
+    assert listed.index("4567ef01") < listed.index("0123abcd")
+    assert 'href="/sessions/a1/restore?snapshot=' + "0123abcd" * 8 + '"' in listed
+    taken = text.split('id="h-snapshots"', 1)[1].split("</section>", 1)[0]
+    assert "before-upgrade" in taken
+    assert "dockyard fork a1 --snapshot before-upgrade --as NEW-SESSION --tenant acme" in taken
+    assert "blue-one" not in taken  # another tenant's
+    assert "other-a2" not in taken  # another session's
+    # The confirmation names the session and the backup.
+    confirm = acme.get("/sessions/a1/restore", params={"snapshot": "0123abcd"})
+    assert "Restore session <code>a1</code> from backup <code>0123abcd</code>?" in confirm.text
+    token = csrf_of(acme, "/sessions/a1")
+    asked = {"confirm": "a1", "snapshot": "0123abcd"}
+    assert acme.post("/sessions/a1/restore", data=asked).status_code == 403
+    wrong = acme.post("/sessions/a1/restore", data={**asked, "csrf": token, "confirm": "a2"})
+    assert wrong.status_code == 422
+    assert "confirm: not the session&#39;s name (allowed: &#39;a1&#39;" in wrong.text
+    bad = acme.post("/sessions/a1/restore", data={**asked, "csrf": token, "snapshot": "../x"})
+    assert bad.status_code == 422
+    assert "snapshot: &#39;../x&#39; is not a backup id" in bad.text
+    assert engine.restored == []
+    done = acme.post("/sessions/a1/restore", data={**asked, "csrf": token, "force": "yes"})
+    assert done.status_code == 303
+    assert done.headers["location"] == "/sessions/a1?done=restored"
+    assert "Session a1 restored from its backup." in acme.get(done.headers["location"]).text
+    assert engine.restored == [("a1", "acme", "0123abcd", True)]
+    # Another tenant's session: not found, like a missing one; nothing restored.
+    other = acme.post(
+        "/sessions/b1/restore?tenant=blue", data={**asked, "csrf": token, "confirm": "b1"}
+    )
+    missing = acme.post("/sessions/nope/restore", data={**asked, "csrf": token, "confirm": "nope"})
+    assert other.status_code == missing.status_code == 404
+    assert acme.get("/sessions/b1/restore", params={"snapshot": "latest"}).status_code == 404
+    assert engine.restored == [("a1", "acme", "0123abcd", True)]
+
+
+def test_restore_from_the_browser(page: Any, served: Served, engine: Engine) -> None:
+    log_in(page, served.url, served.keys["acme"])
+    page.goto(served.url + "/sessions/a1")
+    page.get_by_role("link", name="Restore a1 from backup 4567ef01…").click()
+    assert "Restore session a1 from backup" in page.locator("h1").inner_text()
+    accessible(page)
+    shoot(page, "restore-confirm")
+    page.get_by_role("button", name="Restore a1 from " + "4567ef01" * 8).click()
+    page.wait_for_url(served.url + "/sessions/a1?done=restored")
+    assert page.get_by_role("status").filter(has_text="Session a1 restored").is_visible()
+    assert engine.restored == [("a1", "acme", "4567ef01" * 8, False)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -13,7 +14,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ...errors import DockyardError
+from ...errors import DockyardError, InvalidInput
 from ...sessions import audit, backups
 from ...sessions import pause as pausing
 from ...sessions.stats_history import sample_of
@@ -26,6 +27,7 @@ from .live import stream_of
 from .login import posted_form, viewer_of
 from .pages import (
     SECURITY_HEADERS,
+    Viewer,
     ctx_of,
     error_page,
     page,
@@ -39,12 +41,17 @@ router = APIRouter(include_in_schema=False)
 
 LOG_LINES = 200
 AUDIT_LINES = 30
+BACKUP_ROWS = 20
+"""Backups listed on the detail page: the newest."""
+BACKUP_ID = re.compile(r"[0-9a-f]{8,64}|latest")
+"""A backup (restic snapshot) id as the restore form may name it."""
 """The detail page's audit history: the session's newest lines (page views left out)."""
 DONE = {
     "refreshed": "refreshed",
     "paused": "paused",
     "resumed": "resumed",
     "backed-up": "backed up",
+    "restored": "restored from its backup",
 }
 """What a detail page's notice may say after an action (``?done=``; nothing else is shown)."""
 
@@ -74,7 +81,30 @@ def _detail(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
         "can_resume": backend == "docker" and state["status"] == pausing.PAUSED,
         "backup_on": backup_on,
         "history": _history(ctx, record.session_id, record.tenant),
+        **_kept(ctx, record.session_id, scope, record.tenant, backup_on),
     }
+
+
+def _kept(
+    ctx: Context, session: str, scope: str | None, tenant: str | None, backup_on: bool
+) -> dict[str, Any]:
+    """The session's backups (newest first; with the host's backup repository) and the
+    engine snapshots taken of it, each with why it cannot be listed."""
+    kept: dict[str, Any] = {"backups": [], "backups_problem": "", "snapshots": []}
+    kept["snapshots_problem"] = ""
+    if backup_on:
+        try:
+            found = backups.snapshots(backups.target(ctx.sessions, session, scope))
+            kept["backups"] = [backups.as_dict(s) for s in found][::-1][:BACKUP_ROWS]
+        except DockyardError as error:
+            kept["backups_problem"] = "; ".join(error.problems)
+    try:
+        kept["snapshots"] = [
+            s.as_dict() for s in ctx.sessions.snapshots(tenant) if s.session == session
+        ]
+    except DockyardError as error:
+        kept["snapshots_problem"] = "; ".join(error.problems)
+    return kept
 
 
 def _history(ctx: Context, session: str, tenant: str | None) -> list[dict[str, Any]]:
@@ -159,6 +189,10 @@ async def detail_page(session_id: str, request: Request) -> Response:
         can_resume=found["can_resume"],
         backup_on=found["backup_on"],
         history=found["history"],
+        backups=found["backups"],
+        backups_problem=found["backups_problem"],
+        snapshots=found["snapshots"],
+        snapshots_problem=found["snapshots_problem"],
         done=DONE.get(request.query_params.get("done", ""), ""),
         **await stream_of(
             request, {"session": session_id, "tenant": scope if viewer.principal.admin else None}
@@ -286,6 +320,86 @@ async def backup(session_id: str, request: Request) -> Response:
     return await _act(session_id, "backup", request)
 
 
+@router.get("/sessions/{session_id}/restore")
+async def restore_page(session_id: str, request: Request) -> Response:
+    """The restore's confirmation: it names the session and the backup, and asks for the
+    session's name typed again."""
+    viewer = await viewer_of(request)
+    if viewer is None:
+        return to_login()
+    scope = scope_of(request, viewer)
+    snapshot = request.query_params.get("snapshot", "")
+    ctx = ctx_of(request)
+    try:
+        record = await ctx.call(ctx.sessions.registry.find, session_id, scope)
+        _backup_id(snapshot)
+    except DockyardError as error:
+        return error_page(request, viewer, error)
+    return page(
+        request,
+        "restore.html",
+        viewer=viewer,
+        session=session_id,
+        record=record,
+        snapshot=snapshot,
+        suffix=suffix_of(viewer, scope),
+    )
+
+
+def _backup_id(snapshot: str) -> str:
+    if not BACKUP_ID.fullmatch(snapshot):
+        raise InvalidInput(
+            "request",
+            [
+                f"snapshot: {snapshot[:80]!r} is not a backup id (allowed: 8 to 64 hex "
+                "digits from the session's list of backups, or 'latest')"
+            ],
+        )
+    return snapshot
+
+
+def _restore(ctx: Context, session: str, scope: str | None, snapshot: str, force: bool) -> Any:
+    """``dockyard restore SESSION SNAPSHOT``: the service layer's restore of the session's
+    own backup into its workspace (another tenant's session answers "not found")."""
+    ctx.sessions.registry.find(session, scope)
+    who = backups.target(ctx.sessions, session, scope)
+    return backups.restore(ctx.sessions, who, snapshot, None, force)
+
+
+@router.post("/sessions/{session_id}/restore")
+async def restore(session_id: str, request: Request) -> Response:
+    posted = await posted_form(request)
+    if isinstance(posted, Response):
+        return posted
+    viewer, form = posted
+    scope = scope_of(request, viewer)
+    mark(request, session_id, scope)
+    if form.get("confirm") != session_id:
+        return _not_confirmed(request, viewer, session_id)
+    ctx = ctx_of(request)
+    try:
+        snapshot = _backup_id(form.get("snapshot", ""))
+        await ctx.call(_restore, ctx, session_id, scope, snapshot, form.get("force") == "yes")
+    except DockyardError as error:
+        return error_page(request, viewer, error)
+    where = f"/sessions/{session_id}" + suffix_of(viewer, scope)
+    where += ("&" if "?" in where else "?") + "done=restored"
+    return RedirectResponse(where, status_code=303, headers=SECURITY_HEADERS)
+
+
+def _not_confirmed(request: Request, viewer: Viewer, session_id: str) -> Response:
+    return page(
+        request,
+        "error.html",
+        422,
+        viewer,
+        title="Not confirmed",
+        problems=[
+            f"confirm: not the session's name (allowed: {session_id!r}, from the confirmation page)"
+        ],
+    )
+
+
 @router.get("/sessions/{session_id}/destroy")
 async def destroy_page(session_id: str, request: Request) -> Response:
     """The confirmation: it names the session (and its tenant) before anything goes."""
@@ -317,17 +431,7 @@ async def destroy(session_id: str, request: Request) -> Response:
     scope = scope_of(request, viewer)
     mark(request, session_id, scope)
     if form.get("confirm") != session_id:
-        return page(
-            request,
-            "error.html",
-            422,
-            viewer,
-            title="Not confirmed",
-            problems=[
-                f"confirm: not the session's name (allowed: {session_id!r}, from the "
-                "confirmation page)"
-            ],
-        )
+        return _not_confirmed(request, viewer, session_id)
     ctx = ctx_of(request)
     try:
         await ctx.call(ctx.sessions.destroy, session_id, scope)
