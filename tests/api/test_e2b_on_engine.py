@@ -8,6 +8,8 @@ started inside the sandbox (with dockyard's own exec), dockyard's credentials st
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,6 +30,25 @@ from tests.support.harness_home import make_home, sweep_tenant
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 DOCKYARD = Path(sys.executable).with_name("dockyard")
+REPO = Path(__file__).resolve().parents[2]
+NODE_SDK = REPO / ".venv" / "node-tools" / "node_modules" / "e2b"
+# The npm SDK (Makefile setup-dev pins it) as an application would use it.
+NODE_PROBE = """
+import { Sandbox } from 'e2b'
+const opts = { apiKey: process.env.KEY, apiUrl: process.env.URL, sandboxUrl: process.env.URL }
+const other = { ...opts, apiKey: process.env.OTHER }
+const sbx = await Sandbox.create('base', { ...opts, metadata: { lang: 'node' } })
+const out = []
+const ran = await sbx.commands.run('echo hi', { onStdout: (d) => out.push(d) })
+const info = await Sandbox.getInfo(sbx.sandboxId, opts)
+await sbx.setTimeout(600_000)
+let hidden = 'visible'
+try { await Sandbox.getInfo(sbx.sandboxId, other) } catch (e) { hidden = e.name }
+const killedByOther = await Sandbox.kill(sbx.sandboxId, other)
+const killed = await sbx.kill()
+console.log(JSON.stringify({ stdout: ran.stdout, out, exit: ran.exitCode, state: info.state,
+  metadata: info.metadata, hidden, killedByOther, killed }))
+"""
 PORT = 8081
 # A tiny server for inside the sandbox: GET /headers answers the headers it received,
 # POST /echo answers the body it received, GET /stream answers 3 chunks.
@@ -278,3 +299,36 @@ def test_unknown_template_and_unsupported_endpoints(server: Server) -> None:
     unauthenticated = server.raw("/v2/sandboxes", {})
     assert unauthenticated.status_code == 401
     assert "X-API-Key" in unauthenticated.json()["message"]
+
+
+def test_the_npm_sdk_unchanged(server: Server, tmp_path: Path) -> None:
+    node = shutil.which("node")
+    if node is None or not (NODE_SDK / "package.json").is_file():
+        message = "node and the npm e2b SDK are needed (make setup-dev installs e2b@2.51.0)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    probe = tmp_path / "probe.mjs"
+    probe.write_text(NODE_PROBE)
+    # Resolved from the node tools' node_modules, as `import 'e2b'` in an application.
+    (tmp_path / "node_modules").symlink_to(NODE_SDK.parent)
+    ran = subprocess.run(
+        [node, str(probe)],
+        env={**os.environ, "KEY": server.keys["a"], "OTHER": server.keys["b"], "URL": server.url},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert json.loads(ran.stdout.strip().splitlines()[-1]) == {
+        "stdout": "hi\n",
+        "out": ["hi\n"],
+        "exit": 0,
+        "state": "running",
+        "metadata": {"lang": "node"},
+        "hidden": "SandboxNotFoundError",
+        "killedByOther": False,
+        "killed": True,
+    }
