@@ -1,7 +1,8 @@
 """Pause and resume a session: the engine's freezer cgroup (``docker pause``/``unpause``).
 
 A paused session keeps every process and its memory exactly as they were; it uses no CPU
-and answers nothing (SSH, previews and exec wait until it is resumed). Both verbs are
+and answers nothing until it is resumed (an exec or file call, or an SSH certificate,
+resumes it: :mod:`.hibernate`'s wake on use; previews wait). Both verbs are
 idempotent no-ops when the session already is where it is asked to go (``changed:
 false``, audited with ``already paused`` / ``already running``); a session whose
 container is not running (stopped, restarting, gone) is a :class:`~dockyard.errors.Conflict`
