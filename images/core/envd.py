@@ -209,9 +209,11 @@ def entry_info(path: str) -> dict[str, Any]:
 class Proc:
     """One started process: its pipes, and the subscribers its events go to."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], config: dict[str, Any], tag: str | None):
+    def __init__(self, popen: Any, config: dict[str, Any], tag: str | None) -> None:
         self.popen = popen
         self.pid = popen.pid
+        # The terminal's master side for a PTY process; None once closed (under lock).
+        self.master: int | None = getattr(popen, "master", None)
         self.config = config
         self.tag = tag
         self.lock = threading.Lock()
@@ -257,7 +259,8 @@ class Pump:
     def __init__(self, proc: Proc, name: str, pipe: Any) -> None:
         self.proc = proc
         self.name = name
-        self.fd = pipe.fileno()
+        # pipe None: the PTY's master, closed under the process's lock (input writes to it).
+        self.fd = pipe.fileno() if pipe is not None else proc.master
         self.pipe = pipe
         self.waiting = False  # blocked in read(): everything read so far is handed on
         self.reads = 0
@@ -277,7 +280,13 @@ class Pump:
                 break
             if self.proc.end is None:
                 self.proc.publish({"data": {self.name: base64.b64encode(data).decode()}})
-        self.pipe.close()
+        if self.pipe is not None:
+            self.pipe.close()
+            return
+        with self.proc.lock:
+            if self.proc.master is not None:
+                os.close(self.proc.master)
+                self.proc.master = None
 
     def drained(self) -> bool:
         """True when the pipe is at its end, or empty with the reader waiting on it (twice
@@ -298,6 +307,48 @@ def pending(fd: int) -> int:
     except OSError:
         return -1
     return int(struct.unpack("i", answer)[0])
+
+
+class PtyChild:
+    """A process on a new terminal (os.forkpty: its own session, the terminal as its
+    controlling one), shaped like the Popen fields the table uses."""
+
+    stdin = None
+
+    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], rows: int, cols: int):
+        pid, master = os.forkpty()
+        if pid == 0:  # the child: only exec (or die) here
+            try:
+                os.chdir(cwd)
+                os.execvpe(argv[0], argv, env)  # noqa: S606 - argv, no shell on purpose
+            finally:
+                os._exit(127)
+        self.pid = pid
+        self.master = master
+        set_size(master, rows, cols)
+        self.returncode: int | None = None
+
+    def wait(self) -> int:
+        _, status = os.waitpid(self.pid, 0)
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def pty_size(request: dict[str, Any]) -> tuple[int, int]:
+    size = (request.get("pty") or {}).get("size") or {}
+    try:
+        rows, cols = int(size.get("rows", 24)), int(size.get("cols", 80))
+    except (TypeError, ValueError):
+        raise RpcError("invalid_argument", "pty.size rows and cols must be numbers") from None
+    if not (1 <= rows <= 1000 and 1 <= cols <= 1000):
+        raise RpcError(
+            "invalid_argument", f"pty size {rows}x{cols} is not allowed (allowed: 1-1000 each)"
+        )
+    return rows, cols
 
 
 class ProcessTable:
@@ -329,8 +380,6 @@ class ProcessTable:
         raise RpcError("invalid_argument", "process selector names neither pid nor tag")
 
     def start(self, request: dict[str, Any]) -> Proc:
-        if request.get("pty"):
-            raise RpcError("unimplemented", "PTY processes are not supported by dockyard's envd")
         config = request.get("process")
         if not isinstance(config, dict) or not config.get("cmd"):
             raise RpcError("invalid_argument", "process.cmd is missing (allowed: a program)")
@@ -349,6 +398,19 @@ class ProcessTable:
         env = dict(self.env)
         env.update(envs)
         tag = request.get("tag")
+        if request.get("pty"):
+            rows, cols = pty_size(request)
+            if not shutil.which(str(config["cmd"]), path=env.get("PATH")):
+                raise RpcError("invalid_argument", f"cannot start '{config['cmd']}': not found")
+            try:
+                child: Any = PtyChild([str(config["cmd"]), *args], cwd, env, rows, cols)
+            except OSError as err:
+                raise RpcError("internal", f"cannot open a terminal: {err}") from None
+            record = {"cmd": config["cmd"], "args": args, "envs": envs, "cwd": cwd}
+            proc = Proc(child, record, str(tag) if tag is not None else None)
+            with self.lock:
+                self.procs[proc.pid] = proc
+            return proc
         try:
             popen = subprocess.Popen(
                 [str(config["cmd"]), *args],
@@ -372,10 +434,13 @@ class ProcessTable:
         """Pump both pipes into events; once the process exited and what it wrote is read,
         the end event. A child left running in the background that keeps the pipes open
         (``server &``) does not hold the end back; what it writes later is dropped."""
-        pumps = [
-            Pump(proc, name, pipe)
-            for name, pipe in (("stdout", proc.popen.stdout), ("stderr", proc.popen.stderr))
-        ]
+        if proc.master is not None:
+            pumps = [Pump(proc, "pty", None)]
+        else:
+            pumps = [
+                Pump(proc, name, pipe)
+                for name, pipe in (("stdout", proc.popen.stdout), ("stderr", proc.popen.stderr))
+            ]
         for pump in pumps:
             pump.thread.start()
         code = proc.popen.wait()
@@ -414,12 +479,23 @@ class ProcessTable:
     def send_input(self, request: dict[str, Any]) -> None:
         proc = self.select(request.get("process"))
         data = request.get("input") or {}
-        if "pty" in data:
-            raise RpcError("unimplemented", "PTY input is not supported by dockyard's envd")
         try:
-            chunk = base64.b64decode(data.get("stdin", ""), validate=True)
+            chunk = base64.b64decode(data.get("pty", data.get("stdin", "")), validate=True)
         except (binascii.Error, TypeError):
-            raise RpcError("invalid_argument", "input.stdin is not base64") from None
+            raise RpcError("invalid_argument", "input is not base64") from None
+        if proc.popen.stdin is None and getattr(proc.popen, "master", None) is not None:
+            with proc.lock:
+                if proc.master is None:
+                    raise RpcError("failed_precondition", f"terminal of process {proc.pid} closed")
+                view = memoryview(chunk)
+                while view:
+                    try:
+                        view = view[os.write(proc.master, view) :]
+                    except BlockingIOError:
+                        time.sleep(0.01)
+            return
+        if "pty" in data:
+            raise RpcError("failed_precondition", f"process {proc.pid} has no terminal")
         stdin = proc.popen.stdin
         if stdin is None or stdin.closed:
             raise RpcError(
@@ -434,6 +510,11 @@ class ProcessTable:
 
     def close_stdin(self, request: dict[str, Any]) -> None:
         proc = self.select(request.get("process"))
+        if getattr(proc.popen, "master", None) is not None:
+            raise RpcError(
+                "failed_precondition",
+                f"process {proc.pid} runs on a terminal: send Ctrl+D (0x04) instead",
+            )
         stdin = proc.popen.stdin
         if stdin is not None and not stdin.closed:
             with contextlib.suppress(BrokenPipeError):
@@ -1074,8 +1155,15 @@ def p_close_stdin(daemon: Daemon, request: dict[str, Any]) -> Any:
 
 
 def p_update(daemon: Daemon, request: dict[str, Any]) -> Any:
-    daemon.procs.select(request.get("process"))
-    raise RpcError("unimplemented", "PTY resize is not supported by dockyard's envd")
+    proc = daemon.procs.select(request.get("process"))
+    if not request.get("pty"):
+        return {}
+    rows, cols = pty_size(request)
+    with proc.lock:
+        if proc.master is None:
+            raise RpcError("failed_precondition", f"process {proc.pid} has no open terminal")
+        set_size(proc.master, rows, cols)
+    return {}
 
 
 def f_stat(daemon: Daemon, request: dict[str, Any]) -> Any:

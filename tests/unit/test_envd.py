@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2b import AsyncSandbox, CommandExitException, FilesystemEventType, Sandbox
+from e2b import AsyncSandbox, CommandExitException, FilesystemEventType, PtySize, Sandbox
 from e2b.connection_config import ConnectionConfig
 from e2b.exceptions import (
     AuthenticationException,
@@ -443,3 +443,31 @@ def test_the_end_waits_until_read_output_is_handed_on() -> None:
     finally:
         os.close(write_end)
     pump.thread.join(5)
+
+
+def test_a_terminal_runs_an_interactive_shell_and_resizes(sandbox: Sandbox) -> None:
+    def session(script: bytes, resize: PtySize | None = None) -> tuple[int, str]:
+        handle = sandbox.pty.create(PtySize(rows=24, cols=80))
+        if resize is not None:
+            sandbox.pty.resize(handle.pid, resize)
+        sandbox.pty.send_stdin(handle.pid, script)
+        out: list[bytes] = []
+        try:
+            handle.wait(on_pty=out.append)
+        except CommandExitException as ended:
+            return ended.exit_code, b"".join(out).decode(errors="replace")
+        return 0, b"".join(out).decode(errors="replace")
+
+    code, text = session(b"stty size; tty; echo $((6*7)); exit 5\n")
+    assert code == 5
+    assert "24 80\r\n" in text
+    assert "/dev/pts/" in text
+    assert "\r\n42\r\n" in text
+    code, text = session(b"stty size; exit\n", resize=PtySize(rows=30, cols=100))
+    assert code == 0
+    assert "30 100\r\n" in text
+    # A terminal takes no plain stdin close; Ctrl+D is its end of input.
+    shell = sandbox.pty.create(PtySize(rows=10, cols=10))
+    with pytest.raises(SandboxException, match="Ctrl\\+D"):
+        sandbox.commands.close_stdin(shell.pid)
+    assert sandbox.pty.kill(shell.pid) is True
