@@ -15,7 +15,7 @@ from ..terminal import errors, warn
 from .options import JsonFlag, RequestOption, TenantOption
 from .output import emit, grid, line, manifest_table, ports, progress, working
 from .remote import Lifecycle, ServerOption, sessions
-from .request import flag_names, read_request, request_from_flags
+from .request import read_request, request_from_flags
 
 verbs = typer.Typer()
 """Merged into the root command by :mod:`dockyard.cli`."""
@@ -64,11 +64,8 @@ def up(
             profile,
         )
         lifecycle = sessions(server)
-        try:
-            with working("creating the session…", as_json):
-                manifest = lifecycle.create(request, progress=progress(as_json))
-        except ConfigError as error:
-            raise flag_names(error, request) from None
+        with working("creating the session…", as_json):
+            manifest = lifecycle.create(request, progress=progress(as_json))
         emit(manifest, as_json, manifest_table)
 
 

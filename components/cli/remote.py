@@ -17,9 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 
-from ..errors import InvalidInput
 from ..sessions import Sessions, secret_variable
-from .request import SESSION_FLAG_MISSING, SESSION_MISSING
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -95,19 +93,7 @@ class ServerSessions:
             variable = secret_variable(str(name), tenant if isinstance(tenant, str) else None)
             if name not in values and os.environ.get(variable):
                 values[str(name)] = os.environ[variable]
-        try:
-            return self.client.create(request, values or None)
-        except InvalidInput as error:
-            if "sessionId" in request:
-                raise
-            # No -s and no sessionId in a request file: name the flag a user types.
-            raise InvalidInput(
-                error.message,
-                [
-                    SESSION_FLAG_MISSING if p.startswith(SESSION_MISSING) else p
-                    for p in error.problems
-                ],
-            ) from None
+        return self.client.create(request, values or None)
 
     def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
         return [dict(row) for row in self.client.list(tenant)]

@@ -1,5 +1,7 @@
 """A session request from the command line: a ``--request`` JSON file (or stdin) with the
-flags of ``dockyard up`` over it. The service layer validates it (every problem at once)."""
+flags of ``dockyard up`` over it. The service layer validates it (every problem at once);
+a request with no session id at all (no ``-s``, no ``sessionId`` in the file) is refused
+here first, as :class:`SessionFlagMissing`, naming the flag a user types."""
 
 from __future__ import annotations
 
@@ -10,12 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..errors import InvalidInput
 
-SESSION_MISSING = "request.sessionId: missing"
 SESSION_FLAG_MISSING = (
     "--session (-s): missing (allowed: a session id, e.g. -s my-session, or sessionId in the "
     "--request file)"
 )
+
+
+class SessionFlagMissing(InvalidInput):
+    """``dockyard up`` was given no session id: no ``-s`` and no ``sessionId`` in the
+    ``--request`` file (the same refusal locally and with ``--server``)."""
+
+    def __init__(self) -> None:
+        super().__init__(SESSION_FLAG_MISSING, [SESSION_FLAG_MISSING])
 
 
 def read_request(path: str) -> dict[str, Any]:
@@ -50,8 +60,11 @@ def request_from_flags(
     tenant: str | None,
     profile: str | None,
 ) -> dict[str, Any]:
-    """The request file's object (or an empty one) with each given flag set over it."""
+    """The request file's object (or an empty one) with each given flag set over it;
+    :class:`SessionFlagMissing` when neither names the session."""
     request = read_request(request_file) if request_file else {}
+    if session is None and "sessionId" not in request:
+        raise SessionFlagMissing()
     container = (
         dict(request.get("container") or {}) if isinstance(request.get("container"), dict) else {}
     )
@@ -84,14 +97,3 @@ def request_from_flags(
     if container or "container" in request:
         request["container"] = container
     return request
-
-
-def flag_names(error: ConfigError, request: dict[str, Any]) -> ConfigError:
-    """``error`` as a user of the flags reads it: with no ``-s`` and no sessionId in a
-    request file, the missing session names the flag a user types."""
-    if "sessionId" in request:
-        return error
-    return ConfigError(
-        error.stack,
-        [SESSION_FLAG_MISSING if p.startswith(SESSION_MISSING) else p for p in error.problems],
-    )
