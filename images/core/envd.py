@@ -785,6 +785,9 @@ class Handler(BaseHTTPRequestHandler):
             self.rpc_error_unary(RpcError("unimplemented", f"no procedure {url.path}"))
             return
         kind, function = route
+        if kind == "client":
+            self.client_stream(function, body)
+            return
         try:
             self.daemon.identity.check_user(self.headers.get("Authorization"))
             if kind == "unary":
@@ -833,6 +836,27 @@ class Handler(BaseHTTPRequestHandler):
         if flags & 0x01:
             raise RpcError("unimplemented", "compressed messages are not supported")
         return json.loads(raw[5 : 5 + length] or b"{}")
+
+    # -- client streams --
+    def client_stream(self, function: Callable[..., Any], body: BodyReader) -> None:
+        """A client stream: each enveloped message handed to ``function`` as it arrives
+        (so input keeps its order and timing); one answer once the client ends."""
+        err: RpcError | None = None
+        try:
+            self.daemon.identity.check_user(self.headers.get("Authorization"))
+            function(self.daemon, envelopes(body))
+        except RpcError as failed:
+            err = failed
+        except json.JSONDecodeError:
+            err = RpcError("invalid_argument", "a message is not JSON")
+        except (ConnectionError, ValueError):
+            self.close_connection = True
+            return
+        body.drain()
+        self.start_stream()
+        if err is None:
+            self.send_message({})
+        self.end_stream(err)
 
     # -- server streams --
     def start_stream(self) -> None:
@@ -987,6 +1011,38 @@ class Handler(BaseHTTPRequestHandler):
             self.http_error(400, "upload holds no file (allowed: one or more 'file' parts)")
             return
         self.send_json(200, written)
+
+
+def read_exact(body: BodyReader, size: int) -> bytes:
+    parts, left = [], size
+    while left:
+        data = body.read(min(left, CHUNK))
+        if not data:
+            raise ConnectionError("request body ended inside a message")
+        parts.append(data)
+        left -= len(data)
+    return b"".join(parts)
+
+
+def envelopes(body: BodyReader) -> Iterator[dict[str, Any]]:
+    """The enveloped JSON messages of a client stream, read as they arrive."""
+    while True:
+        head = body.read(5)
+        if not head:
+            return
+        if len(head) < 5:
+            head += read_exact(body, 5 - len(head))
+        flags, length = struct.unpack(">BI", head)
+        if flags & 0x01:
+            raise RpcError("unimplemented", "compressed messages are not supported")
+        if length > MAX_RPC_BODY:
+            raise RpcError("resource_exhausted", f"a message above {MAX_RPC_BODY} bytes")
+        message = json.loads(read_exact(body, length) or b"{}")
+        if flags & 0x02:  # end of stream
+            return
+        if not isinstance(message, dict):
+            raise RpcError("invalid_argument", "a message is not a JSON object")
+        yield message
 
 
 def gunzip(source: Iterator[bytes]) -> Iterator[bytes]:
@@ -1154,6 +1210,21 @@ def p_close_stdin(daemon: Daemon, request: dict[str, Any]) -> Any:
     return {}
 
 
+def p_stream_input(daemon: Daemon, messages: Iterator[dict[str, Any]]) -> None:
+    """StreamInput: a start message naming the process, then input in order."""
+    selector: Any = None
+    for message in messages:
+        if "start" in message:
+            selector = (message["start"] or {}).get("process")
+            daemon.procs.select(selector)
+        elif "data" in message:
+            if selector is None:
+                raise RpcError("invalid_argument", "input came before the start message")
+            daemon.procs.send_input(
+                {"process": selector, "input": (message["data"] or {}).get("input")}
+            )
+
+
 def p_update(daemon: Daemon, request: dict[str, Any]) -> Any:
     proc = daemon.procs.select(request.get("process"))
     if not request.get("pty"):
@@ -1311,6 +1382,7 @@ RPC: dict[str, tuple[str, Callable[..., Any]]] = {
     "/process.Process/SendSignal": ("unary", p_send_signal),
     "/process.Process/CloseStdin": ("unary", p_close_stdin),
     "/process.Process/Update": ("unary", p_update),
+    "/process.Process/StreamInput": ("client", p_stream_input),
     "/filesystem.Filesystem/Stat": ("unary", f_stat),
     "/filesystem.Filesystem/ListDir": ("unary", f_list_dir),
     "/filesystem.Filesystem/MakeDir": ("unary", f_make_dir),

@@ -201,10 +201,16 @@ def test_stdin_reaches_the_process_and_close_ends_it(sandbox: Sandbox) -> None:
     handle = sandbox.commands.run("cat; echo done", background=True, stdin=True)
     sandbox.commands.send_stdin(handle.pid, "line one\n")
     sandbox.commands.send_stdin(handle.pid, b"\x00\xffbytes\n")
+    # StreamInput (one client stream, input kept in order).
+    sandbox.commands.stream_input(handle.pid, [f"chunk {i}," for i in range(50)] + ["\n"])
     sandbox.commands.close_stdin(handle.pid)
     result = handle.wait()
     assert result.stdout.encode("utf-8", "surrogateescape").startswith(b"line one\n")
-    assert result.stdout.endswith("bytes\ndone\n")
+    assert result.stdout.endswith(
+        "bytes\n" + "".join(f"chunk {i}," for i in range(50)) + "\ndone\n"
+    )
+    with pytest.raises(NotFoundException):
+        sandbox.commands.stream_input(handle.pid, ["too late"])
     without = sandbox.commands.run("sleep 5", background=True)
     with pytest.raises(SandboxException, match="no open stdin"):
         sandbox.commands.send_stdin(without.pid, "x")
