@@ -20,7 +20,7 @@ import docker
 import httpx
 import pytest
 from docker.models.containers import Container
-from e2b import Sandbox
+from e2b import PtySize, Sandbox
 from e2b.connection_config import ConnectionConfig
 from e2b.exceptions import AuthenticationException, NotEnoughSpaceException
 from packaging.version import Version
@@ -120,6 +120,13 @@ def test_envd_answers_as_the_agent_after_the_ready_marker(
             'command -v "$DOCKYARD_BACKEND"; echo "${DOCKYARD_ENVD_ACCESS_TOKEN:-no token}"'
         )
         assert seen.stdout == "/opt/agents/bin/claude\nno token\n"
+        # A terminal works in the container (devpts, os.forkpty in the image's Python).
+        terminal = sandbox.pty.create(PtySize(rows=24, cols=80))
+        sandbox.pty.send_stdin(terminal.pid, b"tty; id -u; exit\n")
+        typed: list[bytes] = []
+        terminal.wait(on_pty=typed.append)
+        assert b"/dev/pts/" in b"".join(typed)
+        assert b"\r\n1000\r\n" in b"".join(typed)
         background = sandbox.commands.run("sleep 60", background=True)
         assert sandbox.commands.kill(background.pid) is True
         payload = os.urandom(4 * 1024 * 1024)
