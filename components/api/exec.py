@@ -29,7 +29,7 @@ from .context import Context
 from .errors import body
 from .middleware import audit_request
 from .principal import principal
-from .workspace import SessionWorkspace, blocking, iterate, limits
+from .workspace import SessionWorkspace, blocking, iterate, limits, open_workspace
 
 router = APIRouter(tags=["exec"])
 
@@ -135,7 +135,7 @@ async def run(
 ) -> StreamingResponse:
     """As the agent user in /workspace: events `start`, `stdout`, `stderr`, `exit`."""
     wanted = _request(given)
-    workspace = await session.open()
+    workspace = await open_workspace(session)
     wanted = wanted.checked(workspace.limits)
     events = workspace.exec(wanted)
     # The first event is taken here: a container that is gone or stopped answers 409
@@ -154,7 +154,7 @@ async def run(
 )
 async def send_signal(session: SessionWorkspace, exec_id: str, given: SignalBody) -> Signalled:
     name = dataplane.signal_name(given.signal)
-    workspace = await session.open()
+    workspace = await open_workspace(session)
     await session.ctx.call(workspace.signal, exec_id, name)
     return Signalled(execId=exec_id, signal=name)
 

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..errors import InvalidInput
-from .workspace import PathQuery, SessionWorkspace, blocking, body_chunks, iterate
+from .workspace import PathQuery, SessionWorkspace, blocking, body_chunks, iterate, open_workspace
 
 router = APIRouter(tags=["files"])
 
@@ -61,7 +61,7 @@ def _mode(value: str) -> int:
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def download(session: SessionWorkspace, path: PathQuery) -> StreamingResponse:
-    workspace = await session.open()
+    workspace = await open_workspace(session)
     size, content = await blocking(workspace.read, path)
     return StreamingResponse(
         iterate(content),
@@ -81,7 +81,7 @@ async def upload(
     """The request body is the file's content; it replaces the file atomically when
     complete (a link at that name is replaced, never written through)."""
     bits = _mode(mode)
-    workspace = await session.open()
+    workspace = await open_workspace(session)
     written: dict[str, Any] = await blocking(
         lambda: workspace.write(path, body_chunks(request), parents=parents, mode=bits)
     )
@@ -94,7 +94,7 @@ async def remove(
     path: PathQuery,
     recursive: Annotated[bool, Query(description="Remove a directory and its content.")] = False,
 ) -> Removed:
-    workspace = await session.open()
+    workspace = await open_workspace(session)
     return Removed(**await session.ctx.call(workspace.remove, path, recursive))
 
 
@@ -104,11 +104,11 @@ async def listing(
     path: PathQuery = ".",
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> Listing:
-    workspace = await session.open()
+    workspace = await open_workspace(session)
     return Listing(**await session.ctx.call(workspace.list, path, limit))
 
 
 @router.get("/api/sessions/{session_id}/files/stat", summary="A file's type, size, mode")
 async def stat(session: SessionWorkspace, path: PathQuery) -> Entry:
-    workspace = await session.open()
+    workspace = await open_workspace(session)
     return Entry(**await session.ctx.call(workspace.stat, path))

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from .principal import Caller, Ctx, acting_on
+from .principal import Caller, Ctx, OnSession, TenantQuery, acting_on
 
 router = APIRouter(tags=["instant sessions"])
-
-TenantQuery = Annotated[
-    str | None, Query(description="Admin keys only: the tenant (a tenant key acts as its own).")
-]
 
 
 class SessionState(BaseModel):
@@ -68,11 +64,8 @@ class ForkBody(BaseModel):
     summary="Pause a session (memory kept)",
     response_model_exclude_none=True,
 )
-async def pause(
-    session_id: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
-) -> SessionState:
-    scope = acting_on(request, caller, session_id, tenant)
-    state = await ctx.call(ctx.sessions.pause, session_id, scope)
+async def pause(session: OnSession) -> SessionState:
+    state = await session.call(session.ctx.sessions.pause)
     return SessionState(**state.as_dict())
 
 
@@ -81,11 +74,8 @@ async def pause(
     summary="Resume a paused or hibernated session",
     response_model_exclude_none=True,
 )
-async def resume(
-    session_id: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
-) -> SessionState:
-    scope = acting_on(request, caller, session_id, tenant)
-    state = await ctx.call(ctx.sessions.resume, session_id, scope)
+async def resume(session: OnSession) -> SessionState:
+    state = await session.call(session.ctx.sessions.resume)
     return SessionState(**state.as_dict())
 
 
@@ -94,13 +84,10 @@ async def resume(
     summary="Hibernate a session (memory checkpointed to disk, container stopped)",
     response_model_exclude_none=True,
 )
-async def hibernate(
-    session_id: str, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
-) -> SessionState:
+async def hibernate(session: OnSession) -> SessionState:
     """Where the host cannot checkpoint (no working CRIU, engine not experimental): 409
     saying what was measured and what to do. `resume` restores a hibernated session."""
-    scope = acting_on(request, caller, session_id, tenant)
-    state = await ctx.call(ctx.sessions.hibernate, session_id, scope)
+    state = await session.call(session.ctx.sessions.hibernate)
     return SessionState(**state.as_dict())
 
 
@@ -109,16 +96,8 @@ async def hibernate(
     status_code=201,
     summary="Snapshot a session (container layer and volumes)",
 )
-async def snapshot(
-    session_id: str,
-    body: SnapshotBody,
-    request: Request,
-    caller: Caller,
-    ctx: Ctx,
-    tenant: TenantQuery = None,
-) -> Snapshot:
-    scope = acting_on(request, caller, session_id, tenant)
-    taken = await ctx.call(ctx.sessions.snapshot, session_id, body.name, scope)
+async def snapshot(session: OnSession, body: SnapshotBody) -> Snapshot:
+    taken = await session.call(session.ctx.sessions.snapshot, body.name)
     return Snapshot(**taken.as_dict())
 
 
@@ -127,23 +106,10 @@ async def snapshot(
     status_code=201,
     summary="Fork a session: a new one with its files and packages, its own identity",
 )
-async def fork(
-    session_id: str,
-    body: Annotated[ForkBody, Body()],
-    request: Request,
-    caller: Caller,
-    ctx: Ctx,
-    tenant: TenantQuery = None,
-) -> dict[str, Any]:
+async def fork(session: OnSession, body: Annotated[ForkBody, Body()]) -> dict[str, Any]:
     """Answers the new session's manifest."""
-    scope = acting_on(request, caller, session_id, tenant)
-    manifest = await ctx.call(
-        ctx.sessions.fork,
-        session_id,
-        body.as_,
-        scope,
-        snapshot=body.snapshot,
-        secrets=body.secretValues,
+    manifest = await session.call(
+        session.ctx.sessions.fork, body.as_, snapshot=body.snapshot, secrets=body.secretValues
     )
     return dict(manifest)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 
 from ..errors import NotFound
 from .context import Context
@@ -107,3 +108,41 @@ async def authenticated(request: Request, presented: str) -> Principal:
 
 Caller = Annotated[Principal, Depends(principal)]
 Ctx = Annotated[Context, Depends(context)]
+
+T = TypeVar("T")
+SessionId = Annotated[str, Path(description="The session's id (in the caller's tenant).")]
+TenantQuery = Annotated[
+    str | None, Query(description="Admin keys only: the tenant (a tenant key acts as its own).")
+]
+
+
+@dataclass(frozen=True)
+class Acting:
+    """The session a route names (path ``session_id``, query ``tenant``), with the caller
+    and the context: what every route on one session takes, declared once
+    (:data:`OnSession`). :meth:`scope` is asked once the route has checked its own input,
+    so a refused request's audit line names no session, as before."""
+
+    request: Request
+    caller: Principal
+    ctx: Context
+    session_id: str
+    tenant: str | None
+
+    def scope(self) -> str | None:
+        """The tenant the caller acts in, with the session named on the audit line."""
+        return acting_on(self.request, self.caller, self.session_id, self.tenant)
+
+    async def call(self, verb: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``verb(session_id, *args, scope, **kwargs)`` in the service pool."""
+        scope = self.scope()
+        return await self.ctx.call(verb, self.session_id, *args, scope, **kwargs)
+
+
+async def _acting(
+    session_id: SessionId, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
+) -> Acting:
+    return Acting(request, caller, ctx, session_id, tenant)
+
+
+OnSession = Annotated[Acting, Depends(_acting)]

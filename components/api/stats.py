@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from .workspace import SessionWorkspace, iterate
+from .workspace import SessionWorkspace, iterate, open_workspace
 
 router = APIRouter(tags=["stats"])
 
@@ -43,7 +43,7 @@ class Ports(BaseModel):
 
 @router.get("/api/sessions/{session_id}/stats", summary="Status, age, memory, CPU, disk")
 async def stats(session: SessionWorkspace) -> Stats:
-    workspace = await session.open()
+    workspace = await open_workspace(session)
     return Stats(**await session.ctx.call(workspace.stats))
 
 
@@ -59,7 +59,7 @@ async def logs(
     follow: Annotated[bool, Query(description="Keep the stream open for new output.")] = False,
 ) -> StreamingResponse:
     """The bytes as the container wrote them (the agent's: never interpreted)."""
-    workspace = await session.open()
+    workspace = await open_workspace(session)
     lines, close = await session.ctx.call(workspace.logs, tail, follow)
     return StreamingResponse(
         iterate(lines, close),
@@ -70,5 +70,5 @@ async def logs(
 
 @router.get("/api/sessions/{session_id}/ports", summary="Published ports")
 async def ports(session: SessionWorkspace) -> Ports:
-    workspace = await session.open()
+    workspace = await open_workspace(session)
     return Ports(**await session.ctx.call(workspace.ports))

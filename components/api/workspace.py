@@ -8,26 +8,21 @@ command may stream for an hour without holding a create's thread)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from fastapi import Depends, Path, Query, Request
+from fastapi import Query, Request
 
 from ..sessions import dataplane
 from .context import Context
-from .principal import Caller, Ctx, Principal, acting_on
+from .principal import Acting, OnSession
 
 T = TypeVar("T")
 STREAMS = anyio.CapacityLimiter(64)
 _END: Any = object()
 
-SessionId = Annotated[str, Path(description="The session's id (in the caller's tenant).")]
-TenantQuery = Annotated[
-    str | None, Query(description="Admin keys only: the tenant (a tenant key acts as its own).")
-]
 PathQuery = Annotated[
     str,
     Query(
@@ -42,42 +37,17 @@ def limits(ctx: Context) -> dataplane.Limits:
     return dataplane.Limits(file_bytes=ctx.limits.upload_bytes)
 
 
-async def open_workspace(
-    request: Request, ctx: Context, caller: Principal, session_id: str, tenant: str | None
-) -> dataplane.Workspace:
-    """The session's workspace in the caller's tenant (another tenant's: not found, as a
-    missing one); the audit line names the session."""
-    scope = acting_on(request, caller, session_id, tenant)
-    return await ctx.call(ctx.sessions.workspace, session_id, scope, limits(ctx))
-
-
-@dataclass(frozen=True)
-class Target:
-    """The session a data-plane route names, for the caller in its tenant; :meth:`open`
-    locates its workspace once the route has checked its own input (a bad request is
-    refused before the session is looked up, as it always was)."""
-
-    request: Request
-    ctx: Context
-    caller: Principal
-    session_id: str
-    tenant: str | None
-
-    async def open(self) -> dataplane.Workspace:
-        return await open_workspace(
-            self.request, self.ctx, self.caller, self.session_id, self.tenant
-        )
-
-
-async def _target(
-    session_id: SessionId, request: Request, caller: Caller, ctx: Ctx, tenant: TenantQuery = None
-) -> Target:
-    return Target(request, ctx, caller, session_id, tenant)
-
-
-SessionWorkspace = Annotated[Target, Depends(_target)]
+SessionWorkspace = OnSession
 """The session id (path), the tenant (query, admin keys), the caller and the context: what
-every data-plane route takes, declared once."""
+every data-plane route takes (:class:`.principal.Acting`)."""
+
+
+async def open_workspace(session: Acting) -> dataplane.Workspace:
+    """The session's workspace in the caller's tenant (another tenant's: not found, as a
+    missing one); the audit line names the session. Routes call it after checking their
+    own input."""
+    ctx = session.ctx
+    return await ctx.call(ctx.sessions.workspace, session.session_id, session.scope(), limits(ctx))
 
 
 async def blocking(function: Callable[..., T], *args: Any) -> T:

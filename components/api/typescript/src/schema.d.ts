@@ -2361,6 +2361,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description The session's id (in the caller's tenant). */
                 session_id: string;
             };
             cookie?: never;
@@ -2401,6 +2402,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description The session's id (in the caller's tenant). */
                 session_id: string;
             };
             cookie?: never;
@@ -2474,6 +2476,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description The session's id (in the caller's tenant). */
                 session_id: string;
             };
             cookie?: never;
@@ -2621,6 +2624,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description The session's id (in the caller's tenant). */
                 session_id: string;
             };
             cookie?: never;
@@ -2655,6 +2659,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description The session's id (in the caller's tenant). */
                 session_id: string;
             };
             cookie?: never;
