@@ -260,7 +260,10 @@ class Pump:
         self.proc = proc
         self.name = name
         # pipe None: the PTY's master, closed under the process's lock (input writes to it).
-        self.fd = pipe.fileno() if pipe is not None else proc.master
+        fd = pipe.fileno() if pipe is not None else proc.master
+        if fd is None:
+            raise RpcError("failed_precondition", f"process {proc.pid} has no open terminal")
+        self.fd: int = fd
         self.pipe = pipe
         self.waiting = False  # blocked in read(): everything read so far is handed on
         self.reads = 0
@@ -698,7 +701,8 @@ class BodyReader:
         return data
 
     def read_all(self, limit: int) -> bytes:
-        parts, total = [], 0
+        parts: list[bytes] = []
+        total = 0
         while True:
             data = self.read()
             if not data:
@@ -910,7 +914,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         except OSError:
             # The client went away: close the generator so it unsubscribes.
-            messages.close()
+            close = getattr(messages, "close", None)
+            if close is not None:
+                close()
             self.close_connection = True
             return
         self.end_stream()

@@ -227,6 +227,7 @@ def test_files_write_read_list_stat_move_remove(sandbox: Sandbox, daemon: Daemon
     )
     assert sorted(e.name for e in sandbox.files.list("notes")) == ["a.txt", "b.bin", "c"]
     stat = sandbox.files.get_info("notes/a.txt")
+    assert stat.type is not None
     assert (stat.size, stat.type.value, stat.owner, stat.permissions) == (
         5,
         "file",
