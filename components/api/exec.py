@@ -29,7 +29,7 @@ from .context import Context
 from .errors import body
 from .middleware import audit_request
 from .principal import principal
-from .workspace import SessionWorkspace, blocking, iterate, limits, open_workspace
+from .workspace import SessionWorkspace, blocking, iterate, limits, open_workspace, streamed
 
 router = APIRouter(tags=["exec"])
 
@@ -125,8 +125,7 @@ async def _events(
 @router.post(
     "/api/sessions/{session_id}/exec",
     summary="Run a command in the session (streamed as server-sent events)",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    **streamed("text/event-stream"),
 )
 async def run(
     session: SessionWorkspace,

@@ -13,7 +13,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..errors import InvalidInput
-from .workspace import PathQuery, SessionWorkspace, blocking, body_chunks, iterate, open_workspace
+from .workspace import (
+    PathQuery,
+    SessionWorkspace,
+    blocking,
+    body_chunks,
+    iterate,
+    open_workspace,
+    streamed,
+)
 
 router = APIRouter(tags=["files"])
 
@@ -57,8 +65,7 @@ def _mode(value: str) -> int:
 @router.get(
     "/api/sessions/{session_id}/files",
     summary="Download a file (streamed)",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    **streamed("application/octet-stream"),
 )
 async def download(session: SessionWorkspace, path: PathQuery) -> StreamingResponse:
     workspace = await open_workspace(session)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from .workspace import SessionWorkspace, iterate, open_workspace
+from .workspace import SessionWorkspace, iterate, open_workspace, streamed
 
 router = APIRouter(tags=["stats"])
 
@@ -50,8 +50,7 @@ async def stats(session: SessionWorkspace) -> Stats:
 @router.get(
     "/api/sessions/{session_id}/logs",
     summary="The container's output (tail, follow)",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    **streamed("application/octet-stream"),
 )
 async def logs(
     session: SessionWorkspace,

@@ -14,6 +14,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 from fastapi import Query, Request
+from fastapi.responses import StreamingResponse
 
 from ..sessions import dataplane
 from .context import Context
@@ -31,6 +32,15 @@ PathQuery = Annotated[
         max_length=dataplane.PATH_MAX,
     ),
 ]
+
+
+def streamed(media_type: str) -> dict[str, Any]:
+    """A streaming route's declaration (its answer: ``media_type`` as it comes), for
+    ``@router.get(path, summary=..., **streamed(...))``."""
+    return {
+        "response_class": StreamingResponse,
+        "responses": {200: {"content": {media_type: {}}}},
+    }
 
 
 def limits(ctx: Context) -> dataplane.Limits:
