@@ -337,7 +337,11 @@ def test_detail_in_the_browser_is_accessible_and_pauses(
 def test_backups_and_snapshots_listed_and_a_restore_needs_its_confirmation_and_token(
     served: Served, engine: Engine, acme: httpx.Client
 ) -> None:
-    text = acme.get("/sessions/a1").text
+    # Loaded after the page (listing snapshots can take seconds); or in it with ?kept=now.
+    assert "Listing the session's backups and snapshots" in acme.get("/sessions/a1").text
+    text = acme.get("/sessions/a1/kept").text
+    assert text.split('id="h-backups"', 1)[1] in acme.get("/sessions/a1?kept=now").text
+    assert acme.get("/sessions/b1/kept?tenant=blue").status_code == 404
     listed = text.split('id="h-backups"', 1)[1].split("</section>", 1)[0]
     # Newest first, each with its restore link.
     assert listed.index("4567ef01") < listed.index("0123abcd")

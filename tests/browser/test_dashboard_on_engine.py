@@ -21,6 +21,7 @@ import pytest
 from dockyard.api.store import default_url
 from dockyard.sessions import Sessions
 from dockyard.sessions.settings import paths
+from dockyard.sessions.stats_history import StatsHistory, sample_round
 from tests.browser.conftest import log_in, shoot
 from tests.harness.sessions import HarnessDriver
 from tests.support.engine import RUN_ID, remove_volume
@@ -220,6 +221,17 @@ def test_the_table_and_the_detail_follow_the_service_live(browser: Any, server: 
             {},
         )
         delays["create"] = _changed(page, row, time.time())
+        # The stats sampler's round on the real engine: d2 runs, so it gets a sample
+        # against its limits (the table's bars and the detail's chart read these rings).
+        history = StatsHistory()
+        assert sample_round(api, history) >= 1
+        sample = history.latest(server.tenant, "d2")
+        assert sample is not None
+        assert sample.memory_used is not None
+        assert sample.memory_limit is not None
+        assert 0 < sample.memory_used < sample.memory_limit
+        assert sample.disk_total
+        assert sample.disk_used is not None
         api.pause("d2", server.tenant)
         delays["pause"] = _changed(
             page, f"{row} && {row}.querySelector('.status-paused')", time.time()

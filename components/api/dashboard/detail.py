@@ -81,16 +81,20 @@ def _detail(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
         "can_resume": backend == "docker" and state["status"] == pausing.PAUSED,
         "backup_on": backup_on,
         "history": _history(ctx, record.session_id, record.tenant),
-        **_kept(ctx, record.session_id, scope, record.tenant, backup_on),
     }
 
 
-def _kept(
-    ctx: Context, session: str, scope: str | None, tenant: str | None, backup_on: bool
-) -> dict[str, Any]:
+def _kept(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
     """The session's backups (newest first; with the host's backup repository) and the
     engine snapshots taken of it, each with why it cannot be listed."""
-    kept: dict[str, Any] = {"backups": [], "backups_problem": "", "snapshots": []}
+    record = ctx.sessions.registry.find(session, scope)
+    tenant = record.tenant
+    try:
+        backup_on = pausing.plan_of(ctx.sessions, record).config.backup is not None
+    except DockyardError:
+        backup_on = False
+    kept: dict[str, Any] = {"record": record, "backup_on": backup_on}
+    kept.update(backups=[], backups_problem="", snapshots=[])
     kept["snapshots_problem"] = ""
     if backup_on:
         try:
@@ -164,6 +168,12 @@ async def detail_page(session_id: str, request: Request) -> Response:
     }
     if request.query_params.get("stats") == "now":
         stats = await _stats_of(request, session_id, scope, found["state"]["status"], tenant)
+    # Listing snapshots asks each engine for its images by label (seconds with hundreds of
+    # images): the page's script loads the list after the page; ?kept=now renders it in.
+    kept: dict[str, Any] = {"kept_later": True}
+    if request.query_params.get("kept") == "now":
+        listed = await ctx.call(_kept, ctx, session_id, scope)
+        kept = {k: v for k, v in listed.items() if k not in ("record", "backup_on")}
     record = found["record"]
     ssh = f"dockyard ssh {session_id}" + (f" --tenant {record.tenant}" if record.tenant else "")
     return page(
@@ -189,10 +199,11 @@ async def detail_page(session_id: str, request: Request) -> Response:
         can_resume=found["can_resume"],
         backup_on=found["backup_on"],
         history=found["history"],
-        backups=found["backups"],
-        backups_problem=found["backups_problem"],
-        snapshots=found["snapshots"],
-        snapshots_problem=found["snapshots_problem"],
+        **kept,
+        kept_now=f"/sessions/{session_id}?"
+        + urlencode(
+            {**({"tenant": scope} if viewer.principal.admin and scope else {}), "kept": "now"}
+        ),
         done=DONE.get(request.query_params.get("done", ""), ""),
         **await stream_of(
             request, {"session": session_id, "tenant": scope if viewer.principal.admin else None}
@@ -246,6 +257,31 @@ def _state(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
     manifest = ctx.sessions.get(session, scope)
     record = ctx.sessions.registry.find(session, scope)
     return {**engine_state(manifest["container"]["id"], record.host), "tenant": record.tenant}
+
+
+@router.get("/sessions/{session_id}/kept")
+async def kept_fragment(session_id: str, request: Request) -> Response:
+    """The detail page's backups and snapshots alone (its script loads them after the page)."""
+    viewer = await viewer_of(request)
+    if viewer is None:
+        return Response(status_code=401, headers=SECURITY_HEADERS)
+    scope = scope_of(request, viewer)
+    mark(request, session_id, scope)
+    ctx = ctx_of(request)
+    try:
+        kept = await ctx.call(_kept, ctx, session_id, scope)
+    except DockyardError as error:
+        return Response(
+            "\n".join(error.problems), status_code=error.http_status, headers=SECURITY_HEADERS
+        )
+    return page(
+        request,
+        "kept.html",
+        viewer=viewer,
+        session=session_id,
+        suffix=suffix_of(viewer, scope),
+        **kept,
+    )
 
 
 @router.get("/sessions/{session_id}/logs")

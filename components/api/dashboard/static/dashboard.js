@@ -102,6 +102,11 @@
       });
       logs.scrollTop = logs.scrollHeight;
     }
+    var kept = document.getElementById("kept");
+    if (kept) {
+      // Listing snapshots can take seconds: loaded once after the page.
+      get(kept.getAttribute("data-kept"), function (html) { kept.innerHTML = html; });
+    }
     var stats = document.getElementById("stats");
     if (stats) {
       // The engine samples for about 2 s: loaded after the page, then every 15 s.
