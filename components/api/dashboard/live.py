@@ -22,7 +22,7 @@ from .pages import SECURITY_HEADERS
 router = APIRouter(include_in_schema=False)
 
 
-async def stream_of(request: Request, query: dict[str, Any]) -> dict[str, str]:
+async def stream_of(request: Request, query: dict[str, Any]) -> dict[str, Any]:
     """The page's stream: its URL (starting after the newest event stored now, so nothing
     between the page's rendering and the stream's opening is missed) and the event types
     its script listens for."""
