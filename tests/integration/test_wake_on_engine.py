@@ -13,7 +13,10 @@ latency of a wake is printed (docs/instant-sessions.md records it), never assert
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,17 +26,20 @@ import docker
 import httpx
 import pytest
 
+from dockyard import ssh
 from dockyard.api.app import create_app
 from dockyard.api.store import KeyStore, default_url
 from dockyard.sessions import Sessions, audit, hibernate
 from tests.support.engine import RUN_ID, is_ready, wait_for
-from tests.support.harness_home import destroy_all, harness_sessions, sweep_tenant
+from tests.support.harness_home import DRIVER, destroy_all, harness_sessions, sweep_tenant
+from tests.support.program import REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 TENANT = f"wk{RUN_ID[:8]}"
 SESSION = "sleepy"
 SAMPLES = 5
+DOCKYARD = Path(sys.executable).with_name("dockyard")
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +183,53 @@ async def test_hibernate_where_this_host_can_or_its_measured_refusal(
     assert resumed["detail"].startswith("restored from its checkpoint"), resumed
     time.sleep(0.5)
     assert container.exec_run(["cat", "/tmp/token"]).output == before
+
+
+def test_dockyard_ssh_wakes_a_paused_session_and_connects(
+    sessions: Sessions,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ssh.DIR_ENV, str(tmp_path / "ca"))  # the stack's CA, this test's own
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    manifest = sessions.create(
+        {
+            "sessionId": "sshy",
+            "cwd": str(tmp_path),
+            "backend": "claude",
+            "tenant": TENANT,
+            "ssh": True,
+        }
+    )
+    container = docker_client.containers.get(manifest["container"]["id"])
+    try:
+        wait_for(lambda: is_ready(container), 120, what="the ssh session ready")
+        sessions.pause("sshy", TENANT)
+        container.reload()
+        assert container.status == "paused"
+        env = {
+            **os.environ,
+            "DOCKYARD_STATE_DIR": str(sessions.where.state),
+            "DOCKYARD_CONFIG": str(sessions.where.config_file),
+            "DOCKYARD_DRIVER": DRIVER,
+            "PYTHONPATH": str(REPO),
+        }
+        done = subprocess.run(
+            [str(DOCKYARD), "ssh", "sshy", "--tenant", TENANT, "-i", str(key), "--minutes", "5",
+             "--command", "echo over-ssh", "--", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20"],
+            env=env, capture_output=True, text=True, timeout=90, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "over-ssh"
+        container.reload()
+        assert container.status == "running"
+        woken = [
+            e.get("detail")
+            for e in audit.read(sessions.where.audit_log, session="sshy", tenant=TENANT)
+            if e["action"] == "resume"
+        ]
+        assert woken == ["woken by ssh certificate"]
+    finally:
+        sessions.destroy("sshy", TENANT)
