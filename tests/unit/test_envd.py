@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import pwd
 import shutil
@@ -39,9 +41,28 @@ from e2b.exceptions import (
 from packaging.version import Version
 
 ENVD = Path(__file__).resolve().parents[2] / "images" / "core" / "envd.py"
-# The image's interpreter is Debian's; any Python 3.11 the daemon's user can run does.
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 UNPRIVILEGED = 65534  # nobody
+
+
+@functools.cache
+def python_for_daemon() -> str:
+    """A Python 3.11+ the daemon's user can run: the image has Debian's; a virtualenv's
+    interpreter under /root is out of reach for nobody."""
+    candidates = [c for c in ("/usr/bin/python3", sys.executable, shutil.which("python3")) if c]
+    as_root = os.geteuid() == 0
+    for candidate in candidates:
+        ran = subprocess.run(
+            [candidate, "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
+            capture_output=True,
+            user=UNPRIVILEGED if as_root else None,
+            group=UNPRIVILEGED if as_root else None,
+            extra_groups=[] if as_root else None,
+            cwd="/",
+            check=False,
+        )
+        if ran.returncode == 0:
+            return candidate
+    raise AssertionError(f"no Python >= 3.11 that uid {UNPRIVILEGED} may run among {candidates}")
 
 
 def free_port() -> int:
@@ -61,7 +82,7 @@ class Daemon:
         self.user = pwd.getpwuid(UNPRIVILEGED if as_root else os.getuid()).pw_name
         run_env = {"PATH": "/usr/bin:/bin", "HOME": str(home), **(env or {})}
         self.proc = subprocess.Popen(
-            [PYTHON, str(ENVD), "--host=127.0.0.1", f"--port={self.port}"],
+            [python_for_daemon(), str(ENVD), "--host=127.0.0.1", f"--port={self.port}"],
             env=run_env,
             cwd=home,
             stdout=subprocess.PIPE,
@@ -368,7 +389,7 @@ def test_refuses_to_run_as_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to try")  # pragma: no cover
     ran = subprocess.run(
-        [PYTHON, str(ENVD), "--host=127.0.0.1", f"--port={free_port()}"],
+        [python_for_daemon(), str(ENVD), "--host=127.0.0.1", f"--port={free_port()}"],
         capture_output=True,
         text=True,
         timeout=10,
@@ -478,3 +499,77 @@ def test_a_terminal_runs_an_interactive_shell_and_resizes(sandbox: Sandbox) -> N
     with pytest.raises(SandboxException, match="Ctrl\\+D"):
         sandbox.commands.close_stdin(shell.pid)
     assert sandbox.pty.kill(shell.pid) is True
+
+
+NODE_SDK = Path(__file__).resolve().parents[2] / ".venv" / "node-tools" / "node_modules" / "e2b"
+NODE_SCRIPT = r"""
+import crypto from 'node:crypto'
+const { Sandbox } = await import(process.argv[2])
+const sbx = await Sandbox.connect('envd-node', { debug: true, sandboxUrl: process.argv[3] })
+const report = {}
+const out = []
+const run = await sbx.commands.run('echo hi; echo oops >&2', { onStdout: (d) => out.push(d) })
+report.run = [run.exitCode, run.stdout, run.stderr, out.join('')]
+const bg = await sbx.commands.run('sleep 60', { background: true })
+report.listed = (await sbx.commands.list()).some((p) => p.pid === bg.pid)
+report.killed = await bg.kill()
+try { await bg.wait() } catch (e) { report.killedExit = [e.exitCode, e.error] }
+const cat = await sbx.commands.run('cat', { background: true, stdin: true })
+await sbx.commands.sendStdin(cat.pid, 'typed\n')
+await sbx.commands.closeStdin(cat.pid)
+report.stdin = (await cat.wait()).stdout
+await sbx.files.write('node/a.txt', 'hello')
+report.read = await sbx.files.read('node/a.txt')
+report.list = (await sbx.files.list('node')).map((e) => e.name)
+await sbx.files.rename('node/a.txt', 'node/b.txt')
+report.moved = [await sbx.files.exists('node/a.txt'), await sbx.files.exists('node/b.txt')]
+const big = crypto.randomBytes(50 * 1024 * 1024)
+await sbx.files.write('node/big.bin', new Blob([big]))
+const back = Buffer.from(await sbx.files.read('node/big.bin', { format: 'bytes' }))
+report.big = crypto.createHash('sha256').update(back).digest('hex') ===
+  crypto.createHash('sha256').update(big).digest('hex')
+await sbx.files.remove('node')
+report.removed = await sbx.files.exists('node')
+const typed = []
+const term = await sbx.pty.create({ rows: 24, cols: 80, onData: (d) => typed.push(Buffer.from(d).toString()) })
+await sbx.pty.sendInput(term.pid, new TextEncoder().encode('stty size; exit\n'))
+await term.wait()
+report.pty = typed.join('').includes('24 80')
+console.log(JSON.stringify(report))
+"""
+
+
+def test_the_node_sdk_drives_the_daemon_too(daemon: Daemon, tmp_path: Path) -> None:
+    """The npm SDK (pinned in the Makefile's setup-dev) speaks the same protocol through
+    its own Connect client (connect-web, JSON) and fetch-based uploads."""
+    node = shutil.which("node")
+    if node is None or not (NODE_SDK / "package.json").is_file():
+        message = f"needs node and the npm e2b SDK at {NODE_SDK} (make setup-dev)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)  # pragma: no cover
+    script = tmp_path / "probe.mjs"
+    script.write_text(NODE_SCRIPT)
+    entry = (NODE_SDK / "dist" / "index.mjs").as_uri()
+    ran = subprocess.run(
+        [node, str(script), entry, daemon.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    report = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert report == {
+        "run": [0, "hi\n", "oops\n", "hi\n"],
+        "listed": True,
+        "killed": True,
+        "killedExit": [-1, "signal: killed"],
+        "stdin": "typed\n",
+        "read": "hello",
+        "list": ["a.txt"],
+        "moved": [False, True],
+        "big": True,
+        "removed": False,
+        "pty": True,
+    }
