@@ -23,12 +23,13 @@ from .status import engine_states
 RING = 120
 """Samples kept per session (an hour at the default 30 s interval)."""
 MAX_SESSIONS = 5000
-"""Sessions with a ring at once (the oldest sampled go first)."""
+"""Sessions with a ring at once (the least recently fed go first): at most 600,000
+samples of about 100 bytes each."""
 INTERVAL_S = 30.0
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One sample: ``at`` (UNIX seconds), bytes of memory and disk used against their
     limits (None where unknown), CPU in percent of one CPU."""
