@@ -225,6 +225,7 @@ def _states(text: str | None) -> list[str] | None:
 @router.get("/v2/sandboxes", summary="E2B: list sandboxes")
 async def list_v2(
     request: Request,
+    response: Response,
     metadata: str | None = None,
     state: StateQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
@@ -240,6 +241,8 @@ async def list_v2(
         _metadata_query(metadata),
         _states(state),
     )
+    if offset + limit < len(rows):
+        response.headers["x-next-token"] = str(offset + limit)  # the SDKs' paginator reads it
     return [SandboxDetail(**r) for r in rows[offset : offset + limit]]
 
 

@@ -256,3 +256,38 @@ async def test_http_answers_in_the_sdks_error_shape(api: Api) -> None:
     )
     assert timeout.status_code == 422
     assert timeout.json()["code"] == 422
+
+
+@pytest.mark.anyio
+async def test_list_pages_as_the_sdks_paginator_reads_them(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [
+        e2b.Sandbox(f"s{n}", "acme", "base", f"2026-12-07T00:00:0{n}.000Z", None, 300).detail(
+            "running", None, {}
+        )
+        for n in range(3)
+    ]
+    asked: list[tuple[Any, ...]] = []
+
+    def listing(*args: Any) -> list[dict[str, Any]]:
+        asked.append(args[1:])
+        return rows
+
+    monkeypatch.setattr(face.sandboxes, "listing", listing)
+    key = {"X-API-Key": api.store.create("acme", False).key}
+    first = await api.client.get(
+        "/v2/sandboxes",
+        params={"limit": 2, "metadata": "team=web&k%2520=v", "state": "running"},
+        headers=key,
+    )
+    assert [r["sandboxID"] for r in first.json()] == ["s0", "s1"]
+    assert first.headers["x-next-token"] == "2"
+    assert asked[0][0] == "acme"  # the key's tenant, whatever was asked
+    assert asked[0][2:] == ({"team": "web", "k ": "v"}, ["running"])
+    last = await api.client.get("/v2/sandboxes", params={"limit": 2, "nextToken": "2"}, headers=key)
+    assert [r["sandboxID"] for r in last.json()] == ["s2"]
+    assert "x-next-token" not in last.headers
+    bad = await api.client.get("/v2/sandboxes", params={"state": "gone"}, headers=key)
+    assert bad.status_code == 422
+    assert "allowed: running, paused" in bad.json()["message"]
