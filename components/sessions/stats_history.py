@@ -22,9 +22,9 @@ from .status import engine_states
 
 RING = 120
 """Samples kept per session (an hour at the default 30 s interval)."""
-MAX_SESSIONS = 5000
-"""Sessions with a ring at once (the least recently fed go first): at most 600,000
-samples of about 100 bytes each."""
+MAX_SESSIONS = 2000
+"""Sessions with a ring at once (the least recently fed go first): at most 240,000
+samples of about 250 bytes each (the sample and its numbers), ≈ 60 MB."""
 INTERVAL_S = 30.0
 log = logging.getLogger(__name__)
 
