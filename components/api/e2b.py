@@ -430,6 +430,21 @@ def forwarded_headers(headers: list[tuple[bytes, bytes]], port: int) -> list[tup
     return kept
 
 
+def answered_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """The sandbox's answer headers the caller gets: no hop-by-hop ones, no request id of
+    its own, and no cookie named like dockyard's (a sandbox on ``<port>-<id>.<domain>``
+    must not plant the dashboard's login or session cookie on the parent domain)."""
+    kept = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered == REQUEST_ID_HEADER.lower():
+            continue
+        if lowered == "set-cookie" and value.strip().lower().startswith("dockyard_"):
+            continue
+        kept.append((lowered.encode("latin-1"), value.encode("latin-1")))
+    return kept
+
+
 class Routing:
     """ASGI middleware (outermost): sandbox-port requests are forwarded, everything else
     goes to the app; the reaper loop runs for the app's lifetime."""
@@ -605,11 +620,7 @@ class Routing:
         upstream = await self._send(outgoing, port, started)
         try:
             status["code"] = upstream.status_code
-            response_headers = [
-                (k.encode("latin-1"), v.encode("latin-1"))
-                for k, v in upstream.headers.multi_items()
-                if k.lower() not in HOP_BY_HOP and k.lower() != REQUEST_ID_HEADER.lower()
-            ]
+            response_headers = answered_headers(upstream.headers.multi_items())
             response_headers.append((REQUEST_ID_HEADER.lower().encode(), rid.encode()))
             await send(
                 {

@@ -212,6 +212,20 @@ def test_forwarded_headers_strip_dockyards_credentials() -> None:
     assert basic == {"authorization": "Basic dXNlcjo="}  # envd's user, not a dockyard key
 
 
+def test_answered_headers_keep_the_sandbox_off_dockyards_cookies() -> None:
+    answered = face.answered_headers(
+        [
+            ("Set-Cookie", "dockyard_session=planted; Domain=example; Path=/"),
+            ("set-cookie", " Dockyard_login=x"),
+            ("Set-Cookie", "app=1"),
+            ("X-Request-Id", "forged"),
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Type", "text/plain"),
+        ]
+    )
+    assert answered == [(b"set-cookie", b"app=1"), (b"content-type", b"text/plain")]
+
+
 @pytest.mark.anyio
 async def test_http_answers_in_the_sdks_error_shape(api: Api) -> None:
     key = api.store.create("acme", False).key
