@@ -731,6 +731,14 @@ class Handler(BaseHTTPRequestHandler):
         # Stream events are small and must go out at once.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def handle_one_request(self) -> None:
+        # A client that goes away mid-answer, or sends a malformed chunked body, ends its
+        # connection quietly instead of a traceback in the environment's log.
+        try:
+            super().handle_one_request()
+        except (ConnectionError, ValueError):
+            self.close_connection = True
+
     def log_message(self, format: str, *args: Any) -> None:
         return
 
