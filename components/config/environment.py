@@ -29,11 +29,11 @@ from .names import EnvVars, Labels, SecretNames
 from .scope import local_engine, on_kubernetes, scope_of
 from .sections import (
     KUBERNETES_DOMAINS,
+    KnownProfile,
     KubernetesSettings,
     Limits,
     Runtime,
     Variant,
-    known_profile,
     known_profiles,
     resolve_limits,
 )
@@ -156,7 +156,7 @@ class Environment(Model):
     env: EnvVars = Field(default_factory=dict)
     secrets: SecretNames = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
-    profile: v.ProfileName | None = None
+    profile: KnownProfile | None = None
     gpu: Annotated[str | list[str] | None, BeforeValidator(_gpu)] = None
     labels: Labels = Field(default_factory=dict)
     image: v.ImageReference | None = None
@@ -222,11 +222,6 @@ class Environment(Model):
         if missing:
             raise v.refuse_items(missing, verb="is not set")
         return names
-
-    @field_validator("profile")
-    @classmethod
-    def _known_profile(cls, name: str | None, info: ValidationInfo) -> str | None:
-        return name if name is None else known_profile(name, scope_of(info))
 
     @field_validator("gpu")
     @classmethod

@@ -21,8 +21,7 @@ from pydantic import AfterValidator, BeforeValidator, ValidationInfo, field_vali
 
 from . import values as v
 from .base import Model
-from .scope import scope_of
-from .sections import Variant, known_profile
+from .sections import KnownProfile, Variant
 
 POOL_CEILING = 100
 """The most members one pool entry may hold."""
@@ -44,16 +43,11 @@ class Pool(Model):
 
     backend: Literal["claude", "codex"] = "claude"
     variant: Variant = "core"
-    profile: v.ProfileName = "standard"
+    profile: KnownProfile = "standard"
     min: PoolSize = 0
     """Ready (unclaimed) members the pool keeps."""
     max: PoolSize | None = None
     """Members the pool may hold at once; None: ``min``."""
-
-    @field_validator("profile")
-    @classmethod
-    def _known_profile(cls, name: str, info: ValidationInfo) -> str:
-        return known_profile(name, scope_of(info))
 
     @field_validator("max")
     @classmethod

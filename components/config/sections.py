@@ -22,7 +22,7 @@ from .. import contract
 from . import values as v
 from .base import Model
 from .names import BuildArgs
-from .scope import Scope
+from .scope import Scope, scope_of
 
 # --- Limits and profiles --------------------------------------------------------------------
 
@@ -147,6 +147,15 @@ def known_profile(name: str, scope: Scope | None) -> str:
         if name not in known:
             raise v.refuse("one of " + ", ".join(sorted(known)))
     return name
+
+
+def _known_in_scope(name: str, info: ValidationInfo) -> str:
+    return known_profile(name, scope_of(info))
+
+
+KnownProfile = Annotated[v.ProfileName, AfterValidator(_known_in_scope)]
+"""A profile's name, one of the stack's (built in or its own) once those are known: the
+stack's default profile and a pool's."""
 
 
 def resolve_limits(profile: Profile | None, stack: Limits | None, env: Limits) -> ResolvedLimits:

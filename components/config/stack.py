@@ -41,13 +41,13 @@ from .sections import (
     BrokerSettings,
     Healthcheck,
     ImageSource,
+    KnownProfile,
     KubernetesSettings,
     Limits,
     Profile,
     Profiles,
     Quotas,
     ResolvedLimits,
-    known_profile,
     resolve_limits,
 )
 
@@ -91,7 +91,7 @@ class StackConfig(Model):
     )
     """Several Docker hosts by name; environments are placed on them (``host``)."""
     profiles: Profiles = Field(default_factory=dict)
-    profile: v.ProfileName = "standard"
+    profile: KnownProfile = "standard"
     image: ImageSource = Field(default_factory=ImageSource)
     gpu_image: ImageSource = Field(default_factory=ImageSource)
     limits: Limits = Field(default_factory=Limits)
@@ -162,11 +162,6 @@ class StackConfig(Model):
         else:
             return settings
         raise v.refuse_items([("repository", settings.repository, why)])
-
-    @field_validator("profile")
-    @classmethod
-    def _known_profile(cls, name: str, info: ValidationInfo) -> str:
-        return known_profile(name, scope_of(info))
 
     @field_validator("pools")
     @classmethod
