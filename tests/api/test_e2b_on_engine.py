@@ -222,6 +222,11 @@ def test_sdk_lifecycle_isolation_and_routing(
         out: list[str] = []
         ran = sbx.commands.run("echo hi", on_stdout=out.append, timeout=60)
         assert (ran.exit_code, ran.stdout, out) == (0, "hi\n", ["hi\n"])
+        # 50 MB up and down through the routing, streamed (the server holds no copy).
+        big = os.urandom(1024 * 1024) * 50
+        sbx.files.write("/tmp/big.bin", big)
+        assert sbx.files.read("/tmp/big.bin", format="bytes") == big
+        sbx.files.remove("/tmp/big.bin")
 
         # Routing: a server started inside, reached by the SDK's own host name...
         _start_server(server, sbx.sandbox_id)
