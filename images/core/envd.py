@@ -864,6 +864,8 @@ class Handler(BaseHTTPRequestHandler):
         except (ConnectionError, ValueError):
             self.close_connection = True
             return
+        except Exception as failed:  # a bug must answer, not hang the client
+            err = RpcError("internal", f"{type(failed).__name__}: {failed}")
         body.drain()
         self.start_stream()
         if err is None:
@@ -912,6 +914,10 @@ class Handler(BaseHTTPRequestHandler):
             self.start_stream()
             self.end_stream()
             return
+        except Exception as err:  # a bug must answer, not hang the client
+            self.start_stream()
+            self.end_stream(RpcError("internal", f"{type(err).__name__}: {err}"))
+            return
         self.start_stream()
         try:
             self.send_message(first)
@@ -926,6 +932,9 @@ class Handler(BaseHTTPRequestHandler):
             if close is not None:
                 close()
             self.close_connection = True
+            return
+        except Exception as err:  # a bug must end the stream with an error, not cut it
+            self.end_stream(RpcError("internal", f"{type(err).__name__}: {err}"))
             return
         self.end_stream()
 
