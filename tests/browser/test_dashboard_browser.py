@@ -187,6 +187,7 @@ def test_memory_and_disk_bars_in_the_table_and_the_last_hour_on_the_detail(
     assert page.get_by_role("meter", name="Disk of a1: 1.0 GiB of 8.0 GiB (12%)").count() == 1
     assert page.locator('tr[data-session="a2"]').get_by_text("no sample").count() == 2
     assert page.get_by_role("meter").count() == 2  # never blue's
+    shoot(page, "sessions-meters")
     page.get_by_role("link", name="a1", exact=True).click()
     chart = page.get_by_role("img", name=re.compile("^The last hour"))
     assert chart.count() == 1
