@@ -30,7 +30,7 @@ from .. import manifest as manifest_contract
 from ..capacity import connect
 from ..config import ConfigError, from_host_settings
 from ..contract import NAMING_CURRENT
-from . import audit, backups, dataplane, driver, located, ownership, quotas, registry
+from . import audit, backups, dataplane, driver, listing, located, ownership, quotas, registry
 from . import hibernate as hibernating
 from . import pause as pausing
 from . import snapshots as snapshotting
@@ -357,21 +357,12 @@ class Sessions:
         return workspace
 
     def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every session (of ``tenant``); manifests read through :mod:`.listing`'s cache
+        (:func:`.listing.page` filters by label and pages)."""
         rows = []
         for record in self.registry.all(tenant):
-            row: dict[str, Any] = {
-                "sessionId": record.session_id,
-                "tenant": record.tenant,
-                "stack": record.stack_name,
-                "host": record.host,
-                "cwd": record.cwd,
-                "createdAt": record.created_at,
-                "manifest": record.manifest_path,
-            }
-            with contextlib.suppress(OSError, manifest_contract.ManifestError):
-                manifest = manifest_contract.load(record.manifest_path)
-                row["container"] = manifest["container"]["name"]
-                row["ports"] = manifest["container"]["portMappings"]
+            row = listing.row(record)
+            del row["labels"]
             rows.append(row)
         return rows
 
