@@ -14,7 +14,9 @@ is not trusted from the index: it is read again on every call until it is older 
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +29,9 @@ T = TypeVar("T")
 RACY_NS = 2_000_000_000
 """A file changed less than this before it was read is read again next time (2 s: the
 coarsest file time granularity of the filesystems a state directory lives on)."""
+FILE_MAX = 16 * 2**20
+"""The largest file read (bytes): a record or a manifest is a few KB (a record holds its
+request, which the API bounds far below this); past it a file is left out unread."""
 DIRECTORIES_MAX = 64
 """Directories indexed at once per process (tests open many); past it the index restarts."""
 
@@ -55,17 +60,25 @@ _LOCK = threading.Lock()
 
 
 def _read(path: str, parse: Callable[[bytes], T]) -> _Entry[T] | None:
-    """The file's stat key and parsed value, both of the same inode; None if it is gone."""
+    """The file's stat key and parsed value, both of the same inode; None if it is gone,
+    is no regular file (opened without blocking: a FIFO cannot hang the reader) or is over
+    :data:`FILE_MAX`."""
     read_at = time.time_ns()
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:
-        key = stat_key(os.fstat(fd))
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > FILE_MAX:
+            return None
+        key = stat_key(info)
+        chunks, size = [], 0
+        while size <= FILE_MAX and (chunk := os.read(fd, 1 << 16)):
             chunks.append(chunk)
+            size += len(chunk)
+        if size > FILE_MAX:
+            return None
     except OSError:
         return None
     finally:
@@ -132,11 +145,16 @@ FILES_MAX = 4096
 """Files remembered at once by :func:`cached` per process; past it the cache restarts."""
 
 
-def cached(path: str, kind: str, load: Callable[[str], T]) -> T:
+def cached(path: str, kind: str, load: Callable[[str], T], max_bytes: int = FILE_MAX) -> T:
     """``load(path)``, remembered while the file's stat key stays the same (the rules of
-    :func:`load`). Raises what ``os.stat`` or ``load`` raise (a failure is not remembered)."""
+    :func:`load`). Raises what ``os.stat`` or ``load`` raise (a failure is not remembered),
+    and :class:`OSError` for what is no regular file or is over ``max_bytes`` (not read:
+    a FIFO would block the reader, a huge file fill its memory)."""
     read_at = time.time_ns()
-    key = stat_key(os.stat(path))
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+        raise OSError(errno.EINVAL, f"not a regular file of at most {max_bytes} bytes", path)
+    key = stat_key(st)
     slot = (path, kind)
     with _LOCK:
         entry = _FILES.get(slot)

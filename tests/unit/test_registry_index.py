@@ -5,10 +5,12 @@ own rows (issue 27: 200 concurrent GET /api/sessions)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,3 +258,33 @@ def test_a_rewritten_manifest_is_read_again_and_an_unreadable_one_leaves_the_row
     row = listing.page(sessions, "acme").rows[0]
     assert "container" not in row
     assert "ports" not in row
+
+
+def test_a_fifo_or_an_oversized_file_is_left_out_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing in the registry or in a manifest's place can block the list or fill its
+    memory: a FIFO is not waited on, a file past FILE_MAX is not read."""
+    index = tmp_path / "index"
+    record = _record(index, "a")
+    _manifest(record)
+    big = _record(index, "b", note="x" * 4000)
+    os.mkfifo(index / "acme.fifo.json")
+    Path(record.manifest_path).unlink()
+    os.mkfifo(record.manifest_path)
+    monkeypatch.setattr(registry_index, "FILE_MAX", 2000)
+    done: list[list[dict[str, Any]]] = []
+    sessions: Any = FakeSessions(index)
+    reader = threading.Thread(target=lambda: done.append(listing.page(sessions, "acme").rows))
+    reader.start()
+    reader.join(5)
+    blocked = reader.is_alive()
+    for fifo in (index / "acme.fifo.json", Path(record.manifest_path)):
+        if reader.is_alive():  # unblock it (a FIFO without a reader refuses), then fail below
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    reader.join(5)
+    assert not blocked, "the list blocked on a FIFO"
+    assert [r["sessionId"] for r in done[0]] == ["a"]  # b's record is over FILE_MAX
+    assert "container" not in done[0][0]
+    assert big.session_id not in _ids(index)
