@@ -187,8 +187,13 @@ def test_sdk_lifecycle_isolation_and_routing(
     server: Server, docker_client: docker.DockerClient
 ) -> None:
     a, b = server.tenants
+    canary = f"canary-{RUN_ID}"
     sbx = Sandbox.create(
-        "base", timeout=600, metadata={"purpose": "e2b-test", "run": RUN_ID}, **server.sdk("a")
+        "base",
+        timeout=600,
+        metadata={"purpose": "e2b-test", "run": RUN_ID},
+        envs={"E2B_TEST_VALUE": canary},
+        **server.sdk("a"),
     )
     other = Sandbox.create("base", metadata={"run": RUN_ID}, **server.sdk("b"))
     try:
@@ -222,6 +227,10 @@ def test_sdk_lifecycle_isolation_and_routing(
         out: list[str] = []
         ran = sbx.commands.run("echo hi", on_stdout=out.append, timeout=60)
         assert (ran.exit_code, ran.stdout, out) == (0, "hi\n", ["hi\n"])
+        # envVars reach commands as secrets: never plain container environment.
+        assert sbx.commands.run("printenv E2B_TEST_VALUE").stdout == f"{canary}\n"
+        [name] = _containers(docker_client, a, sbx.sandbox_id)
+        assert canary not in json.dumps(docker_client.api.inspect_container(name))
         # 50 MB up and down through the routing, streamed (the server holds no copy).
         big = os.urandom(1024 * 1024) * 50
         sbx.files.write("/tmp/big.bin", big)
