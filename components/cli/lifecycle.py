@@ -15,7 +15,7 @@ from ..terminal import errors, warn
 from .options import JsonFlag, RequestOption, TenantOption
 from .output import emit, grid, line, manifest_table, ports, progress, working
 from .remote import Lifecycle, ServerOption, sessions
-from .request import read_request, request_from_flags
+from .request import SessionFlagMissing, other_problems, read_request, request_from_flags
 
 verbs = typer.Typer()
 """Merged into the root command by :mod:`dockyard.cli`."""
@@ -50,19 +50,25 @@ def up(
 ) -> None:
     """Create a session (or converge an existing one) and print its manifest."""
     with errors(as_json):
-        request = request_from_flags(
-            request_file,
-            session,
-            cwd,
-            backend,
-            image,
-            port or [],
-            volume or [],
-            env or [],
-            secret or [],
-            tenant,
-            profile,
-        )
+        try:
+            request = request_from_flags(
+                request_file,
+                session,
+                cwd,
+                backend,
+                image,
+                port or [],
+                volume or [],
+                env or [],
+                secret or [],
+                tenant,
+                profile,
+            )
+        except SessionFlagMissing as missing:
+            if server is not None:  # the server is not asked for a request it cannot take
+                raise
+            others = other_problems(missing.request, lambda r: Sessions.default().plan(r))
+            raise SessionFlagMissing(missing.request, others) from None
         lifecycle = sessions(server)
         with working("creating the session…", as_json):
             manifest = lifecycle.create(request, progress=progress(as_json))

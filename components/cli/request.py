@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,28 @@ SESSION_FLAG_MISSING = (
 
 class SessionFlagMissing(InvalidInput):
     """``dockyard up`` was given no session id: no ``-s`` and no ``sessionId`` in the
-    ``--request`` file (the same refusal locally and with ``--server``)."""
+    ``--request`` file (the same refusal locally and with ``--server``). ``request``: what
+    the flags made, so the request's other problems can be listed with this one."""
 
-    def __init__(self) -> None:
-        super().__init__(SESSION_FLAG_MISSING, [SESSION_FLAG_MISSING])
+    def __init__(self, request: dict[str, Any], others: list[str] | None = None) -> None:
+        problems = [SESSION_FLAG_MISSING, *(others or [])]
+        super().__init__(SESSION_FLAG_MISSING, problems)
+        self.request = request
+
+
+# Stands in for the missing id while the rest of the request is checked: its problems are
+# listed with the missing flag (every problem at once), never a problem of its own.
+PLACEHOLDER_SESSION = "session-id-not-given"
+
+
+def other_problems(request: dict[str, Any], plan: Callable[[dict[str, Any]], object]) -> list[str]:
+    """The problems ``plan`` (the service's validation) finds in ``request`` once a
+    placeholder stands in for its missing session id."""
+    try:
+        plan({**request, "sessionId": PLACEHOLDER_SESSION})
+    except ConfigError as error:
+        return [p for p in error.problems if PLACEHOLDER_SESSION not in p]
+    return []
 
 
 def read_request(path: str) -> dict[str, Any]:
@@ -63,8 +82,6 @@ def request_from_flags(
     """The request file's object (or an empty one) with each given flag set over it;
     :class:`SessionFlagMissing` when neither names the session."""
     request = read_request(request_file) if request_file else {}
-    if session is None and "sessionId" not in request:
-        raise SessionFlagMissing()
     container = (
         dict(request.get("container") or {}) if isinstance(request.get("container"), dict) else {}
     )
@@ -96,4 +113,6 @@ def request_from_flags(
         request["secrets"] = secrets
     if container or "container" in request:
         request["container"] = container
+    if "sessionId" not in request:
+        raise SessionFlagMissing(request)
     return request

@@ -48,3 +48,16 @@ def test_up_with_a_server_refuses_it_the_same_way_without_asking_the_server(
         result = CliRunner().invoke(cli.app, [*args, *extra], env=env)
         assert result.exit_code == INVALID, result.stdout
         assert json.loads(result.stdout)["error"]["problems"] == [SESSION_FLAG_MISSING]
+
+
+def test_up_without_a_session_lists_the_requests_other_problems_with_it(tmp_path: Path) -> None:
+    # Every problem at once (issue 26): the missing flag does not hide a bad port or backend.
+    env = {"HOME": str(tmp_path), "DOCKYARD_STATE_DIR": str(tmp_path / "state")}
+    args = ["up", "--image", "ubuntu:24.04", "--cwd", "/srv", "-p", "70000", "--backend", "nope"]
+    result = CliRunner().invoke(cli.app, [*args, "--json"], env=env)
+    assert result.exit_code == INVALID, result.stdout
+    problems = json.loads(result.stdout)["error"]["problems"]
+    assert problems[0] == SESSION_FLAG_MISSING
+    assert any("70000" in p for p in problems[1:]), problems
+    assert any("nope" in p for p in problems[1:]), problems
+    assert not any("session-id-not-given" in p for p in problems), problems
