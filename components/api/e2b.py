@@ -445,6 +445,30 @@ def answered_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]
     return kept
 
 
+def upstream_url(scope: Scope, ip: str, port: int) -> httpx.URL:
+    """The sandbox's URL for this request, built from parts: the request target is only
+    ever a path (+ query) on ``ip:port``. Anything else uvicorn's h11 hands through as
+    the target (``@host:port/x``, ``http://host/x``, ``host:port``, ``*``) is refused, so no
+    caller makes the server connect anywhere but the sandbox it proved it may reach."""
+    path = scope.get("raw_path") or scope["path"].encode()
+    shown = path.decode("latin-1")[:100]
+    refused = _BadTarget(
+        "request-target",
+        [f"request-target: {shown!r} is not a path (allowed: a path starting with /)"],
+    )
+    if not path.startswith(b"/"):
+        raise refused
+    query = scope.get("query_string", b"")
+    raw = path + (b"?" + query if query else b"")
+    try:
+        url = httpx.URL(scheme="http", host=ip, port=port, raw_path=raw)
+    except httpx.InvalidURL as exc:
+        raise refused from exc
+    if url.host != ip or url.port != port or url.userinfo:
+        raise refused
+    return url
+
+
 class Routing:
     """ASGI middleware (outermost): sandbox-port requests are forwarded, everything else
     goes to the app; the reaper loop runs for the app's lifetime."""
@@ -554,7 +578,7 @@ class Routing:
             port = int(port_text)
             record = await self._who(scope, headers, sandbox_id)
             ip = await self.context.call(sandboxes.address, record)
-            await self._forward(scope, receive, send, f"http://{ip}:{port}", port, rid, status)
+            await self._forward(scope, receive, send, upstream_url(scope, ip, port), rid, status)
         except DockyardError as error:
             await answer(error)
         except httpx.HTTPError as exc:
@@ -570,8 +594,7 @@ class Routing:
         scope: Scope,
         receive: Receive,
         send: Send,
-        base: str,
-        port: int,
+        url: httpx.URL,
         rid: str,
         status: dict[str, int],
     ) -> None:
@@ -603,9 +626,7 @@ class Routing:
                     body_read.set()
                     return
 
-        path = scope.get("raw_path") or scope["path"].encode()
-        query = scope.get("query_string", b"")
-        url = base + path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
+        port = int(url.port or 0)
         has_body = scope["method"] not in ("GET", "HEAD") or "content-length" in {
             k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])
         }
@@ -615,6 +636,8 @@ class Routing:
             headers=forwarded_headers(scope.get("headers", []), port),
             content=request_body() if has_body else None,
         )
+        if (outgoing.url.host, outgoing.url.port) != (url.host, url.port):
+            raise _BadGateway(f"refused: the request left the sandbox's address ({url.host})")
         if not has_body:
             body_read.set()
         upstream = await self._send(outgoing, port, started)
@@ -662,6 +685,13 @@ class Routing:
                     raise
             await asyncio.sleep(0.05)
             waited += 0.05
+
+
+class _BadTarget(DockyardError):
+    """A request target that is not a path (HTTP's 400: the request line itself is bad)."""
+
+    http_status = 400
+    kind = "invalid-input"
 
 
 class _BadGateway(DockyardError):

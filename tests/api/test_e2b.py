@@ -305,3 +305,149 @@ async def test_list_pages_as_the_sdks_paginator_reads_them(
     bad = await api.client.get("/v2/sandboxes", params={"state": "gone"}, headers=key)
     assert bad.status_code == 422
     assert "allowed: running, paused" in bad.json()["message"]
+
+
+# --- the routing, driven as uvicorn drives it (raw ASGI scopes), against loopback only -------
+
+
+class Canary:
+    """A loopback HTTP listener standing for the host's services: it must see nothing."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hits = self.hits = []  # type: list[str]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "6")
+                self.end_headers()
+                self.wfile.write(b"SECRET")
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def canary() -> Any:
+    listener = Canary()
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+def _app_of(api: Api) -> Any:
+    return api.client._transport.app  # type: ignore[attr-defined]
+
+
+async def routed(
+    api: Api,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    method: str = "GET",
+    body: list[bytes] | None = None,
+    wait_disconnect: Any = None,
+) -> tuple[int, bytes]:
+    """One request through the app with ``target`` as the raw request-target (h11 hands
+    any visible characters through unvalidated); (status, body)."""
+    path, _, query = target.partition(b"?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path.decode("latin-1"),
+        "raw_path": path,
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"api"), *headers],
+        "client": ("127.0.0.1", 5555),
+        "server": ("127.0.0.1", 8000),
+    }
+    parts = list(body or [b""])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            chunk = parts.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(parts)}
+        if wait_disconnect is not None:
+            await wait_disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await _app_of(api)(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    data = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], data
+
+
+def _as_sandbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ip: str = "127.0.0.2") -> None:
+    """by_token/address faked: token "tok" opens sandbox "sabc" (tenant acme) at ``ip``."""
+    record = Record(
+        session_id="sabc",
+        tenant="acme",
+        stack_name="acme.sabc",
+        cwd=str(tmp_path),
+        manifest_path=str(tmp_path / "m.json"),
+        host="local",
+        request={},
+        created_at="2026-12-07T00:00:00.000Z",
+    )
+    monkeypatch.setattr(
+        face.sandboxes, "by_token", lambda _s, sid, tok: record if tok == "tok" else None
+    )
+    monkeypatch.setattr(face.sandboxes, "address", lambda _record: ip)
+
+
+TOKEN_HEADERS = [(b"e2b-sandbox-id", b"sabc"), (b"x-access-token", b"tok")]
+
+
+@pytest.mark.anyio
+async def test_routing_never_leaves_the_sandboxs_address(
+    api: Api, canary: Canary, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """F1: the request target is a path on the sandbox, never an authority of its own."""
+    _as_sandbox(monkeypatch, tmp_path)
+    closed = socket_port()  # nothing listens there on 127.0.0.2 either
+    headers = [*TOKEN_HEADERS, (b"e2b-sandbox-port", str(closed).encode())]
+    p = canary.port
+    for evil in (
+        f"@127.0.0.1:{p}/steal",
+        f"http://127.0.0.1:{p}/steal",
+        f"127.0.0.1:{p}",
+        "*",
+        f":{p}@127.0.0.1:{p}/x",
+    ):
+        status, data = await routed(api, evil.encode(), headers)
+        assert status == 400, (evil, status, data)
+        assert b"allowed: a path starting with /" in data, data
+    # A path that looks like an authority stays a path on the sandbox's own address.
+    status, _ = await routed(api, f"//127.0.0.1:{p}/steal".encode(), headers)
+    assert status == 502
+    status, _ = await routed(api, b"/ok", headers)
+    assert status == 502  # nothing listens in the "sandbox": it was tried there, not elsewhere
+    assert canary.hits == []
+
+
+def socket_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
