@@ -29,26 +29,39 @@ def published(container_attrs: Mapping[str, Any]) -> dict[int, int]:
     return found
 
 
+def engine_container(record: Record, client: Any, missing: type[Exception]) -> Any:
+    """The session's container on its engine, by its registered engine name; ``missing``
+    (the caller's error kind) when the engine has no such container."""
+    import docker.errors  # with the client: only verbs that act on an engine load it
+
+    try:
+        return client.containers.get(record.environment_id)
+    except docker.errors.NotFound:
+        raise missing(
+            f"session {record.session_id!r}: its container {record.environment_id} is not on "
+            f"its engine ({record.host}); refresh or destroy the session"
+        ) from None
+
+
+def labelled_as_session(record: Record, container: Any) -> bool:
+    """Whether the engine's labels make ``container`` this session's (dockyard-managed)."""
+    labels = container.attrs.get("Config", {}).get("Labels") or {}
+    return bool(
+        labels.get(LABEL_SESSION) == record.session_id
+        and labels.get(LABEL_MANAGED) == MANAGED_VALUE
+    )
+
+
 def verify(record: Record, manifest: Mapping[str, Any], client: Any) -> None:
     """Raise :class:`ManifestMismatch` unless the engine behind ``client`` runs the
     session's container (its registered engine name and labels) with the manifest's id
     and port mappings."""
-    import docker.errors  # with the client: only verbs that act on an engine load it
-
     where = f"session {record.session_id!r}"
     fix = f"`dockyard refresh {record.session_id}` rewrites it from the engine"
-    name = record.environment_id
-    try:
-        container = client.containers.get(name)
-    except docker.errors.NotFound:
-        raise ManifestMismatch(
-            f"{where}: its container {name} is not on its engine ({record.host}); "
-            f"refresh or destroy the session"
-        ) from None
-    labels = container.attrs.get("Config", {}).get("Labels") or {}
+    container = engine_container(record, client, ManifestMismatch)
     problems = []
-    if labels.get(LABEL_SESSION) != record.session_id or labels.get(LABEL_MANAGED) != MANAGED_VALUE:
-        problems.append(f"the engine's {name} is not labelled as this session's")
+    if not labelled_as_session(record, container):
+        problems.append(f"the engine's {record.environment_id} is not labelled as this session's")
     if manifest.get("sessionId") != record.session_id:
         problems.append("the manifest names another session")
     if manifest.get("container", {}).get("id") != container.id:

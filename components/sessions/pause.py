@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .. import capacity
-from ..contract import LABEL_MANAGED, LABEL_SESSION, MANAGED_VALUE
 from ..errors import Conflict, Failed
 from . import audit
+from .located import engine_container, labelled_as_session
 from .registry import Record
 from .request import SessionPlan
 from .service import SessionsLike
@@ -94,20 +94,10 @@ def connect(host: str) -> Any:
 def container_of(record: Record, client: Any) -> Any:
     """The session's container on its engine, found by its registered engine name and
     checked by the labels dockyard put on it (never by what a manifest says)."""
-    import docker.errors
-
-    where = f"session {record.session_id!r}"
-    try:
-        container = client.containers.get(record.environment_id)
-    except docker.errors.NotFound:
+    container = engine_container(record, client, Conflict)
+    if not labelled_as_session(record, container):
         raise Conflict(
-            f"{where}: its container {record.environment_id} is not on its engine "
-            f"({record.host}); refresh or destroy the session"
-        ) from None
-    labels = container.attrs.get("Config", {}).get("Labels") or {}
-    if labels.get(LABEL_SESSION) != record.session_id or labels.get(LABEL_MANAGED) != MANAGED_VALUE:
-        raise Conflict(
-            f"{where}: the engine's {record.environment_id} is not labelled as this session's; "
+            f"session {record.session_id!r}: the engine's {record.environment_id} is not labelled as this session's; "
             "refusing to act on it"
         )
     return container
