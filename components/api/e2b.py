@@ -28,8 +28,10 @@ import logging
 import os
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, unquote
 
 import anyio
 import httpx
@@ -205,8 +207,6 @@ StateQuery = Annotated[str | None, Query(description="running,paused (comma-sepa
 
 def _metadata_query(text: str | None) -> dict[str, str]:
     """The SDKs' metadata filter: url-encoded ``k=v&k2=v2`` (each part quoted once more)."""
-    from urllib.parse import parse_qsl, unquote
-
     return {unquote(k): unquote(v) for k, v in parse_qsl(text or "", keep_blank_values=True)}
 
 
@@ -557,8 +557,6 @@ class Routing:
         sandbox_id: str,
         port_text: str,
     ) -> None:
-        import uuid
-
         rid = uuid.uuid4().hex
         scope.setdefault("dockyard", {}).update(request_id=rid, actor="anonymous")
         started = time.monotonic()
