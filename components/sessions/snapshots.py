@@ -304,6 +304,33 @@ def _paused(container: Any) -> Iterator[None]:
             thaw(container)
 
 
+def _commit_and_copy(
+    sessions: SessionsLike,
+    client: Any,
+    helper: str,
+    record: Record,
+    name: str,
+    kind: str,
+    volumes: list[str],
+    target: str,
+) -> Any:
+    """With the session quiesced: its container committed as image ``name`` (``kind``) and
+    its disk directory copied to ``target``; the image is removed again if the copy fails.
+    The committed image."""
+    container = container_of(record, client)
+    with _quiesced(sessions, record, container):
+        image = _commit(container, record, name, kind, volumes)
+        source = disk_dir(record.environment_id)
+        try:
+            _helper(client, helper, COPY_SCRIPT, source, target, *_specs(),
+                    binds=copy_binds(source, target))  # fmt: skip
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.images.remove(image.id, force=True)
+            raise
+    return image
+
+
 def _commit(container: Any, record: Record, name: str, kind: str, volumes: list[str]) -> Any:
     labels = {
         LABEL_SNAPSHOT: name,
@@ -374,17 +401,10 @@ def take(sessions: SessionsLike, session: str, name: str, tenant: str | None = N
                     f"snapshot {name!r} exists (allowed: another name, or remove it first)"
                 )
             helper = helper_image(client, plan.config.helper_image, record.host)
-            container = container_of(record, client)
-            with _quiesced(sessions, record, container):
-                image = _commit(container, record, name, KIND_SNAPSHOT, list(COPIED_ROLES))
-                source, target = disk_dir(record.environment_id), snapshot_dir(record.tenant, name)
-                try:
-                    _helper(client, helper, COPY_SCRIPT, source, target, *_specs(),
-                            binds=copy_binds(source, target))  # fmt: skip
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        client.images.remove(image.id, force=True)
-                    raise
+            image = _commit_and_copy(
+                sessions, client, helper, record, name, KIND_SNAPSHOT, list(COPIED_ROLES),
+                snapshot_dir(record.tenant, name),
+            )  # fmt: skip
             image.reload()
             return _as_snapshot(image, record.host)
 
@@ -535,17 +555,9 @@ def fork(
                         f"snapshot {as_!r} exists: a fork keeps its image under its own name "
                         "(allowed: another name, or remove that snapshot first)"
                     )
-                container = container_of(record, client)
-                with _quiesced(sessions, record, container):
-                    made = _commit(container, record, as_, KIND_FORK, [])
-                    source = disk_dir(record.environment_id)
-                    try:
-                        _helper(client, helper, COPY_SCRIPT, source, target, *_specs(),
-                                binds=copy_binds(source, target))  # fmt: skip
-                    except BaseException:
-                        with contextlib.suppress(Exception):
-                            client.images.remove(made.id, force=True)
-                        raise
+                made = _commit_and_copy(
+                    sessions, client, helper, record, as_, KIND_FORK, [], target
+                )
             try:
                 return sessions.create(request, secrets, progress)  # type: ignore[no-any-return]
             except BaseException:
