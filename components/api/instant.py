@@ -59,36 +59,31 @@ class ForkBody(BaseModel):
     )
 
 
-@router.post(
-    "/api/sessions/{session_id}/pause",
-    summary="Pause a session (memory kept)",
-    response_model_exclude_none=True,
+def _state_route(verb: str, summary: str, description: str | None = None) -> None:
+    """``POST /api/sessions/{session_id}/<verb>``: the service's ``verb`` on the session in
+    the bounded pool, answered with the session's state after it."""
+
+    async def route(session: OnSession) -> SessionState:
+        state = await session.call(getattr(session.ctx.sessions, verb))
+        return SessionState(**state.as_dict())
+
+    router.post(
+        f"/api/sessions/{{session_id}}/{verb}",
+        summary=summary,
+        description=description,
+        name=verb,
+        response_model_exclude_none=True,
+    )(route)
+
+
+_state_route("pause", "Pause a session (memory kept)")
+_state_route("resume", "Resume a paused or hibernated session")
+_state_route(
+    "hibernate",
+    "Hibernate a session (memory checkpointed to disk, container stopped)",
+    "Where the host cannot checkpoint (no working CRIU, engine not experimental): 409\n"
+    "saying what was measured and what to do. `resume` restores a hibernated session.",
 )
-async def pause(session: OnSession) -> SessionState:
-    state = await session.call(session.ctx.sessions.pause)
-    return SessionState(**state.as_dict())
-
-
-@router.post(
-    "/api/sessions/{session_id}/resume",
-    summary="Resume a paused or hibernated session",
-    response_model_exclude_none=True,
-)
-async def resume(session: OnSession) -> SessionState:
-    state = await session.call(session.ctx.sessions.resume)
-    return SessionState(**state.as_dict())
-
-
-@router.post(
-    "/api/sessions/{session_id}/hibernate",
-    summary="Hibernate a session (memory checkpointed to disk, container stopped)",
-    response_model_exclude_none=True,
-)
-async def hibernate(session: OnSession) -> SessionState:
-    """Where the host cannot checkpoint (no working CRIU, engine not experimental): 409
-    saying what was measured and what to do. `resume` restores a hibernated session."""
-    state = await session.call(session.ctx.sessions.hibernate)
-    return SessionState(**state.as_dict())
 
 
 @router.post(
