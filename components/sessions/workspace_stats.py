@@ -22,9 +22,18 @@ class StatsVerbs(FileVerbs):
             inspected = self.api.inspect_container(self.container)
             state = inspected.get("State") or {}
             running = state.get("Status") == "running"
-            sample = self.api.stats(self.container, stream=False) if running else {}
         except docker.errors.NotFound:
             raise Conflict(f"session {self.record.session_id!r}: its container is gone") from None
+        sample: Any = {}
+        if running:
+            try:
+                sample = self.api.stats(self.container, stream=False)
+            except (docker.errors.APIError, ValueError):
+                # Stopped or removed between the inspect and the read: the engine answers
+                # an error or an empty body; the state read above is the answer then.
+                sample = {}
+            if not isinstance(sample, dict):
+                sample = {}
         created = _parse_time(self.record.created_at)
         age = (datetime.datetime.now(datetime.UTC) - created).total_seconds() if created else None
         memory = sample.get("memory_stats") or {}

@@ -434,3 +434,22 @@ def test_ports_with_the_preview_proxys_urls(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv(dataplane.PREVIEW_DOMAIN_VARIABLE, "evil.com/@x")
     with pytest.raises(InvalidInput):
         workspace.ports()
+
+
+def test_stats_of_a_container_that_stops_mid_read_is_its_state_not_a_crash() -> None:
+    # Seen on the engine: a container removed between the inspect and the stats read
+    # answers an empty body, which the SDK fails to decode (the page got a 500).
+    class StoppingApi:
+        def inspect_container(self, _container: str) -> dict[str, Any]:
+            return {"State": {"Status": "running"}}
+
+        def stats(self, _container: str, stream: bool) -> Any:
+            raise json.JSONDecodeError("Expecting value", "", 0)
+
+    record = dataplane.Record("s1", None, "sessions.s1", "/srv", "/m", "local", {}, "now")
+    client = type("Client", (), {"api": StoppingApi()})()
+    workspace = dataplane.Workspace(record, {"container": {"id": "c1"}}, client, Limits())
+    workspace.disk = lambda: {}  # type: ignore[method-assign]
+    answer = workspace.stats()
+    assert answer["status"] == "running"
+    assert answer["memory"] == {"used": None, "limit": None, "percent": None}
