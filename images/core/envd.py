@@ -17,10 +17,13 @@ Protocol, as the e2b SDKs (Python 2.63, JS 2.51) speak it over plain HTTP/1.1:
   ``?path=``; gzip ``Content-Encoding`` accepted), ``GET /health`` (204).
 Relative paths and ``~`` resolve against the agent's home, as envd does.
 
-Authentication: when ``DOCKYARD_ENVD_ACCESS_TOKEN`` is in the daemon's environment (the
-entrypoint exports it from the secrets directory like any secret), every call but
-/health must carry it in ``X-Access-Token`` (what the SDKs send from the sandbox's
-``envdAccessToken``). The daemon drops it from the environment its processes get. The
+Authentication: the daemon never serves unauthenticated. It refuses to start (exit 1)
+unless ``DOCKYARD_ENVD_ACCESS_TOKEN`` in its environment (the entrypoint exports it from
+the secrets directory like any secret) holds at least 16 visible ASCII characters; every
+call but /health must carry it in ``X-Access-Token`` (what the SDKs send from the
+sandbox's ``envdAccessToken``), compared in constant time. The token is read once at
+start, from the environment only: nothing the agent writes later changes it. The daemon
+drops it from the environment its processes get. The
 SDKs' ``Authorization: Basic <user>:`` names the user: the agent's own name, ``user``
 (e2b's default user) or none are accepted; any other user (``root``) is refused, since
 the daemon cannot become anyone else.
@@ -61,6 +64,8 @@ from typing import Any
 
 PORT = 49983
 TOKEN_ENV = "DOCKYARD_ENVD_ACCESS_TOKEN"  # noqa: S105 - a variable name, not a secret
+# The shortest access token accepted (dockyard's are 32 characters).
+MIN_TOKEN = 16
 # Envelope size a client may send (requests are small JSON) and chunk sizes on the wire.
 MAX_RPC_BODY = 4 * 1024 * 1024
 CHUNK = 64 * 1024
@@ -648,8 +653,22 @@ class Watcher:
 # --- HTTP --------------------------------------------------------------------------------
 
 
+def token_problem(token: str | None) -> str | None:
+    """Why ``token`` cannot guard the daemon (never its value), or None when it can."""
+    if not token:
+        return "missing"
+    if len(token) < MIN_TOKEN:
+        return f"{len(token)} characters"
+    if not all("!" <= c <= "~" for c in token):
+        return "has characters other than visible ASCII"
+    return None
+
+
 class Daemon:
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str) -> None:
+        problem = token_problem(token)
+        if problem is not None:
+            raise ValueError(f"{TOKEN_ENV}: {problem}")
         self.identity = Identity()
         env = dict(os.environ)
         env.pop(TOKEN_ENV, None)
@@ -755,14 +774,21 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(status, {"code": status, "message": message})
 
     def authorized(self) -> bool:
-        token = self.daemon.token
-        if token is None:
-            return True
-        given = self.headers.get("X-Access-Token", "")
-        return hmac.compare_digest(given.encode(), token.encode())
+        # Fail closed: no usable token (never the case once main() started) denies all.
+        token = getattr(getattr(self, "daemon", None), "token", None)
+        if not isinstance(token, str) or token_problem(token) is not None:
+            return False
+        given = self.headers.get("X-Access-Token")
+        if not given:
+            return False
+        return hmac.compare_digest(given.encode(errors="replace"), token.encode())
 
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
+        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0") != "0":
+            # A GET's body is never read: its bytes must not be parsed as the next request
+            # on this connection, so the connection ends after the answer.
+            self.close_connection = True
         if url.path == "/health":
             self.send_response(204)
             self.send_header("Content-Length", "0")
@@ -1439,7 +1465,15 @@ def main(argv: list[str]) -> int:
     if os.geteuid() == 0:
         print("ERROR: envd must not run as root (run it as the agent user)", file=sys.stderr)
         return 1
-    token = os.environ.get(TOKEN_ENV) or None
+    token = os.environ.get(TOKEN_ENV)
+    problem = token_problem(token)
+    if token is None or problem is not None:
+        print(
+            f"ERROR: {TOKEN_ENV}: {problem} (allowed: at least {MIN_TOKEN} visible ASCII"
+            " characters; envd never serves unauthenticated)",
+            file=sys.stderr,
+        )
+        return 1
     Handler.daemon = Daemon(token)
     try:
         server = Server((host, port), Handler)

@@ -4,13 +4,15 @@ The daemon runs in a subprocess on the host, as an unprivileged user when the te
 as root (it refuses root), with a temporary directory as its home. The SDK's own
 ``Sandbox`` talks to it in debug mode with ``sandbox_url`` pointing at it: no control
 plane is involved, so this proves the in-sandbox protocol only (process and filesystem
-Connect RPCs with the SDK's JSON codec, /files uploads and downloads, /health).
+Connect RPCs with the SDK's JSON codec, /files uploads and downloads, /health). The daemon
+always runs with an access token: it refuses to start without one (review 4, F3).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -25,8 +27,10 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -42,6 +46,27 @@ from packaging.version import Version
 
 ENVD = Path(__file__).resolve().parents[2] / "images" / "core" / "envd.py"
 UNPRIVILEGED = 65534  # nobody
+TOKEN_ENV = "DOCKYARD_ENVD_ACCESS_TOKEN"
+TOKEN = "envd-unit-test-" + os.urandom(8).hex()
+
+
+def load_envd() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("dockyard_envd", ENVD)
+    assert spec is not None
+    assert spec.loader is not None
+    envd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(envd)
+    return envd
+
+
+def as_daemon_user() -> dict[str, Any]:
+    """subprocess keywords that run a child as nobody when the tests run as root."""
+    as_root = os.geteuid() == 0
+    return {
+        "user": UNPRIVILEGED if as_root else None,
+        "group": UNPRIVILEGED if as_root else None,
+        "extra_groups": [] if as_root else None,
+    }
 
 
 @functools.cache
@@ -72,15 +97,16 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, env: dict[str, str] | None = None, token: str = TOKEN) -> None:
         self.home = home
+        self.token = token
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         as_root = os.geteuid() == 0
         if as_root:
             os.chown(home, UNPRIVILEGED, UNPRIVILEGED)
         self.user = pwd.getpwuid(UNPRIVILEGED if as_root else os.getuid()).pw_name
-        run_env = {"PATH": "/usr/bin:/bin", "HOME": str(home), **(env or {})}
+        run_env = {"PATH": "/usr/bin:/bin", "HOME": str(home), TOKEN_ENV: token, **(env or {})}
         self.proc = subprocess.Popen(
             [python_for_daemon(), str(ENVD), "--host=127.0.0.1", f"--port={self.port}"],
             env=run_env,
@@ -152,7 +178,7 @@ def daemon() -> Iterator[Daemon]:
 
 @pytest.fixture(scope="module")
 def sandbox(daemon: Daemon) -> Sandbox:
-    return daemon.sandbox()
+    return daemon.sandbox(daemon.token)
 
 
 def test_run_streams_output_to_callbacks_and_reports_the_exit(
@@ -348,41 +374,141 @@ def test_bad_requests_answer_errors_that_say_what_is_allowed(
     raw = httpx.post(
         f"{daemon.url}/process.Process/List",
         content=b"[1]",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "X-Access-Token": daemon.token},
     )
     assert raw.status_code == 400
     assert raw.json()["code"] == "invalid_argument"
-    unknown = httpx.post(f"{daemon.url}/process.Process/Nope", content=b"{}")
+    unknown = httpx.post(
+        f"{daemon.url}/process.Process/Nope",
+        content=b"{}",
+        headers={"X-Access-Token": daemon.token},
+    )
     assert unknown.status_code == 501
     assert unknown.json()["code"] == "unimplemented"
     # A FIFO is refused at once instead of holding a thread until a writer comes.
     sandbox.commands.run("mkfifo ~/pipe")
     with pytest.raises(InvalidArgumentException, match="not a regular file"):
         sandbox.files.read("pipe", request_timeout=5)
-    missing = httpx.get(f"{daemon.url}/files", params={"path": "nope"})
+    missing = httpx.get(
+        f"{daemon.url}/files", params={"path": "nope"}, headers={"X-Access-Token": daemon.token}
+    )
     assert missing.status_code == 404
     assert "does not exist" in missing.json()["message"]
 
 
-def test_access_token_is_required_when_configured() -> None:
-    token = "s3cret-token"
-    tmp_path = new_home()
-    guarded = Daemon(tmp_path, env={"DOCKYARD_ENVD_ACCESS_TOKEN": token})
+def test_the_sdk_without_the_token_is_refused(daemon: Daemon) -> None:
+    with pytest.raises(AuthenticationException):
+        daemon.sandbox().commands.run("true")
+    with pytest.raises(AuthenticationException):
+        daemon.sandbox(token="wrong").files.write("x", "y")
+    assert not (daemon.home / "x").exists()
+    allowed = daemon.sandbox(token=daemon.token)
+    # The token is not handed on to the processes the daemon starts.
+    result = allowed.commands.run(f"echo ${{{TOKEN_ENV}:-unset}}")
+    assert result.stdout == "unset\n"
+
+
+def test_every_route_but_health_answers_401_without_the_right_token(daemon: Daemon) -> None:
+    """Every route the daemon has (each RPC of its table, /files both ways) and unknown
+    ones, with no, an empty, a wrong, a prefix-of-the-right and a longer token."""
+    envd = load_envd()
+    targets = [("GET", "/files?path=/etc/hostname"), ("POST", "/files?path=planted")]
+    targets += [("POST", route) for route in envd.RPC]
+    targets += [("GET", "/"), ("GET", "/nope"), ("POST", "/nope"), ("POST", "/health")]
+    wrong: list[dict[str, str]] = [
+        {},
+        {"X-Access-Token": ""},
+        {"X-Access-Token": "wrong"},
+        {"X-Access-Token": daemon.token[:-1]},
+        {"X-Access-Token": daemon.token + "x"},
+    ]
+    answers: dict[tuple[str, str, str], int] = {}
+    with httpx.Client(base_url=daemon.url, timeout=5) as client:
+        for method, target in targets:
+            for headers in wrong:
+                body = b'{"path": "/", "cmd": "touch", "args": ["planted"]}'
+                content = body if method == "POST" else None
+                got = client.request(method, target, content=content, headers=headers)
+                answers[(method, target, headers.get("X-Access-Token", "-"))] = got.status_code
+        assert client.get("/health").status_code == 204
+    assert {key: code for key, code in answers.items() if code != 401} == {}
+    assert not (daemon.home / "planted").exists()
+
+
+def test_a_get_body_is_not_read_as_the_next_request(daemon: Daemon) -> None:
+    """A GET's unread body must not become a second request on the connection (which
+    would answer whoever sends the next request over it, e.g. through a pooled proxy)."""
+    inner = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+    outer = b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(inner)
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as conn:
+        conn.sendall(outer + inner)
+        got = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := conn.recv(65536):
+                got += chunk
+    assert got.startswith(b"HTTP/1.1 204 ")
+    assert got.count(b"HTTP/1.1 ") == 1, got
+
+
+def test_authorized_denies_everything_without_a_usable_token() -> None:
+    """The check itself fails closed, whatever the daemon object holds."""
+    envd = load_envd()
+
+    def allowed(token: object, headers: dict[str, str]) -> bool:
+        handler = types.SimpleNamespace(daemon=types.SimpleNamespace(token=token), headers=headers)
+        return bool(envd.Handler.authorized(handler))
+
+    for token in (None, "", "short", " " * 20):
+        for given in ({}, {"X-Access-Token": ""}, {"X-Access-Token": str(token)}):
+            assert not allowed(token, given), (token, given)
+    assert not allowed(TOKEN, {})
+    assert not allowed(TOKEN, {"X-Access-Token": ""})
+    assert allowed(TOKEN, {"X-Access-Token": TOKEN})
+    handler = types.SimpleNamespace(headers={"X-Access-Token": ""})  # no daemon at all
+    assert not envd.Handler.authorized(handler)
+    with pytest.raises(ValueError, match=TOKEN_ENV):
+        envd.Daemon("")
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        (None, "missing"),
+        ("", "missing"),
+        ("x" * 15, "15 characters"),
+        ("sixteen chars ok", "has characters other than visible ASCII"),
+    ],
+    ids=["unset", "empty", "15-chars", "with-spaces"],
+)
+def test_refuses_to_start_without_a_usable_token(token: str | None, problem: str) -> None:
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    if token is not None:
+        env[TOKEN_ENV] = token
+    proc = subprocess.Popen(
+        [python_for_daemon(), str(ENVD), "--host=127.0.0.1", f"--port={port}"],
+        env=env,
+        cwd="/",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **as_daemon_user(),
+    )
     try:
-        assert httpx.get(f"{guarded.url}/health").status_code == 204
-        with pytest.raises(AuthenticationException):
-            guarded.sandbox().commands.run("true")
-        with pytest.raises(AuthenticationException):
-            guarded.sandbox(token="wrong").files.write("x", "y")
-        assert httpx.get(f"{guarded.url}/files", params={"path": "x"}).status_code == 401
-        assert not (tmp_path / "x").exists()
-        allowed = guarded.sandbox(token=token)
-        # The token is not handed on to the processes the daemon starts.
-        result = allowed.commands.run("echo ${DOCKYARD_ENVD_ACCESS_TOKEN:-unset}")
-        assert result.stdout == "unset\n"
-    finally:
-        guarded.stop()
-        shutil.rmtree(tmp_path, ignore_errors=True)
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        with socket.socket() as probe:
+            listening = probe.connect_ex(("127.0.0.1", port)) == 0
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"envd kept running (listening: {listening}) with {token!r}") from None
+    assert proc.returncode == 1
+    assert f"ERROR: {TOKEN_ENV}: {problem}" in err
+    assert "at least 16" in err
+    if token:
+        assert token not in err, "the error must not echo the token"
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "something listens on its port"
 
 
 def test_refuses_to_run_as_root() -> None:
@@ -407,9 +533,13 @@ def test_async_sdk_streams_a_command_and_a_directory_watch(daemon: Daemon) -> No
             sandbox_id="envd-test",
             sandbox_domain=None,
             envd_version=Version("0.6.4"),
-            envd_access_token=None,
+            envd_access_token=daemon.token,
             traffic_access_token=None,
-            connection_config=ConnectionConfig(debug=True, sandbox_url=daemon.url),
+            connection_config=ConnectionConfig(
+                debug=True,
+                sandbox_url=daemon.url,
+                extra_sandbox_headers={"X-Access-Token": daemon.token},
+            ),
         )
         await sandbox.files.make_dir("streamed")
         seen: set[tuple[str, FilesystemEventType]] = set()
@@ -505,7 +635,11 @@ NODE_SDK = Path(__file__).resolve().parents[2] / ".venv" / "node-tools" / "node_
 NODE_SCRIPT = r"""
 import crypto from 'node:crypto'
 const { Sandbox } = await import(process.argv[2])
-const sbx = await Sandbox.connect('envd-node', { debug: true, sandboxUrl: process.argv[3] })
+// Debug connect sends no token: build the handle the way connect does, with the token.
+const sbx = new Sandbox({
+  sandboxId: 'envd-node', envdVersion: '0.6.4', debug: true,
+  sandboxUrl: process.argv[3], envdAccessToken: process.argv[4],
+})
 const report = {}
 const out = []
 const run = await sbx.commands.run('echo hi; echo oops >&2', { onStdout: (d) => out.push(d) })
@@ -552,7 +686,7 @@ def test_the_node_sdk_drives_the_daemon_too(daemon: Daemon, tmp_path: Path) -> N
     script.write_text(NODE_SCRIPT)
     entry = (NODE_SDK / "dist" / "index.mjs").as_uri()
     ran = subprocess.run(
-        [node, str(script), entry, daemon.url],
+        [node, str(script), entry, daemon.url, daemon.token],
         capture_output=True,
         text=True,
         timeout=120,
