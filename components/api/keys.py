@@ -3,14 +3,12 @@ tenant's (another's answers 404). The key itself is in the create answer only.""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from datetime import datetime
-
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from .principal import Caller, Ctx
+from .store import KeyInfo
 
 router = APIRouter(tags=["keys"])
 
@@ -21,15 +19,8 @@ class NewKey(BaseModel):
 
 
 # A key as the store shows it (its KeyInfo, read by attribute), its fields in camelCase.
-class Key(BaseModel):
+class Key(KeyInfo):
     model_config = ConfigDict(from_attributes=True, alias_generator=to_camel, populate_by_name=True)
-
-    id: str
-    tenant: str | None
-    admin: bool
-    created_at: datetime
-    last_used_at: datetime | None
-    revoked_at: datetime | None
 
 
 class IssuedKey(Key):
@@ -40,7 +31,7 @@ class IssuedKey(Key):
 async def create_key(new: NewKey, request: Request, caller: Caller, ctx: Ctx) -> IssuedKey:
     caller.require_admin(f"{request.method} {request.url.path}")
     issued = await ctx.call(ctx.store.create, new.tenant, new.admin)
-    return IssuedKey(**asdict(issued.info), key=issued.key)
+    return IssuedKey(**issued.info.model_dump(), key=issued.key)
 
 
 @router.get("/api/keys", summary="List keys (never the keys themselves)")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -65,9 +66,11 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class KeyInfo:
-    """What may be shown of a key: never the key or its digest."""
+class KeyInfo(BaseModel):
+    """What may be shown of a key: never the key or its digest. The API's ``Key`` is this,
+    its fields in camelCase."""
+
+    model_config = ConfigDict(frozen=True)
 
     id: str
     tenant: str | None
@@ -79,12 +82,12 @@ class KeyInfo:
     @classmethod
     def of(cls, row: ApiKey) -> KeyInfo:
         return cls(
-            row.id,
-            row.tenant,
-            row.admin,
-            _aware(row.created_at) or _now(),
-            _aware(row.last_used_at),
-            _aware(row.revoked_at),
+            id=row.id,
+            tenant=row.tenant,
+            admin=row.admin,
+            created_at=_aware(row.created_at) or _now(),
+            last_used_at=_aware(row.last_used_at),
+            revoked_at=_aware(row.revoked_at),
         )
 
 
