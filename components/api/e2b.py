@@ -29,7 +29,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, unquote
 
@@ -60,6 +60,12 @@ REAP_INTERVAL_S = 5.0
 DOCS = "docs/e2b.md"
 DAEMON_WAIT_S = 10.0
 """How long a call to the daemon's port waits for it to listen (a new sandbox's)."""
+PER_SANDBOX = 64
+"""Routed requests one sandbox may have in flight (long command streams included)."""
+PER_TENANT = 256
+"""Routed requests one tenant's sandboxes may have in flight together. With
+:data:`PER_SANDBOX` these are the bound on upstream connections: one caller (or one
+agent with its own token) never holds what other tenants' calls need."""
 
 
 # --- errors in the SDKs' shape ----------------------------------------------------------------
@@ -477,6 +483,7 @@ class Routing:
         self.app = app
         self.context = context
         self._client: httpx.AsyncClient | None = None
+        self._held: dict[tuple[str, str], int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -524,6 +531,31 @@ class Routing:
             except Exception:
                 log.exception("the sandbox timeout sweep failed (next round tries again)")
 
+    @contextlib.contextmanager
+    def _slot(self, sandbox_id: str, tenant: str | None) -> Iterator[None]:
+        """One routed request in flight for the sandbox and its tenant, refused 429 over
+        :data:`PER_SANDBOX` / :data:`PER_TENANT` (before any upstream connection)."""
+        keys = (("sandbox", sandbox_id, PER_SANDBOX), ("tenant", tenant or "-", PER_TENANT))
+        for what, name, cap in keys:
+            held = self._held.get((what, name), 0)
+            if held >= cap:
+                raise RateLimited(
+                    f"{what} {name!r} has {held} requests in flight (allowed: at most {cap} "
+                    f"per {what}; end a stream or retry when one ends)",
+                    1.0,
+                )
+        for what, name, _ in keys:
+            self._held[(what, name)] = self._held.get((what, name), 0) + 1
+        try:
+            yield
+        finally:
+            for what, name, _ in keys:
+                left = self._held[(what, name)] - 1
+                if left:
+                    self._held[(what, name)] = left
+                else:
+                    del self._held[(what, name)]
+
     async def _who(self, scope: Scope, headers: dict[str, str], sandbox_id: str) -> Any:
         """The sandbox's record once the caller proved it may reach it (else an error)."""
         sessions = self.context.sessions
@@ -536,6 +568,15 @@ class Routing:
             return await self.context.call(sandboxes.record_of, sessions, sandbox_id, tenant)
         token = headers.get(ACCESS_TOKEN) or headers.get(TRAFFIC_TOKEN)
         if token:
+            # Charged like a key, before any lookup (the sandbox id is the bucket).
+            limits = self.context.limits
+            wait = Request(scope).app.state.buckets.take(f"sandbox-token:{sandbox_id}")
+            if wait:
+                raise RateLimited(
+                    f"sandbox {sandbox_id!r}: its access token passed the rate "
+                    f"({limits.rate:g} requests/s, burst {limits.burst}): retry in {wait:.1f} s",
+                    wait,
+                )
             record = await self.context.call(sandboxes.by_token, sessions, sandbox_id, token)
             if record is None:
                 raise NotFound(f"no sandbox {sandbox_id!r} on this host")
@@ -575,8 +616,10 @@ class Routing:
                 )
             port = int(port_text)
             record = await self._who(scope, headers, sandbox_id)
-            ip = await self.context.call(sandboxes.address, record)
-            await self._forward(scope, receive, send, upstream_url(scope, ip, port), rid, status)
+            with self._slot(sandbox_id, record.tenant):
+                ip = await self.context.call(sandboxes.address, record)
+                url = upstream_url(scope, ip, port)
+                await self._forward(scope, receive, send, url, rid, status)
         except DockyardError as error:
             await answer(error)
         except httpx.HTTPError as exc:
@@ -600,9 +643,11 @@ class Routing:
             self._client = httpx.AsyncClient(
                 trust_env=False,
                 timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=10.0),
-                limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+                # No pool-wide bound for one caller to exhaust: _slot's caps bound it.
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             )
         limit = self.context.limits.upload_bytes
+        timeout = self.context.limits.body_timeout_s
         body_read = anyio.Event()
 
         started: list[bool] = []
@@ -611,7 +656,14 @@ class Routing:
             started.append(True)
             received = 0
             while True:
-                message = await receive()
+                # A body that stops coming is let go (408), as RequestMiddleware does.
+                with anyio.move_on_after(timeout) as waited:
+                    message = await receive()
+                if waited.cancelled_caught:
+                    raise _SlowBody(
+                        f"request: no body bytes came for {timeout:g} s (allowed: at most "
+                        f"{timeout:g} s between two parts of a body; send the body at once)"
+                    )
                 if message["type"] == "http.disconnect":
                     return
                 chunk = message.get("body", b"")
@@ -695,6 +747,11 @@ class _BadTarget(DockyardError):
 class _BadGateway(DockyardError):
     http_status = 502
     kind = "bad-gateway"
+
+
+class _SlowBody(DockyardError):
+    http_status = 408
+    kind = "request-timeout"
 
 
 class _TooLarge(DockyardError):

@@ -5,6 +5,7 @@ HTTP answers in the SDKs' error shape (the app in-process)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -357,7 +358,7 @@ async def routed(
     target: bytes,
     headers: list[tuple[bytes, bytes]],
     method: str = "GET",
-    body: list[bytes] | None = None,
+    body: list[bytes | None] | None = None,
     wait_disconnect: Any = None,
 ) -> tuple[int, bytes]:
     """One request through the app with ``target`` as the raw request-target (h11 hands
@@ -383,6 +384,9 @@ async def routed(
     async def receive() -> dict[str, Any]:
         if parts:
             chunk = parts.pop(0)
+            if chunk is None:  # the client stops sending its body
+                await wait_disconnect.wait()
+                return {"type": "http.disconnect"}
             return {"type": "http.request", "body": chunk, "more_body": bool(parts)}
         if wait_disconnect is not None:
             await wait_disconnect.wait()
@@ -397,20 +401,29 @@ async def routed(
     return start["status"], data
 
 
-def _as_sandbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ip: str = "127.0.0.2") -> None:
-    """by_token/address faked: token "tok" opens sandbox "sabc" (tenant acme) at ``ip``."""
-    record = Record(
-        session_id="sabc",
-        tenant="acme",
-        stack_name="acme.sabc",
-        cwd=str(tmp_path),
-        manifest_path=str(tmp_path / "m.json"),
-        host="local",
-        request={},
-        created_at="2026-12-07T00:00:00.000Z",
-    )
+def _as_sandbox(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    ip: str = "127.0.0.2",
+    tenants: dict[str, str] | None = None,
+) -> None:
+    """by_token/address faked: token "tok" opens every sandbox of ``tenants`` (id -> tenant;
+    default sabc of acme), each at ``ip``."""
+    records = {
+        sid: Record(
+            session_id=sid,
+            tenant=tenant,
+            stack_name=f"{tenant}.{sid}",
+            cwd=str(tmp_path),
+            manifest_path=str(tmp_path / "m.json"),
+            host="local",
+            request={},
+            created_at="2026-12-07T00:00:00.000Z",
+        )
+        for sid, tenant in (tenants or {"sabc": "acme"}).items()
+    }
     monkeypatch.setattr(
-        face.sandboxes, "by_token", lambda _s, sid, tok: record if tok == "tok" else None
+        face.sandboxes, "by_token", lambda _s, sid, tok: records.get(sid) if tok == "tok" else None
     )
     monkeypatch.setattr(face.sandboxes, "address", lambda _record: ip)
 
@@ -451,3 +464,118 @@ def socket_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+class Holder:
+    """A loopback "sandbox port" that answers a chunk and then holds the stream open (a long
+    command), or ends at once for paths starting /quick."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.release = asyncio.Event()
+        self.server: Any = None
+
+    async def start(self) -> int:
+        import asyncio
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n")
+            await writer.drain()
+            if not head.startswith(b"GET /quick"):
+                await self.release.wait()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+@pytest.mark.anyio
+async def test_routing_caps_held_streams_per_sandbox_and_tenant(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """F5: one sandbox (or tenant) holding streams cannot take the routing from the others:
+    over its cap it is refused 429 at once, another tenant's sandbox answers at once."""
+    import asyncio
+    import time
+
+    _as_sandbox(
+        monkeypatch, tmp_path, "127.0.0.1", {"sabc": "acme", "sdef": "acme", "sxyz": "zeta"}
+    )
+    monkeypatch.setattr(face, "PER_SANDBOX", 2)
+    monkeypatch.setattr(face, "PER_TENANT", 3)
+    holder = Holder()
+    port = str(await holder.start()).encode()
+    gone = asyncio.Event()
+
+    def to(sandbox: bytes) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"e2b-sandbox-id", sandbox),
+            (b"e2b-sandbox-port", port),
+            (b"x-access-token", b"tok"),
+        ]
+
+    held = [
+        asyncio.create_task(routed(api, b"/hold", to(s), wait_disconnect=gone))
+        for s in (b"sabc", b"sabc", b"sdef")
+    ]
+    try:
+        await asyncio.sleep(0.5)
+        assert not any(t.done() for t in held)
+        status, data = await routed(api, b"/quick", to(b"sabc"))
+        assert status == 429, data
+        assert b"sandbox 'sabc' has 2 requests in flight (allowed: at most 2" in data
+        status, data = await routed(api, b"/quick", to(b"sdef"))
+        assert status == 429, data
+        assert b"tenant 'acme' has 3 requests in flight (allowed: at most 3" in data
+        began = time.monotonic()
+        status, data = await routed(api, b"/quick", to(b"sxyz"))
+        assert (status, data) == (200, b"x")
+        assert time.monotonic() - began < 2
+    finally:
+        holder.release.set()
+        gone.set()
+        await asyncio.gather(*held)
+        # The slots are given back when the streams end.
+        assert await routed(api, b"/quick", to(b"sabc")) == (200, b"x")
+        holder.server.close()
+
+
+@pytest.mark.anyio
+async def test_routing_times_out_slow_bodies_and_rate_limits_tokens(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """F5: a routed body that stops coming is answered 408 after the server's body timeout
+    (not held for ever); the token path is charged to the API's rate limiter."""
+    import anyio
+
+    from dockyard.api.principal import TokenBuckets
+
+    _as_sandbox(monkeypatch, tmp_path, "127.0.0.1")
+    holder = Holder()
+    port = str(await holder.start()).encode()
+    headers = [
+        (b"e2b-sandbox-id", b"sabc"),
+        (b"e2b-sandbox-port", port),
+        (b"x-access-token", b"tok"),
+        (b"content-length", b"10"),
+    ]
+    ctx = _app_of(api).state.context
+    monkeypatch.setattr(ctx, "limits", dataclasses.replace(ctx.limits, body_timeout_s=0.3))
+    never = anyio.Event()
+    try:
+        with anyio.fail_after(5):
+            status, data = await routed(
+                api, b"/quick", headers, method="POST", body=[b"abc", None], wait_disconnect=never
+            )
+    finally:
+        holder.server.close()
+    assert status == 408, data
+    assert b"no body bytes came for 0.3 s" in data
+    _app_of(api).state.buckets = TokenBuckets(rate=0.01, burst=2)
+    closed = [*TOKEN_HEADERS, (b"e2b-sandbox-port", str(socket_port()).encode())]
+    answers = [(await routed(api, b"/x", closed))[0] for _ in range(3)]
+    assert answers == [502, 502, 429]  # the third is refused before any lookup
