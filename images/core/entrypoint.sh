@@ -28,7 +28,8 @@
 #   DOCKYARD_RESTORE          1 = restore an empty workspace from the latest checkpoint (1)
 #   DOCKYARD_HEALTH_FILE      latest health verdict, written by dockyard-healthcheck (/tmp/health)
 #   DOCKYARD_ENVD             e2b SDKs' daemon (envd.py, port 49983) after ready: 1, 0, or auto =
-#                             when the secret DOCKYARD_ENVD_ACCESS_TOKEN is there (auto)
+#                             when the secret DOCKYARD_ENVD_ACCESS_TOKEN is there (auto); never
+#                             without that token, 1 included (envd refuses to serve without it)
 set -euo pipefail
 # Step times for the timing line: bash's own clock, no fork.
 declare -A took=()
@@ -281,12 +282,17 @@ log "ready: tmux session 'main' in $workspace"
 # whole interval (60 s by default) after start. After the marker, so off the ready path.
 dockyard-healthcheck >/dev/null 2>&1 &
 # The e2b SDKs' in-environment daemon on port 49983 (docs/e2b.md), as the agent. It runs
-# commands for whoever reaches that port, so by default only where its access token was
-# delivered (an E2B sandbox); DOCKYARD_ENVD=1 forces it, 0 forbids it. After the marker
+# commands for whoever reaches that port, so only where its access token was delivered
+# (an E2B sandbox): auto and 1 start it with the token, 0 forbids it, and without the token
+# nothing starts (envd.py itself also refuses a missing or short one). After the marker
 # too: the SDKs retry until it listens.
 envd="${DOCKYARD_ENVD:-auto}"
-if [[ "$envd" = 1 || ("$envd" = auto && -n "${DOCKYARD_ENVD_ACCESS_TOKEN:-}") ]]; then
-  python3 /usr/local/lib/dockyard/envd.py </dev/null &
+if [[ "$envd" = 1 || "$envd" = auto ]]; then
+  if [ -n "${DOCKYARD_ENVD_ACCESS_TOKEN:-}" ]; then
+    python3 /usr/local/lib/dockyard/envd.py </dev/null &
+  elif [ "$envd" = 1 ]; then
+    log "envd not started: DOCKYARD_ENVD=1 but the secret DOCKYARD_ENVD_ACCESS_TOKEN is missing (it never serves unauthenticated)"
+  fi
 fi
 rm -f "$version_file"
 

@@ -4,7 +4,8 @@ One environment container started the way an environment runs (tests/support/
 agent_runner), its envd access token delivered as a secret file: the e2b SDK 2.63's own
 ``Sandbox`` reaches the daemon at the container's address on port 49983, runs commands
 there as uid 1000 and moves files; without the token it is refused. A second container
-without a token runs no daemon and gives the same run's ready figure without it; both are
+without a token, even with DOCKYARD_ENVD=1, runs no daemon (nothing listens on 49983, the
+log says why) and gives the same run's ready figure without it; both are
 printed (timed targets belong in benchmarks/, so no time is asserted), and what is
 asserted is the order: the daemon starts only after the ready marker is written.
 """
@@ -152,11 +153,18 @@ def test_envd_answers_as_the_agent_after_the_ready_marker(
             sandbox_at(url, "wrong").files.read("/workspace/up.bin")
 
         # The same run without the daemon, for the ready figure: an environment without
-        # the token does not start it (nothing would guard the port).
-        without = runner.start()
+        # the token does not start it, even when asked to (nothing would guard the port).
+        without = runner.start(env={"DOCKYARD_ENVD": "1"})
         wait_ready(without)
         without_envd = timing(without)
         assert "envd.py" not in exec_ok(without, ["ps", "-eo", "args="])
+        assert b"envd not started: DOCKYARD_ENVD=1 but the secret" in without.logs()
+        without.reload()
+        bare = f"http://{without.attrs['NetworkSettings']['IPAddress']}:{ENVD_PORT}/health"
+        for _ in range(5):  # a daemon started after the marker would listen within this
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(bare, timeout=1)
+            time.sleep(0.2)
         print(
             f"\nready marker (ms since entrypoint start): with envd {with_envd['ready']:.1f},"
             f" without {without_envd['ready']:.1f}; envd /health answered"
