@@ -30,7 +30,7 @@ from .. import manifest as manifest_contract
 from ..capacity import connect
 from ..config import ConfigError, from_host_settings
 from ..contract import NAMING_CURRENT
-from . import audit, backups, dataplane, driver, listing, located, ownership, quotas, registry
+from . import audit, backups, dataplane, driver, e2b, listing, located, ownership, quotas, registry
 from . import hibernate as hibernating
 from . import pause as pausing
 from . import snapshots as snapshotting
@@ -405,6 +405,7 @@ class Sessions:
                 self.engine.destroy(session_plan, progress)
             self.registry.remove(record.stack_name)
             Path(record.manifest_path).unlink(missing_ok=True)
+            e2b.forget(self.where.state, record.stack_name)
 
     def build_image(self, progress: Progress = _quiet) -> str:
         """Build the host's core image once (``dockyard image build``); sessions without

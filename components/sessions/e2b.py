@@ -196,6 +196,14 @@ def _path(sessions: SessionsLike, record: Record) -> Path:
     return _directory(sessions) / f"{record.stack_name}.json"
 
 
+def forget(state: Path, stack_name: str) -> None:
+    """Remove the E2B record of the session ``stack_name`` (if it was a sandbox):
+    :meth:`Sessions.destroy` calls it, so however a session goes (E2B kill, dockyard's API
+    or CLI, the idle monitor) its token and deadline go with it and never apply to a later
+    session of the same id."""
+    (state / "e2b" / f"{stack_name}.json").unlink(missing_ok=True)
+
+
 def _save(sessions: SessionsLike, stack_name: str, sandbox: Sandbox) -> None:
     directory = _directory(sessions)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -579,3 +579,28 @@ async def test_routing_times_out_slow_bodies_and_rate_limits_tokens(
     closed = [*TOKEN_HEADERS, (b"e2b-sandbox-port", str(socket_port()).encode())]
     answers = [(await routed(api, b"/x", closed))[0] for _ in range(3)]
     assert answers == [502, 502, 429]  # the third is refused before any lookup
+
+
+def test_a_native_destroy_takes_the_sandboxs_record_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F8: destroyed through dockyard's own verbs (API, CLI, idle monitor: all
+    Sessions.destroy), the E2B record goes too: a new session of the same id is no sandbox,
+    the old token routes nowhere, the old deadline destroys nothing."""
+    from tests.unit.test_sessions import FakeDriver, _sessions
+
+    monkeypatch.setattr(e2b, "_state", lambda _record, _sessions: "running")  # no engine
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("DOCKYARD_STATE_DIR", "DOCKYARD_CONFIG", "DOCKYARD_AUDIT_LOG", "DOCKYARD_DRIVER"):
+        monkeypatch.delenv(name, raising=False)
+    sessions = _sessions(tmp_path, FakeDriver(), {"image": {"ref": "dockyard-core:test"}})
+    sandbox = e2b.create(sessions, {"templateID": "base", "timeout": 60}, None)
+    records = sessions.where.state / "e2b"
+    assert len(list(records.glob("*.json"))) == 1
+    sessions.destroy(sandbox.sandboxId, final_backup=False)
+    assert list(records.glob("*.json")) == []
+    sessions.create({"sessionId": sandbox.sandboxId, "cwd": str(tmp_path), "backend": "claude"})
+    assert e2b.listing(sessions, None, None) == []
+    assert e2b.by_token(sessions, sandbox.sandboxId, sandbox.envdAccessToken) is None
+    assert e2b.expire(sessions, dt.datetime.now(dt.UTC) + dt.timedelta(days=2)) == []
+    assert [r["sessionId"] for r in sessions.list()] == [sandbox.sandboxId]
