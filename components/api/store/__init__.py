@@ -22,7 +22,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,7 +70,7 @@ class KeyInfo(BaseModel):
     """What may be shown of a key: never the key or its digest. The API's ``Key`` is this,
     its fields in camelCase."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
     id: str
     tenant: str | None
@@ -79,16 +79,19 @@ class KeyInfo(BaseModel):
     last_used_at: datetime | None
     revoked_at: datetime | None
 
+    @field_validator("last_used_at", "revoked_at", mode="before")
+    @classmethod
+    def _utc(cls, moment: datetime | None) -> datetime | None:
+        return _aware(moment)
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _utc_or_now(cls, moment: datetime | None) -> datetime:
+        return _aware(moment) or _now()
+
     @classmethod
     def of(cls, row: ApiKey) -> KeyInfo:
-        return cls(
-            id=row.id,
-            tenant=row.tenant,
-            admin=row.admin,
-            created_at=_aware(row.created_at) or _now(),
-            last_used_at=_aware(row.last_used_at),
-            revoked_at=_aware(row.revoked_at),
-        )
+        return cls.model_validate(row)
 
 
 @dataclass(frozen=True)
