@@ -16,7 +16,8 @@ written whole), removed with the session.
   API keys there, and plain environment is visible in ``docker inspect``.
 * Timeout: the sandbox is destroyed at ``endAt`` by :func:`expire` (the server runs it in
   a loop; ``dockyard serve`` is what serves the SDKs). A paused sandbox has no deadline;
-  connecting (which resumes) sets a new one.
+  connecting (which resumes) sets a new one, and so does the first sweep that finds it
+  running again after any other wake (its timeout from then).
 * The access token (``envdAccessToken``) lets the SDK reach the sandbox's ports through the
   server's routing without an API key (:func:`by_token`); the sandbox's daemon gets it as
   the secret ``DOCKYARD_ENVD_ACCESS_TOKEN`` and checks it on every call too.
@@ -407,7 +408,16 @@ def expire(sessions: Any, now: dt.datetime | None = None) -> list[str]:
     gone = []
     for record in sessions.registry.all():
         sandbox = _load(sessions, record)
-        if sandbox is None or sandbox.endAt is None or _parse(sandbox.endAt) > moment:
+        if sandbox is None:
+            continue
+        if sandbox.endAt is None:
+            # Paused through E2B (no clock), then woken another way (dockyard resume, an
+            # exec's wake on use): it runs again, so its timeout runs again from now.
+            if _state(record, sessions) == "running":
+                sandbox.endAt = _iso(moment + dt.timedelta(seconds=sandbox.timeout))
+                _save(sessions, record.stack_name, sandbox)
+            continue
+        if _parse(sandbox.endAt) > moment:
             continue
         try:
             sessions.destroy(record.session_id, record.tenant)

@@ -34,6 +34,7 @@ class FakeSessions:
     created: list[tuple[dict[str, Any], dict[str, str]]] = field(default_factory=list)
     destroyed: list[tuple[str, str | None]] = field(default_factory=list)
     fail_destroy: bool = False
+    resumed: list[str] = field(default_factory=list)
 
     @property
     def registry(self) -> Registry:
@@ -64,6 +65,10 @@ class FakeSessions:
 
     def pause(self, session: str, tenant: str | None = None) -> State:
         return State(session, "paused", True)
+
+    def resume(self, session: str, tenant: str | None = None) -> State:
+        self.resumed.append(session)
+        return State(session, "running", True)
 
 
 @pytest.fixture
@@ -140,7 +145,9 @@ def test_create_refuses_bad_input_all_at_once(fake: FakeSessions) -> None:
     assert fake.created == []
 
 
-def test_tenants_tokens_timeouts_and_expiry(fake: FakeSessions) -> None:
+def test_tenants_tokens_timeouts_and_expiry(
+    fake: FakeSessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mine = e2b.create(fake, {"templateID": "base", "metadata": {"k": "v"}}, "acme")
     theirs = e2b.create(fake, {"templateID": "base"}, "other")
     # Another tenant's sandbox is not found, exactly like a missing one.
@@ -166,9 +173,11 @@ def test_tenants_tokens_timeouts_and_expiry(fake: FakeSessions) -> None:
     fake.fail_destroy = False
     # A paused sandbox has no deadline; connecting gives it one again.
     assert e2b.pause(fake, mine.sandboxId, "acme") is True
+    monkeypatch.setattr(e2b, "_state", lambda _record, _sessions: "paused")
     assert e2b.get(fake, mine.sandboxId, "acme").endAt is None
     assert e2b.expire(fake, now + dt.timedelta(days=3)) == []
     connected = e2b.connect_to(fake, mine.sandboxId, "acme", 60)
+    assert fake.resumed == [mine.sandboxId]
     assert connected.endAt is not None
     assert e2b.expire(fake, now + dt.timedelta(seconds=120)) == [mine.sandboxId]
     assert list((fake.where.state / "e2b").glob("*.json")) == []
@@ -604,3 +613,25 @@ def test_a_native_destroy_takes_the_sandboxs_record_with_it(
     assert e2b.by_token(sessions, sandbox.sandboxId, sandbox.envdAccessToken) is None
     assert e2b.expire(sessions, dt.datetime.now(dt.UTC) + dt.timedelta(days=2)) == []
     assert [r["sessionId"] for r in sessions.list()] == [sandbox.sandboxId]
+
+
+def test_a_sandbox_woken_another_way_gets_a_deadline_again(
+    fake: FakeSessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F4: paused through E2B (no deadline), then woken by dockyard's resume or an exec's
+    wake on use: the next sweep gives it its timeout from then, and the one after that
+    deadline destroys it."""
+    sandbox = e2b.create(fake, {"templateID": "base", "timeout": 60}, "acme")
+    assert e2b.pause(fake, sandbox.sandboxId, "acme") is True
+    states = {"now": "paused"}
+    monkeypatch.setattr(e2b, "_state", lambda _record, _sessions: states["now"])
+    now = dt.datetime.now(dt.UTC)
+    assert e2b.expire(fake, now + dt.timedelta(days=1)) == []
+    assert e2b.get(fake, sandbox.sandboxId, "acme").endAt is None  # still paused: no clock
+    states["now"] = "running"  # woken without connect
+    woke = now + dt.timedelta(days=1)
+    assert e2b.expire(fake, woke) == []
+    assert e2b.get(fake, sandbox.sandboxId, "acme").endAt == e2b._iso(
+        woke + dt.timedelta(seconds=60)
+    )
+    assert e2b.expire(fake, woke + dt.timedelta(seconds=61)) == [sandbox.sandboxId]
