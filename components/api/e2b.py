@@ -714,9 +714,23 @@ class Routing:
                             return
 
                 group.start_soon(watch)
-                async for chunk in upstream.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+                try:
+                    async for chunk in upstream.aiter_raw():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except httpx.HTTPError as exc:
+                    # The sandbox broke its answer off (the agent controls it): one line,
+                    # no traceback; the caller's answer stays cut (never completed as if
+                    # whole) and the audit says 502.
+                    status["code"] = 502
+                    log.warning(
+                        "sandbox %s port %s broke its answer off: %s (request %s)",
+                        scope["dockyard"].get("session"),
+                        port,
+                        type(exc).__name__,
+                        rid,
+                    )
+                else:
+                    await send({"type": "http.response.body", "body": b""})
                 group.cancel_scope.cancel()
         finally:
             await upstream.aclose()

@@ -492,6 +492,9 @@ class Holder:
             head = await reader.readuntil(b"\r\n\r\n")
             writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n")
             await writer.drain()
+            if head.startswith(b"GET /cut"):
+                writer.transport.abort()  # the answer breaks off mid-body
+                return
             if not head.startswith(b"GET /quick"):
                 await self.release.wait()
             writer.write(b"0\r\n\r\n")
@@ -635,3 +638,67 @@ def test_a_sandbox_woken_another_way_gets_a_deadline_again(
         woke + dt.timedelta(seconds=60)
     )
     assert e2b.expire(fake, woke + dt.timedelta(seconds=61)) == [sandbox.sandboxId]
+
+
+@pytest.mark.anyio
+async def test_an_answer_cut_mid_body_is_one_log_line_and_a_502_audit(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F6: the sandbox (the agent controls it) breaking its answer off costs one log line,
+    not a traceback per request; the caller's answer is cut (never completed as if whole)
+    and the audit line says 502."""
+    import logging
+
+    import anyio
+
+    from dockyard.sessions import audit
+
+    _as_sandbox(monkeypatch, tmp_path, "127.0.0.1")
+    holder = Holder()
+    port = str(await holder.start()).encode()
+    headers = [*TOKEN_HEADERS, (b"e2b-sandbox-port", port)]
+    caplog.set_level(logging.INFO)
+    sent: list[dict[str, Any]] = []
+    scope_app = _app_of(api)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/cut",
+        "raw_path": b"/cut",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"api"), *headers],
+        "client": ("127.0.0.1", 5555),
+        "server": ("127.0.0.1", 8000),
+    }
+    done = [False]
+
+    async def receive() -> dict[str, Any]:
+        if not done[0]:
+            done[0] = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await anyio.sleep(30)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    try:
+        with anyio.fail_after(10):
+            await scope_app(scope, receive, send)  # nothing escapes to the server
+    finally:
+        holder.server.close()
+    assert sent[0]["type"] == "http.response.start"
+    assert not any(
+        m["type"] == "http.response.body" and not m.get("more_body", False) for m in sent
+    )  # never completed: the caller sees a cut answer, not a short one
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert "sabc" in lines[0].getMessage()
+    assert lines[0].exc_info is None
+    [entry] = [e for e in audit.read(api.sessions.where.audit_log) if "e2b-route" in e["detail"]]
+    assert entry["result"] == "error"
+    assert " 502 " in entry["detail"]
