@@ -239,17 +239,19 @@ async def list_v2(
 ) -> list[SandboxDetail]:
     ctx, scope = await acting(request, None)
     offset = int(nextToken) if nextToken and nextToken.isdigit() else 0
-    rows = await ctx.call(
-        sandboxes.listing,
+    rows, more = await ctx.call(
+        sandboxes.page,
         ctx.sessions,
         scope,
         domain_of(request),
         _metadata_query(metadata),
         _states(state),
+        offset,
+        limit,
     )
-    if offset + limit < len(rows):
+    if more:
         response.headers["x-next-token"] = str(offset + limit)  # the SDKs' paginator reads it
-    return [SandboxDetail(**r) for r in rows[offset : offset + limit]]
+    return [SandboxDetail(**r) for r in rows]
 
 
 @router.get("/sandboxes", summary="E2B: list running sandboxes (v1)")

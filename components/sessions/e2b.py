@@ -346,18 +346,47 @@ def listing(
     """The tenant's sandboxes (``tenant`` None: an admin's, every tenant's), those whose
     metadata holds every pair of ``metadata`` and whose state is one of ``states``;
     oldest first."""
+    return page(sessions, tenant, domain, metadata, states, 0, None)[0]
+
+
+def page(
+    sessions: SessionsLike,
+    tenant: str | None,
+    domain: str | None,
+    metadata: Mapping[str, str] | None = None,
+    states: Iterable[str] | None = None,
+    offset: int = 0,
+    limit: int | None = 1000,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Rows ``offset`` to ``offset + limit`` of :func:`listing` and whether more follow.
+    Filtered by tenant and metadata and sorted from the E2B records (files) first; the
+    engine (state) and the settings (limits) are asked for the page's rows only — and,
+    with a state filter, for the rows up to the page's end."""
     wanted = set(states or ("running", "paused"))
-    found = []
+    filtered = wanted != {"running", "paused"}
+    candidates = []
     for record in sessions.registry.all(tenant):
         sandbox = _load(sessions, record)
         if sandbox is None or sandbox.tenant != record.tenant:
             continue
         if any(sandbox.metadata.get(k) != v for k, v in (metadata or {}).items()):
             continue
-        state = _state(record, sessions)
-        if state in wanted:
-            found.append(sandbox.detail(state, domain, _limits(sessions, record)))
-    return sorted(found, key=lambda row: (row["startedAt"], row["sandboxID"]))
+        candidates.append((record, sandbox))
+    candidates.sort(key=lambda pair: (pair[1].startedAt, pair[1].sandboxId))
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    for record, sandbox in candidates:
+        state = _state(record, sessions) if filtered else None
+        if state is not None and state not in wanted:
+            continue
+        if skipped < offset:
+            skipped += 1
+            continue
+        if limit is not None and len(rows) >= limit:
+            return rows, True
+        state = state or _state(record, sessions)
+        rows.append(sandbox.detail(state, domain, _limits(sessions, record)))
+    return rows, False
 
 
 def kill(sessions: Any, sandbox_id: str, tenant: str | None) -> None:

@@ -294,11 +294,12 @@ async def test_list_pages_as_the_sdks_paginator_reads_them(
     ]
     asked: list[tuple[Any, ...]] = []
 
-    def listing(*args: Any) -> list[dict[str, Any]]:
+    def page(*args: Any) -> tuple[list[dict[str, Any]], bool]:
         asked.append(args[1:])
-        return rows
+        offset, limit = args[-2:]
+        return rows[offset : offset + limit], offset + limit < len(rows)
 
-    monkeypatch.setattr(face.sandboxes, "listing", listing)
+    monkeypatch.setattr(face.sandboxes, "page", page)
     key = {"X-API-Key": api.store.create("acme", False).key}
     first = await api.client.get(
         "/v2/sandboxes",
@@ -308,7 +309,7 @@ async def test_list_pages_as_the_sdks_paginator_reads_them(
     assert [r["sandboxID"] for r in first.json()] == ["s0", "s1"]
     assert first.headers["x-next-token"] == "2"
     assert asked[0][0] == "acme"  # the key's tenant, whatever was asked
-    assert asked[0][2:] == ({"team": "web", "k ": "v"}, ["running"])
+    assert asked[0][2:] == ({"team": "web", "k ": "v"}, ["running"], 0, 2)
     last = await api.client.get("/v2/sandboxes", params={"limit": 2, "nextToken": "2"}, headers=key)
     assert [r["sandboxID"] for r in last.json()] == ["s2"]
     assert "x-next-token" not in last.headers
@@ -702,3 +703,32 @@ async def test_an_answer_cut_mid_body_is_one_log_line_and_a_502_audit(
     [entry] = [e for e in audit.read(api.sessions.where.audit_log) if "e2b-route" in e["detail"]]
     assert entry["result"] == "error"
     assert " 502 " in entry["detail"]
+
+
+def test_the_list_asks_the_engine_for_its_pages_rows_only(
+    fake: FakeSessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F7: filtered, sorted and cut from the E2B records; state (an engine inspect) and
+    limits (a settings load) only for the page's rows."""
+    made = [e2b.create(fake, {"templateID": "base"}, "acme").sandboxId for _ in range(6)]
+    asked = {"state": 0, "limits": 0}
+
+    def state(_record: Any, _sessions: Any) -> str:
+        asked["state"] += 1
+        return "running"
+
+    def limits(_sessions: Any, _record: Any) -> dict[str, Any]:
+        asked["limits"] += 1
+        return {}
+
+    monkeypatch.setattr(e2b, "_state", state)
+    monkeypatch.setattr(e2b, "_limits", limits)
+    rows, more = e2b.page(fake, "acme", None, None, None, 2, 2)
+    assert [r["sandboxID"] for r in rows] == sorted(
+        made, key=lambda s: (e2b.get(fake, s, "acme").startedAt, s)
+    )[2:4]
+    assert more is True
+    assert asked == {"state": 2, "limits": 2}
+    last, more = e2b.page(fake, "acme", None, None, None, 4, 2)
+    assert (len(last), more) == (2, False)
+    assert e2b.page(fake, "other", None)[0] == []
