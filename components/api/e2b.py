@@ -430,12 +430,34 @@ def forwarded_headers(headers: list[tuple[bytes, bytes]], port: int) -> list[tup
         if KEY_PREFIX in value and name in ("authorization", "x-api-key"):
             continue
         if name == "cookie":
-            pairs = [p for p in value.split(";") if not p.strip().startswith("dockyard_")]
+            pairs = [p.strip() for p in value.split(";") if not dockyards(p.split("=", 1)[0])]
+            pairs = [p for p in pairs if p]
             if not pairs:
                 continue
-            value = ";".join(pairs).strip()
+            value = "; ".join(pairs)
         kept.append((name, value))
     return kept
+
+
+def dockyards(cookie_name: str) -> bool:
+    """Whether ``cookie_name`` is one of dockyard's (``dockyard_*``, any case, with or
+    without a ``__Host-``/``__Secure-`` prefix)."""
+    name = cookie_name.strip().lower()
+    for prefix in ("__host-", "__secure-"):
+        name = name.removeprefix(prefix)
+    return name.startswith("dockyard_")
+
+
+def harmless_cookie(set_cookie: str) -> bool:
+    """A sandbox's ``Set-Cookie`` the caller may get: a cookie with a name (a nameless one,
+    ``=dockyard_session=…`` or a bare value, comes back from a browser as whatever its value
+    says), not named like dockyard's, and with no Domain attribute (it stays on the
+    sandbox's own host name, never on the parent domain the dashboard is served from)."""
+    pair, *attributes = set_cookie.split(";")
+    name = pair.split("=", 1)[0].strip() if "=" in pair else ""
+    if not name or dockyards(name):
+        return False
+    return not any(a.split("=", 1)[0].strip().lower() == "domain" for a in attributes)
 
 
 def answered_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
@@ -447,7 +469,7 @@ def answered_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]
         lowered = name.lower()
         if lowered in HOP_BY_HOP or lowered == REQUEST_ID_HEADER.lower():
             continue
-        if lowered == "set-cookie" and value.strip().lower().startswith("dockyard_"):
+        if lowered == "set-cookie" and not harmless_cookie(value):
             continue
         kept.append((lowered.encode("latin-1"), value.encode("latin-1")))
     return kept

@@ -732,3 +732,24 @@ def test_the_list_asks_the_engine_for_its_pages_rows_only(
     last, more = e2b.page(fake, "acme", None, None, None, 4, 2)
     assert (len(last), more) == (2, False)
     assert e2b.page(fake, "other", None)[0] == []
+
+
+def test_cookie_filters_read_the_cookies_name() -> None:
+    """F2: the filters match the parsed name (case-insensitive, __Host-/__Secure- prefixed
+    too); a sandbox's nameless cookie or one with a Domain attribute never reaches the
+    caller (a browser would send a nameless "=dockyard_session=…" back as that cookie)."""
+    answered = face.answered_headers(
+        [
+            ("Set-Cookie", "=dockyard_session=planted; Path=/"),
+            ("Set-Cookie", "dockyard_session"),
+            ("Set-Cookie", "__Host-dockyard_session=x; Secure; Path=/"),
+            ("Set-Cookie", " Dockyard_login =x"),
+            ("Set-Cookie", "app=1; domain=.example.com; Path=/"),
+            ("Set-Cookie", "app=2; Path=/; HttpOnly"),
+        ]
+    )
+    assert answered == [(b"set-cookie", b"app=2; Path=/; HttpOnly")]
+    forwarded = face.forwarded_headers(
+        [(b"Cookie", b"DOCKYARD_SESSION=a; __Host-dockyard_login=b;app=1; dockyard_x =c")], 3000
+    )
+    assert forwarded == [("cookie", "app=1")]
