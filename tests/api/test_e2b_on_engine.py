@@ -183,6 +183,43 @@ def _start_server(server: Server, sandbox: str) -> None:
     assert "event: exit" in started.text, started.text
 
 
+def _loopback_canary_hits(server: Server, headers: dict[str, str]) -> tuple[list[int], list[str]]:
+    """Statuses of raw requests whose target names a loopback listener this test starts
+    (``@127.0.0.1:P/x``, ``http://127.0.0.1:P/x``, ``127.0.0.1:P``), and what it saw."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Canary(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    canary = ThreadingHTTPServer(("127.0.0.1", 0), Canary)
+    threading.Thread(target=canary.serve_forever, daemon=True).start()
+    p = canary.server_address[1]
+    host, port = server.url.removeprefix("http://").split(":")
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    statuses = []
+    try:
+        for target in (f"@127.0.0.1:{p}/steal", f"http://127.0.0.1:{p}/steal", f"127.0.0.1:{p}"):
+            with socket.create_connection((host, int(port)), timeout=30) as raw:
+                raw.sendall(
+                    f"GET {target} HTTP/1.1\r\nHost: x\r\n{lines}Connection: close\r\n\r\n".encode()
+                )
+                statuses.append(int(raw.recv(4096).split(b" ", 2)[1]))
+    finally:
+        canary.shutdown()
+        canary.server_close()
+    return statuses, seen
+
+
 def test_sdk_lifecycle_isolation_and_routing(
     server: Server, docker_client: docker.DockerClient
 ) -> None:
@@ -278,6 +315,10 @@ def test_sdk_lifecycle_isolation_and_routing(
             assert "message" in refused.json()
         missing = server.raw("/headers", {**key_a, "Host": f"{PORT}-snosuch.127.0.0.1"})
         assert missing.status_code == 404
+        # The request target is a path on the sandbox, never an authority (review4 F1): a
+        # loopback listener standing for the host's services sees nothing.
+        hits = _loopback_canary_hits(server, by_header)
+        assert hits == ([400, 400, 400], []), hits
 
         # Pause (memory kept, no deadline) and connect (resumes): the daemon answers again.
         sbx.pause()
