@@ -59,9 +59,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _an_event_loop_on_the_main_thread() -> None:
     """Every test starts with a usable event loop on the main thread.
 
-    anyio's test runner (tests/api) closes its loop and leaves the main thread without a
-    current one; Pulumi's synchronous helpers, which the program tests and the harness
-    call, then fail with "There is no current event loop" in every later module."""
+    anyio's test runner (tests/api) and ``asyncio.run`` close their loop and leave the main
+    thread without a current one; Pulumi's synchronous helpers, which the program tests and
+    the harness call, then fail with "There is no current event loop" in every later module."""
+    _usable_event_loop()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _an_event_loop_for_module_fixtures() -> None:
+    """The same for a module's own fixtures, which run before any test-scoped one (a module
+    fixture that runs the program under mocks failed after a module that used asyncio.run)."""
+    _usable_event_loop()
+
+
+def _usable_event_loop() -> None:
     policy = asyncio.get_event_loop_policy()
     try:
         usable = not policy.get_event_loop().is_closed()
