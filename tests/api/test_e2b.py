@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dockyard.api import e2b as face
+from dockyard.api import e2b_routing as face
 from dockyard.errors import InvalidInput
 from dockyard.sessions import e2b
 from dockyard.sessions.pause import State

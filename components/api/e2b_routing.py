@@ -1,0 +1,471 @@
+"""Routing into a sandbox, for the E2B-compatible face (issue 30; its routes are
+:mod:`dockyard.api.e2b`).
+
+A request carrying ``E2b-Sandbox-Id`` (+ ``E2b-Sandbox-Port``; the SDKs send
+them when ``E2B_SANDBOX_URL`` points here), or addressed to ``<port>-<sandboxId>.<domain>``,
+is forwarded, streamed both ways, to that port of the sandbox's container on its own
+network — after the caller proved it may: a dockyard key of the sandbox's tenant in
+``X-API-Key``, or the sandbox's access token (``X-Access-Token``, which the SDKs send, or
+``e2b-traffic-access-token``). dockyard's credentials never reach the sandbox.
+
+The sandboxes' deadlines are enforced by a loop this middleware runs for the server's
+lifetime (:func:`dockyard.sessions.e2b.expire` every few seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import httpx
+from fastapi import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import DockyardError, InvalidInput, NotFound
+from ..sessions import e2b as sandboxes
+from .context import Context
+from .e2b_errors import e2b_error
+from .errors import REQUEST_ID_HEADER, RateLimited, Unauthorized
+from .middleware import audit_request
+from .principal import authenticated
+from .store import KEY_PREFIX
+
+log = logging.getLogger(__package__)
+
+DOMAIN_VARIABLE = "DOCKYARD_E2B_DOMAIN"
+"""The domain the SDKs build ``<port>-<id>.<domain>`` host names on (default: the host
+name the SDK reached the server by)."""
+REAP_VARIABLE = "DOCKYARD_E2B_REAP_INTERVAL_S"
+REAP_INTERVAL_S = 5.0
+DAEMON_WAIT_S = 10.0
+"""How long a call to the daemon's port waits for it to listen (a new sandbox's)."""
+PER_SANDBOX = 64
+"""Routed requests one sandbox may have in flight (long command streams included)."""
+PER_TENANT = 256
+"""Routed requests one tenant's sandboxes may have in flight together. With
+:data:`PER_SANDBOX` these are the bound on upstream connections: one caller (or one
+agent with its own token) never holds what other tenants' calls need."""
+
+HOST_FORM = re.compile(r"([0-9]{1,5})-([a-z0-9]{1,63})\.([^:]+)(?::[0-9]+)?", re.ASCII)
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
+DOCKYARD_CREDENTIALS = frozenset(
+    {"x-api-key", "e2b-sandbox-id", "e2b-sandbox-port", "e2b-traffic-access-token"}
+)
+ACCESS_TOKEN = "x-access-token"  # noqa: S105 - a header name
+TRAFFIC_TOKEN = "e2b-traffic-access-token"  # noqa: S105 - a header name
+
+
+def target(headers: dict[str, str]) -> tuple[str, str] | None:
+    """(sandbox id, port text) when the request is for a sandbox's port, else None."""
+    sandbox = headers.get("e2b-sandbox-id")
+    if sandbox is not None:
+        return sandbox, headers.get("e2b-sandbox-port", str(sandboxes.ENVD_PORT))
+    matched = HOST_FORM.fullmatch(headers.get("host", "").lower())
+    if matched is None:
+        return None
+    wanted = os.environ.get(DOMAIN_VARIABLE)
+    if wanted and matched.group(3) != wanted.split(":", 1)[0].lower():
+        return None
+    return matched.group(2), matched.group(1)
+
+
+def forwarded_headers(headers: list[tuple[bytes, bytes]], port: int) -> list[tuple[str, str]]:
+    """The request's headers without hop-by-hop ones and without dockyard's credentials
+    (its API key in any header, its dashboard cookies, the traffic token; the sandbox's
+    own access token only reaches its daemon's port)."""
+    kept = []
+    for raw_name, raw_value in headers:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        if name in HOP_BY_HOP or name in DOCKYARD_CREDENTIALS:
+            continue
+        if name == ACCESS_TOKEN and port != sandboxes.ENVD_PORT:
+            continue
+        if KEY_PREFIX in value and name in ("authorization", "x-api-key"):
+            continue
+        if name == "cookie":
+            pairs = [p.strip() for p in value.split(";") if not dockyards(p.split("=", 1)[0])]
+            pairs = [p for p in pairs if p]
+            if not pairs:
+                continue
+            value = "; ".join(pairs)
+        kept.append((name, value))
+    return kept
+
+
+def dockyards(cookie_name: str) -> bool:
+    """Whether ``cookie_name`` is one of dockyard's (``dockyard_*``, any case, with or
+    without a ``__Host-``/``__Secure-`` prefix)."""
+    name = cookie_name.strip().lower()
+    for prefix in ("__host-", "__secure-"):
+        name = name.removeprefix(prefix)
+    return name.startswith("dockyard_")
+
+
+def harmless_cookie(set_cookie: str) -> bool:
+    """A sandbox's ``Set-Cookie`` the caller may get: a cookie with a name (a nameless one,
+    ``=dockyard_session=…`` or a bare value, comes back from a browser as whatever its value
+    says), not named like dockyard's, and with no Domain attribute (it stays on the
+    sandbox's own host name, never on the parent domain the dashboard is served from)."""
+    pair, *attributes = set_cookie.split(";")
+    name = pair.split("=", 1)[0].strip() if "=" in pair else ""
+    if not name or dockyards(name):
+        return False
+    return not any(a.split("=", 1)[0].strip().lower() == "domain" for a in attributes)
+
+
+def answered_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """The sandbox's answer headers the caller gets: no hop-by-hop ones, no request id of
+    its own, and no cookie named like dockyard's (a sandbox on ``<port>-<id>.<domain>``
+    must not plant the dashboard's login or session cookie on the parent domain)."""
+    kept = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered == REQUEST_ID_HEADER.lower():
+            continue
+        if lowered == "set-cookie" and not harmless_cookie(value):
+            continue
+        kept.append((lowered.encode("latin-1"), value.encode("latin-1")))
+    return kept
+
+
+def upstream_url(scope: Scope, ip: str, port: int) -> httpx.URL:
+    """The sandbox's URL for this request, built from parts: the request target is only
+    ever a path (+ query) on ``ip:port``. Anything else uvicorn's h11 hands through as
+    the target (``@host:port/x``, ``http://host/x``, ``host:port``, ``*``) is refused, so no
+    caller makes the server connect anywhere but the sandbox it proved it may reach."""
+    path = scope.get("raw_path") or scope["path"].encode()
+    shown = path.decode("latin-1")[:100]
+    refused = _BadTarget(
+        "request-target",
+        [f"request-target: {shown!r} is not a path (allowed: a path starting with /)"],
+    )
+    if not path.startswith(b"/"):
+        raise refused
+    query = scope.get("query_string", b"")
+    raw = path + (b"?" + query if query else b"")
+    try:
+        url = httpx.URL(scheme="http", host=ip, port=port, raw_path=raw)
+    except httpx.InvalidURL as exc:
+        raise refused from exc
+    if url.host != ip or url.port != port or url.userinfo:
+        raise refused
+    return url
+
+
+class Routing:
+    """ASGI middleware (outermost): sandbox-port requests are forwarded, everything else
+    goes to the app; the reaper loop runs for the app's lifetime."""
+
+    def __init__(self, app: ASGIApp, context: Context) -> None:
+        self.app = app
+        self.context = context
+        self._client: httpx.AsyncClient | None = None
+        self._held: dict[tuple[str, str], int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
+        wanted = target(headers)
+        if wanted is None:
+            await self.app(scope, receive, send)
+            return
+        await self._route(scope, receive, send, headers, *wanted)
+
+    # The deadlines: expire() in the pool every few seconds while the server runs.
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task: asyncio.Task[None] | None = None
+
+        async def watched() -> Message:
+            nonlocal task
+            message = await receive()
+            if message["type"] == "lifespan.startup" and task is None:
+                task = asyncio.create_task(self._reap())
+            elif message["type"] == "lifespan.shutdown" and task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                if self._client is not None:
+                    await self._client.aclose()
+            return message
+
+        await self.app(scope, watched, send)
+
+    async def _reap(self) -> None:
+        interval = float(os.environ.get(REAP_VARIABLE) or REAP_INTERVAL_S)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                gone = await self.context.call(sandboxes.expire, self.context.sessions)
+                if gone:
+                    log.info("sandboxes past their timeout destroyed: %s", ", ".join(gone))
+            except Exception:
+                log.exception("the sandbox timeout sweep failed (next round tries again)")
+
+    @contextlib.contextmanager
+    def _slot(self, sandbox_id: str, tenant: str | None) -> Iterator[None]:
+        """One routed request in flight for the sandbox and its tenant, refused 429 over
+        :data:`PER_SANDBOX` / :data:`PER_TENANT` (before any upstream connection)."""
+        keys = (("sandbox", sandbox_id, PER_SANDBOX), ("tenant", tenant or "-", PER_TENANT))
+        for what, name, cap in keys:
+            held = self._held.get((what, name), 0)
+            if held >= cap:
+                raise RateLimited(
+                    f"{what} {name!r} has {held} requests in flight (allowed: at most {cap} "
+                    f"per {what}; end a stream or retry when one ends)",
+                    1.0,
+                )
+        for what, name, _ in keys:
+            self._held[(what, name)] = self._held.get((what, name), 0) + 1
+        try:
+            yield
+        finally:
+            for what, name, _ in keys:
+                left = self._held[(what, name)] - 1
+                if left:
+                    self._held[(what, name)] = left
+                else:
+                    del self._held[(what, name)]
+
+    async def _who(self, scope: Scope, headers: dict[str, str], sandbox_id: str) -> Any:
+        """The sandbox's record once the caller proved it may reach it (else an error)."""
+        sessions = self.context.sessions
+        key = headers.get("x-api-key", "").strip()
+        if key:
+            request = Request(scope)
+            caller = await authenticated(request, key)
+            tenant = caller.scope(None)
+            scope["dockyard"].update(session=sandbox_id, tenant=tenant)
+            return await self.context.call(sandboxes.record_of, sessions, sandbox_id, tenant)
+        token = headers.get(ACCESS_TOKEN) or headers.get(TRAFFIC_TOKEN)
+        if token:
+            # Charged like a key, before any lookup (the sandbox id is the bucket).
+            limits = self.context.limits
+            wait = Request(scope).app.state.buckets.take(f"sandbox-token:{sandbox_id}")
+            if wait:
+                raise RateLimited(
+                    f"sandbox {sandbox_id!r}: its access token passed the rate "
+                    f"({limits.rate:g} requests/s, burst {limits.burst}): retry in {wait:.1f} s",
+                    wait,
+                )
+            record = await self.context.call(sandboxes.by_token, sessions, sandbox_id, token)
+            if record is None:
+                raise NotFound(f"no sandbox {sandbox_id!r} on this host")
+            scope["dockyard"].update(
+                actor=f"sandbox-token:{sandbox_id}", session=sandbox_id, tenant=record.tenant
+            )
+            return record
+        raise Unauthorized(
+            "no credentials for the sandbox: send X-API-Key (a dockyard key of its tenant) "
+            "or X-Access-Token (the sandbox's envdAccessToken)"
+        )
+
+    async def _route(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, str],
+        sandbox_id: str,
+        port_text: str,
+    ) -> None:
+        rid = uuid.uuid4().hex
+        scope.setdefault("dockyard", {}).update(request_id=rid, actor="anonymous")
+        started = time.monotonic()
+        status = {"code": 500}
+
+        async def answer(error: DockyardError) -> None:
+            response = e2b_error(error, scope)
+            status["code"] = response.status_code
+            await response(scope, receive, send)
+
+        try:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise InvalidInput(
+                    "E2b-Sandbox-Port",
+                    ["E2b-Sandbox-Port: not a port (allowed: a whole number 1-65535)"],
+                )
+            port = int(port_text)
+            record = await self._who(scope, headers, sandbox_id)
+            with self._slot(sandbox_id, record.tenant):
+                ip = await self.context.call(sandboxes.address, record)
+                url = upstream_url(scope, ip, port)
+                await self._forward(scope, receive, send, url, rid, status)
+        except DockyardError as error:
+            await answer(error)
+        except httpx.HTTPError as exc:
+            await answer(_BadGateway(f"sandbox {sandbox_id!r} port {port_text}: {exc!s}"[:300]))
+        finally:
+            detail = f"e2b-route {port_text} {scope['method']} {scope['path']} {status['code']}"
+            await audit_request(
+                self.context, scope, ok=status["code"] < 400, detail=detail, started=started
+            )
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        url: httpx.URL,
+        rid: str,
+        status: dict[str, int],
+    ) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                trust_env=False,
+                timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=10.0),
+                # No pool-wide bound for one caller to exhaust: _slot's caps bound it.
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            )
+        limit = self.context.limits.upload_bytes
+        timeout = self.context.limits.body_timeout_s
+        body_read = anyio.Event()
+
+        started: list[bool] = []
+
+        async def request_body() -> AsyncIterator[bytes]:
+            started.append(True)
+            received = 0
+            while True:
+                # A body that stops coming is let go (408), as RequestMiddleware does.
+                with anyio.move_on_after(timeout) as waited:
+                    message = await receive()
+                if waited.cancelled_caught:
+                    raise _SlowBody(
+                        f"request: no body bytes came for {timeout:g} s (allowed: at most "
+                        f"{timeout:g} s between two parts of a body; send the body at once)"
+                    )
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > limit:
+                    raise _TooLarge(f"the body is over {limit} bytes (allowed: at most {limit})")
+                if chunk:
+                    yield chunk
+                if not message.get("more_body", False):
+                    body_read.set()
+                    return
+
+        port = int(url.port or 0)
+        has_body = scope["method"] not in ("GET", "HEAD") or "content-length" in {
+            k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])
+        }
+        outgoing = self._client.build_request(
+            scope["method"],
+            url,
+            headers=forwarded_headers(scope.get("headers", []), port),
+            content=request_body() if has_body else None,
+        )
+        if (outgoing.url.host, outgoing.url.port) != (url.host, url.port):
+            raise _BadGateway(f"refused: the request left the sandbox's address ({url.host})")
+        if not has_body:
+            body_read.set()
+        upstream = await self._send(outgoing, port, started)
+        try:
+            status["code"] = upstream.status_code
+            response_headers = answered_headers(upstream.headers.multi_items())
+            response_headers.append((REQUEST_ID_HEADER.lower().encode(), rid.encode()))
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": upstream.status_code,
+                    "headers": response_headers,
+                }
+            )
+            async with anyio.create_task_group() as group:
+
+                async def watch() -> None:
+                    # The client went away: stop reading the sandbox (long streams end).
+                    await body_read.wait()
+                    while True:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            group.cancel_scope.cancel()
+                            return
+
+                group.start_soon(watch)
+                try:
+                    async for chunk in upstream.aiter_raw():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except httpx.HTTPError as exc:
+                    # The sandbox broke its answer off (the agent controls it): one line,
+                    # no traceback; the caller's answer stays cut (never completed as if
+                    # whole) and the audit says 502.
+                    status["code"] = 502
+                    log.warning(
+                        "sandbox %s port %s broke its answer off: %s (request %s)",
+                        scope["dockyard"].get("session"),
+                        port,
+                        type(exc).__name__,
+                        rid,
+                    )
+                else:
+                    await send({"type": "http.response.body", "body": b""})
+                group.cancel_scope.cancel()
+        finally:
+            await upstream.aclose()
+
+    async def _send(self, outgoing: httpx.Request, port: int, started: list[bool]) -> Any:
+        """Send; while the sandbox's daemon is not listening yet (it starts right after
+        the ready marker) a refused connection is tried again for a few seconds, as the
+        hosted product's proxy waits for it. Never once the body began to flow."""
+        assert self._client is not None
+        waited = 0.0
+        while True:
+            try:
+                return await self._client.send(outgoing, stream=True)
+            except httpx.ConnectError:
+                if port != sandboxes.ENVD_PORT or started or waited >= DAEMON_WAIT_S:
+                    raise
+            await asyncio.sleep(0.05)
+            waited += 0.05
+
+
+class _BadTarget(DockyardError):
+    """A request target that is not a path (HTTP's 400: the request line itself is bad)."""
+
+    http_status = 400
+    kind = "invalid-input"
+
+
+class _BadGateway(DockyardError):
+    http_status = 502
+    kind = "bad-gateway"
+
+
+class _SlowBody(DockyardError):
+    http_status = 408
+    kind = "request-timeout"
+
+
+class _TooLarge(DockyardError):
+    http_status = 413
+    kind = "too-large"
