@@ -17,7 +17,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from dockyard import config, storage
+from dockyard import config, storage, storage_host
 from dockyard.config import ConfigError, from_host_settings, from_request
 from dockyard.contract import NAMING_CURRENT
 from dockyard.errors import Failed
@@ -194,8 +194,8 @@ def test_attach_and_prune_never_borrow_an_environments_image(
         texts.append(argv[-1])
         return SimpleNamespace(stdout="")
 
-    monkeypatch.setattr(storage, "_docker", docker_cli)
-    monkeypatch.setattr(storage.subprocess, "run", sh)
+    monkeypatch.setattr(storage_host, "_docker", docker_cli)
+    monkeypatch.setattr(storage_host.subprocess, "run", sh)
     storage.attach_all()
     storage.prune()
     assert len(texts) == 3, texts  # attach all, mount one environment, prune
