@@ -6,9 +6,6 @@ test; everything it creates carries its tenants and is swept afterwards."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,10 +16,11 @@ import docker
 import httpx
 
 from dockyard.api.store import KeyStore, default_url
-from tests.support.engine import RUN_ID, remove_volume
+from tests.support.engine import RUN_ID
+from tests.support.harness_home import Home, sweep_tenant
+from tests.support.server import DOCKYARD, serve
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKYARD = Path(sys.executable).with_name("dockyard")
 
 
 @dataclass
@@ -53,13 +51,7 @@ class Running:
 
 def sweep(client: docker.DockerClient, tenants: tuple[str, ...]) -> None:
     for tenant in tenants:
-        selector = {"label": f"dockyard.stack={tenant}"}
-        for container in client.containers.list(all=True, filters=selector):
-            container.remove(force=True, v=True)
-        for network in client.networks.list(filters=selector):
-            network.remove()
-        for volume in client.volumes.list(filters=selector):
-            remove_volume(volume)
+        sweep_tenant(client, tenant)
 
 
 def on_engine(client: docker.DockerClient, tenant: str) -> list[str]:
@@ -97,38 +89,13 @@ def running_server(
             made.keys[who] = store.create(tenant, tenant is None).key
     finally:
         store.close()
-    env = {
-        **os.environ,
-        "DOCKYARD_STATE_DIR": str(state),
-        "DOCKYARD_CONFIG": str(made.settings),
-        "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
-        "PYTHONPATH": str(REPO),
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
+    env = Home(state, project, made.settings).env()
     made.log = base / f"server-{tag}.log"
-    process = subprocess.Popen(
-        [str(DOCKYARD), "serve", "--port", "0", "--key-store", store_url, *serve_args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=made.log.open("w"),
-        text=True,
-    )
     try:
-        line = process.stdout.readline() if process.stdout else ""
-        assert line.startswith("dockyard: listening on http://127.0.0.1:"), (
-            line,
-            made.log.read_text(),
-        )
-        made.url = line.split(" on ", 1)[1].strip()
-        yield made
+        with serve(env, store_url, made.log, *serve_args) as serving:
+            made.url = serving.url
+            yield made
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        print(made.log.read_text())
         sweep(docker_client, tenants)
 
 

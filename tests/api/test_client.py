@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,9 @@ from dockyard.errors import Conflict, DockyardError, Failed, InvalidInput, NotFo
 from dockyard.sessions import Sessions, driver, quotas, registry
 from dockyard.sessions.settings import paths
 from tests.api.conftest import state_env
+from tests.support.server import DOCKYARD, create_key, serve
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKYARD = Path(sys.executable).with_name("dockyard")
 CANARY = "canary-client-7f3a"
 
 
@@ -71,16 +70,7 @@ class Served:
     log: Path
 
     def key(self, *flags: str) -> str:
-        made = subprocess.run(
-            [str(DOCKYARD), "keys", "create", *flags, "--json", "--key-store", self.store],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        assert made.returncode == 0, made.stderr
-        return str(json.loads(made.stdout)["key"])
+        return str(create_key(self.env, self.store, *flags)["key"])
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +80,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 def start_server(base: Path, extra_env: dict[str, str], *args: str) -> Iterator[Served]:
     """`dockyard serve --port 0` on 127.0.0.1 with its own state; stopped afterwards."""
-    assert DOCKYARD.is_file(), f"the dockyard console script is not installed at {DOCKYARD}"
     env = {
         **os.environ,
         **state_env(base),
@@ -102,29 +91,8 @@ def start_server(base: Path, extra_env: dict[str, str], *args: str) -> Iterator[
     if not (state / "image.json").exists():
         (state / "image.json").write_text(json.dumps({"imageRef": "dockyard-core:test"}))
     store = default_url(state)
-    log = base / "server.log"
-    process = subprocess.Popen(
-        [str(DOCKYARD), "serve", "--port", "0", "--key-store", store, *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-    )
-    try:
-        line = process.stdout.readline() if process.stdout else ""
-        assert line.startswith("dockyard: listening on http://127.0.0.1:"), (
-            line,
-            log.read_text(),
-        )
-        yield Served(line.split(" on ", 1)[1].strip(), env, state, store, process, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        print(log.read_text())
+    with serve(env, store, base / "server.log", *args) as serving:
+        yield Served(serving.url, env, state, store, serving.process, serving.log)
 
 
 def _raised(call: Any) -> DockyardError:

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,10 @@ from e2b.exceptions import SandboxException, SandboxNotFoundException
 from dockyard.api.store import default_url
 from tests.support.engine import RUN_ID, wait_for
 from tests.support.harness_home import make_home, sweep_tenant
+from tests.support.server import create_key, serve
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-DOCKYARD = Path(sys.executable).with_name("dockyard")
 REPO = Path(__file__).resolve().parents[2]
 NODE_SDK = REPO / ".venv" / "node-tools" / "node_modules" / "e2b"
 # The npm SDK (Makefile setup-dev pins it) as an application would use it.
@@ -114,38 +113,14 @@ def server(
     store = default_url(home.state)
     env = {**home.env(), "DOCKYARD_E2B_REAP_INTERVAL_S": "0.5"}
     tenants = (f"e{RUN_ID[:8]}", f"f{RUN_ID[:8]}")
-    keys = {}
-    for who, tenant in zip(("a", "b"), tenants, strict=True):
-        made = subprocess.run(
-            [str(DOCKYARD), "keys", "create", "--tenant", tenant, "--json", "--key-store", store],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        assert made.returncode == 0, made.stderr
-        keys[who] = json.loads(made.stdout)["key"]
-    log = base / "server.log"
-    process = subprocess.Popen(
-        [str(DOCKYARD), "serve", "--port", "0", "--key-store", store],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-    )
+    keys = {
+        who: create_key(env, store, "--tenant", tenant)["key"]
+        for who, tenant in zip(("a", "b"), tenants, strict=True)
+    }
     try:
-        line = process.stdout.readline() if process.stdout else ""
-        assert line.startswith("dockyard: listening on http://127.0.0.1:"), (line, log.read_text())
-        yield Server(line.split(" on ", 1)[1].strip(), env, tenants, keys)
+        with serve(env, store, base / "server.log") as serving:
+            yield Server(serving.url, env, tenants, keys)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        print(log.read_text())
         for tenant in tenants:
             sweep_tenant(docker_client, tenant)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +22,7 @@ from dockyard.api.store import default_url
 from tests.api.test_server_on_engine import DOCKYARD, Server, _sweep
 from tests.support.engine import RUN_ID, is_ready, wait_for
 from tests.support.harness_home import make_home
+from tests.support.server import serve
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -47,32 +47,18 @@ def server(
         result = made.cli("keys", "create", *flags, "--json")
         assert result.returncode == 0, result.stderr
         made.keys[who] = json.loads(result.stdout)
-    log = base / "server.log"
-    process = subprocess.Popen(
-        [str(DOCKYARD), "serve", "--port", "0", "--key-store", made.store, "--rate", "1000"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-    )
     try:
-        line = process.stdout.readline() if process.stdout else ""
-        assert line.startswith("dockyard: listening on http://127.0.0.1:"), (line, log.read_text())
-        made.url = line.split(" on ", 1)[1].strip()
-        created = made.call("POST", "/api/sessions", "tenant", json=made.request(SESSION))
-        assert created.status_code == 201, created.text
-        container = docker_client.containers.get(created.json()["container"]["id"])
-        wait_for(lambda: is_ready(container), 120, what="the session ready")
-        yield made
+        with serve(env, made.store, base / "server.log", "--rate", "1000") as serving:
+            made.url = serving.url
+            try:
+                created = made.call("POST", "/api/sessions", "tenant", json=made.request(SESSION))
+                assert created.status_code == 201, created.text
+                container = docker_client.containers.get(created.json()["container"]["id"])
+                wait_for(lambda: is_ready(container), 120, what="the session ready")
+                yield made
+            finally:
+                made.call("DELETE", f"/api/sessions/{SESSION}", "tenant")
     finally:
-        made.call("DELETE", f"/api/sessions/{SESSION}", "tenant")
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        print(log.read_text())
         _sweep(docker_client, tenants)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,13 +21,13 @@ from dockyard import manifest as contract
 from dockyard.api.store import default_url
 from dockyard.sessions import audit
 from tests.api.conftest import STORES, fresh_postgres, postgres_url
-from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
-from tests.support.harness_home import make_home
+from tests.support.engine import RUN_ID, is_ready, wait_for
+from tests.support.harness_home import make_home, sweep_tenant
+from tests.support.server import DOCKYARD, serve
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKYARD = Path(sys.executable).with_name("dockyard")
 CANARY = f"canary-{RUN_ID}"
 
 
@@ -73,13 +72,7 @@ class Server:
 
 def _sweep(client: docker.DockerClient, tenants: tuple[str, ...]) -> None:
     for tenant in tenants:
-        selector = {"label": f"dockyard.stack={tenant}"}
-        for container in client.containers.list(all=True, filters=selector):
-            container.remove(force=True, v=True)
-        for network in client.networks.list(filters=selector):
-            network.remove()
-        for volume in client.volumes.list(filters=selector):
-            remove_volume(volume)
+        sweep_tenant(client, tenant)
 
 
 def _leftovers(client: docker.DockerClient, tenant: str, session: str) -> list[str]:
@@ -115,31 +108,11 @@ def server(
         result = made.cli("keys", "create", *flags, "--json")
         assert result.returncode == 0, result.stderr
         made.keys[who] = json.loads(result.stdout)
-    log = base / "server.log"
-    process = subprocess.Popen(
-        [str(DOCKYARD), "serve", "--port", "0", "--key-store", store],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-    )
     try:
-        line = process.stdout.readline() if process.stdout else ""
-        assert line.startswith("dockyard: listening on http://127.0.0.1:"), (
-            line,
-            log.read_text(),
-        )
-        made.url = line.split(" on ", 1)[1].strip()
-        yield made
+        with serve(env, store, base / "server.log") as serving:
+            made.url = serving.url
+            yield made
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        # The server's own log (tracebacks of 500s), shown with a failing test's output.
-        print(log.read_text())
         _sweep(docker_client, tenants)
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import docker
 
+from tests.support.server import stop as stop_process
+
 BRIDGE = "dyk-e2"
 BRIDGE_CIDR = "10.213.255.1/24"
 ADDRESS_POOL = "base=10.213.0.0/17,size=24"
@@ -105,13 +107,7 @@ def second_engine(
                 time.sleep(0.2)
 
     def stop() -> None:
-        process = processes[-1]
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(processes[-1])
 
     def restart() -> None:
         stop()
