@@ -26,7 +26,7 @@ import pytest
 from dockyard.sessions import Sessions, snapshots
 from dockyard.storage import DISKS_DIR, LINKS_DIR
 from tests.support.engine import RUN_ID, is_ready, wait_for
-from tests.support.harness_home import destroy_all, harness_sessions, sweep_tenant
+from tests.support.harness_home import tenant_sessions
 
 pytestmark = [pytest.mark.docker]
 
@@ -90,22 +90,12 @@ def sessions(
     docker_client: docker.DockerClient, core_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Sessions]:
     base = tmp_path_factory.mktemp("helper-image")
-    with harness_sessions(base, core_image, {"healthcheck": {"interval": "5s"}}) as api:
-        try:
+    try:
+        with tenant_sessions(docker_client, base, core_image, TENANT, snapshots=True) as api:
             yield api
-        finally:
-            destroy_all(api, TENANT)
-            for snapshot in api.snapshots(TENANT):
-                with contextlib.suppress(Exception):
-                    api.remove_snapshot(snapshot.name, TENANT)
-            sweep_tenant(docker_client, TENANT)
-            selector = {"label": f"{snapshots.LABEL_NAMESPACE}={TENANT}"}
-            for image in docker_client.images.list(filters=selector):
-                with contextlib.suppress(docker.errors.APIError):
-                    docker_client.images.remove(image.id, force=True)
-            shutil.rmtree(f"{snapshots.SNAPSHOTS_DIR}/{TENANT}", ignore_errors=True)
-            for path in _canaries():
-                os.unlink(path)
+    finally:
+        for path in _canaries():
+            os.unlink(path)
 
 
 def test_a_hostile_image_never_runs_the_disk_or_snapshot_helpers(

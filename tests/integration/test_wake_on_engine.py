@@ -31,7 +31,7 @@ from dockyard.api.app import create_app
 from dockyard.api.store import KeyStore, default_url
 from dockyard.sessions import Sessions, audit, hibernate
 from tests.support.engine import RUN_ID, is_ready, wait_for
-from tests.support.harness_home import DRIVER, destroy_all, harness_sessions, sweep_tenant
+from tests.support.harness_home import DRIVER, tenant_sessions
 from tests.support.program import REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -47,17 +47,13 @@ def sessions(
     docker_client: docker.DockerClient, core_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Sessions]:
     base = tmp_path_factory.mktemp("wake")
-    with harness_sessions(base, core_image, {"healthcheck": {"interval": "5s"}}) as api:
-        try:
-            manifest = api.create(
-                {"sessionId": SESSION, "cwd": str(base), "backend": "claude", "tenant": TENANT}
-            )
-            container = docker_client.containers.get(manifest["container"]["id"])
-            wait_for(lambda: is_ready(container), 120, what="the session ready")
-            yield api
-        finally:
-            destroy_all(api, TENANT)
-            sweep_tenant(docker_client, TENANT)
+    with tenant_sessions(docker_client, base, core_image, TENANT) as api:
+        manifest = api.create(
+            {"sessionId": SESSION, "cwd": str(base), "backend": "claude", "tenant": TENANT}
+        )
+        container = docker_client.containers.get(manifest["container"]["id"])
+        wait_for(lambda: is_ready(container), 120, what="the session ready")
+        yield api
 
 
 @pytest.fixture

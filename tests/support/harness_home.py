@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 
 from dockyard.sessions import Sessions
+from dockyard.sessions import snapshots as snapshot_store
 from dockyard.sessions.settings import paths
 from tests.harness.sessions import HarnessDriver
 from tests.support.engine import remove_volume
@@ -62,6 +65,44 @@ def harness_sessions(base: Path, image: str, settings: dict[str, Any]) -> Iterat
     home = make_home(base, image, settings)
     where = paths({"DOCKYARD_STATE_DIR": str(home.state), "DOCKYARD_CONFIG": str(home.settings)})
     yield Sessions(where, HarnessDriver(where))
+
+
+@contextmanager
+def tenant_sessions(
+    client: docker.DockerClient,
+    base: Path,
+    image: str,
+    tenant: str,
+    settings: dict[str, Any] | None = None,
+    *,
+    snapshots: bool = False,
+) -> Iterator[Sessions]:
+    """:func:`harness_sessions` for one tenant's tests (``settings`` default: a 5 s health
+    check interval). On the way out the tenant's sessions are destroyed, with ``snapshots``
+    its snapshots too (their images and disk copies, whatever a failed remove left), and
+    :func:`sweep_tenant` removes what is left on the engine."""
+    chosen = {"healthcheck": {"interval": "5s"}} if settings is None else settings
+    with harness_sessions(base, image, chosen) as api:
+        try:
+            yield api
+        finally:
+            destroy_all(api, tenant)
+            if snapshots:
+                for snapshot in api.snapshots(tenant):
+                    with suppress(Exception):
+                        api.remove_snapshot(snapshot.name, tenant)
+            sweep_tenant(client, tenant)
+            if snapshots:
+                remove_snapshot_leftovers(client, tenant)
+
+
+def remove_snapshot_leftovers(client: docker.DockerClient, tenant: str) -> None:
+    """Remove the tenant's snapshot images and snapshot disk copies (after a failed test)."""
+    selector = {"label": f"{snapshot_store.LABEL_NAMESPACE}={tenant}"}
+    for image in client.images.list(filters=selector):
+        with suppress(docker.errors.APIError):
+            client.images.remove(image.id, force=True)
+    shutil.rmtree(f"{snapshot_store.SNAPSHOTS_DIR}/{tenant}", ignore_errors=True)
 
 
 def destroy_all(api: Sessions, tenant: str) -> None:
