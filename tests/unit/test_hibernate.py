@@ -17,6 +17,7 @@ import pytest
 from dockyard.errors import Conflict, Failed
 from dockyard.sessions import Sessions, hibernate, pause, registry
 from dockyard.sessions.settings import paths
+from tests.support.fake_service import registered_sessions
 
 NAME = "dockyard-t.acme.s1"
 
@@ -103,27 +104,7 @@ MEASURED_HERE = hibernate.Capability(
 
 @pytest.fixture
 def api(tmp_path: Path) -> Sessions:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "image.json").write_text(json.dumps({"imageRef": "dockyard-core:test"}))
-    settings = tmp_path / "settings.yaml"
-    settings.write_text("{}")
-    where = paths({"DOCKYARD_STATE_DIR": str(state), "DOCKYARD_CONFIG": str(settings)})
-    sessions = Sessions(where, SimpleNamespace())  # type: ignore[arg-type]
-    sessions.registry.save(
-        registry.Record(
-            session_id="s1",
-            tenant="acme",
-            stack_name="acme.s1",
-            cwd=str(tmp_path),
-            manifest_path=str(tmp_path / "acme.json"),
-            host="local",
-            request={"sessionId": "s1", "cwd": str(tmp_path), "tenant": "acme"},
-            created_at="2026-12-06T00:00:00Z",
-            naming="v2",
-        )
-    )
-    return sessions
+    return registered_sessions(tmp_path, ("acme",))
 
 
 def _on(monkeypatch: pytest.MonkeyPatch, engine: FakeEngine, can: hibernate.Capability) -> None:

@@ -17,6 +17,7 @@ from dockyard.api.store import KeyStore, default_url
 from dockyard.errors import Conflict, Failed, InvalidInput, NotFound
 from dockyard.sessions import Sessions, pause, registry, snapshots
 from dockyard.sessions.settings import paths
+from tests.support.fake_service import registered_sessions
 
 
 class FakeContainer:
@@ -54,28 +55,7 @@ class FakeClient:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Sessions:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "image.json").write_text(json.dumps({"imageRef": "dockyard-core:test"}))
-    settings = tmp_path / "settings.yaml"
-    settings.write_text("{}")
-    where = paths({"DOCKYARD_STATE_DIR": str(state), "DOCKYARD_CONFIG": str(settings)})
-    sessions = Sessions(where, SimpleNamespace())  # type: ignore[arg-type]
-    for tenant in ("acme", "other"):
-        sessions.registry.save(
-            registry.Record(
-                session_id="s1",
-                tenant=tenant,
-                stack_name=f"{tenant}.s1",
-                cwd=str(tmp_path),
-                manifest_path=str(tmp_path / f"{tenant}.json"),
-                host="local",
-                request={"sessionId": "s1", "cwd": str(tmp_path), "tenant": tenant},
-                created_at="2026-12-06T00:00:00Z",
-                naming="v2",
-            )
-        )
-    return sessions
+    return registered_sessions(tmp_path, ("acme", "other"))
 
 
 def _engine(monkeypatch: pytest.MonkeyPatch, **containers: FakeContainer) -> None:
