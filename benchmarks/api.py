@@ -23,7 +23,6 @@ import dataclasses
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,20 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import RUNS, engine, session_home, stat_row, table, verdict, write_result
+from benchmarks.common import (
+    RUNS,
+    api_key,
+    bench_env,
+    engine,
+    p95,
+    percentiles,
+    served,
+    session_home,
+    stat_row,
+    table,
+    verdict,
+    write_result,
+)
 
 CREATE_BUDGET = 1.1
 LIST_P95_BUDGET_S = 0.100
@@ -41,30 +53,13 @@ REGISTERED = 100
 EVENTS = int(os.environ.get("DOCKYARD_BENCH_EVENT_RUNS", "30"))
 PARTS = ("create", "list", "events")
 """What ``DOCKYARD_BENCH_API_PARTS`` (comma-separated) may name; default all."""
-REPO = Path(__file__).resolve().parents[1]
-DOCKYARD = Path(sys.executable).with_name("dockyard")
-
-
-def p95(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-
-
-def stats(samples: list[float]) -> dict[str, float]:
-    return {
-        "p50": statistics.median(samples),
-        "p95": p95(samples),
-        "max": max(samples),
-        "runs": len(samples),
-    }
 
 
 def main() -> int:
-    from dockyard.api.store import KeyStore
     from dockyard.sessions import Sessions
     from dockyard.sessions.settings import paths
     from tests.harness.sessions import HarnessDriver
-    from tests.support.engine import remove_volume
+    from tests.support.harness_home import sweep_tenant
     from tests.support.images import build_image
 
     parts = [p for p in os.environ.get("DOCKYARD_BENCH_API_PARTS", ",".join(PARTS)).split(",") if p]
@@ -77,35 +72,16 @@ def main() -> int:
     with session_home("dockyard-bench-api-", image) as (base, state, project, settings):
         store_url = f"sqlite:///{state / 'api' / 'api-keys.db'}"
         (state / "api").mkdir()
-        env = {
-            **os.environ,
-            "DOCKYARD_STATE_DIR": str(state),
-            "DOCKYARD_CONFIG": str(settings),
-            "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
-            "DOCKYARD_AUDIT_LOG": str(base / "host-audit.jsonl"),
-            # An outer PYTHONPATH first: a copy of another revision can be measured.
-            "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)])),
-            "NO_PROXY": "127.0.0.1,localhost",
-        }
+        env = bench_env(state, project, settings, DOCKYARD_AUDIT_LOG=str(base / "host-audit.jsonl"))
         where = paths(env)  # the server's: the same state and the same audit trail
         sessions = Sessions(where, HarnessDriver(where))
-        store = KeyStore(store_url)
-        headers = {"Authorization": f"Bearer {store.create(tenant).key}"}
-        store.close()
-        server = subprocess.Popen(
-            [str(DOCKYARD), "serve", "--port", "0", "--key-store", store_url, "--rate", "100000",
-             "--burst", "100000"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )  # fmt: skip
+        headers = {"Authorization": f"Bearer {api_key(store_url, tenant)}"}
+        rate = ("--rate", "100000", "--burst", "100000")
         try:
-            line = server.stdout.readline() if server.stdout else ""
-            if " on " not in line:
-                raise SystemExit(f"ERROR: the server did not start ({line!r})")
-            url = line.split(" on ", 1)[1].strip()
-            with httpx.Client(base_url=url, timeout=600, trust_env=False) as client:
+            with (
+                served(env, store_url, base / "server.log", *rate) as url,
+                httpx.Client(base_url=url, timeout=600, trust_env=False) as client,
+            ):
                 if "create" in parts:
                     results["create"] = measure_create(
                         client, headers, sessions, tenant, str(project)
@@ -115,8 +91,6 @@ def main() -> int:
                 if "events" in parts:
                     results["events"] = measure_events(url, headers, sessions, tenant)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
             for row in sessions.list(tenant):
                 if Path(row["manifest"]).parent.name == "bench-copies":
                     continue  # registered only: nothing on the engine
@@ -124,13 +98,7 @@ def main() -> int:
                     sessions.destroy(row["sessionId"], tenant)
                 except Exception as exc:  # keep removing the rest
                     print(f"cleanup: {row['sessionId']}: {exc}", file=sys.stderr)
-            selector = {"label": f"dockyard.stack={tenant}"}
-            for container in docker_client.containers.list(all=True, filters=selector):
-                container.remove(force=True, v=True)
-            for network in docker_client.networks.list(filters=selector):
-                network.remove()
-            for volume in docker_client.volumes.list(filters=selector):
-                remove_volume(volume)
+            sweep_tenant(docker_client, tenant)
     report(results)
     path = write_result("api", results)
     print(f"results: {path}")
@@ -172,8 +140,8 @@ def measure_create(
         python.append(in_python(f"p{run}"))
     ratio = statistics.median(http) / statistics.median(python)
     return {
-        "http_s": stats(http),
-        "python_api_s": stats(python),
+        "http_s": percentiles(http),
+        "python_api_s": percentiles(python),
         "samples": {"http": http, "python": python},
         "ratio_median": ratio,
         "budget": CREATE_BUDGET,
@@ -228,8 +196,8 @@ def measure_list(
     return {
         "sessions": REGISTERED,
         "concurrent": CONCURRENT,
-        "alone_s": stats(alone),
-        "concurrent_s": stats(concurrent),
+        "alone_s": percentiles(alone),
+        "concurrent_s": percentiles(concurrent),
         "p95_x_alone_p50": worst / statistics.median(alone),
         "budget_p95_s": LIST_P95_BUDGET_S,
         "verdict": verdict(worst, LIST_P95_BUDGET_S),
@@ -274,7 +242,7 @@ def measure_events(url: str, headers: dict[str, str], sessions: Any, tenant: str
             time.sleep(0.05)
     worst = p95(delays)
     return {
-        "delay_s": stats(delays),
+        "delay_s": percentiles(delays),
         "poll_s": EventSettings.poll_s,
         "budget_p95_s": EVENT_P95_BUDGET_S,
         "verdict": verdict(worst, EVENT_P95_BUDGET_S),

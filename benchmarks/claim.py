@@ -27,7 +27,6 @@ import io
 import os
 import secrets
 import socket
-import statistics
 import sys
 import tarfile
 import time
@@ -37,12 +36,14 @@ from typing import Any
 from benchmarks.common import (
     RUNS,
     engine,
+    percentiles,
     session_home,
     stat_row,
     summary,
     table,
     timed,
     verdict,
+    wait_ready,
     write_result,
 )
 
@@ -53,15 +54,6 @@ COLD_RUNS = int(os.environ.get("DOCKYARD_BENCH_COLD_RUNS", "3"))
 CLAIM_DIR = "/run/dockyard-claim"
 AGENT = "1000"
 SECRETS = ("ANTHROPIC_API_KEY", "GITHUB_TOKEN")
-
-
-def _ready(container: Any, deadline_s: float = 120) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if container.exec_run(["test", "-f", "/tmp/ready"]).exit_code == 0:
-            return
-        time.sleep(0.02)
-    raise SystemExit(f"ERROR: {container.name} not ready in {deadline_s} s")
 
 
 def _tar(values: dict[str, str]) -> bytes:
@@ -107,7 +99,7 @@ def main() -> int:
     from dockyard.sessions import Sessions
     from dockyard.sessions.settings import paths
     from tests.harness.sessions import HarnessDriver
-    from tests.support.engine import remove_volume
+    from tests.support.harness_home import clear_tenant
     from tests.support.images import build_image
 
     client = engine()
@@ -136,7 +128,7 @@ def main() -> int:
             labels=labels,
             tmpfs={CLAIM_DIR: f"mode=0700,uid={AGENT},gid={AGENT}"},
         )
-        _ready(started)
+        wait_ready(started)
         return started
 
     with session_home("dockyard-bench-claim-", image) as (_base, state, project, settings):
@@ -193,7 +185,7 @@ def main() -> int:
                     )
                     created.put_archive("/run/secrets", _tar(values))
                     created.start()
-                    _ready(created)
+                    wait_ready(created)
 
                 sample("claim by recreate, ready", recreate)
             for run in range(COLD_RUNS):
@@ -202,42 +194,31 @@ def main() -> int:
                     manifest = sessions.create(
                         {"sessionId": f"c{run}", "cwd": str(project), "tenant": tag}
                     )
-                    _ready(client.containers.get(manifest["container"]["id"]))
+                    wait_ready(client.containers.get(manifest["container"]["id"]))
 
                 sample("cold create(), ready", cold)
                 sessions.destroy(f"c{run}", tag)
         finally:
-            for row in sessions.list(tag):
-                try:
-                    sessions.destroy(row["sessionId"], tag)
-                except Exception as exc:  # keep removing the rest
-                    print(f"cleanup: {row['sessionId']}: {exc}", file=sys.stderr)
-            selector = {"label": f"dockyard.stack={tag}"}
-            for container in client.containers.list(all=True, filters=selector):
-                container.remove(force=True, v=True)
-            for made_network in client.networks.list(filters=selector):
-                made_network.remove()
-            for made_volume in client.volumes.list(filters=selector):
-                remove_volume(made_volume)
+            clear_tenant(client, sessions, tag)
 
     bare = summary(results["bare docker run --rm true"])["median"]
-    cold = summary(results["cold create(), ready"])["median"]
-    in_place = results["claim in place, usable"]
-    p50 = statistics.median(in_place)
-    p95 = statistics.quantiles(in_place, n=20, method="inclusive")[-1]
+    cold_median = summary(results["cold create(), ready"])["median"]
+    claimed = results["claim in place, usable"]
+    spread = percentiles(claimed)
+    p50, p95 = spread["p50"], spread["p95"]
     print(
         table(
             ["figure (s)", "median", "min", "max", "x bare run"],
             [
                 stat_row("bare docker run --rm true", results["bare docker run --rm true"]),
-                stat_row("claim in place, usable", in_place, bare),
+                stat_row("claim in place, usable", claimed, bare),
                 stat_row("claim by recreate, ready", results["claim by recreate, ready"], bare),
                 stat_row("cold create(), ready", results["cold create(), ready"], bare),
             ],
         )
     )
     print(f"archive API into a running container's tmpfs visible inside: {cp_works}")
-    print(f"in place: p50 {p50:.3f} s, p95 {p95:.3f} s ({len(in_place)} samples)")
+    print(f"in place: p50 {p50:.3f} s, p95 {p95:.3f} s ({len(claimed)} samples)")
     print(f"budget: p50 <= {P50_BUDGET_S} s: {verdict(p50, P50_BUDGET_S)}")
     print(f"budget: p95 <= {P95_BUDGET_S} s: {verdict(p95, P95_BUDGET_S)}")
     print(
@@ -253,7 +234,7 @@ def main() -> int:
             "in_place_p95": p95,
             "in_place_x_bare": p50 / bare,
             "recreate_x_bare": summary(results["claim by recreate, ready"])["median"] / bare,
-            "cold_x_bare": cold / bare,
+            "cold_x_bare": cold_median / bare,
             "archive_api_into_tmpfs_visible": cp_works,
         },
     )

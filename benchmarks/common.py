@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
 
 
 def machine() -> dict[str, Any]:
@@ -216,3 +217,67 @@ def session_home(prefix: str, image: str) -> Iterator[tuple[Path, Path, Path, Pa
         settings = base / "settings.yaml"
         settings.write_text("{}")
         yield base, state, project, settings
+
+
+def p95(samples: Sequence[float]) -> float:
+    """The 95th percentile of at least one sample (nearest rank: a sample itself)."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def percentiles(samples: Sequence[float]) -> dict[str, float]:
+    """p50 (the median), p95 (:func:`p95`), max and the count of at least one sample."""
+    return {
+        "p50": statistics.median(samples),
+        "p95": p95(samples),
+        "max": max(samples),
+        "runs": len(samples),
+    }
+
+
+def wait_ready(container: Any, deadline_s: float = 120) -> None:
+    """Poll (every 20 ms) until ``container``'s entrypoint has written its ready marker;
+    SystemExit naming the container after ``deadline_s``."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if container.exec_run(["test", "-f", "/tmp/ready"]).exit_code == 0:
+            return
+        time.sleep(0.02)
+    raise SystemExit(f"ERROR: {container.name} not ready in {deadline_s} s")
+
+
+def bench_env(state: Path, project: Path, settings: Path, **extra: str) -> dict[str, str]:
+    """The environment of a ``dockyard`` process (serve, the CLI) on a
+    :func:`session_home`: the harness driver realising sessions on this engine, loopback
+    never through a proxy, an outer PYTHONPATH first (a copy of another revision can be
+    measured); ``extra`` on top."""
+    from tests.support.harness_home import Home
+
+    path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))
+    return {**Home(state, project, settings).env(), "PYTHONPATH": path, **extra}
+
+
+def api_key(store_url: str, tenant: str) -> str:
+    """A new API key of ``tenant`` in the key store at ``store_url`` (its secret)."""
+    from dockyard.api.store import KeyStore
+
+    store = KeyStore(store_url)
+    try:
+        return store.create(tenant).key
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def served(env: dict[str, str], store_url: str, log: Path, *args: str) -> Iterator[str]:
+    """``dockyard serve`` on loopback (tests/support/server.py) with ``env`` and the key
+    store at ``store_url``, its stderr in ``log``: yields its URL, stops it on the way
+    out; SystemExit with its first line and log when it does not start."""
+    from tests.support.server import NotListening, serve
+
+    with contextlib.ExitStack() as stack:
+        try:
+            serving = stack.enter_context(serve(env, store_url, log, *args, show_log=False))
+        except NotListening as exc:
+            raise SystemExit(f"ERROR: {exc}") from None
+        yield serving.url

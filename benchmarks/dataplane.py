@@ -17,23 +17,25 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.common import engine, session_home, table, verdict, write_result
+from benchmarks.common import (
+    api_key,
+    bench_env,
+    engine,
+    p95,
+    served,
+    session_home,
+    table,
+    verdict,
+    write_result,
+)
 
 BUDGET = 1.3
 RUNS = int(os.environ.get("DOCKYARD_BENCH_EXEC_RUNS", "40"))
 MB = 1024 * 1024
-REPO = Path(__file__).resolve().parents[1]
-DOCKYARD = Path(sys.executable).with_name("dockyard")
-
-
-def p95(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 def exec_over_http(client: httpx.Client, headers: dict[str, str], command: list[str]) -> int:
@@ -57,40 +59,22 @@ def exec_over_http(client: httpx.Client, headers: dict[str, str], command: list[
 
 
 def main() -> int:
+    from tests.support.harness_home import sweep_tenant
     from tests.support.images import build_image
 
     docker_client = engine()
     image = build_image(docker_client, "dockyard-core")
     tenant = f"bench{int(time.time()) % 100000}"
-    with session_home("dockyard-bench-dataplane-", image) as (_base, state, project, settings):
+    with session_home("dockyard-bench-dataplane-", image) as (base, state, project, settings):
         store = f"sqlite:///{state / 'api' / 'api-keys.db'}"
-        env = {
-            **os.environ,
-            "DOCKYARD_STATE_DIR": str(state),
-            "DOCKYARD_CONFIG": str(settings),
-            "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
-            "PYTHONPATH": str(REPO),
-            "NO_PROXY": "127.0.0.1,localhost",
-        }
-        made = subprocess.run(
-            [str(DOCKYARD), "keys", "create", "--tenant", tenant, "--json", "--key-store", store],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        headers = {"Authorization": f"Bearer {json.loads(made.stdout)['key']}"}
-        server = subprocess.Popen(
-            [str(DOCKYARD), "serve", "--port", "0", "--key-store", store, "--rate", "10000"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        (state / "api").mkdir()
+        env = bench_env(state, project, settings)
+        headers = {"Authorization": f"Bearer {api_key(store, tenant)}"}
         try:
-            line = server.stdout.readline() if server.stdout else ""
-            url = line.split(" on ", 1)[1].strip()
-            with httpx.Client(base_url=url, timeout=600, trust_env=False) as client:
+            with (
+                served(env, store, base / "server.log", "--rate", "10000") as url,
+                httpx.Client(base_url=url, timeout=600, trust_env=False) as client,
+            ):
                 created = client.post(
                     "/api/sessions",
                     headers=headers,
@@ -101,12 +85,7 @@ def main() -> int:
                 results = measure(client, headers, container)
                 client.delete("/api/sessions/bench", headers=headers)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
-            for leftover in docker_client.containers.list(
-                all=True, filters={"label": f"dockyard.stack={tenant}"}
-            ):
-                leftover.remove(force=True, v=True)
+            sweep_tenant(docker_client, tenant)
     path = write_result("dataplane", results)
     print(f"results: {path}")
     return 0 if results["verdict"] == "meets" else 1

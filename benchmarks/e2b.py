@@ -15,34 +15,23 @@ Runs: ``DOCKYARD_BENCH_RUNS`` (default 5; 20 for a p95 worth the name).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.common import RUNS, engine, session_home, table, write_result
-
-REPO = Path(__file__).resolve().parents[1]
-DOCKYARD = Path(sys.executable).with_name("dockyard")
-
-
-def p95(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-
-
-def stats(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50": ordered[len(ordered) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1 : len(ordered) // 2 + 1]) / 2,
-        "p95": p95(samples),
-        "max": max(samples),
-        "runs": len(samples),
-    }  # fmt: skip
+from benchmarks.common import (
+    RUNS,
+    api_key,
+    bench_env,
+    engine,
+    percentiles,
+    served,
+    session_home,
+    table,
+    write_result,
+)
 
 
 def through_sdk(url: str, key: str) -> float:
@@ -79,61 +68,36 @@ def through_native(client: httpx.Client, headers: dict[str, str], project: str, 
 
 
 def main() -> int:
-    from dockyard.api.store import KeyStore
-    from tests.support.engine import remove_volume
+    from tests.support.harness_home import sweep_tenant
     from tests.support.images import build_image
 
     docker_client = engine()
     image = build_image(docker_client, "dockyard-core")
     tenant = f"be2b{int(time.time()) % 100000}"
     results: dict[str, Any] = {}
-    with session_home("dockyard-bench-e2b-", image) as (_base, state, project, settings):
+    with session_home("dockyard-bench-e2b-", image) as (base, state, project, settings):
         store_url = f"sqlite:///{state / 'api' / 'api-keys.db'}"
         (state / "api").mkdir()
-        env = {
-            **os.environ,
-            "DOCKYARD_STATE_DIR": str(state),
-            "DOCKYARD_CONFIG": str(settings),
-            "DOCKYARD_DRIVER": "tests.harness.sessions:HarnessDriver",
-            "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)])),
-            "NO_PROXY": "127.0.0.1,localhost",
-        }
-        store = KeyStore(store_url)
-        key = store.create(tenant).key
-        store.close()
-        server = subprocess.Popen(
-            [str(DOCKYARD), "serve", "--port", "0", "--key-store", store_url, "--rate", "100000",
-             "--burst", "100000"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
+        env = bench_env(state, project, settings)
+        key = api_key(store_url, tenant)
+        rate = ("--rate", "100000", "--burst", "100000")
         try:
-            line = server.stdout.readline() if server.stdout else ""
-            if " on " not in line:
-                raise SystemExit(f"ERROR: the server did not start ({line!r})")
-            url = line.split(" on ", 1)[1].strip()
-            sdk: list[float] = []
-            native: list[float] = []
-            headers = {"Authorization": f"Bearer {key}"}
-            with httpx.Client(base_url=url, timeout=600, trust_env=False) as client:
-                through_sdk(url, key)  # warm-up (imports, first connections), not counted
-                for n in range(RUNS):
-                    sdk.append(through_sdk(url, key))
-                    native.append(through_native(client, headers, str(project), n))
-            results = {
-                "sdk_create_to_first_command_s": stats(sdk),
-                "native_create_to_first_command_s": stats(native),
-                "ratio_p50": stats(sdk)["p50"] / stats(native)["p50"],
-            }
+            with served(env, store_url, base / "server.log", *rate) as url:
+                sdk: list[float] = []
+                native: list[float] = []
+                headers = {"Authorization": f"Bearer {key}"}
+                with httpx.Client(base_url=url, timeout=600, trust_env=False) as client:
+                    through_sdk(url, key)  # warm-up (imports, first connections), not counted
+                    for n in range(RUNS):
+                        sdk.append(through_sdk(url, key))
+                        native.append(through_native(client, headers, str(project), n))
+                results = {
+                    "sdk_create_to_first_command_s": percentiles(sdk),
+                    "native_create_to_first_command_s": percentiles(native),
+                    "ratio_p50": percentiles(sdk)["p50"] / percentiles(native)["p50"],
+                }
         finally:
-            server.terminate()
-            server.wait(timeout=30)
-            selector = {"label": f"dockyard.stack={tenant}"}
-            for container in docker_client.containers.list(all=True, filters=selector):
-                container.remove(force=True, v=True)
-            for network in docker_client.networks.list(filters=selector):
-                network.remove()
-            for volume in docker_client.volumes.list(filters=selector):
-                remove_volume(volume)
+            sweep_tenant(docker_client, tenant)
     rows = [
         [name, v["p50"], v["p95"], v["max"], v["runs"]]
         for name, v in (

@@ -18,9 +18,7 @@ allocated blocks: docs/instant-sessions.md).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +33,7 @@ from benchmarks.common import (
     table,
     timed,
     verdict,
+    wait_ready,
     write_result,
 )
 
@@ -44,20 +43,11 @@ FORK_RUNS = int(os.environ.get("DOCKYARD_BENCH_FORK_RUNS", "3"))
 SIZES_MB = (100, 1024)
 
 
-def _ready(container: Any, deadline_s: float = 120) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if container.exec_run(["test", "-f", "/tmp/ready"]).exit_code == 0:
-            return
-        time.sleep(0.02)
-    raise SystemExit(f"ERROR: {container.name} not ready in {deadline_s} s")
-
-
 def main() -> int:
-    from dockyard.sessions import Sessions, snapshots
+    from dockyard.sessions import Sessions
     from dockyard.sessions.settings import paths
     from tests.harness.sessions import HarnessDriver
-    from tests.support.engine import remove_volume
+    from tests.support.harness_home import clear_tenant
     from tests.support.images import build_image
 
     client = engine()
@@ -82,7 +72,7 @@ def main() -> int:
             parents = {}
             for size in SIZES_MB:
                 parent = container_of(sessions.create(request(f"p{size}")))
-                _ready(parent)
+                wait_ready(parent)
                 done = parent.exec_run(
                     ["bash", "-c", f"head -c {size}M /dev/urandom > /workspace/blob"]
                 )
@@ -105,7 +95,7 @@ def main() -> int:
                 )
 
                 def cold(run: int = run) -> None:
-                    _ready(container_of(sessions.create(request(f"c{run}"))))
+                    wait_ready(container_of(sessions.create(request(f"c{run}"))))
 
                 sample("cold create, ready", cold)
                 sessions.destroy(f"c{run}", tenant)
@@ -116,29 +106,14 @@ def main() -> int:
                     results.setdefault(f"fork {size} MB, manifest", []).append(
                         time.perf_counter() - started
                     )
-                    _ready(forked)
+                    wait_ready(forked)
                     results.setdefault(f"fork {size} MB, ready", []).append(
                         time.perf_counter() - started
                     )
                     sessions.destroy(name, tenant)
                     sessions.remove_snapshot(name, tenant)
         finally:
-            for row in sessions.list(tenant):
-                try:
-                    sessions.destroy(row["sessionId"], tenant)
-                except Exception as exc:  # keep removing the rest
-                    print(f"cleanup: {row['sessionId']}: {exc}", file=sys.stderr)
-            for snapshot in sessions.snapshots(tenant):
-                with contextlib.suppress(Exception):
-                    sessions.remove_snapshot(snapshot.name, tenant)
-            selector = {"label": f"dockyard.stack={tenant}"}
-            for container in client.containers.list(all=True, filters=selector):
-                container.remove(force=True, v=True)
-            for network in client.networks.list(filters=selector):
-                network.remove()
-            for volume in client.volumes.list(filters=selector):
-                remove_volume(volume)
-            shutil.rmtree(f"{snapshots.SNAPSHOTS_DIR}/{tenant}", ignore_errors=True)
+            clear_tenant(client, sessions, tenant, snapshots=True)
 
     unpause = summary(results["engine unpause"])["median"]
     bare = summary(results["bare docker run --rm true"])["median"]

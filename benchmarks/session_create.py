@@ -33,6 +33,7 @@ def main() -> int:
     from dockyard.sessions import Sessions
     from dockyard.sessions.settings import paths
     from tests.harness.sessions import HarnessDriver
+    from tests.support.harness_home import clear_tenant
     from tests.support.images import build_image
 
     client = engine()
@@ -107,18 +108,7 @@ def main() -> int:
                 if code != 0 and process.stderr is not None:
                     print(f"a concurrent create failed ({code}):\n{process.stderr.read()[-3000:]}")
         finally:
-            for row in sessions.list(tenant):
-                try:
-                    sessions.destroy(row["sessionId"], tenant)
-                except Exception as exc:  # keep removing the rest
-                    print(f"cleanup: {row['sessionId']}: {exc}", file=sys.stderr)
-            selector = {"label": f"dockyard.stack={tenant}"}
-            for container in client.containers.list(all=True, filters=selector):
-                container.remove(force=True, v=True)
-            for network in client.networks.list(filters=selector):
-                network.remove()
-            for volume in client.volumes.list(filters=selector):
-                volume.remove(force=True)
+            clear_tenant(client, sessions, tenant)
 
     base_median = summary(bare)["median"]
     median = summary(create)["median"]

@@ -86,23 +86,27 @@ def tenant_sessions(
         try:
             yield api
         finally:
-            destroy_all(api, tenant)
-            if snapshots:
-                for snapshot in api.snapshots(tenant):
-                    with suppress(Exception):
-                        api.remove_snapshot(snapshot.name, tenant)
-            sweep_tenant(client, tenant)
-            if snapshots:
-                remove_snapshot_leftovers(client, tenant)
+            clear_tenant(client, api, tenant, snapshots=snapshots)
 
 
-def remove_snapshot_leftovers(client: docker.DockerClient, tenant: str) -> None:
-    """Remove the tenant's snapshot images and snapshot disk copies (after a failed test)."""
-    selector = {"label": f"{snapshot_store.LABEL_NAMESPACE}={tenant}"}
-    for image in client.images.list(filters=selector):
-        with suppress(docker.errors.APIError):
-            client.images.remove(image.id, force=True)
-    shutil.rmtree(f"{snapshot_store.SNAPSHOTS_DIR}/{tenant}", ignore_errors=True)
+def clear_tenant(
+    client: docker.DockerClient, api: Sessions, tenant: str, *, snapshots: bool = False
+) -> None:
+    """Destroy the tenant's sessions (:func:`destroy_all`); with ``snapshots`` remove its
+    snapshots, going on past failures; then :func:`sweep_tenant`, and with ``snapshots``
+    the tenant's snapshot images and disk copies that a failed remove left."""
+    destroy_all(api, tenant)
+    if snapshots:
+        for snapshot in api.snapshots(tenant):
+            with suppress(Exception):
+                api.remove_snapshot(snapshot.name, tenant)
+    sweep_tenant(client, tenant)
+    if snapshots:
+        selector = {"label": f"{snapshot_store.LABEL_NAMESPACE}={tenant}"}
+        for image in client.images.list(filters=selector):
+            with suppress(docker.errors.APIError):
+                client.images.remove(image.id, force=True)
+        shutil.rmtree(f"{snapshot_store.SNAPSHOTS_DIR}/{tenant}", ignore_errors=True)
 
 
 def destroy_all(api: Sessions, tenant: str) -> None:

@@ -3,6 +3,9 @@ the engine's memory figures. The measurements themselves need the engine (`make 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from benchmarks import common, env_ready, scale
@@ -110,6 +113,27 @@ def test_stat_row_gives_the_ratio_of_medians() -> None:
     label, median, low, high, times = common.stat_row("x", [0.5, 0.4, 0.9], baseline=0.4)
     assert (label, median, low, high, times) == ("x", 0.5, 0.4, 0.9, "1.25")
     assert common.stat_row("y", [1.0])[-1] == ""
+
+
+def test_percentiles_are_samples_by_nearest_rank() -> None:
+    samples = [float(n) for n in range(20, 0, -1)]  # 20 samples, unordered
+    assert common.percentiles(samples) == {"p50": 10.5, "p95": 19.0, "max": 20.0, "runs": 20}
+    assert common.p95([0.3]) == 0.3
+    assert common.p95([0.1, 0.9]) == 0.9
+
+
+def test_bench_env_puts_an_outer_pythonpath_first(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", "/other/revision")
+    env = common.bench_env(tmp_path / "s", tmp_path / "p", tmp_path / "c.yaml", EXTRA="1")
+    assert env["PYTHONPATH"] == f"/other/revision{os.pathsep}{common.REPO}"
+    assert (env["DOCKYARD_STATE_DIR"], env["DOCKYARD_CONFIG"]) == (
+        str(tmp_path / "s"),
+        str(tmp_path / "c.yaml"),
+    )
+    assert env["DOCKYARD_DRIVER"] == "tests.harness.sessions:HarnessDriver"
+    assert env["EXTRA"] == "1"
 
 
 def test_engine_time_keeps_microseconds() -> None:
