@@ -7,7 +7,6 @@ run), and ``running_only`` lists only the environments whose container is runnin
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from ansible.inventory.data import InventoryData
 from ansible.plugins.loader import init_plugin_loader
 
 from tests.support.ansible import REPO
+from tests.support.scripts import load_file
 
 HOSTILE = "{{ lookup('pipe', 'touch /tmp/dockyard-inventory-rendered') }}"
 
@@ -31,14 +31,8 @@ def load_plugin() -> ModuleType:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "already configured" by another test module
             init_plugin_loader([str(REPO / "playbooks" / "collections")])
-    spec = importlib.util.spec_from_file_location(
-        "dockyard_manifests_values", REPO / "plugins" / "inventory" / "dockyard_manifests.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    path = REPO / "plugins" / "inventory" / "dockyard_manifests.py"
+    return load_file("dockyard_manifests_values", path)
 
 
 def reference_manifest() -> dict[str, Any]:

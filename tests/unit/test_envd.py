@@ -15,7 +15,6 @@ import base64
 import contextlib
 import functools
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -44,6 +43,8 @@ from e2b.exceptions import (
 )
 from packaging.version import Version
 
+from tests.support.scripts import load_file
+
 ENVD = Path(__file__).resolve().parents[2] / "images" / "core" / "envd.py"
 UNPRIVILEGED = 65534  # nobody
 TOKEN_ENV = "DOCKYARD_ENVD_ACCESS_TOKEN"
@@ -51,12 +52,7 @@ TOKEN = "envd-unit-test-" + os.urandom(8).hex()
 
 
 def load_envd() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("dockyard_envd", ENVD)
-    assert spec is not None
-    assert spec.loader is not None
-    envd = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(envd)
-    return envd
+    return load_file("dockyard_envd", ENVD)
 
 
 def as_daemon_user() -> dict[str, Any]:
@@ -565,11 +561,7 @@ def test_the_end_waits_until_read_output_is_handed_on() -> None:
     """Pump.drained (the end event's gate): output already read from a pipe but not yet
     handed to a slow subscriber holds the end; an empty pipe whose writer lives on (a
     background child) does not."""
-    spec = importlib.util.spec_from_file_location("dockyard_envd", ENVD)
-    assert spec is not None
-    assert spec.loader is not None
-    envd = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(envd)
+    envd = load_envd()
 
     class SlowProc:
         end = None
