@@ -227,10 +227,11 @@ def p95(samples: Sequence[float]) -> float:
 
 def percentiles(samples: Sequence[float]) -> dict[str, float]:
     """p50 (the median), p95 (:func:`p95`), max and the count of at least one sample."""
+    spread = summary(samples)
     return {
-        "p50": statistics.median(samples),
+        "p50": spread["median"],
         "p95": p95(samples),
-        "max": max(samples),
+        "max": spread["max"],
         "runs": len(samples),
     }
 
