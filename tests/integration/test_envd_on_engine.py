@@ -22,16 +22,14 @@ import httpx
 import pytest
 from docker.models.containers import Container
 from e2b import PtySize, Sandbox
-from e2b.connection_config import ConnectionConfig
 from e2b.exceptions import AuthenticationException, NotEnoughSpaceException
-from packaging.version import Version
 
 from tests.support.agent_runner import AgentRunner, wait_ready
 from tests.support.engine import exec_ok, wait_for
+from tests.support.envd import ENVD_PORT, envd_sandbox
 
 pytestmark = pytest.mark.docker
 
-ENVD_PORT = 49983
 TOKEN = "envd-engine-test-" + os.urandom(8).hex()
 
 
@@ -46,19 +44,7 @@ def timing(container: Container) -> dict[str, float]:
 
 
 def sandbox_at(url: str, token: str | None) -> Sandbox:
-    headers = {"E2b-Sandbox-Id": "engine", "E2b-Sandbox-Port": str(ENVD_PORT)}
-    if token is not None:
-        headers["X-Access-Token"] = token
-    return Sandbox(
-        sandbox_id="engine",
-        sandbox_domain=None,
-        envd_version=Version("0.6.4"),
-        envd_access_token=token,
-        traffic_access_token=None,
-        connection_config=ConnectionConfig(
-            debug=True, sandbox_url=url, extra_sandbox_headers=headers
-        ),
-    )
+    return envd_sandbox(url, token, "engine")
 
 
 def test_envd_answers_as_the_agent_after_the_ready_marker(

@@ -43,6 +43,7 @@ from e2b.exceptions import (
 )
 from packaging.version import Version
 
+from tests.support.envd import envd_sandbox
 from tests.support.scripts import load_file
 
 ENVD = Path(__file__).resolve().parents[2] / "images" / "core" / "envd.py"
@@ -143,18 +144,7 @@ class Daemon:
             self.proc.stdout.close()
 
     def sandbox(self, token: str | None = None) -> Sandbox:
-        headers = {"E2b-Sandbox-Id": "envd-test", "E2b-Sandbox-Port": "49983"}
-        if token is not None:
-            headers["X-Access-Token"] = token
-        config = ConnectionConfig(debug=True, sandbox_url=self.url, extra_sandbox_headers=headers)
-        return Sandbox(
-            sandbox_id="envd-test",
-            sandbox_domain=None,
-            envd_version=Version("0.6.4"),
-            envd_access_token=token,
-            traffic_access_token=None,
-            connection_config=config,
-        )
+        return envd_sandbox(self.url, token, "envd-test")
 
 
 def new_home() -> Path:
