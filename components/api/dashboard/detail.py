@@ -25,6 +25,7 @@ from .bars import bar, chart
 from .history import history_of
 from .live import stream_of
 from .login import posted_form, viewer_of
+from .logtail import TAIL_LINES
 from .pages import (
     SECURITY_HEADERS,
     Viewer,
@@ -39,7 +40,7 @@ from .pages import (
 
 router = APIRouter(include_in_schema=False)
 
-LOG_LINES = 200
+LOG_LINES = TAIL_LINES
 AUDIT_LINES = 30
 BACKUP_ROWS = 20
 """Backups listed on the detail page: the newest."""
@@ -190,6 +191,7 @@ async def detail_page(session_id: str, request: Request) -> Response:
         ssh=ssh,
         ssh_enabled=bool(record.request.get("ssh")),
         logs=logs,
+        log_lines=LOG_LINES,
         **stats,
         stats_now=f"/sessions/{session_id}?"
         + urlencode(

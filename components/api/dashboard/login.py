@@ -114,6 +114,16 @@ async def viewer_of(request: Request) -> Viewer | None:
     return Viewer(Principal(login.key_id, login.tenant, login.admin), login.csrf, token)
 
 
+async def still_logged_in(request: Request, token: str) -> bool:
+    """The login of cookie ``token`` is still open and its key live (a long stream asks
+    now and then)."""
+    login = logins_of(request).get(token) if token else None
+    if login is None:
+        return False
+    ctx = ctx_of(request)
+    return bool(await ctx.call(_live, ctx, login))
+
+
 def csrf_ok(form: dict[str, str], expected: str) -> bool:
     return bool(expected) and hmac.compare_digest(form.get("csrf", "").encode(), expected.encode())
 

@@ -1,7 +1,7 @@
 // dockyard dashboard: the table's rows and the detail page's state follow the server's
 // event stream (/events, server-sent events; a slow poll only while the stream is down),
-// the log tail is polled (every 3 s), the detail page's stats load after the page (then
-// every 15 s), copy buttons.
+// the log tail follows the container's output (a stream of its own), the detail page's
+// stats load after the page (then every 15 s), copy buttons.
 // Progressive: every page works without this script (forms and links are plain HTML).
 "use strict";
 (function () {
@@ -60,6 +60,41 @@
     if (now) { tick(); }
   }
 
+  // The log tail, live: the server streams the container's output (its last lines at each
+  // (re)connection, then each new one) as JSON arrays of lines. It is the agent's output:
+  // added as text nodes, never as HTML; at most data-max lines are kept.
+  function tail(pre, mode) {
+    var most = parseInt(pre.getAttribute("data-max"), 10) || 200;
+    var live = pre.getAttribute("data-live");
+    function show(text) { if (mode) { mode.textContent = text; } }
+    if (!window.EventSource || !live) {
+      poll(pre.getAttribute("data-logs"), function (text) { pre.textContent = text; });
+      show("(refreshed every 3 s)");
+      return;
+    }
+    var source = new EventSource(live), fresh = true;
+    source.onopen = function () { fresh = true; show("(live)"); };
+    source.onmessage = function (event) {
+      var lines;
+      try { lines = JSON.parse(event.data); } catch (e) { return; }
+      if (!Array.isArray(lines)) { return; }
+      var atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      // The first frame after a (re)connection is the whole tail: it replaces the text.
+      if (fresh) { pre.textContent = ""; fresh = false; }
+      lines.slice(-most).forEach(function (line) {
+        pre.appendChild(document.createTextNode(String(line) + "\n"));
+      });
+      while (pre.childNodes.length > most) { pre.removeChild(pre.firstChild); }
+      if (atEnd) { pre.scrollTop = pre.scrollHeight; }
+    };
+    source.addEventListener("end", function () {
+      source.close();
+      show("(the container's output ended; reload to follow it again)");
+    });
+    source.onerror = function () { show("(reconnecting…)"); };
+    window.addEventListener("pagehide", function () { source.close(); });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     var table = document.querySelector("table[data-rows]");
     if (table) {
@@ -95,11 +130,7 @@
     }
     var logs = document.getElementById("logs");
     if (logs) {
-      poll(logs.getAttribute("data-logs"), function (text) {
-        var atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
-        logs.textContent = text;
-        if (atEnd) { logs.scrollTop = logs.scrollHeight; }
-      });
+      tail(logs, document.getElementById("logs-mode"));
       logs.scrollTop = logs.scrollHeight;
     }
     var kept = document.getElementById("kept");
