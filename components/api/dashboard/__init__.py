@@ -21,14 +21,14 @@ from importlib import resources
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from . import create, detail, host, live, login, logtail, table
+from . import create, detail, fork, host, live, login, logtail, table
 from .pages import SECURITY_HEADERS
 
 STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
 
 router = APIRouter(include_in_schema=False)
 # Order matters: /sessions/new before /sessions/{session_id}.
-for part in (login, table, create, logtail, detail, host, live):
+for part in (login, table, create, logtail, fork, detail, host, live):
     router.include_router(part.router)
 
 

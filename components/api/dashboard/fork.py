@@ -1,0 +1,110 @@
+"""A new session from one of the session's snapshots: the form on the detail page (its
+snapshots' list) and ``POST /sessions/{id}/fork``, which calls the service's fork from
+that snapshot (:meth:`dockyard.sessions.Sessions.fork`, what ``dockyard fork SESSION
+--snapshot NAME --as NEW`` calls) in the viewer's tenant. The new id is checked by the
+service's own rule (:func:`dockyard.sessions.snapshots.validate_name`, the CLI's message
+word for word) and its problem is shown beside the field; another tenant's session or
+snapshot answers "not found" like a missing one; the result is the new session's page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from ...errors import DockyardError, InvalidInput
+from ...sessions import snapshots as snapshotting
+from ..context import Context
+from ..principal import mark
+from .login import posted_form, viewer_of
+from .pages import SECURITY_HEADERS, Viewer, ctx_of, error_page, page, scope_of, suffix_of, to_login
+
+router = APIRouter(include_in_schema=False)
+
+FIELD = "as"
+"""The new session id's field: the CLI's ``--as``, the key its problems name."""
+
+
+def _checked(snapshot: str, as_: str) -> None:
+    """Both names by the service's rule, every problem at once (the fork checks them too,
+    one at a time)."""
+    problems: list[str] = []
+    for name, key in ((as_, FIELD), (snapshot, "snapshot")):
+        try:
+            snapshotting.validate_name(name, key)
+        except InvalidInput as error:
+            problems += error.problems
+    if problems:
+        raise InvalidInput("request", problems)
+
+
+def _fork(ctx: Context, session: str, scope: str | None, snapshot: str, as_: str) -> Any:
+    """The service's fork of ``session`` (found in ``scope`` first: another tenant's is
+    not found before anything is checked) from ``snapshot`` as ``as_``; its manifest."""
+    ctx.sessions.registry.find(session, scope)
+    _checked(snapshot, as_)
+    return ctx.sessions.fork(session, as_, scope, snapshot=snapshot)
+
+
+def _form(
+    request: Request,
+    viewer: Viewer,
+    session: str,
+    scope: str | None,
+    form: dict[str, str],
+    status: int = 200,
+    problems: list[str] | None = None,
+) -> Response:
+    placed = [p for p in problems or [] if p.split(":", 1)[0] == FIELD]
+    general = [p for p in problems or [] if p not in placed]
+    return page(
+        request,
+        "fork.html",
+        status,
+        viewer,
+        session=session,
+        snapshot=form.get("snapshot", "")[:200],
+        as_=form.get(FIELD, "")[:200],
+        placed=placed,
+        general=general,
+        suffix=suffix_of(viewer, scope),
+    )
+
+
+@router.get("/sessions/{session_id}/fork")
+async def fork_page(session_id: str, request: Request) -> Response:
+    """The form alone (``?snapshot=NAME``), for a session of the viewer's tenant."""
+    viewer = await viewer_of(request)
+    if viewer is None:
+        return to_login()
+    scope = scope_of(request, viewer)
+    ctx = ctx_of(request)
+    try:
+        await ctx.call(ctx.sessions.registry.find, session_id, scope)
+    except DockyardError as error:
+        return error_page(request, viewer, error)
+    form = {"snapshot": request.query_params.get("snapshot", "")}
+    return _form(request, viewer, session_id, scope, form)
+
+
+@router.post("/sessions/{session_id}/fork")
+async def fork(session_id: str, request: Request) -> Response:
+    posted = await posted_form(request)
+    if isinstance(posted, Response):
+        return posted
+    viewer, form = posted
+    scope = scope_of(request, viewer)
+    mark(request, session_id, scope)
+    ctx = ctx_of(request)
+    as_, snapshot = form.get(FIELD, "").strip(), form.get("snapshot", "").strip()
+    try:
+        manifest = await ctx.call(_fork, ctx, session_id, scope, snapshot, as_)
+    except InvalidInput as error:
+        return _form(request, viewer, session_id, scope, form, 422, error.problems)
+    except DockyardError as error:
+        if error.http_status == 404:  # the session or the snapshot: as a missing one
+            return error_page(request, viewer, error)
+        return _form(request, viewer, session_id, scope, form, error.http_status, error.problems)
+    where = f"/sessions/{manifest['sessionId']}" + suffix_of(viewer, scope)
+    return RedirectResponse(where, status_code=303, headers=SECURITY_HEADERS)
