@@ -47,8 +47,8 @@ def fresh_postgres(url: str) -> str:
     with engine.begin() as connection:
         connection.execute(
             text(
-                "DROP TABLE IF EXISTS webhook_deliveries, webhooks, event_sources, events, "
-                "api_keys, alembic_version"
+                "DROP TABLE IF EXISTS dashboard_logins, webhook_deliveries, webhooks, "
+                "event_sources, events, api_keys, alembic_version"
             )
         )
     engine.dispose()

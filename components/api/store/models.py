@@ -1,5 +1,5 @@
-"""The API store's tables (SQLAlchemy 2): keys, events, webhooks and their deliveries;
-one model set for SQLite and PostgreSQL.
+"""The API store's tables (SQLAlchemy 2): keys, events, webhooks and their deliveries,
+dashboard logins; one model set for SQLite and PostgreSQL.
 
 Migrations in ``migrations/versions`` create them; nothing calls ``create_all``.
 """
@@ -108,3 +108,19 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DashboardLogin(Base):
+    """A dashboard login (:mod:`dockyard.api.dashboard.login`): the SHA-256 of its cookie's
+    token (never the token), whose key it is, the form's CSRF token and when it ends; in
+    the store, so a restart or another replica keeps it."""
+
+    __tablename__ = "dashboard_logins"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), index=True)
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
