@@ -1,17 +1,20 @@
 """The dashboard: server-rendered pages over the same service calls the API's handlers make.
 
 ``dockyard serve`` answers it at ``/``. An operator logs in with an API key (a form): the
-server keeps the login in its memory and hands the browser a random token in an
-HttpOnly, ``SameSite=Strict`` cookie (never the key). Every state-changing form carries
+server keeps the login in the API's store (a restart or another replica keeps it) and
+hands the browser a random token in an HttpOnly, ``SameSite=Strict`` cookie (never the
+key). Every state-changing form carries
 the login's CSRF token and is refused without it (the login form its own, double-submit).
 A tenant's key sees only its tenant's sessions (another's answers "not found", as over
 the API); an admin key sees all, with a tenant filter. Pages use no CDN and no build
 chain: Jinja2 templates and one small script (rows and the detail's state follow the event
-stream; the log tail is polled).
+stream; the log tail follows the container's output, :mod:`.logtail`).
 
 One module per job: :mod:`.pages` (templates, shared responses), :mod:`.login` (login,
 viewer, CSRF), :mod:`.table` (the sessions table), :mod:`.create` (the create form),
-:mod:`.detail` (one session and its actions), :mod:`.host` (the host view), :mod:`.live` (the pages' event stream).
+:mod:`.detail` (one session and its actions), :mod:`.logtail` (its live log tail),
+:mod:`.fork` (a new session from a snapshot), :mod:`.host` (the host view), :mod:`.live`
+(the pages' event stream).
 """
 
 from __future__ import annotations

@@ -1,23 +1,26 @@
 """Login, the viewer and CSRF: an API key posted once buys an HttpOnly, ``SameSite=Strict``
 cookie holding a random token (never the key); the login (its key, tenant, admin flag and
-CSRF token) stays in this server's memory. Every state-changing form carries the login's
-CSRF token; the login form has its own (double-submit)."""
+CSRF token, by the SHA-256 of the token) is kept in the API's store (``dashboard_logins``,
+SQLite or PostgreSQL like the keys), so a restart or another replica keeps it. Every
+state-changing form carries the login's CSRF token; the login form has its own
+(double-submit)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import Engine, delete, func, select
 
-from ..context import Context
 from ..errors import RateLimited
 from ..principal import Principal
+from ..store.models import ApiKey, DashboardLogin
+from ..store.transactions import Transactional
 from .pages import SECURITY_HEADERS, Viewer, ctx_of, form_of, page, refused, secure, to_login
 
 router = APIRouter(include_in_schema=False)
@@ -26,82 +29,107 @@ COOKIE = "dockyard_session"
 LOGIN_COOKIE = "dockyard_login"
 LOGIN_TTL = 8 * 3600
 """Seconds a login lasts (the key is checked for revocation on every request too)."""
-MAX_LOGINS = 10_000
+LOGINS_PER_KEY = 100
+"""Open logins one key may hold; a new one beyond replaces that key's oldest (so no key
+can crowd out another's)."""
 
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-@dataclass
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands timezone-aware columns back naive; they were written in UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
 class Login:
     key_id: str
     tenant: str | None
     admin: bool
     csrf: str
-    expires: float
+    expires: datetime
 
 
-@dataclass
-class Logins:
-    """Logins in this server's memory, by the digest of their cookie token (a restart
-    logs everyone out; several replicas would each need their own login)."""
+class Logins(Transactional):
+    """The dashboard's logins in the API store, by the digest of their cookie token (the
+    token itself is stored nowhere). Expired logins are removed when a login opens and
+    when one is read; a revoked key's logins when they are read."""
 
-    _by_digest: dict[str, Login] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, engine: Engine, ttl: float = LOGIN_TTL) -> None:
+        super().__init__(engine)
+        self.ttl = timedelta(seconds=ttl)
 
     def open(self, key_id: str, tenant: str | None, admin: bool) -> str:
-        token = secrets.token_urlsafe(32)
-        now = time.monotonic()
-        with self._lock:
-            if len(self._by_digest) >= MAX_LOGINS:
-                for digest in [d for d, v in self._by_digest.items() if v.expires <= now]:
-                    del self._by_digest[digest]
-            if len(self._by_digest) >= MAX_LOGINS:  # the oldest goes
-                oldest = min(self._by_digest, key=lambda d: self._by_digest[d].expires)
-                del self._by_digest[oldest]
-            self._by_digest[_digest(token)] = Login(
-                key_id, tenant, admin, secrets.token_urlsafe(32), now + LOGIN_TTL
+        """A new login of ``key_id``; the cookie's token (returned once)."""
+        token, now = secrets.token_urlsafe(32), _now()
+        with self._session() as session:
+            session.execute(delete(DashboardLogin).where(DashboardLogin.expires_at <= now))
+            mine = select(DashboardLogin.token_sha256).where(DashboardLogin.key_id == key_id)
+            held = session.scalar(select(func.count()).select_from(mine.subquery())) or 0
+            if held >= LOGINS_PER_KEY:
+                oldest = mine.order_by(DashboardLogin.created_at).limit(held - LOGINS_PER_KEY + 1)
+                session.execute(
+                    delete(DashboardLogin).where(
+                        DashboardLogin.token_sha256.in_(list(session.scalars(oldest)))
+                    )
+                )
+            session.add(
+                DashboardLogin(
+                    token_sha256=_digest(token),
+                    key_id=key_id,
+                    tenant=tenant,
+                    admin=admin,
+                    csrf=secrets.token_urlsafe(32),
+                    created_at=now,
+                    expires_at=now + self.ttl,
+                )
             )
         return token
 
     def get(self, token: str) -> Login | None:
-        with self._lock:
-            login = self._by_digest.get(_digest(token))
-            if login is not None and login.expires <= time.monotonic():
-                del self._by_digest[_digest(token)]
+        """The open login of ``token`` whose key is still there and not revoked, or None
+        (an expired or revoked one is removed)."""
+        query = (
+            select(DashboardLogin, ApiKey.id, ApiKey.revoked_at)
+            .outerjoin(ApiKey, ApiKey.id == DashboardLogin.key_id)
+            .where(DashboardLogin.token_sha256 == _digest(token))
+        )
+        with self._session() as session:
+            found = session.execute(query).first()
+            if found is None:
                 return None
-            return login
+            row, key_id, revoked = found
+            if key_id is None or revoked is not None or _aware(row.expires_at) <= _now():
+                session.delete(row)
+                return None
+            return Login(row.key_id, row.tenant, row.admin, row.csrf, _aware(row.expires_at))
 
     def close(self, token: str) -> None:
-        with self._lock:
-            self._by_digest.pop(_digest(token), None)
+        with self._session() as session:
+            session.execute(
+                delete(DashboardLogin).where(DashboardLogin.token_sha256 == _digest(token))
+            )
 
 
 def logins_of(request: Request) -> Logins:
     state = request.app.state
     if getattr(state, "dashboard_logins", None) is None:
-        state.dashboard_logins = Logins()
+        state.dashboard_logins = Logins(ctx_of(request).store.engine)
     return state.dashboard_logins  # type: ignore[no-any-return]
-
-
-def _live(ctx: Context, login: Login) -> bool:
-    """The login's key is still there and not revoked."""
-    return any(
-        info.id == login.key_id and info.revoked_at is None
-        for info in ctx.store.list(None if login.admin else login.tenant)
-    )
 
 
 async def viewer_of(request: Request) -> Viewer | None:
     """The logged-in key (charged against its rate, named in the audit line), or None."""
-    token = request.cookies.get(COOKIE, "")
-    login = logins_of(request).get(token) if token else None
-    if login is None:
-        return None
+    token = request.cookies.get(COOKIE, "")[:100]
     ctx = ctx_of(request)
-    if not await ctx.call(_live, ctx, login):
-        logins_of(request).close(token)
+    login = await ctx.call(logins_of(request).get, token) if token else None
+    if login is None:
         return None
     request.scope.setdefault("dockyard", {})["actor"] = f"key:{login.key_id}"
     wait = request.app.state.buckets.take(login.key_id)
@@ -117,11 +145,8 @@ async def viewer_of(request: Request) -> Viewer | None:
 async def still_logged_in(request: Request, token: str) -> bool:
     """The login of cookie ``token`` is still open and its key live (a long stream asks
     now and then)."""
-    login = logins_of(request).get(token) if token else None
-    if login is None:
-        return False
     ctx = ctx_of(request)
-    return bool(await ctx.call(_live, ctx, login))
+    return bool(token) and await ctx.call(logins_of(request).get, token) is not None
 
 
 def csrf_ok(form: dict[str, str], expected: str) -> bool:
@@ -175,7 +200,7 @@ async def login(request: Request) -> Response:
             ["key: the API key is unknown or revoked (allowed: a key from `dockyard keys create`)"],
         )
     request.scope.setdefault("dockyard", {})["actor"] = f"key:{info.id}"
-    token = logins_of(request).open(info.id, info.tenant, info.admin)
+    token = await ctx.call(logins_of(request).open, info.id, info.tenant, info.admin)
     redirect = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
     redirect.set_cookie(
         COOKIE,
@@ -196,7 +221,7 @@ async def logout(request: Request) -> Response:
     if isinstance(posted, Response):
         return posted
     viewer, _ = posted
-    logins_of(request).close(viewer.token)
+    await ctx_of(request).call(logins_of(request).close, viewer.token)
     response = to_login()
     response.delete_cookie(COOKIE, path="/")
     return response
