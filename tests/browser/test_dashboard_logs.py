@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from dockyard.api.dashboard import logtail
-from tests.browser.conftest import Served
+from tests.browser.conftest import Served, shoot
+from tests.browser.conftest import log_in as browser_log_in
 from tests.browser.test_dashboard_http import _client, log_in
 
 
@@ -182,3 +183,30 @@ def test_output_is_cut_into_bounded_lines_and_frames() -> None:
     sent = json.loads(logtail.frame(many)[6:])
     assert sent == many[-logtail.TAIL_LINES :]
     assert b"\n" not in logtail.frame(["a\nb", "c\rd", "\u2028"])[6:-2]
+
+
+def test_the_page_adds_lines_live_as_text_and_keeps_its_last_200(
+    page: Any, served: Served, output: tuple[Output, list[Any]]
+) -> None:
+    made, asked = output
+    asked.pop()
+    browser_log_in(page, served.url, served.keys["acme"])
+    page.goto(served.url + "/sessions/a1")
+    tail = page.get_by_label("Log tail text")
+    page.wait_for_function("() => document.getElementById('logs').textContent === 'one\\ntwo\\n'")
+    assert page.locator("#logs-mode").inner_text() == "(live)"
+    page.evaluate("window.notReloaded = true")
+    made.chunks.put(b"<img src=x onerror=window.pwned=1> done\n")
+    page.wait_for_function("() => document.getElementById('logs').textContent.includes('done')")
+    assert "<img src=x onerror=window.pwned=1> done" in tail.inner_text()
+    assert page.locator("#logs img").count() == 0
+    assert page.evaluate("window.pwned") is None
+    made.chunks.put(b"".join(b"n%d\n" % n for n in range(500)))
+    page.wait_for_function("() => document.getElementById('logs').textContent.endsWith('n499\\n')")
+    kept = tail.inner_text().splitlines()
+    assert len(kept) == logtail.TAIL_LINES
+    assert kept[0] == "n300"
+    made.chunks.put(None)  # the output ends: the page stops following and says so
+    page.get_by_text("the container's output ended").wait_for()
+    assert page.evaluate("window.notReloaded") is True
+    shoot(page, "detail-log-tail")

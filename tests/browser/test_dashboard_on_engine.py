@@ -1,7 +1,7 @@
 """The dashboard on the real engine: ``dockyard serve`` in a process of its own with the
 harness driver (where the Pulumi CLI would run), driven in headless Chromium. A session
 created from the form turns healthy in the table without a reload, its detail shows its
-log tail, the other tenant never sees it, and it is destroyed after the confirmation
+log tail and a line the session writes appears in it live, the other tenant never sees it, and it is destroyed after the confirmation
 names it. Everything the test creates carries the run's tenants and is swept."""
 
 from __future__ import annotations
@@ -153,14 +153,29 @@ def test_create_watch_ready_open_and_destroy_from_the_browser(
         stranger.goto(server.url + "/sessions/d1")
         assert stranger.locator("h1").inner_text() == "Not found"
 
-        # Its detail: the log tail the engine holds, refreshed in place.
+        # Its detail: the log tail the engine holds, then live: a line the session writes
+        # to its output appears without a reload, as text (its markup is not HTML).
         page.get_by_role("link", name="d1", exact=True).click()
         page.wait_for_url(server.url + "/sessions/d1")
         logs = container.logs(tail=5).decode("utf-8", "replace").strip().splitlines()
         if logs:
             assert logs[-1].strip() in page.get_by_label("Log tail text").inner_text()
-        with page.expect_response(lambda r: r.url.endswith("/sessions/d1/logs")):
-            pass
+        page.wait_for_selector("#logs-mode:has-text('live')")
+        page.evaluate("window.notReloaded = true")
+        marker = f"live-line-{RUN_ID[:8]}"
+        written = time.time()
+        wrote = container.exec_run(
+            ["sh", "-c", 'printf "%s <b>bold</b>\\n" "$1" > /proc/1/fd/1', "sh", marker]
+        )
+        assert wrote.exit_code == 0, wrote.output
+        shown = _changed(
+            page,
+            f"document.getElementById('logs').textContent.includes('{marker} <b>bold</b>')",
+            written,
+        )
+        assert page.evaluate("window.notReloaded") is True
+        assert page.locator("#logs b").count() == 0
+        print(f"dashboard live log line: written -> shown in {shown:.3f} s")
         # Its stats from the engine (the service layer's workspace), loaded after the page.
         memory = page.get_by_label("Memory (against its limit)")
         memory.wait_for(timeout=30_000)
