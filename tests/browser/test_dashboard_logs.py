@@ -210,3 +210,47 @@ def test_the_page_adds_lines_live_as_text_and_keeps_its_last_200(
     page.get_by_text("the container's output ended").wait_for()
     assert page.evaluate("window.notReloaded") is True
     shoot(page, "detail-log-tail")
+
+
+def _within(stream: httpx.Response, seconds: float = 10.0) -> Iterator[str]:
+    """The stream's lines, failing if it has not ended after ``seconds`` (keep-alives
+    would keep a read timeout from ever firing)."""
+    deadline = time.monotonic() + seconds
+    for line in stream.iter_lines():
+        assert time.monotonic() < deadline, f"the stream did not end in {seconds} s"
+        yield line
+
+
+def _ends(stream: httpx.Response) -> list[tuple[str, str]]:
+    """Every message until the stream ends."""
+    return list(_messages(_within(stream)))
+
+
+def test_the_stream_ends_with_the_login_and_with_the_server(
+    served: Served, output: tuple[Output, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made, asked = output
+    asked.pop()
+    monkeypatch.setattr(logtail, "KEEPALIVE_S", 0.2)
+    timeout = httpx.Timeout(10.0)
+    with _client(served) as blue:
+        log_in(blue, served.keys["blue"])
+        with blue.stream("GET", "/sessions/b1/logs/live", timeout=timeout) as stream:
+            assert stream.status_code == 200
+            served.store.revoke(served.keys["blue"].split("_")[1])
+            seen = _ends(stream)
+        assert [x for e, d in seen for x in json.loads(d)] == ["one", "two"]  # no end event
+        assert made.stopped.wait(10)
+    with _client(served) as admin:
+        log_in(admin, served.keys["admin"])
+        made.stopped.clear()
+        while not made.chunks.empty():  # the first stream's stop
+            made.chunks.get()
+        made.chunks.put(b"three\n")
+        with admin.stream("GET", "/sessions/a1/logs/live?tenant=acme", timeout=timeout) as stream:
+            assert stream.status_code == 200
+            messages = _messages(_within(stream))
+            assert next(messages) == ("message", '["three"]')
+            served.app.state.events.close()  # what the server does when it stops
+            assert list(messages) == []  # ended, and not because the output did
+        assert made.stopped.wait(10)

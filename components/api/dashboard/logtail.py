@@ -11,8 +11,8 @@ a line at :data:`MAX_LINE` characters, a frame at :data:`TAIL_LINES` lines (the 
 keeps no more), a key at :data:`STREAMS_PER_KEY` open streams, a stream at
 :data:`LIFETIME_S` (the browser then reconnects and gets the tail again). The stream
 ends when the page goes (the disconnect closes the engine's log stream), when the login
-ends (checked at every keep-alive), and when the container's output ends (an ``end``
-event: the page stops listening)."""
+ends (checked at every keep-alive), when the server closes its streams, and when the
+container's output ends (an ``end`` event: the page stops listening)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ...errors import Conflict, DockyardError
-from ..events_hub import Streams
+from ..events_hub import EventHub, Streams
 from ..principal import mark
 from ..workspace import iterate
 from .login import still_logged_in, viewer_of
@@ -98,6 +98,7 @@ class LogStream(Response):
         stop: Callable[[], None],
         done: Callable[[], None],
         still_in: Callable[[], Awaitable[bool]],
+        hub: EventHub,
     ) -> None:
         super().__init__(
             headers={**SECURITY_HEADERS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -105,6 +106,7 @@ class LogStream(Response):
         # A stream: no Content-Length (the empty body's "0" would end it at once).
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.chunks, self.stop, self.done, self.still_in = chunks, stop, done, still_in
+        self.hub = hub
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -114,6 +116,7 @@ class LogStream(Response):
             async with anyio.create_task_group() as group:
                 group.start_soon(self._pump, writer)
                 group.start_soon(_watch, receive, group.cancel_scope)
+                group.start_soon(_closing, self.hub, group.cancel_scope)
                 await self._forward(reader, send)
                 group.cancel_scope.cancel()
             with contextlib.suppress(Exception):
@@ -172,6 +175,13 @@ async def _watch(receive: Any, scope: CancelScope) -> None:
             return
 
 
+async def _closing(hub: EventHub, scope: CancelScope) -> None:
+    """Ends the stream when the server closes its streams (as the event streams end)."""
+    while not hub.closing:
+        await hub.bell.wait(1.0)
+    scope.cancel()
+
+
 def _streams(request: Request) -> Streams:
     state = request.app.state
     if getattr(state, "dashboard_log_streams", None) is None:
@@ -228,4 +238,4 @@ async def live_logs(session_id: str, request: Request) -> Response:
     async def still_in() -> bool:
         return await still_logged_in(request, viewer.token)
 
-    return LogStream(chunks, stop, done, still_in)
+    return LogStream(chunks, stop, done, still_in, request.app.state.events)
