@@ -16,7 +16,8 @@ import pytest
 from dockyard.errors import InvalidInput, NotFound
 from dockyard.sessions import snapshots as snapshotting
 from tests.browser import test_dashboard_detail as detail
-from tests.browser.conftest import Served, seed
+from tests.browser.conftest import Served, log_in, seed, shoot
+from tests.browser.test_dashboard_browser import accessible
 from tests.browser.test_dashboard_http import _client, csrf_of
 from tests.browser.test_dashboard_http import log_in as http_log_in
 
@@ -121,3 +122,24 @@ def test_another_tenants_session_or_snapshot_is_not_found(
         assert done.status_code == 303, done.text
         assert done.headers["location"] == "/sessions/b2?tenant=blue"
     assert forks[-1] == ("b1", "b2", "blue", "blue-one")
+
+
+def test_fork_from_the_browser(page: Any, served: Served, forks: list[Any]) -> None:
+    log_in(page, served.url, served.keys["acme"])
+    page.goto(served.url + "/sessions/a1")
+    # The snapshots' list (loaded after the page): one form per snapshot, each labelled.
+    page.get_by_label("New session id from snapshot before-upgrade").fill("Bad Id")
+    accessible(page)
+    page.get_by_role("button", name="New session from this snapshot (before-upgrade)").click()
+    # The form again, the problem beside the field (its description), nothing created.
+    field = page.get_by_label("New session id")
+    assert field.get_attribute("aria-invalid") == "true"
+    assert "as: 'Bad Id' is not allowed" in page.locator("#e-as").inner_text()
+    assert forks == []
+    accessible(page)
+    shoot(page, "fork-problem")
+    field.fill("f3")
+    page.get_by_role("button", name="New session from this snapshot").click()
+    page.wait_for_url(served.url + "/sessions/f3")
+    assert page.locator("h1").inner_text().startswith("Session f3")
+    assert forks == [("a1", "f3", "acme", "before-upgrade")]
