@@ -185,7 +185,7 @@ lint: setup-dev ## ruff, import layers, shellcheck, hadolint, yamllint, ansible-
 # one screenshot each into docs/dashboard/ (the engine test adds a live session's detail;
 # without a Docker engine it is skipped and its picture kept).
 dashboard-screenshots: setup-dev ## Regenerate the dashboard's screenshots (docs/dashboard.md)
-	DOCKYARD_SCREENSHOTS=docs/dashboard $(BIN)/pytest -q tests/browser/test_dashboard_browser.py tests/browser/test_dashboard_detail.py tests/browser/test_dashboard_host.py tests/browser/test_dashboard_on_engine.py
+	DOCKYARD_SCREENSHOTS=docs/dashboard $(BIN)/pytest -q tests/browser/test_dashboard_browser.py tests/browser/test_dashboard_detail.py tests/browser/test_dashboard_logs.py tests/browser/test_dashboard_fork.py tests/browser/test_dashboard_host.py tests/browser/test_dashboard_on_engine.py
 
 openapi: setup ## Regenerate the HTTP API's committed OpenAPI document (components/api/openapi.json) and the TypeScript client's types
 	$(BIN)/python -m dockyard.api.openapi > components/api/openapi.json
