@@ -26,13 +26,15 @@ class Output:
     from a blocking iterator, and a stop that ends it from any thread."""
 
     def __init__(self, *first: bytes) -> None:
-        self.chunks: queue.Queue[bytes | None] = queue.Queue()
+        self.chunks: queue.Queue[bytes | Exception | None] = queue.Queue()
         for chunk in first:
             self.chunks.put(chunk)
         self.stopped = threading.Event()
 
     def read(self) -> Iterator[bytes]:
         while (chunk := self.chunks.get()) is not None:
+            if isinstance(chunk, Exception):
+                raise chunk
             yield chunk
 
     def stop(self) -> None:
@@ -254,3 +256,23 @@ def test_the_stream_ends_with_the_login_and_with_the_server(
             served.app.state.events.close()  # what the server does when it stops
             assert list(messages) == []  # ended, and not because the output did
         assert made.stopped.wait(10)
+
+
+def test_a_broken_engine_stream_ends_the_tail_with_what_came(
+    served: Served, output: tuple[Output, list[Any]]
+) -> None:
+    made, asked = output
+    asked.pop()
+    made.chunks.put(b"half a li")
+    made.chunks.put(ConnectionError("the engine went away"))
+    with _client(served) as acme:
+        log_in(acme, served.keys["acme"])
+        with acme.stream("GET", "/sessions/a1/logs/live", timeout=httpx.Timeout(10.0)) as stream:
+            assert stream.status_code == 200
+            seen = _ends(stream)
+    assert [x for e, d in seen if e == "message" for x in json.loads(d)] == [
+        "one",
+        "two",
+        "half a li",
+    ]
+    assert seen[-1][0] == "end"

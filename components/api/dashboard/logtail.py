@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -35,6 +36,7 @@ from .login import still_logged_in, viewer_of
 from .pages import SECURITY_HEADERS, ctx_of, scope_of
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
 
 TAIL_LINES = 200
 """Lines the stream starts with (the container's last) and the most one frame carries;
@@ -134,10 +136,15 @@ class LogStream(Response):
         the read; the engine keeps the output)."""
         lines = Lines()
         async with writer:
-            async for chunk in iterate(self.chunks, self.stop):
-                batch = lines.feed(chunk)
-                if batch:
-                    await writer.send(batch)
+            try:
+                async for chunk in iterate(self.chunks, self.stop):
+                    batch = lines.feed(chunk)
+                    if batch:
+                        await writer.send(batch)
+            except Exception as exc:  # the engine's stream broke: one line, not a traceback
+                log.warning(
+                    "dashboard log tail: the engine's stream broke (%s)", type(exc).__name__
+                )
             if rest := lines.rest():
                 await writer.send(rest)
 
