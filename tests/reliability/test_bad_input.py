@@ -507,7 +507,7 @@ ROLE_CASES: list[tuple[str, str, dict[str, Any], str]] = [
         "idle action unknown",
         "site.yml",
         {"idle_monitor_action": "reboot"},
-        "value of idle_monitor_action must be one of: stop, poweroff, got: reboot",
+        "value of idle_monitor_action must be one of: stop, pause, hibernate, poweroff, got: reboot",
     ),
     (
         "idle minutes text",

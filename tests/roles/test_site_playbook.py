@@ -244,7 +244,7 @@ def test_bad_role_variables_fail_before_any_change(fleet: TargetFleet) -> None:
         inventory=inventory,
         extra_vars={
             **VARIABLES,
-            "idle_monitor_action": "hibernate",
+            "idle_monitor_action": "sleep",
             "env_health_max_failed_checks": "three",
         },
         args=ARGS,
@@ -253,7 +253,8 @@ def test_bad_role_variables_fail_before_any_change(fleet: TargetFleet) -> None:
     assert run.rc != 0
     # Both roles' problems in one run, before the first role (agent_tooling) acted.
     assert (
-        "value of idle_monitor_action must be one of: stop, poweroff, got: hibernate" in run.output
+        "value of idle_monitor_action must be one of: stop, pause, hibernate, poweroff, got: sleep"
+        in run.output
     )
     assert "argument 'env_health_max_failed_checks' is of type" in run.output
     assert run.changed() == {host.name: 0}
