@@ -75,6 +75,14 @@ def stack(deploy: Any) -> Deployed:
     return deployed
 
 
+def marked(out: str, key: str) -> int:
+    """The number on the output's line ``<key>=<number>`` (the shell's own messages may
+    come before or after it)."""
+    found = re.search(rf"^{key}=\s*(\d+)\s*$", out, re.M)
+    assert found, f"no {key}= line in: {out}"
+    return int(found[1])
+
+
 @pytest.mark.parametrize(
     ("path", "bound_mb"),
     [
@@ -94,12 +102,13 @@ def test_a_filler_stops_at_the_bound_and_the_neighbour_keeps_writing(
         "filler",
         f"(fallocate -l 500G {path}/f) 2>&1; echo fallocate=$?; rm -f {path}/f; "
         f"dd if=/dev/zero of={path}/d bs=1M count=4096 2>&1 | grep -o 'No space left on device'; "
-        f"du -sm {path}/d | cut -f1; df -B1M --output=size {path} | tail -1; rm -f {path}/d",
+        f"echo written=$(du -sm {path}/d | cut -f1); "
+        f"echo size=$(df -B1M --output=size {path} | tail -1); rm -f {path}/d",
     )
-    lines = out.strip().splitlines()
     assert "fallocate=0" not in out, out
     assert "No space left on device" in out, out  # dd's
-    written_mb, size_mb = int(lines[-2]), int(lines[-1])
+    # By marker: the shell's own "File size limit exceeded" line (stderr) may come last.
+    written_mb, size_mb = marked(out, "written"), marked(out, "size")
     assert size_mb <= bound_mb, f"{path}: a filesystem of {size_mb} MB, bound {bound_mb}: {out}"
     assert written_mb <= bound_mb, f"{path}: {written_mb} MB written past a {bound_mb} MB bound"
     # The neighbour is not affected: it writes 8 MB into the same path.
