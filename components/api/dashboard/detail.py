@@ -8,6 +8,7 @@ import functools
 import json
 import re
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import urlencode
 
@@ -248,9 +249,7 @@ async def stats_fragment(session_id: str, request: Request) -> Response:
     try:
         found = await ctx.call(_state, ctx, session_id, scope)
     except DockyardError as error:
-        return Response(
-            "\n".join(error.problems), status_code=error.http_status, headers=SECURITY_HEADERS
-        )
+        return _problems(error)
     values = await _stats_of(request, session_id, scope, found["status"], found["tenant"])
     return page(request, "stats.html", viewer=viewer, session=session_id, **values)
 
@@ -259,6 +258,13 @@ def _state(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
     manifest = ctx.sessions.get(session, scope)
     record = ctx.sessions.registry.find(session, scope)
     return {**engine_state(manifest["container"]["id"], record.host), "tenant": record.tenant}
+
+
+def _problems(error: DockyardError) -> Response:
+    """A fragment's refusal: its problems as text, with the error's status."""
+    return Response(
+        "\n".join(error.problems), status_code=error.http_status, headers=SECURITY_HEADERS
+    )
 
 
 @router.get("/sessions/{session_id}/kept")
@@ -273,9 +279,7 @@ async def kept_fragment(session_id: str, request: Request) -> Response:
     try:
         kept = await ctx.call(_kept, ctx, session_id, scope)
     except DockyardError as error:
-        return Response(
-            "\n".join(error.problems), status_code=error.http_status, headers=SECURITY_HEADERS
-        )
+        return _problems(error)
     return page(
         request,
         "kept.html",
@@ -295,9 +299,7 @@ async def logs_fragment(session_id: str, request: Request) -> Response:
     try:
         text = await ctx.call(_logs, ctx, session_id, scope_of(request, viewer))
     except DockyardError as error:
-        return Response(
-            "\n".join(error.problems), status_code=error.http_status, headers=SECURITY_HEADERS
-        )
+        return _problems(error)
     return Response(text, media_type="text/plain; charset=utf-8", headers=SECURITY_HEADERS)
 
 
@@ -338,24 +340,16 @@ async def _act(session_id: str, verb: str, request: Request) -> Response:
     return RedirectResponse(where, status_code=303, headers=SECURITY_HEADERS)
 
 
-@router.post("/sessions/{session_id}/refresh")
-async def refresh(session_id: str, request: Request) -> Response:
-    return await _act(session_id, "refresh", request)
+def _action(verb: str) -> Callable[[str, Request], Coroutine[Any, Any, Response]]:
+    async def act(session_id: str, request: Request) -> Response:
+        return await _act(session_id, verb, request)
+
+    act.__name__ = verb
+    return act
 
 
-@router.post("/sessions/{session_id}/pause")
-async def pause(session_id: str, request: Request) -> Response:
-    return await _act(session_id, "pause", request)
-
-
-@router.post("/sessions/{session_id}/resume")
-async def resume(session_id: str, request: Request) -> Response:
-    return await _act(session_id, "resume", request)
-
-
-@router.post("/sessions/{session_id}/backup")
-async def backup(session_id: str, request: Request) -> Response:
-    return await _act(session_id, "backup", request)
+for _verb in ("refresh", "pause", "resume", "backup"):
+    router.add_api_route(f"/sessions/{{session_id}}/{_verb}", _action(_verb), methods=["POST"])
 
 
 @router.get("/sessions/{session_id}/restore")
