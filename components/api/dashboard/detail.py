@@ -37,6 +37,7 @@ from .pages import (
     scope_of,
     suffix_of,
     to_login,
+    to_session,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -335,9 +336,7 @@ async def _act(session_id: str, verb: str, request: Request) -> Response:
         await ctx.call(call, session_id, scope)
     except DockyardError as error:
         return error_page(request, viewer, error)
-    where = f"/sessions/{session_id}" + suffix_of(viewer, scope)
-    where += ("&" if "?" in where else "?") + f"done={done}"
-    return RedirectResponse(where, status_code=303, headers=SECURITY_HEADERS)
+    return to_session(session_id, viewer, scope, done)
 
 
 def _action(verb: str) -> Callable[[str, Request], Coroutine[Any, Any, Response]]:
@@ -414,9 +413,7 @@ async def restore(session_id: str, request: Request) -> Response:
         await ctx.call(_restore, ctx, session_id, scope, snapshot, form.get("force") == "yes")
     except DockyardError as error:
         return error_page(request, viewer, error)
-    where = f"/sessions/{session_id}" + suffix_of(viewer, scope)
-    where += ("&" if "?" in where else "?") + "done=restored"
-    return RedirectResponse(where, status_code=303, headers=SECURITY_HEADERS)
+    return to_session(session_id, viewer, scope, "restored")
 
 
 def _not_confirmed(request: Request, viewer: Viewer, session_id: str) -> Response:

@@ -11,14 +11,23 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from ...errors import DockyardError, InvalidInput
 from ...sessions import snapshots as snapshotting
 from ..context import Context
 from ..principal import mark
 from .login import posted_form, viewer_of
-from .pages import SECURITY_HEADERS, Viewer, ctx_of, error_page, page, scope_of, suffix_of, to_login
+from .pages import (
+    Viewer,
+    ctx_of,
+    error_page,
+    page,
+    scope_of,
+    suffix_of,
+    to_login,
+    to_session,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -106,5 +115,4 @@ async def fork(session_id: str, request: Request) -> Response:
         if error.http_status == 404:  # the session or the snapshot: as a missing one
             return error_page(request, viewer, error)
         return _form(request, viewer, session_id, scope, form, error.http_status, error.problems)
-    where = f"/sessions/{manifest['sessionId']}" + suffix_of(viewer, scope)
-    return RedirectResponse(where, status_code=303, headers=SECURITY_HEADERS)
+    return to_session(manifest["sessionId"], viewer, scope)

@@ -118,3 +118,15 @@ def scope_of(request: Request, viewer: Viewer) -> str | None:
 
 def suffix_of(viewer: Viewer, scope: str | None) -> str:
     return "?" + urlencode({"tenant": scope}) if viewer.principal.admin and scope else ""
+
+
+def to_session(
+    session_id: str, viewer: Viewer, scope: str | None, done: str | None = None
+) -> RedirectResponse:
+    """After a form: the session's page, in the viewer's tenant filter, with the notice
+    ``done`` names (``?done=``)."""
+    query = {"tenant": scope} if viewer.principal.admin and scope else {}
+    if done:
+        query["done"] = done
+    where = f"/sessions/{session_id}" + ("?" + urlencode(query) if query else "")
+    return RedirectResponse(where, status_code=303, headers=SECURITY_HEADERS)
