@@ -6,7 +6,9 @@ them when ``E2B_SANDBOX_URL`` points here), or addressed to ``<port>-<sandboxId>
 is forwarded, streamed both ways, to that port of the sandbox's container on its own
 network — after the caller proved it may: a dockyard key of the sandbox's tenant in
 ``X-API-Key``, or the sandbox's access token (``X-Access-Token``, which the SDKs send, or
-``e2b-traffic-access-token``). dockyard's credentials never reach the sandbox.
+``e2b-traffic-access-token``). dockyard's credentials never reach the sandbox. A paused
+sandbox is woken for the call (audited; :func:`dockyard.sessions.e2b.reach`), as the
+hosted product resumes a paused sandbox on traffic.
 
 The sandboxes' deadlines are enforced by a loop this middleware runs for the server's
 lifetime (:func:`dockyard.sessions.e2b.expire` every few seconds).
@@ -315,7 +317,7 @@ class Routing:
             port = int(port_text)
             record = await self._who(scope, headers, sandbox_id)
             with self._slot(sandbox_id, record.tenant):
-                ip = await self.context.call(sandboxes.address, record)
+                ip = await self.context.call(sandboxes.reach, self.context.sessions, record)
                 url = upstream_url(scope, ip, port)
                 await self._forward(scope, receive, send, url, rid, status)
         except DockyardError as error:

@@ -18,6 +18,10 @@ written whole), removed with the session.
   a loop; ``dockyard serve`` is what serves the SDKs). A paused sandbox has no deadline;
   connecting (which resumes) sets a new one, and so does the first sweep that finds it
   running again after any other wake (its timeout from then).
+* Auto-resume: a call routed to a paused (or hibernated) sandbox's port wakes it once —
+  the same audited wake on use as dockyard's exec and file calls (a ``resume`` whose
+  detail says ``woken by e2b routed call``) — and its clock starts again from then
+  (:func:`reach`); the hosted product resumes a paused sandbox on traffic the same way.
 * The access token (``envdAccessToken``) lets the SDK reach the sandbox's ports through the
   server's routing without an API key (:func:`by_token`); the sandbox's daemon gets it as
   the secret ``DOCKYARD_ENVD_ACCESS_TOKEN`` and checks it on every call too.
@@ -41,6 +45,7 @@ from ..capacity import connect
 from ..config.names import RESERVED_LABEL_PREFIX
 from ..config.values import LABEL_KEY
 from ..errors import Conflict, Failed, InvalidInput
+from . import hibernate
 from . import pause as pausing
 from .registry import Record, SessionNotFound
 from .service import SessionsLike
@@ -443,8 +448,7 @@ def expire(sessions: Any, now: dt.datetime | None = None) -> list[str]:
             # Paused through E2B (no clock), then woken another way (dockyard resume, an
             # exec's wake on use): it runs again, so its timeout runs again from now.
             if _state(record, sessions) == "running":
-                sandbox.endAt = _iso(moment + dt.timedelta(seconds=sandbox.timeout))
-                _save(sessions, record.stack_name, sandbox)
+                _clock_again(sessions, record, sandbox, moment)
             continue
         if _parse(sandbox.endAt) > moment:
             continue
@@ -479,6 +483,36 @@ def by_token(sessions: SessionsLike, sandbox_id: str, token: str) -> Record | No
 
 def record_of(sessions: SessionsLike, sandbox_id: str, tenant: str | None) -> Record:
     return _found(sessions, sandbox_id, tenant)[0]
+
+
+def _clock_again(
+    sessions: SessionsLike, record: Record, sandbox: Sandbox, moment: dt.datetime
+) -> None:
+    """A sandbox without a deadline (paused) runs again: its timeout runs from ``moment``."""
+    sandbox.endAt = _iso(moment + dt.timedelta(seconds=sandbox.timeout))
+    _save(sessions, record.stack_name, sandbox)
+
+
+WOKEN_BY = "e2b routed call"
+"""What the audit's ``resume`` line says woke a sandbox for a routed call."""
+
+
+def reach(sessions: SessionsLike, record: Record) -> str:
+    """:func:`address` of a sandbox the caller may reach (``record`` comes from the
+    tenant-scoped or token lookup), waking it first when it is paused or hibernated: one
+    engine read when it runs; otherwise one wake (:func:`.hibernate.wake_if_suspended`,
+    audited as a ``resume`` woken by :data:`WOKEN_BY`) and its deadline restarts from now.
+    A sandbox that is stopped (without a checkpoint) or gone answers :func:`address`'s
+    error and is never woken."""
+    try:
+        return address(record)
+    except Conflict:
+        # Paused, hibernated, stopped — or woken by a call racing this one: read again.
+        woken = hibernate.wake_if_suspended(sessions, record, WOKEN_BY)
+    sandbox = _load(sessions, record)
+    if woken and sandbox is not None and sandbox.endAt is None:
+        _clock_again(sessions, record, sandbox, _now())
+    return address(record)
 
 
 def address(record: Record) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dockyard.api import e2b_routing as face
-from dockyard.errors import InvalidInput
+from dockyard.errors import Conflict, InvalidInput
 from dockyard.sessions import e2b
 from dockyard.sessions.pause import State
 from dockyard.sessions.registry import Record, Registry, SessionNotFound
@@ -753,3 +753,84 @@ def test_cookie_filters_read_the_cookies_name() -> None:
         [(b"Cookie", b"DOCKYARD_SESSION=a; __Host-dockyard_login=b;app=1; dockyard_x =c")], 3000
     )
     assert forwarded == [("cookie", "app=1")]
+
+
+class Engine:
+    """A sandbox container's state as reach() sees it: address() answers only while it runs;
+    wake_if_suspended() (hibernate's, faked) records each wake and runs a suspended one."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        self.woken: list[tuple[str, str | None, str]] = []
+
+    def address(self, record: Record) -> str:
+        if self.state != "running":
+            raise Conflict(f"sandbox {record.session_id!r} is {self.state}")
+        return "127.0.0.1"
+
+    def wake_if_suspended(self, _sessions: Any, record: Record, by: str) -> bool:
+        self.woken.append((record.session_id, record.tenant, by))
+        if self.state in ("paused", "hibernated"):
+            self.state = "running"
+            return True
+        return False
+
+
+def _engine(monkeypatch: pytest.MonkeyPatch, state: str) -> Engine:
+    engine = Engine(state)
+    monkeypatch.setattr(e2b, "address", engine.address)
+    monkeypatch.setattr(e2b.hibernate, "wake_if_suspended", engine.wake_if_suspended)
+    return engine
+
+
+def test_a_routed_call_wakes_a_paused_sandbox_once_and_its_clock_runs_again(
+    fake: FakeSessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Auto-resume: reach() wakes a paused sandbox (once: running, nothing more is woken),
+    its deadline restarts from the wake; a stopped one is refused and gets no deadline."""
+    sandbox = e2b.create(fake, {"templateID": "base", "timeout": 60}, "acme")
+    assert e2b.pause(fake, sandbox.sandboxId, "acme") is True
+    record = e2b.record_of(fake, sandbox.sandboxId, "acme")
+    engine = _engine(monkeypatch, "paused")
+    before = dt.datetime.now(dt.UTC)
+    assert e2b.reach(fake, record) == "127.0.0.1"
+    after = dt.datetime.now(dt.UTC)
+    assert engine.woken == [(sandbox.sandboxId, "acme", "e2b routed call")]
+    end = e2b._parse(str(e2b.get(fake, sandbox.sandboxId, "acme").endAt))
+    limits = (before + dt.timedelta(seconds=59), after + dt.timedelta(seconds=61))
+    assert limits[0] <= end <= limits[1]
+    assert e2b.reach(fake, record) == "127.0.0.1"
+    assert len(engine.woken) == 1  # running: one engine read, no wake
+    # A hibernated one wakes the same way.
+    engine.state = "hibernated"
+    assert e2b.reach(fake, record) == "127.0.0.1"
+    assert len(engine.woken) == 2
+
+    stopped = e2b.create(fake, {"templateID": "base", "timeout": 60}, "acme")
+    e2b.pause(fake, stopped.sandboxId, "acme")
+    engine.state = "exited"
+    with pytest.raises(Conflict, match="is exited"):
+        e2b.reach(fake, e2b.record_of(fake, stopped.sandboxId, "acme"))
+    assert e2b.get(fake, stopped.sandboxId, "acme").endAt is None
+
+
+@pytest.mark.anyio
+async def test_a_routed_call_to_a_paused_sandbox_is_forwarded_after_one_wake(
+    api: Api, canary: Canary, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Through the app: the call that found its sandbox paused is answered by the sandbox
+    (the wake happened inside that call); a caller who cannot prove it may reach the
+    sandbox wakes nothing (the wake comes after the credentials' check)."""
+    _as_sandbox(monkeypatch, tmp_path, "127.0.0.1")
+    engine = _engine(monkeypatch, "paused")
+    port = (b"e2b-sandbox-port", str(canary.port).encode())
+    for refused, code in (
+        ([(b"e2b-sandbox-id", b"sabc"), (b"x-access-token", b"wrong"), port], 404),
+        ([(b"e2b-sandbox-id", b"sabc"), port], 401),
+    ):
+        assert (await routed(api, b"/x", refused))[0] == code
+    assert engine.woken == []
+    assert canary.hits == []
+    assert await routed(api, b"/x", [*TOKEN_HEADERS, port]) == (200, b"SECRET")
+    assert engine.woken == [("sabc", "acme", "e2b routed call")]
+    assert canary.hits == ["/x"]

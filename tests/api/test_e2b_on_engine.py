@@ -304,6 +304,19 @@ def test_sdk_lifecycle_isolation_and_routing(
         resumed = Sandbox.connect(sbx.sandbox_id, timeout=600, **server.sdk("a"))
         assert resumed.get_info().state.value == "running"
         assert resumed.commands.run("echo again").stdout == "again\n"
+        # Paused again, a routed call without connect wakes it once (E2B's auto-resume),
+        # audited like dockyard's own wake on use, and its clock runs again.
+        resumed.pause()
+        assert resumed.commands.run("echo woken", timeout=60).stdout == "woken\n"
+        woken = resumed.get_info()
+        assert woken.state.value == "running"
+        assert woken.end_at > woken.started_at
+        audit = server.native(
+            "GET", "/api/audit", "a", params={"session": sbx.sandbox_id, "action": "resume"}
+        )
+        assert audit.status_code == 200, audit.text
+        details = [line.get("detail") or "" for line in audit.json()]
+        assert sum("woken by e2b routed call" in d for d in details) == 1, details
 
         # The timeout: set short, the server's loop destroys the sandbox at its deadline.
         Sandbox.set_timeout(other.sandbox_id, 1, **server.sdk("b"))
