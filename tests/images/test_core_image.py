@@ -364,7 +364,7 @@ def test_entrypoint_reports_each_start_step_in_order(runner: AgentRunner) -> Non
         return [x for x in logs if x.startswith("dockyard: timing ")]
 
     # The line is written right after the ready marker (off the ready path): wait for it.
-    wait_for(lambda: timing_lines() != [], 10, what="the timing line")
+    wait_for(lambda: timing_lines() != [], 60, what="the timing line")
     lines = timing_lines()
     assert len(lines) == 1, container.logs().decode()
     fields = dict(f.split("=", 1) for f in lines[0].split() if "=" in f)
@@ -372,12 +372,14 @@ def test_entrypoint_reports_each_start_step_in_order(runner: AgentRunner) -> Non
     assert list(fields) == START_STEPS, lines[0]
     elapsed = [float(v) for v in fields.values()]
     assert elapsed == sorted(elapsed), f"steps out of order: {lines[0]}"
-    # The start time is the entrypoint's own clock, taken as it starts: after the engine's
-    # StartedAt and within seconds of it (a loaded machine delays the first line; an image
-    # or build time baked in would be minutes or more off).
+    # The start time is the entrypoint's own clock, taken as it starts: within seconds of
+    # the engine's StartedAt (an image or build time baked in would be minutes or more
+    # off). Either side of it: the engine records StartedAt only once runc's start has
+    # returned to it, by which time the entrypoint may have run for a while on a loaded
+    # machine; and a loaded machine delays the entrypoint's first line too.
     container.reload()
     started = datetime.fromisoformat(container.attrs["State"]["StartedAt"][:26] + "+00:00")
-    assert -0.5 < start - started.timestamp() < 5, (start, started)
+    assert -30 < start - started.timestamp() < 30, (start, started)
 
 
 def test_first_health_verdict_lands_right_after_ready(runner: AgentRunner) -> None:
@@ -386,14 +388,16 @@ def test_first_health_verdict_lands_right_after_ready(runner: AgentRunner) -> No
     container = runner.start_ready(health_interval_s=60)
     wait_for(
         lambda: container.exec_run(["test", "-s", "/tmp/health"]).exit_code == 0,
-        10,
+        30,
         what="the health state file",
     )
     ready = exec_ok(container, ["cat", "/tmp/ready"]).strip()
     stamp, _, verdict = exec_ok(container, ["cat", "/tmp/health"]).strip().partition(" ")
     assert verdict.startswith("healthy: workspace "), verdict
+    # Right after ready, not one interval (60 s) later: the bound is half the interval, so a
+    # loaded machine's slow check still passes and the engine's first probe never could.
     delay = _utc(stamp) - _utc(ready)
-    assert 0 <= delay <= 2, f"first verdict {delay:.3f} s after ready"
+    assert 0 <= delay < 30, f"first verdict {delay:.3f} s after ready"
     assert health_status(container) == "starting", "the verdict should be the entrypoint's"
 
 
