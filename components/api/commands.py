@@ -230,7 +230,10 @@ def serve(
             ssl_certfile=str(tls_cert) if tls else None,
             ssl_keyfile=str(tls_key) if tls else None,
             server_header=False,
+            # The C parser and event loop (uvicorn[standard]'s httptools and uvloop): a
+            # request costs a fraction of h11 on asyncio (docs/performance.md, api).
             http=header_timeout_protocol(body_timeout),
+            loop="uvloop",
         )
         shown = f"[{host}]" if ":" in host else host
         print(f"dockyard: listening on {'https' if tls else 'http'}://{shown}:{bound}", flush=True)

@@ -98,7 +98,7 @@ LATE_INTERNAL = {
     ),
     ("dockyard.api.commands", "uvicorn"): "the ASGI server: only `dockyard serve` pays for it",
     ("dockyard.api.commands", "dockyard.api.header_timeout"): (
-        "uvicorn's h11 protocol: only `dockyard serve` pays for it"
+        "uvicorn's httptools protocol: only `dockyard serve` pays for it"
     ),
     ("dockyard.cli.remote", "dockyard.client"): (
         "httpx (about 150 ms): only a verb given --server pays for it"
