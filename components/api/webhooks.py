@@ -14,6 +14,12 @@ A 2xx answer delivers it; anything else (another status, a refused connection, a
 timeout) is retried after ``webhook_backoff_s``, doubled each time, up to
 ``webhook_attempts`` attempts; then the delivery is ``failed``. Redirects are not followed.
 
+The delivery log keeps one row per (webhook, event): its state, the attempts made, when
+the next is due, and what the last attempt got (status, error, when, and the first
+:data:`ANSWER_MAX` bytes of the answer's body, uncompressed and made printable). Only that
+much of an answer is ever read, within the attempt's deadline; a 2xx status that arrived
+before the deadline delivers the event even if the body's bytes do not.
+
 Where a webhook may point (:func:`check_url`): http or https, no user or password in the
 URL, and a host whose every address is public (not loopback, private, link-local, shared,
 multicast, reserved or unspecified; IPv4 inside IPv6 is judged as IPv4), unless it lies in
@@ -37,7 +43,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 from anyio import to_thread
@@ -71,6 +77,10 @@ URL_RULE = (
 Resolver = Callable[[str, int], list[str]]
 IN_FLIGHT = 50
 """Deliveries under way at once (each at most ``webhook_timeout_s``)."""
+ANSWER_MAX = 512
+"""Bytes of a receiver's answer body read and kept in the delivery log (the rest is never
+read)."""
+State = Literal["pending", "delivered", "failed"]
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -125,6 +135,18 @@ def check_url(
     if not addresses or not all(_public(a, allowed) for a in addresses):
         raise inward
     return parsed, addresses[0]
+
+
+def excerpt(raw: bytes) -> str | None:
+    """The start of an answer's body as the delivery log keeps it: at most
+    :data:`ANSWER_MAX` bytes, decoded as UTF-8 (bad bytes replaced), every character
+    that is not printable (line breaks, escapes, bidi controls) shown as a space or
+    U+FFFD, so it cannot move a terminal's cursor or reorder what a reader sees; None
+    when empty."""
+    if not raw:
+        return None
+    text = raw[:ANSWER_MAX].decode("utf-8", errors="replace")
+    return "".join(c if c.isprintable() else " " if c in "\t\n\r" else "\ufffd" for c in text)
 
 
 def _now() -> datetime:
@@ -183,7 +205,17 @@ class WebhookStore(Transactional):
             session.query(WebhookDelivery).filter_by(webhook_id=webhook_id).delete()
             session.query(Webhook).filter_by(id=webhook_id).delete()
 
-    def deliveries(self, webhook_id: str, limit: int) -> list[tuple[WebhookDelivery, str]]:
+    def deliveries(
+        self,
+        webhook_id: str,
+        limit: int,
+        *,
+        event_id: int | None = None,
+        state: str | None = None,
+        before: int | None = None,
+    ) -> list[tuple[WebhookDelivery, str]]:
+        """The webhook's deliveries, newest first: of one event, in one state, and/or with
+        a delivery id under ``before`` (the next page)."""
         query = (
             select(WebhookDelivery, Event.type)
             .join(Event, Event.id == WebhookDelivery.event_id)
@@ -191,8 +223,27 @@ class WebhookStore(Transactional):
             .order_by(WebhookDelivery.id.desc())
             .limit(limit)
         )
+        if event_id is not None:
+            query = query.where(WebhookDelivery.event_id == event_id)
+        if state is not None:
+            query = query.where(WebhookDelivery.state == state)
+        if before is not None:
+            query = query.where(WebhookDelivery.id < before)
         with self._session() as session:
             return [(row, kind) for row, kind in session.execute(query).all()]
+
+    def delivery(self, webhook_id: str, delivery_id: int) -> tuple[WebhookDelivery, str]:
+        """One delivery of the webhook (:class:`NotFound` for one of another webhook's)."""
+        query = (
+            select(WebhookDelivery, Event.type)
+            .join(Event, Event.id == WebhookDelivery.event_id)
+            .where(WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.id == delivery_id)
+        )
+        with self._session() as session:
+            found = session.execute(query).first()
+        if found is None:
+            raise NotFound(f"no delivery {delivery_id} of webhook {webhook_id!r}")
+        return found[0], found[1]
 
     # --- the dispatcher's side ---------------------------------------------------------------
 
@@ -269,6 +320,7 @@ class WebhookStore(Transactional):
         status: int | None,
         error: str | None,
         settings: EventSettings,
+        answer: str | None = None,
     ) -> None:
         ok = status is not None and 200 <= status < 300
         now = _now()
@@ -285,6 +337,8 @@ class WebhookStore(Transactional):
                     attempts=attempts,
                     last_status=status,
                     last_error=error,
+                    last_response=answer,
+                    last_attempt_at=now,
                     updated_at=now,
                     next_at=now + timedelta(seconds=wait),
                 )
@@ -346,6 +400,7 @@ class Dispatcher:
         body = json.dumps(as_dict(event), ensure_ascii=True, separators=(",", ":")).encode()
         status: int | None = None
         error: str | None = None
+        kept = bytearray()
         try:
             url, address = await to_thread.run_sync(
                 check_url, hook.url, self.settings.webhook_allow_networks, self.resolver
@@ -355,6 +410,8 @@ class Dispatcher:
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": "dockyard-webhooks/1",
+                # The kept excerpt is of the bytes as sent: no decompression (no bomb).
+                "Accept-Encoding": "identity",
                 "Host": url.netloc.decode("ascii"),
                 EVENT_HEADER: event.type,
                 EVENT_ID_HEADER: str(event.id),
@@ -363,8 +420,9 @@ class Dispatcher:
                 SIGNATURE_HEADER: signature(hook.secret, stamp, body),
             }
             assert self._client is not None
-            # The answer's body is never read (a receiver cannot make the server hold one),
-            # and the whole attempt has one deadline (a receiver dripping bytes included).
+            # Only the first ANSWER_MAX bytes of the answer are read (a receiver cannot
+            # make the server hold more), and the whole attempt has one deadline (a
+            # receiver dripping bytes included).
             async with asyncio.timeout(self.settings.webhook_timeout_s):
                 async with self._client.stream(
                     "POST",
@@ -374,16 +432,28 @@ class Dispatcher:
                     extensions={"sni_hostname": url.host} if url.scheme == "https" else {},
                 ) as answer:
                     status = answer.status_code
-            if not 200 <= status < 300:
-                error = f"answered {status}"
+                    async for chunk in answer.aiter_raw():
+                        kept += chunk[: ANSWER_MAX - len(kept)]
+                        if len(kept) >= ANSWER_MAX:
+                            break
         except InvalidInput as refused:
             error = refused.problems[0]
         except TimeoutError:
-            error = f"no answer within {self.settings.webhook_timeout_s:g} s"
+            if status is None:  # the status came in time: the body's tail does not count
+                error = f"no answer within {self.settings.webhook_timeout_s:g} s"
         except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:300]
+            if status is None:
+                error = f"{type(exc).__name__}: {exc}"[:300]
+        if status is not None and not 200 <= status < 300:
+            error = f"answered {status}"
         await to_thread.run_sync(
-            self.store.settle, delivery.id, delivery.attempts + 1, status, error, self.settings
+            self.store.settle,
+            delivery.id,
+            delivery.attempts + 1,
+            status,
+            error,
+            self.settings,
+            excerpt(bytes(kept)),
         )
 
     def close(self) -> None:
@@ -456,14 +526,25 @@ class CreatedWebhook(WebhookOut):
 
 
 class Delivery(BaseModel):
-    id: int
-    eventId: int
+    """One event for one webhook: what happened to it at the endpoint."""
+
+    id: int = Field(description="The Dockyard-Delivery header's value (the same on retries).")
+    eventId: int = Field(description="The Dockyard-Event-Id header's value.")
     eventType: str
-    state: str = Field(description="pending, delivered or failed")
-    attempts: int
-    lastStatus: int | None
-    lastError: str | None
-    nextAttemptAt: datetime | None
+    state: str = Field(
+        description="pending (more attempts to come), delivered (a 2xx answer) or failed "
+        "(attemptsAllowed attempts made, none answered 2xx)"
+    )
+    attempts: int = Field(description="Attempts made so far.")
+    attemptsAllowed: int = Field(description="The server's bound on attempts per delivery.")
+    lastStatus: int | None = Field(description="The last attempt's HTTP status (none: no answer).")
+    lastError: str | None = Field(description="Why the last attempt did not deliver.")
+    lastResponse: str | None = Field(
+        description=f"The start of the last answer's body (at most {ANSWER_MAX} bytes, "
+        "non-printable characters replaced)."
+    )
+    lastAttemptAt: datetime | None
+    nextAttemptAt: datetime | None = Field(description="When the next attempt is due (pending).")
     createdAt: datetime
     updatedAt: datetime
 
@@ -530,15 +611,44 @@ async def list_deliveries(
     caller: Caller,
     ctx: Ctx,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    event: Annotated[
+        int | None, Query(ge=1, description="Only the delivery of this event id.")
+    ] = None,
+    state: Annotated[State | None, Query(description="Only the deliveries in this state.")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, description="Only deliveries with a smaller id (next page).")
+    ] = None,
 ) -> list[Delivery]:
-    """Newest first: each event sent to the webhook, its state, attempts and last answer."""
+    """Newest first: each event sent to the webhook, its state, attempts and last answer
+    (one row per event)."""
     store = _stores(request)
     await ctx.call(store.find, webhook_id, caller.scope(), caller.admin)
-    found = await ctx.call(store.deliveries, webhook_id, limit)
-    return [_delivery(row, kind) for row, kind in found]
+    found = await ctx.call(
+        store.deliveries, webhook_id, limit, event_id=event, state=state, before=before
+    )
+    allowed = _allowed(request)
+    return [_delivery(row, kind, allowed) for row, kind in found]
 
 
-def _delivery(row: WebhookDelivery, kind: str) -> Delivery:
+@router.get(
+    "/api/webhooks/{webhook_id}/deliveries/{delivery_id}", summary="One delivery of a webhook"
+)
+async def get_delivery(
+    webhook_id: str, delivery_id: int, request: Request, caller: Caller, ctx: Ctx
+) -> Delivery:
+    """What happened to one event at the webhook's endpoint (the ``Dockyard-Delivery``
+    header's id)."""
+    store = _stores(request)
+    await ctx.call(store.find, webhook_id, caller.scope(), caller.admin)
+    row, kind = await ctx.call(store.delivery, webhook_id, delivery_id)
+    return _delivery(row, kind, _allowed(request))
+
+
+def _allowed(request: Request) -> int:
+    return int(request.app.state.events.settings.webhook_attempts)
+
+
+def _delivery(row: WebhookDelivery, kind: str, allowed: int) -> Delivery:
     pending = row.state == "pending"
     return Delivery(
         id=row.id,
@@ -546,8 +656,11 @@ def _delivery(row: WebhookDelivery, kind: str) -> Delivery:
         eventType=kind,
         state=row.state,
         attempts=row.attempts,
+        attemptsAllowed=allowed,
         lastStatus=row.last_status,
         lastError=row.last_error,
+        lastResponse=row.last_response,
+        lastAttemptAt=_aware(row.last_attempt_at) if row.last_attempt_at else None,
         nextAttemptAt=_aware(row.next_at) if pending else None,
         createdAt=_aware(row.created_at),
         updatedAt=_aware(row.updated_at),
@@ -555,6 +668,7 @@ def _delivery(row: WebhookDelivery, kind: str) -> Delivery:
 
 
 __all__: list[Any] = [
+    "ANSWER_MAX",
     "DELIVERY_HEADER",
     "EVENT_HEADER",
     "EVENT_ID_HEADER",

@@ -12,14 +12,21 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
 
 from dockyard.api.events_settings import networks
-from dockyard.api.store import KeyStore
-from dockyard.api.webhooks import check_url, signature
+from dockyard.api.store import MIGRATIONS, KeyStore, migrate
+from dockyard.api.webhooks import ANSWER_MAX, WebhookStore, check_url, excerpt, signature
 from dockyard.errors import InvalidInput
 from dockyard.sessions import audit
 from tests.api.conftest import Api
@@ -211,3 +218,162 @@ def test_the_url_rule_judges_every_address_a_name_resolves_to() -> None:
         check_url("http://hooks.internal/x", allowed, to("10.1.3.3"))
     with pytest.raises(InvalidInput):
         networks("10.0.0.0/8, not-a-network")
+
+
+@contextmanager
+def answering(replies: list[tuple[int, bytes]]) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A receiver on loopback that answers each request with the next (status, body) of
+    ``replies`` (then 200 and no body); yields its URL and the headers it got."""
+    got: list[dict[str, str]] = []
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with lock:
+                code, body = replies.pop(0) if replies else (200, b"")
+                got.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{http.server_address[1]}/hook", got
+    finally:
+        http.shutdown()
+        http.server_close()
+        thread.join(5)
+
+
+def test_the_log_answers_what_happened_to_one_event_at_the_endpoint(server: Server) -> None:
+    """One row per (webhook, event), found by the event's id or the delivery's id: its
+    attempts, the bound on them, the last status, when, and the start of the receiver's
+    answer, bounded and printable; another tenant finds none of it."""
+    acme, globex = server.key("acme"), server.key("globex")
+    url = f"{server.url}/api/webhooks"
+    hostile = b"\x1b[2J\x1b]0;owned\x07\xe2\x80\xaeevil\r\nline" + b"x" * 8000
+    with answering([(503, hostile), (200, b"thanks"), (200, b"thanks")]) as (hook_url, got):
+        hook = httpx.post(url, json={"url": hook_url}, headers=acme).json()
+        create_line(server, "e1", "acme")
+        create_line(server, "e2", "acme")
+        log = deliveries(server, hook["id"], acme, 2)
+    assert len(log) == 2
+    assert {d["state"] for d in log} == {"delivered"}
+    # The first request got the 503 (deliveries run side by side: either event's).
+    first = got[0]
+    event_id = int(first["dockyard-event-id"])
+    one = httpx.get(f"{url}/{hook['id']}/deliveries?event={event_id}", headers=acme).json()
+    assert [d["eventId"] for d in one] == [event_id]  # one row for the event, not per attempt
+    (row,) = one
+    assert str(row["id"]) == first["dockyard-delivery"]
+    assert (row["state"], row["attempts"], row["attemptsAllowed"]) == ("delivered", 2, 3)
+    assert (row["lastStatus"], row["lastError"], row["lastResponse"]) == (200, None, "thanks")
+    assert row["lastAttemptAt"] is not None
+    assert row["nextAttemptAt"] is None
+    detail = httpx.get(f"{url}/{hook['id']}/deliveries/{row['id']}", headers=acme)
+    assert detail.status_code == 200, detail.text
+    assert detail.json() == row
+    other = next(d for d in log if d["eventId"] != event_id)
+    page = httpx.get(f"{url}/{hook['id']}/deliveries?limit=1&before={max(d['id'] for d in log)}")
+    assert page.status_code == 401  # no key, no log
+    page = httpx.get(
+        f"{url}/{hook['id']}/deliveries",
+        params={"limit": 1, "before": max(d["id"] for d in log)},
+        headers=acme,
+    ).json()
+    assert [d["id"] for d in page] == [min(d["id"] for d in log)]
+    assert httpx.get(f"{url}/{hook['id']}/deliveries?state=failed", headers=acme).json() == []
+    assert other["attempts"] == 1
+    # Another tenant: its own webhook with acme's delivery id, and acme's webhook, are 404.
+    theirs = httpx.post(url, json={"url": hook_url}, headers=globex).json()
+    for path in (f"{theirs['id']}/deliveries/{row['id']}", f"{hook['id']}/deliveries/{row['id']}"):
+        answer = httpx.get(f"{url}/{path}", headers=globex)
+        assert answer.status_code == 404, (path, answer.text)
+        assert "thanks" not in answer.text
+    assert (
+        httpx.get(f"{url}/{theirs['id']}/deliveries?event={event_id}", headers=globex).json() == []
+    )
+    bad = httpx.get(f"{url}/{hook['id']}/deliveries?state=lost&event=0", headers=acme)
+    assert bad.status_code == 422
+
+
+def test_a_failed_delivery_keeps_a_bounded_printable_answer(server: Server) -> None:
+    acme = server.key("acme")
+    hostile = b"\x1b[2J\x1b]0;owned\x07\xe2\x80\xaeevil\r\nline" + b"x" * 8000
+    with answering([(500, hostile)] * 3) as (hook_url, got):
+        made = httpx.post(f"{server.url}/api/webhooks", json={"url": hook_url}, headers=acme)
+        hook = made.json()
+        create_line(server, "e3", "acme")
+        (logged,) = deliveries(server, hook["id"], acme, 1)
+    assert len(got) == 3
+    assert (logged["state"], logged["attempts"], logged["lastStatus"]) == ("failed", 3, 500)
+    assert logged["lastError"] == "answered 500"
+    kept = logged["lastResponse"]
+    assert len(kept.encode()) <= ANSWER_MAX + 3 * 16  # replacements are wider than bytes
+    assert kept.startswith("\ufffd[2J\ufffd]0;owned\ufffd\ufffdevil  line")
+    assert all(c.isprintable() for c in kept)
+    assert logged["nextAttemptAt"] is None
+
+
+def test_the_answer_excerpt_is_bounded_and_printable() -> None:
+    assert excerpt(b"") is None
+    assert excerpt(b"ok") == "ok"
+    assert excerpt(b"a\tb\nc\x00d\xff") == "a b c\ufffdd\ufffd"
+    assert excerpt("\u202egpj.exe".encode()) == "\ufffdgpj.exe"
+    assert len(excerpt(b"y" * 100_000) or "") == ANSWER_MAX
+
+
+def test_migrating_a_store_with_deliveries_keeps_them(store_url: str) -> None:
+    """A store at revision 0003 with a delivery in it, brought to the newest revision: the
+    row is kept and reads with no answer and no attempt time yet."""
+    if store_url.startswith("sqlite:///"):
+        Path(store_url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    engine = create_engine(store_url)
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0003")
+        now = datetime.now(UTC)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO webhooks (id, tenant, url, events, secret, cursor, created_by,"
+                    " created_at) VALUES ('h1', 'acme', 'http://x/', '[]', 's', 0, 'k', :now)"
+                ),
+                {"now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO events (id, key, type, time, source, stored_at)"
+                    " VALUES (7, 'k7', 'session.created', 't', 'sessions', :now)"
+                ),
+                {"now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO webhook_deliveries (webhook_id, event_id, state, attempts,"
+                    " next_at, last_status, created_at, updated_at)"
+                    " VALUES ('h1', 7, 'failed', 3, :now, 500, :now, :now)"
+                ),
+                {"now": now},
+            )
+        migrate(engine)
+        ((row, kind),) = WebhookStore(engine).deliveries("h1", 10, event_id=7)
+        assert (kind, row.state, row.attempts, row.last_status) == (
+            "session.created",
+            "failed",
+            3,
+            500,
+        )
+        assert (row.last_response, row.last_attempt_at) == (None, None)
+    finally:
+        engine.dispose()

@@ -91,7 +91,8 @@ class Webhook(Base):
 
 class WebhookDelivery(Base):
     """One event for one webhook: its state (``pending``, ``delivered``, ``failed``), the
-    attempts made, when the next is due, and what the last one got."""
+    attempts made, when the next is due, and what the last one got: its status, the error
+    (no answer, refused URL) and the start of the answer's body (bounded, printable)."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (UniqueConstraint("webhook_id", "event_id"),)
@@ -106,6 +107,8 @@ class WebhookDelivery(Base):
     next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_response: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

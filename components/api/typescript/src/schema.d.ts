@@ -531,9 +531,31 @@ export interface paths {
         };
         /**
          * A webhook's delivery log
-         * @description Newest first: each event sent to the webhook, its state, attempts and last answer.
+         * @description Newest first: each event sent to the webhook, its state, attempts and last answer
+         *     (one row per event).
          */
         get: operations["list_deliveries_api_webhooks__webhook_id__deliveries_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/webhooks/{webhook_id}/deliveries/{delivery_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One delivery of a webhook
+         * @description What happened to one event at the webhook's endpoint (the ``Dockyard-Delivery``
+         *     header's id).
+         */
+        get: operations["get_delivery_api_webhooks__webhook_id__deliveries__delivery_id__get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1034,30 +1056,63 @@ export interface components {
             /** Url */
             url: string;
         };
-        /** Delivery */
+        /**
+         * Delivery
+         * @description One event for one webhook: what happened to it at the endpoint.
+         */
         Delivery: {
-            /** Attempts */
+            /**
+             * Attempts
+             * @description Attempts made so far.
+             */
             attempts: number;
+            /**
+             * Attemptsallowed
+             * @description The server's bound on attempts per delivery.
+             */
+            attemptsAllowed: number;
             /**
              * Createdat
              * Format: date-time
              */
             createdAt: string;
-            /** Eventid */
+            /**
+             * Eventid
+             * @description The Dockyard-Event-Id header's value.
+             */
             eventId: number;
             /** Eventtype */
             eventType: string;
-            /** Id */
+            /**
+             * Id
+             * @description The Dockyard-Delivery header's value (the same on retries).
+             */
             id: number;
-            /** Lasterror */
+            /** Lastattemptat */
+            lastAttemptAt: string | null;
+            /**
+             * Lasterror
+             * @description Why the last attempt did not deliver.
+             */
             lastError: string | null;
-            /** Laststatus */
+            /**
+             * Lastresponse
+             * @description The start of the last answer's body (at most 512 bytes, non-printable characters replaced).
+             */
+            lastResponse: string | null;
+            /**
+             * Laststatus
+             * @description The last attempt's HTTP status (none: no answer).
+             */
             lastStatus: number | null;
-            /** Nextattemptat */
+            /**
+             * Nextattemptat
+             * @description When the next attempt is due (pending).
+             */
             nextAttemptAt: string | null;
             /**
              * State
-             * @description pending, delivered or failed
+             * @description pending (more attempts to come), delivered (a 2xx answer) or failed (attemptsAllowed attempts made, none answered 2xx)
              */
             state: string;
             /**
@@ -2920,6 +2975,12 @@ export interface operations {
         parameters: {
             query?: {
                 limit?: number;
+                /** @description Only the delivery of this event id. */
+                event?: number | null;
+                /** @description Only the deliveries in this state. */
+                state?: ("pending" | "delivered" | "failed") | null;
+                /** @description Only deliveries with a smaller id (next page). */
+                before?: number | null;
             };
             header?: never;
             path: {
@@ -2936,6 +2997,38 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Delivery"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_delivery_api_webhooks__webhook_id__deliveries__delivery_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                webhook_id: string;
+                delivery_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Delivery"];
                 };
             };
             /** @description Validation Error */
