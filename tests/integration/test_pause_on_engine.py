@@ -76,7 +76,7 @@ def test_a_process_and_its_memory_survive_pause_and_resume(
     wait_for(lambda: is_ready(container), 90, what="frozen ready")
     container.exec_run(["bash", "-c", COUNTER], detach=True)
     pid = docker_client.api.inspect_container(container.id)["State"]["Pid"]
-    wait_for(lambda: Path(f"/proc/{pid}/root/tmp/counter").exists(), 10, what="counter")
+    wait_for(lambda: Path(f"/proc/{pid}/root/tmp/counter").exists(), 60, what="counter")
     time.sleep(0.3)
 
     paused = sessions.pause("frozen", TENANT)
@@ -93,7 +93,7 @@ def test_a_process_and_its_memory_survive_pause_and_resume(
 
     resumed = sessions.resume("frozen", TENANT)
     assert resumed.as_dict() == {"sessionId": "frozen", "status": "running", "changed": True}
-    wait_for(lambda: _counter(pid)[2] > at_pause + 5, 10, what="the counter going on")
+    wait_for(lambda: _counter(pid)[2] > at_pause + 5, 60, what="the counter going on")
     later_process, later_token, later = _counter(pid)
     # The same process, its in-memory token intact, counting on from where it stood.
     assert (later_process, later_token) == (process, token)
