@@ -14,7 +14,8 @@ One module per job: :mod:`.pages` (templates, shared responses), :mod:`.login` (
 viewer, CSRF), :mod:`.table` (the sessions table), :mod:`.create` (the create form),
 :mod:`.detail` (one session and its actions), :mod:`.logtail` (its live log tail),
 :mod:`.fork` (a new session from a snapshot), :mod:`.host` (the host view), :mod:`.live`
-(the pages' event stream).
+(the pages' event stream); :mod:`.on_session` is what every request on one session does
+first (the viewer, its tenant, the service call, the refusals).
 """
 
 from __future__ import annotations

@@ -4,15 +4,14 @@ its key path names (all at once, the service layer's own included)."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from ...errors import DockyardError, InvalidInput
 from ..sessions import _split_secrets
 from .login import posted_form, viewer_of
-from .pages import SECURITY_HEADERS, ctx_of, page, to_login
+from .pages import ctx_of, page, to_login, to_session
 
 router = APIRouter(include_in_schema=False)
 
@@ -149,8 +148,4 @@ async def create(request: Request) -> Response:
             placed={},
             general=error.problems,
         )
-    tenant = session_request.get("tenant")
-    where = f"/sessions/{manifest['sessionId']}"
-    if viewer.principal.admin and tenant:
-        where += "?" + urlencode({"tenant": tenant})
-    return RedirectResponse(where, status_code=303, headers=SECURITY_HEADERS)
+    return to_session(manifest["sessionId"], viewer, session_request.get("tenant"))

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import re
 import time
@@ -25,8 +24,9 @@ from ..principal import mark
 from .bars import bar, chart
 from .history import history_of
 from .live import stream_of
-from .login import posted_form, viewer_of
+from .login import viewer_of
 from .logtail import TAIL_LINES
+from .on_session import OnSession, part_of, posted_on, problems, session_page
 from .pages import (
     SECURITY_HEADERS,
     Viewer,
@@ -241,18 +241,12 @@ def _chart(request: Request, session: str, tenant: str | None) -> dict[str, Any]
 async def stats_fragment(session_id: str, request: Request) -> Response:
     """The detail page's stats part alone (its script loads it after the page, then
     every 15 s)."""
-    viewer = await viewer_of(request)
-    if viewer is None:
-        return Response(status_code=401, headers=SECURITY_HEADERS)
-    scope = scope_of(request, viewer)
-    mark(request, session_id, scope)
-    ctx = ctx_of(request)
-    try:
-        found = await ctx.call(_state, ctx, session_id, scope)
-    except DockyardError as error:
-        return _problems(error)
-    values = await _stats_of(request, session_id, scope, found["status"], found["tenant"])
-    return page(request, "stats.html", viewer=viewer, session=session_id, **values)
+    got = await part_of(request, session_id, _state)
+    if isinstance(got, Response):
+        return got
+    on, found = got
+    values = await _stats_of(request, session_id, on.scope, found["status"], found["tenant"])
+    return page(request, "stats.html", viewer=on.viewer, session=session_id, **values)
 
 
 def _state(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
@@ -261,34 +255,15 @@ def _state(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
     return {**engine_state(manifest["container"]["id"], record.host), "tenant": record.tenant}
 
 
-def _problems(error: DockyardError) -> Response:
-    """A fragment's refusal: its problems as text, with the error's status."""
-    return Response(
-        "\n".join(error.problems), status_code=error.http_status, headers=SECURITY_HEADERS
-    )
-
-
 @router.get("/sessions/{session_id}/kept")
 async def kept_fragment(session_id: str, request: Request) -> Response:
     """The detail page's backups and snapshots alone (its script loads them after the page)."""
-    viewer = await viewer_of(request)
-    if viewer is None:
-        return Response(status_code=401, headers=SECURITY_HEADERS)
-    scope = scope_of(request, viewer)
-    mark(request, session_id, scope)
-    ctx = ctx_of(request)
-    try:
-        kept = await ctx.call(_kept, ctx, session_id, scope)
-    except DockyardError as error:
-        return _problems(error)
-    return page(
-        request,
-        "kept.html",
-        viewer=viewer,
-        session=session_id,
-        suffix=suffix_of(viewer, scope),
-        **kept,
-    )
+    got = await part_of(request, session_id, _kept)
+    if isinstance(got, Response):
+        return got
+    on, kept = got
+    suffix = suffix_of(on.viewer, on.scope)
+    return page(request, "kept.html", viewer=on.viewer, session=session_id, suffix=suffix, **kept)
 
 
 @router.get("/sessions/{session_id}/logs")
@@ -300,7 +275,7 @@ async def logs_fragment(session_id: str, request: Request) -> Response:
     try:
         text = await ctx.call(_logs, ctx, session_id, scope_of(request, viewer))
     except DockyardError as error:
-        return _problems(error)
+        return problems(error)
     return Response(text, media_type="text/plain; charset=utf-8", headers=SECURITY_HEADERS)
 
 
@@ -312,68 +287,93 @@ def _backup(ctx: Context, session: str, scope: str | None) -> Any:
     return backups.run_backup(ctx.sessions, backups.target(ctx.sessions, session, scope))
 
 
-def _verbs(ctx: Context) -> dict[str, tuple[Any, str]]:
-    """The detail page's actions: each a service-layer call and the notice it leaves."""
-    return {
-        "refresh": (ctx.sessions.refresh, "refreshed"),
-        "pause": (ctx.sessions.pause, "paused"),
-        "resume": (ctx.sessions.resume, "resumed"),
-        "backup": (functools.partial(_backup, ctx), "backed-up"),
-    }
+Action = Callable[[Context, str, str | None, dict[str, str]], Any]
+"""A form's service-layer call on a session: (context, session, the viewer's tenant, the
+posted form), made in a worker thread."""
+
+ACTIONS: dict[str, tuple[Action, str]] = {
+    "refresh": (lambda ctx, session, scope, _: ctx.sessions.refresh(session, scope), "refreshed"),
+    "pause": (lambda ctx, session, scope, _: ctx.sessions.pause(session, scope), "paused"),
+    "resume": (lambda ctx, session, scope, _: ctx.sessions.resume(session, scope), "resumed"),
+    "backup": (lambda ctx, session, scope, _: _backup(ctx, session, scope), "backed-up"),
+}
+"""The detail page's buttons: each a service-layer call and the notice it leaves."""
 
 
-async def _act(session_id: str, verb: str, request: Request) -> Response:
-    """A detail page's action, posted with the login's CSRF token, in the viewer's tenant."""
-    posted = await posted_form(request)
-    if isinstance(posted, Response):
-        return posted
-    viewer, _ = posted
-    scope = scope_of(request, viewer)
-    mark(request, session_id, scope)
-    ctx = ctx_of(request)
-    call, done = _verbs(ctx)[verb]
+async def _posted(
+    session_id: str,
+    request: Request,
+    action: Action,
+    after: Callable[[OnSession], Response],
+    *,
+    confirm: bool = False,
+) -> Response:
+    """A form's action on the session, posted with the login's CSRF token, in the viewer's
+    tenant (``confirm``: with the session's name typed again); ``after`` answers once it
+    is done, the error page if it failed."""
+    on = await posted_on(request, session_id)
+    if isinstance(on, Response):
+        return on
+    if confirm and on.form.get("confirm") != session_id:
+        return _not_confirmed(request, on.viewer, session_id)
     try:
-        await ctx.call(call, session_id, scope)
+        await on.ctx.call(action, on.ctx, session_id, on.scope, on.form)
     except DockyardError as error:
-        return error_page(request, viewer, error)
-    return to_session(session_id, viewer, scope, done)
+        return error_page(request, on.viewer, error)
+    return after(on)
 
 
-def _action(verb: str) -> Callable[[str, Request], Coroutine[Any, Any, Response]]:
+def _button(verb: str) -> Callable[[str, Request], Coroutine[Any, Any, Response]]:
+    """A button's route: its action, then the session's page with its notice."""
+    action, done = ACTIONS[verb]
+
     async def act(session_id: str, request: Request) -> Response:
-        return await _act(session_id, verb, request)
+        return await _posted(
+            session_id,
+            request,
+            action,
+            lambda on: to_session(session_id, on.viewer, on.scope, done),
+        )
 
     act.__name__ = verb
     return act
 
 
-for _verb in ("refresh", "pause", "resume", "backup"):
-    router.add_api_route(f"/sessions/{{session_id}}/{_verb}", _action(_verb), methods=["POST"])
+for _verb in ACTIONS:
+    router.add_api_route(f"/sessions/{{session_id}}/{_verb}", _button(_verb), methods=["POST"])
+
+
+async def _confirmation(
+    request: Request,
+    session_id: str,
+    template: str,
+    check: Callable[[], Any] = lambda: None,
+    **values: Any,
+) -> Response:
+    """A confirmation page: it names the session (and its tenant) before anything goes,
+    and asks for the session's name typed again."""
+    return await session_page(
+        request,
+        session_id,
+        lambda on, record: page(
+            request,
+            template,
+            viewer=on.viewer,
+            session=session_id,
+            record=record,
+            suffix=suffix_of(on.viewer, on.scope),
+            **values,
+        ),
+        check,
+    )
 
 
 @router.get("/sessions/{session_id}/restore")
 async def restore_page(session_id: str, request: Request) -> Response:
-    """The restore's confirmation: it names the session and the backup, and asks for the
-    session's name typed again."""
-    viewer = await viewer_of(request)
-    if viewer is None:
-        return to_login()
-    scope = scope_of(request, viewer)
+    """The restore's confirmation: it names the session and the backup."""
     snapshot = request.query_params.get("snapshot", "")
-    ctx = ctx_of(request)
-    try:
-        record = await ctx.call(ctx.sessions.registry.find, session_id, scope)
-        _backup_id(snapshot)
-    except DockyardError as error:
-        return error_page(request, viewer, error)
-    return page(
-        request,
-        "restore.html",
-        viewer=viewer,
-        session=session_id,
-        record=record,
-        snapshot=snapshot,
-        suffix=suffix_of(viewer, scope),
+    return await _confirmation(
+        request, session_id, "restore.html", lambda: _backup_id(snapshot), snapshot=snapshot
     )
 
 
@@ -389,31 +389,25 @@ def _backup_id(snapshot: str) -> str:
     return snapshot
 
 
-def _restore(ctx: Context, session: str, scope: str | None, snapshot: str, force: bool) -> Any:
-    """``dockyard restore SESSION SNAPSHOT``: the service layer's restore of the session's
-    own backup into its workspace (another tenant's session answers "not found")."""
+def _restore(ctx: Context, session: str, scope: str | None, form: dict[str, str]) -> Any:
+    """``dockyard restore SESSION SNAPSHOT [--force]``: the service layer's restore of the
+    session's own backup (the form's ``snapshot``) into its workspace (another tenant's
+    session answers "not found")."""
+    snapshot = _backup_id(form.get("snapshot", ""))
     ctx.sessions.registry.find(session, scope)
     who = backups.target(ctx.sessions, session, scope)
-    return backups.restore(ctx.sessions, who, snapshot, None, force)
+    return backups.restore(ctx.sessions, who, snapshot, None, form.get("force") == "yes")
 
 
 @router.post("/sessions/{session_id}/restore")
 async def restore(session_id: str, request: Request) -> Response:
-    posted = await posted_form(request)
-    if isinstance(posted, Response):
-        return posted
-    viewer, form = posted
-    scope = scope_of(request, viewer)
-    mark(request, session_id, scope)
-    if form.get("confirm") != session_id:
-        return _not_confirmed(request, viewer, session_id)
-    ctx = ctx_of(request)
-    try:
-        snapshot = _backup_id(form.get("snapshot", ""))
-        await ctx.call(_restore, ctx, session_id, scope, snapshot, form.get("force") == "yes")
-    except DockyardError as error:
-        return error_page(request, viewer, error)
-    return to_session(session_id, viewer, scope, "restored")
+    return await _posted(
+        session_id,
+        request,
+        _restore,
+        lambda on: to_session(session_id, on.viewer, on.scope, "restored"),
+        confirm=True,
+    )
 
 
 def _not_confirmed(request: Request, viewer: Viewer, session_id: str) -> Response:
@@ -431,41 +425,22 @@ def _not_confirmed(request: Request, viewer: Viewer, session_id: str) -> Respons
 
 @router.get("/sessions/{session_id}/destroy")
 async def destroy_page(session_id: str, request: Request) -> Response:
-    """The confirmation: it names the session (and its tenant) before anything goes."""
-    viewer = await viewer_of(request)
-    if viewer is None:
-        return to_login()
-    scope = scope_of(request, viewer)
-    ctx = ctx_of(request)
-    try:
-        record = await ctx.call(ctx.sessions.registry.find, session_id, scope)
-    except DockyardError as error:
-        return error_page(request, viewer, error)
-    return page(
-        request,
-        "confirm.html",
-        viewer=viewer,
-        session=session_id,
-        record=record,
-        suffix=suffix_of(viewer, scope),
+    return await _confirmation(request, session_id, "confirm.html")
+
+
+def _destroyed(session_id: str) -> Response:
+    """After a destroy: the sessions table, saying which one went."""
+    return RedirectResponse(
+        "/?" + urlencode({"destroyed": session_id}), status_code=303, headers=SECURITY_HEADERS
     )
 
 
 @router.post("/sessions/{session_id}/destroy")
 async def destroy(session_id: str, request: Request) -> Response:
-    posted = await posted_form(request)
-    if isinstance(posted, Response):
-        return posted
-    viewer, form = posted
-    scope = scope_of(request, viewer)
-    mark(request, session_id, scope)
-    if form.get("confirm") != session_id:
-        return _not_confirmed(request, viewer, session_id)
-    ctx = ctx_of(request)
-    try:
-        await ctx.call(ctx.sessions.destroy, session_id, scope)
-    except DockyardError as error:
-        return error_page(request, viewer, error)
-    return RedirectResponse(
-        "/?" + urlencode({"destroyed": session_id}), status_code=303, headers=SECURITY_HEADERS
+    return await _posted(
+        session_id,
+        request,
+        lambda ctx, session, scope, _: ctx.sessions.destroy(session, scope),
+        lambda _: _destroyed(session_id),
+        confirm=True,
     )

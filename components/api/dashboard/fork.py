@@ -16,18 +16,8 @@ from fastapi.responses import Response
 from ...errors import DockyardError, InvalidInput
 from ...sessions import snapshots as snapshotting
 from ..context import Context
-from ..principal import mark
-from .login import posted_form, viewer_of
-from .pages import (
-    Viewer,
-    ctx_of,
-    error_page,
-    page,
-    scope_of,
-    suffix_of,
-    to_login,
-    to_session,
-)
+from .on_session import posted_on, session_page
+from .pages import Viewer, error_page, page, suffix_of, to_session
 
 router = APIRouter(include_in_schema=False)
 
@@ -84,28 +74,18 @@ def _form(
 @router.get("/sessions/{session_id}/fork")
 async def fork_page(session_id: str, request: Request) -> Response:
     """The form alone (``?snapshot=NAME``), for a session of the viewer's tenant."""
-    viewer = await viewer_of(request)
-    if viewer is None:
-        return to_login()
-    scope = scope_of(request, viewer)
-    ctx = ctx_of(request)
-    try:
-        await ctx.call(ctx.sessions.registry.find, session_id, scope)
-    except DockyardError as error:
-        return error_page(request, viewer, error)
     form = {"snapshot": request.query_params.get("snapshot", "")}
-    return _form(request, viewer, session_id, scope, form)
+    return await session_page(
+        request, session_id, lambda on, _: _form(request, on.viewer, session_id, on.scope, form)
+    )
 
 
 @router.post("/sessions/{session_id}/fork")
 async def fork(session_id: str, request: Request) -> Response:
-    posted = await posted_form(request)
-    if isinstance(posted, Response):
-        return posted
-    viewer, form = posted
-    scope = scope_of(request, viewer)
-    mark(request, session_id, scope)
-    ctx = ctx_of(request)
+    on = await posted_on(request, session_id)
+    if isinstance(on, Response):
+        return on
+    viewer, scope, ctx, form = on.viewer, on.scope, on.ctx, on.form
     as_, snapshot = form.get(FIELD, "").strip(), form.get("snapshot", "").strip()
     try:
         manifest = await ctx.call(_fork, ctx, session_id, scope, snapshot, as_)
