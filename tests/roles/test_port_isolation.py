@@ -18,7 +18,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -151,6 +150,14 @@ def envs(deploy: Any) -> Envs:
     return found
 
 
+def _connects(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def _answers(port: int) -> bool:
     try:
         return host_get(port) == 200
@@ -172,10 +179,17 @@ def link_local() -> Iterator[str]:
         sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{LINK_SERVER_IP}/24", "dev", ns_if)
         sh("ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up")
         sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        server = subprocess.Popen(
+        server = process = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-c", HTTP, LINK_SERVER_IP]
         )
-        time.sleep(0.5)
+        # Listening, not a fixed pause: a loaded host can take seconds to start Python, and
+        # the fence test's control (reached before the fence) needs the server up.
+        wait_for(
+            lambda: process.poll() is None and _connects(LINK_SERVER_IP, 80),
+            60,
+            interval=0.1,
+            what=lambda: f"the link-local server on {LINK_SERVER_IP}:80 (exit {process.poll()})",
+        )
         yield LINK_SERVER_IP
     finally:
         if server is not None:
