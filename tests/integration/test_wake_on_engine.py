@@ -169,7 +169,7 @@ async def test_hibernate_where_this_host_can_or_its_measured_refusal(
         return
     # A host that can checkpoint: a process's in-memory token survives.
     container.exec_run(["bash", "-c", COUNTER], detach=True, user="1000")
-    wait_for(lambda: container.exec_run(["cat", "/tmp/token"]).exit_code == 0, 10, what="token")
+    wait_for(lambda: container.exec_run(["cat", "/tmp/token"]).exit_code == 0, 60, what="token")
     before = container.exec_run(["cat", "/tmp/token"]).output
     answer = await client.post(f"/api/sessions/{SESSION}/hibernate")
     assert (answer.status_code, answer.json()["status"]) == (200, "hibernated"), answer.text

@@ -76,7 +76,7 @@ def test_environments_survive_an_engine_restart(
     for session, manifest in stack.manifests.items():
         container = stack.container(session)
         port = manifest["container"]["portMappings"][0]["hostPort"]
-        wait_for(lambda p=port: get(p) is not None, 15, what=f"{session} server on {port}")
+        wait_for(lambda p=port: get(p) is not None, 60, what=f"{session} server on {port}")
         before[session] = (container.id, container.attrs["State"]["Pid"], port)
 
     during: dict[str, Any] = {}

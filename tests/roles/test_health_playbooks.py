@@ -63,7 +63,7 @@ def filled(
     )
     container.put_archive("/", secrets_tar({"GITHUB_TOKEN": TOKEN}))
     container.start()
-    wait_for(lambda: is_ready(container), 30, what="ready")
+    wait_for(lambda: is_ready(container), 120, what="ready")
     exec_ok(
         container,
         [
@@ -165,7 +165,7 @@ def test_refresh_recreates_only_what_is_past_a_threshold(
         filled.reload()
     wait_for(
         lambda: is_ready(fresh),
-        30,
+        120,
         what="refreshed env ready",
     )
     assert exec_ok(fresh, ["cat", "/config/env/notes.env"]).strip() == "keep-me"

@@ -54,12 +54,12 @@ def test_agent_process_and_tmux_client_keep_environments_idle_ones_stop(
     )
     wait_for(
         lambda: "claude" in exec_ok(agent, ["ps", "-eo", "comm"]).split(),
-        10,
+        60,
         what="fake agent process",
     )
     wait_for(
         lambda: exec_ok(attached, ["tmux", "list-clients"], user="1000").strip() != "",
-        10,
+        60,
         what="tmux client",
     )
 

@@ -152,7 +152,7 @@ class TargetFleet:
         for container in started:
             wait_for(
                 lambda c=container: is_ready(c),
-                30,
+                120,
                 what=f"{container.name} ready",
             )
         return started
