@@ -54,8 +54,10 @@ from .status import engine_state
 ENVD_PORT = 49983
 """The in-sandbox daemon's port the SDKs address (their ConnectionConfig.envd_port)."""
 ENVD_VERSION_VARIABLE = "DOCKYARD_E2B_ENVD_VERSION"
-ENVD_VERSION = "0.5.7"
-"""The daemon protocol version answered (the SDK gates features on it; >= 0.1.0)."""
+ENVD_VERSION = "0.6.4"
+"""The daemon protocol version answered (the SDKs gate features on it): the lowest E2B envd
+version whose features images/core/envd.py has — file metadata (0.6.2), EntryInfo in watch
+events (0.6.3), watches refusing network mounts unless allowed (0.6.4)."""
 DEFAULT_TIMEOUT_S = 300
 MAX_TIMEOUT_S = 24 * 3600
 MAX_METADATA = 64

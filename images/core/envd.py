@@ -17,6 +17,13 @@ Protocol, as the e2b SDKs (Python 2.63, JS 2.51) speak it over plain HTTP/1.1:
   ``?path=``; gzip ``Content-Encoding`` accepted), ``GET /health`` (204).
 Relative paths and ``~`` resolve against the agent's home, as envd does.
 
+The features of E2B's envd up to 0.6.4 (what the control plane answers as ``envdVersion``):
+EntryInfo with size, mode, permissions, owner, group, modified time, the symlink's target
+and ``metadata`` — user-defined file metadata (0.6.2), given on upload as
+``X-Metadata-<key>`` headers and kept as the file's ``user.e2b.<key>`` extended
+attributes; watch events with their EntryInfo (0.6.3); watches refuse network and FUSE
+mounts unless ``allowNetworkMounts`` (0.6.4).
+
 Authentication: the daemon never serves unauthenticated. It refuses to start (exit 1)
 unless ``DOCKYARD_ENVD_ACCESS_TOKEN`` in its environment (the entrypoint exports it from
 the secrets directory like any secret) holds at least 16 visible ASCII characters; every
@@ -28,8 +35,9 @@ SDKs' ``Authorization: Basic <user>:`` names the user: the agent's own name, ``u
 (e2b's default user) or none are accepted; any other user (``root``) is refused, since
 the daemon cannot become anyone else.
 
-Not implemented (answer ``unimplemented``): PTY processes and Update's resize; /init,
-/envs and /metrics (the control plane's business in e2b, not the SDKs').
+Not served (404): /init, /envs and /metrics — E2B's orchestrator calls them, never the
+SDKs (their metrics come from the control plane; environment variables given at create
+are the environment's secrets).
 """
 
 from __future__ import annotations
@@ -82,6 +90,18 @@ MAX_WATCH_ENTRIES = 20000
 MAX_LIST_ENTRIES = 100000
 WATCH_POLL = 0.2
 E2B_DEFAULT_USER = "user"
+# User-defined file metadata (envd 0.6.2): extended attributes under this prefix, given on
+# upload as X-Metadata-<key> headers (keys lowercased), answered in EntryInfo.metadata.
+METADATA_XATTR = "user.e2b."
+METADATA_HEADER = "x-metadata-"
+# The kernel's bound on a whole xattr name (255 bytes), prefix included.
+MAX_METADATA_KEY = 255 - len(METADATA_XATTR)
+# All of one file's metadata (prefixed names + values): ext4 keeps it in one 4 KiB block.
+MAX_METADATA_TOTAL = 4096
+# Read back per entry at most this many keys (an agent may set more with setfattr).
+MAX_METADATA_KEYS = 64
+# File systems a watch refuses unless the caller allows network mounts (envd 0.6.4).
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse", "fuseblk")
 
 HTTP_STATUS = {
     "canceled": 499,
@@ -205,7 +225,141 @@ def entry_info(path: str) -> dict[str, Any]:
     info["owner"] = name_of(pwd.getpwuid, shown.st_uid)
     info["group"] = name_of(grp.getgrgid, shown.st_gid)
     info["modifiedTime"] = rfc3339(shown.st_mtime)
+    metadata = read_metadata(path)
+    if metadata:
+        info["metadata"] = metadata
     return info
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """The ``user.e2b.*`` extended attributes of ``path`` ITSELF (never a symlink's
+    target: a link's own attributes, and Linux gives links no user attributes), prefix
+    stripped. Best effort and bounded: a file system without xattrs, an attribute the agent
+    may not read, a name or value that is not printable ASCII or over the upload limits,
+    and keys past :data:`MAX_METADATA_KEYS` are left out."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    found: dict[str, str] = {}
+    for name in sorted(names):
+        if not name.startswith(METADATA_XATTR) or len(found) >= MAX_METADATA_KEYS:
+            continue
+        key = name[len(METADATA_XATTR) :]
+        try:
+            raw = os.getxattr(path, name, follow_symlinks=False)
+            value = raw.decode("ascii")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if key and len(raw) <= MAX_METADATA_TOTAL and printable(key) and printable(value):
+            found[key] = value
+    return found
+
+
+def printable(text: str) -> bool:
+    return all(" " <= c <= "~" for c in text)
+
+
+def metadata_from(headers: Any) -> dict[str, str]:
+    """The upload's ``X-Metadata-<key>`` headers as metadata: keys lowercased, the first
+    value of a repeated key, an empty key dropped; refused (invalid_argument, the key named,
+    never a value) unless every key and value is printable ASCII, every key fits the
+    kernel's xattr name bound and all of it fits :data:`MAX_METADATA_TOTAL`."""
+    metadata: dict[str, str] = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if not lowered.startswith(METADATA_HEADER):
+            continue
+        key = lowered[len(METADATA_HEADER) :]
+        if key and key not in metadata:
+            metadata[key] = value
+    total = 0
+    for key, value in metadata.items():
+        shown = key[:60]
+        if not printable(key) or not printable(value):
+            raise RpcError(
+                "invalid_argument",
+                f"metadata '{shown}': key and value must be printable ASCII (0x20-0x7e)",
+            )
+        if len(key) > MAX_METADATA_KEY:
+            raise RpcError(
+                "invalid_argument",
+                f"metadata key '{shown}…' is {len(key)} bytes (allowed: at most "
+                f"{MAX_METADATA_KEY})",
+            )
+        total += len(METADATA_XATTR) + len(key) + len(value)
+    if total > MAX_METADATA_TOTAL:
+        raise RpcError(
+            "invalid_argument",
+            f"metadata totals {total} bytes with its '{METADATA_XATTR}' names (allowed: at "
+            f"most {MAX_METADATA_TOTAL})",
+        )
+    return metadata
+
+
+def write_metadata(fd: int, path: str, metadata: dict[str, str]) -> None:
+    """Set ``metadata`` on the open file ``fd`` (the new file, before it replaces the
+    old one: a failure leaves the old file as it was)."""
+    for key, value in metadata.items():
+        try:
+            os.setxattr(fd, METADATA_XATTR + key, value.encode("ascii"))
+        except OSError as err:
+            if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise RpcError(
+                    "failed_precondition",
+                    f"path '{path}': its file system stores no extended attributes, so no "
+                    "metadata (allowed: write it without metadata, or under the home "
+                    "directory)",
+                ) from None
+            if err.errno == errno.E2BIG:
+                raise RpcError(
+                    "invalid_argument",
+                    f"path '{path}': metadata '{key[:60]}' is too large for its file system",
+                ) from None
+            raise
+
+
+def mount_of(path: str, mountinfo: str) -> tuple[str, str]:
+    """(mount point, file system type) of the mount holding ``path`` (a resolved path),
+    read from the text of /proc/self/mountinfo: the longest mount point above it."""
+    best = ("", "")
+    for line in mountinfo.splitlines():
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split(" ")
+        if len(parts) < 5 or not rest:
+            continue
+        point = unescaped(parts[4])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, rest.split(" ", 1)[0])
+    return best
+
+
+def unescaped(text: str) -> str:
+    """A mountinfo field with its octal escapes (``\\040`` for a space) undone."""
+    out, i = [], 0
+    while i < len(text):
+        digits = text[i + 1 : i + 4]
+        if text[i] == "\\" and len(digits) == 3 and all(c in "01234567" for c in digits):
+            out.append(chr(int(digits, 8)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def network_filesystem(path: str) -> str | None:
+    """The file system type when ``path`` is on a network (or FUSE) mount, else None."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            text = handle.read(4 * 1024 * 1024)
+    except OSError:
+        return None
+    kind = mount_of(os.path.realpath(path), text)[1]
+    if kind in NETWORK_FILESYSTEMS or kind.startswith("fuse."):
+        return kind
+    return None
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -600,11 +754,20 @@ def diff(
 class Watcher:
     """Polls a directory tree; events are diffs between successive snapshots."""
 
-    def __init__(self, root: str, recursive: bool, include_entry: bool) -> None:
+    def __init__(
+        self, root: str, recursive: bool, include_entry: bool, network: bool = False
+    ) -> None:
         if not os.path.isdir(root):
             if not os.path.exists(root):
                 raise RpcError("not_found", f"path '{root}' does not exist")
             raise RpcError("invalid_argument", f"path '{root}' is not a directory")
+        kind = None if network else network_filesystem(root)
+        if kind is not None:
+            raise RpcError(
+                "invalid_argument",
+                f"cannot watch path on network filesystem: '{root}' is on {kind} (allowed: "
+                "a local directory, or set allow_network_mounts; events there may be late)",
+            )
         self.root = root
         self.recursive = recursive
         self.include_entry = include_entry
@@ -1018,6 +1181,7 @@ class Handler(BaseHTTPRequestHandler):
         written: list[dict[str, Any]] = []
         try:
             identity.check_user(self.user_from_query(query))
+            metadata = metadata_from(self.headers)
             if content_type.startswith("multipart/form-data"):
                 boundary = ""
                 for param in content_type.split(";")[1:]:
@@ -1029,13 +1193,13 @@ class Handler(BaseHTTPRequestHandler):
                 default = query.get("path", [""])[0]
                 for name, chunks in multipart(body, boundary.encode()):
                     path = identity.resolve(name or default)
-                    written.append(write_file(path, chunks))
+                    written.append(write_file(path, chunks, metadata))
             else:
                 path = identity.resolve(query.get("path", [""])[0])
                 source: Iterator[bytes] = iter(body.read, b"")
                 if gzip:
                     source = gunzip(source)
-                written.append(write_file(path, source))
+                written.append(write_file(path, source, metadata))
         except RpcError as err:
             body.drain()
             self.http_error(HTTP_STATUS.get(err.code, 400), err.message)
@@ -1105,8 +1269,11 @@ def gunzip(source: Iterator[bytes]) -> Iterator[bytes]:
         yield tail
 
 
-def write_file(path: str, chunks: Iterator[bytes]) -> dict[str, Any]:
-    """Write ``chunks`` to ``path`` (parents created), replacing it only once complete."""
+def write_file(
+    path: str, chunks: Iterator[bytes], metadata: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Write ``chunks`` to ``path`` (parents created), replacing it only once complete,
+    with exactly ``metadata`` (a new file: an overwritten file's old metadata is gone)."""
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     if os.path.isdir(path):
@@ -1118,6 +1285,7 @@ def write_file(path: str, chunks: Iterator[bytes]) -> dict[str, Any]:
         with open(temp, "wb") as out:
             for data in chunks:
                 out.write(data)
+            write_metadata(out.fileno(), path, metadata or {})
         if os.path.exists(path):
             shutil.copymode(path, temp)
         os.replace(temp, path)
@@ -1125,7 +1293,10 @@ def write_file(path: str, chunks: Iterator[bytes]) -> dict[str, Any]:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
-    return {"name": os.path.basename(path), "type": "file", "path": path}
+    written: dict[str, Any] = {"name": os.path.basename(path), "type": "file", "path": path}
+    if metadata:
+        written["metadata"] = dict(metadata)
+    return written
 
 
 def multipart(body: BodyReader, boundary: bytes) -> Iterator[tuple[str, Iterator[bytes]]]:
@@ -1369,7 +1540,12 @@ def f_remove(daemon: Daemon, request: dict[str, Any]) -> Any:
 
 def new_watcher(daemon: Daemon, request: dict[str, Any]) -> Watcher:
     path = daemon.identity.resolve(request.get("path", ""))
-    return Watcher(path, bool(request.get("recursive")), bool(request.get("includeEntry")))
+    return Watcher(
+        path,
+        bool(request.get("recursive")),
+        bool(request.get("includeEntry")),
+        bool(request.get("allowNetworkMounts")),
+    )
 
 
 def f_watch_dir(daemon: Daemon, request: dict[str, Any], interval: float) -> Iterator[Any]:

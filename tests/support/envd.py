@@ -7,20 +7,24 @@ from e2b import Sandbox
 from e2b.connection_config import ConnectionConfig
 from packaging.version import Version
 
+from dockyard.sessions.e2b import ENVD_VERSION
+
 ENVD_PORT = 49983
 """The port the daemon listens on inside an environment (the E2B envd port)."""
 
 
 def envd_sandbox(url: str, token: str | None, sandbox_id: str) -> Sandbox:
     """A ``Sandbox`` whose calls go to the daemon at ``url`` as sandbox ``sandbox_id``,
-    with ``token`` as its access token (None: no token header at all)."""
+    with ``token`` as its access token (None: no token header at all), and the envd
+    version the control plane answers (the SDK gates features on it: what the daemon is
+    tested with is what the SDKs are told)."""
     headers = {"E2b-Sandbox-Id": sandbox_id, "E2b-Sandbox-Port": str(ENVD_PORT)}
     if token is not None:
         headers["X-Access-Token"] = token
     return Sandbox(
         sandbox_id=sandbox_id,
         sandbox_domain=None,
-        envd_version=Version("0.6.4"),
+        envd_version=Version(ENVD_VERSION),
         envd_access_token=token,
         traffic_access_token=None,
         connection_config=ConnectionConfig(

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import grp
 import hashlib
 import io
 import json
@@ -33,7 +34,14 @@ from typing import Any
 
 import httpx
 import pytest
-from e2b import AsyncSandbox, CommandExitException, FilesystemEventType, PtySize, Sandbox
+from e2b import (
+    AsyncSandbox,
+    CommandExitException,
+    FilesystemEventType,
+    FileType,
+    PtySize,
+    Sandbox,
+)
 from e2b.connection_config import ConnectionConfig
 from e2b.exceptions import (
     AuthenticationException,
@@ -43,6 +51,7 @@ from e2b.exceptions import (
 )
 from packaging.version import Version
 
+from dockyard.sessions.e2b import ENVD_VERSION
 from tests.support.envd import envd_sandbox
 from tests.support.scripts import load_file
 
@@ -291,6 +300,124 @@ def test_files_write_read_list_stat_move_remove(sandbox: Sandbox, daemon: Daemon
         sandbox.files.list("notes")
 
 
+def test_file_metadata_and_entry_info_as_envd_0_6_4_gives_them(
+    sandbox: Sandbox, daemon: Daemon
+) -> None:
+    """EntryInfo carries size, mode, permissions, owner, group, modified time, a link's
+    target and the file's user metadata (``X-Metadata-*`` on upload -> ``user.e2b.*``
+    xattrs, keys lowercased); an overwrite replaces the metadata, a rename keeps it, a
+    symlink's own entry never shows its target's metadata, and metadata over the limits
+    is refused with the old file left as it was."""
+    before = time.time()
+    written = sandbox.files.write("meta/a.txt", "hello", metadata={"Author": "mish", "k": "v"})
+    assert written.metadata == {"author": "mish", "k": "v"}
+    path = daemon.home / "meta" / "a.txt"
+    assert os.getxattr(path, "user.e2b.author") == b"mish"
+    info = sandbox.files.get_info("meta/a.txt")
+    assert info.metadata == {"author": "mish", "k": "v"}
+    assert (info.size, info.mode, info.permissions, info.owner) == (
+        5,
+        0o644,
+        "-rw-r--r--",
+        daemon.user,
+    )
+    assert info.group == grp.getgrgid(path.stat().st_gid).gr_name
+    assert before - 2 <= info.modified_time.timestamp() <= time.time() + 2
+    assert info.symlink_target is None
+    # Streamed (octet-stream) uploads carry metadata too; list shows it per entry.
+    sandbox.files.write("meta/b.bin", io.BytesIO(b"bb"), metadata={"x": "1"})
+    listed = {e.name: e.metadata for e in sandbox.files.list("meta")}
+    assert listed == {"a.txt": {"author": "mish", "k": "v"}, "b.bin": {"x": "1"}}
+    # A symlink: its target named, its type the target's, its own (no) metadata shown.
+    os.symlink(path, daemon.home / "meta" / "link")
+    link = sandbox.files.get_info("meta/link")
+    assert (link.type, link.symlink_target, link.metadata) == (
+        FileType.SYMLINK,
+        str(path),
+        None,
+    )
+    moved = sandbox.files.rename("meta/a.txt", "meta/c.txt")
+    assert moved.metadata == {"author": "mish", "k": "v"}
+    assert sandbox.files.write("meta/c.txt", "new").metadata is None
+    assert sandbox.files.get_info("meta/c.txt").metadata is None
+    # Over the 4 KiB budget (names with their prefix + values): 400, nothing changed.
+    sandbox.files.write("meta/c.txt", "kept", metadata={"small": "1"})
+    with pytest.raises(InvalidArgumentException, match="allowed: at most 4096"):
+        sandbox.files.write("meta/c.txt", "lost", metadata={"big": "v" * 4100})
+    assert (daemon.home / "meta" / "c.txt").read_text() == "kept"
+    assert sandbox.files.get_info("meta/c.txt").metadata == {"small": "1"}
+    sandbox.files.remove("meta")
+
+
+def test_metadata_headers_and_read_back_are_bounded(tmp_path: Path) -> None:
+    envd = load_envd()
+    assert envd.metadata_from({"X-Metadata-A": "1", "x-metadata-": "dropped", "Other": "2"}) == {
+        "a": "1"
+    }
+    for bad, said in (
+        ({"X-Metadata-k": "tab\there"}, "printable ASCII"),
+        ({"X-Metadata-" + "k" * 247: "v"}, "allowed: at most 246"),
+    ):
+        with pytest.raises(envd.RpcError, match=said) as refused:
+            envd.metadata_from(bad)
+        assert refused.value.code == "invalid_argument"
+    target = tmp_path / "f"
+    target.write_text("x")
+    os.setxattr(target, "user.e2b.ok", b"yes")
+    os.setxattr(target, "user.e2b.bin", b"\xff\x00")  # set with setfattr: not shown
+    os.setxattr(target, "user.other", b"not ours")
+    for n in range(envd.MAX_METADATA_KEYS + 5):
+        os.setxattr(target, f"user.e2b.z{n:03d}", b"v")
+    shown = envd.read_metadata(str(target))
+    assert shown["ok"] == "yes"
+    assert "bin" not in shown
+    assert "other" not in shown
+    assert len(shown) == envd.MAX_METADATA_KEYS
+    # A symlink's metadata is its own (none), never its target's.
+    (tmp_path / "l").symlink_to(target)
+    assert envd.read_metadata(str(tmp_path / "l")) == {}
+
+
+def test_watches_refuse_network_mounts_unless_allowed(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    envd = load_envd()
+    monkeypatch.setattr(envd, "network_filesystem", lambda _path: "nfs4")
+    with pytest.raises(envd.RpcError, match=r"on nfs4 .*allow_network_mounts") as refused:
+        envd.Watcher(str(tmp_path), False, False)
+    assert refused.value.code == "invalid_argument"
+    envd.Watcher(str(tmp_path), False, False, network=True).stopped.set()
+    monkeypatch.undo()
+    assert envd.network_filesystem(str(tmp_path)) is None  # this machine's /tmp is local
+    mountinfo = (
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "30 22 0:40 / /mnt/share rw - nfs4 srv:/x rw\n"
+        "31 22 0:41 / /mnt/my\\040drive rw - fuse.sshfs host:/ rw\n"
+    )
+    assert envd.mount_of("/mnt/share/sub", mountinfo) == ("/mnt/share", "nfs4")
+    assert envd.mount_of("/mnt/shared", mountinfo) == ("/", "ext4")
+    assert envd.mount_of("/mnt/my drive/a", mountinfo) == ("/mnt/my drive", "fuse.sshfs")
+    # A local directory: watched either way (the flag of envd 0.6.4 accepted), events
+    # with their EntryInfo when asked (0.6.3), metadata included.
+    sandbox.files.make_dir("watch-local")
+    handle = sandbox.files.watch_dir("watch-local", allow_network_mounts=False)
+    handle.stop()
+    handle = sandbox.files.watch_dir("watch-local", include_entry=True, allow_network_mounts=True)
+    sandbox.files.write("watch-local/e.txt", "abc", metadata={"m": "1"})
+    created: list[Any] = []
+    deadline = time.monotonic() + 30
+    while not created and time.monotonic() < deadline:
+        time.sleep(0.3)
+        events = handle.get_new_events()
+        created = [e for e in events if e.type == FilesystemEventType.CREATE and e.name == "e.txt"]
+    handle.stop()
+    assert created, "no create event within 30 s"
+    entry = created[0].entry
+    assert entry is not None
+    assert (entry.name, entry.size, entry.metadata) == ("e.txt", 3, {"m": "1"})
+    sandbox.files.remove("watch-local")
+
+
 def test_files_the_user_cannot_touch_answer_an_error(sandbox: Sandbox) -> None:
     if os.geteuid() != 0:
         pytest.skip(
@@ -518,7 +645,7 @@ def test_async_sdk_streams_a_command_and_a_directory_watch(daemon: Daemon) -> No
         sandbox = AsyncSandbox(
             sandbox_id="envd-test",
             sandbox_domain=None,
-            envd_version=Version("0.6.4"),
+            envd_version=Version(ENVD_VERSION),
             envd_access_token=daemon.token,
             traffic_access_token=None,
             connection_config=ConnectionConfig(
@@ -619,7 +746,7 @@ import crypto from 'node:crypto'
 const { Sandbox } = await import(process.argv[2])
 // Debug connect sends no token: build the handle the way connect does, with the token.
 const sbx = new Sandbox({
-  sandboxId: 'envd-node', envdVersion: '0.6.4', debug: true,
+  sandboxId: 'envd-node', envdVersion: process.argv[5], debug: true,
   sandboxUrl: process.argv[3], envdAccessToken: process.argv[4],
 })
 const report = {}
@@ -634,7 +761,8 @@ const cat = await sbx.commands.run('cat', { background: true, stdin: true })
 await sbx.commands.sendStdin(cat.pid, 'typed\n')
 await sbx.commands.closeStdin(cat.pid)
 report.stdin = (await cat.wait()).stdout
-await sbx.files.write('node/a.txt', 'hello')
+await sbx.files.write('node/a.txt', 'hello', { metadata: { Lang: 'js' } })
+report.metadata = (await sbx.files.getInfo('node/a.txt')).metadata
 report.read = await sbx.files.read('node/a.txt')
 report.list = (await sbx.files.list('node')).map((e) => e.name)
 await sbx.files.rename('node/a.txt', 'node/b.txt')
@@ -668,7 +796,7 @@ def test_the_node_sdk_drives_the_daemon_too(daemon: Daemon, tmp_path: Path) -> N
     script.write_text(NODE_SCRIPT)
     entry = (NODE_SDK / "dist" / "index.mjs").as_uri()
     ran = subprocess.run(
-        [node, str(script), entry, daemon.url, daemon.token],
+        [node, str(script), entry, daemon.url, daemon.token, ENVD_VERSION],
         capture_output=True,
         text=True,
         timeout=120,
@@ -682,6 +810,7 @@ def test_the_node_sdk_drives_the_daemon_too(daemon: Daemon, tmp_path: Path) -> N
         "killed": True,
         "killedExit": [-1, "signal: killed"],
         "stdin": "typed\n",
+        "metadata": {"lang": "js"},
         "read": "hello",
         "list": ["a.txt"],
         "moved": [False, True],
