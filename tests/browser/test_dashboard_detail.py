@@ -354,6 +354,14 @@ def test_backups_and_snapshots_listed_and_a_restore_needs_its_confirmation_and_t
     # The confirmation names the session and the backup.
     confirm = acme.get("/sessions/a1/restore", params={"snapshot": "0123abcd"})
     assert "Restore session <code>a1</code> from backup <code>0123abcd</code>?" in confirm.text
+    not_an_id = acme.get("/sessions/a1/restore", params={"snapshot": "../x"})
+    assert not_an_id.status_code == 422
+    assert "snapshot: &#39;../x&#39; is not a backup id" in not_an_id.text
+    # Without a login: the pages send to the login page, the parts their script loads 401.
+    with _client(served) as stranger:
+        assert stranger.get("/sessions/a1/restore?snapshot=latest").headers["location"] == "/login"
+        for part in ("kept", "stats", "logs"):
+            assert stranger.get(f"/sessions/a1/{part}").status_code == 401, part
     token = csrf_of(acme, "/sessions/a1")
     asked = {"confirm": "a1", "snapshot": "0123abcd"}
     assert acme.post("/sessions/a1/restore", data=asked).status_code == 403
