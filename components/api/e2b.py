@@ -3,7 +3,7 @@
 
 Control plane: the routes the SDKs call (``POST /v2/sandboxes``, ``GET /v2/sandboxes``,
 ``GET|DELETE /sandboxes/{id}``, ``POST /sandboxes/{id}/timeout|pause|resume|connect``,
-``POST /v2/sandboxes/{id}/connect``), authenticated by dockyard's API keys sent as the SDKs
+``POST /v2/sandboxes/{id}/connect``, ``GET /sandboxes/{id}/metrics``), authenticated by dockyard's API keys sent as the SDKs
 send theirs (``X-API-Key``), each a thin handler over :mod:`dockyard.sessions.e2b`.
 Errors answer the SDKs' shape ``{"code": <http status>, "message": …}`` plus dockyard's
 error object. What dockyard does not serve (building templates, volumes, snapshots…)
@@ -287,6 +287,31 @@ async def connect(
     return SandboxAnswer(**sandbox.answer(domain_of(request)))
 
 
+class SandboxMetric(BaseModel):
+    timestamp: str
+    timestampUnix: int
+    cpuCount: int
+    cpuUsedPct: float
+    memUsed: int
+    memTotal: int
+    memCache: int
+    diskUsed: int
+    diskTotal: int
+
+
+UnixSeconds = Annotated[int | None, Query(ge=0, description="Unix time, seconds.")]
+
+
+@router.get("/sandboxes/{sandbox_id}/metrics", summary="E2B: a sandbox's metrics (now)")
+async def metrics(
+    sandbox_id: str, request: Request, start: UnixSeconds = None, end: UnixSeconds = None
+) -> list[SandboxMetric]:
+    """One sample taken now (dockyard keeps no history) when now is in ``[start, end]``."""
+    ctx, scope = await acting(request, sandbox_id)
+    rows = await ctx.call(sandboxes.metrics, ctx.sessions, sandbox_id, scope, start, end)
+    return [SandboxMetric(**r) for r in rows]
+
+
 UNSUPPORTED = (
     ("/templates", "building and managing templates (use the template table, docs/e2b.md)"),
     ("/v2/templates", "building and managing templates"),
@@ -294,8 +319,7 @@ UNSUPPORTED = (
     ("/sandboxes/{sandbox_id}/snapshots", "E2B snapshots (dockyard's own: /api/sessions/…)"),
     ("/snapshots", "E2B snapshots"),
     ("/sandboxes/{sandbox_id}/fork", "E2B forks (dockyard's own: POST /api/sessions/{id}/fork)"),
-    ("/sandboxes/{sandbox_id}/metrics", "sandbox metrics (dockyard's: /api/sessions/{id}/stats)"),
-    ("/sandboxes/metrics", "sandbox metrics"),
+    ("/sandboxes/metrics", "metrics of many sandboxes at once, ask each sandbox's"),
     ("/sandboxes/{sandbox_id}/logs", "sandbox logs (dockyard's: /api/sessions/{id}/logs)"),
     ("/v2/sandboxes/{sandbox_id}/logs", "sandbox logs"),
     ("/sandboxes/{sandbox_id}/network", "changing a sandbox's network"),

@@ -396,6 +396,40 @@ def page(
     return rows, False
 
 
+def metrics(
+    sessions: Any, sandbox_id: str, tenant: str | None, start: int | None, end: int | None
+) -> list[dict[str, Any]]:
+    """The SDKs' ``SandboxMetric`` list for ``[start, end]`` (unix seconds, either open):
+    dockyard keeps no history, so one sample taken now — from the session's stats, the
+    same figures as ``GET /api/sessions/{id}/stats`` — when now lies in the interval, else
+    none. A paused sandbox's sample has its memory and disk totals and no use; it is not
+    woken for it."""
+    record, _ = _found(sessions, sandbox_id, tenant)
+    moment = _now()
+    if (start is not None and moment.timestamp() < start) or (
+        end is not None and moment.timestamp() >= end + 1
+    ):
+        return []
+    figures = sessions.workspace(record.session_id, record.tenant).stats()
+    memory = figures.get("memory") or {}
+    cpu = figures.get("cpu") or {}
+    disk = figures.get("disk") or {}
+    cpus = _limits(sessions, record).get("cpus") or cpu.get("onlineCpus") or 0
+    return [
+        {
+            "timestamp": _iso(moment),
+            "timestampUnix": int(moment.timestamp()),
+            "cpuCount": max(1, round(float(cpus))) if cpus else 0,
+            "cpuUsedPct": float(cpu.get("percent") or 0.0),
+            "memUsed": int(memory.get("used") or 0),
+            "memTotal": int(memory.get("limit") or 0),
+            "memCache": 0,
+            "diskUsed": int(disk.get("used") or 0),
+            "diskTotal": int(disk.get("total") or 0),
+        }
+    ]
+
+
 def kill(sessions: Any, sandbox_id: str, tenant: str | None) -> None:
     record, _ = _found(sessions, sandbox_id, tenant)
     sessions.destroy(sandbox_id, record.tenant)

@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -69,6 +70,20 @@ class FakeSessions:
     def resume(self, session: str, tenant: str | None = None) -> State:
         self.resumed.append(session)
         return State(session, "running", True)
+
+    def workspace(self, session: str, tenant: str | None = None) -> Any:
+        """A data plane whose stats are :data:`STATS` (what Workspace.stats answers)."""
+        self.registry.find(session, tenant)
+        return SimpleNamespace(stats=lambda: STATS)
+
+
+STATS = {
+    "status": "running",
+    "memory": {"used": 123_000_000, "limit": 2_000_000_000, "percent": 6.2},
+    "cpu": {"percent": 12.5, "onlineCpus": 8},
+    "pids": 7,
+    "disk": {"total": 10_000_000_000, "used": 4_000_000, "available": 9_000_000_000},
+}
 
 
 @pytest.fixture
@@ -834,3 +849,30 @@ async def test_a_routed_call_to_a_paused_sandbox_is_forwarded_after_one_wake(
     assert await routed(api, b"/x", [*TOKEN_HEADERS, port]) == (200, b"SECRET")
     assert engine.woken == [("sabc", "acme", "e2b routed call")]
     assert canary.hits == ["/x"]
+
+
+def test_metrics_are_one_sample_now_in_the_sdks_shape(
+    fake: FakeSessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get_metrics: one sample from the session's stats when now is in [start, end] (the
+    SDK's own model parses it), none outside; another tenant's sandbox is not found."""
+    from e2b.api.client.models.sandbox_metric import SandboxMetric
+
+    monkeypatch.setattr(e2b, "_limits", lambda _sessions, _record: {"cpus": 2.0})
+    sandbox = e2b.create(fake, {"templateID": "base"}, "acme")
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    [row] = e2b.metrics(fake, sandbox.sandboxId, "acme", now - 60, now + 60)
+    parsed = SandboxMetric.from_dict(row)
+    assert (parsed.cpu_count, parsed.cpu_used_pct, parsed.mem_used, parsed.mem_total) == (
+        2,
+        12.5,
+        123_000_000,
+        2_000_000_000,
+    )
+    assert (parsed.disk_used, parsed.disk_total) == (4_000_000, 10_000_000_000)
+    assert abs(parsed.timestamp_unix - now) <= 5
+    assert e2b.metrics(fake, sandbox.sandboxId, "acme", None, None) != []
+    assert e2b.metrics(fake, sandbox.sandboxId, "acme", now + 3600, None) == []
+    assert e2b.metrics(fake, sandbox.sandboxId, "acme", None, now - 3600) == []
+    with pytest.raises(SessionNotFound):
+        e2b.metrics(fake, sandbox.sandboxId, "other", None, None)

@@ -322,6 +322,12 @@ def test_sdk_lifecycle_isolation_and_routing(
         assert audit.status_code == 200, audit.text
         details = [line.get("detail") or "" for line in audit.json()]
         assert sum("woken by e2b routed call" in d for d in details) == 1, details
+        # Metrics: one sample now, from the session's stats; none for another tenant.
+        [metric] = resumed.get_metrics()
+        assert metric.mem_total > 0
+        assert metric.disk_total > metric.disk_used > 0
+        with pytest.raises(SandboxNotFoundException):
+            Sandbox.get_metrics(sbx.sandbox_id, **server.sdk("b"))
 
         # The timeout: set short, the server's loop destroys the sandbox at its deadline.
         Sandbox.set_timeout(other.sandbox_id, 1, **server.sdk("b"))

@@ -589,10 +589,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** E2B: not supported (sandbox metrics) */
+        /** E2B: not supported (metrics of many sandboxes at once, ask each sandbox's) */
         get: operations["e2b_unsupported_get_sandboxes_metrics"];
         put?: never;
-        /** E2B: not supported (sandbox metrics) */
+        /** E2B: not supported (metrics of many sandboxes at once, ask each sandbox's) */
         post: operations["e2b_unsupported_post_sandboxes_metrics"];
         delete?: never;
         options?: never;
@@ -678,11 +678,13 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** E2B: not supported (sandbox metrics (dockyard's: /api/sessions/{id}/stats)) */
-        get: operations["e2b_unsupported_get_sandboxes_sandbox_id_metrics"];
+        /**
+         * E2B: a sandbox's metrics (now)
+         * @description One sample taken now (dockyard keeps no history) when now is in ``[start, end]``.
+         */
+        get: operations["metrics_sandboxes__sandbox_id__metrics_get"];
         put?: never;
-        /** E2B: not supported (sandbox metrics (dockyard's: /api/sessions/{id}/stats)) */
-        post: operations["e2b_unsupported_post_sandboxes_sandbox_id_metrics"];
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -1472,6 +1474,27 @@ export interface components {
             state: string;
             /** Templateid */
             templateID: string;
+        };
+        /** SandboxMetric */
+        SandboxMetric: {
+            /** Cpucount */
+            cpuCount: number;
+            /** Cpuusedpct */
+            cpuUsedPct: number;
+            /** Disktotal */
+            diskTotal: number;
+            /** Diskused */
+            diskUsed: number;
+            /** Memcache */
+            memCache: number;
+            /** Memtotal */
+            memTotal: number;
+            /** Memused */
+            memUsed: number;
+            /** Timestamp */
+            timestamp: string;
+            /** Timestampunix */
+            timestampUnix: number;
         };
         /** Session */
         Session: {
@@ -3321,11 +3344,18 @@ export interface operations {
             };
         };
     };
-    e2b_unsupported_get_sandboxes_sandbox_id_metrics: {
+    metrics_sandboxes__sandbox_id__metrics_get: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Unix time, seconds. */
+                start?: number | null;
+                /** @description Unix time, seconds. */
+                end?: number | null;
+            };
             header?: never;
-            path?: never;
+            path: {
+                sandbox_id: string;
+            };
             cookie?: never;
         };
         requestBody?: never;
@@ -3336,27 +3366,16 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["SandboxMetric"][];
                 };
             };
-        };
-    };
-    e2b_unsupported_post_sandboxes_sandbox_id_metrics: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
+            /** @description Validation Error */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };
