@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +103,17 @@ class Host(Cli):
             str(self.host_config),
             "hook",
         ]
+
+
+def pack_bytes(server: MotoServer) -> int:
+    """Bytes of the data packs every repository in the bucket holds (restic's data/)."""
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+    return sum(
+        int(item["Size"])
+        for page in pages
+        for item in page.get("Contents", [])
+        if "/data/" in item["Key"]
+    )
 
 
 def _sweep(client: docker.DockerClient) -> None:
@@ -442,6 +452,7 @@ def test_a_backup_killed_with_sigkill_midway_then_the_next_succeeds_and_check_is
     copy = container_of(docker_client, host.json("show", "copy", "--tenant", TENANT))
     as_agent(copy, "head -c 400000000 /dev/urandom > /workspace/big.bin")
     count = snapshot_count(host, "copy")
+    packed = pack_bytes(host.server)
     running = subprocess.Popen(
         [str(DOCKYARD), "backup", "copy", "--tenant", TENANT, "--json"],
         env=host.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=host.project,
@@ -458,7 +469,15 @@ def test_a_backup_killed_with_sigkill_midway_then_the_next_succeeds_and_check_is
         return False
 
     wait_for(backing_up, 120, interval=0.1, what="the backup of copy to start")
-    time.sleep(3)  # restic is uploading packs by now
+    # Midway: its first data packs are stored (a fixed pause could come after the end on a
+    # quick machine, or before the first pack on a loaded one).
+    wait_for(
+        lambda: pack_bytes(host.server) > packed or running.poll() is not None,
+        120,
+        interval=0.2,
+        what="the backup of copy to store a data pack",
+    )
+    assert running.poll() is None, "the backup ended before a data pack was seen stored"
     helper[0].kill(signal="SIGKILL")
     out, err = running.communicate(timeout=300)
     assert running.returncode == 1, (out, err)
