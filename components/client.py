@@ -173,13 +173,22 @@ class Session(TypedDict):
     health: str | None
 
 
-class SessionRow(TypedDict, total=False):
+class _ListedSession(TypedDict):
+    """The keys every row of ``GET /api/sessions`` has (the API's ``SessionRow``)."""
+
     sessionId: str
     tenant: str | None
     stack: str
     host: str
     cwd: str
     createdAt: str
+
+
+class SessionRow(_ListedSession, total=False):
+    """A row of ``GET /api/sessions``: the keys above, and these where the server has them
+    (two classes: ``NotRequired`` is lost at run time under postponed annotations on
+    Python 3.11)."""
+
     labels: dict[str, str]
     container: str | None
     ports: list[dict[str, Any]]
