@@ -23,7 +23,7 @@ import pytest
 
 from tests.support.cli import DOCKYARD
 from tests.support.cli import Cli as SupportCli
-from tests.support.engine import RUN_ID, remove_volume, wait_for
+from tests.support.engine import RUN_ID, is_ready, remove_volume, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -87,6 +87,10 @@ def cli(
             "up", "--request", "-", "--tenant", TENANT, "--json", stdin=json.dumps(request)
         )
         assert result.returncode == 0, result.stderr
+        # `up` returns once the container runs; sshd starts in its entrypoint, before the
+        # ready marker: the first `dockyard ssh` must not race it.
+        container = _container(docker_client)
+        wait_for(lambda: is_ready(container), 120, what=f"{SESSION} ready (sshd started)")
         yield found
     finally:
         found.run("down", SESSION, "--tenant", TENANT)
@@ -205,7 +209,9 @@ def test_host_key_survives_recreation(cli: Cli, docker_client: docker.DockerClie
     assert result.returncode == 0, result.stderr
     wait_for(lambda: _container(docker_client).id != before.id, 60, interval=0.5, what="recreation")
     after = _container(docker_client)
-    wait_for(lambda: after.exec_run(key).exit_code == 0, 60, interval=0.5, what="sshd up")
+    # The host key is in the config volume, there at once; sshd listens only once the new
+    # entrypoint started it, before its ready marker.
+    wait_for(lambda: is_ready(after), 120, interval=0.5, what="sshd up (ready marker)")
     assert after.exec_run(key).output == host_key
     again = subprocess.run(
         cli.ssh(command="id -un"), capture_output=True, text=True, timeout=60, env=cli.env

@@ -129,7 +129,7 @@ class Deployed:
     def container(self, session: str) -> docker.models.containers.Container:
         return self.client.containers.get(self.manifests[session]["container"]["id"])
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 120) -> None:
         """Until every environment of the stack has its ready marker; a failure names the
         ones still pending."""
         pending = {s: self.container(s) for s in self.manifests}
