@@ -24,7 +24,7 @@ from . import (
 from .context import Context, Limits
 from .events_settings import EventSettings
 from .middleware import RequestMiddleware
-from .principal import TokenBuckets
+from .principal import KeyCache, TokenBuckets
 from .store import KeyStore
 
 TITLE = "dockyard"
@@ -62,6 +62,7 @@ def create_app(
     )
     app.state.context = context
     app.state.buckets = TokenBuckets(context.limits.rate, context.limits.burst)
+    app.state.keys = KeyCache()
     app.state.events, app.state.webhooks = hub, dispatcher.store
     errors.install(app)
     app.include_router(sessions.router)

@@ -8,6 +8,7 @@ service layer, so another tenant's session is looked up in the caller's tenant a
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -15,10 +16,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Path, Query, Request
+from sqlalchemy import event
+from sqlalchemy.orm import Session, object_session
 
 from ..errors import NotFound
+from ..sessions.listing import Coalesced
 from .context import Context
 from .errors import RateLimited, Unauthorized
+from .store import KeyInfo
+from .store.models import ApiKey
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,82 @@ class TokenBuckets:
             return (1 - tokens) / self.rate
 
 
-def context(request: Request) -> Context:
+KEY_CACHE_S = 2.0
+"""How long a key found live is trusted without asking the store again: the bound within
+which a key revoked by another process or replica (``dockyard keys revoke``, a second
+server on the same PostgreSQL) is refused here. A revocation through this process's store
+(the API, the dashboard) is refused at once (:class:`KeyCache`)."""
+
+
+class KeyCache:
+    """Keys found live, trusted for :data:`KEY_CACHE_S` in this process, so a request does
+    not take a thread and a store read to learn what the previous one learnt (the key check
+    was a third of a list request's cost). Only live keys are kept (an unknown key is asked
+    every time: nobody fills this with guesses), by the SHA-256 of what was presented.
+
+    Revocation: any ``ApiKey.revoked_at`` set in this process (:meth:`KeyStore.revoke`)
+    moves the *generation*, once when set and once when its transaction commits; an entry
+    holds the generation seen before its store read began and is used only while it is
+    still the current one. So after a revocation here commits, no entry from before it
+    answers, even one whose read raced the commit. Another process's revocation is seen
+    within :data:`KEY_CACHE_S`."""
+
+    MAX = 4096
+    generation = 0
+    """Moves with every revocation in this process (every store, every cache)."""
+
+    def __init__(self, ttl_s: float = KEY_CACHE_S) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[bytes, tuple[KeyInfo, float, int]] = {}
+        self.checks: Coalesced[KeyInfo | None] = Coalesced()
+        """Concurrent checks of one key share a store read started after they arrived."""
+
+    @staticmethod
+    def slot(presented: str) -> bytes:
+        return hashlib.sha256(presented.encode()).digest()
+
+    def get(self, slot: bytes) -> KeyInfo | None:
+        entry = self._entries.get(slot)
+        if entry is None:
+            return None
+        info, until, generation = entry
+        if generation != KeyCache.generation or time.monotonic() >= until:
+            self._entries.pop(slot, None)
+            return None
+        return info
+
+    def put(self, slot: bytes, info: KeyInfo, generation: int, started: float) -> None:
+        """``info`` as read by a store read begun at ``started`` (monotonic) in
+        ``generation``: kept only if no revocation came since."""
+        if generation != KeyCache.generation:
+            return
+        if len(self._entries) >= self.MAX:
+            self._entries.clear()
+        self._entries[slot] = (info, started + self.ttl_s, generation)
+
+    @classmethod
+    def revoked(cls) -> None:
+        cls.generation += 1
+
+
+@event.listens_for(ApiKey.revoked_at, "set")
+def _revoking(target: ApiKey, value: object, _old: object, _initiator: object) -> None:
+    if value is None:
+        return
+    KeyCache.revoked()
+    session = object_session(target)
+    if session is not None:
+        session.info["dockyard_key_revoked"] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    if session.info.pop("dockyard_key_revoked", False):
+        KeyCache.revoked()
+
+
+async def context(request: Request) -> Context:
+    # async: FastAPI runs a plain function dependency in a thread (a hop per request).
     return request.app.state.context  # type: ignore[no-any-return]
 
 
@@ -87,12 +168,32 @@ async def principal(request: Request) -> Principal:
     return await authenticated(request, presented.strip())
 
 
+async def live_key(request: Request, presented: str) -> KeyInfo | None:
+    """The key's info if ``presented`` is live: from this process's :class:`KeyCache`, or
+    from the store (in the service pool, one read for concurrent checks of one key)."""
+    ctx = context_of(request)
+    cache: KeyCache = request.app.state.keys
+    slot = cache.slot(presented)
+    found = cache.get(slot)
+    if found is not None:
+        return found
+
+    async def check() -> KeyInfo | None:
+        generation, started = KeyCache.generation, time.monotonic()
+        info = await ctx.call(ctx.store.authenticate, presented)
+        if info is not None:
+            cache.put(slot, info, generation, started)
+        return info
+
+    return await cache.checks((id(ctx), slot), check)
+
+
 async def authenticated(request: Request, presented: str) -> Principal:
     """The principal of the API key ``presented`` (however the face received it: the
     E2B-compatible face reads X-API-Key), charged against the key's rate; its key id is
     this request's audit actor."""
-    ctx = context(request)
-    info = await ctx.call(ctx.store.authenticate, presented)
+    ctx = context_of(request)
+    info = await live_key(request, presented)
     if info is None:
         raise Unauthorized("the API key is unknown or revoked")
     request.scope.setdefault("dockyard", {})["actor"] = f"key:{info.id}"
@@ -104,6 +205,10 @@ async def authenticated(request: Request, presented: str) -> Principal:
             wait,
         )
     return Principal(info.id, info.tenant, info.admin)
+
+
+def context_of(request: Request) -> Context:
+    return request.app.state.context  # type: ignore[no-any-return]
 
 
 Caller = Annotated[Principal, Depends(principal)]

@@ -7,9 +7,10 @@ bounded pool, and shape the answer; the caller's tenant comes from its key
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from ..errors import InvalidInput
@@ -112,7 +113,24 @@ async def create(body: CreateBody, request: Request, caller: Caller, ctx: Ctx) -
     return dict(await ctx.call(ctx.sessions.create, session_request, values))
 
 
-@router.get("/api/sessions", summary="List sessions")
+PAGE_FIELDS = tuple(SessionRow.model_fields)
+_pages: listing.Coalesced[bytes] = listing.Coalesced()
+"""Identical lists at once (same tenant scope and filters) share one read and one encoding,
+never an older one: :class:`dockyard.sessions.listing.Coalesced`."""
+
+
+def _encoded(found: listing.Page) -> bytes:
+    """The answer (:class:`SessionPage`) as JSON: the rows are the service layer's own (no
+    client input), so they are neither validated nor encoded again per request: the
+    pydantic round trip was most of the server's CPU under 200 concurrent lists of 100
+    (docs/performance.md, api)."""
+    defaults = {"labels": {}, "container": None, "ports": []}
+    items = [{f: row.get(f, defaults.get(f)) for f in PAGE_FIELDS} for row in found.rows]
+    page = {"items": items, "total": found.total, "offset": found.offset, "next": found.next}
+    return json.dumps(page, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@router.get("/api/sessions", summary="List sessions", response_model=SessionPage)
 async def list_sessions(
     caller: Caller,
     ctx: Ctx,
@@ -122,17 +140,16 @@ async def list_sessions(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> SessionPage:
+) -> Response:
     scope = caller.scope(tenant)
-    found = await ctx.call(listing.page, ctx.sessions, scope, label or (), offset, limit)
-    # The rows are the service layer's own (no client input): not validated again, which
-    # was a tenth of the server's CPU under 200 concurrent lists of 100 (docs/performance.md).
-    return SessionPage.model_construct(
-        items=[SessionRow.model_construct(**row) for row in found.rows],
-        total=found.total,
-        offset=offset,
-        next=found.next,
-    )
+    wanted = tuple(label or ())
+
+    def read() -> bytes:
+        return _encoded(listing.page(ctx.sessions, scope, wanted, offset, limit))
+
+    # The answer depends on the scope and filters only, never on which key asked.
+    data = await _pages((id(ctx), scope, wanted, offset, limit), lambda: ctx.call(read))
+    return Response(data, media_type="application/json")
 
 
 @router.get("/api/sessions/{session_id}", summary="A session: manifest, status, health")
