@@ -199,6 +199,14 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=check)
 
 
+def _connects(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     """A namespace on a veth: two HTTP servers and a resolver for *.test names."""
@@ -236,6 +244,14 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
                         str(port),
                     ]
                 )
+            )
+        # Listening before any test asks them (a loaded host can take seconds per Python).
+        for address, port in ((ALLOWED_IP, 80), (ALLOWED_IP, OTHER_PORT), (BLOCKED_IP, 80)):
+            wait_for(
+                lambda a=address, p=port: _connects(a, p),
+                60,
+                interval=0.1,
+                what=f"the upstream server on {address}:{port}",
             )
         sh(
             "ip", "netns", "exec", ns, "dnsmasq", "--no-resolv", "--no-hosts",
