@@ -10,6 +10,10 @@ network — after the caller proved it may: a dockyard key of the sandbox's tena
 sandbox is woken for the call (audited; :func:`dockyard.sessions.e2b.reach`), as the
 hosted product resumes a paused sandbox on traffic.
 
+WebSocket upgrades are routed the same way (same credentials, caps, wake and audit line),
+and refused 403 when a browser's ``Origin`` is not the host the request was sent to:
+:meth:`Routing._route_websocket`.
+
 The sandboxes' deadlines are enforced by a loop this middleware runs for the server's
 lifetime (:func:`dockyard.sessions.e2b.expire` every few seconds).
 """
@@ -30,6 +34,8 @@ import anyio
 import httpx
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from ..errors import DockyardError, InvalidInput, NotFound
 from ..sessions import e2b as sandboxes
@@ -74,6 +80,8 @@ DOCKYARD_CREDENTIALS = frozenset(
     {"x-api-key", "e2b-sandbox-id", "e2b-sandbox-port", "e2b-traffic-access-token"}
 )
 ACCESS_TOKEN = "x-access-token"  # noqa: S105 - a header name
+WEBSOCKET_MESSAGE_BYTES = 16 * 1024 * 1024
+"""The largest WebSocket message passed either way (uvicorn's own default bound)."""
 TRAFFIC_TOKEN = "e2b-traffic-access-token"  # noqa: S105 - a header name
 
 
@@ -151,6 +159,36 @@ def answered_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]
     return kept
 
 
+def websocket_headers(headers: list[tuple[bytes, bytes]], port: int) -> list[tuple[str, str]]:
+    """:func:`forwarded_headers` for a WebSocket upgrade, without the handshake's own
+    headers (the upstream handshake makes its own) and the user agent (passed apart)."""
+    return [
+        (name, value)
+        for name, value in forwarded_headers(headers, port)
+        if not name.startswith("sec-websocket-") and name != "user-agent"
+    ]
+
+
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """Whether a WebSocket's ``Origin`` (sent by browsers, whose pages could otherwise
+    open a socket to a sandbox with the credentials a user's browser holds) names the host
+    the request was sent to. No Origin (a program, the SDKs): True."""
+    if origin is None:
+        return True
+    try:
+        parsed = httpx.URL(origin.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.host or not host:
+            return False
+        sent = httpx.URL(f"{parsed.scheme}://{host.strip()}")
+    except httpx.InvalidURL:
+        return False
+    default = 443 if parsed.scheme == "https" else 80
+    return bool(sent.host) and (parsed.host, parsed.port or default) == (
+        sent.host,
+        sent.port or default,
+    )
+
+
 def upstream_url(scope: Scope, ip: str, port: int) -> httpx.URL:
     """The sandbox's URL for this request, built from parts: the request target is only
     ever a path (+ query) on ``ip:port``. Anything else uvicorn's h11 hands through as
@@ -189,7 +227,7 @@ class Routing:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
             return
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = {
@@ -198,6 +236,9 @@ class Routing:
         wanted = target(headers)
         if wanted is None:
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await self._route_websocket(scope, receive, send, headers, *wanted)
             return
         await self._route(scope, receive, send, headers, *wanted)
 
@@ -259,9 +300,11 @@ class Routing:
     async def _who(self, scope: Scope, headers: dict[str, str], sandbox_id: str) -> Any:
         """The sandbox's record once the caller proved it may reach it (else an error)."""
         sessions = self.context.sessions
+        # A WebSocket's scope read as a request (the same dict of dockyard's state).
+        scope_as_http = scope if scope["type"] == "http" else {**scope, "type": "http"}
         key = headers.get("x-api-key", "").strip()
         if key:
-            request = Request(scope)
+            request = Request(scope_as_http)
             caller = await authenticated(request, key)
             tenant = caller.scope(None)
             scope["dockyard"].update(session=sandbox_id, tenant=tenant)
@@ -270,7 +313,7 @@ class Routing:
         if token:
             # Charged like a key, before any lookup (the sandbox id is the bucket).
             limits = self.context.limits
-            wait = Request(scope).app.state.buckets.take(f"sandbox-token:{sandbox_id}")
+            wait = Request(scope_as_http).app.state.buckets.take(f"sandbox-token:{sandbox_id}")
             if wait:
                 raise RateLimited(
                     f"sandbox {sandbox_id!r}: its access token passed the rate "
@@ -309,12 +352,7 @@ class Routing:
             await response(scope, receive, send)
 
         try:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise InvalidInput(
-                    "E2b-Sandbox-Port",
-                    ["E2b-Sandbox-Port: not a port (allowed: a whole number 1-65535)"],
-                )
-            port = int(port_text)
+            port = _port(port_text)
             record = await self._who(scope, headers, sandbox_id)
             with self._slot(sandbox_id, record.tenant):
                 ip = await self.context.call(sandboxes.reach, self.context.sessions, record)
@@ -329,6 +367,88 @@ class Routing:
             await audit_request(
                 self.context, scope, ok=status["code"] < 400, detail=detail, started=started
             )
+
+    async def _route_websocket(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, str],
+        sandbox_id: str,
+        port_text: str,
+    ) -> None:
+        """A WebSocket to a sandbox's port: the same checks as a request (credentials,
+        caps, wake, the target a path on the sandbox's own address) plus the browser's
+        ``Origin``; then accepted with the sandbox's chosen subprotocol and bridged message
+        by message until either side closes (the sandbox's close code passed on). Refusals
+        answer HTTP in the SDKs' error shape (ASGI's WebSocket denial response)."""
+        rid = uuid.uuid4().hex
+        scope.setdefault("dockyard", {}).update(request_id=rid, actor="anonymous")
+        started = time.monotonic()
+        status = {"code": 500}
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            port = _port(port_text)
+            if not same_origin(headers.get("origin"), headers.get("host")):
+                shown = headers.get("origin", "")[:100]
+                raise _Forbidden(
+                    f"Origin {shown!r} is not {headers.get('host', '')!r}, the host this "
+                    "WebSocket was sent to (allowed: no Origin, or that host's own)"
+                )
+            record = await self._who(scope, headers, sandbox_id)
+            with self._slot(sandbox_id, record.tenant):
+                ip = await self.context.call(sandboxes.reach, self.context.sessions, record)
+                url = upstream_url(scope, ip, port)
+                await self._bridge(scope, receive, send, url, headers, status)
+        except DockyardError as error:
+            response = e2b_error(error, scope)
+            status["code"] = response.status_code
+            if "websocket.http.response" in scope.get("extensions", {}):
+                await response(scope, receive, send)  # an HTTP answer instead of the upgrade
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+        finally:
+            detail = f"e2b-route-ws {port_text} {scope['path']} {status['code']}"
+            await audit_request(
+                self.context, scope, ok=status["code"] < 400, detail=detail, started=started
+            )
+
+    async def _bridge(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        url: httpx.URL,
+        headers: dict[str, str],
+        status: dict[str, int],
+    ) -> None:
+        port = int(url.port or 0)
+        uri = f"ws://{url.host}:{port}{url.raw_path.decode('ascii')}"
+        try:
+            upstream = await connect(
+                uri,
+                additional_headers=websocket_headers(scope.get("headers", []), port),
+                user_agent_header=headers.get("user-agent"),
+                subprotocols=scope.get("subprotocols") or None,
+                compression=None,
+                proxy=None,
+                open_timeout=DAEMON_WAIT_S,
+                max_size=WEBSOCKET_MESSAGE_BYTES,
+            )
+        except InvalidStatus as exc:
+            code = exc.response.status_code
+            raise _BadGateway(f"the sandbox's port {port} refused the WebSocket ({code})") from None
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise _BadGateway(
+                f"the sandbox's port {port} did not take the WebSocket: {exc!s}"[:300]
+            ) from None
+        try:
+            await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+            status["code"] = 101
+            await _pump(receive, send, upstream)
+        finally:
+            await upstream.close()
 
     async def _forward(
         self,
@@ -449,6 +569,61 @@ class Routing:
                     raise
             await asyncio.sleep(0.05)
             waited += 0.05
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise InvalidInput(
+            "E2b-Sandbox-Port",
+            ["E2b-Sandbox-Port: not a port (allowed: a whole number 1-65535)"],
+        )
+    return int(text)
+
+
+async def _pump(receive: Receive, send: Send, upstream: ClientConnection) -> None:
+    """Messages both ways until one side closes: the client's disconnect closes the
+    sandbox's socket; the sandbox's close (its code) closes the client's."""
+    async with anyio.create_task_group() as group:
+
+        async def inward() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    group.cancel_scope.cancel()
+                    return
+                if message["type"] != "websocket.receive":
+                    continue
+                data = message.get("bytes")
+                if data is None:
+                    data = message.get("text") or ""
+                try:
+                    await upstream.send(data)
+                except ConnectionClosed:
+                    return  # outward sees the close and ends both
+
+        async def outward() -> None:
+            try:
+                try:
+                    async for data in upstream:
+                        key = "bytes" if isinstance(data, bytes) else "text"
+                        await send({"type": "websocket.send", key: data})
+                except ConnectionClosed:
+                    pass
+                code = upstream.close_code or 1000
+                # 1005/1006 (no code, cut) may not be sent in a close frame.
+                code = 1000 if code in (1005, 1006) else code
+                await send({"type": "websocket.close", "code": code})
+            except OSError:
+                pass  # the client went away meanwhile (uvicorn's ClientDisconnected)
+            group.cancel_scope.cancel()
+
+        group.start_soon(inward)
+        group.start_soon(outward)
+
+
+class _Forbidden(DockyardError):
+    http_status = 403
+    kind = "forbidden"
 
 
 class _BadTarget(DockyardError):

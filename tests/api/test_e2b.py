@@ -876,3 +876,128 @@ def test_metrics_are_one_sample_now_in_the_sdks_shape(
     assert e2b.metrics(fake, sandbox.sandboxId, "acme", None, now - 3600) == []
     with pytest.raises(SessionNotFound):
         e2b.metrics(fake, sandbox.sandboxId, "other", None, None)
+
+
+class EchoSocket:
+    """A loopback WebSocket "sandbox port": its first message is the handshake's headers
+    (JSON), then it echoes; the message "close" closes with code 4001."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.server: Any = None
+
+    async def start(self) -> int:
+        import json
+
+        from websockets.asyncio.server import ServerConnection, serve
+
+        async def handler(socket: ServerConnection) -> None:
+            self.opened += 1
+            assert socket.request is not None
+            seen = {k.lower(): v for k, v in socket.request.headers.raw_items()}
+            await socket.send(json.dumps(seen))
+            async for message in socket:
+                if message == "close":
+                    await socket.close(4001, "bye")
+                    return
+                await socket.send(message)
+
+        self.server = await serve(handler, "127.0.0.1", 0, subprotocols=["chat"])
+        return int(next(iter(self.server.sockets)).getsockname()[1])
+
+
+async def socket_through(
+    api: Api, headers: list[tuple[bytes, bytes]], messages: list[str], denial: bool = True
+) -> list[dict[str, Any]]:
+    """One WebSocket through the app (ASGI, in-process): ``messages`` sent after the
+    connect; what the app sent back (the accept or the denial, messages, the close)."""
+    import asyncio
+
+    import anyio
+
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "ws",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"api"), *headers],
+        "client": ("127.0.0.1", 5555),
+        "server": ("127.0.0.1", 8000),
+        "subprotocols": ["chat"],
+        "extensions": {"websocket.http.response": {}} if denial else {},
+    }
+    incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    incoming.put_nowait({"type": "websocket.connect"})
+    for text in messages:
+        incoming.put_nowait({"type": "websocket.receive", "text": text})
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(30):
+        await _app_of(api)(scope, incoming.get, send)
+    return sent
+
+
+@pytest.mark.anyio
+async def test_websockets_are_routed_with_the_requests_checks(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A WebSocket to a sandbox's port: refused before any upstream connection without
+    credentials, with a wrong token or a foreign browser Origin (HTTP answers in the SDKs'
+    shape, or a 1008 close without the denial extension); with the sandbox's token (and
+    its own host as Origin) it wakes a paused sandbox once, is accepted with the sandbox's
+    subprotocol, passes messages both ways without dockyard's credentials or cookies, and
+    ends with the sandbox's close code; audited."""
+    import json
+
+    from dockyard.sessions import audit
+
+    echo = EchoSocket()
+    port = await echo.start()
+    try:
+        _as_sandbox(monkeypatch, tmp_path, "127.0.0.1")
+        engine = _engine(monkeypatch, "paused")
+        to_port = (b"e2b-sandbox-port", str(port).encode())
+        for headers, code in (
+            ([(b"e2b-sandbox-id", b"sabc"), to_port], 401),
+            ([(b"e2b-sandbox-id", b"sabc"), (b"x-access-token", b"wrong"), to_port], 404),
+            ([*TOKEN_HEADERS, to_port, (b"origin", b"https://evil.example")], 403),
+            ([*TOKEN_HEADERS, to_port, (b"origin", b"null")], 403),
+        ):
+            sent = await socket_through(api, headers, [])
+            assert sent[0]["type"] == "websocket.http.response.start", sent
+            assert sent[0]["status"] == code
+            assert b'"code":%d' % code in sent[1]["body"]
+        closed = await socket_through(api, [(b"e2b-sandbox-id", b"sabc"), to_port], [], False)
+        assert closed == [{"type": "websocket.close", "code": 1008}]
+        assert (echo.opened, engine.woken) == (0, [])
+
+        allowed = [
+            *TOKEN_HEADERS,
+            to_port,
+            (b"origin", b"http://api"),
+            (b"cookie", b"dockyard_session=x; y=1"),
+        ]
+        sent = await socket_through(api, allowed, ["hi", "close"])
+        assert sent[0] == {"type": "websocket.accept", "subprotocol": "chat"}
+        texts = [m["text"] for m in sent if m["type"] == "websocket.send"]
+        seen = json.loads(texts[0])
+        assert texts[1:] == ["hi"]
+        assert sent[-1] == {"type": "websocket.close", "code": 4001}
+        assert seen.get("cookie") == "y=1"
+        for header in ("x-access-token", "e2b-sandbox-id", "e2b-sandbox-port"):
+            assert header not in seen, header
+        assert echo.opened == 1
+        assert engine.woken == [("sabc", "acme", "e2b routed call")]
+    finally:
+        echo.server.close()
+        await echo.server.wait_closed()
+    details = [e["detail"] for e in audit.read(api.sessions.where.audit_log)]
+    assert any(d.startswith(f"e2b-route-ws {port} /ws 101") for d in details), details
+    assert any(d.startswith(f"e2b-route-ws {port} /ws 403") for d in details), details
