@@ -190,7 +190,7 @@ def test_engine_and_timers_come_back_after_a_reboot(
     for timer in TIMERS:
         assert host.sh(f"systemctl is-active {timer}").strip() == "active"
     # Caddy comes back at boot with the last configuration (before the watcher's first run).
-    wait_for(lambda: caddy_serves(host), 30, what="preview Caddy after the reboot")
+    wait_for(lambda: caddy_serves(host), 90, what="preview Caddy after the reboot")
     assert host.sh(f"systemctl is-active {CADDY}").strip() == "active"
     # Still converged: nothing to change after the reboot.
     again = site(host)
@@ -268,7 +268,7 @@ def test_the_fence_is_in_place_before_the_engine_restarts_containers_at_boot(
         lambda: (
             host.sh("docker inspect -f '{{.State.Running}}' allowed", check=False).strip() == "true"
         ),
-        60,
+        120,
         what="the allowlisted container after the reboot",
     )
     # ... and the table and its forwarder were there before the engine started: restored
@@ -289,7 +289,7 @@ def test_the_fence_is_in_place_before_the_engine_restarts_containers_at_boot(
             monotonic(host, job, "ExecMainExitTimestampMonotonic") > 0
             and host.sh(f"systemctl is-active {job}", check=False).strip() != "activating"
         ),
-        90,
+        180,
         what="the guard's first timer job since boot",
     )
     again = run_playbook("egress.yml", inventory=host.inventory, extra_vars=EGRESS_VARIABLES)

@@ -90,7 +90,7 @@ class SystemdHost:
     def system_state(self) -> str:
         return self.exec("systemctl", "is-system-running", check=False)[1].strip()
 
-    def wait_booted(self, timeout: float = 120) -> None:
+    def wait_booted(self, timeout: float = 240) -> None:
         wait_for(
             lambda: self.system_state() in ("running", "degraded"),
             timeout,
