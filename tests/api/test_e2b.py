@@ -977,6 +977,30 @@ async def test_websockets_are_routed_with_the_requests_checks(
         closed = await socket_through(api, [(b"e2b-sandbox-id", b"sabc"), to_port], [], False)
         assert closed == [{"type": "websocket.close", "code": 1008}]
         assert (echo.opened, engine.woken) == (0, [])
+        # A dockyard key: its tenant's sandbox only (another tenant's answers 404).
+        record = face.sandboxes.by_token(None, "sabc", "tok")
+
+        def record_of(_sessions: Any, sid: str, tenant: str | None) -> Record:
+            if sid != "sabc" or tenant != "acme":
+                raise SessionNotFound(f"no sandbox {sid!r} on this host")
+            return record
+
+        monkeypatch.setattr(face.sandboxes, "record_of", record_of)
+        foreign = api.store.create("zeta", False).key
+        sent = await socket_through(
+            api, [(b"e2b-sandbox-id", b"sabc"), to_port, (b"x-api-key", foreign.encode())], []
+        )
+        assert sent[0]["status"] == 404
+        assert echo.opened == 0
+        own = api.store.create("acme", False).key
+        sent = await socket_through(
+            api, [(b"e2b-sandbox-id", b"sabc"), to_port, (b"x-api-key", own.encode())], ["close"]
+        )
+        assert sent[0] == {"type": "websocket.accept", "subprotocol": "chat"}
+        assert own not in sent[1]["text"]  # the key never reaches the sandbox
+        assert engine.woken == [("sabc", "acme", "e2b routed call")]
+        engine.state = "paused"
+        engine.woken.clear()
 
         allowed = [
             *TOKEN_HEADERS,
@@ -993,7 +1017,7 @@ async def test_websockets_are_routed_with_the_requests_checks(
         assert seen.get("cookie") == "y=1"
         for header in ("x-access-token", "e2b-sandbox-id", "e2b-sandbox-port"):
             assert header not in seen, header
-        assert echo.opened == 1
+        assert echo.opened == 2
         assert engine.woken == [("sabc", "acme", "e2b routed call")]
     finally:
         echo.server.close()
@@ -1001,3 +1025,61 @@ async def test_websockets_are_routed_with_the_requests_checks(
     details = [e["detail"] for e in audit.read(api.sessions.where.audit_log)]
     assert any(d.startswith(f"e2b-route-ws {port} /ws 101") for d in details), details
     assert any(d.startswith(f"e2b-route-ws {port} /ws 403") for d in details), details
+
+
+@pytest.mark.anyio
+async def test_a_websocket_through_a_real_uvicorn_reaches_the_sandbox(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same app under uvicorn (as `dockyard serve` runs it) on loopback: the upgrade
+    is bridged to the sandbox's port, and a foreign Origin gets uvicorn's HTTP denial
+    with the SDKs' error body."""
+    import asyncio
+    import json
+
+    import uvicorn
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    echo = EchoSocket()
+    port = await echo.start()
+    _as_sandbox(monkeypatch, tmp_path, "127.0.0.1")
+    config = uvicorn.Config(
+        _app_of(api), host="127.0.0.1", port=0, lifespan="off", log_level="error"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            await asyncio.sleep(0.05)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        headers = {"E2b-Sandbox-Id": "sabc", "E2b-Sandbox-Port": str(port), "X-Access-Token": "tok"}
+        url = f"ws://127.0.0.1:{bound}/ws"
+        chat: Any = ["chat"]  # the sandbox's server insists on its subprotocol
+        async with connect(url, additional_headers=headers, subprotocols=chat) as socket:
+            assert socket.subprotocol == "chat"
+            seen = json.loads(await socket.recv())
+            assert "x-access-token" not in seen
+            await socket.send("hi")
+            assert await socket.recv() == "hi"
+            await socket.send("close")
+            with pytest.raises(ConnectionClosed):
+                await socket.recv()
+            assert socket.close_code == 4001
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(
+                url,
+                additional_headers=headers,
+                subprotocols=chat,
+                origin="https://evil.example",  # type: ignore[arg-type]
+            )
+        assert refused.value.response.status_code == 403
+        assert b"https://evil.example" in refused.value.response.body
+        assert echo.opened == 1
+    finally:
+        server.should_exit = True
+        await serving
+        echo.server.close()
+        await echo.server.wait_closed()
