@@ -180,6 +180,12 @@ def test_broker_down_fails_the_call_clearly(setup: Setup, env_a: dict[str, Any])
         broker.start()
         setup.network.disconnect(broker)
         setup.network.connect(broker, aliases=["broker"])
+    # Back for the next test: its entrypoint (a script) execs Caddy, which then listens.
+    wait_for(
+        lambda: _call(env_a["agent"], "ANTHROPIC")[0] == 0,
+        60,
+        what=lambda: f"the broker to return: {broker.logs()[-500:]!r}",
+    )
 
 
 def test_the_image_runs_caddy_as_its_own_unprivileged_user(env_a: dict[str, Any]) -> None:
@@ -188,6 +194,17 @@ def test_the_image_runs_caddy_as_its_own_unprivileged_user(env_a: dict[str, Any]
     broker: Container = env_a["broker"]
     broker.reload()
     assert broker.attrs["Config"]["User"] == f"{BROKER_UID}:{BROKER_UID}"
-    processes = broker.top(ps_args="-o pid,uid,comm")["Processes"]
+
+    def processes_now() -> list[list[str]]:
+        return broker.top(ps_args="-o pid,uid,comm")["Processes"] or []
+
+    # A (re)started broker runs its entrypoint script (and what it forks) before it execs
+    # Caddy: read once only Caddy is left.
+    wait_for(
+        lambda: {row[-1] for row in processes_now()} == {"caddy"},
+        60,
+        what=lambda: f"only caddy in the broker: {processes_now()}",
+    )
+    processes = processes_now()
     assert processes, "no process in the broker"
     assert {(uid, comm) for _, uid, comm in processes} == {(str(BROKER_UID), "caddy")}, processes
