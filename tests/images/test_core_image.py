@@ -344,7 +344,7 @@ def test_startup_links_config_starts_tmux_and_writes_ready(
         # tmux opens login shells; /etc/profile must not hide the CLIs from them.
         "agent CLI on a login shell's PATH": (
             "tmux new-window -d \"bash -lc 'command -v $DOCKYARD_BACKEND >/tmp/probe'\";"
-            " for i in $(seq 50); do [ -s /tmp/probe ] && break; sleep 0.1; done;"
+            " for i in $(seq 300); do [ -s /tmp/probe ] && break; sleep 0.1; done;"
             " grep -qx /opt/agents/bin/$DOCKYARD_BACKEND /tmp/probe"
         ),
     }
