@@ -35,7 +35,7 @@ import httpx
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from ..errors import DockyardError, InvalidInput, NotFound
 from ..sessions import e2b as sandboxes
@@ -206,7 +206,7 @@ def upstream_url(scope: Scope, ip: str, port: int) -> httpx.URL:
     raw = path + (b"?" + query if query else b"")
     try:
         url = httpx.URL(scheme="http", host=ip, port=port, raw_path=raw)
-    except httpx.InvalidURL as exc:
+    except (httpx.InvalidURL, UnicodeDecodeError) as exc:  # not ASCII: no valid target
         raise refused from exc
     if url.host != ip or url.port != port or url.userinfo:
         raise refused
@@ -439,7 +439,7 @@ class Routing:
         except InvalidStatus as exc:
             code = exc.response.status_code
             raise _BadGateway(f"the sandbox's port {port} refused the WebSocket ({code})") from None
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
+        except (OSError, WebSocketException, TimeoutError) as exc:
             raise _BadGateway(
                 f"the sandbox's port {port} did not take the WebSocket: {exc!s}"[:300]
             ) from None

@@ -475,6 +475,9 @@ async def test_routing_never_leaves_the_sandboxs_address(
         status, data = await routed(api, evil.encode(), headers)
         assert status == 400, (evil, status, data)
         assert b"allowed: a path starting with /" in data, data
+    # Bytes no request target may hold (not ASCII): refused too, not a server error.
+    status, data = await routed(api, b"/a\xff", headers)
+    assert status == 400, (status, data)
     # A path that looks like an authority stays a path on the sandbox's own address.
     status, _ = await routed(api, f"//127.0.0.1:{p}/steal".encode(), headers)
     assert status == 502
