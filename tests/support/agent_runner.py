@@ -124,5 +124,5 @@ def ready(container: Container) -> bool:
     return is_ready(container)
 
 
-def wait_ready(container: Container, timeout: float = 20) -> None:
+def wait_ready(container: Container, timeout: float = 90) -> None:
     wait_for(lambda: ready(container), timeout, what=f"/tmp/ready in {container.name}")
