@@ -166,7 +166,7 @@ def test_ready_marker_tmux_and_both_clis(gvisor: Deployed) -> None:
             lambda c=container: (
                 c.exec_run(["cat", "/tmp/pane"]).output.split() == [b"/workspace", b"1000"]
             ),
-            15,
+            60,
             what=f"{session}: tmux main to run a typed command",
         )
         assert exec_ok(container, ["claude", "--version"]).strip(), session
@@ -178,7 +178,7 @@ def test_health_check_turns_healthy(gvisor: Deployed) -> None:
         container = gvisor.container(session)
         wait_for(
             lambda c=container: health_status(c) == "healthy",
-            timeout=90,
+            timeout=180,
             interval=0.5,
             what=lambda c=container: (
                 f"{c.name} healthy (now {health_status(c)}: {last_health_output(c)!r})"
