@@ -1,5 +1,16 @@
 """Run a command in a session's container as the agent user and stream what it says, with
-a timeout, an output cap and signals to its process group (issue 27 item 1)."""
+a timeout, an output cap and signals to its process group (issue 27 item 1).
+
+A signal reaches a command this process started through the process group its stream
+began with. One started by another process (another server replica on the same engine
+host) is found through the engine and the host's /proc: the engine's record of the exec
+must say it runs, in this session's container, as the agent user, through this module's
+launcher; its host pid's innermost namespace pid (``NSpid``) is the group inside the
+container, and the signal is sent only if the process with that pid inside the container
+leads its own session and group and started at the same moment (clock ticks since boot)
+as the one the engine named, so a pid reused since, or a /proc that is not the engine's
+(a remote engine, gVisor), signals nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +20,9 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ..contract import WORKSPACE_MOUNT
+from ..contract import AGENT_UID, WORKSPACE_MOUNT
 from ..errors import Failed, InvalidInput, NotFound
 from .exec_streams import STREAMS, Controls, Frames, Raw, feed
 from .workspace_container import Container, Limits
@@ -26,6 +38,16 @@ KILL_GRACE_SECONDS = 2.0
 # itself (docker exec starts it as a session leader: pid == pgid == sid).
 LAUNCHER = 'printf "%s\\n" "$$" >&2; exec "$@"'
 PGID_LINE = re.compile(rb"([0-9]{1,10})\r?\n")
+EXEC_ID = re.compile(r"[0-9a-f]{64}")
+# Inside the container, as the agent user: signal group $2 only if its leader leads its
+# own session and group and started at $3 (/proc/PID/stat: fields after the command's
+# closing parenthesis, field 5 the group, 6 the session, 22 the start time).
+GROUP_KILL = (
+    'stat=$(cat "/proc/$2/stat" 2>/dev/null) || exit 3; rest=${stat##*) }; set -f; '
+    'set -- "$1" "$2" "$3" $rest; '
+    '[ "$6" = "$2" ] && [ "$7" = "$2" ] && [ "${23}" = "$3" ] || exit 3; '
+    'kill -s "$1" -- "-$2"'
+)
 
 
 @dataclass(frozen=True)
@@ -118,6 +140,9 @@ _RUNNING_LOCK = threading.Lock()
 
 class ExecVerbs(Container):
     """Exec and signal."""
+
+    proc = Path("/proc")
+    """The engine host's /proc (where the engine's exec pids are)."""
 
     def exec(
         self,
@@ -238,9 +263,58 @@ class ExecVerbs(Container):
         name = signal_name(value)
         with _RUNNING_LOCK:
             running = _RUNNING.get(exec_id)
-        if running is None or running.container != self.container:
-            raise NotFound(
-                f"session {self.record.session_id!r}: no running exec {exec_id!r} (it ended, or "
-                "it was started by another server)"
+        if running is not None and running.container == self.container:
+            self._run(["/bin/sh", "-c", 'kill -s "$1" -- "-$2"', "sh", name, str(running.pgid)])
+            return
+        missing = NotFound(
+            f"session {self.record.session_id!r}: no running exec {exec_id!r} (it ended, it "
+            "is not a command started through dockyard in this session, or it was started by "
+            "a server on another host)"
+        )
+        found = self._group_elsewhere(exec_id)
+        if found is None:
+            raise missing
+        pgid, started = found
+        code = self._run(["/bin/sh", "-c", GROUP_KILL, "sh", name, str(pgid), str(started)])[2]
+        if code != 0:
+            raise missing
+
+    def _group_elsewhere(self, exec_id: str) -> tuple[int, int] | None:
+        """The process group inside the container and the start time of a running exec
+        another process started in this container (see the module's docstring); None when
+        the engine or this host's /proc cannot vouch for one."""
+        if not EXEC_ID.fullmatch(exec_id):
+            return None
+        try:
+            info = self.api.exec_inspect(exec_id)
+        except Exception:  # the engine's NotFound, or any refusal: not one to signal
+            return None
+        config = info.get("ProcessConfig") or {}
+        container = str(info.get("ContainerID") or "")
+        pid = info.get("Pid")
+        if (
+            info.get("Running") is not True
+            or not (
+                container == self.container
+                or (len(self.container) >= 12 and container.startswith(self.container))
             )
-        self._run(["/bin/sh", "-c", 'kill -s "$1" -- "-$2"', "sh", name, str(running.pgid)])
+            or config.get("entrypoint") != "/bin/sh"
+            or list(config.get("arguments") or [])[:2] != ["-c", LAUNCHER]
+            or config.get("user") != f"{AGENT_UID}:{AGENT_UID}"
+            or not isinstance(pid, int)
+            or pid <= 0
+        ):
+            return None
+        try:
+            status = (self.proc / str(pid) / "status").read_text(errors="replace")
+            stat = (self.proc / str(pid) / "stat").read_text(errors="replace")
+        except OSError:
+            return None
+        inner = [line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")]
+        fields = stat.rpartition(")")[2].split()
+        if not inner or len(inner[0]) < 2 or len(fields) < 20:
+            return None
+        group, started = inner[0][-1], fields[19]
+        if not (group.isdigit() and started.isdigit()) or int(group) <= 1:
+            return None
+        return int(group), int(started)
