@@ -50,7 +50,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 BOMB_PIDS = 200
 HOG_MEMORY_MB = 256
 SMALL_DISK_MB = 48
-ATTACH_ALLOWANCE = 10
+# Tasks over the cap from outside: runc init is a Go program, so one attach counts as
+# several tasks (CI saw 206 of 200 from one); room for two at once.
+ATTACH_ALLOWANCE = 20
 NEIGHBOUR_BOUND_S = 2.0  # the bound for a command in the neighbour
 # Every process forks forever and retries when the cap refuses it, so the cap stays full
 # (the shell classic `:(){ :|:& };:` can collapse once forks fail, and then the probe
