@@ -204,7 +204,7 @@ def test_local_forwarding_reaches_a_server_inside(stack: Deployed, keys: Path) -
             except OSError:
                 return False
 
-        wait_for(through, 20, interval=0.3, what=f"the tunnel on {local}")
+        wait_for(through, 60, interval=0.3, what=f"the tunnel on {local}")
     finally:
         tunnel.terminate()
         tunnel.wait(timeout=10)

@@ -83,7 +83,7 @@ def runsc_runtime(docker_client: docker.DockerClient) -> dict[str, Any]:
     os.kill(int(DOCKERD_PIDFILE.read_text().strip()), 1)
     wait_for(
         lambda: RUNTIME in docker_client.info().get("Runtimes", {}),
-        15,
+        60,
         what="dockerd to list the runsc runtime after SIGHUP",
     )
     return dict(docker_client.info()["Runtimes"][RUNTIME])
@@ -372,7 +372,7 @@ def test_traffic_leaves_through_the_environments_own_network(
         connect = f"import socket; socket.create_connection(('{address}', 9099), timeout=5)"
         wait_for(
             lambda: container.exec_run(["python3", "-c", connect]).exit_code == 0,
-            15,
+            60,
             what=f"{container.name} to reach {address}:9099 on its own network",
         )
         peer.wait(timeout=10)

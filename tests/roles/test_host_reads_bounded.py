@@ -208,7 +208,7 @@ def start_agent(container: Container, mode: str, marker: str) -> None:
     container.exec_run(["python3", "-c", AGENT, mode, marker], user="1000", detach=True)
     wait_for(
         lambda: container.exec_run(["test", "-f", "/tmp/agent-ready"]).exit_code == 0,
-        20,
+        60,
         what=f"hostile agent in {container.name}",
     )
 
@@ -288,7 +288,7 @@ def test_idle_monitor_bounds_a_flooding_and_a_holding_environment(
         container.exec_run(["python3", "-c", FAKE_TMUX], user="1000", detach=True)
         wait_for(
             lambda c=container: c.exec_run(["test", "-e", "/tmp/tmux-1000/real"]).exit_code == 0,
-            20,
+            60,
             what=f"fake tmux server in {container.name}",
         )
         start_agent(container, mode, IDLE_MARKER)

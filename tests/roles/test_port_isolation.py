@@ -146,7 +146,7 @@ def envs(deploy: Any) -> Envs:
     serve(wide.container("c"))
     for stack, session in ((ports, "b"), (wide, "c")):
         port = found.host_port(stack, session)
-        wait_for(lambda p=port: _answers(p), 20, interval=0.2, what=f"server on {port}")
+        wait_for(lambda p=port: _answers(p), 60, interval=0.2, what=f"server on {port}")
     return found
 
 
