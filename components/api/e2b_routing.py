@@ -80,8 +80,12 @@ DOCKYARD_CREDENTIALS = frozenset(
     {"x-api-key", "e2b-sandbox-id", "e2b-sandbox-port", "e2b-traffic-access-token"}
 )
 ACCESS_TOKEN = "x-access-token"  # noqa: S105 - a header name
-WEBSOCKET_MESSAGE_BYTES = 16 * 1024 * 1024
-"""The largest WebSocket message passed either way (uvicorn's own default bound)."""
+WEBSOCKET_MESSAGE_BYTES = 4 * 1024 * 1024
+"""The largest WebSocket message a sandbox may send through the routing (a larger one
+closes the socket, 1009). With :data:`WEBSOCKET_QUEUE` it bounds what one routed socket
+holds in the server's memory when its client reads slower than its sandbox writes."""
+WEBSOCKET_QUEUE = 2
+"""Messages from the sandbox held per socket before reading from it pauses."""
 TRAFFIC_TOKEN = "e2b-traffic-access-token"  # noqa: S105 - a header name
 
 
@@ -435,6 +439,7 @@ class Routing:
                 proxy=None,
                 open_timeout=DAEMON_WAIT_S,
                 max_size=WEBSOCKET_MESSAGE_BYTES,
+                max_queue=WEBSOCKET_QUEUE,
             )
         except InvalidStatus as exc:
             code = exc.response.status_code
@@ -603,15 +608,17 @@ async def _pump(receive: Receive, send: Send, upstream: ClientConnection) -> Non
 
         async def outward() -> None:
             try:
+                code: int | None = None
                 try:
                     async for data in upstream:
                         key = "bytes" if isinstance(data, bytes) else "text"
                         await send({"type": "websocket.send", key: data})
-                except ConnectionClosed:
-                    pass
-                code = upstream.close_code or 1000
-                # 1005/1006 (no code, cut) may not be sent in a close frame.
-                code = 1000 if code in (1005, 1006) else code
+                    code = upstream.close_code
+                except ConnectionClosed as closed:  # an error: 1009 (too big), a cut...
+                    frame = closed.rcvd or closed.sent
+                    code = frame.code if frame is not None else None
+                # 1005 (closed without a code) and 1006 (cut) may not be sent in a frame.
+                code = 1000 if code == 1005 else 1011 if code in (None, 1006) else code
                 await send({"type": "websocket.close", "code": code})
             except OSError:
                 pass  # the client went away meanwhile (uvicorn's ClientDisconnected)

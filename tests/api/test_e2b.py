@@ -903,6 +903,9 @@ class EchoSocket:
                 if message == "close":
                     await socket.close(4001, "bye")
                     return
+                if message == "big":  # over the routing's message bound
+                    await socket.send(b"x" * (face.WEBSOCKET_MESSAGE_BYTES + 1))
+                    continue
                 await socket.send(message)
 
         self.server = await serve(handler, "127.0.0.1", 0, subprotocols=["chat"])
@@ -1021,6 +1024,14 @@ async def test_websockets_are_routed_with_the_requests_checks(
         for header in ("x-access-token", "e2b-sandbox-id", "e2b-sandbox-port"):
             assert header not in seen, header
         assert echo.opened == 2
+        # A message over the bound from the sandbox closes the socket (1009), never held.
+        sent = await socket_through(api, allowed, ["big"])
+        assert [m["type"] for m in sent] == [
+            "websocket.accept",
+            "websocket.send",
+            "websocket.close",
+        ]
+        assert sent[-1]["code"] == 1009
         assert engine.woken == [("sabc", "acme", "e2b routed call")]
     finally:
         echo.server.close()
