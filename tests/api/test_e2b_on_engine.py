@@ -248,6 +248,11 @@ def test_sdk_lifecycle_isolation_and_routing(
         sbx.files.write("/tmp/big.bin", big)
         assert sbx.files.read("/tmp/big.bin", format="bytes") == big
         sbx.files.remove("/tmp/big.bin")
+        # File metadata (envd 0.6.2, what the control plane's envdVersion lets the SDK send)
+        # kept on the environment's own file systems: the home and /tmp.
+        for where in ("meta.txt", "/tmp/meta.txt"):
+            assert sbx.files.write(where, "m", metadata={"Team": "web"}).metadata == {"team": "web"}
+            assert sbx.files.get_info(where).metadata == {"team": "web"}
 
         # Routing: a server started inside, reached by the SDK's own host name...
         _start_server(server, sbx.sandbox_id)
