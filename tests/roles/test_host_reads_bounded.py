@@ -46,6 +46,7 @@ LABEL = "dockyard.bounds-test"
 # on a loaded 2-core machine a few seconds can go to the engine alone. The holding
 # environment's probe takes all of it (the tests wait that long, once each).
 PROBE_TIMEOUT_S = 8
+CATCH_ATTEMPTS = 3  # health report runs until both hostile agents caught its probe
 # A run still going after this is stalled: every bound the scripts set is far below it
 # (and below the 120 s a single read could wait before the fix).
 STALLED_S = 90
@@ -243,12 +244,21 @@ def test_health_report_bounds_a_flooding_and_a_holding_environment(
         )
     )
 
-    run = run_measured(HEALTH, "--config", str(config), "--label", f"{LABEL}={value}", "--json")
+    # The health probe lives a few milliseconds: an agent descheduled on a loaded machine
+    # can miss it, and then the run proves nothing. Such a run is repeated (the report
+    # changes nothing), at most CATCH_ATTEMPTS times; the verdicts are checked on a run the
+    # agents did catch.
+    for _ in range(CATCH_ATTEMPTS):
+        for container in (flooding, holding):
+            exec_ok(container, ["rm", "-f", "/tmp/agent-caught"])
+        run = run_measured(HEALTH, "--config", str(config), "--label", f"{LABEL}={value}", "--json")
+        assert run.returncode == 0, run.stderr
+        if caught(flooding) and caught(holding):
+            break
 
-    assert run.returncode == 0, run.stderr
     print(f"health report: {run.seconds:.1f} s, max RSS {run.max_rss_kb // 1024} MB (script)")
-    assert caught(flooding), "the flooding agent never caught the probe"
-    assert caught(holding), "the holding agent never caught the probe"
+    assert caught(flooding), f"the flooding agent never caught the probe in {CATCH_ATTEMPTS} runs"
+    assert caught(holding), f"the holding agent never caught the probe in {CATCH_ATTEMPTS} runs"
     report = {env["name"]: env for env in json.loads(run.stdout)["environments"]}
     assert report[healthy.name]["probe"] == "ok"
     assert report[healthy.name]["disk_pct"] is not None
