@@ -1064,10 +1064,11 @@ async def test_a_websocket_through_a_real_uvicorn_reaches_the_sandbox(
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     try:
-        for _ in range(200):
+        for _ in range(600):  # up to 30 s on a loaded machine; on as soon as it listens
             if server.started:
                 break
             await asyncio.sleep(0.05)
+        assert server.started, "uvicorn did not start within 30 s"
         bound = server.servers[0].sockets[0].getsockname()[1]
         headers = {"E2b-Sandbox-Id": "sabc", "E2b-Sandbox-Port": str(port), "X-Access-Token": "tok"}
         url = f"ws://127.0.0.1:{bound}/ws"
