@@ -85,7 +85,7 @@ KEY_CACHE_S = 2.0
 """How long a key found live is trusted without asking the store again: the bound within
 which a key revoked by another process or replica (``dockyard keys revoke``, a second
 server on the same PostgreSQL) is refused here. A revocation through this process's store
-(the API, the dashboard) is refused at once (:class:`KeyCache`)."""
+(the API, any KeyStore object in it) is refused at once (:class:`KeyCache`)."""
 
 
 class KeyCache:
