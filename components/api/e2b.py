@@ -103,7 +103,14 @@ class NewSandbox(BaseModel):
     envVars: dict[str, str] | None = Field(
         default=None, description="Delivered as the session's secrets (never plain env)."
     )
-    autoPause: bool | None = None
+    autoPause: bool | None = Field(
+        default=None, description='onTimeout "pause": paused at the deadline, not killed.'
+    )
+    autoResume: dict[str, bool] | None = Field(
+        default=None,
+        description='{"enabled": true}: a routed call wakes it while paused through E2B '
+        "(only with autoPause: true; default false, as E2B).",
+    )
 
 
 class SandboxAnswer(BaseModel):
@@ -137,7 +144,7 @@ class Connect(BaseModel):
 
 # Options of the hosted product that change what a sandbox is: refused when asked for,
 # rather than silently ignored.
-UNSERVED = ("network", "mcp", "iam", "volumeMounts", "autoResume")
+UNSERVED = ("network", "mcp", "iam", "volumeMounts")
 
 
 @router.post("/v2/sandboxes", status_code=201, summary="E2B: create a sandbox")
@@ -146,8 +153,8 @@ async def create(given: NewSandbox, request: Request) -> SandboxAnswer:
     ctx, scope = await acting(request, None)
     extra = given.model_extra or {}
     asked = [k for k in UNSERVED if extra.get(k) not in (None, {}, [])]
-    if given.autoPause:
-        asked.append("autoPause")
+    if extra.get("autoPauseMemory") is False:
+        asked.append("autoPauseMemory")  # a filesystem-only pause: dockyard keeps memory
     if extra.get("allow_internet_access") is False:
         asked.append("allow_internet_access")
     if asked:

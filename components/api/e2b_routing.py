@@ -7,8 +7,8 @@ is forwarded, streamed both ways, to that port of the sandbox's container on its
 network — after the caller proved it may: a dockyard key of the sandbox's tenant in
 ``X-API-Key``, or the sandbox's access token (``X-Access-Token``, which the SDKs send, or
 ``e2b-traffic-access-token``). dockyard's credentials never reach the sandbox. A paused
-sandbox is woken for the call (audited; :func:`dockyard.sessions.e2b.reach`), as the
-hosted product resumes a paused sandbox on traffic.
+sandbox created with E2B's ``autoResume`` and paused through E2B is woken for the call
+(audited; :func:`dockyard.sessions.e2b.reach`); any other paused one answers 409.
 
 WebSocket upgrades are routed the same way (same credentials, caps, wake and audit line),
 and refused 403 when a browser's ``Origin`` is not the host the request was sent to:
@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from ..errors import DockyardError, InvalidInput, NotFound
+from ..errors import Conflict, DockyardError, InvalidInput, NotFound
 from ..sessions import e2b as sandboxes
 from .context import Context
 from .e2b_errors import e2b_error
@@ -61,6 +61,12 @@ PER_TENANT = 256
 """Routed requests one tenant's sandboxes may have in flight together. With
 :data:`PER_SANDBOX` these are the bound on upstream connections: one caller (or one
 agent with its own token) never holds what other tenants' calls need."""
+WEBSOCKETS_PER_SANDBOX = 8
+"""Routed WebSockets one sandbox may have open (each may hold buffered messages in the
+server's memory), within :data:`PER_SANDBOX`."""
+WEBSOCKETS_PER_TENANT = 16
+"""Routed WebSockets one tenant's sandboxes may have open together, within
+:data:`PER_TENANT`."""
 
 HOST_FORM = re.compile(r"([0-9]{1,5})-([a-z0-9]{1,63})\.([^:]+)(?::[0-9]+)?", re.ASCII)
 HOP_BY_HOP = frozenset(
@@ -87,6 +93,9 @@ holds in the server's memory when its client reads slower than its sandbox write
 WEBSOCKET_QUEUE = 2
 """Messages from the sandbox held per socket before reading from it pauses."""
 TRAFFIC_TOKEN = "e2b-traffic-access-token"  # noqa: S105 - a header name
+CHECKED_AS = "127.0.0.1"
+"""The stand-in address a request's target is checked against (:func:`upstream_url`)
+before the sandbox's own is known: a refused target never wakes a sandbox."""
 
 
 def target(headers: dict[str, str]) -> tuple[str, str] | None:
@@ -226,6 +235,7 @@ class Routing:
         self.context = context
         self._client: httpx.AsyncClient | None = None
         self._held: dict[tuple[str, str], int] = {}
+        self._waking: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -277,16 +287,30 @@ class Routing:
                 log.exception("the sandbox timeout sweep failed (next round tries again)")
 
     @contextlib.contextmanager
-    def _slot(self, sandbox_id: str, tenant: str | None) -> Iterator[None]:
+    def _slot(
+        self, sandbox_id: str, tenant: str | None, *, websocket: bool = False
+    ) -> Iterator[None]:
         """One routed request in flight for the sandbox and its tenant, refused 429 over
-        :data:`PER_SANDBOX` / :data:`PER_TENANT` (before any upstream connection)."""
-        keys = (("sandbox", sandbox_id, PER_SANDBOX), ("tenant", tenant or "-", PER_TENANT))
+        :data:`PER_SANDBOX` / :data:`PER_TENANT` (before any upstream connection); a
+        WebSocket also counts against :data:`WEBSOCKETS_PER_SANDBOX` /
+        :data:`WEBSOCKETS_PER_TENANT`."""
+        keys = [("sandbox", sandbox_id, PER_SANDBOX), ("tenant", tenant or "-", PER_TENANT)]
+        if websocket:
+            keys += [
+                ("sandbox-ws", sandbox_id, WEBSOCKETS_PER_SANDBOX),
+                ("tenant-ws", tenant or "-", WEBSOCKETS_PER_TENANT),
+            ]
         for what, name, cap in keys:
             held = self._held.get((what, name), 0)
             if held >= cap:
+                kind, things = (
+                    (what[:-3], "WebSockets open")
+                    if what.endswith("-ws")
+                    else (what, "requests in flight")
+                )
                 raise RateLimited(
-                    f"{what} {name!r} has {held} requests in flight (allowed: at most {cap} "
-                    f"per {what}; end a stream or retry when one ends)",
+                    f"{kind} {name!r} has {held} {things} (allowed: at most {cap} "
+                    f"per {kind}; end a stream or retry when one ends)",
                     1.0,
                 )
         for what, name, _ in keys:
@@ -300,6 +324,34 @@ class Routing:
                     self._held[(what, name)] = left
                 else:
                     del self._held[(what, name)]
+
+    async def _reach(self, scope: Scope, record: Any) -> str:
+        """The sandbox's address (:func:`dockyard.sessions.e2b.reach`): one engine read
+        when it runs; a wake (E2B's auto-resume) goes one at a time per sandbox, the other
+        calls awaiting it on the event loop, never in a worker thread (and the wake itself
+        never waits for a snapshot's lock: 409 busy). The wake's audit line names this
+        call's request id and caller."""
+        state = scope.get("dockyard", {})
+        with contextlib.suppress(Conflict):
+            return str(await self.context.call(sandboxes.address, record))
+        sandbox_id = record.session_id
+        lock, waiting = self._waking.get(sandbox_id, (asyncio.Lock(), 0))
+        self._waking[sandbox_id] = (lock, waiting + 1)
+        try:
+            async with lock:
+                by = (
+                    f"{sandboxes.WOKEN_BY} {state.get('request_id', '-')} by "
+                    f"{state.get('actor', 'anonymous')}"
+                )
+                return str(
+                    await self.context.call(sandboxes.reach, self.context.sessions, record, by)
+                )
+        finally:
+            lock, waiting = self._waking[sandbox_id]
+            if waiting > 1:
+                self._waking[sandbox_id] = (lock, waiting - 1)
+            else:
+                del self._waking[sandbox_id]
 
     async def _who(self, scope: Scope, headers: dict[str, str], sandbox_id: str) -> Any:
         """The sandbox's record once the caller proved it may reach it (else an error)."""
@@ -315,18 +367,27 @@ class Routing:
             return await self.context.call(sandboxes.record_of, sessions, sandbox_id, tenant)
         token = headers.get(ACCESS_TOKEN) or headers.get(TRAFFIC_TOKEN)
         if token:
-            # Charged like a key, before any lookup (the sandbox id is the bucket).
+            # Charged like a key: each attempt to the bucket of (sandbox, client address)
+            # before the compare, so guesses from one address never empty the bucket of
+            # the sandbox's token; that one only once the token matched.
             limits = self.context.limits
-            wait = Request(scope_as_http).app.state.buckets.take(f"sandbox-token:{sandbox_id}")
-            if wait:
-                raise RateLimited(
-                    f"sandbox {sandbox_id!r}: its access token passed the rate "
-                    f"({limits.rate:g} requests/s, burst {limits.burst}): retry in {wait:.1f} s",
-                    wait,
-                )
+            buckets = Request(scope_as_http).app.state.buckets
+
+            def charge(bucket: str, whose: str) -> None:
+                wait = buckets.take(bucket)
+                if wait:
+                    raise RateLimited(
+                        f"sandbox {sandbox_id!r}: {whose} passed the rate ({limits.rate:g} "
+                        f"requests/s, burst {limits.burst}): retry in {wait:.1f} s",
+                        wait,
+                    )
+
+            client = str((scope.get("client") or ("-",))[0])
+            charge(f"sandbox-token-try:{sandbox_id}:{client}", f"token tries from {client}")
             record = await self.context.call(sandboxes.by_token, sessions, sandbox_id, token)
             if record is None:
                 raise NotFound(f"no sandbox {sandbox_id!r} on this host")
+            charge(f"sandbox-token:{sandbox_id}", "its access token")
             scope["dockyard"].update(
                 actor=f"sandbox-token:{sandbox_id}", session=sandbox_id, tenant=record.tenant
             )
@@ -358,8 +419,9 @@ class Routing:
         try:
             port = _port(port_text)
             record = await self._who(scope, headers, sandbox_id)
+            upstream_url(scope, CHECKED_AS, port)  # a bad target is refused before a wake
             with self._slot(sandbox_id, record.tenant):
-                ip = await self.context.call(sandboxes.reach, self.context.sessions, record)
+                ip = await self._reach(scope, record)
                 url = upstream_url(scope, ip, port)
                 await self._forward(scope, receive, send, url, rid, status)
         except DockyardError as error:
@@ -401,8 +463,9 @@ class Routing:
                     "WebSocket was sent to (allowed: no Origin, or that host's own)"
                 )
             record = await self._who(scope, headers, sandbox_id)
-            with self._slot(sandbox_id, record.tenant):
-                ip = await self.context.call(sandboxes.reach, self.context.sessions, record)
+            upstream_url(scope, CHECKED_AS, port)  # a bad target is refused before a wake
+            with self._slot(sandbox_id, record.tenant, websocket=True):
+                ip = await self._reach(scope, record)
                 url = upstream_url(scope, ip, port)
                 await self._bridge(scope, receive, send, url, headers, status)
         except DockyardError as error:

@@ -15,13 +15,15 @@ written whole), removed with the session.
   user, exported by the entrypoint), never as plain container environment: E2B users pass
   API keys there, and plain environment is visible in ``docker inspect``.
 * Timeout: the sandbox is destroyed at ``endAt`` by :func:`expire` (the server runs it in
-  a loop; ``dockyard serve`` is what serves the SDKs). A paused sandbox has no deadline;
+  a loop; ``dockyard serve`` is what serves the SDKs), or paused there when it was created
+  with ``autoPause`` (E2B's ``onTimeout: "pause"``). A paused sandbox has no deadline;
   connecting (which resumes) sets a new one, and so does the first sweep that finds it
   running again after any other wake (its timeout from then).
-* Auto-resume: a call routed to a paused (or hibernated) sandbox's port wakes it once —
-  the same audited wake on use as dockyard's exec and file calls (a ``resume`` whose
-  detail says ``woken by e2b routed call``) — and its clock starts again from then
-  (:func:`reach`); the hosted product resumes a paused sandbox on traffic the same way.
+* Auto-resume (E2B's ``lifecycle.autoResume``, off by default as in E2B): a call routed
+  to a sandbox created with it and paused through E2B wakes it once — the same audited
+  wake on use as dockyard's exec and file calls (a ``resume`` whose detail says ``woken
+  by e2b routed call …``) — and its clock starts again from then (:func:`reach`). Any
+  other paused sandbox answers 409 until connect.
 * The access token (``envdAccessToken``) lets the SDK reach the sandbox's ports through the
   server's routing without an API key (:func:`by_token`); the sandbox's daemon gets it as
   the secret ``DOCKYARD_ENVD_ACCESS_TOKEN`` and checks it on every call too.
@@ -44,7 +46,7 @@ from typing import Any
 from ..capacity import connect
 from ..config.names import RESERVED_LABEL_PREFIX
 from ..config.values import LABEL_KEY
-from ..errors import Conflict, Failed, InvalidInput
+from ..errors import Conflict, Failed, InvalidInput, shown
 from . import hibernate
 from . import pause as pausing
 from .registry import Record, SessionNotFound
@@ -169,6 +171,11 @@ class Sandbox:
     timeout: int
     metadata: dict[str, str] = field(default_factory=dict)
     envdAccessToken: str = ""
+    autoPause: bool = False
+    """At its deadline it is paused (E2B's ``onTimeout: "pause"``), not killed."""
+    autoResume: bool = False
+    """A routed call wakes it while it is paused through E2B (``lifecycle.autoResume``;
+    E2B's default is False: a paused sandbox answers 409 until connect)."""
 
     def answer(self, domain: str | None) -> dict[str, Any]:
         """The SDKs' ``Sandbox`` object (create and connect answer it)."""
@@ -266,6 +273,29 @@ def _limits(sessions: SessionsLike, record: Record) -> dict[str, Any]:
 # --- the verbs -------------------------------------------------------------------------------
 
 
+def _lifecycle(body: Mapping[str, Any], problems: list[str]) -> tuple[bool, bool]:
+    """(autoPause, autoResume) from the create body as the SDKs send E2B's ``lifecycle``
+    (``autoPause``: a bool; ``autoResume``: ``{"enabled": bool}``); auto-resume only with
+    ``onTimeout: "pause"``, as E2B allows it."""
+    pause = body.get("autoPause")
+    if pause is not None and not isinstance(pause, bool):
+        problems.append(f"autoPause: {shown(pause)} is not a boolean (allowed: true, false)")
+        pause = False
+    resume = body.get("autoResume")
+    if isinstance(resume, Mapping):
+        resume = resume.get("enabled")
+    if resume is not None and not isinstance(resume, bool):
+        problems.append(
+            f'autoResume: {shown(resume)} is not allowed (allowed: {{"enabled": true|false}})'
+        )
+        resume = False
+    if resume and not pause:
+        problems.append(
+            'autoResume: enabled only with onTimeout "pause" (autoPause: true), as E2B allows it'
+        )
+    return bool(pause), bool(resume)
+
+
 def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbox:
     """A new sandbox for ``tenant`` from the SDK's create body (``templateID``, ``timeout``,
     ``metadata``, ``envVars``); ``sessions``: :class:`dockyard.sessions.Sessions`."""
@@ -281,6 +311,7 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
             values[key] = check(body.get(key), key)
         except InvalidInput as error:
             problems.extend(error.problems)
+    lifecycle = _lifecycle(body, problems)
     if TOKEN_SECRET in (values.get("envVars") or {}):
         problems.append(f"envVars.{TOKEN_SECRET}: set by dockyard (allowed: any other name)")
     if problems:
@@ -322,6 +353,8 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
         timeout=values["timeout"],
         metadata=metadata,
         envdAccessToken=token,
+        autoPause=lifecycle[0],
+        autoResume=lifecycle[1],
     )
     try:
         _save(sessions, record.stack_name, sandbox)
@@ -472,8 +505,9 @@ def connect_to(sessions: Any, sandbox_id: str, tenant: str | None, timeout: Any)
 
 
 def expire(sessions: Any, now: dt.datetime | None = None) -> list[str]:
-    """Destroy every sandbox whose deadline has passed (every tenant's); answers the ids.
-    One that fails to go is tried again on the next call."""
+    """Destroy every sandbox whose deadline has passed (every tenant's; one created with
+    ``autoPause`` is paused instead, without a deadline); answers the destroyed ids. One
+    that fails to go is tried again on the next call."""
     moment = now or _now()
     gone = []
     for record in sessions.registry.all():
@@ -487,6 +521,15 @@ def expire(sessions: Any, now: dt.datetime | None = None) -> list[str]:
                 _clock_again(sessions, record, sandbox, moment)
             continue
         if _parse(sandbox.endAt) > moment:
+            continue
+        if sandbox.autoPause:
+            # onTimeout "pause": frozen (memory kept), no clock until connect or a wake.
+            try:
+                sessions.pause(record.session_id, record.tenant)
+            except Exception:  # noqa: S112 - the next round tries again; the audit has it
+                continue
+            sandbox.endAt = None
+            _save(sessions, record.stack_name, sandbox)
             continue
         try:
             sessions.destroy(record.session_id, record.tenant)
@@ -533,18 +576,25 @@ WOKEN_BY = "e2b routed call"
 """What the audit's ``resume`` line says woke a sandbox for a routed call."""
 
 
-def reach(sessions: SessionsLike, record: Record) -> str:
+def reach(sessions: SessionsLike, record: Record, by: str = WOKEN_BY) -> str:
     """:func:`address` of a sandbox the caller may reach (``record`` comes from the
-    tenant-scoped or token lookup), waking it first when it is paused or hibernated: one
-    engine read when it runs; otherwise one wake (:func:`.hibernate.wake_if_suspended`,
-    audited as a ``resume`` woken by :data:`WOKEN_BY`) and its deadline restarts from now.
-    A sandbox that is stopped (without a checkpoint) or gone answers :func:`address`'s
-    error and is never woken."""
+    tenant-scoped or token lookup): one engine read when it runs. E2B's auto-resume: a
+    sandbox created with ``autoResume`` and paused through E2B (no deadline: its pause,
+    or its timeout with ``onTimeout: "pause"``) is woken once
+    (:func:`.hibernate.wake_if_suspended`, never waiting for a snapshot or backup that
+    holds it: :class:`.pause.Busy`; audited as a ``resume`` woken by ``by``, which starts
+    with :data:`WOKEN_BY` and names the call and its caller) and its deadline restarts
+    from now. Any other paused one (no autoResume, or paused by dockyard's pause,
+    hibernate or idle monitor) answers :func:`address`'s 409 (connect first); a stopped or
+    gone one is never woken."""
     try:
         return address(record)
     except Conflict:
-        # Paused, hibernated, stopped — or woken by a call racing this one: read again.
-        woken = hibernate.wake_if_suspended(sessions, record, WOKEN_BY)
+        # Paused, hibernated, stopped — or woken by a call racing this one.
+        sandbox = _load(sessions, record)
+        if sandbox is None or not sandbox.autoResume or sandbox.endAt is not None:
+            raise
+        woken = hibernate.wake_if_suspended(sessions, record, by, wait=False)
     sandbox = _load(sessions, record)
     if woken and sandbox is not None and sandbox.endAt is None:
         _clock_again(sessions, record, sandbox, _now())

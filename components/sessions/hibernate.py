@@ -245,13 +245,23 @@ def restore(record: Record, container: Any, entry: dict[str, Any]) -> State:
 
 
 def resume(
-    sessions: SessionsLike, session: str, tenant: str | None = None, *, woken: str = ""
+    sessions: SessionsLike,
+    session: str,
+    tenant: str | None = None,
+    *,
+    woken: str = "",
+    wait: bool = True,
 ) -> State:
     """Thaw a paused session where it was, or start a hibernated one from its checkpoint
     (:func:`.restore`: cold, with its volumes, if the restore fails). Already
     running: no change. ``woken``: what woke it (a call that needed it running), written
-    to the audit line's detail."""
-    with pausing.acting(sessions, "resume", session, tenant) as (record, container, entry):
+    to the audit line's detail. ``wait=False``: :class:`.pause.Busy` at once while a
+    snapshot or backup holds the session."""
+    with pausing.acting(sessions, "resume", session, tenant, wait=wait) as (
+        record,
+        container,
+        entry,
+    ):
         state = _resumed(record, container, entry)
         if woken:
             said = (f"woken by {woken}", entry.get("detail"))
@@ -276,26 +286,33 @@ def _resumed(record: Record, container: Any, entry: dict[str, Any]) -> State:
     )
 
 
-def wake(sessions: SessionsLike, session: str, tenant: str | None, by: str) -> bool:
+def wake(
+    sessions: SessionsLike, session: str, tenant: str | None, by: str, *, wait: bool = True
+) -> bool:
     """Resume the session for a call that needs it running (an exec or a file call found
     it paused or stopped): True if it runs now (woken from pause or hibernation, or
     already running again), False if it cannot be woken (stopped without a checkpoint,
-    gone: the caller reports its own error). Audited as a ``resume`` whose detail says what woke it."""
+    gone: the caller reports its own error). Audited as a ``resume`` whose detail says what woke it.
+    ``wait=False``: :class:`.pause.Busy` (raised) while a snapshot or backup holds it."""
     try:
-        return resume(sessions, session, tenant, woken=by).status == RUNNING
+        return resume(sessions, session, tenant, woken=by, wait=wait).status == RUNNING
+    except pausing.Busy:
+        raise
     except Conflict:
         return False
 
 
-def wake_if_suspended(sessions: SessionsLike, record: Record, by: str) -> bool:
+def wake_if_suspended(
+    sessions: SessionsLike, record: Record, by: str, *, wait: bool = True
+) -> bool:
     """Before something that will need the session running without passing through the
     data plane (an SSH certificate: its holder connects to the session's sshd next):
     wake it if it is paused or hibernated. One engine read when it runs (nothing woken,
-    nothing audited); True if it was woken."""
+    nothing audited); True if it was woken. ``wait=False``: see :func:`wake`."""
     try:
         container = pausing.container_of(record, pausing.shared_client(record.host))
     except (Conflict, Failed):
         return False  # the caller's own path reports what is wrong with it
     if container.status != PAUSED and not is_hibernated(container):
         return False
-    return wake(sessions, record.session_id, record.tenant, by)
+    return wake(sessions, record.session_id, record.tenant, by, wait=wait)

@@ -103,15 +103,27 @@ def container_of(record: Record, client: Any) -> Any:
     return container
 
 
+class Busy(Conflict):
+    """The session's :func:`frozen_state` is held (a snapshot or backup runs) and the
+    caller would not wait for it."""
+
+
 @contextlib.contextmanager
-def frozen_state(where: Paths, record: Record) -> Iterator[None]:
+def frozen_state(where: Paths, record: Record, *, wait: bool = True) -> Iterator[None]:
     """Exclusive, across this machine's processes, over a session's paused-or-running
     state: a snapshot copies while it holds the session paused, so no pause, resume or
-    other snapshot may change that state meanwhile (they wait)."""
+    other snapshot may change that state meanwhile (they wait). ``wait=False``: a held
+    lock raises :class:`Busy` at once (a request's thread never waits for a backup)."""
     directory = where.state / "locks"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(directory / f"{record.stack_name}.freeze", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(
+                f"session {record.session_id!r} is busy: a snapshot or backup of it is "
+                "running; retry in a few seconds"
+            ) from None
         try:
             yield
         finally:
@@ -133,9 +145,11 @@ def shared_client(host: str) -> Any:
 
 
 @contextlib.contextmanager
-def acting(sessions: SessionsLike, verb: str, session: str, tenant: str | None) -> Iterator[Any]:
+def acting(
+    sessions: SessionsLike, verb: str, session: str, tenant: str | None, *, wait: bool = True
+) -> Iterator[Any]:
     """(record, container, audit entry) of ``verb`` on an existing session, audited, under
-    the session's :func:`frozen_state` lock."""
+    the session's :func:`frozen_state` lock (``wait=False``: :class:`Busy` if it is held)."""
     record = sessions.registry.find(session, tenant)
     with audit.recorded(
         sessions.where.audit_log,
@@ -146,7 +160,7 @@ def acting(sessions: SessionsLike, verb: str, session: str, tenant: str | None) 
         stack=record.stack_name,
     ) as entry:
         require_docker(plan_of(sessions, record), verb)
-        with frozen_state(sessions.where, record):
+        with frozen_state(sessions.where, record, wait=wait):
             yield record, container_of(record, shared_client(record.host)), entry
 
 

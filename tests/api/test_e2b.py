@@ -5,8 +5,10 @@ HTTP answers in the SDKs' error shape (the app in-process)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -271,11 +273,11 @@ async def test_http_answers_in_the_sdks_error_shape(api: Api) -> None:
     assert "'nosuch' is not a template this host serves" in unknown.json()["message"]
     unserved = await api.client.post(
         "/v2/sandboxes",
-        json={"templateID": "base", "autoPause": True, "network": {"allowOut": ["x"]}},
+        json={"templateID": "base", "autoPauseMemory": False, "network": {"allowOut": ["x"]}},
         headers={"X-API-Key": key},
     )
     assert unserved.status_code == 501
-    assert "autoPause: not supported" in unserved.json()["message"]
+    assert "autoPauseMemory: not supported" in unserved.json()["message"]
     for path in ("/v3/templates", "/templates/abc/builds/1", "/volumes", "/sandboxes/s1/fork"):
         answer = await api.client.post(path, headers={"X-API-Key": key})
         assert answer.status_code == 501, path
@@ -385,6 +387,7 @@ async def routed(
     method: str = "GET",
     body: list[bytes | None] | None = None,
     wait_disconnect: Any = None,
+    client: str = "127.0.0.1",
 ) -> tuple[int, bytes]:
     """One request through the app with ``target`` as the raw request-target (h11 hands
     any visible characters through unvalidated); (status, body)."""
@@ -400,7 +403,7 @@ async def routed(
         "query_string": query,
         "root_path": "",
         "headers": [(b"host", b"api"), *headers],
-        "client": ("127.0.0.1", 5555),
+        "client": (client, 5555),
         "server": ("127.0.0.1", 8000),
     }
     parts = list(body or [b""])
@@ -786,7 +789,10 @@ class Engine:
             raise Conflict(f"sandbox {record.session_id!r} is {self.state}")
         return "127.0.0.1"
 
-    def wake_if_suspended(self, _sessions: Any, record: Record, by: str) -> bool:
+    def wake_if_suspended(
+        self, _sessions: Any, record: Record, by: str, *, wait: bool = True
+    ) -> bool:
+        assert wait is False  # a routed call's wake never waits for a snapshot's lock
         self.woken.append((record.session_id, record.tenant, by))
         if self.state in ("paused", "hibernated"):
             self.state = "running"
@@ -794,19 +800,46 @@ class Engine:
         return False
 
 
-def _engine(monkeypatch: pytest.MonkeyPatch, state: str) -> Engine:
+def _engine(monkeypatch: pytest.MonkeyPatch, state: str, resumable: bool = False) -> Engine:
+    """``resumable``: every sandbox's E2B record (faked) asked for autoResume and was
+    paused through E2B (no deadline)."""
     engine = Engine(state)
     monkeypatch.setattr(e2b, "address", engine.address)
     monkeypatch.setattr(e2b.hibernate, "wake_if_suspended", engine.wake_if_suspended)
+    if resumable:
+        monkeypatch.setattr(
+            e2b,
+            "_load",
+            lambda _s, record: e2b.Sandbox(
+                sandboxId=record.session_id,
+                tenant=record.tenant,
+                templateID="base",
+                startedAt="2026-12-07T00:00:00.000Z",
+                endAt=None,
+                timeout=60,
+                autoPause=True,
+                autoResume=True,
+            ),
+        )
     return engine
+
+
+def _callers(engine: Engine) -> list[tuple[str, str | None, str]]:
+    """(sandbox, tenant, caller) of each wake; its audit detail names call and caller."""
+    for _sid, _tenant, by in engine.woken:
+        assert re.fullmatch(r"e2b routed call [0-9a-f]{32} by \S+", by), by
+    return [(sid, tenant, by.rsplit(" by ", 1)[1]) for sid, tenant, by in engine.woken]
 
 
 def test_a_routed_call_wakes_a_paused_sandbox_once_and_its_clock_runs_again(
     fake: FakeSessions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Auto-resume: reach() wakes a paused sandbox (once: running, nothing more is woken),
-    its deadline restarts from the wake; a stopped one is refused and gets no deadline."""
-    sandbox = e2b.create(fake, {"templateID": "base", "timeout": 60}, "acme")
+    """Auto-resume (E2B's ``lifecycle.autoResume``, only with onTimeout "pause"): reach()
+    wakes a paused sandbox (once: running, nothing more is woken), its deadline restarts
+    from the wake; a stopped one is refused and gets no deadline."""
+    resumable = {"templateID": "base", "timeout": 60, "autoPause": True}
+    sandbox = e2b.create(fake, {**resumable, "autoResume": {"enabled": True}}, "acme")
+    assert (sandbox.autoPause, sandbox.autoResume) == (True, True)
     assert e2b.pause(fake, sandbox.sandboxId, "acme") is True
     record = e2b.record_of(fake, sandbox.sandboxId, "acme")
     engine = _engine(monkeypatch, "paused")
@@ -819,12 +852,13 @@ def test_a_routed_call_wakes_a_paused_sandbox_once_and_its_clock_runs_again(
     assert limits[0] <= end <= limits[1]
     assert e2b.reach(fake, record) == "127.0.0.1"
     assert len(engine.woken) == 1  # running: one engine read, no wake
-    # A hibernated one wakes the same way.
+    # Paused through E2B again, then hibernated: it wakes the same way.
+    e2b.pause(fake, sandbox.sandboxId, "acme")
     engine.state = "hibernated"
-    assert e2b.reach(fake, record) == "127.0.0.1"
-    assert len(engine.woken) == 2
+    assert e2b.reach(fake, record, "e2b routed call r1 by key:k1") == "127.0.0.1"
+    assert engine.woken[1] == (sandbox.sandboxId, "acme", "e2b routed call r1 by key:k1")
 
-    stopped = e2b.create(fake, {"templateID": "base", "timeout": 60}, "acme")
+    stopped = e2b.create(fake, {**resumable, "autoResume": {"enabled": True}}, "acme")
     e2b.pause(fake, stopped.sandboxId, "acme")
     engine.state = "exited"
     with pytest.raises(Conflict, match="is exited"):
@@ -832,25 +866,60 @@ def test_a_routed_call_wakes_a_paused_sandbox_once_and_its_clock_runs_again(
     assert e2b.get(fake, stopped.sandboxId, "acme").endAt is None
 
 
+def test_a_paused_sandbox_without_auto_resume_or_paused_by_dockyard_is_not_woken(
+    fake: FakeSessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E2B's default (no autoResume): a routed call to a paused sandbox answers 409 and
+    wakes nothing; with autoResume, a pause that was not made through E2B (dockyard's
+    pause, hibernate, idle monitor: its deadline kept) is not woken either. autoResume is
+    refused without onTimeout "pause"; at its deadline an autoPause sandbox is paused (no
+    clock), never destroyed."""
+    engine = _engine(monkeypatch, "paused")
+    plain = e2b.create(fake, {"templateID": "base", "timeout": 60}, "acme")
+    assert plain.autoResume is False
+    e2b.pause(fake, plain.sandboxId, "acme")
+    with pytest.raises(Conflict, match="is paused"):
+        e2b.reach(fake, e2b.record_of(fake, plain.sandboxId, "acme"))
+    body = {"templateID": "base", "autoPause": True, "autoResume": {"enabled": True}}
+    resumable = e2b.create(fake, body, "acme")
+    fake.pause(resumable.sandboxId, "acme")  # dockyard's own pause: the deadline stays
+    with pytest.raises(Conflict, match="is paused"):
+        e2b.reach(fake, e2b.record_of(fake, resumable.sandboxId, "acme"))
+    assert engine.woken == []
+    for wrong, said in (
+        ({"autoResume": {"enabled": True}}, 'only with onTimeout "pause"'),
+        ({"autoResume": {"enabled": "yes"}}, "autoResume: 'yes' is not allowed"),
+        ({"autoPause": "yes"}, "autoPause: 'yes' is not a boolean"),
+    ):
+        with pytest.raises(InvalidInput) as caught:
+            e2b.create(fake, {"templateID": "base", **wrong}, "acme")
+        assert any(said in problem for problem in caught.value.problems), caught.value.problems
+    e2b.expire(fake, dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    assert fake.destroyed == []
+    assert e2b.get(fake, resumable.sandboxId, "acme").endAt is None  # paused at its deadline
+
+
 @pytest.mark.anyio
 async def test_a_routed_call_to_a_paused_sandbox_is_forwarded_after_one_wake(
     api: Api, canary: Canary, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Through the app: the call that found its sandbox paused is answered by the sandbox
-    (the wake happened inside that call); a caller who cannot prove it may reach the
-    sandbox wakes nothing (the wake comes after the credentials' check)."""
+    (the wake happened inside that call, its audit detail naming the caller); a caller who
+    cannot prove it may reach the sandbox, or whose target is refused, wakes nothing (the
+    wake comes after the credentials' and the target's checks)."""
     _as_sandbox(monkeypatch, tmp_path, "127.0.0.1")
-    engine = _engine(monkeypatch, "paused")
+    engine = _engine(monkeypatch, "paused", resumable=True)
     port = (b"e2b-sandbox-port", str(canary.port).encode())
-    for refused, code in (
-        ([(b"e2b-sandbox-id", b"sabc"), (b"x-access-token", b"wrong"), port], 404),
-        ([(b"e2b-sandbox-id", b"sabc"), port], 401),
+    for target, refused, code in (
+        (b"/x", [(b"e2b-sandbox-id", b"sabc"), (b"x-access-token", b"wrong"), port], 404),
+        (b"/x", [(b"e2b-sandbox-id", b"sabc"), port], 401),
+        (b"@127.0.0.1:1/x", [*TOKEN_HEADERS, port], 400),
     ):
-        assert (await routed(api, b"/x", refused))[0] == code
+        assert (await routed(api, target, refused))[0] == code
     assert engine.woken == []
     assert canary.hits == []
     assert await routed(api, b"/x", [*TOKEN_HEADERS, port]) == (200, b"SECRET")
-    assert engine.woken == [("sabc", "acme", "e2b routed call")]
+    assert _callers(engine) == [("sabc", "acme", "sandbox-token:sabc")]
     assert canary.hits == ["/x"]
 
 
@@ -968,7 +1037,7 @@ async def test_websockets_are_routed_with_the_requests_checks(
     port = await echo.start()
     try:
         _as_sandbox(monkeypatch, tmp_path, "127.0.0.1")
-        engine = _engine(monkeypatch, "paused")
+        engine = _engine(monkeypatch, "paused", resumable=True)
         to_port = (b"e2b-sandbox-port", str(port).encode())
         for headers, code in (
             ([(b"e2b-sandbox-id", b"sabc"), to_port], 401),
@@ -1004,7 +1073,8 @@ async def test_websockets_are_routed_with_the_requests_checks(
         )
         assert sent[0] == {"type": "websocket.accept", "subprotocol": "chat"}
         assert own not in sent[1]["text"]  # the key never reaches the sandbox
-        assert engine.woken == [("sabc", "acme", "e2b routed call")]
+        [(_, _, caller)] = _callers(engine)
+        assert caller.startswith("key:")
         engine.state = "paused"
         engine.woken.clear()
 
@@ -1032,7 +1102,7 @@ async def test_websockets_are_routed_with_the_requests_checks(
             "websocket.close",
         ]
         assert sent[-1]["code"] == 1009
-        assert engine.woken == [("sabc", "acme", "e2b routed call")]
+        assert _callers(engine) == [("sabc", "acme", "sandbox-token:sabc")]
     finally:
         echo.server.close()
         await echo.server.wait_closed()
@@ -1098,3 +1168,134 @@ async def test_a_websocket_through_a_real_uvicorn_reaches_the_sandbox(
         await serving
         echo.server.close()
         await echo.server.wait_closed()
+
+
+def test_a_wake_for_a_routed_call_never_waits_for_a_snapshots_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R3: while a snapshot or backup holds the session's freeze lock, the routed call's
+    wake (wait=False, what reach() asks) raises Busy at once, audited as a refused resume,
+    the container untouched; a wake that may wait (exec's, ssh's) still wakes it once the
+    lock is free. hibernate.wake passes Busy on (a plain Conflict still answers False)."""
+    from dockyard.sessions import hibernate, pause
+    from tests.unit.test_hibernate import ABLE, FakeEngine, _on, registered_sessions
+
+    sessions = registered_sessions(tmp_path, ("acme",))
+    record = sessions.registry.find("s1", "acme")
+    engine = FakeEngine("paused")
+    _on(monkeypatch, engine, ABLE)
+    busy = pytest.raises(pause.Busy, match="busy: a snapshot or backup of it is running")
+    with pause.frozen_state(sessions.where, record), busy:  # a backup copying
+        hibernate.wake_if_suspended(sessions, record, "e2b routed call", wait=False)
+    assert engine.calls == []
+    assert hibernate.wake_if_suspended(sessions, record, "exec or file call") is True
+    assert engine.calls == ["unpause"]
+
+    def refused(*_: Any, **__: Any) -> Any:
+        raise Conflict("stopped")
+
+    monkeypatch.setattr(hibernate, "resume", refused)
+    assert hibernate.wake(sessions, "s1", "acme", "x", wait=False) is False
+
+
+@pytest.mark.anyio
+async def test_routed_calls_to_a_sandbox_being_snapshotted_answer_busy_and_wake_once(
+    api: Api, canary: Canary, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """R3 through the app: a wake refused Busy answers 409 "busy" (no worker thread
+    waits); concurrent routed calls to one paused sandbox wake it once, one at a time,
+    the others awaiting that wake on the event loop, and are all answered."""
+    import asyncio
+    import threading
+
+    from dockyard.sessions import pause
+
+    _as_sandbox(monkeypatch, tmp_path, "127.0.0.1")
+    engine = _engine(monkeypatch, "paused", resumable=True)
+    port = (b"e2b-sandbox-port", str(canary.port).encode())
+
+    def busy(_s: Any, record: Record, by: str, *, wait: bool = True) -> bool:
+        raise pause.Busy(f"session {record.session_id!r} is busy: a snapshot or backup runs")
+
+    monkeypatch.setattr(e2b.hibernate, "wake_if_suspended", busy)
+    status, data = await routed(api, b"/x", [*TOKEN_HEADERS, port])
+    assert status == 409, data
+    assert b"is busy" in data
+    assert canary.hits == []
+
+    inside = {"now": 0, "most": 0}
+    guard = threading.Lock()
+    slow = threading.Event()
+
+    def counted(_s: Any, record: Record, by: str, *, wait: bool = True) -> bool:
+        with guard:
+            inside["now"] += 1
+            inside["most"] = max(inside["most"], inside["now"])
+        slow.wait(0.3)  # a thaw takes a moment: the other calls arrive meanwhile
+        with guard:
+            inside["now"] -= 1
+        return engine.wake_if_suspended(_s, record, by, wait=wait)
+
+    monkeypatch.setattr(e2b.hibernate, "wake_if_suspended", counted)
+    answers = await asyncio.gather(*(routed(api, b"/x", [*TOKEN_HEADERS, port]) for _ in range(4)))
+    assert answers == [(200, b"SECRET")] * 4
+    assert inside["most"] == 1
+    assert len(engine.woken) == 1
+
+
+@pytest.mark.anyio
+async def test_failed_token_tries_never_empty_the_sandboxs_bucket(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """R5: wrong tokens are charged to (sandbox, client address): one address guessing
+    is refused 429 after the burst, while the sandbox's own token from another address
+    still passes; the sandbox's bucket is charged only once a token matched."""
+    from dockyard.api.principal import TokenBuckets
+
+    _as_sandbox(monkeypatch, tmp_path, "127.0.0.1")
+    _app_of(api).state.buckets = TokenBuckets(rate=0.01, burst=2)
+    closed = (b"e2b-sandbox-port", str(socket_port()).encode())
+    wrong = [(b"e2b-sandbox-id", b"sabc"), (b"x-access-token", b"wrong"), closed]
+    guesses = [(await routed(api, b"/x", wrong, client="10.0.0.9"))[0] for _ in range(3)]
+    assert guesses == [404, 404, 429]
+    owner = [(await routed(api, b"/x", [*TOKEN_HEADERS, closed]))[0] for _ in range(3)]
+    assert owner == [502, 502, 429]  # the sandbox's own burst, all of it left
+
+
+def test_routed_websockets_are_capped_per_sandbox_and_tenant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """R9: a WebSocket counts against its own, lower caps (it may hold buffered messages
+    in the server), on top of the requests' ones; requests are not counted against them."""
+    from dockyard.api.errors import RateLimited
+
+    assert face.WEBSOCKETS_PER_SANDBOX <= 8
+    assert face.WEBSOCKETS_PER_TENANT <= 16
+    monkeypatch.setattr(face, "WEBSOCKETS_PER_SANDBOX", 2)
+    monkeypatch.setattr(face, "WEBSOCKETS_PER_TENANT", 3)
+    routing = face.Routing(None, None)  # type: ignore[arg-type]
+    with contextlib.ExitStack() as held:
+        held.enter_context(routing._slot("s1", "acme", websocket=True))
+        held.enter_context(routing._slot("s1", "acme", websocket=True))
+        with pytest.raises(RateLimited, match="sandbox 's1' has 2 WebSockets open"):
+            held.enter_context(routing._slot("s1", "acme", websocket=True))
+        held.enter_context(routing._slot("s1", "acme"))  # a request still goes
+        held.enter_context(routing._slot("s2", "acme", websocket=True))
+        with pytest.raises(RateLimited, match="tenant 'acme' has 3 WebSockets open"):
+            held.enter_context(routing._slot("s3", "acme", websocket=True))
+        held.enter_context(routing._slot("s4", "zeta", websocket=True))
+    assert routing._held == {}
+
+
+@pytest.mark.anyio
+async def test_a_websocket_over_its_cap_is_refused_429_before_any_wake(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """R9 through the app: over the WebSocket cap, the SDKs' 429 shape, nothing woken."""
+    _as_sandbox(monkeypatch, tmp_path, "127.0.0.1")
+    engine = _engine(monkeypatch, "paused", resumable=True)
+    monkeypatch.setattr(face, "WEBSOCKETS_PER_SANDBOX", 0)
+    sent = await socket_through(api, [*TOKEN_HEADERS, (b"e2b-sandbox-port", b"3000")], [])
+    assert sent[0]["status"] == 429
+    assert b"WebSockets open" in sent[1]["body"]
+    assert engine.woken == []

@@ -205,6 +205,8 @@ def test_sdk_lifecycle_isolation_and_routing(
         timeout=600,
         metadata={"purpose": "e2b-test", "run": RUN_ID},
         envs={"E2B_TEST_VALUE": canary},
+        # E2B's auto-resume (off by default): a routed call may wake it once paused.
+        lifecycle={"on_timeout": "pause", "auto_resume": True},
         **server.sdk("a"),
     )
     other = Sandbox.create("base", metadata={"run": RUN_ID}, **server.sdk("b"))
@@ -314,8 +316,9 @@ def test_sdk_lifecycle_isolation_and_routing(
         resumed = Sandbox.connect(sbx.sandbox_id, timeout=600, **server.sdk("a"))
         assert resumed.get_info().state.value == "running"
         assert resumed.commands.run("echo again").stdout == "again\n"
-        # Paused again, a routed call without connect wakes it once (E2B's auto-resume),
-        # audited like dockyard's own wake on use, and its clock runs again.
+        # Paused again, a routed call without connect wakes it once (E2B's auto-resume,
+        # asked at create), audited like dockyard's own wake on use, and its clock runs
+        # again. (Without autoResume it answers 409: tests/api/test_e2b.py.)
         resumed.pause()
         assert resumed.commands.run("echo woken", timeout=60).stdout == "woken\n"
         woken = resumed.get_info()

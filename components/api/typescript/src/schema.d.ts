@@ -1306,8 +1306,18 @@ export interface components {
          *     set to something other than their default).
          */
         NewSandbox: {
-            /** Autopause */
+            /**
+             * Autopause
+             * @description onTimeout "pause": paused at the deadline, not killed.
+             */
             autoPause?: boolean | null;
+            /**
+             * Autoresume
+             * @description {"enabled": true}: a routed call wakes it while paused through E2B (only with autoPause: true; default false, as E2B).
+             */
+            autoResume?: {
+                [key: string]: boolean;
+            } | null;
             /**
              * Envvars
              * @description Delivered as the session's secrets (never plain env).
