@@ -435,8 +435,9 @@ def metrics(
     """The SDKs' ``SandboxMetric`` list for ``[start, end]`` (unix seconds, either open):
     dockyard keeps no history, so one sample taken now — from the session's stats, the
     same figures as ``GET /api/sessions/{id}/stats`` — when now lies in the interval, else
-    none. A paused sandbox's sample has its memory and disk totals and no use; it is not
-    woken for it."""
+    none. A paused sandbox is not woken for it: its sample has no use, its memory total
+    is its memory limit (the engine gives no stats of a frozen container) and its disk
+    figures are 0."""
     record, _ = _found(sessions, sandbox_id, tenant)
     moment = _now()
     if (start is not None and moment.timestamp() < start) or (
@@ -447,7 +448,9 @@ def metrics(
     memory = figures.get("memory") or {}
     cpu = figures.get("cpu") or {}
     disk = figures.get("disk") or {}
-    cpus = _limits(sessions, record).get("cpus") or cpu.get("onlineCpus") or 0
+    limits = _limits(sessions, record)
+    cpus = limits.get("cpus") or cpu.get("onlineCpus") or 0
+    limit_mb = int(limits.get("memory") or 0)
     return [
         {
             "timestamp": _iso(moment),
@@ -455,7 +458,7 @@ def metrics(
             "cpuCount": max(1, round(float(cpus))) if cpus else 0,
             "cpuUsedPct": float(cpu.get("percent") or 0.0),
             "memUsed": int(memory.get("used") or 0),
-            "memTotal": int(memory.get("limit") or 0),
+            "memTotal": int(memory.get("limit") or limit_mb * 1024 * 1024),
             "memCache": 0,
             "diskUsed": int(disk.get("used") or 0),
             "diskTotal": int(disk.get("total") or 0),

@@ -948,6 +948,11 @@ def test_metrics_are_one_sample_now_in_the_sdks_shape(
     assert e2b.metrics(fake, sandbox.sandboxId, "acme", None, now - 3600) == []
     with pytest.raises(SessionNotFound):
         e2b.metrics(fake, sandbox.sandboxId, "other", None, None)
+    # Paused: the engine has no stats of a frozen container; its memory limit is the total.
+    monkeypatch.setattr(e2b, "_limits", lambda _s, _r: {"cpus": 2.0, "memory": 512})
+    monkeypatch.setattr(fake, "workspace", lambda *_: SimpleNamespace(stats=lambda: {}))
+    [paused] = e2b.metrics(fake, sandbox.sandboxId, "acme", None, None)
+    assert (paused["memTotal"], paused["memUsed"], paused["diskTotal"]) == (512 << 20, 0, 0)
 
 
 class EchoSocket:
