@@ -99,7 +99,8 @@ async def stream_events(
         str | None, Query(max_length=1000, description="Comma-separated event types.")
     ] = None,
     after: Annotated[
-        int | None, Query(ge=0, description="Start after this event id (0: from the first).")
+        int | None,
+        Query(ge=0, le=2**31 - 1, description="Start after this event id (0: from the first)."),
     ] = None,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> StreamingResponse:

@@ -139,7 +139,7 @@ async def list_sessions(
         list[str] | None, Query(description="KEY or KEY=VALUE; repeat: all must match.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
     scope = caller.scope(tenant)
     wanted = tuple(label or ())

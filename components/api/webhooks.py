@@ -47,7 +47,7 @@ from typing import Annotated, Any, Literal
 
 import httpx
 from anyio import to_thread
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -75,6 +75,9 @@ URL_RULE = (
     "DOCKYARD_API_WEBHOOK_ALLOW_NETWORKS"
 )
 Resolver = Callable[[str, int], list[str]]
+ID_MAX = 2**31 - 1
+"""The largest id a query or path takes (the store's INTEGER columns; more would fail
+in the database, not as 422)."""
 IN_FLIGHT = 50
 """Deliveries under way at once (each at most ``webhook_timeout_s``)."""
 ANSWER_MAX = 512
@@ -612,11 +615,12 @@ async def list_deliveries(
     ctx: Ctx,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     event: Annotated[
-        int | None, Query(ge=1, description="Only the delivery of this event id.")
+        int | None, Query(ge=1, le=ID_MAX, description="Only the delivery of this event id.")
     ] = None,
     state: Annotated[State | None, Query(description="Only the deliveries in this state.")] = None,
     before: Annotated[
-        int | None, Query(ge=1, description="Only deliveries with a smaller id (next page).")
+        int | None,
+        Query(ge=1, le=ID_MAX, description="Only deliveries with a smaller id (next page)."),
     ] = None,
 ) -> list[Delivery]:
     """Newest first: each event sent to the webhook, its state, attempts and last answer
@@ -634,7 +638,11 @@ async def list_deliveries(
     "/api/webhooks/{webhook_id}/deliveries/{delivery_id}", summary="One delivery of a webhook"
 )
 async def get_delivery(
-    webhook_id: str, delivery_id: int, request: Request, caller: Caller, ctx: Ctx
+    webhook_id: str,
+    delivery_id: Annotated[int, Path(ge=1, le=ID_MAX)],
+    request: Request,
+    caller: Caller,
+    ctx: Ctx,
 ) -> Delivery:
     """What happened to one event at the webhook's endpoint (the ``Dockyard-Delivery``
     header's id)."""
