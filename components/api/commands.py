@@ -122,6 +122,40 @@ def keys_list(
             )
 
 
+WEBSOCKET_MESSAGE_BYTES = 4 * 1024 * 1024
+"""The largest WebSocket message a client may send (exec's interactive socket, routed
+E2B sockets; a larger one closes the socket, 1009). With :data:`WEBSOCKET_QUEUE` and no
+compression it bounds what one client's socket holds in the server's memory while the
+other end does not read (review5 R9); the sandbox -> client direction has its own bound
+(e2b_routing.WEBSOCKET_MESSAGE_BYTES)."""
+WEBSOCKET_QUEUE = 4
+"""Client messages held per socket before reading from it pauses."""
+
+
+def server_config(app: Any, body_timeout: float, tls: tuple[Path, Path] | None) -> Any:
+    """The ``uvicorn.Config`` ``serve`` runs ``app`` with (uvicorn loads late: start-up)."""
+    import uvicorn
+
+    from .header_timeout import header_timeout_protocol
+
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
+        server_header=False,
+        # The C parser and event loop (uvicorn[standard]'s httptools and uvloop): a
+        # request costs a fraction of h11 on asyncio (docs/performance.md, api).
+        http=header_timeout_protocol(body_timeout),
+        loop="uvloop",
+        # permessage-deflate off: no SDK needs it, and it lets a few KB of a client's
+        # become megabytes held in the server.
+        ws_max_size=WEBSOCKET_MESSAGE_BYTES,
+        ws_max_queue=WEBSOCKET_QUEUE,
+        ws_per_message_deflate=False,
+    )
+
+
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, key_store: StoreOption = None, as_json: JsonFlag = False) -> None:
     """Revoke a key: it answers 401 from then on."""
@@ -198,7 +232,6 @@ def serve(
         import uvicorn
 
         from .app import create_app
-        from .header_timeout import header_timeout_protocol
 
         app = create_app(
             Sessions.default(),
@@ -224,16 +257,10 @@ def serve(
         sock.listen(512)
         bound = sock.getsockname()[1]
         tls = tls_cert is not None and tls_key is not None
-        config = uvicorn.Config(
+        config = server_config(
             app,
-            log_level="warning",
-            ssl_certfile=str(tls_cert) if tls else None,
-            ssl_keyfile=str(tls_key) if tls else None,
-            server_header=False,
-            # The C parser and event loop (uvicorn[standard]'s httptools and uvloop): a
-            # request costs a fraction of h11 on asyncio (docs/performance.md, api).
-            http=header_timeout_protocol(body_timeout),
-            loop="uvloop",
+            body_timeout,
+            (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None,
         )
         shown = f"[{host}]" if ":" in host else host
         print(f"dockyard: listening on {'https' if tls else 'http'}://{shown}:{bound}", flush=True)

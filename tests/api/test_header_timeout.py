@@ -8,6 +8,7 @@ only make a broken protocol pass, never a working one fail."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -16,8 +17,10 @@ from typing import Any, BinaryIO
 
 import pytest
 import uvicorn
+from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
+from dockyard.api.commands import WEBSOCKET_MESSAGE_BYTES, server_config
 from dockyard.api.header_timeout import HEAD_BYTES, header_timeout_protocol
 
 TIMEOUT_S = 1.0
@@ -49,15 +52,19 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def serving(timeout_s: float) -> Iterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
     config = uvicorn.Config(
         app,
         log_level="warning",
         http=header_timeout_protocol(timeout_s),
         timeout_keep_alive=60,
     )
+    yield from serving_with(config)
+
+
+def serving_with(config: uvicorn.Config) -> Iterator[int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -169,3 +176,25 @@ def test_a_websocket_outlives_the_header_timeout(port: int) -> None:
         time.sleep(TIMEOUT_S * 2)
         ws.send("two")
         assert ws.recv(timeout=BOUND_S) == "two"
+
+
+def test_serve_closes_a_websocket_whose_client_sends_an_oversized_message() -> None:
+    """serve's own uvicorn config (review5 R9): a message up to WEBSOCKET_MESSAGE_BYTES
+    passes, a larger one closes the socket with 1009; no compression is offered."""
+    config = server_config(app, 60.0, None)
+    assert (config.ws_max_queue, config.ws_per_message_deflate) == (4, False)
+    served = contextlib.contextmanager(serving_with)
+    with (
+        served(config) as port,
+        connect(f"ws://127.0.0.1:{port}/ws", open_timeout=BOUND_S, max_size=None) as ws,
+    ):
+        assert ws.response is not None
+        assert "sec-websocket-extensions" not in ws.response.headers
+        fits = "a" * WEBSOCKET_MESSAGE_BYTES
+        ws.send(fits)
+        assert ws.recv(timeout=BOUND_S) == fits
+        ws.send("b" * (WEBSOCKET_MESSAGE_BYTES + 1))
+        with pytest.raises(ConnectionClosedError) as closed:
+            ws.recv(timeout=BOUND_S)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009
