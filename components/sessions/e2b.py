@@ -529,6 +529,8 @@ def expire(sessions: Any, now: dt.datetime | None = None) -> list[str]:
             # onTimeout "pause": frozen (memory kept), no clock until connect or a wake.
             try:
                 sessions.pause(record.session_id, record.tenant)
+            except Conflict:
+                pass  # not running (hibernated, stopped): nothing to freeze, never retried
             except Exception:  # noqa: S112 - the next round tries again; the audit has it
                 continue
             sandbox.endAt = None

@@ -390,8 +390,13 @@ async def routed(
     client: str = "127.0.0.1",
 ) -> tuple[int, bytes]:
     """One request through the app with ``target`` as the raw request-target (h11 hands
-    any visible characters through unvalidated); (status, body)."""
+    any visible characters through unvalidated); (status, body). The client stays until
+    its answer ended (as a real one: a disconnect before would cut the answer short), or
+    until ``wait_disconnect`` is set when given."""
+    import asyncio
+
     path, _, query = target.partition(b"?")
+    answered = asyncio.Event()
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -418,10 +423,15 @@ async def routed(
             return {"type": "http.request", "body": chunk, "more_body": bool(parts)}
         if wait_disconnect is not None:
             await wait_disconnect.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answered.wait(), 30)
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered.set()
 
     await _app_of(api)(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
@@ -897,6 +907,16 @@ def test_a_paused_sandbox_without_auto_resume_or_paused_by_dockyard_is_not_woken
     e2b.expire(fake, dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
     assert fake.destroyed == []
     assert e2b.get(fake, resumable.sandboxId, "acme").endAt is None  # paused at its deadline
+    # One that cannot be paused at its deadline (hibernated, stopped) is kept, no deadline.
+    stopped = e2b.create(fake, {"templateID": "base", "autoPause": True}, "acme")
+
+    def not_running(session: str, tenant: str | None = None) -> Any:
+        raise Conflict(f"session {session!r}: its container is exited, not running")
+
+    monkeypatch.setattr(fake, "pause", not_running)
+    e2b.expire(fake, dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    assert fake.destroyed == []
+    assert e2b.get(fake, stopped.sandboxId, "acme").endAt is None
 
 
 @pytest.mark.anyio
