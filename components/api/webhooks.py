@@ -16,9 +16,10 @@ timeout) is retried after ``webhook_backoff_s``, doubled each time, up to
 
 The delivery log keeps one row per (webhook, event): its state, the attempts made, when
 the next is due, and what the last attempt got (status, error, when, and the first
-:data:`ANSWER_MAX` bytes of the answer's body, uncompressed and made printable). Only that
-much of an answer is ever read, within the attempt's deadline; a 2xx status that arrived
-before the deadline delivers the event even if the body's bytes do not.
+:data:`ANSWER_MAX` bytes of the answer's body as sent, made printable — only from a
+public address, see :func:`answer_kept`). Only that much of an answer is ever read, within
+the attempt's deadline; a 2xx status that arrived before the deadline delivers the event
+even if the body's bytes do not.
 
 Where a webhook may point (:func:`check_url`): http or https, no user or password in the
 URL, and a host whose every address is public (not loopback, private, link-local, shared,
@@ -105,6 +106,15 @@ def _public(address: str, allowed: Sequence[Network]) -> bool:
     if any(ip.version == net.version and ip in net for net in allowed):
         return True
     return ip.is_global and not ip.is_multicast
+
+
+def answer_kept(address: str) -> bool:
+    """Whether an answer from ``address`` (the one a delivery connected to) is kept in the
+    delivery log: only from a public address. One inside a network the admin allows is
+    reached (its status is logged) but its body never read: the allowance is the whole
+    server's, so keeping it would let every tenant read the first bytes of any service
+    there (an internal API answering a POST), not only learn its status."""
+    return _public(address, ())
 
 
 def check_url(
@@ -435,10 +445,11 @@ class Dispatcher:
                     extensions={"sni_hostname": url.host} if url.scheme == "https" else {},
                 ) as answer:
                     status = answer.status_code
-                    async for chunk in answer.aiter_raw():
-                        kept += chunk[: ANSWER_MAX - len(kept)]
-                        if len(kept) >= ANSWER_MAX:
-                            break
+                    if answer_kept(address):
+                        async for chunk in answer.aiter_raw():
+                            kept += chunk[: ANSWER_MAX - len(kept)]
+                            if len(kept) >= ANSWER_MAX:
+                                break
         except InvalidInput as refused:
             error = refused.problems[0]
         except TimeoutError:
@@ -544,7 +555,9 @@ class Delivery(BaseModel):
     lastError: str | None = Field(description="Why the last attempt did not deliver.")
     lastResponse: str | None = Field(
         description=f"The start of the last answer's body (at most {ANSWER_MAX} bytes, "
-        "non-printable characters replaced)."
+        "non-printable characters replaced). None when empty, and always when the "
+        "receiver's address is not public (inside a network only the admin's allowance "
+        "admits): such an answer's body is never read."
     )
     lastAttemptAt: datetime | None
     nextAttemptAt: datetime | None = Field(description="When the next attempt is due (pending).")
@@ -684,6 +697,7 @@ __all__: list[Any] = [
     "TIMESTAMP_HEADER",
     "Dispatcher",
     "WebhookStore",
+    "answer_kept",
     "check_url",
     "router",
     "signature",

@@ -1099,7 +1099,7 @@ export interface components {
             lastError: string | null;
             /**
              * Lastresponse
-             * @description The start of the last answer's body (at most 512 bytes, non-printable characters replaced).
+             * @description The start of the last answer's body (at most 512 bytes, non-printable characters replaced). None when empty, and always when the receiver's address is not public (inside a network only the admin's allowance admits): such an answer's body is never read.
              */
             lastResponse: string | null;
             /**
