@@ -46,6 +46,10 @@ LABEL = "dockyard.bounds-test"
 # on a loaded 2-core machine a few seconds can go to the engine alone. The holding
 # environment's probe takes all of it (the tests wait that long, once each).
 PROBE_TIMEOUT_S = 8
+SLOW_DF = (
+    "printf '#!/bin/sh\\nsleep 0.3\\nexec /bin/df \"$@\"\\n' > /usr/local/bin/df"
+    " && chmod 755 /usr/local/bin/df && command -v df | grep -qx /usr/local/bin/df"
+)
 CATCH_ATTEMPTS = 3  # health report runs until both hostile agents caught its probe
 # A run still going after this is stalled: every bound the scripts set is far below it
 # (and below the 120 s a single read could wait before the fix).
@@ -233,6 +237,12 @@ def test_health_report_bounds_a_flooding_and_a_holding_environment(
     healthy, flooding, holding = fleet.start(3, labels={LABEL: value})
     start_agent(flooding, "flood", HEALTH_MARKER)
     start_agent(holding, "hold", HEALTH_MARKER)
+    # Scaffolding, not the attack: the probe lives a few milliseconds, and a watcher polling
+    # /proc on a loaded 2-core machine can miss it (CI did, once). A `df` that takes 0.3 s,
+    # first in PATH (as an agent that owns a directory early in PATH could arrange), keeps it
+    # alive long enough to be caught; the verdicts do not depend on how long it lives.
+    for container in (flooding, holding):
+        exec_ok(container, ["sh", "-c", SLOW_DF], user="root")
     config = tmp_path / "health.json"
     config.write_text(
         json.dumps(
