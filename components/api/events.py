@@ -64,9 +64,14 @@ __all__ = [
 router = APIRouter(tags=["events"])
 
 
+EVENT_ID_MAX = 2**31 - 1
+"""The largest event id (the store's INTEGER column): a larger one to resume after is
+refused 422, never sent to the store (where it would fail mid-stream)."""
+
+
 def _start(last_event_id: str | None, after: int | None, hub: EventHub) -> int:
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
+        if not (last_event_id.strip().isascii() and last_event_id.strip().isdigit()):
             raise InvalidInput(
                 "request",
                 [
@@ -74,10 +79,16 @@ def _start(last_event_id: str | None, after: int | None, hub: EventHub) -> int:
                     "(allowed: the id of the last event received, a whole number)"
                 ],
             )
-        return int(last_event_id.strip())
-    if after is not None:
-        return after
-    return hub.store.newest()
+        where, position = "header.Last-Event-ID", int(last_event_id.strip())
+    elif after is not None:
+        where, position = "query.after", after
+    else:
+        return hub.store.newest()
+    if position > EVENT_ID_MAX:
+        raise InvalidInput(
+            "request", [f"{where}: {position} is not an event id (allowed: 0 to {EVENT_ID_MAX})"]
+        )
+    return position
 
 
 @router.get(
@@ -100,7 +111,7 @@ async def stream_events(
     ] = None,
     after: Annotated[
         int | None,
-        Query(ge=0, le=2**31 - 1, description="Start after this event id (0: from the first)."),
+        Query(ge=0, le=EVENT_ID_MAX, description="Start after this event id (0: from the first)."),
     ] = None,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> StreamingResponse:

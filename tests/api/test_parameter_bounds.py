@@ -55,3 +55,21 @@ async def test_a_huge_delivery_id_or_page_answers_422(api: Api) -> None:
         error = response.json()["error"]
         assert error["kind"] == "invalid", response.text
         assert error["problems"] == [f"{name}: Input should be less than or equal to {INT_MAX}"]
+
+
+@pytest.mark.anyio
+async def test_a_huge_event_id_to_resume_after_answers_422(api: Api) -> None:
+    """The SSE stream's ``Last-Event-ID`` (a header) and the dashboard's ``after`` (read
+    by hand) reach the same check as ``?after=``."""
+    key = api.key("t1")
+    for value, problem in (
+        (
+            HUGE.encode(),
+            f"header.Last-Event-ID: {HUGE} is not an event id (allowed: 0 to {INT_MAX})",
+        ),
+        (b"\xb2", "header.Last-Event-ID: not an event id"),  # a digit in Latin-1
+    ):
+        headers = [*key.items(), ("Last-Event-ID", value)]
+        response = await api.client.get("/api/events", headers=headers)
+        assert response.status_code == 422, (value, response.text)
+        assert response.json()["error"]["problems"][0].startswith(problem), response.text
