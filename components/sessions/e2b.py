@@ -527,12 +527,8 @@ def expire(sessions: Any, now: dt.datetime | None = None) -> list[str]:
             continue
         if sandbox.autoPause:
             # onTimeout "pause": frozen (memory kept), no clock until connect or a wake.
-            try:
-                sessions.pause(record.session_id, record.tenant)
-            except Conflict:
-                pass  # not running (hibernated, stopped): nothing to freeze, never retried
-            except Exception:  # noqa: S112 - the next round tries again; the audit has it
-                continue
+            if not _suspended_at_deadline(sessions, record):
+                continue  # the next round tries again
             sandbox.endAt = None
             _save(sessions, record.stack_name, sandbox)
             continue
@@ -545,6 +541,34 @@ def expire(sessions: Any, now: dt.datetime | None = None) -> list[str]:
         _path(sessions, record).unlink(missing_ok=True)
         gone.append(record.session_id)
     return gone
+
+
+def _suspended_at_deadline(sessions: Any, record: Record) -> bool:
+    """Pause an ``autoPause`` sandbox whose deadline passed; True once it is frozen
+    (paused now or before, or hibernated). A sandbox that is stopped or restarting keeps
+    its deadline (False, nothing audited): the agent can crash its own container at the
+    deadline, and a restart must not buy it a new timeout — a round after it runs again
+    pauses it."""
+    state = _engine_status(record)
+    if state in ("paused", "hibernated"):
+        return True
+    if state != "running":
+        return False
+    try:
+        sessions.pause(record.session_id, record.tenant)
+    except Exception:  # the audit has it; the next round tries again
+        return False
+    return True
+
+
+def _engine_status(record: Record) -> str:
+    """The engine's status of the sandbox's container (``hibernated`` for a stopped one
+    holding dockyard's checkpoint; ``gone`` when it cannot be read)."""
+    try:
+        container = pausing.container_of(record, pausing.shared_client(record.host))
+    except (Conflict, Failed):
+        return "gone"
+    return "hibernated" if hibernate.is_hibernated(container) else str(container.status)
 
 
 # --- routing ---------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ class FakeSessions:
     destroyed: list[tuple[str, str | None]] = field(default_factory=list)
     fail_destroy: bool = False
     resumed: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)
 
     @property
     def registry(self) -> Registry:
@@ -67,6 +68,7 @@ class FakeSessions:
         self.registry.remove(record.stack_name)
 
     def pause(self, session: str, tenant: str | None = None) -> State:
+        self.paused.append(session)
         return State(session, "paused", True)
 
     def resume(self, session: str, tenant: str | None = None) -> State:
@@ -904,19 +906,31 @@ def test_a_paused_sandbox_without_auto_resume_or_paused_by_dockyard_is_not_woken
         with pytest.raises(InvalidInput) as caught:
             e2b.create(fake, {"templateID": "base", **wrong}, "acme")
         assert any(said in problem for problem in caught.value.problems), caught.value.problems
+    states = {resumable.sandboxId: "running"}
+    monkeypatch.setattr(e2b, "_engine_status", lambda record: states[record.session_id])
     e2b.expire(fake, dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
     assert fake.destroyed == []
     assert e2b.get(fake, resumable.sandboxId, "acme").endAt is None  # paused at its deadline
-    # One that cannot be paused at its deadline (hibernated, stopped) is kept, no deadline.
-    stopped = e2b.create(fake, {"templateID": "base", "autoPause": True}, "acme")
-
-    def not_running(session: str, tenant: str | None = None) -> Any:
-        raise Conflict(f"session {session!r}: its container is exited, not running")
-
-    monkeypatch.setattr(fake, "pause", not_running)
-    e2b.expire(fake, dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    # A hibernated one is already frozen: no deadline. A stopped or restarting one keeps
+    # its deadline (an agent that crashes its container at the deadline gets no new
+    # timeout from the restart) and is paused by a round after it runs again.
+    hibernated = e2b.create(fake, {"templateID": "base", "autoPause": True}, "acme")
+    crashed = e2b.create(fake, {"templateID": "base", "autoPause": True}, "acme")
+    states.update({hibernated.sandboxId: "hibernated", crashed.sandboxId: "restarting"})
+    paused_before = list(fake.paused)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    e2b.expire(fake, later)
     assert fake.destroyed == []
-    assert e2b.get(fake, stopped.sandboxId, "acme").endAt is None
+    assert fake.paused == paused_before  # neither is paused (nothing to freeze, no audit)
+    assert e2b.get(fake, hibernated.sandboxId, "acme").endAt is None
+    deadline = e2b.get(fake, crashed.sandboxId, "acme").endAt
+    assert deadline is not None
+    e2b.expire(fake, later)  # a sweep while it is down: still the same deadline
+    assert e2b.get(fake, crashed.sandboxId, "acme").endAt == deadline
+    states[crashed.sandboxId] = "running"
+    e2b.expire(fake, later)
+    assert fake.paused == [*paused_before, crashed.sandboxId]
+    assert e2b.get(fake, crashed.sandboxId, "acme").endAt is None
 
 
 @pytest.mark.anyio
