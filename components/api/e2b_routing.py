@@ -355,6 +355,10 @@ class Routing:
 
     async def _who(self, scope: Scope, headers: dict[str, str], sandbox_id: str) -> Any:
         """The sandbox's record once the caller proved it may reach it (else an error)."""
+        if not sandboxes.SANDBOX_ID.fullmatch(sandbox_id):
+            # Never an id this face made: answered like a missing sandbox, before any rate
+            # bucket or lookup is keyed by what an unauthenticated caller sent.
+            raise NotFound("no such sandbox on this host")
         sessions = self.context.sessions
         # A WebSocket's scope read as a request (the same dict of dockyard's state).
         scope_as_http = scope if scope["type"] == "http" else {**scope, "type": "http"}

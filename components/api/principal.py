@@ -63,15 +63,25 @@ class TokenBuckets:
     """Per-key token buckets in this process's memory: right for ONE server replica
     (several replicas would each allow the rate; share a limiter then)."""
 
+    PRUNE_AT = 10_000
+    """Past this many buckets the full ones are dropped (a full bucket is the same as none):
+    callers can name buckets (a sandbox id and address per token try), so what they send
+    must not grow this process's memory for good."""
+
     def __init__(self, rate: float, burst: int) -> None:
         self.rate, self.burst = rate, burst
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._buckets)
+
     def take(self, key_id: str) -> float:
         """0 if the request may go, else the seconds until it could."""
         with self._lock:
             now = time.monotonic()
+            if len(self._buckets) >= self.PRUNE_AT:
+                self._prune(now)
             tokens, then = self._buckets.get(key_id, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - then) * self.rate)
             if tokens >= 1:
@@ -79,6 +89,13 @@ class TokenBuckets:
                 return 0.0
             self._buckets[key_id] = (tokens, now)
             return (1 - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        self._buckets = {
+            key: (tokens, then)
+            for key, (tokens, then) in self._buckets.items()
+            if tokens + (now - then) * self.rate < self.burst
+        }
 
 
 KEY_CACHE_S = 2.0

@@ -1301,6 +1301,51 @@ async def test_failed_token_tries_never_empty_the_sandboxs_bucket(
     assert owner == [502, 502, 429]  # the sandbox's own burst, all of it left
 
 
+@pytest.mark.anyio
+async def test_sandbox_ids_no_sandbox_could_have_key_no_rate_bucket(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """R13: an unauthenticated caller names the sandbox: an id this face never makes (too
+    long, other characters) is answered like a missing sandbox before any rate bucket is
+    keyed by it; a well-formed one is charged as before."""
+    from dockyard.api.principal import TokenBuckets
+
+    _as_sandbox(monkeypatch, tmp_path, "127.0.0.1")
+    buckets = _app_of(api).state.buckets = TokenBuckets(rate=0.01, burst=2)
+    closed = (b"e2b-sandbox-port", str(socket_port()).encode())
+    for bad in (b"s" * 64, b"x" * 262144, b"Sabc", b"s-abc", b"s.abc"):
+        guess = [(b"e2b-sandbox-id", bad), (b"x-access-token", b"wrong"), closed]
+        status, body = await routed(api, b"/x", guess, client="10.0.0.9")
+        assert status == 404, (bad[:20], status)
+        assert b"x" * 100 not in body
+    assert len(buckets) == 0
+    guess = [(b"e2b-sandbox-id", b"sabc"), (b"x-access-token", b"wrong"), closed]
+    assert (await routed(api, b"/x", guess, client="10.0.0.9"))[0] == 404
+    assert len(buckets) == 1
+
+
+def test_full_rate_buckets_are_dropped_past_the_prune_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """R13: callers can name buckets, so past PRUNE_AT the full ones (the same as none)
+    are dropped; a bucket still owed tokens is kept, and its debt with it."""
+    from dockyard.api import principal
+
+    clock = [1000.0]
+    monkeypatch.setattr(principal.time, "monotonic", lambda: clock[0])
+    buckets = principal.TokenBuckets(rate=1.0, burst=2)
+    monkeypatch.setattr(buckets, "PRUNE_AT", 5)
+    assert [buckets.take("owing") for _ in range(3)] == [0.0, 0.0, 1.0]
+    for n in range(4):
+        buckets.take(f"guess-{n}")
+    assert len(buckets) == 5
+    clock[0] += 1.5  # the guesses' buckets are full again; "owing" is at 1.5 of 2
+    buckets.take("another")
+    assert len(buckets) == 2  # "owing" and "another"
+    assert buckets.take("owing") == 0.0
+    assert buckets.take("owing") == pytest.approx(0.5)
+
+
 def test_routed_websockets_are_capped_per_sandbox_and_tenant(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
