@@ -41,7 +41,7 @@ from docker.types import IPAMConfig, IPAMPool
 
 from tests.support import dockerd
 from tests.support.ansible import LOCAL, REPO, run_playbook
-from tests.support.engine import LABELS, RUN_ID, exec_ok, unique_name, wait_for
+from tests.support.engine import LABELS, RUN_ID, connects, exec_ok, unique_name, wait_for
 from tests.support.stacks import Deployed, runs_on_gvisor, runsc_cannot
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -199,14 +199,6 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=check)
 
 
-def _connects(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     """A namespace on a veth: two HTTP servers and a resolver for *.test names."""
@@ -248,7 +240,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
         # Listening before any test asks them (a loaded host can take seconds per Python).
         for address, port in ((ALLOWED_IP, 80), (ALLOWED_IP, OTHER_PORT), (BLOCKED_IP, 80)):
             wait_for(
-                lambda a=address, p=port: _connects(a, p),
+                lambda a=address, p=port: connects(a, p),
                 60,
                 interval=0.1,
                 what=f"the upstream server on {address}:{port}",
@@ -455,7 +447,7 @@ def test_role_is_idempotent(guarded: dict) -> None:
     assert guarded["second"].changed() == {"localhost": 0}, guarded["second"].output[-3000:]
 
 
-def test_allowed_name_resolves_and_connects(stack: Deployed, guarded: dict) -> None:
+def test_allowed_name_resolves_andconnects(stack: Deployed, guarded: dict) -> None:
     fenced = stack.container("fenced")
     assert probe(fenced, "resolve", "allowed.test") == ALLOWED_IP
     assert probe(fenced, "get", "allowed.test") == "allowed-server"

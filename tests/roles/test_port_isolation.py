@@ -27,7 +27,7 @@ import pytest
 from docker.models.containers import Container
 
 from tests.support.ansible import REPO
-from tests.support.engine import RUN_ID, exec_ok, wait_for
+from tests.support.engine import RUN_ID, connects, exec_ok, wait_for
 from tests.support.stacks import Deployed
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -150,14 +150,6 @@ def envs(deploy: Any) -> Envs:
     return found
 
 
-def _connects(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def _answers(port: int) -> bool:
     try:
         return host_get(port) == 200
@@ -185,7 +177,7 @@ def link_local() -> Iterator[str]:
         # Listening, not a fixed pause: a loaded host can take seconds to start Python, and
         # the fence test's control (reached before the fence) needs the server up.
         wait_for(
-            lambda: process.poll() is None and _connects(LINK_SERVER_IP, 80),
+            lambda: process.poll() is None and connects(LINK_SERVER_IP, 80),
             60,
             interval=0.1,
             what=lambda: f"the link-local server on {LINK_SERVER_IP}:80 (exit {process.poll()})",

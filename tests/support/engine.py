@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -116,6 +117,15 @@ def restarted_and_ready(container: Container, restarts: int) -> bool:
     this start is ready (:func:`ready_since_start`)."""
     container.reload()
     return container.attrs["RestartCount"] >= restarts and ready_since_start(container)
+
+
+def connects(address: str, port: int) -> bool:
+    """A TCP connection to ``address``:``port`` is accepted within 2 s (for wait_for)."""
+    try:
+        with socket.create_connection((address, port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def wait_for(
