@@ -1,5 +1,5 @@
-"""The TypeScript client (components/api/typescript): its generated types match the
-committed OpenAPI document, it type-checks, and its Node test (node:test) drives a real
+"""The TypeScript client (components/api/typescript): it type-checks against the types
+generated from the committed OpenAPI document, and its Node test (node:test) drives a real
 ``dockyard serve`` on loopback against the real engine: 20 sessions created at once,
 listed, hidden from another tenant's key (404), destroyed.
 
@@ -54,19 +54,26 @@ def node_modules() -> Path:
     return CLIENT / "node_modules"
 
 
-def test_generated_types_match_the_document(node_modules: Path, tmp_path: Path) -> None:
-    fresh = tmp_path / "schema.d.ts"
+@pytest.fixture(scope="module")
+def types(node_modules: Path) -> Path:
+    """src/schema.d.ts generated from the committed document now (it is not tracked: a
+    left-over one from an older document must not pass)."""
+    SCHEMA.unlink(missing_ok=True)
     _run(
         str(node_modules / ".bin" / "openapi-typescript"),
         str(CLIENT.parent / "openapi.json"),
         "--output",
-        str(fresh),
+        str(SCHEMA),
     )
-    assert fresh.read_text() == SCHEMA.read_text(), (
-        "components/api/typescript/src/schema.d.ts is not what components/api/openapi.json "
-        "generates: run `make typescript-client` and commit it"
-    )
-    # The client and its test type-check against the types (tsc --checkJs).
+    return SCHEMA
+
+
+def test_the_client_type_checks_against_the_documents_types(
+    node_modules: Path, types: Path
+) -> None:
+    # The client and its test against the document's types (tsc --checkJs): a changed
+    # operation, parameter or body the client or its test still spells the old way fails.
+    assert "paths" in types.read_text(), f"{types} declares no paths"
     _run(str(node_modules / ".bin" / "tsc"), "--noEmit", "-p", ".")
 
 
