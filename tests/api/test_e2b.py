@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dockyard.api import e2b_routing as face
+from dockyard.api import e2b_admission, e2b_upstream, e2b_websocket_proxy
 from dockyard.errors import Conflict, InvalidInput
 from dockyard.sessions import e2b
 from dockyard.sessions.pause import State
@@ -203,18 +203,18 @@ def test_tenants_tokens_timeouts_and_expiry(
 
 
 def test_routing_target_both_forms(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(face.DOMAIN_VARIABLE, raising=False)
-    assert face.target({"e2b-sandbox-id": "sabc", "e2b-sandbox-port": "8080"}) == (
+    monkeypatch.delenv(e2b_upstream.DOMAIN_VARIABLE, raising=False)
+    assert e2b_upstream.target({"e2b-sandbox-id": "sabc", "e2b-sandbox-port": "8080"}) == (
         "sabc",
         "8080",
     )
-    assert face.target({"e2b-sandbox-id": "sabc"}) == ("sabc", "49983")
-    assert face.target({"host": "3000-sabc.sandbox.example:8443"}) == ("sabc", "3000")
-    assert face.target({"host": "api.example"}) is None
-    assert face.target({"host": "127.0.0.1:8080"}) is None
-    monkeypatch.setenv(face.DOMAIN_VARIABLE, "sandbox.example")
-    assert face.target({"host": "3000-sabc.sandbox.example"}) == ("sabc", "3000")
-    assert face.target({"host": "3000-sabc.elsewhere.example"}) is None
+    assert e2b_upstream.target({"e2b-sandbox-id": "sabc"}) == ("sabc", "49983")
+    assert e2b_upstream.target({"host": "3000-sabc.sandbox.example:8443"}) == ("sabc", "3000")
+    assert e2b_upstream.target({"host": "api.example"}) is None
+    assert e2b_upstream.target({"host": "127.0.0.1:8080"}) is None
+    monkeypatch.setenv(e2b_upstream.DOMAIN_VARIABLE, "sandbox.example")
+    assert e2b_upstream.target({"host": "3000-sabc.sandbox.example"}) == ("sabc", "3000")
+    assert e2b_upstream.target({"host": "3000-sabc.elsewhere.example"}) is None
 
 
 def test_forwarded_headers_strip_dockyards_credentials() -> None:
@@ -230,19 +230,19 @@ def test_forwarded_headers_strip_dockyards_credentials() -> None:
         (b"Host", b"3000-sabc.example"),
         (b"Content-Type", b"application/json"),
     ]
-    to_app = dict(face.forwarded_headers(raw, 3000))
+    to_app = dict(e2b_upstream.forwarded_headers(raw, 3000))
     assert to_app == {"cookie": "app=1", "content-type": "application/json"}
-    to_daemon = dict(face.forwarded_headers(raw, e2b.ENVD_PORT))
+    to_daemon = dict(e2b_upstream.forwarded_headers(raw, e2b.ENVD_PORT))
     assert to_daemon["x-access-token"] == "envd-token"
     assert "authorization" not in to_daemon
     # Any X-API-Key goes, a dockyard key or not (an E2B key meant for e2b.app too).
-    assert face.forwarded_headers([(b"X-API-Key", b"e2b_0123")], 3000) == []
-    basic = dict(face.forwarded_headers([(b"Authorization", b"Basic dXNlcjo=")], 49983))
+    assert e2b_upstream.forwarded_headers([(b"X-API-Key", b"e2b_0123")], 3000) == []
+    basic = dict(e2b_upstream.forwarded_headers([(b"Authorization", b"Basic dXNlcjo=")], 49983))
     assert basic == {"authorization": "Basic dXNlcjo="}  # envd's user, not a dockyard key
 
 
 def test_answered_headers_keep_the_sandbox_off_dockyards_cookies() -> None:
-    answered = face.answered_headers(
+    answered = e2b_upstream.answered_headers(
         [
             ("Set-Cookie", "dockyard_session=planted; Domain=example; Path=/"),
             ("set-cookie", " Dockyard_login=x"),
@@ -318,7 +318,7 @@ async def test_list_pages_as_the_sdks_paginator_reads_them(
         offset, limit = args[-2:]
         return rows[offset : offset + limit], offset + limit < len(rows)
 
-    monkeypatch.setattr(face.sandboxes, "page", page)
+    monkeypatch.setattr(e2b, "page", page)
     key = {"X-API-Key": api.store.create("acme", False).key}
     first = await api.client.get(
         "/v2/sandboxes",
@@ -463,9 +463,9 @@ def _as_sandbox(
         for sid, tenant in (tenants or {"sabc": "acme"}).items()
     }
     monkeypatch.setattr(
-        face.sandboxes, "by_token", lambda _s, sid, tok: records.get(sid) if tok == "tok" else None
+        e2b, "by_token", lambda _s, sid, tok: records.get(sid) if tok == "tok" else None
     )
-    monkeypatch.setattr(face.sandboxes, "address", lambda _record: ip)
+    monkeypatch.setattr(e2b, "address", lambda _record: ip)
 
 
 TOKEN_HEADERS = [(b"e2b-sandbox-id", b"sabc"), (b"x-access-token", b"tok")]
@@ -551,8 +551,8 @@ async def test_routing_caps_held_streams_per_sandbox_and_tenant(
     _as_sandbox(
         monkeypatch, tmp_path, "127.0.0.1", {"sabc": "acme", "sdef": "acme", "sxyz": "zeta"}
     )
-    monkeypatch.setattr(face, "PER_SANDBOX", 2)
-    monkeypatch.setattr(face, "PER_TENANT", 3)
+    monkeypatch.setattr(e2b_admission, "PER_SANDBOX", 2)
+    monkeypatch.setattr(e2b_admission, "PER_TENANT", 3)
     holder = Holder()
     port = str(await holder.start()).encode()
     gone = asyncio.Event()
@@ -771,7 +771,7 @@ def test_cookie_filters_read_the_cookies_name() -> None:
     """F2: the filters match the parsed name (case-insensitive, __Host-/__Secure- prefixed
     too); a sandbox's nameless cookie or one with a Domain attribute never reaches the
     caller (a browser would send a nameless "=dockyard_session=…" back as that cookie)."""
-    answered = face.answered_headers(
+    answered = e2b_upstream.answered_headers(
         [
             ("Set-Cookie", "=dockyard_session=planted; Path=/"),
             ("Set-Cookie", "dockyard_session"),
@@ -782,7 +782,7 @@ def test_cookie_filters_read_the_cookies_name() -> None:
         ]
     )
     assert answered == [(b"set-cookie", b"app=2; Path=/; HttpOnly")]
-    forwarded = face.forwarded_headers(
+    forwarded = e2b_upstream.forwarded_headers(
         [(b"Cookie", b"DOCKYARD_SESSION=a; __Host-dockyard_login=b;app=1; dockyard_x =c")], 3000
     )
     assert forwarded == [("cookie", "app=1")]
@@ -1012,7 +1012,7 @@ class EchoSocket:
                     await socket.close(4001, "bye")
                     return
                 if message == "big":  # over the routing's message bound
-                    await socket.send(b"x" * (face.WEBSOCKET_MESSAGE_BYTES + 1))
+                    await socket.send(b"x" * (e2b_websocket_proxy.WEBSOCKET_MESSAGE_BYTES + 1))
                     continue
                 await socket.send(message)
 
@@ -1092,14 +1092,14 @@ async def test_websockets_are_routed_with_the_requests_checks(
         assert closed == [{"type": "websocket.close", "code": 1008}]
         assert (echo.opened, engine.woken) == (0, [])
         # A dockyard key: its tenant's sandbox only (another tenant's answers 404).
-        record = face.sandboxes.by_token(None, "sabc", "tok")
+        record = e2b.by_token(None, "sabc", "tok")
 
         def record_of(_sessions: Any, sid: str, tenant: str | None) -> Record:
             if sid != "sabc" or tenant != "acme":
                 raise SessionNotFound(f"no sandbox {sid!r} on this host")
             return record
 
-        monkeypatch.setattr(face.sandboxes, "record_of", record_of)
+        monkeypatch.setattr(e2b, "record_of", record_of)
         foreign = api.store.create("zeta", False).key
         sent = await socket_through(
             api, [(b"e2b-sandbox-id", b"sabc"), to_port, (b"x-api-key", foreign.encode())], []
@@ -1353,22 +1353,22 @@ def test_routed_websockets_are_capped_per_sandbox_and_tenant(
     in the server), on top of the requests' ones; requests are not counted against them."""
     from dockyard.api.errors import RateLimited
 
-    assert face.WEBSOCKETS_PER_SANDBOX <= 8
-    assert face.WEBSOCKETS_PER_TENANT <= 16
-    monkeypatch.setattr(face, "WEBSOCKETS_PER_SANDBOX", 2)
-    monkeypatch.setattr(face, "WEBSOCKETS_PER_TENANT", 3)
-    routing = face.Routing(None, None)  # type: ignore[arg-type]
+    assert e2b_admission.WEBSOCKETS_PER_SANDBOX <= 8
+    assert e2b_admission.WEBSOCKETS_PER_TENANT <= 16
+    monkeypatch.setattr(e2b_admission, "WEBSOCKETS_PER_SANDBOX", 2)
+    monkeypatch.setattr(e2b_admission, "WEBSOCKETS_PER_TENANT", 3)
+    caps = e2b_admission.Caps()
     with contextlib.ExitStack() as held:
-        held.enter_context(routing._slot("s1", "acme", websocket=True))
-        held.enter_context(routing._slot("s1", "acme", websocket=True))
+        held.enter_context(caps.slot("s1", "acme", websocket=True))
+        held.enter_context(caps.slot("s1", "acme", websocket=True))
         with pytest.raises(RateLimited, match="sandbox 's1' has 2 WebSockets open"):
-            held.enter_context(routing._slot("s1", "acme", websocket=True))
-        held.enter_context(routing._slot("s1", "acme"))  # a request still goes
-        held.enter_context(routing._slot("s2", "acme", websocket=True))
+            held.enter_context(caps.slot("s1", "acme", websocket=True))
+        held.enter_context(caps.slot("s1", "acme"))  # a request still goes
+        held.enter_context(caps.slot("s2", "acme", websocket=True))
         with pytest.raises(RateLimited, match="tenant 'acme' has 3 WebSockets open"):
-            held.enter_context(routing._slot("s3", "acme", websocket=True))
-        held.enter_context(routing._slot("s4", "zeta", websocket=True))
-    assert routing._held == {}
+            held.enter_context(caps.slot("s3", "acme", websocket=True))
+        held.enter_context(caps.slot("s4", "zeta", websocket=True))
+    assert caps.held == {}
 
 
 @pytest.mark.anyio
@@ -1378,7 +1378,7 @@ async def test_a_websocket_over_its_cap_is_refused_429_before_any_wake(
     """R9 through the app: over the WebSocket cap, the SDKs' 429 shape, nothing woken."""
     _as_sandbox(monkeypatch, tmp_path, "127.0.0.1")
     engine = _engine(monkeypatch, "paused", resumable=True)
-    monkeypatch.setattr(face, "WEBSOCKETS_PER_SANDBOX", 0)
+    monkeypatch.setattr(e2b_admission, "WEBSOCKETS_PER_SANDBOX", 0)
     sent = await socket_through(api, [*TOKEN_HEADERS, (b"e2b-sandbox-port", b"3000")], [])
     assert sent[0]["status"] == 429
     assert b"WebSockets open" in sent[1]["body"]
