@@ -127,7 +127,7 @@ WEBSOCKET_MESSAGE_BYTES = 4 * 1024 * 1024
 E2B sockets; a larger one closes the socket, 1009). With :data:`WEBSOCKET_QUEUE` and no
 compression it bounds what one client's socket holds in the server's memory while the
 other end does not read (review5 R9); the sandbox -> client direction has its own bound
-(e2b_routing.WEBSOCKET_MESSAGE_BYTES)."""
+(e2b_websocket_proxy.WEBSOCKET_MESSAGE_BYTES)."""
 WEBSOCKET_QUEUE = 4
 """Client messages held per socket before reading from it pauses."""
 
