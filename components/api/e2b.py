@@ -220,8 +220,8 @@ async def list_v2(
 @router.get("/sandboxes", summary="E2B: list running sandboxes (v1)")
 async def list_v1(request: Request, metadata: str | None = None) -> list[SandboxDetail]:
     ctx, scope = await acting(request, None)
-    rows = await ctx.call(
-        sandboxes.listing,
+    rows, _ = await ctx.call(
+        sandboxes.page,
         ctx.sessions,
         scope,
         domain_of(request),

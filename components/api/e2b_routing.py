@@ -19,7 +19,7 @@ make it and how many at once (:mod:`.e2b_admission`), the HTTP forwarding
 (:mod:`.e2b_http_proxy`) and the WebSocket bridge (:mod:`.e2b_websocket_proxy`).
 
 The sandboxes' deadlines are enforced by a loop this middleware runs for the server's
-lifetime (:func:`dockyard.sessions.e2b.expire` every few seconds).
+lifetime (:func:`dockyard.sessions.e2b_deadlines.expire` every few seconds).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import Conflict, DockyardError
 from ..sessions import e2b as sandboxes
+from ..sessions import e2b_deadlines
 from . import e2b_websocket_proxy
 from .context import Context
 from .e2b_admission import Caps, who
@@ -103,7 +104,7 @@ class Routing:
         while True:
             await asyncio.sleep(interval)
             try:
-                gone = await self.context.call(sandboxes.expire, self.context.sessions)
+                gone = await self.context.call(e2b_deadlines.expire, self.context.sessions)
                 if gone:
                     log.info("sandboxes past their timeout destroyed: %s", ", ".join(gone))
             except Exception:

@@ -1,12 +1,13 @@
 """Sandboxes as the public ``e2b`` SDKs see them (issue 30): the verbs behind the
-E2B-compatible face (:mod:`dockyard.api.e2b`), over the sessions service.
+E2B-compatible face (:mod:`dockyard.api.e2b`) and its routing (:mod:`dockyard.api.e2b_routing`),
+over the sessions service.
 
 A sandbox IS a dockyard session: created with :meth:`Sessions.create` from a request this
-module builds (its template mapped to a backend, variant and profile by :data:`TEMPLATES`),
-destroyed with :meth:`Sessions.destroy`, paused and resumed with the pause module. What
-E2B knows and dockyard does not — the template id, the metadata as given, the deadline and
-the sandbox's access token — is one record per sandbox under ``<state>/e2b/`` (mode 0600,
-written whole), removed with the session.
+module builds (its template mapped to a backend, variant and profile by
+:mod:`.e2b_templates`), destroyed with :meth:`Sessions.destroy`, paused and resumed with the
+pause module. What E2B knows and dockyard does not — the template id, the metadata as
+given, the deadline and the sandbox's access token — is one record per sandbox
+(:mod:`.e2b_records`); the deadlines are enforced by :mod:`.e2b_deadlines`.
 
 * Metadata: every pair is kept as given (for answers and list filters); a key that is also
   a valid label key becomes a label of the session (``docker inspect`` shows labels, so a
@@ -14,11 +15,11 @@ written whole), removed with the session.
 * Environment variables: delivered as the session's SECRETS (files readable by the agent
   user, exported by the entrypoint), never as plain container environment: E2B users pass
   API keys there, and plain environment is visible in ``docker inspect``.
-* Timeout: the sandbox is destroyed at ``endAt`` by :func:`expire` (the server runs it in
-  a loop; ``dockyard serve`` is what serves the SDKs), or paused there when it was created
-  with ``autoPause`` (E2B's ``onTimeout: "pause"``). A paused sandbox has no deadline;
-  connecting (which resumes) sets a new one, and so does the first sweep that finds it
-  running again after any other wake (its timeout from then).
+* Timeout: the sandbox is destroyed at ``endAt`` by :func:`.e2b_deadlines.expire` (the
+  server runs it in a loop; ``dockyard serve`` is what serves the SDKs), or paused there
+  when it was created with ``autoPause`` (E2B's ``onTimeout: "pause"``). A paused sandbox
+  has no deadline; connecting (which resumes) sets a new one, and so does the first sweep
+  that finds it running again after any other wake (its timeout from then).
 * Auto-resume (E2B's ``lifecycle.autoResume``, off by default as in E2B): a call routed
   to a sandbox created with it and paused through E2B wakes it once — the same audited
   wake on use as dockyard's exec and file calls (a ``resume`` whose detail says ``woken
@@ -35,11 +36,9 @@ import contextlib
 import datetime as dt
 import hmac
 import json
-import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +46,18 @@ from ..capacity import connect
 from ..config.names import RESERVED_LABEL_PREFIX
 from ..config.values import LABEL_KEY
 from ..errors import Conflict, Failed, InvalidInput, shown
+from . import e2b_records as records
 from . import hibernate
-from . import pause as pausing
-from .registry import Record, SessionNotFound
+from .e2b_deadlines import clock_again
+from .e2b_records import ENVD_VERSION as ENVD_VERSION  # what the daemon's tests read
+from .e2b_records import Sandbox
+from .e2b_records import forget as forget  # what Sessions.destroy calls
+from .e2b_templates import template
+from .registry import Record
 from .service import SessionsLike
-from .status import engine_state
 
 ENVD_PORT = 49983
 """The in-sandbox daemon's port the SDKs address (their ConnectionConfig.envd_port)."""
-ENVD_VERSION_VARIABLE = "DOCKYARD_E2B_ENVD_VERSION"
-ENVD_VERSION = "0.6.4"
-"""The daemon protocol version answered (the SDKs gate features on it): the lowest E2B envd
-version whose features images/core/envd.py has — file metadata (0.6.2), EntryInfo in watch
-events (0.6.3), watches refusing network mounts unless allowed (0.6.4)."""
 DEFAULT_TIMEOUT_S = 300
 MAX_TIMEOUT_S = 24 * 3600
 MAX_METADATA = 64
@@ -69,65 +67,6 @@ SANDBOX_ID = re.compile(r"[a-z0-9]{1,63}", re.ASCII)
 TEMPLATE_LABEL = "e2b.template"
 TOKEN_SECRET = "DOCKYARD_ENVD_ACCESS_TOKEN"  # noqa: S105 - a secret's name, not its value
 """The secret the daemon (images/core/envd.py) reads its access token from."""
-
-
-@dataclass(frozen=True)
-class Template:
-    backend: str
-    variant: str | None = None
-    """None: the host's default variant (core)."""
-    profile: str | None = None
-    """None: the host's default profile."""
-    about: str = ""
-
-
-TEMPLATES: dict[str, Template] = {
-    "base": Template("claude", about="the SDKs' default: the core image, the host's profile"),
-    "claude": Template("claude", about="the core image with Claude Code"),
-    "codex": Template("codex", about="the core image with Codex CLI"),
-    "python": Template("claude", "python", about="the python runtime variant"),
-    "code-interpreter-v1": Template("claude", "python", about="the python runtime variant"),
-    "node": Template("claude", "node", about="the node runtime variant"),
-    "go": Template("claude", "go", about="the go runtime variant"),
-}
-"""E2B template id -> dockyard backend, variant, profile (docs/e2b.md has this table).
-Besides these names, ``<backend>-<variant>[-<profile>]`` (a warm pool's label, e.g.
-``codex-python-large``) names one directly."""
-POOL_LABEL = re.compile(r"(claude|codex)-(core|python|node|go)(?:-([a-z0-9][a-z0-9_-]{0,62}))?")
-
-
-def template(name: Any) -> Template:
-    """The dockyard environment of an E2B template id (``name:tag`` answers like ``name``)."""
-    if not isinstance(name, str) or not name:
-        raise InvalidInput("templateID", [_template_problem(name)])
-    base = name.split(":", 1)[0]
-    if base in TEMPLATES:
-        return TEMPLATES[base]
-    matched = POOL_LABEL.fullmatch(base)
-    if matched:
-        return Template(matched.group(1), matched.group(2), matched.group(3), about="by label")
-    raise InvalidInput("templateID", [_template_problem(name)])
-
-
-def _template_problem(name: Any) -> str:
-    shown = repr(name) if isinstance(name, str) and len(name) <= 80 else "this value"
-    return (
-        f"templateID: {shown} is not a template this host serves (allowed: "
-        f"{', '.join(TEMPLATES)}, or <backend>-<variant>[-<profile>] such as "
-        "claude-python-standard; building templates is not supported, see docs/e2b.md)"
-    )
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _parse(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def timeout_seconds(value: Any, key: str = "timeout") -> int:
@@ -156,118 +95,6 @@ def _strings(value: Any, key: str) -> dict[str, str]:
             [f"{key}: at most {MAX_METADATA} pairs of at most {MAX_TEXT} characters each"],
         )
     return dict(value)
-
-
-@dataclass
-class Sandbox:
-    """What E2B knows of one sandbox (the session holds everything else)."""
-
-    sandboxId: str
-    tenant: str | None
-    templateID: str
-    startedAt: str
-    endAt: str | None
-    """None while paused (a paused sandbox does not expire)."""
-    timeout: int
-    metadata: dict[str, str] = field(default_factory=dict)
-    envdAccessToken: str = ""
-    autoPause: bool = False
-    """At its deadline it is paused (E2B's ``onTimeout: "pause"``), not killed."""
-    autoResume: bool = False
-    """A routed call wakes it while it is paused through E2B (``lifecycle.autoResume``;
-    E2B's default is False: a paused sandbox answers 409 until connect)."""
-
-    def answer(self, domain: str | None) -> dict[str, Any]:
-        """The SDKs' ``Sandbox`` object (create and connect answer it)."""
-        return {
-            "sandboxID": self.sandboxId,
-            "templateID": self.templateID,
-            "clientID": "dockyard",
-            "envdVersion": os.environ.get(ENVD_VERSION_VARIABLE) or ENVD_VERSION,
-            "envdAccessToken": self.envdAccessToken,
-            "domain": domain,
-        }
-
-    def detail(self, state: str, domain: str | None, limits: Mapping[str, Any]) -> dict[str, Any]:
-        """The SDKs' ``SandboxDetail`` / ``ListedSandbox`` object."""
-        return {
-            **self.answer(domain),
-            "alias": self.templateID,
-            "startedAt": self.startedAt,
-            "endAt": self.endAt or self.startedAt,
-            "cpuCount": int(limits.get("cpus") or 0),
-            "memoryMB": int(limits.get("memory") or 0),
-            "diskSizeMB": 0,
-            "state": state,
-            "metadata": dict(self.metadata),
-        }
-
-
-def _directory(sessions: SessionsLike) -> Path:
-    return sessions.where.state / "e2b"
-
-
-def _path(sessions: SessionsLike, record: Record) -> Path:
-    return _directory(sessions) / f"{record.stack_name}.json"
-
-
-def forget(state: Path, stack_name: str) -> None:
-    """Remove the E2B record of the session ``stack_name`` (if it was a sandbox):
-    :meth:`Sessions.destroy` calls it, so however a session goes (E2B kill, dockyard's API
-    or CLI, the idle monitor) its token and deadline go with it and never apply to a later
-    session of the same id."""
-    (state / "e2b" / f"{stack_name}.json").unlink(missing_ok=True)
-
-
-def _save(sessions: SessionsLike, stack_name: str, sandbox: Sandbox) -> None:
-    directory = _directory(sessions)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    final = directory / f"{stack_name}.json"
-    temporary = directory / f".{stack_name}.{secrets.token_hex(4)}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        json.dump(asdict(sandbox), handle, sort_keys=True)
-    temporary.replace(final)
-
-
-def _load(sessions: SessionsLike, record: Record) -> Sandbox | None:
-    try:
-        data = json.loads(_path(sessions, record).read_text(encoding="utf-8"))
-        return Sandbox(**data)
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _found(sessions: SessionsLike, sandbox_id: str, tenant: str | None) -> tuple[Record, Sandbox]:
-    """The sandbox's session record and E2B record; a session that is not a sandbox, another
-    tenant's, or a missing one answer the same not-found."""
-    missing = SessionNotFound(f"no sandbox {sandbox_id!r} on this host")
-    try:
-        record = sessions.registry.find(sandbox_id, tenant)
-    except SessionNotFound:
-        raise missing from None
-    sandbox = _load(sessions, record)
-    if sandbox is None or sandbox.tenant != record.tenant:
-        raise missing
-    return record, sandbox
-
-
-def _state(record: Record, sessions: SessionsLike) -> str:
-    try:
-        manifest = json.loads(Path(record.manifest_path).read_text(encoding="utf-8"))
-        status = engine_state(str(manifest["container"]["id"]), record.host)["status"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "running"
-    return "paused" if status == pausing.PAUSED else "running"
-
-
-def _limits(sessions: SessionsLike, record: Record) -> dict[str, Any]:
-    try:
-        planned = pausing.plan_of(sessions, record)
-        limits = planned.config.limits_of(planned.environment)
-        return {"cpus": limits.cpus, "memory": limits.memory}
-    except Exception:  # a record the settings no longer accept: answer without limits
-        return {}
 
 
 # --- the verbs -------------------------------------------------------------------------------
@@ -324,7 +151,7 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
         if LABEL_KEY.fullmatch(k) and not k.startswith(RESERVED_LABEL_PREFIX)
     }
     labels[TEMPLATE_LABEL] = str(body["templateID"]).split(":", 1)[0]
-    cwd = _directory(sessions) / "projects" / (tenant or "_")
+    cwd = records.directory(sessions) / "projects" / (tenant or "_")
     cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = secrets.token_urlsafe(24)
     env: dict[str, str] = {**values["envVars"], TOKEN_SECRET: token}
@@ -341,15 +168,15 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
     if chosen.profile:
         request["profile"] = chosen.profile
     request["secrets"] = sorted(env)
-    started = _now()
+    started = records.utc_now()
     sessions.create(request, env)
     record = sessions.registry.find(sandbox_id, tenant)
     sandbox = Sandbox(
         sandboxId=sandbox_id,
         tenant=record.tenant,
         templateID=str(body["templateID"]),
-        startedAt=_iso(started),
-        endAt=_iso(started + dt.timedelta(seconds=values["timeout"])),
+        startedAt=records.iso(started),
+        endAt=records.iso(started + dt.timedelta(seconds=values["timeout"])),
         timeout=values["timeout"],
         metadata=metadata,
         envdAccessToken=token,
@@ -357,7 +184,7 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
         autoResume=lifecycle[1],
     )
     try:
-        _save(sessions, record.stack_name, sandbox)
+        records.save(sessions, record.stack_name, sandbox)
     except BaseException:
         with contextlib.suppress(Exception):
             sessions.destroy(sandbox_id, tenant, final_backup=False)
@@ -366,27 +193,16 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
 
 
 def get(sessions: SessionsLike, sandbox_id: str, tenant: str | None) -> Sandbox:
-    return _found(sessions, sandbox_id, tenant)[1]
+    return records.found(sessions, sandbox_id, tenant)[1]
 
 
 def detail(
     sessions: SessionsLike, sandbox_id: str, tenant: str | None, domain: str | None
 ) -> dict[str, Any]:
-    record, sandbox = _found(sessions, sandbox_id, tenant)
-    return sandbox.detail(_state(record, sessions), domain, _limits(sessions, record))
-
-
-def listing(
-    sessions: SessionsLike,
-    tenant: str | None,
-    domain: str | None,
-    metadata: Mapping[str, str] | None = None,
-    states: Iterable[str] | None = None,
-) -> list[dict[str, Any]]:
-    """The tenant's sandboxes (``tenant`` None: an admin's, every tenant's), those whose
-    metadata holds every pair of ``metadata`` and whose state is one of ``states``;
-    oldest first."""
-    return page(sessions, tenant, domain, metadata, states, 0, None)[0]
+    record, sandbox = records.found(sessions, sandbox_id, tenant)
+    return sandbox.detail(
+        records.state_of(record, sessions), domain, records.limits_of(sessions, record)
+    )
 
 
 def page(
@@ -396,17 +212,19 @@ def page(
     metadata: Mapping[str, str] | None = None,
     states: Iterable[str] | None = None,
     offset: int = 0,
-    limit: int | None = 1000,
+    limit: int | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
-    """Rows ``offset`` to ``offset + limit`` of :func:`listing` and whether more follow.
-    Filtered by tenant and metadata and sorted from the E2B records (files) first; the
+    """The tenant's sandboxes (``tenant`` None: an admin's, every tenant's), those whose
+    metadata holds every pair of ``metadata`` and whose state is one of ``states``, oldest
+    first: rows ``offset`` to ``offset + limit`` (``limit`` None: all) and whether more
+    follow. Filtered by tenant and metadata and sorted from the E2B records (files) first; the
     engine (state) and the settings (limits) are asked for the page's rows only — and,
     with a state filter, for the rows up to the page's end."""
     wanted = set(states or ("running", "paused"))
     filtered = wanted != {"running", "paused"}
     candidates = []
     for record in sessions.registry.all(tenant):
-        sandbox = _load(sessions, record)
+        sandbox = records.load(sessions, record)
         if sandbox is None or sandbox.tenant != record.tenant:
             continue
         if any(sandbox.metadata.get(k) != v for k, v in (metadata or {}).items()):
@@ -416,7 +234,7 @@ def page(
     rows: list[dict[str, Any]] = []
     skipped = 0
     for record, sandbox in candidates:
-        state = _state(record, sessions) if filtered else None
+        state = records.state_of(record, sessions) if filtered else None
         if state is not None and state not in wanted:
             continue
         if skipped < offset:
@@ -424,8 +242,8 @@ def page(
             continue
         if limit is not None and len(rows) >= limit:
             return rows, True
-        state = state or _state(record, sessions)
-        rows.append(sandbox.detail(state, domain, _limits(sessions, record)))
+        state = state or records.state_of(record, sessions)
+        rows.append(sandbox.detail(state, domain, records.limits_of(sessions, record)))
     return rows, False
 
 
@@ -438,8 +256,8 @@ def metrics(
     none. A paused sandbox is not woken for it: its sample has no use, its memory total
     is its memory limit (the engine gives no stats of a frozen container) and its disk
     figures are 0."""
-    record, _ = _found(sessions, sandbox_id, tenant)
-    moment = _now()
+    record, _ = records.found(sessions, sandbox_id, tenant)
+    moment = records.utc_now()
     if (start is not None and moment.timestamp() < start) or (
         end is not None and moment.timestamp() >= end + 1
     ):
@@ -448,12 +266,12 @@ def metrics(
     memory = figures.get("memory") or {}
     cpu = figures.get("cpu") or {}
     disk = figures.get("disk") or {}
-    limits = _limits(sessions, record)
+    limits = records.limits_of(sessions, record)
     cpus = limits.get("cpus") or cpu.get("onlineCpus") or 0
     limit_mb = int(limits.get("memory") or 0)
     return [
         {
-            "timestamp": _iso(moment),
+            "timestamp": records.iso(moment),
             "timestampUnix": int(moment.timestamp()),
             "cpuCount": max(1, round(float(cpus))) if cpus else 0,
             "cpuUsedPct": float(cpu.get("percent") or 0.0),
@@ -467,28 +285,28 @@ def metrics(
 
 
 def kill(sessions: Any, sandbox_id: str, tenant: str | None) -> None:
-    record, _ = _found(sessions, sandbox_id, tenant)
+    record, _ = records.found(sessions, sandbox_id, tenant)
     sessions.destroy(sandbox_id, record.tenant)
-    _path(sessions, record).unlink(missing_ok=True)
+    records.path_of(sessions, record).unlink(missing_ok=True)
 
 
 def set_timeout(sessions: SessionsLike, sandbox_id: str, tenant: str | None, timeout: Any) -> str:
     """The sandbox now ends ``timeout`` seconds from now (earlier or later than before);
     answers the new ``endAt``."""
     seconds = timeout_seconds(timeout)
-    record, sandbox = _found(sessions, sandbox_id, tenant)
+    record, sandbox = records.found(sessions, sandbox_id, tenant)
     sandbox.timeout = seconds
-    sandbox.endAt = _iso(_now() + dt.timedelta(seconds=seconds))
-    _save(sessions, record.stack_name, sandbox)
+    sandbox.endAt = records.iso(records.utc_now() + dt.timedelta(seconds=seconds))
+    records.save(sessions, record.stack_name, sandbox)
     return sandbox.endAt
 
 
 def pause(sessions: Any, sandbox_id: str, tenant: str | None) -> bool:
     """Freeze the sandbox (memory kept) and stop its clock; False: it already was paused."""
-    record, sandbox = _found(sessions, sandbox_id, tenant)
+    record, sandbox = records.found(sessions, sandbox_id, tenant)
     state = sessions.pause(sandbox_id, record.tenant)
     sandbox.endAt = None
-    _save(sessions, record.stack_name, sandbox)
+    records.save(sessions, record.stack_name, sandbox)
     return bool(state.changed)
 
 
@@ -496,79 +314,15 @@ def connect_to(sessions: Any, sandbox_id: str, tenant: str | None, timeout: Any)
     """Resume the sandbox if paused; its deadline becomes ``timeout`` seconds from now when
     that is later than the one it has (connecting never shortens a sandbox's life)."""
     seconds = timeout_seconds(timeout)
-    record, sandbox = _found(sessions, sandbox_id, tenant)
-    if _state(record, sessions) == "paused":
+    record, sandbox = records.found(sessions, sandbox_id, tenant)
+    if records.state_of(record, sessions) == "paused":
         sessions.resume(sandbox_id, record.tenant)
-    wanted = _now() + dt.timedelta(seconds=seconds)
-    if sandbox.endAt is None or _parse(sandbox.endAt) < wanted:
-        sandbox.endAt = _iso(wanted)
+    wanted = records.utc_now() + dt.timedelta(seconds=seconds)
+    if sandbox.endAt is None or records.parse_iso(sandbox.endAt) < wanted:
+        sandbox.endAt = records.iso(wanted)
         sandbox.timeout = seconds
-    _save(sessions, record.stack_name, sandbox)
+    records.save(sessions, record.stack_name, sandbox)
     return sandbox
-
-
-def expire(sessions: Any, now: dt.datetime | None = None) -> list[str]:
-    """Destroy every sandbox whose deadline has passed (every tenant's; one created with
-    ``autoPause`` is paused instead, without a deadline); answers the destroyed ids. One
-    that fails to go is tried again on the next call."""
-    moment = now or _now()
-    gone = []
-    for record in sessions.registry.all():
-        sandbox = _load(sessions, record)
-        if sandbox is None:
-            continue
-        if sandbox.endAt is None:
-            # Paused through E2B (no clock), then woken another way (dockyard resume, an
-            # exec's wake on use): it runs again, so its timeout runs again from now.
-            if _state(record, sessions) == "running":
-                _clock_again(sessions, record, sandbox, moment)
-            continue
-        if _parse(sandbox.endAt) > moment:
-            continue
-        if sandbox.autoPause:
-            # onTimeout "pause": frozen (memory kept), no clock until connect or a wake.
-            if not _suspended_at_deadline(sessions, record):
-                continue  # the next round tries again
-            sandbox.endAt = None
-            _save(sessions, record.stack_name, sandbox)
-            continue
-        try:
-            sessions.destroy(record.session_id, record.tenant)
-        except SessionNotFound:
-            pass
-        except Exception:  # noqa: S112 - the next round tries again; the audit has it
-            continue
-        _path(sessions, record).unlink(missing_ok=True)
-        gone.append(record.session_id)
-    return gone
-
-
-def _suspended_at_deadline(sessions: Any, record: Record) -> bool:
-    """Pause an ``autoPause`` sandbox whose deadline passed; True once it is frozen
-    (paused now or before, or hibernated). A sandbox that is stopped or restarting keeps
-    its deadline (False, nothing audited): the agent can crash its own container at the
-    deadline, and a restart must not buy it a new timeout — a round after it runs again
-    pauses it."""
-    state = _engine_status(record)
-    if state in ("paused", "hibernated"):
-        return True
-    if state != "running":
-        return False
-    try:
-        sessions.pause(record.session_id, record.tenant)
-    except Exception:  # the audit has it; the next round tries again
-        return False
-    return True
-
-
-def _engine_status(record: Record) -> str:
-    """The engine's status of the sandbox's container (``hibernated`` for a stopped one
-    holding dockyard's checkpoint; ``gone`` when it cannot be read)."""
-    try:
-        container = pausing.container_of(record, pausing.shared_client(record.host))
-    except (Conflict, Failed):
-        return "gone"
-    return "hibernated" if hibernate.is_hibernated(container) else str(container.status)
 
 
 # --- routing ---------------------------------------------------------------------------------
@@ -579,7 +333,7 @@ def by_token(sessions: SessionsLike, sandbox_id: str, token: str) -> Record | No
     for record in sessions.registry.all():
         if record.session_id != sandbox_id:
             continue
-        sandbox = _load(sessions, record)
+        sandbox = records.load(sessions, record)
         if (
             sandbox is not None
             and sandbox.envdAccessToken
@@ -590,15 +344,7 @@ def by_token(sessions: SessionsLike, sandbox_id: str, token: str) -> Record | No
 
 
 def record_of(sessions: SessionsLike, sandbox_id: str, tenant: str | None) -> Record:
-    return _found(sessions, sandbox_id, tenant)[0]
-
-
-def _clock_again(
-    sessions: SessionsLike, record: Record, sandbox: Sandbox, moment: dt.datetime
-) -> None:
-    """A sandbox without a deadline (paused) runs again: its timeout runs from ``moment``."""
-    sandbox.endAt = _iso(moment + dt.timedelta(seconds=sandbox.timeout))
-    _save(sessions, record.stack_name, sandbox)
+    return records.found(sessions, sandbox_id, tenant)[0]
 
 
 WOKEN_BY = "e2b routed call"
@@ -620,13 +366,13 @@ def reach(sessions: SessionsLike, record: Record, by: str = WOKEN_BY) -> str:
         return address(record)
     except Conflict:
         # Paused, hibernated, stopped — or woken by a call racing this one.
-        sandbox = _load(sessions, record)
+        sandbox = records.load(sessions, record)
         if sandbox is None or not sandbox.autoResume or sandbox.endAt is not None:
             raise
         woken = hibernate.wake_if_suspended(sessions, record, by, wait=False)
-    sandbox = _load(sessions, record)
+    sandbox = records.load(sessions, record)
     if woken and sandbox is not None and sandbox.endAt is None:
-        _clock_again(sessions, record, sandbox, _now())
+        clock_again(sessions, record, sandbox, records.utc_now())
     return address(record)
 
 

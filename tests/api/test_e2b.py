@@ -18,7 +18,7 @@ import pytest
 
 from dockyard.api import e2b_admission, e2b_upstream, e2b_websocket_proxy
 from dockyard.errors import Conflict, InvalidInput
-from dockyard.sessions import e2b
+from dockyard.sessions import e2b, e2b_deadlines, e2b_records, e2b_templates
 from dockyard.sessions.pause import State
 from dockyard.sessions.registry import Record, Registry, SessionNotFound
 from tests.api.conftest import Api
@@ -96,15 +96,18 @@ def fake(tmp_path: Path) -> FakeSessions:
 
 
 def test_templates_map_to_backend_variant_profile() -> None:
-    assert e2b.template("base") == e2b.TEMPLATES["base"]
-    assert (e2b.template("base").backend, e2b.template("base").variant) == ("claude", None)
-    assert e2b.template("code-interpreter-v1").variant == "python"
-    assert e2b.template("codex:latest").backend == "codex"
-    by_label = e2b.template("codex-go-large")
+    assert e2b_templates.template("base") == e2b_templates.TEMPLATES["base"]
+    assert (e2b_templates.template("base").backend, e2b_templates.template("base").variant) == (
+        "claude",
+        None,
+    )
+    assert e2b_templates.template("code-interpreter-v1").variant == "python"
+    assert e2b_templates.template("codex:latest").backend == "codex"
+    by_label = e2b_templates.template("codex-go-large")
     assert (by_label.backend, by_label.variant, by_label.profile) == ("codex", "go", "large")
     for bad in ("nosuch", "", None, "claude-ruby", 7):
         with pytest.raises(InvalidInput) as caught:
-            e2b.template(bad)
+            e2b_templates.template(bad)
         assert "allowed: base, claude, codex" in caught.value.problems[0]
         assert "docs/e2b.md" in caught.value.problems[0]
 
@@ -135,7 +138,7 @@ def test_create_builds_the_session_request(fake: FakeSessions) -> None:
     assert secrets[e2b.TOKEN_SECRET] == sandbox.envdAccessToken
     assert len(sandbox.envdAccessToken) >= 32
     assert sandbox.endAt is not None
-    life = e2b._parse(sandbox.endAt) - e2b._parse(sandbox.startedAt)
+    life = e2b_records.parse_iso(sandbox.endAt) - e2b_records.parse_iso(sandbox.startedAt)
     assert life == dt.timedelta(seconds=120)
     stored = (fake.where.state / "e2b" / f"acme.{sandbox.sandboxId}.json").stat().st_mode
     assert stored & 0o777 == 0o600
@@ -175,30 +178,30 @@ def test_tenants_tokens_timeouts_and_expiry(
             e2b.get(fake, sandbox_id, "other")
         with pytest.raises(SessionNotFound):
             e2b.kill(fake, sandbox_id, "other")
-    assert [r["sandboxID"] for r in e2b.listing(fake, "acme", None)] == [mine.sandboxId]
-    assert e2b.listing(fake, "acme", None, {"k": "other"}) == []
-    assert e2b.listing(fake, "acme", None, states=["paused"]) == []
+    assert [r["sandboxID"] for r in e2b.page(fake, "acme", None)[0]] == [mine.sandboxId]
+    assert e2b.page(fake, "acme", None, {"k": "other"})[0] == []
+    assert e2b.page(fake, "acme", None, states=["paused"])[0] == []
     assert e2b.by_token(fake, mine.sandboxId, mine.envdAccessToken).tenant == "acme"
     assert e2b.by_token(fake, mine.sandboxId, theirs.envdAccessToken) is None
     assert e2b.by_token(fake, mine.sandboxId, "") is None
 
     now = dt.datetime.now(dt.UTC)
     e2b.set_timeout(fake, mine.sandboxId, "acme", 3600)
-    assert e2b.expire(fake, now + dt.timedelta(seconds=400)) == [theirs.sandboxId]
+    assert e2b_deadlines.expire(fake, now + dt.timedelta(seconds=400)) == [theirs.sandboxId]
     assert fake.destroyed == [(theirs.sandboxId, "other")]
     # A failed destroy is tried again on the next round.
     fake.fail_destroy = True
-    assert e2b.expire(fake, now + dt.timedelta(hours=2)) == []
+    assert e2b_deadlines.expire(fake, now + dt.timedelta(hours=2)) == []
     fake.fail_destroy = False
     # A paused sandbox has no deadline; connecting gives it one again.
     assert e2b.pause(fake, mine.sandboxId, "acme") is True
-    monkeypatch.setattr(e2b, "_state", lambda _record, _sessions: "paused")
+    monkeypatch.setattr(e2b_records, "state_of", lambda _record, _sessions: "paused")
     assert e2b.get(fake, mine.sandboxId, "acme").endAt is None
-    assert e2b.expire(fake, now + dt.timedelta(days=3)) == []
+    assert e2b_deadlines.expire(fake, now + dt.timedelta(days=3)) == []
     connected = e2b.connect_to(fake, mine.sandboxId, "acme", 60)
     assert fake.resumed == [mine.sandboxId]
     assert connected.endAt is not None
-    assert e2b.expire(fake, now + dt.timedelta(seconds=120)) == [mine.sandboxId]
+    assert e2b_deadlines.expire(fake, now + dt.timedelta(seconds=120)) == [mine.sandboxId]
     assert list((fake.where.state / "e2b").glob("*.json")) == []
 
 
@@ -635,7 +638,7 @@ def test_a_native_destroy_takes_the_sandboxs_record_with_it(
     the old token routes nowhere, the old deadline destroys nothing."""
     from tests.unit.test_sessions import FakeDriver, _sessions
 
-    monkeypatch.setattr(e2b, "_state", lambda _record, _sessions: "running")  # no engine
+    monkeypatch.setattr(e2b_records, "state_of", lambda _record, _sessions: "running")  # no engine
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("DOCKYARD_STATE_DIR", "DOCKYARD_CONFIG", "DOCKYARD_AUDIT_LOG", "DOCKYARD_DRIVER"):
         monkeypatch.delenv(name, raising=False)
@@ -646,9 +649,9 @@ def test_a_native_destroy_takes_the_sandboxs_record_with_it(
     sessions.destroy(sandbox.sandboxId, final_backup=False)
     assert list(records.glob("*.json")) == []
     sessions.create({"sessionId": sandbox.sandboxId, "cwd": str(tmp_path), "backend": "claude"})
-    assert e2b.listing(sessions, None, None) == []
+    assert e2b.page(sessions, None, None)[0] == []
     assert e2b.by_token(sessions, sandbox.sandboxId, sandbox.envdAccessToken) is None
-    assert e2b.expire(sessions, dt.datetime.now(dt.UTC) + dt.timedelta(days=2)) == []
+    assert e2b_deadlines.expire(sessions, dt.datetime.now(dt.UTC) + dt.timedelta(days=2)) == []
     assert [r["sessionId"] for r in sessions.list()] == [sandbox.sandboxId]
 
 
@@ -661,17 +664,17 @@ def test_a_sandbox_woken_another_way_gets_a_deadline_again(
     sandbox = e2b.create(fake, {"templateID": "base", "timeout": 60}, "acme")
     assert e2b.pause(fake, sandbox.sandboxId, "acme") is True
     states = {"now": "paused"}
-    monkeypatch.setattr(e2b, "_state", lambda _record, _sessions: states["now"])
+    monkeypatch.setattr(e2b_records, "state_of", lambda _record, _sessions: states["now"])
     now = dt.datetime.now(dt.UTC)
-    assert e2b.expire(fake, now + dt.timedelta(days=1)) == []
+    assert e2b_deadlines.expire(fake, now + dt.timedelta(days=1)) == []
     assert e2b.get(fake, sandbox.sandboxId, "acme").endAt is None  # still paused: no clock
     states["now"] = "running"  # woken without connect
     woke = now + dt.timedelta(days=1)
-    assert e2b.expire(fake, woke) == []
-    assert e2b.get(fake, sandbox.sandboxId, "acme").endAt == e2b._iso(
+    assert e2b_deadlines.expire(fake, woke) == []
+    assert e2b.get(fake, sandbox.sandboxId, "acme").endAt == e2b_records.iso(
         woke + dt.timedelta(seconds=60)
     )
-    assert e2b.expire(fake, woke + dt.timedelta(seconds=61)) == [sandbox.sandboxId]
+    assert e2b_deadlines.expire(fake, woke + dt.timedelta(seconds=61)) == [sandbox.sandboxId]
 
 
 @pytest.mark.anyio
@@ -754,8 +757,8 @@ def test_the_list_asks_the_engine_for_its_pages_rows_only(
         asked["limits"] += 1
         return {}
 
-    monkeypatch.setattr(e2b, "_state", state)
-    monkeypatch.setattr(e2b, "_limits", limits)
+    monkeypatch.setattr(e2b_records, "state_of", state)
+    monkeypatch.setattr(e2b_records, "limits_of", limits)
     rows, more = e2b.page(fake, "acme", None, None, None, 2, 2)
     assert [r["sandboxID"] for r in rows] == sorted(
         made, key=lambda s: (e2b.get(fake, s, "acme").startedAt, s)
@@ -820,8 +823,8 @@ def _engine(monkeypatch: pytest.MonkeyPatch, state: str, resumable: bool = False
     monkeypatch.setattr(e2b.hibernate, "wake_if_suspended", engine.wake_if_suspended)
     if resumable:
         monkeypatch.setattr(
-            e2b,
-            "_load",
+            e2b_records,
+            "load",
             lambda _s, record: e2b.Sandbox(
                 sandboxId=record.session_id,
                 tenant=record.tenant,
@@ -859,7 +862,7 @@ def test_a_routed_call_wakes_a_paused_sandbox_once_and_its_clock_runs_again(
     assert e2b.reach(fake, record) == "127.0.0.1"
     after = dt.datetime.now(dt.UTC)
     assert engine.woken == [(sandbox.sandboxId, "acme", "e2b routed call")]
-    end = e2b._parse(str(e2b.get(fake, sandbox.sandboxId, "acme").endAt))
+    end = e2b_records.parse_iso(str(e2b.get(fake, sandbox.sandboxId, "acme").endAt))
     limits = (before + dt.timedelta(seconds=59), after + dt.timedelta(seconds=61))
     assert limits[0] <= end <= limits[1]
     assert e2b.reach(fake, record) == "127.0.0.1"
@@ -907,8 +910,8 @@ def test_a_paused_sandbox_without_auto_resume_or_paused_by_dockyard_is_not_woken
             e2b.create(fake, {"templateID": "base", **wrong}, "acme")
         assert any(said in problem for problem in caught.value.problems), caught.value.problems
     states = {resumable.sandboxId: "running"}
-    monkeypatch.setattr(e2b, "_engine_status", lambda record: states[record.session_id])
-    e2b.expire(fake, dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    monkeypatch.setattr(e2b_deadlines, "_engine_status", lambda record: states[record.session_id])
+    e2b_deadlines.expire(fake, dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
     assert fake.destroyed == []
     assert e2b.get(fake, resumable.sandboxId, "acme").endAt is None  # paused at its deadline
     # A hibernated one is already frozen: no deadline. A stopped or restarting one keeps
@@ -919,16 +922,16 @@ def test_a_paused_sandbox_without_auto_resume_or_paused_by_dockyard_is_not_woken
     states.update({hibernated.sandboxId: "hibernated", crashed.sandboxId: "restarting"})
     paused_before = list(fake.paused)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-    e2b.expire(fake, later)
+    e2b_deadlines.expire(fake, later)
     assert fake.destroyed == []
     assert fake.paused == paused_before  # neither is paused (nothing to freeze, no audit)
     assert e2b.get(fake, hibernated.sandboxId, "acme").endAt is None
     deadline = e2b.get(fake, crashed.sandboxId, "acme").endAt
     assert deadline is not None
-    e2b.expire(fake, later)  # a sweep while it is down: still the same deadline
+    e2b_deadlines.expire(fake, later)  # a sweep while it is down: still the same deadline
     assert e2b.get(fake, crashed.sandboxId, "acme").endAt == deadline
     states[crashed.sandboxId] = "running"
-    e2b.expire(fake, later)
+    e2b_deadlines.expire(fake, later)
     assert fake.paused == [*paused_before, crashed.sandboxId]
     assert e2b.get(fake, crashed.sandboxId, "acme").endAt is None
 
@@ -964,7 +967,7 @@ def test_metrics_are_one_sample_now_in_the_sdks_shape(
     SDK's own model parses it), none outside; another tenant's sandbox is not found."""
     from e2b.api.client.models.sandbox_metric import SandboxMetric
 
-    monkeypatch.setattr(e2b, "_limits", lambda _sessions, _record: {"cpus": 2.0})
+    monkeypatch.setattr(e2b_records, "limits_of", lambda _sessions, _record: {"cpus": 2.0})
     sandbox = e2b.create(fake, {"templateID": "base"}, "acme")
     now = int(dt.datetime.now(dt.UTC).timestamp())
     [row] = e2b.metrics(fake, sandbox.sandboxId, "acme", now - 60, now + 60)
@@ -983,7 +986,7 @@ def test_metrics_are_one_sample_now_in_the_sdks_shape(
     with pytest.raises(SessionNotFound):
         e2b.metrics(fake, sandbox.sandboxId, "other", None, None)
     # Paused: the engine has no stats of a frozen container; its memory limit is the total.
-    monkeypatch.setattr(e2b, "_limits", lambda _s, _r: {"cpus": 2.0, "memory": 512})
+    monkeypatch.setattr(e2b_records, "limits_of", lambda _s, _r: {"cpus": 2.0, "memory": 512})
     monkeypatch.setattr(fake, "workspace", lambda *_: SimpleNamespace(stats=lambda: {}))
     [paused] = e2b.metrics(fake, sandbox.sandboxId, "acme", None, None)
     assert (paused["memTotal"], paused["memUsed"], paused["diskTotal"]) == (512 << 20, 0, 0)
