@@ -29,6 +29,7 @@ import pulumi_command as command
 import pulumi_docker as docker
 
 from .assets import images_dir
+from .component import Component
 from .contract import LABEL_BROKER
 from .image import AgentImage, AgentImageArgs
 
@@ -118,7 +119,7 @@ class CredentialBrokerArgs:
     """The engine's URL when it is not the local one (for the pids command)."""
 
 
-class CredentialBroker(pulumi.ComponentResource):
+class CredentialBroker(Component):
     host: str
     """The broker's name on the environment's side: what the base URLs point at."""
     network_name: pulumi.Output[str]
@@ -130,8 +131,7 @@ class CredentialBroker(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: CredentialBrokerArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__("dockyard:index:CredentialBroker", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__("CredentialBroker", name, opts)
         plan = args.plan
         self.host = f"{args.environment_id}-broker"
         labels = {**args.labels, LABEL_BROKER: "true"}
@@ -143,21 +143,21 @@ class CredentialBroker(pulumi.ComponentResource):
             # No way out through this network: it only joins the environment to its broker.
             internal=True,
             labels=_labels(docker.NetworkLabelArgs, labels),
-            opts=child,
+            opts=self.child,
         )
         uplink = docker.Network(
             f"{name}-uplink",
             name=f"{self.host}-uplink",
             driver="bridge",
             labels=_labels(docker.NetworkLabelArgs, labels),
-            opts=child,
+            opts=self.child,
         )
         image_id = plan.image_id
         if image_id is None:
             image_id = AgentImage(
                 f"{name}-image",
                 broker_image_args(plan.tag_prefix, plan.build_args, plan.extra_ca),
-                opts=child,
+                opts=self.child,
             ).image_id
 
         names = sorted(plan.keys)
@@ -198,7 +198,7 @@ class CredentialBroker(pulumi.ComponentResource):
             memory_swap=MEMORY_MB,
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
             security_opts=["no-new-privileges:true"],
-            opts=child,
+            opts=self.child,
         )
         command.local.Command(
             f"{name}-pids",
@@ -209,7 +209,7 @@ class CredentialBroker(pulumi.ComponentResource):
                 "DOCKYARD_PIDS_LIMIT": str(PIDS_LIMIT),
             },
             triggers=[container.id],
-            opts=child,
+            opts=self.child,
         )
         self.network_name = network.name
         self.container_id = container.id

@@ -30,6 +30,7 @@ import pulumi_docker as docker
 
 from . import broker as credential_broker
 from . import egress, storage
+from .component import Component
 from .config import HELPER_IMAGE, Volume
 from .contract import (
     AGENT_UID,
@@ -120,7 +121,7 @@ def resource_prefix(stack: str, session_id: str) -> str:
     return environment_id(stack, session_id)
 
 
-class AgentEnvironment(pulumi.ComponentResource):
+class AgentEnvironment(Component):
     container_id: pulumi.Output[str]
     container_name: pulumi.Output[str]
     manifest: pulumi.Output[dict]
@@ -129,8 +130,7 @@ class AgentEnvironment(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: AgentEnvironmentArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__("dockyard:index:AgentEnvironment", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__("AgentEnvironment", name, opts)
         prefix = args.environment_id or resource_prefix(args.stack, args.session_id)
         labels = {
             **args.labels,
@@ -152,12 +152,12 @@ class AgentEnvironment(pulumi.ComponentResource):
                 docker.NetworkLabelArgs,
                 {**labels, **egress.labels(args.egress, list(args.egress_rules))},
             ),
-            opts=child,
+            opts=self.child,
         )
         # Every writable path gets a size bound (dockyard.storage, docs/stacks.md).
         disks = storage.declare(
             f"{name}-disks", prefix, storage.bounds_of(args.limits), args.helper_image, args.docker_host,
-            workspace_bound_elsewhere=bool(args.workspace_host_path), opts=child,
+            workspace_bound_elsewhere=bool(args.workspace_host_path), opts=self.child,
             secret_names=[*args.secrets, *(args.broker.keys if args.broker else ())],
         )  # fmt: skip
         volumes = {
@@ -188,7 +188,7 @@ class AgentEnvironment(pulumi.ComponentResource):
                 f"{name}-vol-{source}",
                 name=engine_name,
                 labels=_labels(docker.VolumeLabelArgs, {**labels, LABEL_VOLUME: f"vol-{source}"}),
-                opts=child,
+                opts=self.child,
             ).name
             for source, engine_name in sorted(args.volume_names.items())
             if engine_name.startswith(f"{prefix}-")
@@ -228,7 +228,7 @@ class AgentEnvironment(pulumi.ComponentResource):
                     labels={k: labels[k] for k in IDENTITY_LABELS},
                     docker_host=args.docker_host,
                 ),
-                opts=child,
+                opts=self.child,
             )
             # Its own network first: an internal one never takes the default route.
             networks.append(docker.ContainerNetworksAdvancedArgs(name=broker.network_name))
@@ -359,7 +359,7 @@ class AgentEnvironment(pulumi.ComponentResource):
                 "DOCKYARD_PIDS_LIMIT": str(args.limits.pids),
             },
             triggers=[container.id, args.limits.pids],
-            opts=child,
+            opts=self.child,
         )
 
         self.manifest = pulumi.Output.all(
@@ -375,10 +375,15 @@ class AgentEnvironment(pulumi.ComponentResource):
             )
         )
         self.manifest_path = manifest_path(args.manifest_dir, args.session_id)
-        declare_manifest_file(name, self.manifest, self.manifest_path, child)
+        declare_manifest_file(name, self.manifest, self.manifest_path, self.child)
         if args.host_name:
             declare_host_file(
-                name, args.session_id, args.host_name, args.docker_host, self.manifest_path, child
+                name,
+                args.session_id,
+                args.host_name,
+                args.docker_host,
+                self.manifest_path,
+                self.child,
             )
 
         self.container_id = container.id

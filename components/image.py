@@ -17,6 +17,7 @@ import pulumi
 import pulumi_docker as docker
 
 from .assets import PROVENANCE_ARGS, AssetError, images_dir, provenance
+from .component import Component
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,7 +158,7 @@ class AgentImageArgs:
     """A layered variant's base when neither ``base`` nor ``ref`` is given: core or gpu."""
 
 
-class AgentImage(pulumi.ComponentResource):
+class AgentImage(Component):
     image_ref: pulumi.Output[str]
     """What the manifest reports: the repo digest where the engine knows one, else the tag."""
     image_id: pulumi.Output[str]
@@ -168,15 +169,14 @@ class AgentImage(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: AgentImageArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__("dockyard:index:AgentImage", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__("AgentImage", name, opts)
         if args.variant not in VARIANTS:
             raise ValueError(f"variant {args.variant!r} is not one of {', '.join(VARIANTS)}")
         if args.variant in LAYERED_VARIANTS:
-            self._build_layered(name, args, child)
+            self._build_layered(name, args, self.child)
         elif args.ref:
             remote = docker.RemoteImage(
-                f"{name}-remote", name=args.ref, keep_locally=True, opts=child
+                f"{name}-remote", name=args.ref, keep_locally=True, opts=self.child
             )
             self.image_id = remote.image_id
             self.tag = args.ref
@@ -200,7 +200,7 @@ class AgentImage(pulumi.ComponentResource):
             )
             repository = args.repository or f"dockyard-{args.variant}"
             self._build(
-                name, f"{repository}:{args.tag_prefix}-{digest}", context, build_args, child
+                name, f"{repository}:{args.tag_prefix}-{digest}", context, build_args, self.child
             )
         self.register_outputs({"imageRef": self.image_ref, "imageId": self.image_id})
 

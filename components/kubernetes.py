@@ -35,6 +35,7 @@ import pulumi_kubernetes as k8s
 
 from . import kubernetes_objects as objects
 from . import manifest as manifest_contract
+from .component import Component
 from .config import (
     ConfigError,
     Limits,
@@ -75,7 +76,7 @@ class KubernetesEnvironmentArgs(EnvironmentInputs):
     """An agent-sandbox Sandbox instead of the StatefulSet."""
 
 
-class KubernetesEnvironment(pulumi.ComponentResource):
+class KubernetesEnvironment(Component):
     workload_name: str
     pod_name: str
     """The Pod to exec into (``kubectl exec <pod> -c agent``); the manifest's container name."""
@@ -88,8 +89,7 @@ class KubernetesEnvironment(pulumi.ComponentResource):
         args: KubernetesEnvironmentArgs,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__("dockyard:index:KubernetesEnvironment", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__("KubernetesEnvironment", name, opts)
         workload = objects.environment_name(args.stack, args.session_id)
         labels, annotations = objects.environment_metadata(
             name=workload,
@@ -118,7 +118,7 @@ class KubernetesEnvironment(pulumi.ComponentResource):
                 f"{name}-{volume}",
                 metadata=metadata(claim, **{LABEL_VOLUME: volume}),
                 spec=objects.claim_spec(sizes[volume], args.storage_class),
-                opts=child,
+                opts=self.child,
             )
             for volume, claim in claims.items()
         ]
@@ -130,7 +130,7 @@ class KubernetesEnvironment(pulumi.ComponentResource):
                 metadata=metadata(f"{workload}-secrets"),
                 type="Opaque",
                 string_data=dict(args.secrets),
-                opts=child,
+                opts=self.child,
             )
 
         pod = objects.pod_spec(
@@ -213,13 +213,13 @@ class KubernetesEnvironment(pulumi.ComponentResource):
                         for port in args.ports
                     ],
                 },
-                opts=child,
+                opts=self.child,
             )
             resolved_ports = service.spec.apply(
                 lambda spec: service_port_mappings(spec, args.service_type)
             )
 
-        self._network_policies(name, workload, args, metadata, child)
+        self._network_policies(name, workload, args, metadata, self.child)
 
         self.workload_name = workload
         self.manifest = pulumi.Output.all(
@@ -235,7 +235,7 @@ class KubernetesEnvironment(pulumi.ComponentResource):
             )
         )
         self.manifest_path = manifest_path(args.manifest_dir, args.session_id)
-        declare_manifest_file(name, self.manifest, self.manifest_path, child)
+        declare_manifest_file(name, self.manifest, self.manifest_path, self.child)
 
         self.register_outputs(
             {

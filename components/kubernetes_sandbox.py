@@ -25,6 +25,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from . import kubernetes_objects as objects
+from .component import Component
 from .config import Healthcheck, ResolvedLimits
 from .contract import LABEL_ENVIRONMENT, LABEL_MANAGED, LABEL_STACK, LABEL_VOLUME, STOP_TIMEOUT_S
 
@@ -48,15 +49,14 @@ class AgentSandboxPoolArgs:
     backend: str = "claude"
 
 
-class AgentSandboxPool(pulumi.ComponentResource):
+class AgentSandboxPool(Component):
     template_name: str
     warm_pool_name: str
 
     def __init__(
         self, name: str, args: AgentSandboxPoolArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__("dockyard:index:AgentSandboxPool", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__("AgentSandboxPool", name, opts)
         pool = objects.object_name(f"dockyard-{args.stack}-pool", objects.WORKLOAD_NAME_MAX)
         # The sessions' label set; dockyard.environment names the pool, not a session.
         labels = {
@@ -110,7 +110,7 @@ class AgentSandboxPool(pulumi.ComponentResource):
                 # a fresh Sandbox instead of taking a warm one.
                 "envVarsInjectionPolicy": "Allowed",
             },
-            opts=child,
+            opts=self.child,
         )
         # No replicas: the controller's default (1) applies and Pulumi does not own the
         # field, so `kubectl scale sandboxwarmpool` sizes the pool and stays.

@@ -31,12 +31,11 @@ import pulumi_docker as docker
 
 from . import environment, image
 from .assets import version
+from .component import PACKAGE
 from .config import ConfigError, StackConfig, from_host_settings, from_request, key_path
 from .errors import InvalidInput
 from .manifest import Manifest
 from .program import environment_args
-
-PACKAGE = "dockyard"
 
 
 class InputError(InvalidInput, ValueError):
