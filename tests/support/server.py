@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 DOCKYARD = Path(sys.executable).with_name("dockyard")
-LISTENING = "dockyard: listening on http://127.0.0.1:"
-"""The first line ``dockyard serve`` prints once it accepts connections (plain HTTP)."""
+LISTENING = (
+    "dockyard: listening on http://127.0.0.1:",
+    "dockyard: listening on https://127.0.0.1:",
+)
+"""The first line ``dockyard serve`` prints once it accepts connections (HTTP, or HTTPS
+when given ``--tls-cert``/``--tls-key``)."""
 
 
 class NotListening(AssertionError):
