@@ -24,17 +24,17 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-from dockyard.api import webhooks
+from dockyard.api import webhook_delivery
 from dockyard.api.events_settings import networks
 from dockyard.api.store import MIGRATIONS, KeyStore, migrate
-from dockyard.api.webhooks import (
+from dockyard.api.webhook_delivery import (
     ANSWER_MAX,
-    WebhookStore,
     answer_kept,
     check_url,
     excerpt,
     signature,
 )
+from dockyard.api.webhook_store import Only, WebhookStore
 from dockyard.errors import InvalidInput
 from dockyard.sessions import audit
 from tests.api.conftest import Api
@@ -318,7 +318,7 @@ def test_a_failed_delivery_keeps_a_bounded_printable_answer(
 ) -> None:
     """The receiver on loopback stands in for a public one (answer_kept is judged on its
     own below): its answer's start is kept, bounded and printable."""
-    monkeypatch.setattr(webhooks, "answer_kept", lambda address: address == "127.0.0.1")
+    monkeypatch.setattr(webhook_delivery, "answer_kept", lambda address: address == "127.0.0.1")
     acme = server.key("acme")
     hostile = b"\x1b[2J\x1b]0;owned\x07\xe2\x80\xaeevil\r\nline" + b"x" * 8000
     with answering([(500, hostile)] * 3) as (hook_url, got):
@@ -390,7 +390,7 @@ def test_migrating_a_store_with_deliveries_keeps_them(store_url: str) -> None:
                 {"now": now},
             )
         migrate(engine)
-        ((row, kind),) = WebhookStore(engine).deliveries("h1", 10, event_id=7)
+        ((row, kind),) = WebhookStore(engine).deliveries("h1", 10, Only(event_id=7))
         assert (kind, row.state, row.attempts, row.last_status) == (
             "session.created",
             "failed",
