@@ -2,25 +2,26 @@
 a timeout, an output cap and signals to its process group (issue 27 item 1).
 
 A signal reaches a command this process started through the process group its stream
-began with. One started by another process (another server replica on the same engine
-host) is found through the engine and the host's /proc: the engine's record of the exec
-must say it runs, in this session's container, as the agent user, through this module's
-launcher; its host pid's innermost namespace pid (``NSpid``) is the group inside the
-container, and the signal is sent only if the process with that pid inside the container
-leads its own session and group and started at the same moment (clock ticks since boot)
-as the one the engine named, so a pid reused since, or a /proc that is not the engine's
-(a remote engine, gVisor), signals nothing.
+began with. One started by another process (another server replica, on this host or any
+other, on runc or gVisor) is found through the engine and inside the container: the
+engine's record of the exec must say it runs, in this session's container, as the agent
+user, through this module's launcher, whose name (``$0``) carries a random tag the
+command also has in its environment (:data:`TAG_VARIABLE`); the signal is sent, as the
+agent user inside the container, to the process groups led by a process with that tag
+(:data:`GROUP_KILL`). Nothing on the engine's host is read, so a remote engine or
+gVisor's own /proc are no different. (An agent that copies the tag into processes of its
+own can only make such a signal reach them too: they are its own.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..contract import AGENT_UID, WORKSPACE_MOUNT
 from ..errors import Failed, InvalidInput, NotFound
@@ -39,14 +40,22 @@ KILL_GRACE_SECONDS = 2.0
 LAUNCHER = 'printf "%s\\n" "$$" >&2; exec "$@"'
 PGID_LINE = re.compile(rb"([0-9]{1,10})\r?\n")
 EXEC_ID = re.compile(r"[0-9a-f]{64}")
-# Inside the container, as the agent user: signal group $2 only if its leader leads its
-# own session and group and started at $3 (/proc/PID/stat: fields after the command's
-# closing parenthesis, field 5 the group, 6 the session, 22 the start time).
+TAG_VARIABLE = "DOCKYARD_EXEC"
+"""The variable holding an exec's tag in its environment (set last: a request cannot
+override it)."""
+TAG_PREFIX = "dockyard-exec-"
+"""The launcher's ``$0``: this prefix and the exec's tag (what the engine records)."""
+TAG = re.compile(r"[0-9a-f]{32}")
+# Inside the container, as the agent user: signal $1 to every process group led by a
+# process whose environment holds DOCKYARD_EXEC=$2 (/proc/PID/stat: after the command's
+# closing parenthesis, field 3 is the group, 4 the session); exit 3 when there is none.
 GROUP_KILL = (
-    'stat=$(cat "/proc/$2/stat" 2>/dev/null) || exit 3; rest=${stat##*) }; set -f; '
-    'set -- "$1" "$2" "$3" $rest; '
-    '[ "$6" = "$2" ] && [ "$7" = "$2" ] && [ "${23}" = "$3" ] || exit 3; '
-    'kill -s "$1" -- "-$2"'
+    'sig=$1; want="DOCKYARD_EXEC=$2"; sent=3; '
+    "for d in /proc/[0-9]*; do p=${d#/proc/}; "
+    'tr "\\0" "\\n" 2>/dev/null < "$d/environ" | grep -qxF -e "$want" || continue; '
+    'stat=$(cat "$d/stat" 2>/dev/null) || continue; rest=${stat##*) }; '
+    'set -f; set -- $rest; [ "$3" = "$p" ] && [ "$4" = "$p" ] || continue; '
+    'kill -s "$sig" -- "-$p" 2>/dev/null && sent=0; done; exit $sent'
 )
 
 
@@ -141,9 +150,6 @@ _RUNNING_LOCK = threading.Lock()
 class ExecVerbs(Container):
     """Exec and signal."""
 
-    proc = Path("/proc")
-    """The engine host's /proc (where the engine's exec pids are)."""
-
     def exec(
         self,
         request: ExecRequest,
@@ -160,10 +166,11 @@ class ExecVerbs(Container):
         checked = request.checked(self.limits)
         timeout = float(checked.timeout or self.limits.default_timeout_seconds)
         started = time.monotonic()
+        tag = secrets.token_hex(16)
         exec_id, sock = self._exec_socket(
-            ["/bin/sh", "-c", LAUNCHER, "sh", *checked.command],
+            ["/bin/sh", "-c", LAUNCHER, TAG_PREFIX + tag, *checked.command],
             stdin=interactive or checked.stdin is not None,
-            env=checked.env,
+            env={**checked.env, TAG_VARIABLE: tag},
             cwd=checked.cwd,
             tty=tty,
         )
@@ -267,22 +274,19 @@ class ExecVerbs(Container):
             self._run(["/bin/sh", "-c", 'kill -s "$1" -- "-$2"', "sh", name, str(running.pgid)])
             return
         missing = NotFound(
-            f"session {self.record.session_id!r}: no running exec {exec_id!r} (it ended, it "
-            "is not a command started through dockyard in this session, or it was started by "
-            "a server on another host)"
+            f"session {self.record.session_id!r}: no running exec {exec_id!r} (it ended, or "
+            "it is not a command started through dockyard in this session)"
         )
-        found = self._group_elsewhere(exec_id)
-        if found is None:
+        tag = self._tag_elsewhere(exec_id)
+        if tag is None:
             raise missing
-        pgid, started = found
-        code = self._run(["/bin/sh", "-c", GROUP_KILL, "sh", name, str(pgid), str(started)])[2]
-        if code != 0:
+        if self._run(["/bin/sh", "-c", GROUP_KILL, "sh", name, tag])[2] != 0:
             raise missing
 
-    def _group_elsewhere(self, exec_id: str) -> tuple[int, int] | None:
-        """The process group inside the container and the start time of a running exec
-        another process started in this container (see the module's docstring); None when
-        the engine or this host's /proc cannot vouch for one."""
+    def _tag_elsewhere(self, exec_id: str) -> str | None:
+        """The tag of a running exec another process started in this container through
+        the launcher, as the engine records it (see the module's docstring); None when
+        the engine does not vouch for one."""
         if not EXEC_ID.fullmatch(exec_id):
             return None
         try:
@@ -291,7 +295,9 @@ class ExecVerbs(Container):
             return None
         config = info.get("ProcessConfig") or {}
         container = str(info.get("ContainerID") or "")
-        pid = info.get("Pid")
+        arguments = list(config.get("arguments") or [])
+        name = str(arguments[2]) if len(arguments) > 2 else ""
+        tag = name.removeprefix(TAG_PREFIX)
         if (
             info.get("Running") is not True
             or not (
@@ -299,22 +305,10 @@ class ExecVerbs(Container):
                 or (len(self.container) >= 12 and container.startswith(self.container))
             )
             or config.get("entrypoint") != "/bin/sh"
-            or list(config.get("arguments") or [])[:2] != ["-c", LAUNCHER]
+            or arguments[:2] != ["-c", LAUNCHER]
+            or not name.startswith(TAG_PREFIX)
+            or not TAG.fullmatch(tag)
             or config.get("user") != f"{AGENT_UID}:{AGENT_UID}"
-            or not isinstance(pid, int)
-            or pid <= 0
         ):
             return None
-        try:
-            status = (self.proc / str(pid) / "status").read_text(errors="replace")
-            stat = (self.proc / str(pid) / "stat").read_text(errors="replace")
-        except OSError:
-            return None
-        inner = [line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")]
-        fields = stat.rpartition(")")[2].split()
-        if not inner or len(inner[0]) < 2 or len(fields) < 20:
-            return None
-        group, started = inner[0][-1], fields[19]
-        if not (group.isdigit() and started.isdigit()) or int(group) <= 1:
-            return None
-        return int(group), int(started)
+        return tag

@@ -1,8 +1,8 @@
-"""A signal from another process (as another server replica on the same engine host
-would send it) reaches a command this process started, on the real engine: the other
-process knows only the exec id (dockyard.sessions.workspace_exec finds the group through
-the engine and /proc). The same call for another container's exec, or once the command
-has ended, answers not found."""
+"""A signal from another process (as another server replica would send it, on any host)
+reaches a command this process started, on the real engine, on runc and on gVisor: the
+other process knows only the exec id (dockyard.sessions.workspace_exec finds the tag
+through the engine and the tagged group inside the container). The same call for another
+container's exec, or once the command has ended, answers not found."""
 
 from __future__ import annotations
 
@@ -57,10 +57,13 @@ def elsewhere(container: str, exec_id: str) -> str:
     return done.stdout.strip()
 
 
-@pytest.fixture
-def target(docker_client: docker.DockerClient, core_image: str) -> Iterator[Container]:
+@pytest.fixture(params=["runc", "runsc"])
+def target(
+    request: pytest.FixtureRequest, docker_client: docker.DockerClient, core_image: str
+) -> Iterator[Container]:
     container = docker_client.containers.run(
         core_image,
+        runtime=request.param,
         name=unique_name("signal"),
         labels=LABELS,
         detach=True,
