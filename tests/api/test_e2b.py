@@ -1125,6 +1125,8 @@ async def test_websockets_are_routed_with_the_requests_checks(
             to_port,
             (b"origin", b"http://api"),
             (b"cookie", b"dockyard_session=x; y=1"),
+            (b"x-app", b"1"),
+            (b"authorization", b"Bearer dk_not_for_the_sandbox"),
         ]
         sent = await socket_through(api, allowed, ["hi", "close"])
         assert sent[0] == {"type": "websocket.accept", "subprotocol": "chat"}
@@ -1132,8 +1134,11 @@ async def test_websockets_are_routed_with_the_requests_checks(
         seen = json.loads(texts[0])
         assert texts[1:] == ["hi"]
         assert sent[-1] == {"type": "websocket.close", "code": 4001}
+        # The handshake's headers as the HTTP routing filters them, and the subprotocols.
         assert seen.get("cookie") == "y=1"
-        for header in ("x-access-token", "e2b-sandbox-id", "e2b-sandbox-port"):
+        assert (seen.get("x-app"), seen.get("origin")) == ("1", "http://api")
+        assert seen.get("sec-websocket-protocol") == "chat"
+        for header in ("x-access-token", "e2b-sandbox-id", "e2b-sandbox-port", "authorization"):
             assert header not in seen, header
         assert echo.opened == 2
         # A message over the bound from the sandbox closes the socket (1009), never held.
@@ -1185,10 +1190,21 @@ async def test_a_websocket_through_a_real_uvicorn_reaches_the_sandbox(
         headers = {"E2b-Sandbox-Id": "sabc", "E2b-Sandbox-Port": str(port), "X-Access-Token": "tok"}
         url = f"ws://127.0.0.1:{bound}/ws"
         chat: Any = ["chat"]  # the sandbox's server insists on its subprotocol
-        async with connect(url, additional_headers=headers, subprotocols=chat) as socket:
+        handshake = {
+            **headers,
+            "Authorization": "Basic YXBwOnB3",  # the app's own: passed
+            "Cookie": "__Host-Dockyard_login=z; theme=dark",
+            "X-App": "1",
+        }
+        async with connect(
+            url, additional_headers=handshake, subprotocols=chat, user_agent_header="sdk/1"
+        ) as socket:
             assert socket.subprotocol == "chat"
             seen = json.loads(await socket.recv())
             assert "x-access-token" not in seen
+            assert seen.get("authorization") == "Basic YXBwOnB3"
+            assert (seen.get("cookie"), seen.get("x-app")) == ("theme=dark", "1")
+            assert (seen.get("user-agent"), seen.get("sec-websocket-protocol")) == ("sdk/1", "chat")
             await socket.send("hi")
             assert await socket.recv() == "hi"
             await socket.send("close")

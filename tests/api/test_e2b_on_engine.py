@@ -21,6 +21,7 @@ import httpx
 import pytest
 from e2b import Sandbox, SandboxQuery
 from e2b.exceptions import SandboxException, SandboxNotFoundException
+from websockets.sync.client import connect as ws_connect
 
 from dockyard.api.store import default_url
 from tests.support.engine import RUN_ID, wait_for
@@ -50,7 +51,9 @@ console.log(JSON.stringify({ stdout: ran.stdout, out, exit: ran.exitCode, state:
 """
 PORT = 8081
 # A tiny server for inside the sandbox: GET /headers answers the headers it received,
-# POST /echo answers the body it received, GET /stream answers 3 chunks.
+# POST /echo answers the body it received, GET /stream answers 3 chunks; a WebSocket
+# upgrade is accepted (subprotocol "chat" when offered) and sends the handshake's headers
+# as one text message, then closes (1000).
 SERVER = """
 import json, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +66,24 @@ class H(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
     def do_GET(self):
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            import base64, hashlib
+            key = self.headers["Sec-WebSocket-Key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            accept = base64.b64encode(hashlib.sha1(key.encode()).digest()).decode()
+            self.send_header("Sec-WebSocket-Accept", accept)
+            if "chat" in self.headers.get("Sec-WebSocket-Protocol", ""):
+                self.send_header("Sec-WebSocket-Protocol", "chat")
+            self.end_headers()
+            data = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+            n = len(data)
+            size = bytes([n]) if n < 126 else bytes([126]) + n.to_bytes(2, "big")
+            self.wfile.write(bytes([0x81]) + size + data + bytes([0x88, 2, 3, 232]))
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if self.path == "/stream":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -283,6 +304,24 @@ def test_sdk_lifecycle_isolation_and_routing(
         via_header = server.raw("/headers", by_header)
         assert via_header.status_code == 200, via_header.text
         assert "x-access-token" not in via_header.json(), "the token reached a non-daemon port"
+        # A WebSocket by the header form: the handshake's headers reach the sandbox as the
+        # HTTP routing filters them, and the client gets the subprotocol the sandbox chose.
+        handshake = {
+            **by_header,
+            "Cookie": "dockyard_session=x; y=1",
+            "Authorization": f"Bearer {server.keys['a']}",
+            "X-App": "1",
+        }
+        ws_url = server.url.replace("http://", "ws://", 1) + "/ws"
+        chat: Any = ["chat"]
+        with ws_connect(ws_url, additional_headers=handshake, subprotocols=chat) as socket:
+            assert socket.subprotocol == "chat"
+            seen_ws = json.loads(socket.recv(timeout=30))
+        assert (seen_ws.get("cookie"), seen_ws.get("x-app")) == ("y=1", "1"), seen_ws
+        assert seen_ws.get("sec-websocket-protocol") == "chat", seen_ws
+        assert server.keys["a"] not in json.dumps(seen_ws), "the API key reached the sandbox"
+        assert "x-access-token" not in seen_ws, seen_ws
+        assert "e2b-sandbox-id" not in seen_ws, seen_ws
         # Refused: no credentials, a wrong token, the other tenant's key or token, a bad port.
         for headers, code in (
             ({"Host": host}, 401),
