@@ -209,19 +209,26 @@ async def authenticated(request: Request, presented: str) -> Principal:
     """The principal of the API key ``presented`` (however the face received it: the
     E2B-compatible face reads X-API-Key), charged against the key's rate; its key id is
     this request's audit actor."""
-    ctx = context_of(request)
     info = await live_key(request, presented)
     if info is None:
         raise Unauthorized("the API key is unknown or revoked")
-    request.scope.setdefault("dockyard", {})["actor"] = f"key:{info.id}"
-    wait = request.app.state.buckets.take(info.id)
+    charge(request, info.id)
+    return Principal(info.id, info.tenant, info.admin)
+
+
+def charge(request: Request, key_id: str) -> None:
+    """``key_id`` is this request's audit actor and is charged one request against its
+    rate (:class:`RateLimited` past it): whichever way the key came in (a header, the
+    dashboard's login cookie)."""
+    request.scope.setdefault("dockyard", {})["actor"] = f"key:{key_id}"
+    wait = request.app.state.buckets.take(key_id)
     if wait:
+        limits = context_of(request).limits
         raise RateLimited(
-            f"key {info.id} passed its rate ({ctx.limits.rate:g} requests/s, "
-            f"burst {ctx.limits.burst}): retry in {wait:.1f} s",
+            f"key {key_id} passed its rate ({limits.rate:g} requests/s, "
+            f"burst {limits.burst}): retry in {wait:.1f} s",
             wait,
         )
-    return Principal(info.id, info.tenant, info.admin)
 
 
 def context_of(request: Request) -> Context:

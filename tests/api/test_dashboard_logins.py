@@ -15,10 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from dockyard.api.app import create_app
+from dockyard.api.context import Limits
 from dockyard.api.dashboard import login as logins
 from dockyard.api.store import KeyStore
 from dockyard.api.store.models import DashboardLogin
-from dockyard.sessions import Sessions, driver
+from dockyard.sessions import Sessions, audit, driver
 from dockyard.sessions.settings import paths
 from tests.api.conftest import state_env
 
@@ -80,10 +81,12 @@ def test_one_key_cannot_crowd_out_anothers_logins(
     assert kept.get(theirs) is not None
 
 
-def _app(base: Path, store: KeyStore) -> httpx.AsyncClient:
+def _app(base: Path, store: KeyStore, limits: Limits | None = None) -> httpx.AsyncClient:
     where = paths(state_env(base))
     sessions = Sessions(where, driver.load(where, "dockyard.sessions.driver:PulumiDriver"))
-    transport = httpx.ASGITransport(app=create_app(sessions, store), raise_app_exceptions=False)
+    transport = httpx.ASGITransport(
+        app=create_app(sessions, store, limits), raise_app_exceptions=False
+    )
     return httpx.AsyncClient(transport=transport, base_url="http://dashboard")
 
 
@@ -113,3 +116,27 @@ async def test_a_second_server_over_the_same_store_keeps_the_login(
             assert json.dumps(_rows(store), default=str).count(cookie) == 0
     finally:
         second.close()
+
+
+@pytest.mark.anyio
+async def test_a_logged_in_viewer_is_charged_against_its_keys_rate_and_is_the_actor(
+    tmp_path: Path, store: KeyStore
+) -> None:
+    issued = store.create("acme")
+    # A bucket of 2 that does not refill within the test.
+    async with _app(tmp_path, store, Limits(rate=0.001, burst=2)) as client:
+        form = await client.get("/login")
+        match = TOKEN.search(form.text)
+        assert match
+        logged = await client.post("/login", data={"csrf": match.group(1), "key": issued.key})
+        assert logged.status_code == 303
+        pages = [await client.get("/") for _ in range(3)]
+    assert [p.status_code for p in pages] == [200, 200, 429], [p.text for p in pages]
+    (problem,) = pages[2].json()["error"]["problems"]
+    assert problem.startswith(
+        f"key {issued.info.id} passed its rate (0.001 requests/s, burst 2): retry in "
+    ), problem
+    dashboard = [
+        e["actor"] for e in audit.read(tmp_path / "state" / "audit.jsonl") if e["action"] == "api"
+    ]
+    assert dashboard[-3:] == [f"key:{issued.info.id}"] * 3

@@ -17,8 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import Engine, delete, func, select
 
-from ..errors import RateLimited
-from ..principal import Principal
+from ..principal import Principal, charge
 from ..store.models import ApiKey, DashboardLogin
 from ..store.transactions import Transactional
 from .pages import SECURITY_HEADERS, Viewer, ctx_of, form_of, page, refused, secure, to_login
@@ -127,18 +126,10 @@ def logins_of(request: Request) -> Logins:
 async def viewer_of(request: Request) -> Viewer | None:
     """The logged-in key (charged against its rate, named in the audit line), or None."""
     token = request.cookies.get(COOKIE, "")[:100]
-    ctx = ctx_of(request)
-    login = await ctx.call(logins_of(request).get, token) if token else None
+    login = await ctx_of(request).call(logins_of(request).get, token) if token else None
     if login is None:
         return None
-    request.scope.setdefault("dockyard", {})["actor"] = f"key:{login.key_id}"
-    wait = request.app.state.buckets.take(login.key_id)
-    if wait:
-        raise RateLimited(
-            f"key {login.key_id} passed its rate ({ctx.limits.rate:g} requests/s): "
-            f"retry in {wait:.1f} s",
-            wait,
-        )
+    charge(request, login.key_id)
     return Viewer(Principal(login.key_id, login.tenant, login.admin), login.csrf, token)
 
 
