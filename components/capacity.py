@@ -13,10 +13,10 @@ from typing import Any
 from .contract import (
     LABEL_LIMITS_CPUS,
     LABEL_LIMITS_MEMORY,
-    LABEL_MANAGED,
     LABEL_SESSION,
     LABEL_STACK,
     LABEL_TENANT,
+    MANAGED_SELECTOR,
 )
 
 
@@ -57,7 +57,7 @@ def count(client: Any, *, exclude: tuple[str, str] | None = None) -> EngineState
     """The engine's dockyard containers; ``exclude`` is a (stack, session) not to count
     (the environment being converged)."""
     state = EngineState()
-    for container in client.api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=true"}):
+    for container in client.api.containers(all=True, filters={"label": MANAGED_SELECTOR}):
         labels = container.get("Labels") or {}
         key = (labels.get(LABEL_STACK) or "", labels.get(LABEL_SESSION) or "")
         if exclude is not None and key == exclude:

@@ -27,7 +27,14 @@ import pulumi_kubernetes as k8s
 from . import kubernetes_objects as objects
 from .component import Component
 from .config import Healthcheck, ResolvedLimits
-from .contract import LABEL_ENVIRONMENT, LABEL_MANAGED, LABEL_STACK, LABEL_VOLUME, STOP_TIMEOUT_S
+from .contract import (
+    LABEL_ENVIRONMENT,
+    LABEL_MANAGED,
+    LABEL_STACK,
+    LABEL_VOLUME,
+    MANAGED_VALUE,
+    STOP_TIMEOUT_S,
+)
 
 SANDBOX_API_VERSION = "agents.x-k8s.io/v1beta1"
 EXTENSIONS_API_VERSION = "extensions.agents.x-k8s.io/v1beta1"
@@ -62,7 +69,7 @@ class AgentSandboxPool(Component):
         labels = {
             LABEL_ENVIRONMENT: pool,
             LABEL_STACK: objects.label_value(args.stack),
-            LABEL_MANAGED: "true",
+            LABEL_MANAGED: MANAGED_VALUE,
         }
         metadata = {
             "name": pool,

@@ -22,7 +22,7 @@ from typing import Any
 from ..capacity import EngineState, Use, count
 from ..capacity import connect as connect_engine
 from ..config import ConfigError, QuotaCaps, Quotas, from_host_settings
-from ..contract import LABEL_MANAGED
+from ..contract import MANAGED_SELECTOR
 from .service import SessionsLike
 from .settings import load_settings
 
@@ -104,7 +104,7 @@ def images_in_use(client: Any) -> list[tuple[str, int]]:
     """Each image the engine's dockyard containers run, with how many use it."""
     used = Counter(
         str(c.get("Image") or c.get("ImageID") or "?")
-        for c in client.api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+        for c in client.api.containers(all=True, filters={"label": MANAGED_SELECTOR})
     )
     return sorted(used.items(), key=lambda item: (-item[1], item[0]))
 
