@@ -73,7 +73,7 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(dataplane.router)  # exec, files, stats, logs, ports
     app.include_router(backups.router)  # backups, restore, the audit trail (issue 27)
-    app.include_router(dashboard.router)  # the dashboard at / (issue 28)
+    dashboard.install(app)  # the dashboard at / (issue 28)
     # Extension points (issue 27): exec, files, stats, logs, events routers go here.
     app.add_middleware(RequestMiddleware, context=context)
     e2b.install(app)  # the E2B-compatible routes and sandbox routing, outermost (issue 30)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from importlib import resources
 
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
 from . import create, detail, fork, host, live, login, logtail, table
-from .pages import SECURITY_HEADERS
+from .pages import SECURITY_HEADERS, Answered
 
 STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
 
@@ -34,6 +34,18 @@ router = APIRouter(include_in_schema=False)
 # Order matters: /sessions/new before /sessions/{session_id}.
 for part in (login, table, create, logtail, fork, detail, host, live):
     router.include_router(part.router)
+
+
+def install(app: FastAPI) -> None:
+    """The dashboard's routes on ``app``, and the answer of a request a shared step has
+    answered already (:class:`.pages.Answered`)."""
+
+    async def answered(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Answered)
+        return exc.response
+
+    app.add_exception_handler(Answered, answered)
+    app.include_router(router)
 
 
 @router.get("/static/{name}")

@@ -116,10 +116,7 @@ async def new_page(request: Request) -> Response:
 
 @router.post("/sessions/new")
 async def create(request: Request) -> Response:
-    posted = await posted_form(request)
-    if isinstance(posted, Response):
-        return posted
-    viewer, form = posted
+    viewer, form = await posted_form(request)
     body, problems = _request_of(form)
     ctx = ctx_of(request)
     try:

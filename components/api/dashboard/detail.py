@@ -241,10 +241,7 @@ def _chart(request: Request, session: str, tenant: str | None) -> dict[str, Any]
 async def stats_fragment(session_id: str, request: Request) -> Response:
     """The detail page's stats part alone (its script loads it after the page, then
     every 15 s)."""
-    got = await part_of(request, session_id, _state)
-    if isinstance(got, Response):
-        return got
-    on, found = got
+    on, found = await part_of(request, session_id, _state)
     values = await _stats_of(request, session_id, on.scope, found["status"], found["tenant"])
     return page(request, "stats.html", viewer=on.viewer, session=session_id, **values)
 
@@ -258,10 +255,7 @@ def _state(ctx: Context, session: str, scope: str | None) -> dict[str, Any]:
 @router.get("/sessions/{session_id}/kept")
 async def kept_fragment(session_id: str, request: Request) -> Response:
     """The detail page's backups and snapshots alone (its script loads them after the page)."""
-    got = await part_of(request, session_id, _kept)
-    if isinstance(got, Response):
-        return got
-    on, kept = got
+    on, kept = await part_of(request, session_id, _kept)
     suffix = suffix_of(on.viewer, on.scope)
     return page(request, "kept.html", viewer=on.viewer, session=session_id, suffix=suffix, **kept)
 
@@ -312,8 +306,6 @@ async def _posted(
     tenant (``confirm``: with the session's name typed again); ``after`` answers once it
     is done, the error page if it failed."""
     on = await posted_on(request, session_id)
-    if isinstance(on, Response):
-        return on
     if confirm and on.form.get("confirm") != session_id:
         return _not_confirmed(request, on.viewer, session_id)
     try:

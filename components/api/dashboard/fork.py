@@ -83,8 +83,6 @@ async def fork_page(session_id: str, request: Request) -> Response:
 @router.post("/sessions/{session_id}/fork")
 async def fork(session_id: str, request: Request) -> Response:
     on = await posted_on(request, session_id)
-    if isinstance(on, Response):
-        return on
     viewer, scope, ctx, form = on.viewer, on.scope, on.ctx, on.form
     as_, snapshot = form.get(FIELD, "").strip(), form.get("snapshot", "").strip()
     try:

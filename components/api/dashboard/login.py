@@ -20,7 +20,17 @@ from sqlalchemy import Engine, delete, func, select
 from ..principal import Principal, charge
 from ..store.models import ApiKey, DashboardLogin
 from ..store.transactions import Transactional
-from .pages import SECURITY_HEADERS, Viewer, ctx_of, form_of, page, refused, secure, to_login
+from .pages import (
+    SECURITY_HEADERS,
+    Answered,
+    Viewer,
+    ctx_of,
+    form_of,
+    page,
+    refused,
+    secure,
+    to_login,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -144,15 +154,15 @@ def csrf_ok(form: dict[str, str], expected: str) -> bool:
     return bool(expected) and hmac.compare_digest(form.get("csrf", "").encode(), expected.encode())
 
 
-async def posted_form(request: Request) -> tuple[Viewer, dict[str, str]] | Response:
-    """A logged-in viewer's posted form whose CSRF token matches, or the response that
-    refuses it (the login page; 403)."""
+async def posted_form(request: Request) -> tuple[Viewer, dict[str, str]]:
+    """A logged-in viewer's posted form whose CSRF token matches; else :class:`Answered`
+    with the response that refuses it (the login page; 403)."""
     viewer = await viewer_of(request)
     if viewer is None:
-        return to_login()
+        raise Answered(to_login())
     form = await form_of(request)
     if not csrf_ok(form, viewer.csrf):
-        return refused(request, viewer)
+        raise Answered(refused(request, viewer))
     return viewer, form
 
 
@@ -208,10 +218,7 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    posted = await posted_form(request)
-    if isinstance(posted, Response):
-        return posted
-    viewer, _ = posted
+    viewer, _ = await posted_form(request)
     await ctx_of(request).call(logins_of(request).close, viewer.token)
     response = to_login()
     response.delete_cookie(COOKIE, path="/")

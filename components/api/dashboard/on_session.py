@@ -20,7 +20,7 @@ from ...sessions.registry import Record
 from ..context import Context
 from ..principal import mark
 from .login import posted_form, viewer_of
-from .pages import SECURITY_HEADERS, Viewer, ctx_of, error_page, scope_of, to_login
+from .pages import SECURITY_HEADERS, Answered, Viewer, ctx_of, error_page, scope_of, to_login
 
 T = TypeVar("T")
 
@@ -45,19 +45,19 @@ def problems(error: DockyardError) -> Response:
 
 async def part_of(
     request: Request, session_id: str, call: Callable[[Context, str, str | None], T]
-) -> tuple[OnSession, T] | Response:
+) -> tuple[OnSession, T]:
     """A part of the session's page its script loads (named on the audit line) and what
-    ``call(ctx, session_id, scope)`` gives in a worker thread; or 401 without a login, or
-    the call's problems."""
+    ``call(ctx, session_id, scope)`` gives in a worker thread; else :class:`Answered`
+    with 401 without a login, or with the call's problems."""
     viewer = await viewer_of(request)
     if viewer is None:
-        return Response(status_code=401, headers=SECURITY_HEADERS)
+        raise Answered(Response(status_code=401, headers=SECURITY_HEADERS))
     on = OnSession(viewer, scope_of(request, viewer), ctx_of(request), {})
     mark(request, session_id, on.scope)
     try:
         return on, await on.ctx.call(call, on.ctx, session_id, on.scope)
     except DockyardError as error:
-        return problems(error)
+        raise Answered(problems(error)) from error
 
 
 async def session_page(
@@ -81,13 +81,11 @@ async def session_page(
     return render(on, record)
 
 
-async def posted_on(request: Request, session_id: str) -> OnSession | Response:
+async def posted_on(request: Request, session_id: str) -> OnSession:
     """A form posted on the session with the login's CSRF token (named on the audit
-    line); or the response that refuses it (the login page; 403)."""
-    posted = await posted_form(request)
-    if isinstance(posted, Response):
-        return posted
-    viewer, form = posted
+    line); else :class:`Answered` with the response that refuses it (the login page;
+    403)."""
+    viewer, form = await posted_form(request)
     on = OnSession(viewer, scope_of(request, viewer), ctx_of(request), form)
     mark(request, session_id, on.scope)
     return on

@@ -1,5 +1,6 @@
 """The dashboard's page plumbing: templates, security headers, the shared responses
-(a page, the login redirect, an error, a refused form) and the posted form's parsing."""
+(a page, the login redirect, an error, a refused form), the posted form's parsing, and
+:class:`Answered`, how the steps every request shares refuse one."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ...errors import DockyardError
@@ -33,6 +34,17 @@ templates = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+class Answered(Exception):
+    """A request that a step every request shares has answered already (the login page,
+    a refused form's 403, a part's 401 or problems): raised by that step, its
+    ``response`` sent as it is (:func:`dockyard.api.dashboard.install`), so a route reads
+    on only with what the step gave."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
 
 
 @dataclass(frozen=True)
