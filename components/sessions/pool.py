@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.pools import Pool
+from ..files import write_atomic
 
 MEMBER_PREFIX = "pool-"
 
@@ -87,18 +88,9 @@ class PoolStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-
-    @property
-    def members_dir(self) -> Path:
-        return self.root / "members"
-
-    @property
-    def claims_dir(self) -> Path:
-        return self.root / "claims"
-
-    @property
-    def creating_dir(self) -> Path:
-        return self.root / "creating"
+        self.members_dir = root / "members"
+        self.claims_dir = root / "claims"
+        self.creating_dir = root / "creating"
 
     def _dirs(self) -> None:
         for where in (self.members_dir, self.claims_dir, self.creating_dir):
@@ -127,9 +119,7 @@ class PoolStore:
         if (self.claims_dir / member).exists():
             raise ValueError(f"member {member!r} was claimed once: a member serves one session")
         record = Member(member, pool.label, digest(pool, image_ref), _now())
-        temporary = self.members_dir / f".{member}.tmp"
-        temporary.write_text(json.dumps(asdict(record)), encoding="utf-8")
-        os.replace(temporary, self.members_dir / f"{member}.json")
+        write_atomic(self.members_dir / f"{member}.json", json.dumps(asdict(record)))
         return record
 
     def members(self) -> list[Member]:
