@@ -23,6 +23,19 @@ Keeps one Caddy (Debian's package) in step with the running dockyard environment
 - TLS from Caddy's internal CA (``tls internal``); Caddy redirects HTTP to HTTPS and
   passes WebSocket upgrades through ``reverse_proxy``.
 
+Wake on use (issue 29 item 4): with ``--wake-listen`` a paused environment keeps its
+routes, and each authenticated handle of them first asks this watcher (Caddy's
+``forward_auth`` to a loopback endpoint it serves while ``--watch`` runs) to wake it: the
+endpoint checks the environment's token itself (a request without it never wakes
+anything), unpauses the container once however many requests arrive at once (single
+flight per environment, a failed wake is not retried for RETRY_AFTER_S), leaves a
+session alone while a snapshot or backup holds it paused (``--state-dir``: the sessions
+layer's freeze lock), and writes an audit line (``resume``, actor
+``host:dockyard-preview-proxy``) with the host scripts' writer. The request then goes
+on to the woken app. Running environments' routes are unchanged (no extra hop). A
+hibernated environment (stopped, holding its checkpoint) has no route: its restore
+needs the sessions layer (``dockyard resume``), which this host script does not have.
+
 Idempotent: Caddy is reloaded only when the generated Caddyfile changed (or started
 when its admin endpoint does not answer). ``--watch N`` repeats every N seconds;
 ``--remove`` stops Caddy and deletes the generated file (tokens stay). ``--json`` prints
@@ -33,18 +46,27 @@ processes' network tables).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hmac
 import json
 import os
 import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+# Installed, the package's host modules sit beside this script as dockyard/ (its directory
+# is sys.path[0]; host_common installs them); in the repository, the checkout's package.
+from dockyard import host
 
 MANAGED = "dockyard.managed=true"
 LABEL_SESSION = "dockyard.session"
@@ -57,6 +79,15 @@ COOKIE = "__Host-dockyard_preview"
 QUERY = "dockyard_token"
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 TOKEN = re.compile(r"[A-Za-z0-9_-]{32,}", re.ASCII)  # token_urlsafe: safe inside a regexp
+# The engine's container names: safe in a Caddyfile, a URL path and a file name.
+CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}", re.ASCII)
+LABEL_STACK = "dockyard.stack"
+WAKE_PATH = "/wake/"
+WAKE_LISTEN = re.compile(r"(127\.0\.0\.1|localhost):([0-9]{1,5})", re.ASCII)
+AUDIT_ACTOR = "host:dockyard-preview-proxy"
+WOKEN_BY = "woken by a preview request"
+RETRY_AFTER_S = 5.0  # a failed wake is not tried again sooner (a flood does not hammer)
+WAKE_WAIT_S = 30.0  # a request waits at most this long for another request's wake
 
 
 class ProxyError(RuntimeError):
@@ -69,6 +100,7 @@ class Route:
     upstream: str
     environment: str
     discovered: bool
+    paused: bool = False
 
 
 def run(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
@@ -112,14 +144,21 @@ def token_for(token_dir: Path, environment: str) -> str:
     return token
 
 
-def routes(domain: str, discover: bool, scope: str | None) -> tuple[list[Route], list[str]]:
+def routes(
+    domain: str, discover: bool, scope: str | None, paused: bool = False
+) -> tuple[list[Route], list[str], dict[str, dict[str, str]]]:
+    """The routes of the running environments (and of the paused ones with ``paused``),
+    what was skipped and why, and the paused environments' labels."""
     filters = ["--filter", f"label={MANAGED}", "--filter", "status=running"]
+    if paused:
+        filters += ["--filter", "status=paused"]  # status filters are OR'ed
     if scope:
         filters += ["--filter", f"label={scope}"]
     ids = run(["docker", "ps", "-q", *filters]).split()
     if not ids:
-        return [], []
+        return [], [], {}
     found, skipped = [], []
+    suspended: dict[str, dict[str, str]] = {}
     for info in json.loads(run(["docker", "inspect", *ids])):
         labels = info["Config"].get("Labels") or {}
         session = labels.get(LABEL_SESSION, "")
@@ -127,6 +166,12 @@ def routes(domain: str, discover: bool, scope: str | None) -> tuple[list[Route],
         if not DNS_LABEL.fullmatch(session):
             skipped.append(f"{environment}: session id {session!r} is not a DNS label")
             continue
+        is_paused = bool(info["State"].get("Paused"))
+        if is_paused:
+            if not CONTAINER_NAME.fullmatch(environment):
+                skipped.append(f"{environment}: paused, and its name cannot be woken")
+                continue
+            suspended[environment] = dict(labels)
         published: dict[int, str] = {}
         for spec, bindings in (info["NetworkSettings"].get("Ports") or {}).items():
             port, _, proto = spec.partition("/")
@@ -136,7 +181,9 @@ def routes(domain: str, discover: bool, scope: str | None) -> tuple[list[Route],
                 host_ip = "127.0.0.1" if ip in ("", "0.0.0.0", "::") else ip  # noqa: S104
                 published[int(port)] = f"{host_ip}:{bindings[0]['HostPort']}"
         for port, upstream in sorted(published.items()):
-            found.append(Route(f"{port}-{session}.{domain}", upstream, environment, False))
+            found.append(
+                Route(f"{port}-{session}.{domain}", upstream, environment, False, is_paused)
+            )
         if discover and labels.get(LABEL_DISCOVER, "true") != "false":
             networks = info["NetworkSettings"].get("Networks") or {}
             addresses = [n["IPAddress"] for n in networks.values() if n.get("IPAddress")]
@@ -144,8 +191,10 @@ def routes(domain: str, discover: bool, scope: str | None) -> tuple[list[Route],
             if addresses and pid:
                 for port in sorted(listening_ports(pid) - set(published)):
                     upstream = f"{addresses[0]}:{port}"
-                    found.append(Route(f"{port}-{session}.{domain}", upstream, environment, True))
-    return sorted(found, key=lambda r: r.host), skipped
+                    found.append(
+                        Route(f"{port}-{session}.{domain}", upstream, environment, True, is_paused)
+                    )
+    return sorted(found, key=lambda r: r.host), skipped, suspended
 
 
 # One browser request in the site of the preview hosts but from another origin (another
@@ -195,11 +244,18 @@ STRIP_COOKIE = (
 
 
 def caddyfile(
-    found: Sequence[Route], tokens: dict[str, str], http_port: int, https_port: int, admin: str
+    found: Sequence[Route],
+    tokens: dict[str, str],
+    http_port: int,
+    https_port: int,
+    admin: str,
+    wake: str | None = None,
 ) -> str:
     """Caddy's configuration: per route, refuse cross-origin browser requests (403), log
     in by the query parameter (cookie + redirect), proxy with the bearer header or the
-    cookie (each stripped first), 401 otherwise. Tokens must match ``TOKEN``."""
+    cookie (each stripped first), 401 otherwise. Tokens must match ``TOKEN``. A paused
+    environment's authenticated handles first ask ``wake`` (``forward_auth``: Caddy runs
+    it before the headers are stripped, and answers the endpoint's refusal itself)."""
     lines = [
         "# dockyard preview proxy (generated; do not edit)",
         "{",
@@ -213,6 +269,15 @@ def caddyfile(
         token = tokens[route.environment]
         if not TOKEN.fullmatch(token):
             raise ProxyError(f"token of {route.environment} is not a token (see --token-dir)")
+        waking = []
+        if route.paused and wake:
+            if not CONTAINER_NAME.fullmatch(route.environment):
+                raise ProxyError(f"{route.environment!r} is not a container name")
+            waking = [
+                f"    forward_auth {wake} {{",
+                f"      uri {WAKE_PATH}{route.environment}",
+                "    }",
+            ]
         lines += [
             f"https://{route.host} {{",
             "  tls internal",
@@ -239,11 +304,13 @@ def caddyfile(
             '    respond "401 Unauthorized: a dockyard preview token is required" 401',
             "  }",
             "  handle @bearer {",
+            *waking,
             "    request_header -Authorization",
             STRIP_COOKIE,
             f"    reverse_proxy {route.upstream}",
             "  }",
             "  handle @cookie {",
+            *waking,
             STRIP_COOKIE,
             f"    reverse_proxy {route.upstream}",
             "  }",
@@ -255,6 +322,218 @@ def caddyfile(
     return "\n".join(lines) + "\n"
 
 
+def authenticated(token: str, authorization: Sequence[str], cookies: Sequence[str]) -> bool:
+    """Whether a request's headers carry ``token`` the way Caddy's matchers accept it:
+    ``Authorization: Bearer <token>`` exactly, or dockyard's cookie with exactly it."""
+    if not TOKEN.fullmatch(token):
+        return False
+    bearer = f"Bearer {token}".encode()
+    if any(hmac.compare_digest(value.encode(), bearer) for value in authorization):
+        return True
+    for header in cookies:
+        for part in header.split(";"):
+            name, sep, value = part.strip().partition("=")
+            if sep and name == COOKIE and hmac.compare_digest(value.encode(), token.encode()):
+                return True
+    return False
+
+
+def unpause(environment: str) -> None:
+    """The engine's ``POST /containers/{id}/unpause``, through its CLI like every read here."""
+    run(["docker", "unpause", environment])
+
+
+def is_paused(environment: str) -> bool:
+    out = run(["docker", "inspect", "--format", "{{.State.Paused}}", environment])
+    return out.strip() == "true"
+
+
+@contextlib.contextmanager
+def freeze_lock(state_dir: str | None, labels: Mapping[str, str]) -> Iterator[bool]:
+    """The sessions layer's freeze lock of the environment's stack
+    (``<state>/locks/<stack>.freeze``, dockyard.sessions.pause.frozen_state): True while
+    this holds it, False when a snapshot or backup holds it (never waited for). Only an
+    existing lock file is opened (read-only: this root process never creates files the
+    server's user must write); without a state directory or a lock file, True."""
+    stack = labels.get(LABEL_STACK, "")
+    if not state_dir or not CONTAINER_NAME.fullmatch(stack):
+        yield True
+        return
+    try:
+        lock = open(Path(state_dir) / "locks" / f"{stack}.freeze")  # noqa: SIM115
+    except FileNotFoundError:
+        yield True
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class Waker:
+    """The wake decision of the ``forward_auth`` endpoint. It knows the tokens of the
+    routed environments and which were paused at the last look (:meth:`update`). A
+    request for a paused one that carries its token unpauses it once: requests arriving
+    together wait for the one wake (per-environment lock) and find it done; a wake that
+    failed is not tried again for ``retry_after`` seconds. Anything without the token is
+    refused before the engine is touched."""
+
+    def __init__(
+        self,
+        *,
+        unpause: Callable[[str], None] = unpause,
+        is_paused: Callable[[str], bool] = is_paused,
+        audit: Callable[..., None] = host.audit,
+        state_dir: str | None = None,
+        retry_after: float = RETRY_AFTER_S,
+        wait: float = WAKE_WAIT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._unpause, self._is_paused, self._audit = unpause, is_paused, audit
+        self._state_dir, self._retry_after, self._wait, self._clock = (
+            state_dir, retry_after, wait, clock,
+        )  # fmt: skip
+        self._tokens: dict[str, str] = {}
+        self._paused: dict[str, dict[str, str]] = {}
+        self._failed: dict[str, float] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def update(self, tokens: Mapping[str, str], paused: Mapping[str, Mapping[str, str]]) -> None:
+        with self._guard:
+            self._tokens = dict(tokens)
+            self._paused = {name: dict(labels) for name, labels in paused.items()}
+            self._locks = {name: self._locks.get(name) or threading.Lock() for name in tokens}
+
+    def request(
+        self, environment: str, authorization: Sequence[str], cookies: Sequence[str]
+    ) -> tuple[int, str]:
+        """The endpoint's answer (status, body) for a preview request to ``environment``:
+        2xx lets Caddy proxy it, anything else is what the caller gets."""
+        with self._guard:
+            token, lock = self._tokens.get(environment), self._locks.get(environment)
+        if token is None or lock is None:
+            return 404, "404 Not Found: no preview route of this environment; retry"
+        if not authenticated(token, authorization, cookies):
+            return 401, "401 Unauthorized: a dockyard preview token is required"
+        if not lock.acquire(timeout=self._wait):
+            return 503, "503 Service Unavailable: the session is being woken; retry"
+        try:
+            return self._wake(environment)
+        finally:
+            lock.release()
+
+    def _wake(self, environment: str) -> tuple[int, str]:
+        with self._guard:
+            labels = self._paused.get(environment)
+            failed = self._failed.get(environment)
+        if labels is None:
+            return 204, ""  # running (or woken by a request before this one)
+        if failed is not None and self._clock() - failed < self._retry_after:
+            return 503, "503 Service Unavailable: waking the session failed; retry shortly"
+        with freeze_lock(self._state_dir, labels) as free:
+            if not free:
+                return 503, (
+                    "503 Service Unavailable: a snapshot or backup of the session holds it "
+                    "paused; retry in a few seconds"
+                )
+            started = time.monotonic()
+            error = ""
+            try:
+                self._unpause(environment)
+            except (ProxyError, OSError) as exc:
+                error = str(exc)
+                try:
+                    still = self._is_paused(environment)
+                except (ProxyError, OSError):
+                    still = True
+                if not still:  # resumed meanwhile by something else: nothing to record
+                    error = "already running"
+        took = int((time.monotonic() - started) * 1000)
+        with self._guard:
+            if not error or error == "already running":
+                self._paused.pop(environment, None)
+                self._failed.pop(environment, None)
+            else:
+                self._failed[environment] = self._clock()
+        if error == "already running":
+            return 204, ""
+        self._audit(
+            "resume",
+            actor=AUDIT_ACTOR,
+            labels=labels,
+            result="error" if error else "ok",
+            duration_ms=took,
+            detail=f"{WOKEN_BY}: {error}" if error else WOKEN_BY,
+        )
+        if error:
+            print(f"dockyard-preview-proxy: waking {environment} failed: {error}", file=sys.stderr)
+            return 503, "503 Service Unavailable: waking the session failed; retry shortly"
+        return 204, ""
+
+
+class WakeHandler(BaseHTTPRequestHandler):
+    """``GET /wake/<environment>`` from Caddy's ``forward_auth`` (the original request's
+    headers, its body left behind)."""
+
+    server: WakeServer
+
+    def do_GET(self) -> None:
+        environment = self.path.removeprefix(WAKE_PATH)
+        if not self.path.startswith(WAKE_PATH) or not CONTAINER_NAME.fullmatch(environment):
+            status, body = 404, "404 Not Found"
+        else:
+            status, body = self.server.waker.request(
+                environment,
+                self.headers.get_all("Authorization") or [],
+                self.headers.get_all("Cookie") or [],
+            )
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # every wake is audited; the requests themselves are Caddy's to log
+
+
+class WakeServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], waker: Waker) -> None:
+        self.waker = waker
+        super().__init__(address, WakeHandler)
+
+
+def serve_wakes(listen: str, waker: Waker, patience: float = 10.0) -> WakeServer | None:
+    """The endpoint on ``listen`` in a thread; None (a warning) when the address stays
+    taken for ``patience`` seconds (the previous watcher finishing its run)."""
+    match = WAKE_LISTEN.fullmatch(listen)
+    if not match or not 0 <= int(match.group(2)) <= 65535:
+        raise ProxyError(f"--wake-listen {listen!r} is not allowed (allowed: 127.0.0.1:PORT)")
+    address = ("127.0.0.1", int(match.group(2)))
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            server = WakeServer(address, waker)
+            break
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                print(f"WARNING: --wake-listen {listen}: {exc}; no wakes this run", file=sys.stderr)
+                return None
+            time.sleep(0.5)
+    threading.Thread(target=server.serve_forever, name="wake", daemon=True).start()
+    return server
+
+
 def caddy_up(admin: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://{admin}/config/", timeout=2):
@@ -263,12 +542,13 @@ def caddy_up(admin: str) -> bool:
         return False
 
 
-def reconcile(args: argparse.Namespace) -> dict[str, object]:
-    found, skipped = routes(args.domain, args.discover, args.scope_label)
+def reconcile(args: argparse.Namespace, waker: Waker | None = None) -> dict[str, object]:
+    wake = args.wake_listen
+    found, skipped, paused = routes(args.domain, args.discover, args.scope_label, bool(wake))
     token_dir = Path(args.token_dir)
     tokens = {r.environment: token_for(token_dir, r.environment) for r in found}
     config = Path(args.config)
-    text = caddyfile(found, tokens, args.http_port, args.https_port, args.admin)
+    text = caddyfile(found, tokens, args.http_port, args.https_port, args.admin, wake)
     actions = []
     changed = not config.exists() or config.read_text() != text
     if changed:
@@ -305,11 +585,15 @@ def reconcile(args: argparse.Namespace) -> dict[str, object]:
              "--address", args.admin]
         )  # fmt: skip
         actions.append("caddy reloaded")
+    if waker is not None:  # after Caddy has the routes that ask it
+        waker.update(tokens, paused)
     return {
         "changed": bool(actions),
         "actions": actions,
         "routes": [
-            {"host": r.host, "upstream": r.upstream, "discovered": r.discovered} for r in found
+            {"host": r.host, "upstream": r.upstream, "discovered": r.discovered}
+            | ({"paused": True} if r.paused else {})
+            for r in found
         ],
         "skipped": skipped,
     }
@@ -357,6 +641,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="with --watch: stop after this many seconds (a scheduler starts the next one)",
     )
+    parser.add_argument(
+        "--wake-listen",
+        help="127.0.0.1:PORT: keep paused environments' routes and wake them on an "
+        "authenticated request (the endpoint runs while --watch runs)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        help="the sessions' state directory (DOCKYARD_STATE_DIR): a wake leaves a session "
+        "alone while a snapshot or backup holds its freeze lock",
+    )
     parser.add_argument("--remove", action="store_true")
     parser.add_argument("--json", action="store_true")
     return parser
@@ -372,16 +666,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ProxyError(f"--{name.replace('_', '-')} is not allowed (allowed: 1-65535)")
         if args.watch is not None and not 1 <= args.watch <= 60:
             raise ProxyError(f"--watch {args.watch} is not allowed (allowed: 1-60 seconds)")
+        if args.wake_listen is not None and not WAKE_LISTEN.fullmatch(args.wake_listen):
+            raise ProxyError(
+                f"--wake-listen {args.wake_listen!r} is not allowed (allowed: 127.0.0.1:PORT)"
+            )
         if args.remove:
             result = remove(args)
         else:
-            result = reconcile(args)
-            deadline = time.monotonic() + (args.duration or float("inf"))
-            while args.watch is not None and time.monotonic() + args.watch < deadline:
-                time.sleep(args.watch)
-                result = reconcile(args)
-                if result["changed"]:
-                    print(json.dumps(result), flush=True)
+            waker, server = None, None
+            if args.wake_listen and args.watch is not None:
+                waker = Waker(state_dir=args.state_dir)
+                server = serve_wakes(args.wake_listen, waker)
+            try:
+                result = reconcile(args, waker)
+                deadline = time.monotonic() + (args.duration or float("inf"))
+                while args.watch is not None and time.monotonic() + args.watch < deadline:
+                    time.sleep(args.watch)
+                    result = reconcile(args, waker)
+                    if result["changed"]:
+                        print(json.dumps(result), flush=True)
+            finally:
+                if server is not None:
+                    server.shutdown()
+                    server.server_close()
     except (ProxyError, OSError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
