@@ -4,17 +4,22 @@ filters every face offers — ``dockyard audit`` and ``GET /api/audit``).
 
 Lines are written by the one audit writer, :func:`dockyard.host.audit_trail.append` (fields,
 locking, rotation), which the host scripts (health refresh, idle stop and power-off,
-workspace backups) write their lines with too. ``actor`` is the CI actor if one is set,
+workspace backups) write their lines with too. A process that writes many lines at once
+(the HTTP server: one per request) hands them to :func:`appended`, which writes whatever
+is waiting as one group (:func:`~dockyard.host.audit_trail.append_lines`: one lock, one
+write of whole lines, one ``fsync``) and returns once its line is on disk. ``actor`` is the CI actor if one is set,
 else the OS user. Values are names and numbers only: no request body, env value or secret
 is ever written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import getpass
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -22,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput
-from ..host.audit_trail import FIELDS, KEEP, MAX_BYTES, append, now
+from ..host.audit_trail import FIELDS, KEEP, MAX_BYTES, append, append_lines, now
 
 __all__ = [
     "FIELDS",
@@ -30,6 +35,7 @@ __all__ = [
     "MAX_BYTES",
     "actor",
     "append",
+    "appended",
     "moment",
     "now",
     "read",
@@ -69,6 +75,125 @@ def recorded(log: Path, action: str, **fields: Any) -> Iterator[dict[str, Any]]:
     finally:
         entry.update(time=now(), duration_ms=round((time.monotonic() - started) * 1000))
         append(log, entry)
+
+
+Done = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+class GroupWriter:
+    """The lines of one log from this process, written by one thread in the order they
+    came, each group of waiting lines at once (:func:`append_lines`). No timer: while one
+    group is written and synced the next one gathers, so a line waits at most for the group
+    before it and its own; a caller learns its line is on disk (or the write's error) from
+    its future. The thread ends after :attr:`LINGER_S` idle and is not a daemon: lines
+    handed over before the process exits are written before it ends."""
+
+    MAX_GROUP = 512
+    """Lines per write at most (≈ 150 KB)."""
+    LINGER_S = 0.2
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self._waiting: list[tuple[Mapping[str, Any], Done | None]] = []
+        lock = threading.Lock()
+        self._wake = threading.Condition(lock)
+        self._settled = threading.Condition(lock)
+        self._thread: threading.Thread | None = None
+        self._queued = self._done = 0
+        self.groups = 0
+        """Groups written (for tests and figures)."""
+
+    def submit(self, entry: Mapping[str, Any], done: Done | None = None) -> None:
+        """Queue ``entry``'s line; ``done``'s future gets the outcome once it is written."""
+        with self._wake:
+            self._waiting.append((entry, done))
+            self._queued += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"audit {self.log.name}", daemon=False
+                )
+                self._thread.start()
+            else:
+                self._wake.notify()
+
+    def flush(self) -> None:
+        """Return once every line queued before this call is written (or failed)."""
+        with self._settled:
+            target = self._queued
+            while self._done < target:
+                self._settled.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                if not self._waiting:
+                    self._wake.wait(self.LINGER_S)
+                if not self._waiting:
+                    self._thread = None
+                    return
+                group = self._waiting[: self.MAX_GROUP]
+                del self._waiting[: self.MAX_GROUP]
+            error: BaseException | None = None
+            try:
+                append_lines(self.log, [entry for entry, _ in group])
+            except Exception as exc:  # every caller of the group learns it
+                error = exc
+            with self._settled:
+                self.groups += 1
+                self._done += len(group)
+                self._settled.notify_all()
+            _settle([done for _, done in group if done is not None], error)
+
+
+def _settle(waiters: list[Done], error: BaseException | None) -> None:
+    """Each loop woken once for all of its waiters of a group."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for loop, future in waiters:
+        by_loop.setdefault(loop, []).append(future)
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+            loop.call_soon_threadsafe(_resolve, futures, error)
+
+
+def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+_writers: dict[Path, GroupWriter] = {}
+_writers_lock = threading.Lock()
+
+
+def writer(log: Path) -> GroupWriter:
+    """This process's :class:`GroupWriter` of ``log``."""
+    with _writers_lock:
+        found = _writers.get(log)
+        if found is None:
+            found = _writers[log] = GroupWriter(log)
+        return found
+
+
+async def appended(log: Path, entry: Mapping[str, Any]) -> None:
+    """:func:`append` for an event loop, without a thread of its own per line: ``entry``
+    joins this process's next group for ``log``; returns once its line is on disk (raises
+    the write's ``OSError``). Lines of one loop land in the order they were handed over."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    future.add_done_callback(_retrieved)
+    writer(log).submit(entry, (loop, future))
+    # A caller cancelled (its client went away) still gets its line: it is queued.
+    await asyncio.shield(future)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """An error nobody awaits any more (the caller was cancelled) is not reported twice."""
+    if not future.cancelled():
+        future.exception()
 
 
 def moment(text: str, key: str = "since") -> datetime:

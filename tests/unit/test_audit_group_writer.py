@@ -1,0 +1,133 @@
+"""The HTTP server's audit lines (dockyard.sessions.audit.appended): grouped per write, yet
+every request keeps its own whole line, in the order handed over, on disk when the
+caller's await returns; lines from other processes appending to the same trail (the CLI,
+the host scripts) interleave only as whole lines; lines handed over before a process exits
+are written."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from dockyard.sessions import audit
+
+
+def _entry(index: int, actor: str = "key:abc") -> dict[str, object]:
+    return {
+        "time": audit.now(),
+        "actor": actor,
+        "action": "api",
+        "tenant": "acme",
+        "result": "ok",
+        "duration_ms": 1,
+        "detail": f"GET /api/sessions 200 request {index:06d}",
+    }
+
+
+def _lines(log: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_concurrent_lines_are_grouped_each_whole_in_order_and_on_disk_when_awaited(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "trail" / "audit.jsonl"
+
+    async def one(index: int) -> None:
+        await audit.appended(log, _entry(index))
+        # On disk (in the file) once the await returns, as append was.
+        assert f"request {index:06d}" in log.read_text()
+
+    async def many() -> None:
+        await asyncio.gather(*(one(i) for i in range(600)))
+
+    asyncio.run(many())
+    written = audit.writer(log)
+    details = [line["detail"] for line in _lines(log)]
+    assert details == [f"GET /api/sessions 200 request {i:06d}" for i in range(600)]
+    # Grouped: far fewer writes (each one lock, one write, one fsync) than lines.
+    assert 2 <= written.groups < 300, written.groups
+
+
+def test_a_line_that_cannot_be_written_is_each_callers_error(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+
+    async def both() -> list[BaseException | None]:
+        return await asyncio.gather(
+            audit.appended(blocked / "audit.jsonl", _entry(1)),
+            audit.appended(blocked / "audit.jsonl", _entry(2)),
+            return_exceptions=True,
+        )
+
+    assert [type(error) for error in asyncio.run(both())] == [FileExistsError] * 2
+
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from pathlib import Path
+    from dockyard.sessions import audit
+
+    log, who, count, start = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    detail = who * 400  # long lines: a torn write would show
+    time.sleep(max(0.0, float(start) - time.time()))  # the writers start together
+
+    def entry(i):
+        return {"time": audit.now(), "actor": who, "action": "api", "detail": f"{i} {detail}"}
+
+    async def grouped():  # in waves, so groups are written while the others write
+        for wave in range(0, count, 10):
+            await asyncio.gather(*(audit.appended(log, entry(i)) for i in range(wave, wave + 10)))
+
+    if who == "g":
+        asyncio.run(grouped())
+    elif who == "q":  # handed over, never awaited: the process ends right after
+        for i in range(count):
+            audit.writer(log).submit(entry(i))
+    else:
+        for i in range(count):
+            audit.append(log, entry(i))
+    """
+)
+
+
+def _write(log: Path, who: str, count: int, start: float = 0.0) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-c", WRITER, str(log), who, str(count), str(start)]
+    return subprocess.Popen(command)
+
+
+def test_processes_appending_at_once_interleave_only_whole_lines(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    start = time.time() + 2  # after the three interpreters have started, even on a busy host
+    counts = {"g": 400, "a": 300, "b": 300}
+    writers = [_write(log, who, count, start) for who, count in counts.items()]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+    lines = _lines(log)  # a torn or interleaved line would not parse
+    for who, count in counts.items():
+        mine = [str(line["detail"]) for line in lines if line["actor"] == who]
+        assert mine == [f"{i} {who * 400}" for i in range(count)], who
+
+
+@pytest.mark.parametrize("count", [1, 300])
+def test_lines_handed_over_before_the_process_exits_are_written(tmp_path: Path, count: int) -> None:
+    log = tmp_path / "audit.jsonl"
+    assert _write(log, "q", count).wait(timeout=120) == 0
+    assert len(_lines(log)) == count
+
+
+def test_flush_returns_once_the_queued_lines_are_written(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    group = audit.GroupWriter(log)
+    for index in range(50):
+        group.submit(_entry(index))
+    group.flush()
+    assert len(_lines(log)) == 50
+    group.flush()  # nothing queued: at once
