@@ -467,6 +467,47 @@ def test_a_server_started_inside_gets_a_route_and_loses_it(
         watcher.wait(timeout=10)
 
 
+def test_an_authenticated_request_wakes_a_paused_session(
+    applied: dict[str, Any], proxy: Proxy, stack: Deployed, tmp_path: Path
+) -> None:
+    """Issue 29 item 4: with --wake-listen a paused session keeps its route; a request
+    without its token is refused and leaves it paused, one with it unpauses it (audited)
+    and is answered by the app."""
+    host = f"{INNER_PORT}-other.{DOMAIN}"
+    bearer = f"Authorization: Bearer {proxy.token(stack, 'other')}"
+    config = Path(proxy.argv[proxy.argv.index("--config") + 1])
+    audit_log = tmp_path / "audit.jsonl"
+    container = stack.container("other")
+    watcher = subprocess.Popen(
+        [*proxy.argv, "--watch", "1", "--wake-listen", f"127.0.0.1:{free_port()}"],
+        env={**proxy.env, "DOCKYARD_AUDIT_LOG": str(audit_log)},
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        container.pause()
+        wait_for(lambda: "forward_auth" in config.read_text(), 60, what="the wake route")
+        assert proxy.get(host) == 401
+        assert proxy.get(host, f"Authorization: Bearer {proxy.token(stack, 'web')}") == 401
+        container.reload()
+        assert container.status == "paused"
+        assert not audit_log.exists()
+        assert proxy.get(host, bearer) == 200
+        container.reload()
+        assert container.status == "running"
+        lines = [json.loads(line) for line in audit_log.read_text().splitlines()]
+        assert [(e["action"], e["session"], e["result"]) for e in lines] == [
+            ("resume", "other", "ok")
+        ]
+        assert lines[0]["actor"] == "host:dockyard-preview-proxy"
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=10)
+        container.reload()
+        if container.status == "paused":
+            container.unpause()
+    proxy.apply()  # the module's configuration again (no wake routes)
+
+
 def test_routes_go_with_the_environment(
     applied: dict[str, Any], proxy: Proxy, deploy_own: Any
 ) -> None:
