@@ -2,7 +2,8 @@
 
 A paused session keeps every process and its memory exactly as they were; it uses no CPU
 and answers nothing until it is resumed (an exec or file call, or an SSH certificate,
-resumes it: :mod:`.hibernate`'s wake on use; previews wait). Both verbs are
+resumes it: :mod:`.hibernate`'s wake on use; so does an authenticated preview request,
+through roles/preview_proxy's watcher). Both verbs are
 idempotent no-ops when the session already is where it is asked to go (``changed:
 false``, audited with ``already paused`` / ``already running``); a session whose
 container is not running (stopped, restarting, gone) is a :class:`~dockyard.errors.Conflict`
