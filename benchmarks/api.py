@@ -98,6 +98,12 @@ def main() -> int:
                     results["list"] = measure_list(url, keys, sessions, tenant, str(project))
                 if "events" in parts:
                     results["events"] = measure_events(url, headers, sessions, tenant)
+        except Exception:
+            # The server's log goes with the temporary home: its tracebacks (a 500) first.
+            log = base / "server.log"
+            if log.is_file():
+                print(f"the server's log:\n{log.read_text()[-20000:]}", file=sys.stderr)
+            raise
         finally:
             for row in sessions.list(tenant):
                 if Path(row["manifest"]).parent.name == "bench-copies":
