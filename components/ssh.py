@@ -11,13 +11,20 @@ handled in Python.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import selectors
+import shlex
 import shutil
+import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config.values import TENANT
+from .contract import SESSION_ID
 from .errors import Failed, InvalidInput
 
 DEFAULT_DIR = "/etc/dockyard/ssh"
@@ -181,10 +188,14 @@ def ssh_argv(
     known_hosts: Path,
     options: list[str],
     command: list[str],
+    proxy: str | None = None,
 ) -> list[str]:
     """The ssh command for a session's published port (loopback by default): ``options``
     before the destination, ``command`` after it. Agent and X11 forwarding are off, and
-    options that would turn them on are refused (:func:`check_options`)."""
+    options that would turn them on are refused (:func:`check_options`). ``proxy``: a
+    ``ProxyCommand`` (:func:`proxy_command`) that makes the TCP connection instead of ssh;
+    the destination and ``-p`` stay, so the host key is still the one pinned for
+    ``[host]:port`` in ``known_hosts``."""
     check_options(options)
     ssh = shutil.which("ssh")
     if ssh is None:
@@ -192,9 +203,99 @@ def ssh_argv(
     return [
         ssh, "-i", str(identity), "-o", f"CertificateFile={certificate}",
         "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "StrictHostKeyChecking=accept-new", *NO_FORWARDING, "-p", str(port), *options,
+        "-o", "StrictHostKeyChecking=accept-new", *NO_FORWARDING,
+        *(["-o", f"ProxyCommand={proxy}"] if proxy else []), "-p", str(port), *options,
         f"{USER}@{host}", *command,
     ]  # fmt: skip
+
+
+# ``--host``: an IP address or a DNS name (it also goes into a ProxyCommand).
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?", re.ASCII)
+
+
+def checked_host(host: str) -> str:
+    """``host`` if it is an IP address or a host name, else :class:`SshOptionError`."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not HOST_NAME.fullmatch(host):
+            raise SshOptionError(
+                f"--host {host!r} is not allowed (allowed: an IP address or a host name, "
+                f"{HOST_NAME.pattern})"
+            ) from None
+    return host
+
+
+def proxy_command(program: str, session: str, tenant: str | None, host: str) -> str:
+    """ssh's ``ProxyCommand`` for ``dockyard ssh-proxy``: ssh runs it through the user's
+    shell, so every word is checked against its grammar and quoted (``program``: the
+    absolute path of the ``dockyard`` console script)."""
+    if not SESSION_ID.fullmatch(session):
+        raise SshError(f"session {session!r} is not allowed (allowed: {SESSION_ID.pattern})")
+    if tenant is not None and not TENANT.fullmatch(tenant):
+        raise SshError(f"tenant {tenant!r} is not allowed (allowed: {TENANT.pattern})")
+    if not os.path.isabs(program):
+        raise SshError(f"the ProxyCommand program {program!r} is not an absolute path")
+    words = [program, "ssh-proxy", session, *(["--tenant", tenant] if tenant else [])]
+    return shlex.join([*words, "--host", checked_host(host)])
+
+
+CONNECT_SECONDS = 30
+"""How long :func:`connect` retries a refused connection (an sshd starting after a cold
+restore) and waits for the TCP handshake."""
+CHUNK = 65536
+
+
+def connect(host: str, port: int, seconds: float = CONNECT_SECONDS) -> socket.socket:
+    """A TCP connection to ``host:port``; a refused one is retried for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            made = socket.create_connection((host, port), timeout=seconds)
+        except ConnectionRefusedError:
+            if time.monotonic() >= deadline:
+                raise SshError(
+                    f"{host}:{port} refused the connection for {seconds:.0f} s"
+                ) from None
+            time.sleep(0.2)
+        except OSError as exc:
+            raise SshError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        else:
+            made.settimeout(None)
+            return made
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def relay(connection: socket.socket, reading: int, writing: int) -> None:
+    """Copy bytes both ways until the far side closes: ``reading`` (ssh's end of the pipe,
+    the proxy's stdin) to ``connection``, and ``connection`` to ``writing``. The end of
+    ``reading`` half-closes the connection (the far side sees EOF and finishes); the end
+    of the connection, a reset or a closed ``writing`` ends the copy."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(connection, selectors.EVENT_READ, "far")
+        selector.register(reading, selectors.EVENT_READ, "near")
+        try:
+            while True:
+                for key, _ in selector.select():
+                    if key.data == "far":
+                        data = connection.recv(CHUNK)
+                        if not data:
+                            return
+                        _write_all(writing, data)
+                        continue
+                    data = os.read(reading, CHUNK)
+                    if data:
+                        connection.sendall(data)
+                        continue
+                    selector.unregister(reading)
+                    connection.shutdown(socket.SHUT_WR)
+        except OSError:  # a reset, a closed pipe: the copy is over either way
+            return
 
 
 def split_command(extra: list[str]) -> tuple[list[str], list[str]]:

@@ -1,11 +1,16 @@
 """Into a running session: ``attach`` (its tmux), ``ssh`` (a short-lived certificate), and
 ``logs``. Each checks the session against the engine, then the terminal becomes the
-program's (``docker`` or ``ssh``, an argv list, no shell)."""
+program's (``docker`` or ``ssh``, an argv list, no shell). ``ssh-proxy`` is the
+``ProxyCommand`` ``ssh`` runs: it wakes a paused or hibernated session, then carries the
+connection."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -79,6 +84,9 @@ def ssh_session(
         if command and remote:
             raise ssh.SshOptionError("give the remote command once: --command CMD or -- CMD")
         ssh.check_options(options)  # before a certificate is issued
+        # Every connection goes through `dockyard ssh-proxy`, which wakes the session
+        # (the printed command too, run later while the idle monitor has paused it).
+        proxy = ssh.proxy_command(_program(), record.session_id, record.tenant, host)
         access = certificates.issue(
             sessions, record, manifest, key.with_name(key.name + ".pub"), minutes
         )
@@ -90,11 +98,47 @@ def ssh_session(
             access.known_hosts,
             options,
             [command] if command else remote,
+            proxy=proxy,
         )
         if print_only:
-            print(" ".join(argv))
+            print(shlex.join(argv))
             return
         os.execv(argv[0], argv)  # noqa: S606 - an argv list, no shell: the terminal becomes ssh's
+
+
+def _program() -> str:
+    """The absolute path of the ``dockyard`` console script (what ssh's ProxyCommand runs)."""
+    script = Path(sys.argv[0])
+    if script.name == "dockyard" and script.is_file():
+        return os.path.abspath(script)
+    beside = Path(sys.executable).with_name("dockyard")
+    if beside.is_file():
+        return os.path.abspath(beside)
+    found = shutil.which("dockyard")
+    if found is None:
+        raise ssh.SshError(
+            "the dockyard console script is not found (beside the Python running this, or "
+            "on PATH); install dockyard so ssh can run `dockyard ssh-proxy`"
+        )
+    return os.path.abspath(found)
+
+
+@verbs.command("ssh-proxy")
+def ssh_proxy(
+    session: str,
+    tenant: TenantOption = None,
+    host: Annotated[
+        str, typer.Option(help="Address the session's ports are published on.")
+    ] = "127.0.0.1",
+) -> None:
+    """ssh's ProxyCommand (what `dockyard ssh` and its --print use): wakes the session if it
+    is paused or hibernated, then copies bytes between stdin/stdout and its SSH port."""
+    with errors(False):
+        ssh.checked_host(host)
+        port = certificates.proxy_port(Sessions.default(), session, tenant)
+        connection = ssh.connect(host, port)
+    with contextlib.closing(connection):
+        ssh.relay(connection, sys.stdin.fileno(), sys.stdout.fileno())
 
 
 @verbs.command()

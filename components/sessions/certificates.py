@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .. import ssh
 from ..manifest import Manifest
@@ -25,6 +26,29 @@ class Access:
     """The host port the session's sshd is published on."""
     known_hosts: Path
     """The sessions' known-hosts file (host keys are pinned there)."""
+
+
+class Locating(SessionsLike, Protocol):
+    """What :func:`proxy_port` needs of :class:`dockyard.sessions.Sessions`."""
+
+    def get(self, session: str, tenant: str | None = None) -> Manifest: ...
+
+    def locate(self, session: str, tenant: str | None = None) -> tuple[Record, Manifest]: ...
+
+
+WOKEN_BY_CONNECTION = "ssh connection"
+
+
+def proxy_port(sessions: Locating, session: str, tenant: str | None) -> int:
+    """For ``dockyard ssh-proxy`` (ssh's ``ProxyCommand``): the host port of the session's
+    sshd, the session woken first if it is paused or hibernated (audited ``resume``,
+    ``woken by ssh connection``), then checked against its engine like every host tool's.
+    Another tenant's session is missing (:class:`.SessionNotFound`)."""
+    record = sessions.registry.find(session, tenant)
+    ssh.host_port(dict(sessions.get(session, tenant)))  # no sshd: say so before any wake
+    hibernate.wake_if_suspended(sessions, record, WOKEN_BY_CONNECTION)
+    _, manifest = sessions.locate(session, tenant)
+    return ssh.host_port(dict(manifest))
 
 
 def issue(
