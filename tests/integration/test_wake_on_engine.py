@@ -227,5 +227,33 @@ def test_dockyard_ssh_wakes_a_paused_session_and_connects(
             if e["action"] == "resume"
         ]
         assert woken == ["woken by ssh certificate"]
+
+        # The command `--print` prints, run later while the session has been paused since:
+        # its ProxyCommand (`dockyard ssh-proxy`) wakes the session, then carries the bytes.
+        printed = subprocess.run(
+            [str(DOCKYARD), "ssh", "sshy", "--tenant", TENANT, "-i", str(key), "--minutes", "5",
+             "--print", "--command", "echo again", "--", "-o", "BatchMode=yes",
+             "-o", "ConnectTimeout=20"],
+            env=env, capture_output=True, text=True, timeout=90, check=False,
+        )  # fmt: skip
+        assert printed.returncode == 0, printed.stderr
+        assert "ProxyCommand=" in printed.stdout
+        sessions.pause("sshy", TENANT)
+        container.reload()
+        assert container.status == "paused"
+        later = subprocess.run(
+            ["sh", "-c", printed.stdout.strip()],  # as the user pastes it
+            env=env, capture_output=True, text=True, timeout=90, check=False,
+        )  # fmt: skip
+        assert later.returncode == 0, later.stderr
+        assert later.stdout.strip() == "again"
+        container.reload()
+        assert container.status == "running"
+        woken = [
+            e.get("detail")
+            for e in audit.read(sessions.where.audit_log, session="sshy", tenant=TENANT)
+            if e["action"] == "resume"
+        ]
+        assert woken == ["woken by ssh certificate", "woken by ssh connection"]
     finally:
         sessions.destroy("sshy", TENANT)
