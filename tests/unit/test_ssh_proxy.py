@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,11 +133,19 @@ def _relay(port: int, fds: dict[str, int]) -> threading.Thread:
     return thread
 
 
-def _read_all(fd: int) -> bytes:
-    out = b""
-    while chunk := os.read(fd, 65536):
+def _read_all(fd: int, seconds: float = 30) -> bytes:
+    """Everything until EOF (the proxy closed its stdout); a proxy that never ends fails
+    the test after ``seconds`` instead of hanging it."""
+    out, deadline = b"", time.monotonic() + seconds
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, (
+            f"the proxy did not close its stdout within {seconds} s (got {len(out)} bytes)"
+        )
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return out
         out += chunk
-    return out
 
 
 def test_the_proxy_copies_both_ways_and_ends_after_ssh_closes_its_side(
@@ -145,7 +155,8 @@ def test_the_proxy_copies_both_ways_and_ends_after_ssh_closes_its_side(
     thread = _relay(server.port, pipes)
     payload = os.urandom(300_000)  # more than one pipe buffer and one chunk
     writer = threading.Thread(
-        target=lambda: (os.write(pipes["to_proxy"], payload), _close(pipes, "to_proxy"))
+        target=lambda: (os.write(pipes["to_proxy"], payload), _close(pipes, "to_proxy")),
+        daemon=True,
     )
     writer.start()
     received = _read_all(pipes["from_proxy"])
