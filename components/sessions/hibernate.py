@@ -8,7 +8,11 @@ check`` passes. Anywhere else ``hibernate`` is a :class:`~dockyard.errors.Confli
 says what was measured and what the operator can do; nothing is faked. Measured on this
 project's CI machines (Debian 12, kernel 6.18, engine 20.10): the engine is not
 experimental and Debian 12's criu 3.17.1 fails ``criu check`` ("vdso: Failed to fill self
-vdso symtable"), so hibernate answers that Conflict there (docs/instant-sessions.md).
+vdso symtable"), so hibernate answers that Conflict there (docs/instant-sessions.md). Debian
+13's CRIU 4.1.1, built there, passes ``criu check`` and checkpoints and restores a container
+whose processes run as root, but not a session's (they run as uid 1000: CRIU cannot read
+their rlimits, "Can't get rlimit 0: Operation not permitted", because the engine runs
+without CAP_SYS_RESOURCE on those machines); the engine's refusal is then a Failed.
 
 A hibernated session is its container, exited, holding the checkpoint
 :data:`CHECKPOINT`. ``resume`` (:func:`restore`, called by :func:`resume` and by
@@ -46,9 +50,12 @@ SHOWN_BYTES = 600
 WHAT_TO_DO = (
     'what to do: run the engine with "experimental": true in /etc/docker/daemon.json '
     "(then restart dockerd), and install a CRIU that passes `criu check` on this kernel "
-    "(Debian 12's criu 3.17 fails on kernel 6.18 with a vdso error: a newer CRIU, e.g. "
-    "built from Debian 13's source package, untested here); meanwhile `dockyard pause` "
-    "keeps the session's processes and memory in RAM (docs/instant-sessions.md, Hibernate)"
+    "(Debian 12's criu 3.17 fails on kernel 6.18 with a vdso error: a newer CRIU, e.g. 4.1.1 "
+    "built from Debian 13's source, passes it and was measured to checkpoint and restore "
+    "there), first on the engine's PATH; the engine also needs CAP_SYS_RESOURCE (without "
+    "it CRIU cannot dump a session's processes, which run as uid 1000: measured \"Can't "
+    'get rlimit 0: Operation not permitted"); meanwhile `dockyard pause` keeps the '
+    "session's processes and memory in RAM (docs/instant-sessions.md, Hibernate)"
 )
 
 
