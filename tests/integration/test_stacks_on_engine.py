@@ -78,6 +78,59 @@ def all_sessions(*stacks: Deployed) -> list[tuple[Deployed, str]]:
     return [(stack, session) for stack in stacks for session in stack.manifests]
 
 
+# The two tests with stacks of their own come first: the module's dev and trio stacks
+# (five environments) are made by the first test that asks for them and stay up until the
+# module ends, and idle gVisor environments each keep about a quarter of a core busy
+# (`make test-runsc`), which these two would otherwise wait behind.
+
+
+def test_workspace_survives_container_replacement(deploy_own: Any) -> None:
+    stack = deploy_own(
+        "repl",
+        {
+            "healthcheck": {"interval": "2s", "startPeriod": "5s"},
+            "environments": [{"sessionId": "r-keep"}],
+        },
+    )
+    stack.wait_ready()
+    old = stack.container("r-keep")
+    exec_ok(old, ["bash", "-c", "mkdir -p notes && echo 'keep me' > notes/todo.txt"])
+    old_manifest = stack.manifests["r-keep"]
+    values = json.loads(json.dumps(stack.values))
+    values["environments"][0]["env"] = {"FEATURE_FLAG": "on"}  # forces a new container
+    time.sleep(1.1)  # so the replacement's creation time differs at millisecond precision
+    stack.up(values)
+    new = stack.container("r-keep")
+    assert new.id != old.id
+    assert exec_ok(new, ["cat", "/workspace/notes/todo.txt"]).strip() == "keep me"
+    manifest = json.loads(stack.manifest_file("r-keep").read_text())
+    assert manifest["container"]["id"] == new.id
+    assert manifest["createdAt"] != old_manifest["createdAt"]
+    assert "FEATURE_FLAG=on" in new.attrs["Config"]["Env"]
+    with pytest.raises(docker.errors.NotFound):
+        old.reload()
+
+
+def test_destroy_leaves_nothing_behind(deploy_own: Any) -> None:
+    stack = deploy_own(
+        "gone",
+        {
+            "environments": [
+                {"sessionId": "g-one", "ports": [8000], "secrets": ["GITHUB_TOKEN"]},
+                {"sessionId": "g-two", "backend": "codex", "env": {"APP_MODE": "gone"}},
+            ]
+        },
+        {"GITHUB_TOKEN": CANARIES["GITHUB_TOKEN"]},
+    )
+    files = [stack.manifest_file(s) for s in stack.manifests]
+    assert len(files) == 2
+    assert all(f.exists() for f in files), files
+    assert stack.leftovers() != []
+    stack.destroy()
+    assert stack.leftovers() == []
+    assert [f for f in files if f.exists()] == []
+
+
 def test_every_container_runs_and_becomes_healthy(dev: Deployed, trio: Deployed) -> None:
     # The dev stack keeps the spec's 60 s interval; on engines older than API 1.44 the
     # first probe runs one interval after start, so allow for it, and for one more
@@ -370,50 +423,3 @@ def test_host_ports_are_distinct_on_the_engine(dev: Deployed, trio: Deployed) ->
     assert sum(len(users) for users in bound.values()) == 5, bound  # 2 dev + 3 trio ports
     shared = {port: users for port, users in bound.items() if len(users) > 1}
     assert not shared, f"host ports bound more than once: {shared}"
-
-
-def test_workspace_survives_container_replacement(deploy_own: Any) -> None:
-    stack = deploy_own(
-        "repl",
-        {
-            "healthcheck": {"interval": "2s", "startPeriod": "5s"},
-            "environments": [{"sessionId": "r-keep"}],
-        },
-    )
-    stack.wait_ready()
-    old = stack.container("r-keep")
-    exec_ok(old, ["bash", "-c", "mkdir -p notes && echo 'keep me' > notes/todo.txt"])
-    old_manifest = stack.manifests["r-keep"]
-    values = json.loads(json.dumps(stack.values))
-    values["environments"][0]["env"] = {"FEATURE_FLAG": "on"}  # forces a new container
-    time.sleep(1.1)  # so the replacement's creation time differs at millisecond precision
-    stack.up(values)
-    new = stack.container("r-keep")
-    assert new.id != old.id
-    assert exec_ok(new, ["cat", "/workspace/notes/todo.txt"]).strip() == "keep me"
-    manifest = json.loads(stack.manifest_file("r-keep").read_text())
-    assert manifest["container"]["id"] == new.id
-    assert manifest["createdAt"] != old_manifest["createdAt"]
-    assert "FEATURE_FLAG=on" in new.attrs["Config"]["Env"]
-    with pytest.raises(docker.errors.NotFound):
-        old.reload()
-
-
-def test_destroy_leaves_nothing_behind(deploy_own: Any) -> None:
-    stack = deploy_own(
-        "gone",
-        {
-            "environments": [
-                {"sessionId": "g-one", "ports": [8000], "secrets": ["GITHUB_TOKEN"]},
-                {"sessionId": "g-two", "backend": "codex", "env": {"APP_MODE": "gone"}},
-            ]
-        },
-        {"GITHUB_TOKEN": CANARIES["GITHUB_TOKEN"]},
-    )
-    files = [stack.manifest_file(s) for s in stack.manifests]
-    assert len(files) == 2
-    assert all(f.exists() for f in files), files
-    assert stack.leftovers() != []
-    stack.destroy()
-    assert stack.leftovers() == []
-    assert [f for f in files if f.exists()] == []
