@@ -30,6 +30,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import Conflict, Failed
@@ -46,6 +47,12 @@ STOPPED = ("exited", "created")
 CRIU_CHECK_TIMEOUT_S = 30
 SHOWN_BYTES = 600
 """How much of ``criu check``'s output a refusal quotes (its last lines say why)."""
+ENGINE_PIDFILES = ("/run/docker.pid", "/var/run/docker.pid")
+"""Where a local dockerd writes its process id (its ``--pidfile`` default)."""
+CAP_SYS_RESOURCE = 24
+"""The capability CRIU needs to read the rlimits of processes that are not root's (a
+session's run as uid 1000): without it a dump fails with "Can't get rlimit 0: Operation
+not permitted" (measured on this project's CI machines, whose engine runs without it)."""
 
 WHAT_TO_DO = (
     'what to do: run the engine with "experimental": true in /etc/docker/daemon.json '
@@ -90,12 +97,45 @@ def criu_check() -> tuple[bool, str]:
     return False, f"`criu check` fails (exit {done.returncode}): {said[-SHOWN_BYTES:]}"
 
 
+def engine_capabilities(
+    pidfiles: tuple[str, ...] = ENGINE_PIDFILES, proc_root: str = "/proc"
+) -> tuple[bool, str]:
+    """(has it or cannot tell, what was read) of the local dockerd's CAP_SYS_RESOURCE, read
+    from ``/proc/<pid>/status`` through its pidfile. Unreadable (no pidfile, another pid
+    namespace, not a dockerd): not held against the host, the engine's answer decides."""
+    for pidfile in pidfiles:
+        try:
+            pid = int(Path(pidfile).read_text().strip())
+            proc = Path(proc_root, str(pid))
+            if proc.joinpath("comm").read_text().strip() != "dockerd":
+                continue
+            status = proc.joinpath("status").read_text()
+        except (OSError, ValueError):
+            continue
+        effective = next((x.split()[1] for x in status.splitlines() if x.startswith("CapEff:")), "")
+        try:
+            held = bool(int(effective, 16) >> CAP_SYS_RESOURCE & 1)
+        except ValueError:
+            continue
+        if held:
+            return True, f"the engine (dockerd pid {pid}) has CAP_SYS_RESOURCE"
+        return False, (
+            f"the engine (dockerd pid {pid}) runs without CAP_SYS_RESOURCE (CapEff "
+            f"{effective}): CRIU cannot dump a session's processes (uid 1000)"
+        )
+    return True, "the engine's capabilities could not be read here (its answer decides)"
+
+
 def capability(
-    client: Any, host: str, check: Callable[[], tuple[bool, str]] = criu_check
+    client: Any,
+    host: str,
+    check: Callable[[], tuple[bool, str]] = criu_check,
+    caps: Callable[[], tuple[bool, str]] = engine_capabilities,
 ) -> Capability:
     """Measure whether ``client``'s engine can checkpoint: its experimental mode (asked of
-    the engine) and, for the local engine, ``criu check`` on this machine. A remote
-    engine's CRIU cannot be checked from here; its own answer to the checkpoint decides."""
+    the engine) and, for the local engine, ``criu check`` on this machine and the engine
+    process's CAP_SYS_RESOURCE. A remote engine's CRIU cannot be checked from here; its
+    own answer to the checkpoint decides."""
     import docker.errors
 
     findings: list[str] = []
@@ -111,6 +151,10 @@ def capability(
         passes, said = check()
         able = able and passes
         findings.append(said)
+        held, read = caps()
+        able = able and held
+        if not held:
+            findings.append(read)
     else:
         findings.append(f"criu on {host} is not checked from here (its engine answers)")
     return Capability(able, tuple(findings))

@@ -234,17 +234,59 @@ def test_capability_is_measured_engine_mode_and_criu_check() -> None:
         return SimpleNamespace(info=lambda: {"ExperimentalBuild": experimental})
 
     failing = (False, "`criu check` fails (exit 1): vdso: Failed to fill self vdso symtable")
-    here = hibernate.capability(client(False), "local", check=lambda: failing)
+    held = (True, "the engine (dockerd pid 7) has CAP_SYS_RESOURCE")
+    lacking = (False, "the engine (dockerd pid 7) runs without CAP_SYS_RESOURCE (CapEff …)")
+    here = hibernate.capability(client(False), "local", check=lambda: failing, caps=lambda: held)
     assert not here.able
     assert here.findings == (
         "the engine (local) does not run in experimental mode",
         failing[1],
     )
-    assert not hibernate.capability(client(True), "local", check=lambda: failing).able
-    assert hibernate.capability(client(True), "local", check=lambda: (True, "ok")).able
-    remote = hibernate.capability(client(True), "ssh://h", check=lambda: failing)
+    assert not hibernate.capability(
+        client(True), "local", check=lambda: failing, caps=lambda: held
+    ).able
+    able = hibernate.capability(
+        client(True), "local", check=lambda: (True, "ok"), caps=lambda: held
+    )
+    assert able.able
+    # The new CRIU passes `criu check` on this machine class, but the engine lacks
+    # CAP_SYS_RESOURCE there: measured, and said.
+    without = hibernate.capability(
+        client(True), "local", check=lambda: (True, "ok"), caps=lambda: lacking
+    )
+    assert (without.able, without.findings) == (False, ("ok", lacking[1]))
+    remote = hibernate.capability(
+        client(True), "ssh://h", check=lambda: failing, caps=lambda: lacking
+    )
     assert remote.able  # its CRIU is not checked from here: the engine's answer decides
     assert "criu on ssh://h is not checked from here" in remote.findings[0]
+
+
+def test_engine_capabilities_reads_the_dockerd_through_its_pidfile(tmp_path: Path) -> None:
+    def engine(pid: int, comm: str, cap_eff: str) -> str:
+        where = tmp_path / "proc" / str(pid)
+        where.mkdir(parents=True)
+        (where / "comm").write_text(f"{comm}\n")
+        (where / "status").write_text(f"Name:\t{comm}\nCapEff:\t{cap_eff}\n")
+        pidfile = tmp_path / f"{pid}.pid"
+        pidfile.write_text(f"{pid}\n")
+        return str(pidfile)
+
+    proc = str(tmp_path / "proc")
+    measured_here = engine(1175, "dockerd", "000001fffeffffff")  # bit 24 clear
+    full = engine(1176, "dockerd", "000001ffffffffff")
+    not_an_engine = engine(1177, "python3", "000001fffeffffff")
+    lacks, said = hibernate.engine_capabilities((measured_here,), proc)
+    assert not lacks
+    assert said.startswith("the engine (dockerd pid 1175) runs without CAP_SYS_RESOURCE")
+    assert hibernate.engine_capabilities((full,), proc)[0]
+    # The first readable dockerd decides; what cannot be read is not held against the host.
+    assert not hibernate.engine_capabilities((str(tmp_path / "none"), measured_here), proc)[0]
+    for unread in ((str(tmp_path / "none"),), (not_an_engine,)):
+        assert hibernate.engine_capabilities(unread, proc) == (
+            True,
+            "the engine's capabilities could not be read here (its answer decides)",
+        )
 
 
 def test_criu_check_on_this_machine_says_what_it_measured() -> None:
