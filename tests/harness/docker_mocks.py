@@ -138,6 +138,7 @@ ENGINE_ID = re.compile(r"(sha256:)?[0-9a-f]{32,}")
 NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
 CONTAINER = "docker:index/container:Container"
+COMMAND = "command:local:Command"
 DESTROY_PARALLEL = 10
 """Operations at once in :meth:`DockerRealisingMocks.destroy`: the docker SDK's default
 connection pool per client, so no worker waits for a connection or opens a stray one."""
@@ -310,31 +311,63 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
         resources = list(self.state.resources.values())
         waiting_on = {r.name: 0 for r in resources}  # dependents not yet undone
         depends_on: dict[str, list[Realised]] = {}
+        index = DependencyIndex(resources)
         for resource in resources:
-            depends_on[resource.name] = dependencies(resource, resources)
+            depends_on[resource.name] = dependencies(resource, resources, index)
             for dependency in depends_on[resource.name]:
                 waiting_on[dependency.name] += 1
         failures: list[str] = []
-        with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="harness-destroy") as pool:
+        with contextlib.ExitStack() as stack:
+            # Commands run as processes of their own (no docker SDK connection): their
+            # own pool, so a helper container's run never waits behind the engine calls
+            # and the reverse. Network removals: at most a third of the engine calls at
+            # once — the engine removes networks one at a time, and a pool full of them
+            # held every container and volume back behind them (40 environments: the
+            # volumes and disk images went only after all 40 networks).
+            engine = stack.enter_context(
+                ThreadPoolExecutor(max(1, parallel), thread_name_prefix="harness-destroy")
+            )
+            commands = (
+                stack.enter_context(
+                    ThreadPoolExecutor(parallel, thread_name_prefix="harness-destroy-cmd")
+                )
+                if parallel > 1
+                else engine
+            )
+            network_slots = max(1, parallel // 3)
             running: dict[Future[None], Realised] = {}
+            held: list[Realised] = []  # networks ready to go, waiting for a slot
+
+            def start(resource: Realised) -> None:
+                pool = commands if resource.type == COMMAND else engine
+                running[pool.submit(self._undo, resource)] = resource
 
             def submit(ready: Iterable[Realised]) -> None:
                 for resource in ready:
                     del pending[resource.name]
-                    running[pool.submit(self._undo, resource)] = resource
+                    networks = sum(r.type == NETWORK for r in running.values())
+                    if resource.type == NETWORK and networks >= network_slots:
+                        held.append(resource)
+                    else:
+                        start(resource)
 
             # Newest first among the ready ones, as the serial teardown went.
             pending = {r.name: r for r in reversed(resources)}
             submit([r for r in pending.values() if waiting_on[r.name] == 0])
-            while running or pending:
-                if not running:  # a dependency cycle (cannot come from Pulumi): break it
-                    submit([next(iter(pending.values()))])
+            while running or pending or held:
+                if not running:
+                    if held:
+                        start(held.pop(0))
+                    else:  # a dependency cycle (cannot come from Pulumi): break it
+                        submit([next(iter(pending.values()))])
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     resource = running.pop(future)
                     error = future.exception()
                     if error is not None:  # keep tearing down the rest
                         failures.append(f"{resource.type} {resource.name}: {error}")
+                    if resource.type == NETWORK and held:
+                        start(held.pop(0))
                     released = []
                     for dependency in depends_on[resource.name]:
                         waiting_on[dependency.name] -= 1
@@ -602,22 +635,81 @@ VOLUME_WAIT = 'docker volume inspect "$v"'
 """What dockyard.storage's guarded delete runs while it waits for the volumes to go."""
 
 
-def dependencies(resource: Realised, resources: Iterable[Realised]) -> list[Realised]:
+HEX_RUN = re.compile(r"[0-9a-f]{32,}")
+
+
+class DependencyIndex:
+    """The stack's resources looked up by (type, name output), by engine id and, for the
+    volumes, by the commands whose delete waits for them: built once per teardown, so
+    the dependencies of all of a stack's resources cost the size of their inputs, not
+    the square of their number (a look-up per pair of resources took 1.9 s for 100
+    environments, 0.02 s for 10)."""
+
+    def __init__(self, resources: Iterable[Realised]) -> None:
+        self.resources = list(resources)
+        self.position = {id(r): i for i, r in enumerate(self.resources)}
+        self.by_name: dict[tuple[str, str], list[Realised]] = {}
+        self.by_engine_id: dict[str, list[Realised]] = {}
+        self.waiting: list[Realised] = []
+        self.named_by_command: dict[str, list[Realised]] = {}
+        """A string value -> the commands holding it as a value of their own."""
+        for r in self.resources:
+            if r.type == "command:local:Command":
+                for value in set(_strings(r.inputs)):
+                    self.named_by_command.setdefault(value, []).append(r)
+            self.by_name.setdefault((r.type, str(r.outputs.get("name", ""))), []).append(r)
+            if ENGINE_ID.fullmatch(r.id):
+                self.by_engine_id.setdefault(r.id.removeprefix("sha256:"), []).append(r)
+            if r.type == "command:local:Command" and VOLUME_WAIT in str(r.inputs.get("delete", "")):
+                self.waiting.append(r)
+
+    def engine_ids_in(self, text: str) -> list[Realised]:
+        """Resources whose engine id is a run of hex digits in ``text``: a whole run, or,
+        for a longer run, any 64-digit (or the id's own length) window of it."""
+        found: list[Realised] = []
+        for run in HEX_RUN.findall(text):
+            if run in self.by_engine_id:
+                found += self.by_engine_id[run]
+            elif len(run) > 64:
+                found += [r for key, rs in self.by_engine_id.items() if key in run for r in rs]
+        return found
+
+
+def dependencies(
+    resource: Realised, resources: Iterable[Realised], index: DependencyIndex | None = None
+) -> list[Realised]:
     """What ``resource`` uses, as far as its inputs show it (Pulumi records dependencies
     from the outputs that flowed into a resource's inputs; the mock protocol passes only
-    the inputs): the networks, volumes and image a container names; for a command, every
+    the inputs): the networks, volumes and image a container names, and the commands
+    registered before it that prepared one of its volumes; for a command, every
     container, network or volume whose name is one of its values; and for any resource,
     an engine id (container, image) inside one of its values, e.g. a command's
-    environment carrying the container id."""
+    environment carrying the container id. ``index``: :class:`DependencyIndex` of
+    ``resources`` (built here when not given)."""
+    index = index or DependencyIndex(resources)
     used: set[tuple[str, str]] = set()
     values = list(_strings(resource.inputs))
-    if resource.type == "docker:index/container:Container":
+    prepared: list[Realised] = []
+    if resource.type == CONTAINER:
         used |= {(NETWORK, n["name"]) for n in resource.inputs.get("networksAdvanced", [])}
-        used |= {
-            (VOLUME, v["volumeName"])
-            for v in resource.inputs.get("volumes", [])
-            if v.get("volumeName")
+        mounted = {
+            v["volumeName"] for v in resource.inputs.get("volumes", []) if v.get("volumeName")
         }
+        used |= {(VOLUME, name) for name in mounted}
+        # A command registered before the container that names one of its volumes
+        # prepared that volume for it (dockyard.storage's mounts, a restore): the program
+        # says so with depends_on, which the mock protocol does not pass. The container
+        # goes first, so a filesystem is never unmounted under a running container.
+        here = index.position.get(id(resource), len(index.resources))
+        prepared = sorted(
+            {
+                id(other): other
+                for volume in mounted
+                for other in index.named_by_command.get(volume, [])
+                if index.position.get(id(other), here) < here
+            }.values(),
+            key=lambda r: index.position[id(r)],
+        )
     elif resource.type == "command:local:Command":
         used |= {(kind, value) for kind in (NETWORK, VOLUME, CONTAINER) for value in values}
     waits_for: list[Realised] = []
@@ -626,24 +718,18 @@ def dependencies(resource: Realised, resources: Iterable[Realised]) -> list[Real
         # disk images) was created before it and must be undone after it: the program
         # says so with depends_on, which the mock protocol does not pass.
         waits_for = [
-            other
-            for other in resources
-            if other.type == "command:local:Command"
-            and VOLUME_WAIT in str(other.inputs.get("delete", ""))
-            and name in str(other.inputs.get("delete", ""))
+            other for other in index.waiting if name in str(other.inputs.get("delete", ""))
         ]
-    text = "\n".join(values)
-    return waits_for + [
-        other
-        for other in resources
-        if other is not resource
-        and other not in waits_for
-        and (
-            (other.type, str(other.outputs.get("name", ""))) in used
-            # Engine ids (containers, images) are long hex strings: a hit is that id.
-            or (ENGINE_ID.fullmatch(other.id) is not None and other.id in text)
-        )
-    ]
+    found = [r for key in used for r in index.by_name.get(key, [])]
+    # Engine ids (containers, images) are long hex strings: a hit is that id.
+    found += index.engine_ids_in("\n".join(values))
+    seen = {id(resource)} | {id(r) for r in waits_for + prepared}
+    uses = []
+    for other in sorted(found, key=lambda r: index.position.get(id(r), 0)):
+        if id(other) not in seen:
+            seen.add(id(other))
+            uses.append(other)
+    return waits_for + prepared + uses
 
 
 def _strings(value: Any) -> Iterable[str]:

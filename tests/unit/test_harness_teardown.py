@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.harness.docker_mocks import (
+    DependencyIndex,
     DockerRealisingMocks,
     HarnessError,
     HarnessState,
@@ -158,3 +159,116 @@ def test_serial_destroy_is_still_available() -> None:
     DockerRealisingMocks(FakeClient(), state).destroy(parallel=1)  # type: ignore[arg-type]
     assert recorder.most == 1
     assert state.resources == {}
+
+
+def with_mounts(state: HarnessState, recorder: Recorder, n: int) -> None:
+    """:func:`environment` plus what dockyard.storage declares around it: a command
+    mounting the volumes, registered before the container (the program's depends_on),
+    naming them as values of its own, its delete unmounting them."""
+    prefix = f"dockyard-st-s{n}"
+    environment(state, recorder, n)
+    mount = Realised(
+        COMMAND,
+        f"env-{n}-disk-mounts",
+        {
+            "create": "mount ...",
+            "delete": "unmount ...",
+            "environment": {
+                f"DOCKYARD_VOLUME_{i}": f"{prefix}-{role}"
+                for i, role in enumerate(("workspace", "config"))
+            },
+        },
+        f"env-{n}-disk-mounts-0001",
+        {},
+    )
+    mount.undo = recorder.undo(mount.name)
+    # Registered after the volumes, before the container: re-insert in that order.
+    resources = list(state.resources.values())
+    at = next(i for i, r in enumerate(resources) if r.name == f"env-{n}-container")
+    resources.insert(at, mount)
+    state.resources.clear()
+    state.resources.update({r.name: r for r in resources})
+
+
+def test_a_container_goes_before_the_command_that_prepared_its_volumes() -> None:
+    state, recorder = HarnessState(), Recorder(seconds=0.01)
+    for n in (1, 2):
+        with_mounts(state, recorder, n)
+    # A command registered after the container that names its volume (a backup, say)
+    # used the volume, not the container's preparation: no such edge for it.
+    later = Realised(
+        COMMAND, "env-1-backup", {"environment": {"V": "dockyard-st-s1-workspace"}}, "b", {}
+    )
+    later.undo = recorder.undo(later.name)
+    state.resources[later.name] = later
+    everything = list(state.resources.values())
+    named = {r.name: r for r in everything}
+    uses = [d.name for d in dependencies(named["env-1-container"], everything)]
+    assert uses[0] == "env-1-disk-mounts", uses
+    assert not {"env-1-backup", "env-2-disk-mounts"} & set(uses), uses
+    DockerRealisingMocks(FakeClient(), state).destroy()  # type: ignore[arg-type]
+    assert state.resources == {}
+    for n in (1, 2):
+        # Unmounted only once the container is gone; the volumes only once unmounted.
+        assert recorder.finished_before_started(f"env-{n}-container", f"env-{n}-disk-mounts")
+        assert recorder.finished_before_started(f"env-{n}-disk-mounts", f"env-{n}-workspace")
+
+
+def test_networks_never_hold_every_engine_slot() -> None:
+    """The engine removes networks one at a time: with more networks ready than the
+    pool holds, at most a third of its slots wait on network removals, and volumes
+    (ready at the same time) go meanwhile instead of after all the networks."""
+    state = HarnessState()
+    log: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    in_flight = {"networks": 0, "most": 0}
+
+    def network_undo(name: str) -> Any:
+        def run() -> None:
+            with lock:
+                in_flight["networks"] += 1
+                in_flight["most"] = max(in_flight["most"], in_flight["networks"])
+                log.append(("start", name))
+            time.sleep(0.05)
+            with lock:
+                in_flight["networks"] -= 1
+                log.append(("end", name))
+
+        return run
+
+    # Volumes registered first: the newest-first order offers the networks first.
+    for n in range(12):
+        volume = Realised(VOLUME, f"vol-{n}", {"name": f"v{n}"}, f"v{n}", {"name": f"v{n}"})
+        volume.undo = lambda name=volume.name: log.append(("volume", name))  # type: ignore[misc]
+        state.resources[volume.name] = volume
+    for n in range(12):
+        net = Realised(NETWORK, f"net-{n}", {"name": f"n{n}"}, f"{n + 100:064x}", {"name": f"n{n}"})
+        net.undo = network_undo(net.name)
+        state.resources[net.name] = net
+    DockerRealisingMocks(FakeClient(), state).destroy(parallel=9)  # type: ignore[arg-type]
+    assert state.resources == {}
+    assert in_flight["most"] == 3, in_flight
+    last_volume = max(i for i, (kind, _) in enumerate(log) if kind == "volume")
+    first_network_end = min(i for i, (kind, _) in enumerate(log) if kind == "end")
+    assert last_volume < first_network_end, log
+
+
+def test_dependencies_of_a_stack_are_found_through_one_index() -> None:
+    """An image id (``sha256:``) and a container id inside a longer value are found
+    through the index as they were by a scan of every pair."""
+    state, recorder = HarnessState(), Recorder()
+    environment(state, recorder, 1)
+    image = Realised(
+        "docker:index/image:Image", "image", {}, "sha256:" + "ab" * 32, {"imageName": "x"}
+    )
+    state.resources["image"] = image
+    uses = Realised(
+        COMMAND,
+        "uses",
+        {"create": f"docker run {'ab' * 32} && docker inspect {1:064x}"},
+        "u",
+        {},
+    )
+    everything = [*state.resources.values(), uses]
+    index = DependencyIndex(everything)
+    assert {d.name for d in dependencies(uses, everything, index)} == {"image", "env-1-container"}
