@@ -133,30 +133,47 @@ class GroupWriter:
                     return
                 group = self._waiting[: self.MAX_GROUP]
                 del self._waiting[: self.MAX_GROUP]
-            error: BaseException | None = None
-            try:
-                append_lines(self.log, [entry for entry, _ in group])
-            except Exception as exc:  # every caller of the group learns it
-                error = exc
+            outcomes = _written(self.log, [entry for entry, _ in group])
             with self._settled:
                 self.groups += 1
                 self._done += len(group)
                 self._settled.notify_all()
-            _settle([done for _, done in group if done is not None], error)
+            _settle([(done, out) for (_, done), out in zip(group, outcomes, strict=True) if done])
 
 
-def _settle(waiters: list[Done], error: BaseException | None) -> None:
+def _written(log: Path, entries: list[Mapping[str, Any]]) -> list[BaseException | None]:
+    """Each entry's outcome: the group's write, or, when an entry cannot be encoded (a
+    value JSON cannot hold: nothing was written), line by line, so one bad line never
+    costs the others theirs. A file error is every line's."""
+    try:
+        append_lines(log, entries)
+    except OSError as exc:
+        return [exc] * len(entries)
+    except Exception:
+        return [_one(log, entry) for entry in entries]
+    return [None] * len(entries)
+
+
+def _one(log: Path, entry: Mapping[str, Any]) -> BaseException | None:
+    try:
+        append_lines(log, [entry])
+    except Exception as exc:  # this caller learns it
+        return exc
+    return None
+
+
+def _settle(waiters: list[tuple[Done, BaseException | None]]) -> None:
     """Each loop woken once for all of its waiters of a group."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-    for loop, future in waiters:
-        by_loop.setdefault(loop, []).append(future)
-    for loop, futures in by_loop.items():
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], Any]]] = {}
+    for (loop, future), outcome in waiters:
+        by_loop.setdefault(loop, []).append((future, outcome))
+    for loop, settled in by_loop.items():
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-            loop.call_soon_threadsafe(_resolve, futures, error)
+            loop.call_soon_threadsafe(_resolve, settled)
 
 
-def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
-    for future in futures:
+def _resolve(settled: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for future, error in settled:
         if future.done():
             continue
         if error is None:

@@ -70,6 +70,28 @@ def test_a_line_that_cannot_be_written_is_each_callers_error(tmp_path: Path) -> 
     assert [type(error) for error in asyncio.run(both())] == [FileExistsError] * 2
 
 
+def test_a_line_json_cannot_hold_fails_alone_and_the_others_are_written(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    bad = {**_entry(1), "detail": object()}
+
+    async def three() -> list[BaseException | None]:
+        return await asyncio.gather(
+            audit.appended(log, _entry(0)),
+            audit.appended(log, bad),
+            audit.appended(log, _entry(2)),
+            return_exceptions=True,
+        )
+
+    outcomes = asyncio.run(three())
+    assert outcomes[0] is None, outcomes
+    assert outcomes[2] is None, outcomes
+    assert isinstance(outcomes[1], TypeError)
+    assert [line["detail"] for line in _lines(log)] == [
+        "GET /api/sessions 200 request 000000",
+        "GET /api/sessions 200 request 000002",
+    ]
+
+
 WRITER = textwrap.dedent(
     """
     import asyncio, sys, time
