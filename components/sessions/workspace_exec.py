@@ -46,15 +46,21 @@ override it)."""
 TAG_PREFIX = "dockyard-exec-"
 """The launcher's ``$0``: this prefix and the exec's tag (what the engine records)."""
 TAG = re.compile(r"[0-9a-f]{32}")
-# Inside the container, as the agent user: signal $1 to every process group led by a
-# process whose environment holds DOCKYARD_EXEC=$2 (/proc/PID/stat: after the command's
-# closing parenthesis, field 3 is the group, 4 the session); exit 3 when there is none.
+# Inside the container, as the agent user: signal $1 to the process group led by the
+# exec's own process — the one whose environment holds DOCKYARD_EXEC=$2, that leads its
+# session and group, and whose parent is outside the container's pid namespace (ppid 0:
+# the engine started it; a daemon the command detached with setsid has a parent inside,
+# and is left alone as the same replica's signal leaves it). /proc/PID/stat after the
+# command's closing parenthesis: field 2 the parent, 3 the group, 4 the session. Only
+# builtins and /usr/bin/tr, /usr/bin/grep (by path: never an agent's PATH entry). Exit 3
+# when there is none.
 GROUP_KILL = (
     'sig=$1; want="DOCKYARD_EXEC=$2"; sent=3; '
     "for d in /proc/[0-9]*; do p=${d#/proc/}; "
-    'tr "\\0" "\\n" 2>/dev/null < "$d/environ" | grep -qxF -e "$want" || continue; '
-    'stat=$(cat "$d/stat" 2>/dev/null) || continue; rest=${stat##*) }; '
-    'set -f; set -- $rest; [ "$3" = "$p" ] && [ "$4" = "$p" ] || continue; '
+    'read -r stat 2>/dev/null < "$d/stat" || continue; rest=${stat##*) }; '
+    'set -f; set -- $rest; [ "$2" = 0 ] && [ "$3" = "$p" ] && [ "$4" = "$p" ] || continue; '
+    '/usr/bin/tr "\\0" "\\n" 2>/dev/null < "$d/environ" '
+    '| /usr/bin/grep -qxF -e "$want" || continue; '
     'kill -s "$sig" -- "-$p" 2>/dev/null && sent=0; done; exit $sent'
 )
 

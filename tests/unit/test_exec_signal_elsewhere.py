@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -130,27 +132,66 @@ def test_no_tagged_group_inside_the_container_is_not_found() -> None:
     assert len(ran) == 1
 
 
-def _started(tag: str, leader: bool) -> subprocess.Popen[bytes]:
-    env = {**os.environ, TAG_VARIABLE: tag}
-    return subprocess.Popen(["sleep", "120"], env=env, start_new_session=leader)
+NEEDS_ROOT = pytest.mark.skipif(
+    os.geteuid() != 0 and not os.environ.get("CI"),
+    reason="a pid namespace of its own needs root (CI runs as root: there it fails instead)",
+)
+LEADER = "setsid sleep 1001 & exec sleep 1002"
+"""The exec's command: its own process (sleep 1002) and a daemon it detached (setsid)."""
 
 
-def test_the_script_signals_only_groups_led_by_a_holder_of_the_tag() -> None:
-    """The in-container script, run here by /bin/sh: the tagged group leader is killed; a
-    process with another tag, and one with the tag that leads no group, are left."""
-    other_tag = "f" * 32
-    tagged = _started(TAG, leader=True)
-    another = _started(other_tag, leader=True)
-    follower = _started(TAG, leader=False)  # in this test's own group
+def _in(namespace_init: int, *argv: str, env: dict[str, str] | None = None) -> list[str]:
+    """``argv`` entered into the pid and mount namespaces of ``namespace_init`` from
+    outside, as the engine enters a container for an exec: its parent is outside (ppid 0
+    inside), and setsid makes it lead its session and group, as an exec's does."""
+    prefix = ["nsenter", "-t", str(namespace_init), "-p", "-m", "--"]
+    return [*prefix, "/usr/bin/env", *[f"{k}={v}" for k, v in (env or {}).items()], *argv]
+
+
+def _sleeps(namespace_init: int) -> set[str]:
+    listed = subprocess.run(
+        _in(namespace_init, "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {w for w in listed.stdout.split() if w in ("1001", "1002", "1003")}
+
+
+@NEEDS_ROOT
+def test_the_script_signals_only_the_exec_s_own_group() -> None:
+    """The in-container script, run by /bin/sh inside a pid namespace of its own: the
+    exec's own group (tagged, ppid 0, leading its session) is signalled; a daemon it
+    detached with setsid (tagged, but its parent is inside), and another exec's group
+    (another tag) are left."""
+    container = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sleep", "120"])
+    execs: list[subprocess.Popen[bytes]] = []
     try:
-        done = subprocess.run(["/bin/sh", "-c", GROUP_KILL, "sh", "TERM", TAG], check=False)
-        assert done.returncode == 0
-        assert tagged.wait(30) == -15
-        assert another.poll() is None
-        assert follower.poll() is None
-        again = subprocess.run(["/bin/sh", "-c", GROUP_KILL, "sh", "TERM", TAG], check=False)
-        assert again.returncode == 3  # no group led by a holder of the tag any more
+        init = 0
+        for _ in range(100):  # the namespace's init is unshare's child
+            children = Path(f"/proc/{container.pid}/task/{container.pid}/children")
+            init = int(children.read_text().split()[0]) if children.read_text().split() else 0
+            if init:
+                break
+            time.sleep(0.05)
+        assert init, "unshare did not start its child"
+        tagged = _in(init, "setsid", "sh", "-c", LEADER, env={TAG_VARIABLE: TAG})
+        other = _in(init, "setsid", "sleep", "1003", env={TAG_VARIABLE: "f" * 32})
+        execs = [subprocess.Popen(tagged), subprocess.Popen(other)]
+        for _ in range(100):
+            if _sleeps(init) == {"1001", "1002", "1003"}:
+                break
+            time.sleep(0.05)
+        assert _sleeps(init) == {"1001", "1002", "1003"}
+        kill = _in(init, "/bin/sh", "-c", GROUP_KILL, "sh", "TERM", TAG)
+        assert subprocess.run(kill, check=False).returncode == 0
+        assert execs[0].wait(30) != 0  # the exec's own process was signalled
+        assert _sleeps(init) == {"1001", "1003"}  # the detached daemon and the other exec
+        assert subprocess.run(kill, check=False).returncode == 3  # no such group any more
     finally:
-        for process in (tagged, another, follower):
+        for process in execs:
             process.kill()
+        container.kill()
+        container.wait()
+        for process in execs:
             process.wait()
