@@ -21,6 +21,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -132,18 +133,24 @@ class Proxy:
     def origin(self, host: str) -> str:
         return f"https://{host}:{self.https_port}"
 
-    def _curl(self, host: str, path: str, headers: Sequence[str], *extra: str) -> list[str]:
+    def _curl(
+        self, host: str, path: str, headers: Sequence[str], *extra: str, max_time: int = 5
+    ) -> list[str]:
         return [
-            "curl", "-sk", "--max-time", "5", "--resolve", f"{host}:{self.https_port}:127.0.0.1",
+            "curl", "-sk", "--max-time", str(max_time),
+            "--resolve", f"{host}:{self.https_port}:127.0.0.1",
             *(part for h in headers for part in ("-H", h)), *extra,
             f"{self.origin(host)}{path}",
         ]  # fmt: skip
 
-    def get(self, host: str, *headers: str, path: str = "/", method: str = "GET") -> int:
-        """The status of one request (0: no answer)."""
+    def get(
+        self, host: str, *headers: str, path: str = "/", method: str = "GET", max_time: int = 5
+    ) -> int:
+        """The status of one request (0: no answer within ``max_time`` seconds)."""
         argv = self._curl(
-            host, path, headers, "-o", "/dev/null", "-w", "%{http_code}", "-X", method
-        )
+            host, path, headers, "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
+            max_time=max_time,
+        )  # fmt: skip
         return int(subprocess.run(argv, capture_output=True, text=True, check=False).stdout or 0)
 
     def seen(self, host: str, *headers: str, path: str = "/") -> dict[str, Any]:
@@ -475,23 +482,43 @@ def test_an_authenticated_request_wakes_a_paused_session(
     and is answered by the app."""
     host = f"{INNER_PORT}-other.{DOMAIN}"
     bearer = f"Authorization: Bearer {proxy.token(stack, 'other')}"
-    config = Path(proxy.argv[proxy.argv.index("--config") + 1])
     audit_log = tmp_path / "audit.jsonl"
     container = stack.container("other")
     watcher = subprocess.Popen(
         [*proxy.argv, "--watch", "1", "--wake-listen", f"127.0.0.1:{free_port()}"],
         env={**proxy.env, "DOCKYARD_AUDIT_LOG": str(audit_log)},
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
     )
+    # The watcher prints a JSON line after each reconcile that changed something, i.e.
+    # once its Waker lists the paused session and Caddy has reloaded the wake route:
+    # that line, not the Caddyfile on disk, is what the requests below may rely on.
+    printed: list[str] = []
+
+    def read() -> None:
+        for line in watcher.stdout or ():
+            printed.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def wake_route_applied() -> bool:
+        for line in list(printed):
+            routes = json.loads(line)["routes"] if line.startswith("{") else []
+            if any(r["host"] == host and r.get("paused") for r in routes):
+                return True
+        return False
+
     try:
         container.pause()
-        wait_for(lambda: "forward_auth" in config.read_text(), 60, what="the wake route")
+        wait_for(wake_route_applied, 90, interval=0.25, what=lambda: f"the wake route: {printed}")
         assert proxy.get(host) == 401
         assert proxy.get(host, f"Authorization: Bearer {proxy.token(stack, 'web')}") == 401
         container.reload()
         assert container.status == "paused"
         assert not audit_log.exists()
-        assert proxy.get(host, bearer) == 200
+        # The wake (a docker CLI call) can take seconds on a loaded machine: a wide bound.
+        assert proxy.get(host, bearer, max_time=60) == 200
         container.reload()
         assert container.status == "running"
         lines = [json.loads(line) for line in audit_log.read_text().splitlines()]
@@ -502,6 +529,7 @@ def test_an_authenticated_request_wakes_a_paused_session(
     finally:
         watcher.terminate()
         watcher.wait(timeout=10)
+        reader.join(10)
         container.reload()
         if container.status == "paused":
             container.unpause()

@@ -208,3 +208,30 @@ def test_only_a_paused_environments_authenticated_handles_ask_to_wake() -> None:
     assert "forward_auth" not in other
     # Without --wake-listen nothing asks (and paused environments are not routed at all).
     assert "forward_auth" not in proxy.caddyfile([paused], tokens, 80, 443, "127.0.0.1:2019")
+
+
+def test_the_waker_knows_a_paused_environment_before_caddy_routes_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconcile that adds wake routes updates the Waker first, then writes the
+    Caddyfile and reloads Caddy: a request the new route sends at once finds the
+    environment listed as paused (not a 204 without a wake, proxied to a frozen app)."""
+    route = proxy.Route("8000-web.preview.test", "127.0.0.1:1", ENV, False, True)
+    config = tmp_path / "Caddyfile"
+    events: list[str] = []
+    monkeypatch.setattr(proxy, "routes", lambda *args: ([route], [], {ENV: LABELS}))
+    monkeypatch.setattr(proxy, "caddy_up", lambda admin: True)
+    monkeypatch.setattr(proxy, "run", lambda argv, env=None: events.append(argv[1]) or "")
+
+    class Recording(proxy.Waker):  # type: ignore[name-defined,misc]
+        def update(self, tokens: Any, paused: Any) -> None:
+            events.append(f"update (config written: {config.exists()})")
+            super().update(tokens, paused)
+
+    args = proxy.build_parser().parse_args(
+        ["--domain", "preview.test", "--config", str(config), "--token-dir",
+         str(tmp_path / "tokens"), "--wake-listen", "127.0.0.1:2020"]
+    )  # fmt: skip
+    result = proxy.reconcile(args, Recording())
+    assert result["actions"] == ["caddy reloaded"]
+    assert events == ["update (config written: False)", "reload"]

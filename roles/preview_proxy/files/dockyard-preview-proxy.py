@@ -547,6 +547,10 @@ def reconcile(args: argparse.Namespace, waker: Waker | None = None) -> dict[str,
     found, skipped, paused = routes(args.domain, args.discover, args.scope_label, bool(wake))
     token_dir = Path(args.token_dir)
     tokens = {r.environment: token_for(token_dir, r.environment) for r in found}
+    if waker is not None:
+        # Before Caddy has the routes that ask it: a request a new route sends must find
+        # its environment listed as paused (an environment listed early is harmless).
+        waker.update(tokens, paused)
     config = Path(args.config)
     text = caddyfile(found, tokens, args.http_port, args.https_port, args.admin, wake)
     actions = []
@@ -585,8 +589,6 @@ def reconcile(args: argparse.Namespace, waker: Waker | None = None) -> dict[str,
              "--address", args.admin]
         )  # fmt: skip
         actions.append("caddy reloaded")
-    if waker is not None:  # after Caddy has the routes that ask it
-        waker.update(tokens, paused)
     return {
         "changed": bool(actions),
         "actions": actions,
@@ -679,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server = serve_wakes(args.wake_listen, waker)
             try:
                 result = reconcile(args, waker)
+                if args.watch is not None and result["changed"]:
+                    print(json.dumps(result), flush=True)  # each change, the first one too
                 deadline = time.monotonic() + (args.duration or float("inf"))
                 while args.watch is not None and time.monotonic() + args.watch < deadline:
                     time.sleep(args.watch)
