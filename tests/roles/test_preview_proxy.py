@@ -517,8 +517,9 @@ def test_an_authenticated_request_wakes_a_paused_session(
         container.reload()
         assert container.status == "paused"
         assert not audit_log.exists()
-        # The wake (a docker CLI call) can take seconds on a loaded machine: a wide bound.
-        assert proxy.get(host, bearer, max_time=60) == 200
+        # With a query string (forward_auth passes it on to the wake endpoint). The wake
+        # (a docker CLI call) can take seconds on a loaded machine: a wide bound.
+        assert proxy.get(host, bearer, path="/?x=1&y=2", max_time=60) == 200
         container.reload()
         assert container.status == "running"
         lines = [json.loads(line) for line in audit_log.read_text().splitlines()]

@@ -187,7 +187,11 @@ def test_the_endpoint_reads_the_forwarded_headers() -> None:
         assert get(f"/wake/{ENV}", {}) == 401
         assert get("/wake/../etc", {"Authorization": BEARER[0]}) == 404
         assert engine.unpaused == []
-        assert get(f"/wake/{ENV}", {"Cookie": f"{proxy.COOKIE}={TOKEN}"}) == 204
+        assert get(f"/wake/{ENV}?x=1&y=2", {}) == 401
+        assert get("/wake/../etc?x=1", {"Authorization": BEARER[0]}) == 404
+        assert engine.unpaused == []
+        # forward_auth keeps the original request's query string: the path alone counts.
+        assert get(f"/wake/{ENV}?x=1&y=2", {"Cookie": f"{proxy.COOKIE}={TOKEN}"}) == 204
         assert engine.unpaused == [ENV]
     finally:
         server.shutdown()

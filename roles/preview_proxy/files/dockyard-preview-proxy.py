@@ -58,6 +58,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -485,8 +486,11 @@ class WakeHandler(BaseHTTPRequestHandler):
     server: WakeServer
 
     def do_GET(self) -> None:
-        environment = self.path.removeprefix(WAKE_PATH)
-        if not self.path.startswith(WAKE_PATH) or not CONTAINER_NAME.fullmatch(environment):
+        # Caddy's forward_auth replaces the path and keeps the original query string
+        # (``/wake/<env>?x=1``): only the path names the environment.
+        path = urllib.parse.urlsplit(self.path).path
+        environment = path.removeprefix(WAKE_PATH)
+        if not path.startswith(WAKE_PATH) or not CONTAINER_NAME.fullmatch(environment):
             status, body = 404, "404 Not Found"
         else:
             status, body = self.server.waker.request(
