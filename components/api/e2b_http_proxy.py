@@ -92,7 +92,7 @@ class HttpProxy:
         outgoing = self._client.build_request(
             scope["method"],
             url,
-            headers=forwarded_headers(scope.get("headers", []), port),
+            headers=forwarded_headers(scope.get("headers", []), port, scope),
             content=request_body() if has_body else None,
         )
         if (outgoing.url.host, outgoing.url.port) != (url.host, url.port):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import httpx
 from starlette.types import Scope
@@ -66,15 +68,50 @@ def target(headers: dict[str, str]) -> tuple[str, str] | None:
     return matched.group(2), matched.group(1)
 
 
-def forwarded_headers(headers: list[tuple[bytes, bytes]], port: int) -> list[tuple[str, str]]:
-    """The request's headers without hop-by-hop ones and without dockyard's credentials
-    (its API key in any header, its dashboard cookies, the traffic token; the sandbox's
-    own access token only reaches its daemon's port)."""
+CLIENT_CLAIMS = frozenset(
+    {
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+    }
+)
+"""What a caller may say about its own address or scheme: dockyard is the proxy in front
+of the sandbox, so it drops these and says it itself (:func:`forwarding`)."""
+
+
+def forwarding(scope: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``X-Forwarded-*`` headers dockyard sets for a routed call: the caller's address
+    as the server saw it (uvicorn takes a trusted local proxy's word for it), the scheme and
+    the host name the caller used."""
+    client = scope.get("client")
+    found = [("x-forwarded-for", str(client[0]))] if client else []
+    found.append(
+        ("x-forwarded-proto", "https" if scope.get("scheme") in ("https", "wss") else "http")
+    )
+    for raw_name, raw_value in scope.get("headers", []):
+        if raw_name.lower() == b"host":
+            found.append(("x-forwarded-host", raw_value.decode("latin-1")))
+            break
+    return found
+
+
+def forwarded_headers(
+    headers: list[tuple[bytes, bytes]], port: int, scope: Mapping[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """The request's headers without hop-by-hop ones, without dockyard's credentials (its
+    API key in any header, its dashboard cookies, the traffic token; the sandbox's own
+    access token only reaches its daemon's port) and without what the caller claims about
+    its address; with ``scope``, dockyard's own ``X-Forwarded-*`` (:func:`forwarding`)."""
     kept = []
     for raw_name, raw_value in headers:
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
-        if name in HOP_BY_HOP or name in DOCKYARD_CREDENTIALS:
+        if name in HOP_BY_HOP or name in DOCKYARD_CREDENTIALS or name in CLIENT_CLAIMS:
             continue
         if name == ACCESS_TOKEN and port != sandboxes.ENVD_PORT:
             continue
@@ -87,7 +124,7 @@ def forwarded_headers(headers: list[tuple[bytes, bytes]], port: int) -> list[tup
                 continue
             value = "; ".join(pairs)
         kept.append((name, value))
-    return kept
+    return kept + (forwarding(scope) if scope is not None else [])
 
 
 def dockyards(cookie_name: str) -> bool:
@@ -126,12 +163,14 @@ def answered_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]
     return kept
 
 
-def websocket_headers(headers: list[tuple[bytes, bytes]], port: int) -> list[tuple[str, str]]:
+def websocket_headers(
+    headers: list[tuple[bytes, bytes]], port: int, scope: Mapping[str, Any] | None = None
+) -> list[tuple[str, str]]:
     """:func:`forwarded_headers` for a WebSocket upgrade, without the handshake's own
     headers (the upstream handshake makes its own) and the user agent (passed apart)."""
     return [
         (name, value)
-        for name, value in forwarded_headers(headers, port)
+        for name, value in forwarded_headers(headers, port, scope)
         if not name.startswith("sec-websocket-") and name != "user-agent"
     ]
 

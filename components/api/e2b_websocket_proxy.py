@@ -42,7 +42,7 @@ async def bridge(
     try:
         upstream = await connect(
             uri,
-            additional_headers=websocket_headers(scope.get("headers", []), port),
+            additional_headers=websocket_headers(scope.get("headers", []), port, scope),
             user_agent_header=headers.get("user-agent"),
             subprotocols=scope.get("subprotocols") or None,
             compression=None,

@@ -244,6 +244,33 @@ def test_forwarded_headers_strip_dockyards_credentials() -> None:
     assert basic == {"authorization": "Basic dXNlcjo="}  # envd's user, not a dockyard key
 
 
+def test_routed_calls_carry_dockyards_own_forwarding_headers_not_the_callers() -> None:
+    """dockyard is the proxy in front of the sandbox: what the caller says about its
+    address or scheme is dropped, and the server's own view is sent (review6 W1)."""
+    claims = [
+        (b"X-Forwarded-For", b"10.0.0.1"),
+        (b"Forwarded", b"for=10.0.0.1;proto=https"),
+        (b"X-Real-IP", b"10.0.0.1"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"X-Forwarded-Host", b"bank.example"),
+        (b"True-Client-IP", b"10.0.0.1"),
+        (b"Host", b"3000-sabc.example"),
+        (b"Accept", b"*/*"),
+    ]
+    scope = {"client": ("192.0.2.7", 5555), "scheme": "http", "headers": claims}
+    sent = e2b_upstream.forwarded_headers(claims, 3000, scope)
+    assert dict(sent) == {
+        "accept": "*/*",
+        "x-forwarded-for": "192.0.2.7",
+        "x-forwarded-proto": "http",
+        "x-forwarded-host": "3000-sabc.example",
+    }
+    assert len(sent) == 4
+    upgrade = dict(e2b_upstream.websocket_headers(claims, 3000, {**scope, "scheme": "wss"}))
+    assert upgrade["x-forwarded-proto"] == "https"
+    assert upgrade["x-forwarded-for"] == "192.0.2.7"
+
+
 def test_answered_headers_keep_the_sandbox_off_dockyards_cookies() -> None:
     answered = e2b_upstream.answered_headers(
         [
