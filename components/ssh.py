@@ -237,7 +237,8 @@ def proxy_command(program: str, session: str, tenant: str | None, host: str) -> 
     if not os.path.isabs(program):
         raise SshError(f"the ProxyCommand program {program!r} is not an absolute path")
     words = [program, "ssh-proxy", session, *(["--tenant", tenant] if tenant else [])]
-    return shlex.join([*words, "--host", checked_host(host)])
+    # ssh expands %-tokens (%h, %p, %%) in a ProxyCommand before the shell sees it.
+    return shlex.join([*words, "--host", checked_host(host)]).replace("%", "%%")
 
 
 CONNECT_SECONDS = 30

@@ -58,6 +58,14 @@ def test_the_ssh_command_connects_through_the_proxy_command_quoted(
     assert shlex.split(untenanted) == ["/usr/bin/dockyard", "ssh-proxy", "web", "--host", "::1"]
 
 
+def test_a_percent_in_the_program_path_survives_sshs_token_expansion() -> None:
+    """ssh expands %h, %p, %% in a ProxyCommand before its shell runs it (review6 S1)."""
+    proxy = ssh.proxy_command("/srv/100%h/bin/dockyard", "web", None, "127.0.0.1")
+    assert "%%h" in proxy
+    expanded = proxy.replace("%%", "%")  # what ssh hands its shell
+    assert shlex.split(expanded)[0] == "/srv/100%h/bin/dockyard"
+
+
 @pytest.mark.parametrize(
     ("session", "tenant", "host", "program", "named"),
     [
