@@ -6,6 +6,8 @@ disk when :func:`write_atomic` returns; a failure leaves the old file and no tem
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -59,13 +61,28 @@ def write_atomic(
 
 
 def write_synced(path: str | os.PathLike[str], text: str, flags: int, mode: int) -> None:
-    """Write ``text`` (UTF-8) to ``path`` opened with ``flags`` (``os.O_WRONLY`` plus
-    ``O_APPEND``, ``O_CREAT``, ``O_EXCL``...; created at permission ``mode``) in one
-    ``write``, on disk when this returns."""
+    """Write all of ``text`` (UTF-8) to ``path`` opened with ``flags`` (``os.O_WRONLY`` plus
+    ``O_APPEND``, ``O_CREAT``, ``O_EXCL``...; created at permission ``mode``), on disk when
+    this returns — or raise ``OSError`` with the file cut back to its size before (no part
+    of ``text`` stays: a full disk or file size limit that lets only part of it through, a
+    write that makes no progress, a failed ``fsync``). A caller appending while others may
+    append holds them off (a lock) around this: the cut would take their lines too."""
+    data = memoryview(text.encode())
     fd = os.open(path, flags, mode)
     try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
+        before = os.fstat(fd).st_size
+        try:
+            while data:
+                written = os.write(fd, data)
+                if written <= 0:
+                    raise OSError(errno.EIO, f"{path}: the write made no progress")
+                data = data[written:]
+            os.fsync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):  # the write's error is the one to report
+                os.ftruncate(fd, before)
+                os.fsync(fd)
+            raise
     finally:
         os.close(fd)
 

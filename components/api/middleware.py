@@ -28,8 +28,13 @@ async def audit_request(
     context: Context, scope: Scope, *, ok: bool, detail: str, started: float
 ) -> None:
     """A request's audit line (the key id as actor; HTTP requests and WebSockets alike):
-    ``detail`` says what was asked, the request id is added."""
+    ``detail`` says what was asked (cut in its middle to at most
+    :data:`~dockyard.sessions.audit.DETAIL_MAX` characters: a long path cannot make a huge
+    line), the request id is added. A line that cannot be written is logged, never the
+    request's error."""
     state = scope["dockyard"]
+    if len(detail) > audit.DETAIL_MAX:
+        detail = detail[: audit.DETAIL_MAX - 9] + "…" + detail[-8:]  # the status stays
     entry = {
         "time": audit.now(),
         "actor": state.get("actor", "anonymous"),

@@ -32,7 +32,10 @@ KEEP = 5
 HOST_LOG = "/var/log/dockyard/audit.jsonl"
 """The host scripts' log, unless ``$DOCKYARD_AUDIT_LOG`` names another."""
 DETAIL_MAX = 300
-"""A host script's ``detail`` (an error message) is cut to this many characters."""
+"""A host script's ``detail`` (an error message) and a request's are cut to this many
+characters."""
+LINE_DETAIL_MAX = 4096
+"""Any writer's ``detail`` is cut to this many characters: no caller makes a huge line."""
 
 
 def now() -> str:
@@ -50,20 +53,43 @@ def append(log: str | os.PathLike[str], entry: Mapping[str, Any]) -> None:
 def append_lines(log: str | os.PathLike[str], entries: Sequence[Mapping[str, Any]]) -> None:
     """:func:`append` of each of ``entries``, in order, under one lock: one rotation check,
     one ``O_APPEND`` write of the whole lines, one ``fsync`` (every line on disk when this
-    returns). A writer of many lines at once (the HTTP server's) pays once per group."""
+    returns). A writer of many lines at once (the HTTP server's) pays once per group. All
+    or nothing: on an error (``OSError``) none of the lines stays in the log; a ``detail``
+    is cut to :data:`LINE_DETAIL_MAX` characters."""
     if not entries:
         return
     path = Path(log)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = "".join(
-        json.dumps({k: entry.get(k) for k in (*FIELDS, "detail") if k in entry}) + "\n"
-        for entry in entries
-    )
+    text = "".join(json.dumps(_line(entry)) + "\n" for entry in entries)
     with _locked(path):
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_size > MAX_BYTES:
                 _rotate(path)
+        if not _ends_a_line(path):
+            # A line torn by a crash mid-write stays on its own (readers skip it), never
+            # glued to this one's start.
+            text = "\n" + text
         write_synced(path, text, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+def _line(entry: Mapping[str, Any]) -> dict[str, Any]:
+    line = {k: entry.get(k) for k in (*FIELDS, "detail") if k in entry}
+    if isinstance(line.get("detail"), str) and len(line["detail"]) > LINE_DETAIL_MAX:
+        line["detail"] = line["detail"][:LINE_DETAIL_MAX]
+    return line
+
+
+def _ends_a_line(log: Path) -> bool:
+    """Whether ``log`` is missing, empty, or ends with a newline."""
+    try:
+        fd = os.open(log, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        size = os.fstat(fd).st_size
+        return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
+    finally:
+        os.close(fd)
 
 
 def _rotate(log: Path) -> None:

@@ -27,9 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput
-from ..host.audit_trail import FIELDS, KEEP, MAX_BYTES, append, append_lines, now
+from ..host.audit_trail import (
+    DETAIL_MAX,
+    FIELDS,
+    KEEP,
+    MAX_BYTES,
+    append,
+    append_lines,
+    now,
+)
 
 __all__ = [
+    "DETAIL_MAX",
     "FIELDS",
     "KEEP",
     "MAX_BYTES",

@@ -7,12 +7,15 @@ are written."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,3 +156,33 @@ def test_flush_returns_once_the_queued_lines_are_written(tmp_path: Path) -> None
     group.flush()
     assert len(_lines(log)) == 50
     group.flush()  # nothing queued: at once
+
+
+def test_a_short_write_fails_every_caller_of_the_group_and_leaves_the_log_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    asyncio.run(audit.appended(log, _entry(0)))
+    before = log.read_bytes()
+    real, calls = os.write, []
+
+    def filling(fd: int, data: Any) -> int:  # the disk fills up mid-group
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", filling)
+
+    async def many() -> list[BaseException | None]:
+        lines = (audit.appended(log, _entry(i)) for i in range(1, 60))
+        return await asyncio.gather(*lines, return_exceptions=True)
+
+    outcomes = asyncio.run(many())
+    monkeypatch.undo()
+    assert calls, "the write was not reached"
+    # Nobody is told "on disk" for a line that is not; no torn line stays.
+    assert [getattr(out, "errno", out) for out in outcomes] == [errno.ENOSPC] * 59
+    assert log.read_bytes() == before
+    asyncio.run(audit.appended(log, _entry(60)))
+    assert [line["detail"] for line in _lines(log)][-1].endswith("request 000060")

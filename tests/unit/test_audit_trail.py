@@ -68,3 +68,18 @@ def test_a_host_line_that_cannot_be_written_never_fails_the_action(
     assert "WARNING: audit log" in capsys.readouterr().err
     with pytest.raises(FileExistsError), audit.recorded(blocked / "audit.jsonl", "create"):
         pass  # the sessions layer's trail is part of the action: its failure is reported
+
+
+def test_any_writers_detail_is_capped_so_no_line_is_huge(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit.append(log, {"time": audit.now(), "action": "create", "detail": "x" * 3_000_000})
+    (line,) = log.read_text().splitlines()
+    assert json.loads(line)["detail"] == "x" * audit_trail.LINE_DETAIL_MAX
+    assert len(line) < 2 * audit_trail.LINE_DETAIL_MAX
+
+
+def test_a_torn_last_line_never_swallows_the_next_one(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    log.write_text('{"time": "2026-12-07T00:00:00.000Z", "action": "cre')  # a crash mid-write
+    audit.append(log, {"time": audit.now(), "action": "create", "session": "s1"})
+    assert [e["session"] for e in audit.read(log)] == ["s1"]

@@ -3,8 +3,11 @@ host library, the workspace-backup command and the restic engine share them)."""
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,3 +51,50 @@ def test_synced_writes_create_private_files_and_append(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         write_synced(path, "x", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     assert path.read_text() == "one\ntwo\n"
+
+
+def _short_then_full(real: Callable[[int, Any], int]) -> Callable[[int, Any], int]:
+    """``os.write`` on a disk that fills up: half of the first buffer, then ENOSPC."""
+    calls = {"n": 0}
+
+    def write(fd: int, data: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return write
+
+
+def test_a_short_write_leaves_the_file_as_it_was_and_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log"
+    append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    write_synced(path, "one\n", append, 0o600)
+    monkeypatch.setattr(os, "write", _short_then_full(os.write))
+    with pytest.raises(OSError, match="No space left") as caught:
+        write_synced(path, "two two two two\n" * 100, append, 0o600)
+    assert caught.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"one\n"  # no torn part stays
+
+
+def test_a_write_that_makes_no_progress_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log"
+    path.write_text("one\n")
+    monkeypatch.setattr(os, "write", lambda fd, data: 0)
+    with pytest.raises(OSError, match="the write made no progress"):
+        write_synced(path, "two\n", os.O_WRONLY | os.O_APPEND, 0o600)
+    assert path.read_bytes() == b"one\n"
+
+
+def test_a_write_the_system_splits_is_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data[:7])))
+    path = tmp_path / "log"
+    write_synced(path, "0123456789" * 5 + "\n", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    assert path.read_text() == "0123456789" * 5 + "\n"
