@@ -49,7 +49,7 @@ async def audit_request(
         # Grouped with the other requests' lines (one lock, write and fsync per group, no
         # thread hop per request); returns once this line is on disk, as append did.
         await audit.appended(context.sessions.where.audit_log, entry)
-    except OSError:
+    except Exception:  # a file error, or a value the line cannot hold: this line's alone
         log.exception("the audit line of request %s could not be written", state["request_id"])
 
 
