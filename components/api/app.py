@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ..sessions import Sessions
+from ..sessions import Sessions, audit
 from . import (
     backups,
     dashboard,
@@ -27,6 +29,7 @@ from .middleware import RequestMiddleware
 from .principal import KeyCache, TokenBuckets
 from .store import KeyStore
 
+log = logging.getLogger(__package__)
 TITLE = "dockyard"
 API_VERSION = "1"
 
@@ -49,6 +52,12 @@ def create_app(
                 yield
             finally:
                 context.close()
+                # Lines still queued (of requests whose client went away) are written, for
+                # a bounded time: a hung disk cannot hold the server's exit.
+                if not await asyncio.to_thread(audit.flush_all, audit.EXIT_FLUSH_S):
+                    log.warning(
+                        "audit lines still queued after %g s at shutdown", audit.EXIT_FLUSH_S
+                    )
 
     app = FastAPI(
         lifespan=lifespan,

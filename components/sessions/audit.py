@@ -15,9 +15,11 @@ is ever written.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import getpass
 import json
+import logging
 import os
 import threading
 import time
@@ -51,6 +53,11 @@ __all__ = [
     "recorded",
 ]
 SINCE_EXAMPLE = "2026-12-07T00:00:00Z"
+EXIT_FLUSH_S = 10.0
+"""At exit, the lines still queued get this long to be written (a hung disk cannot keep
+the process alive for ever)."""
+
+logger = logging.getLogger(__name__)
 
 # CI systems name who triggered a run; a person at a terminal is the OS user.
 CI_ACTOR_VARIABLES = ("GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILDKITE_BUILD_CREATOR", "CI_ACTOR")
@@ -94,11 +101,16 @@ class GroupWriter:
     came, each group of waiting lines at once (:func:`append_lines`). No timer: while one
     group is written and synced the next one gathers, so a line waits at most for the group
     before it and its own; a caller learns its line is on disk (or the write's error) from
-    its future. The thread ends after :attr:`LINGER_S` idle and is not a daemon: lines
-    handed over before the process exits are written before it ends."""
+    its future. At most :attr:`MAX_WAITING` lines wait: beyond, a caller waits for room
+    before its line is queued (a slow or hung disk cannot grow memory without bound). The
+    thread ends after :attr:`LINGER_S` idle; it is a daemon, and lines handed over before
+    the process exits are written by :func:`flush_all` (the server's shutdown; at exit,
+    for at most :data:`EXIT_FLUSH_S`)."""
 
     MAX_GROUP = 512
     """Lines per write at most (≈ 150 KB)."""
+    MAX_WAITING = 4 * MAX_GROUP
+    """Lines queued at most."""
     LINGER_S = 0.2
 
     def __init__(self, log: Path) -> None:
@@ -107,30 +119,64 @@ class GroupWriter:
         lock = threading.Lock()
         self._wake = threading.Condition(lock)
         self._settled = threading.Condition(lock)
+        self._roomy = threading.Condition(lock)
+        self._room: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._thread: threading.Thread | None = None
         self._queued = self._done = 0
         self.groups = 0
         """Groups written (for tests and figures)."""
 
     def submit(self, entry: Mapping[str, Any], done: Done | None = None) -> None:
-        """Queue ``entry``'s line; ``done``'s future gets the outcome once it is written."""
+        """Queue ``entry``'s line (waiting for room first when :attr:`MAX_WAITING` lines
+        wait); ``done``'s future gets the outcome once it is written. For a thread; an event
+        loop's caller uses :meth:`offer`."""
         with self._wake:
-            self._waiting.append((entry, done))
-            self._queued += 1
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name=f"audit {self.log.name}", daemon=False
-                )
-                self._thread.start()
-            else:
-                self._wake.notify()
+            while len(self._waiting) >= self.MAX_WAITING:
+                self._roomy.wait()
+            self._queue(entry, done)
 
-    def flush(self) -> None:
-        """Return once every line queued before this call is written (or failed)."""
+    def offer(self, entry: Mapping[str, Any], done: Done) -> asyncio.Future[None] | None:
+        """Queue ``entry``'s line as :meth:`submit` does and answer ``None``; when
+        :attr:`MAX_WAITING` lines wait, queue nothing and answer a future of ``done``'s loop
+        that is resolved once there is room (then offer again; :meth:`withdraw` it if the
+        caller gives up)."""
+        with self._wake:
+            if len(self._waiting) < self.MAX_WAITING:
+                self._queue(entry, done)
+                return None
+            loop = done[0]
+            room: asyncio.Future[None] = loop.create_future()
+            self._room.append((loop, room))
+            return room
+
+    def withdraw(self, room: asyncio.Future[None]) -> None:
+        """Forget a future :meth:`offer` answered (its caller went away)."""
+        with self._wake:
+            self._room = [(loop, future) for loop, future in self._room if future is not room]
+
+    def _queue(self, entry: Mapping[str, Any], done: Done | None) -> None:
+        self._waiting.append((entry, done))
+        self._queued += 1
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"audit {self.log.name}", daemon=True
+            )
+            self._thread.start()
+        else:
+            self._wake.notify()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every line queued before this call is written (or failed), for at most
+        ``timeout`` seconds (``None``: no limit); whether they were."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._settled:
             target = self._queued
             while self._done < target:
-                self._settled.wait()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._settled.wait(left)
+            return True
 
     def _run(self) -> None:
         while True:
@@ -142,6 +188,9 @@ class GroupWriter:
                     return
                 group = self._waiting[: self.MAX_GROUP]
                 del self._waiting[: self.MAX_GROUP]
+                room, self._room = self._room, []
+                self._roomy.notify_all()
+            _settle([(waiter, None) for waiter in room])
             outcomes = _written(self.log, [entry for entry, _ in group])
             with self._settled:
                 self.groups += 1
@@ -204,6 +253,24 @@ def writer(log: Path) -> GroupWriter:
         return found
 
 
+def flush_all(timeout: float) -> bool:
+    """Wait until the lines every :class:`GroupWriter` of this process had queued are
+    written, for at most ``timeout`` seconds in all; whether they were."""
+    deadline = time.monotonic() + timeout
+    with _writers_lock:
+        writers = list(_writers.values())
+    written = True
+    for group in writers:  # each one, also after one that timed out
+        written = group.flush(max(0.0, deadline - time.monotonic())) and written
+    return written
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if not flush_all(EXIT_FLUSH_S):
+        logger.warning("audit lines still queued after %g s at exit are lost", EXIT_FLUSH_S)
+
+
 async def appended(log: Path, entry: Mapping[str, Any]) -> None:
     """:func:`append` for an event loop, without a thread of its own per line: ``entry``
     joins this process's next group for ``log``; returns once its line is on disk (raises
@@ -211,8 +278,15 @@ async def appended(log: Path, entry: Mapping[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
     future.add_done_callback(_retrieved)
-    writer(log).submit(entry, (loop, future))
-    # A caller cancelled (its client went away) still gets its line: it is queued.
+    group = writer(log)
+    while (room := group.offer(entry, (loop, future))) is not None:
+        try:
+            await room  # the queue is full: the disk is not keeping up
+        except asyncio.CancelledError:
+            group.withdraw(room)
+            logger.warning("audit line dropped: its caller went away while the queue was full")
+            raise
+    # A caller cancelled (its client went away) once its line is queued still gets it.
     await asyncio.shield(future)
 
 

@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +188,96 @@ def test_a_short_write_fails_every_caller_of_the_group_and_leaves_the_log_as_it_
     assert log.read_bytes() == before
     asyncio.run(audit.appended(log, _entry(60)))
     assert [line["detail"] for line in _lines(log)][-1].endswith("request 000060")
+
+
+def _hung(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """The disk hangs (every group's write waits) until the gate (first) is set; the
+    second event is set once the writer waits."""
+    gate, entered = threading.Event(), threading.Event()
+    real = audit.append_lines
+
+    def hanging(log: Path, entries: list[dict[str, Any]]) -> None:
+        entered.set()
+        gate.wait(120)
+        real(log, entries)
+
+    monkeypatch.setattr(audit, "append_lines", hanging)
+    return gate, entered
+
+
+def test_a_full_queue_makes_callers_wait_and_one_that_goes_away_leaves_no_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    group = audit.writer(log)
+    monkeypatch.setattr(group, "MAX_WAITING", 4)
+    gate, entered = _hung(monkeypatch)
+
+    async def run() -> list[BaseException | None]:
+        tasks = [asyncio.create_task(audit.appended(log, _entry(i))) for i in range(20)]
+        while not entered.is_set():  # the writer holds its first group
+            await asyncio.sleep(0.01)
+        while group._queued + len(group._room) < 20:  # each one queued or waiting for room
+            await asyncio.sleep(0.01)
+        # The writer holds at most one group (<= 4 lines); at most 4 more are queued.
+        assert len(group._waiting) == 4
+        assert len(group._room) >= 12
+        waiting = len(group._room)
+        for task in tasks[15:]:  # their clients went away while the disk hangs
+            task.cancel()
+        await asyncio.wait(tasks[15:])
+        assert len(group._room) == waiting - 5  # forgotten: nothing kept for them
+        gate.set()
+        rest = asyncio.gather(*tasks[:15], return_exceptions=True)
+        return await asyncio.wait_for(rest, 60)  # a caller never let in fails, not hangs
+
+    try:
+        outcomes = asyncio.run(run())
+    finally:
+        gate.set()
+    assert outcomes == [None] * 15
+    details = [line["detail"] for line in _lines(log)]
+    assert details == [f"GET /api/sessions 200 request {i:06d}" for i in range(15)]
+
+
+def test_flush_is_bounded_when_the_disk_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = audit.GroupWriter(tmp_path / "audit.jsonl")
+    gate, _ = _hung(monkeypatch)
+    pool = ThreadPoolExecutor(1)  # a flush that never returns fails the test, not hangs it
+    try:
+        group.submit(_entry(1))
+        assert pool.submit(group.flush, 0.2).result(timeout=60) is False  # gives up
+        assert group._thread is not None
+        assert group._thread.daemon  # cannot hold the exit
+    finally:
+        gate.set()
+        pool.shutdown(wait=False)
+    assert group.flush(60) is True
+    assert len(_lines(tmp_path / "audit.jsonl")) == 1
+
+
+HUNG = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from dockyard.sessions import audit
+
+    audit.append_lines = lambda log, entries: time.sleep(3600)  # the disk hangs
+    audit.EXIT_FLUSH_S = 0.5
+    audit.writer(Path(sys.argv[1])).submit({"time": audit.now(), "action": "api"})
+    """
+)
+
+
+def test_a_hung_disk_cannot_keep_the_process_from_exiting(tmp_path: Path) -> None:
+    command = [sys.executable, "-c", HUNG, str(tmp_path / "audit.jsonl")]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0
+    assert "audit lines still queued after 0.5 s at exit are lost" in err
