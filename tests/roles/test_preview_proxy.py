@@ -21,6 +21,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -484,8 +485,10 @@ def test_an_authenticated_request_wakes_a_paused_session(
     bearer = f"Authorization: Bearer {proxy.token(stack, 'other')}"
     audit_log = tmp_path / "audit.jsonl"
     container = stack.container("other")
+    # The endpoint's socket: a short path (at most 107 bytes), removed with the directory.
+    sockets = Path(tempfile.mkdtemp(prefix="dkwake", dir="/tmp"))
     watcher = subprocess.Popen(
-        [*proxy.argv, "--watch", "1", "--wake-listen", f"127.0.0.1:{free_port()}"],
+        [*proxy.argv, "--watch", "1", "--wake-listen", f"unix:{sockets}/wake/wake.sock"],
         env={**proxy.env, "DOCKYARD_AUDIT_LOG": str(audit_log)},
         stdout=subprocess.PIPE,
         text=True,
@@ -531,6 +534,7 @@ def test_an_authenticated_request_wakes_a_paused_session(
         watcher.terminate()
         watcher.wait(timeout=10)
         reader.join(10)
+        shutil.rmtree(sockets, ignore_errors=True)
         container.reload()
         if container.status == "paused":
             container.unpause()

@@ -8,8 +8,11 @@ Caddy: tests/roles/test_preview_proxy.py."""
 from __future__ import annotations
 
 import fcntl
-import http.client
+import socket
+import stat
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,19 +173,39 @@ def test_a_snapshot_holding_the_freeze_lock_is_waited_out(tmp_path: Path) -> Non
     assert engine.unpaused == [ENV]
 
 
-def test_the_endpoint_reads_the_forwarded_headers() -> None:
-    engine, audited = Engine(), []
-    server = proxy.serve_wakes("127.0.0.1:0", waker(engine, audited))
-    assert server is not None
-    try:
-        port = server.server_address[1]
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path (a unix socket's path has at most 107 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="dkwake", dir="/tmp") as name:
+        yield Path(name)
 
-        def get(path: str, headers: dict[str, str]) -> int:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            connection.request("GET", path, headers=headers)
-            status = connection.getresponse().status
-            connection.close()
-            return status
+
+def unix_get(socket_path: Path, path: str, headers: dict[str, str]) -> int:
+    """The status of one HTTP/1.0 GET over the unix socket (what Caddy's dial does)."""
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(10)
+        client.connect(str(socket_path))
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        client.sendall(f"GET {path} HTTP/1.0\r\nHost: wake\r\n{head}\r\n".encode())
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_the_endpoint_reads_the_forwarded_headers(short_dir: Path) -> None:
+    engine, audited = Engine(), []
+    path = short_dir / "wake" / "wake.sock"
+    server = proxy.serve_wakes(f"unix:{path}", waker(engine, audited))
+    assert server is not None
+    assert server.dial == f"unix/{path}"
+    # Only its user may enter the directory, or use the socket.
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    try:
+
+        def get(target: str, headers: dict[str, str]) -> int:
+            return unix_get(path, target, headers)
 
         assert get(f"/wake/{ENV}", {}) == 401
         assert get("/wake/../etc", {"Authorization": BEARER[0]}) == 404
@@ -196,15 +219,17 @@ def test_the_endpoint_reads_the_forwarded_headers() -> None:
     finally:
         server.shutdown()
         server.server_close()
+    assert not path.exists()  # its own socket goes with it
 
 
 def test_only_a_paused_environments_authenticated_handles_ask_to_wake() -> None:
     paused = proxy.Route("8000-web.preview.test", "127.0.0.1:1", ENV, False, True)
     running = proxy.Route("8000-other.preview.test", "127.0.0.1:2", "dockyard-env-other", False)
     tokens = {ENV: TOKEN, "dockyard-env-other": OTHER}
-    text = proxy.caddyfile([paused, running], tokens, 80, 443, "127.0.0.1:2019", "127.0.0.1:2020")
+    dial = "unix//run/dockyard-preview/wake.sock"
+    text = proxy.caddyfile([paused, running], tokens, 80, 443, "127.0.0.1:2019", dial)
     web, other = text.split("https://8000-other.preview.test {")
-    assert web.count("forward_auth 127.0.0.1:2020 {") == 2
+    assert web.count(f"forward_auth {dial} {{") == 2
     assert web.count(f"uri /wake/{ENV}") == 2
     for handle in ("handle @bearer {", "handle @cookie {"):
         block = web.split(handle)[1].split("\n  }")[0]
@@ -234,8 +259,81 @@ def test_the_waker_knows_a_paused_environment_before_caddy_routes_to_it(
 
     args = proxy.build_parser().parse_args(
         ["--domain", "preview.test", "--config", str(config), "--token-dir",
-         str(tmp_path / "tokens"), "--wake-listen", "127.0.0.1:2020"]
+         str(tmp_path / "tokens")]
     )  # fmt: skip
-    result = proxy.reconcile(args, Recording())
+    result = proxy.reconcile(args, Recording(), "unix//run/dockyard-preview/wake.sock")
     assert result["actions"] == ["caddy reloaded"]
     assert events == ["update (config written: False)", "reload"]
+
+
+def watch_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, listen: str
+) -> tuple[int, str, list[bool]]:
+    """One watcher run (``--watch 1 --for 0.5``: one look) on a fake engine with one paused
+    environment: its exit code, the Caddyfile it wrote, and whether it asked the engine
+    for the paused environments."""
+    route = proxy.Route("8000-web.preview.test", "127.0.0.1:1", ENV, False, True)
+    asked: list[bool] = []
+
+    def routes(domain: str, discover: bool, scope: str | None, paused: bool = False) -> Any:
+        asked.append(paused)
+        return ([route], [], {ENV: LABELS}) if paused else ([], [], {})
+
+    monkeypatch.setattr(proxy, "routes", routes)
+    monkeypatch.setattr(proxy, "caddy_up", lambda admin: True)
+    monkeypatch.setattr(proxy, "run", lambda argv, env=None: "")
+    config = tmp_path / "Caddyfile"
+    code = proxy.main(
+        ["--domain", "preview.test", "--config", str(config), "--token-dir",
+         str(tmp_path / "tokens"), "--watch", "1", "--for", "0.5", "--wake-listen", listen]
+    )  # fmt: skip
+    return code, config.read_text() if config.exists() else "", asked
+
+
+def test_wake_routes_name_only_the_socket_the_watcher_holds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, short_dir: Path
+) -> None:
+    path = short_dir / "wake" / "wake.sock"
+    code, text, asked = watch_once(monkeypatch, tmp_path, f"unix:{path}")
+    assert (code, asked) == (0, [True])
+    assert text.count(f"forward_auth unix/{path} {{") == 2
+    assert not path.exists()  # removed when the run ended
+
+
+@pytest.mark.parametrize("taken_by", ["a file", "an open directory"])
+def test_no_wake_routes_when_the_endpoint_cannot_be_ours(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    short_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    taken_by: str,
+) -> None:
+    """A socket path the watcher cannot hold (something else there, or a directory
+    another user could enter and listen in): no forward_auth route at all, so no token
+    is ever sent to a listener that is not this watcher's; paused environments get no
+    route this run (as without wake on use)."""
+    folder = short_dir / "wake"
+    folder.mkdir(mode=0o700)
+    path = folder / "wake.sock"
+    if taken_by == "a file":
+        path.write_text("not a socket")
+    else:
+        folder.chmod(0o755)
+    code, text, asked = watch_once(monkeypatch, tmp_path, f"unix:{path}")
+    assert (code, asked) == (0, [False])
+    assert "8000-web.preview.test" not in text
+    assert "forward_auth" not in text
+    assert "no wakes this run" in capsys.readouterr().err
+    if taken_by == "a file":
+        assert path.read_text() == "not a socket"  # left alone
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:2020", "localhost:2020", "unix:relative.sock", "unix:/run/../x.sock"]
+)
+def test_a_wake_listen_that_is_not_a_unix_socket_path_is_refused(
+    listen: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert proxy.main(["--domain", "preview.test", "--wake-listen", listen]) == 1
+    error = capsys.readouterr().err
+    assert f"--wake-listen {listen!r} is not allowed (allowed: unix:/" in error

@@ -25,7 +25,8 @@ Keeps one Caddy (Debian's package) in step with the running dockyard environment
 
 Wake on use (issue 29 item 4): with ``--wake-listen`` a paused environment keeps its
 routes, and each authenticated handle of them first asks this watcher (Caddy's
-``forward_auth`` to a loopback endpoint it serves while ``--watch`` runs) to wake it: the
+``forward_auth`` to a unix socket it serves while ``--watch`` runs, in a directory of
+its user's alone; when it cannot serve it, paused environments get no route) to wake it: the
 endpoint checks the environment's token itself (a request without it never wakes
 anything), unpauses the container once however many requests arrive at once (single
 flight per environment, a failed wake is not retried for RETRY_AFTER_S), leaves a
@@ -53,6 +54,8 @@ import json
 import os
 import re
 import secrets
+import socketserver
+import stat
 import subprocess
 import sys
 import threading
@@ -62,7 +65,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 # Installed, the package's host modules sit beside this script as dockyard/ (its directory
@@ -84,7 +87,10 @@ TOKEN = re.compile(r"[A-Za-z0-9_-]{32,}", re.ASCII)  # token_urlsafe: safe insid
 CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}", re.ASCII)
 LABEL_STACK = "dockyard.stack"
 WAKE_PATH = "/wake/"
-WAKE_LISTEN = re.compile(r"(127\.0\.0\.1|localhost):([0-9]{1,5})", re.ASCII)
+# A unix socket in a directory only this (root) process may enter: no other local user
+# can listen in its place and collect the tokens forward_auth carries. Safe in a Caddyfile.
+WAKE_LISTEN = re.compile(r"unix:(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)+", re.ASCII)
+WAKE_LISTEN_ALLOWED = "unix:/ABSOLUTE/PATH of a socket (A-Z a-z 0-9 _ . -, no . or .. part)"
 AUDIT_ACTOR = "host:dockyard-preview-proxy"
 WOKEN_BY = "woken by a preview request"
 RETRY_AFTER_S = 5.0  # a failed wake is not tried again sooner (a flood does not hammer)
@@ -503,37 +509,61 @@ class WakeHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if data:  # Caddy may close at once after a 2xx's headers (nothing to write then)
+            self.wfile.write(data)
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # every wake is audited; the requests themselves are Caddy's to log
 
 
-class WakeServer(ThreadingHTTPServer):
+class WakeServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """The endpoint on its unix socket; ``dial`` is Caddy's name for it. Closing it
+    removes the socket file only while it is still this server's (a next watcher may
+    already have replaced it)."""
+
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], waker: Waker) -> None:
+    def __init__(self, path: str, waker: Waker) -> None:
         self.waker = waker
-        super().__init__(address, WakeHandler)
+        super().__init__(path, WakeHandler)
+        os.chmod(path, 0o600)
+        self.dial = f"unix/{path}"
+        self._inode = os.lstat(path).st_ino
+
+    def server_close(self) -> None:
+        super().server_close()
+        with contextlib.suppress(OSError):
+            if os.lstat(self.server_address).st_ino == self._inode:
+                os.unlink(self.server_address)
 
 
-def serve_wakes(listen: str, waker: Waker, patience: float = 10.0) -> WakeServer | None:
-    """The endpoint on ``listen`` in a thread; None (a warning) when the address stays
-    taken for ``patience`` seconds (the previous watcher finishing its run)."""
-    match = WAKE_LISTEN.fullmatch(listen)
-    if not match or not 0 <= int(match.group(2)) <= 65535:
-        raise ProxyError(f"--wake-listen {listen!r} is not allowed (allowed: 127.0.0.1:PORT)")
-    address = ("127.0.0.1", int(match.group(2)))
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            server = WakeServer(address, waker)
-            break
-        except OSError as exc:
-            if time.monotonic() >= deadline:
-                print(f"WARNING: --wake-listen {listen}: {exc}; no wakes this run", file=sys.stderr)
-                return None
-            time.sleep(0.5)
+def serve_wakes(listen: str, waker: Waker) -> WakeServer | None:
+    """The endpoint on ``unix:<path>`` in a thread, or None (a warning: no wake routes this
+    run) when it cannot be ours: the socket's directory must be this user's alone (made
+    0700 when missing), and a file there that is not a socket is left alone. A socket
+    left by an earlier watcher is replaced."""
+    if not WAKE_LISTEN.fullmatch(listen):
+        raise ProxyError(
+            f"--wake-listen {listen!r} is not allowed (allowed: {WAKE_LISTEN_ALLOWED})"
+        )
+    path = Path(listen.removeprefix("unix:"))
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        folder = os.lstat(path.parent)
+        if (
+            not stat.S_ISDIR(folder.st_mode)
+            or folder.st_uid != os.geteuid()
+            or folder.st_mode & 0o077
+        ):
+            raise OSError(f"{path.parent} is not a directory of this user alone (mode 0700)")
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise OSError(f"{path} exists and is not a socket")
+            path.unlink()
+        server = WakeServer(str(path), waker)
+    except OSError as exc:
+        print(f"WARNING: --wake-listen {listen}: {exc}; no wakes this run", file=sys.stderr)
+        return None
     threading.Thread(target=server.serve_forever, name="wake", daemon=True).start()
     return server
 
@@ -546,8 +576,12 @@ def caddy_up(admin: str) -> bool:
         return False
 
 
-def reconcile(args: argparse.Namespace, waker: Waker | None = None) -> dict[str, object]:
-    wake = args.wake_listen
+def reconcile(
+    args: argparse.Namespace, waker: Waker | None = None, wake: str | None = None
+) -> dict[str, object]:
+    """One look: routes, tokens, Caddy. ``wake`` is the dial address of the wake endpoint
+    this process serves (None when it serves none: paused environments get no route, so
+    no request is ever sent to a listener that is not ours)."""
     found, skipped, paused = routes(args.domain, args.discover, args.scope_label, bool(wake))
     token_dir = Path(args.token_dir)
     tokens = {r.environment: token_for(token_dir, r.environment) for r in found}
@@ -649,8 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--wake-listen",
-        help="127.0.0.1:PORT: keep paused environments' routes and wake them on an "
-        "authenticated request (the endpoint runs while --watch runs)",
+        help="unix:/PATH (a socket in a directory of root's alone): keep paused environments' "
+        "routes and wake them on an authenticated request (the endpoint runs while --watch "
+        "runs; without it, or when it cannot listen, paused environments get no route)",
     )
     parser.add_argument(
         "--state-dir",
@@ -674,7 +709,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ProxyError(f"--watch {args.watch} is not allowed (allowed: 1-60 seconds)")
         if args.wake_listen is not None and not WAKE_LISTEN.fullmatch(args.wake_listen):
             raise ProxyError(
-                f"--wake-listen {args.wake_listen!r} is not allowed (allowed: 127.0.0.1:PORT)"
+                f"--wake-listen {args.wake_listen!r} is not allowed "
+                f"(allowed: {WAKE_LISTEN_ALLOWED})"
             )
         if args.remove:
             result = remove(args)
@@ -683,14 +719,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.wake_listen and args.watch is not None:
                 waker = Waker(state_dir=args.state_dir)
                 server = serve_wakes(args.wake_listen, waker)
+            # Wake routes only to the endpoint this process holds (none if it cannot).
+            wake = server.dial if server is not None else None
             try:
-                result = reconcile(args, waker)
+                result = reconcile(args, waker, wake)
                 if args.watch is not None and result["changed"]:
                     print(json.dumps(result), flush=True)  # each change, the first one too
                 deadline = time.monotonic() + (args.duration or float("inf"))
                 while args.watch is not None and time.monotonic() + args.watch < deadline:
                     time.sleep(args.watch)
-                    result = reconcile(args, waker)
+                    result = reconcile(args, waker, wake)
                     if result["changed"]:
                         print(json.dumps(result), flush=True)
             finally:
