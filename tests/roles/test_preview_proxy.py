@@ -487,8 +487,11 @@ def test_an_authenticated_request_wakes_a_paused_session(
     container = stack.container("other")
     # The endpoint's socket: a short path (at most 107 bytes), removed with the directory.
     sockets = Path(tempfile.mkdtemp(prefix="dkwake", dir="/tmp"))
+    state = tmp_path / "state"  # the sessions' state directory (no lock, no E2B record)
+    state.mkdir()
+    wake = ["--wake-listen", f"unix:{sockets}/wake/wake.sock", "--state-dir", str(state)]
     watcher = subprocess.Popen(
-        [*proxy.argv, "--watch", "1", "--wake-listen", f"unix:{sockets}/wake/wake.sock"],
+        [*proxy.argv, "--watch", "1", *wake],
         env={**proxy.env, "DOCKYARD_AUDIT_LOG": str(audit_log)},
         stdout=subprocess.PIPE,
         text=True,

@@ -7,17 +7,19 @@ Caddy: tests/roles/test_preview_proxy.py."""
 
 from __future__ import annotations
 
-import fcntl
 import socket
 import stat
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from dockyard.sessions import e2b_records
+from dockyard.sessions import pause as pausing
 from tests.support.scripts import load_script
 
 proxy = load_script("preview_proxy", "dockyard-preview-proxy.py")
@@ -25,7 +27,10 @@ proxy = load_script("preview_proxy", "dockyard-preview-proxy.py")
 TOKEN = "t" * 43
 OTHER = "o" * 43
 ENV = "dockyard-env-web"
-LABELS = {"dockyard.session": "web", "dockyard.tenant": "acme", "dockyard.stack": "stack-web"}
+# The stack label is the tenant (or "sessions"); the sessions layer names the session
+# "<stack>.<sessionId>" (its freeze lock and E2B record).
+LABELS = {"dockyard.session": "web", "dockyard.tenant": "acme", "dockyard.stack": "acme"}
+KEY = "acme.web"
 BEARER = [f"Bearer {TOKEN}"]
 
 
@@ -159,18 +164,36 @@ def test_resumed_by_something_else_meanwhile_is_no_error() -> None:
 
 
 def test_a_snapshot_holding_the_freeze_lock_is_waited_out(tmp_path: Path) -> None:
+    """The lock the sessions layer's snapshot and backup hold (its own code, its own file
+    name for the session): no wake meanwhile."""
     engine, audited = Engine(), []
-    locks = tmp_path / "locks"
-    locks.mkdir()
     wake = waker(engine, audited, state_dir=str(tmp_path))
-    with open(locks / "stack-web.freeze", "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    record = SimpleNamespace(stack_name=KEY, session_id="web")
+    with pausing.frozen_state(SimpleNamespace(state=tmp_path), record):  # type: ignore[arg-type]
         status, body = wake.request(ENV, BEARER, [])
-        fcntl.flock(held, fcntl.LOCK_UN)
     assert (status, engine.unpaused) == (503, [])
     assert "snapshot or backup" in body
     assert wake.request(ENV, BEARER, [])[0] == 204
     assert engine.unpaused == [ENV]
+
+
+@pytest.mark.parametrize("auto_resume", [False, True])
+def test_an_e2b_sandbox_is_never_woken_by_a_preview(tmp_path: Path, auto_resume: bool) -> None:
+    """E2B decides when a paused sandbox wakes (connect; a routed call with autoResume,
+    which also restarts its deadline): a preview request answers 409 and leaves it."""
+    engine, audited = Engine(), []
+    sandbox = e2b_records.Sandbox(
+        sandboxId="web", tenant="acme", templateID="base", startedAt="2026-12-07T08:00:00Z",
+        endAt=None, timeout=300, autoPause=True, autoResume=auto_resume,
+    )  # fmt: skip
+    sessions = SimpleNamespace(where=SimpleNamespace(state=tmp_path))
+    e2b_records.save(sessions, KEY, sandbox)  # type: ignore[arg-type]
+    status, body = waker(engine, audited, state_dir=str(tmp_path)).request(ENV, BEARER, [])
+    assert (status, engine.unpaused, audited) == (409, [], [])
+    assert "E2B" in body
+    # Any other session of the same state directory is woken.
+    (tmp_path / "e2b" / f"{KEY}.json").unlink()
+    assert waker(engine, audited, state_dir=str(tmp_path)).request(ENV, BEARER, [])[0] == 204
 
 
 @pytest.fixture
@@ -267,7 +290,7 @@ def test_the_waker_knows_a_paused_environment_before_caddy_routes_to_it(
 
 
 def watch_once(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, listen: str
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, listen: str, state_dir: Path | None = None
 ) -> tuple[int, str, list[bool]]:
     """One watcher run (``--watch 1 --for 0.5``: one look) on a fake engine with one paused
     environment: its exit code, the Caddyfile it wrote, and whether it asked the engine
@@ -285,7 +308,8 @@ def watch_once(
     config = tmp_path / "Caddyfile"
     code = proxy.main(
         ["--domain", "preview.test", "--config", str(config), "--token-dir",
-         str(tmp_path / "tokens"), "--watch", "1", "--for", "0.5", "--wake-listen", listen]
+         str(tmp_path / "tokens"), "--watch", "1", "--for", "0.5", "--wake-listen", listen,
+         "--state-dir", str(state_dir or tmp_path)]
     )  # fmt: skip
     return code, config.read_text() if config.exists() else "", asked
 
@@ -300,7 +324,7 @@ def test_wake_routes_name_only_the_socket_the_watcher_holds(
     assert not path.exists()  # removed when the run ended
 
 
-@pytest.mark.parametrize("taken_by", ["a file", "an open directory"])
+@pytest.mark.parametrize("taken_by", ["a file", "an open directory", "no state directory"])
 def test_no_wake_routes_when_the_endpoint_cannot_be_ours(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -315,11 +339,14 @@ def test_no_wake_routes_when_the_endpoint_cannot_be_ours(
     folder = short_dir / "wake"
     folder.mkdir(mode=0o700)
     path = folder / "wake.sock"
+    state_dir = tmp_path
     if taken_by == "a file":
         path.write_text("not a socket")
-    else:
+    elif taken_by == "an open directory":
         folder.chmod(0o755)
-    code, text, asked = watch_once(monkeypatch, tmp_path, f"unix:{path}")
+    else:  # the server's state directory is not there (not made yet, or another host)
+        state_dir = tmp_path / "missing"
+    code, text, asked = watch_once(monkeypatch, tmp_path, f"unix:{path}", state_dir)
     assert (code, asked) == (0, [False])
     assert "8000-web.preview.test" not in text
     assert "forward_auth" not in text
@@ -337,3 +364,11 @@ def test_a_wake_listen_that_is_not_a_unix_socket_path_is_refused(
     assert proxy.main(["--domain", "preview.test", "--wake-listen", listen]) == 1
     error = capsys.readouterr().err
     assert f"--wake-listen {listen!r} is not allowed (allowed: unix:/" in error
+
+
+def test_wake_listen_needs_the_state_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the sessions' state directory a wake could neither honour a snapshot's
+    freeze lock nor tell an E2B sandbox: refused."""
+    argv = ["--domain", "preview.test", "--wake-listen", "unix:/run/dockyard-preview/w.sock"]
+    assert proxy.main(argv) == 1
+    assert "--wake-listen needs --state-dir" in capsys.readouterr().err

@@ -30,8 +30,9 @@ its user's alone; when it cannot serve it, paused environments get no route) to 
 endpoint checks the environment's token itself (a request without it never wakes
 anything), unpauses the container once however many requests arrive at once (single
 flight per environment, a failed wake is not retried for RETRY_AFTER_S), leaves a
-session alone while a snapshot or backup holds it paused (``--state-dir``: the sessions
-layer's freeze lock), and writes an audit line (``resume``, actor
+session alone while a snapshot or backup holds it paused and never wakes an E2B sandbox
+(``--state-dir``, required: the sessions layer's freeze lock and E2B records, so the
+sessions' server must run on this host), and writes an audit line (``resume``, actor
 ``host:dockyard-preview-proxy``) with the host scripts' writer. The request then goes
 on to the woken app. Running environments' routes are unchanged (no extra hop). A
 hibernated environment (stopped, holding its checkpoint) has no route: its restore
@@ -355,19 +356,38 @@ def is_paused(environment: str) -> bool:
     return out.strip() == "true"
 
 
+def session_key(labels: Mapping[str, str]) -> str | None:
+    """The sessions layer's name of an environment's session, ``<stack>.<sessionId>``
+    (its ``Record.stack_name``: the stack label is the tenant, or ``sessions``), which
+    names its freeze lock and its E2B record; None when the labels do not give one."""
+    stack, session = labels.get(LABEL_STACK, ""), labels.get(LABEL_SESSION, "")
+    key = f"{stack}.{session}"
+    if not DNS_LABEL.fullmatch(session) or not CONTAINER_NAME.fullmatch(key):
+        return None
+    return key
+
+
+def e2b_sandbox(state_dir: str | None, labels: Mapping[str, str]) -> bool:
+    """Whether the session is an E2B sandbox (``<state>/e2b/<stack>.<sessionId>.json``,
+    dockyard.sessions.e2b_records): E2B decides when one wakes (connect, or a routed call
+    with autoResume, which also restarts its deadline), never a preview request."""
+    key = session_key(labels)
+    return bool(state_dir and key and (Path(state_dir) / "e2b" / f"{key}.json").exists())
+
+
 @contextlib.contextmanager
 def freeze_lock(state_dir: str | None, labels: Mapping[str, str]) -> Iterator[bool]:
-    """The sessions layer's freeze lock of the environment's stack
-    (``<state>/locks/<stack>.freeze``, dockyard.sessions.pause.frozen_state): True while
-    this holds it, False when a snapshot or backup holds it (never waited for). Only an
-    existing lock file is opened (read-only: this root process never creates files the
-    server's user must write); without a state directory or a lock file, True."""
-    stack = labels.get(LABEL_STACK, "")
-    if not state_dir or not CONTAINER_NAME.fullmatch(stack):
+    """The sessions layer's freeze lock of the environment's session
+    (``<state>/locks/<stack>.<sessionId>.freeze``, dockyard.sessions.pause.frozen_state):
+    True while this holds it, False when a snapshot or backup holds it (never waited
+    for). Only an existing lock file is opened (read-only: this root process never creates
+    files the server's user must write); without a state directory or a lock file, True."""
+    key = session_key(labels)
+    if not state_dir or key is None:
         yield True
         return
     try:
-        lock = open(Path(state_dir) / "locks" / f"{stack}.freeze")  # noqa: SIM115
+        lock = open(Path(state_dir) / "locks" / f"{key}.freeze")  # noqa: SIM115
     except FileNotFoundError:
         yield True
         return
@@ -444,6 +464,11 @@ class Waker:
             return 204, ""  # running (or woken by a request before this one)
         if failed is not None and self._clock() - failed < self._retry_after:
             return 503, "503 Service Unavailable: waking the session failed; retry shortly"
+        if e2b_sandbox(self._state_dir, labels):
+            return 409, (
+                "409 Conflict: a paused E2B sandbox is not woken by a preview request; "
+                "connect to it through E2B first"
+            )
         with freeze_lock(self._state_dir, labels) as free:
             if not free:
                 return 503, (
@@ -689,8 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--state-dir",
-        help="the sessions' state directory (DOCKYARD_STATE_DIR): a wake leaves a session "
-        "alone while a snapshot or backup holds its freeze lock",
+        help="the sessions' state directory (DOCKYARD_STATE_DIR; required by --wake-listen): "
+        "a wake leaves a session alone while a snapshot or backup holds its freeze lock, "
+        "and never wakes an E2B sandbox",
     )
     parser.add_argument("--remove", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -712,13 +738,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--wake-listen {args.wake_listen!r} is not allowed "
                 f"(allowed: {WAKE_LISTEN_ALLOWED})"
             )
+        if args.wake_listen and not args.state_dir:
+            raise ProxyError(
+                "--wake-listen needs --state-dir (the sessions' state directory on this host, "
+                "the server's DOCKYARD_STATE_DIR): a wake must honour a snapshot's or backup's "
+                "freeze lock and leave E2B sandboxes to E2B"
+            )
         if args.remove:
             result = remove(args)
         else:
             waker, server = None, None
             if args.wake_listen and args.watch is not None:
                 waker = Waker(state_dir=args.state_dir)
-                server = serve_wakes(args.wake_listen, waker)
+                if Path(args.state_dir).is_dir():
+                    server = serve_wakes(args.wake_listen, waker)
+                else:  # the server has not made it yet (or it is elsewhere): no wakes
+                    print(
+                        f"WARNING: --state-dir {args.state_dir} is not a directory; "
+                        "no wakes this run",
+                        file=sys.stderr,
+                    )
             # Wake routes only to the endpoint this process holds (none if it cannot).
             wake = server.dial if server is not None else None
             try:
