@@ -215,9 +215,12 @@ def test_a_full_queue_makes_callers_wait_and_one_that_goes_away_leaves_no_line(
 
     async def run() -> list[BaseException | None]:
         tasks = [asyncio.create_task(audit.appended(log, _entry(i))) for i in range(20)]
+        deadline = time.monotonic() + 60  # generous: a loaded host
         while not entered.is_set():  # the writer holds its first group
+            assert time.monotonic() < deadline, "the writer never started"
             await asyncio.sleep(0.01)
         while group._queued + len(group._room) < 20:  # each one queued or waiting for room
+            assert time.monotonic() < deadline, (group._queued, len(group._room))
             await asyncio.sleep(0.01)
         # The writer holds at most one group (<= 4 lines); at most 4 more are queued.
         assert len(group._waiting) == 4
