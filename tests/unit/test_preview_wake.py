@@ -11,6 +11,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -372,3 +373,57 @@ def test_wake_listen_needs_the_state_dir(capsys: pytest.CaptureFixture[str]) -> 
     argv = ["--domain", "preview.test", "--wake-listen", "unix:/run/dockyard-preview/w.sock"]
     assert proxy.main(argv) == 1
     assert "--wake-listen needs --state-dir" in capsys.readouterr().err
+
+
+def test_a_flood_during_a_wake_does_not_pile_up_waiting_requests() -> None:
+    """Beyond ``max_waiters`` requests of one environment waiting for its wake, 503 at
+    once (a token holder cannot pin a thread per request for the wake's duration)."""
+    engine, audited = Engine(), []
+    engine.gate.clear()  # the wake hangs until released
+    wake = waker(engine, audited, max_waiters=2, wait=60)  # a 503 is the cap's, not a timeout
+    answers: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(wake.request(ENV, BEARER, [])[0]))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: wake.waiting(ENV) == 2)
+    status, body = wake.request(ENV, BEARER, [])
+    assert (status, "retry" in body) == (503, True)
+    engine.gate.set()
+    for thread in threads:
+        thread.join(30)
+    assert answers == [204, 204]
+    assert engine.unpaused == [ENV]
+    assert wake.waiting(ENV) == 0
+    assert wake.request(ENV, BEARER, [])[0] == 204  # woken: no wait, no count
+
+
+def test_requests_waiting_for_all_environments_are_bounded_too() -> None:
+    """A token holder of many sessions cannot pin ``max_waiters`` threads for each."""
+    engine, audited = Engine(), []
+    engine.gate.clear()
+    wake = waker(engine, audited, max_waiting=1)
+    other = "dockyard-env-other"
+    wake.update({ENV: TOKEN, other: OTHER}, {ENV: LABELS, other: {**LABELS, LABEL: "other"}})
+    first = threading.Thread(target=lambda: wake.request(ENV, BEARER, []))
+    try:
+        first.start()
+        wait_until(lambda: wake.waiting(ENV) == 1)
+        assert wake.request(other, [f"Bearer {OTHER}"], [])[0] == 503
+    finally:
+        engine.gate.set()
+        first.join(30)
+    assert wake.request(other, [f"Bearer {OTHER}"], [])[0] == 204
+    assert engine.unpaused == [ENV, other]
+
+
+LABEL = "dockyard.session"
+
+
+def wait_until(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

@@ -95,7 +95,9 @@ WAKE_LISTEN_ALLOWED = "unix:/ABSOLUTE/PATH of a socket (A-Z a-z 0-9 _ . -, no . 
 AUDIT_ACTOR = "host:dockyard-preview-proxy"
 WOKEN_BY = "woken by a preview request"
 RETRY_AFTER_S = 5.0  # a failed wake is not tried again sooner (a flood does not hammer)
-WAKE_WAIT_S = 30.0  # a request waits at most this long for another request's wake
+WAKE_WAIT_S = 10.0  # a request waits at most this long for another request's wake
+MAX_WAITERS = 64  # requests of one environment waiting for its wake; more answer 503
+MAX_WAITING = 128  # requests of all environments waiting at once; more answer 503
 
 
 class ProxyError(RuntimeError):
@@ -420,6 +422,8 @@ class Waker:
         state_dir: str | None = None,
         retry_after: float = RETRY_AFTER_S,
         wait: float = WAKE_WAIT_S,
+        max_waiters: int = MAX_WAITERS,
+        max_waiting: int = MAX_WAITING,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._unpause, self._is_paused, self._audit = unpause, is_paused, audit
@@ -431,6 +435,13 @@ class Waker:
         self._failed: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._max_waiters, self._max_waiting = max_waiters, max_waiting
+        self._waiting: dict[str, int] = {}
+
+    def waiting(self, environment: str) -> int:
+        """Requests of ``environment`` in :meth:`request` past the token check now."""
+        with self._guard:
+            return self._waiting.get(environment, 0)
 
     def update(self, tokens: Mapping[str, str], paused: Mapping[str, Mapping[str, str]]) -> None:
         with self._guard:
@@ -449,12 +460,26 @@ class Waker:
             return 404, "404 Not Found: no preview route of this environment; retry"
         if not authenticated(token, authorization, cookies):
             return 401, "401 Unauthorized: a dockyard preview token is required"
-        if not lock.acquire(timeout=self._wait):
-            return 503, "503 Service Unavailable: the session is being woken; retry"
+        with self._guard:
+            if environment not in self._paused:
+                return 204, ""  # running (or woken already): no lock, no wait
+        with self._guard:  # a token holder's flood does not pile up waiting threads
+            if (
+                self._waiting.get(environment, 0) >= self._max_waiters
+                or sum(self._waiting.values()) >= self._max_waiting
+            ):
+                return 503, "503 Service Unavailable: the session is being woken; retry"
+            self._waiting[environment] = self._waiting.get(environment, 0) + 1
         try:
-            return self._wake(environment)
+            if not lock.acquire(timeout=self._wait):
+                return 503, "503 Service Unavailable: the session is being woken; retry"
+            try:
+                return self._wake(environment)
+            finally:
+                lock.release()
         finally:
-            lock.release()
+            with self._guard:
+                self._waiting[environment] -= 1
 
     def _wake(self, environment: str) -> tuple[int, str]:
         with self._guard:
