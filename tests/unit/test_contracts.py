@@ -958,3 +958,35 @@ def test_the_version_has_one_home() -> None:
     assert "version" not in project["project"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"file": "components/VERSION"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", (REPO / "components" / "VERSION").read_text().strip())
+
+
+def test_every_package_file_is_a_host_module_or_left_out_of_the_collection() -> None:
+    """The Ansible collection carries exactly host_common's host modules of the package
+    (tests/roles/test_collection.py checks the built tarball, on the engine suite's time);
+    this is the quick form: a new module in components/ must be listed in galaxy.yml's
+    build_ignore or in host_common_package_files, or the collection ships it."""
+    import fnmatch
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    galaxy = yaml.safe_load((repo / "galaxy.yml").read_text())
+    ignored = [p for p in galaxy["build_ignore"] if p.startswith("components/")]
+    variables = yaml.safe_load((repo / "roles/host_common/vars/main.yml").read_text())
+    host = {f"components/{p}" for p in variables["host_common_package_files"]}
+    stray = []
+    for path in sorted((repo / "components").rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts:
+            continue
+        name = path.relative_to(repo).as_posix()
+        inside = any(
+            fnmatch.fnmatch(name, p) or name.startswith(p.rstrip("/") + "/") for p in ignored
+        )
+        if name in host:
+            assert not inside, f"{name} is a host module but galaxy.yml's build_ignore drops it"
+        elif not inside:
+            stray.append(name)
+    assert stray == [], (
+        "package files the collection would carry though no host script needs them: add "
+        "each to galaxy.yml's build_ignore (or, for a host module, host_common_package_files)"
+    )
