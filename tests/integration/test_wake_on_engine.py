@@ -181,6 +181,15 @@ async def test_hibernate_where_this_host_can_or_its_measured_refusal(
     assert container.exec_run(["cat", "/tmp/token"]).output == before
 
 
+def _wakes(sessions: Sessions, session: str) -> list[str | None]:
+    """The details of the session's ``resume`` lines in the audit trail, oldest first."""
+    return [
+        e.get("detail")
+        for e in audit.read(sessions.where.audit_log, session=session, tenant=TENANT)
+        if e["action"] == "resume"
+    ]
+
+
 def test_dockyard_ssh_wakes_a_paused_session_and_connects(
     sessions: Sessions,
     docker_client: docker.DockerClient,
@@ -221,12 +230,7 @@ def test_dockyard_ssh_wakes_a_paused_session_and_connects(
         assert done.stdout.strip() == "over-ssh"
         container.reload()
         assert container.status == "running"
-        woken = [
-            e.get("detail")
-            for e in audit.read(sessions.where.audit_log, session="sshy", tenant=TENANT)
-            if e["action"] == "resume"
-        ]
-        assert woken == ["woken by ssh certificate"]
+        assert _wakes(sessions, "sshy") == ["woken by ssh certificate"]
 
         # The command `--print` prints, run later while the session has been paused since:
         # its ProxyCommand (`dockyard ssh-proxy`) wakes the session, then carries the bytes.
@@ -249,11 +253,6 @@ def test_dockyard_ssh_wakes_a_paused_session_and_connects(
         assert later.stdout.strip() == "again"
         container.reload()
         assert container.status == "running"
-        woken = [
-            e.get("detail")
-            for e in audit.read(sessions.where.audit_log, session="sshy", tenant=TENANT)
-            if e["action"] == "resume"
-        ]
-        assert woken == ["woken by ssh certificate", "woken by ssh connection"]
+        assert _wakes(sessions, "sshy") == ["woken by ssh certificate", "woken by ssh connection"]
     finally:
         sessions.destroy("sshy", TENANT)
