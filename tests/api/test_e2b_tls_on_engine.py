@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -25,7 +26,7 @@ from tests.support.connect_proxy import wildcard_proxy
 from tests.support.engine import RUN_ID
 from tests.support.harness_home import make_home, sweep_tenant
 from tests.support.server import create_key, serve
-from tests.support.tls import Issued, issue
+from tests.support.upstream import make_ca_and_server_cert
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -37,7 +38,8 @@ API_HOST = f"api.{DOMAIN}"
 class TlsServer:
     port: int
     key: str
-    issued: Issued
+    ca: Path
+    """The authority's certificate: what a client that trusts the server trusts."""
 
     @property
     def api_url(self) -> str:
@@ -49,17 +51,19 @@ def tls_server(
     docker_client: docker.DockerClient, core_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TlsServer]:
     base = tmp_path_factory.mktemp("e2b-tls")
-    issued = issue(base / "tls", [API_HOST, f"*.{API_HOST}"], ["127.0.0.1"])
+    tls = base / "tls"
+    tls.mkdir()
+    make_ca_and_server_cert(tls, API_HOST, f"*.{API_HOST}", addresses=("127.0.0.1",))
     home = make_home(base, core_image, {})
     store = default_url(home.state)
     env = home.env()
     tenant = f"t{RUN_ID[:8]}"
     key = create_key(env, store, "--tenant", tenant)["key"]
-    args = ("--tls-cert", str(issued.cert), "--tls-key", str(issued.key))
+    args = ("--tls-cert", str(tls / "upstream.pem"), "--tls-key", str(tls / "upstream.key"))
     try:
         with serve(env, store, base / "server.log", *args) as serving:
             assert serving.url.startswith("https://127.0.0.1:"), serving.url
-            yield TlsServer(int(serving.url.rsplit(":", 1)[1]), key, issued)
+            yield TlsServer(int(serving.url.rsplit(":", 1)[1]), key, tls / "ca.pem")
     finally:
         sweep_tenant(docker_client, tenant)
 
@@ -97,7 +101,7 @@ finally:
 def _program(tls_server: TlsServer, proxy: str, trusted: bool) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
     if trusted:
-        env["SSL_CERT_FILE"] = str(tls_server.issued.ca)
+        env["SSL_CERT_FILE"] = str(tls_server.ca)
     loopback = f"https://127.0.0.1:{tls_server.port}"
     args = [tls_server.key, loopback, tls_server.api_url, proxy, RUN_ID]
     ran = subprocess.run(

@@ -95,9 +95,12 @@ def received(upstream: Container) -> list[dict[str, Any]]:
     ]
 
 
-def make_ca_and_server_cert(directory: Path, host: str) -> None:
+def make_ca_and_server_cert(
+    directory: Path, host: str, *names: str, addresses: tuple[str, ...] = ()
+) -> None:
     """``ca.pem`` and ``<host>``'s ``upstream.pem``/``upstream.key`` (SAN ``DNS:<host>``,
-    valid one day) in ``directory``, readable by any container user."""
+    any further DNS ``names`` — wildcards allowed — and IP ``addresses``; valid one day)
+    in ``directory``, readable by any container user."""
 
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
@@ -106,7 +109,8 @@ def make_ca_and_server_cert(directory: Path, host: str) -> None:
         "-days", "1", "-subj", "/CN=dockyard-test-ca")  # fmt: skip
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "upstream.key", "-out", "up.csr",
         "-subj", f"/CN={host}")  # fmt: skip
-    (directory / "san.ext").write_text(f"subjectAltName=DNS:{host}\n")
+    alternatives = [f"DNS:{n}" for n in (host, *names)] + [f"IP:{a}" for a in addresses]
+    (directory / "san.ext").write_text(f"subjectAltName={','.join(alternatives)}\n")
     run("x509", "-req", "-in", "up.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
         "-CAcreateserial", "-out", "upstream.pem", "-days", "1", "-extfile", "san.ext")  # fmt: skip
     for name in ("ca.pem", "upstream.pem", "upstream.key"):
