@@ -44,9 +44,16 @@ class AgentRunner:
     containers: list[Container] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
 
-    def volume(self) -> str:
+    def volume(self, tmpfs_size: str | None = None) -> str:
+        """A new named volume; with ``tmpfs_size`` one backed by a tmpfs of that size (its
+        files live only while a container mounts it)."""
         name = unique_name("vol")
-        self.client.volumes.create(name, labels=LABELS)
+        options = (
+            {"type": "tmpfs", "device": "tmpfs", "o": f"size={tmpfs_size},uid=1000,gid=1000"}
+            if tmpfs_size
+            else None
+        )
+        self.client.volumes.create(name, driver_opts=options, labels=LABELS)
         self.volumes.append(name)
         return name
 
@@ -61,11 +68,13 @@ class AgentRunner:
         health_interval_s: float = 1.0,
         **kwargs: object,
     ) -> Container:
-        """``workspace``: "volume" (a new named volume), "tmpfs:<size>", a volume name, or
-        None (no mount at /workspace)."""
+        """``workspace``: "volume" (a new named volume of 256 MiB), "tmpfs:<size>", a volume
+        name, or None (no mount at /workspace)."""
         all_mounts = list(mounts or [])
         if workspace == "volume":
-            workspace = self.volume()
+            # Sized, so the health check's disk-use verdict is about this workspace and not
+            # the use of whatever disk the engine's volumes share with the test machine.
+            workspace = self.volume(tmpfs_size="256m")
         tmpfs = {}
         if workspace and workspace.startswith("tmpfs:"):
             # HostConfig.Tmpfs takes mount(8) options, so the agent can own the mount.
