@@ -3,8 +3,9 @@
 
 Control plane: the routes the SDKs call (``POST /v2/sandboxes``, ``GET /v2/sandboxes``,
 ``GET|DELETE /sandboxes/{id}``, ``POST /sandboxes/{id}/timeout|pause|resume|connect``,
-``POST /v2/sandboxes/{id}/connect``, ``GET /sandboxes/{id}/metrics``), authenticated by dockyard's API keys sent as the SDKs
-send theirs (``X-API-Key``), each a thin handler over :mod:`dockyard.sessions.e2b`.
+``POST /v2/sandboxes/{id}/connect``, ``GET /sandboxes/{id}/metrics``,
+``GET /sandboxes/metrics``), authenticated by dockyard's API keys sent as the SDKs send
+theirs (``X-API-Key``), each a thin handler over :mod:`dockyard.sessions.e2b`.
 Errors answer the SDKs' shape ``{"code": <http status>, "message": …}`` plus dockyard's
 error object. What dockyard does not serve (building templates, volumes, snapshots…)
 answers 501 with a message naming docs/e2b.md.
@@ -142,6 +143,22 @@ class Connect(BaseModel):
     timeout: int | None = None
 
 
+class SandboxMetric(BaseModel):
+    timestamp: str
+    timestampUnix: int
+    cpuCount: int
+    cpuUsedPct: float
+    memUsed: int
+    memTotal: int
+    memCache: int
+    diskUsed: int
+    diskTotal: int
+
+
+class SandboxesWithMetrics(BaseModel):
+    sandboxes: dict[str, SandboxMetric]
+
+
 # Options of the hosted product that change what a sandbox is: refused when asked for,
 # rather than silently ignored.
 UNSERVED = ("network", "mcp", "iam", "volumeMounts")
@@ -231,6 +248,22 @@ async def list_v1(request: Request, metadata: str | None = None) -> list[Sandbox
     return [SandboxDetail(**r) for r in rows]
 
 
+@router.get("/sandboxes/metrics", summary="E2B: metrics of many sandboxes (now)")
+async def metrics_of_many(
+    request: Request,
+    sandbox_ids: Annotated[
+        list[str],
+        Query(description="Sandbox ids, comma-separated or the parameter repeated (at most 100)."),
+    ],
+) -> SandboxesWithMetrics:
+    """One sample taken now of each running sandbox of the caller among ``sandbox_ids``;
+    others (paused, gone, another tenant's) are left out, as E2B does."""
+    ctx, scope = await acting(request, None)
+    ids = [part for value in sandbox_ids for part in value.split(",")]
+    found = await ctx.call(sandboxes.metrics_of_many, ctx.sessions, ids, scope)
+    return SandboxesWithMetrics(sandboxes={k: SandboxMetric(**v) for k, v in found.items()})
+
+
 @router.get("/sandboxes/{sandbox_id}", summary="E2B: a sandbox")
 async def get(sandbox_id: str, request: Request) -> SandboxDetail:
     ctx, scope = await acting(request, sandbox_id)
@@ -294,18 +327,6 @@ async def connect(
     return SandboxAnswer(**sandbox.answer(domain_of(request)))
 
 
-class SandboxMetric(BaseModel):
-    timestamp: str
-    timestampUnix: int
-    cpuCount: int
-    cpuUsedPct: float
-    memUsed: int
-    memTotal: int
-    memCache: int
-    diskUsed: int
-    diskTotal: int
-
-
 UnixSeconds = Annotated[int | None, Query(ge=0, description="Unix time, seconds.")]
 
 
@@ -326,7 +347,6 @@ UNSUPPORTED = (
     ("/sandboxes/{sandbox_id}/snapshots", "E2B snapshots (dockyard's own: /api/sessions/…)"),
     ("/snapshots", "E2B snapshots"),
     ("/sandboxes/{sandbox_id}/fork", "E2B forks (dockyard's own: POST /api/sessions/{id}/fork)"),
-    ("/sandboxes/metrics", "metrics of many sandboxes at once, ask each sandbox's"),
     ("/sandboxes/{sandbox_id}/logs", "sandbox logs (dockyard's: /api/sessions/{id}/logs)"),
     ("/v2/sandboxes/{sandbox_id}/logs", "sandbox logs"),
     ("/sandboxes/{sandbox_id}/network", "changing a sandbox's network"),

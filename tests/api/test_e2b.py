@@ -324,6 +324,17 @@ async def test_http_answers_in_the_sdks_error_shape(api: Api) -> None:
         seen = await api.client.request(method, path, headers={"X-API-Key": other}, json={})
         assert seen.status_code == 404, (method, path, seen.text)
         assert seen.json()["message"] == "no sandbox 'sabc' on this host"
+    # Many sandboxes' metrics (the path is not taken for a sandbox named "metrics").
+    for query in ("sandbox_ids=sabc,sdef", "sandbox_ids=sabc&sandbox_ids=sdef"):
+        many = await api.client.get(f"/sandboxes/metrics?{query}", headers={"X-API-Key": other})
+        assert (many.status_code, many.json()) == (200, {"sandboxes": {}}), query
+    assert (await api.client.get("/sandboxes/metrics?sandbox_ids=sabc")).status_code == 401
+    ids = ",".join(f"s{n}" for n in range(101))
+    too_many = await api.client.get(
+        f"/sandboxes/metrics?sandbox_ids={ids}", headers={"X-API-Key": key}
+    )
+    assert too_many.status_code == 422
+    assert "sandbox_ids: 101 ids" in too_many.json()["message"]
     timeout = await api.client.post(
         "/sandboxes/sabc/timeout", json={"timeout": "soon"}, headers={"X-API-Key": key}
     )
@@ -1017,6 +1028,41 @@ def test_metrics_are_one_sample_now_in_the_sdks_shape(
     monkeypatch.setattr(fake, "workspace", lambda *_: SimpleNamespace(stats=lambda: {}))
     [paused] = e2b.metrics(fake, sandbox.sandboxId, "acme", None, None)
     assert (paused["memTotal"], paused["memUsed"], paused["diskTotal"]) == (512 << 20, 0, 0)
+
+
+def test_metrics_of_many_answer_the_callers_running_sandboxes_only(
+    fake: FakeSessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /sandboxes/metrics: a sample of each running sandbox of the caller among the ids;
+    another tenant's, a paused one, a plain session and an unknown id are all left out
+    (nothing says which exist elsewhere); the SDK's own model parses the answer."""
+    from e2b.api.client.models.sandbox_metric import SandboxMetric
+    from e2b.api.client.models.sandboxes_with_metrics import SandboxesWithMetrics
+
+    monkeypatch.setattr(e2b_records, "limits_of", lambda _sessions, _record: {"cpus": 2.0})
+    mine, paused = (e2b.create(fake, {"templateID": "base"}, "acme") for _ in range(2))
+    theirs = e2b.create(fake, {"templateID": "base"}, "zeta")
+    fake.create({"sessionId": "plain", "cwd": "/tmp", "tenant": "acme"}, {})
+    monkeypatch.setattr(
+        e2b_records,
+        "state_of",
+        lambda record, _s: "paused" if record.session_id == paused.sandboxId else "running",
+    )
+    asked = [mine.sandboxId, paused.sandboxId, theirs.sandboxId, "plain", "snosuch", mine.sandboxId]
+    answer = e2b.metrics_of_many(fake, asked, "acme")
+    assert list(answer) == [mine.sandboxId]
+    parsed = SandboxesWithMetrics.from_dict({"sandboxes": answer})
+    metric = SandboxMetric.from_dict(parsed.sandboxes[mine.sandboxId])
+    assert (metric.cpu_count, metric.mem_used, metric.disk_total) == (2, 123_000_000, 10**10)
+    assert list(e2b.metrics_of_many(fake, [theirs.sandboxId], "zeta")) == [theirs.sandboxId]
+    for bad, said in (
+        ([" ", ""], "sandbox_ids: empty"),
+        ([f"s{n}" for n in range(101)], "101 ids"),
+    ):
+        with pytest.raises(InvalidInput) as caught:
+            e2b.metrics_of_many(fake, bad, "acme")
+        assert said in str(caught.value.problems[0])
+        assert "allowed: 1 to 100 sandbox ids" in caught.value.problems[0]
 
 
 class EchoSocket:

@@ -375,6 +375,15 @@ def test_sdk_lifecycle_isolation_and_routing(
         assert metric.disk_total > metric.disk_used > 0
         with pytest.raises(SandboxNotFoundException):
             Sandbox.get_metrics(sbx.sandbox_id, **server.sdk("b"))
+        # Many at once: the caller's running ones only (b's sandbox is not a's to see).
+        many = server.raw(
+            "/sandboxes/metrics",
+            {"X-API-Key": server.keys["a"]},
+            params={"sandbox_ids": f"{sbx.sandbox_id},{other.sandbox_id}"},
+        )
+        assert many.status_code == 200, many.text
+        assert list(many.json()["sandboxes"]) == [sbx.sandbox_id]
+        assert many.json()["sandboxes"][sbx.sandbox_id]["memTotal"] == metric.mem_total
 
         # The timeout: set short, the server's loop destroys the sandbox at its deadline.
         Sandbox.set_timeout(other.sandbox_id, 1, **server.sdk("b"))
