@@ -8,6 +8,7 @@ service layer, so another tenant's session is looked up in the caller's tenant a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -20,7 +21,6 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, object_session
 
 from ..errors import NotFound
-from ..sessions.listing import Coalesced
 from .context import Context
 from .errors import RateLimited, Unauthorized
 from .store import KeyInfo
@@ -125,8 +125,9 @@ class KeyCache:
     def __init__(self, ttl_s: float = KEY_CACHE_S) -> None:
         self.ttl_s = ttl_s
         self._entries: dict[bytes, tuple[KeyInfo, float, int]] = {}
-        self.checks: Coalesced[KeyInfo | None] = Coalesced()
-        """Concurrent checks of one key share a store read started after they arrived."""
+        self._groups: dict[int, _Checks] = {}
+        self.reads = 0
+        """Store reads made by :meth:`check` (for tests and figures)."""
 
     @staticmethod
     def slot(presented: str) -> bytes:
@@ -154,6 +155,82 @@ class KeyCache:
     @classmethod
     def revoked(cls) -> None:
         cls.generation += 1
+
+    async def check(self, ctx: Context, presented: str) -> KeyInfo | None:
+        """The key's info if ``presented`` is live: from this cache, or from the store.
+
+        Checks that miss the cache are gathered: one store read
+        (:meth:`KeyStore.authenticate_many`, in the service pool) answers every key waiting
+        when it starts, and checks that arrive while it runs wait for the next one, started
+        as it ends. So 200 keys expiring at once cost two or three reads, not 200 queued
+        one by one; and a check is answered only by a read begun after it arrived (a key
+        revoked before a request came is never let in by an older read)."""
+        slot = self.slot(presented)
+        found = self.get(slot)
+        if found is not None:
+            return found
+        group = self._groups.get(id(ctx))
+        if group is None:
+            group = self._groups[id(ctx)] = _Checks(ctx)
+        answer = group.waiting.get(presented)
+        if answer is None:
+            answer = group.waiting[presented] = asyncio.get_running_loop().create_future()
+            answer.add_done_callback(_seen)
+        if group.running is None:
+            group.running = asyncio.ensure_future(self._read(group))
+        # A caller that goes away (a client disconnects) does not cancel the others' read.
+        return await asyncio.shield(answer)
+
+    async def _read(self, group: _Checks) -> None:
+        """Read every waiting key, again while more wait; then the group is idle."""
+        try:
+            while group.waiting:
+                taken = list(group.waiting.items())[: group.MAX]
+                for presented, _ in taken:
+                    del group.waiting[presented]
+                await self._answer(group.ctx, taken)
+        finally:
+            group.running = None
+            if not group.waiting and self._groups.get(id(group.ctx)) is group:
+                del self._groups[id(group.ctx)]
+
+    async def _answer(
+        self, ctx: Context, taken: list[tuple[str, asyncio.Future[KeyInfo | None]]]
+    ) -> None:
+        generation, started = KeyCache.generation, time.monotonic()
+        self.reads += 1
+        try:
+            infos = await ctx.call(ctx.store.authenticate_many, [p for p, _ in taken])
+        except BaseException as exc:  # every waiting caller gets the read's error
+            for _, answer in taken:
+                if not answer.done():
+                    answer.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (presented, answer), info in zip(taken, infos, strict=True):
+            if info is not None:
+                self.put(self.slot(presented), info, generation, started)
+            if not answer.done():
+                answer.set_result(info)
+
+
+class _Checks:
+    """The key checks of one context's store: those waiting for a read, and the read."""
+
+    MAX = 256
+    """At most this many keys per read (more wait for the next)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.waiting: dict[str, asyncio.Future[KeyInfo | None]] = {}
+        self.running: asyncio.Future[None] | None = None
+
+
+def _seen(answer: asyncio.Future[KeyInfo | None]) -> None:
+    """Mark an error as seen (asyncio logs one nobody awaited: every caller gone)."""
+    if not answer.cancelled():
+        answer.exception()
 
 
 @event.listens_for(ApiKey.revoked_at, "set")
@@ -187,22 +264,9 @@ async def principal(request: Request) -> Principal:
 
 async def live_key(request: Request, presented: str) -> KeyInfo | None:
     """The key's info if ``presented`` is live: from this process's :class:`KeyCache`, or
-    from the store (in the service pool, one read for concurrent checks of one key)."""
-    ctx = context_of(request)
+    from the store (in the service pool, one read for every key checked at once)."""
     cache: KeyCache = request.app.state.keys
-    slot = cache.slot(presented)
-    found = cache.get(slot)
-    if found is not None:
-        return found
-
-    async def check() -> KeyInfo | None:
-        generation, started = KeyCache.generation, time.monotonic()
-        info = await ctx.call(ctx.store.authenticate, presented)
-        if info is not None:
-            cache.put(slot, info, generation, started)
-        return info
-
-    return await cache.checks((id(ctx), slot), check)
+    return await cache.check(context_of(request), presented)
 
 
 async def authenticated(request: Request, presented: str) -> Principal:
