@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -50,7 +50,26 @@ class DiskLimits(Model):
     secrets: DiskMB | None = None
 
 
-class ResolvedDisk(Model):
+class _Resolved(Model):
+    """Values with nothing unset, which a partial model (same field names, None for
+    "not set here") overrides a part of."""
+
+    def under(self, part: Model | None) -> Self:
+        """These values with ``part``'s set ones over them; a field that is itself
+        resolved (``disk``) takes ``part``'s in turn, field by field."""
+        if part is None:
+            return self
+        update: dict[str, Any] = {}
+        for key in type(self).model_fields:
+            mine, given = getattr(self, key), getattr(part, key)
+            if isinstance(mine, _Resolved):
+                update[key] = mine.under(given)
+            elif given is not None:
+                update[key] = given
+        return self.model_copy(update=update)
+
+
+class ResolvedDisk(_Resolved):
     """Defaults of the ``standard`` profile (MB)."""
 
     workspace: int = 20480
@@ -59,12 +78,6 @@ class ResolvedDisk(Model):
     home: int = 4096
     tmp: int = 1024
     secrets: int = 16
-
-    def under(self, part: DiskLimits | None) -> ResolvedDisk:
-        if part is None:
-            return self
-        given = {k: value for k, value in part.model_dump().items() if value is not None}
-        return self.model_copy(update=given)
 
 
 class Limits(Model):
@@ -85,20 +98,8 @@ class Limits(Model):
             raise v.refuse(f"at least nofileSoft ({soft}): the engine refuses soft > hard")
         return hard
 
-    def over(self, base: ResolvedLimits) -> ResolvedLimits:
-        merged = base.model_dump(by_alias=True)
-        merged.update(
-            {
-                k: value
-                for k, value in self.model_dump(by_alias=True).items()
-                if value is not None and k != "disk"
-            }
-        )
-        merged["disk"] = base.disk.under(self.disk)
-        return ResolvedLimits.model_validate(merged)
 
-
-class ResolvedLimits(Model):
+class ResolvedLimits(_Resolved):
     """R-ENV-4 defaults: 4 CPUs, 8192 MB, 1000 processes, nofile 1024/2048."""
 
     cpus: float = 4.0
@@ -160,12 +161,10 @@ stack's default profile and a pool's."""
 
 def resolve_limits(profile: Profile | None, stack: Limits | None, env: Limits) -> ResolvedLimits:
     """Defaults < profile < stack limits < environment limits."""
-    base = ResolvedLimits()
+    from_profile = None
     if profile is not None:
-        base = Limits(cpus=profile.cpus, memory=profile.memory, disk=profile.disk).over(base)
-    if stack is not None:
-        base = stack.over(base)
-    return env.over(base)
+        from_profile = Limits(cpus=profile.cpus, memory=profile.memory, disk=profile.disk)
+    return ResolvedLimits().under(from_profile).under(stack).under(env)
 
 
 def _profile_names(value: dict[str, Profile]) -> dict[str, Profile]:
