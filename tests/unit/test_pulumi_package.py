@@ -217,6 +217,8 @@ def test_enums_offer_exactly_what_dockyard_accepts(schema: dict) -> None:
 
     assert sorted(_enum_values(schema, "Backend")) == literal("backend")
     assert sorted(_enum_values(schema, "EgressMode")) == literal("egress")
+    assert sorted(_enum_values(schema, "Credentials")) == literal("credentials")
+    assert sorted(_enum_values(schema, "Restore")) == literal("restore")
     assert sorted(_enum_values(schema, "Runtime")) == sorted(get_args(Runtime))
     assert sorted(_enum_values(schema, "ImageVariant")) == sorted(image.VARIANTS)
 
