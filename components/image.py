@@ -157,6 +157,11 @@ class AgentImageArgs:
     base_variant: str = "core"
     """A layered variant's base when neither ``base`` nor ``ref`` is given: core or gpu."""
 
+    @property
+    def image_repository(self) -> str:
+        """What the build is tagged in: ``repository``, else ``dockyard-<variant>``."""
+        return self.repository or f"dockyard-{self.variant}"
+
 
 class AgentImage(Component):
     image_ref: pulumi.Output[str]
@@ -198,9 +203,12 @@ class AgentImage(Component):
                     context, {k: v for k, v in build_args.items() if k not in PROVENANCE_ARGS}
                 ),
             )
-            repository = args.repository or f"dockyard-{args.variant}"
             self._build(
-                name, f"{repository}:{args.tag_prefix}-{digest}", context, build_args, self.child
+                name,
+                f"{args.image_repository}:{args.tag_prefix}-{digest}",
+                context,
+                build_args,
+                self.child,
             )
         self.register_outputs({"imageRef": self.image_ref, "imageId": self.image_id})
 
@@ -237,10 +245,9 @@ class AgentImage(Component):
             {**pinned_versions(), **args.build_args, "OS_IMAGE": os_image, "BASE_IMAGE": base.tag},
         )
         digest = build_inputs_digest(context, build_args)
-        repository = args.repository or f"dockyard-{args.variant}"
         self._build(
             name,
-            f"{repository}:{args.tag_prefix}-{digest}",
+            f"{args.image_repository}:{args.tag_prefix}-{digest}",
             context,
             build_args,
             pulumi.ResourceOptions(parent=self, depends_on=[base]),

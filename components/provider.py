@@ -418,8 +418,10 @@ def to_image_args(name: str, inputs: Mapping[str, Any]) -> image.AgentImageArgs:
         problems.append(f"variant: {variant!r} is not allowed (allowed: {', '.join(variants)})")
     if base_variant not in ("core", "gpu"):
         problems.append(f"baseVariant: {base_variant!r} is not allowed (allowed: core, gpu)")
-    repository = inputs.get("repository") or f"dockyard-{variant}"
-    if not isinstance(repository, str) or not _REPOSITORY.fullmatch(repository):
+    repository = inputs.get("repository") or None  # None: AgentImageArgs' default
+    if repository is not None and (
+        not isinstance(repository, str) or not _REPOSITORY.fullmatch(repository)
+    ):
         problems.append(
             f"repository: {repository!r} is not allowed (allowed: an image repository such as "
             "dockyard-core or registry.example.com/team/agents: lower-case, no tag)"

@@ -41,6 +41,7 @@ from tests.support.secrets import is_secret_wrapped, unwrap
 
 ENVIRONMENT = "dockyard:index:AgentEnvironment"
 IMAGE = "dockyard:index:AgentImage"
+DOCKER_IMAGE = "docker:index/image:Image"
 CONTAINER = "docker:index/container:Container"
 CANARY = "sk-ant-canary-5e0d"
 
@@ -318,7 +319,7 @@ def package_inputs(image_id: str) -> dict[str, Any]:
 def both() -> tuple[ProgramRun, ProgramRun, dict[str, Any]]:
     """The environment from a stack file, and the same one through the package."""
     stack_run = record(STACK, {"ANTHROPIC_API_KEY": CANARY})
-    image_name = stack_run.of_type("docker:index/image:Image")[0].inputs["imageName"]
+    image_name = stack_run.of_type(DOCKER_IMAGE)[0].inputs["imageName"]
     package_run, state = construct(ENVIRONMENT, "env-alpha", package_inputs(image_name))
     return stack_run, package_run, state
 
@@ -386,6 +387,14 @@ def test_package_image_uses_a_published_reference() -> None:
     run, state = construct(IMAGE, "published", {"ref": ref, "variant": "core"})
     assert run.named("published-remote").inputs["name"] == ref
     assert state["imageRef"].startswith("registry.example.com/agents/core@sha256:")
+
+
+def test_package_image_without_a_repository_is_tagged_after_its_variant() -> None:
+    """AgentImageArgs' default repository (the package leaves it out unless given): the
+    layered variant's build in dockyard-python, its base build in dockyard-core."""
+    run, _ = construct(IMAGE, "py", {"variant": "python", "tagPrefix": "t"})
+    built = sorted(r.inputs["imageName"].split(":")[0] for r in run.of_type(DOCKER_IMAGE))
+    assert built == ["dockyard-core", "dockyard-python"]
 
 
 class ProviderRecordingMocks(RecordingMocks):
