@@ -38,7 +38,9 @@ LAYERED_VARIANTS = ("python", "node", "go")
 """Language runtime variants: ``images/<variant>`` built FROM another image (its
 ``BASE_IMAGE`` build arg) — a build of ``images/core`` (or of the GPU variant), or a
 published one."""
-VARIANTS = ("core", *VARIANT_ARGS, *LAYERED_VARIANTS)
+BASE_VARIANTS = ("core", *VARIANT_ARGS)
+"""What a layered variant may be built FROM when dockyard builds its base."""
+VARIANTS = (*BASE_VARIANTS, *LAYERED_VARIANTS)
 ARG_LINE = re.compile(
     r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)", re.ASCII | re.MULTILINE | re.IGNORECASE
 )

@@ -416,8 +416,11 @@ def to_image_args(name: str, inputs: Mapping[str, Any]) -> image.AgentImageArgs:
     problems = []
     if variant not in variants:
         problems.append(f"variant: {variant!r} is not allowed (allowed: {', '.join(variants)})")
-    if base_variant not in ("core", "gpu"):
-        problems.append(f"baseVariant: {base_variant!r} is not allowed (allowed: core, gpu)")
+    if base_variant not in image.BASE_VARIANTS:
+        problems.append(
+            f"baseVariant: {base_variant!r} is not allowed "
+            f"(allowed: {', '.join(image.BASE_VARIANTS)})"
+        )
     repository = inputs.get("repository") or None  # None: AgentImageArgs' default
     if repository is not None and (
         not isinstance(repository, str) or not _REPOSITORY.fullmatch(repository)

@@ -490,6 +490,12 @@ def test_bad_image_inputs_name_the_input() -> None:
         assert f"  - {key}" in message, f"{key} missing from:\n{message}"
 
 
+def test_a_layered_base_variant_is_refused_naming_the_buildable_bases() -> None:
+    with pytest.raises(provider.InputError) as caught:
+        provider.to_image_args("img", {"variant": "python", "base_variant": "node"})
+    assert "baseVariant: 'node' is not allowed (allowed: core, gpu)" in str(caught.value)
+
+
 def test_construct_reports_bad_inputs_as_a_component_error() -> None:
     with pytest.raises(ComponentInitError, match=r"sessionId: 'a b' is not allowed"):
         construct(ENVIRONMENT, "bad", {"sessionId": "a b", "imageId": "sha256:0"})
