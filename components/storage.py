@@ -26,17 +26,28 @@ is refused ("data: loop: invalid argument", measured on Docker 20.10). What boun
 
 The images are made, attached and mounted by a helper container on the engine
 (:mod:`dockyard.storage_scripts`: its scripts and command, and why it runs only from the
-operator's ``helperImage``). One ``local.Command`` per environment: ``create`` makes
-and attaches the images (an existing image is re-attached, never re-made: its data
-stays), ``delete`` detaches them and removes the directory. ``python -m dockyard.storage
-attach`` (:mod:`dockyard.storage_host`) re-attaches every image after a host reboot (loop
-devices do not survive one), before the engine starts the environments.
+operator's ``helperImage``). One ``local.Command`` per environment and one helper run
+each way (issue 29: two helper containers per environment made teardown 5-6x a bare
+container's): ``create`` makes and attaches the images (an existing image is
+re-attached, never re-made: its data stays) and mounts them on the volumes' directories;
+``delete``, between the container and the volumes, unmounts, detaches and removes the
+images, and only once no container uses any of the environment's volumes (else it fails,
+saying so, and touches nothing: a destroy re-runs it; a replacement of the command, whose
+old ``delete`` runs while the environment lives, can never remove its data). ``python -m
+dockyard.storage attach`` (:mod:`dockyard.storage_host`) re-attaches every image after a
+host reboot (loop devices do not survive one), before the engine starts the environments.
+
+Stacks made before this had two commands (``<env>-disks`` and ``<env>-disk-mounts``):
+their next ``up`` updates ``-disk-mounts`` to this one (its create finds the images
+attached and mounted and leaves them) and deletes ``-disks``, whose stored delete waits
+up to 30 s for the environment's volumes to go, finds them there and keeps the images.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,7 +70,6 @@ from .storage_scripts import (
     SECRETS_ROLE,
     UNMOUNT_SCRIPT,
     disk_dir,
-    guarded_delete,
     helper_command,
     link_dir,
 )
@@ -143,62 +153,74 @@ def tmpfs_mounts(bounds: DiskBounds) -> dict[str, str]:
     return dict.fromkeys(TMPFS_PATHS, options)
 
 
-def images_command(
-    name: str,
-    environment_id: str,
-    bounds: DiskBounds,
-    helper_image: pulumi.Input[str],
-    roles: Sequence[str],
-    docker_host: str | None,
-    opts: pulumi.ResourceOptions,
-) -> command.local.Command:
-    """The ``local.Command`` that makes and attaches the images of ``roles`` on the
-    engine (``create``) and detaches and removes them (``delete``). ``helper_image``: the
-    operator's ``helperImage`` (sh, truncate, mkfs.ext4, debugfs and losetup in it), never
-    the environment's own. ``create`` binds the environment's two directories only;
-    ``delete`` their parents (removing a directory is a write to its parent)."""
-    places = (disk_dir(environment_id), link_dir(environment_id))
-    own = [(path, "rw") for path in places]
-    roots = [(DISKS_DIR, "rw"), (LINKS_DIR, "rw")]
-    specs = [f"{role}:{bounds.size_mb(role)}" for role in roles]
-    image = pulumi.Output.from_input(helper_image)
-    return command.local.Command(
-        name,
-        create=image.apply(lambda i: helper_command(i, CREATE_SCRIPT, *places, *specs, binds=own)),
-        delete=image.apply(
-            lambda i: guarded_delete(
-                [f"{environment_id}-{role}" for role in roles],
-                helper_command(i, DELETE_SCRIPT, *places, binds=roots),
-            )
-        ),
-        environment={"DOCKER_HOST": docker_host} if docker_host else None,
-        # No triggers: a replacement (create, then the old delete) must never happen to
-        # images that hold data. A new size or image re-runs create, which keeps every
-        # existing image as it is (growing one is docs/stacks.md's procedure).
-        opts=opts,
+SETUP_SCRIPT = (
+    "set -euf\n"
+    "dir=$1; links=$2; shift 2\n"
+    f'/bin/sh -c {shlex.quote(CREATE_SCRIPT)} create "$dir" "$links" "$@"\n'
+    'roles=; for spec in "$@"; do roles="$roles ${spec%%:*}"; done\n'
+    f'/bin/sh -c {shlex.quote(MOUNT_SCRIPT)} mount "$links" $roles\n'
+)
+"""$1 the environment's image directory, $2 its link directory, then ``role:MiB`` pairs
+(:data:`CREATE_SCRIPT`'s arguments): make and attach the images, then mount each on
+``/vol/<role>`` (:data:`MOUNT_SCRIPT`). Roles are fixed words (:func:`secrets_role`)."""
+TEARDOWN_SCRIPT = (
+    "set -eu\n"
+    "dir=$1; links=$2; shift 2\n"
+    f'/bin/sh -c {shlex.quote(UNMOUNT_SCRIPT)} unmount "$@"\n'
+    f'/bin/sh -c {shlex.quote(DELETE_SCRIPT)} delete "$dir" "$links"\n'
+)
+"""$1 the image directory, $2 the link directory, then the roles: unmount each (a volume
+that is gone has no bind, so nothing), then detach the images and remove both
+directories (:data:`DELETE_SCRIPT`). Each step finds what an earlier, interrupted run
+left and finishes it: a failed run is run again."""
+
+
+def unused_guard(environment_id: str, volume_names: Sequence[str]) -> str:
+    """Shell text that stops (exit 1, naming them) while any container, running or not,
+    uses one of ``volume_names``: unmounting under it would send its writes to the
+    engine's disk, and removing the images would lose its data. At destroy the
+    environment's container has gone first."""
+    filters = " ".join(f"--filter volume={shlex.quote(v)}" for v in volume_names)
+    refusal = shlex.quote(
+        f"dockyard: the disks of {environment_id} are kept: containers still use its "
+        "volumes (remove them, then run the destroy again):"
+    )
+    return (
+        f"users=$(docker ps -aq {filters}) || exit 1; "
+        f'if [ -n "$users" ]; then echo {refusal} $users >&2; exit 1; fi; '
     )
 
 
-def mount_command(
+def disks_command(
     name: str,
-    links: str,
+    environment_id: str,
+    bounds: DiskBounds,
     roles: Sequence[str],
     volume_names: Sequence[pulumi.Input[str]],
     helper_image: pulumi.Input[str],
     docker_host: str | None,
     opts: pulumi.ResourceOptions,
 ) -> command.local.Command:
-    """The ``local.Command`` mounting the images of ``roles`` on their volumes'
-    directories (:data:`MOUNT_SCRIPT`) and unmounting them (:data:`UNMOUNT_SCRIPT`)."""
+    """The environment's one ``local.Command`` for its bounded disks: ``create`` makes,
+    attaches and mounts the images of ``roles`` on their volumes' directories
+    (:data:`SETUP_SCRIPT`), ``delete`` unmounts, detaches and removes them
+    (:data:`TEARDOWN_SCRIPT`) once no container uses the volumes (:func:`unused_guard`).
+    One helper container each way. ``helper_image``: the operator's ``helperImage`` (sh,
+    truncate, mkfs.ext4, debugfs, losetup, mount in it), never the environment's own.
+    ``create`` binds the environment's two directories only; ``delete`` their parents
+    (removing a directory is a write to its parent)."""
+    places = (disk_dir(environment_id), link_dir(environment_id))
+    own = [(path, "rw") for path in places]
+    roots = [(DISKS_DIR, "rw"), (LINKS_DIR, "rw")]
+    specs = [f"{role}:{bounds.size_mb(role)}" for role in roles]
 
     def text(values: list[str]) -> tuple[str, str]:
         image, names = values[0], dict(zip(roles, values[1:], strict=True))
-        return (
-            helper_command(
-                image, MOUNT_SCRIPT, links, *roles, binds=[(links, "ro")], volumes=names
-            ),
-            helper_command(image, UNMOUNT_SCRIPT, *roles, volumes=names, missing_ok=True),
+        setup = helper_command(image, SETUP_SCRIPT, *places, *specs, binds=own, volumes=names)
+        teardown = helper_command(
+            image, TEARDOWN_SCRIPT, *places, *roles, binds=roots, volumes=names, missing_ok=True
         )
+        return setup, unused_guard(environment_id, list(names.values())) + teardown
 
     scripts = pulumi.Output.all(helper_image, *volume_names).apply(text)
     return command.local.Command(
@@ -210,6 +232,11 @@ def mount_command(
             **({"DOCKER_HOST": docker_host} if docker_host else {}),
             **{f"DOCKYARD_VOLUME_{i}": v for i, v in enumerate(volume_names)},
         },
+        # No triggers: a replacement (create, then the old delete) must never happen to
+        # images that hold data; and should one happen, the old delete finds the
+        # container using the volumes and keeps everything (unused_guard). A new size or
+        # image re-runs create, which keeps every existing image as it is (growing one is
+        # docs/stacks.md's procedure) and every mounted one mounted.
         opts=opts,
     )
 
@@ -228,18 +255,20 @@ class Bounded:
     def mount(
         self, name: str, volumes: Mapping[str, pulumi.Input[str]], opts: pulumi.ResourceOptions
     ) -> tuple[pulumi.Resource, ...]:
-        """Mount each bounded filesystem on its (plain) volume's directory on the engine
-        (``create``), unmount it before the volumes go (``delete``). ``volumes``: role →
-        volume name; ``opts`` must depend on the volumes. What the container and anything
-        writing the volumes depend on."""
-        roles = [r for r in self.roles if r in volumes]
-        if not roles:
+        """Make, attach and mount each bounded filesystem on its (plain) volume's
+        directory on the engine (``create``); unmount, detach and remove them before the
+        volumes go (``delete``): :func:`disks_command`. ``volumes``: role → volume name;
+        ``opts`` must depend on the volumes. What the container and anything writing
+        the volumes depend on."""
+        if self.bounds is None:
             return ()
-        links = link_dir(self.environment_id)
+        missing = [r for r in self.roles if r not in volumes]
+        if missing:  # a bound no volume carries would be made and never mounted
+            raise ValueError(f"bounded roles {missing} have no volume (given: {sorted(volumes)})")
         return (
-            mount_command(
-                name, links, roles, [volumes[r] for r in roles], self.helper_image,
-                self.docker_host, opts,
+            disks_command(
+                name, self.environment_id, self.bounds, self.roles,
+                [volumes[r] for r in self.roles], self.helper_image, self.docker_host, opts,
             ),
         )  # fmt: skip
 
@@ -296,10 +325,10 @@ def declare(
     filesystem is its bound."""
     if bounds is None:
         return Bounded(environment_id, None)
+    del name, opts  # the disks are one command with their mounts (Bounded.mount)
     roles = tuple(r for r in DISK_ROLES if not (r == "workspace" and workspace_bound_elsewhere))
     roles += (secrets_role(secret_names),)
-    images = images_command(name, environment_id, bounds, helper_image, roles, docker_host, opts)
-    return Bounded(environment_id, bounds, roles, (images,), helper_image, docker_host)
+    return Bounded(environment_id, bounds, roles, (), helper_image, docker_host)
 
 
 if __name__ == "__main__":

@@ -244,22 +244,3 @@ def _mode(mode: str) -> str:
     if mode not in ("rw", "ro"):
         raise ValueError(f"bind mode {mode!r} (allowed: rw, ro)")
     return mode
-
-
-VOLUMES_GONE_WAIT_S = 30
-
-
-def guarded_delete(volumes: Sequence[str], delete: str) -> str:
-    """``delete`` once none of ``volumes`` exists on the engine (at destroy they go first;
-    waits up to :data:`VOLUMES_GONE_WAIT_S`). Still there: the images are kept and the
-    command says so (``prune`` removes them once the volumes are gone)."""
-    names = " ".join(shlex.quote(v) for v in volumes)
-    return (
-        f"i=0; while :; do left=; for v in {names}; do "
-        'docker volume inspect "$v" >/dev/null 2>&1 && left="$left $v"; done; '
-        '[ -z "$left" ] && break; i=$((i+1)); '
-        f"if [ $i -ge {VOLUMES_GONE_WAIT_S} ]; then "
-        'echo "dockyard: volumes$left still exist: their disk images are kept '
-        '(python -m dockyard.storage prune removes them once the volumes are gone)" >&2; '
-        f"exit 0; fi; sleep 1; done; {delete}"
-    )

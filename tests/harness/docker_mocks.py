@@ -631,16 +631,12 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
         return f"{name}-{abs(hash(result.stdout)) & 0xFFFFFFFF:08x}", outputs, undo
 
 
-VOLUME_WAIT = 'docker volume inspect "$v"'
-"""What dockyard.storage's guarded delete runs while it waits for the volumes to go."""
-
-
 HEX_RUN = re.compile(r"[0-9a-f]{32,}")
 
 
 class DependencyIndex:
-    """The stack's resources looked up by (type, name output), by engine id and, for the
-    volumes, by the commands whose delete waits for them: built once per teardown, so
+    """The stack's resources looked up by (type, name output) and by engine id, and the
+    commands by the values they hold: built once per teardown, so
     the dependencies of all of a stack's resources cost the size of their inputs, not
     the square of their number (a look-up per pair of resources took 1.9 s for 100
     environments, 0.02 s for 10)."""
@@ -650,7 +646,6 @@ class DependencyIndex:
         self.position = {id(r): i for i, r in enumerate(self.resources)}
         self.by_name: dict[tuple[str, str], list[Realised]] = {}
         self.by_engine_id: dict[str, list[Realised]] = {}
-        self.waiting: list[Realised] = []
         self.named_by_command: dict[str, list[Realised]] = {}
         """A string value -> the commands holding it as a value of their own."""
         for r in self.resources:
@@ -660,8 +655,6 @@ class DependencyIndex:
             self.by_name.setdefault((r.type, str(r.outputs.get("name", ""))), []).append(r)
             if ENGINE_ID.fullmatch(r.id):
                 self.by_engine_id.setdefault(r.id.removeprefix("sha256:"), []).append(r)
-            if r.type == "command:local:Command" and VOLUME_WAIT in str(r.inputs.get("delete", "")):
-                self.waiting.append(r)
 
     def engine_ids_in(self, text: str) -> list[Realised]:
         """Resources whose engine id is a run of hex digits in ``text``: a whole run, or,
@@ -712,24 +705,16 @@ def dependencies(
         )
     elif resource.type == "command:local:Command":
         used |= {(kind, value) for kind in (NETWORK, VOLUME, CONTAINER) for value in values}
-    waits_for: list[Realised] = []
-    if resource.type == VOLUME and (name := str(resource.outputs.get("name", ""))):
-        # A command whose delete waits for this volume to be gone (dockyard.storage's
-        # disk images) was created before it and must be undone after it: the program
-        # says so with depends_on, which the mock protocol does not pass.
-        waits_for = [
-            other for other in index.waiting if name in str(other.inputs.get("delete", ""))
-        ]
     found = [r for key in used for r in index.by_name.get(key, [])]
     # Engine ids (containers, images) are long hex strings: a hit is that id.
     found += index.engine_ids_in("\n".join(values))
-    seen = {id(resource)} | {id(r) for r in waits_for + prepared}
+    seen = {id(resource)} | {id(r) for r in prepared}
     uses = []
     for other in sorted(found, key=lambda r: index.position.get(id(r), 0)):
         if id(other) not in seen:
             seen.add(id(other))
             uses.append(other)
-    return waits_for + prepared + uses
+    return prepared + uses
 
 
 def _strings(value: Any) -> Iterable[str]:

@@ -81,13 +81,8 @@ def _binds(text: str) -> list[str]:
 
 
 def _commands(run: ProgramRun) -> dict[str, str]:
-    images, mounts = run.named("env-far-disks").inputs, run.named("env-far-disk-mounts").inputs
-    return {
-        "create": images["create"],
-        "delete": images["delete"],
-        "mount": mounts["create"],
-        "unmount": mounts["delete"],
-    }
+    disks = run.named("env-far-disk-mounts").inputs  # make + mount; unmount + remove
+    return {"create": disks["create"], "delete": disks["delete"]}
 
 
 def test_the_disk_helper_runs_the_operators_image_resolved_never_the_environments(
@@ -109,20 +104,17 @@ def test_the_disk_helper_runs_the_operators_image_resolved_never_the_environment
 def test_the_disk_helper_binds_only_this_environments_directories(run: ProgramRun) -> None:
     disks, links = storage.disk_dir(ENV), storage.link_dir(ENV)
     commands = _commands(run)
-    assert _binds(commands["create"]) == ["/dev:/dev", f"{disks}:{disks}:rw", f"{links}:{links}:rw"]
-    vols = [b for b in _binds(commands["mount"]) if "/vol/" in b]
-    assert _binds(commands["mount"]) == ["/dev:/dev", f"{links}:{links}:ro", *vols]
-    assert vols
-    assert all(":/vol/" in b for b in vols)
-    assert [b for b in _binds(commands["unmount"]) if "/vol/" not in b] == ["/dev:/dev"]
+    created = _binds(commands["create"])
+    vols = [b for b in created if "/vol/" in b]
+    assert created == ["/dev:/dev", f"{disks}:{disks}:rw", f"{links}:{links}:rw", *vols]
+    assert len(vols) == 5, vols  # this environment's volumes, each at /vol/<role>
     # Removing the directories writes their parents: delete only.
     roots = [
         f"{storage.DISKS_DIR}:{storage.DISKS_DIR}:rw",
         f"{storage.LINKS_DIR}:{storage.LINKS_DIR}:rw",
     ]
-    assert _binds(commands["delete"]) == ["/dev:/dev", *roots]
-    for what in ("create", "mount", "unmount"):
-        assert not set(_binds(commands[what])) & set(roots), what
+    assert [b for b in _binds(commands["delete"]) if "/vol/" not in b] == ["/dev:/dev", *roots]
+    assert not set(created) & set(roots)
 
 
 def test_a_helper_command_refuses_an_image_that_is_no_image_reference() -> None:
@@ -138,11 +130,15 @@ if [ "$1 $2" = "image inspect" ]; then
   [ "$5" = "{OPS}" ] && {{ echo {HELPER_ID}; exit 0; }}
   echo "Error: No such image: $5" >&2; exit 1
 fi
+[ "$1" = ps ] && printf '%s' "$FAKE_USERS"
 exit 0
 """
 
 
-def _sh(tmp_path: Path, text: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+def _sh(
+    tmp_path: Path, text: str, users: str = ""
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """``text`` run against the fake docker CLI; ``users``: what its ``ps`` answers."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "docker"
@@ -150,7 +146,12 @@ def _sh(tmp_path: Path, text: str) -> tuple[subprocess.CompletedProcess[str], li
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     log = tmp_path / "docker.log"
     log.write_text("")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_LOG": str(log)}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "DOCKER_LOG": str(log),
+        "FAKE_USERS": users,
+    }
     done = subprocess.run(
         ["sh", "-c", text], env=env, capture_output=True, text=True, timeout=30, check=False
     )
@@ -164,6 +165,47 @@ def test_the_helper_runs_the_image_id_the_engine_resolves(tmp_path: Path) -> Non
     runs = [c for c in calls if c.startswith("run ")]
     assert len(runs) == 1, calls
     assert f" {HELPER_ID} -c true disks" in runs[0], calls
+
+
+def test_the_disks_take_one_helper_run_each_way(run: ProgramRun, tmp_path: Path) -> None:
+    """Issue 29: making+mounting and unmounting+removing are one helper container each
+    (two per direction made an environment's teardown 5-6x a bare container's)."""
+    for what, text in _commands(run).items():
+        done, calls = _sh(tmp_path, text)
+        assert done.returncode == 0, (what, done.stderr)
+        runs = [c for c in calls if c.startswith("run ")]
+        assert len(runs) == 1, (what, calls)
+    create, delete = _commands(run)["create"], _commands(run)["delete"]
+    assert "mkfs.ext4" in create
+    assert "mount -t ext4" in create
+    assert "umount -l" in delete
+    assert "losetup -d" in delete
+    assert "rm -rf" in delete
+    assert delete.index("umount -l") < delete.index("losetup -d")
+
+
+def test_the_disks_are_never_removed_while_a_container_uses_their_volumes(
+    run: ProgramRun, tmp_path: Path
+) -> None:
+    """A replaced command's old delete runs while the environment lives, and anything
+    else may hold a volume: then nothing is unmounted or removed, the delete fails
+    naming the containers, and a destroy can run it again once they are gone."""
+    delete = _commands(run)["delete"]
+    done, calls = _sh(tmp_path, delete, users="4f2a0c\n9c1bd7\n")
+    assert done.returncode == 1
+    assert f"dockyard: the disks of {ENV} are kept: containers still use" in done.stderr
+    assert "4f2a0c" in done.stderr
+    assert "9c1bd7" in done.stderr
+    assert not [c for c in calls if c.startswith("run ")], calls
+    asked = [c for c in calls if c.startswith("ps ")]
+    assert len(asked) == 1, calls
+    roles = ("workspace", "config", "checkpoints", "home", storage.secrets_role([]))
+    for role in roles:  # every volume of the environment, none of another
+        assert f"--filter volume={ENV}-{role}" in asked[0], asked
+    assert asked[0].count("--filter volume=") == len(roles), asked
+    done, calls = _sh(tmp_path, delete)  # once they are gone: the one helper run
+    assert done.returncode == 0, done.stderr
+    assert len([c for c in calls if c.startswith("run ")]) == 1, calls
 
 
 def test_a_missing_helper_image_stops_the_helper_naming_the_key(tmp_path: Path) -> None:

@@ -39,7 +39,8 @@ def run(hosted_dir: Path) -> ProgramRun:
 
 
 def images(run: ProgramRun, session: str) -> dict[str, Any]:
-    return run.named(f"env-{session}-disks").inputs
+    """The environment's one disks command (make, attach, mount; unmount, remove)."""
+    return run.named(f"env-{session}-disk-mounts").inputs
 
 
 def helper_argv(text: str) -> list[str]:
@@ -87,9 +88,17 @@ def test_bounded_volumes_are_plain_and_the_helper_mounts_the_images_on_them(
         assert f"docker volume inspect --format '{{{{.Mountpoint}}}}' {prefix}-{role})" in create
         assert f":/vol/{role}:rshared" in create
         assert f":/vol/{role}:rshared" in delete
-    assert helper_argv(create)[-len(roles) - 1 :] == [f"{storage.LINKS_DIR}/{prefix}", *roles]
+    sizes = ["workspace:2048", "config:512", "checkpoints:4096", "home:100", f"{roles[-1]}:16"]
+    assert helper_argv(create)[-len(roles) - 2 :] == [
+        f"{storage.DISKS_DIR}/{prefix}", f"{storage.LINKS_DIR}/{prefix}", *sizes
+    ]  # fmt: skip
     assert "mount -t ext4 -o nodev,nosuid" in create
+    assert "mkfs.ext4" in create
     assert "umount" in delete
+    assert "losetup -d" in delete
+    assert helper_argv(delete)[-len(roles) - 2 :] == [
+        f"{storage.DISKS_DIR}/{prefix}", f"{storage.LINKS_DIR}/{prefix}", *roles
+    ]  # fmt: skip
     container = run.named("env-small-container").inputs
     mounts = {v["containerPath"]: v.get("volumeName") for v in container["volumes"]}
     assert mounts["/home/agent"] == f"{prefix}-home"
@@ -113,14 +122,15 @@ def test_container_layer_paths_are_capped_tmpfs_and_no_file_outgrows_the_largest
 def test_the_helper_has_only_what_losetup_and_mkfs_need(run: ProgramRun) -> None:
     argv = helper_argv(images(run, "small")["create"])
     caps = [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-add"]
-    assert sorted(caps) == sorted(storage.HELPER_CAPABILITIES)
+    # and chattr's, for the immutable empty directory under each mount (MOUNT_SCRIPT)
+    assert sorted(caps) == sorted([*storage.HELPER_CAPABILITIES, "LINUX_IMMUTABLE"])
     assert "--privileged" not in argv
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
     rules = [argv[i + 1] for i, a in enumerate(argv) if a == "--device-cgroup-rule"]
     assert rules == ["b 7:* rwm", "c 10:237 rwm"]
     assert argv[argv.index("--network") + 1] == "none"
     delete = helper_argv(images(run, "small")["delete"])
-    assert delete[-2:] == [
+    assert delete[-7:-5] == [
         f"{storage.DISKS_DIR}/dockyard-dev-small",
         f"{storage.LINKS_DIR}/dockyard-dev-small",
     ]
@@ -134,10 +144,16 @@ def test_the_secrets_volume_follows_the_set_of_secret_names_never_their_values()
     assert storage.DiskBounds().size_mb(one) == 16
 
 
-def test_volumes_wait_for_the_images(run: ProgramRun) -> None:
-    # The mocks see a volume only after what it depends on resolved: the images come first.
+def test_one_disks_command_per_environment_after_its_volumes_before_its_container(
+    run: ProgramRun,
+) -> None:
+    """Issue 29: one helper run each way per environment (two made teardown 5-6x a bare
+    container's). The mocks see a resource only after what it depends on resolved."""
+    commands = [r.name for r in run.of_type("command:local:Command")]
+    assert [c for c in commands if c.startswith("env-small-disk")] == ["env-small-disk-mounts"]
     order = [r.name for r in run.resources]
-    assert order.index("env-small-disks") < order.index("env-small-workspace")
+    assert order.index("env-small-workspace") < order.index("env-small-disk-mounts")
+    assert order.index("env-small-disk-mounts") < order.index("env-small-container")
 
 
 def test_a_remote_engine_gets_the_helper_through_docker_host() -> None:
@@ -146,7 +162,7 @@ def test_a_remote_engine_gets_the_helper_through_docker_host() -> None:
         "environments": [{"sessionId": "far"}],
     }
     far = record(values, {})
-    assert images(far, "far")["environment"] == {"DOCKER_HOST": "ssh://deploy@203.0.113.7"}
+    assert images(far, "far")["environment"]["DOCKER_HOST"] == "ssh://deploy@203.0.113.7"
 
 
 @pytest.mark.parametrize(
