@@ -221,12 +221,17 @@ def helper_command(
     text = " ".join(shlex.quote(a) for a in argv).replace(IMAGE_MARK, '"$h"')
     if not volumes:
         return resolve + text
-    # A volume's directory is known on the engine only: read it there first.
-    lookups = "".join(
-        f"v{index}=$(docker volume inspect --format '{{{{.Mountpoint}}}}' "
-        f"{shlex.quote(volumes[role])}{' 2>/dev/null) || v' + index + '=; ' if missing_ok else ') && '}"
-        for role, index in ((r, placeholder[r].strip("@")) for r in volumes)
+    # A volume's directory is known on the engine only: read them there first, in one
+    # call (a docker CLI process per volume cost a create or a destroy five).
+    names = " ".join(shlex.quote(volumes[role]) for role in volumes)
+    lookups = f"m=$(docker volume inspect --format '{{{{.Name}}}} {{{{.Mountpoint}}}}' {names}" + (
+        " 2>/dev/null); " if missing_ok else ") && "
     )
+    for role, mark in placeholder.items():
+        lookups += (
+            f"v{mark.strip('@')}=$(printf '%s\\n' \"$m\" | awk -v n={shlex.quote(volumes[role])} "
+            "'$1 == n { sub(/^[^ ]* /, \"\"); print; exit }')" + ("; " if missing_ok else " && ")
+        )
     for role, mark in placeholder.items():
         index = mark.strip("@")
         bind = f'"${{v{index}%/_data}}":{shlex.quote(f"/vol/{role}")}:rshared'

@@ -131,14 +131,25 @@ if [ "$1 $2" = "image inspect" ]; then
   echo "Error: No such image: $5" >&2; exit 1
 fi
 [ "$1" = ps ] && printf '%s' "$FAKE_USERS"
+if [ "$1 $2" = "volume inspect" ]; then  # the ones named in $FAKE_VOLUMES exist
+  shift 4; found=0
+  for v in "$@"; do
+    case " $FAKE_VOLUMES " in
+      *" $v "*) echo "$v /var/lib/docker/volumes/$v/_data" ;;
+      *) echo "Error: No such volume: $v" >&2; found=1 ;;
+    esac
+  done
+  exit $found
+fi
 exit 0
 """
 
 
 def _sh(
-    tmp_path: Path, text: str, users: str = ""
+    tmp_path: Path, text: str, users: str = "", volumes: str = ""
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """``text`` run against the fake docker CLI; ``users``: what its ``ps`` answers."""
+    """``text`` run against the fake docker CLI; ``users``: what its ``ps`` answers;
+    ``volumes``: the (space-separated) volumes it holds."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "docker"
@@ -151,6 +162,7 @@ def _sh(
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "DOCKER_LOG": str(log),
         "FAKE_USERS": users,
+        "FAKE_VOLUMES": volumes,
     }
     done = subprocess.run(
         ["sh", "-c", text], env=env, capture_output=True, text=True, timeout=30, check=False
@@ -170,8 +182,9 @@ def test_the_helper_runs_the_image_id_the_engine_resolves(tmp_path: Path) -> Non
 def test_the_disks_take_one_helper_run_each_way(run: ProgramRun, tmp_path: Path) -> None:
     """Issue 29: making+mounting and unmounting+removing are one helper container each
     (two per direction made an environment's teardown 5-6x a bare container's)."""
+    held = " ".join(f"{ENV}-{role}" for role in (*storage.DISK_ROLES, storage.secrets_role([])))
     for what, text in _commands(run).items():
-        done, calls = _sh(tmp_path, text)
+        done, calls = _sh(tmp_path, text, volumes=held)
         assert done.returncode == 0, (what, done.stderr)
         runs = [c for c in calls if c.startswith("run ")]
         assert len(runs) == 1, (what, calls)
@@ -206,6 +219,33 @@ def test_the_disks_are_never_removed_while_a_container_uses_their_volumes(
     done, calls = _sh(tmp_path, delete)  # once they are gone: the one helper run
     assert done.returncode == 0, done.stderr
     assert len([c for c in calls if c.startswith("run ")]) == 1, calls
+
+
+def test_the_volumes_directories_are_one_look_up_each_bound_at_its_own_role(
+    tmp_path: Path,
+) -> None:
+    vols = {"workspace": "e1-workspace", "home": "e1-home", "config": "e1-config"}
+    root = "/var/lib/docker/volumes"
+    text = storage.helper_command(OPS, "true", volumes=vols)
+    done, calls = _sh(tmp_path, text, volumes="e1-config e1-home e1-workspace e2-home")
+    assert done.returncode == 0, done.stderr
+    assert len([c for c in calls if c.startswith("volume inspect")]) == 1, calls
+    [run] = [c for c in calls if c.startswith("run ")]
+    for role, name in vols.items():
+        assert f"-v {root}/{name}:/vol/{role}:rshared" in run, run
+    assert "e2-home" not in run
+    # One of them gone: refused (a create), or left out (a destroy's unmount).
+    done, calls = _sh(tmp_path, text, volumes="e1-config e1-workspace")
+    assert done.returncode != 0
+    assert "No such volume: e1-home" in done.stderr
+    assert not [c for c in calls if c.startswith("run ")], calls
+    lenient = storage.helper_command(OPS, "true", volumes=vols, missing_ok=True)
+    done, calls = _sh(tmp_path, lenient, volumes="e1-config e1-workspace")
+    assert done.returncode == 0, done.stderr
+    [run] = [c for c in calls if c.startswith("run ")]
+    assert f"-v {root}/e1-workspace:/vol/workspace:rshared" in run, run
+    assert f"-v {root}/e1-config:/vol/config:rshared" in run, run
+    assert "/vol/home" not in run
 
 
 def test_a_missing_helper_image_stops_the_helper_naming_the_key(tmp_path: Path) -> None:

@@ -84,8 +84,12 @@ def test_bounded_volumes_are_plain_and_the_helper_mounts_the_images_on_them(
         assert "driverOpts" not in volume, volume
     mounts_command = run.named("env-small-disk-mounts")
     create, delete = mounts_command.inputs["create"], mounts_command.inputs["delete"]
+    # One look-up of all the volumes' directories on the engine, each bound at its role.
+    names = " ".join(f"{prefix}-{role}" for role in roles)
+    for text in (create, delete):
+        assert text.count("docker volume inspect") == 1, text
+        assert f"docker volume inspect --format '{{{{.Name}}}} {{{{.Mountpoint}}}}' {names}" in text
     for role in roles:
-        assert f"docker volume inspect --format '{{{{.Mountpoint}}}}' {prefix}-{role})" in create
         assert f":/vol/{role}:rshared" in create
         assert f":/vol/{role}:rshared" in delete
     sizes = ["workspace:2048", "config:512", "checkpoints:4096", "home:100", f"{roles[-1]}:16"]
