@@ -33,7 +33,7 @@ from ...errors import Failed, InvalidInput, NotFound
 from ..settings import default_url
 from .models import ApiKey
 
-__all__ = ["KEY_PREFIX", "IssuedKey", "KeyInfo", "KeyStore", "default_url", "migrate"]
+__all__ = ["KEY_PREFIX", "Checked", "IssuedKey", "KeyInfo", "KeyStore", "default_url", "migrate"]
 
 KEY_PREFIX = "dk_"
 KEY_PATTERN = re.compile(r"^dk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -98,6 +98,18 @@ class KeyInfo(BaseModel):
     @classmethod
     def of(cls, row: ApiKey) -> KeyInfo:
         return cls.model_validate(row)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What :meth:`KeyStore.checked` found of the keys presented."""
+
+    infos: list[KeyInfo | None]
+    """Each presented key's info, in order; None when it is not a live key."""
+    due: list[str]
+    """The ids whose last use is due to be written (:meth:`KeyStore.record_use`)."""
+    at: datetime
+    """When they were checked: their last use."""
 
 
 @dataclass(frozen=True)
@@ -194,12 +206,19 @@ class KeyStore:
         return self.authenticate_many([presented])[0]
 
     def authenticate_many(self, presented: Sequence[str]) -> list[KeyInfo | None]:
-        """:meth:`authenticate` for each of ``presented`` (in order) with one read of the
-        store per :data:`CHECK_GROUP_MAX` keys and one write of the last uses that are due:
-        200 keys checked at once cost a query, not 200 transactions queued on the store's
-        lock. The last use is bookkeeping: when it cannot be written (SQLite's ``database is
-        locked`` under a burst of first uses, a replica holding the row) the check still
-        answers and the write is tried again at the key's next check."""
+        """:meth:`authenticate` for each of ``presented`` (in order): :meth:`checked`, then
+        :meth:`record_use` of the keys whose last use is due."""
+        checked = self.checked(presented)
+        if checked.due:
+            self.record_use(checked.due, checked.at)
+        return checked.infos
+
+    def checked(self, presented: Sequence[str]) -> Checked:
+        """Which of ``presented`` are live keys (in order; None: unknown, a wrong secret or
+        revoked), by one read of the store per :data:`CHECK_GROUP_MAX` keys: 200 keys
+        checked at once cost a query, not 200 transactions queued on the store's lock.
+        Nothing is written: the keys whose last use is due (:data:`LAST_USED_STEP`) are
+        named in the answer for :meth:`record_use`, their info already showing it."""
         parsed = [_parsed(one) for one in presented]
         ids = sorted({key_id for key_id, _ in parsed if key_id})
         rows: dict[str, ApiKey] = {}
@@ -208,38 +227,70 @@ class KeyStore:
                 chosen = select(ApiKey).where(ApiKey.id.in_(ids[start : start + CHECK_GROUP_MAX]))
                 rows.update((row.id, row) for row in session.scalars(chosen))
         now = _now()
-        answers: list[KeyInfo | None] = []
-        due: set[str] = set()
+        infos: list[KeyInfo | None] = []
+        due: dict[str, None] = {}
         for key_id, secret in parsed:
             row = rows.get(key_id)
             stored = row.secret_sha256 if row is not None else _NO_KEY
             same = hmac.compare_digest(stored, _digest(secret))
             if row is None or not same or row.revoked_at is not None:
-                answers.append(None)
+                infos.append(None)
                 continue
             info = KeyInfo.of(row)
             last = info.last_used_at
             if key_id in due or last is None or not timedelta(0) <= now - last < LAST_USED_STEP:
-                due.add(key_id)
+                due[key_id] = None
                 info = info.model_copy(update={"last_used_at": now})
-            answers.append(info)
-        if due:
-            self._used(sorted(due), now)
-        return answers
+            infos.append(info)
+        return Checked(infos, sorted(due), now)
 
-    def _used(self, key_ids: list[str], now: datetime) -> None:
-        """Record the last use of ``key_ids`` (one statement), or log why it cannot be."""
+    def refreshed(self, key_ids: Sequence[str]) -> dict[str, KeyInfo]:
+        """The live keys among ``key_ids`` (keys found live before: their secrets were
+        checked then and never change), by one read per :data:`CHECK_GROUP_MAX`; the last
+        uses that are due are recorded (:meth:`record_use`)."""
+        ids = sorted(set(key_ids))
+        found: dict[str, KeyInfo] = {}
+        with self._session() as session:
+            for start in range(0, len(ids), CHECK_GROUP_MAX):
+                chosen = select(ApiKey).where(
+                    ApiKey.id.in_(ids[start : start + CHECK_GROUP_MAX]),
+                    ApiKey.revoked_at.is_(None),
+                )
+                found.update((row.id, KeyInfo.of(row)) for row in session.scalars(chosen))
+        now = _now()
+        due = {
+            key_id
+            for key_id, info in found.items()
+            if info.last_used_at is None
+            or not timedelta(0) <= now - info.last_used_at < LAST_USED_STEP
+        }
+        self.record_use(sorted(due), now)
+        return {
+            key_id: info.model_copy(update={"last_used_at": now}) if key_id in due else info
+            for key_id, info in found.items()
+        }
+
+    def record_use(self, key_ids: Sequence[str], now: datetime) -> None:
+        """Record ``now`` as the last use of ``key_ids`` (one statement). The last use is
+        bookkeeping: when it cannot be written (SQLite's ``database is locked`` under a
+        burst of first uses, a replica holding the rows) it is logged, never a caller's
+        error, and written at the key's next check."""
+        if not key_ids:
+            return
         try:
             with self._session() as session:
                 session.execute(
-                    update(ApiKey).where(ApiKey.id.in_(key_ids)).values(last_used_at=now)
+                    update(ApiKey).where(ApiKey.id.in_(list(key_ids))).values(last_used_at=now)
                 )
         except SQLAlchemyError as exc:
+            named = ", ".join(key_ids[:5]) + (", ..." if len(key_ids) > 5 else "")
+            cause = getattr(exc, "orig", None) or exc
             log.warning(
-                "the last use of %d API key(s) (%s) is not recorded this time: %s",
+                "the last use of %d API key(s) (%s) is not recorded this time: %s: %s",
                 len(key_ids),
-                ", ".join(key_ids[:5]) + (", ..." if len(key_ids) > 5 else ""),
-                type(exc).__name__ + ": " + str(exc.orig if hasattr(exc, "orig") else exc)[:200],
+                named,
+                type(cause).__name__,
+                str(cause)[:200],
             )
 
 
