@@ -109,6 +109,11 @@ server on the same PostgreSQL) is refused here. A revocation through this proces
 (the API, any KeyStore object in it) is refused at once (:class:`KeyCache`)."""
 
 
+KEY_IN_USE_S = 30.0
+"""A key checked in this long is read again in the background before its entry runs out
+(:meth:`KeyCache.refresh`); one not checked for longer runs out and is read on its next use."""
+
+
 class KeyCache:
     """Keys found live, trusted for :data:`KEY_CACHE_S` in this process, so a request does
     not take a thread and a store read to learn what the previous one learnt (the key check
@@ -116,10 +121,10 @@ class KeyCache:
     every time: nobody fills this with guesses), by the SHA-256 of what was presented.
 
     Store reads are grouped: the keys that miss are read by one query (:meth:`check`), and
-    while keys are in use, every half of :data:`KEY_CACHE_S` one query in the background
-    reads again every key used since the last one (:meth:`refresh`), so a key used steadily
-    is never read on a request's path (before, 200 keys expired together every 2 s and were
-    read one by one on 200 requests' paths).
+    while keys are in use, every quarter of :data:`KEY_CACHE_S` one query in the background
+    reads again every key used in the last :data:`KEY_IN_USE_S` (:meth:`refresh`), so a key
+    in use is not read on a request's path (before, 200 keys expired together every 2 s and
+    were read one by one on 200 requests' paths).
 
     Revocation: any ``ApiKey.revoked_at`` set in this process (:meth:`KeyStore.revoke`)
     moves the *generation*, once when set and once when its transaction commits; an entry
@@ -134,10 +139,14 @@ class KeyCache:
     """Moves with every revocation in this process (every store, every cache)."""
 
     def __init__(
-        self, ttl_s: float = KEY_CACHE_S, clock: Callable[[], float] = time.monotonic
+        self,
+        ttl_s: float = KEY_CACHE_S,
+        clock: Callable[[], float] = time.monotonic,
+        in_use_s: float = KEY_IN_USE_S,
     ) -> None:
         self.ttl_s = ttl_s
         self.clock = clock
+        self.in_use_s = in_use_s
         self._entries: dict[bytes, _Entry] = {}
         self._groups: dict[int, _Checks] = {}
         self.reads = 0
@@ -167,7 +176,7 @@ class KeyCache:
             return
         if len(self._entries) >= self.MAX:
             self._entries.clear()
-        self._entries[slot] = _Entry(info, started + self.ttl_s, generation)
+        self._entries[slot] = _Entry(info, started + self.ttl_s, generation, self.clock())
 
     @classmethod
     def revoked(cls) -> None:
@@ -180,12 +189,12 @@ class KeyCache:
         in the service pool) answers every key waiting when it starts, with at most
         :attr:`_Checks.READS` reads at once (more wait for the first to end). A check is
         answered only by a read begun after it arrived, so a key revoked before a request
-        came is never let in by an older read. A key found here is marked used, for the
-        next :meth:`refresh`."""
+        came is never let in by an older read. A key found here is marked used, for
+        :meth:`refresh`."""
         slot = self.slot(presented)
         entry = self._live(slot)
         if entry is not None:
-            entry.used = True
+            entry.used_at = self.clock()
             self._refreshing(ctx)
             return entry.info
         # A caller that goes away (a client disconnects) does not cancel the others' read.
@@ -195,18 +204,17 @@ class KeyCache:
         return info
 
     async def refresh(self, ctx: Context) -> bool:
-        """Read again, by one query (:meth:`KeyStore.refreshed`), every key used since the
-        last refresh and still held: renew the entries of those still live (from this
-        read's start), drop the others. False when none was used (nothing read)."""
+        """Read again, by one query (:meth:`KeyStore.refreshed`), every key held and used in
+        the last :attr:`in_use_s`: renew the entries of those still live (from this read's
+        start), drop the others. False when none is in use (nothing read)."""
+        since = self.clock() - self.in_use_s
         used = {
             slot: entry
             for slot in list(self._entries)
-            if (entry := self._live(slot)) is not None and entry.used
+            if (entry := self._live(slot)) is not None and entry.used_at >= since
         }
         if not used:
             return False
-        for entry in used.values():
-            entry.used = False
         generation, started = KeyCache.generation, self.clock()
         self.reads += 1
         found = await ctx.call(ctx.store.refreshed, sorted({e.info.id for e in used.values()}))
@@ -218,12 +226,12 @@ class KeyCache:
                 del self._entries[slot]
                 continue
             self.put(slot, info, generation, started)
-            if entry.used and slot in self._entries:
-                self._entries[slot].used = True
+            if slot in self._entries:
+                self._entries[slot].used_at = entry.used_at
         return True
 
     def _refreshing(self, ctx: Context) -> None:
-        """Refresh every half of the cache's time while keys are used (started once)."""
+        """Refresh every quarter of the cache's time while keys are used (started once)."""
         group = self._group(ctx)
         if group.refresher is not None:
             return
@@ -231,7 +239,9 @@ class KeyCache:
         async def refreshing() -> None:
             try:
                 while True:
-                    await asyncio.sleep(self.ttl_s / 2)
+                    # A quarter: an entry runs out only if two refreshes in a row take
+                    # more than 3/4 of its time (a busy machine: 1.5 s).
+                    await asyncio.sleep(self.ttl_s / 4)
                     if not await self.refresh(ctx):
                         break
             except Exception:  # the entries then run out their time: checks read the store
@@ -331,8 +341,8 @@ class _Entry:
     until: float
     """Monotonic time it is trusted until: the read's start plus the cache's time."""
     generation: int
-    used: bool = False
-    """Used since the last :meth:`KeyCache.refresh`."""
+    used_at: float
+    """When a check last found it (the cache's clock)."""
 
 
 class _Checks:
@@ -341,7 +351,7 @@ class _Checks:
 
     MAX = 256
     """At most this many keys per read (more wait for the next)."""
-    READS = 4
+    READS = 8
     """At most this many reads at once (more keys wait for one to end)."""
 
     def __init__(self, ctx: Context) -> None:

@@ -305,22 +305,22 @@ async def test_keys_in_use_are_read_again_together_and_dropped_once_revoked() ->
     store.writes.set()
     ctx = _Ctx(store)
     clock = _Clock()
-    cache = KeyCache(2.0, clock)
+    cache = KeyCache(2.0, clock, in_use_s=1.0)
     for key, info in infos.items():
         assert await cache.check(ctx, key) == info  # type: ignore[arg-type]
-    clock.now += 0.5
+    clock.now += 0.6
     for key in ("dk_0", "dk_1", "dk_2"):  # dk_3 is not used again
         assert await cache.check(ctx, key) == infos[key]  # type: ignore[arg-type]
     del store.live["dk_2"]  # revoked in the store meanwhile
-    clock.now += 0.5
+    clock.now += 0.6  # dk_3 last used 1.2 s ago: no longer in use
     assert await cache.refresh(ctx) is True  # type: ignore[arg-type]
     assert store.refreshes == [["000000000000", "000000000001", "000000000002"]]  # one read
     assert cache.get(cache.slot("dk_2")) is None  # dropped at once, not at its time's end
     clock.now += 1.9  # past the first reads' bound, within the refresh's
     assert cache.get(cache.slot("dk_0")) == infos["dk_0"]
     assert cache.get(cache.slot("dk_1")) == infos["dk_1"]
-    assert cache.get(cache.slot("dk_3")) is None  # not used: not read again, run out
-    # Nothing used since: nothing read.
+    assert cache.get(cache.slot("dk_3")) is None  # not in use: not read again, ran out
+    # None used in the last second: nothing read.
     assert await cache.refresh(ctx) is False  # type: ignore[arg-type]
     assert len(store.refreshes) == 1
 
@@ -348,20 +348,24 @@ async def test_the_refresher_runs_while_keys_are_used_and_stops_when_they_are_no
     store = _Live({"dk_key": info})
     store.writes.set()
     ctx = _Ctx(store)
-    cache = KeyCache(0.2, _Clock())  # refreshes every 0.1 s; entries never run out here
+    clock = _Clock()
+    cache = KeyCache(0.2, clock, in_use_s=1.0)  # refreshes every 0.05 s (real time)
     assert await cache.check(ctx, "dk_key") == info  # type: ignore[arg-type]
     assert await cache.check(ctx, "dk_key") == info  # type: ignore[arg-type]
     for _ in range(3000):  # at most 30 s
-        if store.refreshes:
+        if len(store.refreshes) >= 2:
             break
         await asyncio.sleep(0.01)
-    assert store.refreshes == [[info.id]]
-    for _ in range(3000):  # nothing used since: it stops, and the group goes
+    assert store.refreshes[:2] == [[info.id], [info.id]]  # again and again while in use
+    clock.now += 1.0  # no longer in use: it stops, and the group goes
+    for _ in range(3000):
         if not cache._groups:
             break
         await asyncio.sleep(0.01)
     assert not cache._groups
-    assert len(store.refreshes) == 1
+    count = len(store.refreshes)
+    await asyncio.sleep(0.3)
+    assert len(store.refreshes) == count
 
 
 async def test_checks_are_answered_before_their_last_use_is_written() -> None:
