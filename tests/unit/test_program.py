@@ -70,8 +70,7 @@ def test_resources_per_environment_are_parented_to_their_component(full: Program
         assert kinds == [
             COMMAND,
             COMMAND,
-            COMMAND,  # the disk images (dockyard.storage)
-            COMMAND,  # their mounts on the volumes (dockyard.storage)
+            COMMAND,  # the disk images and their mounts, one helper run (dockyard.storage)
             CONTAINER,
             "docker:index/network:Network",
             "docker:index/volume:Volume",

@@ -333,8 +333,8 @@ def test_package_environment_registers_what_the_stack_program_registers(both: An
     stack, package = _by_name(stack_run), _by_name(package_run)
     assert {(r.type, n) for n, r in package.items()} == {(r.type, n) for n, r in stack.items()}
     # The component itself, its network, 5 volumes (3, $HOME, /run/secrets), container
-    # and 4 commands (the disk images and their mounts too).
-    assert len(stack) == 12, sorted(stack)
+    # and 3 commands (one of them the disk images and their mounts).
+    assert len(stack) == 11, sorted(stack)
     for name, resource in stack.items():
         expected, actual = dict(resource.inputs), dict(package[name].inputs)
         if resource.type == "command:local:Command":
