@@ -239,9 +239,28 @@ fi
 # hide the agent CLIs (/opt/agents/bin) and any PATH from config/env in every pane;
 # /etc/profile.d/dockyard-path.sh puts this one back.
 export DOCKYARD_PATH="$PATH"
+# tmux makes libevent use poll(2) on Linux; under gVisor (Debian 12's runsc) its server
+# then spins at up to a whole core from the moment its last client leaves (new-session
+# -d's client, at once) until one attaches. EVENT_NOPOLL makes libevent use select(2)
+# instead, idle on both runtimes (docs/isolation.md, "tmux under runsc").
+# select holds descriptors below 1024 only (this fortified libevent aborts above), so
+# only while the open-files soft limit keeps all the server's below that (the default,
+# nofileSoft 1024). The server's first command drops the variable from tmux's global
+# environment before the first pane starts: no agent process inherits it.
+tmux_first=()
+if [[ ! -v EVENT_NOPOLL ]]; then
+  nofile=""
+  ulimit -Sn >"$version_file.nofile" 2>/dev/null || true # a builtin into a file: no fork
+  read -r nofile <"$version_file.nofile" || true
+  if [[ "$nofile" =~ ^[0-9]+$ && "$nofile" -le 1024 ]]; then
+    export EVENT_NOPOLL=1
+    tmux_first=(set-environment -g -u EVENT_NOPOLL ';')
+  fi
+fi
 # new-session -d returns once the server has created the session (non-zero if not).
-tmux new-session -d -s main -c "$workspace" -x 200 -y 50 ||
+tmux "${tmux_first[@]}" new-session -d -s main -c "$workspace" -x 200 -y 50 ||
   die "tmux session 'main' did not start"
+[ "${#tmux_first[@]}" -eq 0 ] || unset EVENT_NOPOLL
 mark tmux
 
 # --- SSH (DOCKYARD_SSH=1, docs/access.md) ---------------------------------------------
@@ -294,7 +313,7 @@ if [[ "$envd" = 1 || "$envd" = auto ]]; then
     log "envd not started: DOCKYARD_ENVD=1 but the secret DOCKYARD_ENVD_ACCESS_TOKEN is missing (it never serves unauthenticated)"
   fi
 fi
-rm -f "$version_file"
+rm -f "$version_file" "$version_file.nofile"
 
 # Milliseconds since the entrypoint started, per step, in the order they finished.
 timing="start=$t0"

@@ -340,7 +340,20 @@ def test_startup_links_config_starts_tmux_and_writes_ready(
         "CLAUDE_CONFIG_DIR in config": "tmux show-environment -g CLAUDE_CONFIG_DIR | grep -qx CLAUDE_CONFIG_DIR=/config/claude",
         "codex sandbox off in container": "grep -qx 'sandbox_mode = \"danger-full-access\"' /config/codex/config.toml",
         "ready marker is a UTC time": "grep -qE '^[0-9]{4}-[0-9]{2}-[0-9]{2}T.*Z$' /tmp/ready",
-        "no root processes": "! ps -eo user= | grep -qv '^agent$'",
+        # Not counted: runc's own exec helper, root for a few ms before it becomes the agent's
+        # process (the engine's health check execs every second here, and ps saw it).
+        "no root processes": (
+            "! ps -eo user=,comm= | grep -v '^agent ' | grep -qvx 'root *runc:\\[2:INIT\\]'"
+        ),
+        # The tmux server runs on libevent's select backend (docs/isolation.md: poll spins
+        # under gVisor), and no pane, nor a later window, inherits the variable that chose it.
+        "tmux server on select": (
+            "tr '\\0' '\\n' </proc/$(tmux display -p '#{pid}')/environ | grep -qx EVENT_NOPOLL=1"
+        ),
+        "panes without EVENT_NOPOLL": (
+            "! tr '\\0' '\\n' </proc/$(tmux display -p -t main '#{pane_pid}')/environ"
+            " | grep -q ^EVENT_NOPOLL= && ! tmux show-environment -g EVENT_NOPOLL"
+        ),
         # tmux opens login shells; /etc/profile must not hide the CLIs from them.
         "agent CLI on a login shell's PATH": (
             "tmux new-window -d \"bash -lc 'command -v $DOCKYARD_BACKEND >/tmp/probe'\";"
@@ -354,6 +367,20 @@ def test_startup_links_config_starts_tmux_and_writes_ready(
         if container.exec_run(["bash", "-c", script]).exit_code != 0
     ]
     assert not failed, f"{backend}: failed checks {failed}\n{container.logs().decode()}"
+
+
+def test_tmux_stays_on_poll_where_select_cannot_hold_its_descriptors(runner: AgentRunner) -> None:
+    """select(2) holds descriptors below 1024 only (a fortified libevent aborts above), so
+    with an open-files soft limit over that the server keeps poll, and the agent's panes
+    keep the limit they were given."""
+    nofile = docker.types.Ulimit(name="nofile", soft=2048, hard=4096)
+    container = runner.start_ready(backend="codex", ulimits=[nofile])
+    server = exec_ok(container, ["tmux", "display", "-p", "#{pid}"]).strip()
+    pane = exec_ok(container, ["tmux", "display", "-p", "-t", "main", "#{pane_pid}"]).strip()
+    environ = exec_ok(container, ["cat", f"/proc/{server}/environ"]).split("\0")
+    assert "EVENT_NOPOLL=1" not in environ, container.logs().decode()
+    limits = exec_ok(container, ["cat", f"/proc/{pane}/limits"])
+    assert re.search(r"^Max open files\s+2048\s+4096\s", limits, re.M), limits
 
 
 def test_entrypoint_reports_each_start_step_in_order(runner: AgentRunner) -> None:
