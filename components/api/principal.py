@@ -8,14 +8,11 @@ service layer, so another tenant's session is looked up in the caller's tenant a
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Path, Query, Request
@@ -23,12 +20,11 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, object_session
 
 from ..errors import NotFound
+from ..sessions.listing import Coalesced
 from .context import Context
 from .errors import RateLimited, Unauthorized
 from .store import KeyInfo
 from .store.models import ApiKey
-
-log = logging.getLogger(__package__)
 
 
 @dataclass(frozen=True)
@@ -109,266 +105,55 @@ server on the same PostgreSQL) is refused here. A revocation through this proces
 (the API, any KeyStore object in it) is refused at once (:class:`KeyCache`)."""
 
 
-KEY_IN_USE_S = 30.0
-"""A key checked in this long is read again in the background before its entry runs out
-(:meth:`KeyCache.refresh`); one not checked for longer runs out and is read on its next use."""
-
-
 class KeyCache:
     """Keys found live, trusted for :data:`KEY_CACHE_S` in this process, so a request does
     not take a thread and a store read to learn what the previous one learnt (the key check
     was a third of a list request's cost). Only live keys are kept (an unknown key is asked
     every time: nobody fills this with guesses), by the SHA-256 of what was presented.
 
-    Store reads are grouped: the keys that miss are read by one query (:meth:`check`), and
-    while keys are in use, every quarter of :data:`KEY_CACHE_S` one query in the background
-    reads again every key used in the last :data:`KEY_IN_USE_S` (:meth:`refresh`), so a key
-    in use is not read on a request's path (before, 200 keys expired together every 2 s and
-    were read one by one on 200 requests' paths).
-
     Revocation: any ``ApiKey.revoked_at`` set in this process (:meth:`KeyStore.revoke`)
     moves the *generation*, once when set and once when its transaction commits; an entry
     holds the generation seen before its store read began and is used only while it is
     still the current one. So after a revocation here commits, no entry from before it
     answers, even one whose read raced the commit. Another process's revocation is seen
-    within :data:`KEY_CACHE_S`: an entry lives that long from the start of the read that
-    last found the key live, and a refresh that finds it revoked drops it at once."""
+    within :data:`KEY_CACHE_S`."""
 
     MAX = 4096
     generation = 0
     """Moves with every revocation in this process (every store, every cache)."""
 
-    def __init__(
-        self,
-        ttl_s: float = KEY_CACHE_S,
-        clock: Callable[[], float] = time.monotonic,
-        in_use_s: float = KEY_IN_USE_S,
-    ) -> None:
+    def __init__(self, ttl_s: float = KEY_CACHE_S) -> None:
         self.ttl_s = ttl_s
-        self.clock = clock
-        self.in_use_s = in_use_s
-        self._entries: dict[bytes, _Entry] = {}
-        self._groups: dict[int, _Checks] = {}
-        self.reads = 0
-        """Store reads made by :meth:`check` (for tests and figures)."""
+        self._entries: dict[bytes, tuple[KeyInfo, float, int]] = {}
+        self.checks: Coalesced[KeyInfo | None] = Coalesced()
+        """Concurrent checks of one key share a store read started after they arrived."""
 
     @staticmethod
     def slot(presented: str) -> bytes:
         return hashlib.sha256(presented.encode()).digest()
 
     def get(self, slot: bytes) -> KeyInfo | None:
-        entry = self._live(slot)
-        return entry.info if entry is not None else None
-
-    def _live(self, slot: bytes) -> _Entry | None:
         entry = self._entries.get(slot)
         if entry is None:
             return None
-        if entry.generation != KeyCache.generation or self.clock() >= entry.until:
+        info, until, generation = entry
+        if generation != KeyCache.generation or time.monotonic() >= until:
             self._entries.pop(slot, None)
             return None
-        return entry
+        return info
 
     def put(self, slot: bytes, info: KeyInfo, generation: int, started: float) -> None:
-        """``info`` as read by a store read begun at ``started`` (:attr:`clock`) in
+        """``info`` as read by a store read begun at ``started`` (monotonic) in
         ``generation``: kept only if no revocation came since."""
         if generation != KeyCache.generation:
             return
         if len(self._entries) >= self.MAX:
             self._entries.clear()
-        self._entries[slot] = _Entry(info, started + self.ttl_s, generation, self.clock())
+        self._entries[slot] = (info, started + self.ttl_s, generation)
 
     @classmethod
     def revoked(cls) -> None:
         cls.generation += 1
-
-    async def check(self, ctx: Context, presented: str) -> KeyInfo | None:
-        """The key's info if ``presented`` is live: from this cache, or from the store.
-
-        Checks that miss the cache are gathered: one store read (:meth:`KeyStore.checked`,
-        in the service pool) answers every key waiting when it starts, with at most
-        :attr:`_Checks.READS` reads at once (more wait for the first to end). A check is
-        answered only by a read begun after it arrived, so a key revoked before a request
-        came is never let in by an older read. A key found here is marked used, for
-        :meth:`refresh`."""
-        slot = self.slot(presented)
-        entry = self._live(slot)
-        if entry is not None:
-            entry.used_at = self.clock()
-            self._refreshing(ctx)
-            return entry.info
-        # A caller that goes away (a client disconnects) does not cancel the others' read.
-        info = await asyncio.shield(self._queue(ctx, presented))
-        if info is not None:
-            self._refreshing(ctx)
-        return info
-
-    async def refresh(self, ctx: Context) -> bool:
-        """Read again, by one query (:meth:`KeyStore.refreshed`), every key held and used in
-        the last :attr:`in_use_s`: renew the entries of those still live (from this read's
-        start), drop the others. False when none is in use (nothing read)."""
-        since = self.clock() - self.in_use_s
-        used = {
-            slot: entry
-            for slot in list(self._entries)
-            if (entry := self._live(slot)) is not None and entry.used_at >= since
-        }
-        if not used:
-            return False
-        generation, started = KeyCache.generation, self.clock()
-        self.reads += 1
-        found = await ctx.call(ctx.store.refreshed, sorted({e.info.id for e in used.values()}))
-        for slot, entry in used.items():
-            if self._entries.get(slot) is not entry:
-                continue  # replaced meanwhile by a newer read's, or dropped
-            info = found.get(entry.info.id)
-            if info is None:
-                del self._entries[slot]
-                continue
-            self.put(slot, info, generation, started)
-            if slot in self._entries:
-                self._entries[slot].used_at = entry.used_at
-        return True
-
-    def _refreshing(self, ctx: Context) -> None:
-        """Refresh every quarter of the cache's time while keys are used (started once)."""
-        group = self._group(ctx)
-        if group.refresher is not None:
-            return
-
-        async def refreshing() -> None:
-            try:
-                while True:
-                    # A quarter: an entry runs out only if two refreshes in a row take
-                    # more than 3/4 of its time (a busy machine: 1.5 s).
-                    await asyncio.sleep(self.ttl_s / 4)
-                    if not await self.refresh(ctx):
-                        break
-            except Exception:  # the entries then run out their time: checks read the store
-                log.exception("the API keys in use could not be read again")
-            finally:
-                group.refresher = None
-                self._start(group)
-
-        group.refresher = asyncio.ensure_future(refreshing())
-
-    def _group(self, ctx: Context) -> _Checks:
-        group = self._groups.get(id(ctx))
-        if group is None:
-            group = self._groups[id(ctx)] = _Checks(ctx)
-        return group
-
-    def _queue(self, ctx: Context, presented: str) -> asyncio.Future[KeyInfo | None]:
-        group = self._group(ctx)
-        answer = group.waiting.get(presented)
-        if answer is None:
-            answer = group.waiting[presented] = asyncio.get_running_loop().create_future()
-            answer.add_done_callback(_seen)
-        self._start(group)
-        return answer
-
-    def _start(self, group: _Checks) -> None:
-        """A read of the waiting keys, unless one is about to start or READS run."""
-        if not group.waiting or group.gathering or len(group.reads) >= group.READS:
-            idle = not (group.waiting or group.reads or group.writing or group.refresher)
-            if idle and self._groups.get(id(group.ctx)) is group:
-                del self._groups[id(group.ctx)]
-            return
-        group.gathering = True
-        read = asyncio.ensure_future(self._read(group))
-        group.reads.add(read)
-        read.add_done_callback(lambda done: self._ended(group, done))
-
-    def _ended(self, group: _Checks, read: asyncio.Future[None]) -> None:
-        group.reads.discard(read)
-        _seen(read)
-        self._start(group)
-
-    async def _read(self, group: _Checks) -> None:
-        # Started on the loop's next turn: every check that arrived in this one is taken.
-        group.gathering = False
-        taken = list(group.waiting.items())[: group.MAX]
-        for presented, _ in taken:
-            del group.waiting[presented]
-        if not taken:
-            return
-        ctx = group.ctx
-        generation, started = KeyCache.generation, self.clock()
-        self.reads += 1
-        try:
-            checked = await ctx.call(ctx.store.checked, [p for p, _ in taken])
-        except BaseException as exc:  # every waiting caller gets the read's error
-            for _, answer in taken:
-                if not answer.done():
-                    answer.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (presented, answer), info in zip(taken, checked.infos, strict=True):
-            if info is not None:
-                self.put(self.slot(presented), info, generation, started)
-            else:
-                self._entries.pop(self.slot(presented), None)
-            if not answer.done():
-                answer.set_result(info)
-        if checked.due:
-            self._record_use(group, checked.due, checked.at)
-
-    def _record_use(self, group: _Checks, key_ids: list[str], at: datetime) -> None:
-        """The last uses written after the answers, one write at a time (the keys due while
-        one is written go with the next)."""
-        group.due.update(dict.fromkeys(key_ids, at))
-        if group.writing is not None:
-            return
-
-        async def write() -> None:
-            try:
-                while group.due:
-                    due, group.due = group.due, {}
-                    await group.ctx.call(group.ctx.store.record_use, list(due), max(due.values()))
-            except Exception:
-                log.exception("the last use of API keys could not be written")
-            finally:
-                group.writing = None
-                self._start(group)
-
-        group.writing = asyncio.ensure_future(write())
-
-
-@dataclass
-class _Entry:
-    info: KeyInfo
-    until: float
-    """Monotonic time it is trusted until: the read's start plus the cache's time."""
-    generation: int
-    used_at: float
-    """When a check last found it (the cache's clock)."""
-
-
-class _Checks:
-    """The key checks of one context's store: those waiting for a read, the reads under
-    way, the last uses waiting to be written, and the refresher."""
-
-    MAX = 256
-    """At most this many keys per read (more wait for the next)."""
-    READS = 8
-    """At most this many reads at once (more keys wait for one to end)."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.waiting: dict[str, asyncio.Future[KeyInfo | None]] = {}
-        self.gathering = False
-        """A read is started and takes the waiting keys on the loop's next turn."""
-        self.reads: set[asyncio.Future[None]] = set()
-        self.due: dict[str, datetime] = {}
-        self.writing: asyncio.Future[None] | None = None
-        self.refresher: asyncio.Future[None] | None = None
-
-
-def _seen(answer: asyncio.Future[Any]) -> None:
-    """Mark an error as seen (asyncio logs one nobody awaited: every caller gone)."""
-    if not answer.cancelled():
-        answer.exception()
 
 
 @event.listens_for(ApiKey.revoked_at, "set")
@@ -402,9 +187,22 @@ async def principal(request: Request) -> Principal:
 
 async def live_key(request: Request, presented: str) -> KeyInfo | None:
     """The key's info if ``presented`` is live: from this process's :class:`KeyCache`, or
-    from the store (in the service pool, one read for every key checked at once)."""
+    from the store (in the service pool, one read for concurrent checks of one key)."""
+    ctx = context_of(request)
     cache: KeyCache = request.app.state.keys
-    return await cache.check(context_of(request), presented)
+    slot = cache.slot(presented)
+    found = cache.get(slot)
+    if found is not None:
+        return found
+
+    async def check() -> KeyInfo | None:
+        generation, started = KeyCache.generation, time.monotonic()
+        info = await ctx.call(ctx.store.authenticate, presented)
+        if info is not None:
+            cache.put(slot, info, generation, started)
+        return info
+
+    return await cache.checks((id(ctx), slot), check)
 
 
 async def authenticated(request: Request, presented: str) -> Principal:

@@ -202,23 +202,17 @@ class KeyStore:
 
     def authenticate(self, presented: str) -> KeyInfo | None:
         """The key's info if ``presented`` is a live key, else None (and its last use is
-        recorded). The secret's digest is compared in constant time."""
-        return self.authenticate_many([presented])[0]
-
-    def authenticate_many(self, presented: Sequence[str]) -> list[KeyInfo | None]:
-        """:meth:`authenticate` for each of ``presented`` (in order): :meth:`checked`, then
-        :meth:`record_use` of the keys whose last use is due."""
-        checked = self.checked(presented)
-        if checked.due:
-            self.record_use(checked.due, checked.at)
-        return checked.infos
+        recorded when due: :meth:`record_use`, which never fails the check). The secret's
+        digest is compared in constant time."""
+        checked = self.checked([presented])
+        self.record_use(checked.due, checked.at)
+        return checked.infos[0]
 
     def checked(self, presented: Sequence[str]) -> Checked:
         """Which of ``presented`` are live keys (in order; None: unknown, a wrong secret or
-        revoked), by one read of the store per :data:`CHECK_GROUP_MAX` keys: 200 keys
-        checked at once cost a query, not 200 transactions queued on the store's lock.
-        Nothing is written: the keys whose last use is due (:data:`LAST_USED_STEP`) are
-        named in the answer for :meth:`record_use`, their info already showing it."""
+        revoked), by one read of the store per :data:`CHECK_GROUP_MAX` keys. Nothing is
+        written: the keys whose last use is due (:data:`LAST_USED_STEP`) are named in the
+        answer for :meth:`record_use`, their info already showing it."""
         parsed = [_parsed(one) for one in presented]
         ids = sorted({key_id for key_id, _ in parsed if key_id})
         rows: dict[str, ApiKey] = {}
@@ -243,32 +237,6 @@ class KeyStore:
                 info = info.model_copy(update={"last_used_at": now})
             infos.append(info)
         return Checked(infos, sorted(due), now)
-
-    def refreshed(self, key_ids: Sequence[str]) -> dict[str, KeyInfo]:
-        """The live keys among ``key_ids`` (keys found live before: their secrets were
-        checked then and never change), by one read per :data:`CHECK_GROUP_MAX`; the last
-        uses that are due are recorded (:meth:`record_use`)."""
-        ids = sorted(set(key_ids))
-        found: dict[str, KeyInfo] = {}
-        with self._session() as session:
-            for start in range(0, len(ids), CHECK_GROUP_MAX):
-                chosen = select(ApiKey).where(
-                    ApiKey.id.in_(ids[start : start + CHECK_GROUP_MAX]),
-                    ApiKey.revoked_at.is_(None),
-                )
-                found.update((row.id, KeyInfo.of(row)) for row in session.scalars(chosen))
-        now = _now()
-        due = {
-            key_id
-            for key_id, info in found.items()
-            if info.last_used_at is None
-            or not timedelta(0) <= now - info.last_used_at < LAST_USED_STEP
-        }
-        self.record_use(sorted(due), now)
-        return {
-            key_id: info.model_copy(update={"last_used_at": now}) if key_id in due else info
-            for key_id, info in found.items()
-        }
 
     def record_use(self, key_ids: Sequence[str], now: datetime) -> None:
         """Record ``now`` as the last use of ``key_ids`` (one statement). The last use is
