@@ -46,8 +46,8 @@ LAST_USED_STEP = timedelta(seconds=60)
 """A key's last use is written at most this often: a write on every request serialised all
 requests on the store's write lock (7-10 ms each on SQLite; issue 27's list benchmark)."""
 CHECK_GROUP_MAX = 500
-"""At most this many keys are looked up by one query (:meth:`KeyStore.authenticate_many`;
-SQLite allows at least 999 bound values in a statement)."""
+"""At most this many keys are looked up by one query (:meth:`KeyStore.checked`; SQLite
+allows at least 999 bound values in a statement)."""
 
 log = logging.getLogger(__name__)
 
