@@ -15,7 +15,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,7 +33,7 @@ from ...errors import Failed, InvalidInput, NotFound
 from ..settings import default_url
 from .models import ApiKey
 
-__all__ = ["KEY_PREFIX", "Checked", "IssuedKey", "KeyInfo", "KeyStore", "default_url", "migrate"]
+__all__ = ["KEY_PREFIX", "IssuedKey", "KeyInfo", "KeyStore", "default_url", "migrate"]
 
 KEY_PREFIX = "dk_"
 KEY_PATTERN = re.compile(r"^dk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -45,10 +45,6 @@ _NO_KEY = hashlib.sha256(b"no such key").hexdigest()
 LAST_USED_STEP = timedelta(seconds=60)
 """A key's last use is written at most this often: a write on every request serialised all
 requests on the store's write lock (7-10 ms each on SQLite; issue 27's list benchmark)."""
-CHECK_GROUP_MAX = 500
-"""At most this many keys are looked up by one query (:meth:`KeyStore.checked`; SQLite
-allows at least 999 bound values in a statement)."""
-
 log = logging.getLogger(__name__)
 
 
@@ -98,18 +94,6 @@ class KeyInfo(BaseModel):
     @classmethod
     def of(cls, row: ApiKey) -> KeyInfo:
         return cls.model_validate(row)
-
-
-@dataclass(frozen=True)
-class Checked:
-    """What :meth:`KeyStore.checked` found of the keys presented."""
-
-    infos: list[KeyInfo | None]
-    """Each presented key's info, in order; None when it is not a live key."""
-    due: list[str]
-    """The ids whose last use is due to be written (:meth:`KeyStore.record_use`)."""
-    at: datetime
-    """When they were checked: their last use."""
 
 
 @dataclass(frozen=True)
@@ -201,62 +185,37 @@ class KeyStore:
             return KeyInfo.of(row)
 
     def authenticate(self, presented: str) -> KeyInfo | None:
-        """The key's info if ``presented`` is a live key, else None (and its last use is
-        recorded when due: :meth:`record_use`, which never fails the check). The secret's
-        digest is compared in constant time."""
-        checked = self.checked([presented])
-        self.record_use(checked.due, checked.at)
-        return checked.infos[0]
-
-    def checked(self, presented: Sequence[str]) -> Checked:
-        """Which of ``presented`` are live keys (in order; None: unknown, a wrong secret or
-        revoked), by one read of the store per :data:`CHECK_GROUP_MAX` keys. Nothing is
-        written: the keys whose last use is due (:data:`LAST_USED_STEP`) are named in the
-        answer for :meth:`record_use`, their info already showing it."""
-        parsed = [_parsed(one) for one in presented]
-        ids = sorted({key_id for key_id, _ in parsed if key_id})
-        rows: dict[str, ApiKey] = {}
+        """The key's info if ``presented`` is a live key, else None. The secret's digest is
+        compared in constant time. Its last use is recorded when due (at most every
+        :data:`LAST_USED_STEP`) in a transaction of its own after the read
+        (:meth:`record_use`), which never fails the check."""
+        key_id, secret = _parsed(presented)
         with self._session() as session:
-            for start in range(0, len(ids), CHECK_GROUP_MAX):
-                chosen = select(ApiKey).where(ApiKey.id.in_(ids[start : start + CHECK_GROUP_MAX]))
-                rows.update((row.id, row) for row in session.scalars(chosen))
-        now = _now()
-        infos: list[KeyInfo | None] = []
-        due: dict[str, None] = {}
-        for key_id, secret in parsed:
-            row = rows.get(key_id)
+            row = session.get(ApiKey, key_id) if key_id else None
             stored = row.secret_sha256 if row is not None else _NO_KEY
             same = hmac.compare_digest(stored, _digest(secret))
             if row is None or not same or row.revoked_at is not None:
-                infos.append(None)
-                continue
+                return None
             info = KeyInfo.of(row)
-            last = info.last_used_at
-            if key_id in due or last is None or not timedelta(0) <= now - last < LAST_USED_STEP:
-                due[key_id] = None
-                info = info.model_copy(update={"last_used_at": now})
-            infos.append(info)
-        return Checked(infos, sorted(due), now)
+        now, last = _now(), info.last_used_at
+        if last is not None and timedelta(0) <= now - last < LAST_USED_STEP:
+            return info
+        self.record_use(key_id, now)
+        return info.model_copy(update={"last_used_at": now})
 
-    def record_use(self, key_ids: Sequence[str], now: datetime) -> None:
-        """Record ``now`` as the last use of ``key_ids`` (one statement). The last use is
-        bookkeeping: when it cannot be written (SQLite's ``database is locked`` under a
-        burst of first uses, a replica holding the rows) it is logged, never a caller's
-        error, and written at the key's next check."""
-        if not key_ids:
-            return
+    def record_use(self, key_id: str, now: datetime) -> None:
+        """Record ``now`` as the key's last use. The last use is bookkeeping: when it
+        cannot be written (SQLite's ``database is locked`` under a burst of first uses, a
+        replica holding the row) it is logged, never a caller's error, and written at the
+        key's next check."""
         try:
             with self._session() as session:
-                session.execute(
-                    update(ApiKey).where(ApiKey.id.in_(list(key_ids))).values(last_used_at=now)
-                )
+                session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
         except SQLAlchemyError as exc:
-            named = ", ".join(key_ids[:5]) + (", ..." if len(key_ids) > 5 else "")
             cause = getattr(exc, "orig", None) or exc
             log.warning(
-                "the last use of %d API key(s) (%s) is not recorded this time: %s: %s",
-                len(key_ids),
-                named,
+                "the last use of API key %s is not recorded this time: %s: %s",
+                key_id,
                 type(cause).__name__,
                 str(cause)[:200],
             )
