@@ -155,9 +155,10 @@ class AgentEnvironment(Component):
             opts=self.child,
         )
         # Every writable path gets a size bound (dockyard.storage, docs/stacks.md).
+        # Its resources are declared with the mounts, after the volumes (disks.mount).
         disks = storage.declare(
-            f"{name}-disks", prefix, storage.bounds_of(args.limits), args.helper_image, args.docker_host,
-            workspace_bound_elsewhere=bool(args.workspace_host_path), opts=self.child,
+            prefix, storage.bounds_of(args.limits), args.helper_image, args.docker_host,
+            workspace_bound_elsewhere=bool(args.workspace_host_path),
             secret_names=[*args.secrets, *(args.broker.keys if args.broker else ())],
         )  # fmt: skip
         volumes = {
@@ -172,7 +173,7 @@ class AgentEnvironment(Component):
                     if role == "workspace" and args.workspace_host_path
                     else disks.volume_options(role)
                 ),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=list(disks.depends_on)),
+                opts=self.child,
             )
             for role in ("workspace", "config", "checkpoints", *disks.extra_roles)
         }

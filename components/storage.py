@@ -248,7 +248,6 @@ class Bounded:
     environment_id: str
     bounds: DiskBounds | None
     roles: tuple[str, ...] = ()
-    depends_on: tuple[pulumi.Resource, ...] = ()
     helper_image: pulumi.Input[str] = ""
     docker_host: str | None = None
 
@@ -310,14 +309,12 @@ def mount_path(role: str) -> str:
 
 
 def declare(
-    name: str,
     environment_id: str,
     bounds: DiskBounds | None,
     helper_image: pulumi.Input[str],
     docker_host: str | None,
     *,
     workspace_bound_elsewhere: bool,
-    opts: pulumi.ResourceOptions,
     secret_names: Sequence[str] = (),
 ) -> Bounded:
     """The environment's bounded filesystems (none when ``bounds`` is None). A workspace
@@ -325,10 +322,9 @@ def declare(
     filesystem is its bound."""
     if bounds is None:
         return Bounded(environment_id, None)
-    del name, opts  # the disks are one command with their mounts (Bounded.mount)
     roles = tuple(r for r in DISK_ROLES if not (r == "workspace" and workspace_bound_elsewhere))
     roles += (secrets_role(secret_names),)
-    return Bounded(environment_id, bounds, roles, (), helper_image, docker_host)
+    return Bounded(environment_id, bounds, roles, helper_image, docker_host)
 
 
 if __name__ == "__main__":
