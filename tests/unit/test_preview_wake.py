@@ -67,6 +67,19 @@ def waker(engine: Engine, audited: list[dict[str, Any]], **kwargs: Any) -> Any:
     return found
 
 
+def requests_in_threads(wake: Any, count: int) -> tuple[list[threading.Thread], list[int]]:
+    """``count`` threads, started, each sending one authenticated request to ``wake``;
+    and the list their answers' statuses land in."""
+    answers: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(wake.request(ENV, BEARER, [])[0]))
+        for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    return threads, answers
+
+
 def test_an_authenticated_request_wakes_the_paused_environment_once() -> None:
     engine, audited = Engine(), []
     wake = waker(engine, audited)
@@ -122,13 +135,7 @@ def test_requests_arriving_together_share_one_unpause() -> None:
     engine, audited = Engine(), []
     engine.gate.clear()  # the first unpause waits until every request has arrived
     wake = waker(engine, audited)
-    answers: list[int] = []
-    threads = [
-        threading.Thread(target=lambda: answers.append(wake.request(ENV, BEARER, [])[0]))
-        for _ in range(20)
-    ]
-    for thread in threads:
-        thread.start()
+    threads, answers = requests_in_threads(wake, 20)
     engine.gate.set()
     for thread in threads:
         thread.join(30)
@@ -381,13 +388,7 @@ def test_a_flood_during_a_wake_does_not_pile_up_waiting_requests() -> None:
     engine, audited = Engine(), []
     engine.gate.clear()  # the wake hangs until released
     wake = waker(engine, audited, max_waiters=2, wait=60)  # a 503 is the cap's, not a timeout
-    answers: list[int] = []
-    threads = [
-        threading.Thread(target=lambda: answers.append(wake.request(ENV, BEARER, [])[0]))
-        for _ in range(2)
-    ]
-    for thread in threads:
-        thread.start()
+    threads, answers = requests_in_threads(wake, 2)
     wait_until(lambda: wake.waiting(ENV) == 2)
     status, body = wake.request(ENV, BEARER, [])
     assert (status, "retry" in body) == (503, True)
