@@ -17,7 +17,7 @@ from .store import KeyStore
 T = TypeVar("T")
 
 
-def _own_event_loop() -> None:
+def own_event_loop() -> None:
     # The service layer's drivers (Pulumi's Automation API, the test harness's mocks) expect
     # an event loop in the thread that calls them, as the CLI's main thread has.
     asyncio.set_event_loop(asyncio.new_event_loop())
@@ -35,7 +35,7 @@ class Context:
         threads; further calls queue there, the event loop keeps answering others)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
-                self.limits.workers, "dockyard-api", initializer=_own_event_loop
+                self.limits.workers, "dockyard-api", initializer=own_event_loop
             )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(function, *args, **kwargs))

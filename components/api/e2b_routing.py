@@ -31,6 +31,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -38,9 +39,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import Conflict, DockyardError
 from ..sessions import e2b as sandboxes
-from ..sessions import e2b_deadlines
+from ..sessions import e2b_deadlines, warm
 from . import e2b_websocket_proxy
-from .context import Context
+from .context import Context, own_event_loop
 from .e2b_admission import Caps, who
 from .e2b_errors import e2b_error
 from .e2b_http_proxy import HttpProxy
@@ -52,6 +53,9 @@ log = logging.getLogger(__package__)
 
 REAP_VARIABLE = "DOCKYARD_E2B_REAP_INTERVAL_S"
 REAP_INTERVAL_S = 5.0
+REFILL_VARIABLE = "DOCKYARD_POOL_REFILL_INTERVAL_S"
+REFILL_INTERVAL_S = 5.0
+"""Seconds between the end of one warm pool refill and the start of the next."""
 
 
 class Routing:
@@ -81,19 +85,23 @@ class Routing:
             return
         await self._route(scope, receive, send, headers, *wanted)
 
-    # The deadlines: expire() in the pool every few seconds while the server runs.
+    # While the server runs: the deadlines (expire() in the pool every few seconds) and the
+    # warm pools' refill (in a thread of its own: making members never holds a request's).
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
 
         async def watched() -> Message:
-            nonlocal task
             message = await receive()
-            if message["type"] == "lifespan.startup" and task is None:
-                task = asyncio.create_task(self._reap())
-            elif message["type"] == "lifespan.shutdown" and task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            if message["type"] == "lifespan.startup" and not tasks:
+                tasks.extend(
+                    [asyncio.create_task(self._reap()), asyncio.create_task(self._refill())]
+                )
+            elif message["type"] == "lifespan.shutdown" and tasks:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 await self.proxy.aclose()
             return message
 
@@ -109,6 +117,28 @@ class Routing:
                     log.info("sandboxes past their timeout destroyed: %s", ", ".join(gone))
             except Exception:
                 log.exception("the sandbox timeout sweep failed (next round tries again)")
+
+    async def _refill(self) -> None:
+        interval = float(os.environ.get(REFILL_VARIABLE) or REFILL_INTERVAL_S)
+        filler = ThreadPoolExecutor(1, "dockyard-pools", initializer=own_event_loop)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    done = await loop.run_in_executor(filler, warm.refill, self.context.sessions)
+                    if done.made or done.rerolled:
+                        log.info(
+                            "warm pools: made %s; re-rolled %s",
+                            ", ".join(done.made) or "none",
+                            ", ".join(done.rerolled) or "none",
+                        )
+                except DockyardError as error:  # the host settings, say: no traceback
+                    log.warning("the warm pool refill failed (next round tries again): %s", error)
+                except Exception:
+                    log.exception("the warm pool refill failed (next round tries again)")
+                await asyncio.sleep(interval)
+        finally:
+            filler.shutdown(wait=False, cancel_futures=True)
 
     async def _reach(self, scope: Scope, record: Any) -> str:
         """The sandbox's address (:func:`dockyard.sessions.e2b.reach`): one engine read

@@ -21,6 +21,11 @@ snapshot_verbs = typer.Typer(
     no_args_is_help=True,
 )
 """``dockyard snapshot create|ls|rm``."""
+pool_verbs = typer.Typer(
+    help="Warm pools of ready sandboxes (pools: in the host settings; docs/instant-sessions.md).",
+    no_args_is_help=True,
+)
+"""``dockyard pool ls|refill``."""
 
 
 def _state(data: dict[str, Any]) -> None:
@@ -113,3 +118,36 @@ def remove(name: str, tenant: TenantOption = None, as_json: JsonFlag = False) ->
     with errors(as_json):
         removed = Sessions.default().remove_snapshot(name, tenant).as_dict()
         emit(removed, as_json, lambda r: out.print(f"snapshot {r['name']} removed"))
+
+
+def _pools(data: list[dict[str, Any]]) -> None:
+    grid(
+        ("pool", "free", "being made", "min", "max"),
+        ([r["pool"], r["free"], r["making"], r["min"], r["max"]] for r in data),
+    )
+
+
+@pool_verbs.command("ls")
+def pools(as_json: JsonFlag = False) -> None:
+    """Each warm pool of the host settings: free members, members being made, min, max."""
+    with errors(as_json):
+        emit(Sessions.default().pools(), as_json, _pools)
+
+
+@pool_verbs.command("refill")
+def refill(as_json: JsonFlag = False) -> None:
+    """Top every pool up to its min now; members of older settings or image are re-rolled.
+
+    `dockyard serve` does this every few seconds."""
+    with errors(as_json), working("refilling the warm pools…", as_json):
+        done = Sessions.default().refill_pools(progress(as_json))
+        emit(
+            {"made": done.made, "rerolled": done.rerolled, "failed": done.failed},
+            as_json,
+            lambda r: out.print(
+                f"made {len(r['made'])}, re-rolled {len(r['rerolled'])}"
+                + "".join(f"\n  not done: {line}" for line in r["failed"])
+            ),
+        )
+        if done.failed:
+            raise typer.Exit(1)

@@ -1,16 +1,16 @@
 """``pools:`` in the host settings: warm pools of ready environments (issue 29 item 1).
 
-One entry per backend, variant and profile, with a floor (``min``: ready members the pool
-keeps) and a ceiling (``max``: members it may hold at once, claimed ones being set up
+One entry per tenant, backend, variant and profile, with a floor (``min``: ready members
+the pool keeps) and a ceiling (``max``: members it may hold at once, ones being made
 included). Host settings only in practice; the model refuses a pool on Kubernetes, the
 same combination twice, a ceiling under its floor, and ceilings that together pass the
 host's ``quotas.environments`` (members count against the quota like any environment).
 
-Not available yet: nothing makes members and ``create`` never claims one, so a host that
-lists a pool would get none of what it asked for. Until both exist a non-empty ``pools``
-is refused (:data:`NOT_AVAILABLE`) after the entries themselves were checked, so a
-mistake in an entry is still reported with its key. docs/instant-sessions.md#warm-pools
-says what is missing.
+A member is a whole environment made ahead for one tenant: its engine names, labels and
+network carry the tenant and its id, so a pool names the tenant its members are for
+(none: sessions without a tenant). Members are claimed by the creates where dockyard
+chooses the session id (the E2B-compatible ``POST /sandboxes``): a create that names its
+own id is cold (docs/instant-sessions.md#warm-pools says why).
 """
 
 from __future__ import annotations
@@ -28,19 +28,14 @@ POOL_CEILING = 100
 POOL_ENTRIES = 32
 """The most pool entries a host's settings may list."""
 
-NOT_AVAILABLE = (
-    "an empty list: warm pools are not available yet: no member is ever created and "
-    "create never claims one (issue 29 item 1, docs/instant-sessions.md#warm-pools), so "
-    "a pool here would do nothing; remove pools from the host settings"
-)
-"""What a valid, non-empty ``pools`` is refused with until members and claims exist."""
-
 PoolSize = Annotated[int, BeforeValidator(v.bounded_int(0, POOL_CEILING))]
 
 
 class Pool(Model):
-    """Ready members for sessions of one backend, variant and profile."""
+    """Ready members for sessions of one tenant, backend, variant and profile."""
 
+    tenant: v.Tenant | None = None
+    """The tenant the members are made for; None: sessions without a tenant."""
     backend: Literal["claude", "codex"] = "claude"
     variant: Variant = "core"
     profile: KnownProfile = "standard"
@@ -64,17 +59,18 @@ class Pool(Model):
         return self.min if self.max is None else self.max
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.backend, self.variant, self.profile)
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.tenant or "", self.backend, self.variant, self.profile)
 
     @property
     def label(self) -> str:
-        """``backend-variant-profile``: the pool's name in labels, state and messages."""
-        return "-".join(self.key)
+        """``[tenant/]backend-variant-profile``: the pool's name in state and messages."""
+        kind = f"{self.backend}-{self.variant}-{self.profile}"
+        return f"{self.tenant}/{kind}" if self.tenant else kind
 
 
 def _distinct(pools: list[Pool]) -> list[Pool]:
-    seen: dict[tuple[str, str, str], int] = {}
+    seen: dict[tuple[str, str, str, str], int] = {}
     bad: list[tuple[int | str, Any, str]] = []
     for index, pool in enumerate(pools):
         if pool.key in seen:
@@ -82,7 +78,7 @@ def _distinct(pools: list[Pool]) -> list[Pool]:
                 (
                     index,
                     pool.label,
-                    f"one entry per backend, variant and profile (pools[{seen[pool.key]}] "
+                    f"one entry per tenant, backend, variant and profile (pools[{seen[pool.key]}] "
                     "has this one)",
                 )
             )
@@ -96,8 +92,7 @@ Pools = Annotated[list[Pool], v.bounded_list(POOL_ENTRIES), AfterValidator(_dist
 
 
 def check_pools(pools: list[Pool], info: ValidationInfo) -> list[Pool]:
-    """The stack-wide rules of ``pools`` (the stack's field validator calls this); a
-    non-empty list that passes them is still refused: :data:`NOT_AVAILABLE`."""
+    """The stack-wide rules of ``pools`` (the stack's field validator calls this)."""
     if not pools:
         return pools
     if info.data.get("backend") == "kubernetes":
@@ -110,4 +105,4 @@ def check_pools(pools: list[Pool], info: ValidationInfo) -> list[Pool]:
             f"ceilings (max) that together stay within quotas.environments ({cap}); "
             f"these add up to {total}"
         )
-    raise v.refuse(NOT_AVAILABLE)
+    return pools

@@ -30,12 +30,24 @@ from .. import manifest as manifest_contract
 from ..capacity import connect
 from ..config import ConfigError, from_host_settings
 from ..contract import NAMING_CURRENT
-from . import audit, backups, dataplane, driver, e2b, listing, located, ownership, quotas, registry
+from . import (
+    audit,
+    backups,
+    dataplane,
+    driver,
+    e2b,
+    listing,
+    located,
+    ownership,
+    quotas,
+    registry,
+    warm,
+)
 from . import hibernate as hibernating
 from . import pause as pausing
 from . import snapshots as snapshotting
 from .request import SessionPlan, plan
-from .settings import Paths, load_settings, paths, usable_state
+from .settings import IMAGE_RECORD, Paths, load_settings, paths, usable_state
 
 __all__ = [
     "ConfigError",
@@ -51,7 +63,6 @@ SessionNotFound = registry.SessionNotFound
 QuotaError = quotas.QuotaError
 DriverError = driver.DriverError
 Progress = Callable[[str], None]
-IMAGE_RECORD = "image.json"
 
 
 def _quiet(_: str) -> None:
@@ -461,6 +472,14 @@ class Sessions:
         return snapshotting.fork(  # type: ignore[return-value]
             self, session, as_, tenant, snapshot, secrets, progress
         )
+
+    def pools(self) -> builtins.list[dict[str, Any]]:
+        """Each warm pool of the host settings and its members (:mod:`.warm`)."""
+        return warm.status(self)
+
+    def refill_pools(self, progress: Progress = _quiet) -> warm.Refilled:
+        """One refill of the warm pools now (``dockyard serve`` runs it every few seconds)."""
+        return warm.refill(self, progress)
 
     def audit_attach(self, session: str, tenant: str | None = None) -> registry.Record:
         """Record an attach (the CLI runs ``docker exec`` itself)."""

@@ -40,6 +40,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,14 @@ from ..config.names import RESERVED_LABEL_PREFIX
 from ..config.values import LABEL_KEY
 from ..errors import Conflict, Failed, InvalidInput, shown
 from . import e2b_records as records
-from . import hibernate
+from . import hibernate, warm
 from .e2b_deadlines import clock_again
 from .e2b_records import ENVD_VERSION as ENVD_VERSION  # what the daemon's tests read
+from .e2b_records import TOKEN_SECRET as TOKEN_SECRET  # the face's and tests' name
 from .e2b_records import Sandbox
 from .e2b_records import forget as forget  # what Sessions.destroy calls
 from .e2b_templates import template
+from .pool import new_member_id
 from .registry import Record
 from .service import SessionsLike
 
@@ -70,8 +73,6 @@ METRICS_AT_ONCE = 8
 SANDBOX_ID = re.compile(r"[a-z0-9]{1,63}", re.ASCII)
 """A sandbox id this face makes: one DNS label (``<port>-<id>.<domain>`` host names)."""
 TEMPLATE_LABEL = "e2b.template"
-TOKEN_SECRET = "DOCKYARD_ENVD_ACCESS_TOKEN"  # noqa: S105 - a secret's name, not its value
-"""The secret the daemon (images/core/envd.py) reads its access token from."""
 
 
 def timeout_seconds(value: Any, key: str = "timeout") -> int:
@@ -148,7 +149,6 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
         problems.append(f"envVars.{TOKEN_SECRET}: set by dockyard (allowed: any other name)")
     if problems:
         raise InvalidInput("sandbox", problems)
-    sandbox_id = "s" + secrets.token_hex(10)
     metadata: dict[str, str] = values["metadata"]
     labels = {
         k: v
@@ -156,26 +156,30 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
         if LABEL_KEY.fullmatch(k) and not k.startswith(RESERVED_LABEL_PREFIX)
     }
     labels[TEMPLATE_LABEL] = str(body["templateID"]).split(":", 1)[0]
-    cwd = records.directory(sessions) / "projects" / (tenant or "_")
-    cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
-    token = secrets.token_urlsafe(24)
-    env: dict[str, str] = {**values["envVars"], TOKEN_SECRET: token}
-    request: dict[str, Any] = {
-        "sessionId": sandbox_id,
-        "cwd": str(cwd),
-        "backend": chosen.backend,
-        "labels": labels,
-    }
-    if tenant:
-        request["tenant"] = tenant
-    if chosen.variant:
-        request["variant"] = chosen.variant
-    if chosen.profile:
-        request["profile"] = chosen.profile
-    request["secrets"] = sorted(env)
     started = records.utc_now()
-    sessions.create(request, env)
-    record = sessions.registry.find(sandbox_id, tenant)
+    # Environment variables are secrets read once at start: only a create without them
+    # can take a member made ahead (:mod:`.warm`).
+    claimed = (
+        None
+        if values["envVars"]
+        else warm.claim(sessions, tenant, chosen.backend, chosen.variant, chosen.profile)
+    )
+    if claimed is not None:
+        sandbox_id, token = claimed.member, claimed.token
+        record = _bound(sessions, sandbox_id, tenant, labels)
+    else:
+        sandbox_id = new_member_id()
+        token = secrets.token_urlsafe(24)
+        env: dict[str, str] = {**values["envVars"], TOKEN_SECRET: token}
+        environment = {
+            "backend": chosen.backend,
+            "variant": chosen.variant,
+            "profile": chosen.profile,
+        }
+        sessions.create(
+            records.request_of(sessions, sandbox_id, tenant, environment, labels, list(env)), env
+        )
+        record = sessions.registry.find(sandbox_id, tenant)
     sandbox = Sandbox(
         sandboxId=sandbox_id,
         tenant=record.tenant,
@@ -195,6 +199,21 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
             sessions.destroy(sandbox_id, tenant, final_backup=False)
         raise
     return sandbox
+
+
+def _bound(sessions: Any, sandbox_id: str, tenant: str | None, labels: Mapping[str, str]) -> Record:
+    """A claimed member's record with the create's labels (the metadata that are labels
+    and the template): what lists and filters read. The container keeps the labels it was
+    made with; a refresh re-creates it with these."""
+    record = sessions.registry.find(sandbox_id, tenant)
+    request = {**record.request, "labels": {**record.request.get("labels", {}), **labels}}
+    try:
+        sessions.registry.save(replace(record, request=request))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            sessions.destroy(sandbox_id, tenant, final_backup=False)
+        raise
+    return sessions.registry.find(sandbox_id, tenant)
 
 
 def get(sessions: SessionsLike, sandbox_id: str, tenant: str | None) -> Sandbox:

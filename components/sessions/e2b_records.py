@@ -20,6 +20,8 @@ from .registry import Record, SessionNotFound
 from .service import SessionsLike
 from .status import engine_state
 
+TOKEN_SECRET = "DOCKYARD_ENVD_ACCESS_TOKEN"  # noqa: S105 - a secret's name, not its value
+"""The secret the daemon (images/core/envd.py) reads its access token from."""
 ENVD_VERSION_VARIABLE = "DOCKYARD_E2B_ENVD_VERSION"
 ENVD_VERSION = "0.6.4"
 """The daemon protocol version answered (the SDKs gate features on it): the lowest E2B envd
@@ -86,6 +88,27 @@ class Sandbox:
 
 def directory(sessions: SessionsLike) -> Path:
     return sessions.where.state / "e2b"
+
+
+def request_of(
+    sessions: SessionsLike,
+    sandbox_id: str,
+    tenant: str | None,
+    environment: Mapping[str, str | None],
+    labels: Mapping[str, str],
+    secret_names: list[str],
+) -> dict[str, Any]:
+    """The sessions request of a sandbox (a cold create's, or a warm pool member's):
+    ``environment`` gives ``backend`` and, where set, ``variant`` and ``profile``; every
+    sandbox of a tenant shares one project directory."""
+    cwd = directory(sessions) / "projects" / (tenant or "_")
+    cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
+    request: dict[str, Any] = {"sessionId": sandbox_id, "cwd": str(cwd), "labels": dict(labels)}
+    if tenant:
+        request["tenant"] = tenant
+    request.update({k: v for k, v in environment.items() if v})
+    request["secrets"] = sorted(secret_names)
+    return request
 
 
 def path_of(sessions: SessionsLike, record: Record) -> Path:

@@ -1,21 +1,24 @@
-"""Warm pool bookkeeping (issue 29 item 1, part): which members exist, which are free,
-who claimed which, and what a refill has to create or re-roll.
+"""Warm pool bookkeeping (issue 29 item 1): which members exist, which are free, who
+claimed which, and what a refill has to create or re-roll (:mod:`.warm` acts on it).
 
 State lives under ``<state>/pools`` so every process of a host (the CLI, ``dockyard
 serve``, an application's library calls) sees the same pool:
 
 * ``members/<member>.json`` — a ready member: its pool, the digest of the settings and
   image it was made with, when. Written whole (temporary file, then rename).
+* ``tokens/<member>`` — the member's access token for its in-environment daemon (0600),
+  made with the member and handed to the session that claims it.
+* ``held/<member>.json`` — the member's registry record while it is free: out of the
+  registry, so no list, dashboard, E2B answer or deadline sweep sees a member before a
+  claim puts the record back.
 * ``claims/<member>`` — the claim, made with ``O_CREAT | O_EXCL``: of any number of
   processes claiming at once exactly one creates the file, so no member is handed out
   twice. A claim is never removed: a member serves one session ever.
 * ``creating/<member>`` — a member being made (a refill counts it against ``max``).
 
-Members have session ids of the session grammar, ``pool-<16 hex>`` (random: no tenant
-can guess one to take its name first). Nothing here reaches an engine: making members,
-binding a claim to a session and wiring ``Sessions.create`` are not done yet, and until
-they are a non-empty ``pools:`` is refused (:data:`dockyard.config.pools.NOT_AVAILABLE`),
-so this bookkeeping is never mistaken for a working pool.
+Member ids are sandbox ids (``s`` and 20 random hex digits, :func:`new_member_id`): the
+id a claimed member's session keeps, indistinguishable from a cold create's, and no
+tenant can guess one to take its name first.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,11 +39,13 @@ from typing import Any
 from ..config.pools import Pool
 from ..files import write_atomic
 
-MEMBER_PREFIX = "pool-"
+MEMBER_ID = re.compile(r"s[0-9a-f]{20}", re.ASCII)
+MEMBER_ALLOWED = "s and 20 lower-case hex digits"
 
 
 def new_member_id() -> str:
-    return MEMBER_PREFIX + secrets.token_hex(8)
+    """A new sandbox id (also what a cold E2B create names its session)."""
+    return "s" + secrets.token_hex(10)
 
 
 def digest(pool: Pool, image_ref: str) -> str:
@@ -52,7 +58,7 @@ def digest(pool: Pool, image_ref: str) -> str:
 class Member:
     member: str
     pool: str
-    """The pool's label, ``backend-variant-profile``."""
+    """The pool's label, ``[tenant/]backend-variant-profile``."""
     digest: str
     created_at: str
 
@@ -76,9 +82,6 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-MEMBER_ID = re.compile(MEMBER_PREFIX + r"[0-9a-f]{16}", re.ASCII)
-
-
 def _valid_member(name: str) -> bool:
     return bool(MEMBER_ID.fullmatch(name))
 
@@ -91,9 +94,17 @@ class PoolStore:
         self.members_dir = root / "members"
         self.claims_dir = root / "claims"
         self.creating_dir = root / "creating"
+        self.tokens_dir = root / "tokens"
+        self.held_dir = root / "held"
 
     def _dirs(self) -> None:
-        for where in (self.members_dir, self.claims_dir, self.creating_dir):
+        for where in (
+            self.members_dir,
+            self.claims_dir,
+            self.creating_dir,
+            self.tokens_dir,
+            self.held_dir,
+        ):
             where.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # --- members ------------------------------------------------------------------------
@@ -102,7 +113,7 @@ class PoolStore:
     def creating(self, pool: Pool, member: str) -> Iterator[None]:
         """Mark ``member`` as being made while the block runs (counted against ``max``)."""
         if not _valid_member(member):
-            raise ValueError(f"member {member!r} (allowed: {MEMBER_PREFIX}<hex>)")
+            raise ValueError(f"member {member!r} (allowed: {MEMBER_ALLOWED})")
         self._dirs()
         marker = self.creating_dir / member
         marker.write_text(pool.label, encoding="utf-8")
@@ -111,14 +122,17 @@ class PoolStore:
         finally:
             marker.unlink(missing_ok=True)
 
-    def add(self, pool: Pool, member: str, image_ref: str) -> Member:
-        """Record a member made and ready for ``pool`` built from ``image_ref``."""
+    def add(self, pool: Pool, member: str, image_ref: str, token: str | None = None) -> Member:
+        """Record a member made and ready for ``pool`` built from ``image_ref`` (and the
+        access token it was made with)."""
         if not _valid_member(member):
-            raise ValueError(f"member {member!r} (allowed: {MEMBER_PREFIX}<hex>)")
+            raise ValueError(f"member {member!r} (allowed: {MEMBER_ALLOWED})")
         self._dirs()
         if (self.claims_dir / member).exists():
             raise ValueError(f"member {member!r} was claimed once: a member serves one session")
         record = Member(member, pool.label, digest(pool, image_ref), _now())
+        if token is not None:
+            write_atomic(self.tokens_dir / member, token, 0o600, dir_mode=0o700)
         write_atomic(self.members_dir / f"{member}.json", json.dumps(asdict(record)))
         return record
 
@@ -150,9 +164,23 @@ class PoolStore:
             if m.pool == pool.label and m.digest == wanted and not self.claimed(m.member)
         ]
 
+    def token(self, member: str) -> str | None:
+        try:
+            return (self.tokens_dir / member).read_text(encoding="utf-8")
+        except OSError:
+            return None
+
+    def held(self, member: str) -> Path:
+        """Where ``member``'s registry record waits while the member is free."""
+        if not _valid_member(member):
+            raise ValueError(f"member {member!r} (allowed: {MEMBER_ALLOWED})")
+        return self.held_dir / f"{member}.json"
+
     def forget(self, member: str) -> None:
-        """Drop a member's record (it was destroyed, or became its session); a claim stays."""
+        """Drop a member's record and token (it was destroyed, or became its session);
+        a claim stays."""
         (self.members_dir / f"{member}.json").unlink(missing_ok=True)
+        (self.tokens_dir / member).unlink(missing_ok=True)
 
     # --- claims -------------------------------------------------------------------------
 
@@ -160,18 +188,33 @@ class PoolStore:
         """Take a free member of ``pool`` for ``session``, or None when none is free.
         Atomic across processes: the claim file is created exclusively, so a member two
         processes race for goes to exactly one; the loser tries the next."""
-        self._dirs()
         for member in self.free(pool, image_ref):
-            try:
-                descriptor = os.open(
-                    self.claims_dir / member.member, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600
-                )
-            except FileExistsError:
-                continue
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump({"session": session, "tenant": tenant, "claimedAt": _now()}, handle)
-            return Claim(member, session, tenant)
+            if self.take(member.member, session, tenant):
+                return Claim(member, session, tenant)
         return None
+
+    def take(self, member: str, session: str, tenant: str | None = None) -> bool:
+        """Claim ``member`` itself (for ``session``, or a re-roll); False when another
+        process has."""
+        if not _valid_member(member):
+            raise ValueError(f"member {member!r} (allowed: {MEMBER_ALLOWED})")
+        self._dirs()
+        try:
+            descriptor = os.open(
+                self.claims_dir / member, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600
+            )
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump({"session": session, "tenant": tenant, "claimedAt": _now()}, handle)
+        return True
+
+    def claimed_for(self, member: str) -> float | None:
+        """Seconds since ``member`` was claimed; None: it is not."""
+        try:
+            return max(time.time() - (self.claims_dir / member).stat().st_mtime, 0.0)
+        except OSError:
+            return None
 
     def claim_of(self, member: str) -> dict[str, Any] | None:
         path = self.claims_dir / member

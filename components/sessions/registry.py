@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,17 @@ class Registry:
 
     def remove(self, stack_name: str) -> None:
         self._path(stack_name).unlink(missing_ok=True)
+
+    def take_out(self, stack_name: str, to: Path) -> None:
+        """Move a record out of the registry (a warm pool's free member waits there)."""
+        to.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.replace(self._path(stack_name), to)
+
+    def put_back(self, held: Path) -> Record:
+        """Move a record :meth:`take_out` moved back in; the record."""
+        record = _parse(held.read_bytes())
+        os.replace(held, self._path(record.stack_name))
+        return record
 
     def all(self, tenant: str | None = None) -> list[Record]:
         """The records (of ``tenant``), in stack name order; files that are not records

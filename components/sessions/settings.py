@@ -21,6 +21,9 @@ import yaml
 from ..config import ConfigError, host_settings
 from ..errors import Failed
 
+IMAGE_RECORD = "image.json"
+"""The state file ``dockyard image build`` writes: the host's built image reference."""
+
 
 class StateUnusable(Failed):
     """The state directory cannot be created, read or written."""

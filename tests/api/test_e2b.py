@@ -27,6 +27,7 @@ from tests.api.conftest import Api
 @dataclass
 class Where:
     state: Path
+    config_file: Path | None = None
 
 
 @dataclass

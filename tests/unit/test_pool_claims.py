@@ -1,4 +1,4 @@
-"""Warm pool bookkeeping (issue 29 item 1, part): claims from many processes at once,
+"""Warm pool bookkeeping (issue 29 item 1): claims from many processes at once,
 one session per member ever, refill and re-roll plans."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 
 from dockyard.config.pools import Pool
 from dockyard.contract import SESSION_ID
+from dockyard.sessions.e2b import SANDBOX_ID
 from dockyard.sessions.pool import PoolStore, digest, new_member_id
 
 IMAGE = "dockyard/core:1"
@@ -123,10 +124,13 @@ def test_member_names_follow_the_session_grammar(tmp_path: Path) -> None:
     names = {new_member_id() for _ in range(50)}
     assert len(names) == 50
     assert all(SESSION_ID.fullmatch(name) for name in names)
-    for bad in ("../x", "pool-", "s1", "pool-a/b"):
-        with pytest.raises(ValueError, match="allowed: pool-<hex>"):
+    assert all(SANDBOX_ID.fullmatch(name) for name in names)  # the E2B face's ids too
+    for bad in ("../x", "pool-", "s1", "s" + "0" * 19 + "/", "S" + "0" * 20, "s" + "0" * 21):
+        with pytest.raises(ValueError, match="allowed: s and 20 lower-case hex digits"):
             store.add(_pool(), bad, IMAGE)
+        with pytest.raises(ValueError, match="allowed: s and 20"):
+            store.held(bad)
     store.members_dir.mkdir(parents=True)
-    (store.members_dir / "pool-0123456789abcdef.json").write_text("{not json")
+    (store.members_dir / "s0123456789abcdef0123.json").write_text("{not json")
     assert store.members() == []
     assert digest(_pool(), IMAGE) != digest(_pool(min=4), IMAGE)

@@ -1,17 +1,10 @@
-"""api_keys: public id, tenant or admin, secret digest, created, last used, revoked.
-
-Revision ID: 0001
-"""
-
-from __future__ import annotations
+"""api_keys: public id, tenant or admin, secret digest, created, last used, revoked."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

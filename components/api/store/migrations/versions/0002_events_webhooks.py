@@ -1,17 +1,10 @@
-"""events, event_sources, webhooks, webhook_deliveries (issue 27 item 3); api_keys unchanged.
-
-Revision ID: 0002
-"""
-
-from __future__ import annotations
+"""events, event_sources, webhooks, webhook_deliveries (issue 27 item 3); api_keys unchanged."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

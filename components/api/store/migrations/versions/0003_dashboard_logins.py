@@ -1,18 +1,12 @@
 """dashboard_logins (issue 28): the dashboard's logins in the store, not one process's
 memory; earlier tables unchanged.
-
-Revision ID: 0003
 """
-
-from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,19 +1,13 @@
 """webhook_deliveries: when the last attempt was made and the start of the receiver's
 answer (a bounded, printable excerpt), so the delivery log says what happened to an event
 at the endpoint; earlier tables unchanged.
-
-Revision ID: 0004
 """
-
-from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

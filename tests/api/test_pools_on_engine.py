@@ -1,0 +1,141 @@
+"""Warm pools on the real engine (issue 29 item 1, issue 30 item 1): ``dockyard serve``
+fills a tenant's pool in the background through the same sessions service (the harness
+driver where Pulumi would run); the public ``e2b`` SDK's ``Sandbox.create`` claims
+members — concurrent creates never share one, each claimed sandbox answers its own
+token and runs a command, the overflow is created cold — free members are in no list,
+the pool refills, and a settings change re-rolls the free members only."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+from e2b import Sandbox
+
+from dockyard.api.store import default_url
+from dockyard.sessions import Sessions, warm
+from dockyard.sessions.settings import paths
+from tests.harness.sessions import HarnessDriver
+from tests.support.engine import RUN_ID, wait_for
+from tests.support.harness_home import make_home, sweep_tenant
+from tests.support.server import create_key, serve
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+MEMBERS = 3
+CREATES = 5
+
+
+def _free(sessions: Sessions) -> int:
+    return sum(pool["free"] for pool in warm.status(sessions))
+
+
+def _container_ids(client: docker.DockerClient, tenant: str) -> set[str]:
+    found = client.containers.list(all=True, filters={"label": f"dockyard.tenant={tenant}"})
+    return {c.labels.get("dockyard.session", "") for c in found}
+
+
+@pytest.fixture
+def home(tmp_path: Path, docker_client: docker.DockerClient, core_image: str) -> Iterator[Any]:
+    tenant, other = f"p{RUN_ID[:8]}", f"q{RUN_ID[:8]}"
+    settings = {"pools": [{"tenant": tenant, "min": MEMBERS}]}
+    made = make_home(tmp_path, core_image, settings)
+    try:
+        yield made, tenant, other
+    finally:
+        for who in (tenant, other):
+            sweep_tenant(docker_client, who)
+
+
+def test_sdk_creates_claim_members_refill_and_reroll(
+    home: Any, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    made, tenant, other = home
+    store = default_url(made.state)
+    env = {
+        **made.env(),
+        "DOCKYARD_E2B_REAP_INTERVAL_S": "0.5",
+        "DOCKYARD_POOL_REFILL_INTERVAL_S": "0.5",
+    }
+    keys = {who: create_key(env, store, "--tenant", who)["key"] for who in (tenant, other)}
+    where = paths({"DOCKYARD_STATE_DIR": str(made.state), "DOCKYARD_CONFIG": str(made.settings)})
+    sessions = Sessions(where, HarnessDriver(where))
+    with serve(env, store, tmp_path / "server.log") as serving:
+        wait_for(lambda: _free(sessions) == MEMBERS, timeout=240, interval=0.5)
+        members = {m.member for m in warm.store(sessions).members()}
+        assert members <= _container_ids(docker_client, tenant)  # real, running environments
+        # Free members are nobody's session: not in the tenant's lists.
+        listed = httpx.get(
+            f"{serving.url}/api/sessions",
+            headers={"Authorization": f"Bearer {keys[tenant]}"},
+            timeout=30,
+            trust_env=False,
+        ).json()["items"]
+        assert listed == []
+        opts = {"api_key": keys[tenant], "api_url": serving.url, "sandbox_url": serving.url}
+        assert Sandbox.list(**opts).next_items() == []
+
+        def create(_: int) -> tuple[str, float, str, str]:
+            started = time.monotonic()
+            sandbox = Sandbox.create("base", timeout=600, metadata={"run": "pool"}, **opts)
+            took = time.monotonic() - started
+            ran = sandbox.commands.run("echo hi-$((20+22)) && id -un")
+            return sandbox.sandbox_id, took, ran.stdout, sandbox._envd_access_token or ""
+
+        with ThreadPoolExecutor(CREATES) as workers:
+            got = list(workers.map(create, range(CREATES)))
+        ids = [sandbox_id for sandbox_id, *_ in got]
+        assert len(set(ids)) == CREATES
+        claimed = [i for i in ids if i in members]
+        assert len(claimed) == MEMBERS, (ids, members)  # each member once, the rest cold
+        assert all(out.split() == ["hi-42", "agent"] for _, _, out, _ in got), got
+        tokens = [token for *_, token in got]
+        assert len(set(tokens)) == CREATES
+        assert all(len(t) >= 16 for t in tokens)
+        # Claimed sandboxes carry the create's metadata like cold ones.
+        infos = {s.sandbox_id: s for s in Sandbox.list(**opts).next_items()}
+        assert set(infos) == set(ids)
+        assert all(infos[i].metadata == {"run": "pool"} for i in claimed)
+        # Another tenant has no pool: its create is cold and sees none of these.
+        theirs = Sandbox.create(
+            "base", api_key=keys[other], api_url=serving.url, sandbox_url=serving.url
+        )
+        assert theirs.sandbox_id not in members
+        assert Sandbox.list(api_key=keys[other], api_url=serving.url).next_items()[
+            0
+        ].sandbox_id == (theirs.sandbox_id)
+        # The pool refills to its floor with new members.
+        wait_for(lambda: _free(sessions) == MEMBERS, timeout=240, interval=0.5)
+        refilled = {m.member for m in warm.store(sessions).members()}
+        assert not refilled & members
+        # Changed settings re-roll the free members only: the claimed sandboxes run on.
+        made.settings.write_text(
+            json.dumps({"pools": [{"tenant": tenant, "min": 1}]}), encoding="utf-8"
+        )
+        wait_for(
+            lambda: (
+                not {m.member for m in warm.store(sessions).members()} & refilled
+                and _free(sessions) == 1
+            ),
+            timeout=240,
+            interval=0.5,
+        )
+        running = _container_ids(docker_client, tenant)
+        assert not running & refilled
+        assert set(ids) <= running
+        for sandbox_id in ids:
+            assert Sandbox.kill(sandbox_id, **opts)
+        Sandbox.kill(theirs.sandbox_id, api_key=keys[other], api_url=serving.url)
+        # No pool: its members go; nothing of the tenant is left on the engine.
+        made.settings.write_text(json.dumps({"pools": []}), encoding="utf-8")
+        wait_for(lambda: not _container_ids(docker_client, tenant), timeout=240, interval=0.5)
+    claims = sorted(took for sandbox_id, took, *_ in got if sandbox_id in members)
+    cold = sorted(took for sandbox_id, took, *_ in got if sandbox_id not in members)
+    print(f"claimed creates {claims} s; cold creates {cold} s")
