@@ -1,9 +1,12 @@
-"""What a warm-pool claim could cost (issue 29 item 1), against baselines in the same run.
+"""What a warm-pool claim costs (issue 29 item 1), against baselines in the same run.
 
-No claim exists yet (``pools:`` is refused: docs/instant-sessions.md#warm-pools), so this
-measures the two ways a claim could bind a ready member to a session, on containers of
-the core image started the way an environment starts (entrypoint, tmux, ready marker),
-each on a network of its own:
+**The product's claim**: ``dockyard.sessions.e2b.create`` (what ``POST /sandboxes`` runs)
+taking a member of a tenant's pool that :func:`dockyard.sessions.warm.refill` made ahead
+with the harness driver, to usable — the sandbox returned, its access token a readable
+secret in the container and tmux answering as the agent. Beside it, the two ways a claim
+could bind a ready member to a session that names its own id (docs/instant-sessions.md
+#warm-pools: not built), on containers of the core image started the way an environment
+starts (entrypoint, tmux, ready marker), each on a network of its own:
 
 - **in place**: the member keeps running. One ``exec`` as root streams the session's
   secrets (a tar on stdin) into a tmpfs the member has for them (0400, the agent's), the
@@ -24,6 +27,7 @@ the bare run.
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 import socket
@@ -96,7 +100,7 @@ def _cp_into_tmpfs(client: Any, member: Any) -> bool:
 
 
 def main() -> int:
-    from dockyard.sessions import Sessions
+    from dockyard.sessions import Sessions, e2b, warm
     from dockyard.sessions.settings import paths
     from tests.harness.sessions import HarnessDriver
     from tests.support.harness_home import clear_tenant
@@ -198,12 +202,34 @@ def main() -> int:
 
                 sample("cold create(), ready", cold)
                 sessions.destroy(f"c{run}", tag)
+            # The product: members made ahead (not timed), then each create claims one.
+            settings.write_text(json.dumps({"pools": [{"tenant": tag, "min": RUNS * 2}]}))
+            filled = warm.refill(sessions)
+            assert not filled.failed, filled.failed
+            for _ in range(RUNS * 2):
+
+                def product() -> None:
+                    sandbox = e2b.create(sessions, {"templateID": "base"}, tag)
+                    assert sandbox.sandboxId in filled.made, "a cold create, not a claim"
+                    record = sessions.registry.find(sandbox.sandboxId, tag)
+                    check = client.containers.get(record.environment_id).exec_run(
+                        [
+                            "sh",
+                            "-c",
+                            f"test -r /run/secrets/{e2b.TOKEN_SECRET} && tmux has-session -t main",
+                        ],
+                        user=AGENT,
+                    )
+                    assert check.exit_code == 0, check.output
+
+                sample("claim (product), usable", product)
+            settings.write_text(json.dumps({}))
         finally:
             clear_tenant(client, sessions, tag)
 
     bare = summary(results["bare docker run --rm true"])["median"]
     cold_median = summary(results["cold create(), ready"])["median"]
-    claimed = results["claim in place, usable"]
+    claimed = results["claim (product), usable"]
     spread = percentiles(claimed)
     p50, p95 = spread["p50"], spread["p95"]
     print(
@@ -211,14 +237,15 @@ def main() -> int:
             ["figure (s)", "median", "min", "max", "x bare run"],
             [
                 stat_row("bare docker run --rm true", results["bare docker run --rm true"]),
-                stat_row("claim in place, usable", claimed, bare),
+                stat_row("claim (product), usable", claimed, bare),
+                stat_row("claim in place, usable", results["claim in place, usable"], bare),
                 stat_row("claim by recreate, ready", results["claim by recreate, ready"], bare),
                 stat_row("cold create(), ready", results["cold create(), ready"], bare),
             ],
         )
     )
     print(f"archive API into a running container's tmpfs visible inside: {cp_works}")
-    print(f"in place: p50 {p50:.3f} s, p95 {p95:.3f} s ({len(claimed)} samples)")
+    print(f"product claim: p50 {p50:.3f} s, p95 {p95:.3f} s ({len(claimed)} samples)")
     print(f"budget: p50 <= {P50_BUDGET_S} s: {verdict(p50, P50_BUDGET_S)}")
     print(f"budget: p95 <= {P95_BUDGET_S} s: {verdict(p95, P95_BUDGET_S)}")
     print(
@@ -230,9 +257,10 @@ def main() -> int:
         {
             "samples": results,
             "summary": {k: summary(v) for k, v in results.items()},
-            "in_place_p50": p50,
-            "in_place_p95": p95,
-            "in_place_x_bare": p50 / bare,
+            "claim_p50": p50,
+            "claim_p95": p95,
+            "claim_x_bare": p50 / bare,
+            "in_place_x_bare": summary(results["claim in place, usable"])["median"] / bare,
             "recreate_x_bare": summary(results["claim by recreate, ready"])["median"] / bare,
             "cold_x_bare": cold_median / bare,
             "archive_api_into_tmpfs_visible": cp_works,

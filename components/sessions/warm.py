@@ -134,26 +134,27 @@ def _alone(members: PoolStore) -> Iterator[bool]:
 
 
 def refill(sessions: Any, progress: Callable[[str], None] = lambda _: None) -> Refilled:
-    """One pass: remove free members made from other settings or image (and any member
-    taken but never handed out), then make members up to each pool's ``min`` within its
-    ``max``. Members are made one after another through :meth:`Sessions.create`; one that
-    fails is reported and leaves nothing (the create's own guarantee)."""
+    """Remove free members made from other settings or image (and any member taken but
+    never handed out), then make one member for each pool under its ``min`` (within its
+    ``max``), and again, reading the settings anew each round, until every pool is at its
+    floor: a settings change or a claim meanwhile is seen within one member's making.
+    Members are made through :meth:`Sessions.create`; one that fails is reported, leaves
+    nothing (the create's own guarantee) and ends the refill (the next one tries again)."""
     done = Refilled()
     members = store(sessions)
     with _alone(members) as mine:
-        if not mine:
-            return done
-        pools, _, fingerprint = _host(sessions)
-        if not pools and not members.members():
-            return done
-        plan = members.plan(pools, fingerprint)
-        stale = [*plan.reroll, *_abandoned(members)]
-        for member in stale:
-            _remove(sessions, members, member, done)
-        by_label = {pool.label: pool for pool in pools}
-        for label, count in plan.create.items():
-            for _ in range(count):
-                _make(sessions, members, by_label[label], fingerprint, done, progress)
+        while mine:
+            pools, _, fingerprint = _host(sessions)
+            if not pools and not members.members():
+                break
+            plan = members.plan(pools, fingerprint)
+            for member in [*plan.reroll, *_abandoned(members)]:
+                _remove(sessions, members, member, done)
+            if not plan.create or done.failed:
+                break
+            for pool in pools:
+                if pool.label in plan.create:
+                    _make(sessions, members, pool, fingerprint, done, progress)
     return done
 
 

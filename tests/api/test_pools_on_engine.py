@@ -1,16 +1,16 @@
 """Warm pools on the real engine (issue 29 item 1, issue 30 item 1): ``dockyard serve``
 fills a tenant's pool in the background through the same sessions service (the harness
-driver where Pulumi would run); the public ``e2b`` SDK's ``Sandbox.create`` claims
-members — concurrent creates never share one, each claimed sandbox answers its own
-token and runs a command, the overflow is created cold — free members are in no list,
-the pool refills, and a settings change re-rolls the free members only."""
+driver where Pulumi would run); the public ``e2b`` SDK's ``Sandbox.create``, from 22
+processes at once, claims the 20 members — none twice, each claimed sandbox answers its
+own token and runs a command, the overflow is created cold — free members are in no
+list, the pool refills, and a settings change re-rolls the free members only."""
 
 from __future__ import annotations
 
 import json
-import time
+import subprocess
+import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,22 @@ from tests.support.server import create_key, serve
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-MEMBERS = 3
-CREATES = 5
+MEMBERS = 20
+CREATES = 22
+# One SDK user per process: waits for the start file, creates, runs a command, prints.
+CREATOR = """
+import json, os, sys, time
+from e2b import Sandbox
+start = sys.argv[1]
+while not os.path.exists(start):
+    time.sleep(0.005)
+began = time.monotonic()
+sandbox = Sandbox.create("base", timeout=600, metadata={"run": "pool"}, api_key=os.environ["KEY"],
+                         api_url=os.environ["URL"], sandbox_url=os.environ["URL"])
+took = time.monotonic() - began
+ran = sandbox.commands.run("echo hi-$((20+22)) && id -un && ls -A /workspace | wc -l")
+print(json.dumps([sandbox.sandbox_id, took, ran.stdout, sandbox._envd_access_token or ""]))
+"""
 
 
 def _free(sessions: Sessions) -> int:
@@ -82,20 +96,29 @@ def test_sdk_creates_claim_members_refill_and_reroll(
         opts = {"api_key": keys[tenant], "api_url": serving.url, "sandbox_url": serving.url}
         assert Sandbox.list(**opts).next_items() == []
 
-        def create(_: int) -> tuple[str, float, str, str]:
-            started = time.monotonic()
-            sandbox = Sandbox.create("base", timeout=600, metadata={"run": "pool"}, **opts)
-            took = time.monotonic() - started
-            ran = sandbox.commands.run("echo hi-$((20+22)) && id -un")
-            return sandbox.sandbox_id, took, ran.stdout, sandbox._envd_access_token or ""
-
-        with ThreadPoolExecutor(CREATES) as workers:
-            got = list(workers.map(create, range(CREATES)))
+        start = tmp_path / "start"
+        creators = [
+            subprocess.Popen(
+                [sys.executable, "-c", CREATOR, str(start)],
+                env={**env, "KEY": keys[tenant], "URL": serving.url},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(CREATES)
+        ]
+        start.touch()
+        got = []
+        for creator in creators:
+            out, err = creator.communicate(timeout=300)
+            assert creator.returncode == 0, err[-2000:]
+            got.append(json.loads(out.strip().splitlines()[-1]))
         ids = [sandbox_id for sandbox_id, *_ in got]
         assert len(set(ids)) == CREATES
         claimed = [i for i in ids if i in members]
         assert len(claimed) == MEMBERS, (ids, members)  # each member once, the rest cold
-        assert all(out.split() == ["hi-42", "agent"] for _, _, out, _ in got), got
+        # Each runs as the agent, in a workspace nobody wrote before this session.
+        assert all(out.split() == ["hi-42", "agent", "0"] for _, _, out, _ in got), got
         tokens = [token for *_, token in got]
         assert len(set(tokens)) == CREATES
         assert all(len(t) >= 16 for t in tokens)
@@ -108,16 +131,19 @@ def test_sdk_creates_claim_members_refill_and_reroll(
             "base", api_key=keys[other], api_url=serving.url, sandbox_url=serving.url
         )
         assert theirs.sandbox_id not in members
-        assert Sandbox.list(api_key=keys[other], api_url=serving.url).next_items()[
-            0
-        ].sandbox_id == (theirs.sandbox_id)
-        # The pool refills to its floor with new members.
-        wait_for(lambda: _free(sessions) == MEMBERS, timeout=240, interval=0.5)
+        (seen,) = Sandbox.list(api_key=keys[other], api_url=serving.url).next_items()
+        assert seen.sandbox_id == theirs.sandbox_id
+        # A smaller floor from now on: the pool refills to it with new members.
+        made.settings.write_text(
+            json.dumps({"pools": [{"tenant": tenant, "min": 2}]}), encoding="utf-8"
+        )
+        wait_for(lambda: _free(sessions) == 2, timeout=240, interval=0.5)
         refilled = {m.member for m in warm.store(sessions).members()}
+        assert len(refilled) == 2
         assert not refilled & members
         # Changed settings re-roll the free members only: the claimed sandboxes run on.
         made.settings.write_text(
-            json.dumps({"pools": [{"tenant": tenant, "min": 1}]}), encoding="utf-8"
+            json.dumps({"pools": [{"tenant": tenant, "min": 1, "max": 3}]}), encoding="utf-8"
         )
         wait_for(
             lambda: (
@@ -136,6 +162,6 @@ def test_sdk_creates_claim_members_refill_and_reroll(
         # No pool: its members go; nothing of the tenant is left on the engine.
         made.settings.write_text(json.dumps({"pools": []}), encoding="utf-8")
         wait_for(lambda: not _container_ids(docker_client, tenant), timeout=240, interval=0.5)
-    claims = sorted(took for sandbox_id, took, *_ in got if sandbox_id in members)
-    cold = sorted(took for sandbox_id, took, *_ in got if sandbox_id not in members)
+    claims = sorted(round(took, 3) for sandbox_id, took, *_ in got if sandbox_id in members)
+    cold = sorted(round(took, 3) for sandbox_id, took, *_ in got if sandbox_id not in members)
     print(f"claimed creates {claims} s; cold creates {cold} s")
