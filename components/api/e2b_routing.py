@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -53,9 +56,28 @@ log = logging.getLogger(__package__)
 
 REAP_VARIABLE = "DOCKYARD_E2B_REAP_INTERVAL_S"
 REAP_INTERVAL_S = 5.0
+INTERVAL_MIN_S = 0.5
+"""The shortest interval either loop takes (a 0 would spin the loop)."""
 REFILL_VARIABLE = "DOCKYARD_POOL_REFILL_INTERVAL_S"
 REFILL_INTERVAL_S = 5.0
 """Seconds between the end of one warm pool refill and the start of the next."""
+
+
+def interval_s(variable: str, default: float) -> float:
+    """Seconds from ``variable`` (at least :data:`INTERVAL_MIN_S`); ``default`` when it is
+    unset or not a number (logged)."""
+    raw = os.environ.get(variable)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds: %s s is used", variable, raw, default)
+        return default
+    if not math.isfinite(value):
+        log.warning("%s=%r is not a number of seconds: %s s is used", variable, raw, default)
+        return default
+    return max(value, INTERVAL_MIN_S)
 
 
 class Routing:
@@ -100,7 +122,7 @@ class Routing:
                 for task in tasks:
                     task.cancel()
                 for task in tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
                 await self.proxy.aclose()
             return message
@@ -108,7 +130,7 @@ class Routing:
         await self.app(scope, watched, send)
 
     async def _reap(self) -> None:
-        interval = float(os.environ.get(REAP_VARIABLE) or REAP_INTERVAL_S)
+        interval = interval_s(REAP_VARIABLE, REAP_INTERVAL_S)
         while True:
             await asyncio.sleep(interval)
             try:
@@ -119,13 +141,15 @@ class Routing:
                 log.exception("the sandbox timeout sweep failed (next round tries again)")
 
     async def _refill(self) -> None:
-        interval = float(os.environ.get(REFILL_VARIABLE) or REFILL_INTERVAL_S)
+        interval = interval_s(REFILL_VARIABLE, REFILL_INTERVAL_S)
         filler = ThreadPoolExecutor(1, "dockyard-pools", initializer=own_event_loop)
         loop = asyncio.get_running_loop()
+        stop, backoff = threading.Event(), warm.Backoff()
+        refill = functools.partial(warm.refill, self.context.sessions, stop=stop, backoff=backoff)
         try:
             while True:
                 try:
-                    done = await loop.run_in_executor(filler, warm.refill, self.context.sessions)
+                    done = await loop.run_in_executor(filler, refill)
                     if done.made or done.rerolled:
                         log.info(
                             "warm pools: made %s; re-rolled %s",
@@ -138,6 +162,9 @@ class Routing:
                     log.exception("the warm pool refill failed (next round tries again)")
                 await asyncio.sleep(interval)
         finally:
+            # A refill making a member finishes that member (a create is never cut in
+            # half) and returns; none starts after this.
+            stop.set()
             filler.shutdown(wait=False, cancel_futures=True)
 
     async def _reach(self, scope: Scope, record: Any) -> str:

@@ -198,14 +198,21 @@ class Sessions:
         request: Mapping[str, Any],
         secrets: Mapping[str, str] | None = None,
         progress: Progress = _quiet,
+        *,
+        pool_member: bool = False,
     ) -> manifest_contract.Manifest:
         """Create the session, or converge it if it exists (no duplicate container).
-        A failed first create leaves nothing behind and raises with the reason."""
+        A failed first create leaves nothing behind and raises with the reason.
+        ``pool_member``: a warm pool's refill making a member (:mod:`.warm`): audited as
+        ``pool-make`` (no session event: the member is nobody's session until claimed)."""
         fields = {
             "session": request.get("sessionId") if isinstance(request, Mapping) else None,
             "tenant": request.get("tenant") if isinstance(request, Mapping) else None,
         }
-        with self._audit("create", **fields) as entry:
+        audited = (
+            self._audit("pool-make", **fields) if pool_member else self._audit("create", **fields)
+        )
+        with audited as entry:
             # Converging an existing session keeps the engine names it was created with.
             existing = [
                 r
@@ -222,6 +229,14 @@ class Sessions:
                 raise error from None
             host = session_plan.config.docker_host or "local"
             entry.update(host=host, stack=session_plan.stack_name)
+            if not existed and not pool_member and warm.store(self).knows(session_plan.session_id):
+                # A member's id (free, being made or claimed): taking it would converge the
+                # member's stack with this request behind the pool's back.
+                entry["detail"] = "a warm pool member's id"
+                raise registry.NamesTaken(
+                    f"session id {session_plan.session_id!r} is taken by this host's warm pool "
+                    "(allowed: another session id)"
+                )
             if not existed:
                 try:
                     self.registry.check_names_free(
@@ -401,10 +416,18 @@ class Sessions:
         tenant: str | None = None,
         progress: Progress = _quiet,
         final_backup: bool = True,
+        *,
+        pool_member: bool = False,
     ) -> None:
         """Remove the session; first its final backup when ``backup.onDestroy`` (a failed
-        one stops the destroy; ``final_backup=False`` skips it)."""
-        with self._audited("destroy", session, tenant) as record:
+        one stops the destroy; ``final_backup=False`` skips it). ``pool_member``: a warm
+        pool removing a member nobody claimed (audited as ``pool-remove``, no event)."""
+        audited = (
+            self._audited("pool-remove", session, tenant)
+            if pool_member
+            else self._audited("destroy", session, tenant)
+        )
+        with audited as record:
             session_plan, _ = self.plan(
                 record.request, dict.fromkeys(_names(record.request), ""), naming=record.naming
             )

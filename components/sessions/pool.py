@@ -82,6 +82,27 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
+
+
+def _alive(maker: dict[str, Any]) -> bool:
+    """Whether the process a marker names still runs (on this boot of the machine)."""
+    pid = maker.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or maker.get("boot") != _boot_id():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _valid_member(name: str) -> bool:
     return bool(MEMBER_ID.fullmatch(name))
 
@@ -116,11 +137,57 @@ class PoolStore:
             raise ValueError(f"member {member!r} (allowed: {MEMBER_ALLOWED})")
         self._dirs()
         marker = self.creating_dir / member
-        marker.write_text(pool.label, encoding="utf-8")
+        maker = {"pool": pool.label, "pid": os.getpid(), "boot": _boot_id()}
+        write_atomic(marker, json.dumps(maker), 0o600)
         try:
             yield
         finally:
             marker.unlink(missing_ok=True)
+
+    def _markers(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        if not self.creating_dir.is_dir():
+            return
+        for marker in self.creating_dir.iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads(marker.read_text(encoding="utf-8"))
+                if isinstance(data, dict) and _valid_member(marker.name):
+                    yield marker.name, data
+
+    def abandoned_markers(self) -> list[str]:
+        """Members whose maker died while making them (killed mid-create, the machine
+        rebooted): their marker would count against ``max`` forever."""
+        return [m for m, data in self._markers() if not _alive(data)]
+
+    def drop_marker(self, member: str) -> None:
+        (self.creating_dir / member).unlink(missing_ok=True)
+
+    def knows(self, session: str) -> bool:
+        """Whether ``session`` is a pool member's id (made, being made, free or claimed):
+        such an id is never a new session's but the pool's own."""
+        if not _valid_member(session):
+            return False
+        return any(
+            path.exists()
+            for path in (
+                self.members_dir / f"{session}.json",
+                self.held_dir / f"{session}.json",
+                self.claims_dir / session,
+                self.creating_dir / session,
+            )
+        )
+
+    def prune_claims(self, older_than_s: float) -> int:
+        """Remove claim files of members no longer recorded, older than ``older_than_s``
+        (a member's id is random and never made again; the files would only grow)."""
+        removed = 0
+        for claim in self.claims_dir.iterdir() if self.claims_dir.is_dir() else []:
+            if (self.members_dir / f"{claim.name}.json").exists():
+                continue
+            with contextlib.suppress(OSError):
+                if time.time() - claim.stat().st_mtime > older_than_s:
+                    claim.unlink()
+                    removed += 1
+        return removed
 
     def add(self, pool: Pool, member: str, image_ref: str, token: str | None = None) -> Member:
         """Record a member made and ready for ``pool`` built from ``image_ref`` (and the
@@ -227,13 +294,10 @@ class PoolStore:
     # --- refill -------------------------------------------------------------------------
 
     def being_made(self, pool: Pool) -> int:
-        if not self.creating_dir.is_dir():
-            return 0
-        count = 0
-        for marker in self.creating_dir.iterdir():
-            with contextlib.suppress(OSError):
-                count += marker.read_text(encoding="utf-8") == pool.label
-        return count
+        """Members of ``pool`` a live process is making."""
+        return sum(
+            1 for _, data in self._markers() if data.get("pool") == pool.label and _alive(data)
+        )
 
     def plan(self, pools: Iterable[Pool], image_ref: str) -> RefillPlan:
         """What a refill does: re-roll unclaimed members of a changed pool or image (or of

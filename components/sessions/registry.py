@@ -70,7 +70,7 @@ class Registry:
 
     def put_back(self, held: Path) -> Record:
         """Move a record :meth:`take_out` moved back in; the record."""
-        record = _parse(held.read_bytes())
+        record = read(held)
         os.replace(held, self._path(record.stack_name))
         return record
 
@@ -111,6 +111,11 @@ class Registry:
                     f"{record.session_id!r}{scope}, created before they became one-to-one: "
                     "choose another session id (or destroy that session first)"
                 )
+
+
+def read(path: Path) -> Record:
+    """The record in ``path`` (one :meth:`Registry.take_out` moved there, say)."""
+    return _parse(path.read_bytes())
 
 
 def _parse(data: bytes) -> Record:

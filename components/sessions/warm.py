@@ -26,18 +26,24 @@ import hashlib
 import json
 import logging
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import from_host_settings
+from ..config import StackConfig, from_host_settings
 from ..config.pools import Pool
+from . import audit, registry
 from . import e2b_records as records
-from .pool import Member, PoolStore, new_member_id
+from .pool import Member, PoolStore, RefillPlan, new_member_id
 from .settings import IMAGE_RECORD, load_settings
+from .status import engine_states
 
 log = logging.getLogger(__name__)
 DEFAULT_VARIANT = "core"
+CLAIMS_KEPT_S = 3600.0
+"""A claim file outlives its member's record this long (then it only takes room)."""
 ABANDONED_AFTER_S = 120.0
 """A member claimed this long ago whose record never went back to the registry was
 abandoned (its claiming process died): the refill removes it. A claim puts the record
@@ -64,21 +70,21 @@ def store(sessions: Any) -> PoolStore:
     return PoolStore(sessions.where.state / "pools")
 
 
-def _host(sessions: Any) -> tuple[list[Pool], str, str]:
-    """The host's pools, its default profile, and the fingerprint of what members are
-    made from: the host settings as validated but ``pools``, and the image ``dockyard
-    image build`` recorded (a change to either re-rolls the free members)."""
+def _host(sessions: Any) -> tuple[list[Pool], StackConfig, str]:
+    """The host's pools, its settings, and the fingerprint of what members are made from:
+    the host settings as validated but ``pools``, and the image ``dockyard image build``
+    recorded (a change to either re-rolls the free members)."""
     config = from_host_settings(
         load_settings(sessions.where), stack="sessions", cwd=str(sessions.where.state)
     )
     if not config.pools:
-        return [], config.profile, ""
+        return [], config, ""
     built = None
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         built = json.loads((sessions.where.state / IMAGE_RECORD).read_text("utf-8"))["imageRef"]
     made_from = config.model_dump(mode="json", exclude={"pools"})
     text = json.dumps({"settings": made_from, "built": built}, sort_keys=True, default=str)
-    return config.pools, config.profile, hashlib.sha256(text.encode()).hexdigest()
+    return config.pools, config, hashlib.sha256(text.encode()).hexdigest()
 
 
 def _request(sessions: Any, pool: Pool, member: str) -> dict[str, Any]:
@@ -98,9 +104,14 @@ def claim(
     """A free member of the pool for ``tenant``, ``backend``, ``variant`` and ``profile``
     (None: the host's defaults) taken for good, its record back in the registry; None
     when no pool matches or none of its members is free (the caller creates cold)."""
-    pools, default_profile, fingerprint = _host(sessions)
-    wanted = (tenant or "", backend, variant or DEFAULT_VARIANT, profile or default_profile)
-    pool = next((p for p in pools if p.key == wanted), None)
+    pools, config, fingerprint = _host(sessions)
+    if not pools:
+        return None
+    profile = profile or config.profile
+    known = config.all_profiles().get(profile)
+    # What a cold create of the same request gets: the profile's variant, else core.
+    variant = variant or (known.variant if known is not None else None) or DEFAULT_VARIANT
+    pool = next((p for p in pools if p.key == (tenant or "", backend, variant, profile)), None)
     if pool is None:
         return None
     members = store(sessions)
@@ -110,12 +121,22 @@ def claim(
         try:
             if token is None:
                 raise OSError("its access token is missing")
-            sessions.registry.put_back(members.held(member))
+            record = sessions.registry.put_back(members.held(member))
         except (OSError, ValueError, TypeError) as error:
             # Taken but unusable: the refill removes it once abandoned; try the next one.
             log.warning("pool member %s skipped: %s", member, error)
             continue
         members.forget(member)
+        # The session's own line (and its session.created event): it begins now.
+        with audit.recorded(
+            sessions.where.audit_log,
+            "create",
+            session=member,
+            tenant=record.tenant,
+            host=record.host,
+            stack=record.stack_name,
+        ) as entry:
+            entry["detail"] = f"claimed from warm pool {pool.label}"
         return Claimed(member, token)
     return None
 
@@ -133,29 +154,104 @@ def _alone(members: PoolStore) -> Iterator[bool]:
         yield True
 
 
-def refill(sessions: Any, progress: Callable[[str], None] = lambda _: None) -> Refilled:
-    """Remove free members made from other settings or image (and any member taken but
-    never handed out), then make one member for each pool under its ``min`` (within its
-    ``max``), and again, reading the settings anew each round, until every pool is at its
-    floor: a settings change or a claim meanwhile is seen within one member's making.
-    Members are made through :meth:`Sessions.create`; one that fails is reported, leaves
-    nothing (the create's own guarantee) and ends the refill (the next one tries again)."""
+class Backoff:
+    """Per pool: after a member could not be made, the pool is left alone for 5 s, then
+    10, 20… up to 5 min; a member made resets it. A refusing quota or a broken engine
+    then costs one attempt (one audit line) per wait, not one every round."""
+
+    FIRST_S = 5.0
+    MOST_S = 300.0
+
+    def __init__(self) -> None:
+        self._until: dict[str, tuple[int, float]] = {}
+
+    def ready(self, label: str) -> bool:
+        return self._until.get(label, (0, 0.0))[1] <= time.monotonic()
+
+    def failed(self, label: str) -> None:
+        times = self._until.get(label, (0, 0.0))[0] + 1
+        wait = min(self.FIRST_S * 2 ** min(times - 1, 16), self.MOST_S)
+        self._until[label] = (times, time.monotonic() + wait)
+
+    def made(self, label: str) -> None:
+        self._until.pop(label, None)
+
+
+def refill(
+    sessions: Any,
+    progress: Callable[[str], None] = lambda _: None,
+    *,
+    stop: threading.Event | None = None,
+    backoff: Backoff | None = None,
+) -> Refilled:
+    """Remove free members made from other settings or image, stopped ones, and what a
+    dead process left (a member taken but never handed out, one half made), then make one
+    member for each pool under its ``min`` (within its ``max``), and again, reading the
+    settings anew each round, until every pool is at its floor: a settings change or a
+    claim meanwhile is seen within one member's making. Members are made through
+    :meth:`Sessions.create`; one that fails is reported and leaves nothing (the create's
+    own guarantee); its pool is then skipped for this refill and, with ``backoff`` (the
+    server's), for a growing wait. ``stop`` set: returns before the next member."""
     done = Refilled()
     members = store(sessions)
+    backoff = backoff or Backoff()
+    halted = stop.is_set if stop is not None else (lambda: False)
+    failed: set[str] = set()
     with _alone(members) as mine:
-        while mine:
+        first = True
+        while mine and not halted():
             pools, _, fingerprint = _host(sessions)
             if not pools and not members.members():
                 break
+            _clear_leftovers(sessions, members, done)
             plan = members.plan(pools, fingerprint)
-            for member in [*plan.reroll, *_abandoned(members)]:
+            # The engine is asked once a refill (members made in it are running).
+            stopped = _stopped(members, plan) if first else []
+            first = False
+            stale = [*plan.reroll, *_abandoned(members), *stopped]
+            for member in stale:
+                if halted():
+                    return done
                 _remove(sessions, members, member, done)
-            if not plan.create or done.failed:
+            if stale:
+                plan = members.plan(pools, fingerprint)
+            due = [
+                p
+                for p in pools
+                if p.label in plan.create and p.label not in failed and backoff.ready(p.label)
+            ]
+            if not due:
                 break
-            for pool in pools:
-                if pool.label in plan.create:
-                    _make(sessions, members, pool, fingerprint, done, progress)
+            for pool in due:
+                if halted():
+                    return done
+                if _make(sessions, members, pool, fingerprint, done, progress):
+                    backoff.made(pool.label)
+                else:
+                    backoff.failed(pool.label)
+                    failed.add(pool.label)
     return done
+
+
+def _clear_leftovers(sessions: Any, members: PoolStore, done: Refilled) -> None:
+    """What a process that died mid-way left: a member half made (its marker's process is
+    gone; its session, if the create got that far, is destroyed), a claimed member whose
+    record went back (a session now: only the pool's note of it goes), old claim files."""
+    for member in members.abandoned_markers():
+        with contextlib.suppress(Exception):
+            held = members.held(member)
+            if held.exists():
+                sessions.registry.put_back(held)
+            found = [r for r in sessions.registry.all() if r.session_id == member]
+            for record in found:
+                sessions.destroy(member, record.tenant, final_backup=False, pool_member=True)
+            members.forget(member)
+            members.drop_marker(member)
+            done.rerolled.append(member)
+    for member in members.members():
+        if members.claimed(member.member) and not members.held(member.member).exists():
+            members.forget(member.member)
+    members.prune_claims(CLAIMS_KEPT_S)
 
 
 def _abandoned(members: PoolStore) -> list[Member]:
@@ -169,6 +265,27 @@ def _abandoned(members: PoolStore) -> list[Member]:
     ]
 
 
+def _stopped(members: PoolStore, plan: RefillPlan) -> list[Member]:
+    """Free members whose container is not running (stopped by the idle monitor, say, or
+    gone): a claim must hand out a running sandbox, so they are re-rolled. One list call
+    per engine; an engine that cannot be asked re-rolls nothing."""
+    going = {m.member for m in plan.reroll}
+    free: dict[str, list[tuple[Member, str]]] = {}
+    for member in members.members():
+        if member.member in going or members.claimed(member.member):
+            continue
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            record = registry.read(members.held(member.member))
+            free.setdefault(record.host, []).append((member, record.environment_id))
+    stopped = []
+    for host, held in free.items():
+        states = engine_states(host)
+        if states is None:
+            continue
+        stopped += [m for m, name in held if states.get(name, {}).get("status") != "running"]
+    return stopped
+
+
 def _make(
     sessions: Any,
     members: PoolStore,
@@ -176,17 +293,22 @@ def _make(
     fingerprint: str,
     done: Refilled,
     progress: Callable[[str], None],
-) -> None:
+) -> bool:
+    """Make one member of ``pool``; False when it could not be (reported in ``done``)."""
     member = new_member_id()
     token = secrets.token_urlsafe(24)
     progress(f"pool {pool.label}: making member {member}")
     with members.creating(pool, member):
         try:
-            sessions.create(_request(sessions, pool, member), {records.TOKEN_SECRET: token})
-        except Exception as error:
+            sessions.create(
+                _request(sessions, pool, member),
+                {records.TOKEN_SECRET: token},
+                pool_member=True,
+            )
+        except Exception as error:  # reported; the create left nothing behind
             done.failed.append(f"{pool.label}: {member}: {error}")
             log.warning("pool %s: member %s not made: %s", pool.label, member, error)
-            return
+            return False
         try:
             record = sessions.registry.find(member, pool.tenant)
             sessions.registry.take_out(record.stack_name, members.held(member))
@@ -196,10 +318,11 @@ def _make(
             with contextlib.suppress(Exception):
                 if members.held(member).exists():
                     sessions.registry.put_back(members.held(member))
-                sessions.destroy(member, pool.tenant, final_backup=False)
+                sessions.destroy(member, pool.tenant, final_backup=False, pool_member=True)
             members.forget(member)
-            return
+            return False
     done.made.append(member)
+    return True
 
 
 def _remove(sessions: Any, members: PoolStore, member: Member, done: Refilled) -> None:
@@ -210,7 +333,7 @@ def _remove(sessions: Any, members: PoolStore, member: Member, done: Refilled) -
     try:
         record = sessions.registry.put_back(held) if held.exists() else None
         if record is not None:
-            sessions.destroy(member.member, record.tenant, final_backup=False)
+            sessions.destroy(member.member, record.tenant, final_backup=False, pool_member=True)
     except Exception as error:
         # Its record is in the registry now (when the put back went through): the session
         # is listed to its tenant and an admin, who can destroy it; nothing is lost.

@@ -29,6 +29,10 @@ class Where:
     state: Path
     config_file: Path | None = None
 
+    @property
+    def audit_log(self) -> Path:
+        return self.state / "audit.log"
+
 
 @dataclass
 class FakeSessions:
@@ -45,7 +49,7 @@ class FakeSessions:
     def registry(self) -> Registry:
         return Registry(self.where.state / "sessions")
 
-    def create(self, request: dict[str, Any], secrets: dict[str, str]) -> None:
+    def create(self, request: dict[str, Any], secrets: dict[str, str], **_: Any) -> None:
         self.created.append((request, secrets))
         tenant = request.get("tenant")
         self.registry.save(

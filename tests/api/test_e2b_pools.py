@@ -1,23 +1,40 @@
 """Warm pools behind the E2B face (issue 29 item 1, issue 30): members made ahead through
 the sessions service, hidden until claimed, claimed by creates that match, refilled and
 re-rolled; against a recording fake of the service (the engine proof is
-tests/integration/test_pools_on_engine.py)."""
+tests/api/test_pools_on_engine.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dockyard.config import ConfigError
+from dockyard.config.pools import Pool
 from dockyard.errors import InvalidInput
-from dockyard.sessions import e2b, warm
-from dockyard.sessions.registry import SessionNotFound
+from dockyard.sessions import Sessions, audit, e2b, registry, warm
+from dockyard.sessions.registry import NamesTaken, SessionNotFound
+from dockyard.sessions.settings import paths
 
 from .test_e2b import FakeSessions, Where
+
+
+@pytest.fixture(autouse=True)
+def engine(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
+    """The engine's container states as the refill reads them: every member this test's
+    fake made runs, unless a test says otherwise."""
+    states: dict[str, dict[str, Any]] = {}
+
+    class _Running(dict[str, dict[str, Any]]):
+        def get(self, name: str, default: Any = None) -> Any:
+            return states.get(name, {"status": "running"})
+
+    monkeypatch.setattr(warm, "engine_states", lambda host: _Running())
+    return states
 
 
 def _sessions(tmp_path: Path, pools: list[dict[str, Any]], **settings: Any) -> FakeSessions:
@@ -126,7 +143,7 @@ def test_changed_settings_or_image_reroll_free_members_only(tmp_path: Path) -> N
 def test_a_failed_member_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
     sessions = _sessions(tmp_path, [{"min": 1}])
 
-    def broken(request: dict[str, Any], secrets: dict[str, str]) -> None:
+    def broken(request: dict[str, Any], secrets: dict[str, str], **_: Any) -> None:
         raise RuntimeError("engine away")
 
     sessions.create = broken  # type: ignore[method-assign]
@@ -160,3 +177,124 @@ def test_settings_errors_reach_the_caller_of_a_refill(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         warm.refill(sessions)
     assert "pools[0].max: 0 is not allowed" in str(caught.value)
+
+
+def test_a_claim_is_the_sessions_create_in_the_audit_trail(tmp_path: Path) -> None:
+    sessions = _sessions(tmp_path, [{"tenant": "acme", "min": 1}])
+    (member,) = warm.refill(sessions).made
+    e2b.create(sessions, {"templateID": "base"}, "acme")
+    (line,) = [e for e in audit.read(sessions.where.audit_log) if e["action"] == "create"]
+    assert (line["session"], line["tenant"], line["result"]) == (member, "acme", "ok")
+    assert line["detail"] == "claimed from warm pool acme/claude-core-standard"
+
+
+def test_a_refused_member_backs_its_pool_off(tmp_path: Path) -> None:
+    """A pool whose members cannot be made (a quota, the engine) is tried once per wait,
+    the wait doubling; a member made resets it."""
+    sessions = _sessions(tmp_path, [{"min": 3}])
+    tries: list[str] = []
+    real = sessions.create
+
+    def refused(request: dict[str, Any], secrets: dict[str, str], **kw: Any) -> None:
+        tries.append(request["sessionId"])
+        raise RuntimeError("quota: environments 0 of 0")
+
+    sessions.create = refused  # type: ignore[method-assign]
+    backoff = warm.Backoff()
+    assert len(warm.refill(sessions, backoff=backoff).failed) == 1
+    assert warm.refill(sessions, backoff=backoff).failed == []  # waiting: no attempt
+    assert len(tries) == 1
+    first = backoff._until["claude-core-standard"]
+    warm.Backoff.FIRST_S = 0.0
+    try:
+        backoff._until["claude-core-standard"] = (first[0], 0.0)
+        warm.refill(sessions, backoff=backoff)
+        assert backoff._until["claude-core-standard"][0] == 2  # the wait doubled
+        sessions.create = real  # type: ignore[method-assign]
+        backoff._until["claude-core-standard"] = (2, 0.0)
+        assert len(warm.refill(sessions, backoff=backoff).made) == 3
+        assert "claude-core-standard" not in backoff._until
+    finally:
+        warm.Backoff.FIRST_S = 5.0
+
+
+def test_a_stop_ends_the_refill_before_its_next_member(tmp_path: Path) -> None:
+    sessions = _sessions(tmp_path, [{"min": 5}])
+    stop = threading.Event()
+    real = sessions.create
+
+    def then_stop(request: dict[str, Any], secrets: dict[str, str], **kw: Any) -> None:
+        real(request, secrets)
+        stop.set()
+
+    sessions.create = then_stop  # type: ignore[method-assign]
+    assert len(warm.refill(sessions, stop=stop).made) == 1
+
+
+def test_what_a_killed_refill_left_is_cleared(tmp_path: Path) -> None:
+    """A refill killed while making a member leaves its marker (counted against max
+    forever) and maybe the member's session: the next refill destroys and forgets both."""
+    sessions = _sessions(tmp_path, [{"min": 1}])
+    store = warm.store(sessions)
+    pool = Pool.model_validate({"min": 1})
+    half = "s" + "a" * 20
+    with store.creating(pool, half):
+        sessions.create({"sessionId": half, "cwd": str(tmp_path), "labels": {}, "secrets": []}, {})
+        marker = store.creating_dir / half
+        data = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**data, "pid": 2**22 + 7}))  # a process that is gone
+    assert store.being_made(pool) == 0
+    done = warm.refill(sessions)
+    assert half in done.rerolled
+    assert [d for d, _ in sessions.destroyed] == [half]
+    assert not marker.exists()
+    assert len(done.made) == 1
+
+
+def test_a_member_id_is_never_a_new_sessions(tmp_path: Path) -> None:
+    """Creating a session with a member's id (learnt from an event, say) would converge the
+    member's stack with another request behind the pool's back: refused, nothing reaches
+    the engine, the member stays free."""
+    state = tmp_path / "state"
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(json.dumps({"pools": [{"min": 1}]}), encoding="utf-8")
+    where = paths({"DOCKYARD_STATE_DIR": str(state), "DOCKYARD_CONFIG": str(settings)})
+    engine = _Recording()
+    sessions = Sessions(where, engine)
+    member = "s" + "b" * 20
+    warm.store(sessions).add(Pool.model_validate({"min": 1}), member, "x", "t" * 24)
+    request = {
+        "sessionId": member,
+        "cwd": str(tmp_path),
+        "container": {"image": "ghcr.io/acme/dockyard-core:1.2"},
+    }
+    with pytest.raises(NamesTaken, match="taken by this host's warm pool"):
+        sessions.create(request)
+    assert engine.calls == []
+    (line,) = audit.read(where.audit_log)
+    assert (line["action"], line["result"]) == ("create", "error")
+
+
+class _Recording:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def up(self, plan: Any, secrets: Any, progress: Any) -> dict[str, Any]:
+        self.calls.append(f"up {plan.stack_name}")
+        raise AssertionError("reached the engine")
+
+    def destroy(self, plan: Any, progress: Any) -> None:
+        self.calls.append(f"destroy {plan.stack_name}")
+
+
+def test_stopped_members_are_rerolled(tmp_path: Path, engine: dict[str, Any]) -> None:
+    """The idle monitor stops idle environments, members included: a claim must never
+    hand out a stopped one, so the refill replaces it."""
+    sessions = _sessions(tmp_path, [{"min": 2}])
+    first = warm.refill(sessions).made
+    record = registry.read(warm.store(sessions).held(first[0]))
+    engine[record.environment_id] = {"status": "exited"}
+    done = warm.refill(sessions)
+    assert done.rerolled == [first[0]]
+    assert len(done.made) == 1
+    assert e2b.create(sessions, {"templateID": "base"}, None).sandboxId != first[0]

@@ -85,6 +85,20 @@ def test_sdk_creates_claim_members_refill_and_reroll(
         wait_for(lambda: _free(sessions) == MEMBERS, timeout=240, interval=0.5)
         members = {m.member for m in warm.store(sessions).members()}
         assert members <= _container_ids(docker_client, tenant)  # real, running environments
+        # A member stopped behind the pool's back (the idle monitor) is replaced.
+        victim = sorted(members)[0]
+        (stopped,) = docker_client.containers.list(filters={"label": f"dockyard.session={victim}"})
+        stopped.stop(timeout=1)
+        wait_for(
+            lambda: (
+                victim not in {m.member for m in warm.store(sessions).members()}
+                and _free(sessions) == MEMBERS
+            ),
+            timeout=120,
+            interval=0.5,
+        )
+        assert victim not in _container_ids(docker_client, tenant)
+        members = {m.member for m in warm.store(sessions).members()}
         # Free members are nobody's session: not in the tenant's lists.
         listed = httpx.get(
             f"{serving.url}/api/sessions",
