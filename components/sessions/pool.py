@@ -38,6 +38,7 @@ from typing import Any
 
 from ..config.pools import Pool
 from ..files import write_atomic
+from . import processes
 
 MEMBER_ID = re.compile(r"s[0-9a-f]{20}", re.ASCII)
 MEMBER_ALLOWED = "s and 20 lower-case hex digits"
@@ -82,25 +83,9 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
-    except OSError:
-        return ""
-
-
 def _alive(maker: dict[str, Any]) -> bool:
     """Whether the process a marker names still runs (on this boot of the machine)."""
-    pid = maker.get("pid")
-    if not isinstance(pid, int) or pid <= 0 or maker.get("boot") != _boot_id():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return maker.get("boot") == processes.boot_id() and processes.alive(maker.get("pid"))
 
 
 def _valid_member(name: str) -> bool:
@@ -137,7 +122,7 @@ class PoolStore:
             raise ValueError(f"member {member!r} (allowed: {MEMBER_ALLOWED})")
         self._dirs()
         marker = self.creating_dir / member
-        maker = {"pool": pool.label, "pid": os.getpid(), "boot": _boot_id()}
+        maker = {"pool": pool.label, "pid": os.getpid(), "boot": processes.boot_id()}
         write_atomic(marker, json.dumps(maker), 0o600)
         try:
             yield

@@ -22,6 +22,7 @@ from typing import Any
 from ..capacity import Use, count
 from ..config import QuotaCaps, Quotas
 from ..errors import QuotaExceeded
+from . import processes
 
 STALE_AFTER_S = 3600
 
@@ -109,7 +110,10 @@ class Reservations:
                 continue
             if entry.get("stack_name") == exclude or entry.get("host") != host:
                 continue
-            if not _alive(entry.get("pid", 0)) or time.time() - entry.get("at", 0) > STALE_AFTER_S:
+            if (
+                not processes.alive(entry.get("pid", 0))
+                or time.time() - entry.get("at", 0) > STALE_AFTER_S
+            ):
                 path.unlink(missing_ok=True)
                 continue
             tenant = entry.get("tenant")
@@ -147,15 +151,3 @@ class Reservations:
             yield
         finally:
             path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
