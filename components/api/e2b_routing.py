@@ -257,6 +257,11 @@ class Routing:
         except httpx.HTTPError as exc:
             refused = BadGateway(f"sandbox {sandbox_id!r} port {port_text}: {exc!s}"[:300])
             await _refuse(refused, scope, receive, send, status)
+        except Exception:
+            # Never a traceback to the caller: logged here, answered as a gateway error.
+            log.exception("routed call to sandbox %s port %s failed", sandbox_id, port_text)
+            refused = BadGateway(f"sandbox {sandbox_id!r} port {port_text}: the call failed")
+            await _refuse(refused, scope, receive, send, status)
         finally:
             code = status["code"]
             detail = (

@@ -13,8 +13,11 @@ given, the deadline and the sandbox's access token — is one record per sandbox
   a valid label key becomes a label of the session (``docker inspect`` shows labels, so a
   value that looks like a credential is refused by the request's own rules).
 * Environment variables: delivered as the session's SECRETS (files readable by the agent
-  user, exported by the entrypoint), never as plain container environment: E2B users pass
-  API keys there, and plain environment is visible in ``docker inspect``.
+  user, exported by the entrypoint; written into a claimed warm-pool member by one root
+  exec, read by the daemon at each process start), never as plain container environment:
+  E2B users pass API keys there, and plain environment is visible in ``docker inspect``.
+* Warm pools: a create takes a free member of the tenant's matching pool when there is
+  one (:mod:`.warm`), else it creates cold.
 * Timeout: the sandbox is destroyed at ``endAt`` by :func:`.e2b_deadlines.expire` (the
   server runs it in a loop; ``dockyard serve`` is what serves the SDKs), or paused there
   when it was created with ``autoPause`` (E2B's ``onTimeout: "pause"``). A paused sandbox
@@ -36,6 +39,7 @@ import contextlib
 import datetime as dt
 import hmac
 import json
+import logging
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -57,8 +61,10 @@ from .e2b_records import Sandbox
 from .e2b_records import forget as forget  # what Sessions.destroy calls
 from .e2b_templates import template
 from .pool import new_member_id
-from .registry import Record
+from .registry import Record, SessionNotFound
 from .service import SessionsLike
+
+log = logging.getLogger(__name__)
 
 ENVD_PORT = 49983
 """The in-sandbox daemon's port the SDKs address (their ConnectionConfig.envd_port)."""
@@ -157,17 +163,15 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
     }
     labels[TEMPLATE_LABEL] = str(body["templateID"]).split(":", 1)[0]
     started = records.utc_now()
-    # Environment variables are secrets read once at start: only a create without them
-    # can take a member made ahead (:mod:`.warm`).
-    claimed = (
-        None
-        if values["envVars"]
-        else warm.claim(sessions, tenant, chosen.backend, chosen.variant, chosen.profile)
-    )
+    claimed = warm.claim(sessions, tenant, chosen.backend, chosen.variant, chosen.profile)
+    record: Record | None = None
     if claimed is not None:
-        sandbox_id, token = claimed.member, claimed.token
-        record = _bound(sessions, sandbox_id, tenant, labels)
-    else:
+        try:
+            record = _bound(sessions, claimed.member, tenant, labels, values["envVars"])
+            sandbox_id, token = claimed.member, claimed.token
+        except Exception as error:  # the member is destroyed: this create goes on cold
+            log.warning("warm pool member %s not usable, creating cold: %s", claimed.member, error)
+    if record is None:
         sandbox_id = new_member_id()
         token = secrets.token_urlsafe(24)
         env: dict[str, str] = {**values["envVars"], TOKEN_SECRET: token}
@@ -201,13 +205,28 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
     return sandbox
 
 
-def _bound(sessions: Any, sandbox_id: str, tenant: str | None, labels: Mapping[str, str]) -> Record:
+def _bound(
+    sessions: Any,
+    sandbox_id: str,
+    tenant: str | None,
+    labels: Mapping[str, str],
+    env: Mapping[str, str],
+) -> Record:
     """A claimed member's record with the create's labels (the metadata that are labels
-    and the template): what lists and filters read. The container keeps the labels it was
-    made with; a refresh re-creates it with these."""
-    record = sessions.registry.find(sandbox_id, tenant)
-    request = {**record.request, "labels": {**record.request.get("labels", {}), **labels}}
+    and the template: what lists and filters read; the container keeps the labels it was
+    made with, a refresh re-creates it with these) and its environment variables, which
+    are delivered as secret files into the running member (the daemon reads them at each
+    process start, as the entrypoint exported its first ones). Any failure destroys the
+    member (nothing half-bound is handed out) and raises."""
     try:
+        record = sessions.registry.find(sandbox_id, tenant)
+        request = {
+            **record.request,
+            "labels": {**record.request.get("labels", {}), **labels},
+            "secrets": sorted({*record.request.get("secrets", []), *env}),
+        }
+        if env:
+            warm.deliver_secrets(record, env)
         sessions.registry.save(replace(record, request=request))
     except BaseException:
         with contextlib.suppress(Exception):
@@ -450,10 +469,21 @@ def address(record: Record) -> str:
             f"sandbox {record.session_id!r} runs on {record.host}: routing to a sandbox's "
             "ports reaches containers of the server's own engine only (see docs/e2b.md)"
         )
-    manifest = json.loads(Path(record.manifest_path).read_text(encoding="utf-8"))
+    import docker  # the SDK only when a call is routed
+
+    gone = SessionNotFound(f"sandbox {record.session_id!r} not found (it was removed)")
+    try:
+        manifest = json.loads(Path(record.manifest_path).read_text(encoding="utf-8"))
+        container = str(manifest["container"]["id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise gone from None  # destroyed while this call was on its way
     client = connect(None)
     try:
-        inspected = client.api.inspect_container(str(manifest["container"]["id"]))
+        inspected = client.api.inspect_container(container)
+    except docker.errors.NotFound:
+        raise gone from None
+    except docker.errors.DockerException as error:
+        raise Failed(f"sandbox {record.session_id!r}: its engine did not answer: {error}") from None
     finally:
         client.close()
     state = inspected.get("State") or {}

@@ -5,7 +5,7 @@ refilled and re-rolled in the background.
 A member is a whole sandbox made for one tenant (``pools[].tenant``) with an id of its
 own (:func:`.pool.new_member_id`): its engine names, labels, network, workspace and the
 access token of its in-environment daemon are the ones the session that claims it keeps,
-so a claim runs no Pulumi and touches no container — it takes the member
+so a claim runs no Pulumi — it takes the member
 (:meth:`.pool.PoolStore.claim`, exclusive across processes), puts its registry record
 back where every face finds sessions, and the caller records what the create asked for.
 While free, a member's record waits in the pool's state (not in the registry), so no
@@ -13,9 +13,10 @@ list, dashboard, E2B answer or deadline sweep shows it; the engine does, so quot
 it like any environment.
 
 A create that names its own session id (the reference request, ``dockyard up``) cannot
-claim: the id is baked into the member's engine names and labels at creation. A create
-with environment variables cannot either: they are the environment's secrets, read once
-when it starts (docs/instant-sessions.md#warm-pools).
+claim: the id is baked into the member's engine names and labels at creation
+(docs/instant-sessions.md#warm-pools). An E2B create's environment variables reach a
+claimed member as secret files (:func:`deliver_secrets`), which its daemon reads at each
+process start.
 """
 
 from __future__ import annotations
@@ -23,17 +24,23 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import secrets
+import socket
+import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..capacity import connect
 from ..config import StackConfig, from_host_settings
 from ..config.pools import Pool
+from ..contract import AGENT_UID, SECRETS_DIR
+from ..errors import Failed
 from . import audit, registry
 from . import e2b_records as records
 from .pool import Member, PoolStore, RefillPlan, new_member_id
@@ -252,6 +259,56 @@ def _clear_leftovers(sessions: Any, members: PoolStore, done: Refilled) -> None:
         if members.claimed(member.member) and not members.held(member.member).exists():
             members.forget(member.member)
     members.prune_claims(CLAIMS_KEPT_S)
+
+
+def deliver_secrets(record: registry.Record, values: Mapping[str, str]) -> None:
+    """Write ``values`` as the running member's secret files (``/run/secrets/<NAME>``,
+    0400, the agent's): ONE ``exec`` as the agent extracting a tar from its stdin, so no value
+    is in a command line the engine records (the engine's archive API cannot be used: it
+    writes below a running container's mounts, measured in benchmarks/claim.py). The
+    member has run nothing of anybody's yet. :class:`Failed` when the files are not
+    written."""
+    import docker  # the SDK only when a claim delivers secrets
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, value in sorted(values.items()):
+            data = value.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = len(data), 0o400, AGENT_UID, AGENT_UID
+            archive.addfile(info, io.BytesIO(data))
+    try:
+        client = connect(None if record.host == "local" else record.host)
+    except docker.errors.DockerException as error:
+        raise Failed(
+            f"session {record.session_id!r}: its engine cannot be reached: {error}"
+        ) from None
+    try:
+        api = client.api
+        # As the agent, the secrets directory's owner: the container's root has no
+        # capabilities to write into it or to hand files over.
+        made = api.exec_create(
+            record.environment_id,
+            ["tar", "-x", "-p", "--no-same-owner", "-C", SECRETS_DIR],
+            stdin=True,
+            user=str(AGENT_UID),
+        )
+        stream = api.exec_start(made["Id"], socket=True)
+        raw = getattr(stream, "_sock", stream)
+        try:
+            raw.sendall(buffer.getvalue())
+            raw.shutdown(socket.SHUT_WR)
+            while raw.recv(4096):
+                pass
+        finally:
+            raw.close()
+        code = api.exec_inspect(made["Id"]).get("ExitCode")
+    except docker.errors.DockerException as error:
+        raise Failed(f"session {record.session_id!r}: secrets not delivered: {error}") from None
+    finally:
+        client.close()
+    if code != 0:
+        raise Failed(f"session {record.session_id!r}: secrets not delivered (tar exited {code})")
 
 
 def _abandoned(members: PoolStore) -> list[Member]:

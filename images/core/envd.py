@@ -72,6 +72,9 @@ from typing import Any
 
 PORT = 49983
 TOKEN_ENV = "DOCKYARD_ENVD_ACCESS_TOKEN"  # noqa: S105 - a variable name, not a secret
+SECRETS_DIR_ENV = "DOCKYARD_SECRETS_DIR"
+SECRET_FILE_MAX = 1 << 20
+"""The largest secret file read into a process's environment (bytes)."""
 # The shortest access token accepted (dockyard's are 32 characters).
 MIN_TOKEN = 16
 # Envelope size a client may send (requests are small JSON) and chunk sizes on the wire.
@@ -513,6 +516,38 @@ def pty_size(request: dict[str, Any]) -> tuple[int, int]:
     return rows, cols
 
 
+def secrets_now(directory: str | None) -> dict[str, str]:
+    """The secret files as the entrypoint exports them (file name = variable name, the
+    whole file, trailing newlines dropped), read at each process start: a warm pool's
+    claim delivers a session's secrets into the running environment after this daemon
+    started. The access token is never among them (it stays this daemon's alone)."""
+    found: dict[str, str] = {}
+    if not directory:
+        return found
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return found
+    for name in names:
+        if name == TOKEN_ENV or not name.isascii() or not name.replace("_", "a").isalnum():
+            continue
+        if name[0].isdigit():
+            continue
+        try:
+            descriptor = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            continue
+        with os.fdopen(descriptor, "rb") as handle:
+            data = handle.read(SECRET_FILE_MAX + 1)
+        if len(data) > SECRET_FILE_MAX or b"\0" in data:
+            continue
+        found[name] = data.decode("utf-8", "replace").rstrip("\n")
+    return found
+
+
 class ProcessTable:
     def __init__(self, identity: Identity, env: dict[str, str]) -> None:
         self.identity = identity
@@ -557,8 +592,7 @@ class ProcessTable:
         cwd = cwd or self.identity.home
         if not os.path.isdir(cwd):
             raise RpcError("invalid_argument", f"cwd '{cwd}' is not an existing directory")
-        env = dict(self.env)
-        env.update(envs)
+        env = {**self.env, **secrets_now(self.env.get(SECRETS_DIR_ENV)), **envs}
         tag = request.get("tag")
         if request.get("pty"):
             rows, cols = pty_size(request)

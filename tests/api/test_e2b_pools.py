@@ -15,7 +15,7 @@ import pytest
 
 from dockyard.config import ConfigError
 from dockyard.config.pools import Pool
-from dockyard.errors import InvalidInput
+from dockyard.errors import Failed, InvalidInput
 from dockyard.sessions import Sessions, audit, e2b, registry, warm
 from dockyard.sessions.registry import NamesTaken, SessionNotFound
 from dockyard.sessions.settings import paths
@@ -88,9 +88,9 @@ def test_creates_that_cannot_claim_are_cold(tmp_path: Path) -> None:
     made = warm.refill(sessions).made
     assert len(made) == 2
     cold = [
-        # another tenant; environment variables (secrets read at start); another variant
+        # another tenant; another variant; a tenant's create where only an untenanted
+        # pool has the variant
         e2b.create(sessions, {"templateID": "base"}, "other"),
-        e2b.create(sessions, {"templateID": "base", "envVars": {"A": "1"}}, "acme"),
         e2b.create(sessions, {"templateID": "node"}, None),
         e2b.create(sessions, {"templateID": "python"}, "acme"),  # the python pool has no tenant
     ]
@@ -102,6 +102,39 @@ def test_creates_that_cannot_claim_are_cold(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput):
         e2b.create(sessions, {"templateID": "base", "timeout": -1}, "acme")
     assert warm.status(sessions)[0]["free"] == 1
+
+
+def test_a_claim_delivers_the_creates_environment_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """envVars are the sandbox's secrets: into the running member as files (one root exec,
+    engine-tested in test_pools_on_engine), their names in the record; a failed delivery
+    destroys the member (nothing half-bound is handed out) and the create goes on cold."""
+    delivered: list[tuple[str, dict[str, str]]] = []
+    monkeypatch.setattr(
+        warm, "deliver_secrets", lambda record, env: delivered.append((record.session_id, env))
+    )
+    sessions = _sessions(tmp_path, [{"tenant": "acme", "min": 2}])
+    made = warm.refill(sessions).made
+    sandbox = e2b.create(sessions, {"templateID": "base", "envVars": {"A": "1"}}, "acme")
+    assert sandbox.sandboxId in made
+    assert delivered == [(sandbox.sandboxId, {"A": "1"})]
+    record = sessions.registry.find(sandbox.sandboxId, "acme")
+    assert record.request["secrets"] == sorted(["A", e2b.TOKEN_SECRET])
+
+    def broken(record: Any, env: Any) -> None:
+        raise Failed("secrets not delivered (tar exited 2)")
+
+    monkeypatch.setattr(warm, "deliver_secrets", broken)
+    cold = e2b.create(sessions, {"templateID": "base", "envVars": {"B": "2"}}, "acme")
+    (other,) = [m for m in made if m != sandbox.sandboxId]
+    assert (other, "acme") in sessions.destroyed
+    assert cold.sandboxId not in made
+    assert sessions.created[-1] == (
+        sessions.registry.find(cold.sandboxId, "acme").request,
+        {"B": "2", e2b.TOKEN_SECRET: cold.envdAccessToken},
+    )
+    assert {r.session_id for r in sessions.registry.all()} == {sandbox.sandboxId, cold.sandboxId}
 
 
 def test_a_member_serves_one_sandbox_and_is_gone_with_it(tmp_path: Path) -> None:
@@ -298,3 +331,14 @@ def test_stopped_members_are_rerolled(tmp_path: Path, engine: dict[str, Any]) ->
     assert done.rerolled == [first[0]]
     assert len(done.made) == 1
     assert e2b.create(sessions, {"templateID": "base"}, None).sandboxId != first[0]
+
+
+def test_a_routed_call_racing_a_destroy_finds_no_sandbox(tmp_path: Path) -> None:
+    """The manifest removed under a routed call (the sandbox destroyed meanwhile): the
+    call answers not found, never a 500 with a traceback (found by running the SDK's own
+    suite against the server)."""
+    sessions = _sessions(tmp_path, [])
+    sandbox = e2b.create(sessions, {"templateID": "base"}, "acme")
+    record = sessions.registry.find(sandbox.sandboxId, "acme")
+    with pytest.raises(SessionNotFound, match="not found"):
+        e2b.address(record)

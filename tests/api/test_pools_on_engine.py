@@ -2,7 +2,8 @@
 fills a tenant's pool in the background through the same sessions service (the harness
 driver where Pulumi would run); the public ``e2b`` SDK's ``Sandbox.create``, from 22
 processes at once, claims the 20 members — none twice, each claimed sandbox answers its
-own token and runs a command, the overflow is created cold — free members are in no
+own token and runs a command that sees its create's environment variables, the overflow
+is created cold — free members are in no
 list, the pool refills, and a settings change re-rolls the free members only."""
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ while not os.path.exists(start):
     time.sleep(0.005)
 began = time.monotonic()
 sandbox = Sandbox.create("base", timeout=600, metadata={"run": "pool"}, api_key=os.environ["KEY"],
-                         api_url=os.environ["URL"], sandbox_url=os.environ["URL"])
+                         api_url=os.environ["URL"], sandbox_url=os.environ["URL"],
+                         envs={"POOL_PROBE": "v-" + sys.argv[2]})
 took = time.monotonic() - began
-ran = sandbox.commands.run("echo hi-$((20+22)) && id -un && ls -A /workspace | wc -l")
+ran = sandbox.commands.run(
+    "echo hi-$((20+22)) && id -un && ls -A /workspace | wc -l && echo $POOL_PROBE"
+)
 print(json.dumps([sandbox.sandbox_id, took, ran.stdout, sandbox._envd_access_token or ""]))
 """
 
@@ -113,13 +117,13 @@ def test_sdk_creates_claim_members_refill_and_reroll(
         start = tmp_path / "start"
         creators = [
             subprocess.Popen(
-                [sys.executable, "-c", CREATOR, str(start)],
+                [sys.executable, "-c", CREATOR, str(start), str(index)],
                 env={**env, "KEY": keys[tenant], "URL": serving.url},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            for _ in range(CREATES)
+            for index in range(CREATES)
         ]
         start.touch()
         got = []
@@ -131,8 +135,10 @@ def test_sdk_creates_claim_members_refill_and_reroll(
         assert len(set(ids)) == CREATES
         claimed = [i for i in ids if i in members]
         assert len(claimed) == MEMBERS, (ids, members)  # each member once, the rest cold
-        # Each runs as the agent, in a workspace nobody wrote before this session.
-        assert all(out.split() == ["hi-42", "agent", "0"] for _, _, out, _ in got), got
+        # Each runs as the agent, in a workspace nobody wrote before this session, with the
+        # environment variables of its own create (a claim delivers them as secret files).
+        outs = sorted(out.split() for _, _, out, _ in got)
+        assert outs == sorted(["hi-42", "agent", "0", f"v-{i}"] for i in range(CREATES)), got
         tokens = [token for *_, token in got]
         assert len(set(tokens)) == CREATES
         assert all(len(t) >= 16 for t in tokens)

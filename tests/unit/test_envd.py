@@ -818,3 +818,26 @@ def test_the_node_sdk_drives_the_daemon_too(daemon: Daemon, tmp_path: Path) -> N
         "removed": False,
         "pty": True,
     }
+
+
+def test_secret_files_reach_each_new_process_as_the_entrypoint_exports_them(
+    tmp_path: Path,
+) -> None:
+    """A warm pool's claim writes the session's secrets into the running environment after
+    the daemon started: each process start reads them (the token excepted, a name that is
+    not a variable name, a link, a directory, an oversized or binary file skipped)."""
+    envd = load_envd()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "API_KEY").write_text("k-1\n\n")
+    (secrets / "_x2").write_text("two\nlines")
+    (secrets / envd.TOKEN_ENV).write_text("t" * 32)
+    (secrets / "9BAD").write_text("x")
+    (secrets / "BAD-NAME").write_text("x")
+    (secrets / "LINK").symlink_to(secrets / "API_KEY")
+    (secrets / "DIR").mkdir()
+    (secrets / "BIG").write_bytes(b"x" * (envd.SECRET_FILE_MAX + 1))
+    (secrets / "BIN").write_bytes(b"a\0b")
+    assert envd.secrets_now(str(secrets)) == {"API_KEY": "k-1", "_x2": "two\nlines"}
+    assert envd.secrets_now(None) == {}
+    assert envd.secrets_now(str(tmp_path / "missing")) == {}
