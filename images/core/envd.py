@@ -1561,12 +1561,16 @@ def f_move(daemon: Daemon, request: dict[str, Any]) -> Any:
 
 
 def f_remove(daemon: Daemon, request: dict[str, Any]) -> Any:
+    """Remove a file or a whole directory; a path that is not there is already removed
+    (E2B's daemon answers it the same: the SDKs' own suite removes missing paths)."""
     path = daemon.identity.resolve(request.get("path", ""))
     try:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         else:
             os.unlink(path)
+    except FileNotFoundError:
+        return {}
     except OSError as err:
         raise os_error(err, path) from None
     return {}

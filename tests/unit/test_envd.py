@@ -292,6 +292,8 @@ def test_files_write_read_list_stat_move_remove(sandbox: Sandbox, daemon: Daemon
     )
     sandbox.files.remove("notes")
     assert not (daemon.home / "notes").exists()
+    sandbox.files.remove("notes")  # already removed: nothing to do, as E2B's daemon answers
+    sandbox.files.remove("never/there.txt")
     with pytest.raises(NotFoundException):
         sandbox.files.read("notes/deep/moved.txt")
     with pytest.raises(NotFoundException):
