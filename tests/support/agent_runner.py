@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import docker
 import pytest
 from docker.models.containers import Container
-from docker.types import Mount
+from docker.types import Mount, Ulimit
 
 from tests.support.engine import LABELS, is_ready, unique_name, wait_for
 
@@ -82,6 +82,10 @@ class AgentRunner:
             tmpfs["/workspace"] = f"rw,size={size},uid=1000,gid=1000,mode=0755"
         elif workspace:
             all_mounts.append(Mount("/workspace", workspace, type="volume"))
+        # What an environment gets (R-ENV-4 defaults), never the engine's own default:
+        # the image's start depends on it (tmux picks its event backend by the soft limit)
+        # and engines differ (1024 on one machine, 20000 on another).
+        kwargs.setdefault("ulimits", [Ulimit(name="nofile", soft=1024, hard=2048)])
         container = self.client.containers.create(
             self.image,
             name=unique_name(backend),
