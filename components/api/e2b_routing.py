@@ -244,24 +244,33 @@ class Routing:
         status = {"code": 500}
         if websocket and (await receive())["type"] != "websocket.connect":
             return
+        answered = False
+
+        async def sent(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] in ("http.response.start", "websocket.accept")
+            await send(message)
+
         try:
             async with self._reached(
                 scope, headers, sandbox_id, port_text, websocket=websocket
             ) as url:
                 if websocket:
-                    await e2b_websocket_proxy.bridge(scope, receive, send, url, headers, status)
+                    await e2b_websocket_proxy.bridge(scope, receive, sent, url, headers, status)
                 else:
-                    await self.proxy.forward(scope, receive, send, url, rid, status)
+                    await self.proxy.forward(scope, receive, sent, url, rid, status)
         except DockyardError as error:
             await _refuse(error, scope, receive, send, status)
         except httpx.HTTPError as exc:
             refused = BadGateway(f"sandbox {sandbox_id!r} port {port_text}: {exc!s}"[:300])
             await _refuse(refused, scope, receive, send, status)
         except Exception:
-            # Never a traceback to the caller: logged here, answered as a gateway error.
+            # Never a traceback to the caller: logged here, answered as a gateway error
+            # unless the answer had begun (then it is only cut off).
             log.exception("routed call to sandbox %s port %s failed", sandbox_id, port_text)
-            refused = BadGateway(f"sandbox {sandbox_id!r} port {port_text}: the call failed")
-            await _refuse(refused, scope, receive, send, status)
+            if not answered:
+                refused = BadGateway(f"sandbox {sandbox_id!r} port {port_text}: the call failed")
+                await _refuse(refused, scope, receive, send, status)
         finally:
             code = status["code"]
             detail = (

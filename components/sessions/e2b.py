@@ -50,7 +50,7 @@ from typing import Any
 
 from ..capacity import connect
 from ..config.names import RESERVED_LABEL_PREFIX
-from ..config.values import LABEL_KEY
+from ..config.values import ENV_NAME, ENV_NAME_ALLOWED, LABEL_KEY
 from ..errors import Conflict, Failed, InvalidInput, shown
 from . import e2b_records as records
 from . import hibernate, warm
@@ -71,6 +71,8 @@ ENVD_PORT = 49983
 DEFAULT_TIMEOUT_S = 300
 MAX_TIMEOUT_S = 24 * 3600
 MAX_METADATA = 64
+MAX_SECRETS = 64
+"""A session's secrets at most (the request model's rule); envVars take all but one."""
 MAX_TEXT = 1024
 MAX_METRICS_IDS = 100
 """The most sandbox ids one ``GET /sandboxes/metrics`` may name."""
@@ -107,6 +109,29 @@ def _strings(value: Any, key: str) -> dict[str, str]:
             [f"{key}: at most {MAX_METADATA} pairs of at most {MAX_TEXT} characters each"],
         )
     return dict(value)
+
+
+def _env_problems(env: Mapping[str, str]) -> list[str]:
+    """envVars become the session's secrets: names by the secrets' own rule (the cold
+    path's request model, and a warm claim's secret files, need the same), at most 63
+    (64 secrets with the access token), values valid text; values are never shown."""
+    problems = []
+    if len(env) > MAX_SECRETS - 1:
+        problems.append(
+            f"envVars: at most {MAX_SECRETS - 1} variables (allowed: {MAX_SECRETS} secrets "
+            "with the sandbox's access token)"
+        )
+    for name, value in env.items():
+        if name == TOKEN_SECRET:
+            problems.append(f"envVars.{TOKEN_SECRET}: set by dockyard (allowed: any other name)")
+        elif not ENV_NAME.fullmatch(name):
+            problems.append(f"envVars: {shown(name)} is not allowed (allowed: {ENV_NAME_ALLOWED})")
+        else:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                problems.append(f"envVars.{name}: its value is not valid text (allowed: UTF-8)")
+    return problems
 
 
 # --- the verbs -------------------------------------------------------------------------------
@@ -151,8 +176,7 @@ def create(sessions: Any, body: Mapping[str, Any], tenant: str | None) -> Sandbo
         except InvalidInput as error:
             problems.extend(error.problems)
     lifecycle = _lifecycle(body, problems)
-    if TOKEN_SECRET in (values.get("envVars") or {}):
-        problems.append(f"envVars.{TOKEN_SECRET}: set by dockyard (allowed: any other name)")
+    problems.extend(_env_problems(values.get("envVars") or {}))
     if problems:
         raise InvalidInput("sandbox", problems)
     metadata: dict[str, str] = values["metadata"]

@@ -204,6 +204,10 @@ class PoolStore:
                     found.append(record)
         return sorted(found, key=lambda m: (m.created_at, m.member))
 
+    def recorded(self, member: str) -> bool:
+        """Whether ``member`` was recorded as made (free or claimed since)."""
+        return (self.members_dir / f"{member}.json").exists()
+
     def claimed(self, member: str) -> bool:
         return (self.claims_dir / member).exists()
 

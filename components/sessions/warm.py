@@ -39,7 +39,7 @@ from typing import Any
 from ..capacity import connect
 from ..config import StackConfig, from_host_settings
 from ..config.pools import Pool
-from ..contract import AGENT_UID, SECRETS_DIR
+from ..contract import AGENT_UID, ENV_NAME, SECRETS_DIR
 from ..errors import Failed
 from . import audit, registry
 from . import e2b_records as records
@@ -49,6 +49,8 @@ from .status import engine_states
 
 log = logging.getLogger(__name__)
 DEFAULT_VARIANT = "core"
+EXEC_EXIT_WAIT_S = 5.0
+"""How long a delivery waits for the engine to record its exec's exit."""
 CLAIMS_KEPT_S = 3600.0
 """A claim file outlives its member's record this long (then it only takes room)."""
 ABANDONED_AFTER_S = 120.0
@@ -245,6 +247,11 @@ def _clear_leftovers(sessions: Any, members: PoolStore, done: Refilled) -> None:
     gone; its session, if the create got that far, is destroyed), a claimed member whose
     record went back (a session now: only the pool's note of it goes), old claim files."""
     for member in members.abandoned_markers():
+        if members.recorded(member) or members.claimed(member):
+            # Made and recorded before its maker died: a member (or a session) now; only
+            # the marker is left over.
+            members.drop_marker(member)
+            continue
         with contextlib.suppress(Exception):
             held = members.held(member)
             if held.exists():
@@ -270,6 +277,9 @@ def deliver_secrets(record: registry.Record, values: Mapping[str, str]) -> None:
     written."""
     import docker  # the SDK only when a claim delivers secrets
 
+    if not all(ENV_NAME.fullmatch(name) for name in values):
+        # Validated by the create already; a file name is never a path.
+        raise Failed(f"session {record.session_id!r}: a secret name is not a variable name")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for name, value in sorted(values.items()):
@@ -302,7 +312,13 @@ def deliver_secrets(record: registry.Record, values: Mapping[str, str]) -> None:
                 pass
         finally:
             raw.close()
-        code = api.exec_inspect(made["Id"]).get("ExitCode")
+        # The stream ends as tar exits; the engine records the exit a moment later.
+        deadline = time.monotonic() + EXEC_EXIT_WAIT_S
+        while (state := api.exec_inspect(made["Id"])).get("Running") and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        code = state.get("ExitCode")
     except docker.errors.DockerException as error:
         raise Failed(f"session {record.session_id!r}: secrets not delivered: {error}") from None
     finally:

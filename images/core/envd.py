@@ -73,8 +73,12 @@ from typing import Any
 PORT = 49983
 TOKEN_ENV = "DOCKYARD_ENVD_ACCESS_TOKEN"  # noqa: S105 - a variable name, not a secret
 SECRETS_DIR_ENV = "DOCKYARD_SECRETS_DIR"
-SECRET_FILE_MAX = 1 << 20
-"""The largest secret file read into a process's environment (bytes)."""
+SECRET_FILE_MAX = 128 << 10
+"""The largest secret file read into a process's environment (bytes): the kernel's limit
+on one environment string (MAX_ARG_STRLEN); a larger one could not be passed anyway."""
+SECRETS_TOTAL_MAX = 1 << 20
+SECRET_FILES_MAX = 256
+"""Files and bytes read at one process start at most (the rest is left out)."""
 # The shortest access token accepted (dockyard's are 32 characters).
 MIN_TOKEN = 16
 # Envelope size a client may send (requests are small JSON) and chunk sizes on the wire.
@@ -528,13 +532,17 @@ def secrets_now(directory: str | None) -> dict[str, str]:
         names = sorted(os.listdir(directory))
     except OSError:
         return found
-    for name in names:
+    total = 0
+    for name in names[:SECRET_FILES_MAX]:
         if name == TOKEN_ENV or not name.isascii() or not name.replace("_", "a").isalnum():
             continue
         if name[0].isdigit():
             continue
         try:
-            descriptor = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW)
+            # No link followed, and a FIFO planted there never blocks the start.
+            descriptor = os.open(
+                os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+            )
         except OSError:
             continue
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
@@ -542,8 +550,9 @@ def secrets_now(directory: str | None) -> dict[str, str]:
             continue
         with os.fdopen(descriptor, "rb") as handle:
             data = handle.read(SECRET_FILE_MAX + 1)
-        if len(data) > SECRET_FILE_MAX or b"\0" in data:
+        if len(data) > SECRET_FILE_MAX or b"\0" in data or total + len(data) > SECRETS_TOTAL_MAX:
             continue
+        total += len(data)
         found[name] = data.decode("utf-8", "replace").rstrip("\n")
     return found
 

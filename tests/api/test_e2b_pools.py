@@ -342,3 +342,45 @@ def test_a_routed_call_racing_a_destroy_finds_no_sandbox(tmp_path: Path) -> None
     record = sessions.registry.find(sandbox.sandboxId, "acme")
     with pytest.raises(SessionNotFound, match="not found"):
         e2b.address(record)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"FOO-BAR": "1"}, "envVars: 'FOO-BAR' is not allowed (allowed: an environment variable"),
+        ({"a/b": "1"}, "envVars: 'a/b' is not allowed"),
+        ({"./" + e2b.TOKEN_SECRET: "1"}, "is not allowed (allowed: an environment variable"),
+        ({e2b.TOKEN_SECRET + "\x00x": "1"}, "is not allowed (allowed: an environment variable"),
+        ({e2b.TOKEN_SECRET: "1"}, f"envVars.{e2b.TOKEN_SECRET}: set by dockyard"),
+        ({f"V{i}": "1" for i in range(64)}, "envVars: at most 63 variables"),
+        ({"A": "\ud800"}, "envVars.A: its value is not valid text (allowed: UTF-8)"),
+    ],
+)
+def test_env_names_follow_the_secrets_rule_before_anything_is_claimed(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    """envVars become secret files of a claimed member and names of the session's secrets
+    (what destroy re-plans): a name the request model refuses would leave a sandbox nobody
+    can destroy. Refused first, naming the key; the member stays free."""
+    sessions = _sessions(tmp_path, [{"tenant": "acme", "min": 1}])
+    warm.refill(sessions)
+    with pytest.raises(InvalidInput) as caught:
+        e2b.create(sessions, {"templateID": "base", "envVars": env}, "acme")
+    assert any(expected in line for line in caught.value.problems), caught.value.problems
+    assert warm.status(sessions)[0]["free"] == 1
+
+
+def test_a_marker_left_after_its_member_was_recorded_only_goes(tmp_path: Path) -> None:
+    """A refill killed between recording a member and removing its marker: the member may
+    be claimed by then; the next refill drops the marker and destroys nothing."""
+    sessions = _sessions(tmp_path, [{"min": 1}])
+    (member,) = warm.refill(sessions).made
+    store = warm.store(sessions)
+    marker = store.creating_dir / member
+    marker.write_text(json.dumps({"pool": "claude-core-standard", "pid": 2**22 + 7, "boot": "x"}))
+    claimed = e2b.create(sessions, {"templateID": "base"}, None)
+    assert claimed.sandboxId == member
+    warm.refill(sessions)
+    assert not marker.exists()
+    assert member not in [d for d, _ in sessions.destroyed]
+    assert sessions.registry.find(member, None).session_id == member

@@ -843,3 +843,20 @@ def test_secret_files_reach_each_new_process_as_the_entrypoint_exports_them(
     assert envd.secrets_now(str(secrets)) == {"API_KEY": "k-1", "_x2": "two\nlines"}
     assert envd.secrets_now(None) == {}
     assert envd.secrets_now(str(tmp_path / "missing")) == {}
+
+
+def test_a_fifo_or_a_flood_in_the_secrets_directory_never_holds_a_start(tmp_path: Path) -> None:
+    envd = load_envd()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    os.mkfifo(secrets / "A_FIFO")
+    (secrets / "B").write_text("b")
+    for index in range(envd.SECRET_FILES_MAX + 10):
+        (secrets / f"Z{index:04d}").write_text("z" * 8192)
+    started = time.monotonic()
+    found = envd.secrets_now(str(secrets))
+    assert time.monotonic() - started < 5
+    assert found["B"] == "b"
+    assert "A_FIFO" not in found
+    assert sum(len(v) for v in found.values()) <= envd.SECRETS_TOTAL_MAX
+    assert len(found) < envd.SECRET_FILES_MAX
