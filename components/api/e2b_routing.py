@@ -72,8 +72,7 @@ def interval_s(variable: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        log.warning("%s=%r is not a number of seconds: %s s is used", variable, raw, default)
-        return default
+        value = math.nan
     if not math.isfinite(value):
         log.warning("%s=%r is not a number of seconds: %s s is used", variable, raw, default)
         return default

@@ -150,11 +150,15 @@ BuildArgs = Annotated[
 ]
 
 
+MAX_SECRET_NAMES = 64
+"""The most secrets one session has."""
+
+
 def _secret_names(value: Any) -> Any:
     if not isinstance(value, list):
         return value
-    if len(value) > 64:
-        raise v.refuse("a list of at most 64 secret names")
+    if len(value) > MAX_SECRET_NAMES:
+        raise v.refuse(f"a list of at most {MAX_SECRET_NAMES} secret names")
     problems: list[tuple[int | str, Any, str]] = []
     first: dict[str, int] = {}
     for index, name in enumerate(value):

@@ -13,8 +13,8 @@ given, the deadline and the sandbox's access token — is one record per sandbox
   a valid label key becomes a label of the session (``docker inspect`` shows labels, so a
   value that looks like a credential is refused by the request's own rules).
 * Environment variables: delivered as the session's SECRETS (files readable by the agent
-  user, exported by the entrypoint; written into a claimed warm-pool member by one root
-  exec, read by the daemon at each process start), never as plain container environment:
+  user, exported by the entrypoint; written into a claimed warm-pool member by one exec
+  as the agent, read by the daemon at each process start), never as plain container environment:
   E2B users pass API keys there, and plain environment is visible in ``docker inspect``.
 * Warm pools: a create takes a free member of the tenant's matching pool when there is
   one (:mod:`.warm`), else it creates cold.
@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ..capacity import connect
-from ..config.names import RESERVED_LABEL_PREFIX
+from ..config.names import MAX_SECRET_NAMES, RESERVED_LABEL_PREFIX
 from ..config.values import ENV_NAME, ENV_NAME_ALLOWED, LABEL_KEY
 from ..errors import Conflict, Failed, InvalidInput, shown
 from . import e2b_records as records
@@ -71,8 +71,6 @@ ENVD_PORT = 49983
 DEFAULT_TIMEOUT_S = 300
 MAX_TIMEOUT_S = 24 * 3600
 MAX_METADATA = 64
-MAX_SECRETS = 64
-"""A session's secrets at most (the request model's rule); envVars take all but one."""
 MAX_TEXT = 1024
 MAX_METRICS_IDS = 100
 """The most sandbox ids one ``GET /sandboxes/metrics`` may name."""
@@ -116,9 +114,9 @@ def _env_problems(env: Mapping[str, str]) -> list[str]:
     path's request model, and a warm claim's secret files, need the same), at most 63
     (64 secrets with the access token), values valid text; values are never shown."""
     problems = []
-    if len(env) > MAX_SECRETS - 1:
+    if len(env) > MAX_SECRET_NAMES - 1:
         problems.append(
-            f"envVars: at most {MAX_SECRETS - 1} variables (allowed: {MAX_SECRETS} secrets "
+            f"envVars: at most {MAX_SECRET_NAMES - 1} variables (allowed: {MAX_SECRET_NAMES} secrets "
             "with the sandbox's access token)"
         )
     for name, value in env.items():
@@ -250,7 +248,7 @@ def _bound(
             "secrets": sorted({*record.request.get("secrets", []), *env}),
         }
         if env:
-            warm.deliver_secrets(record, env)
+            warm.deliver_secrets(sessions, record, env)
         sessions.registry.save(replace(record, request=request))
     except BaseException:
         with contextlib.suppress(Exception):

@@ -24,23 +24,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import secrets
-import socket
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..capacity import connect
 from ..config import StackConfig, from_host_settings
 from ..config.pools import Pool
-from ..contract import AGENT_UID, ENV_NAME, SECRETS_DIR
-from ..errors import Failed
 from . import audit, registry
 from . import e2b_records as records
 from .pool import Member, PoolStore, RefillPlan, new_member_id
@@ -49,8 +43,6 @@ from .status import engine_states
 
 log = logging.getLogger(__name__)
 DEFAULT_VARIANT = "core"
-EXEC_EXIT_WAIT_S = 5.0
-"""How long a delivery waits for the engine to record its exec's exit."""
 CLAIMS_KEPT_S = 3600.0
 """A claim file outlives its member's record this long (then it only takes room)."""
 ABANDONED_AFTER_S = 120.0
@@ -268,63 +260,11 @@ def _clear_leftovers(sessions: Any, members: PoolStore, done: Refilled) -> None:
     members.prune_claims(CLAIMS_KEPT_S)
 
 
-def deliver_secrets(record: registry.Record, values: Mapping[str, str]) -> None:
-    """Write ``values`` as the running member's secret files (``/run/secrets/<NAME>``,
-    0400, the agent's): ONE ``exec`` as the agent extracting a tar from its stdin, so no value
-    is in a command line the engine records (the engine's archive API cannot be used: it
-    writes below a running container's mounts, measured in benchmarks/claim.py). The
-    member has run nothing of anybody's yet. :class:`Failed` when the files are not
-    written."""
-    import docker  # the SDK only when a claim delivers secrets
-
-    if not all(ENV_NAME.fullmatch(name) for name in values):
-        # Validated by the create already; a file name is never a path.
-        raise Failed(f"session {record.session_id!r}: a secret name is not a variable name")
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, value in sorted(values.items()):
-            data = value.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.uid, info.gid = len(data), 0o400, AGENT_UID, AGENT_UID
-            archive.addfile(info, io.BytesIO(data))
-    try:
-        client = connect(None if record.host == "local" else record.host)
-    except docker.errors.DockerException as error:
-        raise Failed(
-            f"session {record.session_id!r}: its engine cannot be reached: {error}"
-        ) from None
-    try:
-        api = client.api
-        # As the agent, the secrets directory's owner: the container's root has no
-        # capabilities to write into it or to hand files over.
-        made = api.exec_create(
-            record.environment_id,
-            ["tar", "-x", "-p", "--no-same-owner", "-C", SECRETS_DIR],
-            stdin=True,
-            user=str(AGENT_UID),
-        )
-        stream = api.exec_start(made["Id"], socket=True)
-        raw = getattr(stream, "_sock", stream)
-        try:
-            raw.sendall(buffer.getvalue())
-            raw.shutdown(socket.SHUT_WR)
-            while raw.recv(4096):
-                pass
-        finally:
-            raw.close()
-        # The stream ends as tar exits; the engine records the exit a moment later.
-        deadline = time.monotonic() + EXEC_EXIT_WAIT_S
-        while (state := api.exec_inspect(made["Id"])).get("Running") and (
-            time.monotonic() < deadline
-        ):
-            time.sleep(0.01)
-        code = state.get("ExitCode")
-    except docker.errors.DockerException as error:
-        raise Failed(f"session {record.session_id!r}: secrets not delivered: {error}") from None
-    finally:
-        client.close()
-    if code != 0:
-        raise Failed(f"session {record.session_id!r}: secrets not delivered (tar exited {code})")
+def deliver_secrets(sessions: Any, record: registry.Record, values: Mapping[str, str]) -> None:
+    """Write ``values`` into the claimed member as its secret files, through the session's
+    data plane (located and checked like every exec: :meth:`.dataplane.Workspace.
+    put_secrets`). The member has run nothing of anybody's yet."""
+    sessions.workspace(record.session_id, record.tenant).put_secrets(values)
 
 
 def _abandoned(members: PoolStore) -> list[Member]:

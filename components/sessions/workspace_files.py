@@ -5,14 +5,16 @@ agent's (hostile) data: read with size limits and checked field by field."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
 from typing import Any
 
-from ..contract import WORKSPACE_MOUNT
+from ..contract import AGENT_UID, ENV_NAME, SECRETS_DIR, WORKSPACE_MOUNT
 from ..errors import Conflict, DockyardError, Failed, InvalidInput, NotFound
 from .exec_streams import Frames
 from .workspace_container import Container, silent
@@ -42,6 +44,31 @@ def helper_source() -> str:
 
 class FileVerbs(Container):
     """The workspace's files, through the helper."""
+
+    def put_secrets(self, values: Mapping[str, str]) -> None:
+        """Write ``values`` as the running container's secret files (``/run/secrets/<NAME>``,
+        0400, the agent's, as the program uploads them at create): ONE exec as the agent
+        (the directory's owner; the container's root has no capabilities) extracting a tar
+        from its stdin, so no value is in a command line the engine records (the engine's
+        archive API cannot be used: it writes below a running container's mounts, measured
+        in benchmarks/claim.py). Names must be variable names (never a path)."""
+        if not all(ENV_NAME.fullmatch(name) for name in values):
+            raise InvalidInput("secrets", ["secrets: a name is not an environment variable name"])
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            for name, value in sorted(values.items()):
+                data = value.encode()
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.uid, info.gid = len(data), 0o400, AGENT_UID, AGENT_UID
+                archive.addfile(info, io.BytesIO(data))
+        argv = ["tar", "-x", "-p", "--no-same-owner", "-C", SECRETS_DIR]
+        _, err, code = self._run(argv, stdin=buffer.getvalue())
+        if code != 0:
+            detail = err.decode("utf-8", "replace").strip()[:200]
+            raise Failed(
+                f"session {self.record.session_id!r}: secrets not delivered (tar exited "
+                f"{code}{': ' + detail if detail else ''})"
+            )
 
     def _helper_argv(self, op: str, parts: tuple[str, ...], **extra: Any) -> list[str]:
         spec = {"op": op, "root": WORKSPACE_MOUNT, "path": list(parts), **extra}

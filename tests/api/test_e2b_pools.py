@@ -112,7 +112,9 @@ def test_a_claim_delivers_the_creates_environment_variables(
     destroys the member (nothing half-bound is handed out) and the create goes on cold."""
     delivered: list[tuple[str, dict[str, str]]] = []
     monkeypatch.setattr(
-        warm, "deliver_secrets", lambda record, env: delivered.append((record.session_id, env))
+        warm,
+        "deliver_secrets",
+        lambda sessions, record, env: delivered.append((record.session_id, env)),
     )
     sessions = _sessions(tmp_path, [{"tenant": "acme", "min": 2}])
     made = warm.refill(sessions).made
@@ -122,7 +124,7 @@ def test_a_claim_delivers_the_creates_environment_variables(
     record = sessions.registry.find(sandbox.sandboxId, "acme")
     assert record.request["secrets"] == sorted(["A", e2b.TOKEN_SECRET])
 
-    def broken(record: Any, env: Any) -> None:
+    def broken(sessions: Any, record: Any, env: Any) -> None:
         raise Failed("secrets not delivered (tar exited 2)")
 
     monkeypatch.setattr(warm, "deliver_secrets", broken)

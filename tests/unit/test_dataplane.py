@@ -453,3 +453,41 @@ def test_stats_of_a_container_that_stops_mid_read_is_its_state_not_a_crash() -> 
     answer = workspace.stats()
     assert answer["status"] == "running"
     assert answer["memory"] == {"used": None, "limit": None, "percent": None}
+
+
+def test_secrets_go_in_as_one_tar_on_the_stdin_of_one_agent_exec() -> None:
+    """A warm pool's claim writes the session's secrets into the running container: the
+    values only on the exec's stdin (never in its command), files 0400 owned by the agent,
+    names that are variable names only, a failed tar reported with its exit."""
+    import io as _io
+    import tarfile as _tarfile
+
+    from dockyard.errors import Failed, InvalidInput
+    from dockyard.sessions.registry import Record
+    from dockyard.sessions.workspace_files import FileVerbs
+
+    calls: list[tuple[list[str], bytes | None]] = []
+    answer = {"code": 0}
+
+    class _Verbs(FileVerbs):
+        def _run(self, argv: list[str], stdin: bytes | None = None) -> Any:
+            calls.append((argv, stdin))
+            return b"", b"tar: broken" if answer["code"] else b"", answer["code"]
+
+    record = Record("s1", None, "sessions.s1", "/p", "/m.json", "local", {}, "t")
+    verbs = _Verbs(record, {"container": {"id": "c"}}, object(), None)  # type: ignore[arg-type]
+    verbs.put_secrets({"API_KEY": "v-1", "B": "two"})
+    ((argv, stdin),) = calls
+    assert argv == ["tar", "-x", "-p", "--no-same-owner", "-C", "/run/secrets"]
+    assert "v-1" not in " ".join(argv)
+    with _tarfile.open(fileobj=_io.BytesIO(stdin or b"")) as archive:
+        members = {m.name: (m.mode, m.uid, m.gid) for m in archive.getmembers()}
+        assert archive.extractfile("API_KEY").read() == b"v-1"  # type: ignore[union-attr]
+    assert members == {"API_KEY": (0o400, 1000, 1000), "B": (0o400, 1000, 1000)}
+    for bad in ("a/b", "../X", "./TOKEN", "X\x00Y", ""):
+        with pytest.raises(InvalidInput):
+            verbs.put_secrets({bad: "v"})
+    assert len(calls) == 1
+    answer["code"] = 2
+    with pytest.raises(Failed, match=r"tar exited 2: tar: broken"):
+        verbs.put_secrets({"C": "c"})
