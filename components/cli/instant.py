@@ -123,7 +123,7 @@ def remove(name: str, tenant: TenantOption = None, as_json: JsonFlag = False) ->
 def _pools(data: list[dict[str, Any]]) -> None:
     grid(
         ("pool", "free", "being made", "min", "max"),
-        ([r["pool"], r["free"], r["making"], r["min"], r["max"]] for r in data),
+        ([str(r[k]) for k in ("pool", "free", "making", "min", "max")] for r in data),
     )
 
 

@@ -386,3 +386,40 @@ def test_a_marker_left_after_its_member_was_recorded_only_goes(tmp_path: Path) -
     assert not marker.exists()
     assert member not in [d for d, _ in sessions.destroyed]
     assert sessions.registry.find(member, None).session_id == member
+
+
+def test_the_cli_lists_and_refills_the_pools(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from dockyard import cli
+
+    sessions = _sessions(tmp_path, [{"tenant": "acme", "min": 2}])
+    face = SimpleNamespace(
+        pools=lambda: warm.status(sessions),
+        refill_pools=lambda progress: warm.refill(sessions, progress),
+    )
+    monkeypatch.setattr(Sessions, "default", lambda: face)
+    made = CliRunner().invoke(cli.app, ["pool", "refill", "--json"])
+    assert made.exit_code == 0, made.output
+    assert len(json.loads(made.stdout)["made"]) == 2
+    listed = CliRunner().invoke(cli.app, ["pool", "ls", "--json"])
+    assert json.loads(listed.stdout) == [
+        {"pool": "acme/claude-core-standard", "min": 2, "max": 2, "free": 2, "making": 0}
+    ]
+    table = CliRunner().invoke(cli.app, ["pool", "ls"])
+    assert "acme/claude-core-standard" in table.stdout
+
+    def refused(request: dict[str, Any], secrets: dict[str, str], **_: Any) -> None:
+        raise RuntimeError("quota: environments 2 of 2")
+
+    sessions.create = refused  # type: ignore[method-assign]
+    e2b.create(sessions, {"templateID": "base"}, "acme")
+    failed = CliRunner().invoke(cli.app, ["pool", "refill"])
+    assert failed.exit_code == 1, failed.output
+    said = " ".join(failed.stdout.split())  # the terminal's width folds lines
+    assert "not done: acme/claude-core-standard" in said
+    assert "quota: environments 2 of 2" in said
