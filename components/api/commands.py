@@ -10,6 +10,7 @@ them is refused before anything listens.
 from __future__ import annotations
 
 import contextlib
+import gc
 import ipaddress
 import json
 import os
@@ -26,6 +27,7 @@ from ..sessions import Sessions
 from ..sessions.settings import paths, usable_state
 from ..terminal import JsonFlag, errors
 from .settings import STORE_VARIABLE, Limits, default_url
+from .workers import MAX_WORKERS, listening, supervise
 
 if TYPE_CHECKING:
     from .store import KeyStore
@@ -223,52 +225,67 @@ def serve(
             "and for the next part of a body (then 408)."
         ),
     ] = Limits.body_timeout_s,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes sharing the address, each a replica on the key store "
+            "(rates and caches per process; docs/api.md): about one per core."
+        ),
+    ] = 1,
 ) -> None:
     """Serve the HTTP API (docs/api.md) until interrupted."""
     with errors(False):
+        if not 1 <= workers <= MAX_WORKERS:
+            raise InvalidInput(
+                "serve", [f"--workers: {workers} is not allowed (allowed: 1 to {MAX_WORKERS})"]
+            )
         store = open_store(key_store)
         check_exposure(host, tls_cert, tls_key, key_store, store)
+        limits = Limits(
+            body_limit, rate, burst, upload_bytes=upload_limit, body_timeout_s=body_timeout
+        )
+        tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+        try:
+            sockets = listening(host, port, workers)
+        except OSError as exc:
+            store.close()
+            raise InvalidInput(
+                "serve", [f"--host {host} --port {port}: cannot listen ({exc.strerror})"]
+            ) from None
+        bound = sockets[0].getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"dockyard: listening on {'https' if tls else 'http'}://{shown}:{bound}", flush=True)
+        if workers == 1:
+            _serve_one(sockets[0], store, limits, tls)
+        else:
+            store.close()  # each process opens its own (no connection crosses a fork)
+            code = supervise(
+                sockets, lambda sock: _serve_one(sock, open_store(key_store), limits, tls)
+            )
+            if code:
+                raise typer.Exit(code)
+    raise typer.Exit(0)
+
+
+def _serve_one(
+    sock: socket.socket, store: KeyStore, limits: Limits, tls: tuple[Path, Path] | None
+) -> None:
+    """One server process on ``sock`` until it is stopped; closes ``store`` then."""
+    try:
         # Late for start-up speed: FastAPI and uvicorn load only when serve runs.
         import uvicorn
 
         from .app import create_app
 
-        app = create_app(
-            Sessions.default(),
-            store,
-            Limits(
-                body_limit,
-                rate,
-                burst,
-                upload_bytes=upload_limit,
-                body_timeout_s=body_timeout,
-            ),
-        )
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise InvalidInput(
-                "serve", [f"--host {host} --port {port}: cannot listen ({exc.strerror})"]
-            ) from None
-        sock.listen(512)
-        bound = sock.getsockname()[1]
-        tls = tls_cert is not None and tls_key is not None
-        config = server_config(
-            app,
-            body_timeout,
-            (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None,
-        )
-        shown = f"[{host}]" if ":" in host else host
-        print(f"dockyard: listening on {'https' if tls else 'http'}://{shown}:{bound}", flush=True)
-        try:
-            uvicorn.Server(config).run(sockets=[sock])
-        finally:
-            store.close()
-    raise typer.Exit(0)
+        app = create_app(Sessions.default(), store, limits)
+        config = server_config(app, limits.body_timeout_s, tls)
+        # What exists now (modules, the app, its routes) lives as long as the process:
+        # frozen out of the collector's generations, a full collection no longer walks it
+        # (one took ~145 ms here, every request waiting on it: docs/performance.md, api).
+        gc.freeze()
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        store.close()
 
 
 __all__ = ["keys_app", "serve"]

@@ -121,7 +121,9 @@ class KeyStore:
                 parents=True, exist_ok=True, mode=0o700
             )
         try:
-            self.engine = create_engine(url, pool_pre_ping=True)
+            # A ping before each use finds a dropped server connection; a SQLite file has
+            # none to drop, and the ping was a fifth of a key check's cost.
+            self.engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite:"))
             migrate(self.engine)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise StoreError(
@@ -190,13 +192,18 @@ class KeyStore:
         :data:`LAST_USED_STEP`) in a transaction of its own after the read
         (:meth:`record_use`), which never fails the check."""
         key_id, secret = _parsed(presented)
-        with self._session() as session:
-            row = session.get(ApiKey, key_id) if key_id else None
-            stored = row.secret_sha256 if row is not None else _NO_KEY
-            same = hmac.compare_digest(stored, _digest(secret))
-            if row is None or not same or row.revoked_at is not None:
-                return None
-            info = KeyInfo.of(row)
+        row = None
+        if key_id:
+            # A plain read, not an ORM unit of work: a key check is the one store read
+            # on every request's way (issue 27's list benchmark; docs/performance.md).
+            with self.engine.connect() as connection:
+                query = select(ApiKey.__table__).where(ApiKey.id == key_id)
+                row = connection.execute(query).first()
+        stored = row.secret_sha256 if row is not None else _NO_KEY
+        same = hmac.compare_digest(stored, _digest(secret))
+        if row is None or not same or row.revoked_at is not None:
+            return None
+        info = KeyInfo.model_validate(row)
         now, last = _now(), info.last_used_at
         if last is not None and timedelta(0) <= now - last < LAST_USED_STEP:
             return info
