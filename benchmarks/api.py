@@ -60,9 +60,10 @@ REGISTERED = 100
 ROUNDS = 5
 EVENTS = int(os.environ.get("DOCKYARD_BENCH_EVENT_RUNS", "30"))
 PARTS = ("create", "list", "events")
-WORKERS = os.cpu_count() or 1
-"""``dockyard serve --workers`` of the list's second measurement: one process per core."""
 """What ``DOCKYARD_BENCH_API_PARTS`` (comma-separated) may name; default all."""
+WORKERS = len(os.sched_getaffinity(0))
+"""``dockyard serve --workers`` of the list's second measurement: one process per core
+this process may run on."""
 
 
 def main() -> int:
@@ -108,13 +109,13 @@ def main() -> int:
             if "list" in parts and WORKERS > 1:
                 # The same list against one server process per core (docs/api.md).
                 workers = ("--workers", str(WORKERS))
-                with served(env, store_url, base / "server.log", *workers) as url:
+                with served(env, store_url, base / "server-workers.log", *workers) as url:
                     results["list_workers"] = {**measure_list(url, keys), "workers": WORKERS}
         except Exception:
             # The server's log goes with the temporary home: its tracebacks (a 500) first.
-            log = base / "server.log"
-            if log.is_file():
-                print(f"the server's log:\n{log.read_text()[-20000:]}", file=sys.stderr)
+            for log in (base / "server.log", base / "server-workers.log"):
+                if log.is_file():
+                    print(f"{log.name}:\n{log.read_text()[-20000:]}", file=sys.stderr)
             raise
         finally:
             for row in sessions.list(tenant):
@@ -212,20 +213,8 @@ def measure_list(url: str, keys: list[dict[str, str]]) -> dict[str, Any]:
     """200 concurrent GETs of the list (one key per client), five rounds of each kind
     interleaved: each request on a new connection, and each client on its own kept-alive
     one; baseline: one request alone."""
-    alone = []
-    headers = keys[0]
-    # Each on a new connection, as in the concurrent rounds: a kept-alive httpx connection
-    # added ~40 ms to every answer here (a delayed-ACK stall; curl and new connections
-    # do not see it), which made the baseline 4x what one request costs.
-    fresh = httpx.Limits(max_keepalive_connections=0)
-    with httpx.Client(base_url=url, timeout=60, limits=fresh, trust_env=False) as once:
-        for _ in range(20):
-            started = time.perf_counter()
-            page = once.get("/api/sessions", headers=headers, params={"limit": 500})
-            alone.append(time.perf_counter() - started)
-            page.raise_for_status()
-    if page.json()["total"] != REGISTERED:
-        raise SystemExit(f"ERROR: the list has {page.json()['total']} sessions, not {REGISTERED}")
+    # One request at a time on a new connection, by the same client as the rounds.
+    alone = [asyncio.run(_concurrent_gets(url, keys[:1]))[0][0] for _ in range(20)]
     asyncio.run(_concurrent_gets(url, keys))  # warm-up round, not counted
     concurrent: list[float] = []
     kept: list[float] = []

@@ -66,6 +66,19 @@ class Failed(DockyardError):
     """The engine, the driver, Pulumi or storage did not do what was asked."""
 
 
+DEBUG_VARIABLE = "DOCKYARD_DEBUG"
+"""Set to 1: an unexpected error's traceback is printed too (stderr)."""
+
+
+def unexpected(error: BaseException) -> Failed:
+    """What a face says of an error that is not a DockyardError (a bug of dockyard's: every
+    layer turns what it knows into one): one line, its type, how to get the traceback."""
+    return Failed(
+        f"unexpected error ({type(error).__name__}): this is a bug in dockyard; run again "
+        f"with {DEBUG_VARIABLE}=1 for the traceback and report it"
+    )
+
+
 class InvalidInput(DockyardError, code=INVALID, status=422, kind="invalid"):
     """A request, stack file, setting or flag is not allowed; every problem is listed."""
 

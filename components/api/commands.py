@@ -27,7 +27,7 @@ from ..sessions import Sessions
 from ..sessions.settings import paths, usable_state
 from ..terminal import JsonFlag, errors
 from .settings import STORE_VARIABLE, Limits, default_url
-from .workers import MAX_WORKERS, listening, supervise
+from .workers import MAX_WORKERS, available, listening, supervise
 
 if TYPE_CHECKING:
     from .store import KeyStore
@@ -235,57 +235,93 @@ def serve(
 ) -> None:
     """Serve the HTTP API (docs/api.md) until interrupted."""
     with errors(False):
-        if not 1 <= workers <= MAX_WORKERS:
+        if not 1 <= workers <= (MAX_WORKERS if available() else 1):
+            allowed = f"1 to {MAX_WORKERS}" if available() else f"1 on {sys.platform}: Linux only"
             raise InvalidInput(
-                "serve", [f"--workers: {workers} is not allowed (allowed: 1 to {MAX_WORKERS})"]
+                "serve", [f"--workers: {workers} is not allowed (allowed: {allowed})"]
             )
         store = open_store(key_store)
-        check_exposure(host, tls_cert, tls_key, key_store, store)
-        limits = Limits(
-            body_limit, rate, burst, upload_bytes=upload_limit, body_timeout_s=body_timeout
-        )
-        tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
         try:
-            sockets = listening(host, port, workers)
-        except OSError as exc:
+            check_exposure(host, tls_cert, tls_key, key_store, store)
+            limits = Limits(
+                body_limit, rate, burst, upload_bytes=upload_limit, body_timeout_s=body_timeout
+            )
+            tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+            # Whatever can fail (the host settings, the state directory) fails here, before
+            # anything listens: the same error and exit code with one process or several.
+            app = _app(store, limits, tls)
+            try:
+                sock = listening(host, port)
+            except OSError as exc:
+                raise InvalidInput(
+                    "serve", [f"--host {host} --port {port}: cannot listen ({exc.strerror})"]
+                ) from None
+        except BaseException:
             store.close()
-            raise InvalidInput(
-                "serve", [f"--host {host} --port {port}: cannot listen ({exc.strerror})"]
-            ) from None
-        bound = sockets[0].getsockname()[1]
+            raise
+        bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         print(f"dockyard: listening on {'https' if tls else 'http'}://{shown}:{bound}", flush=True)
         if workers == 1:
-            _serve_one(sockets[0], store, limits, tls)
+            _run(app, sock, store)
         else:
-            store.close()  # each process opens its own (no connection crosses a fork)
-            code = supervise(
-                sockets, lambda sock: _serve_one(sock, open_store(key_store), limits, tls)
-            )
+            # Each process builds its own app and store (no connection or thread crosses a
+            # fork); this one's was the check above.
+            store.close()
+            code = supervise(sock, workers, lambda: _worker(sock, key_store, limits, tls))
             if code:
                 raise typer.Exit(code)
     raise typer.Exit(0)
 
 
-def _serve_one(
-    sock: socket.socket, store: KeyStore, limits: Limits, tls: tuple[Path, Path] | None
-) -> None:
-    """One server process on ``sock`` until it is stopped; closes ``store`` then."""
+def _app(store: KeyStore, limits: Limits, tls: tuple[Path, Path] | None) -> Any:
+    """The uvicorn config of the app over this host's sessions and ``store``."""
+    # Late for start-up speed: FastAPI and uvicorn load only when serve runs.
+    from .app import create_app
+
+    config = server_config(
+        create_app(Sessions.default(), store, limits), limits.body_timeout_s, tls
+    )
     try:
-        # Late for start-up speed: FastAPI and uvicorn load only when serve runs.
-        import uvicorn
+        config.load()  # the TLS files are read here, before anything listens
+    except OSError as exc:  # ssl.SSLError too
+        raise InvalidInput(
+            "serve",
+            [
+                f"--tls-cert/--tls-key: cannot be loaded ({exc}; allowed: a PEM certificate and its key)"
+            ],
+        ) from None
+    return config
 
-        from .app import create_app
 
-        app = create_app(Sessions.default(), store, limits)
-        config = server_config(app, limits.body_timeout_s, tls)
+def _run(config: Any, sock: socket.socket, store: KeyStore) -> None:
+    """Serve ``config`` on ``sock`` until stopped; closes ``store`` then."""
+    import uvicorn
+
+    try:
         # What exists now (modules, the app, its routes) lives as long as the process:
         # frozen out of the collector's generations, a full collection no longer walks it
         # (one took ~145 ms here, every request waiting on it: docs/performance.md, api).
+        gc.collect()
         gc.freeze()
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         store.close()
+
+
+def _worker(
+    sock: socket.socket, key_store: str | None, limits: Limits, tls: tuple[Path, Path] | None
+) -> None:
+    """One of ``--workers`` processes: its own store and app; a failure is one ``ERROR:``
+    line and its exit code, as with one process."""
+    with errors(False):
+        store = open_store(key_store)
+        try:
+            config = _app(store, limits, tls)
+        except BaseException:
+            store.close()
+            raise
+        _run(config, sock, store)
 
 
 __all__ = ["keys_app", "serve"]

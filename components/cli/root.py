@@ -12,10 +12,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 from typer.core import TyperGroup
 
-from ..errors import INVALID, OK, DockyardError, Failed, InvalidInput
+from ..errors import DEBUG_VARIABLE, INVALID, OK, DockyardError, Failed, InvalidInput, unexpected
 from ..terminal import fail
-
-DEBUG_VARIABLE = "DOCKYARD_DEBUG"
 
 
 class _Faces(TyperGroup):
@@ -70,13 +68,7 @@ def _flag_help(command: Any) -> None:
 def _unexpected(error: BaseException, as_json: bool) -> NoReturn:
     if os.environ.get(DEBUG_VARIABLE) == "1":
         traceback.print_exception(error, file=sys.stderr)
-    fail(
-        Failed(
-            f"unexpected error ({type(error).__name__}): this is a bug in dockyard; run again "
-            f"with {DEBUG_VARIABLE}=1 for the traceback and report it"
-        ),
-        as_json,
-    )
+    fail(unexpected(error), as_json)
 
 
 def _version(value: bool) -> None:

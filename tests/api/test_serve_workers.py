@@ -1,5 +1,6 @@
-"""``dockyard serve --workers N`` as a user runs it: N processes on one port (each answers,
-each listens), a stop reaching all of them, and no process left behind whichever of them
+"""``dockyard serve --workers N`` as a user runs it: N processes accepting on one socket the
+parent made (no port group another process could join), a stop reaching all of them (a
+second one forcing them past open streams), and no process left behind whichever of them
 ends first (dockyard.api.workers)."""
 
 from __future__ import annotations
@@ -41,14 +42,20 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _listeners(port: int) -> set[int]:
-    """The pids holding a socket that listens on ``port`` (from /proc: no tool needed)."""
+def _listening_inodes(port: int) -> set[str]:
+    """The sockets listening on ``port`` (from /proc: no tool needed)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(fields[9])
+    return inodes
+
+
+def _listeners(port: int) -> set[int]:
+    """The pids holding a socket that listens on ``port``."""
+    inodes = _listening_inodes(port)
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -67,6 +74,16 @@ def _listeners(port: int) -> set[int]:
     return pids
 
 
+def _polling(pid: int) -> bool:
+    """Whether ``pid`` has an event loop's epoll descriptor (uvicorn is running in it)."""
+    try:
+        return any(
+            os.readlink(fd) == "anon_inode:[eventpoll]" for fd in Path(f"/proc/{pid}/fd").iterdir()
+        )
+    except OSError:
+        return False
+
+
 def _wait(condition: object, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -83,8 +100,14 @@ def two(tmp_path: Path) -> Iterator[Served]:
     port = httpx.URL(served.url).port or 0
 
     def ready() -> bool:
+        # Both children hold the socket and run their event loop (uvicorn then has its
+        # signal handlers): what a stop in a test must find.
         workers = _children(served.process.pid)
-        return len(workers) == 2 and _listeners(port) == set(workers)
+        return (
+            len(workers) == 2
+            and _listeners(port) == set(workers)
+            and all(_polling(pid) for pid in workers)
+        )
 
     try:
         # The address is printed once it listens; the processes come right after.
@@ -94,13 +117,16 @@ def two(tmp_path: Path) -> Iterator[Served]:
         servers.close()  # stops it (SIGTERM, then SIGKILL)
 
 
-def test_two_processes_listen_on_one_port_and_both_answer(two: Served) -> None:
-    # Two processes, each with a listening socket of its own; the parent holds none (the
-    # fixture waited for exactly that).
-    assert len(_children(two.process.pid)) == 2
+def test_two_processes_accept_on_one_socket_and_both_answer(two: Served) -> None:
+    # Two processes hold the one listening socket; the parent does not (the fixture waited
+    # for exactly that), and no second socket could join the port.
+    port = httpx.URL(two.url).port or 0
+    assert len(_listening_inodes(port)) == 1
+    with socket.socket() as intruder:
+        intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        with pytest.raises(OSError, match="in use"):
+            intruder.bind(("127.0.0.1", port))
     key = create_key(two.env, two.store, "--tenant", "acme")["key"]
-    # New connections are spread over both listening sockets by the kernel; every one is
-    # answered (a key one process checked is checked by the other on its own).
     limits = httpx.Limits(max_keepalive_connections=0)
     with httpx.Client(base_url=two.url, limits=limits, trust_env=False, timeout=30) as client:
         codes = {
@@ -117,12 +143,57 @@ def test_a_stop_reaches_every_process_and_none_is_left(two: Served) -> None:
     assert not any(_alive(pid) for pid in workers)
 
 
+def test_ctrl_c_reaches_every_process(two: Served) -> None:
+    workers = _children(two.process.pid)
+    two.process.send_signal(signal.SIGINT)
+    assert two.process.wait(timeout=30) == 0
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _stream(served: Served) -> socket.socket:
+    """An open ``GET /api/events`` stream (a server-sent event stream never ends by itself)."""
+    key = create_key(served.env, served.store, "--admin")["key"]
+    url = httpx.URL(served.url)
+    stream = socket.create_connection((url.host, url.port or 0), timeout=30)
+    stream.sendall(
+        f"GET /api/events HTTP/1.1\r\nHost: {url.host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+    )
+    assert stream.recv(200).startswith(b"HTTP/1.1 200")
+    return stream
+
+
+def test_a_second_stop_forces_the_processes_past_open_streams(two: Served) -> None:
+    workers = _children(two.process.pid)
+    streams = [_stream(two) for _ in range(4)]
+    try:
+        two.process.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        two.process.send_signal(signal.SIGTERM)
+        assert two.process.wait(timeout=30) == 0
+        assert _wait(lambda: not any(_alive(pid) for pid in workers))
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_a_killed_parent_takes_its_processes_with_streams_open(two: Served) -> None:
+    workers = _children(two.process.pid)
+    streams = [_stream(two) for _ in range(4)]
+    try:
+        two.process.kill()
+        two.process.wait(timeout=30)
+        assert _wait(lambda: not any(_alive(pid) for pid in workers), 10), "orphans kept it"
+    finally:
+        for stream in streams:
+            stream.close()
+
+
 def test_one_process_ending_stops_the_other_and_the_server_fails(two: Served) -> None:
     first, second = _children(two.process.pid)
     os.kill(first, signal.SIGKILL)
     assert two.process.wait(timeout=30) == 1
     assert _wait(lambda: not _alive(second)), "the other process was left serving"
-    assert "ended (exit -9): stopping the other 1" in two.log.read_text()
+    assert f"server process {first} ended (exit -9): stopping the other 1" in two.log.read_text()
 
 
 def test_the_processes_end_with_a_killed_parent(two: Served) -> None:
@@ -149,22 +220,56 @@ def test_workers_out_of_range_are_refused_before_listening(tmp_path: Path, count
     assert "listening" not in result.stdout
 
 
-def test_listening_sockets_share_one_free_port_or_none_stays_open() -> None:
-    sockets = listening("127.0.0.1", 0, 3)
-    try:
-        ports = {sock.getsockname()[1] for sock in sockets}
-        assert len(ports) == 1
-        # A port another socket holds without sharing: refused, nothing left listening.
-        with socket.socket() as holder:
-            holder.bind(("127.0.0.1", 0))
-            holder.listen()
-            taken = holder.getsockname()[1]
-            with pytest.raises(OSError, match="in use"):
-                listening("127.0.0.1", taken, 2)
-            assert _listeners(taken) == {os.getpid()}  # only the holder
-    finally:
-        for sock in sockets:
-            sock.close()
+def test_a_port_that_cannot_be_listened_on_leaves_no_descriptor_open() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        before = sorted(os.listdir("/proc/self/fd"))
+        with pytest.raises(OSError, match="in use"):
+            listening("127.0.0.1", taken)
+        assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("broken", ["state", "tls"])
+def test_nothing_listens_before_the_server_is_built(
+    tmp_path: Path, workers: str, broken: str
+) -> None:
+    from tests.api.test_commands import _run
+
+    state = tmp_path / "state"
+    args = ["--key-store", f"sqlite:///{tmp_path / 'keys.db'}", "--workers", workers]
+    if broken == "state":
+        state.write_text("a file, not a directory")
+        want = ("ERROR: ", 1)
+    else:
+        state.mkdir()
+        for name in ("cert.pem", "key.pem"):
+            (tmp_path / name).write_text("not PEM")
+        args += ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
+        want = ("ERROR: --tls-cert/--tls-key: cannot be loaded (", 2)
+    result = _run(
+        {"DOCKYARD_STATE_DIR": str(state), "HOME": str(tmp_path)}, "serve", "--port", "0", *args
+    )
+    assert (result.stderr[: len(want[0])], result.returncode) == want, result.stderr
+    assert result.stdout == ""  # no "listening" line: nothing a caller could take as up
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
+
+
+def test_several_processes_are_refused_off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from dockyard import cli
+    from dockyard.api import workers
+
+    monkeypatch.setattr(workers.sys, "platform", "darwin")
+    result = CliRunner().invoke(cli.app, ["serve", "--port", "0", "--workers", "2"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "ERROR: --workers: 2 is not allowed (allowed: 1 on darwin: Linux only)"
+    )
 
 
 def test_one_worker_keeps_one_process(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from pydantic import BaseModel, ConfigDict, field_validator
-from sqlalchemy import Engine, create_engine, select, update
+from sqlalchemy import Engine, create_engine, make_url, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -122,8 +122,9 @@ class KeyStore:
             )
         try:
             # A ping before each use finds a dropped server connection; a SQLite file has
-            # none to drop, and the ping was a fifth of a key check's cost.
-            self.engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite:"))
+            # none to drop (the ping would be a second statement on every key check).
+            server = make_url(url).get_backend_name() != "sqlite"
+            self.engine = create_engine(url, pool_pre_ping=server)
             migrate(self.engine)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise StoreError(
@@ -194,8 +195,8 @@ class KeyStore:
         key_id, secret = _parsed(presented)
         row = None
         if key_id:
-            # A plain read, not an ORM unit of work: a key check is the one store read
-            # on every request's way (issue 27's list benchmark; docs/performance.md).
+            # A plain read, not an ORM unit of work: a key check is the store read on a
+            # request's way (when the key cache misses).
             with self.engine.connect() as connection:
                 query = select(ApiKey.__table__).where(ApiKey.id == key_id)
                 row = connection.execute(query).first()
