@@ -247,8 +247,9 @@ def serve(
                 body_limit, rate, burst, upload_bytes=upload_limit, body_timeout_s=body_timeout
             )
             tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
-            # Whatever can fail (the host settings, the state directory) fails here, before
-            # anything listens: the same error and exit code with one process or several.
+            # Whatever can fail at start (the state directory, the key store, the TLS
+            # files) fails here, before anything listens: the same error and exit code
+            # with one process or several.
             app = _app(store, limits, tls)
             try:
                 sock = listening(host, port)
