@@ -26,7 +26,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from ..errors import DEBUG_VARIABLE, unexpected
+from ..errors import DEBUG_VARIABLE, Failed, unexpected
 
 MAX_WORKERS = 64
 BACKLOG = 512
@@ -92,7 +92,15 @@ def supervise(sock: socket.socket, count: int, serve_one: Callable[[], None]) ->
     try:
         parent = os.getpid()
         for _ in range(count):
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as error:  # out of processes or memory: none is left running
+                stop_all(signal.SIGKILL)
+                for made in children:
+                    os.waitpid(made, 0)
+                raise Failed(
+                    f"--workers {count}: cannot start a server process ({error})"
+                ) from None
             if pid == 0:
                 _child(parent, previous, serve_one)
             children.add(pid)

@@ -280,3 +280,31 @@ def test_one_worker_keeps_one_process(tmp_path: Path) -> None:
         assert _listeners(httpx.URL(one.url).port or 0) == {one.process.pid}
     finally:
         servers.close()
+
+
+def test_a_process_that_cannot_be_made_leaves_none_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dockyard.api import workers
+    from dockyard.errors import Failed
+
+    made: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        if made:
+            raise OSError(11, "Resource temporarily unavailable")
+        pid = real_fork()
+        if pid:
+            made.append(pid)
+        return pid
+
+    monkeypatch.setattr(workers.os, "fork", fork)
+    sock = listening("127.0.0.1", 0)
+    try:
+        with pytest.raises(Failed, match=r"--workers 2: cannot start a server process"):
+            workers.supervise(sock, 2, lambda: time.sleep(60))
+    finally:
+        sock.close()
+    assert len(made) == 1
+    assert not _alive(made[0])  # killed and reaped, not left serving
