@@ -73,11 +73,7 @@ def main() -> int:
             _run("docker", "volume", "create", f"{bounded}-{role}")
             _run("docker", "volume", "create", f"{plain}-{role}")
         # As the program does: the images mounted on the (plain) volumes' directories.
-        _sh(
-            storage.helper_command(
-                image, storage.MOUNT_SCRIPT, kept_places[1], *ROLES, volumes=mounted
-            )
-        )
+        _sh(storage.keeper_command(image, storage.MOUNT_SCRIPT, kept_places[1], volumes=mounted))
         for index in range(RUNS + 1):  # the first round warms up and is not counted
             environment_id = f"dockyard-bench-disks-{run}-{index}"
             places = (storage.disk_dir(environment_id), storage.link_dir(environment_id))
@@ -95,8 +91,8 @@ def main() -> int:
                     samples[key].append(value)
                 print(f"  round {index} of {RUNS} done", flush=True)
     finally:
-        unmount = storage.helper_command(
-            image, storage.UNMOUNT_SCRIPT, *ROLES, volumes=mounted, missing_ok=True
+        unmount = storage.keeper_command(
+            image, storage.UNMOUNT_SCRIPT, volumes=mounted, missing_ok=True
         )
         subprocess.run(["sh", "-c", unmount], capture_output=True, timeout=300, check=False)
         for prefix in (bounded, plain):

@@ -44,6 +44,8 @@ LABEL_SNAPSHOT_SESSION = "dockyard.snapshot.session"
 LABEL_SNAPSHOT_KIND = "dockyard.snapshot.kind"
 LABEL_SNAPSHOT_VOLUMES = "dockyard.snapshot.volumes"
 LABEL_SNAPSHOT_CREATED = "dockyard.snapshot.created"
+LABEL_DISKS = "dockyard.disks"
+"""On the disks keeper, the one helper container per engine (dockyard.storage_scripts)."""
 SNAPSHOT_LABELS = frozenset(
     {
         LABEL_SNAPSHOT,
@@ -70,6 +72,7 @@ LABELS = SNAPSHOT_LABELS | frozenset(
         LABEL_LIMITS_MEMORY,
         LABEL_BROKER,
         LABEL_CREDENTIALS,
+        LABEL_DISKS,
     }
 )
 """Every label key dockyard writes; anything else under ``dockyard.`` is a user's."""

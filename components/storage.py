@@ -24,11 +24,12 @@ is refused ("data: loop: invalid argument", measured on Docker 20.10). What boun
   It also keeps sparse files, which ext4 allows beyond its size, from growing what a
   backup reads.
 
-The images are made, attached and mounted by a helper container on the engine
-(:mod:`dockyard.storage_scripts`: its scripts and command, and why it runs only from the
-operator's ``helperImage``). One ``local.Command`` per environment and one helper run
-each way (issue 29: two helper containers per environment made teardown 5-6x a bare
-container's): ``create`` makes and attaches the images (an existing image is
+The images are made, attached and mounted in the disks keeper, one helper container per
+engine that runs each environment's script by ``docker exec``
+(:mod:`dockyard.storage_scripts`: its scripts and commands, and why it runs only from the
+operator's ``helperImage``). One ``local.Command`` per environment and one exec each way
+(issue 29: a helper container each way made teardown 3x a bare container's; two each
+way 5-6x): ``create`` makes and attaches the images (an existing image is
 re-attached, never re-made: its data stays) and mounts them on the volumes' directories;
 ``delete``, between the container and the volumes, unmounts, detaches and removes the
 images, and only once no container uses any of the environment's volumes (else it fails,
@@ -64,18 +65,19 @@ from .storage_scripts import (
     CREATE_SCRIPT,
     DELETE_SCRIPT,
     DISK_ROLES,
-    DISKS_DIR,
-    LINKS_DIR,
     MOUNT_SCRIPT,
     SECRETS_ROLE,
     UNMOUNT_SCRIPT,
     disk_dir,
-    helper_command,
     link_dir,
 )
+from .storage_scripts import DISKS_DIR as DISKS_DIR
 from .storage_scripts import HELPER_CAPABILITIES as HELPER_CAPABILITIES
+from .storage_scripts import LINKS_DIR as LINKS_DIR
 from .storage_scripts import Bind as Bind
+from .storage_scripts import helper_command as helper_command
 from .storage_scripts import helper_ref as helper_ref
+from .storage_scripts import keeper_command as keeper_command
 from .storage_scripts import missing_helper as missing_helper
 
 # Imported ``as`` themselves: re-exported, so ``dockyard.storage`` stays the one name its
@@ -156,23 +158,24 @@ def tmpfs_mounts(bounds: DiskBounds) -> dict[str, str]:
 SETUP_SCRIPT = (
     "set -euf\n"
     "dir=$1; links=$2; shift 2\n"
-    f'/bin/sh -c {shlex.quote(CREATE_SCRIPT)} create "$dir" "$links" "$@"\n'
-    'roles=; for spec in "$@"; do roles="$roles ${spec%%:*}"; done\n'
-    f'/bin/sh -c {shlex.quote(MOUNT_SCRIPT)} mount "$links" $roles\n'
+    'specs=; n=0; for a in "$@"; do [ $((n % 2)) -eq 1 ] || specs="$specs $a"; n=$((n + 1)); done\n'
+    f'/bin/sh -c {shlex.quote(CREATE_SCRIPT)} create "$dir" "$links" $specs\n'
+    f'/bin/sh -c {shlex.quote(MOUNT_SCRIPT)} mount "$links" "$@"\n'
 )
-"""$1 the environment's image directory, $2 its link directory, then ``role:MiB`` pairs
-(:data:`CREATE_SCRIPT`'s arguments): make and attach the images, then mount each on
-``/vol/<role>`` (:data:`MOUNT_SCRIPT`). Roles are fixed words (:func:`secrets_role`)."""
+"""$1 the environment's image directory, $2 its link directory, then per role
+``role:MiB`` and its volume's directory: make and attach the images
+(:data:`CREATE_SCRIPT`), then mount each on its directory (:data:`MOUNT_SCRIPT`). Roles
+are fixed words (:func:`secrets_role`)."""
 TEARDOWN_SCRIPT = (
     "set -eu\n"
     "dir=$1; links=$2; shift 2\n"
     f'/bin/sh -c {shlex.quote(UNMOUNT_SCRIPT)} unmount "$@"\n'
     f'/bin/sh -c {shlex.quote(DELETE_SCRIPT)} delete "$dir" "$links"\n'
 )
-"""$1 the image directory, $2 the link directory, then the roles: unmount each (a volume
-that is gone has no bind, so nothing), then detach the images and remove both
-directories (:data:`DELETE_SCRIPT`). Each step finds what an earlier, interrupted run
-left and finishes it: a failed run is run again."""
+"""$1 the image directory, $2 the link directory, then per role the role and its
+volume's directory: unmount each (a volume that is gone: nothing), then detach the images
+and remove both directories (:data:`DELETE_SCRIPT`). Each step finds what an earlier,
+interrupted run left and finishes it: a failed run is run again."""
 
 
 def unused_guard(environment_id: str, volume_names: Sequence[str]) -> str:
@@ -205,21 +208,19 @@ def disks_command(
     attaches and mounts the images of ``roles`` on their volumes' directories
     (:data:`SETUP_SCRIPT`), ``delete`` unmounts, detaches and removes them
     (:data:`TEARDOWN_SCRIPT`) once no container uses the volumes (:func:`unused_guard`).
-    One helper container each way. ``helper_image``: the operator's ``helperImage`` (sh,
-    truncate, mkfs.ext4, debugfs, losetup, mount in it), never the environment's own.
-    ``create`` binds the environment's two directories only; ``delete`` their parents
-    (removing a directory is a write to its parent)."""
+    One exec in the disks keeper each way (:func:`~dockyard.storage_scripts.keeper_command`).
+    ``helper_image``: the operator's ``helperImage`` (sh, truncate, mkfs.ext4, debugfs,
+    losetup, mount in it), never the environment's own."""
     places = (disk_dir(environment_id), link_dir(environment_id))
-    own = [(path, "rw") for path in places]
-    roots = [(DISKS_DIR, "rw"), (LINKS_DIR, "rw")]
     specs = [f"{role}:{bounds.size_mb(role)}" for role in roles]
 
     def text(values: list[str]) -> tuple[str, str]:
-        image, names = values[0], dict(zip(roles, values[1:], strict=True))
-        setup = helper_command(image, SETUP_SCRIPT, *places, *specs, binds=own, volumes=names)
-        teardown = helper_command(
-            image, TEARDOWN_SCRIPT, *places, *roles, binds=roots, volumes=names, missing_ok=True
-        )
+        image, names = values[0], dict(zip(specs, values[1:], strict=True))
+        setup = keeper_command(image, SETUP_SCRIPT, *places, volumes=names)
+        teardown = keeper_command(
+            image, TEARDOWN_SCRIPT, *places, volumes=dict(zip(roles, names.values(), strict=True)),
+            missing_ok=True,
+        )  # fmt: skip
         return setup, unused_guard(environment_id, list(names.values())) + teardown
 
     scripts = pulumi.Output.all(helper_image, *volume_names).apply(text)

@@ -26,6 +26,7 @@ from .storage_scripts import (
     PRUNE_SCRIPT,
     SECRETS_ROLE,
     helper_command,
+    keeper_command,
     link_dir,
 )
 
@@ -86,14 +87,7 @@ def attach_all(image: str | None = None) -> list[str]:
             [
                 "sh",
                 "-c",
-                helper_command(
-                    helper,
-                    MOUNT_SCRIPT,
-                    link_dir(environment),
-                    *volumes,
-                    binds=[(link_dir(environment), "ro")],
-                    volumes=volumes,
-                ),
+                keeper_command(helper, MOUNT_SCRIPT, link_dir(environment), volumes=volumes),
             ],
             check=True,
             capture_output=True,

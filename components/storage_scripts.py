@@ -1,20 +1,23 @@
 """The bounded disks' helper (issue 25 item 4, R-SEC-1): where the disk images live on
 the engine's host, the shell scripts that make, attach, mount, unmount and remove them,
-and the ``docker run`` command that runs a script in a helper container
-(:func:`helper_command`). What declares them: :mod:`dockyard.storage`; the host-wide
-``attach``/``prune`` after a reboot or a crash: :mod:`dockyard.storage_host`.
+and the commands that run a script on the engine: in the disks keeper
+(:func:`keeper_command`, an environment's own disks) or in a short-lived helper container
+(:func:`helper_command`, the host-wide ``attach``/``prune``). What declares them:
+:mod:`dockyard.storage`; ``attach``/``prune`` after a reboot or a crash:
+:mod:`dockyard.storage_host`.
 
-The image files and loop devices are made where the engine runs, by a short-lived helper
-container on that engine (``docker run`` through ``DOCKER_HOST``, so an ``ssh://``
-engine works the same), with only the capabilities losetup and mkfs need and device
-access limited to loop devices. The helper runs as root with those rights, so it runs
-only from the operator's image (``helperImage`` in the host settings or stack, default
-:data:`~dockyard.config.HELPER_IMAGE`), resolved to its image ID on the engine at each run
-and refused, naming the key, when the engine does not hold it: never an environment's
-image (a tenant's choice) or a snapshot (the agent's own layer), whose ``/bin/sh`` would
-run with every disk image in reach. It binds only the directories of the environment it
-works on (paths on the engine's host); removing a directory binds the parent (the entry
-is the parent's), and the host-wide ``attach``/``prune`` bind the roots.
+The image files and loop devices are made where the engine runs, by a container on that
+engine (``docker`` through ``DOCKER_HOST``, so an ``ssh://`` engine works the same), with
+only the capabilities losetup, mkfs and mount need and device access limited to loop
+devices. It runs as root with those rights, so only from the operator's image
+(``helperImage`` in the host settings or stack, default
+:data:`~dockyard.config.HELPER_IMAGE`), resolved to its image ID on the engine at each
+call and refused, naming the key, when the engine does not hold it: never an
+environment's image (a tenant's choice) or a snapshot (the agent's own layer), whose
+``/bin/sh`` would run with every disk image in reach. It binds the image and link roots,
+/dev, and (the keeper) the engine's volumes directory; nothing an environment can reach
+binds it or talks to it (no network). Paths and names reach the scripts as arguments,
+quoted, never as script text.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 from .config import HELPER_IMAGE
 from .config.values import IMAGE_ALLOWED, image_reference
+from .contract import LABEL_DISKS
 from .errors import Failed
 
 DISKS_DIR = "/var/lib/dockyard/disks"
@@ -57,7 +61,10 @@ HELPER_DEVICE_RULES = ("b 7:* rwm", "c 10:237 rwm")
 # lazy_journal_init: the file is new and sparse, its journal blocks read as zeros already
 # (writing them would cost the host 128 MiB per 20 GiB image). An image is made once (in a
 # temporary name, so a failed mkfs leaves nothing that looks finished) and re-attached
-# whenever it has no loop device; the symlink always names the device it has now.
+# whenever it has no loop device; the symlink always names the device it has now. An
+# image made just now has none: no `losetup -j` (it reads every loop device). Devices are
+# found by the image's device and inode (`-j`), never by the path the kernel shows: that
+# is relative to the mount namespace that attached it, gone with the keeper.
 CREATE_SCRIPT = r"""
 set -eu
 dir=$1; links=$2; shift 2
@@ -65,8 +72,9 @@ umask 077
 mkdir -p "$dir" "$links"
 for spec in "$@"; do
   role=${spec%%:*}; mib=${spec#*:}
-  img="$dir/$role.img"
+  img="$dir/$role.img"; existed=1
   if [ ! -f "$img" ]; then
+    existed=
     rm -f "$img.new"
     truncate -s "${mib}M" "$img.new"
     case $role in secrets-*) owner=0:0 ;; *) owner=1000:1000 ;; esac
@@ -74,7 +82,8 @@ for spec in "$@"; do
     debugfs -w -R 'rmdir lost+found' "$img.new" >/dev/null 2>&1
     mv "$img.new" "$img"
   fi
-  dev=$(losetup -j "$img" | sed -n '1s/:.*//p')
+  dev=
+  [ -z "$existed" ] || dev=$(losetup -j "$img" | sed -n '1s/:.*//p')
   [ -n "$dev" ] || dev=$(losetup --find --show "$img")
   ln -sfn "$dev" "$links/$role.dev"
 done
@@ -104,16 +113,28 @@ for img in "$root"/*/*.img; do
 done
 """
 
-# $1 = the environment's link directory, then the roles: each plain volume's directory is
-# bound at /vol/<role> (rshared), so the ext4 mounted on its _data is the host's mount too.
-# The empty _data underneath is made immutable first: should the filesystem not be
-# mounted (after a reboot, before `attach`), nothing can be written there, not even by
-# root, instead of filling the engine's disk. Already mounted: left as it is.
-MOUNT_SCRIPT = r"""
+# $1 = the environment's link directory, then role and directory pairs: each directory is
+# a plain volume's _data on the engine's host, seen by the disks keeper at the same path
+# (the engine's volumes directory is bound there, rshared, so the ext4 mounted on it is
+# the host's mount too). The empty directory is made immutable first: should the
+# filesystem not be mounted (after a reboot, before `attach`), nothing can be written
+# there, not even by root, instead of filling the engine's disk. Already mounted: left.
+VOLUME_CHECK = r"""
+case $data in
+  "${DOCKYARD_VOLUMES:?}"/*/_data) ;;
+  *) echo "dockyard: $data is not a volume directory under $DOCKYARD_VOLUMES" >&2; exit 1 ;;
+esac
+case $data in *"/../"* | *"/./"*) echo "dockyard: $data is not a plain path" >&2; exit 1 ;; esac
+"""
+MOUNT_SCRIPT = (
+    r"""
 set -eu
 links=$1; shift
-for role in "$@"; do
-  data="/vol/$role/_data"
+while [ $# -ge 2 ]; do
+  role=${1%%:*}; data=$2; shift 2
+"""
+    + VOLUME_CHECK
+    + r"""
   if mountpoint -q "$data"; then continue; fi
   dev=$(readlink -f "$links/$role.dev")
   [ -b "$dev" ] || { echo "dockyard: $links/$role.dev names no loop device" >&2; exit 1; }
@@ -123,15 +144,23 @@ for role in "$@"; do
   echo "mounted $role"
 done
 """
-UNMOUNT_SCRIPT = r"""
+)
+# Role and directory pairs; an empty directory is a volume that is gone: nothing to do.
+UNMOUNT_SCRIPT = (
+    r"""
 set -eu
-for role in "$@"; do
-  data="/vol/$role/_data"
+while [ $# -ge 2 ]; do
+  data=$2; shift 2
+  [ -n "$data" ] || continue
+"""
+    + VOLUME_CHECK
+    + r"""
   [ -d "$data" ] || continue
   while mountpoint -q "$data"; do umount -l "$data"; done
   chattr -i "$data"
 done
 """
+)
 
 # $1 images root, $2 links root, $3 a name prefix, $4 minutes, then the environments to
 # keep (those with a volume on the engine). A directory younger than $4 minutes may be a
@@ -179,67 +208,146 @@ def missing_helper(image: str, engine: str = "this engine") -> str:
     )
 
 
-def helper_command(
-    image: str,
-    script: str,
-    *args: str,
-    binds: Sequence[Bind] = (),
-    volumes: Mapping[str, str] | None = None,
-    missing_ok: bool = False,
-) -> str:
-    """Shell text running ``script`` in a helper container on the engine, from the
-    operator's helper ``image`` (``helperImage``), resolved to its image ID on that engine
-    first (missing: ``ERROR: helperImage: ...``, exit 1). ``binds``: the only host
-    directories it sees (besides /dev, for the loop devices). Everything
-    interpolated is quoted; the engine is the one ``DOCKER_HOST`` names. ``volumes``
-    (role → volume name): each volume's directory on the engine is bound at
-    ``/vol/<role>`` with shared propagation, for :data:`MOUNT_SCRIPT` and
-    :data:`UNMOUNT_SCRIPT`; that helper may also mount (no AppArmor profile: Docker's
-    denies mount(2)) and set the immutable flag. ``missing_ok``: a volume that is gone is
-    left out (nothing of it to unmount) instead of failing the command."""
-    image = helper_ref(image)
-    volumes = dict(volumes or {})
-    placeholder = {role: f"@{index}@" for index, role in enumerate(volumes)}
-    extra = ["--cap-add", "LINUX_IMMUTABLE", "--security-opt", "apparmor=unconfined"]
-    argv = [
-        "docker", "run", "--rm", "--network", "none", "--user", "0:0",
-        "--cap-drop", "ALL",
-        *(a for cap in HELPER_CAPABILITIES for a in ("--cap-add", cap)),
-        *(a for rule in HELPER_DEVICE_RULES for a in ("--device-cgroup-rule", rule)),
-        "--security-opt", "no-new-privileges",
-        "--memory", "256m", "--pids-limit", "64",
-        "-v", "/dev:/dev",
-        *(a for path, mode in binds for a in ("-v", f"{path}:{path}:{_mode(mode)}")),
-        *(extra if volumes else []),
-        *(a for role in volumes for a in ("-v", placeholder[role])),
-        "--entrypoint", "/bin/sh", IMAGE_MARK, "-c", script, "disks", *args,
-    ]  # fmt: skip
-    resolve = (
+def _resolve(image: str) -> str:
+    """Shell text setting ``$h`` to the helper image's ID on the engine, or stopping
+    with ``ERROR: helperImage: ...`` (exit 1) when the engine does not hold it."""
+    return (
         f"h=$(docker image inspect --format '{{{{.Id}}}}' {shlex.quote(image)} 2>/dev/null) "
         f"|| {{ echo {shlex.quote('ERROR: ' + missing_helper(image))} >&2; exit 1; }}; "
     )
-    text = " ".join(shlex.quote(a) for a in argv).replace(IMAGE_MARK, '"$h"')
-    if not volumes:
-        return resolve + text
-    # A volume's directory is known on the engine only: read them there first, in one
-    # call (a docker CLI process per volume cost a create or a destroy five).
-    names = " ".join(shlex.quote(volumes[role]) for role in volumes)
-    lookups = f"m=$(docker volume inspect --format '{{{{.Name}}}} {{{{.Mountpoint}}}}' {names}" + (
-        " 2>/dev/null); " if missing_ok else ") && "
+
+
+def _rights(volumes_root: bool) -> list[str]:
+    """``docker run`` options every helper has: root without a network, only the
+    capabilities losetup and mkfs need, loop devices only; with ``volumes_root`` also
+    mount(2) (no AppArmor profile: Docker's denies it) and the immutable flag."""
+    extra = ["--cap-add", "LINUX_IMMUTABLE", "--security-opt", "apparmor=unconfined"]
+    return [
+        "--network", "none", "--user", "0:0", "--cap-drop", "ALL",
+        *(a for cap in HELPER_CAPABILITIES for a in ("--cap-add", cap)),
+        *(a for rule in HELPER_DEVICE_RULES for a in ("--device-cgroup-rule", rule)),
+        "--security-opt", "no-new-privileges",
+        *(extra if volumes_root else []),
+        "-v", "/dev:/dev",
+    ]  # fmt: skip
+
+
+def helper_command(image: str, script: str, *args: str, binds: Sequence[Bind] = ()) -> str:
+    """Shell text running ``script`` in a short-lived helper container on the engine, from
+    the operator's helper ``image`` (``helperImage``), resolved to its image ID on that
+    engine first (missing: ``ERROR: helperImage: ...``, exit 1). ``binds``: the only host
+    directories it sees (besides /dev, for the loop devices). Everything interpolated is
+    quoted; the engine is the one ``DOCKER_HOST`` names. For the host-wide, rare runs
+    (``attach`` after a reboot, ``prune``); an environment's own disks go through the
+    keeper (:func:`keeper_command`)."""
+    image = helper_ref(image)
+    argv = [
+        "docker", "run", "--rm", *_rights(False), "--memory", "256m", "--pids-limit", "64",
+        *(a for path, mode in binds for a in ("-v", f"{path}:{path}:{_mode(mode)}")),
+        "--entrypoint", "/bin/sh", IMAGE_MARK, "-c", script, "disks", *args,
+    ]  # fmt: skip
+    return _resolve(image) + " ".join(shlex.quote(a) for a in argv).replace(IMAGE_MARK, '"$h"')
+
+
+KEEPER_NAME = "dockyard-disks"
+"""Name prefix of the keeper container; the rest is a checksum of the helper image ID and
+the engine's volumes directory, so a new helper image gets a keeper of its own."""
+KEEPER_LABEL = LABEL_DISKS
+KEEPER_IDLE_S = 10
+"""The keeper leaves (and is removed: ``--rm``) after this many seconds with nothing of
+its own running in it."""
+KEEPER_SCRIPT = r"""
+trap 'exit 0' TERM INT
+idle=0
+while [ "$idle" -lt "$1" ]; do
+  sleep 1 & wait $!
+  # What `docker exec` started has no parent in this PID namespace (PPid 0), as PID 1.
+  busy=$(grep -l '^PPid:[[:space:]]*0$' /proc/[0-9]*/status 2>/dev/null | wc -l)
+  if [ "$busy" -gt 1 ]; then idle=0; else idle=$((idle + 1)); fi
+done
+"""
+"""PID 1 of the keeper: $1 the idle seconds after which it ends."""
+KEEPER_ATTEMPTS = 10
+RAN_MARK = "dockyard-keeper-runs"
+
+
+def keeper_command(
+    image: str, script: str, *args: str, volumes: Mapping[str, str], missing_ok: bool = False
+) -> str:
+    """Shell text running ``script`` by ``docker exec`` in the disks keeper: one long-lived
+    helper container per engine (:data:`KEEPER_NAME`) from the operator's helper ``image``,
+    with the helpers' rights, the image and link roots and the engine's volumes directory
+    (rshared, at the same path) bound. A helper container per call cost the engine a
+    container start and removal each way (issue 29: most of an environment's teardown);
+    an exec is a fraction of it. The keeper is started by the first call that finds none
+    (several at once: one wins, the others use it), ends when idle
+    (:data:`KEEPER_IDLE_S`), and a call whose keeper went away meanwhile runs again in a
+    new one (the scripts finish what an interrupted run left).
+
+    ``volumes`` (role → volume name): looked up in one ``docker volume inspect``; the
+    script gets ``args`` and then, per role, the role and its volume's directory (``""``
+    for a volume that is gone when ``missing_ok``; else the call stops naming it)."""
+    image = helper_ref(image)
+    names = " ".join(shlex.quote(v) for v in volumes.values())
+    text = _resolve(image)
+    text += f"m=$(docker volume inspect --format '{{{{.Name}}}} {{{{.Mountpoint}}}}' {names}" + (
+        " 2>/dev/null); " if missing_ok else ") || exit 1; "
     )
-    for role, mark in placeholder.items():
-        lookups += (
-            f"v{mark.strip('@')}=$(printf '%s\\n' \"$m\" | awk -v n={shlex.quote(volumes[role])} "
-            "'$1 == n { sub(/^[^ ]* /, \"\"); print; exit }')" + ("; " if missing_ok else " && ")
+    pairs = []
+    for index, (role, name) in enumerate(volumes.items()):
+        text += (
+            f"v{index}=$(printf '%s\\n' \"$m\" | awk -v n={shlex.quote(name)} "
+            "'$1 == n { sub(/^[^ ]* /, \"\"); print; exit }'); "
         )
-    for role, mark in placeholder.items():
-        index = mark.strip("@")
-        bind = f'"${{v{index}%/_data}}":{shlex.quote(f"/vol/{role}")}:rshared'
-        if missing_ok:  # both words, or neither
-            text = text.replace(f"-v {mark}", f"${{v{index}:+-v}} ${{v{index}:+{bind}}}")
-        else:
-            text = text.replace(mark, bind)
-    return resolve + lookups + text
+        if not missing_ok:
+            text += (
+                f'[ -n "$v{index}" ] || {{ echo {shlex.quote(f"Error: No such volume: {name}")}'
+                " >&2; exit 1; }; "
+            )
+        pairs += [shlex.quote(role), f'"$v{index}"']
+    # The engine's volumes directory: a volume's parent's parent, or the engine's root.
+    found = " ".join(f'"$v{i}"' for i in range(len(volumes)))
+    text += (
+        f'r=; for d in {found}; do [ -z "$d" ] || {{ r=${{d%/*/_data}}; break; }}; done; '
+        "[ -n \"$r\" ] || r=$(docker info --format '{{.DockerRootDir}}')/volumes || exit 1; "
+        f'k={KEEPER_NAME}-$(printf \'%s %s\' "$h" "$r" | cksum | cut -d" " -f1); '
+    )
+    keeper = [
+        "docker", "run", "-d", "--rm", "--name", "@k@", "--label", f"{KEEPER_LABEL}=keeper",
+        *_rights(True), "--memory", "1g", "--pids-limit", "2048",
+        "-e", "DOCKYARD_VOLUMES=@r@",
+        *(a for path in (DISKS_DIR, LINKS_DIR) for a in ("-v", f"{path}:{path}:rw")),
+        "-v", "@r@:@r@:rshared",
+        "--entrypoint", "/bin/sh", IMAGE_MARK, "-c", KEEPER_SCRIPT, "keeper",
+        str(KEEPER_IDLE_S),
+    ]  # fmt: skip
+    start = " ".join(shlex.quote(a) for a in keeper)
+    start = start.replace(IMAGE_MARK, '"$h"').replace("@k@", '"$k"').replace("@r@", '"$r"')
+    # The script's first line says, on stderr, that it runs: an exec that fails without it
+    # never reached the keeper (none yet, or it went away) and is run again once a keeper
+    # is there; one that fails after it is the script's own failure (its words, its
+    # status), unless it was killed (137: the keeper went away under it).
+    ran = f"echo {RAN_MARK} >&2\n"
+    call = " ".join(
+        shlex.quote(a)
+        for a in ("docker", "exec", "@k@", "/bin/sh", "-c", ran + script, "disks", *args)
+    ).replace("@k@", '"$k"')
+    call += " " + " ".join(pairs)
+    said = f'sed "1{{/^{RAN_MARK}$/d}}" "$e" >&2'
+    text += (
+        'e=$(mktemp) && f=$(mktemp) || exit 1; trap \'rm -f "$e" "$f"\' EXIT; n=0; '
+        "while :; do "
+        f'{call} 2>"$e"; s=$?; '
+        f'if [ "$s" -eq 0 ]; then {said}; exit 0; fi; '
+        f'if [ "$s" -ne 137 ] && [ "$(head -n 1 "$e")" = {RAN_MARK} ]; then {said}; exit "$s"; fi; '
+        f'n=$((n + 1)); if [ "$n" -gt {KEEPER_ATTEMPTS} ]; then {said}; cat "$f" >&2; '
+        f'echo {shlex.quote("dockyard: the disks keeper ")}"$k"'
+        f"{shlex.quote(' could not be started or kept (the message above is the last try)')}"
+        " >&2; exit 1; fi; "
+        f'{start} >/dev/null 2>"$f" || sleep 1; '
+        "done"
+    )
+    return text
 
 
 IMAGE_MARK = "@helper-image@"

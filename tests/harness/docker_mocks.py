@@ -319,55 +319,42 @@ class DockerRealisingMocks(pulumi.runtime.Mocks):
         failures: list[str] = []
         with contextlib.ExitStack() as stack:
             # Commands run as processes of their own (no docker SDK connection): their
-            # own pool, so a helper container's run never waits behind the engine calls
-            # and the reverse. Network removals: at most a third of the engine calls at
-            # once — the engine removes networks one at a time, and a pool full of them
-            # held every container and volume back behind them (40 environments: the
-            # volumes and disk images went only after all 40 networks).
-            engine = stack.enter_context(
-                ThreadPoolExecutor(max(1, parallel), thread_name_prefix="harness-destroy")
-            )
-            commands = (
-                stack.enter_context(
-                    ThreadPoolExecutor(parallel, thread_name_prefix="harness-destroy-cmd")
-                )
-                if parallel > 1
-                else engine
-            )
-            network_slots = max(1, parallel // 3)
-            running: dict[Future[None], Realised] = {}
-            held: list[Realised] = []  # networks ready to go, waiting for a slot
+            # own pool, so a helper's run never waits behind the engine calls and the
+            # reverse. Networks: a pool of their own too, a third of the engine calls at
+            # once — the engine removes networks one at a time, so a shared pool full of
+            # them held every container and volume back behind them (40 environments:
+            # the volumes and disk images went only after all 40 networks), and behind
+            # the containers in a shared queue they started only once every container
+            # was gone, when `pulumi destroy` (unbounded parallelism) removes a network
+            # as soon as what uses it has gone.
+            def pool(workers: int, name: str) -> ThreadPoolExecutor:
+                return stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix=name))
 
-            def start(resource: Realised) -> None:
-                pool = commands if resource.type == COMMAND else engine
-                running[pool.submit(self._undo, resource)] = resource
+            engine = pool(max(1, parallel), "harness-destroy")
+            commands = pool(parallel, "harness-destroy-cmd") if parallel > 1 else engine
+            networks = (
+                pool(max(1, parallel // 3), "harness-destroy-net") if parallel > 1 else engine
+            )
+            running: dict[Future[None], Realised] = {}
 
             def submit(ready: Iterable[Realised]) -> None:
                 for resource in ready:
                     del pending[resource.name]
-                    networks = sum(r.type == NETWORK for r in running.values())
-                    if resource.type == NETWORK and networks >= network_slots:
-                        held.append(resource)
-                    else:
-                        start(resource)
+                    chosen = {COMMAND: commands, NETWORK: networks}.get(resource.type, engine)
+                    running[chosen.submit(self._undo, resource)] = resource
 
             # Newest first among the ready ones, as the serial teardown went.
             pending = {r.name: r for r in reversed(resources)}
             submit([r for r in pending.values() if waiting_on[r.name] == 0])
-            while running or pending or held:
-                if not running:
-                    if held:
-                        start(held.pop(0))
-                    else:  # a dependency cycle (cannot come from Pulumi): break it
-                        submit([next(iter(pending.values()))])
+            while running or pending:
+                if not running:  # a dependency cycle (cannot come from Pulumi): break it
+                    submit([next(iter(pending.values()))])
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     resource = running.pop(future)
                     error = future.exception()
                     if error is not None:  # keep tearing down the rest
                         failures.append(f"{resource.type} {resource.name}: {error}")
-                    if resource.type == NETWORK and held:
-                        start(held.pop(0))
                     released = []
                     for dependency in depends_on[resource.name]:
                         waiting_on[dependency.name] -= 1

@@ -17,7 +17,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from dockyard import config, storage, storage_host
+from dockyard import config, storage, storage_host, storage_scripts
 from dockyard.config import ConfigError, from_host_settings, from_request
 from dockyard.contract import NAMING_CURRENT
 from dockyard.errors import Failed
@@ -101,20 +101,21 @@ def test_the_disk_helper_runs_the_operators_image_resolved_never_the_environment
         assert '"$h" -c' in text
 
 
-def test_the_disk_helper_binds_only_this_environments_directories(run: ProgramRun) -> None:
-    disks, links = storage.disk_dir(ENV), storage.link_dir(ENV)
-    commands = _commands(run)
-    created = _binds(commands["create"])
-    vols = [b for b in created if "/vol/" in b]
-    assert created == ["/dev:/dev", f"{disks}:{disks}:rw", f"{links}:{links}:rw", *vols]
-    assert len(vols) == 5, vols  # this environment's volumes, each at /vol/<role>
-    # Removing the directories writes their parents: delete only.
+def test_the_disks_keeper_binds_the_disk_roots_and_the_engines_volumes_only(
+    run: ProgramRun,
+) -> None:
+    """One keeper serves every environment on the engine: it sees the image and link
+    roots and the engine's volumes directory (at the same path, rshared, so what it
+    mounts is the host's mount), nothing else of the host but /dev."""
     roots = [
         f"{storage.DISKS_DIR}:{storage.DISKS_DIR}:rw",
         f"{storage.LINKS_DIR}:{storage.LINKS_DIR}:rw",
     ]
-    assert [b for b in _binds(commands["delete"]) if "/vol/" not in b] == ["/dev:/dev", *roots]
-    assert not set(created) & set(roots)
+    for what, text in _commands(run).items():
+        assert _binds(text) == ["/dev:/dev", *roots, "$r:$r:rshared"], what
+        # The volumes directory is the engine's answer for this environment's volumes.
+        assert "r=${d%/*/_data}" in text, what
+        assert "docker info --format '{{.DockerRootDir}}'" in text, what
 
 
 def test_a_helper_command_refuses_an_image_that_is_no_image_reference() -> None:
@@ -125,12 +126,25 @@ def test_a_helper_command_refuses_an_image_that_is_no_image_reference() -> None:
 # --- The generated shell, against a fake docker CLI ----------------------------------------------
 
 FAKE_DOCKER = f"""#!/bin/sh
-echo "$*" >> "$DOCKER_LOG"
+printf '%s' "$*" | tr '\n' ' ' >> "$DOCKER_LOG"; echo >> "$DOCKER_LOG"
 if [ "$1 $2" = "image inspect" ]; then
   [ "$5" = "{OPS}" ] && {{ echo {HELPER_ID}; exit 0; }}
   echo "Error: No such image: $5" >&2; exit 1
 fi
 [ "$1" = ps ] && printf '%s' "$FAKE_USERS"
+if [ "$1" = exec ]; then  # the keeper runs while $FAKE_KEEPER exists
+  [ -e "$FAKE_KEEPER" ] || {{ echo "Error response from daemon: No such container: $2" >&2; exit 1; }}
+  echo dockyard-keeper-runs >&2; printf '%s' "$FAKE_SAYS" >&2
+  exit "${{FAKE_STATUS:-0}}"
+fi
+if [ "$1 $2" = "run -d" ]; then  # FAKE_START: ok, conflict (another call started it), fail
+  case ${{FAKE_START:-ok}} in
+    ok) touch "$FAKE_KEEPER"; echo 4b1c; exit 0 ;;
+    conflict) touch "$FAKE_KEEPER"; echo "Conflict. The container name is already in use" >&2; exit 125 ;;
+    *) echo "docker: Error response from daemon: no room" >&2; exit 125 ;;
+  esac
+fi
+[ "$1" = info ] && {{ echo /var/lib/docker; exit 0; }}
 if [ "$1 $2" = "volume inspect" ]; then  # the ones named in $FAKE_VOLUMES exist
   shift 4; found=0
   for v in "$@"; do
@@ -146,15 +160,21 @@ exit 0
 
 
 def _sh(
-    tmp_path: Path, text: str, users: str = "", volumes: str = ""
+    tmp_path: Path, text: str, users: str = "", volumes: str = "", **answers: str
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """``text`` run against the fake docker CLI; ``users``: what its ``ps`` answers;
-    ``volumes``: the (space-separated) volumes it holds."""
+    ``volumes``: the (space-separated) volumes it holds; ``answers``: FAKE_STATUS and
+    FAKE_SAYS (what an exec in the keeper ends with and says), FAKE_START (ok,
+    conflict, or anything else: a keeper that cannot start). The keeper stays up across
+    calls in one ``tmp_path``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "docker"
     fake.write_text(FAKE_DOCKER)
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    pause = bin_dir / "sleep"  # the keeper's retries wait for nothing here
+    pause.write_text("#!/bin/sh\nexit 0\n")
+    pause.chmod(0o755)
     log = tmp_path / "docker.log"
     log.write_text("")
     env = {
@@ -163,6 +183,8 @@ def _sh(
         "DOCKER_LOG": str(log),
         "FAKE_USERS": users,
         "FAKE_VOLUMES": volumes,
+        "FAKE_KEEPER": str(tmp_path / "keeper-up"),
+        **{f"FAKE_{key.upper()}": value for key, value in answers.items()},
     }
     done = subprocess.run(
         ["sh", "-c", text], env=env, capture_output=True, text=True, timeout=30, check=False
@@ -179,22 +201,71 @@ def test_the_helper_runs_the_image_id_the_engine_resolves(tmp_path: Path) -> Non
     assert f" {HELPER_ID} -c true disks" in runs[0], calls
 
 
-def test_the_disks_take_one_helper_run_each_way(run: ProgramRun, tmp_path: Path) -> None:
-    """Issue 29: making+mounting and unmounting+removing are one helper container each
-    (two per direction made an environment's teardown 5-6x a bare container's)."""
+def _calls(calls: list[str], verb: str) -> list[str]:
+    return [c for c in calls if c.startswith(f"{verb} ")]
+
+
+def test_the_disks_take_one_exec_in_the_keeper_each_way(run: ProgramRun, tmp_path: Path) -> None:
+    """Issue 29: making+mounting and unmounting+removing are one exec each in the keeper
+    (a helper container each way made an environment's teardown 3x a bare container's);
+    the first call finds no keeper and starts it."""
     held = " ".join(f"{ENV}-{role}" for role in (*storage.DISK_ROLES, storage.secrets_role([])))
-    for what, text in _commands(run).items():
-        done, calls = _sh(tmp_path, text, volumes=held)
-        assert done.returncode == 0, (what, done.stderr)
-        runs = [c for c in calls if c.startswith("run ")]
-        assert len(runs) == 1, (what, calls)
     create, delete = _commands(run)["create"], _commands(run)["delete"]
+    done, calls = _sh(tmp_path, create, volumes=held)
+    assert done.returncode == 0, done.stderr
+    assert [c.split()[0] for c in calls if c.split()[0] in ("exec", "run")] == [
+        "exec", "run", "exec"
+    ], calls  # fmt: skip
+    assert "dockyard-keeper-runs" not in done.stderr
+    assert "No such container" not in done.stderr  # the first try's words are not the answer
+    for text in (create, delete):  # the keeper is up: one exec, nothing started
+        done, calls = _sh(tmp_path, text, volumes=held)
+        assert done.returncode == 0, done.stderr
+        assert len(_calls(calls, "exec")) == 1, calls
+        assert not _calls(calls, "run"), calls
     assert "mkfs.ext4" in create
     assert "mount -t ext4" in create
     assert "umount -l" in delete
     assert "losetup -d" in delete
     assert "rm -rf" in delete
     assert delete.index("umount -l") < delete.index("losetup -d")
+
+
+def test_a_failure_in_the_keeper_is_the_scripts_own_words_and_status(tmp_path: Path) -> None:
+    text = storage.keeper_command(OPS, "true", volumes={"workspace": "e1-workspace"})
+    done, calls = _sh(
+        tmp_path, text, volumes="e1-workspace", status="3", says="dockyard: /x is not empty\n"
+    )
+    assert done.returncode == 3
+    assert done.stderr == "dockyard: /x is not empty\n"
+    assert len(_calls(calls, "exec")) == 2, calls  # the keeper's start, then the script's run
+    assert len(_calls(calls, "run")) == 1, calls
+
+
+def test_a_call_whose_keeper_went_away_runs_again_in_a_new_one(tmp_path: Path) -> None:
+    text = storage.keeper_command(OPS, "true", volumes={"workspace": "e1-workspace"})
+    (tmp_path / "keeper-up").touch()
+    done, calls = _sh(tmp_path, text, volumes="e1-workspace", status="137")
+    # Killed each time (the fake never recovers): every try starts a keeper, then gives up.
+    assert done.returncode == 1
+    assert "dockyard: the disks keeper dockyard-disks-" in done.stderr
+    assert "could not be started or kept" in done.stderr
+    assert len(_calls(calls, "exec")) == storage_scripts.KEEPER_ATTEMPTS + 1, calls
+    # Another call started it first (the name is taken): this one uses it.
+    (tmp_path / "keeper-up").unlink()
+    done, calls = _sh(tmp_path, text, volumes="e1-workspace", start="conflict")
+    assert done.returncode == 0, done.stderr
+    assert len(_calls(calls, "exec")) == 2, calls
+    assert done.stderr == ""
+
+
+def test_a_keeper_that_cannot_start_is_one_clear_failure(tmp_path: Path) -> None:
+    text = storage.keeper_command(OPS, "true", volumes={"workspace": "e1-workspace"})
+    done, calls = _sh(tmp_path, text, volumes="e1-workspace", start="fail")
+    assert done.returncode == 1
+    assert "no room" in done.stderr  # the engine's words, then what it means
+    assert done.stderr.strip().endswith("(the message above is the last try)")
+    assert len(_calls(calls, "run")) == storage_scripts.KEEPER_ATTEMPTS, calls
 
 
 def test_the_disks_are_never_removed_while_a_container_uses_their_volumes(
@@ -209,43 +280,50 @@ def test_the_disks_are_never_removed_while_a_container_uses_their_volumes(
     assert f"dockyard: the disks of {ENV} are kept: containers still use" in done.stderr
     assert "4f2a0c" in done.stderr
     assert "9c1bd7" in done.stderr
-    assert not [c for c in calls if c.startswith("run ")], calls
+    assert not _calls(calls, "run") + _calls(calls, "exec"), calls
     asked = [c for c in calls if c.startswith("ps ")]
     assert len(asked) == 1, calls
     roles = ("workspace", "config", "checkpoints", "home", storage.secrets_role([]))
     for role in roles:  # every volume of the environment, none of another
         assert f"--filter volume={ENV}-{role}" in asked[0], asked
     assert asked[0].count("--filter volume=") == len(roles), asked
-    done, calls = _sh(tmp_path, delete)  # once they are gone: the one helper run
+    done, calls = _sh(tmp_path, delete)  # once they are gone: the one exec in the keeper
     assert done.returncode == 0, done.stderr
-    assert len([c for c in calls if c.startswith("run ")]) == 1, calls
+    assert len(_calls(calls, "exec")) == 2, calls  # the first finds no keeper and starts it
 
 
-def test_the_volumes_directories_are_one_look_up_each_bound_at_its_own_role(
+def test_the_volumes_directories_are_one_look_up_each_passed_with_its_role(
     tmp_path: Path,
 ) -> None:
     vols = {"workspace": "e1-workspace", "home": "e1-home", "config": "e1-config"}
     root = "/var/lib/docker/volumes"
-    text = storage.helper_command(OPS, "true", volumes=vols)
+    text = storage.keeper_command(OPS, "true", "a", volumes=vols)
     done, calls = _sh(tmp_path, text, volumes="e1-config e1-home e1-workspace e2-home")
     assert done.returncode == 0, done.stderr
-    assert len([c for c in calls if c.startswith("volume inspect")]) == 1, calls
-    [run] = [c for c in calls if c.startswith("run ")]
-    for role, name in vols.items():
-        assert f"-v {root}/{name}:/vol/{role}:rshared" in run, run
-    assert "e2-home" not in run
+    assert len(_calls(calls, "volume inspect")) == 1, calls
+    run_ = _calls(calls, "run")[0]
+    assert f"-v {root}:{root}:rshared" in run_, run_
+    assert f"DOCKYARD_VOLUMES={root} " in run_, run_
+    exec_ = _calls(calls, "exec")[-1]
+    pairs = " ".join(f"{role} {root}/{name}/_data" for role, name in vols.items())
+    assert exec_.endswith(f" disks a {pairs}"), exec_
+    assert "e2-home" not in exec_
     # One of them gone: refused (a create), or left out (a destroy's unmount).
     done, calls = _sh(tmp_path, text, volumes="e1-config e1-workspace")
     assert done.returncode != 0
     assert "No such volume: e1-home" in done.stderr
-    assert not [c for c in calls if c.startswith("run ")], calls
-    lenient = storage.helper_command(OPS, "true", volumes=vols, missing_ok=True)
+    assert not _calls(calls, "exec"), calls
+    lenient = storage.keeper_command(OPS, "true", volumes=vols, missing_ok=True)
     done, calls = _sh(tmp_path, lenient, volumes="e1-config e1-workspace")
     assert done.returncode == 0, done.stderr
-    [run] = [c for c in calls if c.startswith("run ")]
-    assert f"-v {root}/e1-workspace:/vol/workspace:rshared" in run, run
-    assert f"-v {root}/e1-config:/vol/config:rshared" in run, run
-    assert "/vol/home" not in run
+    exec_ = _calls(calls, "exec")[-1]
+    assert exec_.endswith(
+        f" disks workspace {root}/e1-workspace/_data home  config {root}/e1-config/_data"
+    ), exec_
+    # All gone: the engine's own root tells where the volumes would be.
+    done, calls = _sh(tmp_path, lenient, volumes="")
+    assert done.returncode == 0, done.stderr
+    assert _calls(calls, "info"), calls
 
 
 def test_a_missing_helper_image_stops_the_helper_naming_the_key(tmp_path: Path) -> None:

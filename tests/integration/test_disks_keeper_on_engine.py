@@ -1,0 +1,140 @@
+"""The disks keeper on the engine (issue 29, scale): one helper container per engine runs
+every environment's disks scripts by ``docker exec`` (dockyard.storage_scripts).
+
+Calls at once share one keeper, which leaves when idle; a call whose keeper is killed
+under it runs again in a new one; an environment whose images were attached by a keeper
+that has gone since is still torn down completely (its loop devices are found by device
+and inode, not by the path the kernel shows, which belonged to the gone keeper's mounts).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import docker
+import pytest
+
+from dockyard import config, storage, storage_scripts
+from tests.support.engine import wait_for
+
+pytestmark = [pytest.mark.docker]
+
+KEEPERS = {"label": f"{storage_scripts.KEEPER_LABEL}=keeper"}
+
+
+def _keepers(client: docker.DockerClient) -> list[str]:
+    return [c.name for c in client.containers.list(all=True, filters=KEEPERS)]
+
+
+def _sh(text: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", "-c", text], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def volume(docker_client: docker.DockerClient) -> Iterator[str]:
+    name = f"dockyard-keepertest-{uuid.uuid4().hex[:8]}"
+    docker_client.volumes.create(name, labels={"dockyard.test": "keeper"})
+    try:
+        yield name
+    finally:
+        docker_client.volumes.get(name).remove(force=True)
+
+
+def test_calls_at_once_share_one_keeper_that_leaves_when_idle(
+    docker_client: docker.DockerClient, volume: str
+) -> None:
+    script = 'sleep 1; [ -d "$2" ] && echo "seen $2"'
+    text = storage.keeper_command(config.HELPER_IMAGE, script, volumes={"workspace": volume})
+    seen: set[tuple[str, ...]] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.add(tuple(sorted(_keepers(docker_client))))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: _sh(text), range(8)))
+    finally:
+        stop.set()
+        watcher.join()
+    for done in results:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("seen /")
+        assert done.stdout.rstrip().endswith("/_data")
+        assert "dockyard-keeper-runs" not in done.stderr
+    assert max(len(names) for names in seen) == 1, seen  # never two keepers
+    wait_for(
+        lambda: not _keepers(docker_client),
+        storage_scripts.KEEPER_IDLE_S + 30,
+        what=lambda: f"the keeper to leave when idle: {_keepers(docker_client)}",
+    )
+
+
+def test_a_call_whose_keeper_is_killed_under_it_runs_again(
+    docker_client: docker.DockerClient, volume: str
+) -> None:
+    mark = f"/run/dockyard/disks/keepertest-{uuid.uuid4().hex[:8]}"
+    # The first run is killed while it sleeps; the second finds the mark and ends at once.
+    script = f"[ -e {mark} ] && {{ rm -f {mark}; echo again; exit 0; }}; : > {mark}; sleep 30"
+    text = storage.keeper_command(config.HELPER_IMAGE, script, volumes={"workspace": volume})
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(_sh, text)
+        wait_for(lambda: Path(mark).exists(), 60, what=lambda: "the first run to start")
+        for name in _keepers(docker_client):
+            docker_client.containers.get(name).kill()
+        done = call.result(timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "again"
+    assert not Path(mark).exists()
+
+
+def test_images_attached_by_a_gone_keeper_are_detached_and_removed(
+    docker_client: docker.DockerClient, volume: str
+) -> None:
+    environment = f"dockyard-keepertest-{uuid.uuid4().hex[:8]}"
+    places = (storage.disk_dir(environment), storage.link_dir(environment))
+    setup = storage.keeper_command(
+        config.HELPER_IMAGE, storage.SETUP_SCRIPT, *places, volumes={"workspace:16": volume}
+    )
+    teardown = storage.keeper_command(
+        config.HELPER_IMAGE,
+        storage.TEARDOWN_SCRIPT,
+        *places,
+        volumes={"workspace": volume},
+        missing_ok=True,
+    )
+    try:
+        done = _sh(setup)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "mounted workspace"
+        image = Path(places[0]) / "workspace.img"
+        key = f"[{image.stat().st_dev:04d}]:{image.stat().st_ino}"
+        data = docker_client.volumes.get(volume).attrs["Mountpoint"]
+        assert any(
+            line.split()[1] == data for line in Path("/proc/mounts").read_text().splitlines()
+        )
+        for name in _keepers(docker_client):  # the keeper that attached them goes
+            docker_client.containers.get(name).remove(force=True)
+        done = _sh(teardown)
+        assert done.returncode == 0, done.stderr
+        attached = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
+        assert key not in attached.stdout, attached.stdout
+        assert not Path(places[0]).exists()
+        assert not Path(places[1]).exists()
+        assert all(
+            line.split()[1] != data for line in Path("/proc/mounts").read_text().splitlines()
+        )
+    finally:
+        _sh(teardown)
