@@ -22,6 +22,7 @@ quoted, never as script text.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Mapping, Sequence
 
@@ -208,6 +209,9 @@ def missing_helper(image: str, engine: str = "this engine") -> str:
     )
 
 
+IMAGE_MARK = "@helper-image@"
+
+
 def _resolve(image: str) -> str:
     """Shell text setting ``$h`` to the helper image's ID on the engine, or stopping
     with ``ERROR: helperImage: ...`` (exit 1) when the engine does not hold it."""
@@ -249,9 +253,11 @@ def helper_command(image: str, script: str, *args: str, binds: Sequence[Bind] = 
     return _resolve(image) + " ".join(shlex.quote(a) for a in argv).replace(IMAGE_MARK, '"$h"')
 
 
-KEEPER_NAME = "dockyard-disks"
-"""Name prefix of the keeper container; the rest is a checksum of the helper image ID and
-the engine's volumes directory, so a new helper image gets a keeper of its own."""
+KEEPER_NAME = "dockyard.disks"
+"""Name prefix of the keeper container (a dot: no environment's, pool member's or helper's
+name has one, so no stack or tenant can make a container of this name); the rest names
+its spec and checksums the helper image ID and the engine's volumes directory, so a new
+helper image or another dockyard version's keeper is a keeper of its own."""
 KEEPER_LABEL = LABEL_DISKS
 KEEPER_IDLE_S = 10
 """The keeper leaves (and is removed: ``--rm``) after this many seconds with nothing of
@@ -261,14 +267,42 @@ trap 'exit 0' TERM INT
 idle=0
 while [ "$idle" -lt "$1" ]; do
   sleep 1 & wait $!
-  # What `docker exec` started has no parent in this PID namespace (PPid 0), as PID 1.
-  busy=$(grep -l '^PPid:[[:space:]]*0$' /proc/[0-9]*/status 2>/dev/null | wc -l)
-  if [ "$busy" -gt 1 ]; then idle=0; else idle=$((idle + 1)); fi
+  # What `docker exec` started has no parent in this PID namespace (PPid 0), like PID 1.
+  busy=0
+  for status in /proc/[0-9]*/status; do
+    [ "$status" != /proc/1/status ] || continue
+    while read -r key value; do
+      [ "$key" = PPid: ] || continue
+      [ "$value" != 0 ] || busy=1
+      break
+    done 2>/dev/null <"$status"
+  done
+  if [ "$busy" = 1 ]; then idle=0; else idle=$((idle + 1)); fi
 done
 """
-"""PID 1 of the keeper: $1 the idle seconds after which it ends."""
-KEEPER_ATTEMPTS = 10
-RAN_MARK = "dockyard-keeper-runs"
+"""PID 1 of the keeper: $1 the idle seconds after which it ends (sh builtins only)."""
+KEEPER_ATTEMPTS = 60
+"""Rounds a call waits for a usable keeper (half a second or an exec each) before it fails."""
+DONE_MARK = "dockyard-keeper-done"
+# Runs the script in the keeper, then says on stderr that it ended and with which status.
+_IN_KEEPER = f'/bin/sh -c "$0" "$@"; s=$?; echo "{DONE_MARK} $s" >&2; exit "$s"'
+
+
+def _keeper_run() -> list[str]:
+    """``docker run`` of the keeper (marks: @k@ name, @r@ volumes directory)."""
+    return [
+        "docker", "run", "-d", "--rm", "--name", "@k@", "--label", f"{KEEPER_LABEL}=keeper",
+        *_rights(True), "--memory", "1g", "--pids-limit", "2048",
+        "-e", "DOCKYARD_VOLUMES=@r@",
+        *(a for path in (DISKS_DIR, LINKS_DIR) for a in ("-v", f"{path}:{path}:rw")),
+        "-v", "@r@:@r@:rshared",
+        "--entrypoint", "/bin/sh", IMAGE_MARK, "-c", KEEPER_SCRIPT, "keeper",
+        str(KEEPER_IDLE_S),
+    ]  # fmt: skip
+
+
+KEEPER_SPEC = hashlib.sha256("\0".join(_keeper_run()).encode()).hexdigest()[:8]
+"""In the keeper's name: a keeper started by another version of dockyard is not used."""
 
 
 def keeper_command(
@@ -279,20 +313,41 @@ def keeper_command(
     with the helpers' rights, the image and link roots and the engine's volumes directory
     (rshared, at the same path) bound. A helper container per call cost the engine a
     container start and removal each way (issue 29: most of an environment's teardown);
-    an exec is a fraction of it. The keeper is started by the first call that finds none
-    (several at once: one wins, the others use it), ends when idle
-    (:data:`KEEPER_IDLE_S`), and a call whose keeper went away meanwhile runs again in a
-    new one (the scripts finish what an interrupted run left).
+    an exec is a fraction of it.
+
+    Each call first reads the keeper by name and uses it by ID only when it runs the
+    resolved helper image and carries the keeper label (a container of that name that
+    is not a keeper stops the call, naming it; nothing else is touched). None: the call
+    starts one (several at once: one wins, the others use it). One that is stopping: the
+    call waits for it to go (and removes a stopped one that stays). The script's end is
+    marked with its status on stderr (:data:`DONE_MARK`): with the mark, that status and
+    the script's words are the answer; without it (the keeper went away under it) the
+    call runs again in a new keeper — the scripts finish what an interrupted run left.
+    After :data:`KEEPER_ATTEMPTS` rounds it fails with the engine's last words. The keeper
+    leaves when idle (:data:`KEEPER_IDLE_S`).
 
     ``volumes`` (role → volume name): looked up in one ``docker volume inspect``; the
     script gets ``args`` and then, per role, the role and its volume's directory (``""``
-    for a volume that is gone when ``missing_ok``; else the call stops naming it)."""
+    for a volume that is gone when ``missing_ok``; any other failure of the look-up, or
+    a missing volume without it, stops the call with the engine's words)."""
     image = helper_ref(image)
     names = " ".join(shlex.quote(v) for v in volumes.values())
     text = _resolve(image)
-    text += f"m=$(docker volume inspect --format '{{{{.Name}}}} {{{{.Mountpoint}}}}' {names}" + (
-        " 2>/dev/null); " if missing_ok else ") || exit 1; "
+    # Temporary files for the engine's words; removed however the call ends.
+    text += (
+        "e=; f=; trap 'rm -f \"$e\" \"$f\"' EXIT; trap 'exit 143' TERM; trap 'exit 130' INT HUP; "
+        "e=$(mktemp) && f=$(mktemp) || exit 1; "
     )
+    lookup = (
+        f"m=$(docker volume inspect --format '{{{{.Name}}}} {{{{.Mountpoint}}}}' {names} 2>\"$f\")"
+    )
+    if missing_ok:  # only "No such volume" means gone; anything else is a failure
+        text += (
+            f"{lookup} || {{ awk '!/No such volume/ {{ bad = 1 }} END {{ exit !bad }}' \"$f\" "
+            '&& { cat "$f" >&2; exit 1; }; }; '
+        )
+    else:
+        text += f'{lookup} || {{ cat "$f" >&2; exit 1; }}; '
     pairs = []
     for index, (role, name) in enumerate(volumes.items()):
         text += (
@@ -310,47 +365,52 @@ def keeper_command(
     text += (
         f'r=; for d in {found}; do [ -z "$d" ] || {{ r=${{d%/*/_data}}; break; }}; done; '
         "[ -n \"$r\" ] || r=$(docker info --format '{{.DockerRootDir}}')/volumes || exit 1; "
-        f'k={KEEPER_NAME}-$(printf \'%s %s\' "$h" "$r" | cksum | cut -d" " -f1); '
+        f'k={KEEPER_NAME}.{KEEPER_SPEC}.$(printf \'%s %s\' "$h" "$r" | cksum | cut -d" " -f1); '
     )
-    keeper = [
-        "docker", "run", "-d", "--rm", "--name", "@k@", "--label", f"{KEEPER_LABEL}=keeper",
-        *_rights(True), "--memory", "1g", "--pids-limit", "2048",
-        "-e", "DOCKYARD_VOLUMES=@r@",
-        *(a for path in (DISKS_DIR, LINKS_DIR) for a in ("-v", f"{path}:{path}:rw")),
-        "-v", "@r@:@r@:rshared",
-        "--entrypoint", "/bin/sh", IMAGE_MARK, "-c", KEEPER_SCRIPT, "keeper",
-        str(KEEPER_IDLE_S),
-    ]  # fmt: skip
-    start = " ".join(shlex.quote(a) for a in keeper)
+    start = " ".join(shlex.quote(a) for a in _keeper_run())
     start = start.replace(IMAGE_MARK, '"$h"').replace("@k@", '"$k"').replace("@r@", '"$r"')
-    # The script's first line says, on stderr, that it runs: an exec that fails without it
-    # never reached the keeper (none yet, or it went away) and is run again once a keeper
-    # is there; one that fails after it is the script's own failure (its words, its
-    # status), unless it was killed (137: the keeper went away under it).
-    ran = f"echo {RAN_MARK} >&2\n"
     call = " ".join(
-        shlex.quote(a)
-        for a in ("docker", "exec", "@k@", "/bin/sh", "-c", ran + script, "disks", *args)
-    ).replace("@k@", '"$k"')
-    call += " " + " ".join(pairs)
-    said = f'sed "1{{/^{RAN_MARK}$/d}}" "$e" >&2'
+        shlex.quote(a) for a in ("docker", "exec", "@i@", "/bin/sh", "-c", _IN_KEEPER, script)
+    ).replace("@i@", '"$i"')
+    call += " disks " + " ".join([*(shlex.quote(a) for a in args), *pairs])
+    # The mark ends the script's last line even when that line had no newline of its own.
+    said = f'awk \'{{ if (sub(/{DONE_MARK} [0-9]+$/, "") && $0 == "") next; print }}\' "$e" >&2'
+    state = (
+        "{{.Id}} {{.Image}} {{index .Config.Labels " + f'"{KEEPER_LABEL}"' + "}} {{.State.Status}}"
+    )
+    foreign = (
+        f'echo {shlex.quote("dockyard: a container named ")}"$k"'
+        + shlex.quote(
+            " is not dockyard's disks keeper (its image or label differ): nothing was run "
+            "in it; remove it"
+        )
+        + " >&2"
+    )
     text += (
-        'e=$(mktemp) && f=$(mktemp) || exit 1; trap \'rm -f "$e" "$f"\' EXIT; n=0; '
+        ': >"$e"; n=0; stuck=0; '
         "while :; do "
-        f'{call} 2>"$e"; s=$?; '
-        f'if [ "$s" -eq 0 ]; then {said}; exit 0; fi; '
-        f'if [ "$s" -ne 137 ] && [ "$(head -n 1 "$e")" = {RAN_MARK} ]; then {said}; exit "$s"; fi; '
         f'n=$((n + 1)); if [ "$n" -gt {KEEPER_ATTEMPTS} ]; then {said}; cat "$f" >&2; '
         f'echo {shlex.quote("dockyard: the disks keeper ")}"$k"'
-        f"{shlex.quote(' could not be started or kept (the message above is the last try)')}"
+        f"{shlex.quote(' could not be started or kept (the messages above are the last tries)')}"
         " >&2; exit 1; fi; "
-        f'{start} >/dev/null 2>"$f" || sleep 1; '
+        f"s=$(docker container inspect --format '{state}' \"$k\" 2>/dev/null); i=${{s%% *}}; "
+        "case $s in "
+        '"") '
+        f'{start} >/dev/null 2>"$f" || sleep 0.5 ;; '
+        '*" $h keeper running") '
+        f'{call} 2>"$e"; '
+        f"d=$(awk 'match($0, /{DONE_MARK} [0-9]+$/) {{ d = substr($0, RSTART + {len(DONE_MARK) + 1}) }} "
+        'END { print d }\' "$e"); '
+        f'if [ -n "$d" ]; then {said}; exit "$d"; fi ;; '
+        '*" $h keeper "*) '
+        "stuck=$((stuck + 1)); "
+        'if [ "$stuck" -gt 6 ]; then docker rm -f "$i" >/dev/null 2>"$f"; stuck=0; fi; '
+        "sleep 0.5 ;; "
+        f"*) {foreign}; exit 1 ;; "
+        "esac; "
         "done"
     )
     return text
-
-
-IMAGE_MARK = "@helper-image@"
 
 
 def _mode(mode: str) -> str:

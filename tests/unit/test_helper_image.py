@@ -132,18 +132,30 @@ if [ "$1 $2" = "image inspect" ]; then
   echo "Error: No such image: $5" >&2; exit 1
 fi
 [ "$1" = ps ] && printf '%s' "$FAKE_USERS"
-if [ "$1" = exec ]; then  # the keeper runs while $FAKE_KEEPER exists
-  [ -e "$FAKE_KEEPER" ] || {{ echo "Error response from daemon: No such container: $2" >&2; exit 1; }}
-  echo dockyard-keeper-runs >&2; printf '%s' "$FAKE_SAYS" >&2
+# The keeper: $FAKE_KEEPER holds its state (running, exited, foreign); none: no keeper.
+if [ "$1 $2" = "container inspect" ]; then
+  [ -e "$FAKE_KEEPER" ] || {{ echo "Error: No such container: $5" >&2; exit 1; }}
+  case $(cat "$FAKE_KEEPER") in
+    foreign) echo "c0ffee sha256:{"d" * 64} <no value> running" ;;
+    *) echo "k33p3r {HELPER_ID} keeper $(cat "$FAKE_KEEPER")" ;;
+  esac
+  exit 0
+fi
+if [ "$1" = exec ]; then  # FAKE_DIES=once: the keeper goes away under the first exec
+  if [ "$FAKE_DIES" = once ] && [ ! -e "$FAKE_KEEPER.died" ]; then
+    touch "$FAKE_KEEPER.died"; rm -f "$FAKE_KEEPER"; exit 137
+  fi
+  printf '%s' "$FAKE_SAYS" >&2; echo "dockyard-keeper-done ${{FAKE_STATUS:-0}}" >&2
   exit "${{FAKE_STATUS:-0}}"
 fi
 if [ "$1 $2" = "run -d" ]; then  # FAKE_START: ok, conflict (another call started it), fail
   case ${{FAKE_START:-ok}} in
-    ok) touch "$FAKE_KEEPER"; echo 4b1c; exit 0 ;;
-    conflict) touch "$FAKE_KEEPER"; echo "Conflict. The container name is already in use" >&2; exit 125 ;;
+    ok) echo running > "$FAKE_KEEPER"; echo 4b1c; exit 0 ;;
+    conflict) echo running > "$FAKE_KEEPER"; echo "Conflict. The container name is already in use" >&2; exit 125 ;;
     *) echo "docker: Error response from daemon: no room" >&2; exit 125 ;;
   esac
 fi
+if [ "$1 $2" = "rm -f" ]; then rm -f "$FAKE_KEEPER"; exit 0; fi
 [ "$1" = info ] && {{ echo /var/lib/docker; exit 0; }}
 if [ "$1 $2" = "volume inspect" ]; then  # the ones named in $FAKE_VOLUMES exist
   shift 4; found=0
@@ -164,9 +176,10 @@ def _sh(
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """``text`` run against the fake docker CLI; ``users``: what its ``ps`` answers;
     ``volumes``: the (space-separated) volumes it holds; ``answers``: FAKE_STATUS and
-    FAKE_SAYS (what an exec in the keeper ends with and says), FAKE_START (ok,
-    conflict, or anything else: a keeper that cannot start). The keeper stays up across
-    calls in one ``tmp_path``."""
+    FAKE_SAYS (what a script in the keeper ends with and says), FAKE_START (ok,
+    conflict, or anything else: a keeper that cannot start), FAKE_DIES (once: the keeper
+    goes away under the first exec). The keeper's state is the file ``keeper-up`` in
+    ``tmp_path`` (it stays up across calls there)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "docker"
@@ -205,6 +218,12 @@ def _calls(calls: list[str], verb: str) -> list[str]:
     return [c for c in calls if c.startswith(f"{verb} ")]
 
 
+def _verbs(calls: list[str]) -> list[str]:
+    """The keeper-related calls, in order: inspect (of the keeper), run, exec, rm."""
+    wanted = {"container": "inspect", "run": "run", "exec": "exec", "rm": "rm"}
+    return [wanted[c.split()[0]] for c in calls if c.split()[0] in wanted]
+
+
 def test_the_disks_take_one_exec_in_the_keeper_each_way(run: ProgramRun, tmp_path: Path) -> None:
     """Issue 29: making+mounting and unmounting+removing are one exec each in the keeper
     (a helper container each way made an environment's teardown 3x a bare container's);
@@ -213,16 +232,14 @@ def test_the_disks_take_one_exec_in_the_keeper_each_way(run: ProgramRun, tmp_pat
     create, delete = _commands(run)["create"], _commands(run)["delete"]
     done, calls = _sh(tmp_path, create, volumes=held)
     assert done.returncode == 0, done.stderr
-    assert [c.split()[0] for c in calls if c.split()[0] in ("exec", "run")] == [
-        "exec", "run", "exec"
-    ], calls  # fmt: skip
-    assert "dockyard-keeper-runs" not in done.stderr
-    assert "No such container" not in done.stderr  # the first try's words are not the answer
-    for text in (create, delete):  # the keeper is up: one exec, nothing started
+    assert _verbs(calls) == ["inspect", "run", "inspect", "exec"], calls
+    assert done.stderr == ""  # neither the mark nor a first try's words
+    for text in (create, delete):  # the keeper is up: one look and one exec
         done, calls = _sh(tmp_path, text, volumes=held)
         assert done.returncode == 0, done.stderr
-        assert len(_calls(calls, "exec")) == 1, calls
-        assert not _calls(calls, "run"), calls
+        assert _verbs(calls) == ["inspect", "exec"], calls
+    # By its ID, as read (never the name, which anything could hold by then).
+    assert _calls(calls, "exec")[0].startswith("exec k33p3r /bin/sh -c "), calls
     assert "mkfs.ext4" in create
     assert "mount -t ext4" in create
     assert "umount -l" in delete
@@ -231,41 +248,74 @@ def test_the_disks_take_one_exec_in_the_keeper_each_way(run: ProgramRun, tmp_pat
     assert delete.index("umount -l") < delete.index("losetup -d")
 
 
-def test_a_failure_in_the_keeper_is_the_scripts_own_words_and_status(tmp_path: Path) -> None:
+def _one_volume(
+    tmp_path: Path, **answers: str
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     text = storage.keeper_command(OPS, "true", volumes={"workspace": "e1-workspace"})
-    done, calls = _sh(
-        tmp_path, text, volumes="e1-workspace", status="3", says="dockyard: /x is not empty\n"
-    )
+    return _sh(tmp_path, text, volumes="e1-workspace", **answers)
+
+
+def test_a_failure_in_the_keeper_is_the_scripts_own_words_and_status(tmp_path: Path) -> None:
+    # Its last line without a newline of its own: the mark still ends it.
+    done, calls = _one_volume(tmp_path, status="3", says="dockyard: /x is not empty\nno newline")
     assert done.returncode == 3
-    assert done.stderr == "dockyard: /x is not empty\n"
-    assert len(_calls(calls, "exec")) == 2, calls  # the keeper's start, then the script's run
-    assert len(_calls(calls, "run")) == 1, calls
+    assert done.stderr == "dockyard: /x is not empty\nno newline\n"
+    assert _verbs(calls) == ["inspect", "run", "inspect", "exec"], calls
+    # Killed inside (e.g. mkfs out of memory): still the script's answer, not a retry.
+    done, calls = _one_volume(tmp_path, status="137")
+    assert done.returncode == 137
+    assert _verbs(calls) == ["inspect", "exec"], calls
 
 
 def test_a_call_whose_keeper_went_away_runs_again_in_a_new_one(tmp_path: Path) -> None:
-    text = storage.keeper_command(OPS, "true", volumes={"workspace": "e1-workspace"})
-    (tmp_path / "keeper-up").touch()
-    done, calls = _sh(tmp_path, text, volumes="e1-workspace", status="137")
-    # Killed each time (the fake never recovers): every try starts a keeper, then gives up.
-    assert done.returncode == 1
-    assert "dockyard: the disks keeper dockyard-disks-" in done.stderr
-    assert "could not be started or kept" in done.stderr
-    assert len(_calls(calls, "exec")) == storage_scripts.KEEPER_ATTEMPTS + 1, calls
-    # Another call started it first (the name is taken): this one uses it.
-    (tmp_path / "keeper-up").unlink()
-    done, calls = _sh(tmp_path, text, volumes="e1-workspace", start="conflict")
+    (tmp_path / "keeper-up").write_text("running\n")
+    done, calls = _one_volume(tmp_path, dies="once")
     assert done.returncode == 0, done.stderr
-    assert len(_calls(calls, "exec")) == 2, calls
+    assert _verbs(calls) == ["inspect", "exec", "inspect", "run", "inspect", "exec"], calls
     assert done.stderr == ""
 
 
+def test_calls_at_once_use_the_keeper_another_started(tmp_path: Path) -> None:
+    done, calls = _one_volume(tmp_path, start="conflict")
+    assert done.returncode == 0, done.stderr
+    assert _verbs(calls) == ["inspect", "run", "inspect", "exec"], calls
+    assert done.stderr == ""
+
+
+def test_a_stopped_keeper_that_stays_is_removed_and_replaced(tmp_path: Path) -> None:
+    (tmp_path / "keeper-up").write_text("exited\n")
+    done, calls = _one_volume(tmp_path)
+    assert done.returncode == 0, done.stderr
+    verbs = _verbs(calls)
+    assert verbs.count("rm") == 1, calls
+    assert _calls(calls, "rm")[0] == "rm -f k33p3r", calls  # by its ID, once it is ours
+    assert verbs[verbs.index("rm") :] == ["rm", "inspect", "run", "inspect", "exec"], calls
+
+
+def test_a_container_that_only_has_the_keepers_name_is_never_used(tmp_path: Path) -> None:
+    (tmp_path / "keeper-up").write_text("foreign\n")
+    done, calls = _one_volume(tmp_path)
+    assert done.returncode == 1
+    assert "is not dockyard's disks keeper (its image or label differ): nothing was run" in (
+        done.stderr
+    )
+    assert _verbs(calls) == ["inspect"], calls
+
+
 def test_a_keeper_that_cannot_start_is_one_clear_failure(tmp_path: Path) -> None:
-    text = storage.keeper_command(OPS, "true", volumes={"workspace": "e1-workspace"})
-    done, calls = _sh(tmp_path, text, volumes="e1-workspace", start="fail")
+    done, calls = _one_volume(tmp_path, start="fail")
     assert done.returncode == 1
     assert "no room" in done.stderr  # the engine's words, then what it means
-    assert done.stderr.strip().endswith("(the message above is the last try)")
+    assert done.stderr.strip().endswith("(the messages above are the last tries)")
     assert len(_calls(calls, "run")) == storage_scripts.KEEPER_ATTEMPTS, calls
+
+
+def test_the_keepers_name_is_no_environments_and_names_its_spec() -> None:
+    text = storage.keeper_command(OPS, "true", volumes={"workspace": "e1-workspace"})
+    name = f"k={storage_scripts.KEEPER_NAME}.{storage_scripts.KEEPER_SPEC}.$("
+    assert name in text
+    assert storage_scripts.KEEPER_NAME == "dockyard.disks"  # environments: dockyard-<...>
+    assert "docker container inspect" in text  # never an image or volume of that name
 
 
 def test_the_disks_are_never_removed_while_a_container_uses_their_volumes(
@@ -289,7 +339,7 @@ def test_the_disks_are_never_removed_while_a_container_uses_their_volumes(
     assert asked[0].count("--filter volume=") == len(roles), asked
     done, calls = _sh(tmp_path, delete)  # once they are gone: the one exec in the keeper
     assert done.returncode == 0, done.stderr
-    assert len(_calls(calls, "exec")) == 2, calls  # the first finds no keeper and starts it
+    assert _verbs(calls) == ["inspect", "run", "inspect", "exec"], calls
 
 
 def test_the_volumes_directories_are_one_look_up_each_passed_with_its_role(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,8 @@ def helper_argv(text: str) -> list[str]:
 
 def exec_argv(text: str) -> list[str]:
     """What the command runs in the disks keeper: ``docker exec`` to its stderr file."""
-    argv = shlex.split(text[text.index("docker exec") :])
-    return argv[: next(i for i, a in enumerate(argv) if a.startswith("2>$e"))]
+    call = text[text.index('docker exec "$i"') :]
+    return shlex.split(call[: call.index(' 2>"$e"')])
 
 
 def test_sizes_come_from_defaults_profile_stack_and_environment(run: ProgramRun) -> None:
@@ -229,3 +230,35 @@ def test_bounds_follow_every_resolved_disk_size() -> None:
     disk = ResolvedDisk(**sizes, secrets=32)
     bounds = storage.bounds_of(ResolvedLimits(disk=disk))
     assert {path: bounds.size_mb(path) for path in storage.DISK_PATHS} == {**sizes, "secrets": 32}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "/etc/_data",  # outside the engine's volumes directory
+        "/var/lib/docker/volumes/../../../etc/x/_data",  # climbs out
+        "/var/lib/docker/volumes/./e1-workspace/_data",
+        "/var/lib/docker/volumes/e1-workspace",  # not a volume's data directory
+    ],
+)
+def test_the_scripts_touch_only_volume_directories_of_the_engine(data: str) -> None:
+    """Defence in depth behind the engine's answers: mount and unmount refuse any
+    directory that is not ``<engine volumes dir>/<volume>/_data`` as a plain path."""
+    env = {**os.environ, "DOCKYARD_VOLUMES": "/var/lib/docker/volumes"}
+    for script, args in (
+        (storage.UNMOUNT_SCRIPT, ["workspace", data]),
+        (storage.MOUNT_SCRIPT, ["/run/dockyard/disks/none", "workspace:16", data]),
+    ):
+        done = subprocess.run(
+            ["sh", "-c", script, "disks", *args], env=env, capture_output=True, text=True,
+            timeout=10, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, (script[:40], done)
+        assert data in done.stderr
+    # A plain volume directory that is not there (a gone volume): nothing to unmount.
+    done = subprocess.run(
+        ["sh", "-c", storage.UNMOUNT_SCRIPT, "disks", "workspace",
+         "/var/lib/docker/volumes/e1-gone/_data", "home", ""],
+        env=env, capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
