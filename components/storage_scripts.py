@@ -341,9 +341,9 @@ def keeper_command(
     lookup = (
         f"m=$(docker volume inspect --format '{{{{.Name}}}} {{{{.Mountpoint}}}}' {names} 2>\"$f\")"
     )
-    if missing_ok:  # only "No such volume" means gone; anything else is a failure
+    if missing_ok:  # only "no such volume" (the engine's words) means gone; else a failure
         text += (
-            f"{lookup} || {{ awk '!/No such volume/ {{ bad = 1 }} END {{ exit !bad }}' \"$f\" "
+            f"{lookup} || {{ awk 'tolower($0) !~ /no such volume/ {{ bad = 1 }} END {{ exit !bad }}' \"$f\" "
             '&& { cat "$f" >&2; exit 1; }; }; '
         )
     else:

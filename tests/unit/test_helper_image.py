@@ -157,12 +157,15 @@ if [ "$1 $2" = "run -d" ]; then  # FAKE_START: ok, conflict (another call starte
 fi
 if [ "$1 $2" = "rm -f" ]; then rm -f "$FAKE_KEEPER"; exit 0; fi
 [ "$1" = info ] && {{ echo /var/lib/docker; exit 0; }}
+if [ "$1 $2" = "volume inspect" ] && [ -n "$FAKE_DOWN" ]; then
+  echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" >&2; exit 1
+fi
 if [ "$1 $2" = "volume inspect" ]; then  # the ones named in $FAKE_VOLUMES exist
   shift 4; found=0
   for v in "$@"; do
     case " $FAKE_VOLUMES " in
       *" $v "*) echo "$v /var/lib/docker/volumes/$v/_data" ;;
-      *) echo "Error: No such volume: $v" >&2; found=1 ;;
+      *) echo "Error response from daemon: get $v: no such volume" >&2; found=1 ;;
     esac
   done
   exit $found
@@ -361,7 +364,7 @@ def test_the_volumes_directories_are_one_look_up_each_passed_with_its_role(
     # One of them gone: refused (a create), or left out (a destroy's unmount).
     done, calls = _sh(tmp_path, text, volumes="e1-config e1-workspace")
     assert done.returncode != 0
-    assert "No such volume: e1-home" in done.stderr
+    assert "get e1-home: no such volume" in done.stderr
     assert not _calls(calls, "exec"), calls
     lenient = storage.keeper_command(OPS, "true", volumes=vols, missing_ok=True)
     done, calls = _sh(tmp_path, lenient, volumes="e1-config e1-workspace")
@@ -370,6 +373,12 @@ def test_the_volumes_directories_are_one_look_up_each_passed_with_its_role(
     assert exec_.endswith(
         f" disks workspace {root}/e1-workspace/_data home  config {root}/e1-config/_data"
     ), exec_
+    # Only the engine's "no such volume" means gone: a failed look-up is no licence to
+    # remove images that may still be mounted.
+    done, calls = _sh(tmp_path, lenient, volumes="e1-config e1-workspace", down="1")
+    assert done.returncode == 1
+    assert "Cannot connect to the Docker daemon" in done.stderr
+    assert not _calls(calls, "exec"), calls
     # All gone: the engine's own root tells where the volumes would be.
     done, calls = _sh(tmp_path, lenient, volumes="")
     assert done.returncode == 0, done.stderr
