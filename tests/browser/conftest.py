@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -185,3 +186,10 @@ def log_in(page: Any, url: str, key: str) -> None:
     page.get_by_label("API key").fill(key)
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(url + "/")
+
+
+def as_missing(text: str, session: str, missing: str = "nope") -> str:
+    """``text`` with ``session`` put as ``missing`` wherever it stands as a word of its
+    own: what a missing session's page would say. Key ids (hex) and tokens (base64url)
+    on the page are random and may hold the id's letters: never touched."""
+    return re.sub(rf"(?<![\w-]){re.escape(session)}(?![\w-])", missing, text)

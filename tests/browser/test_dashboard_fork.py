@@ -16,7 +16,7 @@ import pytest
 from dockyard.errors import InvalidInput, NotFound
 from dockyard.sessions import snapshots as snapshotting
 from tests.browser import test_dashboard_detail as detail
-from tests.browser.conftest import Served, log_in, seed, shoot
+from tests.browser.conftest import Served, as_missing, log_in, seed, shoot
 from tests.browser.test_dashboard_browser import accessible
 from tests.browser.test_dashboard_http import _client, csrf_of
 from tests.browser.test_dashboard_http import log_in as http_log_in
@@ -101,14 +101,14 @@ def test_another_tenants_session_or_snapshot_is_not_found(
     other = acme.post("/sessions/b1/fork?tenant=blue", data={**asked, "snapshot": "blue-one"})
     missing = acme.post("/sessions/nope/fork", data={**asked, "snapshot": "blue-one"})
     assert other.status_code == missing.status_code == 404
-    assert other.text.replace("b1", "nope") == missing.text
+    assert as_missing(other.text, "b1") == missing.text
     assert acme.get("/sessions/b1/fork?tenant=blue&snapshot=blue-one").status_code == 404
     assert forks == []
     # Another tenant's snapshot from one's own session: not found like a missing one.
     theirs = acme.post("/sessions/a1/fork", data={**asked, "snapshot": "blue-one"})
     none = acme.post("/sessions/a1/fork", data={**asked, "snapshot": "no-such"})
     assert theirs.status_code == none.status_code == 404
-    assert theirs.text.replace("blue-one", "no-such") == none.text
+    assert as_missing(theirs.text, "blue-one", "no-such") == none.text
     assert forks == [("a1", "f2", "acme", "blue-one"), ("a1", "f2", "acme", "no-such")]
     assert [r.session_id for r in served.sessions.registry.all()] == ["a1", "a2", "b1"]
     # An admin forks in the tenant it names; the result keeps that tenant.
