@@ -39,8 +39,20 @@ def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=300)
 
 
+ROOTS = [(storage.DISKS_DIR, "rw"), (storage.LINKS_DIR, "rw")]
+"""Removing an environment's directories writes their parents."""
+
+
+def _own(places: tuple[str, str]) -> list[tuple[str, str]]:
+    """The helper sees an environment's two directories on the engine's host (else it
+    would make the images inside its own container, and they would go with it)."""
+    return [(path, "rw") for path in places]
+
+
 def _sh(script: str) -> None:
-    subprocess.run(["sh", "-c", script], check=True, capture_output=True, timeout=300)
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:  # the helper's own words, not the whole shell text
+        raise SystemExit(f"ERROR: a disks helper failed (exit {done.returncode}): {done.stderr}")
 
 
 def _start(image: str, prefix: str, bounded: bool) -> None:
@@ -68,7 +80,11 @@ def main() -> int:
     mounted = {role: f"{bounded}-{role}" for role in ROLES}
     samples: dict[str, list[float]] = {"bare": [], "images": [], "plain": [], "bounded": []}
     try:
-        _sh(storage.helper_command(image, storage.CREATE_SCRIPT, *kept_places, *SPECS))
+        _sh(
+            storage.helper_command(
+                image, storage.CREATE_SCRIPT, *kept_places, *SPECS, binds=_own(kept_places)
+            )
+        )
         for role in ROLES:
             _run("docker", "volume", "create", f"{bounded}-{role}")
             _run("docker", "volume", "create", f"{plain}-{role}")
@@ -77,8 +93,10 @@ def main() -> int:
         for index in range(RUNS + 1):  # the first round warms up and is not counted
             environment_id = f"dockyard-bench-disks-{run}-{index}"
             places = (storage.disk_dir(environment_id), storage.link_dir(environment_id))
-            create = storage.helper_command(image, storage.CREATE_SCRIPT, *places, *SPECS)
-            delete = storage.helper_command(image, storage.DELETE_SCRIPT, *places)
+            create = storage.helper_command(
+                image, storage.CREATE_SCRIPT, *places, *SPECS, binds=_own(places)
+            )
+            delete = storage.helper_command(image, storage.DELETE_SCRIPT, *places, binds=ROOTS)
             round_ = {
                 "bare": timed(lambda: _run("docker", "run", "--rm", "--entrypoint", "true", image)),
                 "images": timed(lambda: _sh(create)),  # noqa: B023 - called at once
@@ -98,7 +116,7 @@ def main() -> int:
         for prefix in (bounded, plain):
             for role in ROLES:
                 subprocess.run(["docker", "volume", "rm", f"{prefix}-{role}"], capture_output=True)
-        _sh(storage.helper_command(image, storage.DELETE_SCRIPT, *kept_places))
+        _sh(storage.helper_command(image, storage.DELETE_SCRIPT, *kept_places, binds=ROOTS))
     bare, start = summary(samples["bare"])["median"], summary(samples["plain"])["median"]
     print(f"Disk bounds (seconds, median/min/max of {RUNS}; ratio of medians)")
     print(
