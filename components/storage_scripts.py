@@ -261,11 +261,15 @@ helper image or another dockyard version's keeper is a keeper of its own."""
 KEEPER_LABEL = LABEL_DISKS
 KEEPER_IDLE_S = 10
 """The keeper leaves (and is removed: ``--rm``) after this many seconds with nothing of
-its own running in it."""
-KEEPER_SCRIPT = r"""
+its own running in it, or within a second of that once no environment's images are left
+on the engine (after the last destroy)."""
+SERVED_MARK = "/tmp/dockyard-served"  # noqa: S108 - inside the keeper's own layer
+"""Made in the keeper by every call: it has served (see :data:`KEEPER_SCRIPT`)."""
+KEEPER_SCRIPT = (
+    r"""
 trap 'exit 0' TERM INT
-idle=0
-while [ "$idle" -lt "$1" ]; do
+limit=$1; idle=0; served=0
+while [ "$idle" -lt "$limit" ]; do
   sleep 1 & wait $!
   # What `docker exec` started has no parent in this PID namespace (PPid 0), like PID 1.
   busy=0
@@ -278,14 +282,26 @@ while [ "$idle" -lt "$1" ]; do
     done 2>/dev/null <"$status"
   done
   if [ "$busy" = 1 ]; then idle=0; else idle=$((idle + 1)); fi
+  [ ! -e """
+    + SERVED_MARK
+    + r""" ] || served=1
+  # Idle, after serving, with no environment's images left on the engine (the last one
+  # was destroyed): nothing to keep, so no container is left behind for long. A keeper
+  # that has served nothing yet waits for the call that started it.
+  set -- """
+    + DISKS_DIR
+    + r"""/*
+  if [ "$served$busy" = 10 ] && [ ! -e "$1" ]; then exit 0; fi
 done
 """
-"""PID 1 of the keeper: $1 the idle seconds after which it ends (sh builtins only)."""
+)
+"""PID 1 of the keeper: $1 the idle seconds after which it ends, or at once when idle
+with no environment's images left (sh builtins only)."""
 KEEPER_ATTEMPTS = 60
 """Rounds a call waits for a usable keeper (half a second or an exec each) before it fails."""
 DONE_MARK = "dockyard-keeper-done"
 # Runs the script in the keeper, then says on stderr that it ended and with which status.
-_IN_KEEPER = f'/bin/sh -c "$0" "$@"; s=$?; echo "{DONE_MARK} $s" >&2; exit "$s"'
+_IN_KEEPER = f': >{SERVED_MARK} 2>/dev/null; /bin/sh -c "$0" "$@"; s=$?; echo "{DONE_MARK} $s" >&2; exit "$s"'
 
 
 def _keeper_run() -> list[str]:
