@@ -215,13 +215,16 @@ def disks_command(
     specs = [f"{role}:{bounds.size_mb(role)}" for role in roles]
 
     def text(values: list[str]) -> tuple[str, str]:
-        image, names = values[0], dict(zip(specs, values[1:], strict=True))
-        setup = keeper_command(image, SETUP_SCRIPT, *places, volumes=names)
+        image, names = values[0], values[1:]
+        # The script gets each volume's directory after its role (size too, to make it).
+        setup = keeper_command(
+            image, SETUP_SCRIPT, *places, volumes=dict(zip(specs, names, strict=True))
+        )
         teardown = keeper_command(
-            image, TEARDOWN_SCRIPT, *places, volumes=dict(zip(roles, names.values(), strict=True)),
+            image, TEARDOWN_SCRIPT, *places, volumes=dict(zip(roles, names, strict=True)),
             missing_ok=True,
         )  # fmt: skip
-        return setup, unused_guard(environment_id, list(names.values())) + teardown
+        return setup, unused_guard(environment_id, names) + teardown
 
     scripts = pulumi.Output.all(helper_image, *volume_names).apply(text)
     return command.local.Command(

@@ -261,8 +261,8 @@ helper image or another dockyard version's keeper is a keeper of its own."""
 KEEPER_LABEL = LABEL_DISKS
 KEEPER_IDLE_S = 10
 """The keeper leaves (and is removed: ``--rm``) after this many seconds with nothing of
-its own running in it, or within a second of that once no environment's images are left
-on the engine (after the last destroy)."""
+its own running in it; sooner (a second or two) once it has served and no environment's
+images are left on the engine (after the last destroy)."""
 SERVED_MARK = "/tmp/dockyard-served"  # noqa: S108 - inside the keeper's own layer
 """Made in the keeper by every call: it has served (see :data:`KEEPER_SCRIPT`)."""
 KEEPER_SCRIPT = (
@@ -370,11 +370,6 @@ def keeper_command(
             f"v{index}=$(printf '%s\\n' \"$m\" | awk -v n={shlex.quote(name)} "
             "'$1 == n { sub(/^[^ ]* /, \"\"); print; exit }'); "
         )
-        if not missing_ok:
-            text += (
-                f'[ -n "$v{index}" ] || {{ echo {shlex.quote(f"Error: No such volume: {name}")}'
-                " >&2; exit 1; }; "
-            )
         pairs += [shlex.quote(role), f'"$v{index}"']
     # The engine's volumes directory: a volume's parent's parent, or the engine's root.
     found = " ".join(f'"$v{i}"' for i in range(len(volumes)))

@@ -9,6 +9,7 @@ and inode, not by the path the kernel shows, which belonged to the gone keeper's
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import threading
 import time
@@ -55,8 +56,16 @@ def volume(docker_client: docker.DockerClient) -> Iterator[str]:
 def test_calls_at_once_share_one_keeper_that_leaves_when_idle(
     docker_client: docker.DockerClient, volume: str
 ) -> None:
-    script = 'sleep 1; [ -d "$2" ] && echo "seen $2"'
+    # Each call waits inside the keeper until all 8 are there, so none ends (and lets an
+    # idle keeper go) before the last has started: every one of them had to find or start
+    # a keeper at the same moment.
+    here = Path(storage.LINKS_DIR) / f"keepertest-{uuid.uuid4().hex[:8]}"
+    script = (
+        f': > {here}/$$; n=0; while [ "$(ls {here} | wc -l)" -lt 8 ] && [ $n -lt 600 ]; do '
+        'sleep 0.1; n=$((n + 1)); done; [ -d "$2" ] && echo "seen $2"'
+    )
     text = storage.keeper_command(config.HELPER_IMAGE, script, volumes={"workspace": volume})
+    here.mkdir(parents=True)
     seen: set[str] = set()
     stop = threading.Event()
 
@@ -73,6 +82,7 @@ def test_calls_at_once_share_one_keeper_that_leaves_when_idle(
     finally:
         stop.set()
         watcher.join()
+        shutil.rmtree(here, ignore_errors=True)
     for done in results:
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("seen /")
