@@ -19,6 +19,7 @@ BENCHMARKS = [
     "dataplane",
     "instant",
     "claim",
+    "density",
     "api",
 ]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import common, env_ready, scale
+from benchmarks import common, density, env_ready, scale
 
 
 @pytest.mark.parametrize(
@@ -182,3 +182,47 @@ def test_idle_memory_without_inactive_page_cache() -> None:
     assert scale.idle_mb(v2) == 4.0
     assert scale.idle_mb({"usage": 3 * mb}) == 3.0
     assert scale.idle_mb({}) is None
+
+
+def test_density_reads_the_hosts_available_memory_and_a_processes_pss() -> None:
+    meminfo = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2048 kB\n"
+    assert density.mem_available_mb(meminfo) == 2.0
+    assert density.pss_mb("Rss:   9000 kB\nPss:    3072 kB\nPss_Anon:  1 kB\n") == 3.0
+    with pytest.raises(ValueError, match="MemAvailable"):
+        density.mem_available_mb("MemTotal: 1 kB\n")
+    with pytest.raises(ValueError, match="Pss"):
+        density.pss_mb("Rss: 1 kB\n")
+
+
+def test_density_finds_each_containers_own_shim_only(tmp_path: Path) -> None:
+    def process(pid: int, *argv: str) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv))
+
+    shim = "/usr/bin/containerd-shim-runc-v2"
+    process(10, shim, "-namespace", "moby", "-id", "aaa", "-address", "/run/x.sock")
+    process(11, shim, "-namespace", "moby", "-id", "bbb", "-address", "/run/x.sock")
+    process(12, "/usr/bin/sleep", "-id", "ccc")  # not a shim, whatever its arguments
+    process(13, shim, "-namespace", "moby", "-id")  # no id after the flag
+    (tmp_path / "self").mkdir()
+    (tmp_path / "14").mkdir()  # gone before its command line was read
+    found = density.shims_by_container(tmp_path, ["aaa", "ccc", "ddd"])
+    assert found == {"aaa": 10}
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 200), ("", 200), ("50", 50)])
+def test_density_count(monkeypatch: pytest.MonkeyPatch, value: str | None, expected: int) -> None:
+    if value is None:
+        monkeypatch.delenv("DOCKYARD_BENCH_DENSITY", raising=False)
+    else:
+        monkeypatch.setenv("DOCKYARD_BENCH_DENSITY", value)
+    assert density.count() == expected
+
+
+@pytest.mark.parametrize("value", ["20,50", "many", "0"])
+def test_density_count_refuses_what_is_not_one_count(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("DOCKYARD_BENCH_DENSITY", value)
+    with pytest.raises(ValueError, match="DOCKYARD_BENCH_DENSITY"):
+        density.count()
