@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from . import (
 from .context import Context, Limits
 from .events_settings import EventSettings
 from .middleware import RequestMiddleware
-from .principal import KeyCache, TokenBuckets
+from .principal import KeyCache, TokenBuckets, watch_revocations
 from .store import KeyStore
 
 log = logging.getLogger(__package__)
@@ -46,11 +47,15 @@ def create_app(
     hub, dispatcher = webhooks.start(store.engine, sessions_api, event_settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with webhooks.running(hub, dispatcher):
+            watching = asyncio.create_task(watch_revocations(app, context))
             try:
                 yield
             finally:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
                 context.close()
                 # Lines still queued (of requests whose client went away) are written, for
                 # a bounded time: a hung disk cannot hold the server's exit.

@@ -32,7 +32,6 @@ import math
 import os
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -50,7 +49,7 @@ from .e2b_errors import e2b_error
 from .e2b_http_proxy import HttpProxy
 from .e2b_upstream import CHECKED_AS, BadGateway, port_of, same_origin, target, upstream_url
 from .e2b_upstream import DOMAIN_VARIABLE as DOMAIN_VARIABLE  # what the routes read
-from .middleware import audit_request
+from .middleware import audit_request, request_id
 
 log = logging.getLogger(__package__)
 
@@ -295,7 +294,7 @@ async def _refuse(
 
 def _begin(scope: Scope) -> str:
     """A new request id for the routed call, its actor anonymous until proven."""
-    rid = uuid.uuid4().hex
+    rid = request_id()
     scope.setdefault("dockyard", {}).update(request_id=rid, actor="anonymous")
     return rid
 

@@ -31,12 +31,19 @@ class EventStore(Transactional):
             row = session.get(EventSource, tail.id)
             return (row.inode, row.offset) if row is not None else (None, 0)
 
-    def ingest(self, reads: list[tuple[Tail, list[Line], int | None, int]]) -> list[Event]:
+    def ingest(
+        self, reads: list[tuple[Tail, list[Line], int | None, int]], *, positions: bool = True
+    ) -> list[Event] | None:
         """Store the events of the lines read from every trail (merged in time order) that
         are not stored yet, and each trail's new position, in one transaction; returns
-        the events this call stored."""
+        the events this call stored. Lines without events (a request's own ``api`` line)
+        and ``positions`` False: nothing is written and None is returned — the caller
+        keeps the positions and writes them later; lines read again after a restart
+        store nothing twice (events are keyed by their line)."""
         now = datetime.now(UTC)
         rows = [row for _, lines, _, _ in reads for line in lines for row in rows_of(line, now)]
+        if not rows and not positions:
+            return None
         rows.sort(key=lambda row: row.time)  # stable: one trail's lines keep their order
         for attempt in range(3):
             try:

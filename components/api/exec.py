@@ -14,7 +14,6 @@ import codecs
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -27,7 +26,7 @@ from ..errors import DockyardError, InvalidInput
 from ..sessions import dataplane
 from .context import Context
 from .errors import body
-from .middleware import audit_request
+from .middleware import audit_request, request_id
 from .principal import principal
 from .workspace import SessionWorkspace, blocking, iterate, limits, open_workspace, streamed
 
@@ -180,7 +179,7 @@ async def interactive(websocket: WebSocket, session_id: str, tenant: str | None 
     and close code 4000 + the HTTP status (4404 for another tenant's session)."""
     ctx: Context = websocket.app.state.context
     state = websocket.scope.setdefault("dockyard", {})
-    state.update(request_id=uuid.uuid4().hex, actor="anonymous", session=session_id)
+    state.update(request_id=request_id(), actor="anonymous", session=session_id)
     started = time.monotonic()
     code = 1000
     await websocket.accept()

@@ -7,10 +7,12 @@ traceback goes to the server's log)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
+import secrets
 import time
-import uuid
 from typing import Any
 
 import anyio
@@ -22,6 +24,28 @@ from .context import Context
 from .errors import REQUEST_ID_HEADER, TooLarge, body
 
 log = logging.getLogger(__package__)
+
+
+class _RequestIds:
+    """32 hex digits, unique across processes and restarts: a random half drawn per
+    process, a count. An id is no secret, so no random source is read per request (uuid4
+    was 2 % of a list request's CPU)."""
+
+    def __init__(self) -> None:
+        self.process = secrets.token_hex(8)
+        self.count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.process}{next(self.count) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_ids = _RequestIds()
+# `dockyard serve --workers N` forks its servers after the app is built: each draws anew.
+os.register_at_fork(after_in_child=_ids.__init__)
+
+
+def request_id() -> str:
+    return _ids.next()
 
 
 async def audit_request(
@@ -70,7 +94,7 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = uuid.uuid4().hex
+        rid = request_id()
         state: dict[str, Any] = scope.setdefault("dockyard", {})
         state.update(request_id=rid, actor="anonymous")
         started = time.monotonic()

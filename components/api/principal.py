@@ -8,7 +8,9 @@ service layer, so another tenant's session is looked up in the caller's tenant a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,8 @@ from .context import Context
 from .errors import RateLimited, Unauthorized
 from .store import KeyInfo
 from .store.models import ApiKey
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,24 +103,36 @@ class TokenBuckets:
 
 
 KEY_CACHE_S = 2.0
-"""How long a key found live is trusted without asking the store again: the bound within
-which a key revoked by another process or replica (``dockyard keys revoke``, a second
-server on the same PostgreSQL) is refused here. A revocation through this process's store
-(the API, any KeyStore object in it) is refused at once (:class:`KeyCache`)."""
+"""The bound within which a key revoked by another process or replica (``dockyard keys
+revoke``, a second server on the same PostgreSQL) is refused here. A revocation through
+this process's store (the API, any KeyStore object in it) is refused at once
+(:class:`KeyCache`)."""
+KEY_CACHE_MAX_AGE_S = 60.0
+"""However often the store confirms it, a key is read again after this long (its last use
+is then written: :data:`dockyard.api.store.LAST_USED_STEP`)."""
 
 
 class KeyCache:
-    """Keys found live, trusted for :data:`KEY_CACHE_S` in this process, so a request does
-    not take a thread and a store read to learn what the previous one learnt (the key check
-    was a third of a list request's cost). Only live keys are kept (an unknown key is asked
-    every time: nobody fills this with guesses), by the SHA-256 of what was presented.
+    """Keys found live, trusted in this process, so a request does not take a thread and a
+    store read to learn what the previous one learnt (the key check was a third of a list
+    request's cost). Only live keys are kept (an unknown key is asked every time: nobody
+    fills this with guesses), by the SHA-256 of what was presented.
 
     Revocation: any ``ApiKey.revoked_at`` set in this process (:meth:`KeyStore.revoke`)
     moves the *generation*, once when set and once when its transaction commits; an entry
     holds the generation seen before its store read began and is used only while it is
     still the current one. So after a revocation here commits, no entry from before it
-    answers, even one whose read raced the commit. Another process's revocation is seen
-    within :data:`KEY_CACHE_S`."""
+    answers, even one whose read raced the commit.
+
+    Another process's revocation: an entry is trusted for :data:`KEY_CACHE_S` from its
+    read, or from the start of the latest :meth:`confirm` — the server reads the store's
+    count of revoked keys every half of that (:func:`watch_revocations`: one small read
+    for all keys, where each key's expiry cost a read of its own, 200 at once under a
+    burst of 200 clients). The count only grows, so when it is unchanged no key was
+    revoked since the previous read; when it moved, the generation moves (every entry goes,
+    and a read that raced it is not kept). Either way a revoked key is refused within
+    :data:`KEY_CACHE_S`; a store that cannot be read confirms nothing, and entries run out
+    as before."""
 
     MAX = 4096
     generation = 0
@@ -127,6 +143,17 @@ class KeyCache:
         self._entries: dict[bytes, tuple[KeyInfo, float, int]] = {}
         self.checks: Coalesced[KeyInfo | None] = Coalesced()
         """Concurrent checks of one key share a store read started after they arrived."""
+        self._confirmed = float("-inf")
+        """When the latest confirmation that found no new revocation began (monotonic)."""
+        self._revocations: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def counted(self) -> bool:
+        """Whether a count of revoked keys was seen (the baseline :meth:`confirm` sets)."""
+        return self._revocations is not None
 
     @staticmethod
     def slot(presented: str) -> bytes:
@@ -136,8 +163,13 @@ class KeyCache:
         entry = self._entries.get(slot)
         if entry is None:
             return None
-        info, until, generation = entry
-        if generation != KeyCache.generation or time.monotonic() >= until:
+        info, started, generation = entry
+        now = time.monotonic()
+        if (
+            generation != KeyCache.generation
+            or now >= max(started, self._confirmed) + self.ttl_s
+            or now >= started + KEY_CACHE_MAX_AGE_S
+        ):
             self._entries.pop(slot, None)
             return None
         return info
@@ -149,11 +181,39 @@ class KeyCache:
             return
         if len(self._entries) >= self.MAX:
             self._entries.clear()
-        self._entries[slot] = (info, started + self.ttl_s, generation)
+        self._entries[slot] = (info, started, generation)
+
+    def confirm(self, revocations: int, began: float) -> None:
+        """The store counted ``revocations`` revoked keys in a read begun at ``began``
+        (monotonic). The first count only sets the baseline (what was revoked before it is
+        not known to have been seen): the generation moves, as it does when the count
+        moved; an unchanged count confirms every entry as of ``began``."""
+        if self._revocations != revocations:
+            KeyCache.revoked()
+        else:
+            self._confirmed = max(self._confirmed, began)
+        self._revocations = revocations
 
     @classmethod
     def revoked(cls) -> None:
         cls.generation += 1
+
+
+async def watch_revocations(app: Any, context: Context) -> None:
+    """Confirm ``app.state.keys`` against the store (:meth:`KeyCache.confirm`): at once
+    (the baseline, while nothing is trusted yet), then every half of its bound while it
+    holds keys; runs until cancelled. A failed read is logged and confirms nothing."""
+    while True:
+        cache: KeyCache = app.state.keys
+        if len(cache) or not cache.counted:
+            began = time.monotonic()
+            try:
+                counted = await context.call(context.store.revocations)
+            except Exception as exc:  # the store away: entries run out on their own
+                log.warning("revoked keys not counted: %s", type(exc).__name__)
+            else:
+                cache.confirm(counted, began)
+        await asyncio.sleep(cache.ttl_s / 2)
 
 
 @event.listens_for(ApiKey.revoked_at, "set")

@@ -284,3 +284,27 @@ async def test_every_request_lands_in_the_audit_trail_with_the_keys_id(api: Api)
     assert [k.last_used_at is not None for k in api.store.list() if k.id == issued.info.id] == [
         True
     ]
+
+
+def test_request_ids_are_unique_hex_and_drawn_anew_in_a_forked_server() -> None:
+    import os
+    import re
+
+    from dockyard.api.middleware import request_id
+
+    ids = [request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a forked server's first ids
+        os.write(write, "".join(request_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        theirs = pipe.read()
+    os.waitpid(child, 0)
+    mine = request_id()
+    assert len(theirs) == 96
+    assert theirs[:16] == theirs[32:48] != mine[:16]  # its own half, not this process's
+    assert not {theirs[i : i + 32] for i in (0, 32, 64)} & {*ids, mine}

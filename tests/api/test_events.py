@@ -20,6 +20,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from dockyard.api.events import EVENT_TYPES, EventStore, Line, Tail, events_of, frame, rows_of
+from dockyard.api.events_settings import EventSettings
 from dockyard.api.store import KeyStore
 from dockyard.api.store.models import Event, WebhookDelivery
 from dockyard.api.webhooks import WebhookStore
@@ -375,3 +376,51 @@ def test_old_events_are_pruned_unless_a_webhook_still_owes_them(store: KeyStore)
         stored["new"],
         stored["old-owed"],
     ]
+
+
+def test_lines_without_events_cost_no_store_write_until_their_positions_are_due(
+    tmp_path: Path, store: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request's own ``api`` line is no event: polls reading only such lines write
+    nothing (a commit per poll cost a twentieth of the server under load); their positions
+    go with the next event or after POSITIONS_EVERY_S, and a restarted hub reading those
+    lines again stores nothing twice."""
+    from dockyard.api import events_hub
+
+    trail = tmp_path / "audit.jsonl"
+    settings = EventSettings(audit_logs=((trail, "sessions"),))
+    events = EventStore(store.engine)
+
+    def request_line(n: int) -> None:
+        audit_trail.append(trail, {"action": "api", "result": "ok", "detail": f"GET / {n}"})
+
+    hub = events_hub.EventHub(events, settings, probe=lambda _s, _t: "gone")
+    request_line(0)
+    assert hub.poll() == []  # the first poll writes the positions
+    written = events.position(hub.tails[0])
+    assert written[1] == trail.stat().st_size
+    for n in range(1, 5):
+        request_line(n)
+        assert hub.poll() == []
+    assert events.position(hub.tails[0]) == written  # nothing written for them
+    verb_line = {"action": "create", "result": "ok", "session": "s1", "tenant": "acme"}
+    audit_trail.append(trail, verb_line)
+    assert [e.session for e in hub.poll()] == ["s1"]
+    assert events.position(hub.tails[0])[1] == trail.stat().st_size  # with the event
+    request_line(5)
+    monkeypatch.setattr(events_hub, "POSITIONS_EVERY_S", 0.0)
+    assert hub.poll() == []
+    assert events.position(hub.tails[0])[1] == trail.stat().st_size  # due: written
+    # A restart after lines whose positions were not written: read again, nothing stored.
+    monkeypatch.setattr(events_hub, "POSITIONS_EVERY_S", 3600.0)
+    request_line(6)
+    audit_trail.append(trail, {**verb_line, "session": "s2"})
+    request_line(7)
+    assert [e.session for e in hub.poll()] == ["s2"]
+    request_line(8)
+    assert hub.poll() == []
+    again = events_hub.EventHub(events, settings, probe=lambda _s, _t: "gone")
+    assert again.poll() == []
+    with Session(store.engine) as session:
+        stored = session.query(Event.session).filter(Event.session.in_(["s1", "s2"])).all()
+    assert sorted(s for (s,) in stored) == ["s1", "s2"]

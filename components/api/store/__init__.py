@@ -24,7 +24,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from pydantic import BaseModel, ConfigDict, field_validator
-from sqlalchemy import Engine, create_engine, make_url, select, update
+from sqlalchemy import Engine, create_engine, func, make_url, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -186,6 +186,14 @@ class KeyStore:
             if row.revoked_at is None:
                 row.revoked_at = _now()
             return KeyInfo.of(row)
+
+    def revocations(self) -> int:
+        """How many keys were ever revoked. It only grows — a key is never deleted nor
+        revived — so an unchanged count between two reads means no key was revoked in
+        between, by any process or replica (:class:`dockyard.api.principal.KeyCache`)."""
+        query = select(func.count()).select_from(ApiKey.__table__)
+        with self.engine.connect() as connection:
+            return int(connection.execute(query.where(ApiKey.revoked_at.is_not(None))).scalar_one())
 
     def authenticate(self, presented: str) -> KeyInfo | None:
         """The key's info if ``presented`` is a live key, else None. The secret's digest is
