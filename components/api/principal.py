@@ -104,12 +104,22 @@ class TokenBuckets:
 
 KEY_CACHE_S = 2.0
 """The bound within which a key revoked by another process or replica (``dockyard keys
-revoke``, a second server on the same PostgreSQL) is refused here. A revocation through
-this process's store (the API, any KeyStore object in it) is refused at once
-(:class:`KeyCache`)."""
+revoke``, a second server on the same PostgreSQL) — or deleted from the store by hand — is
+refused here. A revocation through this process's store (the API, any KeyStore object in
+it) is refused at once (:class:`KeyCache`)."""
 KEY_CACHE_MAX_AGE_S = 60.0
 """However often the store confirms it, a key is read again after this long (its last use
 is then written: :data:`dockyard.api.store.LAST_USED_STEP`)."""
+
+
+@dataclass
+class _Trusted:
+    info: KeyInfo
+    started: float
+    """When the store read that found it live began (monotonic)."""
+    generation: int
+    confirmed: float = float("-inf")
+    """When the latest :meth:`KeyCache.confirm` that found it live began (monotonic)."""
 
 
 class KeyCache:
@@ -118,21 +128,20 @@ class KeyCache:
     request's cost). Only live keys are kept (an unknown key is asked every time: nobody
     fills this with guesses), by the SHA-256 of what was presented.
 
-    Revocation: any ``ApiKey.revoked_at`` set in this process (:meth:`KeyStore.revoke`)
-    moves the *generation*, once when set and once when its transaction commits; an entry
-    holds the generation seen before its store read began and is used only while it is
-    still the current one. So after a revocation here commits, no entry from before it
-    answers, even one whose read raced the commit.
+    Revocation here: any ``ApiKey.revoked_at`` set in this process (:meth:`KeyStore.
+    revoke`) moves the *generation*, once when set and once when its transaction commits;
+    an entry holds the generation seen before its store read began and is used only while
+    it is still the current one. So after a revocation here commits, no entry from before
+    it answers, even one whose read raced the commit.
 
-    Another process's revocation: an entry is trusted for :data:`KEY_CACHE_S` from its
-    read, or from the start of the latest :meth:`confirm` — the server reads the store's
-    count of revoked keys every half of that (:func:`watch_revocations`: one small read
-    for all keys, where each key's expiry cost a read of its own, 200 at once under a
-    burst of 200 clients). The count only grows, so when it is unchanged no key was
-    revoked since the previous read; when it moved, the generation moves (every entry goes,
-    and a read that raced it is not kept). Either way a revoked key is refused within
-    :data:`KEY_CACHE_S`; a store that cannot be read confirms nothing, and entries run out
-    as before."""
+    Elsewhere (another process or replica; a row deleted by hand): an entry is trusted for
+    :data:`KEY_CACHE_S` from its own read, or from the start of the latest :meth:`confirm`
+    that found its key live — the server asks the store which of the trusted keys are still
+    live every half of that (:func:`watch_revocations`: one read for all of them, where each
+    key's expiry cost a read of its own, 200 at once under a burst of 200 clients). A key
+    found gone is dropped; an entry put after a confirmation began is not confirmed by it.
+    So a key revoked or deleted elsewhere is refused within :data:`KEY_CACHE_S`, and a store
+    that cannot be read confirms nothing (entries run out as they did without it)."""
 
     MAX = 4096
     generation = 0
@@ -140,20 +149,12 @@ class KeyCache:
 
     def __init__(self, ttl_s: float = KEY_CACHE_S) -> None:
         self.ttl_s = ttl_s
-        self._entries: dict[bytes, tuple[KeyInfo, float, int]] = {}
+        self._entries: dict[bytes, _Trusted] = {}
         self.checks: Coalesced[KeyInfo | None] = Coalesced()
         """Concurrent checks of one key share a store read started after they arrived."""
-        self._confirmed = float("-inf")
-        """When the latest confirmation that found no new revocation began (monotonic)."""
-        self._revocations: int | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    @property
-    def counted(self) -> bool:
-        """Whether a count of revoked keys was seen (the baseline :meth:`confirm` sets)."""
-        return self._revocations is not None
 
     @staticmethod
     def slot(presented: str) -> bytes:
@@ -163,16 +164,15 @@ class KeyCache:
         entry = self._entries.get(slot)
         if entry is None:
             return None
-        info, started, generation = entry
         now = time.monotonic()
         if (
-            generation != KeyCache.generation
-            or now >= max(started, self._confirmed) + self.ttl_s
-            or now >= started + KEY_CACHE_MAX_AGE_S
+            entry.generation != KeyCache.generation
+            or now >= max(entry.started, entry.confirmed) + self.ttl_s
+            or now >= entry.started + KEY_CACHE_MAX_AGE_S
         ):
             self._entries.pop(slot, None)
             return None
-        return info
+        return entry.info
 
     def put(self, slot: bytes, info: KeyInfo, generation: int, started: float) -> None:
         """``info`` as read by a store read begun at ``started`` (monotonic) in
@@ -181,18 +181,25 @@ class KeyCache:
             return
         if len(self._entries) >= self.MAX:
             self._entries.clear()
-        self._entries[slot] = (info, started, generation)
+        self._entries[slot] = _Trusted(info, started, generation)
 
-    def confirm(self, revocations: int, began: float) -> None:
-        """The store counted ``revocations`` revoked keys in a read begun at ``began``
-        (monotonic). The first count only sets the baseline (what was revoked before it is
-        not known to have been seen): the generation moves, as it does when the count
-        moved; an unchanged count confirms every entry as of ``began``."""
-        if self._revocations != revocations:
-            KeyCache.revoked()
-        else:
-            self._confirmed = max(self._confirmed, began)
-        self._revocations = revocations
+    def trusted(self) -> dict[bytes, str]:
+        """The key id of each entry (what :meth:`confirm` asks the store about)."""
+        return {slot: entry.info.id for slot, entry in self._entries.items()}
+
+    def confirm(self, asked: dict[bytes, str], live: set[str], began: float) -> None:
+        """The store said, in a read begun at ``began`` (monotonic), that of the keys
+        ``asked`` (:meth:`trusted`) those in ``live`` are live: they are trusted from
+        ``began``, the others are dropped. An entry put since (another read of that key)
+        is left as it is, unless its key is gone."""
+        for slot, key_id in asked.items():
+            entry = self._entries.get(slot)
+            if entry is None or entry.info.id != key_id:
+                continue
+            if key_id not in live:
+                self._entries.pop(slot, None)
+            elif entry.started <= began:
+                entry.confirmed = max(entry.confirmed, began)
 
     @classmethod
     def revoked(cls) -> None:
@@ -200,20 +207,22 @@ class KeyCache:
 
 
 async def watch_revocations(app: Any, context: Context) -> None:
-    """Confirm ``app.state.keys`` against the store (:meth:`KeyCache.confirm`): at once
-    (the baseline, while nothing is trusted yet), then every half of its bound while it
-    holds keys; runs until cancelled. A failed read is logged and confirms nothing."""
+    """Every half of ``app.state.keys``' bound, while it trusts keys, ask the store which of
+    them are still live (:meth:`KeyCache.confirm`); runs until cancelled. A failed read is
+    logged and confirms nothing."""
     while True:
         cache: KeyCache = app.state.keys
-        if len(cache) or not cache.counted:
-            began = time.monotonic()
-            try:
-                counted = await context.call(context.store.revocations)
-            except Exception as exc:  # the store away: entries run out on their own
-                log.warning("revoked keys not counted: %s", type(exc).__name__)
-            else:
-                cache.confirm(counted, began)
         await asyncio.sleep(cache.ttl_s / 2)
+        asked = cache.trusted()
+        if not asked:
+            continue
+        began = time.monotonic()
+        try:
+            live = await context.call(context.store.live_among, asked.values())
+        except Exception as exc:  # the store away: entries run out on their own
+            log.warning("trusted keys not confirmed: %s", type(exc).__name__)
+            continue
+        cache.confirm(asked, live, began)
 
 
 @event.listens_for(ApiKey.revoked_at, "set")

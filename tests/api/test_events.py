@@ -397,6 +397,7 @@ def test_lines_without_events_cost_no_store_write_until_their_positions_are_due(
     hub = events_hub.EventHub(events, settings, probe=lambda _s, _t: "gone")
     request_line(0)
     assert hub.poll() == []  # the first poll writes the positions
+    monkeypatch.setattr(events_hub, "POSITIONS_EVERY_S", 3600.0)  # however slow this runs
     written = events.position(hub.tails[0])
     assert written[1] == trail.stat().st_size
     for n in range(1, 5):
@@ -412,7 +413,7 @@ def test_lines_without_events_cost_no_store_write_until_their_positions_are_due(
     assert hub.poll() == []
     assert events.position(hub.tails[0])[1] == trail.stat().st_size  # due: written
     # A restart after lines whose positions were not written: read again, nothing stored.
-    monkeypatch.setattr(events_hub, "POSITIONS_EVERY_S", 3600.0)
+    monkeypatch.setattr(events_hub, "POSITIONS_EVERY_S", 3600.0)  # not due again
     request_line(6)
     audit_trail.append(trail, {**verb_line, "session": "s2"})
     request_line(7)

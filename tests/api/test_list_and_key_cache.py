@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -25,6 +26,29 @@ async def _codes(api: Api, headers: dict[str, str], times: int = 3) -> list[int]
     return [
         (await api.client.get("/api/sessions", headers=headers)).status_code for _ in range(times)
     ]
+
+
+REVOKE = "UPDATE api_keys SET revoked_at = :now WHERE id = :id"
+
+
+def _elsewhere(store_url: str, statement: str, key_id: str) -> None:
+    """Another process's change to a key: plain SQL this process's ORM never sees."""
+    elsewhere = create_engine(store_url)
+    try:
+        with elsewhere.begin() as connection:
+            values = {"now": datetime.now(UTC), "id": key_id}
+            connection.execute(
+                text(statement), {k: v for k, v in values.items() if f":{k}" in statement}
+            )
+    finally:
+        elsewhere.dispose()
+
+
+def _with_key_cache(api: Api, monkeypatch: pytest.MonkeyPatch, bound: float) -> Any:
+    """The app under test, its key cache trusting keys for ``bound`` seconds."""
+    app = api.client._transport.app  # type: ignore[attr-defined]
+    monkeypatch.setattr(app.state, "keys", KeyCache(bound))
+    return app
 
 
 async def test_a_key_revoked_in_this_process_is_refused_at_once(api: Api) -> None:
@@ -46,21 +70,11 @@ async def test_a_key_revoked_by_another_process_is_refused_within_the_bound(
     api: Api, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bound = 0.3
-    app = api.client._transport.app  # type: ignore[attr-defined]  # the app under test
-    monkeypatch.setattr(app.state, "keys", KeyCache(bound))
+    _with_key_cache(api, monkeypatch, bound)
     issued = api.store.create("acme")
     headers = {"Authorization": f"Bearer {issued.key}"}
     assert await _codes(api, headers, 1) == [200]
-    # Another process's revocation: a plain SQL write this process's ORM never sees.
-    elsewhere = create_engine(store_url)
-    try:
-        with elsewhere.begin() as connection:
-            connection.execute(
-                text("UPDATE api_keys SET revoked_at = :now WHERE id = :id"),
-                {"now": datetime.now(UTC), "id": issued.info.id},
-            )
-    finally:
-        elsewhere.dispose()
+    _elsewhere(store_url, REVOKE, issued.info.id)
     time.sleep(bound + 0.2)
     assert await _codes(api, headers, 1) == [401]
 
@@ -108,25 +122,11 @@ async def test_concurrent_lists_share_reads_and_see_every_create_and_destroy_bef
     assert sorted(row) == sorted(SessionRow.model_fields)
 
 
-def _revoke_elsewhere(store_url: str, key_id: str) -> None:
-    """Another process's revocation: a plain SQL write this process's ORM never sees."""
-    elsewhere = create_engine(store_url)
-    try:
-        with elsewhere.begin() as connection:
-            connection.execute(
-                text("UPDATE api_keys SET revoked_at = :now WHERE id = :id"),
-                {"now": datetime.now(UTC), "id": key_id},
-            )
-    finally:
-        elsewhere.dispose()
-
-
-async def test_the_servers_count_of_revocations_keeps_keys_without_a_read_each(
+async def test_the_server_confirms_trusted_keys_in_one_read_and_drops_what_is_gone(
     api: Api, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bound = 0.4
-    app = api.client._transport.app  # type: ignore[attr-defined]  # the app under test
-    monkeypatch.setattr(app.state, "keys", KeyCache(bound))
+    app = _with_key_cache(api, monkeypatch, bound)
     reads: list[str] = []
     authenticate = api.store.authenticate
 
@@ -135,67 +135,72 @@ async def test_the_servers_count_of_revocations_keeps_keys_without_a_read_each(
         return authenticate(presented)
 
     monkeypatch.setattr(api.store, "authenticate", counted)
-    issued, other = api.store.create("acme"), api.store.create("acme")
-    headers = {"Authorization": f"Bearer {issued.key}"}
+    first, second, third = (api.store.create("acme") for _ in range(3))
+    keys = {k.info.id: {"Authorization": f"Bearer {k.key}"} for k in (first, second, third)}
     watching = asyncio.create_task(watch_revocations(app, app.state.context))
     try:
-        assert await _codes(api, headers, 1) == [200]
-        # Five bounds long, one request every tenth of one: the key is read when first
-        # seen and once more when the first count sets the baseline, never per expiry.
+        # Five bounds long, one request of each key every tenth of one: each key is read
+        # once, never again at its expiry (the server confirmed them meanwhile).
         end = time.monotonic() + 5 * bound
         while time.monotonic() < end:
-            assert await _codes(api, headers, 1) == [200]
+            for headers in keys.values():
+                assert await _codes(api, headers, 1) == [200]
             await asyncio.sleep(bound / 10)
-        assert len(reads) <= 2, len(reads)
-        # Another process revokes ANOTHER key: the count moved, every entry is read again
-        # (this one is still live)...
-        _revoke_elsewhere(store_url, other.info.id)
+        assert len(reads) == 3, len(reads)
+        # Another process revokes one key and deletes another's row: both are refused
+        # within the bound, and the third is still trusted without a read.
+        _elsewhere(store_url, REVOKE, first.info.id)
+        _elsewhere(store_url, "DELETE FROM api_keys WHERE id = :id", second.info.id)
         await asyncio.sleep(bound + 0.2)
+        assert await _codes(api, keys[first.info.id], 1) == [401]
+        assert await _codes(api, keys[second.info.id], 1) == [401]
         before = len(reads)
-        assert await _codes(api, headers, 1) == [200]
-        assert len(reads) == before + 1
-        # ...and this one, revoked elsewhere, is refused within the bound.
-        _revoke_elsewhere(store_url, issued.info.id)
-        await asyncio.sleep(bound + 0.2)
-        assert await _codes(api, headers, 1) == [401]
+        assert await _codes(api, keys[third.info.id], 1) == [200]
+        assert len(reads) == before
     finally:
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watching
 
 
-def test_confirmations_extend_trust_only_from_an_unchanged_count() -> None:
+def test_a_confirmation_extends_trust_only_to_what_it_found_live() -> None:
     clock = [100.0]
     cache = KeyCache(2.0)
-    info = object()
-    slot = cache.slot("dk_x_y")
 
-    def at(moment: float) -> object:
+    class Info:
+        def __init__(self, key_id: str) -> None:
+            self.id = key_id
+
+    a, b = cache.slot("dk_a_x"), cache.slot("dk_b_x")
+
+    def at(moment: float, slot: bytes = a) -> object:
         clock[0] = moment
         return cache.get(slot)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(time, "monotonic", lambda: clock[0])
-        cache.put(slot, info, KeyCache.generation, 100.0)  # type: ignore[arg-type]
-        assert at(101.9) is info
+        info_a, info_b = Info("a"), Info("b")
+        cache.put(a, info_a, KeyCache.generation, 100.0)  # type: ignore[arg-type]
+        cache.put(b, info_b, KeyCache.generation, 100.0)  # type: ignore[arg-type]
+        assert at(101.9) is info_a
         assert at(102.0) is None  # no confirmation: the bound from its read
-        cache.put(slot, info, KeyCache.generation, 102.0)  # type: ignore[arg-type]
-        cache.confirm(3, 102.5)  # the first count: a baseline, every entry goes
-        assert at(102.6) is None
-        cache.put(slot, info, KeyCache.generation, 102.6)  # type: ignore[arg-type]
-        cache.confirm(3, 103.5)
-        cache.confirm(3, 105.0)
-        assert at(106.9) is info  # trusted from the latest unchanged count's start
+        cache.put(a, info_a, KeyCache.generation, 102.0)  # type: ignore[arg-type]
+        cache.put(b, info_b, KeyCache.generation, 102.0)  # type: ignore[arg-type]
+        asked = cache.trusted()
+        assert asked == {a: "a", b: "b"}
+        cache.confirm(asked, {"a"}, 103.0)  # b gone from the store (revoked or deleted)
+        assert at(103.1, b) is None
+        assert at(104.9) is info_a  # trusted from the confirmation's start
+        assert at(105.0) is None
+        # A read begun before a confirmation and put after it asked: not confirmed by it.
+        cache.put(a, info_a, KeyCache.generation, 105.0)  # type: ignore[arg-type]
+        cache.confirm({}, {"a"}, 105.5)
+        assert at(106.9) is info_a
         assert at(107.0) is None
-        cache.put(slot, info, KeyCache.generation, 107.0)  # type: ignore[arg-type]
+        # However often confirmed, read again after KEY_CACHE_MAX_AGE_S.
+        cache.put(a, info_a, KeyCache.generation, 107.0)  # type: ignore[arg-type]
         for second in range(108, 168):
-            cache.confirm(3, float(second))
-        assert at(166.9) is info
+            cache.confirm(cache.trusted(), {"a"}, float(second))
         assert KEY_CACHE_MAX_AGE_S == 60.0
-        assert at(167.0) is None  # KEY_CACHE_MAX_AGE_S from its read, however confirmed
-        started, generation = 167.0, KeyCache.generation
-        cache.confirm(4, 167.5)  # a revocation elsewhere: the count moved
-        cache.put(slot, info, generation, started)  # type: ignore[arg-type]  # raced it
-        assert at(167.6) is None
-        cache.confirm(4, 168.0)
-        assert at(168.1) is None  # the raced read was not kept
+        assert at(166.9) is info_a
+        assert at(167.0) is None

@@ -15,7 +15,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +24,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from pydantic import BaseModel, ConfigDict, field_validator
-from sqlalchemy import Engine, create_engine, func, make_url, select, update
+from sqlalchemy import Engine, create_engine, make_url, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +45,9 @@ _NO_KEY = hashlib.sha256(b"no such key").hexdigest()
 LAST_USED_STEP = timedelta(seconds=60)
 """A key's last use is written at most this often: a write on every request serialised all
 requests on the store's write lock (7-10 ms each on SQLite; issue 27's list benchmark)."""
+LIVE_READ_IDS = 500
+"""Key ids per read of :meth:`KeyStore.live_among` (well inside every database's limit on
+bound parameters)."""
 log = logging.getLogger(__name__)
 
 
@@ -187,13 +190,18 @@ class KeyStore:
                 row.revoked_at = _now()
             return KeyInfo.of(row)
 
-    def revocations(self) -> int:
-        """How many keys were ever revoked. It only grows — a key is never deleted nor
-        revived — so an unchanged count between two reads means no key was revoked in
-        between, by any process or replica (:class:`dockyard.api.principal.KeyCache`)."""
-        query = select(func.count()).select_from(ApiKey.__table__)
+    def live_among(self, key_ids: Iterable[str]) -> set[str]:
+        """Which of ``key_ids`` are live keys now (present and not revoked): one read per
+        500 ids, whatever took the others away (a revocation by any process or replica, a
+        row deleted by hand) (:func:`dockyard.api.principal.watch_revocations`)."""
+        wanted = sorted(set(key_ids))
+        live: set[str] = set()
         with self.engine.connect() as connection:
-            return int(connection.execute(query.where(ApiKey.revoked_at.is_not(None))).scalar_one())
+            for first in range(0, len(wanted), LIVE_READ_IDS):
+                chunk = wanted[first : first + LIVE_READ_IDS]
+                query = select(ApiKey.id).where(ApiKey.id.in_(chunk), ApiKey.revoked_at.is_(None))
+                live.update(connection.scalars(query))
+        return live
 
     def authenticate(self, presented: str) -> KeyInfo | None:
         """The key's info if ``presented`` is a live key, else None. The secret's digest is
