@@ -47,7 +47,7 @@ from benchmarks.common import (
     wait_ready,
     write_result,
 )
-from benchmarks.scale import idle_mb
+from benchmarks.scale import container_idle_mb
 
 DEFAULT_COUNT = 200
 SETTLE_S = 5.0
@@ -112,17 +112,8 @@ def _host_available_mb() -> float:
 
 def _memory(containers: Sequence[Any]) -> dict[str, float]:
     """Median and sum of the containers' cgroup memory, and their shims' median PSS."""
-
-    def cgroup_mb(container: Any) -> float:
-        for _ in range(5):  # a busy engine answers with empty figures now and then
-            mb = idle_mb(container.stats(stream=False)["memory_stats"])
-            if mb is not None:
-                return mb
-            time.sleep(1)
-        raise SystemExit(f"ERROR: no memory figures from the engine for {container.name}")
-
     with ThreadPoolExecutor(8) as pool:
-        inside = list(pool.map(cgroup_mb, containers))
+        inside = list(pool.map(container_idle_mb, containers))
     shims = shims_by_container(Path("/proc"), [c.id for c in containers])
     if len(shims) != len(containers):
         raise SystemExit(
@@ -188,9 +179,9 @@ def _bare(client: Any, image: str, size: int) -> dict[str, Any]:
         figures["unpause_s"] = [timed(c.unpause) for c in containers[:RESUMED]]
         return figures
     finally:
-        for container in client.containers.list(all=True, filters={"label": "dockyard.bench"}):
-            if container.labels.get("dockyard.bench") == LABEL["dockyard.bench"]:
-                container.remove(force=True)
+        selector = {"label": "dockyard.bench=density"}
+        for container in client.containers.list(all=True, filters=selector):
+            container.remove(force=True)
 
 
 def _request(name: str, project: Path, tenant: str) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def idle_mb(memory_stats: dict[str, Any]) -> float | None:
     return float(memory_stats["usage"] - cache) / (1024 * 1024)
 
 
-def _idle_mb(container: Any) -> float:
+def container_idle_mb(container: Any) -> float:
     # The engine answers with empty memory stats for a moment now and then (a busy
     # engine, a container it is still attaching to): ask again rather than fail the run.
     for _ in range(5):
@@ -158,7 +158,7 @@ def _environments(client: Any, runtime: str, size: int, run: int) -> dict[str, f
             }
             assert len(ports) == size, "host ports collided"
             time.sleep(SETTLE_S)
-            idle = list(pool.map(_idle_mb, containers))
+            idle = list(pool.map(container_idle_mb, containers))
         teardown = timed(target.destroy)
         left = _leftovers(client, target)
         if left:
@@ -201,7 +201,7 @@ def _bare(client: Any, image: str, runtime: str, size: int, networks: bool) -> d
         create = timed(lambda: [start(i) for i in range(size)])
         time.sleep(SETTLE_S)
         with ThreadPoolExecutor(8) as pool:
-            idle = statistics.median(pool.map(_idle_mb, containers))
+            idle = statistics.median(pool.map(container_idle_mb, containers))
         teardown = timed(
             lambda: [c.remove(force=True) for c in containers] + [n.remove() for n in nets]
         )
